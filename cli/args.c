@@ -1,0 +1,53 @@
+/* args.c - command-line helpers.  See args.h. */
+#include "cli/args.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+bool qw_arg_int(const char *prog, const char *flag, const char *s, long long lo, long long hi,
+		long long *out)
+{
+	char *end;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	long long mult = 1;
+	if (end != s && *end && !end[1]) {
+		switch (*end) {
+		case 'K': mult = 1LL << 10; end++; break;
+		case 'M': mult = 1LL << 20; end++; break;
+		case 'G': mult = 1LL << 30; end++; break;
+		}
+	}
+	if (errno || end == s || *end || v > hi / mult || v * mult < lo || v * mult > hi) {
+		fprintf(stderr, "%s: %s: '%s' is not an integer in [%lld, %lld]\n", prog, flag, s,
+			lo, hi);
+		return false;
+	}
+	*out = v * mult;
+	return true;
+}
+
+const char *qw_fmt_bytes(uint64_t bytes, char *buf, int len)
+{
+	static const char *const units[] = {"B", "KB", "MB", "GB", "TB"};
+	double v = (double)bytes;
+	int u = 0;
+	while (v >= 1000.0 && u < 4) {
+		v /= 1000.0;
+		u++;
+	}
+	snprintf(buf, (size_t)len, u ? "%.2f %s" : "%.0f %s", v, units[u]);
+	return buf;
+}
+
+const char *qw_fmt_count(uint64_t n, char *buf, int len)
+{
+	if (n >= 1000000000ull)
+		snprintf(buf, (size_t)len, "%.3f B", (double)n / 1e9);
+	else if (n >= 1000000ull)
+		snprintf(buf, (size_t)len, "%.3f M", (double)n / 1e6);
+	else
+		snprintf(buf, (size_t)len, "%llu", (unsigned long long)n);
+	return buf;
+}

@@ -1,0 +1,23 @@
+/* args.h - command-line helpers shared by the qwen-vl tools.
+ *
+ * Owns: strict number parsing for flags (the whole string must be a number in range; sizes
+ * take K/M/G suffixes) with an error that names the flag, and byte formatting for reports.
+ */
+#ifndef QW_CLI_ARGS_H
+#define QW_CLI_ARGS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Parses s as an integer in [lo, hi] into *out; on failure prints "prog: --flag: ..." to
+ * stderr and returns false. */
+bool qw_arg_int(const char *prog, const char *flag, const char *s, long long lo, long long hi,
+		long long *out);
+
+/* "1.50 GB" (decimal units) into buf. */
+const char *qw_fmt_bytes(uint64_t bytes, char *buf, int len);
+
+/* "235.67 B", "1.83 M" (parameter counts) into buf. */
+const char *qw_fmt_count(uint64_t n, char *buf, int len);
+
+#endif

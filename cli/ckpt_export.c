@@ -1,0 +1,481 @@
+/* ckpt_export.c - qwen-ckpt export-reduced: a complete HF model directory (config.json and
+ * safetensors weights in the hub's layout) of a reduced-size model, with deterministic
+ * random bf16 weights, for tests, parity fixtures and the demo.
+ *
+ * The output config is the input config (its own spelling kept) with the overrides
+ * applied and everything that depends on them kept consistent:
+ *   --override-head-dim        rescales mrope_section to sum to head_dim/2
+ *   --override-hidden          also sets vision_config.out_hidden_size
+ *   --override-vocab           moves special token ids that fall outside the vocabulary to
+ *                              its top: bos V-6, eos V-5, vision_start V-4, vision_end V-3,
+ *                              image V-2, video V-1
+ *   --override-vision-depth    maps deepstack_visual_indexes proportionally into the depth
+ *   --override-vision-hidden   scales vision intermediate_size alike and keeps the most
+ *                              heads (at most the original) that give a head size that is
+ *                              a multiple of 4
+ *   --num-layers               drops mlp_only_layers entries past the new depth
+ * Weights: linear layers ~ N(0, 1/fan_in), embeddings ~ N(0, 1), position embeddings
+ * ~ N(0, 0.5^2), norm weights 1 + N(0, 0.1^2), biases N(0, 0.02^2); each tensor draws from its
+ * own stream seeded by (seed, tensor name), so a tensor does not change when others do.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/args.h"
+#include "cli/ckpt.h"
+#include "loader/checkpoint.h"
+#include "loader/config.h"
+#include "loader/st_writer.h"
+#include "loader/weights.h"
+
+static const char export_usage[] =
+	"usage: qwen-ckpt export-reduced --config CONFIG.json --out DIR [options]\n"
+	"  --num-layers N                 decoder layers\n"
+	"  --override-vocab N             --override-hidden N         --override-heads N\n"
+	"  --override-kv-heads N          --override-head-dim N       --override-intermediate N\n"
+	"  --override-moe-intermediate N  --override-num-experts N    --override-top-k N\n"
+	"  --override-vision-depth N      --override-vision-hidden N\n"
+	"  --seed S                       random stream (default 0)\n"
+	"  --shards N                     write N shards and model.safetensors.index.json\n"
+	"                                 (default 1: one model.safetensors)\n";
+
+enum {
+	OV_LAYERS, OV_VOCAB, OV_HIDDEN, OV_HEADS, OV_KV_HEADS, OV_HEAD_DIM, OV_INTER, OV_MOE_INTER,
+	OV_EXPERTS, OV_TOP_K, OV_VDEPTH, OV_VHIDDEN, OV_COUNT
+};
+
+typedef struct export_args {
+	const char *config, *out;
+	long long ov[OV_COUNT];      /* -1: not overridden */
+	long long seed, shards;
+} export_args;
+
+// ---------------------------------------------------------------------------------------
+// the config
+
+static void set_int(json_t *obj, const char *key, long long v)
+{
+	json_object_set_new(obj, key, json_integer(v));
+}
+
+static long long get_int(json_t *obj, const char *key, long long def)
+{
+	json_t *v = json_object_get(obj, key);
+	return json_is_integer(v) ? json_integer_value(v) : def;
+}
+
+/* The object holding mrope_section (rope_parameters or rope_scaling), or NULL. */
+static json_t *rope_object(json_t *text)
+{
+	json_t *rp = json_object_get(text, "rope_parameters");
+	if (!json_is_object(rp))
+		rp = json_object_get(text, "rope_scaling");
+	return json_is_object(rp) ? rp : NULL;
+}
+
+static void rescale_mrope(json_t *text, long long head_dim)
+{
+	json_t *rp = rope_object(text);
+	json_t *sec = rp ? json_object_get(rp, "mrope_section") : NULL;
+	if (!json_is_array(sec) || json_array_size(sec) != 3)
+		return;
+	long long old[3], sum = 0, half = head_dim / 2, got = 0, v[3];
+	for (int i = 0; i < 3; i++)
+		sum += old[i] = json_integer_value(json_array_get(sec, (size_t)i));
+	for (int i = 1; i < 3; i++)
+		got += v[i] = sum ? old[i] * half / sum : 0;
+	v[0] = half - got;                      /* rounding goes to the temporal axis */
+	for (int i = 0; i < 3; i++)
+		json_array_set_new(sec, (size_t)i, json_integer(v[i]));
+}
+
+static void apply_vocab(json_t *root, json_t *text, long long V)
+{
+	set_int(text, "vocab_size", V);
+	static const char *const ids[] = {"bos_token_id", "eos_token_id", "vision_start_token_id",
+					  "vision_end_token_id", "image_token_id", "video_token_id"};
+	for (int i = 0; i < 6; i++) {
+		json_t *holder = i < 2 ? text : root;
+		json_t *v = json_object_get(holder, ids[i]);
+		bool outside = json_is_integer(v) && json_integer_value(v) >= V;
+		if (json_is_array(v)) {
+			size_t k;
+			json_t *e;
+			json_array_foreach(v, k, e) outside |= json_integer_value(e) >= V;
+		}
+		if (outside)
+			set_int(holder, ids[i], V - 6 + i);
+	}
+}
+
+static void apply_vision_depth(json_t *vis, long long depth)
+{
+	long long old = get_int(vis, "depth", depth);
+	set_int(vis, "depth", depth);
+	json_t *ds = json_object_get(vis, "deepstack_visual_indexes");
+	if (!json_is_array(ds))
+		return;
+	json_t *mapped = json_array();
+	long long prev = -1;
+	size_t k;
+	json_t *e;
+	json_array_foreach(ds, k, e) {
+		long long idx = json_integer_value(e) * depth / (old ? old : 1);
+		if (idx >= depth)
+			idx = depth - 1;
+		if (idx > prev)
+			json_array_append_new(mapped, json_integer(prev = idx));
+	}
+	json_object_set_new(vis, "deepstack_visual_indexes", mapped);
+}
+
+static void apply_vision_hidden(json_t *vis, long long hidden)
+{
+	long long old = get_int(vis, "hidden_size", hidden);
+	long long inter = get_int(vis, "intermediate_size", 4 * hidden);
+	long long heads = get_int(vis, "num_heads", 1);
+	set_int(vis, "hidden_size", hidden);
+	set_int(vis, "intermediate_size", inter * hidden / (old ? old : 1) > 0
+						  ? inter * hidden / (old ? old : 1) : 1);
+	while (heads > 1 && (hidden % heads != 0 || (hidden / heads) % 4 != 0))
+		heads--;
+	set_int(vis, "num_heads", heads);
+}
+
+static void apply_layers(json_t *text, long long layers)
+{
+	set_int(text, "num_hidden_layers", layers);
+	json_t *only = json_object_get(text, "mlp_only_layers");
+	if (!json_is_array(only))
+		return;
+	json_t *kept = json_array();
+	size_t k;
+	json_t *e;
+	json_array_foreach(only, k, e) if (json_integer_value(e) < layers)
+		json_array_append(kept, e);
+	json_object_set_new(text, "mlp_only_layers", kept);
+}
+
+/* Applies the overrides to root in place (after the input config validated). */
+static void apply_overrides(json_t *root, bool vision, const long long *ov)
+{
+	json_t *text = vision ? json_object_get(root, "text_config") : root;
+	json_t *vis = vision ? json_object_get(root, "vision_config") : NULL;
+	if (ov[OV_LAYERS] >= 0)
+		apply_layers(text, ov[OV_LAYERS]);
+	if (ov[OV_VOCAB] >= 0)
+		apply_vocab(root, text, ov[OV_VOCAB]);
+	if (ov[OV_HIDDEN] >= 0) {
+		set_int(text, "hidden_size", ov[OV_HIDDEN]);
+		if (vis)
+			set_int(vis, "out_hidden_size", ov[OV_HIDDEN]);
+	}
+	if (ov[OV_HEADS] >= 0)
+		set_int(text, "num_attention_heads", ov[OV_HEADS]);
+	if (ov[OV_KV_HEADS] >= 0)
+		set_int(text, "num_key_value_heads", ov[OV_KV_HEADS]);
+	if (ov[OV_HEAD_DIM] >= 0) {
+		set_int(text, "head_dim", ov[OV_HEAD_DIM]);
+		rescale_mrope(text, ov[OV_HEAD_DIM]);
+	}
+	if (ov[OV_INTER] >= 0)
+		set_int(text, "intermediate_size", ov[OV_INTER]);
+	if (ov[OV_MOE_INTER] >= 0)
+		set_int(text, "moe_intermediate_size", ov[OV_MOE_INTER]);
+	if (ov[OV_EXPERTS] >= 0) {
+		bool v5 = json_object_get(text, "num_local_experts") != NULL;
+		bool hub = json_object_get(text, "num_experts") != NULL;
+		if (v5)
+			set_int(text, "num_local_experts", ov[OV_EXPERTS]);
+		if (hub || !v5)
+			set_int(text, "num_experts", ov[OV_EXPERTS]);
+	}
+	if (ov[OV_TOP_K] >= 0)
+		set_int(text, "num_experts_per_tok", ov[OV_TOP_K]);
+	if (vis && ov[OV_VDEPTH] >= 0)
+		apply_vision_depth(vis, ov[OV_VDEPTH]);
+	if (vis && ov[OV_VHIDDEN] >= 0)
+		apply_vision_hidden(vis, ov[OV_VHIDDEN]);
+}
+
+// ---------------------------------------------------------------------------------------
+// the weights
+
+typedef struct fill_ctx {
+	const qw_wspec *specs;   /* (n,) in file order */
+	uint64_t seed;
+} fill_ctx;
+
+static uint64_t splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static double uniform01(uint64_t *s)
+{
+	return ((double)(splitmix64(s) >> 11) + 0.5) * 0x1.0p-53;   /* in (0, 1) */
+}
+
+static uint64_t name_hash(const char *name)
+{
+	uint64_t h = 0xcbf29ce484222325ull;            /* FNV-1a */
+	for (; *name; name++)
+		h = (h ^ (unsigned char)*name) * 0x100000001b3ull;
+	return h;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), k = strlen(suffix);
+	return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* Mean and standard deviation of a tensor's random values, by what the tensor is. */
+static void init_scale(const qw_wspec *s, double *mean, double *std)
+{
+	*mean = 0.0;
+	if (strstr(s->name, "norm") && ends_with(s->name, ".weight")) {
+		*mean = 1.0;
+		*std = 0.1;
+	} else if (ends_with(s->name, ".bias")) {
+		*std = 0.02;
+	} else if (strstr(s->name, "embed_tokens")) {
+		*std = 1.0;
+	} else if (strstr(s->name, "pos_embed")) {
+		*std = 0.5;
+	} else {
+		/* [out, in...] linear or conv; fused experts [E, in, out] */
+		uint64_t fan_in = 1;
+		if (s->experts && s->ndim == 3)
+			fan_in = (uint64_t)s->shape[1];
+		else
+			for (int i = 1; i < s->ndim; i++)
+				fan_in *= (uint64_t)s->shape[i];
+		*std = 1.0 / sqrt((double)fan_in);
+	}
+}
+
+static qw_status fill_random(void *vctx, size_t index, void *buf, uint64_t nbytes, qw_err *err)
+{
+	const fill_ctx *ctx = vctx;
+	const qw_wspec *s = &ctx->specs[index];
+	uint64_t state = ctx->seed ^ name_hash(s->name);
+	double mean, std;
+	init_scale(s, &mean, &std);
+	uint16_t *out = buf;
+	uint64_t n = nbytes / 2;
+	for (uint64_t i = 0; i < n; i += 2) {             /* Box-Muller: two normals per draw */
+		double r = sqrt(-2.0 * log(uniform01(&state))), a = 2.0 * M_PI * uniform01(&state);
+		out[i] = qw_f32_to_bf16((float)(mean + std * r * cos(a)));
+		if (i + 1 < n)
+			out[i + 1] = qw_f32_to_bf16((float)(mean + std * r * sin(a)));
+	}
+	return QW_OK;
+}
+
+static int write_json_file(const char *path, json_t *o)
+{
+	char tmp[4200];
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	if (json_dump_file(o, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0 ||
+	    rename(tmp, path) != 0) {
+		fprintf(stderr, "qwen-ckpt export-reduced: cannot write %s: %s\n", path,
+			strerror(errno));
+		unlink(tmp);
+		return CKPT_FAILED;
+	}
+	return CKPT_OK;
+}
+
+/* Writes specs into `shards` files (one: model.safetensors), balanced by bytes. */
+static int write_weights(const char *out, const qw_wspec *specs, size_t n, int shards,
+			 uint64_t seed)
+{
+	qw_st_entry *entries = calloc(n, sizeof *entries);
+	if (!entries) {
+		fputs("qwen-ckpt export-reduced: out of memory\n", stderr);
+		return CKPT_FAILED;
+	}
+	uint64_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		entries[i] = (qw_st_entry){.name = specs[i].name, .dtype = QW_DT_BF16,
+					   .ndim = specs[i].ndim};
+		memcpy(entries[i].shape, specs[i].shape, sizeof specs[i].shape);
+		total += qw_st_entry_bytes(&entries[i]);
+	}
+	json_t *weight_map = json_object();
+	char path[4200], stale[4200];
+	int rc = CKPT_OK;
+	size_t begin = 0;
+	uint64_t done = 0;
+	for (int k = 0; k < shards && rc == CKPT_OK; k++) {
+		/* shard k ends where the running total passes (k+1)/shards of the bytes, leaving
+		 * at least one tensor for each later shard */
+		size_t end = begin + 1;
+		done += qw_st_entry_bytes(&entries[begin]);
+		while (end < n - (size_t)(shards - 1 - k) &&
+		       (k == shards - 1 || done < total / (uint64_t)shards * (uint64_t)(k + 1)))
+			done += qw_st_entry_bytes(&entries[end++]);
+		char name[64];
+		if (shards == 1)
+			snprintf(name, sizeof name, "%s", QW_ST_SINGLE);
+		else
+			snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, shards);
+		snprintf(path, sizeof path, "%s/%s", out, name);
+		fill_ctx ctx = {specs + begin, seed};
+		qw_err err = {0};
+		if (qw_st_write(path, entries + begin, end - begin, fill_random, &ctx, &err)) {
+			fprintf(stderr, "qwen-ckpt export-reduced: %s\n", err.msg);
+			rc = CKPT_FAILED;
+		}
+		for (size_t i = begin; i < end; i++)
+			json_object_set_new(weight_map, entries[i].name, json_string(name));
+		begin = end;
+	}
+	/* a stale file of the other layout would shadow or confuse the new one */
+	snprintf(stale, sizeof stale, "%s/%s", out, shards == 1 ? QW_ST_INDEX : QW_ST_SINGLE);
+	unlink(stale);
+	if (rc == CKPT_OK && shards > 1) {
+		json_t *index = json_pack("{s:{s:I}, s:O}", "metadata", "total_size",
+					  (json_int_t)total, "weight_map", weight_map);
+		snprintf(path, sizeof path, "%s/%s", out, QW_ST_INDEX);
+		rc = write_json_file(path, index);
+		json_decref(index);
+	}
+	json_decref(weight_map);
+	free(entries);
+	return rc;
+}
+
+// ---------------------------------------------------------------------------------------
+
+static int parse_args(int argc, char **argv, export_args *a)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"out", required_argument, NULL, 'o'},
+		{"seed", required_argument, NULL, 's'},
+		{"shards", required_argument, NULL, 'S'},
+		{"num-layers", required_argument, NULL, 256 + OV_LAYERS},
+		{"override-vocab", required_argument, NULL, 256 + OV_VOCAB},
+		{"override-hidden", required_argument, NULL, 256 + OV_HIDDEN},
+		{"override-heads", required_argument, NULL, 256 + OV_HEADS},
+		{"override-kv-heads", required_argument, NULL, 256 + OV_KV_HEADS},
+		{"override-head-dim", required_argument, NULL, 256 + OV_HEAD_DIM},
+		{"override-intermediate", required_argument, NULL, 256 + OV_INTER},
+		{"override-moe-intermediate", required_argument, NULL, 256 + OV_MOE_INTER},
+		{"override-num-experts", required_argument, NULL, 256 + OV_EXPERTS},
+		{"override-top-k", required_argument, NULL, 256 + OV_TOP_K},
+		{"override-vision-depth", required_argument, NULL, 256 + OV_VDEPTH},
+		{"override-vision-hidden", required_argument, NULL, 256 + OV_VHIDDEN},
+		{"help", no_argument, NULL, 'h'},
+		{0, 0, 0, 0}};
+	memset(a, 0, sizeof *a);
+	for (int i = 0; i < OV_COUNT; i++)
+		a->ov[i] = -1;
+	a->shards = 1;
+	int c, li;
+	while ((c = getopt_long(argc, argv, "c:o:s:S:h", opts, &li)) != -1) {
+		const char *prog = "qwen-ckpt export-reduced";
+		switch (c) {
+		case 'c': a->config = optarg; break;
+		case 'o': a->out = optarg; break;
+		case 's':
+			if (!qw_arg_int(prog, "--seed", optarg, 0, INT64_MAX, &a->seed))
+				return CKPT_USAGE;
+			break;
+		case 'S':
+			if (!qw_arg_int(prog, "--shards", optarg, 1, 99999, &a->shards))
+				return CKPT_USAGE;
+			break;
+		case 'h': fputs(export_usage, stdout); return -1;
+		default:
+			if (c < 100 || c >= 256 + OV_COUNT) {
+				fputs(export_usage, stderr);
+				return CKPT_USAGE;
+			}
+			char flag[64];
+			snprintf(flag, sizeof flag, "--%s", opts[li].name);
+			if (!qw_arg_int(prog, flag, optarg, 1, 1 << 30, &a->ov[c - 256]))
+				return CKPT_USAGE;
+		}
+	}
+	if (!a->config || !a->out || optind != argc) {
+		fputs("qwen-ckpt export-reduced: needs --config and --out\n", stderr);
+		fputs(export_usage, stderr);
+		return CKPT_USAGE;
+	}
+	return CKPT_OK;
+}
+
+int ckpt_export_reduced(int argc, char **argv)
+{
+	export_args a;
+	int rc = parse_args(argc, argv, &a);
+	if (rc != CKPT_OK)
+		return rc < 0 ? CKPT_OK : rc;
+	qw_err err = {0};
+	qw_config in_cfg, cfg;
+	if (qw_config_load(a.config, &in_cfg, &err) != QW_OK) {
+		fprintf(stderr, "qwen-ckpt export-reduced: %s\n", err.msg);
+		return CKPT_FAILED;
+	}
+	json_error_t jerr;
+	json_t *root = json_load_file(a.config, 0, &jerr);
+	apply_overrides(root, in_cfg.has_vision, a.ov);
+	char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	if (!text || qw_config_parse(text, strlen(text), "config after overrides", &cfg, &err)) {
+		fprintf(stderr, "qwen-ckpt export-reduced: %s\n", text ? err.msg : "out of memory");
+		free(text);
+		json_decref(root);
+		return CKPT_USAGE;
+	}
+	free(text);
+
+	qw_wspec *specs = NULL;
+	size_t n = 0;
+	qw_expert_layout layout = cfg.arch == QW_ARCH_QWEN3_MOE ? QW_EXPERTS_PER_EXPERT
+								: QW_EXPERTS_FUSED;
+	if (qw_wmap_build(&cfg, layout, NULL, &specs, &n, &err) != QW_OK) {
+		fprintf(stderr, "qwen-ckpt export-reduced: %s\n", err.msg);
+		json_decref(root);
+		return CKPT_FAILED;
+	}
+	if ((size_t)a.shards > n) {
+		fprintf(stderr, "qwen-ckpt export-reduced: --shards %lld: the model has only %zu "
+			"tensors\n", a.shards, n);
+		rc = CKPT_USAGE;
+	} else if (mkdir(a.out, 0755) != 0 && errno != EEXIST) {
+		fprintf(stderr, "qwen-ckpt export-reduced: cannot create %s: %s\n", a.out,
+			strerror(errno));
+		rc = CKPT_FAILED;
+	} else {
+		rc = write_weights(a.out, specs, n, (int)a.shards, (uint64_t)a.seed);
+	}
+	if (rc == CKPT_OK) {
+		char path[4200];
+		snprintf(path, sizeof path, "%s/config.json", a.out);
+		rc = write_json_file(path, root);     /* last: a dir with a config is complete */
+	}
+	if (rc == CKPT_OK) {
+		uint64_t bytes = 0;
+		for (size_t i = 0; i < n; i++)
+			bytes += specs[i].numel * 2;
+		char b[32];
+		printf("wrote %s: %s, %zu tensors, %s in %lld file%s\n", a.out, cfg.model_type, n,
+		       qw_fmt_bytes(bytes, b, sizeof b), a.shards, a.shards == 1 ? "" : "s");
+	}
+	free(specs);
+	json_decref(root);
+	return rc;
+}

@@ -1,0 +1,33 @@
+/* checkpoint.h - an HF model directory's weights: one model.safetensors, or shards
+ * listed by model.safetensors.index.json.
+ *
+ * Owns: the open shard files and one name-sorted table over all their tensors.  The index
+ * is held to the shards: every shard it names must exist and hold the tensors the index
+ * places there, no tensor may appear twice, and no shard may hold a tensor the index
+ * does not list.
+ */
+#ifndef QW_LOADER_CHECKPOINT_H
+#define QW_LOADER_CHECKPOINT_H
+
+#include <stdbool.h>
+
+#include "loader/safetensors.h"
+
+#define QW_ST_SINGLE "model.safetensors"
+#define QW_ST_INDEX "model.safetensors.index.json"
+
+typedef struct qw_checkpoint {
+	char *dir;
+	bool sharded;                  /* opened through the index */
+	qw_st_file **files;            /* (n_files,) in index order of first mention */
+	size_t n_files;
+	const qw_tensor **tensors;     /* (n_tensors,) all tensors, sorted by name */
+	size_t n_tensors;
+	uint64_t total_bytes;          /* sum of tensor bytes */
+} qw_checkpoint;
+
+qw_status qw_ckpt_open(const char *dir, qw_checkpoint **out, qw_err *err);
+const qw_tensor *qw_ckpt_find(const qw_checkpoint *c, const char *name);
+void qw_ckpt_close(qw_checkpoint *c);
+
+#endif
