@@ -1,0 +1,122 @@
+/* helpers.c - shared test helpers.  See helpers.h. */
+#include "tests/unit/helpers.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+const char *fixture(const char *rel)
+{
+	static char bufs[4][4096];
+	static int next;
+	char *buf = bufs[next++ % 4];
+	const char *root = getenv("QW_FIXTURES");
+	snprintf(buf, 4096, "%s/%s", root ? root : "tests/fixtures", rel);
+	return buf;
+}
+
+const char *program(const char *prog)
+{
+	static char buf[4096];
+	const char *bin = getenv("QW_BIN");
+	snprintf(buf, sizeof buf, "%s/%s", bin ? bin : "build/bin", prog);
+	return buf;
+}
+
+char *scratch_new(void)
+{
+	const char *tmp = getenv("TMPDIR");
+	char *dir = malloc(4096);
+	assert_non_null(dir);
+	snprintf(dir, 4096, "%s/qwtest.XXXXXX", tmp ? tmp : "/tmp");
+	assert_non_null(mkdtemp(dir));
+	return dir;
+}
+
+void scratch_free(char *dir)
+{
+	char cmd[4200];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+	free(dir);
+}
+
+const char *path_in(const char *dir, const char *name)
+{
+	static char bufs[4][4096];
+	static int next;
+	char *buf = bufs[next++ % 4];
+	snprintf(buf, 4096, "%s/%s", dir, name);
+	return buf;
+}
+
+void write_file(const char *path, const void *data, size_t len)
+{
+	FILE *f = fopen(path, "wb");
+	assert_non_null(f);
+	assert_int_equal(fwrite(data, 1, len, f), len);
+	assert_int_equal(fclose(f), 0);
+}
+
+char *read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		fail_msg("cannot open %s: %s", path, strerror(errno));
+	assert_int_equal(fseek(f, 0, SEEK_END), 0);
+	long n = ftell(f);
+	assert_true(n >= 0);
+	rewind(f);
+	char *buf = malloc((size_t)n + 1);
+	assert_non_null(buf);
+	assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	buf[n] = '\0';
+	if (len)
+		*len = (size_t)n;
+	return buf;
+}
+
+void copy_file(const char *from, const char *to)
+{
+	size_t len;
+	char *data = read_file(from, &len);
+	write_file(to, data, len);
+	free(data);
+}
+
+int run_capture(char **output, const char *fmt, ...)
+{
+	char cmd[8192];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	size_t cap = 65536, len = 0, got;
+	char *buf = malloc(cap);
+	assert_non_null(buf);
+	while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+		len += got;
+		if (cap - len < 4096) {
+			buf = realloc(buf, cap *= 2);
+			assert_non_null(buf);
+		}
+	}
+	buf[len] = '\0';
+	int status = pclose(p);
+	*output = buf;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void assert_contains_at(const char *haystack, const char *needle, const char *file, int line)
+{
+	if (!haystack || !strstr(haystack, needle))
+		fail_msg("%s:%d: expected to find \"%s\" in:\n%s", file, line, needle,
+			 haystack ? haystack : "(null)");
+}

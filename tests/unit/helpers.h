@@ -1,0 +1,43 @@
+/* helpers.h - what the unit tests share: where fixtures and built programs are, scratch
+ * directories, writing small files, running a program and capturing its output, and
+ * cmocka include boilerplate.
+ *
+ * Paths come from the environment the test runner sets (QW_FIXTURES, QW_BIN); the
+ * defaults work when a test is run by hand from the repository root.
+ */
+#ifndef QW_TESTS_HELPERS_H
+#define QW_TESTS_HELPERS_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+/* tests/fixtures (or $QW_FIXTURES) joined with rel, in one of four rotating static
+ * buffers. */
+const char *fixture(const char *rel);
+
+/* build/bin/<prog> (or $QW_BIN/<prog>). Returns a static buffer. */
+const char *program(const char *prog);
+
+/* A fresh directory under $TMPDIR, removed with everything in it by scratch_free. */
+char *scratch_new(void);
+void scratch_free(char *dir);
+
+/* dir/name into a static buffer (one of four rotating buffers, so a few can be live). */
+const char *path_in(const char *dir, const char *name);
+
+void write_file(const char *path, const void *data, size_t len);
+void copy_file(const char *from, const char *to);
+/* Whole file into a malloc'd, NUL-terminated buffer; *len gets the size. */
+char *read_file(const char *path, size_t *len);
+
+/* Runs a shell command line; returns its exit status and its stdout+stderr (malloc'd). */
+int run_capture(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Fails the test unless haystack contains needle, printing both. */
+#define assert_contains(haystack, needle) assert_contains_at(haystack, needle, __FILE__, __LINE__)
+void assert_contains_at(const char *haystack, const char *needle, const char *file, int line);
+
+#endif
