@@ -141,7 +141,7 @@ static void test_planner_optimal(void **state)
 			qw_stage_plan plan[8];
 			qw_err err = {0};
 			assert_int_equal(qw_plan_stages(&cfg, specs, n, S, QW_DT_BF16, plan, &err), 0);
-			uint64_t worst = 0, sum = 0;
+			uint64_t worst = 0;
 			for (int s = 0; s < S; s++) {
 				assert_int_equal(plan[s].stage.index, s);
 				assert_int_equal(plan[s].stage.count, S);
@@ -156,13 +156,38 @@ static void test_planner_optimal(void **state)
 						 (uint64_t)(plan[s].stage.layer_end -
 							    plan[s].stage.layer_begin) * 2 * 1 * 2 * 2);
 				worst = b > worst ? b : worst;
-				sum += b;
 			}
 			assert_int_equal(plan[S - 1].stage.layer_end, L);
 			assert_int_equal(worst, brute_best(layer, L, S, first, last, 0, 0, 0));
-			(void)sum;
 		}
 	}
+}
+
+/* When stage 0 is fixed by a large embedding, the other stages still share the layers
+ * evenly (many splits reach the same largest stage; the even one is chosen). */
+static void test_planner_spreads_the_rest(void **state)
+{
+	(void)state;
+	qw_config cfg = {0};
+	cfg.text.num_layers = 36;
+	cfg.text.num_kv_heads = 1;
+	cfg.text.head_dim = 2;
+	qw_wspec specs[40];
+	size_t n = 0;
+	for (int l = 0; l < 36; l++)
+		specs[n++] = (qw_wspec){.part = QW_PART_LAYER, .layer = l, .bytes = 100};
+	specs[n++] = (qw_wspec){.part = QW_PART_EMBED, .layer = -1, .bytes = 1000};
+	specs[n++] = (qw_wspec){.part = QW_PART_HEAD, .layer = -1, .bytes = 100};
+	qw_stage_plan plan[8];
+	qw_err err = {0};
+	assert_int_equal(qw_plan_stages(&cfg, specs, n, 8, QW_DT_BF16, plan, &err), QW_OK);
+	assert_int_equal(plan[0].stage.layer_end, 1);            /* 1000 + 100: the largest */
+	uint64_t lo = UINT64_MAX, hi = 0;                       /* the rest within one layer */
+	for (int s = 1; s < 8; s++) {
+		lo = plan[s].weight_bytes < lo ? plan[s].weight_bytes : lo;
+		hi = plan[s].weight_bytes > hi ? plan[s].weight_bytes : hi;
+	}
+	assert_true(hi - lo <= 100);
 }
 
 static void test_planner_limits(void **state)
@@ -186,6 +211,7 @@ int main(void)
 		cmocka_unit_test(test_counts_match_manifests),
 		cmocka_unit_test(test_published_sizes),
 		cmocka_unit_test(test_planner_optimal),
+		cmocka_unit_test(test_planner_spreads_the_rest),
 		cmocka_unit_test(test_planner_limits),
 	};
 	return cmocka_run_group_tests_name("plan", tests, NULL, NULL);
