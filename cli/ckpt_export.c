@@ -14,6 +14,8 @@
  *                              heads (at most the original) that give a head size that is
  *                              a multiple of 4
  *   --num-layers               drops mlp_only_layers entries past the new depth
+ * A fused-expert model whose expert matrices would be square (hidden = 2 x or 1 x
+ * moe_intermediate) is refused: transformers could not tell its layout from its own.
  * Weights: linear layers ~ N(0, 1/fan_in), embeddings ~ N(0, 1), position embeddings
  * ~ N(0, 0.5^2), norm weights 1 + N(0, 0.1^2), biases N(0, 0.02^2); each tensor draws from its
  * own stream seeded by (seed, tensor name), so a tensor does not change when others do.
@@ -441,6 +443,21 @@ int ckpt_export_reduced(int argc, char **argv)
 		return CKPT_USAGE;
 	}
 	free(text);
+
+	/* transformers v5 transposes hub-layout fused experts only when their shape differs
+	 * from its own (Transpose check_dims): a square matrix would be loaded untransposed */
+	const qw_text_config *t = &cfg.text;
+	if (cfg.arch == QW_ARCH_QWEN3_VL_MOE &&
+	    (t->hidden_size == 2 * t->moe_intermediate_size ||
+	     t->hidden_size == t->moe_intermediate_size)) {
+		fprintf(stderr, "qwen-ckpt export-reduced: hidden_size %d with moe_intermediate_size "
+			"%d makes the fused expert matrices square, and transformers then loads them "
+			"untransposed (it cannot tell the hub layout from its own)\nHINT: pick "
+			"another --override-moe-intermediate\n", t->hidden_size,
+			t->moe_intermediate_size);
+		json_decref(root);
+		return CKPT_USAGE;
+	}
 
 	qw_wspec *specs = NULL;
 	size_t n = 0;

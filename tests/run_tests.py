@@ -58,6 +58,8 @@ def main():
                QW_FIXTURES=os.path.abspath(args.fixtures))
     total_pass = total_fail = 0
     for path in args.tests:
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)) or '.' in os.path.basename(path):
+            continue   # object files and the like that a shell glob picked up
         p, f, secs = run_one(os.path.abspath(path), env, args.timeout)
         total_pass += p
         total_fail += f

@@ -9,8 +9,15 @@ ARCHS = ['-gencode', 'arch=compute_90a,code=sm_90a',
          '-gencode', 'arch=compute_80,code=sm_80']
 
 
+def find_nvcc(env):
+    """nvcc on PATH, else under $CUDA_HOME or /usr/local/cuda."""
+    candidates = [os.path.join(d, 'bin', 'nvcc') for d in
+                  (os.environ.get('CUDA_HOME', ''), '/usr/local/cuda') if d]
+    return env.WhereIs('nvcc') or next((c for c in candidates if os.access(c, os.X_OK)), None)
+
+
 def generate(env):
-    nvcc = env.WhereIs('nvcc')
+    nvcc = find_nvcc(env)
     cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
     env['NVCC'] = nvcc
     env['CUDA_HOME'] = cuda_home
@@ -27,4 +34,4 @@ def generate(env):
 
 
 def exists(env):
-    return env.WhereIs('nvcc')
+    return find_nvcc(env)

@@ -273,6 +273,11 @@ static void test_export_rejects_inconsistent(void **state)
 				     fixture("hf/tiny-moe/model/config.json"), dir), 2);
 	assert_contains(out, "--override-hidden");
 	free(out);
+	assert_int_equal(run_capture(&out, "%s export-reduced --config %s --out %s "
+				     "--override-moe-intermediate 64", program("qwen-ckpt"),
+				     fixture("hf/tiny-moe/model/config.json"), dir), 2);
+	assert_contains(out, "square");
+	free(out);
 	assert_int_equal(access(path_in(dir, "config.json"), F_OK), -1);   /* nothing written */
 	scratch_free(dir);
 }
