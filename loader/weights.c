@@ -256,14 +256,17 @@ static int cmp_spec_ptr(const void *a, const void *b)
 	return strcmp((*(const qw_wspec *const *)a)->name, (*(const qw_wspec *const *)b)->name);
 }
 
-/* Appends a malloc'd copy of s to *list (length *n, already incremented by the caller). */
-static bool push_str(char ***list, size_t n, const char *s)
+/* Appends a malloc'd copy of s to *list, whose length *n grows only on success. */
+static bool push_str(char ***list, size_t *n, const char *s)
 {
-	char **grown = realloc(*list, n * sizeof *grown);
+	char **grown = realloc(*list, (*n + 1) * sizeof *grown);
 	if (!grown)
 		return false;
 	*list = grown;
-	return (grown[n - 1] = strdup(s)) != NULL;
+	if (!(grown[*n] = strdup(s)))
+		return false;
+	(*n)++;
+	return true;
 }
 
 static bool shape_matches(const qw_wspec *s, const qw_tensor *t)
@@ -303,15 +306,13 @@ qw_status qw_weights_load(const qw_config *cfg, const qw_checkpoint *ck, const q
 		const qw_tensor *t = qw_ckpt_find(ck, s->name);
 		char want[96], got[96], desc[512];
 		if (!t) {
-			rep->missing++;
-			oom |= !push_str(&rep->missing_names, rep->missing, s->name);
+			oom |= !push_str(&rep->missing_names, &rep->missing, s->name);
 		} else if (!shape_matches(s, t) || !qw_dtype_is_float(t->dtype)) {
 			snprintf(desc, sizeof desc, "%s: expected %s of BF16/F16/F32, got %s %s (%s)",
 				 s->name, qw_shape_str(s->shape, s->ndim, want, sizeof want),
 				 qw_shape_str(t->shape, t->ndim, got, sizeof got),
 				 qw_dtype_name(t->dtype), t->file->path);
-			rep->mismatched++;
-			oom |= !push_str(&rep->mismatched_desc, rep->mismatched, desc);
+			oom |= !push_str(&rep->mismatched_desc, &rep->mismatched, desc);
 		} else {
 			rep->loaded++;
 			rep->loaded_bytes += t->nbytes;
@@ -330,8 +331,7 @@ qw_status qw_weights_load(const qw_config *cfg, const qw_checkpoint *ck, const q
 		const qw_wspec **hit = strlen(ck->tensors[i]->name) < sizeof key.name
 			? bsearch(&kp, sorted, n, sizeof *sorted, cmp_spec_ptr) : NULL;
 		if (!hit) {
-			rep->extra++;
-			oom |= !push_str(&rep->extra_names, rep->extra, ck->tensors[i]->name);
+			oom |= !push_str(&rep->extra_names, &rep->extra, ck->tensors[i]->name);
 		} else if (!qw_stage_owns(stage, cfg, *hit)) {
 			rep->other_stage++;
 		}
