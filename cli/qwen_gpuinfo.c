@@ -41,11 +41,12 @@ int main(int argc, char **argv)
 			for (int j = 0; j < env.n_gpus; j++)
 				if (env.peer[i][j])
 					json_array_append_new(peers, json_integer(j));
+			char cc[16];
+			snprintf(cc, sizeof cc, "%d.%d", g->cc_major, g->cc_minor);
 			json_array_append_new(json_object_get(o, "gpus"),
-				json_pack("{s:i, s:s, s:s#, s:i, s:I, s:I, s:o}", "index", i, "name",
-					  g->name, "cc", (char[]){(char)('0' + g->cc_major), '.',
-					  (char)('0' + g->cc_minor)}, (size_t)3, "sms", g->sm_count,
-					  "total_bytes", (json_int_t)g->total_bytes, "free_bytes",
+				json_pack("{s:i, s:s, s:s, s:i, s:I, s:I, s:o}", "index", i, "name",
+					  g->name, "cc", cc, "sms", g->sm_count, "total_bytes",
+					  (json_int_t)g->total_bytes, "free_bytes",
 					  (json_int_t)g->free_bytes, "peers", peers));
 		}
 		char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
