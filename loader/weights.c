@@ -190,7 +190,7 @@ qw_status qw_wmap_build(const qw_config *cfg, qw_expert_layout layout, qw_weight
 {
 	*specs = NULL;
 	*n = 0;
-	if (w) {
+	if (w && !w->layers) {
 		qw_status st = weights_alloc(cfg, layout, w, err);
 		if (st != QW_OK)
 			return st;
@@ -209,8 +209,6 @@ qw_status qw_wmap_build(const qw_config *cfg, qw_expert_layout layout, qw_weight
 		add(&b, SLOT(w->lm_head), QW_PART_HEAD, -1, 0, SHAPE(V, H), "lm_head.weight");
 	if (b.oom) {
 		free(b.specs);
-		if (w)
-			qw_weights_free(w);
 		return qw_fail(err, QW_E_NOMEM, "out of memory building the weight map");
 	}
 	*specs = b.specs;
@@ -283,6 +281,7 @@ qw_status qw_weights_load(const qw_config *cfg, const qw_checkpoint *ck, const q
 			  qw_weights *w, qw_wreport *rep, qw_err *err)
 {
 	memset(rep, 0, sizeof *rep);
+	memset(w, 0, sizeof *w);
 	qw_wspec *specs;
 	size_t n;
 	qw_status st = qw_wmap_build(cfg, qw_detect_expert_layout(cfg, ck), w, &specs, &n, err);

@@ -117,8 +117,9 @@ typedef struct qw_wreport {
 	char **extra_names;        /* (extra,) */
 } qw_wreport;
 
-/* Builds the spec list of the whole model.  If w is non-NULL, it is allocated for the
- * config and each spec's slot points into it.  Free *specs with free(). */
+/* Builds the spec list of the whole model.  If w is non-NULL, each spec's slot points into
+ * it; a zeroed w is allocated for the config first (an allocated one is reused, so the slots
+ * of loaded weights can be found again).  Free *specs with free(). */
 qw_status qw_wmap_build(const qw_config *cfg, qw_expert_layout layout, qw_weights *w,
 			qw_wspec **specs, size_t *n, qw_err *err);
 

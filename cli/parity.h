@@ -1,0 +1,80 @@
+/* parity.h - the parity ladder: does a backend compute what HF transformers computed?
+ *
+ * Owns: the ladder's steps, their metrics and thresholds, and running them against a
+ * reference file in the fixtures' format (tests/fixtures/hf/README.md):
+ *   1 shapes       vocabulary, sequence length and hidden size agree
+ *   2 first-logit  the logits at position 0 (embedding, norms, MLP/MoE, head: no attention
+ *                  mixing yet, no rotation)
+ *   3 positions    the logits at every prompt position (attention, RoPE, causal mask)
+ *   4 decode       greedy continuation through the KV cache, token for token, each step's
+ *                  logits against greedy_step_logits
+ * It stops at the first failing step.  With trace, the hidden states are compared layer by
+ * layer and the first diverging one is named.  Used by qwen-parity and the tests.
+ */
+#ifndef QW_CLI_PARITY_H
+#define QW_CLI_PARITY_H
+
+#include <stdbool.h>
+
+#include "kernels/ops.h"
+
+enum { QW_STEP_SHAPES, QW_STEP_FIRST, QW_STEP_POSITIONS, QW_STEP_DECODE, QW_N_STEPS };
+
+typedef struct qw_metrics {
+	double mse;        /* mean squared difference */
+	double max_abs;    /* largest absolute difference */
+	double cosine;     /* smallest cosine similarity of a row pair */
+	double kl;         /* largest KL(softmax(ref) || softmax(ours)) of a row pair */
+	double top5;       /* mean share of the reference's top 5 ids found in ours */
+	int rows;
+} qw_metrics;
+
+typedef struct qw_thresholds {
+	const char *name;                   /* "fp32" or "bf16" */
+	double first_mse, first_max_abs;
+	double pos_mse, pos_kl, pos_top5, pos_max_abs;
+	double trace_rel;                   /* a layer diverges past this max-abs / max|ref| */
+} qw_thresholds;
+
+extern const qw_thresholds qw_thresholds_fp32;
+extern const qw_thresholds qw_thresholds_bf16;
+
+typedef struct qw_step_result {
+	bool ran, pass;
+	qw_metrics m;
+	char note[512];
+} qw_step_result;
+
+typedef struct qw_parity_opts {
+	const char *model_dir;
+	const char *reference;
+	const char *case_name;
+	int stages;                 /* in-process stages (1 = whole model in one) */
+	bool trace;
+	const qw_thresholds *th;
+} qw_parity_opts;
+
+#define QW_TRACE_MAX 512
+
+typedef struct qw_parity_result {
+	qw_step_result step[QW_N_STEPS];
+	bool pass;
+	int tokens, vocab, hidden;            /* of the case */
+	int decode_steps, decode_matched;     /* greedy steps compared, and equal */
+	int n_trace;                          /* hidden states compared (0 without trace) */
+	double trace_max_abs[QW_TRACE_MAX];   /* per hidden state */
+	double trace_rel[QW_TRACE_MAX];
+	int trace_first_bad;                  /* index of the first diverging one, or -1 */
+} qw_parity_result;
+
+extern const char *const qw_step_names[QW_N_STEPS];
+
+/* Climbs the ladder with backend be.  Returns an error only when the ladder could not be
+ * run (unreadable model or reference, missing case); a failing step is a result. */
+qw_status qw_parity_run(const qw_parity_opts *o, qw_backend *be, qw_parity_result *r,
+			qw_err *err);
+
+/* Metrics of ours against ref, rows x cols (logits: top-5 and KL are meaningful). */
+void qw_compare(const float *ref, const float *ours, int rows, int cols, qw_metrics *m);
+
+#endif

@@ -1,0 +1,547 @@
+/* cpu_backend.c - the fp32 reference backend.  See cpu_backend.h and ops.h. */
+#include "kernels/cpu/cpu_backend.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/sample.h"
+
+struct qw_kv_cache {
+	qw_kv_shape shape;
+	float *k, *v;   /* (n_layers, n_blocks * block_size, Hkv * D) */
+};
+
+#define ROWS(a) ((size_t)(a)->rows)
+#define F(a) ((float *)(a)->data)
+#define CF(a) ((const float *)(a)->data)
+
+static qw_status shape_error(qw_err *err, const char *op, const char *what)
+{
+	return qw_fail(err, QW_E_ARG, "cpu %s: %s", op, what);
+}
+
+void qw_tensor_read_f32(const qw_tensor *t, uint64_t first, uint64_t n, float *dst)
+{
+	const uint8_t *base = t->data;
+	switch (t->dtype) {
+	case QW_DT_F32:
+		memcpy(dst, base + first * 4, n * 4);
+		break;
+	case QW_DT_BF16:
+		for (uint64_t i = 0; i < n; i++) {
+			uint16_t h;
+			memcpy(&h, base + (first + i) * 2, 2);
+			dst[i] = qw_bf16_to_f32(h);
+		}
+		break;
+	case QW_DT_F16:
+		for (uint64_t i = 0; i < n; i++) {
+			uint16_t h;
+			memcpy(&h, base + (first + i) * 2, 2);
+			dst[i] = qw_f16_to_f32(h);
+		}
+		break;
+	default:
+		for (uint64_t i = 0; i < n; i++)
+			dst[i] = NAN;   /* the loader admits only float weights */
+	}
+}
+
+static double dot(const float *a, const float *b, int n)
+{
+	double s = 0.0;
+	for (int i = 0; i < n; i++)
+		s += (double)a[i] * (double)b[i];
+	return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// memory
+
+static qw_status act_alloc(qw_backend *be, int rows, int cols, qw_act *out, qw_err *err)
+{
+	out->data = calloc((size_t)rows * (size_t)cols + 1, sizeof(float));
+	if (!out->data)
+		return qw_fail(err, QW_E_NOMEM, "cpu: out of memory for a %d x %d activation", rows,
+			       cols);
+	out->rows = out->cap_rows = rows;
+	out->cols = cols;
+	return QW_OK;
+}
+
+static void act_free(qw_backend *be, qw_act *a)
+{
+	free(a->data);
+	memset(a, 0, sizeof *a);
+}
+
+static qw_status act_write(qw_backend *be, qw_act *dst, const float *src, qw_err *err)
+{
+	memcpy(dst->data, src, ROWS(dst) * (size_t)dst->cols * sizeof(float));
+	return QW_OK;
+}
+
+static qw_status act_read(qw_backend *be, const qw_act *src, float *dst, qw_err *err)
+{
+	memcpy(dst, src->data, ROWS(src) * (size_t)src->cols * sizeof(float));
+	return QW_OK;
+}
+
+static qw_status act_copy(qw_backend *be, qw_act *dst, const qw_act *src, qw_err *err)
+{
+	if (dst->cap_rows < src->rows || dst->cols != src->cols)
+		return shape_error(err, "act_copy", "destination too small");
+	dst->rows = src->rows;
+	memcpy(dst->data, src->data, ROWS(src) * (size_t)src->cols * sizeof(float));
+	return QW_OK;
+}
+
+static qw_status upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out, qw_err *err)
+{
+	*out = t;   /* read in place from the mapping */
+	return QW_OK;
+}
+
+static qw_status kv_alloc(qw_backend *be, const qw_kv_shape *shape, qw_kv_cache **out,
+			  qw_err *err)
+{
+	qw_kv_cache *kv = calloc(1, sizeof *kv);
+	size_t n = (size_t)shape->n_layers * (size_t)shape->n_blocks * (size_t)shape->block_size *
+		   (size_t)shape->n_kv_heads * (size_t)shape->head_dim;
+	if (kv) {
+		kv->shape = *shape;
+		kv->k = calloc(n + 1, sizeof(float));
+		kv->v = calloc(n + 1, sizeof(float));
+	}
+	if (!kv || !kv->k || !kv->v) {
+		if (kv) {
+			free(kv->k);
+			free(kv->v);
+		}
+		free(kv);
+		return qw_fail(err, QW_E_NOMEM, "cpu: out of memory for a KV cache of %zu values", 2 * n);
+	}
+	*out = kv;
+	return QW_OK;
+}
+
+static void kv_free(qw_backend *be, qw_kv_cache *kv)
+{
+	if (kv) {
+		free(kv->k);
+		free(kv->v);
+		free(kv);
+	}
+}
+
+static void destroy(qw_backend *be)
+{
+	free(be);
+}
+
+// ---------------------------------------------------------------------------------------
+// ops
+
+static qw_status embed(qw_backend *be, qw_act *out, const qw_tensor *table, const int32_t *ids,
+		       qw_err *err)
+{
+	int64_t V = table->shape[0], H = table->shape[1];
+	if (out->cols != H)
+		return shape_error(err, "embed", "output width is not the table's");
+	for (size_t t = 0; t < ROWS(out); t++) {
+		if (ids[t] < 0 || ids[t] >= V)
+			return qw_fail(err, QW_E_ARG, "token id %d at row %zu is outside the vocabulary "
+				       "of %lld", ids[t], t, (long long)V);
+		qw_tensor_read_f32(table, (uint64_t)ids[t] * (uint64_t)H, (uint64_t)H,
+				   F(out) + t * (size_t)H);
+	}
+	return QW_OK;
+}
+
+static void rms_row(float *out, const float *x, const float *w, int n, float eps)
+{
+	double ss = 0.0;
+	for (int i = 0; i < n; i++)
+		ss += (double)x[i] * (double)x[i];
+	float r = (float)(1.0 / sqrt(ss / n + (double)eps));
+	for (int i = 0; i < n; i++)
+		out[i] = w[i] * (x[i] * r);
+}
+
+static qw_status rmsnorm(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
+			 float eps, qw_err *err)
+{
+	int n = x->cols;
+	if (w->numel != (uint64_t)n || out->cols != n)
+		return shape_error(err, "rmsnorm", "weight or output width differs from the input");
+	float *wf = malloc((size_t)n * sizeof *wf);
+	if (!wf)
+		return qw_fail(err, QW_E_NOMEM, "cpu rmsnorm: out of memory");
+	qw_tensor_read_f32(w, 0, (uint64_t)n, wf);
+	out->rows = x->rows;
+	for (size_t t = 0; t < ROWS(x); t++)
+		rms_row(F(out) + t * (size_t)n, CF(x) + t * (size_t)n, wf, n, eps);
+	free(wf);
+	return QW_OK;
+}
+
+static qw_status head_rmsnorm(qw_backend *be, qw_act *x, const qw_tensor *w, int n_heads,
+			      float eps, qw_err *err)
+{
+	int D = (int)w->numel;
+	if (D * n_heads != x->cols)
+		return shape_error(err, "head_rmsnorm", "heads x weight width is not the row width");
+	float wf[4096];
+	if (D > 4096)
+		return shape_error(err, "head_rmsnorm", "head_dim above 4096");
+	qw_tensor_read_f32(w, 0, (uint64_t)D, wf);
+	for (size_t t = 0; t < ROWS(x); t++)
+		for (int h = 0; h < n_heads; h++) {
+			float *row = F(x) + t * (size_t)x->cols + (size_t)h * (size_t)D;
+			rms_row(row, row, wf, D, eps);
+		}
+	return QW_OK;
+}
+
+static qw_status rope(qw_backend *be, qw_act *x, const int32_t *positions, int n_heads,
+		      int head_dim, const int *sec, float theta, qw_err *err)
+{
+	int half = head_dim / 2;
+	if (n_heads * head_dim != x->cols || head_dim % 2 || half > 2048)
+		return shape_error(err, "rope", "heads x head_dim is not the row width");
+	float inv_freq[2048];
+	for (int j = 0; j < half; j++)   /* as HF: float pow, float reciprocal */
+		inv_freq[j] = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
+	for (size_t t = 0; t < ROWS(x); t++) {
+		const int32_t *pos = positions + 3 * t;
+		for (int j = 0; j < half; j++) {
+			int axis = (j % 3 == 1 && j < 3 * sec[1]) ? 1 : (j % 3 == 2 && j < 3 * sec[2]) ? 2 : 0;
+			float angle = (float)pos[axis] * inv_freq[j];
+			float c = cosf(angle), s = sinf(angle);
+			for (int h = 0; h < n_heads; h++) {
+				float *v = F(x) + t * (size_t)x->cols + (size_t)h * (size_t)head_dim;
+				float a = v[j], b = v[j + half];
+				v[j] = a * c - b * s;
+				v[j + half] = b * c + a * s;
+			}
+		}
+	}
+	return QW_OK;
+}
+
+static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
+			const qw_tensor *bias, qw_err *err)
+{
+	if (w->ndim != 2 || w->shape[1] != x->cols || w->shape[0] != out->cols ||
+	    out->cap_rows < x->rows)
+		return shape_error(err, "matmul", "weight does not match input and output widths");
+	int N = (int)w->shape[0], K = (int)w->shape[1];
+	float *row = malloc((size_t)K * sizeof *row), *b = NULL;
+	if (bias && (b = malloc((size_t)N * sizeof *b)))
+		qw_tensor_read_f32(bias, 0, (uint64_t)N, b);
+	if (!row || (bias && !b)) {
+		free(row);
+		free(b);
+		return qw_fail(err, QW_E_NOMEM, "cpu matmul: out of memory");
+	}
+	out->rows = x->rows;
+	for (int n = 0; n < N; n++) {
+		qw_tensor_read_f32(w, (uint64_t)n * (uint64_t)K, (uint64_t)K, row);
+		for (size_t t = 0; t < ROWS(x); t++)
+			F(out)[t * (size_t)N + (size_t)n] =
+				(float)(dot(CF(x) + t * (size_t)K, row, K) + (b ? b[n] : 0.0));
+	}
+	free(row);
+	free(b);
+	return QW_OK;
+}
+
+static qw_status add(qw_backend *be, qw_act *out, const qw_act *a, const qw_act *b, qw_err *err)
+{
+	if (a->rows != b->rows || a->cols != b->cols || out->cols != a->cols)
+		return shape_error(err, "add", "operand shapes differ");
+	out->rows = a->rows;
+	for (size_t i = 0; i < ROWS(a) * (size_t)a->cols; i++)
+		F(out)[i] = CF(a)[i] + CF(b)[i];
+	return QW_OK;
+}
+
+static float silu(float z)
+{
+	return z / (1.0f + expf(-z));
+}
+
+static qw_status silu_mul(qw_backend *be, qw_act *out, const qw_act *gate, const qw_act *up,
+			  qw_err *err)
+{
+	if (gate->rows != up->rows || gate->cols != up->cols || out->cols != gate->cols)
+		return shape_error(err, "silu_mul", "operand shapes differ");
+	out->rows = gate->rows;
+	for (size_t i = 0; i < ROWS(gate) * (size_t)gate->cols; i++)
+		F(out)[i] = silu(CF(gate)[i]) * CF(up)[i];
+	return QW_OK;
+}
+
+static qw_status kv_write(qw_backend *be, qw_kv_cache *kv, int layer, const qw_act *k,
+			  const qw_act *v, const qw_batch *batch, qw_err *err)
+{
+	const qw_kv_shape *s = &kv->shape;
+	size_t width = (size_t)s->n_kv_heads * (size_t)s->head_dim;
+	size_t slots = (size_t)s->n_blocks * (size_t)s->block_size;
+	if (k->cols != (int)width || v->cols != (int)width || layer < 0 || layer >= s->n_layers)
+		return shape_error(err, "kv_write", "K/V width or layer does not match the cache");
+	for (int t = 0; t < batch->n_tokens; t++) {
+		if (batch->slot[t] < 0 || (size_t)batch->slot[t] >= slots)
+			return qw_fail(err, QW_E_ARG, "kv_write: slot %d of token %d outside the cache "
+				       "(%zu slots)", batch->slot[t], t, slots);
+		size_t at = ((size_t)layer * slots + (size_t)batch->slot[t]) * width;
+		memcpy(kv->k + at, CF(k) + (size_t)t * width, width * sizeof(float));
+		memcpy(kv->v + at, CF(v) + (size_t)t * width, width * sizeof(float));
+	}
+	return QW_OK;
+}
+
+static qw_status attention(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_cache *kv,
+			   int layer, const qw_batch *batch, int n_heads, qw_err *err)
+{
+	const qw_kv_shape *s = &kv->shape;
+	int D = s->head_dim, Hkv = s->n_kv_heads, group = n_heads / Hkv, bs = s->block_size;
+	size_t width = (size_t)Hkv * (size_t)D, slots = (size_t)s->n_blocks * (size_t)bs;
+	if (q->cols != n_heads * D || out->cols != q->cols || n_heads % Hkv)
+		return shape_error(err, "attention", "query width or head counts do not match");
+	int max_ctx = batch->max_blocks * bs;
+	double *score = malloc((size_t)(max_ctx > 0 ? max_ctx : 1) * sizeof *score);
+	const float **krow = malloc((size_t)(max_ctx > 0 ? max_ctx : 1) * sizeof *krow * 2);
+	if (!score || !krow) {
+		free(score);
+		free(krow);
+		return qw_fail(err, QW_E_NOMEM, "cpu attention: out of memory");
+	}
+	const float **vrow = krow + max_ctx;
+	const double scale = 1.0 / sqrt((double)D);
+	qw_status st = QW_OK;
+	out->rows = q->rows;
+	for (int t = 0; t < batch->n_tokens && st == QW_OK; t++) {
+		int n = batch->kv_index[t] + 1;
+		const int32_t *table = batch->block_tables + (size_t)batch->seq[t] * (size_t)batch->max_blocks;
+		if (n < 1 || n > max_ctx) {
+			st = qw_fail(err, QW_E_ARG, "attention: token %d attends to %d entries, its block "
+				     "table holds %d", t, n, max_ctx);
+			break;
+		}
+		for (int j = 0; j < n; j++) {
+			int32_t block = table[j / bs];
+			if (block < 0 || (size_t)block * (size_t)bs >= slots) {
+				st = qw_fail(err, QW_E_ARG, "attention: block %d outside the cache", block);
+				break;
+			}
+			size_t at = ((size_t)layer * slots + (size_t)block * (size_t)bs + (size_t)(j % bs)) * width;
+			krow[j] = kv->k + at;
+			vrow[j] = kv->v + at;
+		}
+		for (int h = 0; st == QW_OK && h < n_heads; h++) {
+			const float *qh = CF(q) + (size_t)t * (size_t)q->cols + (size_t)h * (size_t)D;
+			size_t kvo = (size_t)(h / group) * (size_t)D;
+			double max = -INFINITY, sum = 0.0;
+			for (int j = 0; j < n; j++) {
+				score[j] = dot(qh, krow[j] + kvo, D) * scale;
+				max = score[j] > max ? score[j] : max;
+			}
+			for (int j = 0; j < n; j++)
+				sum += score[j] = exp(score[j] - max);
+			float *oh = F(out) + (size_t)t * (size_t)out->cols + (size_t)h * (size_t)D;
+			for (int d = 0; d < D; d++) {
+				double acc = 0.0;
+				for (int j = 0; j < n; j++)
+					acc += score[j] * (double)vrow[j][kvo + (size_t)d];
+				oh[d] = (float)(acc / sum);
+			}
+		}
+	}
+	free(score);
+	free(krow);
+	return st;
+}
+
+/* Work buffers of the MoE op, sized for one layer. */
+typedef struct moe_scratch {
+	float *router;   /* (E, H) the router widened once */
+	float *act;      /* (2I,) gate | up pre-activations, then the SwiGLU output in [0, I) */
+	double *acc;     /* (max(2I, H),) accumulators */
+	float *row;      /* (max(2I, H),) one widened weight row */
+	float *y;        /* (H,) one expert's output */
+	double *prob;    /* (E,) router probabilities */
+	int *chosen;     /* (k,) selected experts */
+	bool *taken;     /* (E,) */
+} moe_scratch;
+
+/* One expert's SwiGLU on x (H,) into s->y (H,), in either layout. */
+static void expert_ffn(const qw_moe_weights *w, int e, const float *x, int H, moe_scratch *s)
+{
+	int I = w->inter;
+	float *a = s->act;
+	if (w->gate_up) {
+		/* a = x . GU[e], GU[e] (H, 2I): gate columns [0, I), up columns [I, 2I) */
+		memset(s->acc, 0, 2 * (size_t)I * sizeof *s->acc);
+		for (int h = 0; h < H; h++) {
+			qw_tensor_read_f32(w->gate_up, ((uint64_t)e * (uint64_t)H + (uint64_t)h) * 2 *
+					   (uint64_t)I, 2 * (uint64_t)I, s->row);
+			for (int j = 0; j < 2 * I; j++)
+				s->acc[j] += (double)x[h] * (double)s->row[j];
+		}
+		for (int j = 0; j < 2 * I; j++)
+			a[j] = (float)s->acc[j];
+	} else {
+		for (int i = 0; i < I; i++) {
+			qw_tensor_read_f32(w->gate[e], (uint64_t)i * (uint64_t)H, (uint64_t)H, s->row);
+			a[i] = (float)dot(x, s->row, H);
+			qw_tensor_read_f32(w->up[e], (uint64_t)i * (uint64_t)H, (uint64_t)H, s->row);
+			a[I + i] = (float)dot(x, s->row, H);
+		}
+	}
+	for (int i = 0; i < I; i++)
+		a[i] = silu(a[i]) * a[I + i];
+	if (w->down) {
+		/* y = h . DN[e], DN[e] (I, H) */
+		memset(s->acc, 0, (size_t)H * sizeof *s->acc);
+		for (int i = 0; i < I; i++) {
+			qw_tensor_read_f32(w->down, ((uint64_t)e * (uint64_t)I + (uint64_t)i) *
+					   (uint64_t)H, (uint64_t)H, s->row);
+			for (int h = 0; h < H; h++)
+				s->acc[h] += (double)a[i] * (double)s->row[h];
+		}
+		for (int h = 0; h < H; h++)
+			s->y[h] = (float)s->acc[h];
+	} else {
+		for (int h = 0; h < H; h++) {
+			qw_tensor_read_f32(w->expert_down[e], (uint64_t)h * (uint64_t)I, (uint64_t)I,
+					   s->row);
+			s->y[h] = (float)dot(a, s->row, I);
+		}
+	}
+}
+
+static int by_expert_id(const void *a, const void *b)
+{
+	return *(const int *)a - *(const int *)b;
+}
+
+static void moe_scratch_free(moe_scratch *s)
+{
+	free(s->router);
+	free(s->act);
+	free(s->acc);
+	free(s->row);
+	free(s->y);
+	free(s->prob);
+	free(s->chosen);
+	free(s->taken);
+}
+
+static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_weights *w,
+		     qw_err *err)
+{
+	int H = x->cols, E = w->n_experts, k = w->top_k, I = w->inter;
+	if (out->cols != H || w->router->shape[0] != E || w->router->shape[1] != H || k < 1 || k > E)
+		return shape_error(err, "moe", "router, expert count or widths do not match");
+	size_t big = (size_t)(H > 2 * I ? H : 2 * I);
+	moe_scratch s = {
+		.router = malloc((size_t)E * (size_t)H * sizeof(float)),
+		.act = malloc(2 * (size_t)I * sizeof(float)),
+		.acc = malloc(big * sizeof(double)),
+		.row = malloc(big * sizeof(float)),
+		.y = malloc((size_t)H * sizeof(float)),
+		.prob = malloc((size_t)E * sizeof(double)),
+		.chosen = malloc((size_t)k * sizeof(int)),
+		.taken = malloc((size_t)E * sizeof(bool)),
+	};
+	if (!s.router || !s.act || !s.acc || !s.row || !s.y || !s.prob || !s.chosen || !s.taken) {
+		moe_scratch_free(&s);
+		return qw_fail(err, QW_E_NOMEM, "cpu moe: out of memory");
+	}
+	qw_tensor_read_f32(w->router, 0, (uint64_t)E * (uint64_t)H, s.router);
+	out->rows = x->rows;
+	for (size_t t = 0; t < ROWS(x); t++) {
+		const float *xt = CF(x) + t * (size_t)H;
+		float *ot = F(out) + t * (size_t)H;
+		/* router: logits in fp32, softmax, top-k by probability (lowest id on ties) */
+		double max = -INFINITY, sum = 0.0, wsum = 0.0;
+		for (int e = 0; e < E; e++) {
+			s.prob[e] = (float)dot(xt, s.router + (size_t)e * (size_t)H, H);
+			max = s.prob[e] > max ? s.prob[e] : max;
+			s.taken[e] = false;
+		}
+		for (int e = 0; e < E; e++)
+			sum += s.prob[e] = exp(s.prob[e] - max);
+		for (int i = 0; i < k; i++) {
+			int best = -1;
+			for (int e = 0; e < E; e++)
+				if (!s.taken[e] && (best < 0 || s.prob[e] > s.prob[best]))
+					best = e;
+			s.taken[best] = true;
+			s.chosen[i] = best;
+			wsum += (double)(float)(s.prob[best] / sum);
+		}
+		qsort(s.chosen, (size_t)k, sizeof *s.chosen, by_expert_id);   /* HF's summation order */
+		memset(ot, 0, (size_t)H * sizeof *ot);
+		for (int i = 0; i < k; i++) {
+			int e = s.chosen[i];
+			float weight = (float)(s.prob[e] / sum);
+			if (w->renormalize)
+				weight = (float)((double)weight / wsum);
+			expert_ffn(w, e, xt, H, &s);
+			for (int h = 0; h < H; h++)
+				ot[h] += weight * s.y[h];
+		}
+	}
+	moe_scratch_free(&s);
+	return QW_OK;
+}
+
+static qw_status gather_rows(qw_backend *be, qw_act *out, const qw_act *x, const int32_t *rows,
+			     int n, qw_err *err)
+{
+	if (out->cols != x->cols || out->cap_rows < n)
+		return shape_error(err, "gather_rows", "output too small");
+	for (int i = 0; i < n; i++) {
+		if (rows[i] < 0 || rows[i] >= x->rows)
+			return shape_error(err, "gather_rows", "row index out of range");
+		memcpy(F(out) + (size_t)i * (size_t)x->cols, CF(x) + (size_t)rows[i] * (size_t)x->cols,
+		       (size_t)x->cols * sizeof(float));
+	}
+	out->rows = n;
+	return QW_OK;
+}
+
+static qw_status sample(qw_backend *be, const qw_act *logits, const qw_sampling *params,
+			int32_t *out_tokens, qw_err *err)
+{
+	void *scratch = malloc(qw_sample_scratch_bytes(logits->cols));
+	if (!scratch)
+		return qw_fail(err, QW_E_NOMEM, "cpu sample: out of memory");
+	for (size_t r = 0; r < ROWS(logits); r++)
+		out_tokens[r] = qw_sample_row(CF(logits) + r * (size_t)logits->cols, logits->cols,
+					      &params[r], scratch);
+	free(scratch);
+	return QW_OK;
+}
+
+qw_status qw_cpu_backend_create(qw_backend **out, qw_err *err)
+{
+	qw_backend *be = calloc(1, sizeof *be);
+	if (!be)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	*be = (qw_backend){
+		.name = "cpu", .act_dtype = QW_DT_F32,
+		.act_alloc = act_alloc, .act_free = act_free, .act_write = act_write,
+		.act_read = act_read, .act_copy = act_copy, .upload = upload,
+		.kv_alloc = kv_alloc, .kv_free = kv_free, .destroy = destroy,
+		.embed = embed, .rmsnorm = rmsnorm, .head_rmsnorm = head_rmsnorm, .rope = rope,
+		.matmul = matmul, .add = add, .silu_mul = silu_mul, .kv_write = kv_write,
+		.attention = attention, .moe = moe, .gather_rows = gather_rows, .sample = sample,
+	};
+	*out = be;
+	return QW_OK;
+}

@@ -1,0 +1,184 @@
+/* forward.c - the decoder layers over the op interface.  See forward.h. */
+#include "kernels/forward.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define TRY(call)                          \
+	do {                               \
+		qw_status try_st_ = (call); \
+		if (try_st_ != QW_OK)      \
+			return try_st_;    \
+	} while (0)
+
+static qw_status upload_weights(qw_stage_model *m, qw_err *err)
+{
+	const qw_config *cfg = m->cfg;
+	qw_wspec *specs;
+	size_t n;
+	const qw_tensor *host_lm_head = m->w.lm_head;
+	TRY(qw_wmap_build(cfg, m->w.expert_layout, &m->w, &specs, &n, err));
+	qw_status st = QW_OK;
+	for (size_t i = 0; i < n && st == QW_OK; i++)
+		if (qw_stage_owns(&m->stage, cfg, &specs[i]) && *specs[i].slot)
+			st = m->be->upload(m->be, *specs[i].slot, specs[i].slot, err);
+	free(specs);
+	bool first = m->stage.index == 0, last = m->stage.index == m->stage.count - 1;
+	if (st == QW_OK && cfg->tie_word_embeddings && last)
+		st = first ? (m->w.lm_head = m->w.embed, QW_OK)
+			   : m->be->upload(m->be, host_lm_head, &m->w.lm_head, err);
+	return st;
+}
+
+static qw_status alloc_scratch(qw_stage_model *m, qw_err *err)
+{
+	const qw_text_config *t = &m->cfg->text;
+	int T = m->max_tokens, H = t->hidden_size, QD = t->num_heads * t->head_dim;
+	int KD = t->num_kv_heads * t->head_dim;
+	int I = t->intermediate_size > 0 ? t->intermediate_size : 1;
+	struct { qw_act *a; int cols; } plan[] = {
+		{&m->h, H}, {&m->q, QD}, {&m->k, KD}, {&m->v, KD}, {&m->attn, QD}, {&m->o, H},
+		{&m->gate, I}, {&m->up, I}, {&m->mlp, H}, {&m->picked, H}};
+	for (size_t i = 0; i < sizeof plan / sizeof *plan; i++)
+		TRY(m->be->act_alloc(m->be, T, plan[i].cols, plan[i].a, err));
+	return QW_OK;
+}
+
+qw_status qw_stage_model_init(qw_stage_model *m, const qw_config *cfg, const qw_checkpoint *ck,
+			      const qw_stage *stage, qw_backend *be, int n_blocks, int block_size,
+			      int max_tokens, qw_err *err)
+{
+	memset(m, 0, sizeof *m);
+	m->cfg = cfg;
+	m->be = be;
+	m->stage = *stage;
+	m->max_tokens = max_tokens;
+	qw_wreport rep;
+	qw_status st = qw_weights_load(cfg, ck, stage, &m->w, &rep, err);
+	qw_wreport_free(&rep);
+	if (st == QW_OK)
+		st = upload_weights(m, err);
+	m->kv_shape = (qw_kv_shape){.n_layers = stage->layer_end - stage->layer_begin,
+				    .n_blocks = n_blocks, .block_size = block_size,
+				    .n_kv_heads = cfg->text.num_kv_heads,
+				    .head_dim = cfg->text.head_dim};
+	if (st == QW_OK)
+		st = be->kv_alloc(be, &m->kv_shape, &m->kv, err);
+	if (st == QW_OK)
+		st = alloc_scratch(m, err);
+	if (st != QW_OK)
+		qw_stage_model_free(m);
+	return st;
+}
+
+void qw_stage_model_free(qw_stage_model *m)
+{
+	if (!m->be)
+		return;
+	qw_act *acts[] = {&m->h, &m->q, &m->k, &m->v, &m->attn, &m->o, &m->gate, &m->up, &m->mlp,
+			  &m->picked};
+	for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
+		if (acts[i]->data)
+			m->be->act_free(m->be, acts[i]);
+	if (m->kv)
+		m->be->kv_free(m->be, m->kv);
+	qw_weights_free(&m->w);
+	memset(m, 0, sizeof *m);
+}
+
+/* Sets the row count of every scratch activation to T. */
+static void set_rows(qw_stage_model *m, int T)
+{
+	qw_act *acts[] = {&m->h, &m->q, &m->k, &m->v, &m->attn, &m->o, &m->gate, &m->up, &m->mlp};
+	for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
+		acts[i]->rows = T;
+}
+
+static qw_status mlp(qw_stage_model *m, int L, qw_err *err)
+{
+	qw_backend *be = m->be;
+	const qw_layer_weights *lw = &m->w.layers[L];
+	const qw_text_config *t = &m->cfg->text;
+	if (!qw_layer_is_moe(m->cfg, L)) {
+		TRY(be->matmul(be, &m->gate, &m->h, lw->gate_proj, NULL, err));
+		TRY(be->matmul(be, &m->up, &m->h, lw->up_proj, NULL, err));
+		TRY(be->silu_mul(be, &m->gate, &m->gate, &m->up, err));
+		return be->matmul(be, &m->mlp, &m->gate, lw->down_proj, NULL, err);
+	}
+	qw_moe_weights mw = {
+		.router = lw->router, .gate_up = lw->experts_gate_up, .down = lw->experts_down,
+		.gate = lw->expert_gate, .up = lw->expert_up, .expert_down = lw->expert_down,
+		.n_experts = t->num_experts, .top_k = t->num_experts_per_tok,
+		.inter = t->moe_intermediate_size,
+		/* Qwen3-VL-MoE always renormalises; Qwen3-MoE as norm_topk_prob says */
+		.renormalize = m->cfg->arch == QW_ARCH_QWEN3_VL_MOE || t->norm_topk_prob,
+	};
+	return be->moe(be, &m->mlp, &m->h, &mw, err);
+}
+
+static qw_status layer(qw_stage_model *m, int L, const qw_batch *b, qw_act *x, qw_err *err)
+{
+	qw_backend *be = m->be;
+	const qw_layer_weights *lw = &m->w.layers[L];
+	const qw_text_config *t = &m->cfg->text;
+	float eps = (float)t->rms_norm_eps, theta = (float)t->rope_theta;
+	int cache_layer = L - m->stage.layer_begin;
+
+	TRY(be->rmsnorm(be, &m->h, x, lw->input_norm, eps, err));
+	TRY(be->matmul(be, &m->q, &m->h, lw->q_proj, lw->q_bias, err));
+	TRY(be->matmul(be, &m->k, &m->h, lw->k_proj, lw->k_bias, err));
+	TRY(be->matmul(be, &m->v, &m->h, lw->v_proj, lw->v_bias, err));
+	TRY(be->head_rmsnorm(be, &m->q, lw->q_norm, t->num_heads, eps, err));
+	TRY(be->head_rmsnorm(be, &m->k, lw->k_norm, t->num_kv_heads, eps, err));
+	TRY(be->rope(be, &m->q, b->positions, t->num_heads, t->head_dim, t->mrope_section, theta, err));
+	TRY(be->rope(be, &m->k, b->positions, t->num_kv_heads, t->head_dim, t->mrope_section, theta,
+		     err));
+	TRY(be->kv_write(be, m->kv, cache_layer, &m->k, &m->v, b, err));
+	TRY(be->attention(be, &m->attn, &m->q, m->kv, cache_layer, b, t->num_heads, err));
+	TRY(be->matmul(be, &m->o, &m->attn, lw->o_proj, lw->o_bias, err));
+	TRY(be->add(be, x, x, &m->o, err));
+	TRY(be->rmsnorm(be, &m->h, x, lw->post_norm, eps, err));
+	TRY(mlp(m, L, err));
+	return be->add(be, x, x, &m->mlp, err);
+}
+
+qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_err *err)
+{
+	int T = b->n_tokens;
+	if (T < 1 || T > m->max_tokens || hidden->cap_rows < T ||
+	    hidden->cols != m->cfg->text.hidden_size)
+		return qw_fail(err, QW_E_ARG, "stage %d: a step of %d tokens (this stage takes 1 to "
+			       "%d, hidden holds %d rows of %d)", m->stage.index, T, m->max_tokens,
+			       hidden->cap_rows, hidden->cols);
+	set_rows(m, T);
+	hidden->rows = T;
+	if (m->stage.index == 0) {
+		TRY(m->be->embed(m->be, hidden, m->w.embed, b->token_ids, err));
+		if (m->hook)
+			m->hook(m->hook_ctx, 0, hidden);
+	}
+	for (int L = m->stage.layer_begin; L < m->stage.layer_end; L++) {
+		qw_status st = layer(m, L, b, hidden, err);
+		if (st != QW_OK)
+			return qw_err_context(err, "layer %d", L);
+		if (m->hook)
+			m->hook(m->hook_ctx, L + 1, hidden);
+	}
+	return QW_OK;
+}
+
+qw_status qw_stage_logits(qw_stage_model *m, const qw_batch *b, const qw_act *hidden,
+			  qw_act *logits, qw_err *err)
+{
+	if (m->stage.index != m->stage.count - 1)
+		return qw_fail(err, QW_E_ARG, "stage %d of %d has no lm_head", m->stage.index,
+			       m->stage.count);
+	if (b->n_logits < 1 || b->n_logits > logits->cap_rows || b->n_logits > m->max_tokens)
+		return qw_fail(err, QW_E_ARG, "%d logits rows requested, room for %d", b->n_logits,
+			       logits->cap_rows);
+	qw_backend *be = m->be;
+	TRY(be->gather_rows(be, &m->picked, hidden, b->logit_rows, b->n_logits, err));
+	TRY(be->rmsnorm(be, &m->picked, &m->picked, m->w.final_norm,
+			(float)m->cfg->text.rms_norm_eps, err));
+	return be->matmul(be, logits, &m->picked, m->w.lm_head, NULL, err);
+}

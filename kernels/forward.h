@@ -1,0 +1,52 @@
+/* forward.h - the text model's forward pass, written once over the op interface.
+ *
+ * Owns: qw_stage_model, one pipeline stage on one backend: its weights (uploaded from the
+ * checkpoint through qw_backend.upload), its layers' KV cache, and scratch activations for up
+ * to max_tokens rows.  A stage runs decoder layers [layer_begin, layer_end): the first stage
+ * embeds token ids, every other stage takes the hidden states (T, H) the previous one left,
+ * and the last stage also turns chosen rows into logits.  The daemon's pipeline stages and
+ * the in-process stages of qwen-parity are this same code.
+ */
+#ifndef QW_KERNELS_FORWARD_H
+#define QW_KERNELS_FORWARD_H
+
+#include "kernels/ops.h"
+#include "loader/checkpoint.h"
+#include "loader/weights.h"
+
+/* Called with each hidden state HF records: index 0 after the embedding, index L+1 after
+ * decoder layer L (its output, as the next layer receives it). */
+typedef void (*qw_hidden_hook)(void *ctx, int index, const qw_act *hidden);
+
+typedef struct qw_stage_model {
+	const qw_config *cfg;           /* not owned */
+	qw_backend *be;                 /* not owned */
+	qw_stage stage;
+	qw_weights w;                   /* tensors on the backend */
+	qw_kv_cache *kv;                /* (layer_end - layer_begin) layers */
+	qw_kv_shape kv_shape;
+	int max_tokens;                 /* rows of the scratch activations */
+	qw_act h, q, k, v, attn, o, gate, up, mlp;   /* scratch, (max_tokens, width) */
+	qw_act picked;                  /* (max_tokens, H) rows chosen for logits */
+	qw_hidden_hook hook;            /* optional */
+	void *hook_ctx;
+} qw_stage_model;
+
+/* Loads and uploads what `stage` owns from ck (the load must be complete: a missing or
+ * mismatched tensor is an error), and allocates a KV cache of n_blocks x block_size tokens. */
+qw_status qw_stage_model_init(qw_stage_model *m, const qw_config *cfg, const qw_checkpoint *ck,
+			      const qw_stage *stage, qw_backend *be, int n_blocks, int block_size,
+			      int max_tokens, qw_err *err);
+void qw_stage_model_free(qw_stage_model *m);
+
+/* Runs the stage's layers for batch b.  hidden (cap >= T rows, H cols): ignored on input by
+ * the first stage (which embeds b->token_ids), the previous stage's output otherwise; holds
+ * this stage's output afterwards. */
+qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_err *err);
+
+/* Last stage only: logits (b->n_logits, V) of rows b->logit_rows of hidden (final norm, then
+ * lm_head). */
+qw_status qw_stage_logits(qw_stage_model *m, const qw_batch *b, const qw_act *hidden,
+			  qw_act *logits, qw_err *err);
+
+#endif

@@ -1,0 +1,143 @@
+/* ops.h - the op interface: everything the model computes, as one table of functions a
+ * backend implements (CPU now, CUDA next).
+ *
+ * Owns: qw_backend (the table), qw_act (activations on the backend), qw_kv_cache (the
+ * paged KV cache, opaque: each backend picks its layout), qw_batch (which tokens of which
+ * sequences one step computes) and the sampling parameters.
+ *
+ * Shapes: T tokens of a step, from any number of sequences, are rows of every activation.
+ * H hidden, Hq / Hkv query / key-value heads of D dims, V vocabulary.  Weights are qw_tensor
+ * values on the backend (qw_backend.upload), in the checkpoint's layout: Linear weights
+ * [out, in]; fused experts input-major [E, H, 2I] and [E, I, H].  Activations are in the
+ * backend's act_dtype (F32 on the CPU); the host sees them only through act_read/act_write.
+ *
+ * The KV cache holds post-norm, post-RoPE K and V per layer in fixed-size blocks.  A token's
+ * K/V goes to `slot` = block * block_size + offset (kv_write); attention reads a sequence's
+ * entries 0..kv_index through its block table, so writing a step's K/V before its attention
+ * makes attention causal within a prefill chunk and continues the cache when decoding.
+ */
+#ifndef QW_KERNELS_OPS_H
+#define QW_KERNELS_OPS_H
+
+#include <stdint.h>
+
+#include "loader/config.h"
+#include "loader/error.h"
+#include "loader/safetensors.h"
+
+typedef struct qw_act {
+	void *data;     /* backend memory, (rows, cols) row-major in the backend's act_dtype */
+	int rows, cols;
+	int cap_rows;   /* rows allocated; rows may be set lower for a smaller step */
+} qw_act;
+
+typedef struct qw_kv_cache qw_kv_cache;     /* backend-defined */
+
+typedef struct qw_kv_shape {
+	int n_layers;        /* layers this cache serves (a stage's) */
+	int n_blocks;
+	int block_size;      /* tokens per block */
+	int n_kv_heads, head_dim;
+} qw_kv_shape;
+
+/* One step: T tokens and the sequences they belong to.  Host arrays; a backend copies what
+ * it needs. */
+typedef struct qw_batch {
+	int n_tokens;                  /* T */
+	const int32_t *token_ids;      /* (T,) */
+	const int32_t *positions;      /* (T, 3) M-RoPE (t, h, w); text tokens repeat one value */
+	const int32_t *seq;            /* (T,) the token's sequence, index into block_tables */
+	const int32_t *kv_index;       /* (T,) the token's index in its sequence's KV entries */
+	const int32_t *slot;           /* (T,) cache slot its K/V is written to */
+	int n_seqs;
+	int max_blocks;                /* row length of block_tables */
+	const int32_t *block_tables;   /* (n_seqs, max_blocks) physical block ids */
+	int n_logits;                  /* rows that need logits (usually each sequence's last) */
+	const int32_t *logit_rows;     /* (n_logits,) token rows */
+} qw_batch;
+
+typedef struct qw_sampling {
+	float temperature;   /* 0: greedy (argmax, lowest id on ties) */
+	int top_k;           /* 0: off */
+	float top_p;         /* 1: off */
+	uint64_t seed;
+	uint64_t step;       /* which draw of this sequence: with seed, fixes the random number */
+} qw_sampling;
+
+/* The MoE weights of one layer, in either checkpoint layout. */
+typedef struct qw_moe_weights {
+	const qw_tensor *router;          /* (E, H) */
+	const qw_tensor *gate_up;         /* (E, H, 2I) fused, or NULL */
+	const qw_tensor *down;            /* (E, I, H) fused, or NULL */
+	const qw_tensor *const *gate;     /* (E,) of (I, H): per-expert layout */
+	const qw_tensor *const *up;       /* (E,) of (I, H) */
+	const qw_tensor *const *expert_down; /* (E,) of (H, I) */
+	int n_experts, top_k, inter;      /* E, k, I */
+	int renormalize;                  /* divide the top-k weights by their sum */
+} qw_moe_weights;
+
+typedef struct qw_backend qw_backend;
+
+struct qw_backend {
+	const char *name;
+	qw_dtype act_dtype;
+	void *ctx;   /* backend state */
+
+	// -- memory ----------------------------------------------------------------------
+	qw_status (*act_alloc)(qw_backend *be, int rows, int cols, qw_act *out, qw_err *err);
+	void (*act_free)(qw_backend *be, qw_act *a);
+	/* host fp32 (rows, cols) <-> activation */
+	qw_status (*act_write)(qw_backend *be, qw_act *dst, const float *src, qw_err *err);
+	qw_status (*act_read)(qw_backend *be, const qw_act *src, float *dst, qw_err *err);
+	qw_status (*act_copy)(qw_backend *be, qw_act *dst, const qw_act *src, qw_err *err);
+	/* A backend-resident copy of a checkpoint tensor (the CPU backend returns t itself);
+	 * released with the backend. */
+	qw_status (*upload)(qw_backend *be, const qw_tensor *t, const qw_tensor **out, qw_err *err);
+	qw_status (*kv_alloc)(qw_backend *be, const qw_kv_shape *shape, qw_kv_cache **out,
+			      qw_err *err);
+	void (*kv_free)(qw_backend *be, qw_kv_cache *kv);
+	void (*destroy)(qw_backend *be);
+
+	// -- ops ---------------------------------------------------------------------------
+	/* out (T, H) = table[ids] */
+	qw_status (*embed)(qw_backend *be, qw_act *out, const qw_tensor *table, const int32_t *ids,
+			   qw_err *err);
+	/* out = x * rsqrt(mean(x^2) + eps) * w, per row (out may be x) */
+	qw_status (*rmsnorm)(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
+			     float eps, qw_err *err);
+	/* the same per head: x (T, n_heads * head_dim), w (head_dim,) shared by all heads */
+	qw_status (*head_rmsnorm)(qw_backend *be, qw_act *x, const qw_tensor *w, int n_heads,
+				  float eps, qw_err *err);
+	/* interleaved M-RoPE in place on x (T, n_heads * D): rotary pair j (of D/2) turns by
+	 * pos[axis(j)] * theta^(-2j/D), axis(j) = h if j%3==1 && j<3*sec[1], w if j%3==2 &&
+	 * j<3*sec[2], else t; pairs are (j, j + D/2) */
+	qw_status (*rope)(qw_backend *be, qw_act *x, const int32_t *positions, int n_heads,
+			  int head_dim, const int *mrope_section, float theta, qw_err *err);
+	/* out (T, N) = x (T, K) w^T (+ bias), w (N, K) */
+	qw_status (*matmul)(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
+			    const qw_tensor *bias, qw_err *err);
+	/* out = a + b (out may be a) */
+	qw_status (*add)(qw_backend *be, qw_act *out, const qw_act *a, const qw_act *b, qw_err *err);
+	/* out (T, I) = silu(gate) * up */
+	qw_status (*silu_mul)(qw_backend *be, qw_act *out, const qw_act *gate, const qw_act *up,
+			      qw_err *err);
+	/* K, V (T, Hkv * D) into the cache of `layer` at batch->slot */
+	qw_status (*kv_write)(qw_backend *be, qw_kv_cache *kv, int layer, const qw_act *k,
+			      const qw_act *v, const qw_batch *batch, qw_err *err);
+	/* out (T, Hq * D): causal GQA attention of each token over its sequence's cache entries
+	 * 0..kv_index, scale D^-0.5 */
+	qw_status (*attention)(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_cache *kv,
+			       int layer, const qw_batch *batch, int n_heads, qw_err *err);
+	/* out (T, H): router softmax in fp32, top-k, optional renormalisation, SwiGLU experts,
+	 * weighted sum in ascending expert order */
+	qw_status (*moe)(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_weights *w,
+			 qw_err *err);
+	/* out (n, cols) = rows `rows` of x */
+	qw_status (*gather_rows)(qw_backend *be, qw_act *out, const qw_act *x, const int32_t *rows,
+				 int n, qw_err *err);
+	/* one token per logits row (n = logits->rows), each with its own parameters */
+	qw_status (*sample)(qw_backend *be, const qw_act *logits, const qw_sampling *params,
+			    int32_t *out_tokens, qw_err *err);
+};
+
+#endif
