@@ -1,6 +1,9 @@
 /* helpers.c - shared test helpers.  See helpers.h. */
 #include "tests/unit/helpers.h"
 
+#include "loader/checkpoint.h"
+#include "loader/st_writer.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,4 +122,47 @@ void assert_contains_at(const char *haystack, const char *needle, const char *fi
 	if (!haystack || !strstr(haystack, needle))
 		fail_msg("%s:%d: expected to find \"%s\" in:\n%s", file, line, needle,
 			 haystack ? haystack : "(null)");
+}
+
+typedef struct copy_ctx {
+	const qw_checkpoint *src;
+	const qw_st_entry *entries;
+	tensor_edit_fn edit;
+	void *edit_ctx;
+} copy_ctx;
+
+static qw_status copy_fill(void *vctx, size_t i, void *buf, uint64_t nbytes, qw_err *err)
+{
+	const copy_ctx *c = vctx;
+	const qw_tensor *t = qw_ckpt_find(c->src, c->entries[i].name);
+	memcpy(buf, t->data, nbytes);
+	if (c->edit)
+		c->edit(t->name, t->dtype, buf, nbytes, c->edit_ctx);
+	return QW_OK;
+}
+
+char *copy_model(const char *model_dir, tensor_edit_fn edit, void *ctx)
+{
+	char *dir = scratch_new();
+	qw_checkpoint *src;
+	qw_err err = {0};
+	if (qw_ckpt_open(model_dir, &src, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	qw_st_entry *entries = calloc(src->n_tensors, sizeof *entries);
+	assert_non_null(entries);
+	for (size_t i = 0; i < src->n_tensors; i++) {
+		const qw_tensor *t = src->tensors[i];
+		entries[i] = (qw_st_entry){.name = t->name, .dtype = t->dtype, .ndim = t->ndim};
+		memcpy(entries[i].shape, t->shape, sizeof entries[i].shape);
+	}
+	copy_ctx c = {src, entries, edit, ctx};
+	if (qw_st_write(path_in(dir, "model.safetensors"), entries, src->n_tensors, copy_fill, &c,
+			&err) != QW_OK)
+		fail_msg("%s", err.msg);
+	char cfg[4096];
+	snprintf(cfg, sizeof cfg, "%s/config.json", model_dir);
+	copy_file(cfg, path_in(dir, "config.json"));
+	free(entries);
+	qw_ckpt_close(src);
+	return dir;
 }

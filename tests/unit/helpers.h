@@ -36,6 +36,14 @@ char *read_file(const char *path, size_t *len);
 /* Runs a shell command line; returns its exit status and its stdout+stderr (malloc'd). */
 int run_capture(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Edits one tensor's bytes while a model is copied. */
+typedef void (*tensor_edit_fn)(const char *name, int dtype, void *bytes, uint64_t nbytes,
+			       void *ctx);
+
+/* A scratch copy of the model directory model_dir (config.json and one model.safetensors)
+ * with every tensor passed through edit (may be NULL).  Free with scratch_free. */
+char *copy_model(const char *model_dir, tensor_edit_fn edit, void *ctx);
+
 /* Fails the test unless haystack contains needle, printing both. */
 #define assert_contains(haystack, needle) assert_contains_at(haystack, needle, __FILE__, __LINE__)
 void assert_contains_at(const char *haystack, const char *needle, const char *file, int line);
