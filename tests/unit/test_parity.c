@@ -237,6 +237,54 @@ static void test_seeded_sampling(void **state)
 	assert_true(memcmp(a, c, sizeof a) != 0);
 }
 
+static void test_cli(void **state)
+{
+	char *dir = scratch_new(), *out;
+	const char *m = fixture("hf/tiny-dense");
+	char model[4096];
+	snprintf(model, sizeof model, "%s", m);
+	assert_int_equal(run_capture(&out, "%s --model %s/model --reference %s/reference.safetensors "
+				     "--case short --stages 2 --report %s", program("qwen-parity"),
+				     model, model, path_in(dir, "r.json")), 0);
+	assert_contains(out, "decode: 16 of 16 greedy tokens equal");
+	free(out);
+	json_error_t jerr;
+	json_t *r = json_load_file(path_in(dir, "r.json"), 0, &jerr);
+	assert_non_null(r);
+	assert_true(json_is_true(json_object_get(r, "pass")));
+	assert_int_equal(json_integer_value(json_object_get(r, "stages")), 2);
+	assert_int_equal(json_array_size(json_object_get(r, "steps")), 4);
+	json_decref(r);
+
+	assert_int_equal(run_capture(&out, "%s --model %s/model --reference %s/reference.safetensors "
+				     "--case nope", program("qwen-parity"), model, model), 2);
+	assert_contains(out, "no case 'nope'");
+	free(out);
+	assert_int_equal(run_capture(&out, "%s --model %s/model --reference %s/reference.safetensors "
+				     "--case image", program("qwen-parity"), model, model), 2);
+	assert_contains(out, "vision");
+	free(out);
+	assert_int_equal(run_capture(&out, "%s --model %s/model --reference %s/reference.safetensors "
+				     "--case short --backend tpu", program("qwen-parity"), model,
+				     model), 2);
+	free(out);
+	/* a model that does not match: exit 1, the failing step named */
+	perturb p = {"model.language_model.norm.weight", 3, 1.0f};
+	char src[4096];
+	snprintf(src, sizeof src, "%s/model", model);
+	char *copy = copy_model(src, perturb_bf16, &p);
+	assert_int_equal(run_capture(&out, "%s --model %s --reference %s/reference.safetensors "
+				     "--case short", program("qwen-parity"), copy, model), 1);
+	assert_contains(out, "first-logit  FAIL");
+	free(out);
+	scratch_free(copy);
+	assert_int_equal(run_capture(&out, "%s --model %s/model --reference %s/reference.safetensors "
+				     "--case short --stages 9", program("qwen-parity"), model, model), 2);
+	assert_contains(out, "3 decoder layers into 9 stages");
+	free(out);
+	scratch_free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -246,6 +294,7 @@ int main(void)
 		cmocka_unit_test(test_broken_kv_update_fails_decode),
 		cmocka_unit_test(test_stages_bit_identical),
 		cmocka_unit_test(test_seeded_sampling),
+		cmocka_unit_test(test_cli),
 	};
 	return cmocka_run_group_tests_name("parity", tests, setup, teardown);
 }
