@@ -3,6 +3,7 @@
  *
  *   qwen-parity --model DIR --reference REF.safetensors --case NAME [--backend cpu|cuda]
  *               [--stages S] [--report OUT.json] [--trace]
+ *   qwen-parity tokens --tokenizer DIR --cases FILE.json      (step 1: token parity)
  *
  * Prints one row per step (and per hidden state with --trace), writes the JSON report, and
  * exits 0 iff every step passed (1 a step failed, 2 bad usage or unreadable input).  The
@@ -21,6 +22,7 @@
 static const char usage[] =
 	"usage: qwen-parity --model DIR --reference REF.safetensors --case NAME\n"
 	"                   [--backend cpu|cuda] [--stages S] [--report OUT.json] [--trace]\n"
+	"       qwen-parity tokens --tokenizer DIR --cases FILE.json\n"
 	"  --backend B    cpu (default; fp32 thresholds) or cuda (bf16 thresholds)\n"
 	"  --stages S     split the layers over S in-process pipeline stages (default 1)\n"
 	"  --report F     write the results as JSON to F\n"
@@ -103,8 +105,12 @@ static void print_table(const qw_parity_opts *o, const char *backend, const qw_p
 	printf("%s\n", r->pass ? "PASS" : "FAIL");
 }
 
+int parity_tokens_main(int argc, char **argv);   /* parity_tokens.c */
+
 int main(int argc, char **argv)
 {
+	if (argc > 1 && strcmp(argv[1], "tokens") == 0)
+		return parity_tokens_main(argc - 1, argv + 1);
 	static const struct option opts[] = {
 		{"model", required_argument, NULL, 'm'},
 		{"reference", required_argument, NULL, 'r'},

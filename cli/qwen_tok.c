@@ -1,0 +1,202 @@
+/* qwen-tok - the tokenizer from the command line.
+ *
+ *   qwen-tok encode --tokenizer DIR [FILE]     ids of FILE (or stdin), space-separated
+ *   qwen-tok decode --tokenizer DIR [FILE]     text of the ids in FILE (or stdin)
+ *   qwen-tok bench  --tokenizer DIR FILE [--repeat N]
+ *
+ * bench encodes the whole file in one call, single-threaded, N times (default 5) and prints
+ * the first (cold cache) and the best (warm) rate in MB/s, then the best rate over the file
+ * cut into 4 KB pieces encoded one call each.  Exit 0 ok, 1 bad input, 2 usage.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/args.h"
+#include "daemon/text/tokenizer.h"
+
+static const char usage[] =
+	"usage: qwen-tok encode --tokenizer DIR [FILE]\n"
+	"       qwen-tok decode --tokenizer DIR [FILE]\n"
+	"       qwen-tok bench  --tokenizer DIR FILE [--repeat N]\n";
+
+static char *slurp(const char *path, size_t *len)
+{
+	FILE *f = path ? fopen(path, "rb") : stdin;
+	if (!f)
+		return NULL;
+	size_t cap = 1 << 16, n = 0, got;
+	char *buf = malloc(cap);
+	while (buf && (got = fread(buf + n, 1, cap - n, f)) > 0) {
+		n += got;
+		if (n == cap) {
+			char *grown = realloc(buf, cap *= 2);
+			if (!grown)
+				free(buf);
+			buf = grown;
+		}
+	}
+	if (path)
+		fclose(f);
+	*len = n;
+	return buf;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int do_encode(qw_tokenizer *t, const char *text, size_t len)
+{
+	int32_t *ids;
+	size_t n;
+	qw_err err = {0};
+	if (qw_tokenizer_encode(t, text, len, &ids, &n, &err) != QW_OK) {
+		fprintf(stderr, "qwen-tok: %s\n", err.msg);
+		return 1;
+	}
+	for (size_t i = 0; i < n; i++)
+		printf("%s%d", i ? " " : "", ids[i]);
+	printf("\n");
+	free(ids);
+	return 0;
+}
+
+static int do_decode(qw_tokenizer *t, char *text)
+{
+	size_t cap = 1024, n = 0;
+	int32_t *ids = malloc(cap * sizeof *ids);
+	char *tok = strtok(text, " \t\r\n,");
+	for (; tok && ids; tok = strtok(NULL, " \t\r\n,")) {
+		long long v;
+		if (!qw_arg_int("qwen-tok decode", "id", tok, 0, INT32_MAX, &v)) {
+			free(ids);
+			return 1;
+		}
+		if (n == cap)
+			ids = realloc(ids, (cap *= 2) * sizeof *ids);
+		if (ids)
+			ids[n++] = (int32_t)v;
+	}
+	char *out;
+	size_t len;
+	qw_err err = {0};
+	if (!ids || qw_tokenizer_decode(t, ids, n, &out, &len, &err) != QW_OK) {
+		fprintf(stderr, "qwen-tok: %s\n", ids ? err.msg : "out of memory");
+		free(ids);
+		return 1;
+	}
+	fwrite(out, 1, len, stdout);
+	free(out);
+	free(ids);
+	return 0;
+}
+
+static int do_bench(qw_tokenizer *t, const char *text, size_t len, int repeat)
+{
+	double first = 0, best = 1e30;
+	size_t n = 0;
+	for (int r = 0; r < repeat; r++) {
+		int32_t *ids;
+		qw_err err = {0};
+		double t0 = now();
+		if (qw_tokenizer_encode(t, text, len, &ids, &n, &err) != QW_OK) {
+			fprintf(stderr, "qwen-tok: %s\n", err.msg);
+			return 1;
+		}
+		double dt = now() - t0;
+		free(ids);
+		if (r == 0)
+			first = dt;
+		best = dt < best ? dt : best;
+	}
+	printf("# encode, one thread: %.2f MB -> %zu tokens (%.2f bytes/token)\n", len / 1e6, n,
+	       (double)len / (double)n);
+	printf("cold  %8.2f MB/s  %10.0f tokens/s\n", len / 1e6 / first, n / first);
+	printf("warm  %8.2f MB/s  %10.0f tokens/s  (best of %d)\n", len / 1e6 / best, n / best,
+	       repeat);
+	/* the same text as 4 KB pieces, one call each (how a server sees requests) */
+	best = 1e30;
+	size_t calls = 0;
+	for (int r = 0; r < repeat; r++) {
+		double t0 = now();
+		calls = 0;
+		for (size_t i = 0; i < len; calls++) {
+			size_t j = i + 4096 < len ? i + 4096 : len;
+			while (j < len && ((unsigned char)text[j] & 0xc0) == 0x80)
+				j++;
+			int32_t *ids;
+			size_t k;
+			qw_err err = {0};
+			if (qw_tokenizer_encode(t, text + i, j - i, &ids, &k, &err) != QW_OK) {
+				fprintf(stderr, "qwen-tok: %s\n", err.msg);
+				return 1;
+			}
+			free(ids);
+			i = j;
+		}
+		double dt = now() - t0;
+		best = dt < best ? dt : best;
+	}
+	printf("4 KB pieces, warm  %8.2f MB/s  (best of %d, %zu calls)\n", len / 1e6 / best, repeat,
+	       calls);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	const char *cmd = argv[1], *dir = NULL;
+	long long repeat = 5;
+	static const struct option opts[] = {{"tokenizer", required_argument, NULL, 't'},
+					     {"repeat", required_argument, NULL, 'r'},
+					     {"help", no_argument, NULL, 'h'},
+					     {0, 0, 0, 0}};
+	int c;
+	optind = 2;
+	while ((c = getopt_long(argc, argv, "t:r:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't': dir = optarg; break;
+		case 'r':
+			if (!qw_arg_int("qwen-tok", "--repeat", optarg, 1, 1000, &repeat))
+				return 2;
+			break;
+		case 'h': fputs(usage, stdout); return 0;
+		default: fputs(usage, stderr); return 2;
+		}
+	}
+	const char *file = optind < argc ? argv[optind] : NULL;
+	bool known = !strcmp(cmd, "encode") || !strcmp(cmd, "decode") || !strcmp(cmd, "bench");
+	if (!dir || !known || optind + 1 < argc || (!strcmp(cmd, "bench") && !file)) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	qw_tokenizer *t;
+	qw_err err = {0};
+	if (qw_tokenizer_load(dir, &t, &err) != QW_OK) {
+		fprintf(stderr, "qwen-tok: %s\n", err.msg);
+		return 1;
+	}
+	size_t len;
+	char *text = slurp(file, &len);
+	int rc = 1;
+	if (!text)
+		fprintf(stderr, "qwen-tok: cannot read %s\n", file ? file : "stdin");
+	else if (!strcmp(cmd, "encode"))
+		rc = do_encode(t, text, len);
+	else if (!strcmp(cmd, "decode"))
+		rc = (text[len] = '\0', do_decode(t, text));
+	else
+		rc = do_bench(t, text, len, (int)repeat);
+	free(text);
+	qw_tokenizer_free(t);
+	return rc;
+}
