@@ -3,6 +3,10 @@
  *   qwen-tok encode --tokenizer DIR [FILE]     ids of FILE (or stdin), space-separated
  *   qwen-tok decode --tokenizer DIR [FILE]     text of the ids in FILE (or stdin)
  *   qwen-tok bench  --tokenizer DIR FILE [--repeat N]
+ *   qwen-tok chat   [--thinking] [--no-generation-prompt] [--vision-id] [FILE]
+ *       renders a conversation (a JSON array of {"role", "content", "reasoning_content"},
+ *       content a string or a list of {"type": "text", "text"} / {"type": "image"} /
+ *       {"type": "video"} items, "n_pad" optional) with the Qwen3-VL chat template
  *
  * bench encodes the whole file in one call, single-threaded, N times (default 5) and prints
  * the first (cold cache) and the best (warm) rate in MB/s, then the best rate over the file
@@ -15,12 +19,16 @@
 #include <time.h>
 
 #include "cli/args.h"
+#include <jansson.h>
+
+#include "daemon/text/chat.h"
 #include "daemon/text/tokenizer.h"
 
 static const char usage[] =
 	"usage: qwen-tok encode --tokenizer DIR [FILE]\n"
 	"       qwen-tok decode --tokenizer DIR [FILE]\n"
-	"       qwen-tok bench  --tokenizer DIR FILE [--repeat N]\n";
+	"       qwen-tok bench  --tokenizer DIR FILE [--repeat N]\n"
+	"       qwen-tok chat   [--thinking] [--no-generation-prompt] [--vision-id] [FILE]\n";
 
 static char *slurp(const char *path, size_t *len)
 {
@@ -148,8 +156,98 @@ static int do_bench(qw_tokenizer *t, const char *text, size_t len, int repeat)
 	return 0;
 }
 
+/* One message's content from JSON into items (text points into the JSON). */
+static bool content_items(json_t *content, qw_content *items, int *n, int cap)
+{
+	*n = 0;
+	if (json_is_string(content)) {
+		items[(*n)++] = (qw_content){QW_CONTENT_TEXT, json_string_value(content), 0};
+		return true;
+	}
+	if (!json_is_array(content) || (int)json_array_size(content) > cap)
+		return json_is_null(content);
+	size_t i;
+	json_t *it;
+	json_array_foreach(content, i, it) {
+		const char *type = json_string_value(json_object_get(it, "type"));
+		int n_pad = (int)json_integer_value(json_object_get(it, "n_pad"));
+		if (type && !strcmp(type, "text") && json_is_string(json_object_get(it, "text")))
+			items[(*n)++] = (qw_content){QW_CONTENT_TEXT,
+						     json_string_value(json_object_get(it, "text")), 0};
+		else if (type && !strcmp(type, "image"))
+			items[(*n)++] = (qw_content){QW_CONTENT_IMAGE, NULL, n_pad};
+		else if (type && !strcmp(type, "video"))
+			items[(*n)++] = (qw_content){QW_CONTENT_VIDEO, NULL, n_pad};
+		else
+			return false;
+	}
+	return true;
+}
+
+static int do_chat(int argc, char **argv)
+{
+	qw_chat_opts o = {.add_generation_prompt = true};
+	const char *file = NULL;
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--thinking"))
+			o.thinking = true;
+		else if (!strcmp(argv[i], "--no-generation-prompt"))
+			o.add_generation_prompt = false;
+		else if (!strcmp(argv[i], "--vision-id"))
+			o.add_vision_id = true;
+		else if (argv[i][0] != '-' && !file)
+			file = argv[i];
+		else {
+			fputs(usage, stderr);
+			return 2;
+		}
+	}
+	json_error_t jerr;
+	json_t *msgs = file ? json_load_file(file, 0, &jerr) : json_loadf(stdin, 0, &jerr);
+	if (!json_is_array(msgs)) {
+		fprintf(stderr, "qwen-tok chat: %s\n", msgs ? "expected a JSON array of messages"
+							    : jerr.text);
+		json_decref(msgs);
+		return 1;
+	}
+	int n = (int)json_array_size(msgs), rc = 0;
+	qw_message *m = calloc((size_t)n + 1, sizeof *m);
+	qw_content *items = calloc((size_t)n * 64 + 1, sizeof *items);
+	for (int i = 0; m && items && i < n && rc == 0; i++) {
+		json_t *j = json_array_get(msgs, (size_t)i);
+		m[i].role = json_string_value(json_object_get(j, "role"));
+		m[i].content = items + (size_t)i * 64;
+		m[i].reasoning = json_string_value(json_object_get(j, "reasoning_content"));
+		if (!content_items(json_object_get(j, "content"), items + (size_t)i * 64,
+				   &m[i].n_content, 64)) {
+			fprintf(stderr, "qwen-tok chat: message %d: content must be a string or a "
+				"list of text / image / video items\n", i);
+			rc = 1;
+		}
+	}
+	char *out = NULL;
+	size_t len;
+	qw_err err = {0};
+	if (rc == 0 && (!m || !items)) {
+		fputs("qwen-tok chat: out of memory\n", stderr);
+		rc = 1;
+	} else if (rc == 0 && qw_chat_render(m, n, &o, &out, &len, &err) != QW_OK) {
+		fprintf(stderr, "qwen-tok chat: %s\n", err.msg);
+		rc = 1;
+	} else if (rc == 0) {
+		fwrite(out, 1, len, stdout);
+	}
+	free(out);
+	free(m);
+	free(items);
+	json_decref(msgs);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc >= 2 && !strcmp(argv[1], "chat"))
+		return do_chat(argc, argv);
 	if (argc < 2) {
 		fputs(usage, stderr);
 		return 2;
