@@ -1,0 +1,37 @@
+/* image.h - decoding request images (JPEG, PNG, WebP) into RGB, as HF's processor sees them.
+ *
+ * Owns: qw_image (8-bit RGB, row-major (H, W, 3)), the format sniffing, the decoders
+ * (libjpeg-turbo, libpng, libwebp) and the size limits checked from the header before any
+ * pixel is decoded.  RGB conversion follows PIL's convert("RGB"), which HF applies: grey is
+ * replicated, a palette expanded, alpha dropped (not composited), 16-bit channels cut to
+ * their high byte.
+ */
+#ifndef QW_IMAGE_IMAGE_H
+#define QW_IMAGE_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loader/error.h"
+
+typedef struct qw_image {
+	int width, height;
+	uint8_t *rgb;        /* (height, width, 3) */
+} qw_image;
+
+typedef struct qw_image_limits {
+	size_t max_bytes;          /* encoded size */
+	int max_side;              /* width or height */
+	int64_t max_pixels;        /* width x height, decoded */
+} qw_image_limits;
+
+#define QW_IMAGE_LIMITS_DEFAULT ((qw_image_limits){64u << 20, 16384, 64ll << 20})
+
+/* Decodes an encoded image.  A format other than JPEG, PNG or WebP, a malformed or truncated
+ * file, or one past the limits is an error (QW_E_ARG) that says which. */
+qw_status qw_image_decode(const void *data, size_t len, const qw_image_limits *lim, qw_image *out,
+			  qw_err *err);
+
+void qw_image_free(qw_image *img);
+
+#endif

@@ -1,0 +1,279 @@
+/* test_image.c - image decoding and preprocessing: HF's pixel_values reproduced from the
+ * fixture image, PNG / JPEG / WebP decoding, smart_resize against worked examples, and bad
+ * images refused with a reason. */
+#include "tests/unit/helpers.h"
+
+#include <stdio.h>   /* before jpeglib.h, which uses FILE */
+#include <jpeglib.h>
+#include <math.h>
+#include <png.h>
+#include <stdlib.h>
+#include <string.h>
+#include <webp/encode.h>
+
+#include "daemon/image/preprocess.h"
+#include "loader/config.h"
+#include "loader/safetensors.h"
+
+/* The fixture's input image, as HF received it. */
+static qw_image fixture_image(qw_st_file **ref)
+{
+	qw_err err = {0};
+	if (qw_st_open(fixture("hf/tiny-moe/reference.safetensors"), ref, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	const qw_tensor *t = qw_st_find(*ref, "image_hwc_u8");
+	assert_non_null(t);
+	qw_image img = {(int)t->shape[1], (int)t->shape[0], malloc(t->nbytes)};
+	memcpy(img.rgb, t->data, t->nbytes);
+	return img;
+}
+
+static void test_pixel_values_match_hf(void **state)
+{
+	qw_st_file *ref;
+	qw_image img = fixture_image(&ref);
+	qw_config cfg;
+	qw_err err = {0};
+	assert_int_equal(qw_config_load(fixture("hf/tiny-moe/model/config.json"), &cfg, &err), QW_OK);
+	qw_preprocess_opts o = QW_PREPROCESS_DEFAULT;
+	qw_pixels px;
+	assert_int_equal(qw_preprocess(&img, &cfg.vision, &o, &px, &err), QW_OK);
+	const qw_tensor *want = qw_st_find(ref, "pixel_values_fast");
+	const qw_tensor *grid = qw_st_find(ref, "image_grid_thw_fast");
+	int64_t g[3];
+	memcpy(g, grid->data, sizeof g);
+	assert_int_equal(px.grid_t, g[0]);
+	assert_int_equal(px.grid_h, g[1]);
+	assert_int_equal(px.grid_w, g[2]);
+	assert_int_equal(px.rows, want->shape[0]);
+	assert_int_equal(px.cols, want->shape[1]);
+	assert_int_equal(px.n_tokens, 70);
+	const float *w = want->data;
+	size_t n = (size_t)px.rows * (size_t)px.cols, exact = 0;
+	double max_abs = 0;
+	for (size_t i = 0; i < n; i++) {
+		float wv;
+		memcpy(&wv, w + i, 4);
+		exact += wv == px.values[i];
+		max_abs = fmax(max_abs, fabs((double)wv - px.values[i]));
+	}
+	if (exact != n)
+		fail_msg("%zu of %zu values exact, max-abs %g", exact, n, max_abs);
+	qw_pixels_free(&px);
+	qw_image_free(&img);
+	qw_st_close(ref);
+}
+
+/* Worked examples: the spec's 150 x 200 -> 224 x 320; half-to-even rounding; the budget. */
+static void test_smart_resize(void **state)
+{
+	qw_preprocess_opts o = QW_PREPROCESS_DEFAULT;
+	qw_err err = {0};
+	int h, w;
+	assert_int_equal(qw_smart_resize(150, 200, 32, &o, &h, &w, &err), QW_OK);
+	assert_int_equal(h, 224);
+	assert_int_equal(w, 320);
+	/* 1008 / 32 = 31.5 rounds to 32 (even), 1040 / 32 = 32.5 rounds to 32 (even) */
+	assert_int_equal(qw_smart_resize(1008, 1040, 32, &o, &h, &w, &err), QW_OK);
+	assert_int_equal(h, 1024);
+	assert_int_equal(w, 1024);
+	/* past max_pixels: scaled down by sqrt(H W / max) and floored to the factor */
+	assert_int_equal(qw_smart_resize(8000, 6000, 32, &o, &h, &w, &err), QW_OK);
+	assert_true((int64_t)h * w <= o.max_pixels);
+	assert_int_equal(h % 32 + w % 32, 0);
+	assert_int_equal(qw_smart_resize(10, 2500, 32, &o, &h, &w, &err), QW_E_ARG);
+	assert_contains(err.msg, "aspect ratio");
+}
+
+static void test_resize_identity_and_flat(void **state)
+{
+	/* a flat colour stays that colour at any size (weights sum to one) */
+	qw_image img = {37, 23, malloc(37 * 23 * 3)};
+	for (int i = 0; i < 37 * 23; i++) {
+		img.rgb[3 * i] = 10;
+		img.rgb[3 * i + 1] = 200;
+		img.rgb[3 * i + 2] = 255;
+	}
+	qw_image out;
+	qw_err err = {0};
+	assert_int_equal(qw_resize_bicubic(&img, 64, 96, &out, &err), QW_OK);
+	for (int i = 0; i < 64 * 96; i++)
+		assert_true(out.rgb[3 * i] == 10 && out.rgb[3 * i + 1] == 200 && out.rgb[3 * i + 2] == 255);
+	qw_image_free(&out);
+	qw_image_free(&img);
+}
+
+// ---------------------------------------------------------------------------------------
+// decoding
+
+typedef struct membuf {
+	uint8_t *p;
+	size_t n;
+} membuf;
+
+static void png_write_mem(png_structp png, png_bytep data, png_size_t n)
+{
+	membuf *m = png_get_io_ptr(png);
+	m->p = realloc(m->p, m->n + n);
+	memcpy(m->p + m->n, data, n);
+	m->n += n;
+}
+
+static void png_flush_mem(png_structp png)
+{
+	(void)png;
+}
+
+/* PNG of img in color type `type` (RGB, RGBA or GRAY), 8-bit. */
+static membuf encode_png(const qw_image *img, int type)
+{
+	membuf m = {0};
+	png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+	png_infop info = png_create_info_struct(png);
+	png_set_write_fn(png, &m, png_write_mem, png_flush_mem);
+	png_set_IHDR(png, info, (png_uint_32)img->width, (png_uint_32)img->height, 8, type,
+		     PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+	png_write_info(png, info);
+	int ch = type == PNG_COLOR_TYPE_RGBA ? 4 : type == PNG_COLOR_TYPE_GRAY ? 1 : 3;
+	uint8_t *row = malloc((size_t)img->width * 4);
+	for (int y = 0; y < img->height; y++) {
+		for (int x = 0; x < img->width; x++) {
+			const uint8_t *s = img->rgb + ((size_t)y * img->width + x) * 3;
+			uint8_t *d = row + (size_t)x * ch;
+			if (ch == 1)
+				d[0] = s[0];
+			else
+				memcpy(d, s, 3);
+			if (ch == 4)
+				d[3] = (uint8_t)(x * 7);
+		}
+		png_write_row(png, row);
+	}
+	png_write_end(png, NULL);
+	png_destroy_write_struct(&png, &info);
+	free(row);
+	return m;
+}
+
+static void test_png(void **state)
+{
+	qw_st_file *ref;
+	qw_image img = fixture_image(&ref);
+	int types[] = {PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGBA};
+	for (int i = 0; i < 2; i++) {
+		membuf m = encode_png(&img, types[i]);
+		qw_image got;
+		qw_err err = {0};
+		assert_int_equal(qw_image_decode(m.p, m.n, NULL, &got, &err), QW_OK);
+		assert_int_equal(got.width, 200);
+		assert_int_equal(got.height, 150);
+		assert_memory_equal(got.rgb, img.rgb, 200 * 150 * 3);   /* lossless; alpha dropped */
+		qw_image_free(&got);
+		/* truncated */
+		assert_int_equal(qw_image_decode(m.p, m.n / 2, NULL, &got, &err), QW_E_ARG);
+		assert_contains(err.msg, "malformed PNG");
+		free(m.p);
+	}
+	membuf g = encode_png(&img, PNG_COLOR_TYPE_GRAY);
+	qw_image got;
+	qw_err err = {0};
+	assert_int_equal(qw_image_decode(g.p, g.n, NULL, &got, &err), QW_OK);
+	for (int i = 0; i < 200 * 150; i++)   /* grey replicated to R, G and B */
+		assert_true(got.rgb[3 * i] == img.rgb[3 * i] && got.rgb[3 * i + 1] == img.rgb[3 * i] &&
+			    got.rgb[3 * i + 2] == img.rgb[3 * i]);
+	qw_image_free(&got);
+	qw_image_limits small = {1 << 20, 100, 1 << 20};
+	assert_int_equal(qw_image_decode(g.p, g.n, &small, &got, &err), QW_E_ARG);
+	assert_contains(err.msg, "200 x 150 is too large");
+	free(g.p);
+	qw_image_free(&img);
+	qw_st_close(ref);
+}
+
+static void test_jpeg_and_webp(void **state)
+{
+	qw_st_file *ref;
+	qw_image img = fixture_image(&ref);
+	/* JPEG at quality 95 through libjpeg, of a smooth image (the fixture image is noise,
+	 * which JPEG cannot keep): lossy, so close, not equal */
+	qw_image smooth = {200, 150, malloc(200 * 150 * 3)};
+	for (int y = 0; y < 150; y++)
+		for (int x = 0; x < 200; x++) {
+			uint8_t *p = smooth.rgb + ((size_t)y * 200 + (size_t)x) * 3;
+			p[0] = (uint8_t)x;
+			p[1] = (uint8_t)(y + 50);
+			p[2] = (uint8_t)((x + y) / 2);
+		}
+	struct jpeg_compress_struct c;
+	struct jpeg_error_mgr e;
+	c.err = jpeg_std_error(&e);
+	jpeg_create_compress(&c);
+	unsigned char *buf = NULL;
+	unsigned long n = 0;
+	jpeg_mem_dest(&c, &buf, &n);
+	c.image_width = 200;
+	c.image_height = 150;
+	c.input_components = 3;
+	c.in_color_space = JCS_RGB;
+	jpeg_set_defaults(&c);
+	jpeg_set_quality(&c, 95, TRUE);
+	jpeg_start_compress(&c, TRUE);
+	while (c.next_scanline < 150) {
+		JSAMPROW row = smooth.rgb + (size_t)c.next_scanline * 600;
+		jpeg_write_scanlines(&c, &row, 1);
+	}
+	jpeg_finish_compress(&c);
+	jpeg_destroy_compress(&c);
+	qw_image got;
+	qw_err err = {0};
+	assert_int_equal(qw_image_decode(buf, n, NULL, &got, &err), QW_OK);
+	assert_int_equal(got.width, 200);
+	double sum = 0;
+	for (int i = 0; i < 200 * 150 * 3; i++)
+		sum += fabs((double)got.rgb[i] - smooth.rgb[i]);
+	if (sum / (200 * 150 * 3) >= 2.0)
+		fail_msg("JPEG round trip: mean abs error %.2f", sum / (200 * 150 * 3));
+	qw_image_free(&got);
+	assert_int_equal(qw_image_decode(buf, n / 3, NULL, &got, &err), QW_E_ARG);
+	assert_contains(err.msg, "malformed JPEG");
+	free(buf);
+	qw_image_free(&smooth);
+
+	uint8_t *webp;
+	size_t wn = WebPEncodeLosslessRGB(img.rgb, 200, 150, 600, &webp);
+	assert_true(wn > 0);
+	assert_int_equal(qw_image_decode(webp, wn, NULL, &got, &err), QW_OK);
+	assert_memory_equal(got.rgb, img.rgb, 200 * 150 * 3);
+	qw_image_free(&got);
+	assert_int_equal(qw_image_decode(webp, 20, NULL, &got, &err), QW_E_ARG);
+	WebPFree(webp);
+	qw_image_free(&img);
+	qw_st_close(ref);
+}
+
+static void test_not_images(void **state)
+{
+	qw_image got;
+	qw_err err = {0};
+	assert_int_equal(qw_image_decode("GIF89a\x01\x00\x01\x00", 10, NULL, &got, &err), QW_E_ARG);
+	assert_contains(err.msg, "GIF images are not supported");
+	assert_int_equal(qw_image_decode("hello", 5, NULL, &got, &err), QW_E_ARG);
+	assert_contains(err.msg, "not an image");
+	assert_int_equal(qw_image_decode("", 0, NULL, &got, &err), QW_E_ARG);
+	qw_image_limits tiny = {4, 100, 100};
+	assert_int_equal(qw_image_decode("\x89PNG\r\n\x1a\n", 8, &tiny, &got, &err), QW_E_ARG);
+	assert_contains(err.msg, "larger than the 4-byte limit");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_pixel_values_match_hf),
+		cmocka_unit_test(test_smart_resize),
+		cmocka_unit_test(test_resize_identity_and_flat),
+		cmocka_unit_test(test_png),
+		cmocka_unit_test(test_jpeg_and_webp),
+		cmocka_unit_test(test_not_images),
+	};
+	return cmocka_run_group_tests_name("image", tests, NULL, NULL);
+}
