@@ -1,5 +1,6 @@
 /* parity.c - the parity ladder.  See parity.h. */
 #include "cli/parity.h"
+#include "cli/parity_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -12,18 +13,20 @@
 #include "loader/checkpoint.h"
 #include "loader/config.h"
 
-const char *const qw_step_names[QW_N_STEPS] = {"shapes", "first-logit", "positions", "decode"};
+static const char *const text_steps[QW_N_STEPS] = {"shapes", "first-logit", "positions", "decode"};
 
 /* fp32: the contract for an fp32 backend against HF fp32. */
 const qw_thresholds qw_thresholds_fp32 = {
 	.name = "fp32", .first_mse = 1e-6, .first_max_abs = 5e-4, .pos_mse = 2e-6, .pos_kl = 5e-4,
-	.pos_top5 = 0.95, .pos_max_abs = 1e-3, .trace_rel = 1e-4};
+	.pos_top5 = 0.95, .pos_max_abs = 1e-3, .trace_rel = 1e-4, .vision_rel = 1e-4,
+	.pixel_max_abs = 1.0 / 127.5 + 1e-6};
 
 /* bf16: about three times what HF's own bf16 run differs from its fp32 run on the fixtures
  * (see docs/parity.md). */
 const qw_thresholds qw_thresholds_bf16 = {
 	.name = "bf16", .first_mse = 5e-4, .first_max_abs = 0.1, .pos_mse = 5e-3, .pos_kl = 0.1,
-	.pos_top5 = 0.90, .pos_max_abs = 2.0, .trace_rel = 5e-2};
+	.pos_top5 = 0.90, .pos_max_abs = 2.0, .trace_rel = 5e-2, .vision_rel = 5e-2,
+	.pixel_max_abs = 1.0 / 127.5 + 1e-6};
 
 // ---------------------------------------------------------------------------------------
 // metrics
@@ -56,7 +59,8 @@ void qw_compare(const float *ref, const float *ours, int rows, int cols, qw_metr
 	memset(m, 0, sizeof *m);
 	m->rows = rows;
 	m->cosine = 1.0;
-	double sq = 0.0, top5_sum = 0.0;
+	double sq = 0.0, top5_sum = 0.0, max_ref = 0.0;
+	size_t exact = 0;
 	for (int r = 0; r < rows; r++) {
 		const float *a = ref + (size_t)r * (size_t)cols, *b = ours + (size_t)r * (size_t)cols;
 		double ab = 0.0, aa = 0.0, bb = 0.0, kl = 0.0;
@@ -64,6 +68,8 @@ void qw_compare(const float *ref, const float *ours, int rows, int cols, qw_metr
 		for (int i = 0; i < cols; i++) {
 			double d = (double)a[i] - (double)b[i];
 			sq += d * d;
+			exact += a[i] == b[i];
+			max_ref = fmax(max_ref, fabs((double)a[i]));
 			m->max_abs = fmax(m->max_abs, fabs(d));
 			ab += (double)a[i] * b[i];
 			aa += (double)a[i] * a[i];
@@ -86,22 +92,15 @@ void qw_compare(const float *ref, const float *ours, int rows, int cols, qw_metr
 	}
 	m->mse = sq / ((double)rows * cols);
 	m->top5 = rows ? top5_sum / rows : 1.0;
+	m->exact = (double)exact / ((double)rows * cols);
+	m->rel = m->max_abs / fmax(max_ref, 1.0);
 }
 
 // ---------------------------------------------------------------------------------------
 // the reference file
 
-typedef struct reference {
-	qw_st_file *file;
-	const char *label;
-	char case_name[64];
-} reference;
-
-/* Tensor "{case}.{suffix}" as fp32 (F32 copied, I64 converted), or NULL; *t gets its entry. */
-static float *ref_f32(const reference *ref, const char *suffix, const qw_tensor **t)
+float *pl_ref_key_f32(const pl_reference *ref, const char *key, const qw_tensor **t)
 {
-	char key[256];
-	snprintf(key, sizeof key, "%s.%s", ref->case_name, suffix);
 	*t = qw_st_find(ref->file, key);
 	if (!*t || (*t)->dtype != QW_DT_F32)
 		return NULL;
@@ -111,14 +110,21 @@ static float *ref_f32(const reference *ref, const char *suffix, const qw_tensor 
 	return out;
 }
 
-static int32_t *ref_ids(const reference *ref, const char *suffix, int *n)
+float *pl_ref_f32(const pl_reference *ref, const char *suffix, const qw_tensor **t)
+{
+	char key[256];
+	snprintf(key, sizeof key, "%s.%s", ref->case_name, suffix);
+	return pl_ref_key_f32(ref, key, t);
+}
+
+int32_t *pl_ref_ids(const pl_reference *ref, const char *suffix, int *n)
 {
 	char key[256];
 	snprintf(key, sizeof key, "%s.%s", ref->case_name, suffix);
 	const qw_tensor *t = qw_st_find(ref->file, key);
-	if (!t || t->dtype != QW_DT_I64 || t->ndim != 1)
+	if (!t || t->dtype != QW_DT_I64)
 		return NULL;
-	*n = (int)t->shape[0];
+	*n = (int)t->numel;
 	int32_t *out = malloc((size_t)(*n ? *n : 1) * sizeof *out);
 	for (int i = 0; out && i < *n; i++) {
 		int64_t v;
@@ -131,7 +137,7 @@ static int32_t *ref_ids(const reference *ref, const char *suffix, int *n)
 // ---------------------------------------------------------------------------------------
 // steps
 
-static void judge(qw_step_result *s, const qw_metrics *m, double mse, double max_abs, double kl,
+void pl_judge(qw_step_result *s, const qw_metrics *m, double mse, double max_abs, double kl,
 		  double top5)
 {
 	s->ran = true;
@@ -143,18 +149,9 @@ static void judge(qw_step_result *s, const qw_metrics *m, double mse, double max
 			 max_abs, m->kl, kl, m->top5, top5);
 }
 
-/* Hidden states recorded through the stage hook, (n_hidden, T, H). */
-typedef struct trace_buf {
-	qw_backend *be;
-	float *states;
-	int n_hidden, T, H;
-	qw_status st;
-	qw_err err;
-} trace_buf;
-
-static void record_hidden(void *ctx, int index, const qw_act *hidden)
+void pl_record_hidden(void *ctx, int index, const qw_act *hidden)
 {
-	trace_buf *tb = ctx;
+	pl_trace *tb = ctx;
 	if (index < tb->n_hidden && tb->st == QW_OK && hidden->rows == tb->T)
 		tb->st = tb->be->act_read(tb->be, hidden,
 					  tb->states + (size_t)index * (size_t)tb->T * (size_t)tb->H,
@@ -163,8 +160,8 @@ static void record_hidden(void *ctx, int index, const qw_act *hidden)
 
 /* Compares the recorded states with {case}.fp32.hidden.{i}; the last reference state is
  * after the final norm, which is applied here on the host. */
-static void compare_trace(const reference *ref, const qw_config *cfg, const qw_checkpoint *ck,
-			  trace_buf *tb, const qw_thresholds *th, qw_parity_result *r)
+void pl_compare_trace(const pl_reference *ref, const qw_config *cfg, const qw_checkpoint *ck,
+		      pl_trace *tb, const qw_thresholds *th, qw_parity_result *r)
 {
 	int L = cfg->text.num_layers, T = tb->T, H = tb->H;
 	const char *norm_name = cfg->has_vision ? "model.language_model.norm.weight" : "model.norm.weight";
@@ -191,7 +188,7 @@ static void compare_trace(const reference *ref, const qw_config *cfg, const qw_c
 		char suffix[64];
 		snprintf(suffix, sizeof suffix, "fp32.hidden.%d", i);
 		const qw_tensor *t;
-		float *want = ref_f32(ref, suffix, &t);
+		float *want = pl_ref_f32(ref, suffix, &t);
 		if (!want)
 			break;
 		double max_abs = 0.0, max_ref = 0.0;
@@ -209,15 +206,14 @@ static void compare_trace(const reference *ref, const qw_config *cfg, const qw_c
 	}
 }
 
-/* Greedy continuation through the cache, from the prefill already in p. */
-static qw_status decode(const reference *ref, qw_pipeline *p, const float *prefill_logits,
-			const qw_thresholds *th, qw_parity_result *r, qw_err *err)
+qw_status pl_decode(const pl_reference *ref, qw_pipeline *p, const float *prefill_logits,
+		    const qw_thresholds *th, qw_parity_result *r, int step, qw_err *err)
 {
-	qw_step_result *s = &r->step[QW_STEP_DECODE];
+	qw_step_result *s = &r->step[step];
 	const qw_tensor *lt;
 	int n = 0, V = r->vocab, T = r->tokens;
-	int32_t *want = ref_ids(ref, "fp32.greedy_tokens", &n);
-	float *want_logits = ref_f32(ref, "fp32.greedy_step_logits", &lt);
+	int32_t *want = pl_ref_ids(ref, "fp32.greedy_tokens", &n);
+	float *want_logits = pl_ref_f32(ref, "fp32.greedy_step_logits", &lt);
 	float *ours = malloc((size_t)(n ? n : 1) * (size_t)V * sizeof *ours);
 	qw_status st = QW_OK;
 	if (!want || !want_logits || !ours || (int)lt->shape[0] != n) {
@@ -249,13 +245,13 @@ static qw_status decode(const reference *ref, qw_pipeline *p, const float *prefi
 			break;
 		}
 		r->decode_matched = i + 1;
-		if (i + 1 < n && (st = qw_pipeline_append(p, &tok, 1, NULL, false, row + V, err)))
+		if (i + 1 < n && (st = qw_pipeline_append(p, &tok, 1, NULL, NULL, false, row + V, err)))
 			goto out;
 	}
 	qw_compare(want_logits, ours, r->decode_steps, V, &s->m);
 	if (s->pass && r->decode_matched == n) {
 		qw_step_result tmp = {0};
-		judge(&tmp, &s->m, th->pos_mse, th->pos_max_abs, th->pos_kl, th->pos_top5);
+		pl_judge(&tmp, &s->m, th->pos_mse, th->pos_max_abs, th->pos_kl, th->pos_top5);
 		s->pass = tmp.pass;
 		if (!tmp.pass)
 			snprintf(s->note, sizeof s->note, "tokens match; step logits %s", tmp.note);
@@ -267,86 +263,61 @@ out:
 	return st;
 }
 
-qw_status qw_parity_run(const qw_parity_opts *o, qw_backend *be, qw_parity_result *r,
-			qw_err *err)
+/* The text ladder: shapes, first-logit, positions, decode. */
+static qw_status run_text(const qw_parity_opts *o, qw_backend *be, const qw_config *cfg,
+			  const qw_checkpoint *ck, const pl_reference *ref, const int32_t *ids, int T,
+			  qw_parity_result *r, qw_err *err)
 {
-	memset(r, 0, sizeof *r);
-	r->trace_first_bad = -1;
-	const qw_thresholds *th = o->th ? o->th : &qw_thresholds_fp32;
-	char cfg_path[4096];
-	snprintf(cfg_path, sizeof cfg_path, "%s/config.json", o->model_dir);
-	qw_config cfg;
-	qw_checkpoint *ck = NULL;
-	reference ref = {.label = o->reference};
-	snprintf(ref.case_name, sizeof ref.case_name, "%s", o->case_name);
-	int32_t *ids = NULL;
-	float *want = NULL, *ours = NULL;
-	trace_buf tb = {.be = be};
+	const qw_thresholds *th = o->th;
+	const qw_tensor *lt;
+	float *want = pl_ref_f32(ref, "fp32.logits", &lt), *ours = NULL;
+	pl_trace tb = {.be = be};
 	qw_pipeline p = {0};
-	qw_status st = qw_config_load(cfg_path, &cfg, err);
-	if (st == QW_OK)
-		st = qw_ckpt_open(o->model_dir, &ck, err);
-	if (st == QW_OK)
-		st = qw_st_open(o->reference, &ref.file, err);
-	if (st != QW_OK)
-		goto out;
-	int T = 0;
-	const qw_tensor *lt, *h0 = NULL;
-	ids = ref_ids(&ref, "input_ids", &T);
-	want = ref_f32(&ref, "fp32.logits", &lt);
-	if (!ids || !want) {
-		st = qw_fail(err, QW_E_ARG, "%s: no case '%s' (needs %s.input_ids, I64, and "
-			     "%s.fp32.logits, F32)", o->reference, o->case_name, o->case_name,
+	qw_status st = QW_OK;
+	if (!want) {
+		st = qw_fail(err, QW_E_ARG, "%s: case '%s' has no fp32.logits (F32)", o->reference,
 			     o->case_name);
 		goto out;
 	}
-	for (int i = 0; cfg.has_vision && i < T; i++)
-		if (ids[i] == cfg.image_token_id || ids[i] == cfg.video_token_id) {
-			st = qw_fail(err, QW_E_ARG, "case '%s' holds image tokens; the vision tower "
-				     "is not part of this build yet", o->case_name);
-			goto out;
-		}
 	char key[128];
 	snprintf(key, sizeof key, "%s.fp32.hidden.0", o->case_name);
-	h0 = qw_st_find(ref.file, key);
-	r->tokens = T;
-	r->vocab = (int)lt->shape[1];
-	r->hidden = h0 ? (int)h0->shape[1] : cfg.text.hidden_size;
+	const qw_tensor *h0 = qw_st_find(ref->file, key);
+	r->vocab = lt->ndim == 2 ? (int)lt->shape[1] : 0;
+	r->hidden = h0 ? (int)h0->shape[1] : cfg->text.hidden_size;
 
 	/* 1. shapes */
 	qw_step_result *s = &r->step[QW_STEP_SHAPES];
 	s->ran = true;
-	s->pass = lt->ndim == 2 && lt->shape[0] == T && r->vocab == cfg.text.vocab_size &&
-		  r->hidden == cfg.text.hidden_size;
+	s->pass = lt->ndim == 2 && lt->shape[0] == T && r->vocab == cfg->text.vocab_size &&
+		  r->hidden == cfg->text.hidden_size;
 	if (!s->pass) {
 		snprintf(s->note, sizeof s->note, "model: vocab %d, hidden %d; reference: %d tokens, "
-			 "logits [%lld, %d], hidden %d", cfg.text.vocab_size, cfg.text.hidden_size, T,
-			 (long long)lt->shape[0], r->vocab, r->hidden);
+			 "logits [%lld, %d], hidden %d", cfg->text.vocab_size, cfg->text.hidden_size,
+			 T, (long long)lt->shape[0], r->vocab, r->hidden);
 		goto out;
 	}
 
 	int decode_n = 0;
-	int32_t *g = ref_ids(&ref, "fp32.greedy_tokens", &decode_n);
-	free(g);
-	if ((st = qw_pipeline_init(&p, &cfg, ck, be, o->stages, T + decode_n + 1, T, err)))
+	free(pl_ref_ids(ref, "fp32.greedy_tokens", &decode_n));
+	if ((st = qw_pipeline_init(&p, cfg, ck, be, o->stages, T + decode_n + 1, T, err)))
 		goto out;
 	if (o->trace) {
-		tb.n_hidden = cfg.text.num_layers + 1;
+		tb.n_hidden = cfg->text.num_layers + 1;
 		tb.T = T;
-		tb.H = cfg.text.hidden_size;
+		tb.H = cfg->text.hidden_size;
 		tb.states = calloc((size_t)tb.n_hidden * (size_t)T * (size_t)tb.H, sizeof(float));
 		if (!tb.states) {
 			st = qw_fail(err, QW_E_NOMEM, "out of memory for the trace");
 			goto out;
 		}
-		qw_pipeline_set_hook(&p, record_hidden, &tb);
+		qw_pipeline_set_hook(&p, pl_record_hidden, &tb);
 	}
 	ours = malloc((size_t)(T + decode_n + 1) * (size_t)r->vocab * sizeof *ours);
 	if (!ours) {
 		st = qw_fail(err, QW_E_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((st = qw_pipeline_append(&p, ids, T, NULL, true, ours, err)))
+	if ((st = qw_pipeline_append(&p, ids, T, NULL, NULL, true, ours, err)))
 		goto out;
 	qw_pipeline_set_hook(&p, NULL, NULL);
 	if (o->trace) {
@@ -354,33 +325,76 @@ qw_status qw_parity_run(const qw_parity_opts *o, qw_backend *be, qw_parity_resul
 			*err = tb.err;
 			goto out;
 		}
-		compare_trace(&ref, &cfg, ck, &tb, th, r);
+		pl_compare_trace(ref, cfg, ck, &tb, th, r);
 	}
 
 	/* 2. first-logit, 3. positions */
 	qw_metrics m;
 	qw_compare(want, ours, 1, r->vocab, &m);
-	judge(&r->step[QW_STEP_FIRST], &m, th->first_mse, th->first_max_abs, INFINITY, 0.0);
+	pl_judge(&r->step[QW_STEP_FIRST], &m, th->first_mse, th->first_max_abs, INFINITY, 0.0);
 	if (!r->step[QW_STEP_FIRST].pass)
 		goto out;
 	qw_compare(want, ours, T, r->vocab, &m);
-	judge(&r->step[QW_STEP_POSITIONS], &m, th->pos_mse, th->pos_max_abs, th->pos_kl,
-	      th->pos_top5);
+	pl_judge(&r->step[QW_STEP_POSITIONS], &m, th->pos_mse, th->pos_max_abs, th->pos_kl,
+		 th->pos_top5);
 	if (!r->step[QW_STEP_POSITIONS].pass)
 		goto out;
 
 	/* 4. decode */
-	st = decode(&ref, &p, ours, th, r, err);
+	st = pl_decode(ref, &p, ours, th, r, QW_STEP_DECODE, err);
 out:
-	r->pass = st == QW_OK;
-	for (int i = 0; i < QW_N_STEPS; i++)
-		r->pass &= r->step[i].ran ? r->step[i].pass : i == QW_STEP_DECODE && r->step[i].note[0];
 	if (p.be)
 		qw_pipeline_free(&p);
 	free(tb.states);
-	free(ids);
 	free(want);
 	free(ours);
+	return st;
+}
+
+static const char *const image_steps[QW_MM_N_STEPS] = {
+	"preprocess", "vision", "connector", "positions", "forward", "generate"};
+
+qw_status qw_parity_run(const qw_parity_opts *o_in, qw_backend *be, qw_parity_result *r,
+			qw_err *err)
+{
+	memset(r, 0, sizeof *r);
+	r->trace_first_bad = -1;
+	qw_parity_opts o = *o_in;
+	if (!o.th)
+		o.th = &qw_thresholds_fp32;
+	char cfg_path[4096];
+	snprintf(cfg_path, sizeof cfg_path, "%s/config.json", o.model_dir);
+	qw_config cfg;
+	qw_checkpoint *ck = NULL;
+	pl_reference ref = {0};
+	snprintf(ref.case_name, sizeof ref.case_name, "%s", o.case_name);
+	int32_t *ids = NULL;
+	int T = 0;
+	qw_status st = qw_config_load(cfg_path, &cfg, err);
+	if (st == QW_OK)
+		st = qw_ckpt_open(o.model_dir, &ck, err);
+	if (st == QW_OK)
+		st = qw_st_open(o.reference, &ref.file, err);
+	if (st == QW_OK && !(ids = pl_ref_ids(&ref, "input_ids", &T)))
+		st = qw_fail(err, QW_E_ARG, "%s: no case '%s' (needs %s.input_ids, I64)", o.reference,
+			     o.case_name, o.case_name);
+	if (st != QW_OK)
+		goto out;
+	r->tokens = T;
+	for (int i = 0; cfg.has_vision && i < T && !r->multimodal; i++)
+		r->multimodal = ids[i] == cfg.image_token_id || ids[i] == cfg.video_token_id;
+	r->n_steps = r->multimodal ? QW_MM_N_STEPS : QW_N_STEPS;
+	for (int i = 0; i < r->n_steps; i++)
+		r->names[i] = r->multimodal ? image_steps[i] : text_steps[i];
+	st = r->multimodal ? pl_run_image(&o, be, &cfg, ck, &ref, ids, T, r, err)
+			   : run_text(&o, be, &cfg, ck, &ref, ids, T, r, err);
+out:
+	/* passed: every step ran and passed; the last one may be skipped for want of a
+	 * reference continuation (its note says so) */
+	r->pass = st == QW_OK && r->n_steps > 0;
+	for (int i = 0; i < r->n_steps; i++)
+		r->pass &= r->step[i].ran ? r->step[i].pass : i == r->n_steps - 1 && r->step[i].note[0];
+	free(ids);
 	qw_st_close(ref.file);
 	qw_ckpt_close(ck);
 	return st;

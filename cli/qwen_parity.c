@@ -31,8 +31,9 @@ static const char usage[] =
 
 static json_t *metrics_json(const qw_metrics *m)
 {
-	return json_pack("{s:f, s:f, s:f, s:f, s:f, s:i}", "mse", m->mse, "max_abs", m->max_abs,
-			 "cosine", m->cosine, "kl", m->kl, "top5", m->top5, "rows", m->rows);
+	return json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i}", "mse", m->mse, "max_abs",
+			 m->max_abs, "rel", m->rel, "exact", m->exact, "cosine", m->cosine, "kl", m->kl,
+			 "top5", m->top5, "rows", m->rows);
 }
 
 static int write_report(const char *path, const qw_parity_opts *o, const char *backend,
@@ -40,11 +41,11 @@ static int write_report(const char *path, const qw_parity_opts *o, const char *b
 {
 	const qw_thresholds *th = o->th;
 	json_t *steps = json_array();
-	for (int i = 0; i < QW_N_STEPS; i++) {
+	for (int i = 0; i < r->n_steps; i++) {
 		const qw_step_result *s = &r->step[i];
-		json_t *js = json_pack("{s:s, s:b, s:b, s:s}", "name", qw_step_names[i], "ran", s->ran,
+		json_t *js = json_pack("{s:s, s:b, s:b, s:s}", "name", r->names[i], "ran", s->ran,
 				       "pass", s->pass, "note", s->note);
-		if (s->ran && i != QW_STEP_SHAPES)
+		if (s->ran && s->m.rows)
 			json_object_set_new(js, "metrics", metrics_json(&s->m));
 		json_array_append_new(steps, js);
 	}
@@ -82,15 +83,15 @@ static void print_table(const qw_parity_opts *o, const char *backend, const qw_p
 	       o->stages, o->stages == 1 ? "" : "s", o->th->name);
 	printf("# %-12s %-6s %11s %11s %10s %11s %7s  note\n", "step", "result", "mse", "max_abs",
 	       "cosine", "kl", "top5");
-	for (int i = 0; i < QW_N_STEPS; i++) {
+	for (int i = 0; i < r->n_steps; i++) {
 		const qw_step_result *s = &r->step[i];
 		const char *res = !s->ran ? (s->note[0] ? "skip" : "-") : s->pass ? "PASS" : "FAIL";
-		if (s->ran && i != QW_STEP_SHAPES)
-			printf("  %-12s %-6s %11.3e %11.3e %10.7f %11.3e %7.3f  %s\n", qw_step_names[i],
-			       res, s->m.mse, s->m.max_abs, s->m.cosine, s->m.kl, s->m.top5, s->note);
+		if (s->ran && s->m.rows)
+			printf("  %-12s %-6s %11.3e %11.3e %10.7f %11.3e %7.3f  %s\n", r->names[i], res,
+			       s->m.mse, s->m.max_abs, s->m.cosine, s->m.kl, s->m.top5, s->note);
 		else
-			printf("  %-12s %-6s %11s %11s %10s %11s %7s  %s\n", qw_step_names[i], res, "", "",
-			       "", "", "", s->note);
+			printf("  %-12s %-6s %11s %11s %10s %11s %7s  %s\n", r->names[i], res, "", "", "",
+			       "", "", s->note);
 	}
 	if (r->decode_steps)
 		printf("# decode: %d of %d greedy tokens equal\n", r->decode_matched, r->decode_steps);

@@ -154,6 +154,9 @@ qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden,
 	hidden->rows = T;
 	if (m->stage.index == 0) {
 		TRY(m->be->embed(m->be, hidden, m->w.embed, b->token_ids, err));
+		if (b->n_visual)   /* image features take the place of the pad tokens */
+			TRY(m->be->scatter_rows(m->be, hidden, b->visual_rows, b->visual_embeds, false,
+						err));
 		if (m->hook)
 			m->hook(m->hook_ctx, 0, hidden);
 	}
@@ -161,8 +164,11 @@ qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden,
 		qw_status st = layer(m, L, b, hidden, err);
 		if (st != QW_OK)
 			return qw_err_context(err, "layer %d", L);
-		if (m->hook)
+		if (m->hook)   /* HF records a layer's output before the deepstack feature is added */
 			m->hook(m->hook_ctx, L + 1, hidden);
+		if (b->n_visual && L < b->n_deepstack)
+			TRY(m->be->scatter_rows(m->be, hidden, b->visual_rows, &b->deepstack[L], true,
+						err));
 	}
 	return QW_OK;
 }

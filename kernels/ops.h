@@ -19,6 +19,7 @@
 #ifndef QW_KERNELS_OPS_H
 #define QW_KERNELS_OPS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "loader/config.h"
@@ -54,6 +55,13 @@ typedef struct qw_batch {
 	const int32_t *block_tables;   /* (n_seqs, max_blocks) physical block ids */
 	int n_logits;                  /* rows that need logits (usually each sequence's last) */
 	const int32_t *logit_rows;     /* (n_logits,) token rows */
+	/* image tokens in this step (prefill): their embeddings replace the pad tokens' and the
+	 * deepstack features are added to the outputs of the first n_deepstack layers */
+	int n_visual;
+	const int32_t *visual_rows;    /* (n_visual,) token rows */
+	const qw_act *visual_embeds;   /* (n_visual, H) */
+	const qw_act *deepstack;      /* (n_deepstack,) of (n_visual, H) */
+	int n_deepstack;
 } qw_batch;
 
 typedef struct qw_sampling {
@@ -138,6 +146,29 @@ struct qw_backend {
 	/* one token per logits row (n = logits->rows), each with its own parameters */
 	qw_status (*sample)(qw_backend *be, const qw_act *logits, const qw_sampling *params,
 			    int32_t *out_tokens, qw_err *err);
+
+	// -- vision ops --------------------------------------------------------------------
+	/* out = (x - mean) / sqrt(var + eps) * w + b per row (out may be x) */
+	qw_status (*layernorm)(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
+			       const qw_tensor *b, float eps, qw_err *err);
+	/* x = gelu(x) in place: tanh approximation, or exact (erf) */
+	qw_status (*gelu)(qw_backend *be, qw_act *x, bool tanh_approx, qw_err *err);
+	/* 2-D rotary in place on x (T, n_heads * D), in fp32: pair j (of D/2, halves of the
+	 * head) turns by pos_rc[t][j < D/4 ? 0 : 1] * theta^(-2 (j mod D/4) / (D/2)) */
+	qw_status (*rope_2d)(qw_backend *be, qw_act *x, const int32_t *pos_rc, int n_heads,
+			     int head_dim, float theta, qw_err *err);
+	/* out (T, n_heads * D): full (non-causal) attention among the rows of each segment
+	 * [seg_start[i], seg_start[i+1]); scale D^-0.5; q, k, v (T, n_heads * D) */
+	qw_status (*segment_attention)(qw_backend *be, qw_act *out, const qw_act *q, const qw_act *k,
+				       const qw_act *v, const int32_t *seg_start, int n_segs,
+				       int n_heads, qw_err *err);
+	/* out[r] = sum over k < taps of w[r][k] * table[idx[r][k]] (rows of a (G*G, D) table),
+	 * summed in order in fp32 */
+	qw_status (*interp_rows)(qw_backend *be, qw_act *out, const qw_tensor *table,
+				 const int32_t *idx, const float *w, int taps, qw_err *err);
+	/* dst[rows[i]] = src[i], or += with add */
+	qw_status (*scatter_rows)(qw_backend *be, qw_act *dst, const int32_t *rows, const qw_act *src,
+				  bool add, qw_err *err);
 };
 
 #endif

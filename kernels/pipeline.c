@@ -77,7 +77,8 @@ void qw_pipeline_reset(qw_pipeline *p)
 }
 
 qw_status qw_pipeline_append(qw_pipeline *p, const int32_t *ids, int n, const int32_t *positions,
-			     bool all_logits, float *logits_out, qw_err *err)
+			     const qw_visual *vis, bool all_logits, float *logits_out,
+			     qw_err *err)
 {
 	if (n < 1 || n > p->max_tokens)
 		return qw_fail(err, QW_E_ARG, "a step of %d tokens; this pipeline takes 1 to %d", n,
@@ -103,6 +104,13 @@ qw_status qw_pipeline_append(qw_pipeline *p, const int32_t *ids, int n, const in
 		      .kv_index = kv_index, .slot = slot, .n_seqs = 1,
 		      .max_blocks = p->max_ctx / p->block_size, .block_tables = p->block_table,
 		      .n_logits = all_logits ? n : 1, .logit_rows = rows};
+	if (vis) {
+		b.n_visual = vis->n;
+		b.visual_rows = vis->rows;
+		b.visual_embeds = vis->embeds;
+		b.deepstack = vis->deepstack;
+		b.n_deepstack = vis->n_deepstack;
+	}
 	qw_status st = QW_OK;
 	for (int s = 0; s < p->n_stages && st == QW_OK; s++)
 		st = qw_stage_forward(&p->stages[s], &b, &p->hidden, err);

@@ -33,11 +33,21 @@ void qw_pipeline_free(qw_pipeline *p);
 /* Sets a hook on every stage (hidden states as HF records them). */
 void qw_pipeline_set_hook(qw_pipeline *p, qw_hidden_hook hook, void *ctx);
 
+/* Image features for one step: rows of the pad tokens and what goes there. */
+typedef struct qw_visual {
+	int n;                     /* pad tokens */
+	const int32_t *rows;       /* (n,) token rows in the step */
+	const qw_act *embeds;      /* (n, H) */
+	const qw_act *deepstack;   /* (n_deepstack,) of (n, H) */
+	int n_deepstack;
+} qw_visual;
+
 /* Appends n tokens to the sequence in one step.  positions (n, 3) or NULL for text (index +
- * rope_delta on every axis).  If all_logits, logits_out gets (n, V), else (1, V) for the last
- * token; logits_out may be NULL. */
+ * rope_delta on every axis); vis NULL for text.  If all_logits, logits_out gets (n, V), else
+ * (1, V) for the last token; logits_out may be NULL. */
 qw_status qw_pipeline_append(qw_pipeline *p, const int32_t *ids, int n, const int32_t *positions,
-			     bool all_logits, float *logits_out, qw_err *err);
+			     const qw_visual *vis, bool all_logits, float *logits_out,
+			     qw_err *err);
 
 /* Forgets the sequence (the cache is reused). */
 void qw_pipeline_reset(qw_pipeline *p);

@@ -528,6 +528,158 @@ static qw_status sample(qw_backend *be, const qw_act *logits, const qw_sampling 
 	return QW_OK;
 }
 
+// ---------------------------------------------------------------------------------------
+// vision ops
+
+static qw_status layernorm(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
+			   const qw_tensor *b, float eps, qw_err *err)
+{
+	int n = x->cols;
+	if (w->numel != (uint64_t)n || b->numel != (uint64_t)n || out->cols != n)
+		return shape_error(err, "layernorm", "weight, bias or output width differs");
+	float *wf = malloc(2 * (size_t)n * sizeof *wf);
+	if (!wf)
+		return qw_fail(err, QW_E_NOMEM, "cpu layernorm: out of memory");
+	float *bf = wf + n;
+	qw_tensor_read_f32(w, 0, (uint64_t)n, wf);
+	qw_tensor_read_f32(b, 0, (uint64_t)n, bf);
+	out->rows = x->rows;
+	for (size_t t = 0; t < ROWS(x); t++) {
+		const float *xr = CF(x) + t * (size_t)n;
+		float *o = F(out) + t * (size_t)n;
+		double mean = 0.0, var = 0.0;
+		for (int i = 0; i < n; i++)
+			mean += xr[i];
+		mean /= n;
+		for (int i = 0; i < n; i++)
+			var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+		double r = 1.0 / sqrt(var / n + (double)eps);
+		for (int i = 0; i < n; i++)
+			o[i] = (float)(((double)xr[i] - mean) * r) * wf[i] + bf[i];
+	}
+	free(wf);
+	return QW_OK;
+}
+
+static qw_status gelu(qw_backend *be, qw_act *x, bool tanh_approx, qw_err *err)
+{
+	for (size_t i = 0; i < ROWS(x) * (size_t)x->cols; i++) {
+		double z = F(x)[i];
+		F(x)[i] = (float)(tanh_approx
+			? 0.5 * z * (1.0 + tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
+			: 0.5 * z * (1.0 + erf(z * 0.7071067811865476)));
+	}
+	return QW_OK;
+}
+
+static qw_status rope_2d(qw_backend *be, qw_act *x, const int32_t *pos_rc, int n_heads,
+			 int head_dim, float theta, qw_err *err)
+{
+	int half = head_dim / 2, quarter = head_dim / 4;
+	if (n_heads * head_dim != x->cols || head_dim % 4 || quarter > 1024)
+		return shape_error(err, "rope_2d", "heads x head_dim is not the row width");
+	float inv_freq[1024];
+	for (int k = 0; k < quarter; k++)   /* as HF: theta^(arange(0, D/2, 2) / (D/2)), float */
+		inv_freq[k] = 1.0f / powf(theta, (float)(2 * k) / (float)half);
+	for (size_t t = 0; t < ROWS(x); t++)
+		for (int j = 0; j < half; j++) {
+			float angle = (float)pos_rc[2 * t + (j < quarter ? 0 : 1)] * inv_freq[j % quarter];
+			float c = cosf(angle), s = sinf(angle);
+			for (int h = 0; h < n_heads; h++) {
+				float *v = F(x) + t * (size_t)x->cols + (size_t)h * (size_t)head_dim;
+				float a = v[j], b = v[j + half];
+				v[j] = a * c - b * s;
+				v[j + half] = b * c + a * s;
+			}
+		}
+	return QW_OK;
+}
+
+static qw_status segment_attention(qw_backend *be, qw_act *out, const qw_act *q, const qw_act *k,
+				   const qw_act *v, const int32_t *seg_start, int n_segs, int n_heads,
+				   qw_err *err)
+{
+	int width = q->cols, D = width / n_heads;
+	if (k->cols != width || v->cols != width || out->cols != width || width % n_heads ||
+	    seg_start[0] != 0 || seg_start[n_segs] != q->rows)
+		return shape_error(err, "segment_attention", "widths or segments do not match");
+	int longest = 0;
+	for (int s = 0; s < n_segs; s++)
+		if (seg_start[s + 1] - seg_start[s] > longest)
+			longest = seg_start[s + 1] - seg_start[s];
+	double *score = malloc((size_t)(longest ? longest : 1) * sizeof *score);
+	if (!score)
+		return qw_fail(err, QW_E_NOMEM, "cpu segment_attention: out of memory");
+	const double scale = 1.0 / sqrt((double)D);
+	out->rows = q->rows;
+	for (int s = 0; s < n_segs; s++) {
+		int a = seg_start[s], b = seg_start[s + 1];
+		for (int t = a; t < b; t++)
+			for (int h = 0; h < n_heads; h++) {
+				const float *qh = CF(q) + (size_t)t * (size_t)width + (size_t)h * (size_t)D;
+				double max = -INFINITY, sum = 0.0;
+				for (int j = a; j < b; j++) {
+					score[j - a] = dot(qh, CF(k) + (size_t)j * (size_t)width + (size_t)h * (size_t)D, D) * scale;
+					max = score[j - a] > max ? score[j - a] : max;
+				}
+				for (int j = a; j < b; j++)
+					sum += score[j - a] = exp(score[j - a] - max);
+				float *oh = F(out) + (size_t)t * (size_t)width + (size_t)h * (size_t)D;
+				for (int d = 0; d < D; d++) {
+					double acc = 0.0;
+					for (int j = a; j < b; j++)
+						acc += score[j - a] * CF(v)[(size_t)j * (size_t)width + (size_t)h * (size_t)D + (size_t)d];
+					oh[d] = (float)(acc / sum);
+				}
+			}
+	}
+	free(score);
+	return QW_OK;
+}
+
+static qw_status interp_rows(qw_backend *be, qw_act *out, const qw_tensor *table,
+			     const int32_t *idx, const float *w, int taps, qw_err *err)
+{
+	int D = (int)table->shape[1];
+	if (out->cols != D || taps < 1 || taps > 16)
+		return shape_error(err, "interp_rows", "output width differs from the table's");
+	float *row = malloc((size_t)D * sizeof *row);
+	if (!row)
+		return qw_fail(err, QW_E_NOMEM, "cpu interp_rows: out of memory");
+	for (size_t r = 0; r < ROWS(out); r++) {
+		float *o = F(out) + r * (size_t)D;
+		for (int k = 0; k < taps; k++) {
+			int32_t i = idx[r * (size_t)taps + (size_t)k];
+			if (i < 0 || i >= table->shape[0]) {
+				free(row);
+				return shape_error(err, "interp_rows", "table index out of range");
+			}
+			qw_tensor_read_f32(table, (uint64_t)i * (uint64_t)D, (uint64_t)D, row);
+			for (int d = 0; d < D; d++)
+				o[d] = k ? o[d] + row[d] * w[r * (size_t)taps + (size_t)k]
+					 : row[d] * w[r * (size_t)taps];
+		}
+	}
+	free(row);
+	return QW_OK;
+}
+
+static qw_status scatter_rows(qw_backend *be, qw_act *dst, const int32_t *rows, const qw_act *src,
+			      bool add_, qw_err *err)
+{
+	if (dst->cols != src->cols)
+		return shape_error(err, "scatter_rows", "row widths differ");
+	for (int i = 0; i < src->rows; i++) {
+		if (rows[i] < 0 || rows[i] >= dst->rows)
+			return shape_error(err, "scatter_rows", "row index out of range");
+		float *d = F(dst) + (size_t)rows[i] * (size_t)dst->cols;
+		const float *s = CF(src) + (size_t)i * (size_t)src->cols;
+		for (int c = 0; c < dst->cols; c++)
+			d[c] = add_ ? d[c] + s[c] : s[c];
+	}
+	return QW_OK;
+}
+
 qw_status qw_cpu_backend_create(qw_backend **out, qw_err *err)
 {
 	qw_backend *be = calloc(1, sizeof *be);
@@ -541,6 +693,9 @@ qw_status qw_cpu_backend_create(qw_backend **out, qw_err *err)
 		.embed = embed, .rmsnorm = rmsnorm, .head_rmsnorm = head_rmsnorm, .rope = rope,
 		.matmul = matmul, .add = add, .silu_mul = silu_mul, .kv_write = kv_write,
 		.attention = attention, .moe = moe, .gather_rows = gather_rows, .sample = sample,
+		.layernorm = layernorm, .gelu = gelu, .rope_2d = rope_2d,
+		.segment_attention = segment_attention, .interp_rows = interp_rows,
+		.scatter_rows = scatter_rows,
 	};
 	*out = be;
 	return QW_OK;

@@ -72,7 +72,7 @@ static void test_fixtures_pass(void **state)
 			for (int s = 0; s < QW_N_STEPS; s++)
 				if (r.step[s].ran && !r.step[s].pass)
 					fail_msg("%s %s: step %s failed: %s", models[mi], cases[ci],
-						 qw_step_names[s], r.step[s].note);
+						 r.names[s], r.step[s].note);
 			assert_true(r.pass);
 			assert_int_equal(r.trace_first_bad, -1);
 			assert_int_equal(r.n_trace, (mi == 0 ? 4 : 3) + 1);
@@ -191,14 +191,14 @@ static void run_pipeline(const char *model, int stages, int n_prompt, int n_new,
 	int32_t prompt[64];
 	for (int i = 0; i < n_prompt; i++)
 		prompt[i] = (int32_t)((i * 37 + 11) % V);
-	assert_int_equal(qw_pipeline_append(&p, prompt, n_prompt, NULL, true, logits, &err), QW_OK);
+	assert_int_equal(qw_pipeline_append(&p, prompt, n_prompt, NULL, NULL, true, logits, &err), QW_OK);
 	float *last = logits + (size_t)(n_prompt - 1) * (size_t)V;
 	for (int i = 0; i < n_new; i++) {
 		qw_sampling sp = *sampling;
 		sp.step = (uint64_t)i;
 		tokens[i] = qw_sample_row(last, V, &sp, NULL);
 		float *next = logits + (size_t)(n_prompt + i) * (size_t)V;
-		assert_int_equal(qw_pipeline_append(&p, &tokens[i], 1, NULL, false, next, &err), QW_OK);
+		assert_int_equal(qw_pipeline_append(&p, &tokens[i], 1, NULL, NULL, false, next, &err), QW_OK);
 		last = next;
 	}
 	qw_pipeline_free(&p);

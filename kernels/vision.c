@@ -1,0 +1,231 @@
+/* vision.c - the vision tower over the op interface.  See vision.h. */
+#include "kernels/vision.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TRY(call)                          \
+	do {                               \
+		st = (call);               \
+		if (st != QW_OK)           \
+			goto out;          \
+	} while (0)
+
+/* A view of rows [first, first + n) of a 2-D tensor (or of all of a tensor as 2-D). */
+static qw_tensor rows_view(const qw_tensor *t, int64_t first, int64_t n, int64_t cols)
+{
+	qw_tensor v = *t;
+	size_t elem = qw_dtype_size(t->dtype);
+	v.data = (const uint8_t *)t->data + (size_t)first * (size_t)cols * elem;
+	v.ndim = cols ? 2 : 1;
+	v.shape[0] = n;
+	v.shape[1] = cols;
+	v.numel = (uint64_t)n * (uint64_t)(cols ? cols : 1);
+	v.nbytes = v.numel * elem;
+	return v;
+}
+
+/* torch.linspace(a, b, n) in fp32 */
+static float linspace_at(float a, float b, int n, int i)
+{
+	if (n == 1)
+		return a;
+	float step = (b - a) / (float)(n - 1);
+	return i < n / 2 ? a + step * (float)i : b - step * (float)(n - 1 - i);
+}
+
+/* Per patch row (merge-window order): (row, col) for the rotary, 4 taps into the position
+ * table with their bilinear weights; and the segment starts (one per frame pair). */
+typedef struct geometry {
+	int32_t *pos_rc;     /* (N, 2) */
+	int32_t *taps;       /* (N, 4) */
+	float *weights;      /* (N, 4) */
+	int32_t *seg;        /* (n_segs + 1,) */
+	int n_segs;
+} geometry;
+
+static void geometry_free(geometry *g)
+{
+	free(g->pos_rc);
+	free(g->taps);
+	free(g->weights);
+	free(g->seg);
+}
+
+static qw_status geometry_build(const qw_vision_config *vc, const int32_t *grids, int n_images,
+				int rows, geometry *g, qw_err *err)
+{
+	int m = vc->spatial_merge_size, G = (int)lround(sqrt((double)vc->num_position_embeddings));
+	int n_segs = 0, total = 0;
+	for (int i = 0; i < n_images; i++) {
+		int t = grids[3 * i], h = grids[3 * i + 1], w = grids[3 * i + 2];
+		if (t < 1 || h < m || w < m || h % m || w % m)
+			return qw_fail(err, QW_E_ARG, "image %d: grid (%d, %d, %d) is not whole merge "
+				       "windows of %d", i, t, h, w, m);
+		n_segs += t;
+		total += t * h * w;
+	}
+	if (total != rows)
+		return qw_fail(err, QW_E_ARG, "the grids cover %d patches but %d pixel rows were given",
+			       total, rows);
+	g->pos_rc = malloc((size_t)rows * 2 * sizeof *g->pos_rc);
+	g->taps = malloc((size_t)rows * 4 * sizeof *g->taps);
+	g->weights = malloc((size_t)rows * 4 * sizeof *g->weights);
+	g->seg = malloc((size_t)(n_segs + 1) * sizeof *g->seg);
+	if (!g->pos_rc || !g->taps || !g->weights || !g->seg)
+		return qw_fail(err, QW_E_NOMEM, "out of memory for the vision geometry");
+	g->n_segs = n_segs;
+	int r = 0, s = 0;
+	for (int i = 0; i < n_images; i++) {
+		int t = grids[3 * i], h = grids[3 * i + 1], w = grids[3 * i + 2];
+		for (int ti = 0; ti < t; ti++) {
+			g->seg[s++] = r;
+			for (int bh = 0; bh < h / m; bh++)
+				for (int bw = 0; bw < w / m; bw++)
+					for (int ih = 0; ih < m; ih++)
+						for (int iw = 0; iw < m; iw++, r++) {
+							int y = bh * m + ih, x = bw * m + iw;
+							g->pos_rc[2 * r] = y;
+							g->pos_rc[2 * r + 1] = x;
+							float hy = linspace_at(0.0f, (float)(G - 1), h, y);
+							float wx = linspace_at(0.0f, (float)(G - 1), w, x);
+							int hf = (int)hy, wf = (int)wx;
+							int hc = hf + 1 < G ? hf + 1 : G - 1, wc = wf + 1 < G ? wf + 1 : G - 1;
+							float dh = hy - (float)hf, dw = wx - (float)wf;
+							int32_t *tp = g->taps + 4 * r;
+							float *wt = g->weights + 4 * r;
+							tp[0] = hf * G + wf;
+							tp[1] = hf * G + wc;
+							tp[2] = hc * G + wf;
+							tp[3] = hc * G + wc;
+							wt[0] = (1.0f - dh) * (1.0f - dw);
+							wt[1] = (1.0f - dh) * dw;
+							wt[2] = dh * (1.0f - dw);
+							wt[3] = dh * dw;
+						}
+		}
+	}
+	g->seg[s] = r;
+	return QW_OK;
+}
+
+/* A merger: LayerNorm before (main) or after (deepstack) grouping each 2 x 2 window's rows
+ * into one, then fc1, exact GELU, fc2.  x (N, Dv) is left as it was. */
+static qw_status merge(qw_backend *be, const qw_merger_weights *mw, const qw_act *x, int group,
+		       bool norm_after, qw_act *tmp_n, qw_act *tmp_g, qw_act *out, qw_err *err)
+{
+	qw_status st;
+	int Dv = x->cols;
+	float eps = 1e-6f;
+	qw_act grouped = {tmp_n->data, x->rows / group, Dv * group, x->rows / group};
+	if (norm_after) {
+		qw_act xg = {x->data, x->rows / group, Dv * group, x->rows / group};
+		st = be->layernorm(be, &grouped, &xg, mw->norm_w, mw->norm_b, eps, err);
+	} else {
+		qw_act flat = {tmp_n->data, x->rows, Dv, x->rows};
+		st = be->layernorm(be, &flat, x, mw->norm_w, mw->norm_b, eps, err);
+	}
+	if (st == QW_OK) {
+		tmp_g->rows = grouped.rows;
+		st = be->matmul(be, tmp_g, &grouped, mw->fc1_w, mw->fc1_b, err);
+	}
+	if (st == QW_OK)
+		st = be->gelu(be, tmp_g, false, err);
+	if (st == QW_OK)
+		st = be->matmul(be, out, tmp_g, mw->fc2_w, mw->fc2_b, err);
+	return st;
+}
+
+qw_status qw_vision_forward(qw_backend *be, const qw_config *cfg, const qw_weights *w,
+			    const int32_t *grids, int n_images, const float *pixels, int rows,
+			    qw_vision_hook hook, void *hook_ctx, qw_vision_out *out, qw_err *err)
+{
+	const qw_vision_config *vc = &cfg->vision;
+	int Dv = vc->hidden_size, Iv = vc->intermediate_size, heads = vc->num_heads;
+	int group = vc->spatial_merge_size * vc->spatial_merge_size, H = cfg->text.hidden_size;
+	int in_cols = (int)(w->patch_w->numel / (uint64_t)Dv);
+	memset(out, 0, sizeof *out);
+	geometry g = {0};
+	qw_act px = {0}, x = {0}, h = {0}, q = {0}, k = {0}, v = {0}, a = {0}, f = {0}, pe = {0};
+	qw_act tn = {0}, tg = {0};
+	qw_status st = geometry_build(vc, grids, n_images, rows, &g, err);
+	if (st != QW_OK)
+		goto out;
+	out->tokens = rows / group;
+	out->n_deepstack = vc->n_deepstack;
+	TRY(be->act_alloc(be, rows, in_cols, &px, err));
+	TRY(be->act_alloc(be, rows, Dv, &x, err));
+	TRY(be->act_alloc(be, rows, Dv, &h, err));
+	TRY(be->act_alloc(be, rows, Dv, &q, err));
+	TRY(be->act_alloc(be, rows, Dv, &k, err));
+	TRY(be->act_alloc(be, rows, Dv, &v, err));
+	TRY(be->act_alloc(be, rows, Dv, &a, err));
+	TRY(be->act_alloc(be, rows, Dv, &pe, err));
+	TRY(be->act_alloc(be, rows, Iv, &f, err));
+	TRY(be->act_alloc(be, rows, Dv, &tn, err));   /* (N, Dv) = (N/4, 4 Dv) */
+	TRY(be->act_alloc(be, out->tokens, Dv * group, &tg, err));
+	TRY(be->act_alloc(be, out->tokens, H, &out->embeds, err));
+	for (int j = 0; j < vc->n_deepstack; j++)
+		TRY(be->act_alloc(be, out->tokens, H, &out->deepstack[j], err));
+
+	/* patch embedding: the Conv3d is a Linear over each row's (c, t, y, x) values */
+	TRY(be->act_write(be, &px, pixels, err));
+	qw_tensor pw = rows_view(w->patch_w, 0, Dv, in_cols);
+	TRY(be->matmul(be, &x, &px, &pw, w->patch_b, err));
+	if (hook)
+		hook(hook_ctx, -1, &x);
+	TRY(be->interp_rows(be, &pe, w->pos_embed, g.taps, g.weights, 4, err));
+	TRY(be->add(be, &x, &x, &pe, err));
+
+	for (int b = 0, ds = 0; b < vc->depth; b++) {
+		const qw_vision_block_weights *bw = &w->blocks[b];
+		qw_tensor wq = rows_view(bw->qkv_w, 0, Dv, Dv), wk = rows_view(bw->qkv_w, Dv, Dv, Dv);
+		qw_tensor wv = rows_view(bw->qkv_w, 2 * Dv, Dv, Dv);
+		qw_tensor bq = rows_view(bw->qkv_b, 0, Dv, 0), bk = rows_view(bw->qkv_b, Dv, Dv, 0);
+		qw_tensor bv = rows_view(bw->qkv_b, 2 * Dv, Dv, 0);
+		TRY(be->layernorm(be, &h, &x, bw->norm1_w, bw->norm1_b, 1e-6f, err));
+		TRY(be->matmul(be, &q, &h, &wq, &bq, err));
+		TRY(be->matmul(be, &k, &h, &wk, &bk, err));
+		TRY(be->matmul(be, &v, &h, &wv, &bv, err));
+		TRY(be->rope_2d(be, &q, g.pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
+		TRY(be->rope_2d(be, &k, g.pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
+		TRY(be->segment_attention(be, &a, &q, &k, &v, g.seg, g.n_segs, heads, err));
+		TRY(be->matmul(be, &h, &a, bw->proj_w, bw->proj_b, err));
+		TRY(be->add(be, &x, &x, &h, err));
+		TRY(be->layernorm(be, &h, &x, bw->norm2_w, bw->norm2_b, 1e-6f, err));
+		TRY(be->matmul(be, &f, &h, bw->fc1_w, bw->fc1_b, err));
+		TRY(be->gelu(be, &f, true, err));
+		TRY(be->matmul(be, &h, &f, bw->fc2_w, bw->fc2_b, err));
+		TRY(be->add(be, &x, &x, &h, err));
+		if (hook)
+			hook(hook_ctx, b, &x);
+		if (ds < vc->n_deepstack && vc->deepstack_indexes[ds] == b) {
+			TRY(merge(be, &w->deepstack[ds], &x, group, true, &tn, &tg, &out->deepstack[ds],
+				  err));
+			ds++;
+		}
+	}
+	TRY(merge(be, &w->merger, &x, group, false, &tn, &tg, &out->embeds, err));
+out:
+	{
+		qw_act *tmp[] = {&px, &x, &h, &q, &k, &v, &a, &f, &pe, &tn, &tg};
+		for (size_t i = 0; i < sizeof tmp / sizeof *tmp; i++)
+			if (tmp[i]->data)
+				be->act_free(be, tmp[i]);
+	}
+	geometry_free(&g);
+	if (st != QW_OK)
+		qw_vision_out_free(be, out);
+	return st;
+}
+
+void qw_vision_out_free(qw_backend *be, qw_vision_out *out)
+{
+	if (out->embeds.data)
+		be->act_free(be, &out->embeds);
+	for (int j = 0; j < QW_MAX_DEEPSTACK; j++)
+		if (out->deepstack[j].data)
+			be->act_free(be, &out->deepstack[j]);
+	memset(out, 0, sizeof *out);
+}
