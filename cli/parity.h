@@ -63,6 +63,7 @@ typedef struct qw_parity_opts {
 	int stages;                 /* in-process stages (1 = whole model in one) */
 	bool trace;
 	const qw_thresholds *th;
+	const struct qw_preprocess_opts *preprocess;   /* image processor settings; NULL: Qwen's */
 } qw_parity_opts;
 
 #define QW_TRACE_MAX 512

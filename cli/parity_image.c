@@ -83,7 +83,7 @@ static qw_status read_act(qw_backend *be, const qw_act *a, float **out, qw_err *
 
 /* 1: preprocessing; grid gets the reference's grid (t, h, w). */
 static qw_status preprocess_step(const pl_reference *ref, const qw_config *cfg,
-				 const qw_thresholds *th, qw_parity_result *r, int32_t *grid,
+				 const qw_parity_opts *o, qw_parity_result *r, int32_t *grid,
 				 qw_err *err)
 {
 	qw_step_result *s = &r->step[QW_MM_PREPROCESS];
@@ -104,7 +104,7 @@ static qw_status preprocess_step(const pl_reference *ref, const qw_config *cfg,
 		grid[i] = (int32_t)v;
 	}
 	qw_image img = {(int)img_t->shape[1], (int)img_t->shape[0], (uint8_t *)img_t->data};
-	qw_preprocess_opts po = QW_PREPROCESS_DEFAULT;
+	qw_preprocess_opts po = o->preprocess ? *o->preprocess : QW_PREPROCESS_DEFAULT;
 	qw_pixels px;
 	s->ran = true;
 	if ((st = qw_preprocess(&img, &cfg->vision, &po, &px, err)) != QW_OK) {
@@ -118,7 +118,7 @@ static qw_status preprocess_step(const pl_reference *ref, const qw_config *cfg,
 		s->pass = false;
 	} else {
 		qw_compare(want, px.values, px.rows, px.cols, &s->m);
-		s->pass = s->m.max_abs <= th->pixel_max_abs;
+		s->pass = s->m.max_abs <= o->th->pixel_max_abs;
 		snprintf(s->note, sizeof s->note, "%.4f%% of values exact%s", 100.0 * s->m.exact,
 			 s->pass ? "" : "; more than one 8-bit level apart");
 	}
@@ -139,7 +139,7 @@ qw_status pl_run_image(const qw_parity_opts *o, qw_backend *be, const qw_config 
 	int32_t *pos = NULL, *want_pos = NULL, *rows = NULL;
 	pl_trace tb = {.be = be};
 	int n_decode = 0, delta = 0;
-	qw_status st = preprocess_step(ref, cfg, th, r, grid, err);
+	qw_status st = preprocess_step(ref, cfg, o, r, grid, err);
 	if (st != QW_OK || !r->step[QW_MM_PREPROCESS].pass)
 		goto out;
 
@@ -207,8 +207,11 @@ qw_status pl_run_image(const qw_parity_opts *o, qw_backend *be, const qw_config 
 		st = qw_fail(err, QW_E_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((st = qw_mrope_positions(cfg, ids, T, grid, 1, pos, &delta, err)) != QW_OK)
+	qw_err perr = {0};
+	if (qw_mrope_positions(cfg, ids, T, grid, 1, pos, &delta, &perr) != QW_OK) {
+		snprintf(s->note, sizeof s->note, "%s", perr.msg);   /* a failing step, not an error */
 		goto out;
+	}
 	s->pass = want_pos && n_pos == 3 * T;
 	for (int i = 0; s->pass && i < T; i++)
 		for (int a = 0; a < 3; a++)

@@ -271,6 +271,113 @@ static void test_sampling(void **state)
 	assert_true(qw_sample_uniform(9, 4) != qw_sample_uniform(10, 4));
 }
 
+// ---------------------------------------------------------------------------------------
+// vision ops
+
+static void test_layernorm_gelu(void **state)
+{
+	float x[4] = {1, 2, 3, 6}, w[4] = {1, 2, 1, 1}, b[4] = {0, 0, 1, 0}, out[4];
+	qw_tensor wt = f32_tensor(w, 1, 4, 0, 0), bt = f32_tensor(b, 1, 4, 0, 0);
+	qw_act a = act(1, 4, x), o = act(1, 4, NULL);
+	qw_err err = {0};
+	assert_int_equal(be->layernorm(be, &o, &a, &wt, &bt, 1e-6f, &err), QW_OK);
+	be->act_read(be, &o, out, &err);
+	double mean = 3.0, var = (4 + 1 + 0 + 9) / 4.0;
+	for (int i = 0; i < 4; i++)
+		assert_true(fabs(out[i] - ((x[i] - mean) / sqrt(var + 1e-6) * w[i] + b[i])) < 1e-6);
+	/* GELU at 1: exact 0.5 (1 + erf(1/sqrt 2)) = 0.841344746..., tanh form 0.841191990... */
+	float one[2] = {1.0f, 1.0f}, g[2];
+	qw_act ga = act(1, 1, one), ta = act(1, 1, one + 1);
+	assert_int_equal(be->gelu(be, &ga, false, &err), QW_OK);
+	assert_int_equal(be->gelu(be, &ta, true, &err), QW_OK);
+	be->act_read(be, &ga, g, &err);
+	be->act_read(be, &ta, g + 1, &err);
+	assert_true(fabs(g[0] - 0.8413447460685429) < 1e-7);
+	assert_true(fabs(g[1] - 0.8411919906082768) < 1e-7);
+	be->act_free(be, &a);
+	be->act_free(be, &o);
+	be->act_free(be, &ga);
+	be->act_free(be, &ta);
+}
+
+/* 2-D rotary on a head of 8: pairs 0, 1 follow the row, pairs 2, 3 the column; pair j is
+ * (x[j], x[j + 4]) and pair k of each half turns by pos * theta^(-2k/4). */
+static void test_rope_2d(void **state)
+{
+	float x[8] = {1, 1, 1, 1, 0, 0, 0, 0}, out[8];
+	int32_t rc[2] = {3, 5};
+	qw_act a = act(1, 8, x);
+	qw_err err = {0};
+	assert_int_equal(be->rope_2d(be, &a, rc, 1, 8, 100.0f, &err), QW_OK);
+	be->act_read(be, &a, out, &err);
+	double ang[4] = {3 * 1.0, 3 * pow(100.0, -0.5), 5 * 1.0, 5 * pow(100.0, -0.5)};
+	for (int j = 0; j < 4; j++) {
+		assert_true(fabs(out[j] - cos(ang[j])) < 1e-6);
+		assert_true(fabs(out[j + 4] - sin(ang[j])) < 1e-6);
+	}
+	be->act_free(be, &a);
+}
+
+/* Segments do not see each other: changing one segment's K/V leaves the other's output. */
+static void test_segment_attention(void **state)
+{
+	enum { T = 5, W = 4 };
+	float q[T * W], k[T * W], v[T * W], o1[T * W], o2[T * W];
+	for (int i = 0; i < T * W; i++) {
+		q[i] = (float)((i * 7) % 5) - 2.0f;
+		k[i] = (float)((i * 3) % 7) - 3.0f;
+		v[i] = (float)i;
+	}
+	int32_t seg[3] = {0, 2, 5};
+	qw_act qa = act(T, W, q), ka = act(T, W, k), va = act(T, W, v), o = act(T, W, NULL);
+	qw_err err = {0};
+	assert_int_equal(be->segment_attention(be, &o, &qa, &ka, &va, seg, 2, 2, &err), QW_OK);
+	be->act_read(be, &o, o1, &err);
+	for (int i = 0; i < 2 * W; i++)
+		v[i] += 100.0f, k[i] *= -1.0f;            /* the first segment only */
+	be->act_write(be, &ka, k, &err);
+	be->act_write(be, &va, v, &err);
+	assert_int_equal(be->segment_attention(be, &o, &qa, &ka, &va, seg, 2, 2, &err), QW_OK);
+	be->act_read(be, &o, o2, &err);
+	assert_memory_equal(o1 + 2 * W, o2 + 2 * W, 3 * W * sizeof(float));
+	assert_true(memcmp(o1, o2, 2 * W * sizeof(float)) != 0);
+	/* a one-row segment returns its own V */
+	int32_t seg1[3] = {0, 4, 5};
+	assert_int_equal(be->segment_attention(be, &o, &qa, &ka, &va, seg1, 2, 2, &err), QW_OK);
+	be->act_read(be, &o, o2, &err);
+	assert_memory_equal(o2 + 4 * W, v + 4 * W, W * sizeof(float));
+	be->act_free(be, &qa);
+	be->act_free(be, &ka);
+	be->act_free(be, &va);
+	be->act_free(be, &o);
+}
+
+static void test_interp_and_scatter(void **state)
+{
+	float table[3 * 2] = {1, 2, 10, 20, 100, 200}, out[4];
+	qw_tensor t = f32_tensor(table, 2, 3, 2, 0);
+	int32_t idx[2 * 2] = {0, 1, 2, 2};
+	float w[2 * 2] = {0.25f, 0.75f, 0.5f, 0.5f};
+	qw_act o = act(2, 2, NULL);
+	qw_err err = {0};
+	assert_int_equal(be->interp_rows(be, &o, &t, idx, w, 2, &err), QW_OK);
+	be->act_read(be, &o, out, &err);
+	assert_true(out[0] == 7.75f && out[1] == 15.5f && out[2] == 100.0f && out[3] == 200.0f);
+	float d[3 * 2] = {0}, src[2 * 2] = {1, 2, 3, 4}, got[6];
+	qw_act da = act(3, 2, d), sa = act(2, 2, src);
+	int32_t rows[2] = {2, 0};
+	assert_int_equal(be->scatter_rows(be, &da, rows, &sa, false, &err), QW_OK);
+	assert_int_equal(be->scatter_rows(be, &da, rows, &sa, true, &err), QW_OK);
+	be->act_read(be, &da, got, &err);
+	float want[6] = {6, 8, 0, 0, 2, 4};
+	assert_memory_equal(got, want, sizeof want);
+	int32_t bad[2] = {3, 0};
+	assert_int_equal(be->scatter_rows(be, &da, bad, &sa, false, &err), QW_E_ARG);
+	be->act_free(be, &o);
+	be->act_free(be, &da);
+	be->act_free(be, &sa);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -281,6 +388,10 @@ int main(void)
 		cmocka_unit_test(test_moe_layouts),
 		cmocka_unit_test(test_bad_inputs),
 		cmocka_unit_test(test_sampling),
+		cmocka_unit_test(test_layernorm_gelu),
+		cmocka_unit_test(test_rope_2d),
+		cmocka_unit_test(test_segment_attention),
+		cmocka_unit_test(test_interp_and_scatter),
 	};
 	return cmocka_run_group_tests_name("cpu-ops", tests, setup, teardown);
 }
