@@ -164,6 +164,11 @@ qw_status qw_preprocess(const qw_image *img, const qw_vision_config *vc,
 	qw_status st = qw_smart_resize(img->height, img->width, P * m, o, &h, &w, err);
 	if (st != QW_OK)
 		return st;
+	int tokens = (h / P / m) * (w / P / m);
+	if (o->max_tokens > 0 && tokens > o->max_tokens)
+		return qw_fail(err, QW_E_ARG, "image of %d x %d needs %d image tokens (resized to %d x "
+			       "%d), more than the %d allowed", img->width, img->height, tokens, w, h,
+			       o->max_tokens);
 	qw_image r = *img;
 	bool resized = h != img->height || w != img->width;
 	if (resized && (st = qw_resize_bicubic(img, h, w, &r, err)) != QW_OK)

@@ -18,9 +18,10 @@ typedef struct qw_preprocess_opts {
 	int64_t min_pixels;       /* 65536 as Qwen3-VL ships */
 	int64_t max_pixels;       /* 16777216 */
 	double max_aspect;        /* 200: longer side over shorter */
+	int max_tokens;           /* image tokens one image may take (0: no limit beyond pixels) */
 } qw_preprocess_opts;
 
-#define QW_PREPROCESS_DEFAULT ((qw_preprocess_opts){65536, 16777216, 200.0})
+#define QW_PREPROCESS_DEFAULT ((qw_preprocess_opts){65536, 16777216, 200.0, 0})
 
 typedef struct qw_pixels {
 	int grid_t, grid_h, grid_w;   /* in patches, before merging */

@@ -60,6 +60,9 @@ static void test_pixel_values_match_hf(void **state)
 	if (exact != n)
 		fail_msg("%zu of %zu values exact, max-abs %g", exact, n, max_abs);
 	qw_pixels_free(&px);
+	o.max_tokens = 69;   /* the image needs 70 */
+	assert_int_equal(qw_preprocess(&img, &cfg.vision, &o, &px, &err), QW_E_ARG);
+	assert_contains(err.msg, "needs 70 image tokens");
 	qw_image_free(&img);
 	qw_st_close(ref);
 }
