@@ -16,6 +16,9 @@
  *   --num-layers               drops mlp_only_layers entries past the new depth
  * A fused-expert model whose expert matrices would be square (hidden = 2 x or 1 x
  * moe_intermediate) is refused: transformers could not tell its layout from its own.
+ * With --quantize fp8 the text layers' linear weights are those same values quantized to
+ * float8_e4m3fn per 128 x 128 block (scale = amax / 448, stored as <weight>_scale_inv), and
+ * config.json gets Qwen's quantization_config.
  * Weights: linear layers ~ N(0, 1/fan_in), embeddings ~ N(0, 1), position embeddings
  * ~ N(0, 0.5^2), norm weights 1 + N(0, 0.1^2), biases N(0, 0.02^2); each tensor draws from its
  * own stream seeded by (seed, tensor name), so a tensor does not change when others do.
@@ -46,7 +49,9 @@ static const char export_usage[] =
 	"  --override-vision-depth N      --override-vision-hidden N\n"
 	"  --seed S                       random stream (default 0)\n"
 	"  --shards N                     write N shards and model.safetensors.index.json\n"
-	"                                 (default 1: one model.safetensors)\n";
+	"                                 (default 1: one model.safetensors)\n"
+	"  --quantize fp8                 the text layers' linear weights as float8_e4m3fn with\n"
+	"                                 an fp32 scale (amax / 448) per 128 x 128 block\n";
 
 enum {
 	OV_LAYERS, OV_VOCAB, OV_HIDDEN, OV_HEADS, OV_KV_HEADS, OV_HEAD_DIM, OV_INTER, OV_MOE_INTER,
@@ -57,6 +62,7 @@ typedef struct export_args {
 	const char *config, *out;
 	long long ov[OV_COUNT];      /* -1: not overridden */
 	long long seed, shards;
+	bool fp8;                    /* --quantize fp8 */
 } export_args;
 
 // ---------------------------------------------------------------------------------------
@@ -211,8 +217,10 @@ static void apply_overrides(json_t *root, bool vision, const long long *ov)
 // the weights
 
 typedef struct fill_ctx {
-	const qw_wspec *specs;   /* (n,) in file order */
+	const qw_wspec *specs;   /* the whole list, in file order */
+	size_t base;             /* index of the file's first tensor in specs */
 	uint64_t seed;
+	const qw_quant *quant;   /* FP8: quantizable weights quantized, scales written */
 } fill_ctx;
 
 static uint64_t splitmix64(uint64_t *s)
@@ -267,21 +275,64 @@ static void init_scale(const qw_wspec *s, double *mean, double *std)
 	}
 }
 
+/* The bf16-rounded random values of spec s (the same whether the file is bf16 or fp8). */
+static void random_values(const qw_wspec *s, uint64_t seed, float *out)
+{
+	uint64_t state = seed ^ name_hash(s->name);
+	double mean, std;
+	init_scale(s, &mean, &std);
+	for (uint64_t i = 0; i < s->numel; i += 2) {      /* Box-Muller: two normals per draw */
+		double r = sqrt(-2.0 * log(uniform01(&state))), a = 2.0 * M_PI * uniform01(&state);
+		out[i] = qw_bf16_to_f32(qw_f32_to_bf16((float)(mean + std * r * cos(a))));
+		if (i + 1 < s->numel)
+			out[i + 1] = qw_bf16_to_f32(qw_f32_to_bf16((float)(mean + std * r * sin(a))));
+	}
+}
+
+/* FP8 blocks of w (values v, the spec's shape): scale = amax / 448 per block of the last two
+ * dims (1 for an all-zero block), q = e4m3(v / scale).  Writes q and/or the scales. */
+static void quantize_fp8(const qw_wspec *w, const qw_quant *q, const float *v, uint8_t *qout,
+			 float *scales)
+{
+	int nd = w->ndim;
+	uint64_t R = (uint64_t)w->shape[nd - 2], C = (uint64_t)w->shape[nd - 1];
+	uint64_t br = (uint64_t)q->block[0], bc = (uint64_t)q->block[1];
+	uint64_t SR = (R + br - 1) / br, SC = (C + bc - 1) / bc, M = w->numel / (R * C);
+	for (uint64_t m = 0; m < M; m++)
+		for (uint64_t sr = 0; sr < SR; sr++)
+			for (uint64_t sc = 0; sc < SC; sc++) {
+				float amax = 0.0f;
+				for (uint64_t r = sr * br; r < R && r < (sr + 1) * br; r++)
+					for (uint64_t c = sc * bc; c < C && c < (sc + 1) * bc; c++)
+						amax = fmaxf(amax, fabsf(v[(m * R + r) * C + c]));
+				float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+				if (scales)
+					scales[(m * SR + sr) * SC + sc] = scale;
+				for (uint64_t r = sr * br; qout && r < R && r < (sr + 1) * br; r++)
+					for (uint64_t c = sc * bc; c < C && c < (sc + 1) * bc; c++)
+						qout[(m * R + r) * C + c] =
+							qw_f32_to_f8e4m3(v[(m * R + r) * C + c] / scale);
+			}
+}
+
 static qw_status fill_random(void *vctx, size_t index, void *buf, uint64_t nbytes, qw_err *err)
 {
 	const fill_ctx *ctx = vctx;
-	const qw_wspec *s = &ctx->specs[index];
-	uint64_t state = ctx->seed ^ name_hash(s->name);
-	double mean, std;
-	init_scale(s, &mean, &std);
-	uint16_t *out = buf;
-	uint64_t n = nbytes / 2;
-	for (uint64_t i = 0; i < n; i += 2) {             /* Box-Muller: two normals per draw */
-		double r = sqrt(-2.0 * log(uniform01(&state))), a = 2.0 * M_PI * uniform01(&state);
-		out[i] = qw_f32_to_bf16((float)(mean + std * r * cos(a)));
-		if (i + 1 < n)
-			out[i + 1] = qw_f32_to_bf16((float)(mean + std * r * sin(a)));
-	}
+	size_t at = ctx->base + index;
+	const qw_wspec *s = &ctx->specs[at];
+	const qw_wspec *w = s->is_scale ? &ctx->specs[at - 1] : s;   /* a scale follows its weight */
+	float *v = malloc(w->numel * sizeof *v + 1);
+	if (!v)
+		return qw_fail(err, QW_E_NOMEM, "out of memory generating %s", s->name);
+	random_values(w, ctx->seed, v);
+	if (s->is_scale)
+		quantize_fp8(w, ctx->quant, v, NULL, buf);
+	else if (ctx->quant && s->quantizable)
+		quantize_fp8(w, ctx->quant, v, buf, NULL);
+	else
+		for (uint64_t i = 0; i < nbytes / 2; i++)
+			((uint16_t *)buf)[i] = qw_f32_to_bf16(v[i]);
+	free(v);
 	return QW_OK;
 }
 
@@ -299,9 +350,10 @@ static int write_json_file(const char *path, json_t *o)
 	return CKPT_OK;
 }
 
-/* Writes specs into `shards` files (one: model.safetensors), balanced by bytes. */
+/* Writes specs into `shards` files (one: model.safetensors), balanced by bytes; with quant,
+ * quantizable weights as FP8 with their block scales. */
 static int write_weights(const char *out, const qw_wspec *specs, size_t n, int shards,
-			 uint64_t seed)
+			 uint64_t seed, const qw_quant *quant)
 {
 	qw_st_entry *entries = calloc(n, sizeof *entries);
 	if (!entries) {
@@ -310,8 +362,9 @@ static int write_weights(const char *out, const qw_wspec *specs, size_t n, int s
 	}
 	uint64_t total = 0;
 	for (size_t i = 0; i < n; i++) {
-		entries[i] = (qw_st_entry){.name = specs[i].name, .dtype = QW_DT_BF16,
-					   .ndim = specs[i].ndim};
+		qw_dtype dt = specs[i].is_scale ? QW_DT_F32
+			    : quant && specs[i].quantizable ? QW_DT_F8_E4M3 : QW_DT_BF16;
+		entries[i] = (qw_st_entry){.name = specs[i].name, .dtype = dt, .ndim = specs[i].ndim};
 		memcpy(entries[i].shape, specs[i].shape, sizeof specs[i].shape);
 		total += qw_st_entry_bytes(&entries[i]);
 	}
@@ -334,7 +387,7 @@ static int write_weights(const char *out, const qw_wspec *specs, size_t n, int s
 		else
 			snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, shards);
 		snprintf(path, sizeof path, "%s/%s", out, name);
-		fill_ctx ctx = {specs + begin, seed};
+		fill_ctx ctx = {specs, begin, seed, quant};
 		qw_err err = {0};
 		if (qw_st_write(path, entries + begin, end - begin, fill_random, &ctx, &err)) {
 			fprintf(stderr, "qwen-ckpt export-reduced: %s\n", err.msg);
@@ -361,6 +414,24 @@ static int write_weights(const char *out, const qw_wspec *specs, size_t n, int s
 
 // ---------------------------------------------------------------------------------------
 
+/* mkdir -p: 0, or -1 with errno set. */
+static int mkdir_p(const char *path)
+{
+	char buf[4096];
+	if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	for (char *p = buf + 1; *p; p++)
+		if (*p == '/') {
+			*p = '\0';
+			if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+				return -1;
+			*p = '/';
+		}
+	return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
 static int parse_args(int argc, char **argv, export_args *a)
 {
 	static const struct option opts[] = {
@@ -368,6 +439,7 @@ static int parse_args(int argc, char **argv, export_args *a)
 		{"out", required_argument, NULL, 'o'},
 		{"seed", required_argument, NULL, 's'},
 		{"shards", required_argument, NULL, 'S'},
+		{"quantize", required_argument, NULL, 'q'},
 		{"num-layers", required_argument, NULL, 256 + OV_LAYERS},
 		{"override-vocab", required_argument, NULL, 256 + OV_VOCAB},
 		{"override-hidden", required_argument, NULL, 256 + OV_HIDDEN},
@@ -387,7 +459,7 @@ static int parse_args(int argc, char **argv, export_args *a)
 		a->ov[i] = -1;
 	a->shards = 1;
 	int c, li;
-	while ((c = getopt_long(argc, argv, "c:o:s:S:h", opts, &li)) != -1) {
+	while ((c = getopt_long(argc, argv, "c:o:s:S:q:h", opts, &li)) != -1) {
 		const char *prog = "qwen-ckpt export-reduced";
 		switch (c) {
 		case 'c': a->config = optarg; break;
@@ -399,6 +471,13 @@ static int parse_args(int argc, char **argv, export_args *a)
 		case 'S':
 			if (!qw_arg_int(prog, "--shards", optarg, 1, 99999, &a->shards))
 				return CKPT_USAGE;
+			break;
+		case 'q':
+			if (strcmp(optarg, "fp8") != 0) {
+				fprintf(stderr, "%s: --quantize: '%s' is not fp8\n", prog, optarg);
+				return CKPT_USAGE;
+			}
+			a->fp8 = true;
 			break;
 		case 'h': fputs(export_usage, stdout); return -1;
 		default:
@@ -420,6 +499,42 @@ static int parse_args(int argc, char **argv, export_args *a)
 	return CKPT_OK;
 }
 
+/* Qwen's FP8 quantization_config.  modules_to_not_convert names the Linear modules left in
+ * bf16 the way transformers matches them (by trailing module names), so the vision tower's
+ * are listed one by one, as the published FP8 checkpoints do. */
+static int add_fp8_config(json_t *root, const qw_config *in_cfg)
+{
+	json_t *skip = json_pack("[s, s, s]", "lm_head", "embed_tokens", "mlp.gate");
+	if (in_cfg->has_vision) {
+		char *text = json_dumps(root, 0);
+		qw_config cfg;
+		qw_wspec *specs = NULL;
+		size_t n = 0;
+		qw_err err = {0};
+		if (!text || qw_config_parse(text, strlen(text), "config", &cfg, &err) != QW_OK ||
+		    qw_wmap_build(&cfg, QW_EXPERTS_FUSED, NULL, &specs, &n, &err) != QW_OK) {
+			fprintf(stderr, "qwen-ckpt export-reduced: %s\n", text ? err.msg : "out of memory");
+			free(text);
+			json_decref(skip);
+			return CKPT_FAILED;
+		}
+		for (size_t i = 0; i < n; i++) {
+			size_t len = strlen(specs[i].name);
+			bool linear = strstr(specs[i].name, "linear_fc") || strstr(specs[i].name, ".attn.");
+			if (specs[i].part == QW_PART_VISION && specs[i].ndim == 2 && len > 7 &&
+			    !strcmp(specs[i].name + len - 7, ".weight") && linear)
+				json_array_append_new(skip, json_stringn(specs[i].name, len - 7));
+		}
+		free(specs);
+		free(text);
+	}
+	json_object_set_new(root, "quantization_config", json_pack(
+		"{s:s, s:s, s:s, s:[i, i], s:o}", "quant_method", "fp8", "fmt", "e4m3",
+		"activation_scheme", "dynamic", "weight_block_size", 128, 128,
+		"modules_to_not_convert", skip));
+	return CKPT_OK;
+}
+
 int ckpt_export_reduced(int argc, char **argv)
 {
 	export_args a;
@@ -435,6 +550,10 @@ int ckpt_export_reduced(int argc, char **argv)
 	json_error_t jerr;
 	json_t *root = json_load_file(a.config, 0, &jerr);
 	apply_overrides(root, in_cfg.has_vision, a.ov);
+	if (a.fp8 && add_fp8_config(root, &in_cfg) != CKPT_OK) {
+		json_decref(root);
+		return CKPT_FAILED;
+	}
 	char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	if (!text || qw_config_parse(text, strlen(text), "config after overrides", &cfg, &err)) {
 		fprintf(stderr, "qwen-ckpt export-reduced: %s\n", text ? err.msg : "out of memory");
@@ -472,12 +591,13 @@ int ckpt_export_reduced(int argc, char **argv)
 		fprintf(stderr, "qwen-ckpt export-reduced: --shards %lld: the model has only %zu "
 			"tensors\n", a.shards, n);
 		rc = CKPT_USAGE;
-	} else if (mkdir(a.out, 0755) != 0 && errno != EEXIST) {
+	} else if (mkdir_p(a.out) != 0) {
 		fprintf(stderr, "qwen-ckpt export-reduced: cannot create %s: %s\n", a.out,
 			strerror(errno));
 		rc = CKPT_FAILED;
 	} else {
-		rc = write_weights(a.out, specs, n, (int)a.shards, (uint64_t)a.seed);
+		rc = write_weights(a.out, specs, n, (int)a.shards, (uint64_t)a.seed,
+				   cfg.quant.kind == QW_QUANT_FP8 ? &cfg.quant : NULL);
 	}
 	if (rc == CKPT_OK) {
 		char path[4200];
@@ -487,7 +607,7 @@ int ckpt_export_reduced(int argc, char **argv)
 	if (rc == CKPT_OK) {
 		uint64_t bytes = 0;
 		for (size_t i = 0; i < n; i++)
-			bytes += specs[i].numel * 2;
+			bytes += specs[i].bytes;
 		char b[32];
 		printf("wrote %s: %s, %zu tensors, %s in %lld file%s\n", a.out, cfg.model_type, n,
 		       qw_fmt_bytes(bytes, b, sizeof b), a.shards, a.shards == 1 ? "" : "s");

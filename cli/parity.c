@@ -28,6 +28,23 @@ const qw_thresholds qw_thresholds_bf16 = {
 	.pos_top5 = 0.90, .pos_max_abs = 2.0, .trace_rel = 5e-2, .vision_rel = 5e-2,
 	.pixel_max_abs = 1.0 / 127.5 + 1e-6};
 
+/* fp8: an fp32 backend on an FP8 block-quantized checkpoint, against the reference of its
+ * bf16 twin: about three times the quantization error measured on the tiny models
+ * (see docs/parity.md). */
+const qw_thresholds qw_thresholds_fp8 = {
+	.name = "fp8", .first_mse = 2e-1, .first_max_abs = 3.0, .pos_mse = 5e-2, .pos_kl = 0.5,
+	.pos_top5 = 0.70, .pos_max_abs = 5.0, .trace_rel = 1.0, .vision_rel = 1e-4,
+	.pixel_max_abs = 1.0 / 127.5 + 1e-6};
+
+const qw_thresholds *qw_thresholds_named(const char *name)
+{
+	const qw_thresholds *all[] = {&qw_thresholds_fp32, &qw_thresholds_bf16, &qw_thresholds_fp8};
+	for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+		if (strcmp(all[i]->name, name) == 0)
+			return all[i];
+	return NULL;
+}
+
 // ---------------------------------------------------------------------------------------
 // metrics
 

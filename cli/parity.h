@@ -49,6 +49,10 @@ typedef struct qw_thresholds {
 
 extern const qw_thresholds qw_thresholds_fp32;
 extern const qw_thresholds qw_thresholds_bf16;
+extern const qw_thresholds qw_thresholds_fp8;
+
+/* "fp32", "bf16" or "fp8"; NULL if none is called that. */
+const qw_thresholds *qw_thresholds_named(const char *name);
 
 typedef struct qw_step_result {
 	bool ran, pass;

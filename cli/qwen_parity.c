@@ -2,7 +2,7 @@
  * computed for the same model and prompt?
  *
  *   qwen-parity --model DIR --reference REF.safetensors --case NAME [--backend cpu|cuda]
- *               [--stages S] [--report OUT.json] [--trace]
+ *               [--stages S] [--report OUT.json] [--trace] [--thresholds fp32|bf16|fp8]
  *   qwen-parity tokens --tokenizer DIR --cases FILE.json      (step 1: token parity)
  *
  * Prints one row per step (and per hidden state with --trace), writes the JSON report, and
@@ -27,6 +27,8 @@ static const char usage[] =
 	"  --stages S     split the layers over S in-process pipeline stages (default 1)\n"
 	"  --report F     write the results as JSON to F\n"
 	"  --trace        compare hidden states layer by layer, name the first that diverges\n"
+	"  --thresholds T fp32 (cpu default), bf16 (cuda default) or fp8 (an FP8 checkpoint\n"
+	"                 against its bf16 twin's reference)\n"
 	"exit status: 0 every step passed, 1 a step failed, 2 bad usage or unreadable input\n";
 
 static json_t *metrics_json(const qw_metrics *m)
@@ -120,13 +122,15 @@ int main(int argc, char **argv)
 		{"stages", required_argument, NULL, 's'},
 		{"report", required_argument, NULL, 'o'},
 		{"trace", no_argument, NULL, 't'},
+		{"thresholds", required_argument, NULL, 'T'},
 		{"help", no_argument, NULL, 'h'},
 		{0, 0, 0, 0}};
-	qw_parity_opts o = {.stages = 1, .th = &qw_thresholds_fp32};
+	qw_parity_opts o = {.stages = 1, .th = &qw_thresholds_fp32};   /* cpu's; see --thresholds */
 	const char *backend = "cpu", *report = NULL;
 	long long stages = 1;
 	int c;
-	while ((c = getopt_long(argc, argv, "m:r:c:b:s:o:th", opts, NULL)) != -1) {
+	const char *th_name = NULL;
+	while ((c = getopt_long(argc, argv, "m:r:c:b:s:o:tT:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm': o.model_dir = optarg; break;
 		case 'r': o.reference = optarg; break;
@@ -139,6 +143,7 @@ int main(int argc, char **argv)
 			break;
 		case 'o': report = optarg; break;
 		case 't': o.trace = true; break;
+		case 'T': th_name = optarg; break;
 		case 'h': fputs(usage, stdout); return 0;
 		default: fputs(usage, stderr); return 2;
 		}
@@ -146,6 +151,10 @@ int main(int argc, char **argv)
 	if (!o.model_dir || !o.reference || !o.case_name || optind != argc) {
 		fputs("qwen-parity: --model, --reference and --case are required\n", stderr);
 		fputs(usage, stderr);
+		return 2;
+	}
+	if (th_name && !(o.th = qw_thresholds_named(th_name))) {
+		fprintf(stderr, "qwen-parity: --thresholds: '%s' is not fp32, bf16 or fp8\n", th_name);
 		return 2;
 	}
 	qw_backend *be = NULL;

@@ -20,7 +20,7 @@ static qw_status upload_weights(qw_stage_model *m, qw_err *err)
 	TRY(qw_wmap_build(cfg, m->w.expert_layout, &m->w, &specs, &n, err));
 	qw_status st = QW_OK;
 	for (size_t i = 0; i < n && st == QW_OK; i++)
-		if (qw_stage_owns(&m->stage, cfg, &specs[i]) && *specs[i].slot)
+		if (qw_stage_owns(&m->stage, cfg, &specs[i]) && specs[i].slot && *specs[i].slot)
 			st = m->be->upload(m->be, *specs[i].slot, specs[i].slot, err);
 	free(specs);
 	bool first = m->stage.index == 0, last = m->stage.index == m->stage.count - 1;

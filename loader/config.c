@@ -363,6 +363,38 @@ static qw_status read_dtype(const reader *r, json_t *text, qw_dtype *out)
 	return bad(r, key, "must be one of bfloat16, float16, float32");
 }
 
+static qw_status read_quant(const reader *root, qw_config *cfg)
+{
+	json_t *q = get(root, "quantization_config");
+	if (!q)
+		return QW_OK;
+	if (!json_is_object(q))
+		return bad(root, "quantization_config", "must be an object");
+	reader r = {root->label, "quantization_config.", q, root->err};
+	const char *method = json_string_value(get(&r, "quant_method"));
+	const char *algo = json_string_value(get(&r, "quant_algo"));
+	if (method && strcmp(method, "fp8") == 0) {
+		cfg->quant.kind = QW_QUANT_FP8;
+		json_t *bs = get(&r, "weight_block_size");
+		int block[2] = {128, 128}, n = 2;
+		if (bs)
+			TRY(read_int_list(&r, "weight_block_size", 1, 1 << 16, block, 2, &n));
+		if (n != 2)
+			return bad(&r, "weight_block_size", "must be [rows, cols]");
+		cfg->quant.block[0] = block[0];
+		cfg->quant.block[1] = block[1];
+		const char *fmt = json_string_value(get(&r, "fmt"));
+		if (fmt && strcmp(fmt, "e4m3") != 0)
+			return bad(&r, "fmt", "must be e4m3 (float8_e4m3fn)");
+		return QW_OK;
+	}
+	if (method && strcmp(method, "modelopt") == 0 && algo && strcmp(algo, "NVFP4") == 0) {
+		cfg->quant.kind = QW_QUANT_NVFP4;
+		return QW_OK;
+	}
+	return bad(&r, "quant_method", "is not fp8 (block-scaled) or modelopt NVFP4");
+}
+
 static qw_status read_config(const reader *root, qw_config *cfg)
 {
 	json_t *mt = get(root, "model_type");
@@ -392,6 +424,7 @@ static qw_status read_config(const reader *root, qw_config *cfg)
 	}
 	TRY(read_text(&text, cfg));
 	TRY(read_dtype(root, cfg->has_vision ? text.obj : NULL, &cfg->dtype));
+	TRY(read_quant(root, cfg));
 
 	/* tie_word_embeddings: top level wins; text_config may repeat it, but not contradict */
 	bool tie_top = false, tie_text = false;

@@ -69,8 +69,20 @@ typedef struct qw_vision_config {
 	double rope_theta;                 /* 2-D vision rotary base */
 } qw_vision_config;
 
+typedef enum qw_quant_kind {
+	QW_QUANT_NONE,
+	QW_QUANT_FP8,       /* quant_method fp8: float8_e4m3fn weights, fp32 scale per block */
+	QW_QUANT_NVFP4,     /* quant_method modelopt, quant_algo NVFP4 (checks only) */
+} qw_quant_kind;
+
+typedef struct qw_quant {
+	qw_quant_kind kind;
+	int block[2];       /* fp8 weight_block_size (rows, cols) */
+} qw_quant;
+
 typedef struct qw_config {
 	qw_arch arch;
+	qw_quant quant;                    /* quantization_config; kind NONE when absent */
 	char model_type[32];               /* as written in config.json */
 	bool has_vision;                   /* qwen3_vl and qwen3_vl_moe */
 	bool is_moe;                       /* qwen3_vl_moe and qwen3_moe */

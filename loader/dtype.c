@@ -91,3 +91,31 @@ float qw_f8e4m3_to_f32(uint8_t v)
 		mag = ldexpf((float)(8 + mant), exp - 10);    /* (1 + mant/8) * 2^(exp-7) */
 	return (v & 0x80) ? -mag : mag;
 }
+
+uint8_t qw_f32_to_f8e4m3(float f)
+{
+	uint8_t sign = signbit(f) ? 0x80 : 0;
+	if (isnan(f))
+		return 0x7f;
+	float a = fabsf(f);
+	if (a >= 448.0f)
+		return sign | 0x7e;                  /* saturate to the largest finite value */
+	/* the nearest of the 127 non-negative finite codes, ties to the even code */
+	uint8_t best = 0;
+	float best_d = INFINITY;
+	for (uint8_t c = 0; c <= 0x7e; c++) {
+		float d = fabsf(qw_f8e4m3_to_f32(c) - a);
+		if (d < best_d || (d == best_d && !(c & 1))) {
+			best_d = d;
+			best = c;
+		}
+	}
+	return sign | best;
+}
+
+float qw_e2m1_to_f32(uint8_t nibble)
+{
+	static const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+	float v = mag[nibble & 7];
+	return (nibble & 8) ? -v : v;
+}

@@ -34,6 +34,8 @@ float qw_bf16_to_f32(uint16_t h);
 uint16_t qw_f32_to_bf16(float f);           /* round to nearest even; NaN stays NaN */
 float qw_f16_to_f32(uint16_t h);
 float qw_f8e4m3_to_f32(uint8_t v);          /* float8_e4m3fn: no infinities, 0x7f/0xff NaN */
+uint8_t qw_f32_to_f8e4m3(float f);          /* nearest, ties to even; saturates at +-448 */
+float qw_e2m1_to_f32(uint8_t nibble);       /* FP4 e2m1 (low 4 bits): +-{0,.5,1,1.5,2,3,4,6} */
 
 #ifdef __cplusplus
 }

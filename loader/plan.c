@@ -9,6 +9,8 @@ void qw_count_params(const qw_wspec *specs, size_t n, int experts_per_tok, qw_pa
 	memset(out, 0, sizeof *out);
 	for (size_t i = 0; i < n; i++) {
 		const qw_wspec *s = &specs[i];
+		if (s->is_scale)
+			continue;   /* quantization scales are not parameters */
 		out->total += s->numel;
 		if (s->part == QW_PART_VISION)
 			out->vision += s->numel;

@@ -32,6 +32,10 @@ typedef struct qw_tensor {
 	uint64_t offset;                 /* begin, relative to the data section */
 	const void *data;                /* into the mapping; may be unaligned: read with memcpy */
 	const struct qw_st_file *file;   /* the file that holds it */
+	/* block-quantized weights (F8_E4M3): the fp32 scales, one per block of the last two
+	 * dims, multiplied in on dequantisation; set by the weight binder, else NULL */
+	const struct qw_tensor *scale;
+	int block[2];                    /* (rows, cols) of a block */
 } qw_tensor;
 
 typedef struct qw_st_file {

@@ -3,6 +3,7 @@
 #include "loader/weights.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +57,36 @@ static void add(builder *b, const qw_tensor **slot, qw_part part, int layer, int
 	s->slot = slot;
 }
 
+/* Marks the last spec a quantizable weight; for FP8 configs its bytes are one per value and
+ * its scale spec follows it. */
+static void quantizable(builder *b, const qw_config *cfg)
+{
+	if (b->oom || !b->n)
+		return;
+	qw_wspec *w = &b->specs[b->n - 1];
+	w->quantizable = true;
+	if (cfg->quant.kind != QW_QUANT_FP8)
+		return;
+	w->bytes = w->numel;
+	int64_t shape[5];
+	int nd = w->ndim;
+	memcpy(shape, w->shape, sizeof shape);
+	shape[nd - 2] = (shape[nd - 2] + cfg->quant.block[0] - 1) / cfg->quant.block[0];
+	shape[nd - 1] = (shape[nd - 1] + cfg->quant.block[1] - 1) / cfg->quant.block[1];
+	char name[96];
+	size_t len = strlen(w->name);
+	if (len > 7 && strcmp(w->name + len - 7, ".weight") == 0)
+		snprintf(name, sizeof name, "%.*s.weight_scale_inv", (int)(len - 7), w->name);
+	else
+		snprintf(name, sizeof name, "%s_scale_inv", w->name);
+	size_t saved = b->dtype_size;
+	b->dtype_size = 4;
+	add(b, NULL, w->part, w->layer, 0, nd, shape, "%s", name);
+	b->dtype_size = saved;
+	if (!b->oom)
+		b->specs[b->n - 1].is_scale = true;
+}
+
 #define SHAPE(...) (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
 #define SLOT(field) (w ? &(field) : NULL)
 
@@ -69,9 +100,13 @@ static void add_layer(builder *b, const qw_config *cfg, qw_expert_layout layout,
 #define LSLOT(field) (lw ? &lw->field : NULL)
 	add(b, LSLOT(input_norm), P, L, 0, SHAPE(H), "%slayers.%d.input_layernorm.weight", tp, L);
 	add(b, LSLOT(q_proj), P, L, 0, SHAPE(QD, H), "%slayers.%d.self_attn.q_proj.weight", tp, L);
+	quantizable(b, cfg);
 	add(b, LSLOT(k_proj), P, L, 0, SHAPE(KD, H), "%slayers.%d.self_attn.k_proj.weight", tp, L);
+	quantizable(b, cfg);
 	add(b, LSLOT(v_proj), P, L, 0, SHAPE(KD, H), "%slayers.%d.self_attn.v_proj.weight", tp, L);
+	quantizable(b, cfg);
 	add(b, LSLOT(o_proj), P, L, 0, SHAPE(H, QD), "%slayers.%d.self_attn.o_proj.weight", tp, L);
+	quantizable(b, cfg);
 	if (t->attention_bias) {
 		add(b, LSLOT(q_bias), P, L, 0, SHAPE(QD), "%slayers.%d.self_attn.q_proj.bias", tp, L);
 		add(b, LSLOT(k_bias), P, L, 0, SHAPE(KD), "%slayers.%d.self_attn.k_proj.bias", tp, L);
@@ -85,8 +120,11 @@ static void add_layer(builder *b, const qw_config *cfg, qw_expert_layout layout,
 	if (!qw_layer_is_moe(cfg, L)) {
 		int64_t I = t->intermediate_size;
 		add(b, LSLOT(gate_proj), P, L, 0, SHAPE(I, H), "%slayers.%d.mlp.gate_proj.weight", tp, L);
+		quantizable(b, cfg);
 		add(b, LSLOT(up_proj), P, L, 0, SHAPE(I, H), "%slayers.%d.mlp.up_proj.weight", tp, L);
+		quantizable(b, cfg);
 		add(b, LSLOT(down_proj), P, L, 0, SHAPE(H, I), "%slayers.%d.mlp.down_proj.weight", tp, L);
+		quantizable(b, cfg);
 		return;
 	}
 	int64_t E = t->num_experts, I = t->moe_intermediate_size;
@@ -94,17 +132,22 @@ static void add_layer(builder *b, const qw_config *cfg, qw_expert_layout layout,
 	if (layout == QW_EXPERTS_FUSED) {
 		add(b, LSLOT(experts_gate_up), P, L, (int)E, SHAPE(E, H, 2 * I),
 		    "%slayers.%d.mlp.experts.gate_up_proj", tp, L);
+		quantizable(b, cfg);
 		add(b, LSLOT(experts_down), P, L, (int)E, SHAPE(E, I, H),
 		    "%slayers.%d.mlp.experts.down_proj", tp, L);
+		quantizable(b, cfg);
 		return;
 	}
 	for (int e = 0; e < E; e++) {
 		add(b, lw ? &lw->expert_gate[e] : NULL, P, L, (int)E, SHAPE(I, H),
 		    "%slayers.%d.mlp.experts.%d.gate_proj.weight", tp, L, e);
+		quantizable(b, cfg);
 		add(b, lw ? &lw->expert_up[e] : NULL, P, L, (int)E, SHAPE(I, H),
 		    "%slayers.%d.mlp.experts.%d.up_proj.weight", tp, L, e);
+		quantizable(b, cfg);
 		add(b, lw ? &lw->expert_down[e] : NULL, P, L, (int)E, SHAPE(H, I),
 		    "%slayers.%d.mlp.experts.%d.down_proj.weight", tp, L, e);
+		quantizable(b, cfg);
 	}
 #undef LSLOT
 }
@@ -277,6 +320,45 @@ static bool shape_matches(const qw_wspec *s, const qw_tensor *t)
 	return true;
 }
 
+/* The scale tensor of an FP8 weight t, checked against its spec sc: present, of the
+ * blocked shape, fp32 or bf16, every value finite and > 0.  NULL with *why set if not. */
+static const qw_tensor *check_scale(const qw_config *cfg, const qw_checkpoint *ck,
+				    const qw_tensor *t, const qw_wspec *sc, char *why, size_t cap)
+{
+	if (cfg->quant.kind != QW_QUANT_FP8 || !sc) {
+		snprintf(why, cap, "an F8_E4M3 weight, but config.json has no fp8 quantization_config");
+		return NULL;
+	}
+	const qw_tensor *s = qw_ckpt_find(ck, sc->name);
+	char want[96], got[96];
+	if (!s) {
+		snprintf(why, cap, "its scale tensor %s is missing", sc->name);
+		return NULL;
+	}
+	if (!shape_matches(sc, s) || (s->dtype != QW_DT_F32 && s->dtype != QW_DT_BF16)) {
+		snprintf(why, cap, "its scale %s is %s %s, expected %s F32", sc->name,
+			 qw_shape_str(s->shape, s->ndim, got, sizeof got), qw_dtype_name(s->dtype),
+			 qw_shape_str(sc->shape, sc->ndim, want, sizeof want));
+		return NULL;
+	}
+	for (uint64_t i = 0; i < s->numel; i++) {
+		float v;
+		if (s->dtype == QW_DT_F32) {
+			memcpy(&v, (const uint8_t *)s->data + 4 * i, 4);
+		} else {
+			uint16_t h;
+			memcpy(&h, (const uint8_t *)s->data + 2 * i, 2);
+			v = qw_bf16_to_f32(h);
+		}
+		if (!(v > 0.0f) || !isfinite(v)) {
+			snprintf(why, cap, "its scale %s holds %g at element %llu (scales must be finite "
+				 "and > 0)", sc->name, (double)v, (unsigned long long)i);
+			return NULL;
+		}
+	}
+	return s;
+}
+
 qw_status qw_weights_load(const qw_config *cfg, const qw_checkpoint *ck, const qw_stage *stage,
 			  qw_weights *w, qw_wreport *rep, qw_err *err)
 {
@@ -299,29 +381,47 @@ qw_status qw_weights_load(const qw_config *cfg, const qw_checkpoint *ck, const q
 	for (size_t i = 0; i < n; i++) {
 		const qw_wspec *s = &specs[i];
 		sorted[i] = s;
-		if (!qw_stage_owns(stage, cfg, s))
+		if (!qw_stage_owns(stage, cfg, s) || s->is_scale)   /* scales go with their weight */
 			continue;
 		rep->expected++;
 		const qw_tensor *t = qw_ckpt_find(ck, s->name);
-		char want[96], got[96], desc[512];
+		char want[96], got[96], desc[512], why[256] = "";
+		const qw_tensor *scale = NULL;
 		if (!t) {
 			oom |= !push_str(&rep->missing_names, &rep->missing, s->name);
-		} else if (!shape_matches(s, t) || !qw_dtype_is_float(t->dtype)) {
-			snprintf(desc, sizeof desc, "%s: expected %s of BF16/F16/F32, got %s %s (%s)",
-				 s->name, qw_shape_str(s->shape, s->ndim, want, sizeof want),
-				 qw_shape_str(t->shape, t->ndim, got, sizeof got),
-				 qw_dtype_name(t->dtype), t->file->path);
-			oom |= !push_str(&rep->mismatched_desc, &rep->mismatched, desc);
-		} else {
-			rep->loaded++;
-			rep->loaded_bytes += t->nbytes;
-			if (s->part != QW_PART_EMBED || first)
-				*s->slot = t;
-			if (s->part == QW_PART_EMBED && last && cfg->tie_word_embeddings)
-				w->lm_head = t;    /* a tied lm_head is the embedding table */
+			continue;
 		}
+		if (shape_matches(s, t) && t->dtype == QW_DT_F8_E4M3 && s->quantizable)
+			scale = check_scale(cfg, ck, t, i + 1 < n && specs[i + 1].is_scale ? &specs[i + 1]
+									     : NULL, why, sizeof why);
+		else if (shape_matches(s, t) && !qw_dtype_is_float(t->dtype))
+			snprintf(why, sizeof why, "expected BF16/F16/F32%s",
+				 s->quantizable ? " or F8_E4M3 with block scales" : "");
+		if (!shape_matches(s, t) || why[0]) {
+			snprintf(desc, sizeof desc, "%s: expected %s, got %s %s (%s)%s%s", s->name,
+				 qw_shape_str(s->shape, s->ndim, want, sizeof want),
+				 qw_shape_str(t->shape, t->ndim, got, sizeof got),
+				 qw_dtype_name(t->dtype), t->file->path, why[0] ? ": " : "", why);
+			oom |= !push_str(&rep->mismatched_desc, &rep->mismatched, desc);
+			continue;
+		}
+		rep->loaded++;
+		rep->loaded_bytes += t->nbytes;
+		if (scale) {
+			/* the binder annotates the quantized weight with its scales */
+			qw_tensor *q = (qw_tensor *)t;
+			q->scale = scale;
+			q->block[0] = cfg->quant.block[0];
+			q->block[1] = cfg->quant.block[1];
+			rep->expected++;
+			rep->loaded++;
+			rep->loaded_bytes += scale->nbytes;
+		}
+		if (s->part != QW_PART_EMBED || first)
+			*s->slot = t;
+		if (s->part == QW_PART_EMBED && last && cfg->tie_word_embeddings)
+			w->lm_head = t;    /* a tied lm_head is the embedding table */
 	}
-
 	qsort(sorted, n, sizeof *sorted, cmp_spec_ptr);
 	for (size_t i = 0; i < ck->n_tensors; i++) {
 		qw_wspec key;

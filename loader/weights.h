@@ -12,6 +12,13 @@
  * mlp.experts.down_proj [E, I, H]) or one module per expert as Qwen3-MoE text checkpoints
  * store them (mlp.experts.{e}.gate_proj.weight [I, H], up_proj [I, H], down_proj [H, I]).
  * A tied lm_head is embed_tokens, which the last stage then binds too.
+ *
+ * FP8 checkpoints (config quantization_config, quant_method fp8): each text-layer linear
+ * weight is float8_e4m3fn with an fp32 "<weight>_scale_inv" (".weight" -> ".weight_scale_inv";
+ * fused experts "<name>_scale_inv") holding one scale per block of its last two dims; a
+ * module may also be left in bf16.  Binding checks the scale's presence, shape, dtype and
+ * values (finite, > 0) and links it to the weight (qw_tensor.scale), so readers dequantise
+ * W = Wq * S[block].
  */
 #ifndef QW_LOADER_WEIGHTS_H
 #define QW_LOADER_WEIGHTS_H
@@ -94,6 +101,8 @@ typedef struct qw_wspec {
 	int layer;               /* decoder layer for QW_PART_LAYER, else -1 */
 	int experts;             /* E of its layer if this holds expert weights (fused: all E of
 				    them; per-expert: one), else 0 */
+	bool quantizable;        /* a text-layer linear weight: FP8 checkpoints store it quantized */
+	bool is_scale;           /* the block scales of the quantizable spec just before it */
 	const qw_tensor **slot;  /* where binding stores the tensor (in a qw_weights) */
 } qw_wspec;
 

@@ -43,9 +43,31 @@ void qw_tensor_read_f32(const qw_tensor *t, uint64_t first, uint64_t n, float *d
 			dst[i] = qw_f16_to_f32(h);
 		}
 		break;
+	case QW_DT_F8_E4M3:
+		if (t->scale) {
+			/* W = Wq * S[block] over the last two dims (rows R, cols C) */
+			int nd = t->ndim;
+			uint64_t R = (uint64_t)t->shape[nd - 2], C = (uint64_t)t->shape[nd - 1];
+			uint64_t br = (uint64_t)t->block[0], bc = (uint64_t)t->block[1];
+			uint64_t SR = (R + br - 1) / br, SC = (C + bc - 1) / bc;
+			float s = 0.0f;
+			uint64_t cur = UINT64_MAX;
+			for (uint64_t i = 0; i < n; i++) {
+				uint64_t e = first + i, c = e % C, r = (e / C) % R, m = e / (R * C);
+				uint64_t si = (m * SR + r / br) * SC + c / bc;
+				if (si != cur) {
+					qw_tensor_read_f32(t->scale, si, 1, &s);
+					cur = si;
+				}
+				dst[i] = qw_f8e4m3_to_f32(base[e]) * s;
+			}
+			break;
+		}
+		/* a quantized weight without its scales cannot be read */
+		__attribute__((fallthrough));
 	default:
 		for (uint64_t i = 0; i < n; i++)
-			dst[i] = NAN;   /* the loader admits only float weights */
+			dst[i] = NAN;   /* the loader admits only float or scaled FP8 weights */
 	}
 }
 
