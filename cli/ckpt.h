@@ -7,6 +7,9 @@
 int ckpt_validate(int argc, char **argv);
 int ckpt_inspect(int argc, char **argv);
 int ckpt_export_reduced(int argc, char **argv);
+int ckpt_scales(int argc, char **argv);     /* ckpt_quant.c */
+int ckpt_gate_up(int argc, char **argv);
+int ckpt_diff(int argc, char **argv);
 
 #define CKPT_OK 0
 #define CKPT_FAILED 1

@@ -3,8 +3,10 @@
  *   qwen-ckpt validate DIR [--stage I/S] [--json]
  *   qwen-ckpt inspect DIR|CONFIG.json [--json]
  *   qwen-ckpt export-reduced --config CONFIG.json --out DIR [overrides...]
+ *   qwen-ckpt scales DIR | gate-up DIR | diff A B       (quantization checks)
  *
- * This file holds main, validate and inspect; export-reduced is in ckpt_export.c.
+ * This file holds main, validate and inspect; export-reduced is in ckpt_export.c, the
+ * quantization checks in ckpt_quant.c.
  */
 #include <getopt.h>
 #include <jansson.h>
@@ -31,7 +33,17 @@ static const char usage[] =
 	"      memory plan for 1, 2, 4 and 8 pipeline stages.\n"
 	"  export-reduced --config CONFIG.json --out DIR [--num-layers N] [--seed S]\n"
 	"      [--shards N] [--override-FIELD N ...]   (see export-reduced --help)\n"
-	"      Write a complete HF model dir with deterministic random bf16 weights.\n"
+	"      Write a complete HF model dir with deterministic random bf16 weights\n"
+	"      (--quantize fp8: FP8 block-scaled, as Qwen publishes them).\n"
+	"  scales DIR [--json]\n"
+	"      Statistics of every kind of quantization scale; the tensors whose scales are\n"
+	"      non-finite, zero, negative or orders of magnitude from the rest, by layer.\n"
+	"  gate-up DIR\n"
+	"      Gate and up projections must share their global scale (NVFP4); fused FP8\n"
+	"      gate_up: the block scales at the gate/up boundary.\n"
+	"  diff A B [--tensor PATTERN] [--bytes N]\n"
+	"      Tensor by tensor: names, shapes, dtypes, bytes; quantized A against float B:\n"
+	"      the dequantisation error.\n"
 	"exit status: 0 ok, 1 the model failed a check or could not be read, 2 bad usage\n";
 
 // ---------------------------------------------------------------------------------------
@@ -340,6 +352,12 @@ int main(int argc, char **argv)
 		return ckpt_inspect(argc - 1, argv + 1);
 	if (strcmp(argv[1], "export-reduced") == 0)
 		return ckpt_export_reduced(argc - 1, argv + 1);
+	if (strcmp(argv[1], "scales") == 0)
+		return ckpt_scales(argc - 1, argv + 1);
+	if (strcmp(argv[1], "gate-up") == 0)
+		return ckpt_gate_up(argc - 1, argv + 1);
+	if (strcmp(argv[1], "diff") == 0)
+		return ckpt_diff(argc - 1, argv + 1);
 	fprintf(stderr, "qwen-ckpt: unknown command '%s'\n%s", argv[1], usage);
 	return CKPT_USAGE;
 }

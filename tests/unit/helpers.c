@@ -161,7 +161,8 @@ char *copy_model(const char *model_dir, tensor_edit_fn edit, void *ctx)
 		fail_msg("%s", err.msg);
 	char cfg[4096];
 	snprintf(cfg, sizeof cfg, "%s/config.json", model_dir);
-	copy_file(cfg, path_in(dir, "config.json"));
+	if (access(cfg, F_OK) == 0)
+		copy_file(cfg, path_in(dir, "config.json"));
 	free(entries);
 	qw_ckpt_close(src);
 	return dir;

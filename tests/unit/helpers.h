@@ -40,7 +40,7 @@ int run_capture(char **output, const char *fmt, ...) __attribute__((format(print
 typedef void (*tensor_edit_fn)(const char *name, int dtype, void *bytes, uint64_t nbytes,
 			       void *ctx);
 
-/* A scratch copy of the model directory model_dir (config.json and one model.safetensors)
+/* A scratch copy of the model directory model_dir (config.json if any, one model.safetensors)
  * with every tensor passed through edit (may be NULL).  Free with scratch_free. */
 char *copy_model(const char *model_dir, tensor_edit_fn edit, void *ctx);
 
