@@ -116,10 +116,16 @@ static void verify(const header *h, const uint8_t *buf, uint8_t *want, int hop, 
 		(unsigned long long)at);
 }
 
-#define STAGING_MAX (512ull << 20)
+/* Receivers hold a size's transfers for verification after the ack up to this many bytes
+ * ($QW_TC_STAGING_BYTES overrides it, for tests of both paths). */
+static uint64_t staging_max(void)
+{
+	const char *v = getenv("QW_TC_STAGING_BYTES");
+	return v ? strtoull(v, NULL, 10) : 512ull << 20;
+}
 
 /* Receives from the previous stage, acks each size, verifies every transfer: after the ack
- * when a size's transfers fit in STAGING_MAX (so the sender's timing is the transport's),
+ * when a size's transfers fit in staging_max() (so the sender's timing is the transport's),
  * else as they arrive.  With expect_sizes < 0 (a tcp server) the sizes come from the
  * headers, until the peer closes. */
 static int recv_side(const tc_opts *o, int hop, qw_channel *in, qw_channel *back,
@@ -127,7 +133,7 @@ static int recv_side(const tc_opts *o, int hop, qw_channel *in, qw_channel *back
 {
 	uint8_t *stage_buf = NULL, *want = NULL;
 	header *heads = NULL;
-	uint64_t cap = 0;
+	uint64_t cap = 0, want_cap = 0;     /* bytes of stage_buf and of want */
 	int rc = 0, heads_cap = 0;
 	for (int s = 0; !rc && (expect_sizes < 0 || s < expect_sizes); s++) {
 		int got = 0, iters = 1;
@@ -161,14 +167,15 @@ static int recv_side(const tc_opts *o, int hop, qw_channel *in, qw_channel *back
 				heads[0] = *h;
 				h = &heads[0];
 			}
-			staged = h->bytes * (uint64_t)iters <= STAGING_MAX;
+			staged = h->bytes * (uint64_t)iters <= staging_max();
 			uint64_t need = staged ? h->bytes * (uint64_t)iters : h->bytes;
-			if (need > cap) {
+			if (need > cap || h->bytes > want_cap) {
 				free(stage_buf);
 				free(want);
-				cap = need;
+				cap = need > cap ? need : cap;
+				want_cap = h->bytes > want_cap ? h->bytes : want_cap;
 				stage_buf = malloc(cap + 1);
-				want = malloc(h->bytes + 1);
+				want = malloc(want_cap + 1);
 				if (!stage_buf || !want) {
 					qw_fail(err, QW_E_NOMEM, "out of memory");
 					rc = 1;

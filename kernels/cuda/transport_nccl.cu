@@ -2,7 +2,9 @@
  * tensors generated on the sending GPU, sent with ncclSend / ncclRecv on their own stream,
  * checksummed on the GPUs (the two-level XXH64 of ipc/checksum.h, chunk hashes in parallel,
  * finished on the host) and compared with the pattern the receiver regenerates on its GPU.
- * See cli/transport_check.h. */
+ * Per size: a check pass (every transfer verified), then a timed pass of the same number of
+ * transfers back to back, timed with events on the sender's stream.  See
+ * cli/transport_check.h. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,6 +206,12 @@ static qw_status run_stage(gpu_stage *g, const tc_opts *o, tc_report *rep, qw_er
 						       (unsigned long long)host);
 			}
 		}
+		/* the timed phase: the same transfers back to back, nothing checked in between */
+		QW_NCCL_TRY(err, ncclGroupStart());
+		for (int it = 0; it < o->iters; it++)
+			QW_NCCL_TRY(err, ncclRecv(g->d_buf, n, ncclUint8, g->rank - 1, g->comm, g->stream));
+		QW_NCCL_TRY(err, ncclGroupEnd());
+		QW_CUDA_TRY(err, cudaStreamSynchronize(g->stream));
 	}
 	for (int s = 0; g->rank < g->stages - 1 && s < o->n_sizes; s++) {
 		uint64_t n = o->sizes[s];
@@ -226,18 +234,22 @@ static qw_status run_stage(gpu_stage *g, const tc_opts *o, tc_report *rep, qw_er
 				QW_CUDA_TRY(err, cudaMemcpy(g->d_buf + n / 3, &byte, 1, cudaMemcpyHostToDevice));
 			}
 			QW_CUDA_TRY(err, cudaMemcpyAsync(g->d_head, head, 16, cudaMemcpyHostToDevice, g->stream));
-			QW_CUDA_TRY(err, cudaStreamSynchronize(g->stream));
-			QW_CUDA_TRY(err, cudaEventRecord(a, g->stream));
 			QW_NCCL_TRY(err, ncclGroupStart());
 			QW_NCCL_TRY(err, ncclSend(g->d_head, 2, ncclUint64, g->rank + 1, g->comm, g->stream));
 			QW_NCCL_TRY(err, ncclSend(g->d_buf, n, ncclUint8, g->rank + 1, g->comm, g->stream));
 			QW_NCCL_TRY(err, ncclGroupEnd());
-			QW_CUDA_TRY(err, cudaEventRecord(b, g->stream));
-			QW_CUDA_TRY(err, cudaEventSynchronize(b));
-			float ms;
-			QW_CUDA_TRY(err, cudaEventElapsedTime(&ms, a, b));
-			total += ms;
+			QW_CUDA_TRY(err, cudaStreamSynchronize(g->stream));
 		}
+		/* timed: iters transfers back to back (the receiver checks nothing meanwhile),
+		 * like nccl-tests' timed loop after its check pass */
+		QW_CUDA_TRY(err, cudaEventRecord(a, g->stream));
+		QW_NCCL_TRY(err, ncclGroupStart());
+		for (int it = 0; it < o->iters; it++)
+			QW_NCCL_TRY(err, ncclSend(g->d_buf, n, ncclUint8, g->rank + 1, g->comm, g->stream));
+		QW_NCCL_TRY(err, ncclGroupEnd());
+		QW_CUDA_TRY(err, cudaEventRecord(b, g->stream));
+		QW_CUDA_TRY(err, cudaEventSynchronize(b));
+		QW_CUDA_TRY(err, cudaEventElapsedTime(&total, a, b));
 		rep->r[g->rank][s].seconds = total / 1e3;
 		cudaEventDestroy(a);
 		cudaEventDestroy(b);
@@ -277,8 +289,8 @@ static qw_status stage_main(int rank, const tc_opts *o, shared_id *sid, tc_repor
 	QW_NCCL_TRY(err, ncclGroupStart());
 	if (rank > 0)
 		QW_NCCL_TRY(err, ncclRecv(g.d_head, 2, ncclUint64, rank - 1, g.comm, g.stream));
-	if (rank < o->stages - 1)
-		QW_NCCL_TRY(err, ncclSend(g.d_count, 1, ncclUint64, rank + 1, g.comm, g.stream));
+	if (rank < o->stages - 1)   /* as many elements as the receiver posts */
+		QW_NCCL_TRY(err, ncclSend(g.d_head, 2, ncclUint64, rank + 1, g.comm, g.stream));
 	QW_NCCL_TRY(err, ncclGroupEnd());
 	QW_CUDA_TRY(err, cudaStreamSynchronize(g.stream));
 	if (rank < o->stages - 1) {

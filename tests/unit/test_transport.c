@@ -134,6 +134,11 @@ static void test_tool(void **state)
 		free(out);
 	}
 	char *out;
+	/* receivers that verify after the ack for small sizes and as data arrives for large */
+	assert_int_equal(run_capture(&out, "QW_TC_STAGING_BYTES=20000 %s --transport shm --sizes "
+				     "1K:64K --iters 4", program("qwen-transport-check")), 0);
+	assert_contains(out, "28 of 28 transfers verified");
+	free(out);
 	assert_int_equal(run_capture(&out, "%s --transport carrier-pigeon",
 				     program("qwen-transport-check")), 2);
 	free(out);
