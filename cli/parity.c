@@ -177,6 +177,36 @@ void pl_record_hidden(void *ctx, int index, const qw_act *hidden)
 
 /* Compares the recorded states with {case}.fp32.hidden.{i}; the last reference state is
  * after the final norm, which is applied here on the host. */
+qw_status pl_trace_begin(pl_trace *tb, const qw_parity_opts *o, const qw_config *cfg, int T,
+			 qw_pipeline *p, qw_err *err)
+{
+	if (!o->trace)
+		return QW_OK;
+	tb->n_hidden = cfg->text.num_layers + 1;
+	tb->T = T;
+	tb->H = cfg->text.hidden_size;
+	tb->states = calloc((size_t)tb->n_hidden * (size_t)T * (size_t)tb->H, sizeof(float));
+	if (!tb->states)
+		return qw_fail(err, QW_E_NOMEM, "out of memory for the trace");
+	qw_pipeline_set_hook(p, pl_record_hidden, tb);
+	return QW_OK;
+}
+
+qw_status pl_trace_end(pl_trace *tb, const qw_parity_opts *o, const pl_reference *ref,
+		       const qw_config *cfg, const qw_checkpoint *ck, qw_pipeline *p,
+		       qw_parity_result *r, qw_err *err)
+{
+	qw_pipeline_set_hook(p, NULL, NULL);
+	if (!o->trace)
+		return QW_OK;
+	if (tb->st != QW_OK) {
+		*err = tb->err;
+		return tb->st;
+	}
+	pl_compare_trace(ref, cfg, ck, tb, o->th, r);
+	return QW_OK;
+}
+
 void pl_compare_trace(const pl_reference *ref, const qw_config *cfg, const qw_checkpoint *ck,
 		      pl_trace *tb, const qw_thresholds *th, qw_parity_result *r)
 {
@@ -318,17 +348,8 @@ static qw_status run_text(const qw_parity_opts *o, qw_backend *be, const qw_conf
 	free(pl_ref_ids(ref, "fp32.greedy_tokens", &decode_n));
 	if ((st = qw_pipeline_init(&p, cfg, ck, be, o->stages, T + decode_n + 1, T, err)))
 		goto out;
-	if (o->trace) {
-		tb.n_hidden = cfg->text.num_layers + 1;
-		tb.T = T;
-		tb.H = cfg->text.hidden_size;
-		tb.states = calloc((size_t)tb.n_hidden * (size_t)T * (size_t)tb.H, sizeof(float));
-		if (!tb.states) {
-			st = qw_fail(err, QW_E_NOMEM, "out of memory for the trace");
-			goto out;
-		}
-		qw_pipeline_set_hook(&p, pl_record_hidden, &tb);
-	}
+	if ((st = pl_trace_begin(&tb, o, cfg, T, &p, err)))
+		goto out;
 	ours = malloc((size_t)(T + decode_n + 1) * (size_t)r->vocab * sizeof *ours);
 	if (!ours) {
 		st = qw_fail(err, QW_E_NOMEM, "out of memory");
@@ -336,14 +357,8 @@ static qw_status run_text(const qw_parity_opts *o, qw_backend *be, const qw_conf
 	}
 	if ((st = qw_pipeline_append(&p, ids, T, NULL, NULL, true, ours, err)))
 		goto out;
-	qw_pipeline_set_hook(&p, NULL, NULL);
-	if (o->trace) {
-		if ((st = tb.st) != QW_OK) {
-			*err = tb.err;
-			goto out;
-		}
-		pl_compare_trace(ref, cfg, ck, &tb, th, r);
-	}
+	if ((st = pl_trace_end(&tb, o, ref, cfg, ck, &p, r, err)))
+		goto out;
 
 	/* 2. first-logit, 3. positions */
 	qw_metrics m;

@@ -249,27 +249,12 @@ qw_status pl_run_image(const qw_parity_opts *o, qw_backend *be, const qw_config 
 		if (ids[i] == cfg->image_token_id && n_rows < vis.tokens)
 			rows[n_rows++] = i;
 	qw_visual v = {n_rows, rows, &vis.embeds, vis.deepstack, vis.n_deepstack};
-	if (o->trace) {
-		tb.n_hidden = cfg->text.num_layers + 1;
-		tb.T = T;
-		tb.H = cfg->text.hidden_size;
-		tb.states = calloc((size_t)tb.n_hidden * (size_t)T * (size_t)tb.H, sizeof(float));
-		if (!tb.states) {
-			st = qw_fail(err, QW_E_NOMEM, "out of memory for the trace");
-			goto out;
-		}
-		qw_pipeline_set_hook(&p, pl_record_hidden, &tb);
-	}
+	if ((st = pl_trace_begin(&tb, o, cfg, T, &p, err)))
+		goto out;
 	if ((st = qw_pipeline_append(&p, ids, T, pos, &v, true, ours, err)))
 		goto out;
-	qw_pipeline_set_hook(&p, NULL, NULL);
-	if (o->trace) {
-		if ((st = tb.st) != QW_OK) {
-			*err = tb.err;
-			goto out;
-		}
-		pl_compare_trace(ref, cfg, ck, &tb, th, r);
-	}
+	if ((st = pl_trace_end(&tb, o, ref, cfg, ck, &p, r, err)))
+		goto out;
 	qw_metrics m;
 	qw_compare(want, ours, T, r->vocab, &m);
 	pl_judge(s, &m, th->pos_mse, th->pos_max_abs, th->pos_kl, th->pos_top5);

@@ -34,6 +34,13 @@ typedef struct pl_trace {
 } pl_trace;
 
 void pl_record_hidden(void *ctx, int index, const qw_act *hidden);
+/* Starts recording p's hidden states for a T-token prefill (if o->trace). */
+qw_status pl_trace_begin(pl_trace *tb, const qw_parity_opts *o, const qw_config *cfg, int T,
+			 qw_pipeline *p, qw_err *err);
+/* Stops recording and compares (if o->trace). */
+qw_status pl_trace_end(pl_trace *tb, const qw_parity_opts *o, const pl_reference *ref,
+		       const qw_config *cfg, const qw_checkpoint *ck, qw_pipeline *p,
+		       qw_parity_result *r, qw_err *err);
 void pl_compare_trace(const pl_reference *ref, const qw_config *cfg, const qw_checkpoint *ck,
 		      pl_trace *tb, const qw_thresholds *th, qw_parity_result *r);
 

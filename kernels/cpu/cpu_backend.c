@@ -227,6 +227,39 @@ static qw_status head_rmsnorm(qw_backend *be, qw_act *x, const qw_tensor *w, int
 	return QW_OK;
 }
 
+/* Turns rotary pair j, (v[j], v[j + D/2]), of every head of one row by angle. */
+static void rotate_pair(float *row, int n_heads, int head_dim, int j, float angle)
+{
+	float c = cosf(angle), s = sinf(angle);
+	int half = head_dim / 2;
+	for (int h = 0; h < n_heads; h++) {
+		float *v = row + (size_t)h * (size_t)head_dim;
+		float a = v[j], b = v[j + half];
+		v[j] = a * c - b * s;
+		v[j + half] = b * c + a * s;
+	}
+}
+
+/* One query head over n key / value rows: softmax(q . k * scale) . v, in double.  krow and
+ * vrow point at the rows, off at the head's values in them; score is n of scratch. */
+static void attend(const float *qh, const float *const *krow, const float *const *vrow,
+		   size_t off, int n, int D, double scale, double *score, float *oh)
+{
+	double max = -INFINITY, sum = 0.0;
+	for (int j = 0; j < n; j++) {
+		score[j] = dot(qh, krow[j] + off, D) * scale;
+		max = score[j] > max ? score[j] : max;
+	}
+	for (int j = 0; j < n; j++)
+		sum += score[j] = exp(score[j] - max);
+	for (int d = 0; d < D; d++) {
+		double acc = 0.0;
+		for (int j = 0; j < n; j++)
+			acc += score[j] * (double)vrow[j][off + (size_t)d];
+		oh[d] = (float)(acc / sum);
+	}
+}
+
 static qw_status rope(qw_backend *be, qw_act *x, const int32_t *positions, int n_heads,
 		      int head_dim, const int *sec, float theta, qw_err *err)
 {
@@ -240,14 +273,8 @@ static qw_status rope(qw_backend *be, qw_act *x, const int32_t *positions, int n
 		const int32_t *pos = positions + 3 * t;
 		for (int j = 0; j < half; j++) {
 			int axis = (j % 3 == 1 && j < 3 * sec[1]) ? 1 : (j % 3 == 2 && j < 3 * sec[2]) ? 2 : 0;
-			float angle = (float)pos[axis] * inv_freq[j];
-			float c = cosf(angle), s = sinf(angle);
-			for (int h = 0; h < n_heads; h++) {
-				float *v = F(x) + t * (size_t)x->cols + (size_t)h * (size_t)head_dim;
-				float a = v[j], b = v[j + half];
-				v[j] = a * c - b * s;
-				v[j + half] = b * c + a * s;
-			}
+			rotate_pair(F(x) + t * (size_t)x->cols, n_heads, head_dim, j,
+				    (float)pos[axis] * inv_freq[j]);
 		}
 	}
 	return QW_OK;
@@ -363,24 +390,10 @@ static qw_status attention(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_c
 			krow[j] = kv->k + at;
 			vrow[j] = kv->v + at;
 		}
-		for (int h = 0; st == QW_OK && h < n_heads; h++) {
-			const float *qh = CF(q) + (size_t)t * (size_t)q->cols + (size_t)h * (size_t)D;
-			size_t kvo = (size_t)(h / group) * (size_t)D;
-			double max = -INFINITY, sum = 0.0;
-			for (int j = 0; j < n; j++) {
-				score[j] = dot(qh, krow[j] + kvo, D) * scale;
-				max = score[j] > max ? score[j] : max;
-			}
-			for (int j = 0; j < n; j++)
-				sum += score[j] = exp(score[j] - max);
-			float *oh = F(out) + (size_t)t * (size_t)out->cols + (size_t)h * (size_t)D;
-			for (int d = 0; d < D; d++) {
-				double acc = 0.0;
-				for (int j = 0; j < n; j++)
-					acc += score[j] * (double)vrow[j][kvo + (size_t)d];
-				oh[d] = (float)(acc / sum);
-			}
-		}
+		for (int h = 0; st == QW_OK && h < n_heads; h++)   /* GQA: kv head h / group */
+			attend(CF(q) + (size_t)t * (size_t)q->cols + (size_t)h * (size_t)D, krow, vrow,
+			       (size_t)(h / group) * (size_t)D, n, D, scale,
+			       score, F(out) + (size_t)t * (size_t)out->cols + (size_t)h * (size_t)D);
 	}
 	free(score);
 	free(krow);
@@ -604,16 +617,9 @@ static qw_status rope_2d(qw_backend *be, qw_act *x, const int32_t *pos_rc, int n
 	for (int k = 0; k < quarter; k++)   /* as HF: theta^(arange(0, D/2, 2) / (D/2)), float */
 		inv_freq[k] = 1.0f / powf(theta, (float)(2 * k) / (float)half);
 	for (size_t t = 0; t < ROWS(x); t++)
-		for (int j = 0; j < half; j++) {
-			float angle = (float)pos_rc[2 * t + (j < quarter ? 0 : 1)] * inv_freq[j % quarter];
-			float c = cosf(angle), s = sinf(angle);
-			for (int h = 0; h < n_heads; h++) {
-				float *v = F(x) + t * (size_t)x->cols + (size_t)h * (size_t)head_dim;
-				float a = v[j], b = v[j + half];
-				v[j] = a * c - b * s;
-				v[j + half] = b * c + a * s;
-			}
-		}
+		for (int j = 0; j < half; j++)
+			rotate_pair(F(x) + t * (size_t)x->cols, n_heads, head_dim, j,
+				    (float)pos_rc[2 * t + (j < quarter ? 0 : 1)] * inv_freq[j % quarter]);
 	return QW_OK;
 }
 
@@ -629,32 +635,29 @@ static qw_status segment_attention(qw_backend *be, qw_act *out, const qw_act *q,
 	for (int s = 0; s < n_segs; s++)
 		if (seg_start[s + 1] - seg_start[s] > longest)
 			longest = seg_start[s + 1] - seg_start[s];
-	double *score = malloc((size_t)(longest ? longest : 1) * sizeof *score);
-	if (!score)
+	size_t m = (size_t)(longest ? longest : 1);
+	double *score = malloc(m * sizeof *score);
+	const float **krow = malloc(2 * m * sizeof *krow), **vrow = krow + m;
+	if (!score || !krow) {
+		free(score);
+		free(krow);
 		return qw_fail(err, QW_E_NOMEM, "cpu segment_attention: out of memory");
+	}
 	const double scale = 1.0 / sqrt((double)D);
 	out->rows = q->rows;
 	for (int s = 0; s < n_segs; s++) {
-		int a = seg_start[s], b = seg_start[s + 1];
-		for (int t = a; t < b; t++)
-			for (int h = 0; h < n_heads; h++) {
-				const float *qh = CF(q) + (size_t)t * (size_t)width + (size_t)h * (size_t)D;
-				double max = -INFINITY, sum = 0.0;
-				for (int j = a; j < b; j++) {
-					score[j - a] = dot(qh, CF(k) + (size_t)j * (size_t)width + (size_t)h * (size_t)D, D) * scale;
-					max = score[j - a] > max ? score[j - a] : max;
-				}
-				for (int j = a; j < b; j++)
-					sum += score[j - a] = exp(score[j - a] - max);
-				float *oh = F(out) + (size_t)t * (size_t)width + (size_t)h * (size_t)D;
-				for (int d = 0; d < D; d++) {
-					double acc = 0.0;
-					for (int j = a; j < b; j++)
-						acc += score[j - a] * CF(v)[(size_t)j * (size_t)width + (size_t)h * (size_t)D + (size_t)d];
-					oh[d] = (float)(acc / sum);
-				}
-			}
+		int a = seg_start[s], n = seg_start[s + 1] - a;
+		for (int j = 0; j < n; j++) {
+			krow[j] = CF(k) + (size_t)(a + j) * (size_t)width;
+			vrow[j] = CF(v) + (size_t)(a + j) * (size_t)width;
+		}
+		for (int t = a; t < a + n; t++)
+			for (int h = 0; h < n_heads; h++)
+				attend(CF(q) + (size_t)t * (size_t)width + (size_t)h * (size_t)D, krow, vrow,
+				       (size_t)h * (size_t)D, n, D, scale, score,
+				       F(out) + (size_t)t * (size_t)width + (size_t)h * (size_t)D);
 	}
+	free(krow);
 	free(score);
 	return QW_OK;
 }

@@ -1,7 +1,9 @@
 /* helpers.c - shared test helpers.  See helpers.h. */
 #include "tests/unit/helpers.h"
 
+#include "kernels/ops.h"
 #include "loader/checkpoint.h"
+#include "loader/dtype.h"
 #include "loader/st_writer.h"
 
 #include <errno.h>
@@ -166,4 +168,35 @@ char *copy_model(const char *model_dir, tensor_edit_fn edit, void *ctx)
 	free(entries);
 	qw_ckpt_close(src);
 	return dir;
+}
+
+void perturb_bf16(const char *name, int dtype, void *bytes, uint64_t nbytes, void *ctx)
+{
+	const perturb *p = ctx;
+	if (strcmp(name, p->tensor) == 0) {
+		uint16_t *v = (uint16_t *)bytes + p->index;
+		*v = qw_f32_to_bf16(qw_bf16_to_f32(*v) + p->delta);
+	}
+}
+
+/* the backend's own kv_write while the stale one is installed (tests are single-threaded) */
+static qw_status (*real_kv_write)(qw_backend *, qw_kv_cache *, int, const qw_act *, const qw_act *,
+				  const qw_batch *, qw_err *);
+
+static qw_status stale_kv_write(qw_backend *b, qw_kv_cache *kv, int layer, const qw_act *k,
+				const qw_act *v, const qw_batch *batch, qw_err *err)
+{
+	if (batch->n_tokens == 1 && batch->kv_index[0] > 0)
+		return QW_OK;
+	return real_kv_write(b, kv, layer, k, v, batch, err);
+}
+
+void kv_stale_after_prompt(qw_backend *be, bool on)
+{
+	if (on && be->kv_write != stale_kv_write) {
+		real_kv_write = be->kv_write;
+		be->kv_write = stale_kv_write;
+	} else if (!on && be->kv_write == stale_kv_write) {
+		be->kv_write = real_kv_write;
+	}
 }

@@ -11,6 +11,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <cmocka.h>
 
@@ -43,6 +44,19 @@ typedef void (*tensor_edit_fn)(const char *name, int dtype, void *bytes, uint64_
 /* A scratch copy of the model directory model_dir (config.json if any, one model.safetensors)
  * with every tensor passed through edit (may be NULL).  Free with scratch_free. */
 char *copy_model(const char *model_dir, tensor_edit_fn edit, void *ctx);
+
+/* An edit for copy_model: adds delta to element `index` of the BF16 tensor named `tensor`. */
+typedef struct perturb {
+	const char *tensor;
+	int index;
+	float delta;
+} perturb;
+void perturb_bf16(const char *name, int dtype, void *bytes, uint64_t nbytes, void *ctx);
+
+/* Makes be's KV cache ignore the writes of one-token steps past a sequence's start (a cache
+ * that stops updating once the prompt is in), or, with on false, repairs it. */
+struct qw_backend;
+void kv_stale_after_prompt(struct qw_backend *be, bool on);
 
 /* Fails the test unless haystack contains needle, printing both. */
 #define assert_contains(haystack, needle) assert_contains_at(haystack, needle, __FILE__, __LINE__)

@@ -88,21 +88,6 @@ static void test_fixtures_pass(void **state)
 // ---------------------------------------------------------------------------------------
 // faults the ladder must catch
 
-typedef struct perturb {
-	const char *tensor;
-	int index;
-	float delta;
-} perturb;
-
-static void perturb_bf16(const char *name, int dtype, void *bytes, uint64_t nbytes, void *ctx)
-{
-	const perturb *p = ctx;
-	if (strcmp(name, p->tensor) != 0)
-		return;
-	uint16_t *v = (uint16_t *)bytes + p->index;
-	*v = qw_f32_to_bf16(qw_bf16_to_f32(*v) + p->delta);
-}
-
 static void test_perturbed_weight_fails_first_logit(void **state)
 {
 	/* layer 2's o_proj: the attention output at position 0 is V itself, so position 0 sees it */
@@ -142,27 +127,14 @@ static void test_wrong_rope_fails_positions(void **state)
 	scratch_free(copy);
 }
 
-/* A backend whose cache ignores writes once the prompt is in: decode reads stale entries. */
-static qw_status (*real_kv_write)(qw_backend *, qw_kv_cache *, int, const qw_act *, const qw_act *,
-				  const qw_batch *, qw_err *);
-
-static qw_status stale_kv_write(qw_backend *b, qw_kv_cache *kv, int layer, const qw_act *k,
-				const qw_act *v, const qw_batch *batch, qw_err *err)
-{
-	if (batch->n_tokens == 1 && batch->kv_index[0] > 0)
-		return QW_OK;
-	return real_kv_write(b, kv, layer, k, v, batch, err);
-}
-
 static void test_broken_kv_update_fails_decode(void **state)
 {
-	real_kv_write = be->kv_write;
-	be->kv_write = stale_kv_write;
+	kv_stale_after_prompt(be, true);
 	char dir[4096];
 	snprintf(dir, sizeof dir, "%s", fixture("hf/tiny-dense/model"));
 	qw_parity_result r;
 	climb(dir, "hf/tiny-dense", "short", 1, &r);
-	be->kv_write = real_kv_write;
+	kv_stale_after_prompt(be, false);
 	assert_true(r.step[QW_STEP_FIRST].pass);
 	assert_true(r.step[QW_STEP_POSITIONS].pass);
 	assert_true(r.step[QW_STEP_DECODE].ran && !r.step[QW_STEP_DECODE].pass);

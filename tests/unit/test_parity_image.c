@@ -101,21 +101,6 @@ static void test_processor_settings_fail_preprocess(void **state)
 	expect_fail_at(&r, QW_MM_PREPROCESS, "grid");
 }
 
-typedef struct perturb {
-	const char *tensor;
-	int index;
-	float delta;
-} perturb;
-
-static void perturb_bf16(const char *name, int dtype, void *bytes, uint64_t nbytes, void *ctx)
-{
-	const perturb *p = ctx;
-	if (strcmp(name, p->tensor) == 0) {
-		uint16_t *v = (uint16_t *)bytes + p->index;
-		*v = qw_f32_to_bf16(qw_bf16_to_f32(*v) + p->delta);
-	}
-}
-
 static void test_vision_weight_fails_vision(void **state)
 {
 	perturb p = {"model.visual.blocks.1.mlp.linear_fc2.weight", 5, 0.5f};
@@ -178,26 +163,14 @@ static void test_mrope_section_fails_forward(void **state)
 	scratch_free(copy);
 }
 
-static qw_status (*real_kv_write)(qw_backend *, qw_kv_cache *, int, const qw_act *, const qw_act *,
-				  const qw_batch *, qw_err *);
-
-static qw_status stale_kv_write(qw_backend *b, qw_kv_cache *kv, int layer, const qw_act *k,
-				const qw_act *v, const qw_batch *batch, qw_err *err)
-{
-	if (batch->n_tokens == 1 && batch->kv_index[0] > 0)
-		return QW_OK;
-	return real_kv_write(b, kv, layer, k, v, batch, err);
-}
-
 static void test_stale_cache_fails_generate(void **state)
 {
-	real_kv_write = be->kv_write;
-	be->kv_write = stale_kv_write;
+	kv_stale_after_prompt(be, true);
 	char dir[4096];
 	snprintf(dir, sizeof dir, "%s/model", fixture("hf/tiny-dense"));
 	qw_parity_result r;
 	climb(dir, "hf/tiny-dense", 1, NULL, &r);
-	be->kv_write = real_kv_write;
+	kv_stale_after_prompt(be, false);
 	expect_fail_at(&r, QW_MM_GENERATE, "step");
 }
 
