@@ -1,8 +1,8 @@
 /* fuzz_loader.c - libFuzzer entry for the parsers of untrusted input: the safetensors header
  * (qw_st_parse), config.json (qw_config_parse) and request text through the tokenizer
  * (qw_tokenizer_encode, then decode of the ids; the tokenizer is loaded from
- * $QW_FUZZ_TOKENIZER, default tests/fixtures/tokenizer/qwen3).  The first input byte picks
- * the parser.  Build and run (clang with libFuzzer):
+ * $QW_FUZZ_TOKENIZER, default tests/fixtures/tokenizer/qwen3), and client requests
+ * (qw_request_decode, first byte 0x10).  The first input byte picks the parser.  Build and run (clang with libFuzzer):
  *
  *   scons fuzz          (builds build/fuzz/fuzz_loader with clang)
  *   mkdir -p /tmp/corpus && build/fuzz/fuzz_loader -max_total_time=300 /tmp/corpus \
@@ -17,6 +17,7 @@
 #include <utf8proc.h>
 
 #include "daemon/text/tokenizer.h"
+#include "ipc/protocol.h"
 #include "loader/config.h"
 #include "loader/safetensors.h"
 
@@ -67,6 +68,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	qw_err err;
 	if (data[0] % 3 == 2) {
 		fuzz_tokenizer(data + 1, size - 1);
+		return 0;
+	}
+	if (data[0] == 0x10) {       /* a client request */
+		qw_request r;
+		if (qw_request_decode(data + 1, size - 1, NULL, &r, &err) == QW_OK)
+			qw_request_free(&r);
 		return 0;
 	}
 	if (data[0] & 1) {

@@ -1,0 +1,113 @@
+/* protocol.h - the client protocol of qwend: msgpack maps over ZeroMQ, one request or reply
+ * a message, a protocol version in every one.  docs/protocol.md is the reference.
+ *
+ * Owns: qw_request (submit / status / cancel / shutdown) and qw_reply (accepted / chunk /
+ * done / error / status), their encoders, and their decoders, which check every field's
+ * type and size against qw_limits and name the field that is wrong.  A decoded message's
+ * strings and bytes point into the decoder's own copy, released with *_free.
+ */
+#ifndef QW_IPC_PROTOCOL_H
+#define QW_IPC_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loader/error.h"
+
+#define QW_PROTOCOL_VERSION 1
+
+typedef enum qw_op { QW_OP_SUBMIT, QW_OP_STATUS, QW_OP_CANCEL, QW_OP_SHUTDOWN } qw_op;
+
+typedef struct qw_limits {
+	size_t max_message;        /* bytes of one request */
+	int max_messages;          /* chat messages in a request */
+	int max_items;             /* content items in a message */
+	int max_images;            /* images in a request */
+	size_t max_image_bytes;    /* one encoded image */
+	size_t max_text_bytes;     /* all text of a request */
+	int max_token_ids;
+	int max_stop;              /* stop strings */
+	size_t max_stop_bytes;     /* one stop string */
+	int max_new_tokens;
+} qw_limits;
+
+#define QW_LIMITS_DEFAULT ((qw_limits){64u << 20, 256, 256, 16, 32u << 20, 1u << 20, 262144, \
+				       16, 256, 262144})
+
+typedef enum qw_item_kind { QW_ITEM_TEXT, QW_ITEM_IMAGE } qw_item_kind;
+
+typedef struct qw_item {
+	qw_item_kind kind;
+	const char *data;          /* text (UTF-8, not NUL-terminated) or encoded image bytes */
+	size_t len;
+} qw_item;
+
+typedef struct qw_req_message {
+	const char *role;          /* system, user, assistant or tool */
+	size_t role_len;
+	qw_item *items;            /* (n_items,) */
+	int n_items;
+	const char *reasoning;     /* assistant history: reasoning_content, or NULL */
+	size_t reasoning_len;
+} qw_req_message;
+
+typedef struct qw_request {
+	qw_op op;
+	/* submit: exactly one of messages, prompt, token_ids */
+	qw_req_message *messages;
+	int n_messages;
+	const char *prompt;
+	size_t prompt_len;
+	int32_t *token_ids;
+	int n_token_ids;
+	int max_tokens;            /* 0: the daemon's default */
+	double temperature;        /* < 0: the daemon's default */
+	double top_p;              /* 0: the daemon's default */
+	int top_k;                 /* < 0: the daemon's default */
+	uint64_t seed;
+	bool has_seed;
+	bool greedy;
+	bool stream;               /* default true */
+	const char **stop;         /* (n_stop,) */
+	size_t *stop_len;
+	int n_stop;
+	/* cancel */
+	uint64_t target;
+	void *owned;               /* the decoder's storage */
+} qw_request;
+
+typedef enum qw_reply_type {
+	QW_REPLY_ACCEPTED, QW_REPLY_CHUNK, QW_REPLY_DONE, QW_REPLY_ERROR, QW_REPLY_STATUS
+} qw_reply_type;
+
+typedef struct qw_reply {
+	qw_reply_type type;
+	uint64_t request;          /* the request id the daemon gave (0 if none yet) */
+	const char *text;          /* chunk: answer text delta */
+	size_t text_len;
+	const char *reasoning;     /* chunk: reasoning text delta */
+	size_t reasoning_len;
+	const int32_t *token_ids;  /* chunk: the tokens of this delta */
+	int n_token_ids;
+	const char *finish_reason; /* done: stop, length, cancelled */
+	int prompt_tokens, completion_tokens;
+	double ttft_ms, tokens_per_s;
+	const char *code;          /* error: bad_request, busy, not_ready, too_large, internal */
+	const char *message;       /* error */
+	const char *json;          /* status: the daemon's state as JSON text */
+	void *owned;
+} qw_reply;
+
+/* Decodes and checks a request; errors are QW_E_ARG with a message naming the field. */
+qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, qw_request *out,
+			    qw_err *err);
+void qw_request_free(qw_request *r);
+/* Encodes r (as a client sends it); *buf is malloc'd. */
+qw_status qw_request_encode(const qw_request *r, char **buf, size_t *len, qw_err *err);
+
+qw_status qw_reply_encode(const qw_reply *r, char **buf, size_t *len, qw_err *err);
+qw_status qw_reply_decode(const void *buf, size_t len, qw_reply *out, qw_err *err);
+void qw_reply_free(qw_reply *r);
+
+#endif

@@ -1,0 +1,302 @@
+/* test_protocol.c - the client protocol: requests and replies round-trip, and every kind of
+ * malformed or oversized request is refused with an error naming what is wrong. */
+#include "tests/unit/helpers.h"
+
+#include <msgpack.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ipc/protocol.h"
+
+static void test_submit_roundtrip(void **state)
+{
+	const uint8_t png[] = {0x89, 'P', 'N', 'G', 0, 1, 2};
+	qw_item items[] = {{QW_ITEM_IMAGE, (const char *)png, sizeof png},
+			   {QW_ITEM_TEXT, "What is this?", 13}};
+	qw_item sys_items[] = {{QW_ITEM_TEXT, "Be brief.", 9}};
+	qw_req_message msgs[] = {{"system", 6, sys_items, 1, NULL, 0}, {"user", 4, items, 2, NULL, 0}};
+	const char *stop[] = {"\n\n", "END"};
+	size_t stop_len[] = {2, 3};
+	qw_request r = {.op = QW_OP_SUBMIT, .messages = msgs, .n_messages = 2, .max_tokens = 64,
+			.temperature = 0.7, .top_p = 0.9, .top_k = 20, .seed = 99, .has_seed = true,
+			.stream = false, .stop = stop, .stop_len = stop_len, .n_stop = 2};
+	char *buf;
+	size_t len;
+	qw_err err = {0};
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	qw_request d;
+	if (qw_request_decode(buf, len, NULL, &d, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	assert_int_equal(d.op, QW_OP_SUBMIT);
+	assert_int_equal(d.n_messages, 2);
+	assert_int_equal(d.messages[1].n_items, 2);
+	assert_int_equal(d.messages[1].items[0].kind, QW_ITEM_IMAGE);
+	assert_int_equal(d.messages[1].items[0].len, sizeof png);
+	assert_memory_equal(d.messages[1].items[0].data, png, sizeof png);
+	assert_int_equal(d.messages[1].items[1].len, 13);
+	assert_memory_equal(d.messages[1].items[1].data, "What is this?", 13);
+	assert_memory_equal(d.messages[0].role, "system", 6);
+	assert_int_equal(d.max_tokens, 64);
+	assert_true(d.temperature == 0.7 && d.top_p == 0.9);
+	assert_int_equal(d.top_k, 20);
+	assert_true(d.has_seed && d.seed == 99);
+	assert_false(d.stream);
+	assert_int_equal(d.n_stop, 2);
+	assert_memory_equal(d.stop[1], "END", 3);
+	qw_request_free(&d);
+	free(buf);
+
+	int32_t ids[] = {1, 2, 151645};
+	qw_request t = {.op = QW_OP_SUBMIT, .token_ids = ids, .n_token_ids = 3, .greedy = true,
+			.temperature = -1, .top_k = -1, .stream = true};
+	assert_int_equal(qw_request_encode(&t, &buf, &len, &err), QW_OK);
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_OK);
+	assert_int_equal(d.n_token_ids, 3);
+	assert_int_equal(d.token_ids[2], 151645);
+	assert_true(d.greedy && d.stream && d.temperature < 0 && d.top_k < 0);
+	qw_request_free(&d);
+	free(buf);
+}
+
+static void test_other_ops(void **state)
+{
+	qw_request r = {.op = QW_OP_CANCEL, .target = 42};
+	char *buf;
+	size_t len;
+	qw_err err = {0};
+	qw_request d;
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_OK);
+	assert_int_equal(d.op, QW_OP_CANCEL);
+	assert_int_equal(d.target, 42);
+	qw_request_free(&d);
+	free(buf);
+	qw_request s = {.op = QW_OP_STATUS};
+	assert_int_equal(qw_request_encode(&s, &buf, &len, &err), QW_OK);
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_OK);
+	assert_int_equal(d.op, QW_OP_STATUS);
+	qw_request_free(&d);
+	free(buf);
+}
+
+/* A request map built from (key, packer) pairs given as a small text recipe. */
+typedef void (*pack_fn)(msgpack_packer *pk);
+
+static char *build(size_t *len, int n, const char *const *keys, const pack_fn *vals)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, (size_t)n);
+	for (int i = 0; i < n; i++) {
+		msgpack_pack_str(&pk, strlen(keys[i]));
+		msgpack_pack_str_body(&pk, keys[i], strlen(keys[i]));
+		vals[i](&pk);
+	}
+	*len = sb.size;
+	return msgpack_sbuffer_release(&sb);
+}
+
+static void v1(msgpack_packer *pk) { msgpack_pack_int(pk, 1); }
+static void v2(msgpack_packer *pk) { msgpack_pack_int(pk, 2); }
+static void op_submit(msgpack_packer *pk) { msgpack_pack_str(pk, 6); msgpack_pack_str_body(pk, "submit", 6); }
+static void op_boom(msgpack_packer *pk) { msgpack_pack_str(pk, 4); msgpack_pack_str_body(pk, "boom", 4); }
+static void op_cancel(msgpack_packer *pk) { msgpack_pack_str(pk, 6); msgpack_pack_str_body(pk, "cancel", 6); }
+static void op_status(msgpack_packer *pk) { msgpack_pack_str(pk, 6); msgpack_pack_str_body(pk, "status", 6); }
+static void hot(msgpack_packer *pk) { msgpack_pack_str(pk, 3); msgpack_pack_str_body(pk, "hot", 3); }
+static void hello(msgpack_packer *pk) { msgpack_pack_str(pk, 5); msgpack_pack_str_body(pk, "hello", 5); }
+static void ids(msgpack_packer *pk) { msgpack_pack_array(pk, 2); msgpack_pack_int(pk, 1); msgpack_pack_int(pk, 2); }
+static void neg_ids(msgpack_packer *pk) { msgpack_pack_array(pk, 1); msgpack_pack_int(pk, -5); }
+static void big(msgpack_packer *pk) { msgpack_pack_int(pk, 1 << 30); }
+static void bad_msgs(msgpack_packer *pk)
+{
+	msgpack_pack_array(pk, 1);
+	msgpack_pack_map(pk, 2);
+	msgpack_pack_str(pk, 4);
+	msgpack_pack_str_body(pk, "role", 4);
+	msgpack_pack_str(pk, 5);
+	msgpack_pack_str_body(pk, "robot", 5);
+	msgpack_pack_str(pk, 7);
+	msgpack_pack_str_body(pk, "content", 7);
+	msgpack_pack_str(pk, 2);
+	msgpack_pack_str_body(pk, "hi", 2);
+}
+static void image_msgs(msgpack_packer *pk)
+{
+	msgpack_pack_array(pk, 1);
+	msgpack_pack_map(pk, 2);
+	msgpack_pack_str(pk, 4);
+	msgpack_pack_str_body(pk, "role", 4);
+	msgpack_pack_str(pk, 4);
+	msgpack_pack_str_body(pk, "user", 4);
+	msgpack_pack_str(pk, 7);
+	msgpack_pack_str_body(pk, "content", 7);
+	msgpack_pack_array(pk, 3);
+	for (int i = 0; i < 3; i++) {
+		msgpack_pack_map(pk, 2);
+		msgpack_pack_str(pk, 4);
+		msgpack_pack_str_body(pk, "type", 4);
+		msgpack_pack_str(pk, 5);
+		msgpack_pack_str_body(pk, "image", 5);
+		msgpack_pack_str(pk, 4);
+		msgpack_pack_str_body(pk, "data", 4);
+		msgpack_pack_bin(pk, 100);
+		msgpack_pack_bin_body(pk, (const char[100]){0}, 100);
+	}
+}
+
+static void expect_refused(int n, const char *const *keys, const pack_fn *vals,
+			   const qw_limits *lim, const char *needle)
+{
+	size_t len;
+	char *buf = build(&len, n, keys, vals);
+	qw_request d;
+	qw_err err = {0};
+	qw_status st = qw_request_decode(buf, len, lim, &d, &err);
+	free(buf);
+	if (st != QW_E_ARG)
+		fail_msg("expected a refusal containing \"%s\", got %s", needle, qw_status_name(st));
+	assert_contains(err.msg, needle);
+	assert_null(d.owned);
+}
+
+static void test_refusals(void **state)
+{
+	const char *k1[] = {"v", "op", "temperature", "prompt"};
+	pack_fn f1[] = {v1, op_submit, hot, hello};
+	expect_refused(4, k1, f1, NULL, "\"temperature\" must be a number");
+	const char *k2[] = {"v", "op"};
+	pack_fn f2[] = {v1, op_boom};
+	expect_refused(2, k2, f2, NULL, "unknown op \"boom\"");
+	pack_fn f3[] = {v2, op_submit};
+	expect_refused(2, k2, f3, NULL, "protocol version 2");
+	const char *k4[] = {"op", "prompt"};
+	pack_fn f4[] = {op_submit, hello};
+	expect_refused(2, k4, f4, NULL, "no protocol version");
+	const char *k5[] = {"v", "op", "tempertaure", "prompt"};
+	pack_fn f5[] = {v1, op_submit, hot, hello};
+	expect_refused(4, k5, f5, NULL, "unknown field \"tempertaure\"");
+	const char *k6[] = {"v", "op", "prompt", "token_ids"};
+	pack_fn f6[] = {v1, op_submit, hello, ids};
+	expect_refused(4, k6, f6, NULL, "exactly one of messages, prompt and token_ids (2 given)");
+	pack_fn f7[] = {v1, op_submit};
+	expect_refused(2, k2, f7, NULL, "(0 given)");
+	const char *k8[] = {"v", "op", "token_ids"};
+	pack_fn f8[] = {v1, op_submit, neg_ids};
+	expect_refused(3, k8, f8, NULL, "\"token_ids\" holds something that is not a token id");
+	const char *k9[] = {"v", "op", "max_tokens", "prompt"};
+	pack_fn f9[] = {v1, op_submit, big, hello};
+	expect_refused(4, k9, f9, NULL, "\"max_tokens\" must be in");
+	const char *k10[] = {"v", "op", "messages"};
+	pack_fn f10[] = {v1, op_submit, bad_msgs};
+	expect_refused(3, k10, f10, NULL, "\"role\" must be system, user, assistant or tool");
+	pack_fn f11[] = {v1, op_cancel};
+	expect_refused(2, k2, f11, NULL, "\"request\" is required by cancel");
+	const char *k12[] = {"v", "op", "prompt"};
+	pack_fn f12[] = {v1, op_status, hello};
+	expect_refused(3, k12, f12, NULL, "\"prompt\" is not a field of status");
+	/* limits */
+	qw_limits lim = QW_LIMITS_DEFAULT;
+	lim.max_images = 2;
+	pack_fn f13[] = {v1, op_submit, image_msgs};
+	expect_refused(3, k10, f13, &lim, "\"data\" is over the limits");
+	lim = QW_LIMITS_DEFAULT;
+	lim.max_text_bytes = 3;
+	pack_fn f14[] = {v1, op_submit, hello};
+	expect_refused(3, k12, f14, &lim, "past 3 bytes of text");
+	lim = QW_LIMITS_DEFAULT;
+	lim.max_message = 8;
+	expect_refused(3, k12, f14, &lim, "over the 8-byte limit");
+}
+
+static void test_not_msgpack(void **state)
+{
+	qw_request d;
+	qw_err err = {0};
+	assert_int_equal(qw_request_decode("\xc1\xc1\xc1", 3, NULL, &d, &err), QW_E_ARG);
+	assert_contains(err.msg, "not valid msgpack");
+	assert_int_equal(qw_request_decode("\x92\x01\x02", 3, NULL, &d, &err), QW_E_ARG);
+	assert_contains(err.msg, "not a msgpack map");
+	assert_int_equal(qw_request_decode("\x80\x01", 2, NULL, &d, &err), QW_E_ARG);
+	assert_contains(err.msg, "not valid msgpack");
+	/* a few bytes claiming four billion elements are refused before anything is allocated */
+	assert_int_equal(qw_request_decode("\xdd\xff\xff\xff\xff\x01", 6, NULL, &d, &err), QW_E_ARG);
+	assert_int_equal(qw_request_decode("\xdf\x7f\xff\xff\xff", 5, NULL, &d, &err), QW_E_ARG);
+	assert_int_equal(qw_request_decode("\xc6\xff\xff\xff\xf0" "ab", 7, NULL, &d, &err), QW_E_ARG);
+	assert_int_equal(qw_request_decode("", 0, NULL, &d, &err), QW_E_ARG);
+	/* a valid request cut anywhere, and random flips: refused or decoded, never a crash */
+	int32_t idsv[] = {5, 6, 7};
+	qw_request r = {.op = QW_OP_SUBMIT, .token_ids = idsv, .n_token_ids = 3, .max_tokens = 9,
+			.temperature = 0.5, .top_k = 3, .stream = true};
+	char *buf;
+	size_t len;
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	for (size_t cut = 0; cut < len; cut++)
+		assert_int_equal(qw_request_decode(buf, cut, NULL, &d, &err), QW_E_ARG);
+	char *m = malloc(len);
+	uint64_t rng = 3;
+	for (int i = 0; i < 5000; i++) {
+		memcpy(m, buf, len);
+		for (int k = 0; k < 1 + i % 3; k++) {
+			rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+			m[(rng >> 33) % len] = (char)(rng >> 24);
+		}
+		if (qw_request_decode(m, len, NULL, &d, &err) == QW_OK)
+			qw_request_free(&d);
+	}
+	free(m);
+	free(buf);
+}
+
+static void test_replies(void **state)
+{
+	int32_t toks[] = {9707, 11};
+	qw_reply replies[] = {
+		{.type = QW_REPLY_ACCEPTED, .request = 7},
+		{.type = QW_REPLY_CHUNK, .request = 7, .text = "Hello,", .text_len = 6,
+		 .reasoning = "", .token_ids = toks, .n_token_ids = 2},
+		{.type = QW_REPLY_DONE, .request = 7, .finish_reason = "length", .prompt_tokens = 12,
+		 .completion_tokens = 16, .ttft_ms = 3.5, .tokens_per_s = 120.25},
+		{.type = QW_REPLY_ERROR, .request = 0, .code = "busy", .message = "the queue is full"},
+		{.type = QW_REPLY_STATUS, .json = "{\"state\": \"ready\"}"},
+	};
+	for (int i = 0; i < 5; i++) {
+		char *buf;
+		size_t len;
+		qw_err err = {0};
+		qw_reply d;
+		assert_int_equal(qw_reply_encode(&replies[i], &buf, &len, &err), QW_OK);
+		assert_int_equal(qw_reply_decode(buf, len, &d, &err), QW_OK);
+		assert_int_equal(d.type, replies[i].type);
+		assert_int_equal(d.request, replies[i].request);
+		if (i == 1) {
+			assert_string_equal(d.text, "Hello,");
+			assert_int_equal(d.n_token_ids, 2);
+			assert_int_equal(d.token_ids[0], 9707);
+		} else if (i == 2) {
+			assert_string_equal(d.finish_reason, "length");
+			assert_int_equal(d.completion_tokens, 16);
+			assert_true(d.tokens_per_s == 120.25);
+		} else if (i == 3) {
+			assert_string_equal(d.code, "busy");
+			assert_string_equal(d.message, "the queue is full");
+		} else if (i == 4) {
+			assert_string_equal(d.json, "{\"state\": \"ready\"}");
+		}
+		qw_reply_free(&d);
+		free(buf);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_submit_roundtrip),
+		cmocka_unit_test(test_other_ops),
+		cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_not_msgpack),
+		cmocka_unit_test(test_replies),
+	};
+	return cmocka_run_group_tests_name("protocol", tests, NULL, NULL);
+}
