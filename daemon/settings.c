@@ -1,0 +1,192 @@
+/* settings.c - the settings table, config files and overrides.  See settings.h. */
+#include "daemon/settings.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define F(field) offsetof(qw_settings, field)
+#define STR(field) F(field), sizeof(((qw_settings *)0)->field)
+
+static const qw_setting_def table[] = {
+	{"model", QW_SET_STR, STR(model), 0, 0, NULL, "demo", false,
+	 "model directory (config.json + safetensors), or demo for the built-in tiny model"},
+	{"tokenizer", QW_SET_STR, STR(tokenizer), 0, 0, NULL, "", false,
+	 "tokenizer directory; empty: the model directory's"},
+	{"device", QW_SET_ENUM, STR(device), 0, 0, "cpu|cuda", "cpu", false, "backend"},
+	{"gpus", QW_SET_STR, STR(gpus), 0, 0, NULL, "", false,
+	 "GPUs of the pipeline, one stage each, e.g. 0,1,2,3; empty: all"},
+	{"stages", QW_SET_INT, F(stages), 0, 1, 64, NULL, "1", false,
+	 "pipeline stages on the cpu backend"},
+	{"socket", QW_SET_STR, STR(socket), 0, 0, NULL, "", false,
+	 "client endpoint; empty: ipc:///run/qwend/qwend.sock or $XDG_RUNTIME_DIR/qwend.sock"},
+	{"kv-blocks", QW_SET_INT, F(kv_blocks), 0, 0, 1 << 30, NULL, "0", false,
+	 "KV cache blocks per stage; 0: size the cache by kv-memory"},
+	{"kv-memory", QW_SET_REAL, F(kv_memory), 0, 0.01, 0.99, NULL, "0.9", false,
+	 "share of the memory left after the weights given to the KV cache"},
+	{"kv-block-tokens", QW_SET_INT, F(kv_block_tokens), 0, 1, 1024, NULL, "16", false,
+	 "tokens per KV block"},
+	{"max-seqs", QW_SET_INT, F(max_seqs), 0, 1, 65536, NULL, "256", true,
+	 "sequences decoding at once"},
+	{"max-batch-tokens", QW_SET_INT, F(max_batch_tokens), 0, 1, 1 << 24, NULL, "8192", true,
+	 "tokens in one step (prefill chunks and decodes together)"},
+	{"max-queue", QW_SET_INT, F(max_queue), 0, 0, 1 << 24, NULL, "1024", true,
+	 "requests waiting beyond which submit answers busy"},
+	{"max-request-bytes", QW_SET_SIZE, F(max_request_bytes), 0, 1024, 1ll << 32, NULL, "64M",
+	 false, "largest client message"},
+	{"max-images", QW_SET_INT, F(max_images), 0, 0, 1024, NULL, "16", true,
+	 "images in one request"},
+	{"max-image-bytes", QW_SET_SIZE, F(max_image_bytes), 0, 1024, 1ll << 32, NULL, "32M", true,
+	 "one encoded image"},
+	{"max-image-pixels", QW_SET_SIZE, F(max_image_pixels), 0, 1024, 1ll << 32, NULL, "64M", true,
+	 "pixels of one decoded image"},
+	{"max-image-tokens", QW_SET_INT, F(max_image_tokens), 0, 1, 1 << 24, NULL, "16384", true,
+	 "image tokens in one request"},
+	{"max-new-tokens", QW_SET_INT, F(max_new_tokens), 0, 1, 1 << 22, NULL, "4096", true,
+	 "tokens a request generates when it does not say"},
+	{"log-level", QW_SET_ENUM, STR(log_level), 0, 0, "debug|info|warn|error", "info", true,
+	 "least severe log line written"},
+};
+
+const qw_setting_def *qw_settings_table(int *n)
+{
+	*n = (int)(sizeof table / sizeof *table);
+	return table;
+}
+
+static const qw_setting_def *find(const char *name)
+{
+	for (size_t i = 0; i < sizeof table / sizeof *table; i++)
+		if (strcmp(table[i].name, name) == 0)
+			return &table[i];
+	return NULL;
+}
+
+static bool parse_size(const char *v, double *out)
+{
+	char *end;
+	errno = 0;
+	double x = strtod(v, &end);
+	double mult = 1;
+	if (*end == 'K' || *end == 'k')
+		mult = 1024.0, end++;
+	else if (*end == 'M' || *end == 'm')
+		mult = 1024.0 * 1024, end++;
+	else if (*end == 'G' || *end == 'g')
+		mult = 1024.0 * 1024 * 1024, end++;
+	*out = x * mult;
+	return !errno && end != v && !*end;
+}
+
+qw_status qw_settings_set(qw_settings *s, const char *name, const char *value, const char *where,
+			  qw_err *err)
+{
+	const qw_setting_def *d = find(name);
+	if (!d)
+		return qw_fail(err, QW_E_ARG, "%s: unknown setting \"%s\"", where, name);
+	char *field = (char *)s + d->offset;
+	if (d->type == QW_SET_STR || d->type == QW_SET_ENUM) {
+		if (strlen(value) >= d->size)
+			return qw_fail(err, QW_E_ARG, "%s: %s: longer than %zu characters", where, name,
+				       d->size - 1);
+		if (d->type == QW_SET_ENUM) {
+			bool ok = false;
+			const char *c = d->choices;
+			size_t n = strlen(value);
+			while (c && *c) {
+				const char *bar = strchr(c, '|');
+				size_t k = bar ? (size_t)(bar - c) : strlen(c);
+				ok |= k == n && strncmp(c, value, n) == 0;
+				c = bar ? bar + 1 : NULL;
+			}
+			if (!ok)
+				return qw_fail(err, QW_E_ARG, "%s: %s: \"%s\" is not one of %s", where, name,
+					       value, d->choices);
+		}
+		snprintf(field, d->size, "%s", value);
+		return QW_OK;
+	}
+	double x;
+	char *end;
+	bool ok;
+	if (d->type == QW_SET_SIZE) {
+		ok = parse_size(value, &x);
+	} else {
+		errno = 0;
+		x = strtod(value, &end);
+		ok = !errno && end != value && !*end && (d->type == QW_SET_REAL || x == (double)(int64_t)x);
+	}
+	if (!ok)
+		return qw_fail(err, QW_E_ARG, "%s: %s: \"%s\" is not %s", where, name, value,
+			       d->type == QW_SET_REAL ? "a number" : d->type == QW_SET_SIZE
+			       ? "a size (K, M, G allowed)" : "an integer");
+	if (x < d->lo || x > d->hi)
+		return qw_fail(err, QW_E_ARG, "%s: %s: %s is outside [%g, %g]", where, name, value,
+			       d->lo, d->hi);
+	if (d->type == QW_SET_REAL)
+		*(double *)field = x;
+	else
+		*(int64_t *)field = (int64_t)x;
+	return QW_OK;
+}
+
+void qw_settings_defaults(qw_settings *s)
+{
+	memset(s, 0, sizeof *s);
+	for (size_t i = 0; i < sizeof table / sizeof *table; i++)
+		qw_settings_set(s, table[i].name, table[i].def, "defaults", NULL);
+}
+
+qw_status qw_settings_load(qw_settings *s, const char *path, qw_err *err)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return qw_fail(err, QW_E_IO, "%s: cannot open: %s", path, strerror(errno));
+	char line[4096], where[4200];
+	qw_status st = QW_OK;
+	for (int no = 1; st == QW_OK && fgets(line, sizeof line, f); no++) {
+		snprintf(where, sizeof where, "%s:%d", path, no);
+		size_t n = strlen(line);
+		if (n == sizeof line - 1 && line[n - 1] != '\n') {
+			st = qw_fail(err, QW_E_ARG, "%s: line longer than %zu characters", where,
+				     sizeof line - 2);
+			break;
+		}
+		char *hash = strchr(line, '#');
+		if (hash)
+			*hash = '\0';
+		char *name = strtok(line, " \t\r\n"), *value = strtok(NULL, "\r\n");
+		if (!name)
+			continue;
+		while (value && (*value == ' ' || *value == '\t'))
+			value++;
+		for (char *e = value ? value + strlen(value) : NULL; e && e > value && (e[-1] == ' ' ||
+								       e[-1] == '\t'); e--)
+			e[-1] = '\0';
+		if (value && value[0] == '"' && strlen(value) >= 2 && value[strlen(value) - 1] == '"') {
+			value[strlen(value) - 1] = '\0';   /* "" writes an empty string */
+			value++;
+		}
+		st = qw_settings_set(s, name, value ? value : "", where, err);
+	}
+	fclose(f);
+	return st;
+}
+
+char *qw_settings_json(const qw_settings *s)
+{
+	json_t *o = json_object();
+	for (size_t i = 0; i < sizeof table / sizeof *table; i++) {
+		const qw_setting_def *d = &table[i];
+		const char *field = (const char *)s + d->offset;
+		json_t *v = d->type == QW_SET_STR || d->type == QW_SET_ENUM ? json_string(field)
+			  : d->type == QW_SET_REAL ? json_real(*(const double *)field)
+						   : json_integer(*(const int64_t *)field);
+		json_object_set_new(o, d->name, v);
+	}
+	char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	return text;
+}

@@ -1,0 +1,70 @@
+/* settings.h - qwend's settings: one table drives the config file, the --name value command
+ * line overrides, validation, defaults and the status dump.
+ *
+ * Owns: qw_settings (every setting as a struct field) and the table (name, type, bounds or
+ * choices, default, whether it can change at run time, and a line of help).  A config file
+ * is "name value" lines with # comments; an unknown name, a bad value or a value out of
+ * bounds is an error naming the file and line.  systemd/qwend.conf documents every setting.
+ */
+#ifndef QW_DAEMON_SETTINGS_H
+#define QW_DAEMON_SETTINGS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loader/error.h"
+
+typedef struct qw_settings {
+	char model[1024];            /* a model directory, or "demo" */
+	char tokenizer[1024];        /* "" = the model directory's */
+	char device[8];              /* cpu or cuda */
+	char gpus[128];              /* "0,1,2,3" ("" = every GPU) */
+	int64_t stages;              /* pipeline stages on the cpu backend */
+	char socket[1024];           /* ZeroMQ endpoint; "" = the default one */
+	int64_t kv_blocks;           /* 0 = from kv_memory */
+	double kv_memory;            /* share of free GPU memory for the KV cache */
+	int64_t kv_block_tokens;
+	int64_t max_seqs;
+	int64_t max_batch_tokens;
+	int64_t max_queue;
+	int64_t max_request_bytes;
+	int64_t max_images;          /* per request */
+	int64_t max_image_bytes;
+	int64_t max_image_pixels;    /* decoded */
+	int64_t max_image_tokens;    /* per request */
+	int64_t max_new_tokens;      /* the default max_tokens */
+	char log_level[8];           /* debug, info, warn, error */
+} qw_settings;
+
+typedef enum qw_setting_type { QW_SET_STR, QW_SET_INT, QW_SET_SIZE, QW_SET_REAL, QW_SET_ENUM } qw_setting_type;
+
+typedef struct qw_setting_def {
+	const char *name;
+	qw_setting_type type;
+	size_t offset;               /* of the field in qw_settings */
+	size_t size;                 /* string capacity */
+	double lo, hi;               /* numeric bounds */
+	const char *choices;         /* enum: "a|b|c" */
+	const char *def;             /* default, as written in a config file */
+	bool runtime;                /* may change while serving */
+	const char *help;
+} qw_setting_def;
+
+const qw_setting_def *qw_settings_table(int *n);
+
+/* Every setting at its default. */
+void qw_settings_defaults(qw_settings *s);
+
+/* Sets one by name from its text form (sizes take K, M, G).  where names the source in
+ * errors ("--kv-blocks", "qwend.conf:12"). */
+qw_status qw_settings_set(qw_settings *s, const char *name, const char *value, const char *where,
+			  qw_err *err);
+
+/* Applies a config file. */
+qw_status qw_settings_load(qw_settings *s, const char *path, qw_err *err);
+
+/* All settings as a JSON object (malloc'd text), for status. */
+char *qw_settings_json(const qw_settings *s);
+
+#endif
