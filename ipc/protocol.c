@@ -224,6 +224,24 @@ static qw_status boolean(decoder *d, const char *field, const msgpack_object *v,
 	return QW_OK;
 }
 
+/* One encoded image, counted against the limits. */
+static qw_status image_bytes(decoder *d, const char *field, const msgpack_object *data,
+			     qw_item *out)
+{
+	if (data->type != MSGPACK_OBJECT_BIN)
+		return bad(d, field, "must be binary (the encoded image)");
+	if (data->via.bin.size > d->lim->max_image_bytes || ++d->images > d->lim->max_images) {
+		char what[128];
+		snprintf(what, sizeof what, "is over the limits (%zu bytes an image, %d images "
+			 "a request)", d->lim->max_image_bytes, d->lim->max_images);
+		return bad(d, field, what);
+	}
+	out->kind = QW_ITEM_IMAGE;
+	out->data = data->via.bin.ptr;
+	out->len = data->via.bin.size;
+	return QW_OK;
+}
+
 static qw_status content(decoder *d, const msgpack_object *v, qw_req_message *m)
 {
 	if (v->type == MSGPACK_OBJECT_STR) {
@@ -265,20 +283,30 @@ static qw_status content(decoder *d, const msgpack_object *v, qw_req_message *m)
 			if (st != QW_OK)
 				return st;
 		} else if (type && is_str(type, "image") && data) {
-			if (data->type != MSGPACK_OBJECT_BIN)
-				return bad(d, "data", "must be binary (the encoded image)");
-			if (data->via.bin.size > d->lim->max_image_bytes || ++d->images > d->lim->max_images) {
-				char what[128];
-				snprintf(what, sizeof what, "is over the limits (%zu bytes an image, %d images "
-					 "a request)", d->lim->max_image_bytes, d->lim->max_images);
-				return bad(d, "data", what);
-			}
-			m->items[i].kind = QW_ITEM_IMAGE;
-			m->items[i].data = data->via.bin.ptr;
-			m->items[i].len = data->via.bin.size;
+			qw_status st = image_bytes(d, "data", data, &m->items[i]);
+			if (st != QW_OK)
+				return st;
 		} else {
 			return bad(d, "content", "items are {type: text, text} or {type: image, data}");
 		}
+	}
+	return QW_OK;
+}
+
+static qw_status images(decoder *d, const msgpack_object *v, qw_request *r)
+{
+	if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0)
+		return bad(d, "images", "must be a non-empty array of encoded images");
+	if ((int)v->via.array.size > d->lim->max_images)
+		return bad(d, "images", "has too many images");
+	r->n_images = (int)v->via.array.size;
+	r->images = own(d->o, (size_t)r->n_images * sizeof *r->images);
+	if (!r->images)
+		return qw_fail(d->err, QW_E_NOMEM, "out of memory");
+	for (int i = 0; i < r->n_images; i++) {
+		qw_status st = image_bytes(d, "images", &v->via.array.ptr[i], &r->images[i]);
+		if (st != QW_OK)
+			return st;
 	}
 	return QW_OK;
 }
@@ -434,6 +462,8 @@ qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, q
 			inputs++;
 			st = int_array(&d, "token_ids", v, lim->max_token_ids, &out->token_ids,
 				       &out->n_token_ids);
+		} else if (is_str(k, "images")) {
+			st = images(&d, v, out);
 		} else if (is_str(k, "max_tokens")) {
 			if ((st = number(&d, "max_tokens", v, 1, lim->max_new_tokens, &x)) == QW_OK)
 				out->max_tokens = (int)x;
@@ -453,6 +483,8 @@ qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, q
 			st = boolean(&d, "greedy", v, &out->greedy);
 		} else if (is_str(k, "stream")) {
 			st = boolean(&d, "stream", v, &out->stream);
+		} else if (is_str(k, "ignore_eos")) {
+			st = boolean(&d, "ignore_eos", v, &out->ignore_eos);
 		} else if (is_str(k, "stop")) {
 			st = stops(&d, v, out);
 		} else {
@@ -465,6 +497,9 @@ qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, q
 	if (st == QW_OK && out->op == QW_OP_SUBMIT && inputs != 1)
 		st = qw_fail(err, QW_E_ARG, "request: submit needs exactly one of messages, prompt and "
 			     "token_ids (%d given)", inputs);
+	if (st == QW_OK && out->n_images && out->messages)
+		st = bad(&d, "images", "go with prompt or token_ids; messages carry their images in "
+			 "their content");
 	if (st == QW_OK && out->op == QW_OP_CANCEL && !has_target)
 		st = bad(&d, "request", "is required by cancel");
 	if (st == QW_OK)
@@ -516,7 +551,8 @@ qw_status qw_request_encode(const qw_request *r, char **buf, size_t *len, qw_err
 	int n = 2 + (r->op == QW_OP_CANCEL);
 	if (submit)
 		n += 1 + (r->max_tokens > 0) + (r->temperature >= 0) + (r->top_p > 0) +
-		     (r->top_k >= 0) + r->has_seed + r->greedy + !r->stream + (r->n_stop > 0);
+		     (r->top_k >= 0) + r->has_seed + r->greedy + !r->stream + (r->n_stop > 0) +
+		     r->ignore_eos + (r->n_images > 0 && !r->messages);
 	msgpack_pack_map(&pk, (size_t)n);
 	pack_key(&pk, "v");
 	msgpack_pack_int(&pk, QW_PROTOCOL_VERSION);
@@ -564,6 +600,14 @@ qw_status qw_request_encode(const qw_request *r, char **buf, size_t *len, qw_err
 			for (int i = 0; i < r->n_token_ids; i++)
 				msgpack_pack_int32(&pk, r->token_ids[i]);
 		}
+		if (r->n_images > 0 && !r->messages) {
+			pack_key(&pk, "images");
+			msgpack_pack_array(&pk, (size_t)r->n_images);
+			for (int i = 0; i < r->n_images; i++) {
+				msgpack_pack_bin(&pk, r->images[i].len);
+				msgpack_pack_bin_body(&pk, r->images[i].data, r->images[i].len);
+			}
+		}
 		if (r->max_tokens > 0) {
 			pack_key(&pk, "max_tokens");
 			msgpack_pack_int(&pk, r->max_tokens);
@@ -592,6 +636,10 @@ qw_status qw_request_encode(const qw_request *r, char **buf, size_t *len, qw_err
 			pack_key(&pk, "stream");
 			msgpack_pack_false(&pk);
 		}
+		if (r->ignore_eos) {
+			pack_key(&pk, "ignore_eos");
+			msgpack_pack_true(&pk);
+		}
 		if (r->n_stop > 0) {
 			pack_key(&pk, "stop");
 			msgpack_pack_array(&pk, (size_t)r->n_stop);
@@ -602,7 +650,7 @@ qw_status qw_request_encode(const qw_request *r, char **buf, size_t *len, qw_err
 	return finish(&sb, buf, len, err);
 }
 
-static const char *const reply_types[] = {"accepted", "chunk", "done", "error", "status"};
+static const char *const reply_types[] = {"accepted", "chunk", "done", "error", "status", "ok"};
 
 qw_status qw_reply_encode(const qw_reply *r, char **buf, size_t *len, qw_err *err)
 {
@@ -616,6 +664,7 @@ qw_status qw_reply_encode(const qw_reply *r, char **buf, size_t *len, qw_err *er
 	case QW_REPLY_DONE: n += 5; break;
 	case QW_REPLY_ERROR: n += 2; break;
 	case QW_REPLY_STATUS: n += 1; break;
+	case QW_REPLY_OK: n += 1; break;
 	default: break;
 	}
 	msgpack_pack_map(&pk, (size_t)n);
@@ -650,6 +699,9 @@ qw_status qw_reply_encode(const qw_reply *r, char **buf, size_t *len, qw_err *er
 		pack_key(&pk, r->code ? r->code : "internal");
 		pack_key(&pk, "message");
 		pack_key(&pk, r->message ? r->message : "");
+	} else if (r->type == QW_REPLY_OK) {
+		pack_key(&pk, "message");
+		pack_key(&pk, r->message ? r->message : "");
 	} else if (r->type == QW_REPLY_STATUS) {
 		pack_key(&pk, "json");
 		pack_key(&pk, r->json ? r->json : "{}");
@@ -675,7 +727,7 @@ qw_status qw_reply_decode(const void *buf, size_t len, qw_reply *out, qw_err *er
 		bool num = uint || v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32;
 		double x = uint ? (double)v->via.u64 : num ? v->via.f64 : 0;
 		if (is_str(k, "type") && str) {
-			for (int t = 0; t < 5; t++)
+			for (int t = 0; t < 6; t++)
 				if (is_str(v, reply_types[t]))
 					type = t;
 		} else if (is_str(k, "request") && uint) {

@@ -61,6 +61,10 @@ typedef struct qw_request {
 	size_t prompt_len;
 	int32_t *token_ids;
 	int n_token_ids;
+	/* with prompt or token_ids: the images whose pad runs the prompt holds (a run of one
+	 * <|image_pad|> per image is expanded by the daemon) */
+	qw_item *images;
+	int n_images;
 	int max_tokens;            /* 0: the daemon's default */
 	double temperature;        /* < 0: the daemon's default */
 	double top_p;              /* 0: the daemon's default */
@@ -69,6 +73,7 @@ typedef struct qw_request {
 	bool has_seed;
 	bool greedy;
 	bool stream;               /* default true */
+	bool ignore_eos;           /* generate max_tokens whatever the model says (benchmarks) */
 	const char **stop;         /* (n_stop,) */
 	size_t *stop_len;
 	int n_stop;
@@ -78,7 +83,8 @@ typedef struct qw_request {
 } qw_request;
 
 typedef enum qw_reply_type {
-	QW_REPLY_ACCEPTED, QW_REPLY_CHUNK, QW_REPLY_DONE, QW_REPLY_ERROR, QW_REPLY_STATUS
+	QW_REPLY_ACCEPTED, QW_REPLY_CHUNK, QW_REPLY_DONE, QW_REPLY_ERROR, QW_REPLY_STATUS,
+	QW_REPLY_OK
 } qw_reply_type;
 
 typedef struct qw_reply {
@@ -94,7 +100,7 @@ typedef struct qw_reply {
 	int prompt_tokens, completion_tokens;
 	double ttft_ms, tokens_per_s;
 	const char *code;          /* error: bad_request, busy, not_ready, too_large, internal */
-	const char *message;       /* error */
+	const char *message;       /* error; ok: what was done */
 	const char *json;          /* status: the daemon's state as JSON text */
 	void *owned;
 } qw_reply;

@@ -54,6 +54,24 @@ static void test_submit_roundtrip(void **state)
 	assert_int_equal(d.n_token_ids, 3);
 	assert_int_equal(d.token_ids[2], 151645);
 	assert_true(d.greedy && d.stream && d.temperature < 0 && d.top_k < 0);
+	assert_false(d.ignore_eos);
+	assert_int_equal(d.n_images, 0);
+	qw_request_free(&d);
+	free(buf);
+
+	/* token ids with the images their pad runs stand for */
+	qw_item imgs[] = {{QW_ITEM_IMAGE, (const char *)png, sizeof png},
+			  {QW_ITEM_IMAGE, (const char *)png, 3}};
+	t.images = imgs;
+	t.n_images = 2;
+	t.ignore_eos = true;
+	assert_int_equal(qw_request_encode(&t, &buf, &len, &err), QW_OK);
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_OK);
+	assert_int_equal(d.n_images, 2);
+	assert_int_equal(d.images[0].kind, QW_ITEM_IMAGE);
+	assert_int_equal(d.images[1].len, 3);
+	assert_memory_equal(d.images[0].data, png, sizeof png);
+	assert_true(d.ignore_eos);
 	qw_request_free(&d);
 	free(buf);
 }
@@ -146,6 +164,21 @@ static void image_msgs(msgpack_packer *pk)
 	}
 }
 
+static void image_list(msgpack_packer *pk)
+{
+	msgpack_pack_array(pk, 3);
+	for (int i = 0; i < 3; i++) {
+		msgpack_pack_bin(pk, 10);
+		msgpack_pack_bin_body(pk, (const char[10]){0}, 10);
+	}
+}
+static void text_list(msgpack_packer *pk)
+{
+	msgpack_pack_array(pk, 1);
+	msgpack_pack_str(pk, 2);
+	msgpack_pack_str_body(pk, "hi", 2);
+}
+
 static void expect_refused(int n, const char *const *keys, const pack_fn *vals,
 			   const qw_limits *lim, const char *needle)
 {
@@ -201,6 +234,14 @@ static void test_refusals(void **state)
 	lim.max_images = 2;
 	pack_fn f13[] = {v1, op_submit, image_msgs};
 	expect_refused(3, k10, f13, &lim, "\"data\" is over the limits");
+	const char *k15[] = {"v", "op", "token_ids", "images"};
+	pack_fn f15[] = {v1, op_submit, ids, image_list};
+	expect_refused(4, k15, f15, &lim, "\"images\" has too many images");
+	pack_fn f16[] = {v1, op_submit, ids, text_list};
+	expect_refused(4, k15, f16, NULL, "\"images\" must be binary");
+	const char *k17[] = {"v", "op", "messages", "images"};
+	pack_fn f17[] = {v1, op_submit, image_msgs, image_list};
+	expect_refused(4, k17, f17, NULL, "\"images\" go with prompt or token_ids");
 	lim = QW_LIMITS_DEFAULT;
 	lim.max_text_bytes = 3;
 	pack_fn f14[] = {v1, op_submit, hello};
@@ -260,8 +301,9 @@ static void test_replies(void **state)
 		 .completion_tokens = 16, .ttft_ms = 3.5, .tokens_per_s = 120.25},
 		{.type = QW_REPLY_ERROR, .request = 0, .code = "busy", .message = "the queue is full"},
 		{.type = QW_REPLY_STATUS, .json = "{\"state\": \"ready\"}"},
+		{.type = QW_REPLY_OK, .request = 3, .message = "request 3 cancelled"},
 	};
-	for (int i = 0; i < 5; i++) {
+	for (int i = 0; i < 6; i++) {
 		char *buf;
 		size_t len;
 		qw_err err = {0};
@@ -283,6 +325,8 @@ static void test_replies(void **state)
 			assert_string_equal(d.message, "the queue is full");
 		} else if (i == 4) {
 			assert_string_equal(d.json, "{\"state\": \"ready\"}");
+		} else if (i == 5) {
+			assert_string_equal(d.message, "request 3 cancelled");
 		}
 		qw_reply_free(&d);
 		free(buf);
