@@ -25,10 +25,15 @@ struct qw_channel {
 	void *impl;
 };
 
-/* A one-way shared-memory ring of `bytes` (rounded to a power of two), in a memfd mapping that
- * survives fork (and exec, through its fd): create it before forking, then one process
- * sends and the other receives.  Large messages stream through the ring. */
+/* A one-way shared-memory ring (ring.h) of `bytes` (rounded to a power of two), in a memfd
+ * mapping that survives fork: create it before forking, then one process sends and the
+ * other receives.  Large messages stream through the ring; a waiting side sleeps. */
 qw_status qw_shm_channel_create(size_t bytes, qw_channel *out, qw_err *err);
+
+/* The same over a ring the caller has placed in shared memory it maps (the daemon's region);
+ * closing the channel leaves the ring alone.  A wait fails once the ring is aborted. */
+struct qw_ring;
+qw_status qw_ring_channel(struct qw_ring *r, qw_channel *out, qw_err *err);
 
 /* TCP: a listening socket on host:port (port 0 picks one; *port gets it), then accept one
  * peer; or connect to host:port.  The connection carries both directions. */

@@ -49,6 +49,9 @@ const char *qw_status_name(qw_status code)
 		[QW_E_INDEX] = "index",
 		[QW_E_WEIGHTS] = "weights",
 		[QW_E_DEVICE] = "device",
+		[QW_E_TIMEOUT] = "timeout",
+		[QW_E_ABORTED] = "aborted",
+		[QW_E_FULL] = "full",
 	};
 	return (code >= 0 && code < QW_E_COUNT_ && names[code]) ? names[code] : "unknown";
 }

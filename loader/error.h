@@ -30,6 +30,9 @@ typedef enum qw_status {
 	QW_E_INDEX,           /* sharded index malformed, or naming a shard that is missing */
 	QW_E_WEIGHTS,         /* tensors missing or mismatched against the config */
 	QW_E_DEVICE,          /* a CUDA, cuBLAS or NCCL call failed */
+	QW_E_TIMEOUT,         /* nothing arrived within the time given (the caller may retry) */
+	QW_E_ABORTED,         /* the other side gave up: a ring or channel was aborted */
+	QW_E_FULL,            /* no room now (a full queue, ring or cache); later may succeed */
 	QW_E_COUNT_           /* number of codes; not an error */
 } qw_status;
 
