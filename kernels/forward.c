@@ -11,17 +11,26 @@
 			return try_st_;    \
 	} while (0)
 
-static qw_status upload_weights(qw_stage_model *m, qw_err *err)
+static qw_status upload_weights(qw_stage_model *m, qw_load_progress progress, void *ctx,
+				qw_err *err)
 {
 	const qw_config *cfg = m->cfg;
 	qw_wspec *specs;
 	size_t n;
 	const qw_tensor *host_lm_head = m->w.lm_head;
 	TRY(qw_wmap_build(cfg, m->w.expert_layout, &m->w, &specs, &n, err));
+	uint64_t total = 0, done = 0;
+	for (size_t i = 0; i < n; i++)
+		if (qw_stage_owns(&m->stage, cfg, &specs[i]) && specs[i].slot && *specs[i].slot)
+			total += (*specs[i].slot)->nbytes;
 	qw_status st = QW_OK;
 	for (size_t i = 0; i < n && st == QW_OK; i++)
-		if (qw_stage_owns(&m->stage, cfg, &specs[i]) && specs[i].slot && *specs[i].slot)
+		if (qw_stage_owns(&m->stage, cfg, &specs[i]) && specs[i].slot && *specs[i].slot) {
+			done += (*specs[i].slot)->nbytes;
 			st = m->be->upload(m->be, *specs[i].slot, specs[i].slot, err);
+			if (st == QW_OK && progress)
+				progress(ctx, done, total);
+		}
 	free(specs);
 	bool first = m->stage.index == 0, last = m->stage.index == m->stage.count - 1;
 	if (st == QW_OK && cfg->tie_word_embeddings && last)
@@ -44,9 +53,9 @@ static qw_status alloc_scratch(qw_stage_model *m, qw_err *err)
 	return QW_OK;
 }
 
-qw_status qw_stage_model_init(qw_stage_model *m, const qw_config *cfg, const qw_checkpoint *ck,
-			      const qw_stage *stage, qw_backend *be, int n_blocks, int block_size,
-			      int max_tokens, qw_err *err)
+qw_status qw_stage_model_load(qw_stage_model *m, const qw_config *cfg, const qw_checkpoint *ck,
+			      const qw_stage *stage, qw_backend *be, int max_tokens,
+			      qw_load_progress progress, void *progress_ctx, qw_err *err)
 {
 	memset(m, 0, sizeof *m);
 	m->cfg = cfg;
@@ -57,16 +66,31 @@ qw_status qw_stage_model_init(qw_stage_model *m, const qw_config *cfg, const qw_
 	qw_status st = qw_weights_load(cfg, ck, stage, &m->w, &rep, err);
 	qw_wreport_free(&rep);
 	if (st == QW_OK)
-		st = upload_weights(m, err);
-	m->kv_shape = (qw_kv_shape){.n_layers = stage->layer_end - stage->layer_begin,
-				    .n_blocks = n_blocks, .block_size = block_size,
-				    .n_kv_heads = cfg->text.num_kv_heads,
-				    .head_dim = cfg->text.head_dim};
-	if (st == QW_OK)
-		st = be->kv_alloc(be, &m->kv_shape, &m->kv, err);
+		st = upload_weights(m, progress, progress_ctx, err);
 	if (st == QW_OK)
 		st = alloc_scratch(m, err);
 	if (st != QW_OK)
+		qw_stage_model_free(m);
+	return st;
+}
+
+qw_status qw_stage_model_alloc_kv(qw_stage_model *m, int n_blocks, int block_size, qw_err *err)
+{
+	if (m->kv)
+		return qw_fail(err, QW_E_ARG, "stage %d already has a KV cache", m->stage.index);
+	m->kv_shape = (qw_kv_shape){.n_layers = m->stage.layer_end - m->stage.layer_begin,
+				    .n_blocks = n_blocks, .block_size = block_size,
+				    .n_kv_heads = m->cfg->text.num_kv_heads,
+				    .head_dim = m->cfg->text.head_dim};
+	return m->be->kv_alloc(m->be, &m->kv_shape, &m->kv, err);
+}
+
+qw_status qw_stage_model_init(qw_stage_model *m, const qw_config *cfg, const qw_checkpoint *ck,
+			      const qw_stage *stage, qw_backend *be, int n_blocks, int block_size,
+			      int max_tokens, qw_err *err)
+{
+	qw_status st = qw_stage_model_load(m, cfg, ck, stage, be, max_tokens, NULL, NULL, err);
+	if (st == QW_OK && (st = qw_stage_model_alloc_kv(m, n_blocks, block_size, err)) != QW_OK)
 		qw_stage_model_free(m);
 	return st;
 }
@@ -150,6 +174,8 @@ qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden,
 		return qw_fail(err, QW_E_ARG, "stage %d: a step of %d tokens (this stage takes 1 to "
 			       "%d, hidden holds %d rows of %d)", m->stage.index, T, m->max_tokens,
 			       hidden->cap_rows, hidden->cols);
+	if (!m->kv)
+		return qw_fail(err, QW_E_ARG, "stage %d has no KV cache yet", m->stage.index);
 	set_rows(m, T);
 	hidden->rows = T;
 	if (m->stage.index == 0) {

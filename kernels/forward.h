@@ -32,8 +32,20 @@ typedef struct qw_stage_model {
 	void *hook_ctx;
 } qw_stage_model;
 
+/* Called as weights reach the backend: bytes uploaded so far of the stage's total. */
+typedef void (*qw_load_progress)(void *ctx, uint64_t done, uint64_t total);
+
 /* Loads and uploads what `stage` owns from ck (the load must be complete: a missing or
- * mismatched tensor is an error), and allocates a KV cache of n_blocks x block_size tokens. */
+ * mismatched tensor is an error) and allocates scratch for max_tokens rows; no KV cache yet.
+ * progress may be NULL. */
+qw_status qw_stage_model_load(qw_stage_model *m, const qw_config *cfg, const qw_checkpoint *ck,
+			      const qw_stage *stage, qw_backend *be, int max_tokens,
+			      qw_load_progress progress, void *progress_ctx, qw_err *err);
+
+/* Allocates the stage's KV cache: n_blocks blocks of block_size tokens for its layers. */
+qw_status qw_stage_model_alloc_kv(qw_stage_model *m, int n_blocks, int block_size, qw_err *err);
+
+/* Both: load, then a KV cache of n_blocks x block_size tokens. */
 qw_status qw_stage_model_init(qw_stage_model *m, const qw_config *cfg, const qw_checkpoint *ck,
 			      const qw_stage *stage, qw_backend *be, int n_blocks, int block_size,
 			      int max_tokens, qw_err *err);

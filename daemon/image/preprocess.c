@@ -155,11 +155,11 @@ qw_status qw_resize_bicubic(const qw_image *in, int out_h, int out_w, qw_image *
 
 // ---------------------------------------------------------------------------------------
 
-qw_status qw_preprocess(const qw_image *img, const qw_vision_config *vc,
-			const qw_preprocess_opts *o, qw_pixels *out, qw_err *err)
+qw_status qw_preprocess_resize(const qw_image *img, const qw_vision_config *vc,
+			       const qw_preprocess_opts *o, qw_image *resized, qw_err *err)
 {
-	memset(out, 0, sizeof *out);
-	int P = vc->patch_size, m = vc->spatial_merge_size, Tp = vc->temporal_patch_size;
+	memset(resized, 0, sizeof *resized);
+	int P = vc->patch_size, m = vc->spatial_merge_size;
 	int h, w;
 	qw_status st = qw_smart_resize(img->height, img->width, P * m, o, &h, &w, err);
 	if (st != QW_OK)
@@ -169,10 +169,27 @@ qw_status qw_preprocess(const qw_image *img, const qw_vision_config *vc,
 		return qw_fail(err, QW_E_ARG, "image of %d x %d needs %d image tokens (resized to %d x "
 			       "%d), more than the %d allowed", img->width, img->height, tokens, w, h,
 			       o->max_tokens);
-	qw_image r = *img;
-	bool resized = h != img->height || w != img->width;
-	if (resized && (st = qw_resize_bicubic(img, h, w, &r, err)) != QW_OK)
-		return st;
+	if (h != img->height || w != img->width)
+		return qw_resize_bicubic(img, h, w, resized, err);
+	size_t bytes = (size_t)h * (size_t)w * 3;
+	resized->rgb = malloc(bytes);
+	if (!resized->rgb)
+		return qw_fail(err, QW_E_NOMEM, "out of memory for a %d x %d image", w, h);
+	memcpy(resized->rgb, img->rgb, bytes);
+	resized->width = w;
+	resized->height = h;
+	return QW_OK;
+}
+
+qw_status qw_patchify(const qw_image *r, const qw_vision_config *vc, qw_pixels *out,
+		      qw_err *err)
+{
+	memset(out, 0, sizeof *out);
+	int P = vc->patch_size, m = vc->spatial_merge_size, Tp = vc->temporal_patch_size;
+	int h = r->height, w = r->width;
+	if (h < P * m || w < P * m || h % (P * m) || w % (P * m))
+		return qw_fail(err, QW_E_ARG, "an image of %d x %d cannot be cut into %d x %d merge "
+			       "windows", w, h, P * m, P * m);
 	/* one image is one frame, repeated to fill a temporal patch */
 	int gt = 1, gh = h / P, gw = w / P;
 	out->grid_t = gt;
@@ -182,12 +199,9 @@ qw_status qw_preprocess(const qw_image *img, const qw_vision_config *vc,
 	out->cols = 3 * Tp * P * P;
 	out->n_tokens = out->rows / (m * m);
 	out->values = malloc((size_t)out->rows * (size_t)out->cols * sizeof *out->values);
-	if (!out->values) {
-		if (resized)
-			qw_image_free(&r);
+	if (!out->values)
 		return qw_fail(err, QW_E_NOMEM, "out of memory for %d x %d pixel values", out->rows,
 			       out->cols);
-	}
 	/* row = ((bh * gw/m + bw) * m + ih) * m + iw, col = ((c * Tp + tt) * P + py) * P + px */
 	for (int bh = 0; bh < gh / m; bh++)
 		for (int bw = 0; bw < gw / m; bw++)
@@ -201,13 +215,23 @@ qw_status qw_preprocess(const qw_image *img, const qw_vision_config *vc,
 						for (int tt = 0; tt < Tp; tt++)
 							for (int py = 0; py < P; py++)
 								for (int px = 0; px < P; px++) {
-									uint8_t v = r.rgb[((size_t)(y0 + py) * (size_t)w + (size_t)(x0 + px)) * 3 + (size_t)c];
+									uint8_t v = r->rgb[((size_t)(y0 + py) * (size_t)w + (size_t)(x0 + px)) * 3 + (size_t)c];
 									*dst++ = ((float)v - 127.5f) / 127.5f;
 								}
 				}
-	if (resized)
-		qw_image_free(&r);
 	return QW_OK;
+}
+
+qw_status qw_preprocess(const qw_image *img, const qw_vision_config *vc,
+			const qw_preprocess_opts *o, qw_pixels *out, qw_err *err)
+{
+	memset(out, 0, sizeof *out);
+	qw_image r;
+	qw_status st = qw_preprocess_resize(img, vc, o, &r, err);
+	if (st == QW_OK)
+		st = qw_patchify(&r, vc, out, err);
+	qw_image_free(&r);
+	return st;
 }
 
 void qw_pixels_free(qw_pixels *p)

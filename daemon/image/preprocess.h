@@ -37,6 +37,17 @@ qw_status qw_smart_resize(int height, int width, int factor, const qw_preprocess
 /* Antialiased bicubic resize of 8-bit RGB (torchvision's uint8 path). */
 qw_status qw_resize_bicubic(const qw_image *in, int out_h, int out_w, qw_image *out, qw_err *err);
 
+/* The image the vision tower sees: img resized as the processor does (smart_resize, then
+ * the bicubic resize when the size changes), in a new allocation either way (free it with
+ * qw_image_free).  The per-image token limit is checked here. */
+qw_status qw_preprocess_resize(const qw_image *img, const qw_vision_config *vc,
+			       const qw_preprocess_opts *o, qw_image *resized, qw_err *err);
+
+/* Normalises and patchifies an image already resized (sides multiples of patch x merge)
+ * into pixel_values rows, as qw_preprocess does after its resize. */
+qw_status qw_patchify(const qw_image *resized, const qw_vision_config *vc, qw_pixels *out,
+		      qw_err *err);
+
 /* The whole pipeline: resize, normalise, patchify. */
 qw_status qw_preprocess(const qw_image *img, const qw_vision_config *vc,
 			const qw_preprocess_opts *o, qw_pixels *out, qw_err *err);
