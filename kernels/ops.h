@@ -34,6 +34,15 @@ typedef struct qw_act {
 
 typedef struct qw_kv_cache qw_kv_cache;     /* backend-defined */
 
+/* Rows [row0, row0 + n) of a, as an activation of its own sharing a's memory (every backend
+ * keeps activations row-major and contiguous); elem_bytes: the size of the backend's
+ * act_dtype. */
+static inline qw_act qw_act_rows(const qw_act *a, int row0, int n, size_t elem_bytes)
+{
+	return (qw_act){(char *)a->data + (size_t)row0 * (size_t)a->cols * elem_bytes, n, a->cols,
+			n};
+}
+
 typedef struct qw_kv_shape {
 	int n_layers;        /* layers this cache serves (a stage's) */
 	int n_blocks;

@@ -1,0 +1,514 @@
+/* worker.c - one pipeline stage in its own process.  See worker.h. */
+#include "daemon/worker.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon/handover.h"
+#include "daemon/image/preprocess.h"
+#include "ipc/region.h"
+#include "ipc/step.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/forward.h"
+#include "kernels/vision.h"
+#include "loader/checkpoint.h"
+#include "loader/dtype.h"
+
+#define IDLE_WAIT_MS 500      /* how often an idle worker beats and checks on its daemon */
+#define CPU_KV_CAP (1ull << 30)   /* the CPU backend's KV cache stops at 1 GiB a stage */
+
+/* The vision tower's output for an image whose tokens are still being prefilled. */
+typedef struct vision_entry {
+	uint64_t handle;
+	qw_vision_out out;
+} vision_entry;
+
+typedef struct worker {
+	const qw_worker_args *args;
+	qw_region region;
+	qw_region_header *hdr;
+	qw_worker_slot *slot;
+	int stage, n_stages;
+	pid_t daemon;
+	qw_config cfg;
+	qw_checkpoint *ck;
+	qw_backend *be;
+	qw_stage_model m;
+	size_t elem;                       /* bytes of one activation value */
+	qw_handover prev, next;            /* hand-overs from the previous, to the next stage */
+	qw_act hidden;                     /* (max_tokens, H) */
+	qw_act logits;                     /* (max_logits, V), last stage */
+	qw_act visual;                     /* (max_tokens, H), stage 0: image rows of a step */
+	qw_act deepstack[QW_MAX_DEEPSTACK];/* (max_tokens, H) each, for the layers it needs */
+	int n_ds;                          /* the model's deepstack features */
+	int ds_from;                       /* first deepstack index this stage holds */
+	vision_entry *vision;              /* stage 0: images in progress */
+	int n_vision, cap_vision;
+	void *msg;                         /* the plan being run */
+	size_t msg_cap;
+	int32_t *tables;                   /* dense block tables of a step */
+	size_t tables_cap;
+	int32_t *visual_rows;              /* (max_tokens,) */
+	int32_t *tokens;                   /* (max_logits,) sampled */
+	void *result;                      /* a result record */
+	int kv_blocks, block_tokens;
+} worker;
+
+static void notify(worker *w)
+{
+	uint64_t one = 1;
+	if (write(w->args->notify_fd, &one, sizeof one) < 0) {
+		/* the daemon is gone; the next wait notices */
+	}
+}
+
+static void beat(worker *w)
+{
+	atomic_store(&w->slot->heartbeat_ms, qw_monotonic_ms());
+}
+
+static int fail(worker *w, const qw_err *err)
+{
+	snprintf(w->slot->error, sizeof w->slot->error, "%s", err->msg);
+	atomic_store(&w->slot->state, QW_WORKER_FAILED);
+	qw_log(QW_LOG_ERROR, "stage %d failed: %s", w->stage, err->msg);
+	notify(w);
+	return 1;
+}
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	worker *w = ctx;
+	atomic_store(&w->slot->load_total, total);
+	atomic_store(&w->slot->load_done, done);
+	beat(w);
+}
+
+/* Bytes of memory free for the KV cache after the weights. */
+static uint64_t free_memory(worker *w)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[256];
+	unsigned long long kb = 0;
+	while (f && fgets(line, sizeof line, f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	/* the stages of a CPU pipeline share the host's memory */
+	uint64_t share = (uint64_t)kb * 1024 / (uint64_t)w->n_stages;
+	return share < CPU_KV_CAP ? share : CPU_KV_CAP;
+}
+
+static qw_status create_backend(worker *w, qw_err *err)
+{
+	const qw_region_job *job = &w->hdr->job;
+	if (strcmp(job->device, "cpu") != 0)
+		return qw_fail(err, QW_E_ARG, "device %s: this build serves only the cpu backend "
+			       "(the CUDA backend comes with its own issue)", job->device);
+	snprintf(w->slot->device, sizeof w->slot->device, "cpu");
+	return qw_cpu_backend_create(&w->be, err);
+}
+
+// ---------------------------------------------------------------------------------------
+// start-up
+
+static qw_status load(worker *w, qw_err *err)
+{
+	const qw_region_job *job = &w->hdr->job;
+	char path[1100];
+	snprintf(path, sizeof path, "%s/config.json", job->model_dir);
+	qw_status st = qw_config_load(path, &w->cfg, err);
+	if (st == QW_OK)
+		st = qw_ckpt_open(job->model_dir, &w->ck, err);
+	if (st == QW_OK)
+		st = create_backend(w, err);
+	if (st != QW_OK)
+		return st;
+	w->elem = qw_dtype_size(w->be->act_dtype);
+	qw_stage stage = {w->stage, w->n_stages, job->layer_begin[w->stage],
+			  job->layer_end[w->stage]};
+	atomic_store(&w->slot->state, QW_WORKER_LOADING);
+	notify(w);
+	uint64_t t0 = qw_monotonic_ms();
+	st = qw_stage_model_load(&w->m, &w->cfg, w->ck, &stage, w->be, job->max_tokens,
+				 on_progress, w, err);
+	if (st != QW_OK)
+		return st;
+	uint64_t weights = atomic_load(&w->slot->load_total);
+	const qw_text_config *t = &w->cfg.text;
+	uint64_t block = 2ull * (uint64_t)(stage.layer_end - stage.layer_begin) *
+			 (uint64_t)job->block_tokens * (uint64_t)t->num_kv_heads *
+			 (uint64_t)t->head_dim * w->elem;
+	w->slot->weight_bytes = weights;
+	w->slot->kv_block_bytes = block;
+	w->slot->kv_block_capacity = block ? (int64_t)((double)free_memory(w) * job->kv_memory /
+						       (double)block) : 0;
+	qw_log(QW_LOG_INFO, "stage %d: layers [%d, %d), %.1f MiB of weights in %.2f s", w->stage,
+	       stage.layer_begin, stage.layer_end, (double)weights / 1048576.0,
+	       (double)(qw_monotonic_ms() - t0) / 1000.0);
+	atomic_store(&w->slot->state, QW_WORKER_LOADED);
+	notify(w);
+	return QW_OK;
+}
+
+/* Waits for the daemon's KV decision, then allocates the cache and the step buffers. */
+static qw_status prepare(worker *w, qw_err *err)
+{
+	const qw_region_job *job = &w->hdr->job;
+	qw_ring *plans = qw_region_plan_ring(&w->region, w->stage);
+	while ((w->kv_blocks = atomic_load(&w->hdr->kv_blocks)) == 0) {
+		if (atomic_load(&plans->aborted))
+			return qw_fail(err, QW_E_ABORTED, "the daemon gave up before the KV cache was "
+				       "sized");
+		beat(w);
+		usleep(2000);
+	}
+	w->block_tokens = job->block_tokens;
+	qw_status st = qw_stage_model_alloc_kv(&w->m, w->kv_blocks, w->block_tokens, err);
+	if (st != QW_OK)
+		return qw_err_context(err, "a KV cache of %d blocks", w->kv_blocks);
+	w->slot->kv_bytes = (uint64_t)w->kv_blocks * w->slot->kv_block_bytes;
+
+	int T = job->max_tokens, H = w->cfg.text.hidden_size;
+	bool first = w->stage == 0, last = w->stage == w->n_stages - 1;
+	st = w->be->act_alloc(w->be, T, H, &w->hidden, err);
+	if (st == QW_OK && last)
+		st = w->be->act_alloc(w->be, job->max_logits, w->cfg.text.vocab_size, &w->logits,
+				      err);
+	w->n_ds = w->cfg.has_vision ? w->cfg.vision.n_deepstack : 0;
+	w->ds_from = first ? 0 : job->layer_begin[w->stage];
+	if (st == QW_OK && first && w->cfg.has_vision)
+		st = w->be->act_alloc(w->be, T, H, &w->visual, err);
+	for (int j = w->ds_from; j < w->n_ds && st == QW_OK; j++)
+		st = w->be->act_alloc(w->be, T, H, &w->deepstack[j], err);
+	w->visual_rows = malloc((size_t)T * sizeof *w->visual_rows);
+	w->tokens = malloc((size_t)job->max_logits * sizeof *w->tokens);
+	w->result = malloc(qw_step_result_size(&(qw_step_result){.n_logits = job->max_logits}));
+	if (st == QW_OK && (!w->visual_rows || !w->tokens || !w->result))
+		st = qw_fail(err, QW_E_NOMEM, "out of memory for the step buffers");
+	if (st != QW_OK)
+		return st;
+	qw_channel ch;
+	if (!first) {
+		if ((st = qw_ring_channel(qw_region_handover_ring(&w->region, w->stage - 1), &ch,
+					  err)) != QW_OK)
+			return st;
+		qw_handover_init(&w->prev, ch, w->be, w->stage - 1, w->stage,
+				 job->check_transport, 0);
+	}
+	if (!last) {
+		if ((st = qw_ring_channel(qw_region_handover_ring(&w->region, w->stage), &ch,
+					  err)) != QW_OK)
+			return st;
+		qw_handover_init(&w->next, ch, w->be, w->stage, w->stage + 1,
+				 job->check_transport, job->corrupt_handover);
+	}
+	atomic_store(&w->slot->state, QW_WORKER_READY);
+	notify(w);
+	return QW_OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// images (stage 0)
+
+static vision_entry *find_image(worker *w, uint64_t handle)
+{
+	for (int i = 0; i < w->n_vision; i++)
+		if (w->vision[i].handle == handle)
+			return &w->vision[i];
+	return NULL;
+}
+
+static void forget_image(worker *w, uint64_t handle)
+{
+	vision_entry *e = find_image(w, handle);
+	if (!e)
+		return;
+	qw_vision_out_free(w->be, &e->out);
+	*e = w->vision[--w->n_vision];
+}
+
+/* Runs the vision tower on an image the daemon placed in the arena. */
+static qw_status see_image(worker *w, const qw_step_image *im, qw_err *err)
+{
+	const qw_region_header *h = w->hdr;
+	uint64_t bytes = (uint64_t)im->height * (uint64_t)im->width * 3;
+	if (im->arena_offset > h->arena_bytes || bytes > h->arena_bytes - im->arena_offset)
+		return qw_fail(err, QW_E_IO, "image %llu lies outside the arena",
+			       (unsigned long long)im->handle);
+	if (w->n_vision == w->cap_vision) {
+		int cap = w->cap_vision ? 2 * w->cap_vision : 8;
+		vision_entry *grown = realloc(w->vision, (size_t)cap * sizeof *grown);
+		if (!grown)
+			return qw_fail(err, QW_E_NOMEM, "out of memory");
+		w->vision = grown;
+		w->cap_vision = cap;
+	}
+	qw_image img = {im->width, im->height, qw_region_arena(&w->region) + im->arena_offset};
+	qw_pixels px;
+	qw_status st = qw_patchify(&img, &w->cfg.vision, &px, err);
+	if (st != QW_OK)
+		return st;
+	if (px.grid_t != im->grid[0] || px.grid_h != im->grid[1] || px.grid_w != im->grid[2] ||
+	    px.n_tokens != im->n_tokens) {
+		qw_pixels_free(&px);
+		return qw_fail(err, QW_E_IO, "image %llu: its pixels make a (%d, %d, %d) grid, the "
+			       "plan says (%d, %d, %d)", (unsigned long long)im->handle, px.grid_t,
+			       px.grid_h, px.grid_w, im->grid[0], im->grid[1], im->grid[2]);
+	}
+	vision_entry *e = &w->vision[w->n_vision];
+	e->handle = im->handle;
+	st = qw_vision_forward(w->be, &w->cfg, &w->m.w, im->grid, 1, px.values, px.rows, NULL,
+			       NULL, &e->out, err);
+	qw_pixels_free(&px);
+	if (st == QW_OK)
+		w->n_vision++;
+	return st;
+}
+
+/* Stage 0: the step's image rows (and their deepstack features) from the vision outputs. */
+static qw_status gather_visual(worker *w, const qw_step_plan *p, int n_visual, qw_err *err)
+{
+	qw_backend *be = w->be;
+	int at = 0;
+	for (int i = 0; i < p->n_images; i++) {
+		const qw_step_image *im = &p->images[i];
+		qw_status st = QW_OK;
+		if (im->fresh && !find_image(w, im->handle))
+			st = see_image(w, im, err);
+		vision_entry *e = find_image(w, im->handle);
+		if (st == QW_OK && !e)
+			st = qw_fail(err, QW_E_IO, "image %llu: its features are gone (a plan out of "
+				     "order?)", (unsigned long long)im->handle);
+		if (st != QW_OK)
+			return st;
+		qw_act dst = qw_act_rows(&w->visual, at, im->count, w->elem);
+		qw_act src = qw_act_rows(&e->out.embeds, im->first, im->count, w->elem);
+		if ((st = be->act_copy(be, &dst, &src, err)) != QW_OK)
+			return st;
+		for (int j = 0; j < w->n_ds; j++) {
+			dst = qw_act_rows(&w->deepstack[j], at, im->count, w->elem);
+			src = qw_act_rows(&e->out.deepstack[j], im->first, im->count, w->elem);
+			if ((st = be->act_copy(be, &dst, &src, err)) != QW_OK)
+				return st;
+		}
+		for (int k = 0; k < im->count; k++)
+			w->visual_rows[at + k] = im->row + k;
+		at += im->count;
+		if (im->first + im->count == im->n_tokens)
+			forget_image(w, im->handle);   /* its last rows are placed */
+	}
+	w->visual.rows = n_visual;
+	for (int j = 0; j < w->n_ds; j++)
+		w->deepstack[j].rows = n_visual;
+	return QW_OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// a step
+
+/* Dense (n_seqs, max_blocks) block tables from the plan's packed ones; checks ids and slots. */
+static qw_status block_tables(worker *w, const qw_step_plan *p, int *max_blocks, qw_err *err)
+{
+	int mb = 1;
+	for (int s = 0; s < p->n_seqs; s++)
+		if (p->block_start[s + 1] - p->block_start[s] > mb)
+			mb = p->block_start[s + 1] - p->block_start[s];
+	size_t need = (size_t)p->n_seqs * (size_t)mb;
+	if (need > w->tables_cap) {
+		int32_t *grown = realloc(w->tables, need * sizeof *grown);
+		if (!grown)
+			return qw_fail(err, QW_E_NOMEM, "out of memory for block tables");
+		w->tables = grown;
+		w->tables_cap = need;
+	}
+	for (int s = 0; s < p->n_seqs; s++) {
+		int a = p->block_start[s], n = p->block_start[s + 1] - a;
+		for (int j = 0; j < mb; j++)
+			w->tables[(size_t)s * (size_t)mb + (size_t)j] = j < n ? p->blocks[a + j] : 0;
+	}
+	for (int i = 0; i < p->n_blocks; i++)
+		if (p->blocks[i] >= w->kv_blocks)
+			return qw_fail(err, QW_E_IO, "step %llu names KV block %d of %d",
+				       (unsigned long long)p->step, p->blocks[i], w->kv_blocks);
+	for (int t = 0; t < p->n_tokens; t++) {
+		int s = p->seq[t], n = p->block_start[s + 1] - p->block_start[s];
+		if (p->kv_index[t] >= n * w->block_tokens ||
+		    p->slot[t] >= w->kv_blocks * w->block_tokens)
+			return qw_fail(err, QW_E_IO, "step %llu: token %d's KV entry lies outside its "
+				       "blocks", (unsigned long long)p->step, t);
+	}
+	*max_blocks = mb;
+	return QW_OK;
+}
+
+static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
+{
+	const qw_region_job *job = &w->hdr->job;
+	bool first = w->stage == 0, last = w->stage == w->n_stages - 1;
+	int T = p->n_tokens;
+	if (T > job->max_tokens || p->n_logits > job->max_logits)
+		return qw_fail(err, QW_E_IO, "step %llu has %d tokens and %d logit rows (at most %d "
+			       "and %d)", (unsigned long long)p->step, T, p->n_logits,
+			       job->max_tokens, job->max_logits);
+	for (int i = 0; i < p->n_drop && first; i++)
+		forget_image(w, p->drop[i]);
+	int max_blocks = 1, n_visual = 0;
+	qw_status st = block_tables(w, p, &max_blocks, err);
+	if (st != QW_OK)
+		return st;
+	for (int i = 0; i < p->n_images; i++)
+		n_visual += p->images[i].count;
+	if (n_visual && !w->cfg.has_vision)
+		return qw_fail(err, QW_E_IO, "step %llu has image rows; the model has no vision "
+			       "tower", (unsigned long long)p->step);
+	qw_batch b = {.n_tokens = T, .token_ids = p->token_ids, .positions = p->positions,
+		      .seq = p->seq, .kv_index = p->kv_index, .slot = p->slot, .n_seqs = p->n_seqs,
+		      .max_blocks = max_blocks, .block_tables = w->tables, .n_logits = p->n_logits,
+		      .logit_rows = p->logit_rows};
+	if (n_visual) {
+		if (first && (st = gather_visual(w, p, n_visual, err)) != QW_OK)
+			return st;
+		if (!first) {   /* the same rows, from the plan */
+			int at = 0;
+			for (int i = 0; i < p->n_images; i++)
+				for (int k = 0; k < p->images[i].count; k++)
+					w->visual_rows[at++] = p->images[i].row + k;
+		}
+		b.n_visual = n_visual;
+		b.visual_rows = w->visual_rows;
+		b.visual_embeds = &w->visual;
+		b.deepstack = w->deepstack;
+		b.n_deepstack = w->n_ds;
+	}
+	int k_recv = n_visual && w->n_ds > w->ds_from && !first ? w->n_ds - w->ds_from : 0;
+	if (!first) {
+		qw_act *extra[QW_MAX_DEEPSTACK];
+		for (int j = 0; j < k_recv; j++)
+			extra[j] = &w->deepstack[w->ds_from + j];
+		st = qw_handover_recv(&w->prev, p->step, &w->hidden, T, extra, k_recv, n_visual, err);
+		if (st != QW_OK)
+			return st;
+	}
+	if ((st = qw_stage_forward(&w->m, &b, &w->hidden, err)) != QW_OK)
+		return st;
+	if (!last) {
+		int end = job->layer_end[w->stage];
+		int k_send = n_visual && w->n_ds > end ? w->n_ds - end : 0;
+		const qw_act *extra[QW_MAX_DEEPSTACK];
+		for (int j = 0; j < k_send; j++)
+			extra[j] = &w->deepstack[end + j];
+		return qw_handover_send(&w->next, p->step, &w->hidden, extra, k_send, err);
+	}
+	if (p->n_logits > 0) {
+		w->logits.rows = p->n_logits;
+		if ((st = qw_stage_logits(&w->m, &b, &w->hidden, &w->logits, err)) != QW_OK ||
+		    (st = w->be->sample(w->be, &w->logits, p->sampling, w->tokens, err)) != QW_OK)
+			return st;
+	}
+	qw_step_result r = {p->step, p->n_logits, w->tokens};
+	size_t len = qw_step_result_size(&r);
+	qw_step_result_write(&r, w->result);
+	const void *parts[] = {w->result};
+	if ((st = qw_ring_send(qw_region_result_ring(&w->region), parts, &len, 1, -1, err)) != QW_OK)
+		return st;
+	notify(w);
+	return QW_OK;
+}
+
+static qw_status serve(worker *w, qw_err *err)
+{
+	qw_ring *plans = qw_region_plan_ring(&w->region, w->stage);
+	for (;;) {
+		size_t len;
+		qw_status st = qw_ring_recv(plans, &w->msg, &w->msg_cap, &len, IDLE_WAIT_MS, err);
+		beat(w);
+		if (st == QW_E_TIMEOUT) {
+			if (getppid() != w->daemon)
+				return qw_fail(err, QW_E_ABORTED, "the daemon is gone");
+			continue;
+		}
+		qw_step_plan p;
+		if (st == QW_OK)
+			st = qw_step_plan_read(w->msg, len, &p, err);
+		if (st != QW_OK)
+			return st;
+		if (p.kind == QW_STEP_STOP)
+			return QW_OK;
+		uint64_t t0 = qw_monotonic_ms();
+		if ((st = run_step(w, &p, err)) != QW_OK)
+			return qw_err_context(err, "step %llu", (unsigned long long)p.step);
+		atomic_fetch_add(&w->slot->steps, 1);
+		atomic_fetch_add(&w->slot->busy_us, (qw_monotonic_ms() - t0) * 1000);
+	}
+}
+
+static void release(worker *w)
+{
+	if (w->be) {
+		for (int i = 0; i < w->n_vision; i++)
+			qw_vision_out_free(w->be, &w->vision[i].out);
+		qw_act *acts[] = {&w->hidden, &w->logits, &w->visual};
+		for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
+			if (acts[i]->data)
+				w->be->act_free(w->be, acts[i]);
+		for (int j = 0; j < QW_MAX_DEEPSTACK; j++)
+			if (w->deepstack[j].data)
+				w->be->act_free(w->be, &w->deepstack[j]);
+		qw_stage_model_free(&w->m);
+		w->be->destroy(w->be);
+	}
+	qw_handover_free(&w->prev);
+	qw_handover_free(&w->next);
+	if (w->ck)
+		qw_ckpt_close(w->ck);
+	free(w->vision);
+	free(w->msg);
+	free(w->tables);
+	free(w->visual_rows);
+	free(w->tokens);
+	free(w->result);
+	qw_region_close(&w->region);
+}
+
+int qw_worker_run(const qw_worker_args *a)
+{
+	worker w = {.args = a, .stage = a->stage, .daemon = getppid()};
+	/* a worker never outlives its daemon */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != w.daemon)
+		return 1;
+	char role[32];
+	snprintf(role, sizeof role, "worker %d", a->stage);
+	qw_log_init(role, a->log_level, -1);
+	qw_err err = {0};
+	if (qw_region_map(a->region_fd, &w.region, &err) != QW_OK) {
+		qw_log(QW_LOG_ERROR, "%s", err.msg);
+		return 1;
+	}
+	w.hdr = w.region.hdr;
+	w.n_stages = w.hdr->job.n_stages;
+	if (a->stage < 0 || a->stage >= w.n_stages) {
+		qw_log(QW_LOG_ERROR, "stage %d of a %d-stage job", a->stage, w.n_stages);
+		qw_region_close(&w.region);
+		return 1;
+	}
+	w.slot = &w.hdr->worker[a->stage];
+	atomic_store(&w.slot->pid, (int32_t)getpid());
+	beat(&w);
+	int rc = 0;
+	if (load(&w, &err) != QW_OK || prepare(&w, &err) != QW_OK || serve(&w, &err) != QW_OK) {
+		rc = err.code == QW_E_ABORTED ? 3 : fail(&w, &err);
+	} else {
+		atomic_store(&w.slot->state, QW_WORKER_STOPPED);
+		notify(&w);
+	}
+	release(&w);
+	return rc;
+}
