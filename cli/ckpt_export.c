@@ -1,44 +1,18 @@
 /* ckpt_export.c - qwen-ckpt export-reduced: a complete HF model directory (config.json and
  * safetensors weights in the hub's layout) of a reduced-size model, with deterministic
- * random bf16 weights, for tests, parity fixtures and the demo.
- *
- * The output config is the input config (its own spelling kept) with the overrides
- * applied and everything that depends on them kept consistent:
- *   --override-head-dim        rescales mrope_section to sum to head_dim/2
- *   --override-hidden          also sets vision_config.out_hidden_size
- *   --override-vocab           moves special token ids that fall outside the vocabulary to
- *                              its top: bos V-6, eos V-5, vision_start V-4, vision_end V-3,
- *                              image V-2, video V-1
- *   --override-vision-depth    maps deepstack_visual_indexes proportionally into the depth
- *   --override-vision-hidden   scales vision intermediate_size alike and keeps the most
- *                              heads (at most the original) that give a head size that is
- *                              a multiple of 4
- *   --num-layers               drops mlp_only_layers entries past the new depth
- * A fused-expert model whose expert matrices would be square (hidden = 2 x or 1 x
- * moe_intermediate) is refused: transformers could not tell its layout from its own.
- * With --quantize fp8 the text layers' linear weights are those same values quantized to
- * float8_e4m3fn per 128 x 128 block (scale = amax / 448, stored as <weight>_scale_inv), and
- * config.json gets Qwen's quantization_config.
- * Weights: linear layers ~ N(0, 1/fan_in), embeddings ~ N(0, 1), position embeddings
- * ~ N(0, 0.5^2), norm weights 1 + N(0, 0.1^2), biases N(0, 0.02^2); each tensor draws from its
- * own stream seeded by (seed, tensor name), so a tensor does not change when others do.
+ * random bf16 weights, for tests, parity fixtures and the demo.  The work is
+ * loader/export.h (which documents the overrides and the weights); this file is its
+ * command line: flags in, one summary line or one error line out.
  */
 #include <errno.h>
 #include <getopt.h>
-#include <jansson.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/ckpt.h"
-#include "loader/checkpoint.h"
-#include "loader/config.h"
-#include "loader/st_writer.h"
-#include "loader/weights.h"
+#include "loader/export.h"
 
 static const char export_usage[] =
 	"usage: qwen-ckpt export-reduced --config CONFIG.json --out DIR [options]\n"
@@ -53,384 +27,10 @@ static const char export_usage[] =
 	"  --quantize fp8                 the text layers' linear weights as float8_e4m3fn with\n"
 	"                                 an fp32 scale (amax / 448) per 128 x 128 block\n";
 
-enum {
-	OV_LAYERS, OV_VOCAB, OV_HIDDEN, OV_HEADS, OV_KV_HEADS, OV_HEAD_DIM, OV_INTER, OV_MOE_INTER,
-	OV_EXPERTS, OV_TOP_K, OV_VDEPTH, OV_VHIDDEN, OV_COUNT
-};
-
 typedef struct export_args {
-	const char *config, *out;
-	long long ov[OV_COUNT];      /* -1: not overridden */
-	long long seed, shards;
-	bool fp8;                    /* --quantize fp8 */
+	const char *config, *out;    /* --config, --out */
+	qw_export_opts opts;         /* the rest */
 } export_args;
-
-// ---------------------------------------------------------------------------------------
-// the config
-
-static void set_int(json_t *obj, const char *key, long long v)
-{
-	json_object_set_new(obj, key, json_integer(v));
-}
-
-static long long get_int(json_t *obj, const char *key, long long def)
-{
-	json_t *v = json_object_get(obj, key);
-	return json_is_integer(v) ? json_integer_value(v) : def;
-}
-
-/* The object holding mrope_section (rope_parameters or rope_scaling), or NULL. */
-static json_t *rope_object(json_t *text)
-{
-	json_t *rp = json_object_get(text, "rope_parameters");
-	if (!json_is_object(rp))
-		rp = json_object_get(text, "rope_scaling");
-	return json_is_object(rp) ? rp : NULL;
-}
-
-static void rescale_mrope(json_t *text, long long head_dim)
-{
-	json_t *rp = rope_object(text);
-	json_t *sec = rp ? json_object_get(rp, "mrope_section") : NULL;
-	if (!json_is_array(sec) || json_array_size(sec) != 3)
-		return;
-	long long old[3], sum = 0, half = head_dim / 2, got = 0, v[3];
-	for (int i = 0; i < 3; i++)
-		sum += old[i] = json_integer_value(json_array_get(sec, (size_t)i));
-	for (int i = 1; i < 3; i++)
-		got += v[i] = sum ? old[i] * half / sum : 0;
-	v[0] = half - got;                      /* rounding goes to the temporal axis */
-	for (int i = 0; i < 3; i++)
-		json_array_set_new(sec, (size_t)i, json_integer(v[i]));
-}
-
-static void apply_vocab(json_t *root, json_t *text, long long V)
-{
-	set_int(text, "vocab_size", V);
-	static const char *const ids[] = {"bos_token_id", "eos_token_id", "vision_start_token_id",
-					  "vision_end_token_id", "image_token_id", "video_token_id"};
-	for (int i = 0; i < 6; i++) {
-		json_t *holder = i < 2 ? text : root;
-		json_t *v = json_object_get(holder, ids[i]);
-		bool outside = json_is_integer(v) && json_integer_value(v) >= V;
-		if (json_is_array(v)) {
-			size_t k;
-			json_t *e;
-			json_array_foreach(v, k, e) outside |= json_integer_value(e) >= V;
-		}
-		if (outside)
-			set_int(holder, ids[i], V - 6 + i);
-	}
-}
-
-static void apply_vision_depth(json_t *vis, long long depth)
-{
-	long long old = get_int(vis, "depth", depth);
-	set_int(vis, "depth", depth);
-	json_t *ds = json_object_get(vis, "deepstack_visual_indexes");
-	if (!json_is_array(ds))
-		return;
-	json_t *mapped = json_array();
-	long long prev = -1;
-	size_t k;
-	json_t *e;
-	json_array_foreach(ds, k, e) {
-		long long idx = json_integer_value(e) * depth / (old ? old : 1);
-		if (idx >= depth)
-			idx = depth - 1;
-		if (idx > prev)
-			json_array_append_new(mapped, json_integer(prev = idx));
-	}
-	json_object_set_new(vis, "deepstack_visual_indexes", mapped);
-}
-
-static void apply_vision_hidden(json_t *vis, long long hidden)
-{
-	long long old = get_int(vis, "hidden_size", hidden);
-	long long inter = get_int(vis, "intermediate_size", 4 * hidden);
-	long long heads = get_int(vis, "num_heads", 1);
-	set_int(vis, "hidden_size", hidden);
-	set_int(vis, "intermediate_size", inter * hidden / (old ? old : 1) > 0
-						  ? inter * hidden / (old ? old : 1) : 1);
-	while (heads > 1 && (hidden % heads != 0 || (hidden / heads) % 4 != 0))
-		heads--;
-	set_int(vis, "num_heads", heads);
-}
-
-static void apply_layers(json_t *text, long long layers)
-{
-	set_int(text, "num_hidden_layers", layers);
-	json_t *only = json_object_get(text, "mlp_only_layers");
-	if (!json_is_array(only))
-		return;
-	json_t *kept = json_array();
-	size_t k;
-	json_t *e;
-	json_array_foreach(only, k, e) if (json_integer_value(e) < layers)
-		json_array_append(kept, e);
-	json_object_set_new(text, "mlp_only_layers", kept);
-}
-
-/* Applies the overrides to root in place (after the input config validated). */
-static void apply_overrides(json_t *root, bool vision, const long long *ov)
-{
-	json_t *text = vision ? json_object_get(root, "text_config") : root;
-	json_t *vis = vision ? json_object_get(root, "vision_config") : NULL;
-	if (ov[OV_LAYERS] >= 0)
-		apply_layers(text, ov[OV_LAYERS]);
-	if (ov[OV_VOCAB] >= 0)
-		apply_vocab(root, text, ov[OV_VOCAB]);
-	if (ov[OV_HIDDEN] >= 0) {
-		set_int(text, "hidden_size", ov[OV_HIDDEN]);
-		if (vis)
-			set_int(vis, "out_hidden_size", ov[OV_HIDDEN]);
-	}
-	if (ov[OV_HEADS] >= 0)
-		set_int(text, "num_attention_heads", ov[OV_HEADS]);
-	if (ov[OV_KV_HEADS] >= 0)
-		set_int(text, "num_key_value_heads", ov[OV_KV_HEADS]);
-	if (ov[OV_HEAD_DIM] >= 0) {
-		set_int(text, "head_dim", ov[OV_HEAD_DIM]);
-		rescale_mrope(text, ov[OV_HEAD_DIM]);
-	}
-	if (ov[OV_INTER] >= 0)
-		set_int(text, "intermediate_size", ov[OV_INTER]);
-	if (ov[OV_MOE_INTER] >= 0)
-		set_int(text, "moe_intermediate_size", ov[OV_MOE_INTER]);
-	if (ov[OV_EXPERTS] >= 0) {
-		bool v5 = json_object_get(text, "num_local_experts") != NULL;
-		bool hub = json_object_get(text, "num_experts") != NULL;
-		if (v5)
-			set_int(text, "num_local_experts", ov[OV_EXPERTS]);
-		if (hub || !v5)
-			set_int(text, "num_experts", ov[OV_EXPERTS]);
-	}
-	if (ov[OV_TOP_K] >= 0)
-		set_int(text, "num_experts_per_tok", ov[OV_TOP_K]);
-	if (vis && ov[OV_VDEPTH] >= 0)
-		apply_vision_depth(vis, ov[OV_VDEPTH]);
-	if (vis && ov[OV_VHIDDEN] >= 0)
-		apply_vision_hidden(vis, ov[OV_VHIDDEN]);
-}
-
-// ---------------------------------------------------------------------------------------
-// the weights
-
-typedef struct fill_ctx {
-	const qw_wspec *specs;   /* the whole list, in file order */
-	size_t base;             /* index of the file's first tensor in specs */
-	uint64_t seed;
-	const qw_quant *quant;   /* FP8: quantizable weights quantized, scales written */
-} fill_ctx;
-
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static double uniform01(uint64_t *s)
-{
-	return ((double)(splitmix64(s) >> 11) + 0.5) * 0x1.0p-53;   /* in (0, 1) */
-}
-
-static uint64_t name_hash(const char *name)
-{
-	uint64_t h = 0xcbf29ce484222325ull;            /* FNV-1a */
-	for (; *name; name++)
-		h = (h ^ (unsigned char)*name) * 0x100000001b3ull;
-	return h;
-}
-
-static bool ends_with(const char *s, const char *suffix)
-{
-	size_t n = strlen(s), k = strlen(suffix);
-	return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
-/* Mean and standard deviation of a tensor's random values, by what the tensor is. */
-static void init_scale(const qw_wspec *s, double *mean, double *std)
-{
-	*mean = 0.0;
-	if (strstr(s->name, "norm") && ends_with(s->name, ".weight")) {
-		*mean = 1.0;
-		*std = 0.1;
-	} else if (ends_with(s->name, ".bias")) {
-		*std = 0.02;
-	} else if (strstr(s->name, "embed_tokens")) {
-		*std = 1.0;
-	} else if (strstr(s->name, "pos_embed")) {
-		*std = 0.5;
-	} else {
-		/* [out, in...] linear or conv; fused experts [E, in, out] */
-		uint64_t fan_in = 1;
-		if (s->experts && s->ndim == 3)
-			fan_in = (uint64_t)s->shape[1];
-		else
-			for (int i = 1; i < s->ndim; i++)
-				fan_in *= (uint64_t)s->shape[i];
-		*std = 1.0 / sqrt((double)fan_in);
-	}
-}
-
-/* The bf16-rounded random values of spec s (the same whether the file is bf16 or fp8). */
-static void random_values(const qw_wspec *s, uint64_t seed, float *out)
-{
-	uint64_t state = seed ^ name_hash(s->name);
-	double mean, std;
-	init_scale(s, &mean, &std);
-	for (uint64_t i = 0; i < s->numel; i += 2) {      /* Box-Muller: two normals per draw */
-		double r = sqrt(-2.0 * log(uniform01(&state))), a = 2.0 * M_PI * uniform01(&state);
-		out[i] = qw_bf16_to_f32(qw_f32_to_bf16((float)(mean + std * r * cos(a))));
-		if (i + 1 < s->numel)
-			out[i + 1] = qw_bf16_to_f32(qw_f32_to_bf16((float)(mean + std * r * sin(a))));
-	}
-}
-
-/* FP8 blocks of w (values v, the spec's shape): scale = amax / 448 per block of the last two
- * dims (1 for an all-zero block), q = e4m3(v / scale).  Writes q and/or the scales. */
-static void quantize_fp8(const qw_wspec *w, const qw_quant *q, const float *v, uint8_t *qout,
-			 float *scales)
-{
-	int nd = w->ndim;
-	uint64_t R = (uint64_t)w->shape[nd - 2], C = (uint64_t)w->shape[nd - 1];
-	uint64_t br = (uint64_t)q->block[0], bc = (uint64_t)q->block[1];
-	uint64_t SR = (R + br - 1) / br, SC = (C + bc - 1) / bc, M = w->numel / (R * C);
-	for (uint64_t m = 0; m < M; m++)
-		for (uint64_t sr = 0; sr < SR; sr++)
-			for (uint64_t sc = 0; sc < SC; sc++) {
-				float amax = 0.0f;
-				for (uint64_t r = sr * br; r < R && r < (sr + 1) * br; r++)
-					for (uint64_t c = sc * bc; c < C && c < (sc + 1) * bc; c++)
-						amax = fmaxf(amax, fabsf(v[(m * R + r) * C + c]));
-				float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
-				if (scales)
-					scales[(m * SR + sr) * SC + sc] = scale;
-				for (uint64_t r = sr * br; qout && r < R && r < (sr + 1) * br; r++)
-					for (uint64_t c = sc * bc; c < C && c < (sc + 1) * bc; c++)
-						qout[(m * R + r) * C + c] =
-							qw_f32_to_f8e4m3(v[(m * R + r) * C + c] / scale);
-			}
-}
-
-static qw_status fill_random(void *vctx, size_t index, void *buf, uint64_t nbytes, qw_err *err)
-{
-	const fill_ctx *ctx = vctx;
-	size_t at = ctx->base + index;
-	const qw_wspec *s = &ctx->specs[at];
-	const qw_wspec *w = s->is_scale ? &ctx->specs[at - 1] : s;   /* a scale follows its weight */
-	float *v = malloc(w->numel * sizeof *v + 1);
-	if (!v)
-		return qw_fail(err, QW_E_NOMEM, "out of memory generating %s", s->name);
-	random_values(w, ctx->seed, v);
-	if (s->is_scale)
-		quantize_fp8(w, ctx->quant, v, NULL, buf);
-	else if (ctx->quant && s->quantizable)
-		quantize_fp8(w, ctx->quant, v, buf, NULL);
-	else
-		for (uint64_t i = 0; i < nbytes / 2; i++)
-			((uint16_t *)buf)[i] = qw_f32_to_bf16(v[i]);
-	free(v);
-	return QW_OK;
-}
-
-static int write_json_file(const char *path, json_t *o)
-{
-	char tmp[4200];
-	snprintf(tmp, sizeof tmp, "%s.tmp", path);
-	if (json_dump_file(o, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0 ||
-	    rename(tmp, path) != 0) {
-		fprintf(stderr, "qwen-ckpt export-reduced: cannot write %s: %s\n", path,
-			strerror(errno));
-		unlink(tmp);
-		return CKPT_FAILED;
-	}
-	return CKPT_OK;
-}
-
-/* Writes specs into `shards` files (one: model.safetensors), balanced by bytes; with quant,
- * quantizable weights as FP8 with their block scales. */
-static int write_weights(const char *out, const qw_wspec *specs, size_t n, int shards,
-			 uint64_t seed, const qw_quant *quant)
-{
-	qw_st_entry *entries = calloc(n, sizeof *entries);
-	if (!entries) {
-		fputs("qwen-ckpt export-reduced: out of memory\n", stderr);
-		return CKPT_FAILED;
-	}
-	uint64_t total = 0;
-	for (size_t i = 0; i < n; i++) {
-		qw_dtype dt = specs[i].is_scale ? QW_DT_F32
-			    : quant && specs[i].quantizable ? QW_DT_F8_E4M3 : QW_DT_BF16;
-		entries[i] = (qw_st_entry){.name = specs[i].name, .dtype = dt, .ndim = specs[i].ndim};
-		memcpy(entries[i].shape, specs[i].shape, sizeof specs[i].shape);
-		total += qw_st_entry_bytes(&entries[i]);
-	}
-	json_t *weight_map = json_object();
-	char path[4200], stale[4200];
-	int rc = CKPT_OK;
-	size_t begin = 0;
-	uint64_t done = 0;
-	for (int k = 0; k < shards && rc == CKPT_OK; k++) {
-		/* shard k ends where the running total passes (k+1)/shards of the bytes, leaving
-		 * at least one tensor for each later shard */
-		size_t end = begin + 1;
-		done += qw_st_entry_bytes(&entries[begin]);
-		while (end < n - (size_t)(shards - 1 - k) &&
-		       (k == shards - 1 || done < total / (uint64_t)shards * (uint64_t)(k + 1)))
-			done += qw_st_entry_bytes(&entries[end++]);
-		char name[64];
-		if (shards == 1)
-			snprintf(name, sizeof name, "%s", QW_ST_SINGLE);
-		else
-			snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, shards);
-		snprintf(path, sizeof path, "%s/%s", out, name);
-		fill_ctx ctx = {specs, begin, seed, quant};
-		qw_err err = {0};
-		if (qw_st_write(path, entries + begin, end - begin, fill_random, &ctx, &err)) {
-			fprintf(stderr, "qwen-ckpt export-reduced: %s\n", err.msg);
-			rc = CKPT_FAILED;
-		}
-		for (size_t i = begin; i < end; i++)
-			json_object_set_new(weight_map, entries[i].name, json_string(name));
-		begin = end;
-	}
-	/* a stale file of the other layout would shadow or confuse the new one */
-	snprintf(stale, sizeof stale, "%s/%s", out, shards == 1 ? QW_ST_INDEX : QW_ST_SINGLE);
-	unlink(stale);
-	if (rc == CKPT_OK && shards > 1) {
-		json_t *index = json_pack("{s:{s:I}, s:O}", "metadata", "total_size",
-					  (json_int_t)total, "weight_map", weight_map);
-		snprintf(path, sizeof path, "%s/%s", out, QW_ST_INDEX);
-		rc = write_json_file(path, index);
-		json_decref(index);
-	}
-	json_decref(weight_map);
-	free(entries);
-	return rc;
-}
-
-// ---------------------------------------------------------------------------------------
-
-/* mkdir -p: 0, or -1 with errno set. */
-static int mkdir_p(const char *path)
-{
-	char buf[4096];
-	if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	for (char *p = buf + 1; *p; p++)
-		if (*p == '/') {
-			*p = '\0';
-			if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-				return -1;
-			*p = '/';
-		}
-	return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
 
 static int parse_args(int argc, char **argv, export_args *a)
 {
@@ -440,24 +40,23 @@ static int parse_args(int argc, char **argv, export_args *a)
 		{"seed", required_argument, NULL, 's'},
 		{"shards", required_argument, NULL, 'S'},
 		{"quantize", required_argument, NULL, 'q'},
-		{"num-layers", required_argument, NULL, 256 + OV_LAYERS},
-		{"override-vocab", required_argument, NULL, 256 + OV_VOCAB},
-		{"override-hidden", required_argument, NULL, 256 + OV_HIDDEN},
-		{"override-heads", required_argument, NULL, 256 + OV_HEADS},
-		{"override-kv-heads", required_argument, NULL, 256 + OV_KV_HEADS},
-		{"override-head-dim", required_argument, NULL, 256 + OV_HEAD_DIM},
-		{"override-intermediate", required_argument, NULL, 256 + OV_INTER},
-		{"override-moe-intermediate", required_argument, NULL, 256 + OV_MOE_INTER},
-		{"override-num-experts", required_argument, NULL, 256 + OV_EXPERTS},
-		{"override-top-k", required_argument, NULL, 256 + OV_TOP_K},
-		{"override-vision-depth", required_argument, NULL, 256 + OV_VDEPTH},
-		{"override-vision-hidden", required_argument, NULL, 256 + OV_VHIDDEN},
+		{"num-layers", required_argument, NULL, 256 + QW_EXPORT_OV_LAYERS},
+		{"override-vocab", required_argument, NULL, 256 + QW_EXPORT_OV_VOCAB},
+		{"override-hidden", required_argument, NULL, 256 + QW_EXPORT_OV_HIDDEN},
+		{"override-heads", required_argument, NULL, 256 + QW_EXPORT_OV_HEADS},
+		{"override-kv-heads", required_argument, NULL, 256 + QW_EXPORT_OV_KV_HEADS},
+		{"override-head-dim", required_argument, NULL, 256 + QW_EXPORT_OV_HEAD_DIM},
+		{"override-intermediate", required_argument, NULL, 256 + QW_EXPORT_OV_INTER},
+		{"override-moe-intermediate", required_argument, NULL, 256 + QW_EXPORT_OV_MOE_INTER},
+		{"override-num-experts", required_argument, NULL, 256 + QW_EXPORT_OV_EXPERTS},
+		{"override-top-k", required_argument, NULL, 256 + QW_EXPORT_OV_TOP_K},
+		{"override-vision-depth", required_argument, NULL, 256 + QW_EXPORT_OV_VISION_DEPTH},
+		{"override-vision-hidden", required_argument, NULL, 256 + QW_EXPORT_OV_VISION_HIDDEN},
 		{"help", no_argument, NULL, 'h'},
 		{0, 0, 0, 0}};
 	memset(a, 0, sizeof *a);
-	for (int i = 0; i < OV_COUNT; i++)
-		a->ov[i] = -1;
-	a->shards = 1;
+	qw_export_opts_default(&a->opts);
+	long long v;
 	int c, li;
 	while ((c = getopt_long(argc, argv, "c:o:s:S:q:h", opts, &li)) != -1) {
 		const char *prog = "qwen-ckpt export-reduced";
@@ -465,30 +64,33 @@ static int parse_args(int argc, char **argv, export_args *a)
 		case 'c': a->config = optarg; break;
 		case 'o': a->out = optarg; break;
 		case 's':
-			if (!qw_arg_int(prog, "--seed", optarg, 0, INT64_MAX, &a->seed))
+			if (!qw_arg_int(prog, "--seed", optarg, 0, INT64_MAX, &v))
 				return CKPT_USAGE;
+			a->opts.seed = (uint64_t)v;
 			break;
 		case 'S':
-			if (!qw_arg_int(prog, "--shards", optarg, 1, 99999, &a->shards))
+			if (!qw_arg_int(prog, "--shards", optarg, 1, 99999, &v))
 				return CKPT_USAGE;
+			a->opts.shards = (int)v;
 			break;
 		case 'q':
 			if (strcmp(optarg, "fp8") != 0) {
 				fprintf(stderr, "%s: --quantize: '%s' is not fp8\n", prog, optarg);
 				return CKPT_USAGE;
 			}
-			a->fp8 = true;
+			a->opts.fp8 = true;
 			break;
 		case 'h': fputs(export_usage, stdout); return -1;
 		default:
-			if (c < 100 || c >= 256 + OV_COUNT) {
+			if (c < 256 || c >= 256 + QW_EXPORT_OV_COUNT) {
 				fputs(export_usage, stderr);
 				return CKPT_USAGE;
 			}
 			char flag[64];
 			snprintf(flag, sizeof flag, "--%s", opts[li].name);
-			if (!qw_arg_int(prog, flag, optarg, 1, 1 << 30, &a->ov[c - 256]))
+			if (!qw_arg_int(prog, flag, optarg, 1, QW_EXPORT_OV_MAX, &v))
 				return CKPT_USAGE;
+			a->opts.ov[c - 256] = v;
 		}
 	}
 	if (!a->config || !a->out || optind != argc) {
@@ -499,40 +101,33 @@ static int parse_args(int argc, char **argv, export_args *a)
 	return CKPT_OK;
 }
 
-/* Qwen's FP8 quantization_config.  modules_to_not_convert names the Linear modules left in
- * bf16 the way transformers matches them (by trailing module names), so the vision tower's
- * are listed one by one, as the published FP8 checkpoints do. */
-static int add_fp8_config(json_t *root, const qw_config *in_cfg)
+/* The whole of path into a malloc'd buffer (NUL-terminated); NULL with errno set. */
+static char *read_text(const char *path, size_t *len)
 {
-	json_t *skip = json_pack("[s, s, s]", "lm_head", "embed_tokens", "mlp.gate");
-	if (in_cfg->has_vision) {
-		char *text = json_dumps(root, 0);
-		qw_config cfg;
-		qw_wspec *specs = NULL;
-		size_t n = 0;
-		qw_err err = {0};
-		if (!text || qw_config_parse(text, strlen(text), "config", &cfg, &err) != QW_OK ||
-		    qw_wmap_build(&cfg, QW_EXPERTS_FUSED, NULL, &specs, &n, &err) != QW_OK) {
-			fprintf(stderr, "qwen-ckpt export-reduced: %s\n", text ? err.msg : "out of memory");
-			free(text);
-			json_decref(skip);
-			return CKPT_FAILED;
-		}
-		for (size_t i = 0; i < n; i++) {
-			size_t len = strlen(specs[i].name);
-			bool linear = strstr(specs[i].name, "linear_fc") || strstr(specs[i].name, ".attn.");
-			if (specs[i].part == QW_PART_VISION && specs[i].ndim == 2 && len > 7 &&
-			    !strcmp(specs[i].name + len - 7, ".weight") && linear)
-				json_array_append_new(skip, json_stringn(specs[i].name, len - 7));
-		}
-		free(specs);
-		free(text);
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	size_t cap = 1 << 16, n = 0;
+	char *buf = malloc(cap);
+	while (buf) {
+		n += fread(buf + n, 1, cap - 1 - n, f);
+		if (n < cap - 1)
+			break;
+		char *grown = realloc(buf, cap *= 2);
+		if (!grown)
+			free(buf);
+		buf = grown;
 	}
-	json_object_set_new(root, "quantization_config", json_pack(
-		"{s:s, s:s, s:s, s:[i, i], s:o}", "quant_method", "fp8", "fmt", "e4m3",
-		"activation_scheme", "dynamic", "weight_block_size", 128, 128,
-		"modules_to_not_convert", skip));
-	return CKPT_OK;
+	int failed = !buf ? ENOMEM : ferror(f) ? errno : 0;
+	fclose(f);
+	if (failed) {
+		free(buf);
+		errno = failed;
+		return NULL;
+	}
+	buf[n] = '\0';
+	*len = n;
+	return buf;
 }
 
 int ckpt_export_reduced(int argc, char **argv)
@@ -541,78 +136,23 @@ int ckpt_export_reduced(int argc, char **argv)
 	int rc = parse_args(argc, argv, &a);
 	if (rc != CKPT_OK)
 		return rc < 0 ? CKPT_OK : rc;
-	qw_err err = {0};
-	qw_config in_cfg, cfg;
-	if (qw_config_load(a.config, &in_cfg, &err) != QW_OK) {
-		fprintf(stderr, "qwen-ckpt export-reduced: %s\n", err.msg);
-		return CKPT_FAILED;
-	}
-	json_error_t jerr;
-	json_t *root = json_load_file(a.config, 0, &jerr);
-	apply_overrides(root, in_cfg.has_vision, a.ov);
-	if (a.fp8 && add_fp8_config(root, &in_cfg) != CKPT_OK) {
-		json_decref(root);
-		return CKPT_FAILED;
-	}
-	char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-	if (!text || qw_config_parse(text, strlen(text), "config after overrides", &cfg, &err)) {
-		fprintf(stderr, "qwen-ckpt export-reduced: %s\n", text ? err.msg : "out of memory");
-		free(text);
-		json_decref(root);
-		return CKPT_USAGE;
-	}
-	free(text);
-
-	/* transformers v5 transposes hub-layout fused experts only when their shape differs
-	 * from its own (Transpose check_dims): a square matrix would be loaded untransposed */
-	const qw_text_config *t = &cfg.text;
-	if (cfg.arch == QW_ARCH_QWEN3_VL_MOE &&
-	    (t->hidden_size == 2 * t->moe_intermediate_size ||
-	     t->hidden_size == t->moe_intermediate_size)) {
-		fprintf(stderr, "qwen-ckpt export-reduced: hidden_size %d with moe_intermediate_size "
-			"%d makes the fused expert matrices square, and transformers then loads them "
-			"untransposed (it cannot tell the hub layout from its own)\nHINT: pick "
-			"another --override-moe-intermediate\n", t->hidden_size,
-			t->moe_intermediate_size);
-		json_decref(root);
-		return CKPT_USAGE;
-	}
-
-	qw_wspec *specs = NULL;
-	size_t n = 0;
-	qw_expert_layout layout = cfg.arch == QW_ARCH_QWEN3_MOE ? QW_EXPERTS_PER_EXPERT
-								: QW_EXPERTS_FUSED;
-	if (qw_wmap_build(&cfg, layout, NULL, &specs, &n, &err) != QW_OK) {
-		fprintf(stderr, "qwen-ckpt export-reduced: %s\n", err.msg);
-		json_decref(root);
-		return CKPT_FAILED;
-	}
-	if ((size_t)a.shards > n) {
-		fprintf(stderr, "qwen-ckpt export-reduced: --shards %lld: the model has only %zu "
-			"tensors\n", a.shards, n);
-		rc = CKPT_USAGE;
-	} else if (mkdir_p(a.out) != 0) {
-		fprintf(stderr, "qwen-ckpt export-reduced: cannot create %s: %s\n", a.out,
+	size_t len = 0;
+	char *text = read_text(a.config, &len);
+	if (!text) {
+		fprintf(stderr, "qwen-ckpt export-reduced: %s: cannot open: %s\n", a.config,
 			strerror(errno));
-		rc = CKPT_FAILED;
-	} else {
-		rc = write_weights(a.out, specs, n, (int)a.shards, (uint64_t)a.seed,
-				   cfg.quant.kind == QW_QUANT_FP8 ? &cfg.quant : NULL);
+		return CKPT_FAILED;
 	}
-	if (rc == CKPT_OK) {
-		char path[4200];
-		snprintf(path, sizeof path, "%s/config.json", a.out);
-		rc = write_json_file(path, root);     /* last: a dir with a config is complete */
+	qw_err err = {0};
+	qw_export_summary sum;
+	qw_status st = qw_export_reduced(text, len, a.config, &a.opts, a.out, &sum, &err);
+	free(text);
+	if (st != QW_OK) {
+		fprintf(stderr, "qwen-ckpt export-reduced: %s\n", err.msg);
+		return st == QW_E_ARG ? CKPT_USAGE : CKPT_FAILED;
 	}
-	if (rc == CKPT_OK) {
-		uint64_t bytes = 0;
-		for (size_t i = 0; i < n; i++)
-			bytes += specs[i].bytes;
-		char b[32];
-		printf("wrote %s: %s, %zu tensors, %s in %lld file%s\n", a.out, cfg.model_type, n,
-		       qw_fmt_bytes(bytes, b, sizeof b), a.shards, a.shards == 1 ? "" : "s");
-	}
-	free(specs);
-	json_decref(root);
-	return rc;
+	char b[32];
+	printf("wrote %s: %s, %zu tensors, %s in %d file%s\n", a.out, sum.model_type, sum.n_tensors,
+	       qw_fmt_bytes(sum.bytes, b, sizeof b), sum.shards, sum.shards == 1 ? "" : "s");
+	return CKPT_OK;
 }
