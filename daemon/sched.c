@@ -6,6 +6,7 @@
 
 struct qw_sched_plan_buf {
 	int n_tokens, n_seqs, n_blocks, n_logits, n_images, n_fresh;
+	int n_prompt_tokens;
 	int32_t *token_ids, *positions, *seq, *kv_index, *slot;   /* (max_batch_tokens,) */
 	int32_t *block_start;                                     /* (max_seqs + 1,) */
 	int32_t *blocks;                                          /* (max_plan_blocks,) */
@@ -401,6 +402,7 @@ static bool place(qw_sched *s, qw_seq *q, int c, uint64_t step)
 	memcpy(b->blocks + b->n_blocks, q->kv.blocks, (size_t)q->kv.n_blocks * sizeof(int32_t));
 	b->n_blocks += q->kv.n_blocks;
 	b->block_start[si + 1] = b->n_blocks;
+	b->n_prompt_tokens += (a + c < q->n_prompt ? a + c : q->n_prompt) - (a < q->n_prompt ? a : q->n_prompt);
 	for (int i = a; i < a + c; i++) {
 		int r = b->n_tokens++;
 		b->token_ids[r] = q->tokens[i];
@@ -483,6 +485,7 @@ bool qw_sched_next(qw_sched *s, qw_step_plan *plan)
 	qw_sched_plan_buf *b = s->buf;
 	uint64_t step = s->next_step;
 	b->n_tokens = b->n_seqs = b->n_blocks = b->n_logits = b->n_images = b->n_fresh = 0;
+	b->n_prompt_tokens = 0;
 	b->block_start[0] = 0;
 	int budget = s->o.max_batch_tokens;
 
@@ -533,6 +536,7 @@ bool qw_sched_next(qw_sched *s, qw_step_plan *plan)
 	qw_inflight *f = &s->inflight[(s->inflight_head + s->n_inflight) % s->o.depth];
 	f->step = step;
 	f->n_logits = b->n_logits;
+	f->n_prompt_tokens = b->n_prompt_tokens;
 	memcpy(f->seq_ids, b->seq_ids, (size_t)b->n_logits * sizeof *f->seq_ids);
 	free(f->images);
 	f->images = NULL;
@@ -560,7 +564,7 @@ static bool append_token(qw_seq *q, int32_t token)
 }
 
 qw_status qw_sched_complete(qw_sched *s, const qw_step_result *r, qw_sched_token_fn on_token,
-			    void *ctx, qw_err *err)
+			    void *ctx, int *prompt_tokens, qw_err *err)
 {
 	if (s->n_inflight == 0)
 		return qw_fail(err, QW_E_IO, "a result for step %llu, with no step in flight",
@@ -572,6 +576,8 @@ qw_status qw_sched_complete(qw_sched *s, const qw_step_result *r, qw_sched_token
 			       r->n_logits, (unsigned long long)f->step, f->n_logits);
 	s->inflight_head = (s->inflight_head + 1) % s->o.depth;
 	s->n_inflight--;
+	if (prompt_tokens)
+		*prompt_tokens = f->n_prompt_tokens;
 	for (int i = 0; i < f->n_images; i++)
 		arena_release(s, f->images[i]);
 	f->n_images = 0;

@@ -90,6 +90,7 @@ typedef struct qw_arena_range {
 typedef struct qw_inflight {
 	uint64_t step;
 	int n_logits;
+	int n_prompt_tokens;          /* tokens of prompts it computes (the rest decode) */
 	uint64_t *seq_ids;            /* (n_logits,) whose token each logit row samples */
 	qw_arena_range *images;       /* arena space its fresh images take */
 	int n_images;
@@ -141,9 +142,10 @@ void qw_sched_stop_plan(qw_sched *s, qw_step_plan *plan);
 /* Called with each sampled token (already appended to seq->tokens); it may remove seq. */
 typedef void (*qw_sched_token_fn)(void *ctx, qw_seq *seq, int32_t token);
 
-/* Applies the result of the oldest step in flight. */
+/* Applies the result of the oldest step in flight; *prompt_tokens (may be NULL) gets how
+ * many of its tokens were prompt tokens. */
 qw_status qw_sched_complete(qw_sched *s, const qw_step_result *r, qw_sched_token_fn on_token,
-			    void *ctx, qw_err *err);
+			    void *ctx, int *prompt_tokens, qw_err *err);
 
 /* The pipeline was lost (a worker died): every step in flight is forgotten, every running
  * sequence handed to on_lost (which must remove it: its KV entries are gone), the arena

@@ -34,6 +34,18 @@ typedef struct qw_settings {
 	int64_t max_image_pixels;    /* decoded */
 	int64_t max_image_tokens;    /* per request */
 	int64_t max_new_tokens;      /* the default max_tokens */
+	int64_t max_model_len;       /* tokens of one sequence; 0 = the model's */
+	char thinking[8];            /* auto, yes, no: prompts open <think> */
+	double temperature;          /* sampling defaults */
+	double top_p;
+	int64_t top_k;
+	int64_t pipeline_depth;      /* steps in flight; 0 = the stage count */
+	int64_t image_arena;         /* bytes of shared memory for images on their way in */
+	double drain_timeout;        /* seconds SIGTERM waits for requests to finish */
+	double worker_timeout;       /* seconds without a sign of life before a worker is hung */
+	int64_t max_restarts;        /* worker restarts in 10 minutes before qwend gives up */
+	char allow_remote[4];        /* yes: a tcp socket may bind beyond loopback */
+	char check_transport[4];     /* yes: checksum every stage hand-over */
 	char log_level[8];           /* debug, info, warn, error */
 } qw_settings;
 

@@ -39,7 +39,8 @@ static int plan_arrays(qw_step_plan *p, plan_array *a)
 	a[n++] = (plan_array){(const void **)&p->seq, T * i4};
 	a[n++] = (plan_array){(const void **)&p->kv_index, T * i4};
 	a[n++] = (plan_array){(const void **)&p->slot, T * i4};
-	a[n++] = (plan_array){(const void **)&p->block_start, ((size_t)p->n_seqs + 1) * i4};
+	a[n++] = (plan_array){(const void **)&p->block_start,
+			      p->n_seqs ? ((size_t)p->n_seqs + 1) * i4 : 0};
 	a[n++] = (plan_array){(const void **)&p->blocks, (size_t)p->n_blocks * i4};
 	a[n++] = (plan_array){(const void **)&p->logit_rows, (size_t)p->n_logits * i4};
 	a[n++] = (plan_array){(const void **)&p->sampling, (size_t)p->n_logits * sizeof(qw_sampling)};

@@ -15,19 +15,8 @@ qw_status qw_pipeline_init(qw_pipeline *p, const qw_config *cfg, const qw_checkp
 	p->max_tokens = max_tokens;
 	int n_blocks = p->max_ctx / p->block_size;
 
-	qw_wspec *specs;
-	size_t n;
 	qw_stage_plan plan[QW_MAX_STAGES];
-	qw_status st = qw_wmap_build(cfg, qw_detect_expert_layout(cfg, ck), NULL, &specs, &n, err);
-	if (st != QW_OK)
-		return st;
-	for (size_t i = 0; i < n; i++) {
-		const qw_tensor *t = qw_ckpt_find(ck, specs[i].name);
-		if (t)
-			specs[i].bytes = t->nbytes;
-	}
-	st = qw_plan_stages(cfg, specs, n, n_stages, QW_DT_F32, plan, err);
-	free(specs);
+	qw_status st = qw_plan_checkpoint(cfg, ck, n_stages, QW_DT_F32, plan, err);
 	if (st != QW_OK)
 		return st;
 	p->block_table = malloc((size_t)n_blocks * sizeof *p->block_table);

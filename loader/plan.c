@@ -102,3 +102,21 @@ qw_status qw_plan_stages(const qw_config *cfg, const qw_wspec *specs, size_t n, 
 	free(cut);
 	return QW_OK;
 }
+
+qw_status qw_plan_checkpoint(const qw_config *cfg, const qw_checkpoint *ck, int count,
+			     qw_dtype kv_dtype, qw_stage_plan *out, qw_err *err)
+{
+	qw_wspec *specs;
+	size_t n;
+	qw_status st = qw_wmap_build(cfg, qw_detect_expert_layout(cfg, ck), NULL, &specs, &n, err);
+	if (st != QW_OK)
+		return st;
+	for (size_t i = 0; i < n; i++) {
+		const qw_tensor *t = qw_ckpt_find(ck, specs[i].name);
+		if (t)
+			specs[i].bytes = t->nbytes;
+	}
+	st = qw_plan_stages(cfg, specs, n, count, kv_dtype, out, err);
+	free(specs);
+	return st;
+}

@@ -35,4 +35,9 @@ uint64_t qw_kv_bytes_per_token_layer(const qw_config *cfg, qw_dtype kv_dtype);
 qw_status qw_plan_stages(const qw_config *cfg, const qw_wspec *specs, size_t n, int count,
 			 qw_dtype kv_dtype, qw_stage_plan *out, qw_err *err);
 
+/* The same for a checkpoint: each tensor weighs what it weighs in ck (what the config
+ * implies where ck lacks it). */
+qw_status qw_plan_checkpoint(const qw_config *cfg, const qw_checkpoint *ck, int count,
+			     qw_dtype kv_dtype, qw_stage_plan *out, qw_err *err);
+
 #endif

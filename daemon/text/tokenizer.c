@@ -315,6 +315,12 @@ int32_t qw_tokenizer_size(const qw_tokenizer *t)
 	return t->size;
 }
 
+bool qw_tokenizer_is_special(const qw_tokenizer *t, int32_t id)
+{
+	return id >= 0 && id < t->size && t->added_by_id[id] >= 0 &&
+	       t->added[t->added_by_id[id]].special;
+}
+
 int32_t qw_tokenizer_eos(const qw_tokenizer *t)
 {
 	return t->eos;

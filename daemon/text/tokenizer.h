@@ -31,6 +31,10 @@ int32_t qw_tokenizer_size(const qw_tokenizer *t);
 /* The id of an added token by its text (e.g. "<|im_end|>"), or -1. */
 int32_t qw_tokenizer_added_id(const qw_tokenizer *t, const char *content);
 
+/* Whether id is an added token marked special (<|im_end|>, <|image_pad|>, ...), which
+ * generated text leaves out, as HF's decode(skip_special_tokens=True) does. */
+bool qw_tokenizer_is_special(const qw_tokenizer *t, int32_t id);
+
 /* eos_token of tokenizer_config.json, or -1. */
 int32_t qw_tokenizer_eos(const qw_tokenizer *t);
 

@@ -277,7 +277,7 @@ static void drive(qw_sched *s, sim *m)
 		qw_step_result r = {s->inflight[s->inflight_head].step,
 				    s->inflight[s->inflight_head].n_logits, pending[0]};
 		qw_err err = {0};
-		if (qw_sched_complete(s, &r, on_token, m, &err) != QW_OK)
+		if (qw_sched_complete(s, &r, on_token, m, NULL, &err) != QW_OK)
 			fail_msg("%s", err.msg);
 		memmove(pending[0], pending[1], sizeof pending[0] * (size_t)(n_pending - 1));
 		n_pending--;
@@ -396,7 +396,7 @@ static void test_refusals_and_removal(void **state)
 	assert_null(qw_sched_find(&s, 2));
 	qw_step_result r = {p.step, p.n_logits, tokens};
 	m.remove_on_finish = true;
-	assert_int_equal(qw_sched_complete(&s, &r, on_token, &m, &err), QW_OK);
+	assert_int_equal(qw_sched_complete(&s, &r, on_token, &m, NULL, &err), QW_OK);
 	assert_int_equal(x.generated, 0);
 	assert_false(qw_sched_next(&s, &p));
 	qw_sched_free(&s);

@@ -1,0 +1,479 @@
+/* request.c - preparing a submit, and the text that comes back.  See request.h. */
+#include "daemon/request.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/positions.h"
+
+bool qw_text_append(qw_text_buf *b, const char *s, size_t n)
+{
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 64;
+		while (cap < b->n + n + 1)
+			cap *= 2;
+		char *g = realloc(b->p, cap);
+		if (!g)
+			return false;
+		b->p = g;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->n, s, n);
+	b->n += n;
+	b->p[b->n] = '\0';
+	return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// images
+
+typedef struct prepared_image {
+	qw_image resized;
+	int grid[3];
+	int n_tokens;
+} prepared_image;
+
+static void free_images(prepared_image *im, int n)
+{
+	for (int i = 0; i < n; i++)
+		qw_image_free(&im[i].resized);
+	free(im);
+}
+
+/* Decodes and resizes the request's images, in order, within the per-request limits. */
+static qw_status prepare_images(const qw_req_ctx *c, const qw_item *const *items, int n,
+				prepared_image **out, const char **code, qw_err *err)
+{
+	*out = NULL;
+	if (n == 0)
+		return QW_OK;
+	if (!c->cfg->has_vision) {
+		*code = "bad_request";
+		return qw_fail(err, QW_E_ARG, "the model (%s) takes no images", c->cfg->model_type);
+	}
+	if (n > c->max_images) {
+		*code = "too_large";
+		return qw_fail(err, QW_E_ARG, "%d images; a request may carry %d", n, c->max_images);
+	}
+	prepared_image *im = calloc((size_t)n, sizeof *im);
+	if (!im)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	const qw_vision_config *vc = &c->cfg->vision;
+	int P = vc->patch_size, m = vc->spatial_merge_size, total = 0;
+	for (int i = 0; i < n; i++) {
+		qw_image img;
+		qw_status st = qw_image_decode(items[i]->data, items[i]->len, &c->image_limits, &img,
+					       err);
+		if (st == QW_OK) {
+			st = qw_preprocess_resize(&img, vc, &c->preprocess, &im[i].resized, err);
+			qw_image_free(&img);
+		}
+		if (st != QW_OK) {
+			free_images(im, n);
+			*code = strstr(err->msg, "more than") || strstr(err->msg, "limit") ? "too_large"
+											   : "bad_request";
+			return qw_err_context(err, "image %d", i + 1);
+		}
+		im[i].grid[0] = 1;
+		im[i].grid[1] = im[i].resized.height / P;
+		im[i].grid[2] = im[i].resized.width / P;
+		im[i].n_tokens = im[i].grid[1] * im[i].grid[2] / (m * m);
+		total += im[i].n_tokens;
+	}
+	if (total > c->max_image_tokens) {
+		free_images(im, n);
+		*code = "too_large";
+		return qw_fail(err, QW_E_ARG, "the images take %d image tokens; a request may take %d",
+			       total, c->max_image_tokens);
+	}
+	*out = im;
+	return QW_OK;
+}
+
+/* Expands each image's pad run: a single pad becomes the image's token count; a run of
+ * exactly that count stays.  *ids is replaced (malloc'd). */
+static qw_status expand_pads(const qw_req_ctx *c, int32_t **ids, int *n,
+			     const prepared_image *im, int n_images, const char **code,
+			     qw_err *err)
+{
+	int32_t pad = c->cfg->has_vision ? c->cfg->image_token_id : -1;
+	int runs = 0, total = 0;
+	for (int i = 0; i < *n;) {
+		if ((*ids)[i] != pad) {
+			total++;
+			i++;
+			continue;
+		}
+		int j = i;
+		while (j < *n && (*ids)[j] == pad)
+			j++;
+		if (runs >= n_images) {
+			*code = "bad_request";
+			return qw_fail(err, QW_E_ARG, "the prompt has more image pad runs than the %d "
+				       "image%s given", n_images, n_images == 1 ? "" : "s");
+		}
+		if (j - i != 1 && j - i != im[runs].n_tokens) {
+			*code = "bad_request";
+			return qw_fail(err, QW_E_ARG, "image %d: a run of %d pad tokens; the image takes "
+				       "%d (or give one pad to have it expanded)", runs + 1, j - i,
+				       im[runs].n_tokens);
+		}
+		total += im[runs++].n_tokens;
+		i = j;
+	}
+	if (runs != n_images) {
+		*code = "bad_request";
+		return qw_fail(err, QW_E_ARG, "%d image%s given, the prompt has %d image pad run%s",
+			       n_images, n_images == 1 ? "" : "s", runs, runs == 1 ? "" : "s");
+	}
+	int32_t *out = malloc((size_t)(total ? total : 1) * sizeof *out);
+	if (!out)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	int k = 0, r = 0;
+	for (int i = 0; i < *n;) {
+		if ((*ids)[i] != pad) {
+			out[k++] = (*ids)[i++];
+			continue;
+		}
+		while (i < *n && (*ids)[i] == pad)
+			i++;
+		for (int t = 0; t < im[r].n_tokens; t++)
+			out[k++] = pad;
+		r++;
+	}
+	free(*ids);
+	*ids = out;
+	*n = total;
+	return QW_OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// the prompt
+
+/* Renders chat messages; image items get their pad counts.  *text is malloc'd. */
+static qw_status render_chat(const qw_req_ctx *c, const qw_request *r, const prepared_image *im,
+			     char **text, size_t *len, const char **code, qw_err *err)
+{
+	size_t n_items = 0, n_msgs = r->n_messages > 0 ? (size_t)r->n_messages : 1;
+	for (int i = 0; i < r->n_messages; i++)
+		n_items += (size_t)r->messages[i].n_items;
+	qw_message *msgs = calloc(n_msgs, sizeof *msgs);
+	qw_content *content = calloc(n_items + 1, sizeof *content);
+	/* the protocol's strings are not NUL-terminated: copy them */
+	char **strs = calloc(2 * n_msgs + n_items + 1, sizeof *strs);
+	int n_strs = 0, at = 0, image = 0;
+	qw_status st = msgs && content && strs ? QW_OK : qw_fail(err, QW_E_NOMEM, "out of memory");
+	for (int i = 0; i < r->n_messages && st == QW_OK; i++) {
+		const qw_req_message *m = &r->messages[i];
+		msgs[i].role = strs[n_strs++] = strndup(m->role, m->role_len);
+		msgs[i].content = content + at;
+		msgs[i].n_content = m->n_items;
+		if (m->reasoning)
+			msgs[i].reasoning = strs[n_strs++] = strndup(m->reasoning, m->reasoning_len);
+		for (int k = 0; k < m->n_items; k++, at++) {
+			if (m->items[k].kind == QW_ITEM_TEXT) {
+				content[at].kind = QW_CONTENT_TEXT;
+				content[at].text = strs[n_strs++] = strndup(m->items[k].data,
+									    m->items[k].len);
+			} else {
+				content[at].kind = QW_CONTENT_IMAGE;
+				content[at].n_pad = im[image++].n_tokens;
+			}
+		}
+	}
+	for (int i = 0; i < n_strs && st == QW_OK; i++)
+		if (!strs[i])
+			st = qw_fail(err, QW_E_NOMEM, "out of memory");
+	qw_chat_opts o = {.add_generation_prompt = true, .thinking = c->thinking};
+	if (st == QW_OK && (st = qw_chat_render(msgs, r->n_messages, &o, text, len, err)) != QW_OK)
+		*code = "bad_request";
+	for (int i = 0; i < n_strs; i++)
+		free(strs[i]);
+	free(strs);
+	free(content);
+	free(msgs);
+	return st;
+}
+
+/* The prompt's token ids (malloc'd) and its images, in prompt order. */
+static qw_status prompt_ids(const qw_req_ctx *c, const qw_request *r, int32_t **ids, int *n,
+			    prepared_image **im, int *n_images, const char **code, qw_err *err)
+{
+	*ids = NULL;
+	*im = NULL;
+	*n_images = 0;
+	/* the images: in the messages' items, or beside a prompt or token ids */
+	int n_img = r->n_images;
+	for (int i = 0; i < r->n_messages; i++)
+		for (int k = 0; k < r->messages[i].n_items; k++)
+			n_img += r->messages[i].items[k].kind == QW_ITEM_IMAGE;
+	const qw_item **items = calloc((size_t)(n_img ? n_img : 1), sizeof *items);
+	if (!items)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	int at = 0;
+	for (int i = 0; i < r->n_images; i++)
+		items[at++] = &r->images[i];
+	for (int i = 0; i < r->n_messages; i++)
+		for (int k = 0; k < r->messages[i].n_items; k++)
+			if (r->messages[i].items[k].kind == QW_ITEM_IMAGE)
+				items[at++] = &r->messages[i].items[k];
+	qw_status st = prepare_images(c, items, n_img, im, code, err);
+	free(items);
+	if (st != QW_OK)
+		return st;
+	*n_images = n_img;
+	if ((r->messages || r->prompt) && !c->tok) {
+		*code = "bad_request";
+		st = qw_fail(err, QW_E_ARG, "this model has no tokenizer: send token_ids "
+			     "(HINT: start qwend with --tokenizer DIR to accept text)");
+	} else if (r->messages || r->prompt) {
+		char *text = NULL;
+		size_t len = r->prompt_len, count = 0;
+		if (r->messages)
+			st = render_chat(c, r, *im, &text, &len, code, err);
+		if (st == QW_OK) {
+			st = qw_tokenizer_encode(c->tok, text ? text : r->prompt, len, ids, &count, err);
+			if (st != QW_OK)
+				*code = "bad_request";
+		}
+		free(text);
+		*n = (int)count;
+		/* chat messages come out expanded; a raw prompt may give one pad per image */
+		if (st == QW_OK && r->prompt)
+			st = expand_pads(c, ids, n, *im, n_img, code, err);
+	} else {
+		*ids = malloc((size_t)r->n_token_ids * sizeof **ids);
+		if (!*ids)
+			st = qw_fail(err, QW_E_NOMEM, "out of memory");
+		else
+			memcpy(*ids, r->token_ids, (size_t)r->n_token_ids * sizeof **ids);
+		*n = r->n_token_ids;
+		if (st == QW_OK)
+			st = expand_pads(c, ids, n, *im, n_img, code, err);
+	}
+	if (st == QW_OK && *n == 0) {
+		*code = "bad_request";
+		st = qw_fail(err, QW_E_ARG, "the prompt is empty");
+	}
+	for (int i = 0; i < *n && st == QW_OK; i++)
+		if ((*ids)[i] < 0 || (*ids)[i] >= c->cfg->text.vocab_size) {
+			*code = "bad_request";
+			st = qw_fail(err, QW_E_ARG, "token %d of the prompt is %d, outside the model's "
+				     "vocabulary of %d", i, (*ids)[i], c->cfg->text.vocab_size);
+		}
+	if (st != QW_OK) {
+		free(*ids);
+		*ids = NULL;
+		free_images(*im, n_img);
+		*im = NULL;
+	}
+	return st;
+}
+
+void qw_request_seq_free(qw_seq *seq)
+{
+	for (int i = 0; i < seq->n_images; i++)
+		free(seq->images[i].rgb);
+	free(seq->images);
+	free(seq->tokens);
+	free(seq->positions);
+	memset(seq, 0, sizeof *seq);
+}
+
+static qw_status prepare_output(const qw_req_ctx *c, const qw_request *r, qw_output *out,
+				int n_prompt, const char **code, qw_err *err)
+{
+	memset(out, 0, sizeof *out);
+	out->ctx = c;
+	out->ignore_eos = r->ignore_eos;
+	out->room = c->max_context - n_prompt;
+	if (out->room < 1) {
+		*code = "too_large";
+		return qw_fail(err, QW_E_ARG, "the prompt has %d tokens; the model's context holds "
+			       "%d", n_prompt, c->max_context);
+	}
+	out->max_new = r->max_tokens > 0 ? r->max_tokens : c->default_max_tokens;
+	if (r->max_tokens > out->room) {
+		*code = "too_large";
+		return qw_fail(err, QW_E_ARG, "the prompt (%d tokens) and max_tokens %d exceed the "
+			       "model's context of %d tokens", n_prompt, r->max_tokens,
+			       c->max_context);
+	}
+	if (out->max_new > out->room)
+		out->max_new = out->room;
+	if (c->tok && c->think_start >= 0 && c->think_end >= 0)
+		qw_reasoning_init(&out->split, c->think_start, c->think_end, c->thinking);
+	else
+		qw_reasoning_init(&out->split, -2, -2, false);
+	if (r->n_stop) {
+		out->stop = calloc((size_t)r->n_stop, sizeof *out->stop);
+		out->stop_len = calloc((size_t)r->n_stop, sizeof *out->stop_len);
+		if (!out->stop || !out->stop_len)
+			return qw_fail(err, QW_E_NOMEM, "out of memory");
+		for (int i = 0; i < r->n_stop; i++) {
+			out->stop[i] = strndup(r->stop[i], r->stop_len[i]);
+			if (!out->stop[i])
+				return qw_fail(err, QW_E_NOMEM, "out of memory");
+			out->stop_len[i] = r->stop_len[i];
+			out->n_stop = i + 1;
+			if (r->stop_len[i] > out->max_stop)
+				out->max_stop = r->stop_len[i];
+		}
+	}
+	if (c->tok) {
+		out->scratch_cap = 2 * qw_detok_max_out(c->tok) + 64;
+		out->scratch = malloc(3 * out->scratch_cap);
+		if (!out->scratch)
+			return qw_fail(err, QW_E_NOMEM, "out of memory");
+	}
+	return QW_OK;
+}
+
+qw_status qw_request_prepare(const qw_req_ctx *c, const qw_request *r, uint64_t id,
+			     qw_seq *seq, qw_output *out, const char **code, qw_err *err)
+{
+	memset(seq, 0, sizeof *seq);
+	memset(out, 0, sizeof *out);
+	*code = "bad_request";
+	int32_t *ids;
+	int n = 0, n_img = 0;
+	prepared_image *im;
+	qw_status st = prompt_ids(c, r, &ids, &n, &im, &n_img, code, err);
+	if (st != QW_OK)
+		return st;
+	seq->id = id;
+	seq->tokens = ids;
+	seq->n_tokens = seq->n_prompt = seq->cap_tokens = n;
+	if (n_img) {
+		int32_t grids[3 * 64], *g = n_img <= 64 ? grids : malloc((size_t)n_img * 3 * sizeof *g);
+		seq->positions = malloc((size_t)n * 3 * sizeof *seq->positions);
+		seq->images = calloc((size_t)n_img, sizeof *seq->images);
+		if (!g || !seq->positions || !seq->images)
+			st = qw_fail(err, QW_E_NOMEM, "out of memory");
+		for (int i = 0; g && i < n_img; i++)
+			memcpy(g + 3 * i, im[i].grid, sizeof im[i].grid);
+		if (st == QW_OK)
+			st = qw_mrope_positions(c->cfg, ids, n, g, n_img, seq->positions,
+						&seq->rope_delta, err);
+		if (g != grids)
+			free(g);
+		/* hand the resized images to the sequence, with where their pads start */
+		int at = 0;
+		for (int i = 0; st == QW_OK && i < n_img; i++) {
+			while (ids[at] != c->cfg->image_token_id)
+				at++;
+			seq->images[i] = (qw_sched_image){.pos = at, .n_tokens = im[i].n_tokens,
+							  .grid = {im[i].grid[0], im[i].grid[1],
+								   im[i].grid[2]},
+							  .height = im[i].resized.height,
+							  .width = im[i].resized.width,
+							  .rgb = im[i].resized.rgb};
+			im[i].resized.rgb = NULL;
+			seq->n_images = i + 1;
+			at += im[i].n_tokens;
+		}
+	}
+	free_images(im, n_img);
+	if (st == QW_OK)
+		st = prepare_output(c, r, out, n, code, err);
+	if (st != QW_OK) {
+		qw_request_seq_free(seq);
+		qw_output_free(out);
+		return st;
+	}
+	bool greedy = r->greedy || (r->temperature < 0 ? c->temperature : r->temperature) == 0;
+	seq->sampling = (qw_sampling){
+		.temperature = greedy ? 0.0f : (float)(r->temperature < 0 ? c->temperature
+									  : r->temperature),
+		.top_k = r->top_k >= 0 ? r->top_k : c->top_k,
+		.top_p = (float)(r->top_p > 0 ? r->top_p : c->top_p),
+		.seed = r->has_seed ? r->seed : id * 0x9e3779b97f4a7c15ull,
+	};
+	return QW_OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// output
+
+void qw_output_free(qw_output *out)
+{
+	for (int i = 0; i < out->n_stop; i++)
+		free(out->stop[i]);
+	free(out->stop);
+	free(out->stop_len);
+	free(out->held.p);
+	free(out->scratch);
+	memset(out, 0, sizeof *out);
+}
+
+static bool is_eos(const qw_output *o, int32_t token)
+{
+	for (int i = 0; i < o->ctx->n_eos; i++)
+		if (o->ctx->eos[i] == token)
+			return true;
+	return false;
+}
+
+/* Releases held answer text: all of it when finishing, else what cannot begin a stop
+ * string.  A stop string found ends the request; it and what follows are dropped. */
+static void release_held(qw_output *o, qw_text_buf *answer, bool all)
+{
+	qw_text_buf *h = &o->held;
+	size_t cut = h->n;
+	for (int i = 0; i < o->n_stop; i++) {
+		char *at = h->n ? memmem(h->p, h->n, o->stop[i], o->stop_len[i]) : NULL;
+		if (at && (size_t)(at - h->p) < cut) {
+			cut = (size_t)(at - h->p);
+			o->finish = QW_FINISH_STOP;
+		}
+	}
+	size_t keep = 0;
+	if (o->finish == QW_FINISH_NONE && !all) {
+		/* the longest tail that is a start of some stop string stays held */
+		for (size_t k = h->n < o->max_stop ? h->n : o->max_stop; k > 0 && !keep; k--)
+			for (int i = 0; i < o->n_stop && !keep; i++)
+				if (k < o->stop_len[i] && memcmp(h->p + h->n - k, o->stop[i], k) == 0)
+					keep = k;
+		cut = h->n - keep;
+	}
+	qw_text_append(answer, h->p, cut);
+	if (o->finish != QW_FINISH_NONE || all) {
+		h->n = 0;
+	} else {
+		memmove(h->p, h->p + cut, keep);
+		h->n = keep;
+	}
+}
+
+bool qw_output_push(qw_output *o, int32_t token, qw_text_buf *answer, qw_text_buf *reasoning)
+{
+	const qw_req_ctx *c = o->ctx;
+	o->generated++;
+	bool eos = !o->ignore_eos && is_eos(o, token);
+	if (c->tok && !eos) {
+		char *text = o->scratch, *rsn = text + o->scratch_cap, *ans = rsn + o->scratch_cap;
+		size_t len = 0, n_r = 0, n_a = 0;
+		bool think = token == c->think_start || token == c->think_end;
+		if (think || !qw_tokenizer_is_special(c->tok, token)) {
+			if (!think && qw_detok_push(&o->detok, c->tok, token, text, o->scratch_cap, &len,
+						    NULL) != QW_OK)
+				len = 0;   /* an id outside the tokenizer: no text */
+			qw_reasoning_push(&o->split, token, text, len, rsn, &n_r, ans, &n_a);
+		}
+		qw_text_append(reasoning, rsn, n_r);
+		qw_text_append(&o->held, ans, n_a);
+	}
+	if (eos)
+		o->finish = QW_FINISH_STOP;
+	else if (o->generated >= o->max_new || o->generated >= o->room)
+		o->finish = QW_FINISH_LENGTH;
+	if (c->tok && o->finish != QW_FINISH_NONE) {
+		/* a character left incomplete at the end shows as U+FFFD */
+		char tail[16];
+		size_t n = qw_detok_finish(&o->detok, tail);
+		qw_text_append(o->split.in_reasoning ? reasoning : &o->held, tail, n);
+	}
+	if (c->tok)
+		release_held(o, answer, o->finish != QW_FINISH_NONE);
+	return o->finish != QW_FINISH_NONE;
+}

@@ -1,0 +1,132 @@
+/* server.h - qwend: the daemon's state and its one loop.
+ *
+ * Owns: the daemon's state (loading, ready, restarting, draining); the model as the daemon
+ * sees it (config, tokenizer, stage plan; it never touches weights); the client socket (a
+ * ZeroMQ ROUTER, with a monitor reporting disconnects) and the requests in progress, each
+ * with the client that asked; the scheduler (sched.h) and the workers' supervisor
+ * (supervisor.h); signals, read from a signalfd (SIGTERM and SIGINT drain and stop, SIGHUP
+ * reloads the runtime settings, SIGCHLD reaps); systemd notifications; and the status
+ * report.  One thread: a poll on the socket, the monitor, the signalfd and the workers'
+ * eventfd, with a 10 Hz tick for heartbeats, timeouts and statistics.
+ *
+ * server.c runs the loop and the pipeline; server_clients.c speaks to clients (requests,
+ * replies, disconnects); server_status.c writes the status report.
+ */
+#ifndef QW_DAEMON_SERVER_H
+#define QW_DAEMON_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "daemon/request.h"
+#include "daemon/sched.h"
+#include "daemon/settings.h"
+#include "daemon/supervisor.h"
+#include "ipc/protocol.h"
+#include "loader/plan.h"
+
+typedef enum qw_server_state {
+	QW_SERVER_LOADING,       /* workers loading weights */
+	QW_SERVER_READY,
+	QW_SERVER_RESTARTING,    /* the pipeline failed; a new generation of workers loads */
+	QW_SERVER_DRAINING,      /* finishing requests before exit */
+} qw_server_state;
+
+/* One submitted request. */
+typedef struct qw_live {
+	qw_seq seq;                  /* the scheduler's view; seq.owner is this */
+	qw_output out;
+	uint64_t id;
+	uint8_t peer[256];           /* the client's ZeroMQ routing id */
+	size_t peer_len;
+	int peer_fd;                 /* the client's connection, for disconnects (-1: unknown) */
+	bool stream;
+	int n_prompt;
+	double t_submit, t_first;    /* seconds (monotonic) */
+	qw_text_buf answer, reasoning;   /* text not yet sent */
+	int32_t *tokens;             /* tokens not yet sent */
+	int n_tokens, cap_tokens;
+	bool dirty;                  /* holds something to send */
+	struct qw_live *prev, *next; /* all live requests */
+} qw_live;
+
+#define QW_THROUGHPUT_WINDOW 10   /* seconds */
+
+typedef struct qw_server {
+	qw_settings set;
+	char config_path[1024];      /* "" when none */
+	qw_server_state state;
+	double t_start;
+	/* the model */
+	char model_dir[1024];
+	qw_config cfg;
+	qw_tokenizer *tok;
+	qw_req_ctx rc;
+	qw_limits limits;
+	qw_stage_plan plan[QW_MAX_STAGES];
+	int n_stages;
+	uint64_t params_total, params_active;
+	/* the pipeline */
+	qw_supervisor sup;
+	qw_sched sched;
+	bool have_sched;
+	int depth;
+	int max_plan_blocks;         /* block ids one plan may carry (the plan rings' size) */
+	void *plan_buf;
+	size_t plan_buf_cap;
+	void *result_buf;
+	size_t result_buf_cap;
+	double restarts[64];         /* when the pipeline was restarted (ring) */
+	int n_restarts;
+	char last_failure[1024];
+	/* clients */
+	void *zctx, *router, *monitor;
+	char endpoint[1100];         /* what the socket is bound to */
+	char socket_path[1100];      /* ipc: the socket file, removed at exit */
+	int lock_fd;
+	qw_live *live;               /* every submitted request */
+	int n_live;
+	uint64_t next_id;
+	/* signals and the end */
+	int sigfd;
+	double drain_deadline;
+	bool stopping;               /* leave the loop */
+	int exit_status;
+	/* statistics */
+	uint64_t served, failed, cancelled;
+	uint64_t prompt_tokens, generated_tokens;
+	uint64_t window_prompt[QW_THROUGHPUT_WINDOW], window_gen[QW_THROUGHPUT_WINDOW];
+	int64_t window_second;       /* the second the last bucket counts */
+} qw_server;
+
+/* Runs the daemon with settings s (config_path: where they came from, for SIGHUP; may be
+ * NULL).  Returns the process exit status. */
+int qw_server_run(const qw_settings *s, const char *config_path);
+
+// -- shared by the server's files ------------------------------------------------------
+
+double qw_now(void);
+
+/* server_clients.c */
+qw_status qw_server_open_socket(qw_server *sv, qw_err *err);
+void qw_server_close_socket(qw_server *sv);
+void qw_server_on_router(qw_server *sv);
+void qw_server_on_monitor(qw_server *sv);
+/* Sends what requests hold (chunks), finishing those done. */
+void qw_server_flush(qw_server *sv);
+/* Ends a request with an error reply, or (code NULL) a done reply with reason. */
+void qw_server_end(qw_server *sv, qw_live *r, const char *code, const char *message,
+		   const char *reason);
+/* The scheduler's callback for each sampled token. */
+void qw_server_on_token(void *ctx, qw_seq *seq, int32_t token);
+
+/* server.c */
+void qw_server_post_steps(qw_server *sv);
+void qw_server_begin_drain(qw_server *sv, const char *why);
+/* Why submit is refused now (loading, restarting, draining), or NULL when ready. */
+const char *qw_server_not_ready(const qw_server *sv, char *buf, size_t cap);
+
+/* server_status.c: the status report (malloc'd JSON). */
+char *qw_server_status_json(const qw_server *sv);
+
+#endif

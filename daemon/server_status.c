@@ -1,0 +1,114 @@
+/* server_status.c - qwend's status report, as JSON.  See server.h and docs/protocol.md. */
+#include "daemon/server.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+
+static const char *state_name(qw_server_state s)
+{
+	static const char *const names[] = {"loading", "ready", "restarting", "draining"};
+	return names[s];
+}
+
+static json_t *stages_json(const qw_server *sv, uint64_t *done, uint64_t *total)
+{
+	json_t *stages = json_array();
+	for (int i = 0; i < sv->n_stages; i++) {
+		json_t *st = json_pack("{s:i, s:[i, i]}", "index", i, "layers",
+				       sv->plan[i].stage.layer_begin, sv->plan[i].stage.layer_end);
+		if (sv->sup.running) {
+			const qw_worker_slot *w = &sv->sup.region.hdr->worker[i];
+			uint64_t d = atomic_load(&((qw_worker_slot *)w)->load_done);
+			uint64_t t = atomic_load(&((qw_worker_slot *)w)->load_total);
+			*done += d;
+			*total += t;
+			qw_worker_state state = atomic_load(&((qw_worker_slot *)w)->state);
+			json_object_set_new(st, "pid", json_integer(sv->sup.pid[i]));
+			json_object_set_new(st, "state", json_string(qw_worker_state_name(state)));
+			json_object_set_new(st, "device", json_string(w->device));
+			json_object_set_new(st, "weight_bytes",
+					    json_integer((json_int_t)(w->weight_bytes ? w->weight_bytes : t)));
+			json_object_set_new(st, "kv_bytes", json_integer((json_int_t)w->kv_bytes));
+			json_object_set_new(st, "load_done", json_integer((json_int_t)d));
+			json_object_set_new(st, "steps", json_integer((json_int_t)atomic_load(
+					    &((qw_worker_slot *)w)->steps)));
+			json_object_set_new(st, "busy_s", json_real((double)atomic_load(
+					    &((qw_worker_slot *)w)->busy_us) / 1e6));
+		} else {
+			json_object_set_new(st, "state", json_string("down"));
+		}
+		json_array_append_new(stages, st);
+	}
+	return stages;
+}
+
+char *qw_server_status_json(const qw_server *sv)
+{
+	const qw_config *c = &sv->cfg;
+	uint64_t done = 0, total = 0;
+	json_t *o = json_object();
+	json_object_set_new(o, "state", json_string(state_name(sv->state)));
+	json_object_set_new(o, "uptime_s", json_real(qw_now() - sv->t_start));
+	json_object_set_new(o, "endpoint", json_string(sv->endpoint));
+	json_object_set_new(o, "model", json_pack(
+		"{s:s, s:s, s:i, s:I, s:I, s:i, s:b, s:b, s:i, s:b}", "path", sv->model_dir,
+		"type", c->model_type, "layers", c->text.num_layers,
+		"params", (json_int_t)sv->params_total, "active_params",
+		(json_int_t)sv->params_active, "vocab", c->text.vocab_size, "tokenizer",
+		sv->tok != NULL, "thinking", sv->rc.thinking, "max_context", sv->rc.max_context,
+		"vision", c->has_vision));
+	json_object_set_new(o, "device", json_string(sv->set.device));
+	json_object_set_new(o, "stages", stages_json(sv, &done, &total));
+	json_object_set_new(o, "load", json_pack("{s:I, s:I}", "bytes_done", (json_int_t)done,
+						 "bytes_total", (json_int_t)total));
+	int queued = 0, running = 0, inflight = 0;
+	json_int_t blocks = 0, used = 0, used_tokens = 0;
+	if (sv->have_sched) {
+		const qw_sched *s = &sv->sched;
+		queued = s->queue.n;
+		running = s->running.n;
+		inflight = qw_sched_inflight(s);
+		blocks = s->pool.n_blocks;
+		used = s->pool.n_blocks - s->pool.n_free;
+		for (const qw_seq *q = s->running.head; q; q = q->next)
+			used_tokens += q->kv.n_tokens;
+	}
+	json_int_t bt = (json_int_t)sv->set.kv_block_tokens;
+	json_object_set_new(o, "kv", json_pack("{s:I, s:I, s:I, s:I, s:I}", "blocks_total", blocks,
+					       "blocks_used", used, "block_tokens", bt,
+					       "capacity_tokens", blocks * bt, "used_tokens",
+					       used_tokens));
+	json_object_set_new(o, "requests", json_pack(
+		"{s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "queued", queued, "running",
+		running, "steps_in_flight", inflight, "max_queue", (json_int_t)sv->set.max_queue,
+		"max_seqs", (json_int_t)sv->set.max_seqs, "served", (json_int_t)sv->served,
+		"failed", (json_int_t)sv->failed, "cancelled", (json_int_t)sv->cancelled,
+		"preempted", (json_int_t)(sv->have_sched ? sv->sched.preempted : 0),
+		"pipeline_depth", sv->depth));
+	/* the window's buckets, the current (partial) second left out */
+	uint64_t p = 0, g = 0;
+	int64_t now = (int64_t)qw_now();
+	for (int i = 1; i < QW_THROUGHPUT_WINDOW; i++) {
+		int64_t s = now - i;
+		if (s > sv->window_second - QW_THROUGHPUT_WINDOW && s <= sv->window_second) {
+			p += sv->window_prompt[s % QW_THROUGHPUT_WINDOW];
+			g += sv->window_gen[s % QW_THROUGHPUT_WINDOW];
+		}
+	}
+	double w = QW_THROUGHPUT_WINDOW - 1;
+	json_object_set_new(o, "throughput", json_pack(
+		"{s:f, s:f, s:f, s:I, s:I}", "window_s", w, "prompt_tokens_per_s", (double)p / w,
+		"generated_tokens_per_s", (double)g / w, "prompt_tokens_total",
+		(json_int_t)sv->prompt_tokens, "generated_tokens_total",
+		(json_int_t)sv->generated_tokens));
+	json_object_set_new(o, "restarts", json_integer(sv->n_restarts));
+	if (sv->last_failure[0])
+		json_object_set_new(o, "last_failure", json_string(sv->last_failure));
+	char *settings = qw_settings_json(&sv->set);
+	json_t *sj = settings ? json_loads(settings, 0, NULL) : NULL;
+	free(settings);
+	json_object_set_new(o, "settings", sj ? sj : json_object());
+	char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	return text;
+}

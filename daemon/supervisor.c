@@ -1,0 +1,223 @@
+/* supervisor.c - worker processes and their region.  See supervisor.h. */
+#include "daemon/supervisor.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+qw_status qw_supervisor_init(qw_supervisor *s, const qw_region_job *job,
+			     const qw_region_sizes *sizes, int64_t kv_blocks, int64_t kv_blocks_max,
+			     qw_log_level log_level, qw_err *err)
+{
+	memset(s, 0, sizeof *s);
+	s->job = *job;
+	s->sizes = *sizes;
+	s->kv_blocks = kv_blocks;
+	s->kv_blocks_max = kv_blocks_max;
+	s->log_level = log_level;
+	s->region.fd = -1;
+	/* inherited by the workers: no close-on-exec */
+	s->notify_fd = eventfd(0, EFD_NONBLOCK);
+	if (s->notify_fd < 0)
+		return qw_fail(err, QW_E_IO, "eventfd: %s", strerror(errno));
+	return QW_OK;
+}
+
+void qw_supervisor_clear_notify(qw_supervisor *s)
+{
+	uint64_t v;
+	while (read(s->notify_fd, &v, sizeof v) == (ssize_t)sizeof v) {
+	}
+}
+
+static const char *level_name(qw_log_level l)
+{
+	static const char *const names[] = {"debug", "info", "warn", "error"};
+	return l <= QW_LOG_ERROR ? names[l] : "info";
+}
+
+qw_status qw_supervisor_start(qw_supervisor *s, qw_err *err)
+{
+	qw_status st = qw_region_create(&s->job, &s->sizes, &s->region, err);
+	if (st != QW_OK)
+		return st;
+	s->generation++;
+	s->running = true;
+	s->kv_decided = 0;
+	qw_supervisor_clear_notify(s);
+	for (int i = 0; i < s->job.n_stages; i++) {
+		char stage[16], region_fd[16], notify_fd[16];
+		snprintf(stage, sizeof stage, "%d", i);
+		snprintf(region_fd, sizeof region_fd, "%d", s->region.fd);
+		snprintf(notify_fd, sizeof notify_fd, "%d", s->notify_fd);
+		char *argv[] = {"qwend-worker", "--worker", stage, "--region-fd", region_fd,
+				"--notify-fd", notify_fd, "--log-level",
+				(char *)level_name(s->log_level), NULL};
+		fflush(NULL);
+		pid_t pid = fork();
+		if (pid < 0) {
+			st = qw_fail(err, QW_E_IO, "fork: %s", strerror(errno));
+			break;
+		}
+		if (pid == 0) {
+			/* the daemon blocks the signals it reads from a signalfd: not so a worker */
+			sigset_t none;
+			sigemptyset(&none);
+			sigprocmask(SIG_SETMASK, &none, NULL);
+			execv("/proc/self/exe", argv);
+			char msg[160];
+			int n = snprintf(msg, sizeof msg, "qwend: cannot start worker %d: %s\n", i,
+					 strerror(errno));
+			if (write(2, msg, (size_t)n) < 0) {
+			}
+			_exit(127);
+		}
+		s->pid[i] = pid;
+		s->exit_status[i] = 0;
+		qw_log(QW_LOG_INFO, "started worker %d (pid %d) for layers [%d, %d)", i, (int)pid,
+		       s->job.layer_begin[i], s->job.layer_end[i]);
+	}
+	if (st != QW_OK)
+		qw_supervisor_kill(s);
+	return st;
+}
+
+/* Every stage has loaded: the cache is as large as the smallest stage allows. */
+static void decide_kv(qw_supervisor *s)
+{
+	qw_region_header *h = s->region.hdr;
+	int64_t blocks = s->kv_blocks;
+	if (blocks == 0) {
+		blocks = INT32_MAX;
+		for (int i = 0; i < s->job.n_stages; i++)
+			if (h->worker[i].kv_block_capacity < blocks)
+				blocks = h->worker[i].kv_block_capacity;
+		if (blocks > s->kv_blocks_max)
+			blocks = s->kv_blocks_max;
+	}
+	if (blocks < 1)
+		blocks = 1;   /* the workers' allocation then says what is wrong */
+	s->kv_decided = (int)blocks;
+	qw_log(QW_LOG_INFO, "KV cache: %d blocks of %d tokens on every stage (%lld tokens)",
+	       s->kv_decided, s->job.block_tokens, (long long)blocks * s->job.block_tokens);
+	atomic_store(&h->kv_blocks, s->kv_decided);
+}
+
+qw_pipe_state qw_supervisor_poll(qw_supervisor *s, char *why, size_t cap)
+{
+	if (!s->running) {
+		snprintf(why, cap, "no workers");
+		return QW_PIPE_FAILED;
+	}
+	qw_region_header *h = s->region.hdr;
+	int loaded = 0, ready = 0;
+	for (int i = 0; i < s->job.n_stages; i++) {
+		qw_worker_state st = atomic_load(&h->worker[i].state);
+		if (st == QW_WORKER_FAILED) {
+			snprintf(why, cap, "worker %d (layers [%d, %d)) failed: %s", i,
+				 s->job.layer_begin[i], s->job.layer_end[i], h->worker[i].error);
+			return QW_PIPE_FAILED;
+		}
+		loaded += st >= QW_WORKER_LOADED;
+		ready += st == QW_WORKER_READY;
+	}
+	if (loaded == s->job.n_stages && !s->kv_decided)
+		decide_kv(s);
+	return ready == s->job.n_stages ? QW_PIPE_READY : QW_PIPE_LOADING;
+}
+
+static void describe_exit(int status, char *buf, size_t cap)
+{
+	if (WIFSIGNALED(status))
+		snprintf(buf, cap, "killed by signal %d (%s)", WTERMSIG(status),
+			 strsignal(WTERMSIG(status)));
+	else
+		snprintf(buf, cap, "exited with status %d", WEXITSTATUS(status));
+}
+
+bool qw_supervisor_reap(qw_supervisor *s, char *why, size_t cap)
+{
+	bool unexpected = false;
+	for (;;) {
+		int status;
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+		if (pid <= 0)
+			return unexpected;
+		for (int i = 0; i < s->job.n_stages; i++) {
+			if (s->pid[i] != pid)
+				continue;
+			s->pid[i] = 0;
+			s->exit_status[i] = status;
+			qw_worker_state st = s->region.hdr ? atomic_load(&s->region.hdr->worker[i].state)
+							   : QW_WORKER_STOPPED;
+			if (st == QW_WORKER_STOPPED && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+				break;   /* it was asked to stop */
+			char how[96];
+			describe_exit(status, how, sizeof how);
+			if (!unexpected) {
+				const char *detail = s->region.hdr && s->region.hdr->worker[i].error[0]
+							     ? s->region.hdr->worker[i].error : NULL;
+				snprintf(why, cap, "worker %d (pid %d, layers [%d, %d)) %s%s%s", i,
+					 (int)pid, s->job.layer_begin[i], s->job.layer_end[i], how,
+					 detail ? ": " : "", detail ? detail : "");
+			}
+			unexpected = true;
+		}
+	}
+}
+
+static bool all_gone(const qw_supervisor *s)
+{
+	for (int i = 0; i < s->job.n_stages; i++)
+		if (s->pid[i])
+			return false;
+	return true;
+}
+
+bool qw_supervisor_wait(qw_supervisor *s, int timeout_ms)
+{
+	for (int waited = 0; !all_gone(s); waited += 5) {
+		char why[64];
+		qw_supervisor_reap(s, why, sizeof why);
+		if (all_gone(s) || waited >= timeout_ms)
+			break;
+		usleep(5000);
+	}
+	return all_gone(s);
+}
+
+void qw_supervisor_kill(qw_supervisor *s)
+{
+	if (s->region.hdr)
+		qw_region_abort(&s->region);
+	for (int i = 0; i < s->job.n_stages; i++)
+		if (s->pid[i])
+			kill(s->pid[i], SIGKILL);
+	for (int i = 0; i < s->job.n_stages; i++)
+		if (s->pid[i]) {
+			int status;
+			while (waitpid(s->pid[i], &status, 0) < 0 && errno == EINTR) {
+			}
+			s->pid[i] = 0;
+		}
+	if (s->region.hdr)
+		qw_region_close(&s->region);
+	s->running = false;
+	s->kv_decided = 0;
+}
+
+void qw_supervisor_free(qw_supervisor *s)
+{
+	if (s->running)
+		qw_supervisor_kill(s);
+	if (s->notify_fd >= 0)
+		close(s->notify_fd);
+	s->notify_fd = -1;
+}
