@@ -161,10 +161,11 @@ static qw_status check_tcp(const char *endpoint, bool allow_remote, char *out, s
 		return QW_OK;
 	case HOST_REMOTE:
 		if (!allow_remote)
-			return qw_fail(err, QW_E_ARG, "socket %s: binding '%s' would let other machines "
-				       "submit requests; qwend binds only loopback addresses unless "
-				       "the allow-remote setting is true\nHINT: bind tcp://127.0.0.1:%ld, "
-				       "or set allow-remote true", endpoint, host, port);
+			return qw_fail(err, QW_E_ARG, "socket %s: binding '%s' would let other "
+				       "machines submit requests; qwend binds only loopback "
+				       "addresses unless the allow-remote setting is true\nHINT: "
+				       "bind tcp://127.0.0.1:%ld, or set allow-remote true", endpoint,
+				       host, port);
 		break;
 	case HOST_LOOPBACK:
 		break;
