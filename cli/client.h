@@ -52,7 +52,8 @@ typedef struct qw_client {
 qw_status qw_client_open(qw_client *c, void *zctx, const char *endpoint, int timeout_ms,
 			 qw_err *err);
 
-/* Encodes r and sends it; fails when no daemon takes it within c->timeout_ms. */
+/* Encodes r and queues it for the daemon (a send waits, up to c->timeout_ms, only when the
+ * socket's high-water mark is reached). */
 qw_status qw_client_send(qw_client *c, const qw_request *r, qw_err *err);
 
 /* Waits for the next reply: timeout_ms < 0 waits until one comes, the daemon closes the
