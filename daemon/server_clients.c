@@ -53,8 +53,11 @@ qw_status qw_server_open_socket(qw_server *sv, qw_err *err)
 	qw_status st;
 	if (sv->set.socket[0])
 		snprintf(requested, sizeof requested, "%s", sv->set.socket);
-	else if ((st = qw_endpoint_daemon_default(requested, sizeof requested, err)) != QW_OK)
-		return st;
+	else {
+		qw_endpoint_env env = qw_endpoint_env_current();
+		if ((st = qw_endpoint_daemon_default(&env, requested, sizeof requested, err)))
+			return st;
+	}
 	if ((st = qw_endpoint_check_bind(requested, !strcmp(sv->set.allow_remote, "yes"),
 					 sv->endpoint, sizeof sv->endpoint, err)) != QW_OK)
 		return st;

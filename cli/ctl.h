@@ -1,0 +1,75 @@
+/* ctl.h - the parts of qwenctl, the command-line client of qwend.
+ *
+ * Owns: what every command shares (ctl_common: the endpoint and the time the daemon has for
+ * its first answer; the exit statuses; the options --socket, --timeout and --help; strict
+ * parsing of real-valued flags; turning client failures and error replies into messages and
+ * exit statuses) and the commands' entry points: submit (ctl_submit.c), status
+ * (ctl_status.c), bench (ctl_bench.c); cancel, shutdown and main are in qwenctl.c.
+ */
+#ifndef QW_CLI_CTL_H
+#define QW_CLI_CTL_H
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "cli/client.h"
+
+enum {
+	CTL_OK = 0,            /* done */
+	CTL_ERROR = 1,         /* the daemon answered with an error */
+	CTL_USAGE = 2,         /* bad command line, or a file named on it is unusable */
+	CTL_UNREACHABLE = 3,   /* the daemon is not running or does not answer */
+	CTL_INTERRUPTED = 130, /* Ctrl-C */
+};
+
+typedef struct ctl_common {
+	char endpoint[QW_ENDPOINT_MAX]; /* --socket, or the client default */
+	int timeout_ms;                 /* --timeout: the daemon's first answer, in ms */
+} ctl_common;
+
+/* The long options every command takes; a command's own table ends with CTL_COMMON_OPTIONS
+ * and its short-option string includes CTL_COMMON_SHORT. */
+#define CTL_COMMON_OPTIONS                                   \
+	{"socket", required_argument, NULL, 's'},            \
+	{"timeout", required_argument, NULL, 't'},           \
+	{"help", no_argument, NULL, 'h'},                    \
+	{NULL, 0, NULL, 0}
+#define CTL_COMMON_SHORT "s:t:h"
+
+/* Handles a common option: returns 1 when opt was one, -1 after a bad value (message
+ * printed), 0 when opt is not common.  --help prints the usage and exits 0. */
+int ctl_common_opt(ctl_common *c, int opt, const char *arg);
+
+/* Prints "qwenctl: MESSAGE" and the short usage to stderr; returns CTL_USAGE. */
+int ctl_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Parses s as a real number in [lo, hi] (lo excluded when lo_open) for flag into *out;
+ * prints why not and returns false. */
+bool ctl_arg_real(const char *flag, const char *s, double lo, double hi, bool lo_open,
+		  double *out);
+
+/* Prints a failed client call ("qwenctl: MESSAGE") and returns its exit status:
+ * CTL_UNREACHABLE for QW_E_IO, CTL_ERROR otherwise. */
+int ctl_fail(const qw_err *err);
+
+/* Prints an error reply ("qwenctl: CODE: MESSAGE", with what not_ready and busy mean) and
+ * returns CTL_ERROR. */
+int ctl_reply_error(const qw_reply *r);
+
+/* Prints a reply of an unexpected type for op and returns CTL_ERROR. */
+int ctl_unexpected(const char *op, const qw_reply *r);
+
+/* Opens a client on c's endpoint (printing why not); returns CTL_OK or an exit status. */
+int ctl_connect(const ctl_common *c, qw_client *client);
+
+/* Asks the daemon for its status: *text the JSON as sent, *obj parsed (an object); both
+ * NULL unless CTL_OK.  Prints why not and returns the exit status. */
+int ctl_fetch_status(const ctl_common *c, char **text, json_t **obj);
+
+/* The commands: argv[0] is the command's name. */
+int ctl_submit(ctl_common *c, int argc, char **argv);
+int ctl_status(ctl_common *c, int argc, char **argv);
+int ctl_bench(ctl_common *c, int argc, char **argv);
+
+#endif

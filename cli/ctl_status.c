@@ -1,0 +1,281 @@
+/* ctl_status.c - qwenctl status: the daemon's status JSON as a readable summary (what is
+ * there of it; missing fields are skipped, unknown ones ignored), or as it is with --json.
+ * See ctl.h. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/ctl.h"
+
+static bool num(const json_t *obj, const char *key, double *out)
+{
+	const json_t *v = json_object_get(obj, key);
+	if (!json_is_number(v))
+		return false;
+	*out = json_number_value(v);
+	return true;
+}
+
+static const char *str(const json_t *obj, const char *key)
+{
+	return json_string_value(json_object_get(obj, key));
+}
+
+static const char *bytes(const json_t *obj, const char *key, char *buf, int len)
+{
+	double v;
+	return num(obj, key, &v) && v >= 0 ? qw_fmt_bytes((uint64_t)v, buf, len) : "?";
+}
+
+static void print_uptime(double s)
+{
+	long t = (long)s;
+	if (t >= 86400)
+		printf(", up %ldd %02ldh %02ldm", t / 86400, t / 3600 % 24, t / 60 % 60);
+	else if (t >= 3600)
+		printf(", up %ldh %02ldm %02lds", t / 3600, t / 60 % 60, t % 60);
+	else if (t >= 60)
+		printf(", up %ldm %02lds", t / 60, t % 60);
+	else
+		printf(", up %.1f s", s);
+}
+
+static void print_model(const json_t *m)
+{
+	const char *path = str(m, "path"), *type = str(m, "type");
+	double v;
+	char buf[32];
+	printf("%-11s %s", "model", path ? path : "?");
+	if (type)
+		printf(" (%s)", type);
+	const char *sep = ": ";
+	if (num(m, "layers", &v)) {
+		printf("%s%.0f layers", sep, v);
+		sep = ", ";
+	}
+	if (num(m, "params", &v) && v >= 0) {
+		printf("%s%s params", sep, qw_fmt_count((uint64_t)v, buf, sizeof buf));
+		sep = ", ";
+		if (num(m, "active_params", &v) && v >= 0)
+			printf(" (%s active)", qw_fmt_count((uint64_t)v, buf, sizeof buf));
+	}
+	if (num(m, "vocab", &v)) {
+		printf("%svocab %.0f", sep, v);
+		sep = ", ";
+	}
+	const json_t *tok = json_object_get(m, "tokenizer");
+	const json_t *think = json_object_get(m, "thinking");
+	if (json_is_boolean(tok)) {
+		printf("%s%s", sep, json_is_true(tok) ? "tokenizer" : "no tokenizer (token ids only)");
+		sep = ", ";
+	}
+	if (json_is_true(think))
+		printf("%sthinking", sep);
+	printf("\n");
+}
+
+static void print_stage(const json_t *s, size_t i)
+{
+	double v, pid;
+	char w[32], kv[32];
+	char label[32];
+	snprintf(label, sizeof label, "stage %.0f", num(s, "index", &v) ? v : (double)i);
+	printf("%-11s", label);
+	const json_t *layers = json_object_get(s, "layers");
+	if (json_array_size(layers) == 2 && json_is_number(json_array_get(layers, 0)))
+		printf(" layers %3.0f-%-3.0f", json_number_value(json_array_get(layers, 0)),
+		       json_number_value(json_array_get(layers, 1)) - 1);
+	if (num(s, "pid", &pid))
+		printf("  pid %-7.0f", pid);
+	const char *state = str(s, "state"), *dev = str(s, "device");
+	if (state)
+		printf(" %-10s", state);
+	if (dev)
+		printf(" %-7s", dev);
+	if (json_object_get(s, "weight_bytes"))
+		printf(" weights %s", bytes(s, "weight_bytes", w, sizeof w));
+	if (json_object_get(s, "kv_bytes"))
+		printf("  KV %s", bytes(s, "kv_bytes", kv, sizeof kv));
+	printf("\n");
+}
+
+static void print_kv(const json_t *kv)
+{
+	double total, used, cap, utok, bt;
+	const char *sep = "";
+	printf("%-11s ", "KV cache");
+	if (num(kv, "blocks_total", &total) && num(kv, "blocks_used", &used)) {
+		printf("%.0f / %.0f blocks (%.1f%%)", used, total, total > 0 ? 100 * used / total : 0);
+		sep = ", ";
+	}
+	if (num(kv, "capacity_tokens", &cap) && num(kv, "used_tokens", &utok)) {
+		printf("%s%.0f / %.0f tokens (%.1f%%)", sep, utok, cap,
+		       cap > 0 ? 100 * utok / cap : 0);
+		sep = ", ";
+	}
+	if (num(kv, "block_tokens", &bt))
+		printf("%s%.0f tokens a block", sep, bt);
+	printf("\n");
+}
+
+static void print_requests(const json_t *r)
+{
+	double q, run, mq, ms, served, failed;
+	bool hq = num(r, "queued", &q), hr = num(r, "running", &run);
+	printf("%-11s ", "requests");
+	if (hq)
+		printf("%.0f queued", q);
+	if (hq && num(r, "max_queue", &mq))
+		printf(" (at most %.0f)", mq);
+	if (hr)
+		printf("%s%.0f running", hq ? ", " : "", run);
+	if (hr && num(r, "max_seqs", &ms))
+		printf(" (at most %.0f)", ms);
+	bool hs = num(r, "served", &served), hf = num(r, "failed", &failed);
+	if (hs || hf)
+		printf("%s", hq || hr ? "; " : "");
+	if (hs)
+		printf("%.0f served", served);
+	if (hf)
+		printf("%s%.0f failed", hs ? ", " : "", failed);
+	printf("\n");
+}
+
+static void print_settings(const json_t *set)
+{
+	const char *key;
+	const json_t *val;
+	int col = printf("%-11s", "settings");
+	json_object_foreach((json_t *)set, key, val) {
+		char *v = json_is_string(val) ? NULL
+			  : json_dumps(val, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(10));
+		const char *text = v ? v : json_string_value(val);
+		int len = (int)(strlen(key) + strlen(text ? text : "") + 2);
+		if (col + len > 96) {
+			printf("\n%-11s", "");
+			col = 11;
+		}
+		col += printf(" %s=%s", key, text && *text ? text : "\"\"");
+		free(v);
+	}
+	printf("\n");
+}
+
+static void summary(const json_t *st)
+{
+	const char *state = str(st, "state");
+	double v, done, total;
+	printf("%-11s %s", "qwend", state ? state : "?");
+	if (num(st, "uptime_s", &v))
+		print_uptime(v);
+	printf("\n");
+	const json_t *model = json_object_get(st, "model");
+	if (json_is_object(model))
+		print_model(model);
+	const char *dev = str(st, "device");
+	if (dev)
+		printf("%-11s %s\n", "device", dev);
+	const json_t *load = json_object_get(st, "load");
+	if (num(load, "bytes_done", &done) && num(load, "bytes_total", &total)) {
+		char a[32], b[32];
+		printf("%-11s %.1f%% (%s of %s)\n", "weights", total > 0 ? 100 * done / total : 0,
+		       qw_fmt_bytes((uint64_t)(done > 0 ? done : 0), a, sizeof a),
+		       qw_fmt_bytes((uint64_t)(total > 0 ? total : 0), b, sizeof b));
+	}
+	const json_t *stages = json_object_get(st, "stages");
+	if (json_array_size(stages)) {
+		for (size_t i = 0; i < json_array_size(stages); i++)
+			if (json_is_object(json_array_get(stages, i)))
+				print_stage(json_array_get(stages, i), i);
+	}
+	const json_t *kv = json_object_get(st, "kv");
+	if (json_is_object(kv))
+		print_kv(kv);
+	const json_t *req = json_object_get(st, "requests");
+	if (json_is_object(req))
+		print_requests(req);
+	const json_t *tp = json_object_get(st, "throughput");
+	double p, g, w;
+	if (json_object_get(tp, "prompt_tokens_per_s") ||
+	    json_object_get(tp, "generated_tokens_per_s")) {
+		printf("%-11s ", "throughput");
+		if (num(tp, "prompt_tokens_per_s", &p))
+			printf("%.1f prompt tokens/s", p);
+		if (num(tp, "generated_tokens_per_s", &g))
+			printf("%s%.1f generated tokens/s", json_object_get(tp, "prompt_tokens_per_s")
+			       ? ", " : "", g);
+		if (num(tp, "window_s", &w))
+			printf(" (last %.0f s)", w);
+		printf("\n");
+	}
+	const json_t *set = json_object_get(st, "settings");
+	if (json_object_size(set))
+		print_settings(set);
+}
+
+int ctl_fetch_status(const ctl_common *c, char **text, json_t **obj)
+{
+	qw_client client;
+	*text = NULL;
+	*obj = NULL;
+	int rc = ctl_connect(c, &client);
+	if (rc != CTL_OK)
+		return rc;
+	qw_request r = {.op = QW_OP_STATUS};
+	qw_reply rep = {0};
+	qw_err err = {0};
+	if (qw_client_call(&client, &r, &rep, &err) != QW_OK) {
+		rc = ctl_fail(&err);
+	} else if (rep.type == QW_REPLY_ERROR) {
+		rc = ctl_reply_error(&rep);
+	} else if (rep.type != QW_REPLY_STATUS) {
+		rc = ctl_unexpected("status", &rep);
+	} else {
+		json_error_t jerr;
+		*text = strdup(rep.json ? rep.json : "");
+		*obj = json_loads(*text ? *text : "", 0, &jerr);
+		if (!json_is_object(*obj)) {
+			fprintf(stderr, "qwenctl: the daemon's status is not a JSON object (%s)\n",
+				*obj ? "another JSON value" : jerr.text);
+			json_decref(*obj);
+			*obj = NULL;
+			rc = CTL_ERROR;
+		}
+	}
+	qw_reply_free(&rep);
+	qw_client_close(&client);
+	return rc;
+}
+
+int ctl_status(ctl_common *c, int argc, char **argv)
+{
+	static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, CTL_COMMON_OPTIONS};
+	bool as_json = false;
+	int opt;
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, CTL_COMMON_SHORT, opts, NULL)) != -1) {
+		int common = ctl_common_opt(c, opt, optarg);
+		if (common < 0)
+			return CTL_USAGE;
+		if (opt == 'j')
+			as_json = true;
+		else if (!common)
+			return ctl_usage_error("status: unknown option");
+	}
+	if (optind != argc)
+		return ctl_usage_error("status takes no arguments");
+	char *text;
+	json_t *st;
+	int rc = ctl_fetch_status(c, &text, &st);
+	if (rc == CTL_OK) {
+		if (as_json)
+			printf("%s\n", text);
+		else
+			summary(st);
+	}
+	free(text);
+	json_decref(st);
+	return rc;
+}
