@@ -41,6 +41,42 @@ static int by_prob_desc(const void *a, const void *b)
 	return (x->id > y->id) - (x->id < y->id);
 }
 
+/* Sifts c[i] down a min-heap of n by (prob, then -id): the root is the worst kept. */
+static int worse(const cand *a, const cand *b)
+{
+	return by_prob_desc(a, b) > 0;
+}
+
+static void sift_down(cand *h, int n, int i)
+{
+	for (;;) {
+		int l = 2 * i + 1, r = l + 1, m = i;
+		if (l < n && worse(&h[l], &h[m]))
+			m = l;
+		if (r < n && worse(&h[r], &h[m]))
+			m = r;
+		if (m == i)
+			return;
+		cand t = h[i];
+		h[i] = h[m];
+		h[m] = t;
+		i = m;
+	}
+}
+
+/* Moves the k best of c[0..V) to c[0..k), sorted best first. */
+static void top_k_sorted(cand *c, int V, int k)
+{
+	for (int i = k / 2 - 1; i >= 0; i--)
+		sift_down(c, k, i);
+	for (int i = k; i < V; i++)
+		if (worse(&c[0], &c[i])) {
+			c[0] = c[i];
+			sift_down(c, k, 0);
+		}
+	qsort(c, (size_t)k, sizeof *c, by_prob_desc);
+}
+
 int32_t qw_sample_row(const float *logits, int V, const qw_sampling *p, void *scratch)
 {
 	if (p->temperature <= 0.0f)
@@ -58,9 +94,13 @@ int32_t qw_sample_row(const float *logits, int V, const qw_sampling *p, void *sc
 	}
 	for (int i = 0; i < V; i++)
 		c[i].prob /= sum;
-	qsort(c, (size_t)V, sizeof *c, by_prob_desc);
-
 	int keep = (p->top_k > 0 && p->top_k < V) ? p->top_k : V;
+	if (keep < V)
+		top_k_sorted(c, V, keep);
+	else if (p->top_p < 1.0f)
+		qsort(c, (size_t)V, sizeof *c, by_prob_desc);
+	/* else: nothing is cut, and the walk goes in id order */
+
 	if (p->top_p < 1.0f) {
 		/* smallest prefix of the top-k whose share of the top-k's mass reaches top_p */
 		double kept_mass = 0.0, cum = 0.0;

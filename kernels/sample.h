@@ -2,7 +2,9 @@
  *
  * Owns: the sampling rule every backend follows (greedy, or temperature -> top-k -> top-p,
  * then one draw) and its random number: a pure function of (seed, step), so the same seed
- * gives the same tokens regardless of batching, and a GPU can reproduce the draw.
+ * gives the same tokens regardless of batching, and a GPU can reproduce the draw.  The draw
+ * walks the candidates' cumulative probability: in id order when neither top-k nor top-p
+ * cuts anything, else in descending probability (lower id first among equals).
  */
 #ifndef QW_KERNELS_SAMPLE_H
 #define QW_KERNELS_SAMPLE_H

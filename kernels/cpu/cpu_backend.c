@@ -30,10 +30,12 @@ void qw_tensor_read_f32(const qw_tensor *t, uint64_t first, uint64_t n, float *d
 		memcpy(dst, base + first * 4, n * 4);
 		break;
 	case QW_DT_BF16:
+		/* bf16 is the top half of an fp32: widening is a shift (NaNs stay NaNs) */
 		for (uint64_t i = 0; i < n; i++) {
 			uint16_t h;
 			memcpy(&h, base + (first + i) * 2, 2);
-			dst[i] = qw_bf16_to_f32(h);
+			uint32_t bits = (uint32_t)h << 16;
+			memcpy(&dst[i], &bits, 4);
 		}
 		break;
 	case QW_DT_F16:

@@ -262,6 +262,16 @@ static void test_sampling(void **state)
 		others += tok != 1 && tok != 3;
 	}
 	assert_int_equal(others, 0);
+	/* top-k 2 of 5: only the two best, in proportion to their probabilities */
+	float five[5] = {0.1f, 3.0f, 2.5f, -1.0f, 1.0f};
+	int k_count[5] = {0};
+	for (int s = 0; s < N; s++) {
+		qw_sampling p = {.temperature = 1, .top_k = 2, .top_p = 1, .seed = (uint64_t)s};
+		k_count[qw_sample_row(five, 5, &p, NULL)]++;
+	}
+	assert_int_equal(k_count[0] + k_count[3] + k_count[4], 0);
+	double p1 = exp(3.0) / (exp(3.0) + exp(2.5));
+	assert_true(fabs((double)k_count[1] / N - p1) < 0.01);
 	/* a draw is a function of (seed, step) */
 	qw_sampling a = {.temperature = 1, .top_p = 1, .seed = 9, .step = 4};
 	int32_t first = qw_sample_row(logits, 4, &a, NULL);
