@@ -140,6 +140,12 @@ static qw_status load(worker *w, qw_err *err)
 				 on_progress, w, err);
 	if (st != QW_OK)
 		return st;
+	/* tests: a load that takes its time, so "loading" can be seen from outside */
+	const char *delay = getenv("QWEND_TEST_LOAD_DELAY_MS");
+	for (int ms = delay ? atoi(delay) : 0; ms > 0; ms -= 50) {
+		usleep(50 * 1000);
+		beat(w);
+	}
 	uint64_t weights = atomic_load(&w->slot->load_total);
 	const qw_text_config *t = &w->cfg.text;
 	uint64_t block = 2ull * (uint64_t)(stage.layer_end - stage.layer_begin) *

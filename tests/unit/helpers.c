@@ -5,6 +5,9 @@
 #include "loader/checkpoint.h"
 #include "loader/dtype.h"
 #include "loader/st_writer.h"
+#include "daemon/image/image.h"
+
+#include <png.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -199,4 +202,50 @@ void kv_stale_after_prompt(qw_backend *be, bool on)
 	} else if (!on && be->kv_write == stale_kv_write) {
 		be->kv_write = real_kv_write;
 	}
+}
+
+// ---------------------------------------------------------------------------------------
+// images
+
+static void png_write_mem(png_structp png, png_bytep data, png_size_t n)
+{
+	membuf *m = png_get_io_ptr(png);
+	m->p = realloc(m->p, m->n + n);
+	memcpy(m->p + m->n, data, n);
+	m->n += n;
+}
+
+static void png_flush_mem(png_structp png)
+{
+	(void)png;
+}
+
+membuf encode_png(const qw_image *img, int type)
+{
+	membuf m = {0};
+	png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+	png_infop info = png_create_info_struct(png);
+	png_set_write_fn(png, &m, png_write_mem, png_flush_mem);
+	png_set_IHDR(png, info, (png_uint_32)img->width, (png_uint_32)img->height, 8, type,
+		     PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+	png_write_info(png, info);
+	int ch = type == PNG_COLOR_TYPE_RGBA ? 4 : type == PNG_COLOR_TYPE_GRAY ? 1 : 3;
+	uint8_t *row = malloc((size_t)img->width * 4);
+	for (int y = 0; y < img->height; y++) {
+		for (int x = 0; x < img->width; x++) {
+			const uint8_t *s = img->rgb + ((size_t)y * img->width + x) * 3;
+			uint8_t *d = row + (size_t)x * ch;
+			if (ch == 1)
+				d[0] = s[0];
+			else
+				memcpy(d, s, 3);
+			if (ch == 4)
+				d[3] = (uint8_t)(x * 7);
+		}
+		png_write_row(png, row);
+	}
+	png_write_end(png, NULL);
+	png_destroy_write_struct(&png, &info);
+	free(row);
+	return m;
 }

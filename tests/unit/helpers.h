@@ -58,6 +58,17 @@ void perturb_bf16(const char *name, int dtype, void *bytes, uint64_t nbytes, voi
 struct qw_backend;
 void kv_stale_after_prompt(struct qw_backend *be, bool on);
 
+/* Bytes in memory. */
+typedef struct membuf {
+	uint8_t *p;
+	size_t n;
+} membuf;
+
+/* A PNG of img (8-bit RGB) in colour type `type` (libpng's PNG_COLOR_TYPE_RGB, _RGBA with a
+ * made-up alpha, or _GRAY from the red channel); free m.p. */
+struct qw_image;
+membuf encode_png(const struct qw_image *img, int type);
+
 /* Fails the test unless haystack contains needle, printing both. */
 #define assert_contains(haystack, needle) assert_contains_at(haystack, needle, __FILE__, __LINE__)
 void assert_contains_at(const char *haystack, const char *needle, const char *file, int line);

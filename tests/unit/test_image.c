@@ -109,54 +109,6 @@ static void test_resize_identity_and_flat(void **state)
 // ---------------------------------------------------------------------------------------
 // decoding
 
-typedef struct membuf {
-	uint8_t *p;
-	size_t n;
-} membuf;
-
-static void png_write_mem(png_structp png, png_bytep data, png_size_t n)
-{
-	membuf *m = png_get_io_ptr(png);
-	m->p = realloc(m->p, m->n + n);
-	memcpy(m->p + m->n, data, n);
-	m->n += n;
-}
-
-static void png_flush_mem(png_structp png)
-{
-	(void)png;
-}
-
-/* PNG of img in color type `type` (RGB, RGBA or GRAY), 8-bit. */
-static membuf encode_png(const qw_image *img, int type)
-{
-	membuf m = {0};
-	png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-	png_infop info = png_create_info_struct(png);
-	png_set_write_fn(png, &m, png_write_mem, png_flush_mem);
-	png_set_IHDR(png, info, (png_uint_32)img->width, (png_uint_32)img->height, 8, type,
-		     PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-	png_write_info(png, info);
-	int ch = type == PNG_COLOR_TYPE_RGBA ? 4 : type == PNG_COLOR_TYPE_GRAY ? 1 : 3;
-	uint8_t *row = malloc((size_t)img->width * 4);
-	for (int y = 0; y < img->height; y++) {
-		for (int x = 0; x < img->width; x++) {
-			const uint8_t *s = img->rgb + ((size_t)y * img->width + x) * 3;
-			uint8_t *d = row + (size_t)x * ch;
-			if (ch == 1)
-				d[0] = s[0];
-			else
-				memcpy(d, s, 3);
-			if (ch == 4)
-				d[3] = (uint8_t)(x * 7);
-		}
-		png_write_row(png, row);
-	}
-	png_write_end(png, NULL);
-	png_destroy_write_struct(&png, &info);
-	free(row);
-	return m;
-}
 
 static void test_png(void **state)
 {

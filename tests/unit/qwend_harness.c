@@ -1,0 +1,362 @@
+/* qwend_harness.c - a real qwend for the daemon's tests.  See qwend_harness.h. */
+#include "tests/unit/qwend_harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <png.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "cli/client.h"
+#include "daemon/image/image.h"
+#include "loader/safetensors.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void qwend_dump_log(const qwend *d)
+{
+	size_t len;
+	char *log = read_file(d->log, &len);
+	fprintf(stderr, "------ qwend log (%s) ------\n%s------\n", d->log, log ? log : "(none)");
+	free(log);
+}
+
+static char *demo_root;
+
+static void remove_demo_root(void)
+{
+	scratch_free(demo_root);
+}
+
+void use_demo_cache(void)
+{
+	if (demo_root)
+		return;
+	demo_root = scratch_new();
+	setenv("QWEN_DEMO_DIR", demo_root, 1);
+	atexit(remove_demo_root);
+}
+
+void qwend_start(qwend *d, const char *model, const char *const *args, const char *const *env,
+		 bool wait_ready)
+{
+	memset(d, 0, sizeof *d);
+	d->dir = scratch_new();
+	snprintf(d->socket_path, sizeof d->socket_path, "%s/q.sock", d->dir);
+	snprintf(d->endpoint, sizeof d->endpoint, "ipc://%s", d->socket_path);
+	snprintf(d->log, sizeof d->log, "%s/qwend.log", d->dir);
+	char exe[1100];
+	snprintf(exe, sizeof exe, "%s", program("qwend"));
+	const char *argv[64] = {exe, "--model", model, "--socket", d->endpoint};
+	int n = 5;
+	for (int i = 0; args && args[i] && n < 62; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	fflush(NULL);
+	d->pid = fork();
+	assert_true(d->pid >= 0);
+	if (d->pid == 0) {
+		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		for (int i = 0; env && env[i]; i++)
+			putenv((char *)env[i]);
+		execv(exe, (char **)argv);
+		_exit(127);
+	}
+	double until = now_s() + 30;
+	struct stat st;
+	while (stat(d->socket_path, &st) != 0) {
+		int status;
+		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+			d->pid = 0;
+			qwend_dump_log(d);
+			fail_msg("qwend exited before opening its socket");
+		}
+		if (now_s() > until) {
+			qwend_dump_log(d);
+			fail_msg("qwend opened no socket in 30 s");
+		}
+		usleep(10000);
+	}
+	if (wait_ready)
+		qwend_wait_state(d, "ready", 60);
+}
+
+json_t *qwend_status(qwend *d)
+{
+	qw_client c;
+	qw_err err = {0};
+	qw_reply rep;
+	qw_request r = {.op = QW_OP_STATUS};
+	if (qw_client_open(&c, NULL, d->endpoint, 10000, &err) != QW_OK ||
+	    qw_client_call(&c, &r, &rep, &err) != QW_OK) {
+		qw_client_close(&c);
+		qwend_dump_log(d);
+		fail_msg("status: %s", err.msg);
+	}
+	assert_int_equal(rep.type, QW_REPLY_STATUS);
+	json_t *j = json_loads(rep.json, 0, NULL);
+	assert_non_null(j);
+	qw_reply_free(&rep);
+	qw_client_close(&c);
+	return j;
+}
+
+void qwend_wait_state(qwend *d, const char *state, double timeout_s)
+{
+	double until = now_s() + timeout_s;
+	for (;;) {
+		json_t *s = qwend_status(d);
+		bool ok = !strcmp(json_string_value(json_object_get(s, "state")), state);
+		json_decref(s);
+		if (ok)
+			return;
+		if (now_s() > until) {
+			qwend_dump_log(d);
+			fail_msg("qwend was not %s within %.0f s", state, timeout_s);
+		}
+		usleep(20000);
+	}
+}
+
+void qwend_wait_for(qwend *d, const char *section, const char *key, json_int_t want,
+		    double timeout_s)
+{
+	double until = now_s() + timeout_s;
+	json_int_t got;
+	for (;;) {
+		json_t *s = qwend_status(d);
+		got = json_integer_value(json_object_get(json_object_get(s, section), key));
+		json_decref(s);
+		if (got == want)
+			return;
+		if (now_s() > until)
+			break;
+		usleep(20000);
+	}
+	qwend_dump_log(d);
+	fail_msg("status %s.%s stayed %lld, not %lld, for %.0f s", section, key, (long long)got,
+		 (long long)want, timeout_s);
+}
+
+int qwend_wait_exit(qwend *d, double timeout_s)
+{
+	double until = now_s() + timeout_s;
+	int status = -1;
+	while (d->pid) {
+		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+			d->pid = 0;
+			break;
+		}
+		if (now_s() > until) {
+			kill(d->pid, SIGKILL);
+			waitpid(d->pid, &status, 0);
+			d->pid = 0;
+			qwend_dump_log(d);
+			fail_msg("qwend did not exit within %.0f s", timeout_s);
+		}
+		usleep(10000);
+	}
+	return status;
+}
+
+void qwend_stop(qwend *d)
+{
+	if (d->pid)
+		kill(d->pid, SIGTERM);
+	int status = qwend_wait_exit(d, 30);
+	struct stat st;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || stat(d->socket_path, &st) == 0) {
+		qwend_dump_log(d);
+		fail_msg("qwend did not stop cleanly (status %d; socket %s)", status,
+			 stat(d->socket_path, &st) == 0 ? "left behind" : "removed");
+	}
+	scratch_free(d->dir);
+	d->dir = NULL;
+}
+
+// ---------------------------------------------------------------------------------------
+// requests
+
+void outcome_free(outcome *o)
+{
+	free(o->text);
+	free(o->reasoning);
+	memset(o, 0, sizeof *o);
+}
+
+static void append(char **s, const char *add, size_t n)
+{
+	size_t have = *s ? strlen(*s) : 0;
+	*s = realloc(*s, have + n + 1);
+	memcpy(*s + have, add, n);
+	(*s)[have + n] = '\0';
+}
+
+/* Takes one reply into o; true when the request has ended. */
+static bool take(outcome *o, const qw_reply *r)
+{
+	switch (r->type) {
+	case QW_REPLY_ACCEPTED:
+		o->id = r->request;
+		return false;
+	case QW_REPLY_CHUNK:
+		o->chunks++;
+		append(&o->text, r->text ? r->text : "", r->text_len);
+		append(&o->reasoning, r->reasoning ? r->reasoning : "", r->reasoning_len);
+		for (int i = 0; i < r->n_token_ids && o->n_tokens < 4096; i++)
+			o->tokens[o->n_tokens++] = r->token_ids[i];
+		return false;
+	case QW_REPLY_DONE:
+		snprintf(o->finish, sizeof o->finish, "%s", r->finish_reason);
+		return true;
+	case QW_REPLY_ERROR:
+		snprintf(o->code, sizeof o->code, "%s", r->code);
+		snprintf(o->message, sizeof o->message, "%s", r->message);
+		return true;
+	default:
+		return false;
+	}
+}
+
+void run_request(const char *endpoint, const qw_request *r, outcome *o)
+{
+	run_concurrently(endpoint, r, 1, o);
+}
+
+void run_concurrently(const char *endpoint, const qw_request *reqs, int n, outcome *out)
+{
+	void *ctx = zmq_ctx_new();
+	qw_client *c = calloc((size_t)n, sizeof *c);
+	bool *ended = calloc((size_t)n, sizeof *ended);
+	qw_err err = {0};
+	for (int i = 0; i < n; i++) {
+		memset(&out[i], 0, sizeof out[i]);
+		if (qw_client_open(&c[i], ctx, endpoint, 10000, &err) != QW_OK ||
+		    qw_client_send(&c[i], &reqs[i], &err) != QW_OK)
+			fail_msg("client %d: %s", i, err.msg);
+	}
+	int left = n;
+	double until = now_s() + 180;
+	zmq_pollitem_t *items = calloc(2 * (size_t)n, sizeof *items);
+	while (left > 0) {
+		for (int i = 0; i < n; i++)
+			qw_client_pollitems(&c[i], items + 2 * i);
+		zmq_poll(items, 2 * n, 100);
+		for (int i = 0; i < n; i++) {
+			bool got = true;
+			while (!ended[i] && got) {
+				qw_reply rep;
+				if (qw_client_poll(&c[i], &rep, &got, &err) != QW_OK) {
+					out[i].closed = ended[i] = true;
+					left--;
+					break;
+				}
+				if (got) {
+					if (take(&out[i], &rep)) {
+						ended[i] = true;
+						left--;
+					}
+					qw_reply_free(&rep);
+				}
+			}
+		}
+		if (now_s() > until)
+			fail_msg("%d of %d requests had not ended after 180 s", left, n);
+	}
+	for (int i = 0; i < n; i++)
+		qw_client_close(&c[i]);
+	free(items);
+	free(ended);
+	free(c);
+	zmq_ctx_term(ctx);
+}
+
+qw_request token_request(const int32_t *ids, int n, int max_tokens, const qw_item *images,
+			 int n_images)
+{
+	return (qw_request){.op = QW_OP_SUBMIT, .token_ids = (int32_t *)ids, .n_token_ids = n,
+			    .max_tokens = max_tokens, .greedy = true, .temperature = -1,
+			    .top_k = -1, .stream = true, .images = (qw_item *)images,
+			    .n_images = n_images};
+}
+
+bool raw_exchange(const char *endpoint, const void *bytes, size_t len, int frames,
+		  qw_reply *reply, int timeout_ms)
+{
+	void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_DEALER);
+	int zero = 0;
+	zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+	zmq_connect(s, endpoint);
+	if (frames == 2) {
+		zmq_send(s, bytes, len / 2, ZMQ_SNDMORE);
+		zmq_send(s, (const char *)bytes + len / 2, len - len / 2, 0);
+	} else {
+		zmq_send(s, bytes, frames ? len : 0, 0);
+	}
+	zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+	bool got = false;
+	if (zmq_poll(&it, 1, timeout_ms) == 1) {
+		zmq_msg_t m;
+		zmq_msg_init(&m);
+		if (zmq_msg_recv(&m, s, 0) >= 0)
+			got = qw_reply_decode(zmq_msg_data(&m), zmq_msg_size(&m), reply, NULL) == QW_OK;
+		zmq_msg_close(&m);
+	}
+	zmq_close(s);
+	zmq_ctx_term(ctx);
+	return got;
+}
+
+// ---------------------------------------------------------------------------------------
+// fixtures
+
+int32_t *fixture_ids(const char *model, const char *key, int *n)
+{
+	char rel[256];
+	snprintf(rel, sizeof rel, "hf/%s/reference.safetensors", model);
+	qw_st_file *f;
+	qw_err err = {0};
+	if (qw_st_open(fixture(rel), &f, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	const qw_tensor *t = qw_st_find(f, key);
+	assert_non_null(t);
+	*n = (int)t->numel;
+	int32_t *ids = malloc((size_t)*n * sizeof *ids);
+	for (int i = 0; i < *n; i++) {
+		int64_t v;
+		memcpy(&v, (const uint8_t *)t->data + 8 * i, 8);
+		ids[i] = (int32_t)v;
+	}
+	qw_st_close(f);
+	return ids;
+}
+
+membuf fixture_png(const char *model)
+{
+	char rel[256];
+	snprintf(rel, sizeof rel, "hf/%s/reference.safetensors", model);
+	qw_st_file *f;
+	qw_err err = {0};
+	if (qw_st_open(fixture(rel), &f, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	const qw_tensor *t = qw_st_find(f, "image_hwc_u8");
+	assert_non_null(t);
+	qw_image img = {(int)t->shape[1], (int)t->shape[0], (uint8_t *)t->data};
+	membuf m = encode_png(&img, PNG_COLOR_TYPE_RGB);
+	qw_st_close(f);
+	return m;
+}

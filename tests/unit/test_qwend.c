@@ -1,0 +1,223 @@
+/* test_qwend.c - the daemon serves what the model computes: a real qwend on the CPU
+ * backend, talked to over its socket.
+ *
+ *   - the HF fixtures' greedy tokens, for text and image prompts, at 1 and 3 stages;
+ *   - 16 clients at once (text and image chat prompts of mixed lengths, through a 3-stage
+ *     pipeline) each get exactly the tokens and text they get alone;
+ *   - qwenctl against the real daemon: submit with an image, status, bench, shutdown. */
+#include "tests/unit/qwend_harness.h"
+
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "daemon/image/image.h"
+
+static void expect_tokens(const outcome *o, const int32_t *want, int n, const char *what)
+{
+	if (o->code[0])
+		fail_msg("%s: error %s: %s", what, o->code, o->message);
+	if (o->n_tokens != n || memcmp(o->tokens, want, (size_t)n * sizeof *want) != 0) {
+		fprintf(stderr, "%s: got", what);
+		for (int i = 0; i < o->n_tokens; i++)
+			fprintf(stderr, " %d", o->tokens[i]);
+		fprintf(stderr, "\n%s: HF", what);
+		for (int i = 0; i < n; i++)
+			fprintf(stderr, " %d", want[i]);
+		fail_msg("\n%s: the daemon's greedy tokens differ from HF's", what);
+	}
+}
+
+/* HF's greedy tokens through the daemon, for the text and the image case, at 1 and 3
+ * stages; and the same tokens with every hand-over checksummed. */
+static void test_fixture_tokens(void **state)
+{
+	static const char *const models[] = {"tiny-moe", "tiny-dense"};
+	for (int m = 0; m < 2; m++) {
+		char dir[256];
+		snprintf(dir, sizeof dir, "hf/%s/model", models[m]);
+		int n_short, n_image, n_want_s, n_want_i;
+		int32_t *ids_s = fixture_ids(models[m], "short.input_ids", &n_short);
+		int32_t *ids_i = fixture_ids(models[m], "image.input_ids", &n_image);
+		int32_t *want_s = fixture_ids(models[m], "short.fp32.greedy_tokens", &n_want_s);
+		int32_t *want_i = fixture_ids(models[m], "image.fp32.greedy_tokens", &n_want_i);
+		membuf png = fixture_png(models[m]);
+		qw_item image = {QW_ITEM_IMAGE, (const char *)png.p, png.n};
+		const char *stages[] = {"1", "3", "3"};
+		for (int k = 0; k < 3; k++) {
+			const char *args[] = {"--stages", stages[k], "--kv-blocks", "64",
+					      "--check-transport", k == 2 ? "yes" : "no", NULL};
+			qwend d;
+			qwend_start(&d, fixture(dir), args, NULL, true);
+			qw_request rs = token_request(ids_s, n_short, n_want_s, NULL, 0);
+			qw_request ri = token_request(ids_i, n_image, n_want_i, &image, 1);
+			outcome os, oi;
+			run_request(d.endpoint, &rs, &os);
+			run_request(d.endpoint, &ri, &oi);
+			char what[128];
+			snprintf(what, sizeof what, "%s, %s stage%s%s, text", models[m], stages[k],
+				 k ? "s" : "", k == 2 ? ", checked" : "");
+			expect_tokens(&os, want_s, n_want_s, what);
+			assert_string_equal(os.finish, "length");
+			snprintf(what, sizeof what, "%s, %s stage%s, image", models[m], stages[k],
+				 k ? "s" : "");
+			expect_tokens(&oi, want_i, n_want_i, what);
+			outcome_free(&os);
+			outcome_free(&oi);
+			qwend_stop(&d);
+		}
+		free(png.p);
+		free(ids_s);
+		free(ids_i);
+		free(want_s);
+		free(want_i);
+	}
+}
+
+/* A smooth image of w x h, as a PNG. */
+static membuf gradient_png(int w, int h, int seed)
+{
+	qw_image img = {w, h, malloc((size_t)w * (size_t)h * 3)};
+	for (int y = 0; y < h; y++)
+		for (int x = 0; x < w; x++) {
+			uint8_t *p = img.rgb + ((size_t)y * (size_t)w + (size_t)x) * 3;
+			p[0] = (uint8_t)(x * 255 / w);
+			p[1] = (uint8_t)(y * 255 / h);
+			p[2] = (uint8_t)(seed * 40);
+		}
+	membuf m = encode_png(&img, PNG_COLOR_TYPE_RGB);
+	free(img.rgb);
+	return m;
+}
+
+#define CLIENTS 16
+
+/* 16 clients at once through a 3-stage pipeline: each gets what it gets alone. */
+static void test_concurrent_clients(void **state)
+{
+	use_demo_cache();
+	const char *args[] = {"--stages", "3", "--kv-blocks", "1024", NULL};
+	qwend d;
+	qwend_start(&d, "demo", args, NULL, true);
+	qw_request reqs[CLIENTS];
+	qw_req_message msgs[CLIENTS];
+	qw_item items[CLIENTS][2];
+	char texts[CLIENTS][512];
+	membuf pngs[CLIENTS] = {{0}};
+	for (int i = 0; i < CLIENTS; i++) {
+		int at = 0;
+		for (int k = 0; k <= i % 5; k++)
+			at += snprintf(texts[i] + at, sizeof texts[i] - (size_t)at,
+				       "Tell me about item %d, part %d. ", i, k);
+		int n = 0;
+		if (i % 3 == 0) {
+			pngs[i] = gradient_png(32 + 16 * (i % 4), 48 + 16 * (i % 3), i);
+			items[i][n++] = (qw_item){QW_ITEM_IMAGE, (const char *)pngs[i].p, pngs[i].n};
+		}
+		items[i][n++] = (qw_item){QW_ITEM_TEXT, texts[i], strlen(texts[i])};
+		msgs[i] = (qw_req_message){"user", 4, items[i], n, NULL, 0};
+		reqs[i] = (qw_request){.op = QW_OP_SUBMIT, .messages = &msgs[i], .n_messages = 1,
+				       .max_tokens = 6 + i % 7, .greedy = true, .temperature = -1,
+				       .top_k = -1, .stream = true};
+	}
+	outcome alone[CLIENTS], together[CLIENTS];
+	for (int i = 0; i < CLIENTS; i++)
+		run_request(d.endpoint, &reqs[i], &alone[i]);
+	run_concurrently(d.endpoint, reqs, CLIENTS, together);
+	for (int i = 0; i < CLIENTS; i++) {
+		if (alone[i].code[0] || together[i].code[0])
+			fail_msg("client %d: %s %s", i, alone[i].message, together[i].message);
+		assert_int_equal(alone[i].n_tokens, 6 + i % 7);
+		assert_int_equal(together[i].n_tokens, alone[i].n_tokens);
+		if (memcmp(alone[i].tokens, together[i].tokens,
+			   (size_t)alone[i].n_tokens * sizeof(int32_t)) != 0)
+			fail_msg("client %d (%s an image): its tokens changed with 15 others beside it", i,
+				 i % 3 == 0 ? "with" : "without");
+		assert_string_equal(alone[i].text, together[i].text);
+		assert_string_equal(together[i].finish, "length");
+	}
+	json_t *s = qwend_status(&d);
+	json_t *req = json_object_get(s, "requests");
+	assert_int_equal(json_integer_value(json_object_get(req, "served")), 2 * CLIENTS);
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(s, "kv"),
+							    "blocks_used")), 0);
+	json_decref(s);
+	for (int i = 0; i < CLIENTS; i++) {
+		outcome_free(&alone[i]);
+		outcome_free(&together[i]);
+		free(pngs[i].p);
+	}
+	qwend_stop(&d);
+}
+
+/* qwenctl, the real client, against the real daemon. */
+static void test_qwenctl(void **state)
+{
+	use_demo_cache();
+	qwend d;
+	qwend_start(&d, "demo", (const char *[]){"--stages", "2", NULL}, NULL, true);
+	membuf png = gradient_png(64, 40, 1);
+	const char *image = path_in(d.dir, "picture.png");
+	write_file(image, png.p, png.n);
+	free(png.p);
+	char *out;
+	const char *ctl = program("qwenctl");
+	/* (the braces keep run_capture's 2>&1 from catching the stats line) */
+	int rc = run_capture(&out, "{ %s --socket %s submit 'What is in the picture?' --image %s "
+			     "--max-tokens 8 --seed 5 --json 2>/dev/null; }", ctl, d.endpoint,
+			     image);
+	if (rc != 0)
+		fail_msg("qwenctl submit exited %d:\n%s", rc, out);
+	json_t *j = json_loads(out, 0, NULL);
+	if (!j)
+		fail_msg("not JSON:\n%s", out);
+	assert_int_equal(json_array_size(json_object_get(j, "token_ids")), 8);
+	assert_string_equal(json_string_value(json_object_get(j, "finish_reason")), "length");
+	assert_true(json_integer_value(json_object_get(json_object_get(j, "usage"),
+						       "prompt_tokens")) > 64);   /* the image */
+	/* the same seed gives the same text */
+	const char *text = json_string_value(json_object_get(j, "text"));
+	char *again;
+	run_capture(&again, "{ %s --socket %s submit 'What is in the picture?' --image %s "
+		    "--max-tokens 8 --seed 5 2>/dev/null; }", ctl, d.endpoint, image);
+	assert_string_equal(again, text);
+	json_decref(j);
+	free(again);
+	free(out);
+
+	rc = run_capture(&out, "%s --socket %s status", ctl, d.endpoint);
+	assert_int_equal(rc, 0);
+	assert_contains(out, "ready");
+	assert_contains(out, "stage 1");
+	free(out);
+
+	rc = run_capture(&out, "{ %s --socket %s bench --concurrency 3 --requests 6 "
+			 "--prompt-tokens 20 --max-tokens 4 --json 2>/dev/null; }", ctl, d.endpoint);
+	if (rc != 0)
+		fail_msg("qwenctl bench exited %d:\n%s", rc, out);
+	j = json_loads(out, 0, NULL);
+	assert_non_null(j);
+	assert_int_equal(json_integer_value(json_object_get(j, "completed")), 6);
+	json_decref(j);
+	free(out);
+
+	rc = run_capture(&out, "%s --socket %s shutdown", ctl, d.endpoint);
+	assert_int_equal(rc, 0);
+	assert_contains(out, "shutting down");
+	free(out);
+	int status = qwend_wait_exit(&d, 30);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	scratch_free(d.dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_fixture_tokens),
+		cmocka_unit_test(test_concurrent_clients),
+		cmocka_unit_test(test_qwenctl),
+	};
+	return cmocka_run_group_tests_name("qwend", tests, NULL, NULL);
+}
