@@ -523,7 +523,8 @@ bool qw_sched_next(qw_sched *s, qw_step_plan *plan)
 	/* the step is in flight from here */
 	if (!grow((void **)&b->drops, &b->cap_drops, s->n_drops, sizeof *b->drops))
 		s->n_drops = 0;   /* stage 0 keeps a few features longer; nothing breaks */
-	memcpy(b->drops, s->drops, (size_t)s->n_drops * sizeof *b->drops);
+	if (s->n_drops)
+		memcpy(b->drops, s->drops, (size_t)s->n_drops * sizeof *b->drops);
 	*plan = (qw_step_plan){.step = step, .kind = QW_STEP_RUN, .n_tokens = b->n_tokens,
 			       .n_seqs = b->n_seqs, .n_logits = b->n_logits,
 			       .n_images = b->n_images, .n_drop = s->n_drops,

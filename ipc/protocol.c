@@ -188,7 +188,7 @@ static qw_status text_field(decoder *d, const char *field, const msgpack_object 
 		return bad(d, field, "must be a string");
 	if ((d->text += v->via.str.size) > d->lim->max_text_bytes) {
 		char what[96];
-		snprintf(what, sizeof what, "takes the request past %zu bytes of text",
+		snprintf(what, sizeof what, "takes the request past its limit of %zu bytes of text",
 			 d->lim->max_text_bytes);
 		return bad(d, field, what);
 	}

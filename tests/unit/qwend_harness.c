@@ -52,10 +52,20 @@ void use_demo_cache(void)
 void qwend_start(qwend *d, const char *model, const char *const *args, const char *const *env,
 		 bool wait_ready)
 {
+	qwend_start_at(d, model, NULL, args, env, wait_ready);
+}
+
+void qwend_start_at(qwend *d, const char *model, const char *endpoint,
+		    const char *const *args, const char *const *env, bool wait_ready)
+{
 	memset(d, 0, sizeof *d);
 	d->dir = scratch_new();
-	snprintf(d->socket_path, sizeof d->socket_path, "%s/q.sock", d->dir);
-	snprintf(d->endpoint, sizeof d->endpoint, "ipc://%s", d->socket_path);
+	if (endpoint) {
+		snprintf(d->endpoint, sizeof d->endpoint, "%s", endpoint);
+	} else {
+		snprintf(d->socket_path, sizeof d->socket_path, "%s/q.sock", d->dir);
+		snprintf(d->endpoint, sizeof d->endpoint, "ipc://%s", d->socket_path);
+	}
 	snprintf(d->log, sizeof d->log, "%s/qwend.log", d->dir);
 	char exe[1100];
 	snprintf(exe, sizeof exe, "%s", program("qwend"));
@@ -78,7 +88,7 @@ void qwend_start(qwend *d, const char *model, const char *const *args, const cha
 	}
 	double until = now_s() + 30;
 	struct stat st;
-	while (stat(d->socket_path, &st) != 0) {
+	while (!endpoint && stat(d->socket_path, &st) != 0) {
 		int status;
 		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
 			d->pid = 0;
@@ -179,13 +189,43 @@ void qwend_stop(qwend *d)
 		kill(d->pid, SIGTERM);
 	int status = qwend_wait_exit(d, 30);
 	struct stat st;
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || stat(d->socket_path, &st) == 0) {
+	bool left = d->socket_path[0] && stat(d->socket_path, &st) == 0;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || left) {
 		qwend_dump_log(d);
 		fail_msg("qwend did not stop cleanly (status %d; socket %s)", status,
-			 stat(d->socket_path, &st) == 0 ? "left behind" : "removed");
+			 left ? "left behind" : "removed");
 	}
 	scratch_free(d->dir);
 	d->dir = NULL;
+}
+
+int qwend_run_to_exit(const char *const *args, char **log)
+{
+	char *dir = scratch_new();
+	char exe[1100], out[1100];
+	snprintf(exe, sizeof exe, "%s", program("qwend"));
+	snprintf(out, sizeof out, "%s/out.log", dir);
+	const char *argv[64] = {exe};
+	int n = 1;
+	for (int i = 0; args[i] && n < 62; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execv(exe, (char **)argv);
+		_exit(127);
+	}
+	qwend d = {.pid = pid};
+	snprintf(d.log, sizeof d.log, "%s", out);
+	int status = qwend_wait_exit(&d, 30);
+	size_t len;
+	*log = read_file(out, &len);
+	scratch_free(dir);
+	return status;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -32,6 +32,14 @@ typedef struct qwend {
 void qwend_start(qwend *d, const char *model, const char *const *args, const char *const *env,
 		 bool wait_ready);
 
+/* The same at another endpoint (a tcp one: start-up is watched through status). */
+void qwend_start_at(qwend *d, const char *model, const char *endpoint,
+		    const char *const *args, const char *const *env, bool wait_ready);
+
+/* Runs qwend with args (no --socket added) to its exit, up to 30 s; returns its wait
+ * status and its output (malloc'd) in *log. */
+int qwend_run_to_exit(const char *const *args, char **log);
+
 /* The status JSON (json_decref it). */
 json_t *qwend_status(qwend *d);
 

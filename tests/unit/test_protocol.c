@@ -245,7 +245,7 @@ static void test_refusals(void **state)
 	lim = QW_LIMITS_DEFAULT;
 	lim.max_text_bytes = 3;
 	pack_fn f14[] = {v1, op_submit, hello};
-	expect_refused(3, k12, f14, &lim, "past 3 bytes of text");
+	expect_refused(3, k12, f14, &lim, "past its limit of 3 bytes of text");
 	lim = QW_LIMITS_DEFAULT;
 	lim.max_message = 8;
 	expect_refused(3, k12, f14, &lim, "over the 8-byte limit");

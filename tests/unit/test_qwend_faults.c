@@ -1,0 +1,564 @@
+/* test_qwend_faults.c - the daemon under trouble: cancels and clients that vanish free
+ * their KV blocks, a full cache queues, a full queue answers busy, malformed requests get
+ * errors while others are served, SIGTERM drains, a killed worker fails its requests and
+ * the workers come back (or qwend exits for systemd), "not ready" while loading, corrupted
+ * hand-overs are caught, the socket rules, SIGHUP, and the systemd unit. */
+#include "tests/unit/qwend_harness.h"
+
+#include <limits.h>
+#include <msgpack.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli/client.h"
+
+static const char *tiny(void)
+{
+	return fixture("hf/tiny-moe/model");
+}
+
+static void open_client(qw_client *c, const qwend *d)
+{
+	qw_err err = {0};
+	if (qw_client_open(c, NULL, d->endpoint, 10000, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+}
+
+/* The next reply, which must be of type t. */
+static void expect(qw_client *c, qw_reply_type t, qw_reply *r)
+{
+	qw_err err = {0};
+	if (qw_client_recv(c, r, 30000, &err) != QW_OK)
+		fail_msg("no reply: %s", err.msg);
+	if (r->type != t)
+		fail_msg("expected a reply of type %d, got %d (%s: %s)", t, r->type,
+			 r->code ? r->code : "", r->message ? r->message : "");
+}
+
+/* Submits r on c and waits for it to be accepted and to stream its first chunk. */
+static uint64_t start_streaming(qw_client *c, const qw_request *r)
+{
+	qw_reply rep;
+	qw_err err = {0};
+	assert_int_equal(qw_client_send(c, r, &err), QW_OK);
+	expect(c, QW_REPLY_ACCEPTED, &rep);
+	uint64_t id = rep.request;
+	qw_reply_free(&rep);
+	expect(c, QW_REPLY_CHUNK, &rep);
+	qw_reply_free(&rep);
+	return id;
+}
+
+/* Reads c's replies to the end of its request. */
+static void finish(qw_client *c, outcome *o)
+{
+	for (;;) {
+		qw_reply r;
+		qw_err err = {0};
+		if (qw_client_recv(c, &r, 60000, &err) != QW_OK) {
+			o->closed = true;
+			return;
+		}
+		if (r.type == QW_REPLY_CHUNK)
+			for (int i = 0; i < r.n_token_ids && o->n_tokens < 4096; i++)
+				o->tokens[o->n_tokens++] = r.token_ids[i];
+		bool end = r.type == QW_REPLY_DONE || r.type == QW_REPLY_ERROR;
+		if (r.type == QW_REPLY_DONE)
+			snprintf(o->finish, sizeof o->finish, "%s", r.finish_reason);
+		if (r.type == QW_REPLY_ERROR) {
+			snprintf(o->code, sizeof o->code, "%s", r.code);
+			snprintf(o->message, sizeof o->message, "%s", r.message);
+		}
+		qw_reply_free(&r);
+		if (end)
+			return;
+	}
+}
+
+static json_int_t status_int(qwend *d, const char *section, const char *key)
+{
+	json_t *s = qwend_status(d);
+	json_int_t v = json_integer_value(json_object_get(json_object_get(s, section), key));
+	json_decref(s);
+	return v;
+}
+
+/* A cancelled request and one whose client hangs up both give their blocks back at once. */
+static void test_cancel_and_disconnect(void **state)
+{
+	qwend d;
+	qwend_start(&d, tiny(), (const char *[]){"--kv-blocks", "300", NULL}, NULL, true);
+	int n;
+	int32_t *ids = fixture_ids("tiny-moe", "short.input_ids", &n);
+	qw_request r = token_request(ids, n, 4000, NULL, 0);
+
+	qw_client a, b;
+	open_client(&a, &d);
+	uint64_t id = start_streaming(&a, &r);
+	assert_true(status_int(&d, "kv", "blocks_used") > 0);
+	open_client(&b, &d);
+	qw_request cancel = {.op = QW_OP_CANCEL, .target = id};
+	qw_reply rep;
+	qw_err err = {0};
+	assert_int_equal(qw_client_send(&b, &cancel, &err), QW_OK);
+	expect(&b, QW_REPLY_OK, &rep);
+	assert_contains(rep.message, "cancelled");
+	qw_reply_free(&rep);
+	outcome o = {0};
+	finish(&a, &o);
+	assert_string_equal(o.finish, "cancelled");
+	assert_true(o.n_tokens < 4000);
+	qwend_wait_for(&d, "kv", "blocks_used", 0, 5);
+	qwend_wait_for(&d, "requests", "running", 0, 5);
+	/* a request that is not there */
+	cancel.target = 999;
+	assert_int_equal(qw_client_send(&b, &cancel, &err), QW_OK);
+	expect(&b, QW_REPLY_ERROR, &rep);
+	assert_string_equal(rep.code, "bad_request");
+	qw_reply_free(&rep);
+	qw_client_close(&a);
+
+	/* a client that goes away mid-stream */
+	qw_client c;
+	open_client(&c, &d);
+	start_streaming(&c, &r);
+	assert_true(status_int(&d, "kv", "blocks_used") > 0);
+	qw_client_close(&c);
+	qwend_wait_for(&d, "kv", "blocks_used", 0, 5);
+	qwend_wait_for(&d, "requests", "cancelled", 2, 5);
+	qw_client_close(&b);
+	free(ids);
+	qwend_stop(&d);
+}
+
+/* Admission is by free KV blocks: with a cache that holds one long prompt, the next two
+ * queue (status shows them), a third is "busy" past --max-queue 2, a request larger than
+ * the whole cache is refused, and the queued ones finish with their solo tokens. */
+static void test_kv_exhaustion_and_busy(void **state)
+{
+	qwend d;
+	qwend_start(&d, tiny(), (const char *[]){"--kv-blocks", "64", "--max-queue", "2", NULL},
+		    NULL, true);
+	/* 600 prompt tokens (38 blocks of 16) + 400 new: 63 of the 64 blocks at the end */
+	int32_t ids[600];
+	for (int i = 0; i < 600; i++)
+		ids[i] = 10 + (i * 37) % 890;
+	qw_request r = token_request(ids, 600, 400, NULL, 0);
+	outcome solo;
+	run_request(d.endpoint, &r, &solo);
+	assert_int_equal(solo.n_tokens, 400);
+
+	qw_client c[4];
+	open_client(&c[0], &d);
+	start_streaming(&c[0], &r);
+	qw_err err = {0};
+	qw_reply rep;
+	for (int i = 1; i < 3; i++) {
+		open_client(&c[i], &d);
+		assert_int_equal(qw_client_send(&c[i], &r, &err), QW_OK);
+		expect(&c[i], QW_REPLY_ACCEPTED, &rep);
+		qw_reply_free(&rep);
+	}
+	assert_int_equal(status_int(&d, "requests", "queued"), 2);
+	open_client(&c[3], &d);
+	assert_int_equal(qw_client_send(&c[3], &r, &err), QW_OK);
+	expect(&c[3], QW_REPLY_ERROR, &rep);
+	assert_string_equal(rep.code, "busy");
+	qw_reply_free(&rep);
+	qw_request big = token_request(ids, 600, 500, NULL, 0);
+	assert_int_equal(qw_client_send(&c[3], &big, &err), QW_OK);
+	expect(&c[3], QW_REPLY_ERROR, &rep);
+	assert_string_equal(rep.code, "too_large");
+	assert_contains(rep.message, "the cache holds 64");
+	qw_reply_free(&rep);
+	for (int i = 0; i < 3; i++) {
+		outcome o = {0};
+		finish(&c[i], &o);
+		assert_string_equal(o.finish, "length");
+		/* the first's stream began before finish(): compare what is left */
+		assert_memory_equal(o.tokens, solo.tokens + solo.n_tokens - o.n_tokens,
+				    (size_t)o.n_tokens * sizeof(int32_t));
+		if (i > 0)
+			assert_int_equal(o.n_tokens, 400);
+	}
+	for (int i = 0; i < 4; i++)
+		qw_client_close(&c[i]);
+	assert_int_equal(status_int(&d, "kv", "blocks_used"), 0);
+	outcome_free(&solo);
+	qwend_stop(&d);
+}
+
+// ---------------------------------------------------------------------------------------
+// malformed requests
+
+static void pack_str(msgpack_packer *pk, const char *s)
+{
+	msgpack_pack_str(pk, strlen(s));
+	msgpack_pack_str_body(pk, s, strlen(s));
+}
+
+/* {"v": 1, "op": op, key: value...} with value packed by a callback. */
+typedef void (*pack_value)(msgpack_packer *pk);
+static msgpack_sbuffer request_with(const char *op, const char *key, pack_value value)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, key ? 4 : 2);
+	pack_str(&pk, "v");
+	msgpack_pack_int(&pk, 1);
+	pack_str(&pk, "op");
+	pack_str(&pk, op);
+	if (key) {
+		pack_str(&pk, "token_ids");
+		msgpack_pack_array(&pk, 2);
+		msgpack_pack_int(&pk, 1);
+		msgpack_pack_int(&pk, 2);
+		pack_str(&pk, key);
+		value(&pk);
+	}
+	return sb;
+}
+
+static void ten(msgpack_packer *pk) { pack_str(pk, "ten"); }
+static void garbage_image(msgpack_packer *pk)
+{
+	msgpack_pack_array(pk, 1);
+	msgpack_pack_bin(pk, 9);
+	msgpack_pack_bin_body(pk, "not a png", 9);
+}
+
+static void expect_refusal(const char *endpoint, const void *bytes, size_t len, int frames,
+			   const char *code, const char *needle)
+{
+	qw_reply r;
+	if (!raw_exchange(endpoint, bytes, len, frames, &r, 10000))
+		fail_msg("no reply to a request that should get \"%s\"", needle);
+	assert_int_equal(r.type, QW_REPLY_ERROR);
+	assert_string_equal(r.code, code);
+	assert_contains(r.message, needle);
+	qw_reply_free(&r);
+}
+
+/* Each kind of bad request gets an error reply naming what is wrong, while a request that
+ * was running goes on to its end, token for token. */
+static void test_bad_requests(void **state)
+{
+	qwend d;
+	qwend_start(&d, tiny(), (const char *[]){"--kv-blocks", "300", "--max-request-bytes", "4M",
+						 NULL}, NULL, true);
+	int n, n_want;
+	int32_t *ids = fixture_ids("tiny-moe", "short.input_ids", &n);
+	int32_t *want = fixture_ids("tiny-moe", "short.fp32.greedy_tokens", &n_want);
+	qw_request r = token_request(ids, n, 3000, NULL, 0);
+	qw_client a;
+	open_client(&a, &d);
+	qw_err err = {0};
+	assert_int_equal(qw_client_send(&a, &r, &err), QW_OK);
+
+	expect_refusal(d.endpoint, "\xc1\xc1\xc1", 3, 1, "bad_request", "not valid msgpack");
+	expect_refusal(d.endpoint, "", 0, 0, "bad_request", "not a request");
+	msgpack_sbuffer sb = request_with("explode", NULL, NULL);
+	expect_refusal(d.endpoint, sb.data, sb.size, 1, "bad_request", "unknown op \"explode\"");
+	expect_refusal(d.endpoint, sb.data, sb.size, 2, "bad_request", "one frame");
+	msgpack_sbuffer_destroy(&sb);
+	sb = request_with("submit", "max_tokens", ten);
+	expect_refusal(d.endpoint, sb.data, sb.size, 1, "bad_request",
+		       "\"max_tokens\" must be a number");
+	msgpack_sbuffer_destroy(&sb);
+	sb = request_with("submit", "images", garbage_image);
+	expect_refusal(d.endpoint, sb.data, sb.size, 1, "bad_request", "image 1");
+	msgpack_sbuffer_destroy(&sb);
+	/* 2 MiB of text: past the 1 MiB a request may carry */
+	size_t big = 2u << 20;
+	char *text = malloc(big);
+	memset(text, 'a', big);
+	qw_request long_text = {.op = QW_OP_SUBMIT, .prompt = text, .prompt_len = big,
+				.temperature = -1, .top_k = -1, .stream = true};
+	char *buf;
+	size_t len;
+	assert_int_equal(qw_request_encode(&long_text, &buf, &len, &err), QW_OK);
+	expect_refusal(d.endpoint, buf, len, 1, "too_large", "bytes of text");
+	free(buf);
+	/* text for a model without a tokenizer; a token outside the vocabulary */
+	long_text.prompt_len = 5;
+	assert_int_equal(qw_request_encode(&long_text, &buf, &len, &err), QW_OK);
+	expect_refusal(d.endpoint, buf, len, 1, "bad_request", "no tokenizer");
+	free(buf);
+	int32_t outside[] = {1, 5000};
+	qw_request ov = token_request(outside, 2, 4, NULL, 0);
+	assert_int_equal(qw_request_encode(&ov, &buf, &len, &err), QW_OK);
+	expect_refusal(d.endpoint, buf, len, 1, "bad_request", "outside the model's vocabulary");
+	free(buf);
+	/* past --max-request-bytes: ZeroMQ drops the connection before qwend sees it */
+	qw_reply rep;
+	char *huge = calloc(1, 5u << 20);
+	assert_false(raw_exchange(d.endpoint, huge, 5u << 20, 1, &rep, 1000));
+	free(huge);
+	free(text);
+
+	outcome o = {0};
+	finish(&a, &o);
+	assert_string_equal(o.finish, "length");
+	assert_int_equal(o.n_tokens, 3000);
+	assert_memory_equal(o.tokens, want, (size_t)n_want * sizeof *want);
+	qw_client_close(&a);
+	free(ids);
+	free(want);
+	qwend_stop(&d);
+}
+
+// ---------------------------------------------------------------------------------------
+// the end, and failures
+
+/* SIGTERM: new requests are refused, the running one finishes, qwend exits 0 and removes
+ * its socket.  With a short drain timeout the running one is failed instead. */
+static void test_sigterm(void **state)
+{
+	int n;
+	int32_t *ids = fixture_ids("tiny-moe", "short.input_ids", &n);
+	for (int k = 0; k < 2; k++) {
+		qwend d;
+		qwend_start(&d, tiny(), (const char *[]){"--kv-blocks", "300", "--drain-timeout",
+							 k ? "0.2" : "30", NULL}, NULL, true);
+		qw_request r = token_request(ids, n, k ? 4000 : 1500, NULL, 0);
+		qw_client a, b;
+		open_client(&a, &d);
+		start_streaming(&a, &r);
+		kill(d.pid, SIGTERM);
+		qwend_wait_state(&d, "draining", 5);
+		open_client(&b, &d);
+		qw_reply rep;
+		qw_err err = {0};
+		assert_int_equal(qw_client_send(&b, &r, &err), QW_OK);
+		expect(&b, QW_REPLY_ERROR, &rep);
+		assert_string_equal(rep.code, "not_ready");
+		assert_contains(rep.message, "shutting down");
+		qw_reply_free(&rep);
+		outcome o = {0};
+		finish(&a, &o);
+		if (k == 0) {
+			assert_string_equal(o.finish, "length");
+		} else {
+			assert_string_equal(o.code, "not_ready");
+			assert_contains(o.message, "did not finish in time");
+		}
+		qw_client_close(&a);
+		qw_client_close(&b);
+		qwend_stop(&d);   /* exits 0 without another signal, socket removed */
+	}
+	free(ids);
+}
+
+/* A worker killed mid-request: the request fails with an error naming the worker, the
+ * workers start again and serve; with no restarts allowed, qwend exits non-zero. */
+static void test_killed_worker(void **state)
+{
+	int n, n_want;
+	int32_t *ids = fixture_ids("tiny-moe", "short.input_ids", &n);
+	int32_t *want = fixture_ids("tiny-moe", "short.fp32.greedy_tokens", &n_want);
+	for (int k = 0; k < 2; k++) {
+		qwend d;
+		qwend_start(&d, tiny(), (const char *[]){"--stages", "3", "--kv-blocks", "300",
+							 "--max-restarts", k ? "0" : "3", NULL},
+			    NULL, true);
+		qw_request r = token_request(ids, n, 4000, NULL, 0);
+		qw_client a;
+		open_client(&a, &d);
+		start_streaming(&a, &r);
+		json_t *s = qwend_status(&d);
+		pid_t victim = (pid_t)json_integer_value(json_object_get(
+			json_array_get(json_object_get(s, "stages"), 1), "pid"));
+		json_decref(s);
+		assert_true(victim > 0);
+		kill(victim, SIGKILL);
+		outcome o = {0};
+		finish(&a, &o);
+		qw_client_close(&a);
+		assert_string_equal(o.code, "internal");
+		assert_contains(o.message, "worker 1");
+		if (k == 1) {
+			int status = qwend_wait_exit(&d, 20);
+			assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+			scratch_free(d.dir);
+			break;
+		}
+		qwend_wait_state(&d, "ready", 30);
+		assert_int_equal(status_int(&d, "kv", "blocks_used"), 0);
+		json_t *st = qwend_status(&d);
+		assert_int_equal(json_integer_value(json_object_get(st, "restarts")), 1);
+		json_decref(st);
+		qw_request again = token_request(ids, n, n_want, NULL, 0);
+		outcome o2;
+		run_request(d.endpoint, &again, &o2);
+		assert_int_equal(o2.n_tokens, n_want);
+		assert_memory_equal(o2.tokens, want, (size_t)n_want * sizeof *want);
+		outcome_free(&o2);
+		qwend_stop(&d);
+	}
+	free(ids);
+	free(want);
+}
+
+/* While the workers load, status says so and submit is "not ready". */
+static void test_loading(void **state)
+{
+	qwend d;
+	qwend_start(&d, tiny(), NULL, (const char *[]){"QWEND_TEST_LOAD_DELAY_MS=1500", NULL},
+		    false);
+	json_t *s = qwend_status(&d);
+	assert_string_equal(json_string_value(json_object_get(s, "state")), "loading");
+	json_decref(s);
+	int32_t ids[] = {1, 2, 3};
+	qw_request r = token_request(ids, 3, 2, NULL, 0);
+	outcome o;
+	run_request(d.endpoint, &r, &o);
+	assert_string_equal(o.code, "not_ready");
+	assert_contains(o.message, "loading");
+	outcome_free(&o);
+	qwend_wait_state(&d, "ready", 30);
+	run_request(d.endpoint, &r, &o);
+	assert_string_equal(o.finish, "length");
+	outcome_free(&o);
+	qwend_stop(&d);
+}
+
+/* With checking on, a bit flipped in a hand-over fails the request, loudly. */
+static void test_corrupted_handover(void **state)
+{
+	qwend d;
+	qwend_start(&d, tiny(), (const char *[]){"--stages", "2", "--check-transport", "yes", NULL},
+		    (const char *[]){"QWEND_TEST_CORRUPT_HANDOVER=2", NULL}, true);
+	int n;
+	int32_t *ids = fixture_ids("tiny-moe", "short.input_ids", &n);
+	qw_request r = token_request(ids, n, 8, NULL, 0);
+	outcome o;
+	run_request(d.endpoint, &r, &o);
+	assert_string_equal(o.code, "internal");
+	assert_contains(o.message, "checksum mismatch");
+	outcome_free(&o);
+	free(ids);
+	qwend_stop(&d);
+}
+
+// ---------------------------------------------------------------------------------------
+// the socket, the config, the unit
+
+static int free_port(void)
+{
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof a;
+	bind(s, (struct sockaddr *)&a, sizeof a);
+	getsockname(s, (struct sockaddr *)&a, &len);
+	close(s);
+	return ntohs(a.sin_port);
+}
+
+/* One qwend a socket; tcp binds to loopback unless told otherwise. */
+static void test_socket_rules(void **state)
+{
+	qwend d;
+	qwend_start(&d, tiny(), NULL, NULL, true);
+	char *log;
+	int status = qwend_run_to_exit((const char *[]){"--model", tiny(), "--socket", d.endpoint,
+						       NULL}, &log);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+	assert_contains(log, "another qwend serves");
+	free(log);
+	json_decref(qwend_status(&d));   /* the first one is untouched (status fails otherwise) */
+	qwend_stop(&d);
+
+	char ep[64], want[64];
+	int port = free_port();
+	snprintf(ep, sizeof ep, "tcp://*:%d", port);
+	snprintf(want, sizeof want, "tcp://127.0.0.1:%d", port);
+	qwend t;
+	qwend_start_at(&t, tiny(), want, (const char *[]){"--socket", ep, NULL}, NULL, true);
+	json_t *s = qwend_status(&t);
+	assert_string_equal(json_string_value(json_object_get(s, "endpoint")), want);
+	json_decref(s);
+	qwend_stop(&t);
+
+	snprintf(ep, sizeof ep, "tcp://0.0.0.0:%d", port);
+	status = qwend_run_to_exit((const char *[]){"--model", tiny(), "--socket", ep, NULL}, &log);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+	assert_contains(log, "allow-remote");
+	free(log);
+	/* a setting that does not exist */
+	status = qwend_run_to_exit((const char *[]){"--model", tiny(), "--kv-blokcs", "3", NULL},
+				   &log);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 2);
+	free(log);
+}
+
+/* SIGHUP reloads the config file: runtime settings change, the others wait for a restart. */
+static void test_sighup(void **state)
+{
+	char *dir = scratch_new();
+	const char *conf = path_in(dir, "qwend.conf");
+	char conf_path[1100];
+	snprintf(conf_path, sizeof conf_path, "%s", conf);
+	const char *first = "max-queue 5\nmax-seqs 16\n";
+	write_file(conf_path, first, strlen(first));
+	qwend d;
+	qwend_start(&d, tiny(), (const char *[]){"--config", conf_path, NULL}, NULL, true);
+	json_t *s = qwend_status(&d);
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(s, "settings"),
+							    "max-queue")), 5);
+	json_decref(s);
+	const char *second = "max-queue 7\nmax-seqs 8\n";
+	write_file(conf_path, second, strlen(second));
+	kill(d.pid, SIGHUP);
+	qwend_wait_for(&d, "settings", "max-queue", 7, 5);
+	assert_int_equal(status_int(&d, "settings", "max-seqs"), 16);
+	qwend_stop(&d);
+	scratch_free(dir);
+}
+
+/* systemd-analyze verify, where it is installed, on the unit with this build's qwend. */
+static void test_systemd_unit(void **state)
+{
+	char *out;
+	if (run_capture(&out, "command -v systemd-analyze") != 0) {
+		free(out);
+		printf("# systemd-analyze is not installed: the unit is not verified here\n");
+		return;
+	}
+	free(out);
+	char *dir = scratch_new();
+	char unit[1100], exe[PATH_MAX];
+	snprintf(unit, sizeof unit, "%s/qwend.service", dir);
+	assert_non_null(realpath(program("qwend"), exe));   /* systemd wants an absolute path */
+	int rc = run_capture(&out, "sed 's|^ExecStart=[^ ]*|ExecStart=%s|' %s > %s && "
+			     "systemd-analyze verify %s", exe,
+			     fixture("../../systemd/qwend.service"), unit, unit);
+	if (rc != 0)
+		fail_msg("systemd-analyze verify:\n%s", out);
+	free(out);
+	scratch_free(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_cancel_and_disconnect),
+		cmocka_unit_test(test_kv_exhaustion_and_busy),
+		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_sigterm),
+		cmocka_unit_test(test_killed_worker),
+		cmocka_unit_test(test_loading),
+		cmocka_unit_test(test_corrupted_handover),
+		cmocka_unit_test(test_socket_rules),
+		cmocka_unit_test(test_sighup),
+		cmocka_unit_test(test_systemd_unit),
+	};
+	return cmocka_run_group_tests_name("qwend faults", tests, NULL, NULL);
+}
