@@ -25,7 +25,8 @@ static const qw_setting_def table[] = {
 	{"kv-blocks", QW_SET_INT, F(kv_blocks), 0, 0, 1 << 30, NULL, "0", false,
 	 "KV cache blocks per stage; 0: size the cache by kv-memory"},
 	{"kv-memory", QW_SET_REAL, F(kv_memory), 0, 0.01, 0.99, NULL, "0.9", false,
-	 "share of the memory left after the weights given to the KV cache"},
+	 "share of the memory left after the weights given to the KV cache (the cpu backend: of "
+	 "the host's available memory over the stages, at most 256 MiB a stage)"},
 	{"kv-block-tokens", QW_SET_INT, F(kv_block_tokens), 0, 1, 1024, NULL, "16", false,
 	 "tokens per KV block"},
 	{"max-seqs", QW_SET_INT, F(max_seqs), 0, 1, 65536, NULL, "256", false,

@@ -20,7 +20,7 @@
 #include "loader/dtype.h"
 
 #define IDLE_WAIT_MS 500      /* how often an idle worker beats and checks on its daemon */
-#define CPU_KV_CAP (1ull << 30)   /* the CPU backend's KV cache stops at 1 GiB a stage */
+#define CPU_KV_CAP (256ull << 20)   /* the CPU backend's KV cache stops at 256 MiB a stage */
 
 /* The vision tower's output for an image whose tokens are still being prefilled. */
 typedef struct vision_entry {
