@@ -63,6 +63,13 @@ int ctl_unexpected(const char *op, const qw_reply *r);
 /* Opens a client on c's endpoint (printing why not); returns CTL_OK or an exit status. */
 int ctl_connect(const ctl_common *c, qw_client *client);
 
+/* Ctrl-C: the first sets ctl_interrupted (a client's wait then ends), the second kills. */
+extern volatile sig_atomic_t ctl_interrupted;
+void ctl_catch_sigint(void);
+
+/* CLOCK_MONOTONIC in milliseconds. */
+double ctl_now_ms(void);
+
 /* Asks the daemon for its status: *text the JSON as sent, *obj parsed (an object); both
  * NULL unless CTL_OK.  Prints why not and returns the exit status. */
 int ctl_fetch_status(const ctl_common *c, char **text, json_t **obj);

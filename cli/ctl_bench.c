@@ -55,19 +55,6 @@ typedef struct errors {
 	int total;
 } errors;
 
-static volatile sig_atomic_t interrupted;
-
-static void on_sigint(int sig)
-{
-	interrupted = 1;
-}
-
-static double now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
 
 static uint64_t splitmix64(uint64_t *s)
 {
@@ -270,7 +257,7 @@ static qw_status submit(bench *b, slot *s, qw_err *err)
 	qw_request r = {.op = QW_OP_SUBMIT, .token_ids = b->ids, .n_token_ids = o->prompt_tokens,
 			.max_tokens = o->max_tokens, .greedy = true, .ignore_eos = true,
 			.stream = true, .temperature = -1, .top_k = -1};
-	s->t_submit = now_ms();
+	s->t_submit = ctl_now_ms();
 	if (!b->t0)
 		b->t0 = s->t_submit;
 	s->req = b->next++;
@@ -283,13 +270,13 @@ static qw_status submit(bench *b, slot *s, qw_err *err)
 static void finish(bench *b, slot *s)
 {
 	b->finished++;
-	b->t_end = now_ms();
+	b->t_end = ctl_now_ms();
 	s->req = -1;
 }
 
 static void on_reply(bench *b, slot *s, const qw_reply *r)
 {
-	double t = now_ms();
+	double t = ctl_now_ms();
 	result *res = &b->res[s->req];
 	switch (r->type) {
 	case QW_REPLY_ACCEPTED:
@@ -338,12 +325,12 @@ static void cancel_all(bench *b)
 			qw_client_send(&s->client, &r, &err);
 		}
 	}
-	double t0 = now_ms();
+	double t0 = ctl_now_ms();
 	for (int i = 0; i < C; i++) {
 		qw_reply rep;
 		qw_err err = {0};
-		while (b->slots[i].req >= 0 && now_ms() - t0 < 1000 &&
-		       qw_client_recv(&b->slots[i].client, &rep, 1000 - (int)(now_ms() - t0) + 1,
+		while (b->slots[i].req >= 0 && ctl_now_ms() - t0 < 1000 &&
+		       qw_client_recv(&b->slots[i].client, &rep, 1000 - (int)(ctl_now_ms() - t0) + 1,
 				      &err) == QW_OK) {
 			if (rep.type == QW_REPLY_DONE || rep.type == QW_REPLY_ERROR)
 				b->slots[i].req = -1;
@@ -366,10 +353,10 @@ static int run(bench *b, const ctl_common *c)
 	int rc = CTL_OK;
 	qw_err err = {0};
 	while (b->finished < o->requests && rc == CTL_OK) {
-		for (int i = 0; i < C && b->next < o->requests && !interrupted; i++)
+		for (int i = 0; i < C && b->next < o->requests && !ctl_interrupted; i++)
 			if (b->slots[i].req < 0 && submit(b, &b->slots[i], &err) != QW_OK)
 				rc = CTL_UNREACHABLE;
-		if (rc != CTL_OK || interrupted)
+		if (rc != CTL_OK || ctl_interrupted)
 			break;
 		/* wait until a reply, or until the oldest unanswered request runs out of time */
 		long wait = -1;
@@ -377,7 +364,7 @@ static int run(bench *b, const ctl_common *c)
 			const slot *s = &b->slots[i];
 			if (s->req < 0 || s->id || s->t_first)
 				continue;
-			long left = (long)(s->t_submit + c->timeout_ms - now_ms());
+			long left = (long)(s->t_submit + c->timeout_ms - ctl_now_ms());
 			if (left <= 0) {
 				qw_fail(&err, QW_E_IO, "qwend does not answer at %s (request %d "
 					"had no answer in %.1f s)", c->endpoint, s->req,
@@ -411,7 +398,7 @@ static int run(bench *b, const ctl_common *c)
 	free(items);
 	if (rc != CTL_OK)
 		fprintf(stderr, "qwenctl: %s\n", err.msg);
-	if (interrupted) {
+	if (ctl_interrupted) {
 		cancel_all(b);
 		fprintf(stderr, "qwenctl: interrupted after %d of %d requests\n", b->finished,
 			o->requests);
@@ -526,9 +513,7 @@ int ctl_bench(ctl_common *c, int argc, char **argv)
 		rc = CTL_ERROR;
 		goto out;
 	}
-	struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESETHAND};
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
+	ctl_catch_sigint();
 	for (int i = 0; i < o.concurrency; i++) {
 		qw_err err = {0};
 		b.slots[i].req = -1;
@@ -537,7 +522,7 @@ int ctl_bench(ctl_common *c, int argc, char **argv)
 			rc = ctl_fail(&err);
 			goto out;
 		}
-		b.slots[i].client.interrupt = &interrupted;
+		b.slots[i].client.interrupt = &ctl_interrupted;
 	}
 	rc = run(&b, c);
 	summary s = summarise(&o, b.res, &b.itl, b.t_end > b.t0 ? b.t_end - b.t0 : 0);

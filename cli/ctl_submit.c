@@ -63,19 +63,6 @@ typedef struct answer {
 	bool oom;                    /* a buffer could not grow */
 } answer;
 
-static volatile sig_atomic_t interrupted;
-
-static void on_sigint(int sig)
-{
-	interrupted = 1;
-}
-
-static double now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
 
 // ---------------------------------------------------------------------------------------
 // input
@@ -287,13 +274,13 @@ static int on_done(answer *a, const submit_opts *o, const qw_reply *r)
 static int cancel_request(qw_client *client, answer *a)
 {
 	const double wait_ms = 3000;
-	double t0 = now_ms();
+	double t0 = ctl_now_ms();
 	qw_reply rep;
 	qw_err err = {0};
 	client->interrupt = NULL;
 	fflush(stdout);
-	while (!a->id && now_ms() - t0 < wait_ms) {
-		int left = (int)(wait_ms - (now_ms() - t0)) + 1;
+	while (!a->id && ctl_now_ms() - t0 < wait_ms) {
+		int left = (int)(wait_ms - (ctl_now_ms() - t0)) + 1;
 		if (qw_client_recv(client, &rep, left, &err) != QW_OK)
 			break;
 		bool over = rep.type == QW_REPLY_DONE || rep.type == QW_REPLY_ERROR;
@@ -314,8 +301,8 @@ static int cancel_request(qw_client *client, answer *a)
 		return CTL_INTERRUPTED;
 	}
 	bool ok = false, done = false;
-	while (!(ok && done) && now_ms() - t0 < 2 * wait_ms) {
-		int left = (int)(2 * wait_ms - (now_ms() - t0)) + 1;
+	while (!(ok && done) && ctl_now_ms() - t0 < 2 * wait_ms) {
+		int left = (int)(2 * wait_ms - (ctl_now_ms() - t0)) + 1;
 		if (qw_client_recv(client, &rep, left, &err) != QW_OK)
 			break;
 		if (rep.type == QW_REPLY_OK) {
@@ -342,21 +329,19 @@ static int run(ctl_common *c, const submit_opts *o, const qw_request *req)
 	int rc = ctl_connect(c, &client);
 	if (rc != CTL_OK)
 		return rc;
-	struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESETHAND};
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	client.interrupt = &interrupted;
+	ctl_catch_sigint();
+	client.interrupt = &ctl_interrupted;
 	answer a = {0};
 	qw_err err = {0};
 	if (qw_client_send(&client, req, &err) != QW_OK) {
-		rc = interrupted ? CTL_INTERRUPTED : ctl_fail(&err);
+		rc = ctl_interrupted ? CTL_INTERRUPTED : ctl_fail(&err);
 		goto out;
 	}
 	for (;;) {
 		qw_reply rep;
 		/* the first answer within --timeout; then generation takes what it takes */
 		if (qw_client_recv(&client, &rep, a.id ? -1 : c->timeout_ms, &err) != QW_OK) {
-			rc = interrupted ? cancel_request(&client, &a) : ctl_fail(&err);
+			rc = ctl_interrupted ? cancel_request(&client, &a) : ctl_fail(&err);
 			break;
 		}
 		bool end = true;

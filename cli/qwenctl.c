@@ -6,7 +6,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli/args.h"
 #include "cli/ctl.h"
@@ -162,6 +164,27 @@ int ctl_unexpected(const char *op, const qw_reply *r)
 	fprintf(stderr, "qwenctl: the daemon answered %s with a '%s' reply\n", op,
 		names[r->type]);
 	return CTL_ERROR;
+}
+
+volatile sig_atomic_t ctl_interrupted;
+
+static void on_sigint(int sig)
+{
+	ctl_interrupted = 1;
+}
+
+void ctl_catch_sigint(void)
+{
+	struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESETHAND};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+}
+
+double ctl_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
 int ctl_connect(const ctl_common *c, qw_client *client)

@@ -364,7 +364,8 @@ bool raw_exchange(const char *endpoint, const void *bytes, size_t len, int frame
 // ---------------------------------------------------------------------------------------
 // fixtures
 
-int32_t *fixture_ids(const char *model, const char *key, int *n)
+/* The model's reference.safetensors; *t its tensor `key`, which must be there. */
+static qw_st_file *reference(const char *model, const char *key, const qw_tensor **t)
 {
 	char rel[256];
 	snprintf(rel, sizeof rel, "hf/%s/reference.safetensors", model);
@@ -372,8 +373,16 @@ int32_t *fixture_ids(const char *model, const char *key, int *n)
 	qw_err err = {0};
 	if (qw_st_open(fixture(rel), &f, &err) != QW_OK)
 		fail_msg("%s", err.msg);
-	const qw_tensor *t = qw_st_find(f, key);
-	assert_non_null(t);
+	*t = qw_st_find(f, key);
+	if (!*t)
+		fail_msg("%s has no %s", rel, key);
+	return f;
+}
+
+int32_t *fixture_ids(const char *model, const char *key, int *n)
+{
+	const qw_tensor *t;
+	qw_st_file *f = reference(model, key, &t);
 	*n = (int)t->numel;
 	int32_t *ids = malloc((size_t)*n * sizeof *ids);
 	for (int i = 0; i < *n; i++) {
@@ -387,14 +396,8 @@ int32_t *fixture_ids(const char *model, const char *key, int *n)
 
 membuf fixture_png(const char *model)
 {
-	char rel[256];
-	snprintf(rel, sizeof rel, "hf/%s/reference.safetensors", model);
-	qw_st_file *f;
-	qw_err err = {0};
-	if (qw_st_open(fixture(rel), &f, &err) != QW_OK)
-		fail_msg("%s", err.msg);
-	const qw_tensor *t = qw_st_find(f, "image_hwc_u8");
-	assert_non_null(t);
+	const qw_tensor *t;
+	qw_st_file *f = reference(model, "image_hwc_u8", &t);
 	qw_image img = {(int)t->shape[1], (int)t->shape[0], (uint8_t *)t->data};
 	membuf m = encode_png(&img, PNG_COLOR_TYPE_RGB);
 	qw_st_close(f);
