@@ -39,8 +39,11 @@ typedef struct qw_kv_cache qw_kv_cache;     /* backend-defined */
  * act_dtype. */
 static inline qw_act qw_act_rows(const qw_act *a, int row0, int n, size_t elem_bytes)
 {
-	return (qw_act){(char *)a->data + (size_t)row0 * (size_t)a->cols * elem_bytes, n, a->cols,
-			n};
+	qw_act r;
+	r.data = (char *)a->data + (size_t)row0 * (size_t)a->cols * elem_bytes;
+	r.rows = r.cap_rows = n;
+	r.cols = a->cols;
+	return r;
 }
 
 typedef struct qw_kv_shape {

@@ -1,0 +1,114 @@
+/* kernels.h - the CUDA backend's kernels, as C-callable launchers: what the op table in
+ * backend.cu calls.
+ *
+ * Owns: the launchers' contracts.  Every pointer is a device pointer unless said otherwise.
+ * Activations are row-major bf16 (passed as uint16_t bit patterns, so C code can include
+ * this header); weights are bf16 unless said; math is fp32 inside every kernel.  A launcher
+ * enqueues on `stream` and returns without waiting for the GPU, after checking the launch
+ * (cudaGetLastError); it returns QW_E_ARG for shapes it cannot take, QW_E_DEVICE for a CUDA
+ * failure, with err naming it.  Nothing here allocates device memory per call: scratch comes
+ * from the caller (the *_ws_bytes functions say how much).
+ *
+ * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
+ * segments), moe.cu (routing and experts), sample.cu (greedy and seeded sampling),
+ * elementwise.cu (norms, rotary, SwiGLU, GELU, gathers), backend.cu (the op table).
+ */
+#ifndef QW_KERNELS_CUDA_KERNELS_H
+#define QW_KERNELS_CUDA_KERNELS_H
+
+#include <cuda_runtime.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/ops.h"
+#include "loader/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One step's batch on the device (backend.cu copies qw_batch there once a step).  The tokens
+ * of one sequence are consecutive rows in increasing kv_index order: sequence s owns rows
+ * [seq_start[s], seq_start[s + 1]). */
+typedef struct qw_cuda_batch {
+	int n_tokens;               /* T */
+	int n_seqs;
+	int max_blocks;             /* row length of block_tables */
+	int block_size;             /* tokens per KV block */
+	int max_kv_len;             /* the largest kv_index + 1 of the step (host-known) */
+	int max_seq_tokens;         /* the most rows one sequence has in the step (host-known) */
+	const int32_t *token_ids;   /* (T,) */
+	const int32_t *positions;   /* (T, 3) */
+	const int32_t *seq;         /* (T,) */
+	const int32_t *kv_index;    /* (T,) */
+	const int32_t *slot;        /* (T,) */
+	const int32_t *seq_start;   /* (n_seqs + 1,) */
+	const int32_t *block_tables;/* (n_seqs, max_blocks) */
+	const int32_t *logit_rows;  /* (n_logits,) */
+	int n_logits;
+} qw_cuda_batch;
+
+// -- attention.cu ------------------------------------------------------------------------
+
+/* k, v (T, width) into one layer's cache (n_slots, width) at rows slot[t]. */
+qw_status qw_cuda_kv_write(uint16_t *k_cache, uint16_t *v_cache, const uint16_t *k,
+			   const uint16_t *v, const qw_cuda_batch *b, int width,
+			   cudaStream_t stream, qw_err *err);
+
+/* out (T, Hq*D) = causal GQA attention of each token over its sequence's cache entries
+ * 0..kv_index through its block table (one layer's cache, (n_slots, Hkv*D) for K and V),
+ * softmax in fp32 with scale.  ws: qw_cuda_attention_ws_bytes of scratch. */
+size_t qw_cuda_attention_ws_bytes(int max_tokens, int n_heads, int head_dim, int max_kv_len);
+qw_status qw_cuda_attention(uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
+			    const uint16_t *v_cache, const qw_cuda_batch *b, int n_heads,
+			    int n_kv_heads, int head_dim, float scale, void *ws, size_t ws_bytes,
+			    cudaStream_t stream, qw_err *err);
+
+/* out (T, H*D): full (non-causal) attention among the rows of each segment [seg_start[i],
+ * seg_start[i+1]) (seg_start on the device, n_segs + 1 entries; max_seg the longest), q, k,
+ * v (T, H*D), scale D^-0.5.  The vision tower's. */
+qw_status qw_cuda_segment_attention(uint16_t *out, const uint16_t *q, const uint16_t *k,
+				    const uint16_t *v, const int32_t *seg_start, int n_segs,
+				    int max_seg, int T, int n_heads, int head_dim,
+				    cudaStream_t stream, qw_err *err);
+
+// -- moe.cu --------------------------------------------------------------------------------
+
+/* The MoE block of one layer for T tokens, fused (hub) expert layout:
+ * router (E, H); gate_up (E, H, 2I) input-major, gate columns [0, I), up [I, 2I);
+ * down (E, I, H) input-major.  Per token: router logits in fp32, softmax, top-k by
+ * probability (lowest id on ties), divided by their sum when renormalize; each chosen
+ * expert's silu(x Wg) * (x Wu) Wd, weighted, summed in fp32, stored bf16. */
+typedef struct qw_cuda_moe_args {
+	int T, H, E, top_k, I;
+	bool renormalize;
+	const uint16_t *x;          /* (T, H) */
+	const uint16_t *router;     /* (E, H) */
+	const uint16_t *gate_up;    /* (E, H, 2I) */
+	const uint16_t *down;       /* (E, I, H) */
+	uint16_t *out;              /* (T, H) */
+} qw_cuda_moe_args;
+
+size_t qw_cuda_moe_ws_bytes(int max_tokens, int H, int E, int top_k, int I);
+qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_bytes, cudaStream_t stream,
+		      qw_err *err);
+
+// -- sample.cu -----------------------------------------------------------------------------
+
+/* One token per row of logits (rows, V) bf16, each row with its own parameters (host
+ * array), by the rule of kernels/sample.h: greedy when temperature is 0 (argmax, lowest id
+ * on ties); else softmax(logits / T), then top-k, then top-p, then one draw with
+ * qw_sample_uniform(seed, step), walking ids in order when nothing is cut, else in
+ * descending probability.  out_host (rows,) is written before this returns (it waits for
+ * the stream).  ws: qw_cuda_sample_ws_bytes. */
+size_t qw_cuda_sample_ws_bytes(int max_rows, int V);
+qw_status qw_cuda_sample(int32_t *out_host, const uint16_t *logits, int rows, int V,
+			 const qw_sampling *params, void *ws, size_t ws_bytes, cudaStream_t stream,
+			 qw_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
