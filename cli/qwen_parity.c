@@ -18,6 +18,7 @@
 #include "cli/args.h"
 #include "cli/parity.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
 
 static const char usage[] =
 	"usage: qwen-parity --model DIR --reference REF.safetensors --case NAME\n"
@@ -153,6 +154,8 @@ int main(int argc, char **argv)
 		fputs(usage, stderr);
 		return 2;
 	}
+	if (!th_name && strcmp(backend, "cuda") == 0)
+		o.th = &qw_thresholds_bf16;   /* a bf16 backend's thresholds unless told otherwise */
 	if (th_name && !(o.th = qw_thresholds_named(th_name))) {
 		fprintf(stderr, "qwen-parity: --thresholds: '%s' is not fp32, bf16 or fp8\n", th_name);
 		return 2;
@@ -165,9 +168,10 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	} else if (strcmp(backend, "cuda") == 0) {
-		fputs("qwen-parity: --backend cuda: the CUDA backend is not part of this build yet\n",
-		      stderr);
-		return 2;
+		if (qw_cuda_backend_create(0, &be, &err) != QW_OK) {
+			fprintf(stderr, "qwen-parity: --backend cuda: %s\n", err.msg);
+			return 2;
+		}
 	} else {
 		fprintf(stderr, "qwen-parity: --backend: '%s' is not cpu or cuda\n", backend);
 		return 2;

@@ -2,6 +2,7 @@
  * See server.h. */
 #include "daemon/server.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
@@ -47,7 +48,7 @@ static void collect_eos(qw_server *sv)
 	int32_t cand[2 * QW_REQ_MAX_EOS + 2];
 	int n = 0;
 	char path[1100];
-	snprintf(path, sizeof path, "%s/generation_config.json", sv->model_dir);
+	snprintf(path, sizeof path, "%s/generation_config.json", sv->meta_dir);
 	json_t *gen = json_load_file(path, 0, NULL);
 	json_t *e = gen ? json_object_get(gen, "eos_token_id") : NULL;
 	if (json_is_integer(e))
@@ -98,12 +99,12 @@ static bool template_thinks(const char *dir)
 static qw_status open_tokenizer(qw_server *sv, qw_err *err)
 {
 	bool explicit_dir = sv->set.tokenizer[0] != '\0';
-	const char *dir = explicit_dir ? sv->set.tokenizer : sv->model_dir;
+	const char *dir = explicit_dir ? sv->set.tokenizer : sv->meta_dir;
 	if (!file_exists(dir, "tokenizer.json")) {
 		if (explicit_dir)
 			return qw_fail(err, QW_E_IO, "--tokenizer %s: no tokenizer.json there", dir);
 		qw_log(QW_LOG_WARN, "%s has no tokenizer.json: serving token-id requests only "
-		       "(HINT: --tokenizer DIR)", sv->model_dir);
+		       "(HINT: --tokenizer DIR)", sv->meta_dir);
 		return QW_OK;
 	}
 	qw_status st = qw_tokenizer_load(dir, &sv->tok, err);
@@ -124,47 +125,121 @@ static qw_status open_tokenizer(qw_server *sv, qw_err *err)
 	return QW_OK;
 }
 
-static qw_status open_model(qw_server *sv, qw_err *err)
+/* The GPUs of a cuda pipeline, one stage each: --gpus, else every GPU the driver lists (the
+ * daemon itself never opens a GPU: it counts them in /proc). */
+static qw_status list_gpus(qw_server *sv, qw_err *err)
 {
-	const qw_settings *set = &sv->set;
-	qw_status st;
-	if (strcmp(set->model, "demo") == 0) {
-		if ((st = qw_demo_model_ensure(NULL, sv->model_dir, sizeof sv->model_dir, err)))
-			return qw_err_context(err, "the demo model");
-	} else {
-		snprintf(sv->model_dir, sizeof sv->model_dir, "%s", set->model);
+	const char *list = sv->set.gpus;
+	char found[160] = "";
+	if (!list[0]) {
+		const char *visible = getenv("CUDA_VISIBLE_DEVICES");
+		int n = 0;
+		if (visible && visible[0]) {
+			n = 1;
+			for (const char *p = visible; *p; p++)
+				n += *p == ',';
+		} else {
+			DIR *d = opendir("/proc/driver/nvidia/gpus");
+			for (struct dirent *e; d && (e = readdir(d));)
+				n += e->d_name[0] != '.';
+			if (d)
+				closedir(d);
+		}
+		if (n < 1)
+			return qw_fail(err, QW_E_ARG, "--device cuda: no NVIDIA GPU is listed in "
+				       "/proc/driver/nvidia/gpus (HINT: --gpus 0,1,...)");
+		for (int i = 0; i < n && i < QW_MAX_STAGES; i++)
+			snprintf(found + strlen(found), sizeof found - strlen(found), "%s%d",
+				 i ? "," : "", i);
+		list = found;
 	}
-	char path[1100];
-	snprintf(path, sizeof path, "%s/config.json", sv->model_dir);
-	if ((st = qw_config_load(path, &sv->cfg, err)) != QW_OK)
+	sv->n_stages = 0;
+	for (const char *p = list; *p;) {
+		char *end;
+		long g = strtol(p, &end, 10);
+		if (end == p || g < 0 || g > 1023 || (*end && *end != ',') ||
+		    sv->n_stages == QW_MAX_STAGES)
+			return qw_fail(err, QW_E_ARG, "--gpus %s: not a list of GPU numbers such as "
+				       "0,1,2,3", sv->set.gpus);
+		sv->gpu[sv->n_stages++] = (int)g;
+		p = *end ? end + 1 : end;
+	}
+	return QW_OK;
+}
+
+/* The stage plan and parameter counts: from the checkpoint's tensors, or for a synthetic
+ * model from what the config implies (bf16). */
+static qw_status plan_model(qw_server *sv, bool synthetic, qw_dtype kv_dtype, qw_err *err)
+{
+	qw_checkpoint *ck = NULL;
+	qw_status st = synthetic ? QW_OK : qw_ckpt_open(sv->model_dir, &ck, err);
+	if (st != QW_OK)
 		return st;
-	if (strcmp(set->device, "cpu") != 0)
-		return qw_fail(err, QW_E_ARG, "--device %s: this build serves the cpu backend only",
-			       set->device);
-	sv->n_stages = (int)set->stages;
-	qw_checkpoint *ck;
-	if ((st = qw_ckpt_open(sv->model_dir, &ck, err)) != QW_OK)
-		return st;
-	st = qw_plan_checkpoint(&sv->cfg, ck, sv->n_stages, QW_DT_F32, sv->plan, err);
+	qw_expert_layout layout = ck ? qw_detect_expert_layout(&sv->cfg, ck)
+				     : sv->cfg.arch == QW_ARCH_QWEN3_MOE ? QW_EXPERTS_PER_EXPERT
+									  : QW_EXPERTS_FUSED;
 	qw_wspec *specs = NULL;
 	size_t n = 0;
-	if (st == QW_OK && (st = qw_wmap_build(&sv->cfg, qw_detect_expert_layout(&sv->cfg, ck), NULL,
-					       &specs, &n, err)) == QW_OK) {
+	st = ck ? qw_plan_checkpoint(&sv->cfg, ck, sv->n_stages, kv_dtype, sv->plan, err) : QW_OK;
+	if (st == QW_OK)
+		st = qw_wmap_build(&sv->cfg, layout, NULL, &specs, &n, err);
+	if (st == QW_OK && !ck) {
+		for (size_t i = 0; i < n; i++)
+			specs[i].bytes = specs[i].numel * 2;
+		st = qw_plan_stages(&sv->cfg, specs, n, sv->n_stages, kv_dtype, sv->plan, err);
+	}
+	if (st == QW_OK) {
 		qw_params p;
 		qw_count_params(specs, n, sv->cfg.text.num_experts_per_tok, &p);
 		sv->params_total = p.total;
 		sv->params_active = p.active;
 	}
 	free(specs);
-	qw_ckpt_close(ck);
-	if (st != QW_OK || (st = open_tokenizer(sv, err)) != QW_OK)
+	if (ck)
+		qw_ckpt_close(ck);
+	return st;
+}
+
+static qw_status open_model(qw_server *sv, qw_err *err)
+{
+	const qw_settings *set = &sv->set;
+	qw_status st;
+	bool synthetic = strncmp(set->model, QW_SYNTHETIC_PREFIX, strlen(QW_SYNTHETIC_PREFIX)) == 0;
+	char path[1100];
+	if (strcmp(set->model, "demo") == 0) {
+		if ((st = qw_demo_model_ensure(NULL, sv->model_dir, sizeof sv->model_dir, err)))
+			return qw_err_context(err, "the demo model");
+	} else {
+		snprintf(sv->model_dir, sizeof sv->model_dir, "%s", set->model);
+	}
+	/* a synthetic model's tokenizer, generation config and template sit beside its config */
+	if (synthetic) {
+		snprintf(path, sizeof path, "%s", set->model + strlen(QW_SYNTHETIC_PREFIX));
+		snprintf(sv->meta_dir, sizeof sv->meta_dir, "%s", path);
+		char *slash = strrchr(sv->meta_dir, '/');
+		if (slash)
+			*slash = '\0';
+		else
+			snprintf(sv->meta_dir, sizeof sv->meta_dir, ".");
+	} else {
+		snprintf(path, sizeof path, "%s/config.json", sv->model_dir);
+		snprintf(sv->meta_dir, sizeof sv->meta_dir, "%s", sv->model_dir);
+	}
+	if ((st = qw_config_load(path, &sv->cfg, err)) != QW_OK)
+		return st;
+	bool cuda = strcmp(set->device, "cuda") == 0;
+	sv->n_stages = (int)set->stages;
+	if (cuda && (st = list_gpus(sv, err)) != QW_OK)
+		return st;
+	if ((st = plan_model(sv, synthetic, cuda ? QW_DT_BF16 : QW_DT_F32, err)) != QW_OK ||
+	    (st = open_tokenizer(sv, err)) != QW_OK)
 		return st;
 
 	qw_req_ctx *rc = &sv->rc;
 	rc->cfg = &sv->cfg;
 	rc->tok = sv->tok;
 	rc->thinking = !strcmp(set->thinking, "yes") ||
-		       (!strcmp(set->thinking, "auto") && template_thinks(sv->model_dir));
+		       (!strcmp(set->thinking, "auto") && template_thinks(sv->meta_dir));
 	rc->think_start = sv->tok ? qw_tokenizer_added_id(sv->tok, "<think>") : -1;
 	rc->think_end = sv->tok ? qw_tokenizer_added_id(sv->tok, "</think>") : -1;
 	collect_eos(sv);
@@ -205,7 +280,7 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 	for (int i = 0; i < sv->n_stages; i++) {
 		job.layer_begin[i] = sv->plan[i].stage.layer_begin;
 		job.layer_end[i] = sv->plan[i].stage.layer_end;
-		job.gpu[i] = i;
+		job.gpu[i] = sv->gpu[i];
 	}
 	job.max_tokens = (int)set->max_batch_tokens;
 	job.max_logits = (int)set->max_seqs;

@@ -58,13 +58,15 @@ typedef struct qw_server {
 	qw_server_state state;
 	double t_start;
 	/* the model */
-	char model_dir[1024];
+	char model_dir[1024];        /* a model directory, or synthetic:CONFIG.json */
+	char meta_dir[1024];         /* where its tokenizer and generation config would be */
 	qw_config cfg;
 	qw_tokenizer *tok;
 	qw_req_ctx rc;
 	qw_limits limits;
 	qw_stage_plan plan[QW_MAX_STAGES];
 	int n_stages;
+	int gpu[QW_MAX_STAGES];      /* cuda: the GPU of each stage */
 	uint64_t params_total, params_active;
 	/* the pipeline */
 	qw_supervisor sup;

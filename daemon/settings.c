@@ -12,12 +12,13 @@
 
 static const qw_setting_def table[] = {
 	{"model", QW_SET_STR, STR(model), 0, 0, NULL, "demo", false,
-	 "model directory (config.json + safetensors), or demo for the built-in tiny model"},
+	 "model directory (config.json + safetensors); demo: the built-in tiny model; "
+	 "synthetic:CONFIG.json: that config with deterministic random weights"},
 	{"tokenizer", QW_SET_STR, STR(tokenizer), 0, 0, NULL, "", false,
 	 "tokenizer directory; empty: the model directory's"},
 	{"device", QW_SET_ENUM, STR(device), 0, 0, "cpu|cuda", "cpu", false, "backend"},
 	{"gpus", QW_SET_STR, STR(gpus), 0, 0, NULL, "", false,
-	 "GPUs of the pipeline, one stage each, e.g. 0,1,2,3; empty: all"},
+	 "GPUs of the cuda pipeline, one stage each, e.g. 0,1,2,3 (a GPU may repeat); empty: all"},
 	{"stages", QW_SET_INT, F(stages), 0, 1, 64, NULL, "1", false,
 	 "pipeline stages on the cpu backend"},
 	{"socket", QW_SET_STR, STR(socket), 0, 0, NULL, "", false,

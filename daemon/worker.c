@@ -14,6 +14,7 @@
 #include "ipc/region.h"
 #include "ipc/step.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/forward.h"
 #include "kernels/vision.h"
 #include "loader/checkpoint.h"
@@ -89,9 +90,18 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 	beat(w);
 }
 
-/* Bytes of memory free for the KV cache after the weights. */
+/* Bytes of memory free for the KV cache after the weights: the device's, or on the CPU
+ * backend this stage's share of the host's. */
 static uint64_t free_memory(worker *w)
 {
+	if (w->be->free_memory) {
+		/* stages on one GPU share what it has free */
+		const qw_region_job *job = &w->hdr->job;
+		uint64_t sharing = 0;
+		for (int i = 0; i < w->n_stages; i++)
+			sharing += job->gpu[i] == job->gpu[w->stage];
+		return w->be->free_memory(w->be) / (sharing ? sharing : 1);
+	}
 	FILE *f = fopen("/proc/meminfo", "r");
 	char line[256];
 	unsigned long long kb = 0;
@@ -108,9 +118,11 @@ static uint64_t free_memory(worker *w)
 static qw_status create_backend(worker *w, qw_err *err)
 {
 	const qw_region_job *job = &w->hdr->job;
-	if (strcmp(job->device, "cpu") != 0)
-		return qw_fail(err, QW_E_ARG, "device %s: this build serves only the cpu backend "
-			       "(the CUDA backend comes with its own issue)", job->device);
+	if (strcmp(job->device, "cuda") == 0) {
+		int gpu = job->gpu[w->stage];
+		snprintf(w->slot->device, sizeof w->slot->device, "cuda:%d", gpu);
+		return qw_cuda_backend_create(gpu, &w->be, err);
+	}
 	snprintf(w->slot->device, sizeof w->slot->device, "cpu");
 	return qw_cpu_backend_create(&w->be, err);
 }
@@ -121,10 +133,16 @@ static qw_status create_backend(worker *w, qw_err *err)
 static qw_status load(worker *w, qw_err *err)
 {
 	const qw_region_job *job = &w->hdr->job;
+	/* "synthetic:CONFIG.json": deterministic random weights, no checkpoint */
+	bool synthetic = strncmp(job->model_dir, QW_SYNTHETIC_PREFIX,
+				 strlen(QW_SYNTHETIC_PREFIX)) == 0;
 	char path[1100];
-	snprintf(path, sizeof path, "%s/config.json", job->model_dir);
+	if (synthetic)
+		snprintf(path, sizeof path, "%s", job->model_dir + strlen(QW_SYNTHETIC_PREFIX));
+	else
+		snprintf(path, sizeof path, "%s/config.json", job->model_dir);
 	qw_status st = qw_config_load(path, &w->cfg, err);
-	if (st == QW_OK)
+	if (st == QW_OK && !synthetic)
 		st = qw_ckpt_open(job->model_dir, &w->ck, err);
 	if (st == QW_OK)
 		st = create_backend(w, err);
@@ -136,8 +154,10 @@ static qw_status load(worker *w, qw_err *err)
 	atomic_store(&w->slot->state, QW_WORKER_LOADING);
 	notify(w);
 	uint64_t t0 = qw_monotonic_ms();
-	st = qw_stage_model_load(&w->m, &w->cfg, w->ck, &stage, w->be, job->max_tokens,
-				 on_progress, w, err);
+	st = synthetic ? qw_stage_model_load_synthetic(&w->m, &w->cfg, &stage, w->be, 0,
+						       job->max_tokens, on_progress, w, err)
+		       : qw_stage_model_load(&w->m, &w->cfg, w->ck, &stage, w->be, job->max_tokens,
+					     on_progress, w, err);
 	if (st != QW_OK)
 		return st;
 	/* tests: a load that takes its time, so "loading" can be seen from outside */

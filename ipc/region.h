@@ -52,8 +52,12 @@ typedef struct qw_worker_slot {
 	char error[512];                 /* why it failed */
 } qw_worker_slot;
 
+/* A job's model_dir of this form names a config: its weights are synthesized. */
+#define QW_SYNTHETIC_PREFIX "synthetic:"
+
 typedef struct qw_region_job {
-	char model_dir[1024];            /* config.json and the safetensors */
+	char model_dir[1024];            /* config.json and the safetensors, or
+					    synthetic:CONFIG.json */
 	char device[8];                  /* cpu or cuda */
 	int32_t n_stages;
 	int32_t layer_begin[QW_MAX_STAGES];   /* stage i runs decoder layers [begin, end) */

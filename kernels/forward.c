@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loader/dtype.h"
+#include "loader/export.h"
+
 #define TRY(call)                          \
 	do {                               \
 		qw_status try_st_ = (call); \
@@ -74,6 +77,91 @@ qw_status qw_stage_model_load(qw_stage_model *m, const qw_config *cfg, const qw_
 	return st;
 }
 
+/* One synthetic tensor: on the backend when it can generate, else made here and uploaded. */
+static qw_status synthesize(qw_stage_model *m, int i, const qw_wspec *spec, uint64_t seed,
+			    const qw_tensor **out, qw_err *err)
+{
+	qw_tensor *t = &m->synth[i];
+	t->name = strdup(spec->name);
+	t->dtype = QW_DT_BF16;
+	t->ndim = spec->ndim;
+	memcpy(t->shape, spec->shape, sizeof spec->shape);
+	t->numel = spec->numel;
+	t->nbytes = spec->numel * 2;
+	if (!t->name)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	double mean, std;
+	qw_export_value_dist(spec, &mean, &std);
+	if (m->be->synthesize)
+		return m->be->synthesize(m->be, t, qw_export_stream_start(seed, spec->name), mean, std,
+					 out, err);
+	float *v = malloc(spec->numel * sizeof *v + 4);
+	uint16_t *bits = m->synth_host[i] = malloc(spec->numel * 2 + 2);
+	if (!v || !bits) {
+		free(v);
+		return qw_fail(err, QW_E_NOMEM, "out of memory synthesizing %s", spec->name);
+	}
+	qw_export_random_values(spec, seed, v);
+	for (uint64_t k = 0; k < spec->numel; k++)
+		bits[k] = qw_f32_to_bf16(v[k]);
+	free(v);
+	t->data = bits;
+	return m->be->upload(m->be, t, out, err);
+}
+
+qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
+					const qw_stage *stage, qw_backend *be, uint64_t seed,
+					int max_tokens, qw_load_progress progress,
+					void *progress_ctx, qw_err *err)
+{
+	memset(m, 0, sizeof *m);
+	m->cfg = cfg;
+	m->be = be;
+	m->stage = *stage;
+	m->max_tokens = max_tokens;
+	m->w.expert_layout = cfg->arch == QW_ARCH_QWEN3_MOE ? QW_EXPERTS_PER_EXPERT : QW_EXPERTS_FUSED;
+	qw_wspec *specs;
+	size_t n;
+	qw_status st = qw_wmap_build(cfg, m->w.expert_layout, &m->w, &specs, &n, err);
+	if (st != QW_OK)
+		return st;
+	bool last = stage->index == stage->count - 1;
+	m->synth = calloc(n + 1, sizeof *m->synth);
+	m->synth_host = calloc(n + 1, sizeof *m->synth_host);
+	if (!m->synth || !m->synth_host)
+		st = qw_fail(err, QW_E_NOMEM, "out of memory");
+	uint64_t total = 0, done = 0;
+	for (size_t i = 0; i < n; i++)
+		if (qw_stage_owns(stage, cfg, &specs[i]))
+			total += specs[i].numel * 2;
+	for (size_t i = 0; i < n && st == QW_OK; i++) {
+		const qw_wspec *sp = &specs[i];
+		if (!qw_stage_owns(stage, cfg, sp) || !sp->slot)
+			continue;
+		st = synthesize(m, m->n_synth, sp, seed, sp->slot, err);
+		m->n_synth++;
+		/* a tied lm_head is the embedding table, on the last stage too */
+		if (st == QW_OK && cfg->tie_word_embeddings && last && sp->part == QW_PART_EMBED)
+			m->w.lm_head = *sp->slot;
+		done += sp->numel * 2;
+		if (st == QW_OK && progress)
+			progress(progress_ctx, done, total);
+	}
+	if (st == QW_OK && cfg->tie_word_embeddings && last && !m->w.lm_head) {
+		for (size_t i = 0; i < n && st == QW_OK; i++)
+			if (specs[i].part == QW_PART_EMBED) {
+				st = synthesize(m, m->n_synth, &specs[i], seed, &m->w.lm_head, err);
+				m->n_synth++;
+			}
+	}
+	free(specs);
+	if (st == QW_OK)
+		st = alloc_scratch(m, err);
+	if (st != QW_OK)
+		qw_stage_model_free(m);
+	return st;
+}
+
 qw_status qw_stage_model_alloc_kv(qw_stage_model *m, int n_blocks, int block_size, qw_err *err)
 {
 	if (m->kv)
@@ -107,6 +195,13 @@ void qw_stage_model_free(qw_stage_model *m)
 	if (m->kv)
 		m->be->kv_free(m->be, m->kv);
 	qw_weights_free(&m->w);
+	for (int i = 0; i < m->n_synth; i++) {
+		free(m->synth[i].name);
+		if (m->synth_host)
+			free(m->synth_host[i]);
+	}
+	free(m->synth);
+	free(m->synth_host);
 	memset(m, 0, sizeof *m);
 }
 
@@ -176,6 +271,8 @@ qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden,
 			       hidden->cap_rows, hidden->cols);
 	if (!m->kv)
 		return qw_fail(err, QW_E_ARG, "stage %d has no KV cache yet", m->stage.index);
+	if (m->be->begin_step)
+		TRY(m->be->begin_step(m->be, b, err));
 	set_rows(m, T);
 	hidden->rows = T;
 	if (m->stage.index == 0) {

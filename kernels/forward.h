@@ -30,6 +30,11 @@ typedef struct qw_stage_model {
 	qw_act picked;                  /* (max_tokens, H) rows chosen for logits */
 	qw_hidden_hook hook;            /* optional */
 	void *hook_ctx;
+	/* a synthetic model's tensors (no checkpoint): their descriptions, and their values on
+	 * the host when the backend cannot generate them itself */
+	qw_tensor *synth;
+	int n_synth;
+	uint16_t **synth_host;
 } qw_stage_model;
 
 /* Called as weights reach the backend: bytes uploaded so far of the stage's total. */
@@ -41,6 +46,14 @@ typedef void (*qw_load_progress)(void *ctx, uint64_t done, uint64_t total);
 qw_status qw_stage_model_load(qw_stage_model *m, const qw_config *cfg, const qw_checkpoint *ck,
 			      const qw_stage *stage, qw_backend *be, int max_tokens,
 			      qw_load_progress progress, void *progress_ctx, qw_err *err);
+
+/* The same without a checkpoint: every tensor the stage owns filled with the deterministic
+ * random values qwen-ckpt export-reduced would write for seed (loader/export.h), generated
+ * by the backend where it can (synthesize), else on the host and uploaded. */
+qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
+					const qw_stage *stage, qw_backend *be, uint64_t seed,
+					int max_tokens, qw_load_progress progress,
+					void *progress_ctx, qw_err *err);
 
 /* Allocates the stage's KV cache: n_blocks blocks of block_size tokens for its layers. */
 qw_status qw_stage_model_alloc_kv(qw_stage_model *m, int n_blocks, int block_size, qw_err *err);

@@ -117,6 +117,16 @@ struct qw_backend {
 			      qw_err *err);
 	void (*kv_free)(qw_backend *be, qw_kv_cache *kv);
 	void (*destroy)(qw_backend *be);
+	/* (optional) bytes of memory still free for a KV cache, after what is allocated */
+	uint64_t (*free_memory)(qw_backend *be);
+	/* (optional) a backend-resident tensor of t's dtype and shape (t->data unused) filled
+	 * with the random values of loader/export.h's stream s0 and (mean, std), generated
+	 * where it lives; released with the backend */
+	qw_status (*synthesize)(qw_backend *be, const qw_tensor *t, uint64_t s0, double mean,
+				double std, const qw_tensor **out, qw_err *err);
+	/* (optional) called before a step's ops with its batch: a device backend copies the
+	 * batch's arrays over once here instead of in every op that reads them */
+	qw_status (*begin_step)(qw_backend *be, const qw_batch *batch, qw_err *err);
 
 	// -- ops ---------------------------------------------------------------------------
 	/* out (T, H) = table[ids] */

@@ -107,6 +107,54 @@ qw_status qw_cuda_sample(int32_t *out_host, const uint16_t *logits, int rows, in
 			 const qw_sampling *params, void *ws, size_t ws_bytes, cudaStream_t stream,
 			 qw_err *err);
 
+// -- elementwise.cu ------------------------------------------------------------------------
+
+/* out (T, H) = table[ids] (an id outside [0, V) gives a NaN row). */
+qw_status qw_cuda_embed(uint16_t *out, const uint16_t *table, const int32_t *ids, int T,
+			int H, int V, cudaStream_t stream, qw_err *err);
+/* out (n, cols) = x[rows] (x has x_rows rows; an index outside gives a NaN row). */
+qw_status qw_cuda_gather_rows(uint16_t *out, const uint16_t *x, const int32_t *rows, int n,
+			      int cols, int x_rows, cudaStream_t stream, qw_err *err);
+/* dst[rows[i]] = src[i] (or +=) for i < n. */
+qw_status qw_cuda_scatter_rows(uint16_t *dst, const int32_t *rows, const uint16_t *src, int n,
+			       int cols, int dst_rows, bool add, cudaStream_t stream, qw_err *err);
+/* out = x * rsqrt(mean(x^2) + eps) * w per row (out may be x). */
+qw_status qw_cuda_rmsnorm(uint16_t *out, const uint16_t *x, const uint16_t *w, int rows,
+			  int cols, float eps, cudaStream_t stream, qw_err *err);
+/* The same per head of head_dim values, in place, w (head_dim,). */
+qw_status qw_cuda_head_rmsnorm(uint16_t *x, const uint16_t *w, int rows, int n_heads,
+			       int head_dim, float eps, cudaStream_t stream, qw_err *err);
+qw_status qw_cuda_layernorm(uint16_t *out, const uint16_t *x, const uint16_t *w,
+			    const uint16_t *b, int rows, int cols, float eps, cudaStream_t stream,
+			    qw_err *err);
+/* Interleaved M-RoPE in place (kernels/ops.h); positions (T, 3); mrope_section on the host. */
+qw_status qw_cuda_rope(uint16_t *x, const int32_t *positions, int T, int n_heads, int head_dim,
+		       const int *mrope_section, float theta, cudaStream_t stream, qw_err *err);
+/* The vision tower's 2-D rotary in place; pos_rc (T, 2). */
+qw_status qw_cuda_rope_2d(uint16_t *x, const int32_t *pos_rc, int T, int n_heads, int head_dim,
+			  float theta, cudaStream_t stream, qw_err *err);
+qw_status qw_cuda_add(uint16_t *out, const uint16_t *a, const uint16_t *b, size_t n,
+		      cudaStream_t stream, qw_err *err);
+/* x (rows, cols) += bias (cols,) */
+qw_status qw_cuda_add_bias(uint16_t *x, const uint16_t *bias, int rows, int cols,
+			   cudaStream_t stream, qw_err *err);
+/* out = silu(gate) * up over n values. */
+qw_status qw_cuda_silu_mul(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n,
+			   cudaStream_t stream, qw_err *err);
+qw_status qw_cuda_gelu(uint16_t *x, size_t n, bool tanh_approx, cudaStream_t stream,
+		       qw_err *err);
+/* out[r] = sum over k < taps of w[r][k] * table[idx[r][k]]; idx, w (rows, taps) on the
+ * device; table (table_rows, cols). */
+qw_status qw_cuda_interp_rows(uint16_t *out, const uint16_t *table, const int32_t *idx,
+			      const float *w, int rows, int taps, int cols, int table_rows,
+			      cudaStream_t stream, qw_err *err);
+
+// -- synth.cu ------------------------------------------------------------------------------
+
+/* out (n,) bf16 = loader/export.h's random stream s0 with (mean, std), element by element. */
+qw_status qw_cuda_fill_normal(uint16_t *out, uint64_t n, uint64_t s0, double mean, double std,
+			      cudaStream_t stream, qw_err *err);
+
 #ifdef __cplusplus
 }
 #endif

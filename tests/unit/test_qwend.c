@@ -152,6 +152,41 @@ static void test_concurrent_clients(void **state)
 	qwend_stop(&d);
 }
 
+/* --model synthetic:CONFIG.json serves the same model qwen-ckpt export-reduced writes for
+ * that config (seed 0): the same tokens, with no checkpoint. */
+static void test_synthetic(void **state)
+{
+	char *dir = scratch_new();
+	char *out;
+	const char *cfg = fixture("hf/tiny-moe/model/config.json");
+	int rc = run_capture(&out, "%s export-reduced --config %s --out %s", program("qwen-ckpt"),
+			     cfg, dir);
+	if (rc != 0)
+		fail_msg("%s", out);
+	free(out);
+	int32_t ids[] = {1, 2, 3, 4, 5, 6, 7, 8};
+	qw_request r = token_request(ids, 8, 12, NULL, 0);
+	outcome got[2];
+	char synthetic[1200], model[1100];
+	snprintf(model, sizeof model, "%s", dir);
+	snprintf(synthetic, sizeof synthetic, "synthetic:%s/config.json", dir);
+	const char *models[] = {model, synthetic};
+	for (int k = 0; k < 2; k++) {
+		qwend d;
+		qwend_start(&d, models[k], (const char *[]){"--stages", "2", "--kv-blocks", "64",
+							    NULL}, NULL, true);
+		run_request(d.endpoint, &r, &got[k]);
+		assert_string_equal(got[k].finish, "length");
+		qwend_stop(&d);
+	}
+	assert_int_equal(got[0].n_tokens, 12);
+	assert_int_equal(got[1].n_tokens, 12);
+	assert_memory_equal(got[0].tokens, got[1].tokens, 12 * sizeof(int32_t));
+	outcome_free(&got[0]);
+	outcome_free(&got[1]);
+	scratch_free(dir);
+}
+
 /* qwenctl, the real client, against the real daemon. */
 static void test_qwenctl(void **state)
 {
@@ -217,6 +252,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fixture_tokens),
 		cmocka_unit_test(test_concurrent_clients),
+		cmocka_unit_test(test_synthetic),
 		cmocka_unit_test(test_qwenctl),
 	};
 	return cmocka_run_group_tests_name("qwend", tests, NULL, NULL);

@@ -1,0 +1,862 @@
+/* backend.cu - the CUDA backend's op table: memory, uploads, the step's batch on the device,
+ * GEMMs through cuBLAS, and each op handed to its kernel.  See cuda_backend.h. */
+#include <cuda_bf16.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/kernels.h"
+#include "loader/dtype.h"
+
+#define STAGING_BYTES (64u << 20)      /* each of the two pinned upload buffers */
+#define BLAS_WS_BYTES (32u << 20)      /* cuBLAS workspace: none of its own allocations */
+#define KV_HEADROOM (1ull << 30)        /* free memory kept back from the KV cache */
+
+struct qw_kv_cache {
+	qw_kv_shape shape;
+	uint16_t *k, *v;            /* (n_layers, n_blocks * block_size, Hkv * D) bf16 */
+	size_t layer_elems;         /* values of one layer's K (or V) */
+};
+
+/* A tensor the backend uploaded; freed with the backend. */
+typedef struct owned_tensor {
+	qw_tensor t;
+	struct owned_tensor *next;
+} owned_tensor;
+
+/* A per-expert layer's experts re-laid out as the fused layout, made on first use. */
+typedef struct fused_experts {
+	const qw_tensor *router;    /* which layer (its router tensor) */
+	uint16_t *gate_up, *down;   /* (E, H, 2I), (E, I, H) */
+	struct fused_experts *next;
+} fused_experts;
+
+/* A device buffer that grows. */
+typedef struct dev_buf {
+	void *p;
+	size_t bytes;
+} dev_buf;
+
+typedef struct cuda_ctx {
+	int device;
+	cudaStream_t stream;
+	cublasHandle_t blas;
+	void *blas_ws;
+	uint8_t *staging[2];        /* pinned host buffers for uploads */
+	cudaEvent_t staged[2];      /* each buffer's last copy */
+	int next_staging;
+	owned_tensor *tensors;
+	fused_experts *fused;
+	/* the step */
+	const qw_batch *cur;        /* the host batch begin_step last saw */
+	qw_cuda_batch db;           /* its device copy */
+	int32_t *batch_host;        /* pinned (batch_cap ints) */
+	size_t batch_cap;
+	dev_buf batch_dev;
+	cudaEvent_t batch_copied;
+	/* scratch */
+	dev_buf small;              /* per-call index arrays (vision ops) */
+	size_t small_used;
+	dev_buf attn_ws, moe_ws, sample_ws;
+	uint16_t *host_bf16;        /* act_read / act_write conversions */
+	size_t host_cap;
+} cuda_ctx;
+
+static cuda_ctx *ctx_of(qw_backend *be)
+{
+	return (cuda_ctx *)be->ctx;
+}
+
+static qw_status grow_dev(dev_buf *b, size_t bytes, cudaStream_t stream, qw_err *err)
+{
+	if (bytes <= b->bytes)
+		return QW_OK;
+	size_t want = bytes + bytes / 2;
+	if (b->p) {
+		QW_CUDA_TRY(err, cudaStreamSynchronize(stream));   /* nothing may still use it */
+		QW_CUDA_TRY(err, cudaFree(b->p));
+		b->p = NULL;
+		b->bytes = 0;
+	}
+	if (cudaMalloc(&b->p, want) != cudaSuccess) {
+		cudaGetLastError();
+		b->p = NULL;
+		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory for %zu bytes of scratch",
+			       want);
+	}
+	b->bytes = want;
+	return QW_OK;
+}
+
+#define TRY(call)                          \
+	do {                               \
+		qw_status try_st_ = (call); \
+		if (try_st_ != QW_OK)      \
+			return try_st_;    \
+	} while (0)
+
+#define D16(a) ((uint16_t *)(a)->data)
+#define C16(a) ((const uint16_t *)(a)->data)
+
+// ---------------------------------------------------------------------------------------
+// memory
+
+static qw_status act_alloc(qw_backend *be, int rows, int cols, qw_act *out, qw_err *err)
+{
+	size_t bytes = (size_t)(rows > 0 ? rows : 1) * (size_t)cols * 2;
+	if (cudaMalloc(&out->data, bytes) != cudaSuccess) {
+		cudaGetLastError();
+		size_t free_b = 0, total = 0;
+		cudaMemGetInfo(&free_b, &total);
+		out->data = NULL;
+		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory for a %d x %d activation "
+			       "(%zu MiB free)", rows, cols, free_b >> 20);
+	}
+	out->rows = out->cap_rows = rows;
+	out->cols = cols;
+	return QW_OK;
+}
+
+static void act_free(qw_backend *be, qw_act *a)
+{
+	cudaFree(a->data);
+	memset(a, 0, sizeof *a);
+}
+
+static qw_status host_room(cuda_ctx *c, size_t n, qw_err *err)
+{
+	if (n <= c->host_cap)
+		return QW_OK;
+	uint16_t *g = (uint16_t *)realloc(c->host_bf16, n * sizeof *g);
+	if (!g)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	c->host_bf16 = g;
+	c->host_cap = n;
+	return QW_OK;
+}
+
+static qw_status act_write(qw_backend *be, qw_act *dst, const float *src, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	size_t n = (size_t)dst->rows * (size_t)dst->cols;
+	TRY(host_room(c, n, err));
+	for (size_t i = 0; i < n; i++)
+		c->host_bf16[i] = qw_f32_to_bf16(src[i]);
+	QW_CUDA_TRY(err, cudaMemcpyAsync(dst->data, c->host_bf16, n * 2, cudaMemcpyHostToDevice,
+					 c->stream));
+	QW_CUDA_TRY(err, cudaStreamSynchronize(c->stream));   /* host_bf16 is reused */
+	return QW_OK;
+}
+
+static qw_status act_read(qw_backend *be, const qw_act *src, float *dst, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	size_t n = (size_t)src->rows * (size_t)src->cols;
+	TRY(host_room(c, n, err));
+	QW_CUDA_TRY(err, cudaMemcpyAsync(c->host_bf16, src->data, n * 2, cudaMemcpyDeviceToHost,
+					 c->stream));
+	QW_CUDA_TRY(err, cudaStreamSynchronize(c->stream));
+	for (size_t i = 0; i < n; i++)
+		dst[i] = qw_bf16_to_f32(c->host_bf16[i]);
+	return QW_OK;
+}
+
+static qw_status act_copy(qw_backend *be, qw_act *dst, const qw_act *src, qw_err *err)
+{
+	if (dst->cap_rows < src->rows || dst->cols != src->cols)
+		return qw_fail(err, QW_E_ARG, "cuda act_copy: destination too small");
+	dst->rows = src->rows;
+	QW_CUDA_TRY(err, cudaMemcpyAsync(dst->data, src->data,
+					 (size_t)src->rows * (size_t)src->cols * 2,
+					 cudaMemcpyDeviceToDevice, ctx_of(be)->stream));
+	return QW_OK;
+}
+
+/* A new owned device tensor with t's shape, bf16, its memory not yet written. */
+static qw_status new_tensor(cuda_ctx *c, const qw_tensor *t, owned_tensor **out, qw_err *err)
+{
+	owned_tensor *o = (owned_tensor *)calloc(1, sizeof *o);
+	if (!o)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	o->t = *t;
+	o->t.dtype = QW_DT_BF16;
+	o->t.nbytes = t->numel * 2;
+	o->t.scale = NULL;
+	if (cudaMalloc((void **)&o->t.data, o->t.nbytes ? o->t.nbytes : 1) != cudaSuccess) {
+		cudaGetLastError();
+		free(o);
+		size_t free_b = 0, total = 0;
+		cudaMemGetInfo(&free_b, &total);
+		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory for %s (%llu bytes; %zu "
+			       "MiB free)", t->name, (unsigned long long)t->numel * 2, free_b >> 20);
+	}
+	o->next = c->tensors;
+	c->tensors = o;
+	*out = o;
+	return QW_OK;
+}
+
+static qw_status synthesize(qw_backend *be, const qw_tensor *t, uint64_t s0, double mean,
+			    double std, const qw_tensor **out, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	owned_tensor *o;
+	TRY(new_tensor(c, t, &o, err));
+	*out = &o->t;
+	return qw_cuda_fill_normal((uint16_t *)o->t.data, t->numel, s0, mean, std, c->stream, err);
+}
+
+/* Fills a staging buffer with values [first, first + n) of t as bf16. */
+static void stage_values(const qw_tensor *t, uint64_t first, uint64_t n, uint16_t *dst)
+{
+	if (t->dtype == QW_DT_BF16) {
+		memcpy(dst, (const uint8_t *)t->data + first * 2, n * 2);
+		return;
+	}
+	float buf[4096];
+	for (uint64_t at = 0; at < n; at += 4096) {
+		uint64_t k = n - at < 4096 ? n - at : 4096;
+		qw_tensor_read_f32(t, first + at, k, buf);   /* FP8 dequantised here */
+		for (uint64_t i = 0; i < k; i++)
+			dst[at + i] = qw_f32_to_bf16(buf[i]);
+	}
+}
+
+/* A bf16 device copy of t.  The two pinned buffers alternate: the host fills one while the
+ * GPU copies from the other, so reading the mapping and the PCIe transfer overlap. */
+static qw_status upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	owned_tensor *o;
+	TRY(new_tensor(c, t, &o, err));
+	const uint64_t per = STAGING_BYTES / 2;   /* values a buffer holds */
+	for (uint64_t at = 0; at < t->numel; at += per) {
+		uint64_t n = t->numel - at < per ? t->numel - at : per;
+		int s = c->next_staging;
+		c->next_staging ^= 1;
+		QW_CUDA_TRY(err, cudaEventSynchronize(c->staged[s]));   /* its last copy is done */
+		stage_values(t, at, n, (uint16_t *)c->staging[s]);
+		QW_CUDA_TRY(err, cudaMemcpyAsync((uint8_t *)o->t.data + at * 2, c->staging[s], n * 2,
+						 cudaMemcpyHostToDevice, c->stream));
+		QW_CUDA_TRY(err, cudaEventRecord(c->staged[s], c->stream));
+	}
+	*out = &o->t;
+	return QW_OK;
+}
+
+static qw_status kv_alloc(qw_backend *be, const qw_kv_shape *shape, qw_kv_cache **out,
+			  qw_err *err)
+{
+	qw_kv_cache *kv = (qw_kv_cache *)calloc(1, sizeof *kv);
+	if (!kv)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	kv->shape = *shape;
+	kv->layer_elems = (size_t)shape->n_blocks * (size_t)shape->block_size *
+			  (size_t)shape->n_kv_heads * (size_t)shape->head_dim;
+	size_t bytes = kv->layer_elems * (size_t)shape->n_layers * 2;
+	if (cudaMalloc(&kv->k, bytes ? bytes : 1) != cudaSuccess ||
+	    cudaMalloc(&kv->v, bytes ? bytes : 1) != cudaSuccess) {
+		cudaGetLastError();
+		cudaFree(kv->k);
+		free(kv);
+		size_t free_b = 0, total = 0;
+		cudaMemGetInfo(&free_b, &total);
+		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory for a KV cache of 2 x %zu "
+			       "MiB (%zu MiB free)", bytes >> 20, free_b >> 20);
+	}
+	*out = kv;
+	return QW_OK;
+}
+
+static void kv_free(qw_backend *be, qw_kv_cache *kv)
+{
+	if (!kv)
+		return;
+	cudaFree(kv->k);
+	cudaFree(kv->v);
+	free(kv);
+}
+
+static uint64_t free_memory(qw_backend *be)
+{
+	size_t free_b = 0, total = 0;
+	if (cudaMemGetInfo(&free_b, &total) != cudaSuccess)
+		return 0;
+	return free_b > KV_HEADROOM ? free_b - KV_HEADROOM : 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// the step's batch
+
+static qw_status begin_step(qw_backend *be, const qw_batch *b, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	int T = b->n_tokens, S = b->n_seqs;
+	/* the rows of a sequence are consecutive, in kv_index order (the kernels rely on it) */
+	int32_t *start = (int32_t *)malloc(((size_t)S + 1) * sizeof *start);
+	if (!start)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	for (int s = 0; s <= S; s++)
+		start[s] = -1;
+	int max_kv = 0, max_rows = 0;
+	for (int t = 0; t < T; t++) {
+		int s = b->seq[t];
+		bool ok = s >= 0 && s < S && (start[s] < 0 ? true
+					      : b->seq[t - 1] == s && b->kv_index[t] == b->kv_index[t - 1] + 1);
+		if (!ok) {
+			free(start);
+			return qw_fail(err, QW_E_ARG, "cuda: the step's token %d (sequence %d) is not "
+				       "next to its sequence's other tokens in kv order", t, s);
+		}
+		if (start[s] < 0)
+			start[s] = t;
+		if (b->kv_index[t] + 1 > max_kv)
+			max_kv = b->kv_index[t] + 1;
+	}
+	/* sequences without rows get empty ranges; the ranges must then be increasing */
+	int next = T;
+	for (int s = S - 1; s >= 0; s--) {
+		if (start[s] < 0)
+			start[s] = next;
+		if (start[s] > next) {
+			free(start);
+			return qw_fail(err, QW_E_ARG, "cuda: the step's sequences are not in row order");
+		}
+		next = start[s];
+	}
+	start[S] = T;
+	for (int s = 0; s < S; s++)
+		if (start[s + 1] - start[s] > max_rows)
+			max_rows = start[s + 1] - start[s];
+
+	size_t n_ids = (size_t)T, n_pos = 3 * (size_t)T, n_tab = (size_t)S * (size_t)b->max_blocks;
+	size_t need = n_ids * 4 + n_pos + (size_t)S + 1 + n_tab + (size_t)b->n_logits;
+	QW_CUDA_TRY(err, cudaEventSynchronize(c->batch_copied));   /* the last copy is done */
+	if (need > c->batch_cap) {
+		cudaFreeHost(c->batch_host);
+		c->batch_host = NULL;
+		c->batch_cap = 0;
+		if (cudaMallocHost((void **)&c->batch_host, need * 2 * sizeof(int32_t)) != cudaSuccess) {
+			cudaGetLastError();
+			free(start);
+			return qw_fail(err, QW_E_NOMEM, "cuda: no pinned memory for a step's batch");
+		}
+		c->batch_cap = need * 2;
+	}
+	qw_status st = grow_dev(&c->batch_dev, need * sizeof(int32_t), c->stream, err);
+	if (st != QW_OK) {
+		free(start);
+		return st;
+	}
+	int32_t *h = c->batch_host, *d = (int32_t *)c->batch_dev.p;
+	size_t at = 0;
+	const int32_t *parts[] = {b->token_ids, b->positions, b->seq, b->kv_index, b->slot, start,
+				  b->block_tables, b->logit_rows};
+	size_t counts[] = {n_ids, n_pos, n_ids, n_ids, n_ids, (size_t)S + 1, n_tab,
+			   (size_t)b->n_logits};
+	const int32_t *dev[8];
+	for (int i = 0; i < 8; i++) {
+		if (counts[i] && parts[i])
+			memcpy(h + at, parts[i], counts[i] * sizeof(int32_t));
+		dev[i] = d + at;
+		at += counts[i];
+	}
+	free(start);
+	QW_CUDA_TRY(err, cudaMemcpyAsync(d, h, at * sizeof(int32_t), cudaMemcpyHostToDevice,
+					 c->stream));
+	QW_CUDA_TRY(err, cudaEventRecord(c->batch_copied, c->stream));
+	qw_cuda_batch *db = &c->db;
+	db->n_tokens = T;
+	db->n_seqs = S;
+	db->max_blocks = b->max_blocks;
+	db->block_size = 0;   /* set by the KV cache's shape in each op */
+	db->max_kv_len = max_kv;
+	db->max_seq_tokens = max_rows;
+	db->token_ids = dev[0];
+	db->positions = dev[1];
+	db->seq = dev[2];
+	db->kv_index = dev[3];
+	db->slot = dev[4];
+	db->seq_start = dev[5];
+	db->block_tables = dev[6];
+	db->logit_rows = dev[7];
+	db->n_logits = b->n_logits;
+	c->cur = b;
+	return QW_OK;
+}
+
+/* The step's device batch for b (copied now if begin_step has not seen it). */
+static qw_status step_of(qw_backend *be, const qw_batch *b, const qw_cuda_batch **out,
+			 qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (c->cur != b)
+		TRY(begin_step(be, b, err));
+	*out = &c->db;
+	return QW_OK;
+}
+
+/* A device copy of n host ints (or floats): the step's own when ptr is one of its arrays,
+ * else a copy into this op's scratch (each op resets it). */
+static qw_status dev_copy(cuda_ctx *c, const void *host, size_t n, size_t elem,
+			  const void **out, qw_err *err)
+{
+	const qw_batch *b = c->cur;
+	if (b && elem == 4) {
+		const int32_t *p = (const int32_t *)host;
+		if (p == b->token_ids) { *out = c->db.token_ids; return QW_OK; }
+		if (p == b->positions) { *out = c->db.positions; return QW_OK; }
+		if (p == b->logit_rows) { *out = c->db.logit_rows; return QW_OK; }
+	}
+	size_t bytes = (n * elem + 255) & ~(size_t)255;
+	if (c->small_used + bytes > c->small.bytes)   /* begin_op reserved too little */
+		return qw_fail(err, QW_E_ARG, "cuda: an op's index arrays outgrew their scratch");
+	void *dst = (uint8_t *)c->small.p + c->small_used;
+	c->small_used += bytes;
+	/* from pageable memory: returns once the source is read; the copy is stream ordered */
+	QW_CUDA_TRY(err, cudaMemcpyAsync(dst, host, n * elem, cudaMemcpyHostToDevice, c->stream));
+	*out = dst;
+	return QW_OK;
+}
+
+/* Starts an op that copies up to `bytes` of index arrays (dev_copy). */
+static qw_status begin_op(cuda_ctx *c, size_t bytes, qw_err *err)
+{
+	c->small_used = 0;
+	return grow_dev(&c->small, bytes + 1024, c->stream, err);
+}
+
+// ---------------------------------------------------------------------------------------
+// ops
+
+static qw_status shape_error(qw_err *err, const char *op, const char *what)
+{
+	return qw_fail(err, QW_E_ARG, "cuda %s: %s", op, what);
+}
+
+static qw_status embed(qw_backend *be, qw_act *out, const qw_tensor *table, const int32_t *ids,
+		       qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (out->cols != table->shape[1])
+		return shape_error(err, "embed", "output width is not the table's");
+	const void *d_ids;
+	TRY(begin_op(c, (size_t)out->rows * 4, err));
+	TRY(dev_copy(c, ids, (size_t)out->rows, 4, &d_ids, err));
+	return qw_cuda_embed(D16(out), (const uint16_t *)table->data, (const int32_t *)d_ids,
+			     out->rows, out->cols, (int)table->shape[0], c->stream, err);
+}
+
+static qw_status rmsnorm(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
+			 float eps, qw_err *err)
+{
+	if (w->numel != (uint64_t)x->cols || out->cols != x->cols || out->cap_rows < x->rows)
+		return shape_error(err, "rmsnorm", "weight or output width differs from the input");
+	out->rows = x->rows;
+	return qw_cuda_rmsnorm(D16(out), C16(x), (const uint16_t *)w->data, x->rows, x->cols, eps,
+			       ctx_of(be)->stream, err);
+}
+
+static qw_status head_rmsnorm(qw_backend *be, qw_act *x, const qw_tensor *w, int n_heads,
+			      float eps, qw_err *err)
+{
+	if ((uint64_t)n_heads * w->numel != (uint64_t)x->cols)
+		return shape_error(err, "head_rmsnorm", "heads x weight width is not the row width");
+	return qw_cuda_head_rmsnorm(D16(x), (const uint16_t *)w->data, x->rows, n_heads,
+				    (int)w->numel, eps, ctx_of(be)->stream, err);
+}
+
+static qw_status rope(qw_backend *be, qw_act *x, const int32_t *positions, int n_heads,
+		      int head_dim, const int *mrope_section, float theta, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (n_heads * head_dim != x->cols || head_dim % 2)
+		return shape_error(err, "rope", "heads x head_dim is not the row width");
+	const void *d_pos;
+	TRY(begin_op(c, (size_t)x->rows * 12, err));
+	TRY(dev_copy(c, positions, 3 * (size_t)x->rows, 4, &d_pos, err));
+	return qw_cuda_rope(D16(x), (const int32_t *)d_pos, x->rows, n_heads, head_dim,
+			    mrope_section, theta, c->stream, err);
+}
+
+static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
+			const qw_tensor *bias, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (w->ndim != 2 || w->shape[1] != x->cols || w->shape[0] != out->cols ||
+	    out->cap_rows < x->rows)
+		return shape_error(err, "matmul", "weight does not match input and output widths");
+	int N = (int)w->shape[0], K = (int)w->shape[1], T = x->rows;
+	out->rows = T;
+	if (T == 0)
+		return QW_OK;
+	/* row-major out (T, N) = x (T, K) w^T: column-major out^T (N, T) = w (K, N)^T x^T */
+	const float one = 1.0f, zero = 0.0f;
+	QW_CUBLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w->data,
+					CUDA_R_16BF, K, x->data, CUDA_R_16BF, K, &zero, out->data,
+					CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+	if (bias)
+		return qw_cuda_add_bias(D16(out), (const uint16_t *)bias->data, T, N, c->stream, err);
+	return QW_OK;
+}
+
+static qw_status add(qw_backend *be, qw_act *out, const qw_act *a, const qw_act *b, qw_err *err)
+{
+	if (a->rows != b->rows || a->cols != b->cols || out->cols != a->cols)
+		return shape_error(err, "add", "operand shapes differ");
+	out->rows = a->rows;
+	return qw_cuda_add(D16(out), C16(a), C16(b), (size_t)a->rows * (size_t)a->cols,
+			   ctx_of(be)->stream, err);
+}
+
+static qw_status silu_mul(qw_backend *be, qw_act *out, const qw_act *gate, const qw_act *up,
+			  qw_err *err)
+{
+	if (gate->rows != up->rows || gate->cols != up->cols || out->cols != gate->cols)
+		return shape_error(err, "silu_mul", "operand shapes differ");
+	out->rows = gate->rows;
+	return qw_cuda_silu_mul(D16(out), C16(gate), C16(up),
+				(size_t)gate->rows * (size_t)gate->cols, ctx_of(be)->stream, err);
+}
+
+static qw_status kv_write(qw_backend *be, qw_kv_cache *kv, int layer, const qw_act *k,
+			  const qw_act *v, const qw_batch *batch, qw_err *err)
+{
+	const qw_cuda_batch *db;
+	TRY(step_of(be, batch, &db, err));
+	qw_cuda_batch b = *db;
+	b.block_size = kv->shape.block_size;
+	int width = kv->shape.n_kv_heads * kv->shape.head_dim;
+	if (k->cols != width || v->cols != width || k->rows != batch->n_tokens)
+		return shape_error(err, "kv_write", "K or V does not match the cache's width");
+	size_t off = (size_t)layer * kv->layer_elems;
+	return qw_cuda_kv_write(kv->k + off, kv->v + off, C16(k), C16(v), &b, width,
+				ctx_of(be)->stream, err);
+}
+
+static qw_status attention(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_cache *kv,
+			   int layer, const qw_batch *batch, int n_heads, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	const qw_cuda_batch *db;
+	TRY(step_of(be, batch, &db, err));
+	qw_cuda_batch b = *db;
+	b.block_size = kv->shape.block_size;
+	int D = kv->shape.head_dim, Hkv = kv->shape.n_kv_heads;
+	if (q->cols != n_heads * D || out->cols != q->cols || n_heads % Hkv)
+		return shape_error(err, "attention", "query width or head counts do not match");
+	size_t ws = qw_cuda_attention_ws_bytes(q->rows, n_heads, D, b.max_kv_len);
+	TRY(grow_dev(&c->attn_ws, ws, c->stream, err));
+	out->rows = q->rows;
+	size_t off = (size_t)layer * kv->layer_elems;
+	return qw_cuda_attention(D16(out), C16(q), kv->k + off, kv->v + off, &b, n_heads, Hkv, D,
+				 1.0f / sqrtf((float)D), c->attn_ws.p, c->attn_ws.bytes, c->stream,
+				 err);
+}
+
+static qw_status gather_rows(qw_backend *be, qw_act *out, const qw_act *x, const int32_t *rows,
+			     int n, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (out->cols != x->cols || out->cap_rows < n)
+		return shape_error(err, "gather_rows", "output too small");
+	const void *d_rows;
+	TRY(begin_op(c, (size_t)n * 4, err));
+	TRY(dev_copy(c, rows, (size_t)n, 4, &d_rows, err));
+	out->rows = n;
+	return qw_cuda_gather_rows(D16(out), C16(x), (const int32_t *)d_rows, n, x->cols, x->rows,
+				   c->stream, err);
+}
+
+static qw_status scatter_rows(qw_backend *be, qw_act *dst, const int32_t *rows, const qw_act *src,
+			      bool add_, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (dst->cols != src->cols)
+		return shape_error(err, "scatter_rows", "row widths differ");
+	const void *d_rows;
+	TRY(begin_op(c, (size_t)src->rows * 4, err));
+	TRY(dev_copy(c, rows, (size_t)src->rows, 4, &d_rows, err));
+	return qw_cuda_scatter_rows(D16(dst), (const int32_t *)d_rows, C16(src), src->rows,
+				    src->cols, dst->rows, add_, c->stream, err);
+}
+
+static qw_status sample(qw_backend *be, const qw_act *logits, const qw_sampling *params,
+			int32_t *out_tokens, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	TRY(grow_dev(&c->sample_ws, qw_cuda_sample_ws_bytes(logits->rows, logits->cols), c->stream,
+		     err));
+	return qw_cuda_sample(out_tokens, C16(logits), logits->rows, logits->cols, params,
+			      c->sample_ws.p, c->sample_ws.bytes, c->stream, err);
+}
+
+static qw_status layernorm(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
+			   const qw_tensor *b, float eps, qw_err *err)
+{
+	if (w->numel != (uint64_t)x->cols || b->numel != (uint64_t)x->cols || out->cols != x->cols)
+		return shape_error(err, "layernorm", "weight, bias or output width differs");
+	out->rows = x->rows;
+	return qw_cuda_layernorm(D16(out), C16(x), (const uint16_t *)w->data,
+				 (const uint16_t *)b->data, x->rows, x->cols, eps,
+				 ctx_of(be)->stream, err);
+}
+
+static qw_status gelu(qw_backend *be, qw_act *x, bool tanh_approx, qw_err *err)
+{
+	return qw_cuda_gelu(D16(x), (size_t)x->rows * (size_t)x->cols, tanh_approx,
+			    ctx_of(be)->stream, err);
+}
+
+static qw_status rope_2d(qw_backend *be, qw_act *x, const int32_t *pos_rc, int n_heads,
+			 int head_dim, float theta, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (n_heads * head_dim != x->cols || head_dim % 4)
+		return shape_error(err, "rope_2d", "heads x head_dim is not the row width");
+	const void *d_pos;
+	TRY(begin_op(c, (size_t)x->rows * 8, err));
+	TRY(dev_copy(c, pos_rc, 2 * (size_t)x->rows, 4, &d_pos, err));
+	return qw_cuda_rope_2d(D16(x), (const int32_t *)d_pos, x->rows, n_heads, head_dim, theta,
+			       c->stream, err);
+}
+
+static qw_status segment_attention(qw_backend *be, qw_act *out, const qw_act *q, const qw_act *k,
+				   const qw_act *v, const int32_t *seg_start, int n_segs,
+				   int n_heads, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	int width = q->cols;
+	if (k->cols != width || v->cols != width || out->cols != width || width % n_heads ||
+	    seg_start[0] != 0 || seg_start[n_segs] != q->rows)
+		return shape_error(err, "segment_attention", "widths or segments do not match");
+	int longest = 0;
+	for (int s = 0; s < n_segs; s++)
+		if (seg_start[s + 1] - seg_start[s] > longest)
+			longest = seg_start[s + 1] - seg_start[s];
+	const void *d_seg;
+	TRY(begin_op(c, ((size_t)n_segs + 1) * 4, err));
+	TRY(dev_copy(c, seg_start, (size_t)n_segs + 1, 4, &d_seg, err));
+	out->rows = q->rows;
+	return qw_cuda_segment_attention(D16(out), C16(q), C16(k), C16(v), (const int32_t *)d_seg,
+					 n_segs, longest, q->rows, n_heads, width / n_heads,
+					 c->stream, err);
+}
+
+static qw_status interp_rows(qw_backend *be, qw_act *out, const qw_tensor *table,
+			     const int32_t *idx, const float *w, int taps, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (out->cols != table->shape[1] || taps < 1 || taps > 16)
+		return shape_error(err, "interp_rows", "output width differs from the table's");
+	size_t n = (size_t)out->rows * (size_t)taps;
+	const void *d_idx, *d_w;
+	TRY(begin_op(c, 2 * n * 4 + 256, err));
+	TRY(dev_copy(c, idx, n, 4, &d_idx, err));
+	TRY(dev_copy(c, w, n, 4, &d_w, err));
+	return qw_cuda_interp_rows(D16(out), (const uint16_t *)table->data, (const int32_t *)d_idx,
+				   (const float *)d_w, out->rows, taps, out->cols,
+				   (int)table->shape[0], c->stream, err);
+}
+
+/* dst[c * dst_ld + dst_off + r] = src[r * cols + c]: one expert matrix into the fused layout. */
+static __global__ void transpose_kernel(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int rows,
+					int cols, int dst_ld, int dst_off)
+{
+	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= (size_t)rows * cols)
+		return;
+	int r = (int)(i / cols), col = (int)(i % cols);
+	dst[(size_t)col * dst_ld + dst_off + r] = src[i];
+}
+
+static qw_status transpose_into(uint16_t *dst, const qw_tensor *src, int dst_ld, int dst_off,
+				cudaStream_t stream, qw_err *err)
+{
+	int rows = (int)src->shape[0], cols = (int)src->shape[1];
+	size_t n = (size_t)rows * cols;
+	transpose_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(
+		(__nv_bfloat16 *)dst, (const __nv_bfloat16 *)src->data, rows, cols, dst_ld, dst_off);
+	QW_CUDA_TRY(err, cudaGetLastError());
+	return QW_OK;
+}
+
+/* The per-expert layout (Qwen3-MoE text checkpoints) as the fused one the MoE kernels take:
+ * made once per layer on first use. */
+static qw_status fuse_experts(cuda_ctx *c, const qw_moe_weights *w, const uint16_t **gu,
+			      const uint16_t **dn, qw_err *err)
+{
+	for (fused_experts *f = c->fused; f; f = f->next)
+		if (f->router == w->router) {
+			*gu = f->gate_up;
+			*dn = f->down;
+			return QW_OK;
+		}
+	int E = w->n_experts, I = w->inter, H = (int)w->router->shape[1];
+	fused_experts *f = (fused_experts *)calloc(1, sizeof *f);
+	if (!f)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	size_t each = (size_t)H * 2 * I;
+	if (cudaMalloc((void **)&f->gate_up, (size_t)E * each * 2) != cudaSuccess ||
+	    cudaMalloc((void **)&f->down, (size_t)E * each / 2 * 2) != cudaSuccess) {
+		cudaGetLastError();
+		cudaFree(f->gate_up);
+		free(f);
+		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory re-laying out experts");
+	}
+	f->router = w->router;
+	f->next = c->fused;
+	c->fused = f;
+	for (int e = 0; e < E; e++) {
+		TRY(transpose_into(f->gate_up + (size_t)e * each, w->gate[e], 2 * I, 0, c->stream, err));
+		TRY(transpose_into(f->gate_up + (size_t)e * each, w->up[e], 2 * I, I, c->stream, err));
+		TRY(transpose_into(f->down + (size_t)e * (size_t)I * H, w->expert_down[e], H, 0,
+				   c->stream, err));
+	}
+	*gu = f->gate_up;
+	*dn = f->down;
+	return QW_OK;
+}
+
+static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_weights *w,
+		     qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	int H = x->cols, E = w->n_experts, k = w->top_k, I = w->inter;
+	if (out->cols != H || w->router->shape[0] != E || w->router->shape[1] != H || k < 1 || k > E)
+		return shape_error(err, "moe", "router, expert count or widths do not match");
+	const uint16_t *gu = NULL, *dn = NULL;
+	if (w->gate_up && w->down) {
+		gu = (const uint16_t *)w->gate_up->data;
+		dn = (const uint16_t *)w->down->data;
+	} else {
+		TRY(fuse_experts(c, w, &gu, &dn, err));
+	}
+	qw_cuda_moe_args a;
+	a.T = x->rows;
+	a.H = H;
+	a.E = E;
+	a.top_k = k;
+	a.I = I;
+	a.renormalize = w->renormalize != 0;
+	a.x = C16(x);
+	a.router = (const uint16_t *)w->router->data;
+	a.gate_up = gu;
+	a.down = dn;
+	a.out = D16(out);
+	TRY(grow_dev(&c->moe_ws, qw_cuda_moe_ws_bytes(x->rows, H, E, k, I), c->stream, err));
+	out->rows = x->rows;
+	return qw_cuda_moe(&a, c->moe_ws.p, c->moe_ws.bytes, c->stream, err);
+}
+
+// ---------------------------------------------------------------------------------------
+
+static void destroy(qw_backend *be)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (c) {
+		cudaStreamSynchronize(c->stream);
+		for (owned_tensor *o = c->tensors, *next; o; o = next) {
+			next = o->next;
+			cudaFree((void *)o->t.data);
+			free(o);
+		}
+		for (fused_experts *f = c->fused, *next; f; f = next) {
+			next = f->next;
+			cudaFree(f->gate_up);
+			cudaFree(f->down);
+			free(f);
+		}
+		dev_buf *bufs[] = {&c->batch_dev, &c->small, &c->attn_ws, &c->moe_ws, &c->sample_ws};
+		for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+			cudaFree(bufs[i]->p);
+		for (int i = 0; i < 2; i++) {
+			cudaFreeHost(c->staging[i]);
+			if (c->staged[i])
+				cudaEventDestroy(c->staged[i]);
+		}
+		cudaFreeHost(c->batch_host);
+		if (c->batch_copied)
+			cudaEventDestroy(c->batch_copied);
+		if (c->blas)
+			cublasDestroy(c->blas);
+		cudaFree(c->blas_ws);
+		if (c->stream)
+			cudaStreamDestroy(c->stream);
+		free(c->host_bf16);
+		free(c);
+	}
+	free(be);
+}
+
+static qw_status setup(cuda_ctx *c, int device, qw_err *err)
+{
+	c->device = device;
+	QW_CUDA_TRY(err, cudaSetDevice(device));
+	QW_CUDA_TRY(err, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+	QW_CUBLAS_TRY(err, cublasCreate(&c->blas));
+	QW_CUBLAS_TRY(err, cublasSetStream(c->blas, c->stream));
+	/* its own workspace: no allocations inside cuBLAS calls, and the same kernels each run */
+	QW_CUDA_TRY(err, cudaMalloc(&c->blas_ws, BLAS_WS_BYTES));
+	QW_CUBLAS_TRY(err, cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WS_BYTES));
+	for (int i = 0; i < 2; i++) {
+		QW_CUDA_TRY(err, cudaMallocHost((void **)&c->staging[i], STAGING_BYTES));
+		QW_CUDA_TRY(err, cudaEventCreateWithFlags(&c->staged[i], cudaEventDisableTiming));
+	}
+	QW_CUDA_TRY(err, cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming));
+	return QW_OK;
+}
+
+extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err *err)
+{
+	qw_backend *be = (qw_backend *)calloc(1, sizeof *be);
+	cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
+	if (!be || !c) {
+		free(be);
+		free(c);
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	}
+	be->ctx = c;
+	qw_status st = setup(c, device, err);
+	if (st != QW_OK) {
+		destroy(be);
+		return qw_err_context(err, "cuda backend on GPU %d", device);
+	}
+	be->name = "cuda";
+	be->act_dtype = QW_DT_BF16;
+	be->act_alloc = act_alloc;
+	be->act_free = act_free;
+	be->act_write = act_write;
+	be->act_read = act_read;
+	be->act_copy = act_copy;
+	be->upload = upload;
+	be->kv_alloc = kv_alloc;
+	be->kv_free = kv_free;
+	be->destroy = destroy;
+	be->free_memory = free_memory;
+	be->begin_step = begin_step;
+	be->synthesize = synthesize;
+	be->embed = embed;
+	be->rmsnorm = rmsnorm;
+	be->head_rmsnorm = head_rmsnorm;
+	be->rope = rope;
+	be->matmul = matmul;
+	be->add = add;
+	be->silu_mul = silu_mul;
+	be->kv_write = kv_write;
+	be->attention = attention;
+	be->moe = moe;
+	be->gather_rows = gather_rows;
+	be->sample = sample;
+	be->layernorm = layernorm;
+	be->gelu = gelu;
+	be->rope_2d = rope_2d;
+	be->segment_attention = segment_attention;
+	be->interp_rows = interp_rows;
+	be->scatter_rows = scatter_rows;
+	*out = be;
+	return QW_OK;
+}
