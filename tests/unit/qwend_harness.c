@@ -71,8 +71,26 @@ void qwend_start_at(qwend *d, const char *model, const char *endpoint,
 	snprintf(exe, sizeof exe, "%s", program("qwend"));
 	const char *argv[64] = {exe, "--model", model, "--socket", d->endpoint};
 	int n = 5;
-	for (int i = 0; args && args[i] && n < 62; i++)
+	/* QWEND_TEST_DEVICE=cuda: the same tests on the GPU, --stages S as S stages on GPU 0 */
+	const char *device = getenv("QWEND_TEST_DEVICE");
+	bool cuda = device && !strcmp(device, "cuda");
+	static char gpus[128];
+	snprintf(gpus, sizeof gpus, "0");
+	for (int i = 0; args && args[i] && n < 60; i++) {
+		if (cuda && !strcmp(args[i], "--stages") && args[i + 1]) {
+			int stages = atoi(args[++i]);
+			for (int k = 1; k < stages && strlen(gpus) + 3 < sizeof gpus; k++)
+				strcat(gpus, ",0");
+			continue;
+		}
 		argv[n++] = args[i];
+	}
+	if (cuda) {
+		argv[n++] = "--device";
+		argv[n++] = "cuda";
+		argv[n++] = "--gpus";
+		argv[n++] = gpus;
+	}
 	argv[n] = NULL;
 	fflush(NULL);
 	d->pid = fork();

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Packs what the GPU box needs to run the GPU suite, the daemon's tests on CUDA and the
+# benchmarks, from a build made here (`scons && scons tests`): stripped programs in
+# .devpack/build/{bin,lib,tests/gpu,tests/unit}, laid out as build/ is, so tests find
+# cmocka through their rpath and tests/run_tests.py runs them from the repository root:
+#   cd .devpack && python3 ../tests/run_tests.py --bin build/bin --fixtures ../tests/fixtures build/tests/gpu/test_*
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rm -rf .devpack
+mkdir -p .devpack/build/bin .devpack/build/lib .devpack/build/tests/gpu .devpack/build/tests/unit
+for p in qwend qwenctl qwen-parity qwen-ckpt qwen-gpuinfo qwen-transport-check; do
+	strip -o .devpack/build/bin/$p build/bin/$p
+done
+cp -L build/lib/libcmocka.so.0 .devpack/build/lib/
+for t in build/tests/gpu/test_*; do
+	case "$t" in *.o) continue ;; esac
+	strip -o .devpack/build/tests/gpu/$(basename "$t") "$t"
+done
+for t in test_qwend test_qwend_faults; do
+	strip -o .devpack/build/tests/unit/$t build/tests/unit/$t
+done
+grep -qx '/.devpack/' .git/info/exclude 2>/dev/null || echo '/.devpack/' >> .git/info/exclude
+du -sh .devpack
