@@ -745,7 +745,7 @@ extern "C" qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_
 	if (misaligned(a->x) || misaligned(a->router) || misaligned(a->gate_up) ||
 	    misaligned(a->down) || misaligned(a->out) || misaligned(ws))
 		return qw_fail(err, QW_E_ARG, "cuda moe: tensors and scratch must be 16-byte aligned");
-	if ((long long)a->T * a->top_k > (1 << 30) ||
+	if (a->T > 65535 * ROUTER_TOKENS || (long long)a->T * a->top_k > (1 << 30) ||
 	    max_tiles((size_t)a->T * (size_t)a->top_k, a->E, cfg_l::BM) > 65535)
 		return qw_fail(err, QW_E_ARG, "cuda moe: %d tokens is too many for one call", a->T);
 	moe_ws w;
