@@ -1,0 +1,783 @@
+/* moe.cu - the MoE block of one layer on the GPU: routing, then the experts as grouped GEMMs
+ * on the tensor cores.  See kernels.h (qw_cuda_moe) for the contract.
+ *
+ * Seven launches on the caller's stream, scratch carved from ws (moe_layout):
+ *  1. router_logits  logits (T, E) = x router^T.  A product of two bf16 values is exact in
+ *     fp32; the products are summed in double and the sum rounded to fp32 once, as the CPU
+ *     reference does.  The logits therefore equal the reference's bit for bit except when a
+ *     double sum lies within double rounding of an fp32 rounding boundary (~1e-9 of them), so
+ *     the top-k choice, a discrete one, cannot flip between the backends at near-ties.
+ *     Cost: T*E*H fp64 FMAs, 0.26 ms for 8192 tokens of the 235B layer at the H100/H200's
+ *     ~34 TFLOPS fp64 (~5% of that layer's expert GEMMs).
+ *  2. route          per token (a warp): softmax in double, top-k by probability (lowest id
+ *     on ties), weights rounded to fp32 and renormalised exactly as the reference does; the
+ *     k choices then sorted by expert id, so slot j of token t (pair t*k + j) holds its j-th
+ *     expert in ascending order.
+ *  3. count_rank     per expert (a block): the pairs that chose it, in token order (a block
+ *     scan of flags gives each pair its rank among its expert's pairs), and their count.
+ *  4. scatter        offsets (exclusive scan of the counts), the pairs sorted by expert then
+ *     token (pair_token, pair_slot), and the list of M-tiles of the GEMM shape in use.
+ *     Counting sort without atomics: the order is fixed by the token indices alone.
+ *  5. gate_up GEMM   act (P, I) = silu(x Wg) * (x Wu) for the P = T*k pairs in sorted order;
+ *     the A tiles gather their rows from x by pair_token.  A warp's gate and up columns of
+ *     one index land in the same thread's accumulators, so SwiGLU is fused into the epilogue.
+ *     act is stored in bf16, as HF's bf16 model keeps it (the CPU reference keeps fp32: the
+ *     main difference the tests allow for).
+ *  6. down GEMM      y (T*k, H) fp32, row pair_slot[p] = act[p] Wd[e].
+ *  7. combine        out[t] = bf16(sum over j of w[t][j] * y[t*k + j]), j ascending, that is
+ *     in ascending expert order, with separately rounded fp32 products and sums (the CPU
+ *     reference's order and arithmetic).
+ *
+ * The grouped GEMM is our own: mma.sync.m16n8k16 (bf16 in, fp32 accumulate) fed by a 4-stage
+ * cp.async pipeline through shared memory (rows padded by 16 bytes, so ldmatrix is free of
+ * bank conflicts), ldmatrix.trans turning the input-major (K, N) weight tiles into B
+ * fragments.  Grid: x = N-tiles of one expert (fastest, so the blocks running together share
+ * the expert's rows and walk its weights), y = an upper bound on the M-tiles,
+ * floor(P / BM) + min(E, P); the tile list is built on the GPU and blocks past its length
+ * exit at once, so nothing waits for the host.  Not cuBLAS: the contract has no handle,
+ * per-expert calls would need the counts on the host (a sync per layer), and cuBLAS chooses
+ * kernels (split-K among them) by M, which would make a token's bits depend on how many other
+ * tokens chose its experts.
+ *
+ * Tile shapes, by the average number of pairs per expert a = P / E:
+ *   S  16 x  64 (gate+up: 32 + 32 columns), BK 64, 4 warps  a <= 8  (decode, small batches)
+ *   M  64 x 128 (64 + 64),                  BK 32, 4 warps  a <= 64
+ *   L 128 x 128 (64 + 64),                  BK 32, 8 warps  a > 64  (prefill)
+ * S is the decode path: with at most 16 tokens on an expert (always, for T <= 16) each
+ * selected expert's weights are read once, by blocks streaming 64-column slabs with 16-byte
+ * cp.async loads coalesced along the output dimension (rows of the input-major layout) and
+ * 4 stages (46 KB) in flight per block; the tensor cores only serve as a dot-product engine
+ * there, with padded rows.  Napkin math for the 235B layer (E 128, k 8, H 4096, I 1536,
+ * 37.7 MB of bf16 weights per expert, 4.8 GB in all, ~1 ms at 4.8 TB/s): at T = 1, 8 experts,
+ * 302 MB, 63 us; at a = 8 (T = 128) S reads every expert about once (1 ms) while L would
+ * spend 16x the useful 39 GFLOP on padding (~1.2 ms at ~500 TFLOPS); at a = 16 S reads
+ * experts with two tiles twice (~1.5-2 ms) while M wastes 4x (~0.6 ms of compute, overlapped
+ * with 1 ms of reads); from a = 64 on, L's bigger tiles win.  The shapes are a first cut, to
+ * be tuned on the H200.
+ * Other traffic: x rows are re-read per N-tile (from L2); act P*I*2 bytes written and read;
+ * y P*H*4 bytes written and read (0.5 GB for T = 2048 on the 235B layer: ~0.1 ms against
+ * ~2.5 ms of GEMM).
+ *
+ * Determinism and batch invariance.  Every step has a fixed reduction order: the router sums
+ * a token's products in a fixed lane/element order and a fixed butterfly; the softmax sum is
+ * sequential over experts; the sort has no atomics; every output element of both GEMMs, in
+ * every tile shape, is one chain of m16n8k16 MMAs over k = 0, 16, 32, ... into one fp32
+ * accumulator starting at zero (no split-K; K is a multiple of 16 and steps past K are
+ * skipped, not run on zeros), and an MMA's element (m, n) depends only on row m of A, column
+ * n of B and its accumulator, so padding rows and the other tokens of a tile never reach it;
+ * SwiGLU and the combine use explicitly rounded operations (__fadd_rn etc., never contracted
+ * into FMAs differently per instantiation).  So a token's output bits depend on its own row
+ * and the weights only: not on T, on which tokens share its experts, or on the tile shape
+ * the batch size picks.
+ *
+ * Limits (QW_E_ARG otherwise): H and I multiples of 16; E <= 1024; 1 <= top_k <= min(E, 32);
+ * x, router, gate_up, down, out and ws 16-byte aligned.
+ */
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/kernels.h"
+
+#define MOE_MAX_E 1024       /* experts a layer may have */
+#define MOE_MAX_K 32         /* experts a token may choose */
+#define ROUTER_WARPS 4       /* router_logits: experts per block (a warp each) */
+#define ROUTER_TOKENS 8      /* router_logits: tokens per warp */
+#define ROUTE_WARPS 4        /* route: tokens per block (a warp each) */
+#define SCAN_THREADS 256     /* count_rank and scatter */
+#define COMBINE_THREADS 256
+
+typedef __nv_bfloat16 bf16;
+
+static const unsigned FULL = 0xffffffffu;
+
+// ---------------------------------------------------------------------------------------
+// scratch
+
+typedef struct moe_ws {
+	float *logits;     /* (T, E) router logits */
+	int *topk_id;      /* (T, k) chosen experts, ascending per token */
+	float *topk_w;     /* (T, k) their weights */
+	int *rank;         /* (T, k) a pair's position among its expert's pairs */
+	int *counts;       /* (E,) pairs per expert */
+	int *off;          /* (E + 1,) first sorted pair of each expert */
+	int *n_tiles;      /* (1,) M-tiles of the GEMM shape in use */
+	int *tile_e;       /* (max_tiles,) each tile's expert */
+	int *tile_m0;      /* (max_tiles,) its first row among the expert's pairs */
+	int *pair_token;   /* (P,) pairs sorted by expert, then token: the token */
+	int *pair_slot;    /* (P,) the same pairs: t * k + j */
+	bf16 *act;         /* (P, I) SwiGLU outputs in sorted order */
+	float *y;          /* (T * k, H) expert outputs by slot */
+} moe_ws;
+
+/* Tiles of BM rows needed at most for P pairs over E experts: each expert with pairs adds
+ * at most one partial tile to floor(P / BM) full ones. */
+static size_t max_tiles(size_t P, int E, int bm)
+{
+	return P / (size_t)bm + (P < (size_t)E ? P : (size_t)E);
+}
+
+/* Carves ws (base may be NULL to only measure); returns the bytes used. */
+static size_t moe_layout(int T, int H, int E, int k, int I, char *base, moe_ws *w)
+{
+	size_t at = 0, P = (size_t)T * (size_t)k, tiles = max_tiles(P, E, 16);
+#define TAKE(field, type, n)                                                                 \
+	do {                                                                                 \
+		w->field = base ? (type *)(base + at) : NULL;                               \
+		at += ((n) * sizeof(type) + 255) & ~(size_t)255;                             \
+	} while (0)
+	TAKE(logits, float, (size_t)T * (size_t)E);
+	TAKE(topk_id, int, P);
+	TAKE(topk_w, float, P);
+	TAKE(rank, int, P);
+	TAKE(counts, int, (size_t)E);
+	TAKE(off, int, (size_t)E + 1);
+	TAKE(n_tiles, int, 1);
+	TAKE(tile_e, int, tiles);
+	TAKE(tile_m0, int, tiles);
+	TAKE(pair_token, int, P);
+	TAKE(pair_slot, int, P);
+	TAKE(act, bf16, P * (size_t)I);
+	TAKE(y, float, P * (size_t)H);
+#undef TAKE
+	return at;
+}
+
+// ---------------------------------------------------------------------------------------
+// small device helpers
+
+/* Eight bf16 (one 16-byte load) widened to fp32: a bf16 is the top half of an fp32. */
+__device__ static inline void unpack8(uint4 v, float f[8])
+{
+	const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		f[2 * i] = __uint_as_float(w[i] << 16);
+		f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+	}
+}
+
+/* silu(g) * u with every operation rounded on its own (no contraction), as the reference
+ * computes z / (1 + exp(-z)) * u in fp32 */
+__device__ static inline float swiglu(float g, float u)
+{
+	return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
+/* Exclusive prefix sum of v over a block of SCAN_THREADS threads; *total gets the sum.
+ * Every thread of the block must call it. */
+__device__ static int block_exclusive_scan(int v, int *total)
+{
+	__shared__ int warp_sum[SCAN_THREADS / 32];
+	int lane = threadIdx.x % 32, warp = threadIdx.x / 32, incl = v;
+#pragma unroll
+	for (int o = 1; o < 32; o <<= 1) {
+		int n = __shfl_up_sync(FULL, incl, o);
+		if (lane >= o)
+			incl += n;
+	}
+	if (lane == 31)
+		warp_sum[warp] = incl;
+	__syncthreads();
+	int base = 0, sum = 0;
+#pragma unroll
+	for (int i = 0; i < SCAN_THREADS / 32; i++) {
+		base += i < warp ? warp_sum[i] : 0;
+		sum += warp_sum[i];
+	}
+	__syncthreads();   /* warp_sum may be reused by the next call */
+	*total = sum;
+	return base + incl - v;
+}
+
+// ---------------------------------------------------------------------------------------
+// routing
+
+/* logits (T, E): a warp per (expert, up to ROUTER_TOKENS tokens).  Lane l sums the products
+ * of elements l*8 .. l*8+7, then l*8+256 .., in order, in double; then a fixed butterfly. */
+static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
+router_logits_kernel(float *logits, const bf16 *x, const bf16 *router, int T, int H, int E)
+{
+	int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+	int e = blockIdx.x * ROUTER_WARPS + warp, t0 = blockIdx.y * ROUTER_TOKENS;
+	if (e >= E)
+		return;
+	int nt = min(ROUTER_TOKENS, T - t0);
+	const bf16 *wrow = router + (size_t)e * (size_t)H;
+	double acc[ROUTER_TOKENS];
+#pragma unroll
+	for (int i = 0; i < ROUTER_TOKENS; i++)
+		acc[i] = 0.0;
+	for (int h = lane * 8; h < H; h += 256) {
+		float wf[8], xf[8];
+		unpack8(*(const uint4 *)(wrow + h), wf);
+#pragma unroll
+		for (int i = 0; i < ROUTER_TOKENS; i++) {
+			if (i < nt) {
+				unpack8(*(const uint4 *)(x + (size_t)(t0 + i) * (size_t)H + h), xf);
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					acc[i] = fma((double)xf[j], (double)wf[j], acc[i]);
+			}
+		}
+	}
+#pragma unroll
+	for (int i = 0; i < ROUTER_TOKENS; i++) {
+#pragma unroll
+		for (int o = 16; o > 0; o >>= 1)
+			acc[i] += __shfl_xor_sync(FULL, acc[i], o);
+		if (lane == 0 && i < nt)
+			logits[(size_t)(t0 + i) * (size_t)E + e] = (float)acc[i];
+	}
+}
+
+/* A warp per token: softmax, top-k, weights, sorted by expert id. */
+static __global__ void __launch_bounds__(ROUTE_WARPS * 32)
+route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int k,
+	     int renormalize)
+{
+	__shared__ double prob[ROUTE_WARPS][MOE_MAX_E];
+	__shared__ double chosen_p[ROUTE_WARPS][MOE_MAX_K];
+	__shared__ int chosen[ROUTE_WARPS][MOE_MAX_K];
+	__shared__ float weight[ROUTE_WARPS][MOE_MAX_K];
+	int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+	int t = blockIdx.x * ROUTE_WARPS + warp;
+	if (t >= T)
+		return;
+	double *p = prob[warp];
+	const float *l = logits + (size_t)t * (size_t)E;
+	double mx = -INFINITY;
+	for (int e = lane; e < E; e += 32) {
+		p[e] = l[e];
+		mx = fmax(mx, p[e]);    /* NaNs are skipped, as the reference's max does */
+	}
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1)
+		mx = fmax(mx, __shfl_xor_sync(FULL, mx, o));
+	for (int e = lane; e < E; e += 32) {
+		double v = exp(p[e] - mx);
+		p[e] = isnan(v) ? 0.0 : v;   /* a NaN logit counts as probability 0 */
+	}
+	__syncwarp();
+	double sum = 0.0;
+	if (lane == 0)
+		for (int e = 0; e < E; e++)   /* sequential, in expert order, as the reference */
+			sum += p[e];
+	sum = __shfl_sync(FULL, sum, 0);
+
+	/* k rounds of a warp argmax; probabilities are >= 0, taken experts are marked -2 */
+	for (int i = 0; i < k; i++) {
+		double bv = -1.0;
+		int bi = E;
+		for (int e = lane; e < E; e += 32)
+			if (p[e] > bv) {
+				bv = p[e];
+				bi = e;
+			}
+#pragma unroll
+		for (int o = 16; o > 0; o >>= 1) {
+			double ov = __shfl_xor_sync(FULL, bv, o);
+			int oi = __shfl_xor_sync(FULL, bi, o);
+			if (ov > bv || (ov == bv && oi < bi)) {
+				bv = ov;
+				bi = oi;
+			}
+		}
+		if (lane == 0) {
+			chosen[warp][i] = bi;
+			chosen_p[warp][i] = bv;
+		}
+		if (lane == bi % 32)
+			p[bi] = -2.0;
+		__syncwarp();
+	}
+	if (lane != 0)
+		return;
+	int *ids = chosen[warp];
+	float *w = weight[warp];
+	double wsum = 0.0;
+	for (int i = 0; i < k; i++) {
+		w[i] = (float)(chosen_p[warp][i] / sum);
+		wsum += (double)w[i];   /* in selection order, as the reference */
+	}
+	if (renormalize)
+		for (int i = 0; i < k; i++)
+			w[i] = (float)((double)w[i] / wsum);
+	for (int i = 1; i < k; i++) {   /* insertion sort by expert id */
+		int id = ids[i];
+		float wi = w[i];
+		int j = i - 1;
+		for (; j >= 0 && ids[j] > id; j--) {
+			ids[j + 1] = ids[j];
+			w[j + 1] = w[j];
+		}
+		ids[j + 1] = id;
+		w[j + 1] = wi;
+	}
+	for (int i = 0; i < k; i++) {
+		topk_id[(size_t)t * k + i] = ids[i];
+		topk_w[(size_t)t * k + i] = w[i];
+	}
+}
+
+/* A block per expert: ranks of its pairs in token order, and its count. */
+static __global__ void __launch_bounds__(SCAN_THREADS)
+count_rank_kernel(int *rank, int *counts, const int *topk_id, int T, int k)
+{
+	int e = blockIdx.x, running = 0;
+	for (int t0 = 0; t0 < T; t0 += SCAN_THREADS) {
+		int t = t0 + (int)threadIdx.x, slot = -1;
+		if (t < T)
+			for (int j = 0; j < k; j++)
+				if (topk_id[t * k + j] == e)
+					slot = t * k + j;
+		int total, before = block_exclusive_scan(slot >= 0, &total);
+		if (slot >= 0)
+			rank[slot] = running + before;
+		running += total;
+	}
+	if (threadIdx.x == 0)
+		counts[e] = running;
+}
+
+/* Offsets, the sorted pairs, and (block 0) the tile list for tiles of bm rows. */
+static __global__ void __launch_bounds__(SCAN_THREADS)
+scatter_kernel(moe_ws w, int T, int E, int k, int bm)
+{
+	constexpr int PER = MOE_MAX_E / SCAN_THREADS;   /* experts per thread in the scans */
+	__shared__ int off[MOE_MAX_E + 1];
+	int e0 = (int)threadIdx.x * PER, c[PER], s = 0, total;
+#pragma unroll
+	for (int i = 0; i < PER; i++) {
+		c[i] = e0 + i < E ? w.counts[e0 + i] : 0;
+		s += c[i];
+	}
+	int base = block_exclusive_scan(s, &total);
+#pragma unroll
+	for (int i = 0; i < PER; i++)
+		if (e0 + i < E) {
+			off[e0 + i] = base;
+			base += c[i];
+		}
+	if (threadIdx.x == 0)
+		off[E] = total;
+	__syncthreads();
+	int pair = (int)(blockIdx.x * SCAN_THREADS + threadIdx.x);
+	if (pair < T * k) {
+		int pos = off[w.topk_id[pair]] + w.rank[pair];
+		w.pair_token[pos] = pair / k;
+		w.pair_slot[pos] = pair;
+	}
+	if (blockIdx.x != 0)
+		return;
+	for (int e = (int)threadIdx.x; e <= E; e += SCAN_THREADS)
+		w.off[e] = off[e];
+	int nt[PER];
+	s = 0;
+#pragma unroll
+	for (int i = 0; i < PER; i++) {
+		nt[i] = (c[i] + bm - 1) / bm;
+		s += nt[i];
+	}
+	int tile = block_exclusive_scan(s, &total);
+#pragma unroll
+	for (int i = 0; i < PER; i++)
+		for (int m = 0; m < nt[i]; m++, tile++) {
+			w.tile_e[tile] = e0 + i;
+			w.tile_m0[tile] = m * bm;
+		}
+	if (threadIdx.x == 0)
+		*w.n_tiles = total;
+}
+
+// ---------------------------------------------------------------------------------------
+// the grouped GEMM
+
+__device__ static inline void cp_async16(void *smem, const void *gmem, bool ok)
+{
+	unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+	int n = ok ? 16 : 0;   /* 0: fill the 16 bytes with zeros, read nothing */
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n)
+		     : "memory");
+}
+
+__device__ static inline void cp_async_commit(void)
+{
+	asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> __device__ static inline void cp_async_wait(void)
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ static inline void ldmatrix_x4(uint32_t r[4], const bf16 *p)
+{
+	unsigned s = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(s)
+		     : "memory");
+}
+
+__device__ static inline void ldmatrix_x4_trans(uint32_t r[4], const bf16 *p)
+{
+	unsigned s = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(s)
+		     : "memory");
+}
+
+/* c += a b for one m16n8k16 tile, bf16 operands, fp32 accumulators */
+__device__ static inline void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+	    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* A block tile of BM rows x BN weight columns over BK of the reduction, warps of WM x WN,
+ * STAGES deep.  In the gate_up GEMM the BN columns are BN/2 gate then BN/2 up columns of
+ * the same output indices, and each warp takes WN/2 of each. */
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int STAGES_> struct tile_cfg {
+	static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, STAGES = STAGES_;
+	static constexpr int WARPS_N = BN / WN, WARPS = (BM / WM) * WARPS_N, THREADS = 32 * WARPS;
+	static constexpr int MI = WM / 16, NT = WN / 8;   /* m16 / n8 tiles per warp */
+	static constexpr int ALD = BK + 8, BLD = BN + 8;  /* padded shared-memory rows */
+	static constexpr int A_STAGE = BM * ALD, B_STAGE = BK * BLD;   /* elements */
+	static constexpr int SMEM = STAGES * (A_STAGE + B_STAGE) * 2;  /* bytes */
+	static constexpr int A_ITERS = BM * (BK / 8) / THREADS;   /* 16-byte loads per thread */
+	static constexpr int B_ITERS = BK * (BN / 8) / THREADS;
+	static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "warp tiles");
+	static_assert(BK % 16 == 0 && A_ITERS * THREADS == BM * (BK / 8) &&
+		      B_ITERS * THREADS == BK * (BN / 8), "loads must split evenly");
+};
+typedef tile_cfg<16, 64, 64, 16, 16, 4> cfg_s;
+typedef tile_cfg<64, 128, 32, 64, 32, 4> cfg_m;
+typedef tile_cfg<128, 128, 32, 64, 32, 4> cfg_l;
+
+typedef struct gemm_args {
+	const bf16 *a;          /* gate_up: x (T, K); down: act (P, K) */
+	const int *a_row;       /* gate_up: pair_token (P,), the row of a of each sorted pair;
+				 * down: NULL (a pair's own row) */
+	const bf16 *w;          /* (E, K, ldw) input-major weights */
+	int K, N, ldw;          /* reduction length, output columns, row length of w */
+	const int *off;         /* (E + 1,) */
+	const int *n_tiles;     /* (1,) */
+	const int *tile_e;      /* (max_tiles,) */
+	const int *tile_m0;     /* (max_tiles,) */
+	const int *pair_slot;   /* (P,) down: where each sorted pair's row of y goes */
+	bf16 *act;              /* gate_up output (P, N) */
+	float *y;               /* down output (T * k, N) */
+} gemm_args;
+
+template <class C, bool GATE_UP>
+static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_args g)
+{
+	extern __shared__ __align__(16) unsigned char smem_raw[];
+	bf16 *As = (bf16 *)smem_raw, *Bs = As + C::STAGES * C::A_STAGE;
+	int tile = blockIdx.y;
+	if (tile >= *g.n_tiles)
+		return;
+	int e = g.tile_e[tile], row0 = g.off[e] + g.tile_m0[tile];
+	int rows = min(C::BM, g.off[e + 1] - row0);
+	constexpr int OUT_BN = GATE_UP ? C::BN / 2 : C::BN;   /* output columns of a block */
+	int n0 = blockIdx.x * OUT_BN;
+	const bf16 *w = g.w + (size_t)e * (size_t)g.K * (size_t)g.ldw;
+	int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+	int wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
+
+	/* each thread's 16-byte chunks keep their row and column over k */
+	const bf16 *a_src[C::A_ITERS];
+	int a_dst[C::A_ITERS], a_col[C::A_ITERS];
+#pragma unroll
+	for (int i = 0; i < C::A_ITERS; i++) {
+		int c = tid + i * C::THREADS, r = c / (C::BK / 8);
+		a_col[i] = c % (C::BK / 8) * 8;
+		a_dst[i] = r * C::ALD + a_col[i];
+		a_src[i] = nullptr;
+		if (r < rows)
+			a_src[i] = g.a + (size_t)(g.a_row ? g.a_row[row0 + r] : row0 + r) * (size_t)g.K;
+	}
+	const bf16 *b_src[C::B_ITERS];
+	int b_dst[C::B_ITERS], b_row[C::B_ITERS];
+#pragma unroll
+	for (int i = 0; i < C::B_ITERS; i++) {
+		int c = tid + i * C::THREADS, r = c / (C::BN / 8), cc = c % (C::BN / 8) * 8;
+		int col = cc, gcol = n0 + cc;
+		if (GATE_UP) {
+			int half = cc >= C::BN / 2;            /* 0: gate columns, 1: up columns */
+			col = n0 + cc - half * (C::BN / 2);    /* the output index */
+			gcol = half * g.N + col;
+		} else {
+			col = gcol;
+		}
+		b_row[i] = r;
+		b_dst[i] = r * C::BLD + cc;
+		b_src[i] = col < g.N ? w + gcol : nullptr;
+	}
+	auto load_tile = [&](int stage, int kt) {
+		int k0 = kt * C::BK;
+		bf16 *as = As + stage * C::A_STAGE, *bs = Bs + stage * C::B_STAGE;
+#pragma unroll
+		for (int i = 0; i < C::A_ITERS; i++) {
+			int k = k0 + a_col[i];
+			bool ok = a_src[i] && k < g.K;
+			cp_async16(as + a_dst[i], ok ? a_src[i] + k : g.a, ok);
+		}
+#pragma unroll
+		for (int i = 0; i < C::B_ITERS; i++) {
+			int k = k0 + b_row[i];
+			bool ok = b_src[i] && k < g.K;
+			cp_async16(bs + b_dst[i], ok ? b_src[i] + (size_t)k * (size_t)g.ldw : g.w, ok);
+		}
+	};
+	/* the warp's n8 tiles: their first column in the shared B tile */
+	auto bcol = [&](int j) {
+		if (!GATE_UP)
+			return wn * C::WN + j * 8;
+		return j < C::NT / 2 ? wn * (C::WN / 2) + j * 8
+				     : C::BN / 2 + wn * (C::WN / 2) + (j - C::NT / 2) * 8;
+	};
+
+	float acc[C::MI][C::NT][4];
+#pragma unroll
+	for (int mi = 0; mi < C::MI; mi++)
+#pragma unroll
+		for (int j = 0; j < C::NT; j++)
+#pragma unroll
+			for (int q = 0; q < 4; q++)
+				acc[mi][j][q] = 0.0f;
+
+	int nk = (g.K + C::BK - 1) / C::BK;
+#pragma unroll
+	for (int s = 0; s < C::STAGES - 1; s++) {
+		if (s < nk)
+			load_tile(s, s);
+		cp_async_commit();
+	}
+	for (int kt = 0; kt < nk; kt++) {
+		cp_async_wait<C::STAGES - 2>();   /* tile kt has landed */
+		__syncthreads();                   /* ... for everyone; stage kt-1 is free */
+		int pf = kt + C::STAGES - 1;
+		if (pf < nk)
+			load_tile(pf % C::STAGES, pf);
+		cp_async_commit();
+		const bf16 *as = As + (kt % C::STAGES) * C::A_STAGE;
+		const bf16 *bs = Bs + (kt % C::STAGES) * C::B_STAGE;
+		int ksteps = min(C::BK, g.K - kt * C::BK) / 16;
+#pragma unroll
+		for (int ks = 0; ks < C::BK / 16; ks++) {
+			if (ks >= ksteps)
+				break;
+			uint32_t af[C::MI][4], bfr[C::NT][2];
+#pragma unroll
+			for (int mi = 0; mi < C::MI; mi++)
+				ldmatrix_x4(af[mi], as + (wm * C::WM + mi * 16 + lane % 16) * C::ALD +
+							ks * 16 + lane / 16 * 8);
+#pragma unroll
+			for (int j = 0; j < C::NT; j += 2) {
+				/* lanes 8q..8q+7 address matrix q: k rows (q%2)*8.., tile j + q/2 */
+				int q = lane / 8;
+				uint32_t r[4];
+				ldmatrix_x4_trans(r, bs + (ks * 16 + q % 2 * 8 + lane % 8) * C::BLD +
+							     bcol(j + q / 2));
+				bfr[j][0] = r[0];
+				bfr[j][1] = r[1];
+				bfr[j + 1][0] = r[2];
+				bfr[j + 1][1] = r[3];
+			}
+#pragma unroll
+			for (int mi = 0; mi < C::MI; mi++)
+#pragma unroll
+				for (int j = 0; j < C::NT; j++)
+					mma_bf16(acc[mi][j], af[mi], bfr[j]);
+		}
+	}
+	cp_async_wait<0>();
+
+	/* accumulator q of tile (mi, j): row lane/4 (+8 for q >= 2), column (lane%4)*2 + q%2 */
+#pragma unroll
+	for (int mi = 0; mi < C::MI; mi++)
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			int r = wm * C::WM + mi * 16 + lane / 4 + h * 8;
+			if (r >= rows)
+				continue;
+			if (GATE_UP) {
+				bf16 *dst = g.act + (size_t)(row0 + r) * (size_t)g.N;
+#pragma unroll
+				for (int j = 0; j < C::NT / 2; j++) {
+					int col = n0 + wn * (C::WN / 2) + j * 8 + lane % 4 * 2;
+					if (col >= g.N)
+						continue;
+					const float *gt = acc[mi][j], *up = acc[mi][j + C::NT / 2];
+					*(__nv_bfloat162 *)(dst + col) = __floats2bfloat162_rn(
+						swiglu(gt[2 * h], up[2 * h]),
+						swiglu(gt[2 * h + 1], up[2 * h + 1]));
+				}
+			} else {
+				float *dst = g.y + (size_t)g.pair_slot[row0 + r] * (size_t)g.N;
+#pragma unroll
+				for (int j = 0; j < C::NT; j++) {
+					int col = n0 + wn * C::WN + j * 8 + lane % 4 * 2;
+					if (col < g.N)
+						*(float2 *)(dst + col) =
+							make_float2(acc[mi][j][2 * h], acc[mi][j][2 * h + 1]);
+				}
+			}
+		}
+}
+
+// ---------------------------------------------------------------------------------------
+// combine
+
+/* A block per token: the k weighted expert outputs summed in slot (= expert id) order. */
+static __global__ void __launch_bounds__(COMBINE_THREADS)
+combine_kernel(bf16 *out, const float *y, const float *topk_w, int H, int k)
+{
+	int t = blockIdx.x;
+	const float *wt = topk_w + (size_t)t * k;
+	for (int c = threadIdx.x * 4; c < H; c += COMBINE_THREADS * 4) {
+		float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+		for (int j = 0; j < k; j++) {
+			float wj = wt[j];
+			float4 v = *(const float4 *)(y + ((size_t)t * k + j) * (size_t)H + c);
+			s0 = __fadd_rn(s0, __fmul_rn(wj, v.x));
+			s1 = __fadd_rn(s1, __fmul_rn(wj, v.y));
+			s2 = __fadd_rn(s2, __fmul_rn(wj, v.z));
+			s3 = __fadd_rn(s3, __fmul_rn(wj, v.w));
+		}
+		__nv_bfloat162 lo = __floats2bfloat162_rn(s0, s1), hi = __floats2bfloat162_rn(s2, s3);
+		uint2 packed;
+		packed.x = *(const uint32_t *)&lo;
+		packed.y = *(const uint32_t *)&hi;
+		*(uint2 *)(out + (size_t)t * (size_t)H + c) = packed;
+	}
+}
+
+// ---------------------------------------------------------------------------------------
+// launchers
+
+template <class C, bool GATE_UP>
+static qw_status launch_gemm(const gemm_args *g, int tiles, cudaStream_t stream, qw_err *err)
+{
+	auto kernel = expert_gemm_kernel<C, GATE_UP>;
+	QW_CUDA_TRY(err, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					      C::SMEM));
+	int out_bn = GATE_UP ? C::BN / 2 : C::BN;
+	dim3 grid((unsigned)((g->N + out_bn - 1) / out_bn), (unsigned)tiles);
+	kernel<<<grid, C::THREADS, C::SMEM, stream>>>(*g);
+	QW_CUDA_TRY(err, cudaGetLastError());
+	return QW_OK;
+}
+
+/* Both GEMMs in tile shape C: the tile list for C's BM, then gate_up, then down. */
+template <class C>
+static qw_status run_experts(const qw_cuda_moe_args *a, const moe_ws *w, cudaStream_t stream,
+			     qw_err *err)
+{
+	int P = a->T * a->top_k;
+	scatter_kernel<<<(P + SCAN_THREADS - 1) / SCAN_THREADS, SCAN_THREADS, 0, stream>>>(
+		*w, a->T, a->E, a->top_k, C::BM);
+	QW_CUDA_TRY(err, cudaGetLastError());
+	int tiles = (int)max_tiles((size_t)P, a->E, C::BM);
+	gemm_args g = {};
+	g.off = w->off;
+	g.n_tiles = w->n_tiles;
+	g.tile_e = w->tile_e;
+	g.tile_m0 = w->tile_m0;
+	g.pair_slot = w->pair_slot;
+	g.act = w->act;
+	g.y = w->y;
+
+	g.a = (const bf16 *)a->x;
+	g.a_row = w->pair_token;
+	g.w = (const bf16 *)a->gate_up;
+	g.K = a->H;
+	g.N = a->I;
+	g.ldw = 2 * a->I;
+	qw_status st = launch_gemm<C, true>(&g, tiles, stream, err);
+	if (st != QW_OK)
+		return st;
+
+	g.a = w->act;
+	g.a_row = NULL;
+	g.w = (const bf16 *)a->down;
+	g.K = a->I;
+	g.N = a->H;
+	g.ldw = a->H;
+	return launch_gemm<C, false>(&g, tiles, stream, err);
+}
+
+extern "C" size_t qw_cuda_moe_ws_bytes(int max_tokens, int H, int E, int top_k, int I)
+{
+	moe_ws w;
+	if (max_tokens < 0 || H < 0 || E < 0 || top_k < 0 || I < 0)
+		return 0;
+	return moe_layout(max_tokens, H, E, top_k, I, NULL, &w);
+}
+
+static bool misaligned(const void *p)
+{
+	return ((uintptr_t)p & 15) != 0;
+}
+
+extern "C" qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_bytes,
+				 cudaStream_t stream, qw_err *err)
+{
+	if (!a)
+		return qw_fail(err, QW_E_ARG, "cuda moe: no arguments");
+	if (a->T < 0 || a->H <= 0 || a->H % 16 || a->I <= 0 || a->I % 16)
+		return qw_fail(err, QW_E_ARG, "cuda moe: T %d, H %d, I %d: H and I must be positive "
+			       "multiples of 16", a->T, a->H, a->I);
+	if (a->E < 1 || a->E > MOE_MAX_E || a->top_k < 1 || a->top_k > a->E ||
+	    a->top_k > MOE_MAX_K)
+		return qw_fail(err, QW_E_ARG, "cuda moe: %d experts, top-%d: at most %d experts and "
+			       "1 <= top_k <= min(E, %d)", a->E, a->top_k, MOE_MAX_E, MOE_MAX_K);
+	if (a->T == 0)
+		return QW_OK;
+	if (!a->x || !a->router || !a->gate_up || !a->down || !a->out || !ws)
+		return qw_fail(err, QW_E_ARG, "cuda moe: a NULL tensor or scratch pointer");
+	if (misaligned(a->x) || misaligned(a->router) || misaligned(a->gate_up) ||
+	    misaligned(a->down) || misaligned(a->out) || misaligned(ws))
+		return qw_fail(err, QW_E_ARG, "cuda moe: tensors and scratch must be 16-byte aligned");
+	if (a->T > 65535 * ROUTER_TOKENS || (long long)a->T * a->top_k > (1 << 30) ||
+	    max_tiles((size_t)a->T * (size_t)a->top_k, a->E, cfg_l::BM) > 65535)
+		return qw_fail(err, QW_E_ARG, "cuda moe: %d tokens is too many for one call", a->T);
+	moe_ws w;
+	size_t need = moe_layout(a->T, a->H, a->E, a->top_k, a->I, (char *)ws, &w);
+	if (need > ws_bytes)
+		return qw_fail(err, QW_E_ARG, "cuda moe: %zu bytes of scratch, %d tokens need %zu "
+			       "(qw_cuda_moe_ws_bytes)", ws_bytes, a->T, need);
+	int T = a->T, E = a->E, k = a->top_k, P = T * k;
+
+	dim3 rgrid((unsigned)((E + ROUTER_WARPS - 1) / ROUTER_WARPS),
+		   (unsigned)((T + ROUTER_TOKENS - 1) / ROUTER_TOKENS));
+	router_logits_kernel<<<rgrid, ROUTER_WARPS * 32, 0, stream>>>(
+		w.logits, (const bf16 *)a->x, (const bf16 *)a->router, T, a->H, E);
+	QW_CUDA_TRY(err, cudaGetLastError());
+	route_kernel<<<(T + ROUTE_WARPS - 1) / ROUTE_WARPS, ROUTE_WARPS * 32, 0, stream>>>(
+		w.topk_id, w.topk_w, w.logits, T, E, k, a->renormalize);
+	QW_CUDA_TRY(err, cudaGetLastError());
+	count_rank_kernel<<<E, SCAN_THREADS, 0, stream>>>(w.rank, w.counts, w.topk_id, T, k);
+	QW_CUDA_TRY(err, cudaGetLastError());
+
+	/* the tile shape by the average pairs per expert (see the top of the file) */
+	qw_status st;
+	if (P <= 8 * E)
+		st = run_experts<cfg_s>(a, &w, stream, err);
+	else if (P <= 64 * E)
+		st = run_experts<cfg_m>(a, &w, stream, err);
+	else
+		st = run_experts<cfg_l>(a, &w, stream, err);
+	if (st != QW_OK)
+		return st;
+
+	combine_kernel<<<T, COMBINE_THREADS, 0, stream>>>((bf16 *)a->out, w.y, w.topk_w, a->H, k);
+	QW_CUDA_TRY(err, cudaGetLastError());
+	return QW_OK;
+}

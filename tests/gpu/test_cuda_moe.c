@@ -1,0 +1,517 @@
+/* test_cuda_moe.c - qw_cuda_moe (kernels/cuda/moe.cu) against the CPU backend's moe op, the
+ * reference, on random bf16-representable inputs and weights: a tiny layer (H 128, E 8, k 2,
+ * I 48) at sizes that use each of the three GEMM tile shapes, with and without
+ * renormalisation; a 30B-A3B-like layer (H 2048, E 128, k 8, I 768) at T = 1, 4, 64, 700
+ * and 1100; a 235B-A22B-like one (H 4096, E 128, k 8, I 1536, 4.8 GB of weights) at T = 1,
+ * 128 and 300.  Part of `scons test-gpu`.
+ *
+ * Tolerance, per element: |gpu - cpu| <= atol + rtol |cpu|, rtol = 2^-7 (the bf16 output's
+ * rounding is at most 2^-8 relative), atol = 0.02 rms(cpu): the GPU rounds the SwiGLU output
+ * to bf16 before the down projection, the CPU keeps fp32 (an error of ~0.0015 rms(out) per
+ * element, so 0.02 is over 10 sigma); fp32 tensor-core sums against the CPU's double ones
+ * add ~1e-6.  Over the whole output, sum (gpu - cpu)^2 / sum cpu^2 <= 3e-5.  A numpy model
+ * of both roundings on these shapes gives at most 0.45 of the per-element tolerance and
+ * an nmse of 5.6e-6.  The GPU's router logits equal the CPU's bit for bit (moe.cu), so no token may
+ * differ by a routing flip at a near-tie.
+ * Also: two runs give the same bits; every prefix of the batch (the sizes span the S, M and
+ * L tile shapes), a token alone and a slice from the middle give the bits of the whole batch
+ * (batch invariance).  Outputs and scratch are poisoned (0xff, NaN) before every run.  The
+ * seed is printed; QW_TEST_SEED=n repeats a run.  The last lines time the layer.
+ */
+#include "tests/unit/helpers.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/kernels.h"
+
+#define CUDA_OK(call)                                                                        \
+	do {                                                                                 \
+		cudaError_t rc_ = (call);                                                    \
+		if (rc_ != cudaSuccess)                                                      \
+			fail_msg("%s: %s", #call, cudaGetErrorString(rc_));                  \
+	} while (0)
+
+#define MAX_THREADS 64
+
+static uint64_t seed;
+static int n_threads;
+static qw_backend *cpu;
+
+// ---------------------------------------------------------------------------------------
+// random bf16 data, generated in parallel from (seed, stream, index)
+
+static uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* uniform in [-1, 1) */
+static float uniform(uint64_t stream, uint64_t i)
+{
+	uint64_t z = mix64(seed ^ mix64(stream * 0x9e3779b97f4a7c15ull + i + 1));
+	return (float)((double)(z >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
+
+static uint16_t bf16_bits(float f)
+{
+	uint32_t b;
+	memcpy(&b, &f, 4);
+	b += 0x7fffu + ((b >> 16) & 1u);   /* round to nearest even (no NaNs here) */
+	return (uint16_t)(b >> 16);
+}
+
+static float bf16_float(uint16_t h)
+{
+	uint32_t b = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &b, 4);
+	return f;
+}
+
+typedef void (*part_fn)(void *ctx, size_t lo, size_t hi);
+
+typedef struct task {
+	part_fn fn;
+	void *ctx;
+	size_t lo, hi;
+} task;
+
+static void *part_main(void *arg)
+{
+	task *p = arg;
+	if (p->hi > p->lo)
+		p->fn(p->ctx, p->lo, p->hi);
+	return NULL;
+}
+
+/* fn over [0, n) in n_threads contiguous parts */
+static void parallel(size_t n, part_fn fn, void *ctx)
+{
+	pthread_t th[MAX_THREADS];
+	task parts[MAX_THREADS];
+	for (int i = 0; i < n_threads; i++) {
+		parts[i] = (task){fn, ctx, n * (size_t)i / (size_t)n_threads,
+				  n * (size_t)(i + 1) / (size_t)n_threads};
+		assert_int_equal(pthread_create(&th[i], NULL, part_main, &parts[i]), 0);
+	}
+	for (int i = 0; i < n_threads; i++)
+		pthread_join(th[i], NULL);
+}
+
+typedef struct fill {
+	uint16_t *dst;
+	uint64_t stream;
+	float scale;
+} fill;
+
+static void fill_part(void *ctx, size_t lo, size_t hi)
+{
+	fill *f = ctx;
+	for (size_t i = lo; i < hi; i++)
+		f->dst[i] = bf16_bits(f->scale * uniform(f->stream, i));
+}
+
+static uint16_t *random_bf16(size_t n, uint64_t stream, float scale)
+{
+	fill f = {malloc(n * sizeof(uint16_t)), stream, scale};
+	assert_non_null(f.dst);
+	parallel(n, fill_part, &f);
+	return f.dst;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// ---------------------------------------------------------------------------------------
+// a layer on both backends
+
+typedef struct layer {
+	const char *name;
+	int H, E, k, I;
+	uint16_t *router, *gate_up, *down;       /* host bf16: (E, H), (E, H, 2I), (E, I, H) */
+	void *d_router, *d_gate_up, *d_down;     /* their device copies */
+	qw_tensor t_router, t_gate_up, t_down;   /* the CPU op's views of the host copies */
+	qw_moe_weights w;
+} layer;
+
+static qw_tensor bf16_tensor(uint16_t *data, int ndim, int64_t d0, int64_t d1, int64_t d2)
+{
+	qw_tensor t = {.name = "t", .dtype = QW_DT_BF16, .ndim = ndim, .data = data};
+	int64_t dims[3] = {d0, d1, d2};
+	t.numel = 1;
+	for (int i = 0; i < ndim; i++)
+		t.numel *= (uint64_t)(t.shape[i] = dims[i]);
+	t.nbytes = t.numel * 2;
+	return t;
+}
+
+static void *upload(const uint16_t *host, size_t n)
+{
+	void *d = NULL;
+	CUDA_OK(cudaMalloc(&d, n * 2));
+	CUDA_OK(cudaMemcpy(d, host, n * 2, cudaMemcpyHostToDevice));
+	return d;
+}
+
+/* Weights uniform in [-a, a): router logits of std ~2 for inputs uniform in [-1, 1), gate
+ * and up pre-activations of std ~1, expert outputs of std ~1. */
+static void layer_init(layer *L, const char *name, int H, int E, int k, int I)
+{
+	double t0 = now();
+	*L = (layer){.name = name, .H = H, .E = E, .k = k, .I = I};
+	size_t nr = (size_t)E * (size_t)H, ngu = nr * 2 * (size_t)I, nd = nr * (size_t)I;
+	L->router = random_bf16(nr, 1, 6.0f / sqrtf((float)H));
+	L->gate_up = random_bf16(ngu, 2, 3.0f / sqrtf((float)H));
+	L->down = random_bf16(nd, 3, 5.0f / sqrtf((float)I));
+	L->d_router = upload(L->router, nr);
+	L->d_gate_up = upload(L->gate_up, ngu);
+	L->d_down = upload(L->down, nd);
+	L->t_router = bf16_tensor(L->router, 2, E, H, 0);
+	L->t_gate_up = bf16_tensor(L->gate_up, 3, E, H, 2 * (int64_t)I);
+	L->t_down = bf16_tensor(L->down, 3, E, I, H);
+	L->w = (qw_moe_weights){.router = &L->t_router, .gate_up = &L->t_gate_up,
+				.down = &L->t_down, .n_experts = E, .top_k = k, .inter = I,
+				.renormalize = 1};
+	print_message("%s: H %d, E %d, top-%d, I %d: %.2f GB of weights made in %.1f s\n", name,
+		      H, E, k, I, (double)(nr + ngu + nd) * 2e-9, now() - t0);
+}
+
+static void layer_free(layer *L)
+{
+	free(L->router);
+	free(L->gate_up);
+	free(L->down);
+	cudaFree(L->d_router);
+	cudaFree(L->d_gate_up);
+	cudaFree(L->d_down);
+}
+
+// ---------------------------------------------------------------------------------------
+// the reference, in parallel over tokens
+
+typedef struct ref_job {
+	layer *L;
+	const float *x;    /* (T, H) */
+	float *out;        /* (T, H) */
+	qw_status st;      /* the first failure */
+	char msg[256];
+	pthread_mutex_t lock;
+} ref_job;
+
+static void ref_part(void *ctx, size_t lo, size_t hi)
+{
+	ref_job *j = ctx;
+	int H = j->L->H;
+	qw_act x = {(void *)(j->x + lo * (size_t)H), (int)(hi - lo), H, (int)(hi - lo)};
+	qw_act o = {j->out + lo * (size_t)H, (int)(hi - lo), H, (int)(hi - lo)};
+	qw_err err = {0};
+	qw_status st = cpu->moe(cpu, &o, &x, &j->L->w, &err);
+	if (st != QW_OK) {
+		pthread_mutex_lock(&j->lock);
+		j->st = st;
+		snprintf(j->msg, sizeof j->msg, "%s", err.msg);
+		pthread_mutex_unlock(&j->lock);
+	}
+}
+
+static float *reference(layer *L, const uint16_t *x, int T)
+{
+	double t0 = now();
+	size_t n = (size_t)T * (size_t)L->H;
+	float *xf = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float));
+	assert_non_null(xf);
+	assert_non_null(out);
+	for (size_t i = 0; i < n; i++)
+		xf[i] = bf16_float(x[i]);
+	ref_job j = {.L = L, .x = xf, .out = out, .st = QW_OK};
+	pthread_mutex_init(&j.lock, NULL);
+	parallel((size_t)T, ref_part, &j);
+	pthread_mutex_destroy(&j.lock);
+	free(xf);
+	if (j.st != QW_OK)
+		fail_msg("cpu moe: %s", j.msg);
+	print_message("%s: the CPU reference for %d tokens took %.1f s on %d threads\n", L->name,
+		      T, now() - t0, n_threads);
+	return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// the GPU side
+
+typedef struct gpu {
+	void *ws;
+	size_t ws_bytes;
+	uint16_t *d_x;      /* (Tmax, H) */
+	uint16_t *d_out;    /* (Tmax, H) */
+	cudaStream_t stream;
+} gpu;
+
+static qw_cuda_moe_args args_of(const layer *L, const gpu *g, int row0, int T)
+{
+	return (qw_cuda_moe_args){.T = T, .H = L->H, .E = L->E, .top_k = L->k, .I = L->I,
+				  .renormalize = L->w.renormalize != 0,
+				  .x = g->d_x + (size_t)row0 * (size_t)L->H,
+				  .router = L->d_router, .gate_up = L->d_gate_up,
+				  .down = L->d_down, .out = g->d_out};
+}
+
+/* Tokens [row0, row0 + T) of d_x through qw_cuda_moe into out (T, H), poisoned first. */
+static void gpu_moe(const layer *L, const gpu *g, int row0, int T, uint16_t *out)
+{
+	size_t n = (size_t)T * (size_t)L->H;
+	CUDA_OK(cudaMemsetAsync(g->d_out, 0xff, n * 2, g->stream));
+	CUDA_OK(cudaMemsetAsync(g->ws, 0xff, g->ws_bytes, g->stream));
+	qw_cuda_moe_args a = args_of(L, g, row0, T);
+	qw_err err = {0};
+	if (qw_cuda_moe(&a, g->ws, g->ws_bytes, g->stream, &err) != QW_OK)
+		fail_msg("qw_cuda_moe (%s, T %d): %s", L->name, T, err.msg);
+	CUDA_OK(cudaStreamSynchronize(g->stream));
+	CUDA_OK(cudaMemcpy(out, g->d_out, n * 2, cudaMemcpyDeviceToHost));
+}
+
+/* Milliseconds per call, over 5 calls after one warm-up. */
+static double gpu_time(const layer *L, const gpu *g, int T)
+{
+	qw_cuda_moe_args a = args_of(L, g, 0, T);
+	qw_err err = {0};
+	cudaEvent_t start, stop;
+	CUDA_OK(cudaEventCreate(&start));
+	CUDA_OK(cudaEventCreate(&stop));
+	for (int i = 0; i < 6; i++) {
+		if (i == 1)
+			CUDA_OK(cudaEventRecord(start, g->stream));
+		if (qw_cuda_moe(&a, g->ws, g->ws_bytes, g->stream, &err) != QW_OK)
+			fail_msg("qw_cuda_moe: %s", err.msg);
+	}
+	CUDA_OK(cudaEventRecord(stop, g->stream));
+	CUDA_OK(cudaEventSynchronize(stop));
+	float ms = 0.0f;
+	CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+	cudaEventDestroy(start);
+	cudaEventDestroy(stop);
+	return ms / 5.0;
+}
+
+/* rows [0, T) of got (bf16) against ref (fp32) within the tolerance above */
+static void compare(const layer *L, int T, const float *ref, const uint16_t *got)
+{
+	size_t n = (size_t)T * (size_t)L->H;
+	double ss = 0.0, se = 0.0, max_diff = 0.0, max_share = 0.0;
+	for (size_t i = 0; i < n; i++)
+		ss += (double)ref[i] * ref[i];
+	double rms = sqrt(ss / (double)n), atol = 0.02 * rms, rtol = 1.0 / 128;
+	size_t bad = 0;
+	for (size_t i = 0; i < n; i++) {
+		double g = bf16_float(got[i]), d = fabs(g - ref[i]), tol = atol + rtol * fabs(ref[i]);
+		se += (g - ref[i]) * (g - ref[i]);
+		if (!(d <= tol)) {
+			if (bad < 10)
+				print_message("  %s T %d: token %zu column %zu: gpu %.6g cpu %.6g "
+					      "(|diff| %.3g > %.3g)\n", L->name, T, i / (size_t)L->H,
+					      i % (size_t)L->H, g, ref[i], d, tol);
+			bad++;
+		}
+		if (d > max_diff)
+			max_diff = d;
+		if (d / tol > max_share)
+			max_share = d / tol;
+	}
+	double nmse = se / ss;
+	print_message("%s T %d: max |diff| %.3g (%.2f of the tolerance), nmse %.2e, rms %.3g, "
+		      "%zu of %zu out of tolerance\n", L->name, T, max_diff, max_share, nmse, rms,
+		      bad, n);
+	if (bad || !(nmse <= 3e-5))
+		fail_msg("%s T %d: %zu of %zu outputs out of tolerance, nmse %.3g (seed %llu)",
+			 L->name, T, bad, n, nmse, (unsigned long long)seed);
+}
+
+/* rows of a and b must have the same bits */
+static void same_bits(const layer *L, const char *what, const uint16_t *a, const uint16_t *b,
+		      int T)
+{
+	size_t n = (size_t)T * (size_t)L->H;
+	for (size_t i = 0; i < n; i++)
+		if (a[i] != b[i])
+			fail_msg("%s: %s: token %zu column %zu: %#06x against %#06x (seed %llu)",
+				 L->name, what, i / (size_t)L->H, i % (size_t)L->H, a[i], b[i],
+				 (unsigned long long)seed);
+}
+
+/* The layer at each size (a prefix of one batch of random tokens; the last is the largest),
+ * against the reference, for determinism and for batch invariance. */
+static void check_layer(layer *L, const int *sizes, int n_sizes)
+{
+	int Tmax = sizes[n_sizes - 1], H = L->H;
+	size_t n = (size_t)Tmax * (size_t)H;
+	uint16_t *x = random_bf16(n, 10 + (uint64_t)L->w.renormalize, 1.0f);
+	float *ref = reference(L, x, Tmax);
+
+	gpu g = {.ws_bytes = qw_cuda_moe_ws_bytes(Tmax, H, L->E, L->k, L->I)};
+	CUDA_OK(cudaStreamCreate(&g.stream));
+	CUDA_OK(cudaMalloc(&g.ws, g.ws_bytes));
+	g.d_x = upload(x, n);
+	CUDA_OK(cudaMalloc((void **)&g.d_out, n * 2));
+	uint16_t *full = malloc(n * 2), *again = malloc(n * 2), *part = malloc(n * 2);
+	assert_non_null(full);
+	assert_non_null(again);
+	assert_non_null(part);
+
+	gpu_moe(L, &g, 0, Tmax, full);
+	compare(L, Tmax, ref, full);
+	gpu_moe(L, &g, 0, Tmax, again);
+	same_bits(L, "a second run", again, full, Tmax);
+	for (int s = 0; s < n_sizes - 1; s++) {
+		gpu_moe(L, &g, 0, sizes[s], part);
+		compare(L, sizes[s], ref, part);
+		same_bits(L, "a prefix of the batch", part, full, sizes[s]);
+	}
+	int alone[4] = {0, Tmax / 3, Tmax / 2 + 1, Tmax - 1};
+	for (int i = 0; i < 4; i++) {
+		gpu_moe(L, &g, alone[i], 1, part);
+		same_bits(L, "a token alone", part, full + (size_t)alone[i] * (size_t)H, 1);
+	}
+	int mid = Tmax / 4, len = Tmax / 2 > 37 ? 37 : Tmax / 2;
+	if (len > 0) {
+		gpu_moe(L, &g, mid, len, part);
+		same_bits(L, "a slice of the batch", part, full + (size_t)mid * (size_t)H, len);
+	}
+	double ms1 = gpu_time(L, &g, 1), msT = gpu_time(L, &g, Tmax);
+	double expert_bytes = 3.0 * (double)H * (double)L->I * 2.0;
+	print_message("%s: %.3f ms at T 1 (%.0f GB/s of the top-%d experts' weights), %.3f ms at "
+		      "T %d (%.1f us a token)\n", L->name, ms1,
+		      (double)L->k * expert_bytes / (ms1 * 1e6), L->k, msT, Tmax,
+		      msT * 1e3 / Tmax);
+
+	free(full);
+	free(again);
+	free(part);
+	free(ref);
+	free(x);
+	cudaFree(g.ws);
+	cudaFree(g.d_x);
+	cudaFree(g.d_out);
+	cudaStreamDestroy(g.stream);
+}
+
+// ---------------------------------------------------------------------------------------
+// tests
+
+static void test_tiny(void **state)
+{
+	(void)state;
+	/* E 8, k 2: S for T <= 32, M for T <= 256, L above */
+	static const int sizes[] = {1, 5, 32, 33, 100, 256, 257, 300};
+	layer L;
+	layer_init(&L, "tiny", 128, 8, 2, 48);
+	check_layer(&L, sizes, 8);
+	L.w.renormalize = 0;
+	L.name = "tiny (not renormalised)";
+	check_layer(&L, sizes, 8);
+	layer_free(&L);
+}
+
+static void test_30b(void **state)
+{
+	(void)state;
+	/* E 128, k 8: S for T <= 128, M for T <= 1024, L above */
+	static const int sizes[] = {1, 4, 64, 700, 1100};
+	layer L;
+	layer_init(&L, "30B-A3B-like", 2048, 128, 8, 768);
+	check_layer(&L, sizes, 5);
+	layer_free(&L);
+}
+
+static void test_235b(void **state)
+{
+	(void)state;
+	static const int sizes[] = {1, 128, 300};
+	layer L;
+	layer_init(&L, "235B-A22B-like", 4096, 128, 8, 1536);
+	check_layer(&L, sizes, 3);
+	layer_free(&L);
+}
+
+/* shapes the kernels cannot take are refused, and T 0 does nothing */
+static void test_args(void **state)
+{
+	(void)state;
+	layer L;
+	layer_init(&L, "args", 64, 4, 2, 32);
+	gpu g = {.ws_bytes = qw_cuda_moe_ws_bytes(8, 64, 4, 2, 32)};
+	CUDA_OK(cudaMalloc(&g.ws, g.ws_bytes));
+	CUDA_OK(cudaMalloc((void **)&g.d_x, 8 * 64 * 2));
+	CUDA_OK(cudaMalloc((void **)&g.d_out, 8 * 64 * 2));
+	qw_err err = {0};
+	qw_cuda_moe_args a = args_of(&L, &g, 0, 8);
+	assert_int_equal(qw_cuda_moe(&a, g.ws, g.ws_bytes, 0, &err), QW_OK);
+	a.T = 9;   /* more tokens than the scratch was sized for */
+	assert_int_equal(qw_cuda_moe(&a, g.ws, g.ws_bytes, 0, &err), QW_E_ARG);
+	print_message("refused: %s\n", err.msg);
+	a.T = 0;
+	assert_int_equal(qw_cuda_moe(&a, g.ws, g.ws_bytes, 0, &err), QW_OK);
+	a = args_of(&L, &g, 0, 8);
+	a.H = 60;
+	assert_int_equal(qw_cuda_moe(&a, g.ws, g.ws_bytes, 0, &err), QW_E_ARG);
+	a = args_of(&L, &g, 0, 8);
+	a.top_k = 5;
+	assert_int_equal(qw_cuda_moe(&a, g.ws, g.ws_bytes, 0, &err), QW_E_ARG);
+	a = args_of(&L, &g, 0, 8);
+	a.x = (const uint16_t *)((const char *)a.x + 2);
+	assert_int_equal(qw_cuda_moe(&a, g.ws, g.ws_bytes, 0, &err), QW_E_ARG);
+	CUDA_OK(cudaDeviceSynchronize());
+	cudaFree(g.ws);
+	cudaFree(g.d_x);
+	cudaFree(g.d_out);
+	layer_free(&L);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	const char *s = getenv("QW_TEST_SEED");
+	seed = s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	print_message("seed %llu (QW_TEST_SEED=%llu repeats this run)\n", (unsigned long long)seed,
+		      (unsigned long long)seed);
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	n_threads = cpus < 1 ? 1 : cpus > MAX_THREADS ? MAX_THREADS : (int)cpus;
+	int n = 0;
+	if (cudaGetDeviceCount(&n) != cudaSuccess || n < 1) {
+		print_message("no GPU: this suite needs one\n");
+		return -1;
+	}
+	qw_err err = {0};
+	return qw_cpu_backend_create(&cpu, &err) != QW_OK;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	if (cpu)
+		cpu->destroy(cpu);
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_args),
+		cmocka_unit_test(test_tiny),
+		cmocka_unit_test(test_30b),
+		cmocka_unit_test(test_235b),
+	};
+	return cmocka_run_group_tests_name("cuda-moe", tests, setup, teardown);
+}
