@@ -10,10 +10,18 @@
 
 #include "kernels/ops.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 qw_status qw_cpu_backend_create(qw_backend **out, qw_err *err);
 
 /* Widens n elements of a float tensor starting at element `first` into dst; an FP8 weight
  * with block scales (qw_tensor.scale) is dequantised, W = Wq * S[block]. */
 void qw_tensor_read_f32(const qw_tensor *t, uint64_t first, uint64_t n, float *dst);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
