@@ -287,6 +287,7 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 	job.block_tokens = (int)set->kv_block_tokens;
 	job.kv_memory = set->kv_memory;
 	job.check_transport = !strcmp(set->check_transport, "yes");
+	job.cuda_graphs = !strcmp(set->cuda_graphs, "yes");
 	const char *corrupt = getenv("QWEND_TEST_CORRUPT_HANDOVER");
 	job.corrupt_handover = corrupt ? atoi(corrupt) : 0;
 	sv->depth = set->pipeline_depth > 0 ? (int)set->pipeline_depth : sv->n_stages;

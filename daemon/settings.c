@@ -72,6 +72,8 @@ static const qw_setting_def table[] = {
 	 "yes: a tcp socket may bind to addresses beyond loopback"},
 	{"check-transport", QW_SET_ENUM, STR(check_transport), 0, 0, "no|yes", "no", false,
 	 "yes: checksum the activations of every stage hand-over and fail loudly on a mismatch"},
+	{"cuda-graphs", QW_SET_ENUM, STR(cuda_graphs), 0, 0, "no|yes", "yes", false,
+	 "yes: the cuda backend records each decode step's shape as a CUDA graph and replays it"},
 	{"log-level", QW_SET_ENUM, STR(log_level), 0, 0, "debug|info|warn|error", "info", true,
 	 "least severe log line written"},
 };

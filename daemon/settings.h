@@ -46,6 +46,7 @@ typedef struct qw_settings {
 	int64_t max_restarts;        /* worker restarts in 10 minutes before qwend gives up */
 	char allow_remote[4];        /* yes: a tcp socket may bind beyond loopback */
 	char check_transport[4];     /* yes: checksum every stage hand-over */
+	char cuda_graphs[4];         /* yes: decode steps replayed as CUDA graphs */
 	char log_level[8];           /* debug, info, warn, error */
 } qw_settings;
 

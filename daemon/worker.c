@@ -160,6 +160,7 @@ static qw_status load(worker *w, qw_err *err)
 					     on_progress, w, err);
 	if (st != QW_OK)
 		return st;
+	w->m.graphs = job->cuda_graphs != 0;
 	/* tests: a load that takes its time, so "loading" can be seen from outside */
 	const char *delay = getenv("QWEND_TEST_LOAD_DELAY_MS");
 	for (int ms = delay ? atoi(delay) : 0; ms > 0; ms -= 50) {
@@ -422,7 +423,7 @@ static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 		if (st != QW_OK)
 			return st;
 	}
-	if ((st = qw_stage_forward(&w->m, &b, &w->hidden, err)) != QW_OK)
+	if ((st = qw_stage_step(&w->m, &b, &w->hidden, &w->logits, err)) != QW_OK)
 		return st;
 	if (!last) {
 		int end = job->layer_end[w->stage];
@@ -432,12 +433,9 @@ static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 			extra[j] = &w->deepstack[end + j];
 		return qw_handover_send(&w->next, p->step, &w->hidden, extra, k_send, err);
 	}
-	if (p->n_logits > 0) {
-		w->logits.rows = p->n_logits;
-		if ((st = qw_stage_logits(&w->m, &b, &w->hidden, &w->logits, err)) != QW_OK ||
-		    (st = w->be->sample(w->be, &w->logits, p->sampling, w->tokens, err)) != QW_OK)
-			return st;
-	}
+	if (p->n_logits > 0 &&
+	    (st = w->be->sample(w->be, &w->logits, p->sampling, w->tokens, err)) != QW_OK)
+		return st;
 	qw_step_result r = {p->step, p->n_logits, w->tokens};
 	size_t len = qw_step_result_size(&r);
 	qw_step_result_write(&r, w->result);

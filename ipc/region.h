@@ -68,6 +68,7 @@ typedef struct qw_region_job {
 	int32_t block_tokens;            /* tokens per KV block */
 	double kv_memory;                /* share of the memory left after the weights for KV */
 	int32_t check_transport;         /* checksum every hand-over */
+	int32_t cuda_graphs;             /* decode steps replayed as CUDA graphs */
 	int32_t corrupt_handover;        /* tests: flip one bit in this many-th hand-over (0: never) */
 } qw_region_job;
 

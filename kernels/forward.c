@@ -261,7 +261,8 @@ static qw_status layer(qw_stage_model *m, int L, const qw_batch *b, qw_act *x, q
 	return be->add(be, x, x, &m->mlp, err);
 }
 
-qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_err *err)
+static qw_status check_step(const qw_stage_model *m, const qw_batch *b, const qw_act *hidden,
+			    qw_err *err)
 {
 	int T = b->n_tokens;
 	if (T < 1 || T > m->max_tokens || hidden->cap_rows < T ||
@@ -271,8 +272,13 @@ qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden,
 			       hidden->cap_rows, hidden->cols);
 	if (!m->kv)
 		return qw_fail(err, QW_E_ARG, "stage %d has no KV cache yet", m->stage.index);
-	if (m->be->begin_step)
-		TRY(m->be->begin_step(m->be, b, err));
+	return QW_OK;
+}
+
+/* The stage's layers (after begin_step). */
+static qw_status forward_ops(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_err *err)
+{
+	int T = b->n_tokens;
 	set_rows(m, T);
 	hidden->rows = T;
 	if (m->stage.index == 0) {
@@ -296,6 +302,14 @@ qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden,
 	return QW_OK;
 }
 
+qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_err *err)
+{
+	TRY(check_step(m, b, hidden, err));
+	if (m->be->begin_step)
+		TRY(m->be->begin_step(m->be, b, err));
+	return forward_ops(m, b, hidden, err);
+}
+
 qw_status qw_stage_logits(qw_stage_model *m, const qw_batch *b, const qw_act *hidden,
 			  qw_act *logits, qw_err *err)
 {
@@ -310,4 +324,69 @@ qw_status qw_stage_logits(qw_stage_model *m, const qw_batch *b, const qw_act *hi
 	TRY(be->rmsnorm(be, &m->picked, &m->picked, m->w.final_norm,
 			(float)m->cfg->text.rms_norm_eps, err));
 	return be->matmul(be, logits, &m->picked, m->w.lm_head, NULL, err);
+}
+
+static bool last_stage(const qw_stage_model *m)
+{
+	return m->stage.index == m->stage.count - 1;
+}
+
+/* forward_ops, then the logits when the step wants them. */
+static qw_status step_ops(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_act *logits,
+			  qw_err *err)
+{
+	TRY(forward_ops(m, b, hidden, err));
+	if (!last_stage(m) || b->n_logits < 1)
+		return QW_OK;
+	logits->rows = b->n_logits;
+	return qw_stage_logits(m, b, hidden, logits, err);
+}
+
+/* A decode step: one row per sequence, sequence t on row t, and nothing that changes from
+ * one step of its shape to the next but the batch arrays. */
+static bool replayable(const qw_stage_model *m, const qw_batch *b)
+{
+	if (!m->graphs || !m->be->graph_begin || m->hook || b->n_visual || b->n_tokens != b->n_seqs)
+		return false;
+	for (int t = 0; t < b->n_tokens; t++)
+		if (b->seq[t] != t)
+			return false;
+	return true;
+}
+
+qw_status qw_stage_step(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_act *logits,
+			qw_err *err)
+{
+	TRY(check_step(m, b, hidden, err));
+	bool wants_logits = last_stage(m) && b->n_logits > 0;
+	if (wants_logits && (!logits || b->n_logits > logits->cap_rows))
+		return qw_fail(err, QW_E_ARG, "%d logits rows requested, room for %d", b->n_logits,
+			       logits ? logits->cap_rows : 0);
+	if (m->be->begin_step)
+		TRY(m->be->begin_step(m->be, b, err));
+	if (!replayable(m, b))
+		return step_ops(m, b, hidden, logits, err);
+	/* what this stage's launches depend on besides the batch arrays (the backend adds the
+	 * shapes its own launches take from the batch) */
+	struct {
+		const void *model, *hidden, *logits;
+		int32_t n_tokens, n_logits;
+	} key = {m, hidden->data, wants_logits ? logits->data : NULL, b->n_tokens,
+		 wants_logits ? b->n_logits : 0};
+	bool replayed = false, recording = false;
+	TRY(m->be->graph_begin(m->be, &key, sizeof key, &replayed, &recording, err));
+	if (replayed) {
+		set_rows(m, b->n_tokens);
+		hidden->rows = b->n_tokens;
+		if (wants_logits)
+			logits->rows = b->n_logits;
+		return QW_OK;
+	}
+	qw_status st = step_ops(m, b, hidden, logits, err);
+	if (!recording)
+		return st;
+	bool launched = false;
+	TRY(m->be->graph_end(m->be, st == QW_OK, &launched, err));
+	/* a step that could not be recorded runs as it is */
+	return launched ? QW_OK : step_ops(m, b, hidden, logits, err);
 }

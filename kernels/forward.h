@@ -29,6 +29,7 @@ typedef struct qw_stage_model {
 	qw_act h, q, k, v, attn, o, gate, up, mlp;   /* scratch, (max_tokens, width) */
 	qw_act picked;                  /* (max_tokens, H) rows chosen for logits */
 	qw_hidden_hook hook;            /* optional */
+	bool graphs;                    /* decode steps may be recorded and replayed (qw_stage_step) */
 	void *hook_ctx;
 	/* a synthetic model's tensors (no checkpoint): their descriptions, and their values on
 	 * the host when the backend cannot generate them itself */
@@ -73,5 +74,13 @@ qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden,
  * lm_head). */
 qw_status qw_stage_logits(qw_stage_model *m, const qw_batch *b, const qw_act *hidden,
 			  qw_act *logits, qw_err *err);
+
+/* One step of this stage: qw_stage_forward, then on the last stage, when b->n_logits > 0,
+ * qw_stage_logits into logits (its rows set to n_logits).  With m->graphs on a backend
+ * that has graph_begin, a decode step (one token from each sequence, in sequence order, no
+ * images, no hook) is recorded the second time its shape is seen and replayed after: the
+ * same kernels on the same buffers, so the same bits as running the ops. */
+qw_status qw_stage_step(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_act *logits,
+			qw_err *err);
 
 #endif

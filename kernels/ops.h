@@ -127,6 +127,18 @@ struct qw_backend {
 	/* (optional) called before a step's ops with its batch: a device backend copies the
 	 * batch's arrays over once here instead of in every op that reads them */
 	qw_status (*begin_step)(qw_backend *be, const qw_batch *batch, qw_err *err);
+	/* (optional) step graphs: a step's launches recorded once and replayed, free of per-op
+	 * host overhead.  Called after begin_step with a key naming everything the caller's ops
+	 * depend on beyond the contents of begin_step's copies (pointers, shapes); the backend
+	 * adds its own.  *replayed: a recording of the key was launched and the caller skips
+	 * the ops.  Else *recording: the ops the caller runs next, up to graph_end, are recorded
+	 * (not run); graph_end(ok) launches them and says so in *launched.  When an op failed
+	 * while recording (ok false) or the recording could not be made, *launched is false,
+	 * the key is never recorded again and the caller runs the ops plainly.  Neither: run the
+	 * ops plainly (a key's first sight). */
+	qw_status (*graph_begin)(qw_backend *be, const void *key, size_t key_bytes, bool *replayed,
+				 bool *recording, qw_err *err);
+	qw_status (*graph_end)(qw_backend *be, bool ok, bool *launched, qw_err *err);
 
 	// -- ops ---------------------------------------------------------------------------
 	/* out (T, H) = table[ids] */

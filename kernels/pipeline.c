@@ -27,8 +27,10 @@ qw_status qw_pipeline_init(qw_pipeline *p, const qw_config *cfg, const qw_checkp
 	for (int s = 0; s < n_stages && st == QW_OK; s++) {
 		st = qw_stage_model_init(&p->stages[s], cfg, ck, &plan[s].stage, be, n_blocks,
 					 p->block_size, max_tokens, err);
-		if (st == QW_OK)
+		if (st == QW_OK) {
 			p->n_stages = s + 1;
+			p->stages[s].graphs = true;   /* decode steps replay on a backend that can */
+		}
 	}
 	if (st == QW_OK)
 		st = be->act_alloc(be, max_tokens, cfg->text.hidden_size, &p->hidden, err);
@@ -102,9 +104,7 @@ qw_status qw_pipeline_append(qw_pipeline *p, const int32_t *ids, int n, const in
 	}
 	qw_status st = QW_OK;
 	for (int s = 0; s < p->n_stages && st == QW_OK; s++)
-		st = qw_stage_forward(&p->stages[s], &b, &p->hidden, err);
-	if (st == QW_OK)
-		st = qw_stage_logits(&p->stages[p->n_stages - 1], &b, &p->hidden, &p->logits, err);
+		st = qw_stage_step(&p->stages[s], &b, &p->hidden, &p->logits, err);
 	if (st == QW_OK && logits_out)
 		st = p->be->act_read(p->be, &p->logits, logits_out, err);
 	if (st == QW_OK)

@@ -14,6 +14,8 @@
 #define STAGING_BYTES (64u << 20)      /* each of the two pinned upload buffers */
 #define BLAS_WS_BYTES (32u << 20)      /* cuBLAS workspace: none of its own allocations */
 #define KV_HEADROOM (1ull << 30)        /* free memory kept back from the KV cache */
+#define GRAPH_SLOTS 64                  /* step graphs kept, the least recently used replaced */
+#define GRAPH_KEY_MAX 96
 
 struct qw_kv_cache {
 	qw_kv_shape shape;
@@ -33,6 +35,15 @@ typedef struct fused_experts {
 	uint16_t *gate_up, *down;   /* (E, H, 2I), (E, I, H) */
 	struct fused_experts *next;
 } fused_experts;
+
+/* A recorded step (graph_begin): its key, and its executable graph once recorded. */
+typedef struct step_graph {
+	uint8_t key[GRAPH_KEY_MAX];
+	size_t key_bytes;           /* 0: a free slot */
+	cudaGraphExec_t exec;       /* NULL: seen once, or refused */
+	bool refused;               /* its recording failed: it runs plainly */
+	uint64_t used;              /* graph_clock at its last use */
+} step_graph;
 
 /* A device buffer that grows. */
 typedef struct dev_buf {
@@ -63,6 +74,11 @@ typedef struct cuda_ctx {
 	dev_buf attn_ws, moe_ws, sample_ws;
 	uint16_t *host_bf16;        /* act_read / act_write conversions */
 	size_t host_cap;
+	/* step graphs: they name scratch by address, so a buffer that moves drops them all */
+	step_graph graphs[GRAPH_SLOTS];
+	uint64_t graph_clock;
+	int recording;              /* the slot being recorded, or -1 */
+	qw_cuda_graph_stats graph_stats;
 } cuda_ctx;
 
 static cuda_ctx *ctx_of(qw_backend *be)
@@ -70,13 +86,26 @@ static cuda_ctx *ctx_of(qw_backend *be)
 	return (cuda_ctx *)be->ctx;
 }
 
-static qw_status grow_dev(dev_buf *b, size_t bytes, cudaStream_t stream, qw_err *err)
+static void drop_graphs(cuda_ctx *c)
+{
+	for (int i = 0; i < GRAPH_SLOTS; i++) {
+		if (c->graphs[i].exec)
+			cudaGraphExecDestroy(c->graphs[i].exec);
+		c->graphs[i].exec = NULL;
+		c->graphs[i].key_bytes = 0;
+	}
+}
+
+static qw_status grow_dev(cuda_ctx *c, dev_buf *b, size_t bytes, qw_err *err)
 {
 	if (bytes <= b->bytes)
 		return QW_OK;
+	if (c->recording >= 0)   /* graph_begin's first sight runs the step plainly: cannot be */
+		return qw_fail(err, QW_E_ARG, "cuda: scratch grew while a step was being recorded");
 	size_t want = bytes + bytes / 2;
+	drop_graphs(c);
 	if (b->p) {
-		QW_CUDA_TRY(err, cudaStreamSynchronize(stream));   /* nothing may still use it */
+		QW_CUDA_TRY(err, cudaStreamSynchronize(c->stream));   /* nothing may still use it */
 		QW_CUDA_TRY(err, cudaFree(b->p));
 		b->p = NULL;
 		b->bytes = 0;
@@ -332,7 +361,15 @@ static qw_status begin_step(qw_backend *be, const qw_batch *b, qw_err *err)
 		if (start[s + 1] - start[s] > max_rows)
 			max_rows = start[s + 1] - start[s];
 
-	size_t n_ids = (size_t)T, n_pos = 3 * (size_t)T, n_tab = (size_t)S * (size_t)b->max_blocks;
+	/* block tables padded to a power-of-two row length and the longest context rounded up
+	 * to a power of two: what the launches take from them then stays put for many decode
+	 * steps, so one step graph serves them all (kernels see only the padding, never read) */
+	int row = 4, max_kv_bucket = 256;
+	while (row < b->max_blocks)
+		row *= 2;
+	while (max_kv_bucket < max_kv)
+		max_kv_bucket *= 2;
+	size_t n_ids = (size_t)T, n_pos = 3 * (size_t)T, n_tab = (size_t)S * (size_t)row;
 	size_t need = n_ids * 4 + n_pos + (size_t)S + 1 + n_tab + (size_t)b->n_logits;
 	QW_CUDA_TRY(err, cudaEventSynchronize(c->batch_copied));   /* the last copy is done */
 	if (need > c->batch_cap) {
@@ -346,7 +383,7 @@ static qw_status begin_step(qw_backend *be, const qw_batch *b, qw_err *err)
 		}
 		c->batch_cap = need * 2;
 	}
-	qw_status st = grow_dev(&c->batch_dev, need * sizeof(int32_t), c->stream, err);
+	qw_status st = grow_dev(c, &c->batch_dev, need * sizeof(int32_t), err);
 	if (st != QW_OK) {
 		free(start);
 		return st;
@@ -354,13 +391,21 @@ static qw_status begin_step(qw_backend *be, const qw_batch *b, qw_err *err)
 	int32_t *h = c->batch_host, *d = (int32_t *)c->batch_dev.p;
 	size_t at = 0;
 	const int32_t *parts[] = {b->token_ids, b->positions, b->seq, b->kv_index, b->slot, start,
-				  b->block_tables, b->logit_rows};
+				  NULL, b->logit_rows};
 	size_t counts[] = {n_ids, n_pos, n_ids, n_ids, n_ids, (size_t)S + 1, n_tab,
 			   (size_t)b->n_logits};
 	const int32_t *dev[8];
 	for (int i = 0; i < 8; i++) {
 		if (counts[i] && parts[i])
 			memcpy(h + at, parts[i], counts[i] * sizeof(int32_t));
+		if (i == 6)
+			for (int s = 0; s < S; s++) {
+				int32_t *dst = h + at + (size_t)s * (size_t)row;
+				memcpy(dst, b->block_tables + (size_t)s * (size_t)b->max_blocks,
+				       (size_t)b->max_blocks * sizeof(int32_t));
+				memset(dst + b->max_blocks, 0,
+				       (size_t)(row - b->max_blocks) * sizeof(int32_t));
+			}
 		dev[i] = d + at;
 		at += counts[i];
 	}
@@ -371,9 +416,9 @@ static qw_status begin_step(qw_backend *be, const qw_batch *b, qw_err *err)
 	qw_cuda_batch *db = &c->db;
 	db->n_tokens = T;
 	db->n_seqs = S;
-	db->max_blocks = b->max_blocks;
+	db->max_blocks = row;
 	db->block_size = 0;   /* set by the KV cache's shape in each op */
-	db->max_kv_len = max_kv;
+	db->max_kv_len = max_kv_bucket;
 	db->max_seq_tokens = max_rows;
 	db->token_ids = dev[0];
 	db->positions = dev[1];
@@ -426,7 +471,7 @@ static qw_status dev_copy(cuda_ctx *c, const void *host, size_t n, size_t elem,
 static qw_status begin_op(cuda_ctx *c, size_t bytes, qw_err *err)
 {
 	c->small_used = 0;
-	return grow_dev(&c->small, bytes + 1024, c->stream, err);
+	return grow_dev(c, &c->small, bytes + 1024, err);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -549,7 +594,7 @@ static qw_status attention(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_c
 	if (q->cols != n_heads * D || out->cols != q->cols || n_heads % Hkv)
 		return shape_error(err, "attention", "query width or head counts do not match");
 	size_t ws = qw_cuda_attention_ws_bytes(q->rows, n_heads, D, b.max_kv_len);
-	TRY(grow_dev(&c->attn_ws, ws, c->stream, err));
+	TRY(grow_dev(c, &c->attn_ws, ws, err));
 	out->rows = q->rows;
 	size_t off = (size_t)layer * kv->layer_elems;
 	return qw_cuda_attention(D16(out), C16(q), kv->k + off, kv->v + off, &b, n_heads, Hkv, D,
@@ -588,8 +633,7 @@ static qw_status sample(qw_backend *be, const qw_act *logits, const qw_sampling 
 			int32_t *out_tokens, qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
-	TRY(grow_dev(&c->sample_ws, qw_cuda_sample_ws_bytes(logits->rows, logits->cols), c->stream,
-		     err));
+	TRY(grow_dev(c, &c->sample_ws, qw_cuda_sample_ws_bytes(logits->rows, logits->cols), err));
 	return qw_cuda_sample(out_tokens, C16(logits), logits->rows, logits->cols, params,
 			      c->sample_ws.p, c->sample_ws.bytes, c->stream, err);
 }
@@ -747,9 +791,100 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 	a.gate_up = gu;
 	a.down = dn;
 	a.out = D16(out);
-	TRY(grow_dev(&c->moe_ws, qw_cuda_moe_ws_bytes(x->rows, H, E, k, I), c->stream, err));
+	TRY(grow_dev(c, &c->moe_ws, qw_cuda_moe_ws_bytes(x->rows, H, E, k, I), err));
 	out->rows = x->rows;
 	return qw_cuda_moe(&a, c->moe_ws.p, c->moe_ws.bytes, c->stream, err);
+}
+
+// ---------------------------------------------------------------------------------------
+
+// step graphs
+
+static qw_status graph_begin(qw_backend *be, const void *key, size_t key_bytes, bool *replayed,
+			     bool *recording, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	*replayed = *recording = false;
+	/* the launches also take these from the step's batch */
+	const qw_cuda_batch *db = &c->db;
+	const int32_t mine[] = {db->n_tokens, db->n_seqs, db->max_blocks, db->max_kv_len,
+				db->max_seq_tokens, db->n_logits};
+	uint8_t full[GRAPH_KEY_MAX];
+	size_t n = key_bytes + sizeof mine;
+	if (n > sizeof full)
+		return QW_OK;   /* a key this long is not kept: the step runs plainly */
+	memcpy(full, key, key_bytes);
+	memcpy(full + key_bytes, mine, sizeof mine);
+	uint64_t now = ++c->graph_clock;
+	int slot = -1;
+	for (int i = 0; i < GRAPH_SLOTS; i++) {
+		step_graph *g = &c->graphs[i];
+		if (g->key_bytes == n && !memcmp(g->key, full, n)) {
+			g->used = now;
+			if (g->exec) {
+				QW_CUDA_TRY(err, cudaGraphLaunch(g->exec, c->stream));
+				c->graph_stats.replayed++;
+				*replayed = true;
+			} else if (!g->refused) {
+				/* second sight: the first ran plainly and grew every buffer it needs */
+				QW_CUDA_TRY(err, cudaStreamBeginCapture(c->stream,
+									cudaStreamCaptureModeThreadLocal));
+				c->recording = i;
+				*recording = true;
+			}
+			return QW_OK;
+		}
+		/* a free slot, else the least recently used */
+		if (slot < 0 || (c->graphs[slot].key_bytes &&
+				 (!g->key_bytes || g->used < c->graphs[slot].used)))
+			slot = i;
+	}
+	step_graph *g = &c->graphs[slot];
+	if (g->exec)
+		cudaGraphExecDestroy(g->exec);
+	memcpy(g->key, full, n);
+	g->key_bytes = n;
+	g->exec = NULL;
+	g->refused = false;
+	g->used = now;
+	return QW_OK;
+}
+
+static qw_status graph_end(qw_backend *be, bool ok, bool *launched, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	*launched = false;
+	if (c->recording < 0)
+		return qw_fail(err, QW_E_ARG, "cuda: graph_end without a recording");
+	step_graph *g = &c->graphs[c->recording];
+	c->recording = -1;
+	cudaGraph_t graph = NULL;
+	cudaError_t ce = cudaStreamEndCapture(c->stream, &graph);
+	if (ok && ce == cudaSuccess && graph)
+		ce = cudaGraphInstantiate(&g->exec, graph, 0);
+	if (graph)
+		cudaGraphDestroy(graph);
+	if (!ok || ce != cudaSuccess || !g->exec) {
+		cudaGetLastError();   /* a failed capture leaves no sticky error to report later */
+		g->exec = NULL;
+		g->refused = true;
+		c->graph_stats.refused++;
+		return QW_OK;
+	}
+	c->graph_stats.recorded++;
+	QW_CUDA_TRY(err, cudaGraphLaunch(g->exec, c->stream));
+	*launched = true;
+	return QW_OK;
+}
+
+extern "C" void *qw_cuda_backend_stream(const qw_backend *be)
+{
+	return (void *)((const cuda_ctx *)be->ctx)->stream;
+}
+
+extern "C" qw_cuda_graph_stats qw_cuda_backend_graph_stats(const qw_backend *be)
+{
+	return ((const cuda_ctx *)be->ctx)->graph_stats;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -759,6 +894,7 @@ static void destroy(qw_backend *be)
 	cuda_ctx *c = ctx_of(be);
 	if (c) {
 		cudaStreamSynchronize(c->stream);
+		drop_graphs(c);
 		for (owned_tensor *o = c->tensors, *next; o; o = next) {
 			next = o->next;
 			cudaFree((void *)o->t.data);
@@ -795,6 +931,7 @@ static void destroy(qw_backend *be)
 static qw_status setup(cuda_ctx *c, int device, qw_err *err)
 {
 	c->device = device;
+	c->recording = -1;
 	QW_CUDA_TRY(err, cudaSetDevice(device));
 	QW_CUDA_TRY(err, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
 	QW_CUBLAS_TRY(err, cublasCreate(&c->blas));
@@ -838,6 +975,8 @@ extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err
 	be->destroy = destroy;
 	be->free_memory = free_memory;
 	be->begin_step = begin_step;
+	be->graph_begin = graph_begin;
+	be->graph_end = graph_end;
 	be->synthesize = synthesize;
 	be->embed = embed;
 	be->rmsnorm = rmsnorm;

@@ -7,7 +7,10 @@
  * bf16 array per layer for K and one for V, (blocks x block_size, Hkv x D).  All work runs in
  * order on one stream; a step's batch is copied to the device once (begin_step).  Dense
  * projections are cuBLAS GEMMs (bf16 in, fp32 accumulate); the other ops are the kernels of
- * kernels/cuda/kernels.h.
+ * kernels/cuda/kernels.h.  Decode steps can be recorded as CUDA graphs and replayed
+ * (graph_begin): a step's block tables are padded to a power-of-two row length and its
+ * longest context rounded up to a power of two, so steps of one batch size share a graph
+ * for many tokens.
  */
 #ifndef QW_KERNELS_CUDA_CUDA_BACKEND_H
 #define QW_KERNELS_CUDA_CUDA_BACKEND_H
@@ -20,6 +23,20 @@ extern "C" {
 
 /* A backend on GPU `device`. */
 qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err *err);
+
+/* What the step graphs did so far (for tests and logs). */
+typedef struct qw_cuda_graph_stats {
+	uint64_t recorded;   /* graphs recorded */
+	uint64_t replayed;   /* steps that replayed one */
+	uint64_t refused;    /* recordings that failed (those steps ran plainly) */
+} qw_cuda_graph_stats;
+
+/* be must be a CUDA backend. */
+qw_cuda_graph_stats qw_cuda_backend_graph_stats(const qw_backend *be);
+
+/* The stream (a cudaStream_t) all of be's work runs on, for benchmarks that time ops with
+ * events. */
+void *qw_cuda_backend_stream(const qw_backend *be);
 
 #ifdef __cplusplus
 }
