@@ -23,8 +23,9 @@
  *    step's CTAs would not fill the GPU (few sequences, long contexts), the context is split
  *    into n_splits chunks of a multiple of BN keys (flash-decoding): CTA z writes fp32
  *    partial outputs and their log-sum-exp to ws and split_reduce merges them.  Splits are
- *    chosen to reach about one wave of resident CTAs, at least MIN_CHUNK keys each, at most
- *    MAX_SPLITS, and only while rows * splits <= SPLIT_BUDGET (which bounds ws).
+ *    chosen to reach about one wave of resident CTAs, at least MIN_CHUNK keys each (LONG_CHUNK
+ *    once a context has more than SHORT_SPLITS of those), at most MAX_SPLITS, and only
+ *    while rows * splits <= SPLIT_BUDGET (which bounds ws).
  *  - Prefill chunks (WM = 4, WN = 1): 64-row tiles (64 / group tokens) over the causal range
  *    0 .. the tile's last kv_index, all 4 warps over the whole of each key tile; the last
  *    tiles are masked per row.
@@ -57,10 +58,14 @@ typedef __nv_bfloat16 bf16;
 
 static constexpr int THREADS = 128;          /* 4 warps a CTA, everywhere in this file */
 static constexpr int MAX_SPLITS = 64;        /* split_reduce's lanes hold two splits each */
-/* keys per split, at least: one decode tile, so a lone sequence's decode step waits for about
- * one tile per CTA (measured on the 30B shape at 256 keys: 256-key chunks took 22 us a layer
- * with 8 CTAs) */
+/* Keys per split: at least one decode tile, and at least LONG_CHUNK unless that leaves fewer
+ * than SHORT_SPLITS splits.  Measured on the H200: one 30B-shape sequence of 256 keys took
+ * 22 us a layer in 2 splits of 256 keys (8 CTAs), 18 us in single-tile splits; one of 4096
+ * keys (235B shape) 33 us in 16 splits of 256 and 59 us in 64 of 64 (the merge grows with
+ * the splits). */
 static constexpr int MIN_CHUNK = 64;
+static constexpr int LONG_CHUNK = 256;
+static constexpr int SHORT_SPLITS = 8;
 static constexpr int SPLIT_BUDGET = 256;     /* rows x splits of partials, at most */
 static constexpr unsigned FULL = 0xffffffffu;
 static constexpr float LOG2E = 1.4426950408889634f;
@@ -681,7 +686,8 @@ extern "C" qw_status qw_cuda_attention(uint16_t *out, const uint16_t *q, const u
 		int64_t want = (slots + work - 1) / work;
 		want = std::min<int64_t>(want, MAX_SPLITS);
 		want = std::min<int64_t>(want, SPLIT_BUDGET / T);
-		want = std::min<int64_t>(want, b->max_kv_len / MIN_CHUNK);
+		want = std::min<int64_t>(want, std::max<int64_t>(b->max_kv_len / LONG_CHUNK,
+			std::min<int64_t>(b->max_kv_len / MIN_CHUNK, SHORT_SPLITS)));
 		want = std::min<int64_t>(want, (int64_t)(ws_bytes / (size_t)per_split));
 		if (want >= 2) {
 			const int per = (int)((b->max_kv_len + want - 1) / want);
