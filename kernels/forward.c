@@ -302,16 +302,9 @@ static qw_status forward_ops(qw_stage_model *m, const qw_batch *b, qw_act *hidde
 	return QW_OK;
 }
 
-qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_err *err)
-{
-	TRY(check_step(m, b, hidden, err));
-	if (m->be->begin_step)
-		TRY(m->be->begin_step(m->be, b, err));
-	return forward_ops(m, b, hidden, err);
-}
-
-qw_status qw_stage_logits(qw_stage_model *m, const qw_batch *b, const qw_act *hidden,
-			  qw_act *logits, qw_err *err)
+/* The logits of rows b->logit_rows of hidden (final norm, then lm_head); last stage only. */
+static qw_status stage_logits(qw_stage_model *m, const qw_batch *b, const qw_act *hidden,
+			      qw_act *logits, qw_err *err)
 {
 	if (m->stage.index != m->stage.count - 1)
 		return qw_fail(err, QW_E_ARG, "stage %d of %d has no lm_head", m->stage.index,
@@ -339,7 +332,7 @@ static qw_status step_ops(qw_stage_model *m, const qw_batch *b, qw_act *hidden, 
 	if (!last_stage(m) || b->n_logits < 1)
 		return QW_OK;
 	logits->rows = b->n_logits;
-	return qw_stage_logits(m, b, hidden, logits, err);
+	return stage_logits(m, b, hidden, logits, err);
 }
 
 /* A decode step: one row per sequence, sequence t on row t, and nothing that changes from

@@ -65,18 +65,11 @@ qw_status qw_stage_model_init(qw_stage_model *m, const qw_config *cfg, const qw_
 			      int max_tokens, qw_err *err);
 void qw_stage_model_free(qw_stage_model *m);
 
-/* Runs the stage's layers for batch b.  hidden (cap >= T rows, H cols): ignored on input by
+/* One step of this stage for batch b.  hidden (cap >= T rows, H cols): ignored on input by
  * the first stage (which embeds b->token_ids), the previous stage's output otherwise; holds
- * this stage's output afterwards. */
-qw_status qw_stage_forward(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_err *err);
-
-/* Last stage only: logits (b->n_logits, V) of rows b->logit_rows of hidden (final norm, then
- * lm_head). */
-qw_status qw_stage_logits(qw_stage_model *m, const qw_batch *b, const qw_act *hidden,
-			  qw_act *logits, qw_err *err);
-
-/* One step of this stage: qw_stage_forward, then on the last stage, when b->n_logits > 0,
- * qw_stage_logits into logits (its rows set to n_logits).  With m->graphs on a backend
+ * this stage's output afterwards.  On the last stage, when b->n_logits > 0, logits
+ * (b->n_logits rows set, V cols) get the logits of rows b->logit_rows of hidden (final norm,
+ * then lm_head); other stages ignore logits (it may be NULL).  With m->graphs on a backend
  * that has graph_begin, a decode step (one token from each sequence, in sequence order, no
  * images, no hook) is recorded the second time its shape is seen and replayed after: the
  * same kernels on the same buffers, so the same bits as running the ops. */
