@@ -1,7 +1,10 @@
 /* moe.cu - the MoE block of one layer on the GPU: routing, then the experts as grouped GEMMs
  * on the tensor cores.  See kernels.h (qw_cuda_moe) for the contract.
  *
- * Seven launches on the caller's stream, scratch carved from ws (moe_layout):
+ * Seven launches on the caller's stream, scratch carved from ws (moe_layout).  A batch of at
+ * most ROUTER_TOKENS tokens (decode) has its routing, 1-4, in one launch (route_small: the
+ * logits spread over blocks, the last block to finish routes and sorts, after a 4-byte
+ * memset of its ticket):
  *  1. router_logits  logits (T, E) = x router^T.  A product of two bf16 values is exact in
  *     fp32; the products are summed in double and the sum rounded to fp32 once, as the CPU
  *     reference does.  The logits therefore equal the reference's bit for bit except when a
@@ -40,20 +43,23 @@
  * tokens chose its experts.
  *
  * Tile shapes, by the average number of pairs per expert a = P / E:
- *   S  16 x  64 (gate+up: 32 + 32 columns), BK 64, 4 warps  a <= 8  (decode, small batches)
+ *   S  16 x 128 (gate+up: 64 + 64 columns), BK 64, 4 warps  a <= 8  (decode, small batches)
  *   M  64 x 128 (64 + 64),                  BK 32, 4 warps  a <= 64
  *   L 128 x 128 (64 + 64),                  BK 32, 8 warps  a > 64  (prefill)
  * S is the decode path: with at most 16 tokens on an expert (always, for T <= 16) each
- * selected expert's weights are read once, by blocks streaming 64-column slabs with 16-byte
+ * selected expert's weights are read once, by blocks streaming 128-column slabs with 16-byte
  * cp.async loads coalesced along the output dimension (rows of the input-major layout) and
- * 4 stages (46 KB) in flight per block; the tensor cores only serve as a dot-product engine
- * there, with padded rows.  Napkin math for the 235B layer (E 128, k 8, H 4096, I 1536,
- * 37.7 MB of bf16 weights per expert, 4.8 GB in all, ~1 ms at 4.8 TB/s): at T = 1, 8 experts,
- * 302 MB, 63 us; at a = 8 (T = 128) S reads every expert about once (1 ms) while L would
- * spend 16x the useful 39 GFLOP on padding (~1.2 ms at ~500 TFLOPS); at a = 16 S reads
+ * 4 stages (79 KB) per block; the tensor cores only serve as a dot-product engine there,
+ * with padded rows.  Its shape was measured (bench_cuda_moe and its build variants, H200):
+ * 128 columns (128-byte row segments of gate and of up) against 64 and 32 took the 30B
+ * layer at T = 8 from 188-214 us to 175 us and the 235B's at T = 64 from 77-83% to 94% of
+ * the byte roofline; 8 stages instead of 4 added nothing.
+ * Napkin math for the 235B layer (E 128, k 8, H 4096, I 1536, 37.7 MB of bf16 weights per
+ * expert, 4.8 GB in all, ~1 ms at 4.8 TB/s): at T = 1, 8 experts, 302 MB, 63 us; at
+ * a = 8 (T = 128) S reads every expert about once (1 ms) while L would spend 16x the useful 39 GFLOP on padding (~1.2 ms at ~500 TFLOPS); at a = 16 S reads
  * experts with two tiles twice (~1.5-2 ms) while M wastes 4x (~0.6 ms of compute, overlapped
- * with 1 ms of reads); from a = 64 on, L's bigger tiles win.  The shapes are a first cut, to
- * be tuned on the H200.
+ * with 1 ms of reads); from a = 64 on, L's bigger tiles win.  M and L are a first cut, not
+ * yet tuned.
  * Other traffic: x rows are re-read per N-tile (from L2); act P*I*2 bytes written and read;
  * y P*H*4 bytes written and read (0.5 GB for T = 2048 on the 235B layer: ~0.1 ms against
  * ~2.5 ms of GEMM).
@@ -82,11 +88,12 @@
 
 #define MOE_MAX_E 1024       /* experts a layer may have */
 #define MOE_MAX_K 32         /* experts a token may choose */
-#define ROUTER_WARPS 4       /* router_logits: experts per block (a warp each) */
-#define ROUTER_TOKENS 8      /* router_logits: tokens per warp */
+#define ROUTER_SLICES 8      /* router logits: warps of a block, each a slice of H */
+#define ROUTER_TOKENS 8      /* router logits: tokens per block */
 #define ROUTE_WARPS 4        /* route: tokens per block (a warp each) */
-#define SCAN_THREADS 256     /* count_rank and scatter */
-#define COMBINE_THREADS 256
+#define SCAN_THREADS 256     /* count_rank, scatter and route_small */
+#define SMALL_E 256          /* route_small: experts it takes (its softmax buffers) */
+#define COMBINE_COLS 512     /* combine: columns of a block (4 a thread) */
 
 typedef __nv_bfloat16 bf16;
 
@@ -103,6 +110,7 @@ typedef struct moe_ws {
 	int *counts;       /* (E,) pairs per expert */
 	int *off;          /* (E + 1,) first sorted pair of each expert */
 	int *n_tiles;      /* (1,) M-tiles of the GEMM shape in use */
+	unsigned *ticket;  /* (1,) route_small: blocks done with their logits */
 	int *tile_e;       /* (max_tiles,) each tile's expert */
 	int *tile_m0;      /* (max_tiles,) its first row among the expert's pairs */
 	int *pair_token;   /* (P,) pairs sorted by expert, then token: the token */
@@ -134,6 +142,7 @@ static size_t moe_layout(int T, int H, int E, int k, int I, char *base, moe_ws *
 	TAKE(counts, int, (size_t)E);
 	TAKE(off, int, (size_t)E + 1);
 	TAKE(n_tiles, int, 1);
+	TAKE(ticket, unsigned, 1);
 	TAKE(tile_e, int, tiles);
 	TAKE(tile_m0, int, tiles);
 	TAKE(pair_token, int, P);
@@ -194,28 +203,32 @@ __device__ static int block_exclusive_scan(int v, int *total)
 // ---------------------------------------------------------------------------------------
 // routing
 
-/* logits (T, E): a warp per (expert, up to ROUTER_TOKENS tokens).  Lane l sums the products
- * of elements l*8 .. l*8+7, then l*8+256 .., in order, in double; then a fixed butterfly. */
-static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
-router_logits_kernel(float *logits, const bf16 *x, const bf16 *router, int T, int H, int E)
+/* The logits of expert e for tokens t0 .. t0 + nt - 1 (nt <= ROUTER_TOKENS), by a block of
+ * ROUTER_SLICES warps.  H is cut into chunks of 8 elements and the chunks into ROUTER_SLICES
+ * slices; warp s sums slice s: lane l the products of chunks l, l + 32, ... of the slice, in
+ * order, in double, then a fixed butterfly; then the slices' sums are added in slice order
+ * and rounded to fp32.  Both routing paths call this, so a token's logits are the same bits
+ * whichever path the batch size picks.  A slice is at most a few chunks a lane (H 4096: 2),
+ * so the dependent chain is short: the router weights are one layer's smallest read and
+ * must not be its slowest. */
+__device__ static void router_block(float *logits, const bf16 *x, const bf16 *router, int e,
+				    int t0, int nt, int H, int E)
 {
-	int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-	int e = blockIdx.x * ROUTER_WARPS + warp, t0 = blockIdx.y * ROUTER_TOKENS;
-	if (e >= E)
-		return;
-	int nt = min(ROUTER_TOKENS, T - t0);
-	const bf16 *wrow = router + (size_t)e * (size_t)H;
+	__shared__ double slice_sum[ROUTER_SLICES][ROUTER_TOKENS];
+	int warp = threadIdx.x / 32, lane = threadIdx.x % 32, chunks = H / 8;
+	int c0 = warp * chunks / ROUTER_SLICES, c1 = (warp + 1) * chunks / ROUTER_SLICES;
+	const uint4 *wrow = (const uint4 *)(router + (size_t)e * (size_t)H);
 	double acc[ROUTER_TOKENS];
 #pragma unroll
 	for (int i = 0; i < ROUTER_TOKENS; i++)
 		acc[i] = 0.0;
-	for (int h = lane * 8; h < H; h += 256) {
+	for (int c = c0 + lane; c < c1; c += 32) {
 		float wf[8], xf[8];
-		unpack8(*(const uint4 *)(wrow + h), wf);
+		unpack8(wrow[c], wf);
 #pragma unroll
 		for (int i = 0; i < ROUTER_TOKENS; i++) {
 			if (i < nt) {
-				unpack8(*(const uint4 *)(x + (size_t)(t0 + i) * (size_t)H + h), xf);
+				unpack8(((const uint4 *)(x + (size_t)(t0 + i) * (size_t)H))[c], xf);
 #pragma unroll
 				for (int j = 0; j < 8; j++)
 					acc[i] = fma((double)xf[j], (double)wf[j], acc[i]);
@@ -227,29 +240,38 @@ router_logits_kernel(float *logits, const bf16 *x, const bf16 *router, int T, in
 #pragma unroll
 		for (int o = 16; o > 0; o >>= 1)
 			acc[i] += __shfl_xor_sync(FULL, acc[i], o);
-		if (lane == 0 && i < nt)
-			logits[(size_t)(t0 + i) * (size_t)E + e] = (float)acc[i];
+		if (lane == 0)
+			slice_sum[warp][i] = acc[i];
+	}
+	__syncthreads();
+	if ((int)threadIdx.x < nt) {
+		double sum = 0.0;
+		for (int sl = 0; sl < ROUTER_SLICES; sl++)
+			sum += slice_sum[sl][threadIdx.x];
+		logits[(size_t)(t0 + threadIdx.x) * (size_t)E + e] = (float)sum;
 	}
 }
 
-/* A warp per token: softmax, top-k, weights, sorted by expert id. */
-static __global__ void __launch_bounds__(ROUTE_WARPS * 32)
-route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int k,
-	     int renormalize)
+/* logits (T, E): a block per (expert, up to ROUTER_TOKENS tokens). */
+static __global__ void __launch_bounds__(ROUTER_SLICES * 32)
+router_logits_kernel(float *logits, const bf16 *x, const bf16 *router, int T, int H, int E)
 {
-	__shared__ double prob[ROUTE_WARPS][MOE_MAX_E];
-	__shared__ double chosen_p[ROUTE_WARPS][MOE_MAX_K];
-	__shared__ int chosen[ROUTE_WARPS][MOE_MAX_K];
-	__shared__ float weight[ROUTE_WARPS][MOE_MAX_K];
-	int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-	int t = blockIdx.x * ROUTE_WARPS + warp;
-	if (t >= T)
-		return;
-	double *p = prob[warp];
+	int t0 = blockIdx.y * ROUTER_TOKENS;
+	router_block(logits, x, router, blockIdx.x, t0, min(ROUTER_TOKENS, T - t0), H, E);
+}
+
+/* A warp routes token t: softmax of its logits row (read through L2: another block may have
+ * written it), top-k, weights, sorted by expert id, into topk_id / topk_w.  p: E doubles of
+ * shared scratch; chosen, chosen_p, weight: MOE_MAX_K each, the warp's own. */
+__device__ static void route_token(int *topk_id, float *topk_w, const float *logits, int t,
+				   int E, int k, int renormalize, double *p, int *chosen,
+				   double *chosen_p, float *weight)
+{
+	int lane = threadIdx.x % 32;
 	const float *l = logits + (size_t)t * (size_t)E;
 	double mx = -INFINITY;
 	for (int e = lane; e < E; e += 32) {
-		p[e] = l[e];
+		p[e] = __ldcg(l + e);
 		mx = fmax(mx, p[e]);    /* NaNs are skipped, as the reference's max does */
 	}
 #pragma unroll
@@ -261,9 +283,11 @@ route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int
 	}
 	__syncwarp();
 	double sum = 0.0;
-	if (lane == 0)
+	if (lane == 0) {
+#pragma unroll 8
 		for (int e = 0; e < E; e++)   /* sequential, in expert order, as the reference */
 			sum += p[e];
+	}
 	sum = __shfl_sync(FULL, sum, 0);
 
 	/* k rounds of a warp argmax; probabilities are >= 0, taken experts are marked -2 */
@@ -285,8 +309,8 @@ route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int
 			}
 		}
 		if (lane == 0) {
-			chosen[warp][i] = bi;
-			chosen_p[warp][i] = bv;
+			chosen[i] = bi;
+			chosen_p[i] = bv;
 		}
 		if (lane == bi % 32)
 			p[bi] = -2.0;
@@ -294,11 +318,11 @@ route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int
 	}
 	if (lane != 0)
 		return;
-	int *ids = chosen[warp];
-	float *w = weight[warp];
+	int *ids = chosen;
+	float *w = weight;
 	double wsum = 0.0;
 	for (int i = 0; i < k; i++) {
-		w[i] = (float)(chosen_p[warp][i] / sum);
+		w[i] = (float)(chosen_p[i] / sum);
 		wsum += (double)w[i];   /* in selection order, as the reference */
 	}
 	if (renormalize)
@@ -321,6 +345,21 @@ route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int
 	}
 }
 
+/* A warp per token: softmax, top-k, weights, sorted by expert id. */
+static __global__ void __launch_bounds__(ROUTE_WARPS * 32)
+route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int k,
+	     int renormalize)
+{
+	__shared__ double prob[ROUTE_WARPS][MOE_MAX_E];
+	__shared__ double chosen_p[ROUTE_WARPS][MOE_MAX_K];
+	__shared__ int chosen[ROUTE_WARPS][MOE_MAX_K];
+	__shared__ float weight[ROUTE_WARPS][MOE_MAX_K];
+	int warp = threadIdx.x / 32, t = blockIdx.x * ROUTE_WARPS + warp;
+	if (t < T)
+		route_token(topk_id, topk_w, logits, t, E, k, renormalize, prob[warp], chosen[warp],
+			    chosen_p[warp], weight[warp]);
+}
+
 /* A block per expert: ranks of its pairs in token order, and its count. */
 static __global__ void __launch_bounds__(SCAN_THREADS)
 count_rank_kernel(int *rank, int *counts, const int *topk_id, int T, int k)
@@ -341,9 +380,11 @@ count_rank_kernel(int *rank, int *counts, const int *topk_id, int T, int k)
 		counts[e] = running;
 }
 
-/* Offsets, the sorted pairs, and (block 0) the tile list for tiles of bm rows. */
-static __global__ void __launch_bounds__(SCAN_THREADS)
-scatter_kernel(moe_ws w, int T, int E, int k, int bm)
+/* Offsets, the sorted pairs, and (when `tiles`) the tile list for tiles of bm rows, from the
+ * counts and ranks: this block's share, pair `pair` of a thread.  Every thread of a block of
+ * SCAN_THREADS calls it. */
+__device__ static void scatter_pairs(const moe_ws &w, int T, int E, int k, int bm, int pair,
+				     bool tiles)
 {
 	constexpr int PER = MOE_MAX_E / SCAN_THREADS;   /* experts per thread in the scans */
 	__shared__ int off[MOE_MAX_E + 1];
@@ -363,13 +404,12 @@ scatter_kernel(moe_ws w, int T, int E, int k, int bm)
 	if (threadIdx.x == 0)
 		off[E] = total;
 	__syncthreads();
-	int pair = (int)(blockIdx.x * SCAN_THREADS + threadIdx.x);
 	if (pair < T * k) {
 		int pos = off[w.topk_id[pair]] + w.rank[pair];
 		w.pair_token[pos] = pair / k;
 		w.pair_slot[pos] = pair;
 	}
-	if (blockIdx.x != 0)
+	if (!tiles)
 		return;
 	for (int e = (int)threadIdx.x; e <= E; e += SCAN_THREADS)
 		w.off[e] = off[e];
@@ -389,6 +429,67 @@ scatter_kernel(moe_ws w, int T, int E, int k, int bm)
 		}
 	if (threadIdx.x == 0)
 		*w.n_tiles = total;
+}
+
+/* Offsets, the sorted pairs, and (block 0) the tile list for tiles of bm rows. */
+static __global__ void __launch_bounds__(SCAN_THREADS)
+scatter_kernel(moe_ws w, int T, int E, int k, int bm)
+{
+	scatter_pairs(w, T, E, k, bm, (int)(blockIdx.x * SCAN_THREADS + threadIdx.x),
+		      blockIdx.x == 0);
+}
+
+/* Routing of a small batch (T <= ROUTER_TOKENS, E <= SMALL_E) in one launch: the router
+ * logits by a block per expert (router_block, as the large path), and
+ * the last block to finish (a ticket counter, zeroed before the launch) routes the tokens
+ * (route_token), counts and ranks the P <= SCAN_THREADS pairs and scatters them with the tile
+ * list (scatter_pairs).  The same arithmetic as the four launches of the large path, so the
+ * same bits; what it saves is three launches and their latency. */
+static __global__ void __launch_bounds__(SCAN_THREADS)
+route_small_kernel(moe_ws w, const bf16 *x, const bf16 *router, int T, int H, int E, int k,
+		   int renormalize, int bm)
+{
+	constexpr int WARPS = SCAN_THREADS / 32;
+	static_assert(ROUTER_SLICES == WARPS, "router_block takes the whole block");
+	__shared__ double prob[WARPS][SMALL_E];
+	__shared__ double chosen_p[WARPS][MOE_MAX_K];
+	__shared__ int chosen[WARPS][MOE_MAX_K];
+	__shared__ float weight[WARPS][MOE_MAX_K];
+	__shared__ int ids[SCAN_THREADS];
+	__shared__ bool last;
+	int warp = threadIdx.x / 32, tid = threadIdx.x;
+	router_block(w.logits, x, router, blockIdx.x, 0, T, H, E);
+	__threadfence();   /* this block's logits are visible to the GPU before its ticket */
+	__syncthreads();
+	if (tid == 0)
+		last = atomicAdd(w.ticket, 1u) == gridDim.x - 1;
+	__syncthreads();
+	if (!last)
+		return;
+	__threadfence();
+	if (warp < T)
+		route_token(w.topk_id, w.topk_w, w.logits, warp, E, k, renormalize, prob[warp],
+			    chosen[warp], chosen_p[warp], weight[warp]);
+	__syncthreads();
+	int P = T * k;
+	if (tid < P)
+		ids[tid] = w.topk_id[tid];
+	__syncthreads();
+	/* a pair's rank: the earlier tokens that chose its expert (a token's experts differ) */
+	if (tid < P) {
+		int mine = ids[tid], r = 0;
+		for (int q = 0; q < tid / k * k; q++)
+			r += ids[q] == mine;
+		w.rank[tid] = r;
+	}
+	for (int expert = tid; expert < E; expert += SCAN_THREADS) {
+		int n = 0;
+		for (int q = 0; q < P; q++)
+			n += ids[q] == expert;
+		w.counts[expert] = n;
+	}
+	__syncthreads();
+	scatter_pairs(w, T, E, k, bm, tid, true);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -455,7 +556,18 @@ template <int BM_, int BN_, int BK_, int WM_, int WN_, int STAGES_> struct tile_
 	static_assert(BK % 16 == 0 && A_ITERS * THREADS == BM * (BK / 8) &&
 		      B_ITERS * THREADS == BK * (BN / 8), "loads must split evenly");
 };
-typedef tile_cfg<16, 64, 64, 16, 16, 4> cfg_s;
+/* the decode tile's width, warp width and depth; a build may override them to compare
+ * variants (tests/SConscript's bench_cuda_moe_* programs) */
+#ifndef QW_MOE_S_BN
+#define QW_MOE_S_BN 64
+#endif
+#ifndef QW_MOE_S_WN
+#define QW_MOE_S_WN 16
+#endif
+#ifndef QW_MOE_S_STAGES
+#define QW_MOE_S_STAGES 8
+#endif
+typedef tile_cfg<16, QW_MOE_S_BN, 64, 16, QW_MOE_S_WN, QW_MOE_S_STAGES> cfg_s;
 typedef tile_cfg<64, 128, 32, 64, 32, 4> cfg_m;
 typedef tile_cfg<128, 128, 32, 64, 32, 4> cfg_l;
 
@@ -635,13 +747,15 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_arg
 // ---------------------------------------------------------------------------------------
 // combine
 
-/* A block per token: the k weighted expert outputs summed in slot (= expert id) order. */
-static __global__ void __launch_bounds__(COMBINE_THREADS)
+/* A block per (token, COMBINE_COLS columns): the k weighted expert outputs summed in slot
+ * (= expert id) order. */
+static __global__ void __launch_bounds__(COMBINE_COLS / 4)
 combine_kernel(bf16 *out, const float *y, const float *topk_w, int H, int k)
 {
 	int t = blockIdx.x;
 	const float *wt = topk_w + (size_t)t * k;
-	for (int c = threadIdx.x * 4; c < H; c += COMBINE_THREADS * 4) {
+	int c = blockIdx.y * COMBINE_COLS + threadIdx.x * 4;
+	if (c < H) {
 		float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 		for (int j = 0; j < k; j++) {
 			float wj = wt[j];
@@ -675,15 +789,34 @@ static qw_status launch_gemm(const gemm_args *g, int tiles, cudaStream_t stream,
 	return QW_OK;
 }
 
-/* Both GEMMs in tile shape C: the tile list for C's BM, then gate_up, then down. */
+/* Routing, then both GEMMs in tile shape C, then the combine.  A small batch is routed in
+ * one launch (route_small); a larger one by the router, route, count_rank and scatter
+ * kernels. */
 template <class C>
-static qw_status run_experts(const qw_cuda_moe_args *a, const moe_ws *w, cudaStream_t stream,
-			     qw_err *err)
+static qw_status run_moe(const qw_cuda_moe_args *a, const moe_ws *w, cudaStream_t stream,
+			 qw_err *err)
 {
-	int P = a->T * a->top_k;
-	scatter_kernel<<<(P + SCAN_THREADS - 1) / SCAN_THREADS, SCAN_THREADS, 0, stream>>>(
-		*w, a->T, a->E, a->top_k, C::BM);
-	QW_CUDA_TRY(err, cudaGetLastError());
+	int T = a->T, E = a->E, k = a->top_k, P = T * k;
+	if (T <= ROUTER_TOKENS && E <= SMALL_E && P <= SCAN_THREADS) {
+		QW_CUDA_TRY(err, cudaMemsetAsync(w->ticket, 0, sizeof *w->ticket, stream));
+		route_small_kernel<<<E, SCAN_THREADS, 0, stream>>>(*w, (const bf16 *)a->x, (const bf16 *)a->router, T,
+						  a->H, E, k, a->renormalize, C::BM);
+		QW_CUDA_TRY(err, cudaGetLastError());
+	} else {
+		dim3 rgrid((unsigned)E, (unsigned)((T + ROUTER_TOKENS - 1) / ROUTER_TOKENS));
+		router_logits_kernel<<<rgrid, ROUTER_SLICES * 32, 0, stream>>>(
+			w->logits, (const bf16 *)a->x, (const bf16 *)a->router, T, a->H, E);
+		QW_CUDA_TRY(err, cudaGetLastError());
+		route_kernel<<<(T + ROUTE_WARPS - 1) / ROUTE_WARPS, ROUTE_WARPS * 32, 0, stream>>>(
+			w->topk_id, w->topk_w, w->logits, T, E, k, a->renormalize);
+		QW_CUDA_TRY(err, cudaGetLastError());
+		count_rank_kernel<<<E, SCAN_THREADS, 0, stream>>>(w->rank, w->counts, w->topk_id, T,
+								  k);
+		QW_CUDA_TRY(err, cudaGetLastError());
+		scatter_kernel<<<(P + SCAN_THREADS - 1) / SCAN_THREADS, SCAN_THREADS, 0, stream>>>(
+			*w, T, E, k, C::BM);
+		QW_CUDA_TRY(err, cudaGetLastError());
+	}
 	int tiles = (int)max_tiles((size_t)P, a->E, C::BM);
 	gemm_args g = {};
 	g.off = w->off;
@@ -710,7 +843,15 @@ static qw_status run_experts(const qw_cuda_moe_args *a, const moe_ws *w, cudaStr
 	g.K = a->I;
 	g.N = a->H;
 	g.ldw = a->H;
-	return launch_gemm<C, false>(&g, tiles, stream, err);
+	st = launch_gemm<C, false>(&g, tiles, stream, err);
+	if (st != QW_OK)
+		return st;
+
+	dim3 cgrid((unsigned)T, (unsigned)((a->H + COMBINE_COLS - 1) / COMBINE_COLS));
+	combine_kernel<<<cgrid, COMBINE_COLS / 4, 0, stream>>>((bf16 *)a->out, w->y, w->topk_w,
+								a->H, k);
+	QW_CUDA_TRY(err, cudaGetLastError());
+	return QW_OK;
 }
 
 extern "C" size_t qw_cuda_moe_ws_bytes(int max_tokens, int H, int E, int top_k, int I)
@@ -753,31 +894,11 @@ extern "C" qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_
 	if (need > ws_bytes)
 		return qw_fail(err, QW_E_ARG, "cuda moe: %zu bytes of scratch, %d tokens need %zu "
 			       "(qw_cuda_moe_ws_bytes)", ws_bytes, a->T, need);
-	int T = a->T, E = a->E, k = a->top_k, P = T * k;
-
-	dim3 rgrid((unsigned)((E + ROUTER_WARPS - 1) / ROUTER_WARPS),
-		   (unsigned)((T + ROUTER_TOKENS - 1) / ROUTER_TOKENS));
-	router_logits_kernel<<<rgrid, ROUTER_WARPS * 32, 0, stream>>>(
-		w.logits, (const bf16 *)a->x, (const bf16 *)a->router, T, a->H, E);
-	QW_CUDA_TRY(err, cudaGetLastError());
-	route_kernel<<<(T + ROUTE_WARPS - 1) / ROUTE_WARPS, ROUTE_WARPS * 32, 0, stream>>>(
-		w.topk_id, w.topk_w, w.logits, T, E, k, a->renormalize);
-	QW_CUDA_TRY(err, cudaGetLastError());
-	count_rank_kernel<<<E, SCAN_THREADS, 0, stream>>>(w.rank, w.counts, w.topk_id, T, k);
-	QW_CUDA_TRY(err, cudaGetLastError());
-
+	int P = a->T * a->top_k;
 	/* the tile shape by the average pairs per expert (see the top of the file) */
-	qw_status st;
-	if (P <= 8 * E)
-		st = run_experts<cfg_s>(a, &w, stream, err);
-	else if (P <= 64 * E)
-		st = run_experts<cfg_m>(a, &w, stream, err);
-	else
-		st = run_experts<cfg_l>(a, &w, stream, err);
-	if (st != QW_OK)
-		return st;
-
-	combine_kernel<<<T, COMBINE_THREADS, 0, stream>>>((bf16 *)a->out, w.y, w.topk_w, a->H, k);
-	QW_CUDA_TRY(err, cudaGetLastError());
-	return QW_OK;
+	if (P <= 8 * a->E)
+		return run_moe<cfg_s>(a, &w, stream, err);
+	if (P <= 64 * a->E)
+		return run_moe<cfg_m>(a, &w, stream, err);
+	return run_moe<cfg_l>(a, &w, stream, err);
 }
