@@ -538,6 +538,15 @@ static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_t
 	out->rows = T;
 	if (T == 0)
 		return QW_OK;
+	/* a decode step's few tokens: a stream over w beats cuBLAS's fixed cost */
+	if (qw_cuda_few_rows_gemm_takes(T, N, K, x->data, w->data, out->data)) {
+		TRY(qw_cuda_few_rows_gemm(D16(out), C16(x), (const uint16_t *)w->data, T, N, K,
+					  c->stream, err));
+		if (bias)
+			return qw_cuda_add_bias(D16(out), (const uint16_t *)bias->data, T, N, c->stream,
+						err);
+		return QW_OK;
+	}
 	/* row-major out (T, N) = x (T, K) w^T: column-major out^T (N, T) = w (K, N)^T x^T */
 	const float one = 1.0f, zero = 0.0f;
 	QW_CUBLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w->data,

@@ -10,7 +10,8 @@
  * from the caller (the *_ws_bytes functions say how much).
  *
  * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
- * segments), moe.cu (routing and experts), sample.cu (greedy and seeded sampling),
+ * segments), moe.cu (routing and experts), few_rows_gemm.cu (decode's dense projections),
+ * sample.cu (greedy and seeded sampling),
  * elementwise.cu (norms, rotary, SwiGLU, GELU, gathers), backend.cu (the op table).
  */
 #ifndef QW_KERNELS_CUDA_KERNELS_H
@@ -148,6 +149,19 @@ qw_status qw_cuda_gelu(uint16_t *x, size_t n, bool tanh_approx, cudaStream_t str
 qw_status qw_cuda_interp_rows(uint16_t *out, const uint16_t *table, const int32_t *idx,
 			      const float *w, int rows, int taps, int cols, int table_rows,
 			      cudaStream_t stream, qw_err *err);
+
+// -- few_rows_gemm.cu ------------------------------------------------------------------------
+
+#define QW_FEW_ROWS_MAX 4   /* the most tokens qw_cuda_few_rows_gemm takes */
+
+/* out (T, N) = x (T, K) w^T, w (N, K) bf16, fp32 sums, for the few tokens of a decode step:
+ * a stream over w (cuBLAS's fixed cost dominates there).  _takes: whether it suits the shape
+ * and beats cuBLAS there (T 1, or T <= QW_FEW_ROWS_MAX on a weight of at most 16 M values;
+ * K a multiple of 8, x and w 16-byte aligned). */
+bool qw_cuda_few_rows_gemm_takes(int T, int N, int K, const void *x, const void *w,
+				 const void *out);
+qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w, int T,
+				int N, int K, cudaStream_t stream, qw_err *err);
 
 // -- synth.cu ------------------------------------------------------------------------------
 

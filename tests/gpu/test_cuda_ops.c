@@ -156,10 +156,14 @@ static void compare(const char *what, pair *p, double rtol, double atol_rms_shar
 static void test_matmul(void **state)
 {
 	/* (T, K, N): the tiny models' projections, the 235B's q and o projections and MLP, a
-	 * vocabulary-sized lm_head */
+	 * vocabulary-sized lm_head; T <= 4 takes the few-rows kernel where it wins (K a multiple
+	 * of 8; kernels.h), each T of it is here, with the 30B's fused q/k/v and o projections
+	 * among them; K 100, T 5 and more, and large weights at T > 1 take cuBLAS */
 	static const int shapes[][3] = {{1, 128, 128}, {7, 128, 48}, {300, 128, 256},
 					{1, 4096, 8192}, {64, 4096, 512}, {33, 8192, 4096},
-					{4, 2048, 151936}};
+					{4, 2048, 151936}, {2, 2048, 5120}, {3, 4096, 2048},
+					{5, 200, 40}, {6, 2048, 5120}, {8, 2048, 768},
+					{8, 768, 2048}, {2, 100, 64}, {9, 2048, 5120}};
 	for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
 		int T = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
 		float *x = randv((size_t)T * K, 0, 1), *w = randv((size_t)N * K, 0, 1 / sqrt(K));
@@ -183,6 +187,48 @@ static void test_matmul(void **state)
 		free(W.bits);
 		free(B.bits);
 	}
+}
+
+/* The few-rows kernel (T <= 4 on this weight) sums each token's products in an order fixed
+ * by K alone: a token's outputs have the same bits alone, with others, and in the whole
+ * batch. */
+static void test_matmul_few_rows_alone(void **state)
+{
+	(void)state;
+	const int T = 4, K = 2048, N = 5120;
+	float *x = randv((size_t)T * K, 0, 1), *w = randv((size_t)N * K, 0, 1 / sqrt(K));
+	int64_t wshape[] = {N, K};
+	wpair W = weight(2, wshape, w);
+	pair X = act2(T, K, x), O = act2(T, N, NULL);
+	qw_err err = {0};
+	uint16_t *all = malloc((size_t)T * N * 2), *part = malloc((size_t)T * N * 2);
+	/* the backend's stream does not wait for the default one, nor it for the backend's */
+	if (gpu->matmul(gpu, &O.g, &X.g, W.dev, NULL, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+	assert_int_equal(cudaMemcpy(all, O.g.data, (size_t)T * N * 2, cudaMemcpyDeviceToHost),
+			 cudaSuccess);
+	for (int t0 = 0; t0 < T; t0++)
+		for (int n = 1; t0 + n <= T; n += 2) {   /* rows [t0, t0 + n): 1 and 3 tokens */
+			qw_act xs = qw_act_rows(&X.g, t0, n, 2), os = qw_act_rows(&O.g, 0, n, 2);
+			assert_int_equal(cudaMemset(os.data, 0xff, (size_t)n * N * 2), cudaSuccess);
+			assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+			if (gpu->matmul(gpu, &os, &xs, W.dev, NULL, &err) != QW_OK)
+				fail_msg("%s", err.msg);
+			assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+			assert_int_equal(cudaMemcpy(part, os.data, (size_t)n * N * 2,
+						    cudaMemcpyDeviceToHost), cudaSuccess);
+			if (memcmp(part, all + (size_t)t0 * N, (size_t)n * N * 2) != 0)
+				fail_msg("rows %d..%d alone differ from the whole batch's", t0,
+					 t0 + n - 1);
+		}
+	free(all);
+	free(part);
+	free2(&X);
+	free2(&O);
+	free(x);
+	free(w);
+	free(W.bits);
 }
 
 static void test_norms(void **state)
@@ -364,6 +410,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_matmul),
+		cmocka_unit_test(test_matmul_few_rows_alone),
 		cmocka_unit_test(test_norms),
 		cmocka_unit_test(test_rotary),
 		cmocka_unit_test(test_elementwise),

@@ -1,0 +1,126 @@
+/* few_rows_gemm.cu - dense projections of a few tokens (decode): out (T, N) = x (T, K) W^T
+ * for T <= QW_FEW_ROWS_MAX, W (N, K) in the checkpoint's [out, in] layout.  See kernels.h.
+ *
+ * Why not cuBLAS here: at T = 1 a projection is a read of W and nothing else, and cuBLAS's
+ * kernels for it reached 1.7 TB/s on the 30B's q projection (16 MB in 10 us) and ~0.5 TB/s on
+ * the small k and v ones: the fixed cost of a GEMM kernel, not the bytes.  This kernel is a
+ * stream over W: a warp per output column n reads row n of W with 16-byte loads (lane l takes
+ * elements l*8 .. l*8+7, then +256, ..., several loads in flight per lane), multiplies each
+ * chunk by the same chunk of every token's row of x (small, from L1/L2), accumulates in fp32,
+ * and a butterfly sums the lanes; lane t stores token t's value.  Blocks of 8 warps.  Where it
+ * wins (bench_cuda_matmul, H200): one token on every projection (30B q 10.1 against 15.7 us,
+ * k 7.6 against 14.0), up to four tokens on the 30B's projections; beyond that the x reads
+ * from L1 (T per weight chunk) cost more than cuBLAS's fixed cost.
+ *
+ * The sum order is fixed by K alone (not by T or N), so among the steps this kernel takes a
+ * token's outputs do not depend on the other tokens.  They differ from cuBLAS's (another
+ * fp32 order, taken for more tokens) by fp32 rounding, well within the bf16 output's step.
+ */
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/kernels.h"
+
+#define WARPS 8           /* output columns of a block */
+#define UNROLL 4          /* 16-byte loads of W in flight per lane */
+
+typedef __nv_bfloat16 bf16;
+
+__device__ static inline void widen8(uint4 v, float f[8])
+{
+	const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		f[2 * i] = __uint_as_float(w[i] << 16);
+		f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+	}
+}
+
+template <int T>
+static __global__ void __launch_bounds__(WARPS * 32)
+few_rows_gemm_kernel(bf16 *out, const bf16 *x, const bf16 *w, int N, int K)
+{
+	int n = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+	if (n >= N)
+		return;
+	const uint4 *wrow = (const uint4 *)(w + (size_t)n * (size_t)K);
+	const int chunks = K / 8;
+	float acc[T];
+#pragma unroll
+	for (int t = 0; t < T; t++)
+		acc[t] = 0.0f;
+	int c = lane;
+	for (; c + 32 * (UNROLL - 1) < chunks; c += 32 * UNROLL) {
+		uint4 wv[UNROLL];
+#pragma unroll
+		for (int u = 0; u < UNROLL; u++)   /* the stream: loads issued before any use */
+			wv[u] = __ldcs(wrow + c + 32 * u);
+#pragma unroll
+		for (int u = 0; u < UNROLL; u++) {
+			float wf[8];
+			widen8(wv[u], wf);
+#pragma unroll
+			for (int t = 0; t < T; t++) {
+				float xf[8];
+				widen8(__ldg((const uint4 *)(x + (size_t)t * K) + c + 32 * u), xf);
+#pragma unroll
+				for (int j = 0; j < 8; j++)
+					acc[t] = fmaf(xf[j], wf[j], acc[t]);
+			}
+		}
+	}
+	for (; c < chunks; c += 32) {   /* the rest, in the same order */
+		float wf[8];
+		widen8(__ldcs(wrow + c), wf);
+#pragma unroll
+		for (int t = 0; t < T; t++) {
+			float xf[8];
+			widen8(__ldg((const uint4 *)(x + (size_t)t * K) + c), xf);
+#pragma unroll
+			for (int j = 0; j < 8; j++)
+				acc[t] = fmaf(xf[j], wf[j], acc[t]);
+		}
+	}
+#pragma unroll
+	for (int t = 0; t < T; t++) {
+#pragma unroll
+		for (int o = 16; o > 0; o >>= 1)
+			acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+		if (lane == t)
+			out[(size_t)t * (size_t)N + n] = __float2bfloat16(acc[t]);
+	}
+}
+
+extern "C" bool qw_cuda_few_rows_gemm_takes(int T, int N, int K, const void *x, const void *w,
+					     const void *out)
+{
+	/* where it beats cuBLAS on the H200 (bench_cuda_matmul): one token always; up to four
+	 * on weights of up to 16 M values (each token's x is re-read per column from L1, which
+	 * a large weight at more tokens pays for) */
+	if (!(T == 1 || (T <= QW_FEW_ROWS_MAX && (int64_t)N * K <= (16 << 20))))
+		return false;
+	return T >= 1 && N >= 1 && K >= 8 && K % 8 == 0 &&
+	       N <= 65535 * WARPS && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0 &&
+	       out != NULL;
+}
+
+extern "C" qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w,
+					   int T, int N, int K, cudaStream_t stream, qw_err *err)
+{
+	if (!qw_cuda_few_rows_gemm_takes(T, N, K, x, w, out))
+		return qw_fail(err, QW_E_ARG, "cuda few-rows gemm: T %d, N %d, K %d: needs 1 <= T <= "
+			       "%d, K a multiple of 8, x and w 16-byte aligned", T, N, K,
+			       QW_FEW_ROWS_MAX);
+	dim3 grid((unsigned)((N + WARPS - 1) / WARPS));
+	bf16 *o = (bf16 *)out;
+	const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)w;
+	switch (T) {
+	case 1: few_rows_gemm_kernel<1><<<grid, WARPS * 32, 0, stream>>>(o, xb, wb, N, K); break;
+	case 2: few_rows_gemm_kernel<2><<<grid, WARPS * 32, 0, stream>>>(o, xb, wb, N, K); break;
+	case 3: few_rows_gemm_kernel<3><<<grid, WARPS * 32, 0, stream>>>(o, xb, wb, N, K); break;
+	default: few_rows_gemm_kernel<4><<<grid, WARPS * 32, 0, stream>>>(o, xb, wb, N, K); break;
+	}
+	QW_CUDA_TRY(err, cudaGetLastError());
+	return QW_OK;
+}
