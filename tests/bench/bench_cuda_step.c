@@ -6,6 +6,8 @@
  * backend's stream; an op's time includes its launch gaps).  Not a test.  Built by
  * `scons tests`; run
  *     build/tests/bench/bench_cuda_step CONFIG.json [copy GB/s, default 4287] [context]
+ * The op-by-op step of batch QW_PROFILE_BATCH (default 1) runs between cudaProfilerStart and
+ * Stop, for `ncu --profile-from-start off`.
  */
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
@@ -221,6 +223,9 @@ int main(int argc, char **argv)
 	}
 	double peak = argc > 2 ? atof(argv[2]) : 4287.0;
 	int ctx = argc > 3 ? atoi(argv[3]) : 256;
+	/* the batch whose op-by-op step a profiler sees (QW_PROFILE_BATCH, default 1) */
+	const char *pb = getenv("QW_PROFILE_BATCH");
+	int profiled = pb ? atoi(pb) : 1;
 	static bench k;
 	qw_err err = {0};
 	if (qw_config_load(argv[1], &k.cfg, &err))
@@ -281,11 +286,11 @@ int main(int argc, char **argv)
 		qw_batch b = decode_batch(&k, B, ctx);
 		n_marks = 0;
 		timing = true;
-		if (B == 1)   /* the step a profiler started with --profile-from-start off sees */
+		if (B == profiled)   /* the step a profiler started with --profile-from-start off sees */
 			CK(cudaProfilerStart());
 		if (qw_stage_step(&k.m, &b, &k.hidden, &k.logits, &err))
 			die("step", &err);
-		if (B == 1)
+		if (B == profiled)
 			CK(cudaProfilerStop());
 		timing = false;
 		CK(cudaStreamSynchronize(stream));
