@@ -7,7 +7,10 @@
  * stream over W: a warp per output column n reads row n of W with 16-byte loads (lane l takes
  * elements l*8 .. l*8+7, then +256, ..., several loads in flight per lane), multiplies each
  * chunk by the same chunk of every token's row of x (small, from L1/L2), accumulates in fp32,
- * and a butterfly sums the lanes; lane t stores token t's value.  Blocks of 8 warps.  Where it
+ * and a butterfly sums the lanes; lane t stores token t's value.  Blocks of 8 warps.  It is
+ * launched as a programmatic dependent launch: it may start while the previous kernel runs,
+ * its first weight loads go out, and only then does it wait for that kernel (whose output
+ * is x), so the weight stream does not start from a cold pipe after every kernel.  Where it
  * wins (bench_cuda_matmul, H200): one token on every projection (30B q 10.1 against 15.7 us,
  * k 7.6 against 14.0), up to four tokens on the 30B's projections; beyond that the x reads
  * from L1 (T per weight chunk) cost more than cuBLAS's fixed cost.
@@ -37,51 +40,76 @@ __device__ static inline void widen8(uint4 v, float f[8])
 	}
 }
 
+/* Waits for the kernels this one was launched after (programmatic dependent launch) to
+ * finish and their writes to be visible; a no-op for a plain launch. */
+__device__ static inline void wait_for_previous_kernel(void)
+{
+#if __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+template <int T>
+__device__ static inline void fma_chunk(float acc[T], uint4 w, const bf16 *x, int K, int c)
+{
+	float wf[8];
+	widen8(w, wf);
+#pragma unroll
+	for (int t = 0; t < T; t++) {
+		float xf[8];
+		widen8(__ldg((const uint4 *)(x + (size_t)t * K) + c), xf);
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			acc[t] = fmaf(xf[j], wf[j], acc[t]);
+	}
+}
+
 template <int T>
 static __global__ void __launch_bounds__(WARPS * 32)
 few_rows_gemm_kernel(bf16 *out, const bf16 *x, const bf16 *w, int N, int K)
 {
 	int n = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-	if (n >= N)
+	if (n >= N) {
+		wait_for_previous_kernel();
 		return;
+	}
 	const uint4 *wrow = (const uint4 *)(w + (size_t)n * (size_t)K);
-	const int chunks = K / 8;
+	const int chunks = K / 8, step = 32 * UNROLL;
 	float acc[T];
 #pragma unroll
 	for (int t = 0; t < T; t++)
 		acc[t] = 0.0f;
+	/* W does not depend on the previous kernel: its first loads go out before waiting for
+	 * it (x does), so this kernel's start overlaps that one's tail */
 	int c = lane;
-	for (; c + 32 * (UNROLL - 1) < chunks; c += 32 * UNROLL) {
-		uint4 wv[UNROLL];
+	uint4 wv[UNROLL];
+	bool have = c + step - 32 < chunks;
+	if (have) {
 #pragma unroll
-		for (int u = 0; u < UNROLL; u++)   /* the stream: loads issued before any use */
+		for (int u = 0; u < UNROLL; u++)
 			wv[u] = __ldcs(wrow + c + 32 * u);
-#pragma unroll
-		for (int u = 0; u < UNROLL; u++) {
-			float wf[8];
-			widen8(wv[u], wf);
-#pragma unroll
-			for (int t = 0; t < T; t++) {
-				float xf[8];
-				widen8(__ldg((const uint4 *)(x + (size_t)t * K) + c + 32 * u), xf);
-#pragma unroll
-				for (int j = 0; j < 8; j++)
-					acc[t] = fmaf(xf[j], wf[j], acc[t]);
-			}
-		}
 	}
-	for (; c < chunks; c += 32) {   /* the rest, in the same order */
-		float wf[8];
-		widen8(__ldcs(wrow + c), wf);
+	wait_for_previous_kernel();
+	while (have) {   /* the next UNROLL loads in flight while these are summed */
+		uint4 cur[UNROLL];
 #pragma unroll
-		for (int t = 0; t < T; t++) {
-			float xf[8];
-			widen8(__ldg((const uint4 *)(x + (size_t)t * K) + c), xf);
+		for (int u = 0; u < UNROLL; u++)
+			cur[u] = wv[u];
+		int next = c + step;
+		bool more = next + step - 32 < chunks;
+		if (more) {
 #pragma unroll
-			for (int j = 0; j < 8; j++)
-				acc[t] = fmaf(xf[j], wf[j], acc[t]);
+			for (int u = 0; u < UNROLL; u++)
+				wv[u] = __ldcs(wrow + next + 32 * u);
 		}
+#pragma unroll
+		for (int u = 0; u < UNROLL; u++)
+			fma_chunk<T>(acc, cur[u], x, K, c + 32 * u);
+		c = next;
+		have = more;
 	}
+	for (; c < chunks; c += 32)   /* the rest, in the same order */
+		fma_chunk<T>(acc, __ldcs(wrow + c), x, K, c);
 #pragma unroll
 	for (int t = 0; t < T; t++) {
 #pragma unroll
@@ -92,35 +120,53 @@ few_rows_gemm_kernel(bf16 *out, const bf16 *x, const bf16 *w, int N, int K)
 	}
 }
 
+/* A launch that may begin while the previous kernel on the stream is still running (it
+ * waits for it before reading x). */
+template <int T>
+static cudaError_t launch(bf16 *out, const bf16 *x, const bf16 *w, int N, int K,
+			  cudaStream_t stream)
+{
+	cudaLaunchConfig_t cfg = {};
+	cfg.gridDim = dim3((unsigned)((N + WARPS - 1) / WARPS));
+	cfg.blockDim = dim3(WARPS * 32);
+	cfg.stream = stream;
+	cudaLaunchAttribute attr[1];
+	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	attr[0].val.programmaticStreamSerializationAllowed = 1;
+	cfg.attrs = attr;
+	cfg.numAttrs = 1;
+	return cudaLaunchKernelEx(&cfg, few_rows_gemm_kernel<T>, out, x, w, N, K);
+}
+
+static bool shape_ok(int T, int N, int K, const void *x, const void *w, const void *out)
+{
+	return T >= 1 && T <= QW_FEW_ROWS_MAX && N >= 1 && N <= 65535 * WARPS && K >= 8 &&
+	       K % 8 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0 && out != NULL;
+}
+
 extern "C" bool qw_cuda_few_rows_gemm_takes(int T, int N, int K, const void *x, const void *w,
 					     const void *out)
 {
 	/* where it beats cuBLAS on the H200 (bench_cuda_matmul): one token always; up to four
 	 * on weights of up to 16 M values (each token's x is re-read per column from L1, which
 	 * a large weight at more tokens pays for) */
-	if (!(T == 1 || (T <= QW_FEW_ROWS_MAX && (int64_t)N * K <= (16 << 20))))
-		return false;
-	return T >= 1 && N >= 1 && K >= 8 && K % 8 == 0 &&
-	       N <= 65535 * WARPS && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0 &&
-	       out != NULL;
+	return (T == 1 || (int64_t)N * K <= (16 << 20)) && shape_ok(T, N, K, x, w, out);
 }
 
 extern "C" qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w,
 					   int T, int N, int K, cudaStream_t stream, qw_err *err)
 {
-	if (!qw_cuda_few_rows_gemm_takes(T, N, K, x, w, out))
+	if (!shape_ok(T, N, K, x, w, out))
 		return qw_fail(err, QW_E_ARG, "cuda few-rows gemm: T %d, N %d, K %d: needs 1 <= T <= "
 			       "%d, K a multiple of 8, x and w 16-byte aligned", T, N, K,
 			       QW_FEW_ROWS_MAX);
-	dim3 grid((unsigned)((N + WARPS - 1) / WARPS));
 	bf16 *o = (bf16 *)out;
 	const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)w;
-	switch (T) {
-	case 1: few_rows_gemm_kernel<1><<<grid, WARPS * 32, 0, stream>>>(o, xb, wb, N, K); break;
-	case 2: few_rows_gemm_kernel<2><<<grid, WARPS * 32, 0, stream>>>(o, xb, wb, N, K); break;
-	case 3: few_rows_gemm_kernel<3><<<grid, WARPS * 32, 0, stream>>>(o, xb, wb, N, K); break;
-	default: few_rows_gemm_kernel<4><<<grid, WARPS * 32, 0, stream>>>(o, xb, wb, N, K); break;
-	}
+	cudaError_t rc = T == 1 ? launch<1>(o, xb, wb, N, K, stream)
+		       : T == 2 ? launch<2>(o, xb, wb, N, K, stream)
+		       : T == 3 ? launch<3>(o, xb, wb, N, K, stream)
+				: launch<4>(o, xb, wb, N, K, stream);
+	QW_CUDA_TRY(err, rc);
 	QW_CUDA_TRY(err, cudaGetLastError());
 	return QW_OK;
 }

@@ -154,10 +154,11 @@ qw_status qw_cuda_interp_rows(uint16_t *out, const uint16_t *table, const int32_
 
 #define QW_FEW_ROWS_MAX 4   /* the most tokens qw_cuda_few_rows_gemm takes */
 
-/* out (T, N) = x (T, K) w^T, w (N, K) bf16, fp32 sums, for the few tokens of a decode step:
- * a stream over w (cuBLAS's fixed cost dominates there).  _takes: whether it suits the shape
- * and beats cuBLAS there (T 1, or T <= QW_FEW_ROWS_MAX on a weight of at most 16 M values;
- * K a multiple of 8, x and w 16-byte aligned). */
+/* out (T, N) = x (T, K) w^T, w (N, K) bf16, fp32 sums, for the few tokens of a decode step
+ * (T <= QW_FEW_ROWS_MAX, K a multiple of 8, x and w 16-byte aligned): a stream over w
+ * (cuBLAS's fixed cost dominates there), launched so that it may start before the previous
+ * kernel on the stream ends (it waits for it before reading x).  _takes: whether the shape
+ * suits it and it beats cuBLAS there (T 1, or a weight of at most 16 M values). */
 bool qw_cuda_few_rows_gemm_takes(int T, int N, int K, const void *x, const void *w,
 				 const void *out);
 qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w, int T,
