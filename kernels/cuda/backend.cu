@@ -505,6 +505,18 @@ static qw_status rmsnorm(qw_backend *be, qw_act *out, const qw_act *x, const qw_
 			       ctx_of(be)->stream, err);
 }
 
+static qw_status add_rmsnorm(qw_backend *be, qw_act *out, qw_act *x, const qw_act *r,
+			     const qw_tensor *w, float eps, qw_err *err)
+{
+	if (x->rows != r->rows || x->cols != r->cols || w->numel != (uint64_t)x->cols ||
+	    out->cols != x->cols || out->cap_rows < x->rows || out->data == x->data)
+		return shape_error(err, "add_rmsnorm", "operand, weight or output widths differ (or "
+				   "the output is x)");
+	out->rows = x->rows;
+	return qw_cuda_add_rmsnorm(D16(out), D16(x), C16(r), (const uint16_t *)w->data, x->rows,
+				   x->cols, eps, ctx_of(be)->stream, err);
+}
+
 static qw_status head_rmsnorm(qw_backend *be, qw_act *x, const qw_tensor *w, int n_heads,
 			      float eps, qw_err *err)
 {
@@ -580,6 +592,36 @@ static qw_status kv_write(qw_backend *be, qw_kv_cache *kv, int layer, const qw_a
 	size_t off = (size_t)layer * kv->layer_elems;
 	return qw_cuda_kv_write(kv->k + off, kv->v + off, C16(k), C16(v), &b, width,
 				ctx_of(be)->stream, err);
+}
+
+static qw_status qk_norm_rope_kv(qw_backend *be, qw_act *q_out, const qw_act *qkv,
+				 const qw_tensor *q_norm, const qw_tensor *k_norm,
+				 const int32_t *positions, int n_heads, int n_kv_heads, int head_dim,
+				 const int *mrope_section, float theta, float eps, qw_kv_cache *kv,
+				 int layer, const qw_batch *batch, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	int T = qkv->rows, D = head_dim;
+	if (kv->shape.n_kv_heads != n_kv_heads || kv->shape.head_dim != D || layer < 0 ||
+	    layer >= kv->shape.n_layers)
+		return shape_error(err, "qk_norm_rope_kv", "heads, head_dim or layer not the cache's");
+	if (qkv->cols != (n_heads + 2 * n_kv_heads) * D || q_out->cols != n_heads * D ||
+	    q_out->cap_rows < T || q_norm->numel != (uint64_t)D || k_norm->numel != (uint64_t)D ||
+	    T != batch->n_tokens)
+		return shape_error(err, "qk_norm_rope_kv", "qkv, q_out or norm widths do not match "
+				   "the heads, or qkv's rows the batch");
+	const qw_cuda_batch *db;
+	TRY(step_of(be, batch, &db, err));
+	const void *d_pos;
+	TRY(begin_op(c, (size_t)T * 12, err));
+	TRY(dev_copy(c, positions, 3 * (size_t)T, 4, &d_pos, err));
+	q_out->rows = T;
+	size_t off = (size_t)layer * kv->layer_elems;
+	return qw_cuda_qk_norm_rope_kv(D16(q_out), kv->k + off, kv->v + off, C16(qkv),
+				       (const uint16_t *)q_norm->data,
+				       (const uint16_t *)k_norm->data, (const int32_t *)d_pos,
+				       db->slot, T, n_heads, n_kv_heads, D, mrope_section, theta,
+				       eps, c->stream, err);
 }
 
 static qw_status attention(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_cache *kv,
@@ -980,12 +1022,14 @@ extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err
 	be->synthesize = synthesize;
 	be->embed = embed;
 	be->rmsnorm = rmsnorm;
+	be->add_rmsnorm = add_rmsnorm;
 	be->head_rmsnorm = head_rmsnorm;
 	be->rope = rope;
 	be->matmul = matmul;
 	be->add = add;
 	be->silu_mul = silu_mul;
 	be->kv_write = kv_write;
+	be->qk_norm_rope_kv = qk_norm_rope_kv;
 	be->attention = attention;
 	be->moe = moe;
 	be->gather_rows = gather_rows;

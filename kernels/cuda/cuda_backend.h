@@ -7,7 +7,8 @@
  * bf16 array per layer for K and one for V, (blocks x block_size, Hkv x D).  All work runs in
  * order on one stream; a step's batch is copied to the device once (begin_step).  Dense
  * projections are cuBLAS GEMMs (bf16 in, fp32 accumulate); the other ops are the kernels of
- * kernels/cuda/kernels.h.  Decode steps can be recorded as CUDA graphs and replayed
+ * kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm, qk_norm_rope_kv).
+ * Decode steps can be recorded as CUDA graphs and replayed
  * (graph_begin): a step's block tables are padded to a power-of-two row length and its
  * longest context rounded up to a power of two, so steps of one batch size share a graph
  * for many tokens.
