@@ -334,9 +334,10 @@ static qw_status fuse_rows(qw_backend *be, const qw_tensor *const *parts, int n,
 	if (ce == cudaSuccess)   /* the old memory is read before it is freed */
 		ce = cudaStreamSynchronize(c->stream);
 	if (ce != cudaSuccess) {
-		drop_tensor(c, f);
-		return qw_fail(err, QW_E_DEVICE, "cuda fuse_rows: copying %d parts into %s failed: %s",
-			       n, name, cudaGetErrorString(ce));
+		qw_fail(err, QW_E_DEVICE, "cuda fuse_rows: copying %d parts into %s failed: %s", n,
+			name, cudaGetErrorString(ce));
+		drop_tensor(c, f);   /* frees name too */
+		return QW_E_DEVICE;
 	}
 	drop_graphs(c);   /* recorded steps may name the parts' old memory */
 	void *old[FUSE_MAX_PARTS];
