@@ -42,6 +42,44 @@ static qw_status upload_weights(qw_stage_model *m, qw_load_progress progress, vo
 	return st;
 }
 
+/* A layer whose q/k/v projections can run as one GEMM into qk_norm_rope_kv: no biases (the
+ * op adds none) and both head norms. */
+static bool qkv_fusable(const qw_layer_weights *lw)
+{
+	return lw->q_proj && lw->k_proj && lw->v_proj && lw->q_norm && lw->k_norm && !lw->q_bias &&
+	       !lw->k_bias && !lw->v_bias;
+}
+
+/* Where the backend has fuse_rows and qk_norm_rope_kv: each fusable layer's q/k/v weights
+ * as one (m->qkv_proj), once they are on the backend. */
+static qw_status fuse_qkv(qw_stage_model *m, qw_err *err)
+{
+	qw_backend *be = m->be;
+	if (!be->fuse_rows || !be->qk_norm_rope_kv)
+		return QW_OK;
+	int begin = m->stage.layer_begin, n = m->stage.layer_end - begin;
+	m->qkv_proj = calloc(n > 0 ? (size_t)n : 1, sizeof *m->qkv_proj);
+	if (!m->qkv_proj)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	for (int L = begin; L < begin + n; L++) {
+		const qw_layer_weights *lw = &m->w.layers[L];
+		if (!qkv_fusable(lw))
+			continue;
+		const qw_tensor *parts[3] = {lw->q_proj, lw->k_proj, lw->v_proj};
+		if (be->fuse_rows(be, parts, 3, &m->qkv_proj[L - begin], err) != QW_OK)
+			return qw_err_context(err, "layer %d: q/k/v as one weight", L);
+	}
+	return QW_OK;
+}
+
+static bool any_fused_qkv(const qw_stage_model *m)
+{
+	for (int i = 0; m->qkv_proj && i < m->stage.layer_end - m->stage.layer_begin; i++)
+		if (m->qkv_proj[i])
+			return true;
+	return false;
+}
+
 static qw_status alloc_scratch(qw_stage_model *m, qw_err *err)
 {
 	const qw_text_config *t = &m->cfg->text;
@@ -53,6 +91,8 @@ static qw_status alloc_scratch(qw_stage_model *m, qw_err *err)
 		{&m->gate, I}, {&m->up, I}, {&m->mlp, H}, {&m->picked, H}};
 	for (size_t i = 0; i < sizeof plan / sizeof *plan; i++)
 		TRY(m->be->act_alloc(m->be, T, plan[i].cols, plan[i].a, err));
+	if (any_fused_qkv(m))
+		TRY(m->be->act_alloc(m->be, T, QD + 2 * KD, &m->qkv, err));
 	return QW_OK;
 }
 
@@ -70,6 +110,8 @@ qw_status qw_stage_model_load(qw_stage_model *m, const qw_config *cfg, const qw_
 	qw_wreport_free(&rep);
 	if (st == QW_OK)
 		st = upload_weights(m, progress, progress_ctx, err);
+	if (st == QW_OK)
+		st = fuse_qkv(m, err);
 	if (st == QW_OK)
 		st = alloc_scratch(m, err);
 	if (st != QW_OK)
@@ -156,6 +198,8 @@ qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
 	}
 	free(specs);
 	if (st == QW_OK)
+		st = fuse_qkv(m, err);
+	if (st == QW_OK)
 		st = alloc_scratch(m, err);
 	if (st != QW_OK)
 		qw_stage_model_free(m);
@@ -188,10 +232,11 @@ void qw_stage_model_free(qw_stage_model *m)
 	if (!m->be)
 		return;
 	qw_act *acts[] = {&m->h, &m->q, &m->k, &m->v, &m->attn, &m->o, &m->gate, &m->up, &m->mlp,
-			  &m->picked};
+			  &m->picked, &m->qkv};
 	for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
 		if (acts[i]->data)
 			m->be->act_free(m->be, acts[i]);
+	free(m->qkv_proj);   /* the fused weights go with the backend */
 	if (m->kv)
 		m->be->kv_free(m->be, m->kv);
 	qw_weights_free(&m->w);
@@ -208,7 +253,8 @@ void qw_stage_model_free(qw_stage_model *m)
 /* Sets the row count of every scratch activation to T. */
 static void set_rows(qw_stage_model *m, int T)
 {
-	qw_act *acts[] = {&m->h, &m->q, &m->k, &m->v, &m->attn, &m->o, &m->gate, &m->up, &m->mlp};
+	qw_act *acts[] = {&m->h, &m->q, &m->k, &m->v, &m->attn, &m->o, &m->gate, &m->up, &m->mlp,
+			  &m->qkv};
 	for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
 		acts[i]->rows = T;
 }
@@ -235,29 +281,68 @@ static qw_status mlp(qw_stage_model *m, int L, qw_err *err)
 	return be->moe(be, &m->mlp, &m->h, &mw, err);
 }
 
-static qw_status layer(qw_stage_model *m, int L, const qw_batch *b, qw_act *x, qw_err *err)
+/* Whether a step runs add_rmsnorm (and, where a layer has its weight, the fused q/k/v). */
+static bool fused_ops(const qw_stage_model *m)
+{
+	return !m->plain_ops && m->be->add_rmsnorm;
+}
+
+/* The attention half of layer L, from its normed input m->h to m->o: the q/k/v projections,
+ * their norms and rotations, the KV write (one GEMM and qk_norm_rope_kv when the layer has a
+ * fused weight), attention, the output projection. */
+static qw_status attention_block(qw_stage_model *m, int L, const qw_batch *b, qw_err *err)
 {
 	qw_backend *be = m->be;
 	const qw_layer_weights *lw = &m->w.layers[L];
 	const qw_text_config *t = &m->cfg->text;
 	float eps = (float)t->rms_norm_eps, theta = (float)t->rope_theta;
 	int cache_layer = L - m->stage.layer_begin;
+	const qw_tensor *qkv = !m->plain_ops && m->qkv_proj ? m->qkv_proj[cache_layer] : NULL;
 
-	TRY(be->rmsnorm(be, &m->h, x, lw->input_norm, eps, err));
-	TRY(be->matmul(be, &m->q, &m->h, lw->q_proj, lw->q_bias, err));
-	TRY(be->matmul(be, &m->k, &m->h, lw->k_proj, lw->k_bias, err));
-	TRY(be->matmul(be, &m->v, &m->h, lw->v_proj, lw->v_bias, err));
-	TRY(be->head_rmsnorm(be, &m->q, lw->q_norm, t->num_heads, eps, err));
-	TRY(be->head_rmsnorm(be, &m->k, lw->k_norm, t->num_kv_heads, eps, err));
-	TRY(be->rope(be, &m->q, b->positions, t->num_heads, t->head_dim, t->mrope_section, theta, err));
-	TRY(be->rope(be, &m->k, b->positions, t->num_kv_heads, t->head_dim, t->mrope_section, theta,
-		     err));
-	TRY(be->kv_write(be, m->kv, cache_layer, &m->k, &m->v, b, err));
+	if (qkv) {
+		TRY(be->matmul(be, &m->qkv, &m->h, qkv, NULL, err));
+		TRY(be->qk_norm_rope_kv(be, &m->q, &m->qkv, lw->q_norm, lw->k_norm, b->positions,
+					t->num_heads, t->num_kv_heads, t->head_dim,
+					t->mrope_section, theta, eps, m->kv, cache_layer, b, err));
+	} else {
+		TRY(be->matmul(be, &m->q, &m->h, lw->q_proj, lw->q_bias, err));
+		TRY(be->matmul(be, &m->k, &m->h, lw->k_proj, lw->k_bias, err));
+		TRY(be->matmul(be, &m->v, &m->h, lw->v_proj, lw->v_bias, err));
+		TRY(be->head_rmsnorm(be, &m->q, lw->q_norm, t->num_heads, eps, err));
+		TRY(be->head_rmsnorm(be, &m->k, lw->k_norm, t->num_kv_heads, eps, err));
+		TRY(be->rope(be, &m->q, b->positions, t->num_heads, t->head_dim, t->mrope_section,
+			     theta, err));
+		TRY(be->rope(be, &m->k, b->positions, t->num_kv_heads, t->head_dim,
+			     t->mrope_section, theta, err));
+		TRY(be->kv_write(be, m->kv, cache_layer, &m->k, &m->v, b, err));
+	}
 	TRY(be->attention(be, &m->attn, &m->q, m->kv, cache_layer, b, t->num_heads, err));
-	TRY(be->matmul(be, &m->o, &m->attn, lw->o_proj, lw->o_bias, err));
-	TRY(be->add(be, x, x, &m->o, err));
-	TRY(be->rmsnorm(be, &m->h, x, lw->post_norm, eps, err));
+	return be->matmul(be, &m->o, &m->attn, lw->o_proj, lw->o_bias, err);
+}
+
+/* Decoder layer L on x.  normed: m->h already holds its input norm (the previous layer's
+ * last add_rmsnorm made it).  norm_next: end with the residual add fused with layer L + 1's
+ * input norm, leaving that in m->h. */
+static qw_status layer(qw_stage_model *m, int L, qw_act *x, const qw_batch *b, bool normed,
+		       bool norm_next, qw_err *err)
+{
+	qw_backend *be = m->be;
+	const qw_layer_weights *lw = &m->w.layers[L];
+	float eps = (float)m->cfg->text.rms_norm_eps;
+
+	if (!normed)
+		TRY(be->rmsnorm(be, &m->h, x, lw->input_norm, eps, err));
+	TRY(attention_block(m, L, b, err));
+	if (fused_ops(m)) {
+		TRY(be->add_rmsnorm(be, &m->h, x, &m->o, lw->post_norm, eps, err));
+	} else {
+		TRY(be->add(be, x, x, &m->o, err));
+		TRY(be->rmsnorm(be, &m->h, x, lw->post_norm, eps, err));
+	}
 	TRY(mlp(m, L, err));
+	if (norm_next)
+		return be->add_rmsnorm(be, &m->h, x, &m->mlp, m->w.layers[L + 1].input_norm, eps,
+				       err);
 	return be->add(be, x, x, &m->mlp, err);
 }
 
@@ -289,15 +374,20 @@ static qw_status forward_ops(qw_stage_model *m, const qw_batch *b, qw_act *hidde
 		if (m->hook)
 			m->hook(m->hook_ctx, 0, hidden);
 	}
+	bool normed = false;   /* m->h holds layer L's input norm already */
 	for (int L = m->stage.layer_begin; L < m->stage.layer_end; L++) {
-		qw_status st = layer(m, L, b, hidden, err);
+		bool deepstack = b->n_visual && L < b->n_deepstack;
+		/* the next layer's norm follows this layer's last add unless a feature comes between */
+		bool norm_next = fused_ops(m) && L + 1 < m->stage.layer_end && !deepstack;
+		qw_status st = layer(m, L, hidden, b, normed, norm_next, err);
 		if (st != QW_OK)
 			return qw_err_context(err, "layer %d", L);
 		if (m->hook)   /* HF records a layer's output before the deepstack feature is added */
 			m->hook(m->hook_ctx, L + 1, hidden);
-		if (b->n_visual && L < b->n_deepstack)
+		if (deepstack)
 			TRY(m->be->scatter_rows(m->be, hidden, b->visual_rows, &b->deepstack[L], true,
 						err));
+		normed = norm_next;
 	}
 	return QW_OK;
 }
@@ -360,12 +450,19 @@ qw_status qw_stage_step(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw
 	if (!replayable(m, b))
 		return step_ops(m, b, hidden, logits, err);
 	/* what this stage's launches depend on besides the batch arrays (the backend adds the
-	 * shapes its own launches take from the batch) */
+	 * shapes its own launches take from the batch); zeroed first, padding included, since
+	 * keys are compared byte for byte */
 	struct {
 		const void *model, *hidden, *logits;
-		int32_t n_tokens, n_logits;
-	} key = {m, hidden->data, wants_logits ? logits->data : NULL, b->n_tokens,
-		 wants_logits ? b->n_logits : 0};
+		int32_t n_tokens, n_logits, plain_ops;
+	} key;
+	memset(&key, 0, sizeof key);
+	key.model = m;
+	key.hidden = hidden->data;
+	key.logits = wants_logits ? logits->data : NULL;
+	key.n_tokens = b->n_tokens;
+	key.n_logits = wants_logits ? b->n_logits : 0;
+	key.plain_ops = m->plain_ops;
 	bool replayed = false, recording = false;
 	TRY(m->be->graph_begin(m->be, &key, sizeof key, &replayed, &recording, err));
 	if (replayed) {

@@ -1,11 +1,17 @@
 /* forward.h - the text model's forward pass, written once over the op interface.
  *
  * Owns: qw_stage_model, one pipeline stage on one backend: its weights (uploaded from the
- * checkpoint through qw_backend.upload), its layers' KV cache, and scratch activations for up
- * to max_tokens rows.  A stage runs decoder layers [layer_begin, layer_end): the first stage
- * embeds token ids, every other stage takes the hidden states (T, H) the previous one left,
- * and the last stage also turns chosen rows into logits.  The daemon's pipeline stages and
- * the in-process stages of qwen-parity are this same code.
+ * checkpoint through qw_backend.upload, plus each layer's q/k/v projections fused into one
+ * weight where the backend has the fused ops), its layers' KV cache, and scratch activations
+ * for up to max_tokens rows.  A stage runs decoder layers [layer_begin, layer_end): the first
+ * stage embeds token ids, every other stage takes the hidden states (T, H) the previous one
+ * left, and the last stage also turns chosen rows into logits.  The daemon's pipeline stages
+ * and the in-process stages of qwen-parity are this same code.
+ *
+ * Fused ops (ops.h, optional): where the backend has them, a layer runs one q/k/v GEMM then
+ * qk_norm_rope_kv, and add_rmsnorm for a residual add and the norm after it (within a layer,
+ * and into the next layer of the stage when no deepstack feature comes between).  They give
+ * the bits of the separate ops, so plain_ops (every op separately) is their reference.
  */
 #ifndef QW_KERNELS_FORWARD_H
 #define QW_KERNELS_FORWARD_H
@@ -28,7 +34,14 @@ typedef struct qw_stage_model {
 	int max_tokens;                 /* rows of the scratch activations */
 	qw_act h, q, k, v, attn, o, gate, up, mlp;   /* scratch, (max_tokens, width) */
 	qw_act picked;                  /* (max_tokens, H) rows chosen for logits */
-	qw_hidden_hook hook;            /* optional */
+	/* (layer_end - layer_begin,) a layer's q/k/v projections as one ((Hq + 2 Hkv) D, H)
+	 * weight, rows q | k | v (fuse_rows; q_proj, k_proj, v_proj stay valid as its views), or
+	 * NULL where the layer runs them apart (biases, or a backend without the fused ops) */
+	const qw_tensor **qkv_proj;
+	qw_act qkv;                     /* (max_tokens, (Hq + 2 Hkv) D) its GEMM's output, scratch */
+	bool plain_ops;                 /* run every op separately: the reference the fused path is
+					   tested against */
+	qw_hidden_hook hook;            /* optional; must not change hidden */
 	bool graphs;                    /* decode steps may be recorded and replayed (qw_stage_step) */
 	void *hook_ctx;
 	/* a synthetic model's tensors (no checkpoint): their descriptions, and their values on

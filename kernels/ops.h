@@ -181,6 +181,33 @@ struct qw_backend {
 	qw_status (*sample)(qw_backend *be, const qw_act *logits, const qw_sampling *params,
 			    int32_t *out_tokens, qw_err *err);
 
+	// -- fused ops (optional) ----------------------------------------------------------
+	/* add_rmsnorm and qk_norm_rope_kv each stand for a run of the ops above and give their
+	 * bits on the same backend (rounding where those store), so a forward pass with them
+	 * equals one without; fuse_rows makes the weight qk_norm_rope_kv's GEMM reads.  The CPU
+	 * backend has none: the composition of its ops is their reference. */
+	/* x = x + r (stored as add stores it), then out = rmsnorm(x) * w of that x (out is not
+	 * x): a residual add and the next norm */
+	qw_status (*add_rmsnorm)(qw_backend *be, qw_act *out, qw_act *x, const qw_act *r,
+				 const qw_tensor *w, float eps, qw_err *err);
+	/* qkv (T, Hq*D + 2*Hkv*D) rows [q | k | v] (one GEMM against the fused q/k/v weight):
+	 * q_out (T, Hq*D) = rope(head_rmsnorm(q, q_norm)); rope(head_rmsnorm(k, k_norm)) and v
+	 * into the cache of `layer` at batch->slot: head_rmsnorm, rope, head_rmsnorm, rope,
+	 * kv_write in one (positions, mrope_section, theta as rope takes them) */
+	qw_status (*qk_norm_rope_kv)(qw_backend *be, qw_act *q_out, const qw_act *qkv,
+				     const qw_tensor *q_norm, const qw_tensor *k_norm,
+				     const int32_t *positions, int n_heads, int n_kv_heads,
+				     int head_dim, const int *mrope_section, float theta, float eps,
+				     qw_kv_cache *kv, int layer, const qw_batch *batch, qw_err *err);
+	/* *out: one backend tensor whose rows are the rows of parts[0..n) in order (each a 2-D
+	 * tensor this backend made, by upload or synthesize, all of one column count), released
+	 * with the backend.  The parts move into it: each part's data then points at its rows
+	 * there and its own memory is freed, so pointers to the parts stay valid and nothing is
+	 * held twice (e.g. q/k/v projections as one GEMM's weight).  QW_E_ARG, nothing moved, for
+	 * parts it cannot take */
+	qw_status (*fuse_rows)(qw_backend *be, const qw_tensor *const *parts, int n,
+			       const qw_tensor **out, qw_err *err);
+
 	// -- vision ops --------------------------------------------------------------------
 	/* out = (x - mean) / sqrt(var + eps) * w + b per row (out may be x) */
 	qw_status (*layernorm)(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,

@@ -1,5 +1,6 @@
-/* backend.cu - the CUDA backend's op table: memory, uploads, the step's batch on the device,
- * GEMMs through cuBLAS, and each op handed to its kernel.  See cuda_backend.h. */
+/* backend.cu - the CUDA backend's op table: memory, uploads (and weights fused by rows), the
+ * step's batch on the device, GEMMs through cuBLAS, and each op handed to its kernel.  See
+ * cuda_backend.h. */
 #include <cuda_bf16.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,9 +24,12 @@ struct qw_kv_cache {
 	size_t layer_elems;         /* values of one layer's K (or V) */
 };
 
-/* A tensor the backend uploaded; freed with the backend. */
+/* A tensor the backend uploaded, synthesized or fused; freed with the backend. */
 typedef struct owned_tensor {
 	qw_tensor t;
+	char *name;                 /* the name this backend gave it (fused tensors), else NULL */
+	bool view;                  /* its data lies in a fused tensor's memory: not its own */
+	bool viewed;                /* views lie in its memory: it may not move */
 	struct owned_tensor *next;
 } owned_tensor;
 
@@ -236,6 +240,119 @@ static qw_status synthesize(qw_backend *be, const qw_tensor *t, uint64_t s0, dou
 	TRY(new_tensor(c, t, &o, err));
 	*out = &o->t;
 	return qw_cuda_fill_normal((uint16_t *)o->t.data, t->numel, s0, mean, std, c->stream, err);
+}
+
+/* The owned tensor that t is, or NULL when this backend did not make t. */
+static owned_tensor *owner_of(cuda_ctx *c, const qw_tensor *t)
+{
+	for (owned_tensor *o = c->tensors; o; o = o->next)
+		if (&o->t == t)
+			return o;
+	return NULL;
+}
+
+/* Unlinks and frees an owned tensor that nothing views or refers to yet. */
+static void drop_tensor(cuda_ctx *c, owned_tensor *gone)
+{
+	for (owned_tensor **o = &c->tensors; *o; o = &(*o)->next)
+		if (*o == gone) {
+			*o = gone->next;
+			break;
+		}
+	cudaFree((void *)gone->t.data);
+	free(gone->name);
+	free(gone);
+}
+
+#define FUSE_MAX_PARTS 16
+
+/* Checks the parts fuse_rows is given; their owners into o, the sum of their rows. */
+static qw_status fusable(cuda_ctx *c, const qw_tensor *const *parts, int n, owned_tensor **o,
+			 int64_t *rows, qw_err *err)
+{
+	if (n < 1 || n > FUSE_MAX_PARTS)
+		return qw_fail(err, QW_E_ARG, "cuda fuse_rows: %d parts (1 to %d are taken)", n,
+			       FUSE_MAX_PARTS);
+	if (c->recording >= 0)
+		return qw_fail(err, QW_E_ARG, "cuda fuse_rows: called while a step is being recorded");
+	*rows = 0;
+	for (int i = 0; i < n; i++) {
+		const qw_tensor *p = parts[i];
+		const char *name = p && p->name ? p->name : "(unnamed)";
+		o[i] = p ? owner_of(c, p) : NULL;
+		if (!o[i])
+			return qw_fail(err, QW_E_ARG, "cuda fuse_rows: part %d (%s) is not a tensor this "
+				       "backend uploaded or synthesized", i, name);
+		if (o[i]->view || o[i]->viewed)
+			return qw_fail(err, QW_E_ARG, "cuda fuse_rows: part %d (%s) is already part of "
+				       "a fused tensor, or is one", i, name);
+		for (int j = 0; j < i; j++)
+			if (o[j] == o[i])
+				return qw_fail(err, QW_E_ARG, "cuda fuse_rows: part %d (%s) is also part %d",
+					       i, name, j);
+		if (p->ndim != 2 || p->shape[1] != parts[0]->shape[1] || parts[0]->ndim != 2)
+			return qw_fail(err, QW_E_ARG, "cuda fuse_rows: part %d (%s) is %d-D with %lld "
+				       "columns; every part must be 2-D with the columns of part 0 (%lld)",
+				       i, name, p->ndim, (long long)p->shape[p->ndim > 1 ? 1 : 0],
+				       (long long)parts[0]->shape[1]);
+		*rows += p->shape[0];
+	}
+	return QW_OK;
+}
+
+/* One tensor of the parts' rows in order; the parts then view their rows of it (their own
+ * memory freed), so nothing is held twice and pointers to them stay good. */
+static qw_status fuse_rows(qw_backend *be, const qw_tensor *const *parts, int n,
+			   const qw_tensor **out, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	owned_tensor *o[FUSE_MAX_PARTS], *f;
+	int64_t rows = 0;
+	TRY(fusable(c, parts, n, o, &rows, err));
+	qw_tensor desc = *parts[0];
+	desc.shape[0] = rows;
+	desc.numel = (uint64_t)rows * (uint64_t)desc.shape[1];
+	size_t name_len = strlen(desc.name ? desc.name : "") + 32;
+	char *name = (char *)malloc(name_len);
+	if (!name)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	snprintf(name, name_len, "%s + %d more, fused", desc.name ? desc.name : "", n - 1);
+	desc.name = name;
+	qw_status st = new_tensor(c, &desc, &f, err);
+	if (st != QW_OK) {
+		free(name);
+		return st;
+	}
+	f->name = name;
+	cudaError_t ce = cudaSuccess;
+	uint64_t at = 0;
+	for (int i = 0; i < n && ce == cudaSuccess; i++) {
+		ce = cudaMemcpyAsync((uint8_t *)f->t.data + at, parts[i]->data, o[i]->t.nbytes,
+				     cudaMemcpyDeviceToDevice, c->stream);
+		at += o[i]->t.nbytes;
+	}
+	if (ce == cudaSuccess)   /* the old memory is read before it is freed */
+		ce = cudaStreamSynchronize(c->stream);
+	if (ce != cudaSuccess) {
+		qw_fail(err, QW_E_DEVICE, "cuda fuse_rows: copying %d parts into %s failed: %s", n,
+			name, cudaGetErrorString(ce));
+		drop_tensor(c, f);   /* frees name too */
+		return QW_E_DEVICE;
+	}
+	drop_graphs(c);   /* recorded steps may name the parts' old memory */
+	void *old[FUSE_MAX_PARTS];
+	at = 0;
+	for (int i = 0; i < n; i++) {
+		old[i] = (void *)o[i]->t.data;
+		o[i]->t.data = (const uint8_t *)f->t.data + at;
+		o[i]->view = true;
+		at += o[i]->t.nbytes;
+	}
+	f->viewed = true;
+	*out = &f->t;
+	for (int i = 0; i < n; i++)
+		QW_CUDA_TRY(err, cudaFree(old[i]));
+	return QW_OK;
 }
 
 /* Fills a staging buffer with values [first, first + n) of t as bf16. */
@@ -505,6 +622,18 @@ static qw_status rmsnorm(qw_backend *be, qw_act *out, const qw_act *x, const qw_
 			       ctx_of(be)->stream, err);
 }
 
+static qw_status add_rmsnorm(qw_backend *be, qw_act *out, qw_act *x, const qw_act *r,
+			     const qw_tensor *w, float eps, qw_err *err)
+{
+	if (x->rows != r->rows || x->cols != r->cols || w->numel != (uint64_t)x->cols ||
+	    out->cols != x->cols || out->cap_rows < x->rows || out->data == x->data)
+		return shape_error(err, "add_rmsnorm", "operand, weight or output widths differ (or "
+				   "the output is x)");
+	out->rows = x->rows;
+	return qw_cuda_add_rmsnorm(D16(out), D16(x), C16(r), (const uint16_t *)w->data, x->rows,
+				   x->cols, eps, ctx_of(be)->stream, err);
+}
+
 static qw_status head_rmsnorm(qw_backend *be, qw_act *x, const qw_tensor *w, int n_heads,
 			      float eps, qw_err *err)
 {
@@ -589,6 +718,36 @@ static qw_status kv_write(qw_backend *be, qw_kv_cache *kv, int layer, const qw_a
 	size_t off = (size_t)layer * kv->layer_elems;
 	return qw_cuda_kv_write(kv->k + off, kv->v + off, C16(k), C16(v), &b, width,
 				ctx_of(be)->stream, err);
+}
+
+static qw_status qk_norm_rope_kv(qw_backend *be, qw_act *q_out, const qw_act *qkv,
+				 const qw_tensor *q_norm, const qw_tensor *k_norm,
+				 const int32_t *positions, int n_heads, int n_kv_heads, int head_dim,
+				 const int *mrope_section, float theta, float eps, qw_kv_cache *kv,
+				 int layer, const qw_batch *batch, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	int T = qkv->rows, D = head_dim;
+	if (kv->shape.n_kv_heads != n_kv_heads || kv->shape.head_dim != D || layer < 0 ||
+	    layer >= kv->shape.n_layers)
+		return shape_error(err, "qk_norm_rope_kv", "heads, head_dim or layer not the cache's");
+	if (qkv->cols != (n_heads + 2 * n_kv_heads) * D || q_out->cols != n_heads * D ||
+	    q_out->cap_rows < T || q_norm->numel != (uint64_t)D || k_norm->numel != (uint64_t)D ||
+	    T != batch->n_tokens)
+		return shape_error(err, "qk_norm_rope_kv", "qkv, q_out or norm widths do not match "
+				   "the heads, or qkv's rows the batch");
+	const qw_cuda_batch *db;
+	TRY(step_of(be, batch, &db, err));
+	const void *d_pos;
+	TRY(begin_op(c, (size_t)T * 12, err));
+	TRY(dev_copy(c, positions, 3 * (size_t)T, 4, &d_pos, err));
+	q_out->rows = T;
+	size_t off = (size_t)layer * kv->layer_elems;
+	return qw_cuda_qk_norm_rope_kv(D16(q_out), kv->k + off, kv->v + off, C16(qkv),
+				       (const uint16_t *)q_norm->data,
+				       (const uint16_t *)k_norm->data, (const int32_t *)d_pos,
+				       db->slot, T, n_heads, n_kv_heads, D, mrope_section, theta,
+				       eps, c->stream, err);
 }
 
 static qw_status attention(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_cache *kv,
@@ -886,6 +1045,17 @@ static qw_status graph_end(qw_backend *be, bool ok, bool *launched, qw_err *err)
 	return QW_OK;
 }
 
+extern "C" bool qw_cuda_backend_kv_layer(const qw_kv_cache *kv, int layer, void **k, void **v,
+					 size_t *bytes)
+{
+	if (!kv || layer < 0 || layer >= kv->shape.n_layers)
+		return false;
+	*k = kv->k + (size_t)layer * kv->layer_elems;
+	*v = kv->v + (size_t)layer * kv->layer_elems;
+	*bytes = kv->layer_elems * 2;
+	return true;
+}
+
 extern "C" void *qw_cuda_backend_stream(const qw_backend *be)
 {
 	return (void *)((const cuda_ctx *)be->ctx)->stream;
@@ -906,7 +1076,9 @@ static void destroy(qw_backend *be)
 		drop_graphs(c);
 		for (owned_tensor *o = c->tensors, *next; o; o = next) {
 			next = o->next;
-			cudaFree((void *)o->t.data);
+			if (!o->view)   /* a view's memory goes with its fused tensor */
+				cudaFree((void *)o->t.data);
+			free(o->name);
 			free(o);
 		}
 		for (fused_experts *f = c->fused, *next; f; f = next) {
@@ -989,12 +1161,15 @@ extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err
 	be->synthesize = synthesize;
 	be->embed = embed;
 	be->rmsnorm = rmsnorm;
+	be->add_rmsnorm = add_rmsnorm;
 	be->head_rmsnorm = head_rmsnorm;
 	be->rope = rope;
 	be->matmul = matmul;
 	be->add = add;
 	be->silu_mul = silu_mul;
 	be->kv_write = kv_write;
+	be->qk_norm_rope_kv = qk_norm_rope_kv;
+	be->fuse_rows = fuse_rows;
 	be->attention = attention;
 	be->moe = moe;
 	be->gather_rows = gather_rows;

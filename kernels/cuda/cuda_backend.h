@@ -7,10 +7,12 @@
  * bf16 array per layer for K and one for V, (blocks x block_size, Hkv x D).  All work runs in
  * order on one stream; a step's batch is copied to the device once (begin_step).  Dense
  * projections are cuBLAS GEMMs (bf16 in, fp32 accumulate); the other ops are the kernels of
- * kernels/cuda/kernels.h.  Decode steps can be recorded as CUDA graphs and replayed
- * (graph_begin): a step's block tables are padded to a power-of-two row length and its
- * longest context rounded up to a power of two, so steps of one batch size share a graph
- * for many tokens.
+ * kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm, qk_norm_rope_kv).
+ * fuse_rows makes one weight of several (q/k/v for one GEMM): the parts' memory moves into it
+ * and they become views of their rows, freed with it.  Decode steps can be recorded as CUDA
+ * graphs and replayed (graph_begin): a step's block tables are padded to a power-of-two row
+ * length and its longest context rounded up to a power of two, so steps of one batch size
+ * share a graph for many tokens.
  */
 #ifndef QW_KERNELS_CUDA_CUDA_BACKEND_H
 #define QW_KERNELS_CUDA_CUDA_BACKEND_H
@@ -33,6 +35,12 @@ typedef struct qw_cuda_graph_stats {
 
 /* be must be a CUDA backend. */
 qw_cuda_graph_stats qw_cuda_backend_graph_stats(const qw_backend *be);
+
+/* Layer `layer`'s K and V arrays of a KV cache this backend allocated: device pointers to
+ * (n_slots, Hkv x D) bf16 each, bytes the size of each.  False when the cache has no such
+ * layer.  For tests that fill or read the cache directly. */
+bool qw_cuda_backend_kv_layer(const qw_kv_cache *kv, int layer, void **k, void **v,
+			      size_t *bytes);
 
 /* The stream (a cudaStream_t) all of be's work runs on, for benchmarks that time ops with
  * events. */

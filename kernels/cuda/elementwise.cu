@@ -1,12 +1,18 @@
 /* elementwise.cu - the CUDA backend's row-wise and elementwise kernels: embedding gather,
  * RMSNorm (whole rows and per head), interleaved M-RoPE, residual add, bias, SwiGLU, row
- * gathers and scatters, and the vision tower's LayerNorm, GELU, 2-D rotary and position
- * interpolation.  See kernels.h.
+ * gathers and scatters, the fused residual add + RMSNorm and q/k norms + M-RoPE + KV-cache
+ * write, and the vision tower's LayerNorm, GELU, 2-D rotary and position interpolation.
+ * See kernels.h.
  *
  * Every kernel reads bf16, computes in fp32 and rounds once when it stores, so its output
  * is the fp32 reference's rounded to bf16 (up to fp32 summation order in the norms).  These
  * are memory-bound: row kernels give a row to a block and read it with 16-byte loads where
  * the row allows; elementwise ones run a grid-stride loop over bf16 pairs.
+ *
+ * Fused kernels (residual add + RMSNorm; q/k norms + M-RoPE + KV-cache write) give the bits
+ * of the separate kernels they replace: they round to bf16 wherever the separate ones store,
+ * sum in the same order, and share the arithmetic below (the *_scale, normed and rope_*
+ * helpers), so the fused and unfused forward passes agree bit for bit.
  */
 #include <cuda_bf16.h>
 
@@ -43,6 +49,46 @@ __device__ static float block_sum(float v, float *shared)
 	for (int o = 16; o > 0; o >>= 1)
 		v += __shfl_xor_sync(0xffffffffu, v, o);
 	return v;
+}
+
+/* The RMSNorm scale rsqrt(mean(x^2) + eps) of a block's row of n values, from each thread's
+ * sum of squares over its columns (threadIdx.x, + blockDim.x, ...). */
+__device__ static __forceinline__ float row_rms_scale(float ss, int n, float eps, float *shared)
+{
+	return rsqrtf(block_sum(ss, shared) / (float)n + eps);
+}
+
+/* The same for one head of n values held by a warp, each lane's sum over columns lane,
+ * lane + 32, ... (xor butterfly: every lane gets the total). */
+__device__ static __forceinline__ float head_rms_scale(float ss, int n, float eps)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		ss += __shfl_xor_sync(0xffffffffu, ss, o);
+	return rsqrtf(ss / (float)n + eps);
+}
+
+/* One normed value, rounded as every norm stores it. */
+__device__ static __forceinline__ bf16 normed(float x, float scale, bf16 w)
+{
+	return __float2bfloat16(x * scale * __bfloat162float(w));
+}
+
+/* Which position (0 t, 1 h, 2 w) turns rotary pair j under interleaved M-RoPE. */
+__device__ static __forceinline__ int rope_axis(int j, int sec_h, int sec_w)
+{
+	return (j % 3 == 1 && j < 3 * sec_h) ? 1 : (j % 3 == 2 && j < 3 * sec_w) ? 2 : 0;
+}
+
+/* Turns pair (a, b) = (v[j], v[j + D/2]) by pos / theta^(2j/D) into *lo, *hi. */
+__device__ static __forceinline__ void rope_turn(bf16 *lo, bf16 *hi, float a, float b, int j,
+						 int D, int32_t pos, float theta)
+{
+	/* as HF and the CPU reference: a float power, a float reciprocal */
+	float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)D);
+	float angle = (float)pos * inv_freq, s, c;
+	sincosf(angle, &s, &c);
+	*lo = __float2bfloat16(a * c - b * s);
+	*hi = __float2bfloat16(b * c + a * s);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -121,9 +167,32 @@ static __global__ void rmsnorm_kernel(bf16 *out, const bf16 *x, const bf16 *w, i
 		float v = __bfloat162float(xr[c]);
 		ss += v * v;
 	}
-	float r = rsqrtf(block_sum(ss, shared) / (float)cols + eps);
+	float r = row_rms_scale(ss, cols, eps, shared);
 	for (int c = threadIdx.x; c < cols; c += blockDim.x)
-		o[c] = __float2bfloat16(__bfloat162float(xr[c]) * r * __bfloat162float(w[c]));
+		o[c] = normed(__bfloat162float(xr[c]), r, w[c]);
+}
+
+/* rmsnorm_kernel after the residual add: x += r (stored rounded, as add_kernel does), then
+ * out = the norm of the rounded sum; a block per row, the thread-to-column map of
+ * rmsnorm_kernel, so the bits of add then rmsnorm. */
+static __global__ void add_rmsnorm_kernel(bf16 *out, bf16 *x, const bf16 *r, const bf16 *w,
+					  int cols, float eps)
+{
+	__shared__ float shared[32];
+	bf16 *xr = x + (size_t)blockIdx.x * cols;
+	const bf16 *rr = r + (size_t)blockIdx.x * cols;
+	bf16 *o = out + (size_t)blockIdx.x * cols;
+	float ss = 0.0f;
+	for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+		bf16 sum = __float2bfloat16(__bfloat162float(xr[c]) + __bfloat162float(rr[c]));
+		xr[c] = sum;
+		float v = __bfloat162float(sum);
+		ss += v * v;
+	}
+	float scale = row_rms_scale(ss, cols, eps, shared);
+	/* each thread reads back only the columns it wrote */
+	for (int c = threadIdx.x; c < cols; c += blockDim.x)
+		o[c] = normed(__bfloat162float(xr[c]), scale, w[c]);
 }
 
 /* A warp per (row, head) of D values (the q/k norms): no block barrier, heads in parallel. */
@@ -138,11 +207,16 @@ static __global__ void head_rmsnorm_kernel(bf16 *x, const bf16 *w, int n, int D,
 		float f = __bfloat162float(v[c]);
 		ss += f * f;
 	}
-	for (int o = 16; o > 0; o >>= 1)
-		ss += __shfl_xor_sync(0xffffffffu, ss, o);
-	float r = rsqrtf(ss / (float)D + eps);
+	float r = head_rms_scale(ss, D, eps);
 	for (int c = lane; c < D; c += 32)
-		v[c] = __float2bfloat16(__bfloat162float(v[c]) * r * __bfloat162float(w[c]));
+		v[c] = normed(__bfloat162float(v[c]), r, w[c]);
+}
+
+/* The block size rmsnorm_kernel (and add_rmsnorm_kernel, whose bits must match) use for a
+ * row of cols. */
+static int rmsnorm_threads(int cols)
+{
+	return cols >= 1024 ? 512 : cols >= 256 ? 256 : 128;
 }
 
 qw_status qw_cuda_rmsnorm(uint16_t *out, const uint16_t *x, const uint16_t *w, int rows,
@@ -150,10 +224,20 @@ qw_status qw_cuda_rmsnorm(uint16_t *out, const uint16_t *x, const uint16_t *w, i
 {
 	if (rows < 1)
 		return QW_OK;
-	int threads = cols >= 1024 ? 512 : cols >= 256 ? 256 : 128;
-	rmsnorm_kernel<<<rows, threads, 0, stream>>>((bf16 *)out, (const bf16 *)x,
-						      (const bf16 *)w, cols, eps);
+	rmsnorm_kernel<<<rows, rmsnorm_threads(cols), 0, stream>>>(
+		(bf16 *)out, (const bf16 *)x, (const bf16 *)w, cols, eps);
 	LAUNCH_CHECK(err, "rmsnorm");
+	return QW_OK;
+}
+
+qw_status qw_cuda_add_rmsnorm(uint16_t *out, uint16_t *x, const uint16_t *r, const uint16_t *w,
+			      int rows, int cols, float eps, cudaStream_t stream, qw_err *err)
+{
+	if (rows < 1)
+		return QW_OK;
+	add_rmsnorm_kernel<<<rows, rmsnorm_threads(cols), 0, stream>>>(
+		(bf16 *)out, (bf16 *)x, (const bf16 *)r, (const bf16 *)w, cols, eps);
+	LAUNCH_CHECK(err, "add_rmsnorm");
 	return QW_OK;
 }
 
@@ -218,15 +302,9 @@ static __global__ void rope_kernel(bf16 *x, const int32_t *positions, int T, int
 	int j = (int)(i % half);
 	size_t th = i / half;
 	int t = (int)(th / n_heads);
-	int axis = (j % 3 == 1 && j < 3 * sec_h) ? 1 : (j % 3 == 2 && j < 3 * sec_w) ? 2 : 0;
-	/* as HF and the CPU reference: a float power, a float reciprocal */
-	float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)D);
-	float angle = (float)positions[3 * t + axis] * inv_freq, s, c;
-	sincosf(angle, &s, &c);
 	bf16 *v = x + th * D;
-	float a = __bfloat162float(v[j]), b = __bfloat162float(v[j + half]);
-	v[j] = __float2bfloat16(a * c - b * s);
-	v[j + half] = __float2bfloat16(b * c + a * s);
+	rope_turn(&v[j], &v[j + half], __bfloat162float(v[j]), __bfloat162float(v[j + half]), j, D,
+		  positions[3 * t + rope_axis(j, sec_h, sec_w)], theta);
 }
 
 qw_status qw_cuda_rope(uint16_t *x, const int32_t *positions, int T, int n_heads, int head_dim,
@@ -239,6 +317,83 @@ qw_status qw_cuda_rope(uint16_t *x, const int32_t *positions, int T, int n_heads
 							     head_dim, mrope_section[1],
 							     mrope_section[2], theta);
 	LAUNCH_CHECK(err, "rope");
+	return QW_OK;
+}
+
+/* The q/k norms, M-RoPE and KV-cache write of one layer, a warp per (token, head) of qkv's
+ * Hq + 2 Hkv heads.  A q or k head is normed as head_rmsnorm_kernel does (lane l sums
+ * columns l, l + 32, ...), rounded to bf16 as that kernel stores it, staged in shared memory
+ * and turned pair by pair as rope_kernel does; q heads go to q_out, k heads to K-cache row
+ * slot[t].  v heads are copied to V-cache row slot[t].  A negative slot writes no cache row,
+ * as kv_write_rows skips it. */
+#define QKV_WARPS 8          /* warps a block */
+#define QKV_MAX_D 256
+
+static __global__ void qk_norm_rope_kv_kernel(bf16 *q_out, bf16 *k_cache, bf16 *v_cache,
+					      const bf16 *qkv, const bf16 *q_norm,
+					      const bf16 *k_norm, const int32_t *positions,
+					      const int32_t *slot, int T, int Hq, int Hkv, int D,
+					      int sec_h, int sec_w, float theta, float eps)
+{
+	__shared__ float staged[QKV_WARPS][QKV_MAX_D];
+	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, heads = Hq + 2 * Hkv;
+	const size_t unit = (size_t)blockIdx.x * QKV_WARPS + warp;
+	if (unit >= (size_t)T * heads)   /* the whole warp leaves together */
+		return;
+	const int t = (int)(unit / heads), h = (int)(unit % heads);
+	const bf16 *src = qkv + unit * D;   /* head h of row t: rows are heads x D wide */
+	const int32_t sl = slot[t];
+	const size_t cache_row = (size_t)sl * Hkv * D;
+	if (h >= Hq + Hkv) {
+		if (sl >= 0)
+			for (int c = lane; c < D; c += 32)
+				v_cache[cache_row + (size_t)(h - Hq - Hkv) * D + c] = src[c];
+		return;
+	}
+	const bool is_q = h < Hq;
+	if (!is_q && sl < 0)
+		return;
+	bf16 *dst = is_q ? q_out + ((size_t)t * Hq + h) * D
+			 : k_cache + cache_row + (size_t)(h - Hq) * D;
+	const bf16 *w = is_q ? q_norm : k_norm;
+	float ss = 0.0f;
+	for (int c = lane; c < D; c += 32) {
+		float f = __bfloat162float(src[c]);
+		ss += f * f;
+	}
+	const float r = head_rms_scale(ss, D, eps);
+	float *v = staged[warp];
+	for (int c = lane; c < D; c += 32)
+		v[c] = __bfloat162float(normed(__bfloat162float(src[c]), r, w[c]));
+	__syncwarp();   /* a pair's two values were staged by different lanes */
+	const int half = D / 2;
+	const int32_t *pos = positions + 3 * (size_t)t;
+	for (int j = lane; j < half; j += 32)
+		rope_turn(&dst[j], &dst[j + half], v[j], v[j + half], j, D,
+			  pos[rope_axis(j, sec_h, sec_w)], theta);
+}
+
+qw_status qw_cuda_qk_norm_rope_kv(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache,
+				  const uint16_t *qkv, const uint16_t *q_norm,
+				  const uint16_t *k_norm, const int32_t *positions,
+				  const int32_t *slot, int T, int n_heads, int n_kv_heads,
+				  int head_dim, const int *mrope_section, float theta, float eps,
+				  cudaStream_t stream, qw_err *err)
+{
+	if (head_dim < 2 || head_dim % 2 || head_dim > QKV_MAX_D || n_heads < 1 || n_kv_heads < 1)
+		return qw_fail(err, QW_E_ARG, "cuda qk_norm_rope_kv: head_dim %d (even, at most %d) "
+			       "or head counts %d/%d not taken", head_dim, QKV_MAX_D, n_heads,
+			       n_kv_heads);
+	size_t units = (size_t)T * (size_t)(n_heads + 2 * n_kv_heads);
+	if (units == 0)
+		return QW_OK;
+	qk_norm_rope_kv_kernel<<<(unsigned)((units + QKV_WARPS - 1) / QKV_WARPS), 32 * QKV_WARPS, 0,
+				 stream>>>((bf16 *)q_out, (bf16 *)k_cache, (bf16 *)v_cache,
+					   (const bf16 *)qkv, (const bf16 *)q_norm,
+					   (const bf16 *)k_norm, positions, slot, T, n_heads,
+					   n_kv_heads, head_dim, mrope_section[1], mrope_section[2],
+					   theta, eps);
+	LAUNCH_CHECK(err, "qk_norm_rope_kv");
 	return QW_OK;
 }
 

@@ -11,8 +11,9 @@
  *
  * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
  * segments), moe.cu (routing and experts), few_rows_gemm.cu (decode's dense projections),
- * sample.cu (greedy and seeded sampling),
- * elementwise.cu (norms, rotary, SwiGLU, GELU, gathers), backend.cu (the op table).
+ * sample.cu (greedy and seeded sampling), elementwise.cu (norms, rotary, SwiGLU, GELU,
+ * gathers, and the fused add + norm and q/k norm + rotary + KV write), backend.cu (the op
+ * table).
  */
 #ifndef QW_KERNELS_CUDA_KERNELS_H
 #define QW_KERNELS_CUDA_KERNELS_H
@@ -122,9 +123,25 @@ qw_status qw_cuda_scatter_rows(uint16_t *dst, const int32_t *rows, const uint16_
 /* out = x * rsqrt(mean(x^2) + eps) * w per row (out may be x). */
 qw_status qw_cuda_rmsnorm(uint16_t *out, const uint16_t *x, const uint16_t *w, int rows,
 			  int cols, float eps, cudaStream_t stream, qw_err *err);
+/* x += r (stored rounded to bf16), then out = rmsnorm of the rounded x, per row: the bits of
+ * qw_cuda_add then qw_cuda_rmsnorm.  out is not x. */
+qw_status qw_cuda_add_rmsnorm(uint16_t *out, uint16_t *x, const uint16_t *r, const uint16_t *w,
+			      int rows, int cols, float eps, cudaStream_t stream, qw_err *err);
 /* The same per head of head_dim values, in place, w (head_dim,). */
 qw_status qw_cuda_head_rmsnorm(uint16_t *x, const uint16_t *w, int rows, int n_heads,
 			       int head_dim, float eps, cudaStream_t stream, qw_err *err);
+/* One layer's q/k norms, M-RoPE and KV-cache write in one launch.  qkv (T, (Hq + 2 Hkv) D)
+ * holds rows [q | k | v]; q_out (T, Hq D) = rope(head_rmsnorm(q, q_norm)); rows slot[t] of
+ * one layer's k_cache and v_cache ((n_slots, Hkv D)) = rope(head_rmsnorm(k, k_norm)) and v
+ * (a negative slot: no cache row).  positions (T, 3) and slot (T,) on the device,
+ * mrope_section on the host; head_dim even, at most 256.  The bits of qw_cuda_head_rmsnorm,
+ * qw_cuda_rope and qw_cuda_kv_write on q, k and v apart. */
+qw_status qw_cuda_qk_norm_rope_kv(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache,
+				  const uint16_t *qkv, const uint16_t *q_norm,
+				  const uint16_t *k_norm, const int32_t *positions,
+				  const int32_t *slot, int T, int n_heads, int n_kv_heads,
+				  int head_dim, const int *mrope_section, float theta, float eps,
+				  cudaStream_t stream, qw_err *err);
 qw_status qw_cuda_layernorm(uint16_t *out, const uint16_t *x, const uint16_t *w,
 			    const uint16_t *b, int rows, int cols, float eps, cudaStream_t stream,
 			    qw_err *err);

@@ -3,8 +3,10 @@
  * as CUDA graphs and the same steps run op by op, at several batch sizes, against the
  * step's byte roofline (the weights it reads once, plus the K/V, over a copy bandwidth);
  * then where the time of one op-by-op step goes, op by op (events around each op on the
- * backend's stream; an op's time includes its launch gaps).  Not a test.  Built by
- * `scons tests`; run
+ * backend's stream, the fused ops among them; an op's time includes its launch gaps).  The
+ * model runs the fused ops where the backend has them; QW_PLAIN_OPS=1 runs every op
+ * separately (qw_stage_model.plain_ops), for the breakdown before fusion.  Not a test.
+ * Built by `scons tests`; run
  *     build/tests/bench/bench_cuda_step CONFIG.json [copy GB/s, default 4287] [context]
  * The op-by-op step of batch QW_PROFILE_BATCH (default 1) runs between cudaProfilerStart and
  * Stop, for `ncu --profile-from-start off`.
@@ -103,6 +105,13 @@ WRAP(gather_rows, (qw_backend *be, qw_act *o, const qw_act *x, const int32_t *r,
 		   qw_err *e), (be, o, x, r, n, e), "gather_rows")
 WRAP(silu_mul, (qw_backend *be, qw_act *o, const qw_act *g, const qw_act *u, qw_err *e),
      (be, o, g, u, e), "silu_mul")
+WRAP(add_rmsnorm, (qw_backend *be, qw_act *o, qw_act *x, const qw_act *r, const qw_tensor *w,
+		   float eps, qw_err *e), (be, o, x, r, w, eps, e), "add_rmsnorm")
+WRAP(qk_norm_rope_kv, (qw_backend *be, qw_act *q, const qw_act *qkv, const qw_tensor *qn,
+		       const qw_tensor *kn, const int32_t *p, int hq, int hkv, int d,
+		       const int *sec, float th, float eps, qw_kv_cache *kv, int l,
+		       const qw_batch *b, qw_err *e),
+     (be, q, qkv, qn, kn, p, hq, hkv, d, sec, th, eps, kv, l, b, e), "qk_norm_rope_kv")
 
 static qw_status w_matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
 			  const qw_tensor *bias, qw_err *err)
@@ -130,6 +139,10 @@ static qw_backend *wrapped(qw_backend *be)
 	be->gather_rows = w_gather_rows;
 	be->silu_mul = w_silu_mul;
 	be->matmul = w_matmul;
+	if (be->add_rmsnorm)   /* the fused ops, where the backend has them */
+		be->add_rmsnorm = w_add_rmsnorm;
+	if (be->qk_norm_rope_kv)
+		be->qk_norm_rope_kv = w_qk_norm_rope_kv;
 	return be;
 }
 
@@ -239,6 +252,8 @@ int main(int argc, char **argv)
 	qw_stage stage = {0, 1, 0, k.cfg.text.num_layers};
 	if (qw_stage_model_load_synthetic(&k.m, &k.cfg, &stage, k.be, 0, MAX_SEQS, NULL, NULL, &err))
 		die("synthetic model", &err);
+	const char *plain = getenv("QW_PLAIN_OPS");
+	k.m.plain_ops = plain && atoi(plain);
 	k.blocks_per_seq = (ctx + 64) / BLOCK + 1;
 	/* as many sequences as the memory left holds (long contexts: fewer than MAX_SEQS) */
 	const qw_text_config *tc = &k.cfg.text;
@@ -262,8 +277,9 @@ int main(int argc, char **argv)
 	k.rows = calloc(MAX_SEQS, 4);
 	k.tables = calloc((size_t)MAX_SEQS * k.blocks_per_seq, 4);
 
-	printf("# %s: %d layers; decode steps of one stage, context %d, median of %d\n", argv[1],
-	       k.cfg.text.num_layers, ctx, STEPS);
+	printf("# %s: %d layers; decode steps of one stage, context %d, median of %d; %s\n",
+	       argv[1], k.cfg.text.num_layers, ctx, STEPS,
+	       k.m.plain_ops ? "every op separately (QW_PLAIN_OPS)" : "fused ops");
 	printf("# roofline: the bytes a step must read over %.0f GB/s\n", peak);
 	printf("# batch   graphs ms   ops ms   roofline ms   %%roofline   tokens/s (graphs)\n");
 	const int sizes[] = {1, 8, 64, 256};
