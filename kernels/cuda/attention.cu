@@ -44,6 +44,7 @@
  * sm_80 block may have.
  */
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/launch.h"
 
 #include <algorithm>
 #include <cuda_bf16.h>
@@ -402,6 +403,8 @@ struct paged_args {
 template <int DP, int WM, int BN>
 static __global__ void __launch_bounds__(THREADS) paged_attention(const paged_args a)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	using C = tile_cfg<DP, WM, BN, 16>;
 	extern __shared__ __align__(16) unsigned char smem[];
 	__shared__ int row_tok[C::BM], row_lim[C::BM], tile_hi;
@@ -474,6 +477,8 @@ static __global__ void __launch_bounds__(THREADS)
 split_reduce(bf16 *out, const float *part_o, const float *part_lse, const int32_t *kv_index, int T,
 	     int Hq, int D, int n_splits, int chunk, int max_ctx)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	const int64_t w = ((int64_t)blockIdx.x * THREADS + threadIdx.x) >> 5;
 	const int64_t rows = (int64_t)T * Hq;
 	const int lane = threadIdx.x & 31;
@@ -728,15 +733,14 @@ extern "C" qw_status qw_cuda_attention(uint16_t *out, const uint16_t *q, const u
 		return qw_fail(err, QW_E_ARG, "cuda attention: %lld tiles of %d KV heads is too many",
 			       (long long)ctas, n_kv_heads);
 	const dim3 grid((unsigned)ctas, (unsigned)n_kv_heads, (unsigned)n_splits);
-	kern.fn<<<grid, THREADS, kern.smem, stream>>>(a);
-	QW_CUDA_TRY(err, cudaGetLastError());
+	QW_CUDA_TRY(err, launch_pdl(kern.fn, grid, dim3(THREADS), (size_t)kern.smem, stream, a));
 	if (n_splits > 1) {
 		const int64_t warps = (int64_t)T * n_heads;
 		const unsigned blocks = (unsigned)((warps * 32 + THREADS - 1) / THREADS);
-		split_reduce<<<blocks, THREADS, 0, stream>>>(a.out, a.part_o, a.part_lse, a.kv_index, T,
-							     n_heads, head_dim, n_splits, chunk,
-							     a.max_ctx);
-		QW_CUDA_TRY(err, cudaGetLastError());
+		QW_CUDA_TRY(err, launch_pdl(split_reduce, dim3(blocks), dim3(THREADS), 0, stream, a.out,
+					    (const float *)a.part_o, (const float *)a.part_lse,
+					    a.kv_index, T, n_heads, head_dim, n_splits, chunk,
+					    a.max_ctx));
 	}
 	return QW_OK;
 }

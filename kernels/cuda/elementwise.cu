@@ -18,6 +18,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/launch.h"
 
 typedef __nv_bfloat16 bf16;
 
@@ -97,6 +98,8 @@ __device__ static __forceinline__ void rope_turn(bf16 *lo, bf16 *hi, float a, fl
 static __global__ void gather_rows_kernel(bf16 *out, const bf16 *src, const int32_t *rows,
 					  int n, int cols, int src_rows)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	int r = blockIdx.x;
 	int from = rows[r];
 	if (from < 0 || from >= src_rows)
@@ -112,8 +115,8 @@ qw_status qw_cuda_embed(uint16_t *out, const uint16_t *table, const int32_t *ids
 	if (T < 1)
 		return QW_OK;
 	/* an id outside the table gives NaN rows rather than a read out of bounds */
-	gather_rows_kernel<<<T, 256, 0, stream>>>((bf16 *)out, (const bf16 *)table, ids, T, H, V);
-	LAUNCH_CHECK(err, "embed");
+	QW_CUDA_TRY(err, launch_pdl(gather_rows_kernel, dim3(T), dim3(256), 0, stream, (bf16 *)out,
+				    (const bf16 *)table, ids, T, H, V));
 	return QW_OK;
 }
 
@@ -122,9 +125,8 @@ qw_status qw_cuda_gather_rows(uint16_t *out, const uint16_t *x, const int32_t *r
 {
 	if (n < 1)
 		return QW_OK;
-	gather_rows_kernel<<<n, 256, 0, stream>>>((bf16 *)out, (const bf16 *)x, rows, n, cols,
-						   x_rows);
-	LAUNCH_CHECK(err, "gather_rows");
+	QW_CUDA_TRY(err, launch_pdl(gather_rows_kernel, dim3(n), dim3(256), 0, stream, (bf16 *)out,
+				    (const bf16 *)x, rows, n, cols, x_rows));
 	return QW_OK;
 }
 
@@ -159,6 +161,8 @@ qw_status qw_cuda_scatter_rows(uint16_t *dst, const int32_t *rows, const uint16_
 static __global__ void rmsnorm_kernel(bf16 *out, const bf16 *x, const bf16 *w, int cols,
 				      float eps)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	__shared__ float shared[32];
 	const bf16 *xr = x + (size_t)blockIdx.x * cols;
 	bf16 *o = out + (size_t)blockIdx.x * cols;
@@ -178,6 +182,8 @@ static __global__ void rmsnorm_kernel(bf16 *out, const bf16 *x, const bf16 *w, i
 static __global__ void add_rmsnorm_kernel(bf16 *out, bf16 *x, const bf16 *r, const bf16 *w,
 					  int cols, float eps)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	__shared__ float shared[32];
 	bf16 *xr = x + (size_t)blockIdx.x * cols;
 	const bf16 *rr = r + (size_t)blockIdx.x * cols;
@@ -224,9 +230,8 @@ qw_status qw_cuda_rmsnorm(uint16_t *out, const uint16_t *x, const uint16_t *w, i
 {
 	if (rows < 1)
 		return QW_OK;
-	rmsnorm_kernel<<<rows, rmsnorm_threads(cols), 0, stream>>>(
-		(bf16 *)out, (const bf16 *)x, (const bf16 *)w, cols, eps);
-	LAUNCH_CHECK(err, "rmsnorm");
+	QW_CUDA_TRY(err, launch_pdl(rmsnorm_kernel, dim3(rows), dim3(rmsnorm_threads(cols)), 0,
+				    stream, (bf16 *)out, (const bf16 *)x, (const bf16 *)w, cols, eps));
 	return QW_OK;
 }
 
@@ -235,9 +240,9 @@ qw_status qw_cuda_add_rmsnorm(uint16_t *out, uint16_t *x, const uint16_t *r, con
 {
 	if (rows < 1)
 		return QW_OK;
-	add_rmsnorm_kernel<<<rows, rmsnorm_threads(cols), 0, stream>>>(
-		(bf16 *)out, (bf16 *)x, (const bf16 *)r, (const bf16 *)w, cols, eps);
-	LAUNCH_CHECK(err, "add_rmsnorm");
+	QW_CUDA_TRY(err, launch_pdl(add_rmsnorm_kernel, dim3(rows), dim3(rmsnorm_threads(cols)), 0,
+				    stream, (bf16 *)out, (bf16 *)x, (const bf16 *)r, (const bf16 *)w,
+				    cols, eps));
 	return QW_OK;
 }
 
@@ -335,6 +340,8 @@ static __global__ void qk_norm_rope_kv_kernel(bf16 *q_out, bf16 *k_cache, bf16 *
 					      const int32_t *slot, int T, int Hq, int Hkv, int D,
 					      int sec_h, int sec_w, float theta, float eps)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	__shared__ float staged[QKV_WARPS][QKV_MAX_D];
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, heads = Hq + 2 * Hkv;
 	const size_t unit = (size_t)blockIdx.x * QKV_WARPS + warp;
@@ -387,13 +394,12 @@ qw_status qw_cuda_qk_norm_rope_kv(uint16_t *q_out, uint16_t *k_cache, uint16_t *
 	size_t units = (size_t)T * (size_t)(n_heads + 2 * n_kv_heads);
 	if (units == 0)
 		return QW_OK;
-	qk_norm_rope_kv_kernel<<<(unsigned)((units + QKV_WARPS - 1) / QKV_WARPS), 32 * QKV_WARPS, 0,
-				 stream>>>((bf16 *)q_out, (bf16 *)k_cache, (bf16 *)v_cache,
-					   (const bf16 *)qkv, (const bf16 *)q_norm,
-					   (const bf16 *)k_norm, positions, slot, T, n_heads,
-					   n_kv_heads, head_dim, mrope_section[1], mrope_section[2],
-					   theta, eps);
-	LAUNCH_CHECK(err, "qk_norm_rope_kv");
+	QW_CUDA_TRY(err, launch_pdl(qk_norm_rope_kv_kernel,
+				    dim3((unsigned)((units + QKV_WARPS - 1) / QKV_WARPS)),
+				    dim3(32 * QKV_WARPS), 0, stream, (bf16 *)q_out, (bf16 *)k_cache,
+				    (bf16 *)v_cache, (const bf16 *)qkv, (const bf16 *)q_norm,
+				    (const bf16 *)k_norm, positions, slot, T, n_heads, n_kv_heads,
+				    head_dim, mrope_section[1], mrope_section[2], theta, eps));
 	return QW_OK;
 }
 
@@ -435,6 +441,8 @@ qw_status qw_cuda_rope_2d(uint16_t *x, const int32_t *pos_rc, int T, int n_heads
 
 static __global__ void add_kernel(bf16 *out, const bf16 *a, const bf16 *b, size_t n)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
 	     i += (size_t)gridDim.x * blockDim.x)
 		out[i] = __float2bfloat16(__bfloat162float(a[i]) + __bfloat162float(b[i]));
@@ -445,9 +453,8 @@ qw_status qw_cuda_add(uint16_t *out, const uint16_t *a, const uint16_t *b, size_
 {
 	if (n == 0)
 		return QW_OK;
-	add_kernel<<<blocks_for(n, 256), 256, 0, stream>>>((bf16 *)out, (const bf16 *)a,
-							    (const bf16 *)b, n);
-	LAUNCH_CHECK(err, "add");
+	QW_CUDA_TRY(err, launch_pdl(add_kernel, dim3(blocks_for(n, 256)), dim3(256), 0, stream,
+				    (bf16 *)out, (const bf16 *)a, (const bf16 *)b, n));
 	return QW_OK;
 }
 

@@ -8,9 +8,9 @@
  * elements l*8 .. l*8+7, then +256, ..., several loads in flight per lane), multiplies each
  * chunk by the same chunk of every token's row of x (small, from L1/L2), accumulates in fp32,
  * and a butterfly sums the lanes; lane t stores token t's value.  Blocks of 8 warps.  It is
- * launched as a programmatic dependent launch: it may start while the previous kernel runs,
- * its first weight loads go out, and only then does it wait for that kernel (whose output
- * is x), so the weight stream does not start from a cold pipe after every kernel.  Where it
+ * launched as a programmatic dependent launch (launch.h): it may start while the previous
+ * kernel runs, its first weight loads go out, and only then does it wait for that kernel
+ * (whose output is x), so the weight stream does not start from a cold pipe.  Where it
  * wins (bench_cuda_matmul, H200): one token on every projection (30B q 10.1 against 15.7 us,
  * k 7.6 against 14.0), up to four tokens on the 30B's projections; beyond that the x reads
  * from L1 (T per weight chunk) cost more than cuBLAS's fixed cost.
@@ -24,6 +24,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/launch.h"
 
 #define WARPS 8           /* output columns of a block */
 #define UNROLL 4          /* 16-byte loads of W in flight per lane */
@@ -38,15 +39,6 @@ __device__ static inline void widen8(uint4 v, float f[8])
 		f[2 * i] = __uint_as_float(w[i] << 16);
 		f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
 	}
-}
-
-/* Waits for the kernels this one was launched after (programmatic dependent launch) to
- * finish and their writes to be visible; a no-op for a plain launch. */
-__device__ static inline void wait_for_previous_kernel(void)
-{
-#if __CUDA_ARCH__ >= 900
-	asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
 }
 
 template <int T>
@@ -68,9 +60,10 @@ template <int T>
 static __global__ void __launch_bounds__(WARPS * 32)
 few_rows_gemm_kernel(bf16 *out, const bf16 *x, const bf16 *w, int N, int K)
 {
+	pdl_launch_next();
 	int n = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
 	if (n >= N) {
-		wait_for_previous_kernel();
+		pdl_wait_previous();
 		return;
 	}
 	const uint4 *wrow = (const uint4 *)(w + (size_t)n * (size_t)K);
@@ -89,7 +82,7 @@ few_rows_gemm_kernel(bf16 *out, const bf16 *x, const bf16 *w, int N, int K)
 		for (int u = 0; u < UNROLL; u++)
 			wv[u] = __ldcs(wrow + c + 32 * u);
 	}
-	wait_for_previous_kernel();
+	pdl_wait_previous();
 	while (have) {   /* the next UNROLL loads in flight while these are summed */
 		uint4 cur[UNROLL];
 #pragma unroll
@@ -120,24 +113,6 @@ few_rows_gemm_kernel(bf16 *out, const bf16 *x, const bf16 *w, int N, int K)
 	}
 }
 
-/* A launch that may begin while the previous kernel on the stream is still running (it
- * waits for it before reading x). */
-template <int T>
-static cudaError_t launch(bf16 *out, const bf16 *x, const bf16 *w, int N, int K,
-			  cudaStream_t stream)
-{
-	cudaLaunchConfig_t cfg = {};
-	cfg.gridDim = dim3((unsigned)((N + WARPS - 1) / WARPS));
-	cfg.blockDim = dim3(WARPS * 32);
-	cfg.stream = stream;
-	cudaLaunchAttribute attr[1];
-	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-	attr[0].val.programmaticStreamSerializationAllowed = 1;
-	cfg.attrs = attr;
-	cfg.numAttrs = 1;
-	return cudaLaunchKernelEx(&cfg, few_rows_gemm_kernel<T>, out, x, w, N, K);
-}
-
 static bool shape_ok(int T, int N, int K, const void *x, const void *w, const void *out)
 {
 	return T >= 1 && T <= QW_FEW_ROWS_MAX && N >= 1 && N <= 65535 * WARPS && K >= 8 &&
@@ -162,11 +137,10 @@ extern "C" qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, con
 			       QW_FEW_ROWS_MAX);
 	bf16 *o = (bf16 *)out;
 	const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)w;
-	cudaError_t rc = T == 1 ? launch<1>(o, xb, wb, N, K, stream)
-		       : T == 2 ? launch<2>(o, xb, wb, N, K, stream)
-		       : T == 3 ? launch<3>(o, xb, wb, N, K, stream)
-				: launch<4>(o, xb, wb, N, K, stream);
-	QW_CUDA_TRY(err, rc);
-	QW_CUDA_TRY(err, cudaGetLastError());
+	void (*kernel)(bf16 *, const bf16 *, const bf16 *, int, int) =
+		T == 1 ? few_rows_gemm_kernel<1> : T == 2 ? few_rows_gemm_kernel<2>
+			 : T == 3 ? few_rows_gemm_kernel<3> : few_rows_gemm_kernel<4>;
+	QW_CUDA_TRY(err, launch_pdl(kernel, dim3((unsigned)((N + WARPS - 1) / WARPS)),
+				    dim3(WARPS * 32), 0, stream, o, xb, wb, N, K));
 	return QW_OK;
 }

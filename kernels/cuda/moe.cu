@@ -85,6 +85,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/launch.h"
 
 #define MOE_MAX_E 1024       /* experts a layer may have */
 #define MOE_MAX_K 32         /* experts a token may choose */
@@ -256,6 +257,8 @@ __device__ static void router_block(float *logits, const bf16 *x, const bf16 *ro
 static __global__ void __launch_bounds__(ROUTER_SLICES * 32)
 router_logits_kernel(float *logits, const bf16 *x, const bf16 *router, int T, int H, int E)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	int t0 = blockIdx.y * ROUTER_TOKENS;
 	router_block(logits, x, router, blockIdx.x, t0, min(ROUTER_TOKENS, T - t0), H, E);
 }
@@ -350,6 +353,8 @@ static __global__ void __launch_bounds__(ROUTE_WARPS * 32)
 route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int k,
 	     int renormalize)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	__shared__ double prob[ROUTE_WARPS][MOE_MAX_E];
 	__shared__ double chosen_p[ROUTE_WARPS][MOE_MAX_K];
 	__shared__ int chosen[ROUTE_WARPS][MOE_MAX_K];
@@ -364,6 +369,8 @@ route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int
 static __global__ void __launch_bounds__(SCAN_THREADS)
 count_rank_kernel(int *rank, int *counts, const int *topk_id, int T, int k)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	int e = blockIdx.x, running = 0;
 	for (int t0 = 0; t0 < T; t0 += SCAN_THREADS) {
 		int t = t0 + (int)threadIdx.x, slot = -1;
@@ -435,6 +442,8 @@ __device__ static void scatter_pairs(const moe_ws &w, int T, int E, int k, int b
 static __global__ void __launch_bounds__(SCAN_THREADS)
 scatter_kernel(moe_ws w, int T, int E, int k, int bm)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	scatter_pairs(w, T, E, k, bm, (int)(blockIdx.x * SCAN_THREADS + threadIdx.x),
 		      blockIdx.x == 0);
 }
@@ -449,6 +458,8 @@ static __global__ void __launch_bounds__(SCAN_THREADS)
 route_small_kernel(moe_ws w, const bf16 *x, const bf16 *router, int T, int H, int E, int k,
 		   int renormalize, int bm)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	constexpr int WARPS = SCAN_THREADS / 32;
 	static_assert(ROUTER_SLICES == WARPS, "router_block takes the whole block");
 	__shared__ double prob[WARPS][SMALL_E];
@@ -559,13 +570,13 @@ template <int BM_, int BN_, int BK_, int WM_, int WN_, int STAGES_> struct tile_
 /* the decode tile's width, warp width and depth; a build may override them to compare
  * variants (tests/SConscript's bench_cuda_moe_* programs) */
 #ifndef QW_MOE_S_BN
-#define QW_MOE_S_BN 64
+#define QW_MOE_S_BN 128
 #endif
 #ifndef QW_MOE_S_WN
-#define QW_MOE_S_WN 16
+#define QW_MOE_S_WN 32
 #endif
 #ifndef QW_MOE_S_STAGES
-#define QW_MOE_S_STAGES 8
+#define QW_MOE_S_STAGES 4
 #endif
 typedef tile_cfg<16, QW_MOE_S_BN, 64, 16, QW_MOE_S_WN, QW_MOE_S_STAGES> cfg_s;
 typedef tile_cfg<64, 128, 32, 64, 32, 4> cfg_m;
@@ -589,6 +600,8 @@ typedef struct gemm_args {
 template <class C, bool GATE_UP>
 static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_args g)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	extern __shared__ __align__(16) unsigned char smem_raw[];
 	bf16 *As = (bf16 *)smem_raw, *Bs = As + C::STAGES * C::A_STAGE;
 	int tile = blockIdx.y;
@@ -752,6 +765,8 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_arg
 static __global__ void __launch_bounds__(COMBINE_COLS / 4)
 combine_kernel(bf16 *out, const float *y, const float *topk_w, int H, int k)
 {
+	pdl_launch_next();
+	pdl_wait_previous();
 	int t = blockIdx.x;
 	const float *wt = topk_w + (size_t)t * k;
 	int c = blockIdx.y * COMBINE_COLS + threadIdx.x * 4;
@@ -784,8 +799,7 @@ static qw_status launch_gemm(const gemm_args *g, int tiles, cudaStream_t stream,
 					      C::SMEM));
 	int out_bn = GATE_UP ? C::BN / 2 : C::BN;
 	dim3 grid((unsigned)((g->N + out_bn - 1) / out_bn), (unsigned)tiles);
-	kernel<<<grid, C::THREADS, C::SMEM, stream>>>(*g);
-	QW_CUDA_TRY(err, cudaGetLastError());
+	QW_CUDA_TRY(err, launch_pdl(kernel, grid, dim3(C::THREADS), (size_t)C::SMEM, stream, *g));
 	return QW_OK;
 }
 
@@ -799,23 +813,21 @@ static qw_status run_moe(const qw_cuda_moe_args *a, const moe_ws *w, cudaStream_
 	int T = a->T, E = a->E, k = a->top_k, P = T * k;
 	if (T <= ROUTER_TOKENS && E <= SMALL_E && P <= SCAN_THREADS) {
 		QW_CUDA_TRY(err, cudaMemsetAsync(w->ticket, 0, sizeof *w->ticket, stream));
-		route_small_kernel<<<E, SCAN_THREADS, 0, stream>>>(*w, (const bf16 *)a->x, (const bf16 *)a->router, T,
-						  a->H, E, k, a->renormalize, C::BM);
-		QW_CUDA_TRY(err, cudaGetLastError());
+		QW_CUDA_TRY(err, launch_pdl(route_small_kernel, dim3(E), dim3(SCAN_THREADS), 0, stream,
+					    *w, (const bf16 *)a->x, (const bf16 *)a->router, T, a->H, E,
+					    k, (int)a->renormalize, C::BM));
 	} else {
 		dim3 rgrid((unsigned)E, (unsigned)((T + ROUTER_TOKENS - 1) / ROUTER_TOKENS));
-		router_logits_kernel<<<rgrid, ROUTER_SLICES * 32, 0, stream>>>(
-			w->logits, (const bf16 *)a->x, (const bf16 *)a->router, T, a->H, E);
-		QW_CUDA_TRY(err, cudaGetLastError());
-		route_kernel<<<(T + ROUTE_WARPS - 1) / ROUTE_WARPS, ROUTE_WARPS * 32, 0, stream>>>(
-			w->topk_id, w->topk_w, w->logits, T, E, k, a->renormalize);
-		QW_CUDA_TRY(err, cudaGetLastError());
-		count_rank_kernel<<<E, SCAN_THREADS, 0, stream>>>(w->rank, w->counts, w->topk_id, T,
-								  k);
-		QW_CUDA_TRY(err, cudaGetLastError());
-		scatter_kernel<<<(P + SCAN_THREADS - 1) / SCAN_THREADS, SCAN_THREADS, 0, stream>>>(
-			*w, T, E, k, C::BM);
-		QW_CUDA_TRY(err, cudaGetLastError());
+		QW_CUDA_TRY(err, launch_pdl(router_logits_kernel, rgrid, dim3(ROUTER_SLICES * 32), 0,
+					    stream, w->logits, (const bf16 *)a->x,
+					    (const bf16 *)a->router, T, a->H, E));
+		QW_CUDA_TRY(err, launch_pdl(route_kernel, dim3((T + ROUTE_WARPS - 1) / ROUTE_WARPS),
+					    dim3(ROUTE_WARPS * 32), 0, stream, w->topk_id, w->topk_w,
+					    (const float *)w->logits, T, E, k, (int)a->renormalize));
+		QW_CUDA_TRY(err, launch_pdl(count_rank_kernel, dim3(E), dim3(SCAN_THREADS), 0, stream,
+					    w->rank, w->counts, (const int *)w->topk_id, T, k));
+		QW_CUDA_TRY(err, launch_pdl(scatter_kernel, dim3((P + SCAN_THREADS - 1) / SCAN_THREADS),
+					    dim3(SCAN_THREADS), 0, stream, *w, T, E, k, C::BM));
 	}
 	int tiles = (int)max_tiles((size_t)P, a->E, C::BM);
 	gemm_args g = {};
@@ -848,9 +860,9 @@ static qw_status run_moe(const qw_cuda_moe_args *a, const moe_ws *w, cudaStream_
 		return st;
 
 	dim3 cgrid((unsigned)T, (unsigned)((a->H + COMBINE_COLS - 1) / COMBINE_COLS));
-	combine_kernel<<<cgrid, COMBINE_COLS / 4, 0, stream>>>((bf16 *)a->out, w->y, w->topk_w,
-								a->H, k);
-	QW_CUDA_TRY(err, cudaGetLastError());
+	QW_CUDA_TRY(err, launch_pdl(combine_kernel, cgrid, dim3(COMBINE_COLS / 4), 0, stream,
+				    (bf16 *)a->out, (const float *)w->y, (const float *)w->topk_w,
+				    a->H, k));
 	return QW_OK;
 }
 
