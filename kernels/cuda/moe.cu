@@ -53,12 +53,14 @@
  * with padded rows.  Its shape was measured (bench_cuda_moe and its build variants, H200):
  * 128 columns (128-byte row segments of gate and of up) against 64 and 32 took the 30B
  * layer at T = 8 from 188-214 us to 175 us and the 235B's at T = 64 from 77-83% to 94% of
- * the byte roofline; 8 stages instead of 4 added nothing.
+ * the byte roofline; 8 stages instead of 4 added nothing, nor did 8 warps over 128-deep
+ * k-tiles.
  * Napkin math for the 235B layer (E 128, k 8, H 4096, I 1536, 37.7 MB of bf16 weights per
  * expert, 4.8 GB in all, ~1 ms at 4.8 TB/s): at T = 1, 8 experts, 302 MB, 63 us; at
- * a = 8 (T = 128) S reads every expert about once (1 ms) while L would spend 16x the useful 39 GFLOP on padding (~1.2 ms at ~500 TFLOPS); at a = 16 S reads
- * experts with two tiles twice (~1.5-2 ms) while M wastes 4x (~0.6 ms of compute, overlapped
- * with 1 ms of reads); from a = 64 on, L's bigger tiles win.  M and L are a first cut, not
+ * a = 8 (T = 128) S reads every expert about once (1 ms) while L would spend 16x the
+ * useful 39 GFLOP on padding (~1.2 ms at ~500 TFLOPS); at a = 16 S reads experts with two
+ * tiles twice (~1.5-2 ms) while M wastes 4x (~0.6 ms of compute, overlapped with 1 ms of
+ * reads); from a = 64 on, L's bigger tiles win.  M and L are a first cut, not
  * yet tuned.
  * Other traffic: x rows are re-read per N-tile (from L2); act P*I*2 bytes written and read;
  * y P*H*4 bytes written and read (0.5 GB for T = 2048 on the 235B layer: ~0.1 ms against
@@ -578,7 +580,10 @@ template <int BM_, int BN_, int BK_, int WM_, int WN_, int STAGES_> struct tile_
 #ifndef QW_MOE_S_STAGES
 #define QW_MOE_S_STAGES 4
 #endif
-typedef tile_cfg<16, QW_MOE_S_BN, 64, 16, QW_MOE_S_WN, QW_MOE_S_STAGES> cfg_s;
+#ifndef QW_MOE_S_BK
+#define QW_MOE_S_BK 64
+#endif
+typedef tile_cfg<16, QW_MOE_S_BN, QW_MOE_S_BK, 16, QW_MOE_S_WN, QW_MOE_S_STAGES> cfg_s;
 typedef tile_cfg<64, 128, 32, 64, 32, 4> cfg_m;
 typedef tile_cfg<128, 128, 32, 64, 32, 4> cfg_l;
 
