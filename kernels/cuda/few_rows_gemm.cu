@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/bf16x8.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/launch.h"
 
@@ -31,25 +32,15 @@
 
 typedef __nv_bfloat16 bf16;
 
-__device__ static inline void widen8(uint4 v, float f[8])
-{
-	const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		f[2 * i] = __uint_as_float(w[i] << 16);
-		f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-	}
-}
-
 template <int T>
 __device__ static inline void fma_chunk(float acc[T], uint4 w, const bf16 *x, int K, int c)
 {
 	float wf[8];
-	widen8(w, wf);
+	bf16x8_to_f32(w, wf);
 #pragma unroll
 	for (int t = 0; t < T; t++) {
 		float xf[8];
-		widen8(__ldg((const uint4 *)(x + (size_t)t * K) + c), xf);
+		bf16x8_to_f32(__ldg((const uint4 *)(x + (size_t)t * K) + c), xf);
 #pragma unroll
 		for (int j = 0; j < 8; j++)
 			acc[t] = fmaf(xf[j], wf[j], acc[t]);

@@ -86,6 +86,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/bf16x8.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/launch.h"
 
@@ -159,17 +160,6 @@ static size_t moe_layout(int T, int H, int E, int k, int I, char *base, moe_ws *
 // ---------------------------------------------------------------------------------------
 // small device helpers
 
-/* Eight bf16 (one 16-byte load) widened to fp32: a bf16 is the top half of an fp32. */
-__device__ static inline void unpack8(uint4 v, float f[8])
-{
-	const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		f[2 * i] = __uint_as_float(w[i] << 16);
-		f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-	}
-}
-
 /* silu(g) * u with every operation rounded on its own (no contraction), as the reference
  * computes z / (1 + exp(-z)) * u in fp32 */
 __device__ static inline float swiglu(float g, float u)
@@ -227,11 +217,11 @@ __device__ static void router_block(float *logits, const bf16 *x, const bf16 *ro
 		acc[i] = 0.0;
 	for (int c = c0 + lane; c < c1; c += 32) {
 		float wf[8], xf[8];
-		unpack8(wrow[c], wf);
+		bf16x8_to_f32(wrow[c], wf);
 #pragma unroll
 		for (int i = 0; i < ROUTER_TOKENS; i++) {
 			if (i < nt) {
-				unpack8(((const uint4 *)(x + (size_t)(t0 + i) * (size_t)H))[c], xf);
+				bf16x8_to_f32(((const uint4 *)(x + (size_t)(t0 + i) * (size_t)H))[c], xf);
 #pragma unroll
 				for (int j = 0; j < 8; j++)
 					acc[i] = fma((double)xf[j], (double)wf[j], acc[i]);

@@ -14,16 +14,7 @@
 #include <string.h>
 
 #include "kernels/cuda/kernels.h"
-
-#define CK(call)                                                                           \
-	do {                                                                               \
-		cudaError_t ck_ = (call);                                                  \
-		if (ck_ != cudaSuccess) {                                                  \
-			fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,      \
-				cudaGetErrorString(ck_));                                  \
-			exit(1);                                                           \
-		}                                                                          \
-	} while (0)
+#include "tests/bench/bench_util.h"
 
 #define REPS 10
 
@@ -42,12 +33,6 @@ static void *dcopy(const void *src, size_t bytes)
 	void *p = dalloc(bytes, 0);
 	CK(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
 	return p;
-}
-
-static int cmp_float(const void *a, const void *b)
-{
-	float x = *(const float *)a, y = *(const float *)b;
-	return (x > y) - (x < y);
 }
 
 /* What one timed call runs. */
@@ -94,8 +79,7 @@ static float time_us(const job *j)
 	}
 	CK(cudaEventDestroy(a));
 	CK(cudaEventDestroy(b));
-	qsort(ms, REPS, sizeof ms[0], cmp_float);
-	return ms[REPS / 2] * 1000.0f;
+	return bench_median_ms(ms, REPS) * 1000.0f;
 }
 
 /* n_seqs sequences of ctx cached tokens each computing n new ones (kv_index ctx .. ctx+n-1),

@@ -12,25 +12,10 @@
 #include <stdlib.h>
 
 #include "kernels/cuda/kernels.h"
+#include "tests/bench/bench_util.h"
 
 #define RUNS 50
 #define ROTATE_BYTES (256ull << 20)   /* weight copies cycled through: 5x the L2 */
-
-#define CK(call)                                                                        \
-	do {                                                                            \
-		cudaError_t ck_ = (call);                                               \
-		if (ck_ != cudaSuccess) {                                               \
-			fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__,              \
-				cudaGetErrorString(ck_));                               \
-			exit(1);                                                        \
-		}                                                                       \
-	} while (0)
-
-static int by_value(const void *a, const void *b)
-{
-	float x = *(const float *)a, y = *(const float *)b;
-	return (x > y) - (x < y);
-}
 
 typedef struct shape {
 	const char *name;
@@ -66,10 +51,9 @@ static double time_it(cublasHandle_t blas, cudaStream_t s, bool use_blas, int T,
 		if (r >= 0)
 			CK(cudaEventElapsedTime(&ms[r], a, b));
 	}
-	qsort(ms, RUNS, sizeof *ms, by_value);
 	cudaEventDestroy(a);
 	cudaEventDestroy(b);
-	return ms[RUNS / 2] * 1e3;
+	return bench_median_ms(ms, RUNS) * 1e3;
 }
 
 int main(int argc, char **argv)

@@ -14,19 +14,10 @@
 #include <stdlib.h>
 
 #include "kernels/cuda/kernels.h"
+#include "tests/bench/bench_util.h"
 
 #define RUNS 30
 #define FLUSH_BYTES (256ull << 20)
-
-#define CK(call)                                                                        \
-	do {                                                                            \
-		cudaError_t ck_ = (call);                                               \
-		if (ck_ != cudaSuccess) {                                               \
-			fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__,              \
-				cudaGetErrorString(ck_));                               \
-			exit(1);                                                        \
-		}                                                                       \
-	} while (0)
 
 static void ok(qw_status st, const qw_err *err)
 {
@@ -34,12 +25,6 @@ static void ok(qw_status st, const qw_err *err)
 		fprintf(stderr, "bench_cuda_moe: %s\n", err->msg);
 		exit(1);
 	}
-}
-
-static int by_value(const void *a, const void *b)
-{
-	float x = *(const float *)a, y = *(const float *)b;
-	return (x > y) - (x < y);
 }
 
 static uint16_t *dev_random(size_t n, uint64_t seed, double std, cudaStream_t s)
@@ -98,8 +83,7 @@ int main(int argc, char **argv)
 				if (r >= 0)
 					CK(cudaEventElapsedTime(&ms[r], a, b));
 			}
-			qsort(ms, RUNS, sizeof *ms, by_value);
-			double us = ms[RUNS / 2] * 1e3;
+			double us = bench_median_ms(ms, RUNS) * 1e3;
 			double experts = E * (1.0 - pow(1.0 - (double)k / E, T));
 			double bytes = (double)E * H * 2 + experts * 3.0 * H * I * 2;
 			double roof = bytes / peak / 1e3;

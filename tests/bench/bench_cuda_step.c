@@ -21,6 +21,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/forward.h"
 #include "loader/config.h"
+#include "tests/bench/bench_util.h"
 
 #define BLOCK 16
 #define MAX_SEQS 256
@@ -31,16 +32,6 @@ static void die(const char *what, const qw_err *err)
 	fprintf(stderr, "bench_cuda_step: %s: %s\n", what, err ? err->msg : "");
 	exit(1);
 }
-
-#define CK(call)                                                                        \
-	do {                                                                            \
-		cudaError_t ck_ = (call);                                               \
-		if (ck_ != cudaSuccess) {                                               \
-			fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__,              \
-				cudaGetErrorString(ck_));                               \
-			exit(1);                                                        \
-		}                                                                       \
-	} while (0)
 
 // -- per-op timing: the backend's ops wrapped with events ---------------------------------
 
@@ -185,7 +176,7 @@ static double time_steps(bench *k, int B, int ctx, bool graphs)
 	cudaEvent_t e0, e1;
 	CK(cudaEventCreate(&e0));
 	CK(cudaEventCreate(&e1));
-	double ms[STEPS];
+	float ms[STEPS];
 	for (int i = -3; i < STEPS; i++) {   /* three to see, record and warm the graph */
 		CK(cudaEventRecord(e0, stream));
 		if (qw_stage_step(&k->m, &b, &k->hidden, &k->logits, &err))
@@ -197,15 +188,9 @@ static double time_steps(bench *k, int B, int ctx, bool graphs)
 		if (i >= 0)
 			ms[i] = t;
 	}
-	for (int i = 1; i < STEPS; i++)   /* insertion sort: the median */
-		for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
-			double x = ms[j];
-			ms[j] = ms[j - 1];
-			ms[j - 1] = x;
-		}
 	CK(cudaEventDestroy(e0));
 	CK(cudaEventDestroy(e1));
-	return ms[STEPS / 2];
+	return bench_median_ms(ms, STEPS);
 }
 
 /* Bytes one decode step of B sequences reads at least: each distinct weight once (the

@@ -18,7 +18,9 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/forward.h"
+#include "kernels/sample.h"
 #include "loader/config.h"
+#include "tests/gpu/stages.h"
 
 #define SEQS 2
 #define BLOCK 16
@@ -31,9 +33,7 @@
 
 /* One copy of the model, on n_stages stages, and what its last step's hook saw. */
 typedef struct model_copy {
-	qw_stage_model st[2];
-	int n_stages;
-	qw_act hidden, logits;
+	gpu_stages g;
 	float *states;   /* (num_layers + 1, MAX_TOKENS, H): hidden state i of the last step */
 } model_copy;
 
@@ -89,57 +89,32 @@ static void record(void *ctx, int index, const qw_act *hidden)
 
 static void load_copy(model_copy *mc, int n_stages, bool plain)
 {
-	qw_err err = {0};
-	int L = cfg.text.num_layers;
-	mc->n_stages = n_stages;
+	gpu_stages_load(&mc->g, gpu, &cfg, n_stages, MAX_TOKENS, SEQS * BLOCKS_PER_SEQ, BLOCK,
+			SEQS);
 	for (int s = 0; s < n_stages; s++) {
-		qw_stage stage = {s, n_stages, s * L / n_stages, (s + 1) * L / n_stages};
-		qw_stage_model *m = &mc->st[s];
-		qw_status st = qw_stage_model_load_synthetic(m, &cfg, &stage, gpu, 7, MAX_TOKENS, NULL,
-							     NULL, &err);
-		if (st == QW_OK)
-			st = qw_stage_model_alloc_kv(m, SEQS * BLOCKS_PER_SEQ, BLOCK, &err);
-		if (st != QW_OK)
-			fail_msg("%s", err.msg);
+		qw_stage_model *m = &mc->g.st[s];
 		m->plain_ops = plain;
 		/* the tiny models have no q/k/v biases: every layer gets the fused weight */
-		for (int i = 0; i < stage.layer_end - stage.layer_begin; i++)
+		for (int i = 0; i < m->stage.layer_end - m->stage.layer_begin; i++)
 			assert_true(m->qkv_proj && m->qkv_proj[i]);
 	}
-	mc->states = calloc((size_t)(L + 1) * state_values(), sizeof *mc->states);
-	if (gpu->act_alloc(gpu, MAX_TOKENS, cfg.text.hidden_size, &mc->hidden, &err) ||
-	    gpu->act_alloc(gpu, SEQS, cfg.text.vocab_size, &mc->logits, &err))
-		fail_msg("%s", err.msg);
+	mc->states = calloc((size_t)(cfg.text.num_layers + 1) * state_values(),
+			    sizeof *mc->states);
 }
 
 static void free_copy(model_copy *mc)
 {
-	for (int s = 0; s < mc->n_stages; s++)
-		qw_stage_model_free(&mc->st[s]);
-	gpu->act_free(gpu, &mc->hidden);
-	gpu->act_free(gpu, &mc->logits);
+	gpu_stages_free(&mc->g, gpu);
 	free(mc->states);
 }
 
 static void set_hooks(model_copy *mc, bool on, bool graphs)
 {
-	for (int s = 0; s < mc->n_stages; s++) {
-		mc->st[s].hook = on ? record : NULL;
-		mc->st[s].hook_ctx = on ? mc : NULL;
-		mc->st[s].graphs = graphs;
+	for (int s = 0; s < mc->g.n_stages; s++) {
+		mc->g.st[s].hook = on ? record : NULL;
+		mc->g.st[s].hook_ctx = on ? mc : NULL;
+		mc->g.st[s].graphs = graphs;
 	}
-}
-
-/* One step through every stage of mc; the logits (b->n_logits, V) into out. */
-static void step(model_copy *mc, const qw_batch *b, float *out)
-{
-	qw_err err = {0};
-	mc->logits.rows = b->n_logits;
-	for (int s = 0; s < mc->n_stages; s++)
-		if (qw_stage_step(&mc->st[s], b, &mc->hidden, &mc->logits, &err))
-			fail_msg("step: %s", err.msg);
-	if (gpu->act_read(gpu, &mc->logits, out, &err))
-		fail_msg("%s", err.msg);
 }
 
 /* Runs b on both copies: the logits, and (with the hooks on) every hidden state, must have
@@ -147,8 +122,8 @@ static void step(model_copy *mc, const qw_batch *b, float *out)
 static void step_both(model_copy *plain, model_copy *fused, const qw_batch *b, bool hooks,
 		      float *la, float *lb, const char *what)
 {
-	step(plain, b, la);
-	step(fused, b, lb);
+	gpu_stages_step(&plain->g, gpu, b, la);
+	gpu_stages_step(&fused->g, gpu, b, lb);
 	int V = cfg.text.vocab_size, H = cfg.text.hidden_size;
 	for (int i = 0; hooks && i <= cfg.text.num_layers; i++)
 		for (int t = 0; t < b->n_tokens; t++) {
@@ -208,15 +183,6 @@ static qw_batch decode_batch(decode_buf *db, const int *ctx, const int32_t *toke
 			  .n_logits = SEQS, .logit_rows = db->rows};
 }
 
-static int32_t argmax(const float *row, int V)
-{
-	int best = 0;
-	for (int i = 1; i < V; i++)
-		if (row[i] > row[best])
-			best = i;
-	return best;
-}
-
 /* A GPU activation of random values in [-1, 1). */
 static qw_act random_act(int rows, int cols)
 {
@@ -264,11 +230,11 @@ static void run(const char *model, int n_stages)
 	step_both(&plain, &fused, &b, true, la, lb, what);
 	int ctx[SEQS] = {IMAGE_LEN, TEXT_LEN};
 	int32_t tokens[SEQS];
-	tokens[0] = argmax(la, V);
+	tokens[0] = qw_argmax(la, V);
 	b = prefill_batch(&pb, 1, TEXT_LEN);
 	snprintf(what, sizeof what, "%s, %d stage(s), text prefill", model, n_stages);
 	step_both(&plain, &fused, &b, true, la, lb, what);
-	tokens[1] = argmax(la, V);
+	tokens[1] = qw_argmax(la, V);
 
 	/* decode: op by op with the hidden states compared, then as step graphs */
 	qw_cuda_graph_stats before = qw_cuda_backend_graph_stats(gpu);
@@ -284,7 +250,7 @@ static void run(const char *model, int n_stages)
 			 hooks ? "" : " (graphs)");
 		step_both(&plain, &fused, &d, hooks, la, lb, what);
 		for (int s = 0; s < SEQS; s++) {
-			tokens[s] = argmax(la + (size_t)s * V, V);
+			tokens[s] = qw_argmax(la + (size_t)s * V, V);
 			ctx[s]++;
 		}
 	}

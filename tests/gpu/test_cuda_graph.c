@@ -17,18 +17,14 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/forward.h"
+#include "kernels/sample.h"
 #include "loader/config.h"
+#include "tests/gpu/stages.h"
 
 #define SEQS 3
 #define BLOCK 16
 #define BLOCKS_PER_SEQ 48      /* 768 tokens a sequence */
 #define MAX_TOKENS 512
-
-typedef struct model_copy {
-	qw_stage_model st[2];
-	int n_stages;
-	qw_act hidden, logits;
-} model_copy;
 
 static qw_backend *gpu;
 static qw_config cfg;
@@ -62,43 +58,11 @@ static int teardown(void **state)
 	return 0;
 }
 
-static void load_copy(model_copy *mc, int n_stages, bool graphs)
+static void load_copy(gpu_stages *g, int n_stages, bool graphs)
 {
-	qw_err err = {0};
-	int L = cfg.text.num_layers;
-	mc->n_stages = n_stages;
-	for (int s = 0; s < n_stages; s++) {
-		qw_stage stage = {s, n_stages, s * L / n_stages, (s + 1) * L / n_stages};
-		qw_status st = qw_stage_model_load_synthetic(&mc->st[s], &cfg, &stage, gpu, 7,
-							     MAX_TOKENS, NULL, NULL, &err);
-		if (st == QW_OK)
-			st = qw_stage_model_alloc_kv(&mc->st[s], SEQS * BLOCKS_PER_SEQ, BLOCK, &err);
-		if (st != QW_OK)
-			fail_msg("%s", err.msg);
-		mc->st[s].graphs = graphs;
-	}
-	if (gpu->act_alloc(gpu, MAX_TOKENS, cfg.text.hidden_size, &mc->hidden, &err) ||
-	    gpu->act_alloc(gpu, SEQS, cfg.text.vocab_size, &mc->logits, &err))
-		fail_msg("%s", err.msg);
-}
-
-static void free_copy(model_copy *mc)
-{
-	for (int s = 0; s < mc->n_stages; s++)
-		qw_stage_model_free(&mc->st[s]);
-	gpu->act_free(gpu, &mc->hidden);
-	gpu->act_free(gpu, &mc->logits);
-}
-
-/* One step through every stage of mc; the logits (b->n_logits, V) into out. */
-static void step(model_copy *mc, const qw_batch *b, float *out)
-{
-	qw_err err = {0};
-	for (int s = 0; s < mc->n_stages; s++)
-		if (qw_stage_step(&mc->st[s], b, &mc->hidden, &mc->logits, &err))
-			fail_msg("step: %s", err.msg);
-	if (gpu->act_read(gpu, &mc->logits, out, &err))
-		fail_msg("%s", err.msg);
+	gpu_stages_load(g, gpu, &cfg, n_stages, MAX_TOKENS, SEQS * BLOCKS_PER_SEQ, BLOCK, SEQS);
+	for (int s = 0; s < n_stages; s++)
+		g->st[s].graphs = graphs;
 }
 
 /* The batch of the sequences in `which` (n of them), tokens[i] at context length ctx[i];
@@ -135,7 +99,7 @@ static qw_batch decode_batch(batch_buf *bb, const int *which, int n, const int *
 }
 
 /* Prefills sequence s with len random tokens into both copies. */
-static void prefill(model_copy *plain, model_copy *graphed, int s, int len, float *la, float *lb)
+static void prefill(gpu_stages *plain, gpu_stages *graphed, int s, int len, float *la, float *lb)
 {
 	int32_t *ids = malloc(len * sizeof *ids), *pos = malloc(3 * len * sizeof *pos);
 	int32_t *seq = calloc(len, sizeof *seq), *kv = malloc(len * sizeof *kv);
@@ -150,8 +114,8 @@ static void prefill(model_copy *plain, model_copy *graphed, int s, int len, floa
 	qw_batch b = {.n_tokens = len, .token_ids = ids, .positions = pos, .seq = seq,
 		      .kv_index = kv, .slot = slot, .n_seqs = 1, .max_blocks = BLOCKS_PER_SEQ,
 		      .block_tables = table, .n_logits = 1, .logit_rows = &last};
-	step(plain, &b, la);
-	step(graphed, &b, lb);
+	gpu_stages_step(plain, gpu, &b, la);
+	gpu_stages_step(graphed, gpu, &b, lb);
 	assert_memory_equal(la, lb, (size_t)cfg.text.vocab_size * sizeof *la);
 	free(ids);
 	free(pos);
@@ -160,18 +124,9 @@ static void prefill(model_copy *plain, model_copy *graphed, int s, int len, floa
 	free(slot);
 }
 
-static int32_t argmax(const float *row, int V)
-{
-	int best = 0;
-	for (int i = 1; i < V; i++)
-		if (row[i] > row[best])
-			best = i;
-	return best;
-}
-
 static void run(int n_stages)
 {
-	model_copy plain = {0}, graphed = {0};
+	gpu_stages plain = {0}, graphed = {0};
 	load_copy(&plain, n_stages, false);
 	load_copy(&graphed, n_stages, true);
 	qw_cuda_graph_stats before = qw_cuda_backend_graph_stats(gpu);
@@ -183,7 +138,7 @@ static void run(int n_stages)
 	int32_t tokens[SEQS];
 	for (int s = 0; s < SEQS; s++) {
 		prefill(&plain, &graphed, s, ctx[s], la, lb);
-		tokens[s] = argmax(la, V);
+		tokens[s] = qw_argmax(la, V);
 	}
 	const int all[SEQS] = {0, 1, 2}, two[2] = {0, 2};
 	int steps = 0;
@@ -194,15 +149,14 @@ static void run(int n_stages)
 		int n = pair ? 2 : SEQS;
 		batch_buf bb;
 		qw_batch b = decode_batch(&bb, which, n, ctx, tokens);
-		plain.logits.rows = graphed.logits.rows = n;
-		step(&plain, &b, la);
-		step(&graphed, &b, lb);
+		gpu_stages_step(&plain, gpu, &b, la);
+		gpu_stages_step(&graphed, gpu, &b, lb);
 		if (memcmp(la, lb, (size_t)n * V * sizeof *la))
 			fail_msg("%d stage(s), decode step %d (%d sequences, contexts %d %d %d): the "
 				 "graph's logits differ from the ops'", n_stages, k, n, ctx[0], ctx[1],
 				 ctx[2]);
 		for (int i = 0; i < n; i++) {
-			tokens[which[i]] = argmax(la + (size_t)i * V, V);
+			tokens[which[i]] = qw_argmax(la + (size_t)i * V, V);
 			ctx[which[i]]++;
 		}
 		steps++;
@@ -218,8 +172,8 @@ static void run(int n_stages)
 	assert_true(rep >= (uint64_t)(steps * n_stages * 3 / 4));
 	free(la);
 	free(lb);
-	free_copy(&plain);
-	free_copy(&graphed);
+	gpu_stages_free(&plain, gpu);
+	gpu_stages_free(&graphed, gpu);
 }
 
 static void test_one_stage(void **state)
