@@ -1,104 +1,17 @@
-/* backend.cu - the CUDA backend's op table: memory, uploads (and weights fused by rows), the
- * step's batch on the device, GEMMs through cuBLAS, and each op handed to its kernel.  See
- * cuda_backend.h. */
+/* backend.cu - the CUDA backend's op table: activations, the step's batch on the device,
+ * GEMMs through cuBLAS, each op handed to its kernel, create and destroy.  The weights and
+ * KV caches it owns are memory.cu's, the recorded steps step_graphs.cu's.  See
+ * cuda_backend.h and backend_ctx.h. */
 #include <cuda_bf16.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/backend_ctx.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/kernels.h"
 #include "loader/dtype.h"
-
-#define STAGING_BYTES (64u << 20)      /* each of the two pinned upload buffers */
-#define BLAS_WS_BYTES (32u << 20)      /* cuBLAS workspace: none of its own allocations */
-#define KV_HEADROOM (1ull << 30)        /* free memory kept back from the KV cache */
-#define GRAPH_SLOTS 64                  /* step graphs kept, the least recently used replaced */
-#define GRAPH_KEY_MAX 96
-
-struct qw_kv_cache {
-	qw_kv_shape shape;
-	uint16_t *k, *v;            /* (n_layers, n_blocks * block_size, Hkv * D) bf16 */
-	size_t layer_elems;         /* values of one layer's K (or V) */
-};
-
-/* A tensor the backend uploaded, synthesized or fused; freed with the backend. */
-typedef struct owned_tensor {
-	qw_tensor t;
-	char *name;                 /* the name this backend gave it (fused tensors), else NULL */
-	bool view;                  /* its data lies in a fused tensor's memory: not its own */
-	bool viewed;                /* views lie in its memory: it may not move */
-	struct owned_tensor *next;
-} owned_tensor;
-
-/* A per-expert layer's experts re-laid out as the fused layout, made on first use. */
-typedef struct fused_experts {
-	const qw_tensor *router;    /* which layer (its router tensor) */
-	uint16_t *gate_up, *down;   /* (E, H, 2I), (E, I, H) */
-	struct fused_experts *next;
-} fused_experts;
-
-/* A recorded step (graph_begin): its key, and its executable graph once recorded. */
-typedef struct step_graph {
-	uint8_t key[GRAPH_KEY_MAX];
-	size_t key_bytes;           /* 0: a free slot */
-	cudaGraphExec_t exec;       /* NULL: seen once, or refused */
-	bool refused;               /* its recording failed: it runs plainly */
-	uint64_t used;              /* graph_clock at its last use */
-} step_graph;
-
-/* A device buffer that grows. */
-typedef struct dev_buf {
-	void *p;
-	size_t bytes;
-} dev_buf;
-
-typedef struct cuda_ctx {
-	int device;
-	cudaStream_t stream;
-	cublasHandle_t blas;
-	void *blas_ws;
-	uint8_t *staging[2];        /* pinned host buffers for uploads */
-	cudaEvent_t staged[2];      /* each buffer's last copy */
-	int next_staging;
-	owned_tensor *tensors;
-	fused_experts *fused;
-	/* the step */
-	const qw_batch *cur;        /* the host batch begin_step last saw */
-	qw_cuda_batch db;           /* its device copy */
-	int32_t *batch_host;        /* pinned (batch_cap ints) */
-	size_t batch_cap;
-	dev_buf batch_dev;
-	cudaEvent_t batch_copied;
-	/* scratch */
-	dev_buf small;              /* per-call index arrays (vision ops) */
-	size_t small_used;
-	dev_buf attn_ws, moe_ws, sample_ws;
-	uint16_t *host_bf16;        /* act_read / act_write conversions */
-	size_t host_cap;
-	/* step graphs: they name scratch by address, so a buffer that moves drops them all */
-	step_graph graphs[GRAPH_SLOTS];
-	uint64_t graph_clock;
-	int recording;              /* the slot being recorded, or -1 */
-	qw_cuda_graph_stats graph_stats;
-} cuda_ctx;
-
-static cuda_ctx *ctx_of(qw_backend *be)
-{
-	return (cuda_ctx *)be->ctx;
-}
-
-static void drop_graphs(cuda_ctx *c)
-{
-	for (int i = 0; i < GRAPH_SLOTS; i++) {
-		if (c->graphs[i].exec)
-			cudaGraphExecDestroy(c->graphs[i].exec);
-		c->graphs[i].exec = NULL;
-		c->graphs[i].key_bytes = 0;
-	}
-}
 
 static qw_status grow_dev(cuda_ctx *c, dev_buf *b, size_t bytes, qw_err *err)
 {
@@ -107,7 +20,7 @@ static qw_status grow_dev(cuda_ctx *c, dev_buf *b, size_t bytes, qw_err *err)
 	if (c->recording >= 0)   /* graph_begin's first sight runs the step plainly: cannot be */
 		return qw_fail(err, QW_E_ARG, "cuda: scratch grew while a step was being recorded");
 	size_t want = bytes + bytes / 2;
-	drop_graphs(c);
+	cuda_drop_graphs(c);
 	if (b->p) {
 		QW_CUDA_TRY(err, cudaStreamSynchronize(c->stream));   /* nothing may still use it */
 		QW_CUDA_TRY(err, cudaFree(b->p));
@@ -124,18 +37,8 @@ static qw_status grow_dev(cuda_ctx *c, dev_buf *b, size_t bytes, qw_err *err)
 	return QW_OK;
 }
 
-#define TRY(call)                          \
-	do {                               \
-		qw_status try_st_ = (call); \
-		if (try_st_ != QW_OK)      \
-			return try_st_;    \
-	} while (0)
-
-#define D16(a) ((uint16_t *)(a)->data)
-#define C16(a) ((const uint16_t *)(a)->data)
-
 // ---------------------------------------------------------------------------------------
-// memory
+// activations
 
 static qw_status act_alloc(qw_backend *be, int rows, int cols, qw_act *out, qw_err *err)
 {
@@ -206,232 +109,6 @@ static qw_status act_copy(qw_backend *be, qw_act *dst, const qw_act *src, qw_err
 					 (size_t)src->rows * (size_t)src->cols * 2,
 					 cudaMemcpyDeviceToDevice, ctx_of(be)->stream));
 	return QW_OK;
-}
-
-/* A new owned device tensor with t's shape, bf16, its memory not yet written. */
-static qw_status new_tensor(cuda_ctx *c, const qw_tensor *t, owned_tensor **out, qw_err *err)
-{
-	owned_tensor *o = (owned_tensor *)calloc(1, sizeof *o);
-	if (!o)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
-	o->t = *t;
-	o->t.dtype = QW_DT_BF16;
-	o->t.nbytes = t->numel * 2;
-	o->t.scale = NULL;
-	if (cudaMalloc((void **)&o->t.data, o->t.nbytes ? o->t.nbytes : 1) != cudaSuccess) {
-		cudaGetLastError();
-		free(o);
-		size_t free_b = 0, total = 0;
-		cudaMemGetInfo(&free_b, &total);
-		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory for %s (%llu bytes; %zu "
-			       "MiB free)", t->name, (unsigned long long)t->numel * 2, free_b >> 20);
-	}
-	o->next = c->tensors;
-	c->tensors = o;
-	*out = o;
-	return QW_OK;
-}
-
-static qw_status synthesize(qw_backend *be, const qw_tensor *t, uint64_t s0, double mean,
-			    double std, const qw_tensor **out, qw_err *err)
-{
-	cuda_ctx *c = ctx_of(be);
-	owned_tensor *o;
-	TRY(new_tensor(c, t, &o, err));
-	*out = &o->t;
-	return qw_cuda_fill_normal((uint16_t *)o->t.data, t->numel, s0, mean, std, c->stream, err);
-}
-
-/* The owned tensor that t is, or NULL when this backend did not make t. */
-static owned_tensor *owner_of(cuda_ctx *c, const qw_tensor *t)
-{
-	for (owned_tensor *o = c->tensors; o; o = o->next)
-		if (&o->t == t)
-			return o;
-	return NULL;
-}
-
-/* Unlinks and frees an owned tensor that nothing views or refers to yet. */
-static void drop_tensor(cuda_ctx *c, owned_tensor *gone)
-{
-	for (owned_tensor **o = &c->tensors; *o; o = &(*o)->next)
-		if (*o == gone) {
-			*o = gone->next;
-			break;
-		}
-	cudaFree((void *)gone->t.data);
-	free(gone->name);
-	free(gone);
-}
-
-#define FUSE_MAX_PARTS 16
-
-/* Checks the parts fuse_rows is given; their owners into o, the sum of their rows. */
-static qw_status fusable(cuda_ctx *c, const qw_tensor *const *parts, int n, owned_tensor **o,
-			 int64_t *rows, qw_err *err)
-{
-	if (n < 1 || n > FUSE_MAX_PARTS)
-		return qw_fail(err, QW_E_ARG, "cuda fuse_rows: %d parts (1 to %d are taken)", n,
-			       FUSE_MAX_PARTS);
-	if (c->recording >= 0)
-		return qw_fail(err, QW_E_ARG, "cuda fuse_rows: called while a step is being recorded");
-	*rows = 0;
-	for (int i = 0; i < n; i++) {
-		const qw_tensor *p = parts[i];
-		const char *name = p && p->name ? p->name : "(unnamed)";
-		o[i] = p ? owner_of(c, p) : NULL;
-		if (!o[i])
-			return qw_fail(err, QW_E_ARG, "cuda fuse_rows: part %d (%s) is not a tensor this "
-				       "backend uploaded or synthesized", i, name);
-		if (o[i]->view || o[i]->viewed)
-			return qw_fail(err, QW_E_ARG, "cuda fuse_rows: part %d (%s) is already part of "
-				       "a fused tensor, or is one", i, name);
-		for (int j = 0; j < i; j++)
-			if (o[j] == o[i])
-				return qw_fail(err, QW_E_ARG, "cuda fuse_rows: part %d (%s) is also part %d",
-					       i, name, j);
-		if (p->ndim != 2 || p->shape[1] != parts[0]->shape[1] || parts[0]->ndim != 2)
-			return qw_fail(err, QW_E_ARG, "cuda fuse_rows: part %d (%s) is %d-D with %lld "
-				       "columns; every part must be 2-D with the columns of part 0 (%lld)",
-				       i, name, p->ndim, (long long)p->shape[p->ndim > 1 ? 1 : 0],
-				       (long long)parts[0]->shape[1]);
-		*rows += p->shape[0];
-	}
-	return QW_OK;
-}
-
-/* One tensor of the parts' rows in order; the parts then view their rows of it (their own
- * memory freed), so nothing is held twice and pointers to them stay good. */
-static qw_status fuse_rows(qw_backend *be, const qw_tensor *const *parts, int n,
-			   const qw_tensor **out, qw_err *err)
-{
-	cuda_ctx *c = ctx_of(be);
-	owned_tensor *o[FUSE_MAX_PARTS], *f;
-	int64_t rows = 0;
-	TRY(fusable(c, parts, n, o, &rows, err));
-	qw_tensor desc = *parts[0];
-	desc.shape[0] = rows;
-	desc.numel = (uint64_t)rows * (uint64_t)desc.shape[1];
-	size_t name_len = strlen(desc.name ? desc.name : "") + 32;
-	char *name = (char *)malloc(name_len);
-	if (!name)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
-	snprintf(name, name_len, "%s + %d more, fused", desc.name ? desc.name : "", n - 1);
-	desc.name = name;
-	qw_status st = new_tensor(c, &desc, &f, err);
-	if (st != QW_OK) {
-		free(name);
-		return st;
-	}
-	f->name = name;
-	cudaError_t ce = cudaSuccess;
-	uint64_t at = 0;
-	for (int i = 0; i < n && ce == cudaSuccess; i++) {
-		ce = cudaMemcpyAsync((uint8_t *)f->t.data + at, parts[i]->data, o[i]->t.nbytes,
-				     cudaMemcpyDeviceToDevice, c->stream);
-		at += o[i]->t.nbytes;
-	}
-	if (ce == cudaSuccess)   /* the old memory is read before it is freed */
-		ce = cudaStreamSynchronize(c->stream);
-	if (ce != cudaSuccess) {
-		qw_fail(err, QW_E_DEVICE, "cuda fuse_rows: copying %d parts into %s failed: %s", n,
-			name, cudaGetErrorString(ce));
-		drop_tensor(c, f);   /* frees name too */
-		return QW_E_DEVICE;
-	}
-	drop_graphs(c);   /* recorded steps may name the parts' old memory */
-	void *old[FUSE_MAX_PARTS];
-	at = 0;
-	for (int i = 0; i < n; i++) {
-		old[i] = (void *)o[i]->t.data;
-		o[i]->t.data = (const uint8_t *)f->t.data + at;
-		o[i]->view = true;
-		at += o[i]->t.nbytes;
-	}
-	f->viewed = true;
-	*out = &f->t;
-	for (int i = 0; i < n; i++)
-		QW_CUDA_TRY(err, cudaFree(old[i]));
-	return QW_OK;
-}
-
-/* Fills a staging buffer with values [first, first + n) of t as bf16. */
-static void stage_values(const qw_tensor *t, uint64_t first, uint64_t n, uint16_t *dst)
-{
-	if (t->dtype == QW_DT_BF16) {
-		memcpy(dst, (const uint8_t *)t->data + first * 2, n * 2);
-		return;
-	}
-	float buf[4096];
-	for (uint64_t at = 0; at < n; at += 4096) {
-		uint64_t k = n - at < 4096 ? n - at : 4096;
-		qw_tensor_read_f32(t, first + at, k, buf);   /* FP8 dequantised here */
-		for (uint64_t i = 0; i < k; i++)
-			dst[at + i] = qw_f32_to_bf16(buf[i]);
-	}
-}
-
-/* A bf16 device copy of t.  The two pinned buffers alternate: the host fills one while the
- * GPU copies from the other, so reading the mapping and the PCIe transfer overlap. */
-static qw_status upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out, qw_err *err)
-{
-	cuda_ctx *c = ctx_of(be);
-	owned_tensor *o;
-	TRY(new_tensor(c, t, &o, err));
-	const uint64_t per = STAGING_BYTES / 2;   /* values a buffer holds */
-	for (uint64_t at = 0; at < t->numel; at += per) {
-		uint64_t n = t->numel - at < per ? t->numel - at : per;
-		int s = c->next_staging;
-		c->next_staging ^= 1;
-		QW_CUDA_TRY(err, cudaEventSynchronize(c->staged[s]));   /* its last copy is done */
-		stage_values(t, at, n, (uint16_t *)c->staging[s]);
-		QW_CUDA_TRY(err, cudaMemcpyAsync((uint8_t *)o->t.data + at * 2, c->staging[s], n * 2,
-						 cudaMemcpyHostToDevice, c->stream));
-		QW_CUDA_TRY(err, cudaEventRecord(c->staged[s], c->stream));
-	}
-	*out = &o->t;
-	return QW_OK;
-}
-
-static qw_status kv_alloc(qw_backend *be, const qw_kv_shape *shape, qw_kv_cache **out,
-			  qw_err *err)
-{
-	qw_kv_cache *kv = (qw_kv_cache *)calloc(1, sizeof *kv);
-	if (!kv)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
-	kv->shape = *shape;
-	kv->layer_elems = (size_t)shape->n_blocks * (size_t)shape->block_size *
-			  (size_t)shape->n_kv_heads * (size_t)shape->head_dim;
-	size_t bytes = kv->layer_elems * (size_t)shape->n_layers * 2;
-	if (cudaMalloc(&kv->k, bytes ? bytes : 1) != cudaSuccess ||
-	    cudaMalloc(&kv->v, bytes ? bytes : 1) != cudaSuccess) {
-		cudaGetLastError();
-		cudaFree(kv->k);
-		free(kv);
-		size_t free_b = 0, total = 0;
-		cudaMemGetInfo(&free_b, &total);
-		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory for a KV cache of 2 x %zu "
-			       "MiB (%zu MiB free)", bytes >> 20, free_b >> 20);
-	}
-	*out = kv;
-	return QW_OK;
-}
-
-static void kv_free(qw_backend *be, qw_kv_cache *kv)
-{
-	if (!kv)
-		return;
-	cudaFree(kv->k);
-	cudaFree(kv->v);
-	free(kv);
-}
-
-static uint64_t free_memory(qw_backend *be)
-{
-	size_t free_b = 0, total = 0;
-	if (cudaMemGetInfo(&free_b, &total) != cudaSuccess)
-		return 0;
-	return free_b > KV_HEADROOM ? free_b - KV_HEADROOM : 0;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -874,65 +551,6 @@ static qw_status interp_rows(qw_backend *be, qw_act *out, const qw_tensor *table
 				   (int)table->shape[0], c->stream, err);
 }
 
-/* dst[c * dst_ld + dst_off + r] = src[r * cols + c]: one expert matrix into the fused layout. */
-static __global__ void transpose_kernel(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int rows,
-					int cols, int dst_ld, int dst_off)
-{
-	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-	if (i >= (size_t)rows * cols)
-		return;
-	int r = (int)(i / cols), col = (int)(i % cols);
-	dst[(size_t)col * dst_ld + dst_off + r] = src[i];
-}
-
-static qw_status transpose_into(uint16_t *dst, const qw_tensor *src, int dst_ld, int dst_off,
-				cudaStream_t stream, qw_err *err)
-{
-	int rows = (int)src->shape[0], cols = (int)src->shape[1];
-	size_t n = (size_t)rows * cols;
-	transpose_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(
-		(__nv_bfloat16 *)dst, (const __nv_bfloat16 *)src->data, rows, cols, dst_ld, dst_off);
-	QW_CUDA_TRY(err, cudaGetLastError());
-	return QW_OK;
-}
-
-/* The per-expert layout (Qwen3-MoE text checkpoints) as the fused one the MoE kernels take:
- * made once per layer on first use. */
-static qw_status fuse_experts(cuda_ctx *c, const qw_moe_weights *w, const uint16_t **gu,
-			      const uint16_t **dn, qw_err *err)
-{
-	for (fused_experts *f = c->fused; f; f = f->next)
-		if (f->router == w->router) {
-			*gu = f->gate_up;
-			*dn = f->down;
-			return QW_OK;
-		}
-	int E = w->n_experts, I = w->inter, H = (int)w->router->shape[1];
-	fused_experts *f = (fused_experts *)calloc(1, sizeof *f);
-	if (!f)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
-	size_t each = (size_t)H * 2 * I;
-	if (cudaMalloc((void **)&f->gate_up, (size_t)E * each * 2) != cudaSuccess ||
-	    cudaMalloc((void **)&f->down, (size_t)E * each / 2 * 2) != cudaSuccess) {
-		cudaGetLastError();
-		cudaFree(f->gate_up);
-		free(f);
-		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory re-laying out experts");
-	}
-	f->router = w->router;
-	f->next = c->fused;
-	c->fused = f;
-	for (int e = 0; e < E; e++) {
-		TRY(transpose_into(f->gate_up + (size_t)e * each, w->gate[e], 2 * I, 0, c->stream, err));
-		TRY(transpose_into(f->gate_up + (size_t)e * each, w->up[e], 2 * I, I, c->stream, err));
-		TRY(transpose_into(f->down + (size_t)e * (size_t)I * H, w->expert_down[e], H, 0,
-				   c->stream, err));
-	}
-	*gu = f->gate_up;
-	*dn = f->down;
-	return QW_OK;
-}
-
 static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_weights *w,
 		     qw_err *err)
 {
@@ -945,7 +563,7 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 		gu = (const uint16_t *)w->gate_up->data;
 		dn = (const uint16_t *)w->down->data;
 	} else {
-		TRY(fuse_experts(c, w, &gu, &dn, err));
+		TRY(cuda_fused_experts(c, w, &gu, &dn, err));
 	}
 	qw_cuda_moe_args a;
 	a.T = x->rows;
@@ -966,104 +584,9 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 
 // ---------------------------------------------------------------------------------------
 
-// step graphs
-
-static qw_status graph_begin(qw_backend *be, const void *key, size_t key_bytes, bool *replayed,
-			     bool *recording, qw_err *err)
-{
-	cuda_ctx *c = ctx_of(be);
-	*replayed = *recording = false;
-	/* the launches also take these from the step's batch */
-	const qw_cuda_batch *db = &c->db;
-	const int32_t mine[] = {db->n_tokens, db->n_seqs, db->max_blocks, db->max_kv_len,
-				db->max_seq_tokens, db->n_logits};
-	uint8_t full[GRAPH_KEY_MAX];
-	size_t n = key_bytes + sizeof mine;
-	if (n > sizeof full)
-		return QW_OK;   /* a key this long is not kept: the step runs plainly */
-	memcpy(full, key, key_bytes);
-	memcpy(full + key_bytes, mine, sizeof mine);
-	uint64_t now = ++c->graph_clock;
-	int slot = -1;
-	for (int i = 0; i < GRAPH_SLOTS; i++) {
-		step_graph *g = &c->graphs[i];
-		if (g->key_bytes == n && !memcmp(g->key, full, n)) {
-			g->used = now;
-			if (g->exec) {
-				QW_CUDA_TRY(err, cudaGraphLaunch(g->exec, c->stream));
-				c->graph_stats.replayed++;
-				*replayed = true;
-			} else if (!g->refused) {
-				/* second sight: the first ran plainly and grew every buffer it needs */
-				QW_CUDA_TRY(err, cudaStreamBeginCapture(c->stream,
-									cudaStreamCaptureModeThreadLocal));
-				c->recording = i;
-				*recording = true;
-			}
-			return QW_OK;
-		}
-		/* a free slot, else the least recently used */
-		if (slot < 0 || (c->graphs[slot].key_bytes &&
-				 (!g->key_bytes || g->used < c->graphs[slot].used)))
-			slot = i;
-	}
-	step_graph *g = &c->graphs[slot];
-	if (g->exec)
-		cudaGraphExecDestroy(g->exec);
-	memcpy(g->key, full, n);
-	g->key_bytes = n;
-	g->exec = NULL;
-	g->refused = false;
-	g->used = now;
-	return QW_OK;
-}
-
-static qw_status graph_end(qw_backend *be, bool ok, bool *launched, qw_err *err)
-{
-	cuda_ctx *c = ctx_of(be);
-	*launched = false;
-	if (c->recording < 0)
-		return qw_fail(err, QW_E_ARG, "cuda: graph_end without a recording");
-	step_graph *g = &c->graphs[c->recording];
-	c->recording = -1;
-	cudaGraph_t graph = NULL;
-	cudaError_t ce = cudaStreamEndCapture(c->stream, &graph);
-	if (ok && ce == cudaSuccess && graph)
-		ce = cudaGraphInstantiate(&g->exec, graph, 0);
-	if (graph)
-		cudaGraphDestroy(graph);
-	if (!ok || ce != cudaSuccess || !g->exec) {
-		cudaGetLastError();   /* a failed capture leaves no sticky error to report later */
-		g->exec = NULL;
-		g->refused = true;
-		c->graph_stats.refused++;
-		return QW_OK;
-	}
-	c->graph_stats.recorded++;
-	QW_CUDA_TRY(err, cudaGraphLaunch(g->exec, c->stream));
-	*launched = true;
-	return QW_OK;
-}
-
-extern "C" bool qw_cuda_backend_kv_layer(const qw_kv_cache *kv, int layer, void **k, void **v,
-					 size_t *bytes)
-{
-	if (!kv || layer < 0 || layer >= kv->shape.n_layers)
-		return false;
-	*k = kv->k + (size_t)layer * kv->layer_elems;
-	*v = kv->v + (size_t)layer * kv->layer_elems;
-	*bytes = kv->layer_elems * 2;
-	return true;
-}
-
 extern "C" void *qw_cuda_backend_stream(const qw_backend *be)
 {
 	return (void *)((const cuda_ctx *)be->ctx)->stream;
-}
-
-extern "C" qw_cuda_graph_stats qw_cuda_backend_graph_stats(const qw_backend *be)
-{
-	return ((const cuda_ctx *)be->ctx)->graph_stats;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1073,20 +596,8 @@ static void destroy(qw_backend *be)
 	cuda_ctx *c = ctx_of(be);
 	if (c) {
 		cudaStreamSynchronize(c->stream);
-		drop_graphs(c);
-		for (owned_tensor *o = c->tensors, *next; o; o = next) {
-			next = o->next;
-			if (!o->view)   /* a view's memory goes with its fused tensor */
-				cudaFree((void *)o->t.data);
-			free(o->name);
-			free(o);
-		}
-		for (fused_experts *f = c->fused, *next; f; f = next) {
-			next = f->next;
-			cudaFree(f->gate_up);
-			cudaFree(f->down);
-			free(f);
-		}
+		cuda_drop_graphs(c);
+		cuda_free_weights(c);
 		dev_buf *bufs[] = {&c->batch_dev, &c->small, &c->attn_ws, &c->moe_ws, &c->sample_ws};
 		for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
 			cudaFree(bufs[i]->p);
@@ -1150,15 +661,15 @@ extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err
 	be->act_write = act_write;
 	be->act_read = act_read;
 	be->act_copy = act_copy;
-	be->upload = upload;
-	be->kv_alloc = kv_alloc;
-	be->kv_free = kv_free;
+	be->upload = cuda_upload;
+	be->kv_alloc = cuda_kv_alloc;
+	be->kv_free = cuda_kv_free;
 	be->destroy = destroy;
-	be->free_memory = free_memory;
+	be->free_memory = cuda_free_memory;
 	be->begin_step = begin_step;
-	be->graph_begin = graph_begin;
-	be->graph_end = graph_end;
-	be->synthesize = synthesize;
+	be->graph_begin = cuda_graph_begin;
+	be->graph_end = cuda_graph_end;
+	be->synthesize = cuda_synthesize;
 	be->embed = embed;
 	be->rmsnorm = rmsnorm;
 	be->add_rmsnorm = add_rmsnorm;
@@ -1169,7 +680,7 @@ extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err
 	be->silu_mul = silu_mul;
 	be->kv_write = kv_write;
 	be->qk_norm_rope_kv = qk_norm_rope_kv;
-	be->fuse_rows = fuse_rows;
+	be->fuse_rows = cuda_fuse_rows;
 	be->attention = attention;
 	be->moe = moe;
 	be->gather_rows = gather_rows;

@@ -1,0 +1,132 @@
+/* backend_ctx.h - the CUDA backend's state, shared by the files that make it up (CUDA C++
+ * only, private to kernels/cuda/): backend.cu (the op table, activations, the step's batch,
+ * create and destroy), memory.cu (the weights and KV caches the backend owns) and
+ * step_graphs.cu (recorded decode steps).
+ *
+ * Owns: cuda_ctx and the records it keeps (owned tensors, re-laid-out experts, step graphs,
+ * growing device buffers), and the functions one of those files gives the others.
+ */
+#ifndef QW_KERNELS_CUDA_BACKEND_CTX_H
+#define QW_KERNELS_CUDA_BACKEND_CTX_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/kernels.h"
+#include "kernels/ops.h"
+
+#define STAGING_BYTES (64u << 20)      /* each of the two pinned upload buffers */
+#define BLAS_WS_BYTES (32u << 20)      /* cuBLAS workspace: none of its own allocations */
+#define KV_HEADROOM (1ull << 30)        /* free memory kept back from the KV cache */
+#define GRAPH_SLOTS 64                  /* step graphs kept, the least recently used replaced */
+#define GRAPH_KEY_MAX 96
+
+struct qw_kv_cache {
+	qw_kv_shape shape;
+	uint16_t *k, *v;            /* (n_layers, n_blocks * block_size, Hkv * D) bf16 */
+	size_t layer_elems;         /* values of one layer's K (or V) */
+};
+
+/* A tensor the backend uploaded, synthesized or fused; freed with the backend. */
+typedef struct owned_tensor {
+	qw_tensor t;
+	char *name;                 /* the name this backend gave it (fused tensors), else NULL */
+	bool view;                  /* its data lies in a fused tensor's memory: not its own */
+	bool viewed;                /* views lie in its memory: it may not move */
+	struct owned_tensor *next;
+} owned_tensor;
+
+/* A per-expert layer's experts re-laid out as the fused layout, made on first use. */
+typedef struct fused_experts {
+	const qw_tensor *router;    /* which layer (its router tensor) */
+	uint16_t *gate_up, *down;   /* (E, H, 2I), (E, I, H) */
+	struct fused_experts *next;
+} fused_experts;
+
+/* A recorded step (graph_begin): its key, and its executable graph once recorded. */
+typedef struct step_graph {
+	uint8_t key[GRAPH_KEY_MAX];
+	size_t key_bytes;           /* 0: a free slot */
+	cudaGraphExec_t exec;       /* NULL: seen once, or refused */
+	bool refused;               /* its recording failed: it runs plainly */
+	uint64_t used;              /* graph_clock at its last use */
+} step_graph;
+
+/* A device buffer that grows. */
+typedef struct dev_buf {
+	void *p;
+	size_t bytes;
+} dev_buf;
+
+typedef struct cuda_ctx {
+	int device;
+	cudaStream_t stream;
+	cublasHandle_t blas;
+	void *blas_ws;
+	uint8_t *staging[2];        /* pinned host buffers for uploads */
+	cudaEvent_t staged[2];      /* each buffer's last copy */
+	int next_staging;
+	owned_tensor *tensors;
+	fused_experts *fused;
+	/* the step */
+	const qw_batch *cur;        /* the host batch begin_step last saw */
+	qw_cuda_batch db;           /* its device copy */
+	int32_t *batch_host;        /* pinned (batch_cap ints) */
+	size_t batch_cap;
+	dev_buf batch_dev;
+	cudaEvent_t batch_copied;
+	/* scratch */
+	dev_buf small;              /* per-call index arrays (vision ops) */
+	size_t small_used;
+	dev_buf attn_ws, moe_ws, sample_ws;
+	uint16_t *host_bf16;        /* act_read / act_write conversions */
+	size_t host_cap;
+	/* step graphs: they name scratch by address, so a buffer that moves drops them all */
+	step_graph graphs[GRAPH_SLOTS];
+	uint64_t graph_clock;
+	int recording;              /* the slot being recorded, or -1 */
+	qw_cuda_graph_stats graph_stats;
+} cuda_ctx;
+
+static inline cuda_ctx *ctx_of(qw_backend *be)
+{
+	return (cuda_ctx *)be->ctx;
+}
+
+#define TRY(call)                          \
+	do {                               \
+		qw_status try_st_ = (call); \
+		if (try_st_ != QW_OK)      \
+			return try_st_;    \
+	} while (0)
+
+#define D16(a) ((uint16_t *)(a)->data)
+#define C16(a) ((const uint16_t *)(a)->data)
+
+// -- memory.cu: the weights and KV caches the backend owns --------------------------------
+
+qw_status cuda_upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out, qw_err *err);
+qw_status cuda_synthesize(qw_backend *be, const qw_tensor *t, uint64_t s0, double mean,
+			  double std, const qw_tensor **out, qw_err *err);
+qw_status cuda_fuse_rows(qw_backend *be, const qw_tensor *const *parts, int n,
+			 const qw_tensor **out, qw_err *err);
+qw_status cuda_kv_alloc(qw_backend *be, const qw_kv_shape *shape, qw_kv_cache **out,
+			qw_err *err);
+void cuda_kv_free(qw_backend *be, qw_kv_cache *kv);
+uint64_t cuda_free_memory(qw_backend *be);
+/* A per-expert layer's experts in the fused layout the MoE kernels take (made once). */
+qw_status cuda_fused_experts(cuda_ctx *c, const qw_moe_weights *w, const uint16_t **gu,
+			     const uint16_t **dn, qw_err *err);
+/* Frees every tensor and re-laid-out expert set the backend made (destroy). */
+void cuda_free_weights(cuda_ctx *c);
+
+// -- step_graphs.cu: recorded decode steps -------------------------------------------------
+
+qw_status cuda_graph_begin(qw_backend *be, const void *key, size_t key_bytes, bool *replayed,
+			   bool *recording, qw_err *err);
+qw_status cuda_graph_end(qw_backend *be, bool ok, bool *launched, qw_err *err);
+/* Forgets every recorded step (their scratch addresses are about to change). */
+void cuda_drop_graphs(cuda_ctx *c);
+
+#endif
