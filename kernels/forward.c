@@ -7,13 +7,6 @@
 #include "loader/dtype.h"
 #include "loader/export.h"
 
-#define TRY(call)                          \
-	do {                               \
-		qw_status try_st_ = (call); \
-		if (try_st_ != QW_OK)      \
-			return try_st_;    \
-	} while (0)
-
 static qw_status upload_weights(qw_stage_model *m, qw_load_progress progress, void *ctx,
 				qw_err *err)
 {
@@ -21,7 +14,7 @@ static qw_status upload_weights(qw_stage_model *m, qw_load_progress progress, vo
 	qw_wspec *specs;
 	size_t n;
 	const qw_tensor *host_lm_head = m->w.lm_head;
-	TRY(qw_wmap_build(cfg, m->w.expert_layout, &m->w, &specs, &n, err));
+	QW_TRY(qw_wmap_build(cfg, m->w.expert_layout, &m->w, &specs, &n, err));
 	uint64_t total = 0, done = 0;
 	for (size_t i = 0; i < n; i++)
 		if (qw_stage_owns(&m->stage, cfg, &specs[i]) && specs[i].slot && *specs[i].slot)
@@ -90,9 +83,9 @@ static qw_status alloc_scratch(qw_stage_model *m, qw_err *err)
 		{&m->h, H}, {&m->q, QD}, {&m->k, KD}, {&m->v, KD}, {&m->attn, QD}, {&m->o, H},
 		{&m->gate, I}, {&m->up, I}, {&m->mlp, H}, {&m->picked, H}};
 	for (size_t i = 0; i < sizeof plan / sizeof *plan; i++)
-		TRY(m->be->act_alloc(m->be, T, plan[i].cols, plan[i].a, err));
+		QW_TRY(m->be->act_alloc(m->be, T, plan[i].cols, plan[i].a, err));
 	if (any_fused_qkv(m))
-		TRY(m->be->act_alloc(m->be, T, QD + 2 * KD, &m->qkv, err));
+		QW_TRY(m->be->act_alloc(m->be, T, QD + 2 * KD, &m->qkv, err));
 	return QW_OK;
 }
 
@@ -265,9 +258,9 @@ static qw_status mlp(qw_stage_model *m, int L, qw_err *err)
 	const qw_layer_weights *lw = &m->w.layers[L];
 	const qw_text_config *t = &m->cfg->text;
 	if (!qw_layer_is_moe(m->cfg, L)) {
-		TRY(be->matmul(be, &m->gate, &m->h, lw->gate_proj, NULL, err));
-		TRY(be->matmul(be, &m->up, &m->h, lw->up_proj, NULL, err));
-		TRY(be->silu_mul(be, &m->gate, &m->gate, &m->up, err));
+		QW_TRY(be->matmul(be, &m->gate, &m->h, lw->gate_proj, NULL, err));
+		QW_TRY(be->matmul(be, &m->up, &m->h, lw->up_proj, NULL, err));
+		QW_TRY(be->silu_mul(be, &m->gate, &m->gate, &m->up, err));
 		return be->matmul(be, &m->mlp, &m->gate, lw->down_proj, NULL, err);
 	}
 	qw_moe_weights mw = {
@@ -300,23 +293,23 @@ static qw_status attention_block(qw_stage_model *m, int L, const qw_batch *b, qw
 	const qw_tensor *qkv = !m->plain_ops && m->qkv_proj ? m->qkv_proj[cache_layer] : NULL;
 
 	if (qkv) {
-		TRY(be->matmul(be, &m->qkv, &m->h, qkv, NULL, err));
-		TRY(be->qk_norm_rope_kv(be, &m->q, &m->qkv, lw->q_norm, lw->k_norm, b->positions,
-					t->num_heads, t->num_kv_heads, t->head_dim,
-					t->mrope_section, theta, eps, m->kv, cache_layer, b, err));
+		QW_TRY(be->matmul(be, &m->qkv, &m->h, qkv, NULL, err));
+		QW_TRY(be->qk_norm_rope_kv(be, &m->q, &m->qkv, lw->q_norm, lw->k_norm, b->positions,
+					   t->num_heads, t->num_kv_heads, t->head_dim,
+					   t->mrope_section, theta, eps, m->kv, cache_layer, b, err));
 	} else {
-		TRY(be->matmul(be, &m->q, &m->h, lw->q_proj, lw->q_bias, err));
-		TRY(be->matmul(be, &m->k, &m->h, lw->k_proj, lw->k_bias, err));
-		TRY(be->matmul(be, &m->v, &m->h, lw->v_proj, lw->v_bias, err));
-		TRY(be->head_rmsnorm(be, &m->q, lw->q_norm, t->num_heads, eps, err));
-		TRY(be->head_rmsnorm(be, &m->k, lw->k_norm, t->num_kv_heads, eps, err));
-		TRY(be->rope(be, &m->q, b->positions, t->num_heads, t->head_dim, t->mrope_section,
-			     theta, err));
-		TRY(be->rope(be, &m->k, b->positions, t->num_kv_heads, t->head_dim,
-			     t->mrope_section, theta, err));
-		TRY(be->kv_write(be, m->kv, cache_layer, &m->k, &m->v, b, err));
+		QW_TRY(be->matmul(be, &m->q, &m->h, lw->q_proj, lw->q_bias, err));
+		QW_TRY(be->matmul(be, &m->k, &m->h, lw->k_proj, lw->k_bias, err));
+		QW_TRY(be->matmul(be, &m->v, &m->h, lw->v_proj, lw->v_bias, err));
+		QW_TRY(be->head_rmsnorm(be, &m->q, lw->q_norm, t->num_heads, eps, err));
+		QW_TRY(be->head_rmsnorm(be, &m->k, lw->k_norm, t->num_kv_heads, eps, err));
+		QW_TRY(be->rope(be, &m->q, b->positions, t->num_heads, t->head_dim, t->mrope_section,
+			        theta, err));
+		QW_TRY(be->rope(be, &m->k, b->positions, t->num_kv_heads, t->head_dim,
+			        t->mrope_section, theta, err));
+		QW_TRY(be->kv_write(be, m->kv, cache_layer, &m->k, &m->v, b, err));
 	}
-	TRY(be->attention(be, &m->attn, &m->q, m->kv, cache_layer, b, t->num_heads, err));
+	QW_TRY(be->attention(be, &m->attn, &m->q, m->kv, cache_layer, b, t->num_heads, err));
 	return be->matmul(be, &m->o, &m->attn, lw->o_proj, lw->o_bias, err);
 }
 
@@ -331,15 +324,15 @@ static qw_status layer(qw_stage_model *m, int L, qw_act *x, const qw_batch *b, b
 	float eps = (float)m->cfg->text.rms_norm_eps;
 
 	if (!normed)
-		TRY(be->rmsnorm(be, &m->h, x, lw->input_norm, eps, err));
-	TRY(attention_block(m, L, b, err));
+		QW_TRY(be->rmsnorm(be, &m->h, x, lw->input_norm, eps, err));
+	QW_TRY(attention_block(m, L, b, err));
 	if (fused_ops(m)) {
-		TRY(be->add_rmsnorm(be, &m->h, x, &m->o, lw->post_norm, eps, err));
+		QW_TRY(be->add_rmsnorm(be, &m->h, x, &m->o, lw->post_norm, eps, err));
 	} else {
-		TRY(be->add(be, x, x, &m->o, err));
-		TRY(be->rmsnorm(be, &m->h, x, lw->post_norm, eps, err));
+		QW_TRY(be->add(be, x, x, &m->o, err));
+		QW_TRY(be->rmsnorm(be, &m->h, x, lw->post_norm, eps, err));
 	}
-	TRY(mlp(m, L, err));
+	QW_TRY(mlp(m, L, err));
 	if (norm_next)
 		return be->add_rmsnorm(be, &m->h, x, &m->mlp, m->w.layers[L + 1].input_norm, eps,
 				       err);
@@ -367,10 +360,10 @@ static qw_status forward_ops(qw_stage_model *m, const qw_batch *b, qw_act *hidde
 	set_rows(m, T);
 	hidden->rows = T;
 	if (m->stage.index == 0) {
-		TRY(m->be->embed(m->be, hidden, m->w.embed, b->token_ids, err));
+		QW_TRY(m->be->embed(m->be, hidden, m->w.embed, b->token_ids, err));
 		if (b->n_visual)   /* image features take the place of the pad tokens */
-			TRY(m->be->scatter_rows(m->be, hidden, b->visual_rows, b->visual_embeds, false,
-						err));
+			QW_TRY(m->be->scatter_rows(m->be, hidden, b->visual_rows, b->visual_embeds, false,
+						   err));
 		if (m->hook)
 			m->hook(m->hook_ctx, 0, hidden);
 	}
@@ -385,8 +378,8 @@ static qw_status forward_ops(qw_stage_model *m, const qw_batch *b, qw_act *hidde
 		if (m->hook)   /* HF records a layer's output before the deepstack feature is added */
 			m->hook(m->hook_ctx, L + 1, hidden);
 		if (deepstack)
-			TRY(m->be->scatter_rows(m->be, hidden, b->visual_rows, &b->deepstack[L], true,
-						err));
+			QW_TRY(m->be->scatter_rows(m->be, hidden, b->visual_rows, &b->deepstack[L], true,
+						   err));
 		normed = norm_next;
 	}
 	return QW_OK;
@@ -403,9 +396,9 @@ static qw_status stage_logits(qw_stage_model *m, const qw_batch *b, const qw_act
 		return qw_fail(err, QW_E_ARG, "%d logits rows requested, room for %d", b->n_logits,
 			       logits->cap_rows);
 	qw_backend *be = m->be;
-	TRY(be->gather_rows(be, &m->picked, hidden, b->logit_rows, b->n_logits, err));
-	TRY(be->rmsnorm(be, &m->picked, &m->picked, m->w.final_norm,
-			(float)m->cfg->text.rms_norm_eps, err));
+	QW_TRY(be->gather_rows(be, &m->picked, hidden, b->logit_rows, b->n_logits, err));
+	QW_TRY(be->rmsnorm(be, &m->picked, &m->picked, m->w.final_norm,
+			   (float)m->cfg->text.rms_norm_eps, err));
 	return be->matmul(be, logits, &m->picked, m->w.lm_head, NULL, err);
 }
 
@@ -418,7 +411,7 @@ static bool last_stage(const qw_stage_model *m)
 static qw_status step_ops(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_act *logits,
 			  qw_err *err)
 {
-	TRY(forward_ops(m, b, hidden, err));
+	QW_TRY(forward_ops(m, b, hidden, err));
 	if (!last_stage(m) || b->n_logits < 1)
 		return QW_OK;
 	logits->rows = b->n_logits;
@@ -440,13 +433,13 @@ static bool replayable(const qw_stage_model *m, const qw_batch *b)
 qw_status qw_stage_step(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw_act *logits,
 			qw_err *err)
 {
-	TRY(check_step(m, b, hidden, err));
+	QW_TRY(check_step(m, b, hidden, err));
 	bool wants_logits = last_stage(m) && b->n_logits > 0;
 	if (wants_logits && (!logits || b->n_logits > logits->cap_rows))
 		return qw_fail(err, QW_E_ARG, "%d logits rows requested, room for %d", b->n_logits,
 			       logits ? logits->cap_rows : 0);
 	if (m->be->begin_step)
-		TRY(m->be->begin_step(m->be, b, err));
+		QW_TRY(m->be->begin_step(m->be, b, err));
 	if (!replayable(m, b))
 		return step_ops(m, b, hidden, logits, err);
 	/* what this stage's launches depend on besides the batch arrays (the backend adds the
@@ -464,7 +457,7 @@ qw_status qw_stage_step(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw
 	key.n_logits = wants_logits ? b->n_logits : 0;
 	key.plain_ops = m->plain_ops;
 	bool replayed = false, recording = false;
-	TRY(m->be->graph_begin(m->be, &key, sizeof key, &replayed, &recording, err));
+	QW_TRY(m->be->graph_begin(m->be, &key, sizeof key, &replayed, &recording, err));
 	if (replayed) {
 		set_rows(m, b->n_tokens);
 		hidden->rows = b->n_tokens;
@@ -476,7 +469,7 @@ qw_status qw_stage_step(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw
 	if (!recording)
 		return st;
 	bool launched = false;
-	TRY(m->be->graph_end(m->be, st == QW_OK, &launched, err));
+	QW_TRY(m->be->graph_end(m->be, st == QW_OK, &launched, err));
 	/* a step that could not be recorded runs as it is */
 	return launched ? QW_OK : step_ops(m, b, hidden, logits, err);
 }

@@ -5,13 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TRY(call)                          \
-	do {                               \
-		st = (call);               \
-		if (st != QW_OK)           \
-			goto out;          \
-	} while (0)
-
 /* A view of rows [first, first + n) of a 2-D tensor (or of all of a tensor as 2-D). */
 static qw_tensor rows_view(const qw_tensor *t, int64_t first, int64_t n, int64_t cols)
 {
@@ -154,29 +147,29 @@ qw_status qw_vision_forward(qw_backend *be, const qw_config *cfg, const qw_weigh
 		goto out;
 	out->tokens = rows / group;
 	out->n_deepstack = vc->n_deepstack;
-	TRY(be->act_alloc(be, rows, in_cols, &px, err));
-	TRY(be->act_alloc(be, rows, Dv, &x, err));
-	TRY(be->act_alloc(be, rows, Dv, &h, err));
-	TRY(be->act_alloc(be, rows, Dv, &q, err));
-	TRY(be->act_alloc(be, rows, Dv, &k, err));
-	TRY(be->act_alloc(be, rows, Dv, &v, err));
-	TRY(be->act_alloc(be, rows, Dv, &a, err));
-	TRY(be->act_alloc(be, rows, Dv, &pe, err));
-	TRY(be->act_alloc(be, rows, Iv, &f, err));
-	TRY(be->act_alloc(be, rows, Dv, &tn, err));   /* (N, Dv) = (N/4, 4 Dv) */
-	TRY(be->act_alloc(be, out->tokens, Dv * group, &tg, err));
-	TRY(be->act_alloc(be, out->tokens, H, &out->embeds, err));
+	QW_TRY(be->act_alloc(be, rows, in_cols, &px, err));
+	QW_TRY(be->act_alloc(be, rows, Dv, &x, err));
+	QW_TRY(be->act_alloc(be, rows, Dv, &h, err));
+	QW_TRY(be->act_alloc(be, rows, Dv, &q, err));
+	QW_TRY(be->act_alloc(be, rows, Dv, &k, err));
+	QW_TRY(be->act_alloc(be, rows, Dv, &v, err));
+	QW_TRY(be->act_alloc(be, rows, Dv, &a, err));
+	QW_TRY(be->act_alloc(be, rows, Dv, &pe, err));
+	QW_TRY(be->act_alloc(be, rows, Iv, &f, err));
+	QW_TRY(be->act_alloc(be, rows, Dv, &tn, err));   /* (N, Dv) = (N/4, 4 Dv) */
+	QW_TRY(be->act_alloc(be, out->tokens, Dv * group, &tg, err));
+	QW_TRY(be->act_alloc(be, out->tokens, H, &out->embeds, err));
 	for (int j = 0; j < vc->n_deepstack; j++)
-		TRY(be->act_alloc(be, out->tokens, H, &out->deepstack[j], err));
+		QW_TRY(be->act_alloc(be, out->tokens, H, &out->deepstack[j], err));
 
 	/* patch embedding: the Conv3d is a Linear over each row's (c, t, y, x) values */
-	TRY(be->act_write(be, &px, pixels, err));
+	QW_TRY(be->act_write(be, &px, pixels, err));
 	qw_tensor pw = rows_view(w->patch_w, 0, Dv, in_cols);
-	TRY(be->matmul(be, &x, &px, &pw, w->patch_b, err));
+	QW_TRY(be->matmul(be, &x, &px, &pw, w->patch_b, err));
 	if (hook)
 		hook(hook_ctx, -1, &x);
-	TRY(be->interp_rows(be, &pe, w->pos_embed, g.taps, g.weights, 4, err));
-	TRY(be->add(be, &x, &x, &pe, err));
+	QW_TRY(be->interp_rows(be, &pe, w->pos_embed, g.taps, g.weights, 4, err));
+	QW_TRY(be->add(be, &x, &x, &pe, err));
 
 	for (int b = 0, ds = 0; b < vc->depth; b++) {
 		const qw_vision_block_weights *bw = &w->blocks[b];
@@ -184,29 +177,29 @@ qw_status qw_vision_forward(qw_backend *be, const qw_config *cfg, const qw_weigh
 		qw_tensor wv = rows_view(bw->qkv_w, 2 * Dv, Dv, Dv);
 		qw_tensor bq = rows_view(bw->qkv_b, 0, Dv, 0), bk = rows_view(bw->qkv_b, Dv, Dv, 0);
 		qw_tensor bv = rows_view(bw->qkv_b, 2 * Dv, Dv, 0);
-		TRY(be->layernorm(be, &h, &x, bw->norm1_w, bw->norm1_b, 1e-6f, err));
-		TRY(be->matmul(be, &q, &h, &wq, &bq, err));
-		TRY(be->matmul(be, &k, &h, &wk, &bk, err));
-		TRY(be->matmul(be, &v, &h, &wv, &bv, err));
-		TRY(be->rope_2d(be, &q, g.pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
-		TRY(be->rope_2d(be, &k, g.pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
-		TRY(be->segment_attention(be, &a, &q, &k, &v, g.seg, g.n_segs, heads, err));
-		TRY(be->matmul(be, &h, &a, bw->proj_w, bw->proj_b, err));
-		TRY(be->add(be, &x, &x, &h, err));
-		TRY(be->layernorm(be, &h, &x, bw->norm2_w, bw->norm2_b, 1e-6f, err));
-		TRY(be->matmul(be, &f, &h, bw->fc1_w, bw->fc1_b, err));
-		TRY(be->gelu(be, &f, true, err));
-		TRY(be->matmul(be, &h, &f, bw->fc2_w, bw->fc2_b, err));
-		TRY(be->add(be, &x, &x, &h, err));
+		QW_TRY(be->layernorm(be, &h, &x, bw->norm1_w, bw->norm1_b, 1e-6f, err));
+		QW_TRY(be->matmul(be, &q, &h, &wq, &bq, err));
+		QW_TRY(be->matmul(be, &k, &h, &wk, &bk, err));
+		QW_TRY(be->matmul(be, &v, &h, &wv, &bv, err));
+		QW_TRY(be->rope_2d(be, &q, g.pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
+		QW_TRY(be->rope_2d(be, &k, g.pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
+		QW_TRY(be->segment_attention(be, &a, &q, &k, &v, g.seg, g.n_segs, heads, err));
+		QW_TRY(be->matmul(be, &h, &a, bw->proj_w, bw->proj_b, err));
+		QW_TRY(be->add(be, &x, &x, &h, err));
+		QW_TRY(be->layernorm(be, &h, &x, bw->norm2_w, bw->norm2_b, 1e-6f, err));
+		QW_TRY(be->matmul(be, &f, &h, bw->fc1_w, bw->fc1_b, err));
+		QW_TRY(be->gelu(be, &f, true, err));
+		QW_TRY(be->matmul(be, &h, &f, bw->fc2_w, bw->fc2_b, err));
+		QW_TRY(be->add(be, &x, &x, &h, err));
 		if (hook)
 			hook(hook_ctx, b, &x);
 		if (ds < vc->n_deepstack && vc->deepstack_indexes[ds] == b) {
-			TRY(merge(be, &w->deepstack[ds], &x, group, true, &tn, &tg, &out->deepstack[ds],
-				  err));
+			QW_TRY(merge(be, &w->deepstack[ds], &x, group, true, &tn, &tg, &out->deepstack[ds],
+				     err));
 			ds++;
 		}
 	}
-	TRY(merge(be, &w->merger, &x, group, false, &tn, &tg, &out->embeds, err));
+	QW_TRY(merge(be, &w->merger, &x, group, false, &tn, &tg, &out->embeds, err));
 out:
 	{
 		qw_act *tmp[] = {&px, &x, &h, &q, &k, &v, &a, &f, &pe, &tn, &tg};

@@ -145,13 +145,6 @@ static qw_status read_int_list(const reader *r, const char *key, int lo, int hi,
 	return QW_OK;
 }
 
-#define TRY(call)                          \
-	do {                               \
-		qw_status try_st_ = (call); \
-		if (try_st_ != QW_OK)      \
-			return try_st_;    \
-	} while (0)
-
 // ---------------------------------------------------------------------------------------
 // text
 
@@ -170,12 +163,12 @@ static qw_status read_rope(const reader *r, qw_text_config *t, bool multimodal)
 	reader rr = {r->label, section, rp, r->err};
 
 	if (rp && get(&rr, "rope_theta"))
-		TRY(read_double(&rr, "rope_theta", NAN, &t->rope_theta));
+		QW_TRY(read_double(&rr, "rope_theta", NAN, &t->rope_theta));
 	else
-		TRY(read_double(r, "rope_theta", NAN, &t->rope_theta));
+		QW_TRY(read_double(r, "rope_theta", NAN, &t->rope_theta));
 	if (rp) {
-		TRY(expect_string(&rr, get(&rr, "rope_type") ? "rope_type" : "type", "default"));
-		TRY(read_bool(&rr, "mrope_interleaved", multimodal, &t->mrope_interleaved));
+		QW_TRY(expect_string(&rr, get(&rr, "rope_type") ? "rope_type" : "type", "default"));
+		QW_TRY(read_bool(&rr, "mrope_interleaved", multimodal, &t->mrope_interleaved));
 	}
 	int half = t->head_dim / 2, n = 0;
 	if (!multimodal) {
@@ -183,7 +176,7 @@ static qw_status read_rope(const reader *r, qw_text_config *t, bool multimodal)
 		return QW_OK;
 	}
 	if (rp && get(&rr, "mrope_section")) {
-		TRY(read_int_list(&rr, "mrope_section", 0, half, t->mrope_section, 3, &n));
+		QW_TRY(read_int_list(&rr, "mrope_section", 0, half, t->mrope_section, 3, &n));
 		if (n != 3)
 			return bad(&rr, "mrope_section", "must have 3 entries (t, h, w)");
 	} else {
@@ -203,11 +196,11 @@ static qw_status read_text(const reader *r, qw_config *cfg)
 {
 	qw_text_config *t = &cfg->text;
 	const int big = 1 << 30;
-	TRY(read_int(r, "vocab_size", -1, 1, big, &t->vocab_size));
-	TRY(read_int(r, "hidden_size", -1, 1, big, &t->hidden_size));
-	TRY(read_int(r, "num_hidden_layers", -1, 1, QW_MAX_LAYERS, &t->num_layers));
-	TRY(read_int(r, "num_attention_heads", -1, 1, 4096, &t->num_heads));
-	TRY(read_int(r, "num_key_value_heads", t->num_heads, 1, 4096, &t->num_kv_heads));
+	QW_TRY(read_int(r, "vocab_size", -1, 1, big, &t->vocab_size));
+	QW_TRY(read_int(r, "hidden_size", -1, 1, big, &t->hidden_size));
+	QW_TRY(read_int(r, "num_hidden_layers", -1, 1, QW_MAX_LAYERS, &t->num_layers));
+	QW_TRY(read_int(r, "num_attention_heads", -1, 1, 4096, &t->num_heads));
+	QW_TRY(read_int(r, "num_key_value_heads", t->num_heads, 1, 4096, &t->num_kv_heads));
 	if (t->num_heads % t->num_kv_heads != 0) {
 		char what[160];
 		snprintf(what, sizeof what, "is %d, which does not divide num_attention_heads = %d",
@@ -217,41 +210,41 @@ static qw_status read_text(const reader *r, qw_config *cfg)
 	if (!get(r, "head_dim") && t->hidden_size % t->num_heads != 0)
 		return bad(r, "head_dim", "is missing and hidden_size is not a multiple of "
 			   "num_attention_heads");
-	TRY(read_int(r, "head_dim", t->hidden_size / t->num_heads, 2, 4096, &t->head_dim));
+	QW_TRY(read_int(r, "head_dim", t->hidden_size / t->num_heads, 2, 4096, &t->head_dim));
 	if (t->head_dim % 2 != 0)
 		return bad(r, "head_dim", "must be even (rotary pairs)");
-	TRY(read_double(r, "rms_norm_eps", 1e-6, &t->rms_norm_eps));
-	TRY(read_bool(r, "attention_bias", false, &t->attention_bias));
-	TRY(read_int(r, "max_position_embeddings", 0, 0, big, &t->max_position_embeddings));
-	TRY(expect_string(r, "hidden_act", "silu"));
+	QW_TRY(read_double(r, "rms_norm_eps", 1e-6, &t->rms_norm_eps));
+	QW_TRY(read_bool(r, "attention_bias", false, &t->attention_bias));
+	QW_TRY(read_int(r, "max_position_embeddings", 0, 0, big, &t->max_position_embeddings));
+	QW_TRY(expect_string(r, "hidden_act", "silu"));
 	bool sliding = false;
-	TRY(read_bool(r, "use_sliding_window", false, &sliding));
+	QW_TRY(read_bool(r, "use_sliding_window", false, &sliding));
 	if (sliding)
 		return bad(r, "use_sliding_window", "is true; sliding-window attention is not "
 			   "supported");
-	TRY(read_rope(r, t, cfg->has_vision));
+	QW_TRY(read_rope(r, t, cfg->has_vision));
 
-	TRY(read_int(r, "bos_token_id", -1, -1, t->vocab_size - 1, &t->bos_token_id));
-	TRY(read_int_list(r, "eos_token_id", 0, t->vocab_size - 1, t->eos_token_ids, QW_MAX_EOS,
-			  &t->n_eos));
+	QW_TRY(read_int(r, "bos_token_id", -1, -1, t->vocab_size - 1, &t->bos_token_id));
+	QW_TRY(read_int_list(r, "eos_token_id", 0, t->vocab_size - 1, t->eos_token_ids, QW_MAX_EOS,
+			     &t->n_eos));
 
 	int n_dense = t->num_layers;
 	if (cfg->is_moe) {
-		TRY(read_int2(r, "num_experts", "num_local_experts", -1, 1, 1 << 16,
-			      &t->num_experts));
-		TRY(read_int(r, "num_experts_per_tok", -1, 1, 1 << 16, &t->num_experts_per_tok));
+		QW_TRY(read_int2(r, "num_experts", "num_local_experts", -1, 1, 1 << 16,
+			         &t->num_experts));
+		QW_TRY(read_int(r, "num_experts_per_tok", -1, 1, 1 << 16, &t->num_experts_per_tok));
 		if (t->num_experts_per_tok > t->num_experts) {
 			char what[160];
 			snprintf(what, sizeof what, "is %d, more than the %d experts",
 				 t->num_experts_per_tok, t->num_experts);
 			return bad(r, "num_experts_per_tok", what);
 		}
-		TRY(read_int(r, "moe_intermediate_size", -1, 1, big, &t->moe_intermediate_size));
-		TRY(read_int(r, "decoder_sparse_step", 1, 1, QW_MAX_LAYERS, &t->decoder_sparse_step));
-		TRY(read_bool(r, "norm_topk_prob", true, &t->norm_topk_prob));
+		QW_TRY(read_int(r, "moe_intermediate_size", -1, 1, big, &t->moe_intermediate_size));
+		QW_TRY(read_int(r, "decoder_sparse_step", 1, 1, QW_MAX_LAYERS, &t->decoder_sparse_step));
+		QW_TRY(read_bool(r, "norm_topk_prob", true, &t->norm_topk_prob));
 		int only[QW_MAX_LAYERS], n_only = 0;
-		TRY(read_int_list(r, "mlp_only_layers", 0, t->num_layers - 1, only, QW_MAX_LAYERS,
-				  &n_only));
+		QW_TRY(read_int_list(r, "mlp_only_layers", 0, t->num_layers - 1, only, QW_MAX_LAYERS,
+				     &n_only));
 		n_dense = 0;
 		for (int L = 0; L < t->num_layers; L++)
 			t->layer_dense[L] = (L + 1) % t->decoder_sparse_step != 0;
@@ -263,8 +256,8 @@ static qw_status read_text(const reader *r, qw_config *cfg)
 		for (int L = 0; L < t->num_layers; L++)
 			t->layer_dense[L] = true;
 	}
-	TRY(read_int(r, "intermediate_size", n_dense ? -1 : 0, n_dense ? 1 : 0, big,
-		     &t->intermediate_size));
+	QW_TRY(read_int(r, "intermediate_size", n_dense ? -1 : 0, n_dense ? 1 : 0, big,
+		        &t->intermediate_size));
 	return QW_OK;
 }
 
@@ -275,31 +268,31 @@ static qw_status read_vision(const reader *r, qw_config *cfg)
 {
 	qw_vision_config *v = &cfg->vision;
 	const int big = 1 << 30;
-	TRY(read_int(r, "depth", -1, 1, 1024, &v->depth));
-	TRY(read_int(r, "hidden_size", -1, 1, big, &v->hidden_size));
-	TRY(read_int(r, "num_heads", -1, 1, 4096, &v->num_heads));
+	QW_TRY(read_int(r, "depth", -1, 1, 1024, &v->depth));
+	QW_TRY(read_int(r, "hidden_size", -1, 1, big, &v->hidden_size));
+	QW_TRY(read_int(r, "num_heads", -1, 1, 4096, &v->num_heads));
 	if (v->hidden_size % v->num_heads != 0 || (v->hidden_size / v->num_heads) % 4 != 0)
 		return bad(r, "num_heads", "must divide hidden_size into heads whose size is a "
 			   "multiple of 4 (2-D rotary)");
-	TRY(read_int(r, "intermediate_size", -1, 1, big, &v->intermediate_size));
-	TRY(read_int(r, "in_channels", 3, 3, 3, &v->in_channels));
-	TRY(read_int(r, "patch_size", 16, 1, 1024, &v->patch_size));
-	TRY(read_int(r, "temporal_patch_size", 2, 1, 64, &v->temporal_patch_size));
-	TRY(read_int(r, "spatial_merge_size", 2, 1, 64, &v->spatial_merge_size));
-	TRY(read_int(r, "out_hidden_size", -1, 1, big, &v->out_hidden_size));
+	QW_TRY(read_int(r, "intermediate_size", -1, 1, big, &v->intermediate_size));
+	QW_TRY(read_int(r, "in_channels", 3, 3, 3, &v->in_channels));
+	QW_TRY(read_int(r, "patch_size", 16, 1, 1024, &v->patch_size));
+	QW_TRY(read_int(r, "temporal_patch_size", 2, 1, 64, &v->temporal_patch_size));
+	QW_TRY(read_int(r, "spatial_merge_size", 2, 1, 64, &v->spatial_merge_size));
+	QW_TRY(read_int(r, "out_hidden_size", -1, 1, big, &v->out_hidden_size));
 	if (v->out_hidden_size != cfg->text.hidden_size) {
 		char what[128];
 		snprintf(what, sizeof what, "is %d, must equal text hidden_size %d",
 			 v->out_hidden_size, cfg->text.hidden_size);
 		return bad(r, "out_hidden_size", what);
 	}
-	TRY(read_int(r, "num_position_embeddings", 2304, 1, big, &v->num_position_embeddings));
+	QW_TRY(read_int(r, "num_position_embeddings", 2304, 1, big, &v->num_position_embeddings));
 	int g = (int)lround(sqrt((double)v->num_position_embeddings));
 	if (g * g != v->num_position_embeddings)
 		return bad(r, "num_position_embeddings", "must be a perfect square (a G x G grid)");
-	TRY(expect_string(r, "hidden_act", "gelu_pytorch_tanh"));
-	TRY(read_int_list(r, "deepstack_visual_indexes", 0, big, v->deepstack_indexes,
-			  QW_MAX_DEEPSTACK, &v->n_deepstack));
+	QW_TRY(expect_string(r, "hidden_act", "gelu_pytorch_tanh"));
+	QW_TRY(read_int_list(r, "deepstack_visual_indexes", 0, big, v->deepstack_indexes,
+			     QW_MAX_DEEPSTACK, &v->n_deepstack));
 	for (int i = 0; i < v->n_deepstack; i++) {
 		char what[128];
 		if (v->deepstack_indexes[i] >= v->depth) {
@@ -378,7 +371,7 @@ static qw_status read_quant(const reader *root, qw_config *cfg)
 		json_t *bs = get(&r, "weight_block_size");
 		int block[2] = {128, 128}, n = 2;
 		if (bs)
-			TRY(read_int_list(&r, "weight_block_size", 1, 1 << 16, block, 2, &n));
+			QW_TRY(read_int_list(&r, "weight_block_size", 1, 1 << 16, block, 2, &n));
 		if (n != 2)
 			return bad(&r, "weight_block_size", "must be [rows, cols]");
 		cfg->quant.block[0] = block[0];
@@ -422,16 +415,16 @@ static qw_status read_config(const reader *root, qw_config *cfg)
 		if (!json_is_object(text.obj))
 			return bad(root, "text_config", "is missing or not an object");
 	}
-	TRY(read_text(&text, cfg));
-	TRY(read_dtype(root, cfg->has_vision ? text.obj : NULL, &cfg->dtype));
-	TRY(read_quant(root, cfg));
+	QW_TRY(read_text(&text, cfg));
+	QW_TRY(read_dtype(root, cfg->has_vision ? text.obj : NULL, &cfg->dtype));
+	QW_TRY(read_quant(root, cfg));
 
 	/* tie_word_embeddings: top level wins; text_config may repeat it, but not contradict */
 	bool tie_top = false, tie_text = false;
-	TRY(read_bool(root, "tie_word_embeddings", false, &tie_top));
+	QW_TRY(read_bool(root, "tie_word_embeddings", false, &tie_top));
 	cfg->tie_word_embeddings = tie_top;
 	if (cfg->has_vision && get(&text, "tie_word_embeddings")) {
-		TRY(read_bool(&text, "tie_word_embeddings", false, &tie_text));
+		QW_TRY(read_bool(&text, "tie_word_embeddings", false, &tie_text));
 		if (!get(root, "tie_word_embeddings"))
 			cfg->tie_word_embeddings = tie_text;
 		else if (tie_text != tie_top)
@@ -444,12 +437,12 @@ static qw_status read_config(const reader *root, qw_config *cfg)
 	reader vis = {root->label, "vision_config.", get(root, "vision_config"), root->err};
 	if (!json_is_object(vis.obj))
 		return bad(root, "vision_config", "is missing or not an object");
-	TRY(read_vision(&vis, cfg));
+	QW_TRY(read_vision(&vis, cfg));
 	int last = cfg->text.vocab_size - 1;
-	TRY(read_int(root, "image_token_id", 151655, 0, last, &cfg->image_token_id));
-	TRY(read_int(root, "video_token_id", 151656, 0, last, &cfg->video_token_id));
-	TRY(read_int(root, "vision_start_token_id", 151652, 0, last, &cfg->vision_start_token_id));
-	TRY(read_int(root, "vision_end_token_id", 151653, 0, last, &cfg->vision_end_token_id));
+	QW_TRY(read_int(root, "image_token_id", 151655, 0, last, &cfg->image_token_id));
+	QW_TRY(read_int(root, "video_token_id", 151656, 0, last, &cfg->video_token_id));
+	QW_TRY(read_int(root, "vision_start_token_id", 151652, 0, last, &cfg->vision_start_token_id));
+	QW_TRY(read_int(root, "vision_end_token_id", 151653, 0, last, &cfg->vision_end_token_id));
 	return QW_OK;
 }
 

@@ -54,6 +54,15 @@ const char *qw_status_name(qw_status code);
 /* Clears err to QW_OK. */
 void qw_err_clear(qw_err *err);
 
+/* Evaluates call (a qw_status expression) and returns its status from the calling function
+ * when it is not QW_OK. */
+#define QW_TRY(call)                            \
+	do {                                    \
+		qw_status qw_try_st_ = (call);  \
+		if (qw_try_st_ != QW_OK)        \
+			return qw_try_st_;      \
+	} while (0)
+
 #ifdef __cplusplus
 }
 #endif

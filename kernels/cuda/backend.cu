@@ -78,7 +78,7 @@ static qw_status act_write(qw_backend *be, qw_act *dst, const float *src, qw_err
 {
 	cuda_ctx *c = ctx_of(be);
 	size_t n = (size_t)dst->rows * (size_t)dst->cols;
-	TRY(host_room(c, n, err));
+	QW_TRY(host_room(c, n, err));
 	for (size_t i = 0; i < n; i++)
 		c->host_bf16[i] = qw_f32_to_bf16(src[i]);
 	QW_CUDA_TRY(err, cudaMemcpyAsync(dst->data, c->host_bf16, n * 2, cudaMemcpyHostToDevice,
@@ -91,7 +91,7 @@ static qw_status act_read(qw_backend *be, const qw_act *src, float *dst, qw_err 
 {
 	cuda_ctx *c = ctx_of(be);
 	size_t n = (size_t)src->rows * (size_t)src->cols;
-	TRY(host_room(c, n, err));
+	QW_TRY(host_room(c, n, err));
 	QW_CUDA_TRY(err, cudaMemcpyAsync(c->host_bf16, src->data, n * 2, cudaMemcpyDeviceToHost,
 					 c->stream));
 	QW_CUDA_TRY(err, cudaStreamSynchronize(c->stream));
@@ -233,7 +233,7 @@ static qw_status step_of(qw_backend *be, const qw_batch *b, const qw_cuda_batch 
 {
 	cuda_ctx *c = ctx_of(be);
 	if (c->cur != b)
-		TRY(begin_step(be, b, err));
+		QW_TRY(begin_step(be, b, err));
 	*out = &c->db;
 	return QW_OK;
 }
@@ -283,8 +283,8 @@ static qw_status embed(qw_backend *be, qw_act *out, const qw_tensor *table, cons
 	if (out->cols != table->shape[1])
 		return shape_error(err, "embed", "output width is not the table's");
 	const void *d_ids;
-	TRY(begin_op(c, (size_t)out->rows * 4, err));
-	TRY(dev_copy(c, ids, (size_t)out->rows, 4, &d_ids, err));
+	QW_TRY(begin_op(c, (size_t)out->rows * 4, err));
+	QW_TRY(dev_copy(c, ids, (size_t)out->rows, 4, &d_ids, err));
 	return qw_cuda_embed(D16(out), (const uint16_t *)table->data, (const int32_t *)d_ids,
 			     out->rows, out->cols, (int)table->shape[0], c->stream, err);
 }
@@ -327,8 +327,8 @@ static qw_status rope(qw_backend *be, qw_act *x, const int32_t *positions, int n
 	if (n_heads * head_dim != x->cols || head_dim % 2)
 		return shape_error(err, "rope", "heads x head_dim is not the row width");
 	const void *d_pos;
-	TRY(begin_op(c, (size_t)x->rows * 12, err));
-	TRY(dev_copy(c, positions, 3 * (size_t)x->rows, 4, &d_pos, err));
+	QW_TRY(begin_op(c, (size_t)x->rows * 12, err));
+	QW_TRY(dev_copy(c, positions, 3 * (size_t)x->rows, 4, &d_pos, err));
 	return qw_cuda_rope(D16(x), (const int32_t *)d_pos, x->rows, n_heads, head_dim,
 			    mrope_section, theta, c->stream, err);
 }
@@ -346,8 +346,8 @@ static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_t
 		return QW_OK;
 	/* a decode step's few tokens: a stream over w beats cuBLAS's fixed cost */
 	if (qw_cuda_few_rows_gemm_takes(T, N, K, x->data, w->data, out->data)) {
-		TRY(qw_cuda_few_rows_gemm(D16(out), C16(x), (const uint16_t *)w->data, T, N, K,
-					  c->stream, err));
+		QW_TRY(qw_cuda_few_rows_gemm(D16(out), C16(x), (const uint16_t *)w->data, T, N, K,
+					     c->stream, err));
 		if (bias)
 			return qw_cuda_add_bias(D16(out), (const uint16_t *)bias->data, T, N, c->stream,
 						err);
@@ -386,7 +386,7 @@ static qw_status kv_write(qw_backend *be, qw_kv_cache *kv, int layer, const qw_a
 			  const qw_act *v, const qw_batch *batch, qw_err *err)
 {
 	const qw_cuda_batch *db;
-	TRY(step_of(be, batch, &db, err));
+	QW_TRY(step_of(be, batch, &db, err));
 	qw_cuda_batch b = *db;
 	b.block_size = kv->shape.block_size;
 	int width = kv->shape.n_kv_heads * kv->shape.head_dim;
@@ -414,10 +414,10 @@ static qw_status qk_norm_rope_kv(qw_backend *be, qw_act *q_out, const qw_act *qk
 		return shape_error(err, "qk_norm_rope_kv", "qkv, q_out or norm widths do not match "
 				   "the heads, or qkv's rows the batch");
 	const qw_cuda_batch *db;
-	TRY(step_of(be, batch, &db, err));
+	QW_TRY(step_of(be, batch, &db, err));
 	const void *d_pos;
-	TRY(begin_op(c, (size_t)T * 12, err));
-	TRY(dev_copy(c, positions, 3 * (size_t)T, 4, &d_pos, err));
+	QW_TRY(begin_op(c, (size_t)T * 12, err));
+	QW_TRY(dev_copy(c, positions, 3 * (size_t)T, 4, &d_pos, err));
 	q_out->rows = T;
 	size_t off = (size_t)layer * kv->layer_elems;
 	return qw_cuda_qk_norm_rope_kv(D16(q_out), kv->k + off, kv->v + off, C16(qkv),
@@ -432,14 +432,14 @@ static qw_status attention(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_c
 {
 	cuda_ctx *c = ctx_of(be);
 	const qw_cuda_batch *db;
-	TRY(step_of(be, batch, &db, err));
+	QW_TRY(step_of(be, batch, &db, err));
 	qw_cuda_batch b = *db;
 	b.block_size = kv->shape.block_size;
 	int D = kv->shape.head_dim, Hkv = kv->shape.n_kv_heads;
 	if (q->cols != n_heads * D || out->cols != q->cols || n_heads % Hkv)
 		return shape_error(err, "attention", "query width or head counts do not match");
 	size_t ws = qw_cuda_attention_ws_bytes(q->rows, n_heads, D, b.max_kv_len);
-	TRY(grow_dev(c, &c->attn_ws, ws, err));
+	QW_TRY(grow_dev(c, &c->attn_ws, ws, err));
 	out->rows = q->rows;
 	size_t off = (size_t)layer * kv->layer_elems;
 	return qw_cuda_attention(D16(out), C16(q), kv->k + off, kv->v + off, &b, n_heads, Hkv, D,
@@ -454,8 +454,8 @@ static qw_status gather_rows(qw_backend *be, qw_act *out, const qw_act *x, const
 	if (out->cols != x->cols || out->cap_rows < n)
 		return shape_error(err, "gather_rows", "output too small");
 	const void *d_rows;
-	TRY(begin_op(c, (size_t)n * 4, err));
-	TRY(dev_copy(c, rows, (size_t)n, 4, &d_rows, err));
+	QW_TRY(begin_op(c, (size_t)n * 4, err));
+	QW_TRY(dev_copy(c, rows, (size_t)n, 4, &d_rows, err));
 	out->rows = n;
 	return qw_cuda_gather_rows(D16(out), C16(x), (const int32_t *)d_rows, n, x->cols, x->rows,
 				   c->stream, err);
@@ -468,8 +468,8 @@ static qw_status scatter_rows(qw_backend *be, qw_act *dst, const int32_t *rows, 
 	if (dst->cols != src->cols)
 		return shape_error(err, "scatter_rows", "row widths differ");
 	const void *d_rows;
-	TRY(begin_op(c, (size_t)src->rows * 4, err));
-	TRY(dev_copy(c, rows, (size_t)src->rows, 4, &d_rows, err));
+	QW_TRY(begin_op(c, (size_t)src->rows * 4, err));
+	QW_TRY(dev_copy(c, rows, (size_t)src->rows, 4, &d_rows, err));
 	return qw_cuda_scatter_rows(D16(dst), (const int32_t *)d_rows, C16(src), src->rows,
 				    src->cols, dst->rows, add_, c->stream, err);
 }
@@ -478,7 +478,7 @@ static qw_status sample(qw_backend *be, const qw_act *logits, const qw_sampling 
 			int32_t *out_tokens, qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
-	TRY(grow_dev(c, &c->sample_ws, qw_cuda_sample_ws_bytes(logits->rows, logits->cols), err));
+	QW_TRY(grow_dev(c, &c->sample_ws, qw_cuda_sample_ws_bytes(logits->rows, logits->cols), err));
 	return qw_cuda_sample(out_tokens, C16(logits), logits->rows, logits->cols, params,
 			      c->sample_ws.p, c->sample_ws.bytes, c->stream, err);
 }
@@ -507,8 +507,8 @@ static qw_status rope_2d(qw_backend *be, qw_act *x, const int32_t *pos_rc, int n
 	if (n_heads * head_dim != x->cols || head_dim % 4)
 		return shape_error(err, "rope_2d", "heads x head_dim is not the row width");
 	const void *d_pos;
-	TRY(begin_op(c, (size_t)x->rows * 8, err));
-	TRY(dev_copy(c, pos_rc, 2 * (size_t)x->rows, 4, &d_pos, err));
+	QW_TRY(begin_op(c, (size_t)x->rows * 8, err));
+	QW_TRY(dev_copy(c, pos_rc, 2 * (size_t)x->rows, 4, &d_pos, err));
 	return qw_cuda_rope_2d(D16(x), (const int32_t *)d_pos, x->rows, n_heads, head_dim, theta,
 			       c->stream, err);
 }
@@ -527,8 +527,8 @@ static qw_status segment_attention(qw_backend *be, qw_act *out, const qw_act *q,
 		if (seg_start[s + 1] - seg_start[s] > longest)
 			longest = seg_start[s + 1] - seg_start[s];
 	const void *d_seg;
-	TRY(begin_op(c, ((size_t)n_segs + 1) * 4, err));
-	TRY(dev_copy(c, seg_start, (size_t)n_segs + 1, 4, &d_seg, err));
+	QW_TRY(begin_op(c, ((size_t)n_segs + 1) * 4, err));
+	QW_TRY(dev_copy(c, seg_start, (size_t)n_segs + 1, 4, &d_seg, err));
 	out->rows = q->rows;
 	return qw_cuda_segment_attention(D16(out), C16(q), C16(k), C16(v), (const int32_t *)d_seg,
 					 n_segs, longest, q->rows, n_heads, width / n_heads,
@@ -543,9 +543,9 @@ static qw_status interp_rows(qw_backend *be, qw_act *out, const qw_tensor *table
 		return shape_error(err, "interp_rows", "output width differs from the table's");
 	size_t n = (size_t)out->rows * (size_t)taps;
 	const void *d_idx, *d_w;
-	TRY(begin_op(c, 2 * n * 4 + 256, err));
-	TRY(dev_copy(c, idx, n, 4, &d_idx, err));
-	TRY(dev_copy(c, w, n, 4, &d_w, err));
+	QW_TRY(begin_op(c, 2 * n * 4 + 256, err));
+	QW_TRY(dev_copy(c, idx, n, 4, &d_idx, err));
+	QW_TRY(dev_copy(c, w, n, 4, &d_w, err));
 	return qw_cuda_interp_rows(D16(out), (const uint16_t *)table->data, (const int32_t *)d_idx,
 				   (const float *)d_w, out->rows, taps, out->cols,
 				   (int)table->shape[0], c->stream, err);
@@ -563,7 +563,7 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 		gu = (const uint16_t *)w->gate_up->data;
 		dn = (const uint16_t *)w->down->data;
 	} else {
-		TRY(cuda_fused_experts(c, w, &gu, &dn, err));
+		QW_TRY(cuda_fused_experts(c, w, &gu, &dn, err));
 	}
 	qw_cuda_moe_args a;
 	a.T = x->rows;
@@ -577,7 +577,7 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 	a.gate_up = gu;
 	a.down = dn;
 	a.out = D16(out);
-	TRY(grow_dev(c, &c->moe_ws, qw_cuda_moe_ws_bytes(x->rows, H, E, k, I), err));
+	QW_TRY(grow_dev(c, &c->moe_ws, qw_cuda_moe_ws_bytes(x->rows, H, E, k, I), err));
 	out->rows = x->rows;
 	return qw_cuda_moe(&a, c->moe_ws.p, c->moe_ws.bytes, c->stream, err);
 }

@@ -94,13 +94,6 @@ static inline cuda_ctx *ctx_of(qw_backend *be)
 	return (cuda_ctx *)be->ctx;
 }
 
-#define TRY(call)                          \
-	do {                               \
-		qw_status try_st_ = (call); \
-		if (try_st_ != QW_OK)      \
-			return try_st_;    \
-	} while (0)
-
 #define D16(a) ((uint16_t *)(a)->data)
 #define C16(a) ((const uint16_t *)(a)->data)
 

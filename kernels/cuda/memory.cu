@@ -44,7 +44,7 @@ qw_status cuda_synthesize(qw_backend *be, const qw_tensor *t, uint64_t s0, doubl
 {
 	cuda_ctx *c = ctx_of(be);
 	owned_tensor *o;
-	TRY(new_tensor(c, t, &o, err));
+	QW_TRY(new_tensor(c, t, &o, err));
 	*out = &o->t;
 	return qw_cuda_fill_normal((uint16_t *)o->t.data, t->numel, s0, mean, std, c->stream, err);
 }
@@ -115,7 +115,7 @@ qw_status cuda_fuse_rows(qw_backend *be, const qw_tensor *const *parts, int n,
 	cuda_ctx *c = ctx_of(be);
 	owned_tensor *o[FUSE_MAX_PARTS], *f;
 	int64_t rows = 0;
-	TRY(fusable(c, parts, n, o, &rows, err));
+	QW_TRY(fusable(c, parts, n, o, &rows, err));
 	qw_tensor desc = *parts[0];
 	desc.shape[0] = rows;
 	desc.numel = (uint64_t)rows * (uint64_t)desc.shape[1];
@@ -184,7 +184,7 @@ qw_status cuda_upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out,
 {
 	cuda_ctx *c = ctx_of(be);
 	owned_tensor *o;
-	TRY(new_tensor(c, t, &o, err));
+	QW_TRY(new_tensor(c, t, &o, err));
 	const uint64_t per = STAGING_BYTES / 2;   /* values a buffer holds */
 	for (uint64_t at = 0; at < t->numel; at += per) {
 		uint64_t n = t->numel - at < per ? t->numel - at : per;
@@ -252,10 +252,10 @@ qw_status cuda_fused_experts(cuda_ctx *c, const qw_moe_weights *w, const uint16_
 	f->next = c->fused;
 	c->fused = f;
 	for (int e = 0; e < E; e++) {
-		TRY(transpose_into(f->gate_up + (size_t)e * each, w->gate[e], 2 * I, 0, c->stream, err));
-		TRY(transpose_into(f->gate_up + (size_t)e * each, w->up[e], 2 * I, I, c->stream, err));
-		TRY(transpose_into(f->down + (size_t)e * (size_t)I * H, w->expert_down[e], H, 0,
-				   c->stream, err));
+		QW_TRY(transpose_into(f->gate_up + (size_t)e * each, w->gate[e], 2 * I, 0, c->stream, err));
+		QW_TRY(transpose_into(f->gate_up + (size_t)e * each, w->up[e], 2 * I, I, c->stream, err));
+		QW_TRY(transpose_into(f->down + (size_t)e * (size_t)I * H, w->expert_down[e], H, 0,
+				      c->stream, err));
 	}
 	*gu = f->gate_up;
 	*dn = f->down;
