@@ -13,7 +13,7 @@
  * segments), moe.cu (routing and experts), few_rows_gemm.cu (decode's dense projections),
  * sample.cu (greedy and seeded sampling), elementwise.cu (norms, rotary, SwiGLU, GELU,
  * gathers, and the fused add + norm and q/k norm + rotary + KV write), backend.cu (the op
- * table).
+ * table; memory.cu and step_graphs.cu with it).
  */
 #ifndef QW_KERNELS_CUDA_KERNELS_H
 #define QW_KERNELS_CUDA_KERNELS_H
