@@ -109,17 +109,6 @@ static __global__ void gather_rows_kernel(bf16 *out, const bf16 *src, const int3
 						     : src[(size_t)from * cols + c];
 }
 
-qw_status qw_cuda_embed(uint16_t *out, const uint16_t *table, const int32_t *ids, int T,
-			int H, int V, cudaStream_t stream, qw_err *err)
-{
-	if (T < 1)
-		return QW_OK;
-	/* an id outside the table gives NaN rows rather than a read out of bounds */
-	QW_CUDA_TRY(err, launch_pdl(gather_rows_kernel, dim3(T), dim3(256), 0, stream, (bf16 *)out,
-				    (const bf16 *)table, ids, T, H, V));
-	return QW_OK;
-}
-
 qw_status qw_cuda_gather_rows(uint16_t *out, const uint16_t *x, const int32_t *rows, int n,
 			      int cols, int x_rows, cudaStream_t stream, qw_err *err)
 {
@@ -128,6 +117,14 @@ qw_status qw_cuda_gather_rows(uint16_t *out, const uint16_t *x, const int32_t *r
 	QW_CUDA_TRY(err, launch_pdl(gather_rows_kernel, dim3(n), dim3(256), 0, stream, (bf16 *)out,
 				    (const bf16 *)x, rows, n, cols, x_rows));
 	return QW_OK;
+}
+
+/* The embedding is a gather of table rows; an id outside the table gives a NaN row rather
+ * than a read out of bounds. */
+qw_status qw_cuda_embed(uint16_t *out, const uint16_t *table, const int32_t *ids, int T,
+			int H, int V, cudaStream_t stream, qw_err *err)
+{
+	return qw_cuda_gather_rows(out, table, ids, T, H, V, stream, err);
 }
 
 static __global__ void scatter_rows_kernel(bf16 *dst, const int32_t *rows, const bf16 *src,
