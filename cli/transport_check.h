@@ -1,7 +1,7 @@
 /* transport_check.h - what qwen-transport-check's transports share: the options, the test
  * pattern (deterministic bits of valid values of the dtype, from seed, stage and iteration),
  * the message header, and the results table.  The host transports (shm, tcp) are in
- * qwen_transport_check.c, NCCL in kernels/cuda/transport_nccl.cu. */
+ * qwen_transport_check.c, NCCL in cli/transport_nccl.cu. */
 #ifndef QW_CLI_TRANSPORT_CHECK_H
 #define QW_CLI_TRANSPORT_CHECK_H
 
@@ -49,7 +49,7 @@ void tc_make_finite(void *buf, uint64_t bytes, tc_dtype dtype);
 /* The pattern of transfer (stage, iter) into buf. */
 void tc_fill(void *buf, uint64_t bytes, tc_dtype dtype, uint64_t seed, int stage, int iter);
 
-/* NCCL between GPUs (kernels/cuda/transport_nccl.cu): runs the chain, fills rep. */
+/* NCCL between GPUs (cli/transport_nccl.cu): runs the chain, fills rep. */
 int tc_run_nccl(const tc_opts *o, tc_report *rep, char *errbuf, size_t errlen);
 
 #ifdef __cplusplus

@@ -12,8 +12,9 @@
  * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
  * segments), moe.cu (routing and experts), few_rows_gemm.cu (decode's dense projections),
  * sample.cu (greedy and seeded sampling), elementwise.cu (norms, rotary, SwiGLU, GELU,
- * gathers, and the fused add + norm and q/k norm + rotary + KV write), backend.cu (the op
- * table; memory.cu and step_graphs.cu with it).
+ * gathers, and the fused add + norm and q/k norm + rotary + KV write), checksum.cu (the
+ * hand-over checksum's chunk hashes), backend.cu (the op table; memory.cu and step_graphs.cu
+ * with it).
  */
 #ifndef QW_KERNELS_CUDA_KERNELS_H
 #define QW_KERNELS_CUDA_KERNELS_H
@@ -186,6 +187,14 @@ qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, const uint16_t
 /* out (n,) bf16 = loader/export.h's random stream s0 with (mean, std), element by element. */
 qw_status qw_cuda_fill_normal(uint16_t *out, uint64_t n, uint64_t s0, double mean, double std,
 			      cudaStream_t stream, qw_err *err);
+
+// -- checksum.cu ---------------------------------------------------------------------------
+
+/* out (ceil(bytes / QW_CHECKSUM_CHUNK),) = the first level of ipc/checksum.h over buf: chunk
+ * i hashed with XXH64 seeded by i, a thread a chunk; qw_checksum_finish on the host makes the
+ * whole checksum of them. */
+qw_status qw_cuda_chunk_hashes(uint64_t *out, const void *buf, uint64_t bytes,
+			       cudaStream_t stream, qw_err *err);
 
 #ifdef __cplusplus
 }
