@@ -15,12 +15,14 @@
 #include "ipc/step.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/nccl_pipe.h"
 #include "kernels/forward.h"
 #include "kernels/vision.h"
 #include "loader/checkpoint.h"
 #include "loader/dtype.h"
 
 #define IDLE_WAIT_MS 500      /* how often an idle worker beats and checks on its daemon */
+#define NCCL_TIMEOUT_S 120.0  /* joining the communicator, and leaving it cleanly */
 #define CPU_KV_CAP (256ull << 20)   /* the CPU backend's KV cache stops at 256 MiB a stage */
 
 /* The vision tower's output for an image whose tokens are still being prefilled. */
@@ -41,7 +43,9 @@ typedef struct worker {
 	qw_backend *be;
 	qw_stage_model m;
 	size_t elem;                       /* bytes of one activation value */
-	qw_handover prev, next;            /* hand-overs from the previous, to the next stage */
+	qw_handover prev, next;            /* hand-overs from the previous, to the next stage
+					      (CPU backend: through the region's rings) */
+	qw_nccl_pipe *pipe;                /* the hand-overs device to device (CUDA, S > 1) */
 	qw_act hidden;                     /* (max_tokens, H) */
 	qw_act logits;                     /* (max_logits, V), last stage */
 	qw_act visual;                     /* (max_tokens, H), stage 0: image rows of a step */
@@ -52,6 +56,9 @@ typedef struct worker {
 	int n_vision, cap_vision;
 	void *msg;                         /* the plan being run */
 	size_t msg_cap;
+	void *ahead;                       /* the plan after it, read early (NCCL pipe) */
+	size_t ahead_cap, ahead_len;       /* ahead_len 0: none */
+	uint64_t posted_ahead;             /* step + 1 whose receive was posted early, or 0 */
 	int32_t *tables;                   /* dense block tables of a step */
 	size_t tables_cap;
 	int32_t *visual_rows;              /* (max_tokens,) */
@@ -128,6 +135,75 @@ static qw_status create_backend(worker *w, qw_err *err)
 }
 
 // ---------------------------------------------------------------------------------------
+// the NCCL data plane (CUDA backend, two stages or more)
+
+static bool uses_nccl(const worker *w)
+{
+	return strcmp(w->hdr->job.device, "cuda") == 0 && w->n_stages > 1;
+}
+
+/* Before the first NCCL call.  NCCL refuses two ranks on one GPU unless each has a host id of
+ * its own; stages sharing a GPU (tests) then talk over NCCL's socket transport, on loopback.
+ * The pipeline only sends and receives, so NVLink SHARP's buffers would be memory for nothing. */
+static void nccl_environment(worker *w)
+{
+	const qw_region_job *job = &w->hdr->job;
+	int shared = -1;
+	for (int i = 0; i < w->n_stages; i++)
+		for (int j = 0; j < i; j++)
+			if (job->gpu[i] == job->gpu[j])
+				shared = job->gpu[i];
+	setenv("NCCL_NVLS_ENABLE", "0", 0);
+	if (shared < 0)
+		return;
+	char id[64];
+	snprintf(id, sizeof id, "qwend-%d-stage-%d", (int)w->daemon, w->stage);
+	setenv("NCCL_HOSTID", id, 1);
+	setenv("NCCL_SOCKET_IFNAME", "lo", 0);
+	if (w->stage == 0)
+		qw_log(QW_LOG_WARN, "stages share GPU %d: their hand-overs go over NCCL's socket "
+		       "transport (for tests, not for speed)", shared);
+}
+
+/* A wait on the GPU or on NCCL goes on while the daemon wants this generation. */
+static bool keep_waiting(void *ctx)
+{
+	worker *w = ctx;
+	beat(w);
+	return !atomic_load(&qw_region_plan_ring(&w->region, w->stage)->aborted) &&
+	       getppid() == w->daemon;
+}
+
+/* Joins the generation's communicator: stage 0 makes its id and puts it in the region. */
+static qw_status join_pipe(worker *w, qw_err *err)
+{
+	qw_region_header *h = w->hdr;
+	nccl_environment(w);
+	if (w->stage == 0) {
+		QW_TRY(qw_nccl_unique_id(h->nccl_id, err));
+		atomic_store(&h->nccl_id_ready, 1);
+	}
+	while (!atomic_load(&h->nccl_id_ready)) {
+		if (!keep_waiting(w))
+			return qw_fail(err, QW_E_ABORTED, "the daemon gave up before stage 0 made the "
+				       "NCCL id");
+		usleep(1000);
+	}
+	const qw_region_job *job = &h->job;
+	int n_ds = w->cfg.has_vision ? w->cfg.vision.n_deepstack : 0;
+	int in = w->stage > 0 ? n_ds - job->layer_begin[w->stage] : 0;
+	int out = w->stage < w->n_stages - 1 ? n_ds - job->layer_end[w->stage] : 0;
+	qw_nccl_pipe_config c = {
+		.rank = w->stage, .n_ranks = w->n_stages, .unique_id = h->nccl_id,
+		.cols = w->cfg.text.hidden_size, .max_rows = job->max_tokens,
+		.max_extra_in = in > 0 ? in : 0, .max_extra_out = out > 0 ? out : 0,
+		.check = job->check_transport != 0, .corrupt_every = job->corrupt_handover,
+		.timeout_s = NCCL_TIMEOUT_S, .keep_waiting = keep_waiting, .wait_ctx = w,
+	};
+	return qw_nccl_pipe_create(w->be, &c, &w->pipe, err);
+}
+
+// ---------------------------------------------------------------------------------------
 // start-up
 
 static qw_status load(worker *w, qw_err *err)
@@ -146,6 +222,9 @@ static qw_status load(worker *w, qw_err *err)
 		st = qw_ckpt_open(job->model_dir, &w->ck, err);
 	if (st == QW_OK)
 		st = create_backend(w, err);
+	/* the communicator forms while every stage starts, not after the slowest load */
+	if (st == QW_OK && uses_nccl(w))
+		st = join_pipe(w, err);
 	if (st != QW_OK)
 		return st;
 	w->elem = qw_dtype_size(w->be->act_dtype);
@@ -161,6 +240,9 @@ static qw_status load(worker *w, qw_err *err)
 	if (st != QW_OK)
 		return st;
 	w->m.graphs = job->cuda_graphs != 0;
+	/* the links' buffers exist before the KV cache is sized from what is left */
+	if (w->pipe && (st = qw_nccl_pipe_warm(w->pipe, err)) != QW_OK)
+		return st;
 	/* tests: a load that takes its time, so "loading" can be seen from outside */
 	const char *delay = getenv("QWEND_TEST_LOAD_DELAY_MS");
 	for (int ms = delay ? atoi(delay) : 0; ms > 0; ms -= 50) {
@@ -222,14 +304,14 @@ static qw_status prepare(worker *w, qw_err *err)
 	if (st != QW_OK)
 		return st;
 	qw_channel ch;
-	if (!first) {
+	if (!first && !w->pipe) {
 		if ((st = qw_ring_channel(qw_region_handover_ring(&w->region, w->stage - 1), &ch,
 					  err)) != QW_OK)
 			return st;
 		qw_handover_init(&w->prev, ch, w->be, w->stage - 1, w->stage,
 				 job->check_transport, 0);
 	}
-	if (!last) {
+	if (!last && !w->pipe) {
 		if ((st = qw_ring_channel(qw_region_handover_ring(&w->region, w->stage), &ch,
 					  err)) != QW_OK)
 			return st;
@@ -375,6 +457,42 @@ static qw_status block_tables(worker *w, const qw_step_plan *p, int *max_blocks,
 	return QW_OK;
 }
 
+/* The record step p brings from the previous stage (in) or hands to the next (out): its
+ * hidden states, and for image rows the deepstack features of layers past the sender's. */
+static qw_nccl_record record_of(const worker *w, const qw_step_plan *p, bool in)
+{
+	const qw_region_job *job = &w->hdr->job;
+	int n_visual = 0;
+	for (int i = 0; i < p->n_images; i++)
+		n_visual += p->images[i].count;
+	int from = in ? job->layer_begin[w->stage] : job->layer_end[w->stage];
+	int k = n_visual && w->n_ds > from ? w->n_ds - from : 0;
+	return (qw_nccl_record){p->step, p->n_tokens, k, n_visual};
+}
+
+/* NCCL: the next plan, if the daemon has posted it already, so that its receive is posted
+ * now, beside this step's send.  *have: it is a step (not a stop) whose record comes. */
+static qw_status look_ahead(worker *w, qw_nccl_record *next, bool *have, qw_err *err)
+{
+	*have = false;
+	w->ahead_len = 0;
+	qw_err quiet = {0};
+	qw_status st = qw_ring_recv(qw_region_plan_ring(&w->region, w->stage), &w->ahead,
+				    &w->ahead_cap, &w->ahead_len, 0, &quiet);
+	if (st == QW_E_TIMEOUT)
+		return QW_OK;   /* none yet: its receive is posted when it comes */
+	if (st != QW_OK) {
+		*err = quiet;
+		return st;
+	}
+	qw_step_plan q;
+	QW_TRY(qw_step_plan_read(w->ahead, w->ahead_len, &q, err));
+	*have = q.kind != QW_STEP_STOP;
+	if (*have)
+		*next = record_of(w, &q, true);
+	return QW_OK;
+}
+
 static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 {
 	const qw_region_job *job = &w->hdr->job;
@@ -414,25 +532,48 @@ static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 		b.deepstack = w->deepstack;
 		b.n_deepstack = w->n_ds;
 	}
-	int k_recv = n_visual && w->n_ds > w->ds_from && !first ? w->n_ds - w->ds_from : 0;
+	qw_nccl_record in = record_of(w, p, true), out = record_of(w, p, false);
 	if (!first) {
 		qw_act *extra[QW_MAX_DEEPSTACK];
-		for (int j = 0; j < k_recv; j++)
+		for (int j = 0; j < in.n_extra; j++)
 			extra[j] = &w->deepstack[w->ds_from + j];
-		st = qw_handover_recv(&w->prev, p->step, &w->hidden, T, extra, k_recv, n_visual, err);
+		if (!w->pipe)
+			st = qw_handover_recv(&w->prev, p->step, &w->hidden, T, extra, in.n_extra,
+					      in.extra_rows, err);
+		else if (w->posted_ahead != p->step + 1)
+			st = qw_nccl_pipe_post_recv(w->pipe, &in, err);
+		if (st == QW_OK && w->pipe)
+			st = qw_nccl_pipe_take(w->pipe, &in, &w->hidden, extra, err);
 		if (st != QW_OK)
 			return st;
 	}
 	if ((st = qw_stage_step(&w->m, &b, &w->hidden, &w->logits, err)) != QW_OK)
 		return st;
+	qw_nccl_record next;
+	bool ahead = false;
+	if (w->pipe && !first && (st = look_ahead(w, &next, &ahead, err)) != QW_OK)
+		return st;
+	w->posted_ahead = ahead ? next.step + 1 : 0;
 	if (!last) {
 		int end = job->layer_end[w->stage];
-		int k_send = n_visual && w->n_ds > end ? w->n_ds - end : 0;
 		const qw_act *extra[QW_MAX_DEEPSTACK];
-		for (int j = 0; j < k_send; j++)
+		for (int j = 0; j < out.n_extra; j++)
 			extra[j] = &w->deepstack[end + j];
-		return qw_handover_send(&w->next, p->step, &w->hidden, extra, k_send, err);
+		if (!w->pipe)
+			return qw_handover_send(&w->next, p->step, &w->hidden, extra, out.n_extra,
+						err);
+		/* this step leaves while the next is computed; at most one is in flight */
+		st = qw_nccl_pipe_send(w->pipe, &out, &w->hidden, extra, ahead ? &next : NULL,
+				       err);
+		if (st == QW_OK && !first)
+			st = qw_nccl_pipe_wait_taken(w->pipe, err);
+		return st == QW_OK ? qw_nccl_pipe_wait_sent(w->pipe, err) : st;
 	}
+	if (ahead && (st = qw_nccl_pipe_post_recv(w->pipe, &next, err)) != QW_OK)
+		return st;
+	/* the step's compute, waited for here (polling NCCL) rather than inside sample */
+	if (w->pipe && (st = qw_nccl_pipe_sync(w->pipe, err)) != QW_OK)
+		return st;
 	if (p->n_logits > 0 &&
 	    (st = w->be->sample(w->be, &w->logits, p->sampling, w->tokens, err)) != QW_OK)
 		return st;
@@ -451,11 +592,23 @@ static qw_status serve(worker *w, qw_err *err)
 	qw_ring *plans = qw_region_plan_ring(&w->region, w->stage);
 	for (;;) {
 		size_t len;
-		qw_status st = qw_ring_recv(plans, &w->msg, &w->msg_cap, &len, IDLE_WAIT_MS, err);
+		qw_status st;
+		if (w->ahead_len) {   /* read early: it becomes the plan being run */
+			void *msg = w->msg;
+			size_t cap = w->msg_cap;
+			w->msg = w->ahead, w->msg_cap = w->ahead_cap, len = w->ahead_len;
+			w->ahead = msg, w->ahead_cap = cap, w->ahead_len = 0;
+			st = QW_OK;
+		} else {
+			st = qw_ring_recv(plans, &w->msg, &w->msg_cap, &len, IDLE_WAIT_MS, err);
+		}
 		beat(w);
 		if (st == QW_E_TIMEOUT) {
 			if (getppid() != w->daemon)
 				return qw_fail(err, QW_E_ABORTED, "the daemon is gone");
+			/* a neighbour's death shows here while no step runs */
+			if (w->pipe && (st = qw_nccl_pipe_health(w->pipe, err)) != QW_OK)
+				return st;
 			continue;
 		}
 		qw_step_plan p;
@@ -473,8 +626,9 @@ static qw_status serve(worker *w, qw_err *err)
 	}
 }
 
-static void release(worker *w)
+static void release(worker *w, bool clean)
 {
+	qw_nccl_pipe_destroy(w->pipe, clean);   /* before the backend whose stream it uses */
 	if (w->be) {
 		for (int i = 0; i < w->n_vision; i++)
 			qw_vision_out_free(w->be, &w->vision[i].out);
@@ -494,6 +648,7 @@ static void release(worker *w)
 		qw_ckpt_close(w->ck);
 	free(w->vision);
 	free(w->msg);
+	free(w->ahead);
 	free(w->tables);
 	free(w->visual_rows);
 	free(w->tokens);
@@ -533,6 +688,6 @@ int qw_worker_run(const qw_worker_args *a)
 		atomic_store(&w.slot->state, QW_WORKER_STOPPED);
 		notify(&w);
 	}
-	release(&w);
+	release(&w, rc == 0);
 	return rc;
 }
