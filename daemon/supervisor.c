@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define DEATH_GRACE_MS 200   /* how long a reported failure waits for a death it may follow */
+
 qw_status qw_supervisor_init(qw_supervisor *s, const qw_region_job *job,
 			     const qw_region_sizes *sizes, int64_t kv_blocks, int64_t kv_blocks_max,
 			     qw_log_level log_level, qw_err *err)
@@ -50,6 +52,7 @@ qw_status qw_supervisor_start(qw_supervisor *s, qw_err *err)
 		return st;
 	s->generation++;
 	s->running = true;
+	memset(s->exited, 0, sizeof s->exited);
 	s->kv_decided = 0;
 	qw_supervisor_clear_notify(s);
 	for (int i = 0; i < s->job.n_stages; i++) {
@@ -110,6 +113,8 @@ static void decide_kv(qw_supervisor *s)
 	atomic_store(&h->kv_blocks, s->kv_decided);
 }
 
+static bool died_first(qw_supervisor *s, int failed, char *why, size_t cap);
+
 qw_pipe_state qw_supervisor_poll(qw_supervisor *s, char *why, size_t cap)
 {
 	if (!s->running) {
@@ -121,8 +126,10 @@ qw_pipe_state qw_supervisor_poll(qw_supervisor *s, char *why, size_t cap)
 	for (int i = 0; i < s->job.n_stages; i++) {
 		qw_worker_state st = atomic_load(&h->worker[i].state);
 		if (st == QW_WORKER_FAILED) {
-			snprintf(why, cap, "worker %d (layers [%d, %d)) failed: %s", i,
-				 s->job.layer_begin[i], s->job.layer_end[i], h->worker[i].error);
+			if (!died_first(s, i, why, cap))
+				snprintf(why, cap, "worker %d (layers [%d, %d)) failed: %s", i,
+					 s->job.layer_begin[i], s->job.layer_end[i],
+					 h->worker[i].error);
 			return QW_PIPE_FAILED;
 		}
 		loaded += st >= QW_WORKER_LOADED;
@@ -142,35 +149,85 @@ static void describe_exit(int status, char *buf, size_t cap)
 		snprintf(buf, cap, "exited with status %d", WEXITSTATUS(status));
 }
 
-bool qw_supervisor_reap(qw_supervisor *s, char *why, size_t cap)
+/* Reaps whatever has exited, noting each worker's status. */
+static void reap_exited(qw_supervisor *s)
 {
-	bool unexpected = false;
 	for (;;) {
 		int status;
 		pid_t pid = waitpid(-1, &status, WNOHANG);
 		if (pid <= 0)
-			return unexpected;
-		for (int i = 0; i < s->job.n_stages; i++) {
-			if (s->pid[i] != pid)
-				continue;
-			s->pid[i] = 0;
-			s->exit_status[i] = status;
-			qw_worker_state st = s->region.hdr ? atomic_load(&s->region.hdr->worker[i].state)
-							   : QW_WORKER_STOPPED;
-			if (st == QW_WORKER_STOPPED && WIFEXITED(status) && WEXITSTATUS(status) == 0)
-				break;   /* it was asked to stop */
-			char how[96];
-			describe_exit(status, how, sizeof how);
-			if (!unexpected) {
-				const char *detail = s->region.hdr && s->region.hdr->worker[i].error[0]
-							     ? s->region.hdr->worker[i].error : NULL;
-				snprintf(why, cap, "worker %d (pid %d, layers [%d, %d)) %s%s%s", i,
-					 (int)pid, s->job.layer_begin[i], s->job.layer_end[i], how,
-					 detail ? ": " : "", detail ? detail : "");
+			return;
+		for (int i = 0; i < s->job.n_stages; i++)
+			if (s->pid[i] == pid) {
+				s->pid[i] = 0;
+				s->exit_status[i] = status;
+				s->exited[i] = true;
 			}
-			unexpected = true;
-		}
 	}
+}
+
+static qw_worker_state state_of(const qw_supervisor *s, int i)
+{
+	return s->region.hdr ? atomic_load(&s->region.hdr->worker[i].state) : QW_WORKER_STOPPED;
+}
+
+/* Exited without being asked to. */
+static bool unexpected_exit(const qw_supervisor *s, int i)
+{
+	int status = s->exit_status[i];
+	return s->exited[i] && !(state_of(s, i) == QW_WORKER_STOPPED && WIFEXITED(status) &&
+				 WEXITSTATUS(status) == 0);
+}
+
+static void describe_worker(const qw_supervisor *s, int i, pid_t pid, char *why, size_t cap)
+{
+	char how[96];
+	describe_exit(s->exit_status[i], how, sizeof how);
+	const char *detail = s->region.hdr && s->region.hdr->worker[i].error[0]
+				     ? s->region.hdr->worker[i].error : NULL;
+	snprintf(why, cap, "worker %d (pid %d, layers [%d, %d)) %s%s%s", i, (int)pid,
+		 s->job.layer_begin[i], s->job.layer_end[i], how, detail ? ": " : "",
+		 detail ? detail : "");
+}
+
+bool qw_supervisor_reap(qw_supervisor *s, char *why, size_t cap)
+{
+	pid_t before[QW_MAX_STAGES];
+	memcpy(before, s->pid, sizeof before);
+	reap_exited(s);
+	/* one that died without a word is the cause; those that reported may have seen it die */
+	int cause = -1;
+	for (int i = 0; i < s->job.n_stages; i++)
+		if (before[i] && !s->pid[i] && unexpected_exit(s, i) &&
+		    (cause < 0 || (state_of(s, cause) == QW_WORKER_FAILED &&
+				   state_of(s, i) != QW_WORKER_FAILED)))
+			cause = i;
+	if (cause >= 0)
+		describe_worker(s, cause, before[cause], why, cap);
+	return cause >= 0;
+}
+
+/* Worker `failed` reported a failure.  The stages beside one that died see its death through
+ * NCCL and report it, possibly before the dead one is reaped: give the others a moment, and
+ * name one that died without a word as the cause. */
+static bool died_first(qw_supervisor *s, int failed, char *why, size_t cap)
+{
+	pid_t pids[QW_MAX_STAGES];
+	memcpy(pids, s->pid, sizeof pids);
+	for (int ms = 0; ms <= DEATH_GRACE_MS; ms += 5) {
+		reap_exited(s);
+		for (int i = 0; i < s->job.n_stages; i++)
+			if (i != failed && unexpected_exit(s, i) &&
+			    state_of(s, i) != QW_WORKER_FAILED) {
+				char first[600];
+				describe_worker(s, i, pids[i], first, sizeof first);
+				snprintf(why, cap, "%s; then worker %d reported: %s", first, failed,
+					 s->region.hdr->worker[failed].error);
+				return true;
+			}
+		usleep(5000);
+	}
+	return false;
 }
 
 static bool all_gone(const qw_supervisor *s)

@@ -32,6 +32,7 @@ typedef struct qw_supervisor {
 	qw_region region;        /* the current generation's */
 	pid_t pid[QW_MAX_STAGES];    /* 0 once reaped */
 	int exit_status[QW_MAX_STAGES];
+	bool exited[QW_MAX_STAGES];  /* reaped in this generation (exit_status holds how) */
 	int generation;          /* 1 for the first start */
 	bool running;            /* a generation exists (started, not yet ended) */
 	int kv_decided;          /* blocks per stage, 0 until decided */
