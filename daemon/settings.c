@@ -18,7 +18,8 @@ static const qw_setting_def table[] = {
 	 "tokenizer directory; empty: the model directory's"},
 	{"device", QW_SET_ENUM, STR(device), 0, 0, "cpu|cuda", "cpu", false, "backend"},
 	{"gpus", QW_SET_STR, STR(gpus), 0, 0, NULL, "", false,
-	 "GPUs of the cuda pipeline, one stage each, e.g. 0,1,2,3 (a GPU may repeat); empty: all"},
+	 "GPUs of the cuda pipeline, one stage each, e.g. 0,1,2,3; empty: all (a GPU may repeat: "
+	 "its stages then talk over NCCL's sockets, for tests)"},
 	{"stages", QW_SET_INT, F(stages), 0, 1, 64, NULL, "1", false,
 	 "pipeline stages on the cpu backend"},
 	{"socket", QW_SET_STR, STR(socket), 0, 0, NULL, "", false,

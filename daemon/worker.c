@@ -567,7 +567,7 @@ static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 				       err);
 		if (st == QW_OK && !first)
 			st = qw_nccl_pipe_wait_taken(w->pipe, err);
-		return st == QW_OK ? qw_nccl_pipe_wait_sent(w->pipe, err) : st;
+		return st == QW_OK ? qw_nccl_pipe_wait_sent(w->pipe, 1, err) : st;
 	}
 	if (ahead && (st = qw_nccl_pipe_post_recv(w->pipe, &next, err)) != QW_OK)
 		return st;

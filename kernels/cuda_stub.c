@@ -49,7 +49,10 @@ qw_status qw_nccl_pipe_send(qw_nccl_pipe *p, const qw_nccl_record *r, const qw_a
 }
 
 qw_status qw_nccl_pipe_wait_taken(qw_nccl_pipe *p, qw_err *err) { return no_nccl(err); }
-qw_status qw_nccl_pipe_wait_sent(qw_nccl_pipe *p, qw_err *err) { return no_nccl(err); }
+qw_status qw_nccl_pipe_wait_sent(qw_nccl_pipe *p, int in_flight, qw_err *err)
+{
+	return no_nccl(err);
+}
 qw_status qw_nccl_pipe_sync(qw_nccl_pipe *p, qw_err *err) { return no_nccl(err); }
 qw_status qw_nccl_pipe_health(qw_nccl_pipe *p, qw_err *err) { return no_nccl(err); }
 void qw_nccl_pipe_destroy(qw_nccl_pipe *p, bool clean) {}

@@ -566,11 +566,13 @@ extern "C" qw_status qw_nccl_pipe_wait_taken(qw_nccl_pipe *p, qw_err *err)
 	return wait_event(p, p->recv[(p->n_taken - 1) % 2].done, 0, "a hand-over to arrive", err);
 }
 
-extern "C" qw_status qw_nccl_pipe_wait_sent(qw_nccl_pipe *p, qw_err *err)
+extern "C" qw_status qw_nccl_pipe_wait_sent(qw_nccl_pipe *p, int in_flight, qw_err *err)
 {
-	if (p->n_sent < 2)
-		return QW_OK;
-	return wait_event(p, p->send[(p->n_sent - 2) % 2].done, 0, "a hand-over to leave", err);
+	/* the two slots' sends leave in order: the older one first */
+	for (uint64_t k = p->n_sent > 2 ? p->n_sent - 2 : 0; k + (uint64_t)in_flight < p->n_sent;
+	     k++)
+		QW_TRY(wait_event(p, p->send[k % 2].done, 0, "a hand-over to leave", err));
+	return QW_OK;
 }
 
 extern "C" qw_status qw_nccl_pipe_sync(qw_nccl_pipe *p, qw_err *err)

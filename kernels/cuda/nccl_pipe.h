@@ -99,8 +99,8 @@ qw_status qw_nccl_pipe_send(qw_nccl_pipe *p, const qw_nccl_record *r, const qw_a
  * backend's stream no longer waits for a peer). */
 qw_status qw_nccl_pipe_wait_taken(qw_nccl_pipe *p, qw_err *err);
 
-/* Waits until every send but the latest is done: at most one record in flight. */
-qw_status qw_nccl_pipe_wait_sent(qw_nccl_pipe *p, qw_err *err);
+/* Waits until at most in_flight (0 or 1) of the latest sends are still under way. */
+qw_status qw_nccl_pipe_wait_sent(qw_nccl_pipe *p, int in_flight, qw_err *err);
 
 /* Waits until the backend's stream has done everything enqueued on it. */
 qw_status qw_nccl_pipe_sync(qw_nccl_pipe *p, qw_err *err);

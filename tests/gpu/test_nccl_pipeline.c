@@ -264,7 +264,7 @@ static qw_status stage_steps(stage_proc *sp, qw_err *err)
 						 ahead ? &then : NULL, err));
 			if (!first)
 				QW_TRY(qw_nccl_pipe_wait_taken(sp->pipe, err));
-			QW_TRY(qw_nccl_pipe_wait_sent(sp->pipe, err));
+			QW_TRY(qw_nccl_pipe_wait_sent(sp->pipe, 1, err));
 		} else {
 			if (ahead)
 				QW_TRY(qw_nccl_pipe_post_recv(sp->pipe, &then, err));
