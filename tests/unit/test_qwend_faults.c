@@ -357,40 +357,58 @@ static void test_sigterm(void **state)
 	free(ids);
 }
 
-/* A worker killed mid-request: the request fails with an error naming the worker, the
- * workers start again and serve; with no restarts allowed, qwend exits non-zero. */
+/* A worker killed mid-request (while it decodes, and while a long prompt's chunks are in
+ * the pipeline): the request fails with an error naming the worker, no worker of the old
+ * generation is left (on CUDA none may hang in NCCL), and the workers start again and serve;
+ * with no restarts allowed, qwend exits non-zero. */
 static void test_killed_worker(void **state)
 {
 	int n, n_want;
 	int32_t *ids = fixture_ids("tiny-moe", "short.input_ids", &n);
 	int32_t *want = fixture_ids("tiny-moe", "short.fp32.greedy_tokens", &n_want);
-	for (int k = 0; k < 2; k++) {
+	enum { LONG_PROMPT = 3000 };
+	int32_t *long_ids = malloc(LONG_PROMPT * sizeof *long_ids);
+	for (int i = 0; i < LONG_PROMPT; i++)
+		long_ids[i] = (int32_t)((i * 7919 + 13) % 1000);   /* the vocabulary is 1024 */
+	for (int k = 0; k < 3; k++) {
+		bool prefill = k == 1, last = k == 2;
 		qwend d;
 		qwend_start(&d, tiny(), (const char *[]){"--stages", "3", "--kv-blocks", "300",
-							 "--max-restarts", k ? "0" : "3", NULL},
+							 "--max-batch-tokens", "16",
+							 "--max-restarts", last ? "0" : "3", NULL},
 			    NULL, true);
-		qw_request r = token_request(ids, n, 4000, NULL, 0);
+		qw_request r = prefill ? token_request(long_ids, LONG_PROMPT, 4, NULL, 0)
+				       : token_request(ids, n, 4000, NULL, 0);
 		qw_client a;
 		open_client(&a, &d);
-		start_streaming(&a, &r);
+		if (prefill)   /* no token comes before the prompt's last chunk is through */
+			assert_int_equal(qw_client_send(&a, &r, &(qw_err){0}), QW_OK);
+		else
+			start_streaming(&a, &r);
 		json_t *s = qwend_status(&d);
-		pid_t victim = (pid_t)json_integer_value(json_object_get(
-			json_array_get(json_object_get(s, "stages"), 1), "pid"));
+		pid_t old[3];
+		for (int i = 0; i < 3; i++)
+			old[i] = (pid_t)json_integer_value(json_object_get(
+				json_array_get(json_object_get(s, "stages"), (size_t)i), "pid"));
 		json_decref(s);
-		assert_true(victim > 0);
-		kill(victim, SIGKILL);
+		assert_true(old[1] > 0);
+		kill(old[1], SIGKILL);
 		outcome o = {0};
 		finish(&a, &o);
 		qw_client_close(&a);
 		assert_string_equal(o.code, "internal");
 		assert_contains(o.message, "worker 1");
-		if (k == 1) {
+		if (last) {
 			int status = qwend_wait_exit(&d, 20);
 			assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
 			scratch_free(d.dir);
 			break;
 		}
 		qwend_wait_state(&d, "ready", 30);
+		for (int i = 0; i < 3; i++)   /* the daemon reaped its old workers: none is left */
+			if (kill(old[i], 0) == 0)
+				fail_msg("worker %d (pid %d) of the failed generation is still there", i,
+					 (int)old[i]);
 		assert_int_equal(status_int(&d, "kv", "blocks_used"), 0);
 		json_t *st = qwend_status(&d);
 		assert_int_equal(json_integer_value(json_object_get(st, "restarts")), 1);
@@ -403,6 +421,7 @@ static void test_killed_worker(void **state)
 		outcome_free(&o2);
 		qwend_stop(&d);
 	}
+	free(long_ids);
 	free(ids);
 	free(want);
 }
