@@ -1,6 +1,6 @@
 /* bench_pipeline_stage.c - one stage of a pipeline as qwend plans it (stage I of S of a
  * config, layer ranges by bytes; synthetic bf16 weights made on the GPU), without the
- * daemon: decode steps at batch 1, 8 and 64 (replayed as step graphs) against their byte
+ * daemon: decode steps at batch 1, 8, 16 and 64 (replayed as step graphs) against their byte
  * roofline, a prefill chunk against the dense bf16 rate, the size of each step's hand-over,
  * and whether a hand-over in flight costs the stage time: each kind of step is timed alone,
  * then followed by its hand-over to a second process over the NCCL pipe as a worker sends it
@@ -32,7 +32,7 @@
 #define PREFILL_STEPS 5
 #define DENSE_TFLOPS 786.6    /* measured dense bf16 GEMM rate, H200 (docs/performance.md) */
 
-static const int batches[] = {1, 8, 64};
+static const int batches[] = {1, 8, 16, 64};
 #define N_BATCHES (int)(sizeof batches / sizeof *batches)
 
 typedef struct shared {
