@@ -179,6 +179,30 @@ qw_status qw_ckpt_open(const char *dir, qw_checkpoint **out, qw_err *err)
 	return QW_OK;
 }
 
+qw_status qw_ckpt_from_files(const char *label, qw_st_file **files, size_t n,
+			    qw_checkpoint **out, qw_err *err)
+{
+	*out = NULL;
+	qw_checkpoint *c = calloc(1, sizeof *c);
+	if (!c || !(c->dir = strdup(label))) {
+		free(c);
+		for (size_t i = 0; i < n; i++)
+			qw_st_close(files[i]);
+		free(files);
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	}
+	c->files = files;
+	c->n_files = n;
+	c->sharded = n > 1;
+	qw_status st = build_table(c, err);
+	if (st != QW_OK) {
+		qw_ckpt_close(c);
+		return st;
+	}
+	*out = c;
+	return QW_OK;
+}
+
 const qw_tensor *qw_ckpt_find(const qw_checkpoint *c, const char *name)
 {
 	qw_tensor key = {.name = (char *)name};

@@ -4,7 +4,8 @@
  * Owns: the open shard files and one name-sorted table over all their tensors.  The index
  * is held to the shards: every shard it names must exist and hold the tensors the index
  * places there, no tensor may appear twice, and no shard may hold a tensor the index
- * does not list.
+ * does not list.  A checkpoint may also be made of files known by their headers alone
+ * (manifest.h); its tensors then have no data.
  */
 #ifndef QW_LOADER_CHECKPOINT_H
 #define QW_LOADER_CHECKPOINT_H
@@ -27,6 +28,12 @@ typedef struct qw_checkpoint {
 } qw_checkpoint;
 
 qw_status qw_ckpt_open(const char *dir, qw_checkpoint **out, qw_err *err);
+
+/* A checkpoint of files opened already (n >= 0 of them, e.g. headers from a manifest),
+ * held to the same rule that no tensor appears twice; label stands for the directory.  Takes
+ * the malloc'd array files and every file in it, also on failure. */
+qw_status qw_ckpt_from_files(const char *label, qw_st_file **files, size_t n,
+			     qw_checkpoint **out, qw_err *err);
 const qw_tensor *qw_ckpt_find(const qw_checkpoint *c, const char *name);
 void qw_ckpt_close(qw_checkpoint *c);
 

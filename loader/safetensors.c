@@ -178,6 +178,48 @@ static void free_tensors(qw_st_file *f)
 	f->n_tensors = 0;
 }
 
+/* Checks the parsed header root (a safetensors header object) and fills f's tensor table;
+ * f->data_size must be set.  Tensor data points into f->data, or is NULL without it. */
+static qw_status parse_header(qw_st_file *f, json_t *root, const char *label, qw_err *err)
+{
+	if (!json_is_object(root))
+		return qw_fail(err, QW_E_ST_HEADER_JSON, "%s: header is JSON but not an object",
+			       label);
+	size_t cap = json_object_size(root);
+	f->tensors = calloc(cap ? cap : 1, sizeof *f->tensors);
+	if (!f->tensors)
+		return qw_fail(err, QW_E_NOMEM, "%s: out of memory for %zu tensors", label, cap);
+	const char *key;
+	json_t *val;
+	json_object_foreach(root, key, val) {
+		if (strcmp(key, "__metadata__") == 0) {
+			const char *mk;
+			json_t *mv;
+			if (!json_is_object(val))
+				return qw_fail(err, QW_E_ST_HEADER_JSON,
+					       "%s: __metadata__ is not an object", label);
+			json_object_foreach(val, mk, mv) {
+				if (!json_is_string(mv))
+					return qw_fail(err, QW_E_ST_HEADER_JSON,
+						       "%s: __metadata__['%s'] is not a string", label,
+						       mk);
+			}
+			continue;
+		}
+		qw_tensor *t = &f->tensors[f->n_tensors];
+		QW_TRY(parse_entry(label, key, val, t, err));
+		if (!(t->name = strdup(key)))
+			return qw_fail(err, QW_E_NOMEM, "%s: out of memory", label);
+		t->file = f;
+		f->n_tensors++;
+	}
+	QW_TRY(check_ranges(f, label, err));
+	for (size_t i = 0; i < f->n_tensors; i++)
+		f->tensors[i].data = f->data ? f->data + f->tensors[i].offset : NULL;
+	qsort(f->tensors, f->n_tensors, sizeof *f->tensors, cmp_tensor_name);
+	return QW_OK;
+}
+
 /* Parses and checks the header of the image in f->map-like memory [base, base+size). */
 static qw_status parse_image(qw_st_file *f, const uint8_t *base, const char *label, qw_err *err)
 {
@@ -206,88 +248,75 @@ static qw_status parse_image(qw_st_file *f, const uint8_t *base, const char *lab
 		return qw_fail(err, QW_E_ST_HEADER_JSON,
 			       "%s: header is not valid JSON (byte %d of the header: %s)", label,
 			       jerr.position, jerr.text);
-	qw_status st = QW_OK;
-	if (!json_is_object(root)) {
-		st = qw_fail(err, QW_E_ST_HEADER_JSON, "%s: header is JSON but not an object", label);
-		goto out;
-	}
-	size_t cap = json_object_size(root);
-	f->tensors = calloc(cap ? cap : 1, sizeof *f->tensors);
-	if (!f->tensors) {
-		st = qw_fail(err, QW_E_NOMEM, "%s: out of memory for %zu tensors", label, cap);
-		goto out;
-	}
-	const char *key;
-	json_t *val;
-	json_object_foreach(root, key, val) {
-		if (strcmp(key, "__metadata__") == 0) {
-			const char *mk;
-			json_t *mv;
-			if (!json_is_object(val)) {
-				st = qw_fail(err, QW_E_ST_HEADER_JSON,
-					     "%s: __metadata__ is not an object", label);
-				goto out;
-			}
-			json_object_foreach(val, mk, mv) {
-				if (!json_is_string(mv)) {
-					st = qw_fail(err, QW_E_ST_HEADER_JSON,
-						     "%s: __metadata__['%s'] is not a string", label, mk);
-					goto out;
-				}
-			}
-			continue;
-		}
-		qw_tensor *t = &f->tensors[f->n_tensors];
-		if ((st = parse_entry(label, key, val, t, err)) != QW_OK)
-			goto out;
-		if (!(t->name = strdup(key))) {
-			st = qw_fail(err, QW_E_NOMEM, "%s: out of memory", label);
-			goto out;
-		}
-		t->file = f;
-		f->n_tensors++;
-	}
-	if ((st = check_ranges(f, label, err)) != QW_OK)
-		goto out;
-	for (size_t i = 0; i < f->n_tensors; i++)
-		f->tensors[i].data = f->data + f->tensors[i].offset;
-	qsort(f->tensors, f->n_tensors, sizeof *f->tensors, cmp_tensor_name);
-out:
+	qw_status st = parse_header(f, root, label, err);
 	json_decref(root);
 	return st;
+}
+
+json_t *qw_st_header_entry(qw_dtype dtype, int ndim, const int64_t *shape, uint64_t begin,
+			   uint64_t end)
+{
+	json_t *dims = json_array();
+	for (int d = 0; d < ndim; d++)
+		json_array_append_new(dims, json_integer(shape[d]));
+	return json_pack("{s:s, s:o, s:[I, I]}", "dtype", qw_dtype_name(dtype), "shape", dims,
+			 "data_offsets", (json_int_t)begin, (json_int_t)end);
 }
 
 // ---------------------------------------------------------------------------------------
 // files and buffers
 
+/* A new file record named label (fd -1, nothing mapped); NULL if out of memory. */
+static qw_st_file *file_new(const char *label)
+{
+	qw_st_file *f = calloc(1, sizeof *f);
+	if (f && !(f->path = strdup(label))) {
+		free(f);
+		return NULL;
+	}
+	if (f)
+		f->fd = -1;
+	return f;
+}
+
+/* Hands f out through *out if st is QW_OK, else closes it; returns st. */
+static qw_status file_done(qw_st_file *f, qw_status st, qw_st_file **out)
+{
+	if (st != QW_OK)
+		qw_st_close(f);
+	else
+		*out = f;
+	return st;
+}
+
 qw_status qw_st_parse(const void *buf, size_t size, const char *label, qw_st_file **out,
 		      qw_err *err)
 {
 	*out = NULL;
-	qw_st_file *f = calloc(1, sizeof *f);
-	if (!f || !(f->path = strdup(label))) {
-		free(f);
+	qw_st_file *f = file_new(label);
+	if (!f)
 		return qw_fail(err, QW_E_NOMEM, "%s: out of memory", label);
-	}
-	f->fd = -1;
 	f->size = size;
-	qw_status st = parse_image(f, buf, label, err);
-	if (st != QW_OK) {
-		qw_st_close(f);
-		return st;
-	}
-	*out = f;
-	return QW_OK;
+	return file_done(f, parse_image(f, buf, label, err), out);
+}
+
+qw_status qw_st_from_header(json_t *header, uint64_t data_size, const char *label,
+			    qw_st_file **out, qw_err *err)
+{
+	*out = NULL;
+	qw_st_file *f = file_new(label);
+	if (!f)
+		return qw_fail(err, QW_E_NOMEM, "%s: out of memory", label);
+	f->data_size = data_size;
+	return file_done(f, parse_header(f, header, label, err), out);
 }
 
 qw_status qw_st_open(const char *path, qw_st_file **out, qw_err *err)
 {
 	*out = NULL;
-	qw_st_file *f = calloc(1, sizeof *f);
-	if (!f || !(f->path = strdup(path))) {
-		free(f);
+	qw_st_file *f = file_new(path);
+	if (!f)
 		return qw_fail(err, QW_E_NOMEM, "%s: out of memory", path);
-	}
 	qw_status st = QW_OK;
 	f->fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct stat sb;
@@ -309,13 +338,9 @@ qw_status qw_st_open(const char *path, qw_st_file **out, qw_err *err)
 			goto fail;
 		}
 	}
-	if ((st = parse_image(f, f->map, path, err)) != QW_OK)
-		goto fail;
-	*out = f;
-	return QW_OK;
+	st = parse_image(f, f->map, path, err);
 fail:
-	qw_st_close(f);
-	return st;
+	return file_done(f, st, out);
 }
 
 const qw_tensor *qw_st_find(const qw_st_file *f, const char *name)

@@ -23,14 +23,9 @@ static char *make_header(const qw_st_entry *entries, size_t n, size_t *len)
 	uint64_t offset = 0;
 	for (size_t i = 0; i < n; i++) {
 		const qw_st_entry *e = &entries[i];
-		json_t *shape = json_array();
-		for (int d = 0; d < e->ndim; d++)
-			json_array_append_new(shape, json_integer(e->shape[d]));
 		uint64_t bytes = qw_st_entry_bytes(e);
-		json_object_set_new(root, e->name,
-				    json_pack("{s:s, s:o, s:[I, I]}", "dtype", qw_dtype_name(e->dtype),
-					      "shape", shape, "data_offsets", (json_int_t)offset,
-					      (json_int_t)(offset + bytes)));
+		json_object_set_new(root, e->name, qw_st_header_entry(e->dtype, e->ndim, e->shape,
+								      offset, offset + bytes));
 		offset += bytes;
 	}
 	char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);

@@ -321,7 +321,8 @@ static bool shape_matches(const qw_wspec *s, const qw_tensor *t)
 }
 
 /* The scale tensor of an FP8 weight t, checked against its spec sc: present, of the
- * blocked shape, fp32 or bf16, every value finite and > 0.  NULL with *why set if not. */
+ * blocked shape, fp32 or bf16, every value finite and > 0 (values only where the checkpoint
+ * has data: a manifest has headers alone).  NULL with *why set if not. */
 static const qw_tensor *check_scale(const qw_config *cfg, const qw_checkpoint *ck,
 				    const qw_tensor *t, const qw_wspec *sc, char *why, size_t cap)
 {
@@ -341,7 +342,7 @@ static const qw_tensor *check_scale(const qw_config *cfg, const qw_checkpoint *c
 			 qw_shape_str(sc->shape, sc->ndim, want, sizeof want));
 		return NULL;
 	}
-	for (uint64_t i = 0; i < s->numel; i++) {
+	for (uint64_t i = 0; s->data && i < s->numel; i++) {   /* no data: a header alone */
 		float v;
 		if (s->dtype == QW_DT_F32) {
 			memcpy(&v, (const uint8_t *)s->data + 4 * i, 4);
