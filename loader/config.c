@@ -488,3 +488,13 @@ bool qw_layer_is_moe(const qw_config *cfg, int layer)
 	return cfg->is_moe && layer >= 0 && layer < cfg->text.num_layers &&
 	       !cfg->text.layer_dense[layer];
 }
+
+void qw_config_cut_vision(qw_config *cfg, int depth)
+{
+	qw_vision_config *v = &cfg->vision;
+	if (!cfg->has_vision || depth < 0 || depth >= v->depth)
+		return;
+	v->depth = depth;
+	while (v->n_deepstack > 0 && v->deepstack_indexes[v->n_deepstack - 1] >= depth)
+		v->n_deepstack--;   /* the indexes ascend: the mergers kept are a prefix */
+}

@@ -103,6 +103,11 @@ qw_status qw_config_parse(const char *json, size_t len, const char *label, qw_co
 /* Whether decoder layer L has an MoE block (else a dense MLP). */
 bool qw_layer_is_moe(const qw_config *cfg, int layer);
 
+/* cfg's vision tower cut to its first `depth` blocks (for a reduced export that keeps only
+ * those): depth set and the deepstack mergers that follow dropped blocks dropped.  Does
+ * nothing unless 0 <= depth < the tower's depth. */
+void qw_config_cut_vision(qw_config *cfg, int depth);
+
 /* "qwen3_vl_moe" etc. */
 const char *qw_arch_name(qw_arch arch);
 

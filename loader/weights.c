@@ -2,6 +2,7 @@
  * See weights.h. */
 #include "loader/weights.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -260,6 +261,56 @@ qw_status qw_wmap_build(const qw_config *cfg, qw_expert_layout layout, qw_weight
 }
 
 // ---------------------------------------------------------------------------------------
+// parts of the model, for the report
+
+static const char *const group_names[QW_GROUP_COUNT] = {
+	"text", "text_layers", "experts", "vision", "vision_blocks", "deepstack_mergers",
+	"merger", "other"};
+
+const char *qw_wgroup_name(qw_wgroup g)
+{
+	return g >= 0 && g < QW_GROUP_COUNT ? group_names[g] : "?";
+}
+
+/* What follows prefix in s, or NULL if s does not start with it. */
+static const char *after(const char *s, const char *prefix)
+{
+	size_t n = strlen(prefix);
+	return strncmp(s, prefix, n) == 0 ? s + n : NULL;
+}
+
+qw_wgroup qw_wgroup_of_name(const char *name)
+{
+	const char *vis = after(name, "model.visual.");
+	if (vis)
+		return after(vis, "blocks.") ? QW_GROUP_VISION_BLOCKS
+		     : after(vis, "deepstack_merger_list.") ? QW_GROUP_DEEPSTACK
+		     : after(vis, "merger.") ? QW_GROUP_MERGER : QW_GROUP_VISION;
+	const char *text = after(name, "model.language_model.");
+	if (!text)
+		text = after(name, "model.");
+	if (text && after(text, "layers."))
+		return strstr(text, ".mlp.experts.") ? QW_GROUP_EXPERTS : QW_GROUP_LAYERS;
+	if ((text && (!strcmp(text, "embed_tokens.weight") || !strcmp(text, "norm.weight"))) ||
+	    !strcmp(name, "lm_head.weight"))
+		return QW_GROUP_TEXT;
+	return QW_GROUP_OTHER;
+}
+
+int qw_vision_blocks_stored(const qw_checkpoint *ck)
+{
+	long top = -1;
+	for (size_t i = 0; i < ck->n_tensors; i++) {
+		const char *digits = after(ck->tensors[i]->name, "model.visual.blocks.");
+		char *end;
+		long k = digits && isdigit((unsigned char)*digits) ? strtol(digits, &end, 10) : -1;
+		if (k > top && k < (1 << 20) && *end == '.')
+			top = k;
+	}
+	return (int)(top + 1);
+}
+
+// ---------------------------------------------------------------------------------------
 // binding
 
 qw_expert_layout qw_detect_expert_layout(const qw_config *cfg, const qw_checkpoint *ck)
@@ -384,12 +435,15 @@ qw_status qw_weights_load(const qw_config *cfg, const qw_checkpoint *ck, const q
 		sorted[i] = s;
 		if (!qw_stage_owns(stage, cfg, s) || s->is_scale)   /* scales go with their weight */
 			continue;
+		qw_wcount *part = &rep->parts[qw_wgroup_of_name(s->name)];
 		rep->expected++;
+		part->expected++;
 		const qw_tensor *t = qw_ckpt_find(ck, s->name);
 		char want[96], got[96], desc[512], why[256] = "";
 		const qw_tensor *scale = NULL;
 		if (!t) {
 			oom |= !push_str(&rep->missing_names, &rep->missing, s->name);
+			part->missing++;
 			continue;
 		}
 		if (shape_matches(s, t) && t->dtype == QW_DT_F8_E4M3 && s->quantizable)
@@ -404,9 +458,11 @@ qw_status qw_weights_load(const qw_config *cfg, const qw_checkpoint *ck, const q
 				 qw_shape_str(t->shape, t->ndim, got, sizeof got),
 				 qw_dtype_name(t->dtype), t->file->path, why[0] ? ": " : "", why);
 			oom |= !push_str(&rep->mismatched_desc, &rep->mismatched, desc);
+			part->mismatched++;
 			continue;
 		}
 		rep->loaded++;
+		part->loaded++;
 		rep->loaded_bytes += t->nbytes;
 		if (scale) {
 			/* the binder annotates the quantized weight with its scales */
@@ -416,6 +472,8 @@ qw_status qw_weights_load(const qw_config *cfg, const qw_checkpoint *ck, const q
 			q->block[1] = cfg->quant.block[1];
 			rep->expected++;
 			rep->loaded++;
+			part->expected++;
+			part->loaded++;
 			rep->loaded_bytes += scale->nbytes;
 		}
 		if (s->part != QW_PART_EMBED || first)
@@ -430,10 +488,13 @@ qw_status qw_weights_load(const qw_config *cfg, const qw_checkpoint *ck, const q
 		const qw_wspec *kp = &key;
 		const qw_wspec **hit = strlen(ck->tensors[i]->name) < sizeof key.name
 			? bsearch(&kp, sorted, n, sizeof *sorted, cmp_spec_ptr) : NULL;
+		qw_wcount *part = &rep->parts[qw_wgroup_of_name(ck->tensors[i]->name)];
 		if (!hit) {
 			oom |= !push_str(&rep->extra_names, &rep->extra, ck->tensors[i]->name);
+			part->extra++;
 		} else if (!qw_stage_owns(stage, cfg, *hit)) {
 			rep->other_stage++;
+			part->other_stage++;
 		}
 	}
 	free(sorted);
@@ -496,6 +557,18 @@ char *qw_wreport_json(const qw_wreport *rep, const qw_stage *stage)
 							  stage->index, "count", stage->count,
 							  "layers", stage->layer_begin,
 							  stage->layer_end));
+	json_t *parts = json_object();
+	for (int g = 0; g < QW_GROUP_COUNT; g++) {
+		const qw_wcount *c = &rep->parts[g];
+		if (c->expected + c->extra + c->other_stage == 0)
+			continue;
+		json_object_set_new(parts, qw_wgroup_name((qw_wgroup)g), json_pack(
+			"{s:I, s:I, s:I, s:I, s:I, s:I}", "expected", (json_int_t)c->expected,
+			"loaded", (json_int_t)c->loaded, "missing", (json_int_t)c->missing,
+			"mismatched", (json_int_t)c->mismatched, "extra", (json_int_t)c->extra,
+			"other_stage", (json_int_t)c->other_stage));
+	}
+	json_object_set_new(o, "parts", parts);
 	json_object_set_new(o, "missing_names", str_array(rep->missing_names, rep->missing));
 	json_object_set_new(o, "mismatched_names",
 			    str_array(rep->mismatched_desc, rep->mismatched));

@@ -4,7 +4,9 @@
  * Owns: qw_wspec (one expected tensor: name, shape, which part of the model and which
  * layer it belongs to), the spec list of a whole model (qw_wmap_build), the bound weights
  * of one pipeline stage (qw_weights, pointers into the checkpoint's mapping; nothing is
- * copied) and the load report (loaded / missing / mismatched / extra / other_stage).
+ * copied) and the load report (loaded / missing / mismatched / extra / other_stage, in all
+ * and by part of the model).  A checkpoint of headers alone (a manifest) binds the same way:
+ * the tensors bound then have no data.
  *
  * Layouts: VL checkpoints keep text weights under "model.language_model." and vision
  * under "model.visual."; text-only ones under "model.".  MoE experts come fused in the
@@ -17,8 +19,8 @@
  * weight is float8_e4m3fn with an fp32 "<weight>_scale_inv" (".weight" -> ".weight_scale_inv";
  * fused experts "<name>_scale_inv") holding one scale per block of its last two dims; a
  * module may also be left in bf16.  Binding checks the scale's presence, shape, dtype and
- * values (finite, > 0) and links it to the weight (qw_tensor.scale), so readers dequantise
- * W = Wq * S[block].
+ * values (finite, > 0; not for a manifest, which has no values) and links it to the
+ * weight (qw_tensor.scale), so readers dequantise W = Wq * S[block].
  */
 #ifndef QW_LOADER_WEIGHTS_H
 #define QW_LOADER_WEIGHTS_H
@@ -113,6 +115,24 @@ typedef struct qw_stage {
 	int layer_begin, layer_end;
 } qw_stage;
 
+/* The parts of a model the load report counts separately (by tensor name, so a tensor
+ * that the config does not imply is placed too). */
+typedef enum qw_wgroup {
+	QW_GROUP_TEXT,            /* embeddings, final norm, lm_head */
+	QW_GROUP_LAYERS,          /* decoder layers: attention, norms, router, dense MLPs */
+	QW_GROUP_EXPERTS,         /* MoE expert weights (and their scales) */
+	QW_GROUP_VISION,          /* patch embedding, position table */
+	QW_GROUP_VISION_BLOCKS,
+	QW_GROUP_DEEPSTACK,       /* deepstack mergers */
+	QW_GROUP_MERGER,          /* the merger at the end of the vision tower */
+	QW_GROUP_OTHER,           /* none of these */
+	QW_GROUP_COUNT
+} qw_wgroup;
+
+typedef struct qw_wcount {
+	size_t expected, loaded, missing, mismatched, extra, other_stage;
+} qw_wcount;
+
 typedef struct qw_wreport {
 	size_t expected;           /* tensors this stage needs */
 	size_t loaded;             /* found with the right shape and a float dtype */
@@ -124,6 +144,7 @@ typedef struct qw_wreport {
 	char **missing_names;      /* (missing,) */
 	char **mismatched_desc;    /* (mismatched,) "name: expected [..] float, got [..] I64" */
 	char **extra_names;        /* (extra,) */
+	qw_wcount parts[QW_GROUP_COUNT];   /* the same counts by part of the model */
 } qw_wreport;
 
 /* Builds the spec list of the whole model.  If w is non-NULL, each spec's slot points into
@@ -134,6 +155,15 @@ qw_status qw_wmap_build(const qw_config *cfg, qw_expert_layout layout, qw_weight
 
 /* The layout a checkpoint uses (fused unless per-expert keys are present). */
 qw_expert_layout qw_detect_expert_layout(const qw_config *cfg, const qw_checkpoint *ck);
+
+/* The part a tensor of this name belongs to, and the part's name as the report's JSON
+ * spells it ("text_layers", "vision_blocks", ...). */
+qw_wgroup qw_wgroup_of_name(const char *name);
+const char *qw_wgroup_name(qw_wgroup g);
+
+/* Vision blocks a checkpoint stores: 1 + the highest k of its model.visual.blocks.{k}.*
+ * tensors (0 if none).  A reduced export may keep only the tower's first blocks. */
+int qw_vision_blocks_stored(const qw_checkpoint *ck);
 
 /* Whether spec belongs to stage (NULL stage: the whole model). */
 bool qw_stage_owns(const qw_stage *stage, const qw_config *cfg, const qw_wspec *spec);
@@ -148,7 +178,9 @@ void qw_weights_free(qw_weights *w);
 void qw_wreport_free(qw_wreport *rep);
 
 /* The report as a JSON object (malloc'd string):
- * {"loaded": N, "missing": N, "mismatched": N, "extra": N, "other_stage": N, ...lists}. */
+ * {"loaded": N, "missing": N, "mismatched": N, "extra": N, "other_stage": N, ...,
+ *  "parts": {"text_layers": {"expected": N, "loaded": N, ...}, ...} (parts with any tensor),
+ *  ...lists}. */
 char *qw_wreport_json(const qw_wreport *rep, const qw_stage *stage);
 
 #endif

@@ -356,6 +356,12 @@ static void test_per_expert_layout(void **state)
 	assert_shape(w.layers[0].expert_gate[0], 2, (int64_t[]){8, 16});
 	assert_null(w.layers[0].experts_gate_up);
 	assert_shape(w.layers[1].up_proj, 2, (int64_t[]){32, 16});
+	/* by part: a layer has 2 norms, 4 projections and 2 head norms; layers 0 and 2 a
+	 * router and 4 experts of 3 tensors, layer 1 (dense) 3 MLP projections */
+	assert_int_equal(rep.parts[QW_GROUP_EXPERTS].loaded, 2 * 4 * 3);
+	assert_int_equal(rep.parts[QW_GROUP_LAYERS].loaded, 3 * 8 + 2 + 3);
+	assert_int_equal(rep.parts[QW_GROUP_TEXT].loaded, 3);
+	assert_int_equal(rep.parts[QW_GROUP_VISION].expected + rep.parts[QW_GROUP_OTHER].expected, 0);
 	qw_wreport_free(&rep);
 	qw_weights_free(&w);
 	qw_ckpt_close(ck);
