@@ -51,3 +51,31 @@ const char *qw_fmt_count(uint64_t n, char *buf, int len)
 		snprintf(buf, (size_t)len, "%llu", (unsigned long long)n);
 	return buf;
 }
+
+char *qw_read_text(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	size_t cap = 1 << 16, n = 0;
+	char *buf = malloc(cap);
+	while (buf) {
+		n += fread(buf + n, 1, cap - 1 - n, f);
+		if (n < cap - 1)
+			break;
+		char *grown = realloc(buf, cap *= 2);
+		if (!grown)
+			free(buf);
+		buf = grown;
+	}
+	int failed = !buf ? ENOMEM : ferror(f) ? errno : 0;
+	fclose(f);
+	if (failed) {
+		free(buf);
+		errno = failed;
+		return NULL;
+	}
+	buf[n] = '\0';
+	*len = n;
+	return buf;
+}

@@ -1,18 +1,24 @@
 /* args.h - command-line helpers shared by the qwen-vl tools.
  *
  * Owns: strict number parsing for flags (the whole string must be a number in range; sizes
- * take K/M/G suffixes) with an error that names the flag, and byte formatting for reports.
+ * take K/M/G suffixes) with an error that names the flag, reading a whole file, and byte
+ * formatting for reports.
  */
 #ifndef QW_CLI_ARGS_H
 #define QW_CLI_ARGS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Parses s as an integer in [lo, hi] into *out; on failure prints "prog: --flag: ..." to
  * stderr and returns false. */
 bool qw_arg_int(const char *prog, const char *flag, const char *s, long long lo, long long hi,
 		long long *out);
+
+/* The whole of path into a malloc'd buffer (NUL-terminated), its length in *len; NULL with
+ * errno set. */
+char *qw_read_text(const char *path, size_t *len);
 
 /* "1.50 GB" (decimal units) into buf. */
 const char *qw_fmt_bytes(uint64_t bytes, char *buf, int len);

@@ -4,7 +4,8 @@
 #ifndef QW_CLI_CKPT_H
 #define QW_CLI_CKPT_H
 
-int ckpt_validate(int argc, char **argv);
+int ckpt_validate(int argc, char **argv);   /* ckpt_validate.c */
+int ckpt_manifest(int argc, char **argv);
 int ckpt_inspect(int argc, char **argv);
 int ckpt_export_reduced(int argc, char **argv);
 int ckpt_scales(int argc, char **argv);     /* ckpt_quant.c */

@@ -101,35 +101,6 @@ static int parse_args(int argc, char **argv, export_args *a)
 	return CKPT_OK;
 }
 
-/* The whole of path into a malloc'd buffer (NUL-terminated); NULL with errno set. */
-static char *read_text(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	size_t cap = 1 << 16, n = 0;
-	char *buf = malloc(cap);
-	while (buf) {
-		n += fread(buf + n, 1, cap - 1 - n, f);
-		if (n < cap - 1)
-			break;
-		char *grown = realloc(buf, cap *= 2);
-		if (!grown)
-			free(buf);
-		buf = grown;
-	}
-	int failed = !buf ? ENOMEM : ferror(f) ? errno : 0;
-	fclose(f);
-	if (failed) {
-		free(buf);
-		errno = failed;
-		return NULL;
-	}
-	buf[n] = '\0';
-	*len = n;
-	return buf;
-}
-
 int ckpt_export_reduced(int argc, char **argv)
 {
 	export_args a;
@@ -137,7 +108,7 @@ int ckpt_export_reduced(int argc, char **argv)
 	if (rc != CKPT_OK)
 		return rc < 0 ? CKPT_OK : rc;
 	size_t len = 0;
-	char *text = read_text(a.config, &len);
+	char *text = qw_read_text(a.config, &len);
 	if (!text) {
 		fprintf(stderr, "qwen-ckpt export-reduced: %s: cannot open: %s\n", a.config,
 			strerror(errno));

@@ -1,12 +1,14 @@
 /* qwen-ckpt - validate, inspect and export Qwen3-VL checkpoints.
  *
- *   qwen-ckpt validate DIR [--stage I/S] [--json]
+ *   qwen-ckpt validate DIR|--manifest FILE [--config FILE] [--stage I/S]
+ *                      [--min-vision-blocks N] [--json]
+ *   qwen-ckpt manifest DIR
  *   qwen-ckpt inspect DIR|CONFIG.json [--json]
  *   qwen-ckpt export-reduced --config CONFIG.json --out DIR [overrides...]
  *   qwen-ckpt scales DIR | gate-up DIR | diff A B       (quantization checks)
  *
- * This file holds main, validate and inspect; export-reduced is in ckpt_export.c, the
- * quantization checks in ckpt_quant.c.
+ * This file holds main and inspect; validate and manifest are in ckpt_validate.c,
+ * export-reduced in ckpt_export.c, the quantization checks in ckpt_quant.c.
  */
 #include <getopt.h>
 #include <jansson.h>
@@ -24,10 +26,15 @@
 
 static const char usage[] =
 	"usage: qwen-ckpt COMMAND ...\n"
-	"  validate DIR [--stage I/S] [--json]\n"
+	"  validate DIR|--manifest FILE [--config FILE] [--stage I/S] [--min-vision-blocks N]\n"
+	"           [--json]\n"
 	"      Check every tensor the config implies (text and vision) against the checkpoint\n"
-	"      in DIR: names, shapes, dtypes, and the files themselves.  With --stage, only\n"
-	"      what pipeline stage I of S owns.  Exit 0 iff nothing is missing or mismatched.\n"
+	"      in DIR, or a manifest of its headers: names, shapes, dtypes, and the files\n"
+	"      themselves.  With --stage, only what pipeline stage I of S owns.  Exit 0 iff\n"
+	"      nothing is missing or mismatched.  (see validate --help)\n"
+	"  manifest DIR\n"
+	"      The checkpoint's config, files and tensor headers as JSON, for validate\n"
+	"      --manifest (no tensor data is read).\n"
 	"  inspect DIR|CONFIG.json [--json]\n"
 	"      Architecture, parameters (total, active per token), bytes per dtype, and a\n"
 	"      memory plan for 1, 2, 4 and 8 pipeline stages.\n"
@@ -45,123 +52,6 @@ static const char usage[] =
 	"      Tensor by tensor: names, shapes, dtypes, bytes; quantized A against float B:\n"
 	"      the dequantisation error.\n"
 	"exit status: 0 ok, 1 the model failed a check or could not be read, 2 bad usage\n";
-
-// ---------------------------------------------------------------------------------------
-// validate
-
-static bool parse_stage(const char *s, int *index, int *count)
-{
-	char tail;
-	return sscanf(s, "%d/%d%c", index, count, &tail) == 2 && *count >= 1 && *index >= 0 &&
-	       *index < *count;
-}
-
-static void print_list(const char *title, char **names, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		printf("  %s %s\n", title, names[i]);
-}
-
-int ckpt_validate(int argc, char **argv)
-{
-	static const struct option opts[] = {
-		{"stage", required_argument, NULL, 's'},
-		{"json", no_argument, NULL, 'j'},
-		{"help", no_argument, NULL, 'h'},
-		{0, 0, 0, 0}};
-	bool json = false;
-	int stage_index = 0, stage_count = 0, c;
-	while ((c = getopt_long(argc, argv, "s:jh", opts, NULL)) != -1) {
-		switch (c) {
-		case 's':
-			if (!parse_stage(optarg, &stage_index, &stage_count)) {
-				fprintf(stderr, "qwen-ckpt validate: --stage: '%s' is not I/S with "
-					"0 <= I < S\n", optarg);
-				return CKPT_USAGE;
-			}
-			break;
-		case 'j': json = true; break;
-		case 'h': fputs(usage, stdout); return CKPT_OK;
-		default: fputs(usage, stderr); return CKPT_USAGE;
-		}
-	}
-	if (optind != argc - 1) {
-		fputs("qwen-ckpt validate: expected one model directory\n", stderr);
-		return CKPT_USAGE;
-	}
-	const char *dir = argv[optind];
-	char cfg_path[4096];
-	snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
-	qw_err err = {0};
-	qw_config cfg;
-	qw_checkpoint *ck = NULL;
-	if (qw_config_load(cfg_path, &cfg, &err) != QW_OK || qw_ckpt_open(dir, &ck, &err) != QW_OK) {
-		fprintf(stderr, "qwen-ckpt validate: %s\n", err.msg);
-		return CKPT_FAILED;
-	}
-
-	qw_stage stage, *sp = NULL;
-	if (stage_count) {
-		qw_wspec *specs;
-		size_t n;
-		qw_stage_plan plan[QW_MAX_STAGES];
-		qw_status st = qw_wmap_build(&cfg, qw_detect_expert_layout(&cfg, ck), NULL, &specs, &n,
-					     &err);
-		if (st == QW_OK) {
-			for (size_t i = 0; i < n; i++) {   /* balance by the bytes actually stored */
-				const qw_tensor *t = qw_ckpt_find(ck, specs[i].name);
-				if (t)
-					specs[i].bytes = t->nbytes;
-			}
-			st = qw_plan_stages(&cfg, specs, n, stage_count, cfg.dtype, plan, &err);
-			free(specs);
-		}
-		if (st != QW_OK) {
-			fprintf(stderr, "qwen-ckpt validate: --stage %d/%d: %s\n", stage_index,
-				stage_count, err.msg);
-			qw_ckpt_close(ck);
-			return CKPT_USAGE;
-		}
-		stage = plan[stage_index].stage;
-		sp = &stage;
-	}
-
-	qw_weights w;
-	qw_wreport rep;
-	qw_status st = qw_weights_load(&cfg, ck, sp, &w, &rep, &err);
-	if (st != QW_OK && st != QW_E_WEIGHTS) {
-		fprintf(stderr, "qwen-ckpt validate: %s\n", err.msg);
-		qw_ckpt_close(ck);
-		return CKPT_FAILED;
-	}
-	if (json) {
-		char *text = qw_wreport_json(&rep, sp);
-		printf("%s\n", text ? text : "{}");
-		free(text);
-	} else {
-		char b[32];
-		printf("# %s: %s, %s experts, %zu file%s, %zu tensors\n", dir, cfg.model_type,
-		       cfg.is_moe ? (w.expert_layout == QW_EXPERTS_FUSED ? "fused" : "per-module")
-				  : "no",
-		       ck->n_files, ck->n_files == 1 ? "" : "s", ck->n_tensors);
-		if (sp)
-			printf("# stage %d/%d: decoder layers [%d, %d)%s%s\n", sp->index, sp->count,
-			       sp->layer_begin, sp->layer_end, sp->index == 0 ? " + embeddings" : "",
-			       sp->index == sp->count - 1 ? " + head" : "");
-		printf("loaded %zu (%s)  missing %zu  mismatched %zu  extra %zu  other_stage %zu\n",
-		       rep.loaded, qw_fmt_bytes(rep.loaded_bytes, b, sizeof b), rep.missing,
-		       rep.mismatched, rep.extra, rep.other_stage);
-		print_list("missing", rep.missing_names, rep.missing);
-		print_list("mismatched", rep.mismatched_desc, rep.mismatched);
-		print_list("extra", rep.extra_names, rep.extra);
-		printf("%s\n", st == QW_OK ? "OK" : "FAILED");
-	}
-	int rc = st == QW_OK ? CKPT_OK : CKPT_FAILED;
-	qw_wreport_free(&rep);
-	qw_weights_free(&w);
-	qw_ckpt_close(ck);
-	return rc;
-}
 
 // ---------------------------------------------------------------------------------------
 // inspect
@@ -348,6 +238,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "validate") == 0)
 		return ckpt_validate(argc - 1, argv + 1);
+	if (strcmp(argv[1], "manifest") == 0)
+		return ckpt_manifest(argc - 1, argv + 1);
 	if (strcmp(argv[1], "inspect") == 0)
 		return ckpt_inspect(argc - 1, argv + 1);
 	if (strcmp(argv[1], "export-reduced") == 0)
