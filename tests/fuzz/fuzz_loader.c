@@ -1,8 +1,9 @@
 /* fuzz_loader.c - libFuzzer entry for the parsers of untrusted input: the safetensors header
  * (qw_st_parse), config.json (qw_config_parse) and request text through the tokenizer
  * (qw_tokenizer_encode, then decode of the ids; the tokenizer is loaded from
- * $QW_FUZZ_TOKENIZER, default tests/fixtures/tokenizer/qwen3), and client requests
- * (qw_request_decode, first byte 0x10).  The first input byte picks the parser.  Build and run (clang with libFuzzer):
+ * $QW_FUZZ_TOKENIZER, default tests/fixtures/tokenizer/qwen3), client requests
+ * (qw_request_decode, first byte 0x10) and checkpoint manifests (qw_manifest_parse, first
+ * byte 0x12).  The first input byte picks the parser.  Build and run (clang with libFuzzer):
  *
  *   scons fuzz          (builds build/fuzz/fuzz_loader with clang)
  *   mkdir -p /tmp/corpus && build/fuzz/fuzz_loader -max_total_time=300 /tmp/corpus \
@@ -19,6 +20,7 @@
 #include "daemon/text/tokenizer.h"
 #include "ipc/protocol.h"
 #include "loader/config.h"
+#include "loader/manifest.h"
 #include "loader/safetensors.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -74,6 +76,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		qw_request r;
 		if (qw_request_decode(data + 1, size - 1, NULL, &r, &err) == QW_OK)
 			qw_request_free(&r);
+		return 0;
+	}
+	if (data[0] == 0x12) {       /* a checkpoint manifest */
+		qw_manifest m;
+		if (qw_manifest_parse((const char *)data + 1, size - 1, "fuzz", &m, &err) == QW_OK)
+			qw_manifest_free(&m);
 		return 0;
 	}
 	if (data[0] & 1) {
