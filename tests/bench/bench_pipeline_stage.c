@@ -8,7 +8,11 @@
  * processes on one GPU talk over NCCL's socket transport (slow: the point is the overlap,
  * not the link).  Not a test.  Built by `scons tests`; run
  *     NCCL_NVLS_ENABLE=0 build/tests/bench/bench_pipeline_stage CONFIG.json I/S
- *         [copy GB/s, default 4287] [context, default 1024] [prefill chunk, default 2048]
+ *         [copy GB/s, default 4287] [dense bf16 TFLOP/s, default 786.6] [context, default 1024]
+ *         [prefill chunk, default 2048]
+ * (the defaults: an H200's copy bandwidth and GEMM rate as tests/bench/gpu_ceilings.py
+ * measured them).  The two processes take turns on the GPU, so the receiver posts each
+ * receive only once its hand-over is coming.
  */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -30,7 +34,6 @@
 #define BLOCK 16
 #define STEPS 20              /* timed steps of each kind */
 #define PREFILL_STEPS 5
-#define DENSE_TFLOPS 786.6    /* measured dense bf16 GEMM rate, H200 (docs/performance.md) */
 
 static const int batches[] = {1, 8, 16, 64};
 #define N_BATCHES (int)(sizeof batches / sizeof *batches)
@@ -38,6 +41,7 @@ static const int batches[] = {1, 8, 16, 64};
 typedef struct shared {
 	uint8_t id[QW_NCCL_ID_BYTES];
 	volatile int id_ready;
+	volatile int announced;   /* hand-overs the stage has begun to send */
 } shared;
 
 static void die(const char *what, const qw_err *err)
@@ -91,6 +95,10 @@ static void sink(shared *sh, int H, int chunk)
 	if (be->act_alloc(be, chunk, H, &buf, &err))
 		die("buffer", &err);
 	for (int i = 0; i < n_records(); i++) {
+		/* two processes on one GPU take turns on it: a receive waiting on the GPU would
+		 * take the stage's turns, so it is posted only once its hand-over is coming */
+		while (__atomic_load_n(&sh->announced, __ATOMIC_ACQUIRE) <= i)
+			usleep(20);
 		qw_nccl_record r = {(uint64_t)i, record_rows(i, chunk), 0, 0};
 		if (qw_nccl_pipe_post_recv(p, &r, &err) || qw_nccl_pipe_take(p, &r, &buf, NULL, &err) ||
 		    qw_nccl_pipe_sync(p, &err))
@@ -107,8 +115,10 @@ typedef struct bench {
 	cudaStream_t stream;
 	qw_stage_model m;
 	qw_nccl_pipe *pipe;
+	shared *sh;
 	uint64_t sent;
 	qw_act hidden, logits;
+	qw_act input;              /* (max_tokens, H): what each step starts from */
 	int blocks_per_seq, ctx, chunk;
 	int32_t *ids, *pos, *seq, *kv, *slot, *rows, *tables;
 } bench;
@@ -143,6 +153,24 @@ static qw_batch make_batch(bench *k, int B)
 			  .block_tables = k->tables, .n_logits = n_seqs, .logit_rows = k->rows};
 }
 
+/* The hidden states every step starts from, as a receiving stage copies them in: random rows
+ * (from a real pipeline, tokens route to many experts; zeros would send every token to the
+ * same ones). */
+static void random_input(bench *k)
+{
+	qw_err err = {0};
+	size_t n = (size_t)k->input.cap_rows * (size_t)k->input.cols;
+	float *v = malloc(n * sizeof *v);
+	uint64_t x = 0x9e3779b97f4a7c15ull;
+	for (size_t i = 0; i < n; i++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		v[i] = (float)((double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+	}
+	if (k->be->act_write(k->be, &k->input, v, &err))
+		die("hidden states", &err);
+	free(v);
+}
+
 /* Mean ms a step over n steps (after 3 unmeasured): compute, hand-over, or both. */
 static double time_steps(bench *k, const qw_batch *b, int n, bool compute, bool handover)
 {
@@ -156,11 +184,13 @@ static double time_steps(bench *k, const qw_batch *b, int n, bool compute, bool 
 				die("sync", &err);
 			t0 = now_ms();
 		}
-		k->hidden.rows = b->n_tokens;
+		k->hidden.rows = k->input.rows = b->n_tokens;
 		k->logits.rows = b->n_logits;
-		if (compute && qw_stage_step(&k->m, b, &k->hidden, &k->logits, &err))
+		if (compute && (k->be->act_copy(k->be, &k->hidden, &k->input, &err) ||
+				qw_stage_step(&k->m, b, &k->hidden, &k->logits, &err)))
 			die("step", &err);
 		if (handover) {
+			__atomic_add_fetch(&k->sh->announced, 1, __ATOMIC_RELEASE);
 			qw_nccl_record r = {k->sent++, b->n_tokens, 0, 0};
 			if (qw_nccl_pipe_send(k->pipe, &r, &k->hidden, NULL, NULL, &err) ||
 			    qw_nccl_pipe_wait_sent(k->pipe, 1, &err))
@@ -214,13 +244,14 @@ int main(int argc, char **argv)
 	if (argc < 3 || sscanf(argv[2], "%d/%d", &index, &count) != 2 || count < 1 ||
 	    index < 0 || index >= count) {
 		fprintf(stderr, "usage: bench_pipeline_stage CONFIG.json I/S [copy GB/s] "
-			"[context] [prefill chunk]\n");
+			"[dense TFLOP/s] [context] [prefill chunk]\n");
 		return 2;
 	}
 	double peak = argc > 3 ? atof(argv[3]) : 4287.0;
+	double dense = argc > 4 ? atof(argv[4]) : 786.6;
 	static bench k;
-	k.ctx = argc > 4 ? atoi(argv[4]) : 1024;
-	k.chunk = argc > 5 ? atoi(argv[5]) : 2048;
+	k.ctx = argc > 5 ? atoi(argv[5]) : 1024;
+	k.chunk = argc > 6 ? atoi(argv[6]) : 2048;
 	qw_err err = {0};
 	if (qw_config_load(argv[1], &k.cfg, &err))
 		die(argv[1], &err);
@@ -255,6 +286,7 @@ int main(int argc, char **argv)
 		die("cuda backend", &err);
 	k.stream = (cudaStream_t)qw_cuda_backend_stream(k.be);
 	k.pipe = join(k.be, sh, 0, H, k.chunk);
+	k.sh = sh;
 	int max_tokens = k.chunk > 64 ? k.chunk : 64;
 	if (qw_stage_model_load_synthetic(&k.m, &k.cfg, &k.stage, k.be, 0, max_tokens, NULL, NULL,
 					  &err))
@@ -262,6 +294,7 @@ int main(int argc, char **argv)
 	k.blocks_per_seq = (k.ctx + k.chunk) / BLOCK + 1;
 	if (qw_stage_model_alloc_kv(&k.m, 64 * k.blocks_per_seq, BLOCK, &err) ||
 	    k.be->act_alloc(k.be, max_tokens, H, &k.hidden, &err) ||
+	    k.be->act_alloc(k.be, max_tokens, H, &k.input, &err) ||
 	    k.be->act_alloc(k.be, 64, k.cfg.text.vocab_size, &k.logits, &err))
 		die("buffers", &err);
 	k.ids = calloc((size_t)max_tokens, 4);
@@ -271,6 +304,7 @@ int main(int argc, char **argv)
 	k.slot = calloc((size_t)max_tokens, 4);
 	k.rows = calloc(64, 4);
 	k.tables = calloc(64 * (size_t)k.blocks_per_seq, 4);
+	random_input(&k);
 
 	double weights = (double)plan[index].weight_bytes;
 	printf("# %s, stage %d of %d: layers [%d, %d), %.1f GB of bf16 weights; context %d\n",
@@ -298,7 +332,7 @@ int main(int argc, char **argv)
 	double tflops = chunk_flops(&k) / (c * 1e-3) / 1e12;
 	printf("# prefill chunk of %d tokens after %d (ops, mean of %d): %.2f ms, %.0f TFLOP/s "
 	       "(%.0f%% of %.1f dense bf16); hand-over %.1f MiB: with it %.2f ms, alone %.2f ms\n",
-	       k.chunk, k.ctx, PREFILL_STEPS, c, tflops, 100 * tflops / DENSE_TFLOPS, DENSE_TFLOPS,
+	       k.chunk, k.ctx, PREFILL_STEPS, c, tflops, 100 * tflops / dense, dense,
 	       k.chunk * H * 2.0 / 1048576, both, alone);
 	qw_nccl_pipe_destroy(k.pipe, true);
 	int status;
