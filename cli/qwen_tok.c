@@ -3,10 +3,14 @@
  *   qwen-tok encode --tokenizer DIR [FILE]     ids of FILE (or stdin), space-separated
  *   qwen-tok decode --tokenizer DIR [FILE]     text of the ids in FILE (or stdin)
  *   qwen-tok bench  --tokenizer DIR FILE [--repeat N]
- *   qwen-tok chat   [--thinking] [--no-generation-prompt] [--vision-id] [FILE]
- *       renders a conversation (a JSON array of {"role", "content", "reasoning_content"},
- *       content a string or a list of {"type": "text", "text"} / {"type": "image"} /
- *       {"type": "video"} items, "n_pad" optional) with the Qwen3-VL chat template
+ *   qwen-tok chat   [--thinking] [--no-thinking] [--no-generation-prompt] [--vision-id]
+ *                   [--tools FILE] [FILE]
+ *       renders a conversation (a JSON array of {"role", "content", "reasoning_content",
+ *       "tool_calls"}, content a string or a list of {"type": "text", "text"} /
+ *       {"type": "image"} / {"type": "video"} items, "n_pad" optional; tool_calls a list of
+ *       {"function": {"name", "arguments"}} with arguments a JSON string) with the Qwen3-VL
+ *       chat template; --tools FILE holds one tool a line, each the JSON text the template
+ *       shows; --no-thinking is enable_thinking false
  *
  * bench encodes the whole file in one call, single-threaded, N times (default 5) and prints
  * the first (cold cache) and the best (warm) rate in MB/s, then the best rate over the file
@@ -28,7 +32,9 @@ static const char usage[] =
 	"usage: qwen-tok encode --tokenizer DIR [FILE]\n"
 	"       qwen-tok decode --tokenizer DIR [FILE]\n"
 	"       qwen-tok bench  --tokenizer DIR FILE [--repeat N]\n"
-	"       qwen-tok chat   [--thinking] [--no-generation-prompt] [--vision-id] [FILE]\n";
+	"       qwen-tok chat   [--thinking] [--no-thinking] [--no-generation-prompt] "
+	"[--vision-id]\n"
+	"                       [--tools FILE] [FILE]\n";
 
 static char *slurp(const char *path, size_t *len)
 {
@@ -184,13 +190,66 @@ static bool content_items(json_t *content, qw_content *items, int *n, int cap)
 	return true;
 }
 
+/* An assistant message's tool calls ({"function": {"name", "arguments"}} or {"name",
+ * "arguments"}, arguments a string) into calls (cap of them). */
+static bool tool_calls(json_t *list, qw_chat_tool_call *calls, int *n, int cap)
+{
+	*n = 0;
+	if (!list)
+		return true;
+	if (!json_is_array(list) || (int)json_array_size(list) > cap)
+		return false;
+	size_t i;
+	json_t *c;
+	json_array_foreach(list, i, c) {
+		json_t *f = json_object_get(c, "function") ? json_object_get(c, "function") : c;
+		calls[*n].name = json_string_value(json_object_get(f, "name"));
+		calls[*n].arguments = json_string_value(json_object_get(f, "arguments"));
+		if (!calls[*n].name || !calls[(*n)++].arguments)
+			return false;
+	}
+	return true;
+}
+
+/* --tools FILE: one tool's JSON text a line (lines point into *buf). */
+static bool read_tools(const char *path, char **buf, const char ***tools, int *n)
+{
+	size_t len;
+	*buf = slurp(path, &len);
+	*tools = calloc(len + 1, sizeof **tools);
+	*n = 0;
+	if (!*buf || !*tools)
+		return false;
+	for (char *line = *buf, *nl; line && *line; line = nl) {
+		nl = strchr(line, '\n');
+		if (nl)
+			*nl++ = '\0';
+		if (*line)
+			(*tools)[(*n)++] = line;
+	}
+	return true;
+}
+
 static int do_chat(int argc, char **argv)
 {
 	qw_chat_opts o = {.add_generation_prompt = true};
 	const char *file = NULL;
+	char *tools_buf = NULL;
+	const char **tools = NULL;
 	for (int i = 2; i < argc; i++) {
 		if (!strcmp(argv[i], "--thinking"))
 			o.thinking = true;
+		else if (!strcmp(argv[i], "--no-thinking"))
+			o.thinking_off = true;
+		else if (!strcmp(argv[i], "--tools") && i + 1 < argc && !tools) {
+			if (!read_tools(argv[++i], &tools_buf, &tools, &o.n_tools)) {
+				fprintf(stderr, "qwen-tok chat: cannot read --tools %s\n", argv[i]);
+				free(tools_buf);
+				free(tools);
+				return 1;
+			}
+			o.tools = tools;
+		}
 		else if (!strcmp(argv[i], "--no-generation-prompt"))
 			o.add_generation_prompt = false;
 		else if (!strcmp(argv[i], "--vision-id"))
@@ -199,6 +258,8 @@ static int do_chat(int argc, char **argv)
 			file = argv[i];
 		else {
 			fputs(usage, stderr);
+			free(tools_buf);
+			free(tools);
 			return 2;
 		}
 	}
@@ -208,12 +269,15 @@ static int do_chat(int argc, char **argv)
 		fprintf(stderr, "qwen-tok chat: %s\n", msgs ? "expected a JSON array of messages"
 							    : jerr.text);
 		json_decref(msgs);
+		free(tools_buf);
+		free(tools);
 		return 1;
 	}
 	int n = (int)json_array_size(msgs), rc = 0;
 	qw_message *m = calloc((size_t)n + 1, sizeof *m);
 	qw_content *items = calloc((size_t)n * 64 + 1, sizeof *items);
-	for (int i = 0; m && items && i < n && rc == 0; i++) {
+	qw_chat_tool_call *calls = calloc((size_t)n * 16 + 1, sizeof *calls);
+	for (int i = 0; m && items && calls && i < n && rc == 0; i++) {
 		json_t *j = json_array_get(msgs, (size_t)i);
 		m[i].role = json_string_value(json_object_get(j, "role"));
 		m[i].content = items + (size_t)i * 64;
@@ -224,11 +288,18 @@ static int do_chat(int argc, char **argv)
 				"list of text / image / video items\n", i);
 			rc = 1;
 		}
+		m[i].tool_calls = calls + (size_t)i * 16;
+		if (rc == 0 && !tool_calls(json_object_get(j, "tool_calls"), calls + (size_t)i * 16,
+					   &m[i].n_tool_calls, 16)) {
+			fprintf(stderr, "qwen-tok chat: message %d: tool_calls must be a list of at "
+				"most 16 {function: {name, arguments}} with arguments a string\n", i);
+			rc = 1;
+		}
 	}
 	char *out = NULL;
 	size_t len;
 	qw_err err = {0};
-	if (rc == 0 && (!m || !items)) {
+	if (rc == 0 && (!m || !items || !calls)) {
 		fputs("qwen-tok chat: out of memory\n", stderr);
 		rc = 1;
 	} else if (rc == 0 && qw_chat_render(m, n, &o, &out, &len, &err) != QW_OK) {
@@ -240,6 +311,9 @@ static int do_chat(int argc, char **argv)
 	free(out);
 	free(m);
 	free(items);
+	free(calls);
+	free(tools);
+	free(tools_buf);
 	json_decref(msgs);
 	return rc;
 }

@@ -150,46 +150,81 @@ static qw_status expand_pads(const qw_req_ctx *c, int32_t **ids, int *n,
 // ---------------------------------------------------------------------------------------
 // the prompt
 
-/* Renders chat messages; image items get their pad counts.  *text is malloc'd. */
-static qw_status render_chat(const qw_req_ctx *c, const qw_request *r, const prepared_image *im,
-			     char **text, size_t *len, const char **code, qw_err *err)
+/* The C strings render_chat makes of a request's protocol strings (not NUL-terminated). */
+typedef struct cstrs {
+	char **p;
+	int n, cap;
+	bool oom;
+} cstrs;
+
+static const char *cstr(cstrs *s, const char *data, size_t len)
 {
-	size_t n_items = 0, n_msgs = r->n_messages > 0 ? (size_t)r->n_messages : 1;
-	for (int i = 0; i < r->n_messages; i++)
+	char *c = s->n < s->cap ? strndup(data, len) : NULL;
+	if (!c) {
+		s->oom = true;
+		return "";
+	}
+	return s->p[s->n++] = c;
+}
+
+/* Renders chat messages (with tools and the thinking switch); image items get their pad
+ * counts.  *text is malloc'd. */
+static qw_status render_chat(const qw_req_ctx *c, const qw_request *r, const prepared_image *im,
+			     bool generation_prompt, char **text, size_t *len, const char **code,
+			     qw_err *err)
+{
+	size_t n_items = 0, n_calls = 0, n_msgs = r->n_messages > 0 ? (size_t)r->n_messages : 1;
+	for (int i = 0; i < r->n_messages; i++) {
 		n_items += (size_t)r->messages[i].n_items;
+		n_calls += (size_t)r->messages[i].n_tool_calls;
+	}
 	qw_message *msgs = calloc(n_msgs, sizeof *msgs);
 	qw_content *content = calloc(n_items + 1, sizeof *content);
-	/* the protocol's strings are not NUL-terminated: copy them */
-	char **strs = calloc(2 * n_msgs + n_items + 1, sizeof *strs);
-	int n_strs = 0, at = 0, image = 0;
-	qw_status st = msgs && content && strs ? QW_OK : qw_fail(err, QW_E_NOMEM, "out of memory");
+	qw_chat_tool_call *calls = calloc(n_calls + 1, sizeof *calls);
+	const char **tools = calloc((size_t)r->n_tools + 1, sizeof *tools);
+	cstrs strs = {.cap = (int)(2 * n_msgs + n_items + 2 * n_calls + (size_t)r->n_tools + 1)};
+	strs.p = calloc((size_t)strs.cap, sizeof *strs.p);
+	int at = 0, call = 0, image = 0;
+	qw_status st = msgs && content && calls && tools && strs.p
+		       ? QW_OK : qw_fail(err, QW_E_NOMEM, "out of memory");
 	for (int i = 0; i < r->n_messages && st == QW_OK; i++) {
 		const qw_req_message *m = &r->messages[i];
-		msgs[i].role = strs[n_strs++] = strndup(m->role, m->role_len);
+		msgs[i].role = cstr(&strs, m->role, m->role_len);
 		msgs[i].content = content + at;
 		msgs[i].n_content = m->n_items;
+		msgs[i].tool_calls = calls + call;
+		msgs[i].n_tool_calls = m->n_tool_calls;
 		if (m->reasoning)
-			msgs[i].reasoning = strs[n_strs++] = strndup(m->reasoning, m->reasoning_len);
+			msgs[i].reasoning = cstr(&strs, m->reasoning, m->reasoning_len);
 		for (int k = 0; k < m->n_items; k++, at++) {
 			if (m->items[k].kind == QW_ITEM_TEXT) {
 				content[at].kind = QW_CONTENT_TEXT;
-				content[at].text = strs[n_strs++] = strndup(m->items[k].data,
-									    m->items[k].len);
+				content[at].text = cstr(&strs, m->items[k].data, m->items[k].len);
 			} else {
 				content[at].kind = QW_CONTENT_IMAGE;
 				content[at].n_pad = im[image++].n_tokens;
 			}
 		}
+		for (int k = 0; k < m->n_tool_calls; k++, call++) {
+			const qw_tool_call *tc = &m->tool_calls[k];
+			calls[call].name = cstr(&strs, tc->name, tc->name_len);
+			calls[call].arguments = cstr(&strs, tc->arguments, tc->arguments_len);
+		}
 	}
-	for (int i = 0; i < n_strs && st == QW_OK; i++)
-		if (!strs[i])
-			st = qw_fail(err, QW_E_NOMEM, "out of memory");
-	qw_chat_opts o = {.add_generation_prompt = true, .thinking = c->thinking};
+	for (int i = 0; i < r->n_tools && st == QW_OK; i++)
+		tools[i] = cstr(&strs, r->tools[i], r->tools_len[i]);
+	if (st == QW_OK && strs.oom)
+		st = qw_fail(err, QW_E_NOMEM, "out of memory");
+	qw_chat_opts o = {.add_generation_prompt = generation_prompt, .thinking = c->thinking,
+			  .thinking_off = r->thinking == QW_THINKING_OFF, .tools = tools,
+			  .n_tools = r->n_tools};
 	if (st == QW_OK && (st = qw_chat_render(msgs, r->n_messages, &o, text, len, err)) != QW_OK)
 		*code = "bad_request";
-	for (int i = 0; i < n_strs; i++)
-		free(strs[i]);
-	free(strs);
+	for (int i = 0; i < strs.n; i++)
+		free(strs.p[i]);
+	free(strs.p);
+	free(tools);
+	free(calls);
 	free(content);
 	free(msgs);
 	return st;
@@ -230,7 +265,8 @@ static qw_status prompt_ids(const qw_req_ctx *c, const qw_request *r, int32_t **
 		char *text = NULL;
 		size_t len = r->prompt_len, count = 0;
 		if (r->messages)
-			st = render_chat(c, r, *im, &text, &len, code, err);
+			st = render_chat(c, r, *im, !r->no_generation_prompt, &text, &len, code,
+					 err);
 		if (st == QW_OK) {
 			st = qw_tokenizer_encode(c->tok, text ? text : r->prompt, len, ids, &count, err);
 			if (st != QW_OK)
@@ -270,6 +306,18 @@ static qw_status prompt_ids(const qw_req_ctx *c, const qw_request *r, int32_t **
 	return st;
 }
 
+qw_status qw_request_tokenize(const qw_req_ctx *c, const qw_request *r, int32_t **ids, int *n,
+			      const char **code, qw_err *err)
+{
+	*code = "bad_request";
+	prepared_image *im;
+	int n_img;
+	qw_status st = prompt_ids(c, r, ids, n, &im, &n_img, code, err);
+	if (st == QW_OK)
+		free_images(im, n_img);
+	return st;
+}
+
 void qw_request_seq_free(qw_seq *seq)
 {
 	for (int i = 0; i < seq->n_images; i++)
@@ -302,7 +350,8 @@ static qw_status prepare_output(const qw_req_ctx *c, const qw_request *r, qw_out
 	if (out->max_new > out->room)
 		out->max_new = out->room;
 	if (c->tok && c->think_start >= 0 && c->think_end >= 0)
-		qw_reasoning_init(&out->split, c->think_start, c->think_end, c->thinking);
+		qw_reasoning_init(&out->split, c->think_start, c->think_end,
+				  c->thinking && !(r->messages && r->thinking == QW_THINKING_OFF));
 	else
 		qw_reasoning_init(&out->split, -2, -2, false);
 	if (r->n_stop) {

@@ -81,6 +81,12 @@ typedef struct qw_output {
 qw_status qw_request_prepare(const qw_req_ctx *c, const qw_request *r, uint64_t id,
 			     qw_seq *seq, qw_output *out, const char **code, qw_err *err);
 
+/* The token ids (malloc'd) a tokenize request's messages or prompt come to, as a submit
+ * of them would be prompted: templates rendered, images decoded to count their pads.  On
+ * refusal *code and err say why, as for prepare. */
+qw_status qw_request_tokenize(const qw_req_ctx *c, const qw_request *r, int32_t **ids, int *n,
+			      const char **code, qw_err *err);
+
 /* Frees what prepare gave seq (when it never reached the scheduler). */
 void qw_request_seq_free(qw_seq *seq);
 

@@ -289,8 +289,41 @@ static void submit(qw_server *sv, const qw_request *req, const uint8_t *peer, si
 	sv->live = r;
 	sv->n_live++;
 	qw_reply a = {.type = QW_REPLY_ACCEPTED, .request = r->id};
+	if (req->prompt_ids) {
+		a.token_ids = r->seq.tokens;
+		a.n_token_ids = r->n_prompt;
+	}
 	if (!send_reply(sv, peer, peer_len, &a))
 		client_gone(sv, r, "is gone");
+}
+
+/* tokenize: the prompt's ids; detokenize: the ids' text.  Both work while loading. */
+static void tokens(qw_server *sv, const qw_request *req, const uint8_t *peer, size_t peer_len)
+{
+	qw_err err = {0};
+	qw_reply t = {.type = QW_REPLY_TOKENS};
+	int32_t *ids = NULL;
+	char *text = NULL;
+	size_t len = 0;
+	const char *code = "bad_request";
+	qw_status st;
+	if (req->op == QW_OP_TOKENIZE) {
+		st = qw_request_tokenize(&sv->rc, req, &ids, &t.n_token_ids, &code, &err);
+		t.token_ids = ids;
+	} else if (!sv->tok) {
+		st = qw_fail(&err, QW_E_ARG, "this model has no tokenizer: token ids have no text");
+	} else {
+		st = qw_tokenizer_decode(sv->tok, req->token_ids, (size_t)req->n_token_ids, &text,
+					 &len, &err);
+		t.text = text;
+		t.text_len = len;
+	}
+	if (st == QW_OK)
+		send_reply(sv, peer, peer_len, &t);
+	else
+		reply_error(sv, peer, peer_len, 0, st == QW_E_NOMEM ? "internal" : code, err.msg);
+	free(ids);
+	free(text);
 }
 
 static void cancel(qw_server *sv, uint64_t id, const uint8_t *peer, size_t peer_len)
@@ -333,6 +366,10 @@ static void handle(qw_server *sv, const uint8_t *peer, size_t peer_len, const vo
 	}
 	case QW_OP_CANCEL:
 		cancel(sv, req.target, peer, peer_len);
+		break;
+	case QW_OP_TOKENIZE:
+	case QW_OP_DETOKENIZE:
+		tokens(sv, &req, peer, peer_len);
 		break;
 	case QW_OP_SHUTDOWN: {
 		qw_reply ok = {.type = QW_REPLY_OK, .message = "qwend is shutting down"};

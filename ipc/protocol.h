@@ -1,10 +1,12 @@
 /* protocol.h - the client protocol of qwend: msgpack maps over ZeroMQ, one request or reply
  * a message, a protocol version in every one.  docs/protocol.md is the reference.
  *
- * Owns: qw_request (submit / status / cancel / shutdown) and qw_reply (accepted / chunk /
- * done / error / status), their encoders, and their decoders, which check every field's
- * type and size against qw_limits and name the field that is wrong.  A decoded message's
- * strings and bytes point into the decoder's own copy, released with *_free.
+ * Owns: qw_request (submit / status / cancel / shutdown / tokenize / detokenize) and
+ * qw_reply (accepted / chunk / done / error / status / ok / tokens), their encoders, and
+ * their decoders, which check every field's type and size against qw_limits and name the
+ * field that is wrong.  A decoded message's strings and bytes point into the decoder's own
+ * copy, released with *_free.  protocol_request.c holds the requests' codec, protocol.c the
+ * replies' and what both share (protocol_wire.h).
  */
 #ifndef QW_IPC_PROTOCOL_H
 #define QW_IPC_PROTOCOL_H
@@ -17,7 +19,11 @@
 
 #define QW_PROTOCOL_VERSION 1
 
-typedef enum qw_op { QW_OP_SUBMIT, QW_OP_STATUS, QW_OP_CANCEL, QW_OP_SHUTDOWN } qw_op;
+typedef enum qw_op {
+	QW_OP_SUBMIT, QW_OP_STATUS, QW_OP_CANCEL, QW_OP_SHUTDOWN,
+	QW_OP_TOKENIZE,            /* messages or prompt -> the prompt's token ids */
+	QW_OP_DETOKENIZE,          /* token ids -> text */
+} qw_op;
 
 typedef struct qw_limits {
 	size_t max_message;        /* bytes of one request */
@@ -30,10 +36,11 @@ typedef struct qw_limits {
 	int max_stop;              /* stop strings */
 	size_t max_stop_bytes;     /* one stop string */
 	int max_new_tokens;
+	int max_tools;             /* tool definitions in a request */
 } qw_limits;
 
 #define QW_LIMITS_DEFAULT ((qw_limits){64u << 20, 256, 256, 16, 32u << 20, 1u << 20, 262144, \
-				       16, 256, 262144})
+				       16, 256, 262144, 128})
 
 typedef enum qw_item_kind { QW_ITEM_TEXT, QW_ITEM_IMAGE } qw_item_kind;
 
@@ -43,6 +50,14 @@ typedef struct qw_item {
 	size_t len;
 } qw_item;
 
+/* An assistant turn's call of a tool, as the chat template renders it back. */
+typedef struct qw_tool_call {
+	const char *name;
+	size_t name_len;
+	const char *arguments;     /* JSON text, written into the prompt as it is */
+	size_t arguments_len;
+} qw_tool_call;
+
 typedef struct qw_req_message {
 	const char *role;          /* system, user, assistant or tool */
 	size_t role_len;
@@ -50,11 +65,21 @@ typedef struct qw_req_message {
 	int n_items;
 	const char *reasoning;     /* assistant history: reasoning_content, or NULL */
 	size_t reasoning_len;
+	qw_tool_call *tool_calls;  /* assistant: (n_tool_calls,) */
+	int n_tool_calls;
 } qw_req_message;
+
+/* The chat template's enable_thinking switch. */
+typedef enum qw_thinking {
+	QW_THINKING_DEFAULT = 0,   /* as the model's template does */
+	QW_THINKING_ON,            /* the same (the switch only turns thinking off) */
+	QW_THINKING_OFF,           /* the generation prompt closes an empty <think></think> */
+} qw_thinking;
 
 typedef struct qw_request {
 	qw_op op;
-	/* submit: exactly one of messages, prompt, token_ids */
+	/* submit: exactly one of messages, prompt, token_ids; tokenize: messages or prompt;
+	 * detokenize: token_ids */
 	qw_req_message *messages;
 	int n_messages;
 	const char *prompt;
@@ -77,6 +102,14 @@ typedef struct qw_request {
 	const char **stop;         /* (n_stop,) */
 	size_t *stop_len;
 	int n_stop;
+	/* submit and tokenize, with messages */
+	const char **tools;        /* (n_tools,) each tool's JSON text, as the template's tojson
+				    * writes it into the system prompt */
+	size_t *tools_len;
+	int n_tools;
+	qw_thinking thinking;
+	bool prompt_ids;           /* submit: accepted carries the prompt's token ids */
+	bool no_generation_prompt; /* tokenize: render without the assistant's opening */
 	/* cancel */
 	uint64_t target;
 	void *owned;               /* the decoder's storage */
@@ -84,17 +117,18 @@ typedef struct qw_request {
 
 typedef enum qw_reply_type {
 	QW_REPLY_ACCEPTED, QW_REPLY_CHUNK, QW_REPLY_DONE, QW_REPLY_ERROR, QW_REPLY_STATUS,
-	QW_REPLY_OK
+	QW_REPLY_OK, QW_REPLY_TOKENS
 } qw_reply_type;
 
 typedef struct qw_reply {
 	qw_reply_type type;
 	uint64_t request;          /* the request id the daemon gave (0 if none yet) */
-	const char *text;          /* chunk: answer text delta */
+	const char *text;          /* chunk: answer text delta; tokens: the text */
 	size_t text_len;
 	const char *reasoning;     /* chunk: reasoning text delta */
 	size_t reasoning_len;
-	const int32_t *token_ids;  /* chunk: the tokens of this delta */
+	const int32_t *token_ids;  /* chunk: the tokens of this delta; tokens: the ids;
+				    * accepted: the prompt's, when the submit asked */
 	int n_token_ids;
 	const char *finish_reason; /* done: stop, length, cancelled */
 	int prompt_tokens, completion_tokens;

@@ -101,6 +101,20 @@ static void strip_nl(const char *s, size_t *begin, size_t *end, bool left, bool 
 		(*end)--;
 }
 
+/* The assistant's tool calls, after its content (content: whether that was non-empty). */
+static void render_tool_calls(sbuf *b, const qw_message *m, bool content)
+{
+	for (int i = 0; i < m->n_tool_calls; i++) {
+		if (i > 0 || content)
+			puts_(b, "\n");
+		puts_(b, "<tool_call>\n{\"name\": \"");
+		puts_(b, m->tool_calls[i].name);
+		puts_(b, "\", \"arguments\": ");
+		puts_(b, m->tool_calls[i].arguments);
+		puts_(b, "}\n</tool_call>");
+	}
+}
+
 static void render_assistant(sbuf *b, const qw_message *m, const char *content, bool recent,
 			     bool last)
 {
@@ -142,8 +156,36 @@ static void render_assistant(sbuf *b, const qw_message *m, const char *content, 
 	} else {
 		puts_(b, content);
 	}
+	render_tool_calls(b, m, *content != '\0');
 	puts_(b, "<|im_end|>\n");
 	free(split_reasoning);
+}
+
+/* With tools: one system turn holding the first system message's text and the tools. */
+static void render_tools(sbuf *b, const qw_message *msgs, int n, const qw_chat_opts *o)
+{
+	puts_(b, "<|im_start|>system\n");
+	if (n > 0 && role_is(&msgs[0], "system")) {
+		char *text = plain_text(&msgs[0]);
+		if (!text) {
+			b->oom = true;
+			return;
+		}
+		puts_(b, text);
+		puts_(b, "\n\n");
+		free(text);
+	}
+	puts_(b, "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+	      "You are provided with function signatures within <tools></tools> XML tags:\n"
+	      "<tools>");
+	for (int i = 0; i < o->n_tools; i++) {
+		puts_(b, "\n");
+		puts_(b, o->tools[i]);
+	}
+	puts_(b, "\n</tools>\n\nFor each function call, return a json object with function name "
+	      "and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+	      "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
+	      "</tool_call><|im_end|>\n");
 }
 
 qw_status qw_chat_render(const qw_message *msgs, int n, const qw_chat_opts *o, char **out,
@@ -161,6 +203,9 @@ qw_status qw_chat_render(const qw_message *msgs, int n, const qw_chat_opts *o, c
 			    !role_is(m, "system"))
 				return qw_fail(err, QW_E_ARG, "message %d: a %s message cannot hold an "
 					       "image or video", i, m->role);
+		if (m->n_tool_calls && !role_is(m, "assistant"))
+			return qw_fail(err, QW_E_ARG, "message %d: a %s message cannot hold tool "
+				       "calls", i, m->role);
 	}
 	/* the last user message that is not a tool response ends the "history" */
 	int last_query = n - 1;
@@ -178,8 +223,12 @@ qw_status qw_chat_render(const qw_message *msgs, int n, const qw_chat_opts *o, c
 	}
 	sbuf b = {0};
 	int images = 0, videos = 0;
+	if (o->n_tools > 0)
+		render_tools(&b, msgs, n, o);
 	for (int i = 0; i < n; i++) {
 		const qw_message *m = &msgs[i];
+		if (i == 0 && o->n_tools > 0 && role_is(m, "system"))
+			continue;   /* it went into the tools' system turn */
 		if (role_is(m, "user") || role_is(m, "system")) {
 			puts_(&b, "<|im_start|>");
 			puts_(&b, m->role);
@@ -205,7 +254,8 @@ qw_status qw_chat_render(const qw_message *msgs, int n, const qw_chat_opts *o, c
 		}
 	}
 	if (o->add_generation_prompt)
-		puts_(&b, o->thinking ? "<|im_start|>assistant\n<think>\n" : "<|im_start|>assistant\n");
+		puts_(&b, o->thinking_off ? "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+			  : o->thinking ? "<|im_start|>assistant\n<think>\n" : "<|im_start|>assistant\n");
 	put(&b, "", 0);
 	if (b.oom) {
 		free(b.p);

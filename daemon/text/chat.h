@@ -12,6 +12,10 @@
  * turn of <tool_response> blocks; assistant turns after the last real user query keep their
  * reasoning as <think>\n...\n</think>\n\n, earlier ones only their answer; and the
  * generation prompt <|im_start|>assistant\n, followed by <think>\n for Thinking models.
+ * With tools, the system prompt lists them (each tool's JSON as the caller gives it, which
+ * must be what the template's tojson writes) after the first system message's text; an
+ * assistant turn's tool calls follow its content as <tool_call> blocks; enable_thinking
+ * false (thinking_off) ends the generation prompt with an empty <think>\n\n</think>\n\n.
  */
 #ifndef QW_TEXT_CHAT_H
 #define QW_TEXT_CHAT_H
@@ -34,17 +38,28 @@ typedef struct qw_content {
 	int n_pad;            /* image/video: pad tokens to write (0: one, as the template does) */
 } qw_content;
 
+typedef struct qw_chat_tool_call {
+	const char *name;
+	const char *arguments;         /* JSON text, written as it is */
+} qw_chat_tool_call;
+
 typedef struct qw_message {
 	const char *role;              /* system, user, assistant or tool */
 	const qw_content *content;     /* (n_content,) */
 	int n_content;
 	const char *reasoning;         /* assistant: reasoning_content, or NULL */
+	const qw_chat_tool_call *tool_calls;   /* assistant: (n_tool_calls,) */
+	int n_tool_calls;
 } qw_message;
 
 typedef struct qw_chat_opts {
 	bool add_generation_prompt;
 	bool thinking;                 /* a Thinking model: the prompt opens <think>\n */
+	bool thinking_off;             /* enable_thinking false: the prompt closes an empty
+					* think block instead */
 	bool add_vision_id;            /* "Picture N: " / "Video N: " before each item */
+	const char *const *tools;      /* (n_tools,) each tool's JSON text */
+	int n_tools;
 } qw_chat_opts;
 
 /* Renders the conversation; *out is malloc'd and NUL-terminated.  An unknown role, or an

@@ -62,6 +62,65 @@ static void test_matches_real_template(void **state)
 	scratch_free(dir);
 }
 
+/* Tools, and conversations that use them: tool calls in assistant turns (after content or
+ * none, after reasoning), tool results, a system message merged into the tools' turn. */
+static const char tools_json[] =
+	"[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": "
+	"\"Weather in a city — «today»\", \"parameters\": {\"type\": \"object\", \"properties\": "
+	"{\"city\": {\"type\": \"string\"}, \"days\": {\"type\": \"integer\", \"minimum\": 1, "
+	"\"maximum\": 7.5}}, \"required\": [\"city\"], \"additionalProperties\": false}}},"
+	" {\"type\": \"function\", \"function\": {\"name\": \"noop\", \"parameters\": {}}}]";
+
+static const char *const tool_conversations[] = {
+	"[{\"role\": \"user\", \"content\": \"Weather in Paris?\"}]",
+	"[{\"role\": \"system\", \"content\": \"Be terse.\"},"
+	" {\"role\": \"user\", \"content\": \"Weather in Paris?\"},"
+	" {\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [{\"type\": \"function\","
+	" \"id\": \"c1\", \"function\": {\"name\": \"get_weather\", \"arguments\": "
+	"\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},"
+	" {\"role\": \"tool\", \"tool_call_id\": \"c1\", \"content\": \"{\\\"temp\\\": 21}\"}]",
+	"[{\"role\": \"user\", \"content\": \"two calls\"},"
+	" {\"role\": \"assistant\", \"content\": \"Let me check.\", \"reasoning_content\": \"need"
+	" both\", \"tool_calls\": [{\"function\": {\"name\": \"get_weather\", \"arguments\": "
+	"\"{\\\"city\\\": \\\"Oslo\\\", \\\"days\\\": 2}\"}}, {\"function\": {\"name\": \"noop\","
+	" \"arguments\": \"{}\"}}]},"
+	" {\"role\": \"tool\", \"content\": \"cold\"}, {\"role\": \"tool\", \"content\": \"ok\"},"
+	" {\"role\": \"assistant\", \"content\": \"<think>done</think>It is cold.\"},"
+	" {\"role\": \"user\", \"content\": \"thanks\"}]",
+};
+
+static void test_tools_match_real_template(void **state)
+{
+	char *dir = scratch_new();
+	write_file(path_in(dir, "tools.json"), tools_json, strlen(tools_json));
+	for (size_t i = 0; i < sizeof tool_conversations / sizeof *tool_conversations; i++)
+		for (int mode = 0; mode < 3; mode++) {
+			/* with the generation prompt, without, and with enable_thinking false */
+			const char *flags = mode == 0 ? "" : mode == 1 ? "--no-generation-prompt"
+					  : "--no-thinking";
+			write_file(path_in(dir, "m.json"), tool_conversations[i],
+				   strlen(tool_conversations[i]));
+			char *want, *got;
+			int rc = run_capture(&want, "/usr/bin/python3 %s %s %s --tools %s --tool-lines "
+					     "%s %s", fixture("../unit/render_chat_template.py"),
+					     fixture("tokenizer/qwen3/tokenizer_config.json"),
+					     path_in(dir, "m.json"), path_in(dir, "tools.json"),
+					     path_in(dir, "tools.txt"), flags);
+			if (rc != 0)
+				fail_msg("the Jinja renderer failed:\n%s", want);
+			assert_int_equal(run_capture(&got, "%s chat %s --tools %s %s", program("qwen-tok"),
+						     path_in(dir, "m.json"), path_in(dir, "tools.txt"),
+						     flags), 0);
+			if (strcmp(want, got) != 0)
+				fail_msg("tool conversation %zu (%s):\n--- template ---\n%s\n--- ours ---\n"
+					 "%s\n---", i, *flags ? flags : "generation prompt", want, got);
+			assert_contains(got, "\"maximum\": 7.5");
+			free(want);
+			free(got);
+		}
+	scratch_free(dir);
+}
+
 static char *render(const qw_message *m, int n, qw_chat_opts o)
 {
 	char *out;
@@ -77,7 +136,7 @@ static char *render(const qw_message *m, int n, qw_chat_opts o)
 static void test_vl_thinking_example(void **state)
 {
 	qw_content c[] = {{QW_CONTENT_IMAGE, NULL, 0}, {QW_CONTENT_TEXT, "Describe this image.", 0}};
-	qw_message m = {"user", c, 2, NULL};
+	qw_message m = {"user", c, 2, NULL, NULL, 0};
 	char *out = render(&m, 1, (qw_chat_opts){.add_generation_prompt = true, .thinking = true});
 	assert_string_equal(out, "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
 				 "Describe this image.<|im_end|>\n<|im_start|>assistant\n<think>\n");
@@ -89,7 +148,7 @@ static void test_images_expanded_and_numbered(void **state)
 	qw_content c[] = {{QW_CONTENT_TEXT, "Compare ", 0}, {QW_CONTENT_IMAGE, NULL, 3},
 			  {QW_CONTENT_TEXT, " and ", 0}, {QW_CONTENT_IMAGE, NULL, 2}};
 	qw_content c2[] = {{QW_CONTENT_VIDEO, NULL, 1}};
-	qw_message m[] = {{"user", c, 4, NULL}, {"user", c2, 1, NULL}};
+	qw_message m[] = {{"user", c, 4, NULL, NULL, 0}, {"user", c2, 1, NULL, NULL, 0}};
 	char *out = render(m, 2, (qw_chat_opts){.add_vision_id = true});
 	assert_string_equal(out,
 		"<|im_start|>user\nCompare Picture 1: <|vision_start|><|image_pad|><|image_pad|>"
@@ -102,16 +161,32 @@ static void test_images_expanded_and_numbered(void **state)
 static void test_bad_messages(void **state)
 {
 	qw_content img[] = {{QW_CONTENT_IMAGE, NULL, 0}};
-	qw_message m[] = {{"user", NULL, 0, NULL}, {"robot", NULL, 0, NULL}};
+	qw_message m[] = {{"user", NULL, 0, NULL, NULL, 0}, {"robot", NULL, 0, NULL, NULL, 0}};
 	char *out;
 	size_t len;
 	qw_err err = {0};
 	qw_chat_opts o = {0};
 	assert_int_equal(qw_chat_render(m, 2, &o, &out, &len, &err), QW_E_ARG);
 	assert_contains(err.msg, "message 1: role 'robot'");
-	qw_message a[] = {{"assistant", img, 1, NULL}};
+	qw_message a[] = {{"assistant", img, 1, NULL, NULL, 0}};
 	assert_int_equal(qw_chat_render(a, 1, &o, &out, &len, &err), QW_E_ARG);
 	assert_contains(err.msg, "cannot hold an image");
+	qw_chat_tool_call call = {"f", "{}"};
+	qw_message u[] = {{"user", NULL, 0, NULL, &call, 1}};
+	assert_int_equal(qw_chat_render(u, 1, &o, &out, &len, &err), QW_E_ARG);
+	assert_contains(err.msg, "message 0: a user message cannot hold tool calls");
+}
+
+/* enable_thinking false closes an empty think block, for Thinking models too. */
+static void test_thinking_off(void **state)
+{
+	qw_content c[] = {{QW_CONTENT_TEXT, "Hi", 0}};
+	qw_message m = {"user", c, 1, NULL, NULL, 0};
+	char *out = render(&m, 1, (qw_chat_opts){.add_generation_prompt = true, .thinking = true,
+						 .thinking_off = true});
+	assert_string_equal(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+				 "<think>\n\n</think>\n\n");
+	free(out);
 }
 
 /* Feeds (id, text) pairs and collects both channels. */
@@ -174,6 +249,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_matches_real_template),
+		cmocka_unit_test(test_tools_match_real_template),
+		cmocka_unit_test(test_thinking_off),
 		cmocka_unit_test(test_vl_thinking_example),
 		cmocka_unit_test(test_images_expanded_and_numbered),
 		cmocka_unit_test(test_bad_messages),

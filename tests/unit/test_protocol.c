@@ -14,7 +14,8 @@ static void test_submit_roundtrip(void **state)
 	qw_item items[] = {{QW_ITEM_IMAGE, (const char *)png, sizeof png},
 			   {QW_ITEM_TEXT, "What is this?", 13}};
 	qw_item sys_items[] = {{QW_ITEM_TEXT, "Be brief.", 9}};
-	qw_req_message msgs[] = {{"system", 6, sys_items, 1, NULL, 0}, {"user", 4, items, 2, NULL, 0}};
+	qw_req_message msgs[] = {{"system", 6, sys_items, 1, NULL, 0, NULL, 0},
+				 {"user", 4, items, 2, NULL, 0, NULL, 0}};
 	const char *stop[] = {"\n\n", "END"};
 	size_t stop_len[] = {2, 3};
 	qw_request r = {.op = QW_OP_SUBMIT, .messages = msgs, .n_messages = 2, .max_tokens = 64,
@@ -302,8 +303,11 @@ static void test_replies(void **state)
 		{.type = QW_REPLY_ERROR, .request = 0, .code = "busy", .message = "the queue is full"},
 		{.type = QW_REPLY_STATUS, .json = "{\"state\": \"ready\"}"},
 		{.type = QW_REPLY_OK, .request = 3, .message = "request 3 cancelled"},
+		{.type = QW_REPLY_TOKENS, .text = "Hi,", .text_len = 3, .token_ids = toks,
+		 .n_token_ids = 2},
+		{.type = QW_REPLY_ACCEPTED, .request = 8, .token_ids = toks, .n_token_ids = 2},
 	};
-	for (int i = 0; i < 6; i++) {
+	for (int i = 0; i < 8; i++) {
 		char *buf;
 		size_t len;
 		qw_err err = {0};
@@ -327,10 +331,148 @@ static void test_replies(void **state)
 			assert_string_equal(d.json, "{\"state\": \"ready\"}");
 		} else if (i == 5) {
 			assert_string_equal(d.message, "request 3 cancelled");
+		} else if (i == 6 || i == 7) {
+			assert_string_equal(d.text ? d.text : "", i == 6 ? "Hi," : "");
+			assert_int_equal(d.n_token_ids, 2);
+			assert_int_equal(d.token_ids[1], 11);
+		} else {
+			assert_int_equal(d.n_token_ids, 0);   /* accepted carries no ids unless asked */
 		}
 		qw_reply_free(&d);
 		free(buf);
 	}
+}
+
+/* Tools, tool calls, the thinking switch and the prompt ids round-trip; tokenize and
+ * detokenize take only their own fields. */
+static void test_tools_and_tokens(void **state)
+{
+	qw_item user[] = {{QW_ITEM_TEXT, "Weather?", 8}};
+	qw_item none[] = {{QW_ITEM_TEXT, "", 0}};
+	qw_tool_call calls[] = {{"get_weather", 11, "{\"city\": \"Paris\"}", 18},
+				{"noop", 4, "{}", 2}};
+	qw_req_message msgs[] = {{"user", 4, user, 1, NULL, 0, NULL, 0},
+				 {"assistant", 9, none, 1, NULL, 0, calls, 2}};
+	const char *tools[] = {"{\"type\": \"function\"}"};
+	size_t tools_len[] = {20};
+	qw_request r = {.op = QW_OP_SUBMIT, .messages = msgs, .n_messages = 2, .tools = tools,
+			.tools_len = tools_len, .n_tools = 1, .thinking = QW_THINKING_OFF,
+			.prompt_ids = true, .temperature = -1, .top_k = -1, .stream = true};
+	char *buf;
+	size_t len;
+	qw_err err = {0};
+	qw_request d;
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	if (qw_request_decode(buf, len, NULL, &d, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	assert_int_equal(d.n_tools, 1);
+	assert_memory_equal(d.tools[0], tools[0], 20);
+	assert_int_equal(d.thinking, QW_THINKING_OFF);
+	assert_true(d.prompt_ids);
+	assert_int_equal(d.messages[1].n_tool_calls, 2);
+	assert_memory_equal(d.messages[1].tool_calls[0].arguments, "{\"city\": \"Paris\"}", 18);
+	assert_int_equal(d.messages[1].tool_calls[1].name_len, 4);
+	qw_request_free(&d);
+	free(buf);
+	/* the same as a tokenize, without the generation prompt */
+	r.op = QW_OP_TOKENIZE;
+	r.no_generation_prompt = true;
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_OK);
+	assert_int_equal(d.op, QW_OP_TOKENIZE);
+	assert_true(d.no_generation_prompt);
+	assert_int_equal(d.n_tools, 1);
+	qw_request_free(&d);
+	free(buf);
+	int32_t ids[] = {9707, 11};
+	qw_request t = {.op = QW_OP_DETOKENIZE, .token_ids = ids, .n_token_ids = 2};
+	assert_int_equal(qw_request_encode(&t, &buf, &len, &err), QW_OK);
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_OK);
+	assert_int_equal(d.op, QW_OP_DETOKENIZE);
+	assert_int_equal(d.token_ids[1], 11);
+	qw_request_free(&d);
+	free(buf);
+}
+
+static void op_tokenize(msgpack_packer *pk) { msgpack_pack_str(pk, 8); msgpack_pack_str_body(pk, "tokenize", 8); }
+static void op_detok(msgpack_packer *pk) { msgpack_pack_str(pk, 10); msgpack_pack_str_body(pk, "detokenize", 10); }
+static void yes(msgpack_packer *pk) { msgpack_pack_true(pk); }
+static void user_call(msgpack_packer *pk)
+{
+	msgpack_pack_array(pk, 1);
+	msgpack_pack_map(pk, 3);
+	msgpack_pack_str(pk, 4);
+	msgpack_pack_str_body(pk, "role", 4);
+	msgpack_pack_str(pk, 4);
+	msgpack_pack_str_body(pk, "user", 4);
+	msgpack_pack_str(pk, 7);
+	msgpack_pack_str_body(pk, "content", 7);
+	msgpack_pack_str(pk, 2);
+	msgpack_pack_str_body(pk, "hi", 2);
+	msgpack_pack_str(pk, 10);
+	msgpack_pack_str_body(pk, "tool_calls", 10);
+	msgpack_pack_array(pk, 1);
+	msgpack_pack_map(pk, 2);
+	msgpack_pack_str(pk, 4);
+	msgpack_pack_str_body(pk, "name", 4);
+	msgpack_pack_str(pk, 1);
+	msgpack_pack_str_body(pk, "f", 1);
+	msgpack_pack_str(pk, 9);
+	msgpack_pack_str_body(pk, "arguments", 9);
+	msgpack_pack_str(pk, 2);
+	msgpack_pack_str_body(pk, "{}", 2);
+}
+
+static void test_tools_and_tokens_refused(void **state)
+{
+	const char *k1[] = {"v", "op", "prompt", "max_tokens"};
+	pack_fn f1[] = {v1, op_tokenize, hello, big};
+	expect_refused(4, k1, f1, NULL, "\"max_tokens\" is not a field of tokenize");
+	const char *k2[] = {"v", "op", "prompt"};
+	pack_fn f2[] = {v1, op_detok, hello};
+	expect_refused(3, k2, f2, NULL, "\"prompt\" is not a field of detokenize");
+	const char *k3[] = {"v", "op"};
+	pack_fn f3[] = {v1, op_detok};
+	expect_refused(2, k3, f3, NULL, "\"token_ids\" is required by detokenize");
+	const char *k4[] = {"v", "op", "token_ids"};
+	pack_fn f4[] = {v1, op_tokenize, ids};
+	expect_refused(3, k4, f4, NULL, "\"token_ids\" is not a field of tokenize");
+	const char *k4b[] = {"v", "op"};
+	pack_fn f4b[] = {v1, op_tokenize};
+	expect_refused(2, k4b, f4b, NULL, "tokenize needs exactly one of messages and prompt");
+	const char *k5[] = {"v", "op", "prompt", "thinking"};
+	pack_fn f5[] = {v1, op_submit, hello, yes};
+	expect_refused(4, k5, f5, NULL, "\"thinking\" go with messages");
+	const char *k6[] = {"v", "op", "messages"};
+	pack_fn f6[] = {v1, op_submit, user_call};
+	expect_refused(3, k6, f6, NULL, "\"tool_calls\" belong to assistant messages");
+	const char *k7[] = {"v", "op", "prompt", "tools"};
+	pack_fn f7[] = {v1, op_submit, hello, text_list};
+	expect_refused(4, k7, f7, NULL, "\"tools\" go with messages");
+}
+
+/* Every message of a request at the limit decodes (each takes storage of its own). */
+static void test_many_messages(void **state)
+{
+	enum { N = 256 };
+	qw_item item = {QW_ITEM_TEXT, "m", 1};
+	qw_req_message *msgs = calloc(N, sizeof *msgs);
+	for (int i = 0; i < N; i++)
+		msgs[i] = (qw_req_message){"user", 4, &item, 1, NULL, 0, NULL, 0};
+	qw_request r = {.op = QW_OP_SUBMIT, .messages = msgs, .n_messages = N, .temperature = -1,
+			.top_k = -1, .stream = true};
+	char *buf;
+	size_t len;
+	qw_err err = {0};
+	qw_request d;
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	if (qw_request_decode(buf, len, NULL, &d, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	assert_int_equal(d.n_messages, N);
+	assert_memory_equal(d.messages[N - 1].items[0].data, "m", 1);
+	qw_request_free(&d);
+	free(buf);
+	free(msgs);
 }
 
 int main(void)
@@ -341,6 +483,9 @@ int main(void)
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_not_msgpack),
 		cmocka_unit_test(test_replies),
+		cmocka_unit_test(test_tools_and_tokens),
+		cmocka_unit_test(test_tools_and_tokens_refused),
+		cmocka_unit_test(test_many_messages),
 	};
 	return cmocka_run_group_tests_name("protocol", tests, NULL, NULL);
 }

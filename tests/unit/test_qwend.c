@@ -4,7 +4,8 @@
  *   - the HF fixtures' greedy tokens, for text and image prompts, at 1 and 3 stages;
  *   - 16 clients at once (text and image chat prompts of mixed lengths, through a 3-stage
  *     pipeline) each get exactly the tokens and text they get alone;
- *   - qwenctl against the real daemon: submit with an image, status, bench, shutdown. */
+ *   - qwenctl against the real daemon: submit with an image, status, bench, shutdown;
+ *   - tokenize / detokenize, the prompt's ids in accepted, and the thinking switch. */
 #include "tests/unit/qwend_harness.h"
 
 #include <png.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "cli/client.h"
 #include "daemon/image/image.h"
 
 static void expect_tokens(const outcome *o, const int32_t *want, int n, const char *what)
@@ -122,7 +124,7 @@ static void test_concurrent_clients(void **state)
 			items[i][n++] = (qw_item){QW_ITEM_IMAGE, (const char *)pngs[i].p, pngs[i].n};
 		}
 		items[i][n++] = (qw_item){QW_ITEM_TEXT, texts[i], strlen(texts[i])};
-		msgs[i] = (qw_req_message){"user", 4, items[i], n, NULL, 0};
+		msgs[i] = (qw_req_message){"user", 4, items[i], n, NULL, 0, NULL, 0};
 		reqs[i] = (qw_request){.op = QW_OP_SUBMIT, .messages = &msgs[i], .n_messages = 1,
 				       .max_tokens = 6 + i % 7, .greedy = true, .temperature = -1,
 				       .top_k = -1, .stream = true};
@@ -192,6 +194,101 @@ static void test_synthetic(void **state)
 	scratch_free(dir);
 }
 
+/* One request, its first reply. */
+static void exchange(const char *endpoint, const qw_request *r, qw_reply *rep)
+{
+	qw_client c;
+	qw_err err = {0};
+	if (qw_client_open(&c, NULL, endpoint, 10000, &err) != QW_OK ||
+	    qw_client_call(&c, r, rep, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	qw_client_close(&c);
+}
+
+/* tokenize gives the ids of the rendered chat (as qwen-tok renders and encodes it), with
+ * the thinking switch and without the generation prompt; a submit's accepted carries the
+ * same ids when asked; detokenize gives the text back; with thinking off the answer has no
+ * reasoning. */
+static void test_tokenize(void **state)
+{
+	use_demo_cache();
+	qwend d;
+	/* served as a Thinking model: its prompts open <think> */
+	qwend_start(&d, "demo", (const char *[]){"--stages", "1", "--thinking", "yes", NULL}, NULL,
+		    true);
+	json_t *s = qwend_status(&d);
+	char tok_dir[1100];
+	snprintf(tok_dir, sizeof tok_dir, "%s",
+		 json_string_value(json_object_get(json_object_get(s, "model"), "path")));
+	json_decref(s);
+	const char *conv = "[{\"role\": \"user\", \"content\": \"Hello there\"}]";
+	write_file(path_in(d.dir, "m.json"), conv, strlen(conv));
+	qw_item item = {QW_ITEM_TEXT, "Hello there", 11};
+	qw_req_message msg = {"user", 4, &item, 1, NULL, 0, NULL, 0};
+	const char *flags[] = {"--thinking", "--thinking --no-thinking",
+			       "--thinking --no-generation-prompt"};
+	qw_reply first;
+	for (int k = 0; k < 3; k++) {
+		qw_request r = {.op = QW_OP_TOKENIZE, .messages = &msg, .n_messages = 1,
+				.thinking = k == 1 ? QW_THINKING_OFF : QW_THINKING_DEFAULT,
+				.no_generation_prompt = k == 2};
+		qw_reply rep;
+		exchange(d.endpoint, &r, &rep);
+		if (rep.type != QW_REPLY_TOKENS)
+			fail_msg("tokenize answered %d: %s", rep.type, rep.message ? rep.message : "");
+		char *want;
+		assert_int_equal(run_capture(&want, "%s chat %s %s | %s encode --tokenizer %s",
+					     program("qwen-tok"), flags[k], path_in(d.dir, "m.json"),
+					     program("qwen-tok"), tok_dir), 0);
+		char got[4096] = "";
+		for (int i = 0; i < rep.n_token_ids; i++)
+			snprintf(got + strlen(got), sizeof got - strlen(got), "%s%d", i ? " " : "",
+				 rep.token_ids[i]);
+		want[strcspn(want, "\n")] = '\0';
+		assert_string_equal(got, want);
+		free(want);
+		if (k == 0)
+			first = rep;
+		else
+			qw_reply_free(&rep);
+	}
+	/* the submit's prompt is the tokenize's */
+	qw_request sub = {.op = QW_OP_SUBMIT, .messages = &msg, .n_messages = 1, .max_tokens = 2,
+			  .greedy = true, .temperature = -1, .top_k = -1, .stream = true,
+			  .prompt_ids = true};
+	qw_reply acc;
+	exchange(d.endpoint, &sub, &acc);
+	assert_int_equal(acc.type, QW_REPLY_ACCEPTED);
+	assert_int_equal(acc.n_token_ids, first.n_token_ids);
+	assert_memory_equal(acc.token_ids, first.token_ids, sizeof(int32_t) * first.n_token_ids);
+	qw_reply_free(&acc);
+	/* and back to text */
+	qw_request de = {.op = QW_OP_DETOKENIZE, .token_ids = (int32_t *)first.token_ids,
+			 .n_token_ids = first.n_token_ids};
+	qw_reply text;
+	exchange(d.endpoint, &de, &text);
+	assert_int_equal(text.type, QW_REPLY_TOKENS);
+	assert_string_equal(text.text, "<|im_start|>user\nHello there<|im_end|>\n"
+				       "<|im_start|>assistant\n<think>\n");
+	qw_reply_free(&text);
+	qw_reply_free(&first);
+	/* thinking off: everything is answer */
+	outcome o[2];
+	for (int k = 0; k < 2; k++) {
+		sub.prompt_ids = false;
+		sub.max_tokens = 12;
+		sub.thinking = k ? QW_THINKING_OFF : QW_THINKING_DEFAULT;
+		run_request(d.endpoint, &sub, &o[k]);
+		assert_string_equal(o[k].finish, "length");
+	}
+	assert_true(strlen(o[0].reasoning) > 0);   /* the demo model thinks, never closing */
+	assert_string_equal(o[1].reasoning, "");
+	assert_true(strlen(o[1].text) > 0);
+	outcome_free(&o[0]);
+	outcome_free(&o[1]);
+	qwend_stop(&d);
+}
+
 /* qwenctl, the real client, against the real daemon. */
 static void test_qwenctl(void **state)
 {
@@ -259,6 +356,7 @@ int main(void)
 		cmocka_unit_test(test_concurrent_clients),
 		cmocka_unit_test(test_synthetic),
 		cmocka_unit_test(test_qwenctl),
+		cmocka_unit_test(test_tokenize),
 	};
 	return cmocka_run_group_tests_name("qwend", tests, NULL, NULL);
 }

@@ -75,7 +75,7 @@ static void test_chat_with_image(void **state)
 	membuf png = picture(300, 200);
 	qw_item items[] = {{QW_ITEM_IMAGE, (const char *)png.p, png.n},
 			   {QW_ITEM_TEXT, "What is it?", 11}};
-	qw_req_message m = {"user", 4, items, 2, NULL, 0};
+	qw_req_message m = {"user", 4, items, 2, NULL, 0, NULL, 0};
 	qw_request r = submit();
 	r.messages = &m;
 	r.n_messages = 1;
