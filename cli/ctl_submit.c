@@ -13,6 +13,7 @@
 
 #include "cli/args.h"
 #include "cli/ctl.h"
+#include "cli/json_text.h"
 
 enum { MAX_IMAGES = 16, MAX_STOP = 16 };   /* the protocol's default limits */
 
@@ -167,35 +168,6 @@ static bool parse_ids(const char *list, int32_t **out, int *n)
 // ---------------------------------------------------------------------------------------
 // output
 
-/* Valid UTF-8 of s (each invalid byte becomes U+FFFD) as a JSON string. */
-static json_t *json_text(const char *s, size_t len)
-{
-	json_t *j = json_stringn(s, len);
-	if (j)
-		return j;
-	grow g = {0};
-	for (size_t i = 0; i < len;) {
-		unsigned char b = (unsigned char)s[i];
-		size_t n = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3
-			 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
-		bool ok = n > 0 && i + n <= len;
-		for (size_t k = 1; ok && k < n; k++) {
-			unsigned char cb = (unsigned char)s[i + k];
-			unsigned char lo = 0x80, hi = 0xbf;
-			if (k == 1 && b == 0xe0) lo = 0xa0;
-			if (k == 1 && b == 0xed) hi = 0x9f;
-			if (k == 1 && b == 0xf0) lo = 0x90;
-			if (k == 1 && b == 0xf4) hi = 0x8f;
-			ok = cb >= lo && cb <= hi;
-		}
-		grow_add(&g, ok ? s + i : "\xef\xbf\xbd", ok ? n : 3);
-		i += ok ? n : 1;
-	}
-	j = json_stringn(g.p ? g.p : "", g.len);
-	free(g.p);
-	return j;
-}
-
 static void on_chunk(answer *a, const submit_opts *o, const qw_reply *r)
 {
 	if (!a->id)
@@ -236,9 +208,9 @@ static int on_done(answer *a, const submit_opts *o, const qw_reply *r)
 		json_t *obj = json_object();
 		json_object_set_new(obj, "id", json_integer((json_int_t)a->id));
 		json_object_set_new(obj, "token_ids", ids);
-		json_object_set_new(obj, "text", json_text(a->text.p ? a->text.p : "", a->text.len));
+		json_object_set_new(obj, "text", qw_json_text(a->text.p ? a->text.p : "", a->text.len));
 		if (a->reasoning.len)
-			json_object_set_new(obj, "reasoning", json_text(a->reasoning.p,
+			json_object_set_new(obj, "reasoning", qw_json_text(a->reasoning.p,
 									 a->reasoning.len));
 		json_object_set_new(obj, "finish_reason", json_string(finish));
 		json_object_set_new(obj, "usage", json_pack("{s:i, s:i, s:f, s:f}",

@@ -124,6 +124,12 @@ static host_kind classify(const char *host)
 	return HOST_REMOTE;                        /* a host or interface name, e.g. eth0 */
 }
 
+bool qw_endpoint_host_is_loopback(const char *host)
+{
+	return !strcmp(host, "localhost") || (*host && strcmp(host, "*") != 0 &&
+					      classify(host) == HOST_LOOPBACK);
+}
+
 static qw_status check_tcp(const char *endpoint, bool allow_remote, char *out, size_t cap,
 			   qw_err *err)
 {

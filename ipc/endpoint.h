@@ -53,6 +53,11 @@ void qw_endpoint_client_default(const qw_endpoint_env *env, char *out, size_t ca
 qw_status qw_endpoint_check_bind(const char *endpoint, bool allow_remote, char *out,
 				 size_t cap, qw_err *err);
 
+/* Whether host (an address without brackets, or "localhost") is this machine's loopback:
+ * 127.0.0.0/8, ::1, ::ffff:127.x.y.z, the lo interface.  qwen-http's --host is held to
+ * the same rule as qwend's endpoints. */
+bool qw_endpoint_host_is_loopback(const char *host);
+
 /* The filesystem path of an ipc:// endpoint, into out; false (out "") when the endpoint is
  * not ipc://, names an abstract socket (ipc://@name), or does not fit. */
 bool qw_endpoint_ipc_path(const char *endpoint, char *out, size_t cap);
