@@ -26,7 +26,7 @@ static void call(qh_req *r, const qw_request *q)
 {
 	qh_error e;
 	if (!qh_call_start(r->sv, &r->one, q, &e))
-		qh_answer_error(r, &e);
+		qh_endpoint_failed(r, &e);
 }
 
 /* The job's work, once the model is known. */

@@ -63,9 +63,13 @@ void qh_toolparse_push(qh_toolparse *p, const char *text, size_t len, bool final
 		if (!p->in_call) {
 			char *open = h->n ? memmem(h->p, h->n, OPEN, strlen(OPEN)) : NULL;
 			if (open) {
-				size_t before = (size_t)(open - h->p);
-				if (!blank(h->p, before))
-					qh_buf_add(content, h->p, before);
+				/* the text before, less the blank text next to the call */
+				size_t before = (size_t)(open - h->p), end = before;
+				while (end > 0 && blank(h->p + end - 1, 1))
+					end--;
+				qh_buf_add(content, h->p, end);
+				qh_buf_consume(&p->gap, p->gap.n);   /* kept in case it is no call */
+				qh_buf_add(&p->gap, h->p + end, before - end);
 				qh_buf_consume(h, before + strlen(OPEN));
 				p->in_call = true;
 				continue;
@@ -88,6 +92,7 @@ void qh_toolparse_push(qh_toolparse *p, const char *text, size_t len, bool final
 		char *close = h->n ? memmem(h->p, h->n, CLOSE, strlen(CLOSE)) : NULL;
 		if (!close) {
 			if (final) {                  /* an unfinished block: as written */
+				qh_buf_add(content, p->gap.p, p->gap.n);
 				qh_buf_str(content, OPEN);
 				qh_buf_add(content, h->p, h->n);
 				qh_buf_consume(h, h->n);
@@ -101,6 +106,7 @@ void qh_toolparse_push(qh_toolparse *p, const char *text, size_t len, bool final
 			calls[(*n)++] = call;
 			p->n_calls++;
 		} else {
+			qh_buf_add(content, p->gap.p, p->gap.n);
 			qh_buf_str(content, OPEN);
 			qh_buf_add(content, h->p, body + strlen(CLOSE));
 		}
@@ -119,5 +125,6 @@ void qh_toolcall_free(qh_toolcall *c)
 void qh_toolparse_free(qh_toolparse *p)
 {
 	qh_buf_free(&p->held);
+	qh_buf_free(&p->gap);
 	*p = (qh_toolparse){0};
 }

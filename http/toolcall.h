@@ -5,7 +5,8 @@
  * call (vLLM's hermes parser reads the same).  Text outside the blocks is content; blank
  * text next to a block is dropped; a block that is not a JSON object with a string name is
  * given back as content, as written.  Text that may begin "<tool_call>" is held until it is
- * known not to.  Arguments come out as JSON text in Python's json.dumps style (pyjson.h),
+ * known not to; blank text held before a block that turns out to be no call is given back
+ * with it.  Arguments come out as JSON text in Python's json.dumps style (pyjson.h),
  * or as written when the model wrote a string.
  */
 #ifndef QW_HTTP_TOOLCALL_H
@@ -24,6 +25,8 @@ typedef struct qh_toolcall {
 typedef struct qh_toolparse {
 	qh_buf held;              /* text not yet given out: a possible "<tool_call>" start, or
 				   * blank text that a block may follow, or a block's body */
+	qh_buf gap;               /* the blank text before the open block, given back if the
+				   * block is no call */
 	bool in_call;             /* inside <tool_call> ... */
 	int n_calls;              /* calls given out so far */
 } qh_toolparse;
