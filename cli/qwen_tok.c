@@ -220,6 +220,7 @@ static bool read_tools(const char *path, char **buf, const char ***tools, int *n
 	*n = 0;
 	if (!*buf || !*tools)
 		return false;
+	(*buf)[len] = '\0';   /* slurp leaves room for it */
 	for (char *line = *buf, *nl; line && *line; line = nl) {
 		nl = strchr(line, '\n');
 		if (nl)

@@ -357,19 +357,27 @@ static bool parse_completions(qh_job *job, const qh_parse_opts *o, qh_error *e)
 // ---------------------------------------------------------------------------------------
 // tokenize, detokenize
 
+/* The job's one request, of op. */
+static qw_request *single(qh_job *job, qw_op op)
+{
+	job->reqs = qh_job_alloc(job, sizeof *job->reqs);
+	if (!job->reqs)
+		return NULL;
+	job->n_reqs = job->n = 1;
+	job->reqs[0] = (qw_request){.op = op};
+	return &job->reqs[0];
+}
+
 static bool parse_tokenize(qh_job *job, qh_error *e)
 {
 	static const char *const known[] = {"model", "prompt", "messages", "add_generation_prompt",
 					    "add_special_tokens", "tools", "chat_template_kwargs",
 					    "return_token_strs", NULL};
+	qw_request *r;
 	if (!qh_known_keys(job->body, known, "", e))
 		return false;
-	job->reqs = qh_job_alloc(job, sizeof *job->reqs);
-	if (!job->reqs)
+	if (!(r = single(job, QW_OP_TOKENIZE)))
 		return qh_oom(e);
-	job->n_reqs = job->n = 1;
-	qw_request *r = &job->reqs[0];
-	*r = (qw_request){.op = QW_OP_TOKENIZE};
 	bool gen = true, special = true, strs = false;
 	if (!qh_boolean(job->body, "add_generation_prompt", &gen, e) ||
 	    !qh_boolean(job->body, "add_special_tokens", &special, e) ||
@@ -402,14 +410,11 @@ static bool parse_tokenize(qh_job *job, qh_error *e)
 static bool parse_detokenize(qh_job *job, qh_error *e)
 {
 	static const char *const known[] = {"model", "tokens", NULL};
+	qw_request *r;
 	if (!qh_known_keys(job->body, known, "", e))
 		return false;
-	job->reqs = qh_job_alloc(job, sizeof *job->reqs);
-	if (!job->reqs)
+	if (!(r = single(job, QW_OP_DETOKENIZE)))
 		return qh_oom(e);
-	job->n_reqs = job->n = 1;
-	qw_request *r = &job->reqs[0];
-	*r = (qw_request){.op = QW_OP_DETOKENIZE};
 	json_t *t = qh_get(job->body, "tokens");
 	if (!t)
 		return qh_fail(e, 400, "tokens", "'tokens' is required");

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -585,6 +586,13 @@ int qh_server_run(const qh_settings *s)
 	}
 	sv->set = *s;
 	qh_metrics_init(&sv->metrics);
+	/* a request in flight holds its connection's socket and its DEALER's: raise the soft
+	 * limit on descriptors to the hard one */
+	struct rlimit fds;
+	if (getrlimit(RLIMIT_NOFILE, &fds) == 0 && fds.rlim_cur < fds.rlim_max) {
+		fds.rlim_cur = fds.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &fds);
+	}
 	qw_err err = {0};
 	int status = 1;
 	int lfd = listen_on(sv, &err);

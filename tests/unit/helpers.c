@@ -10,10 +10,14 @@
 #include <png.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *fixture(const char *rel)
@@ -248,4 +252,93 @@ membuf encode_png(const qw_image *img, int type)
 	png_destroy_write_struct(&png, &info);
 	free(row);
 	return m;
+}
+
+// ---------------------------------------------------------------------------------------
+// programs run by the tests
+
+pid_t spawn_program(const char *prog, const char *const *args, const char *const *env,
+		    const char *log)
+{
+	char exe[1100];
+	snprintf(exe, sizeof exe, "%s", program(prog));
+	const char *argv[72] = {exe};
+	int n = 1;
+	for (int i = 0; args && args[i] && n < 70; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		for (int i = 0; env && env[i]; i++)
+			putenv((char *)env[i]);
+		execv(exe, (char **)argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+static double seconds_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int wait_exit(pid_t pid, double timeout_s, bool *killed)
+{
+	int status = -1;
+	double until = seconds_now() + timeout_s;
+	if (killed)
+		*killed = false;
+	while (waitpid(pid, &status, WNOHANG) != pid) {
+		if (seconds_now() > until) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &status, 0);
+			if (killed)
+				*killed = true;
+			break;
+		}
+		usleep(5000);
+	}
+	return status;
+}
+
+int run_program(const char *prog, const char *const *args, double timeout_s, char **out)
+{
+	char *dir = scratch_new();
+	char log[1100];
+	snprintf(log, sizeof log, "%s/out.log", dir);
+	int status = wait_exit(spawn_program(prog, args, NULL, log), timeout_s, NULL);
+	size_t len;
+	*out = read_file(log, &len);
+	scratch_free(dir);
+	return status;
+}
+
+void verify_unit(const char *unit, const char *prog)
+{
+	char *out;
+	if (run_capture(&out, "command -v systemd-analyze") != 0) {
+		free(out);
+		printf("# systemd-analyze is not installed: %s is not verified here\n", unit);
+		return;
+	}
+	free(out);
+	char *dir = scratch_new();
+	char copy[1100], exe[PATH_MAX], rel[300];
+	const char *name = strrchr(unit, '/') ? strrchr(unit, '/') + 1 : unit;
+	snprintf(copy, sizeof copy, "%s/%s", dir, name);
+	snprintf(rel, sizeof rel, "../../%s", unit);
+	assert_non_null(realpath(program(prog), exe));   /* systemd wants an absolute path */
+	int rc = run_capture(&out, "sed 's|^ExecStart=[^ ]*|ExecStart=%s|' %s > %s && "
+			     "systemd-analyze verify %s", exe, fixture(rel), copy, copy);
+	if (rc != 0)
+		fail_msg("systemd-analyze verify %s:\n%s", unit, out);
+	free(out);
+	scratch_free(dir);
 }

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <cmocka.h>
 
 /* tests/fixtures (or $QW_FIXTURES) joined with rel, in one of four rotating static
@@ -36,6 +37,22 @@ char *read_file(const char *path, size_t *len);
 
 /* Runs a shell command line; returns its exit status and its stdout+stderr (malloc'd). */
 int run_capture(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Starts build/bin/<prog> with args (NULL-terminated, argv[0] not included) and env entries
+ * NAME=VALUE (NULL-terminated, may be NULL), its stdout and stderr into the file log;
+ * returns its pid. */
+pid_t spawn_program(const char *prog, const char *const *args, const char *const *env,
+		    const char *log);
+/* Waits up to timeout_s for pid to exit; past that it is killed and *killed set (killed may
+ * be NULL).  Returns its wait status. */
+int wait_exit(pid_t pid, double timeout_s, bool *killed);
+/* Runs build/bin/<prog> with args to its exit (up to timeout_s); returns its wait status
+ * and its output (malloc'd) in *out. */
+int run_program(const char *prog, const char *const *args, double timeout_s, char **out);
+
+/* systemd-analyze verify on the unit file (relative to the repository), its ExecStart
+ * pointed at this build's prog; a note and nothing more where systemd-analyze is missing. */
+void verify_unit(const char *unit, const char *prog);
 
 /* Edits one tensor's bytes while a model is copied. */
 typedef void (*tensor_edit_fn)(const char *name, int dtype, void *bytes, uint64_t nbytes,

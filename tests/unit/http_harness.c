@@ -37,23 +37,12 @@ void qhttp_start(qhttp *h, const char *endpoint, const char *const *args)
 	memset(h, 0, sizeof *h);
 	h->dir = scratch_new();
 	snprintf(h->log, sizeof h->log, "%s/http.log", h->dir);
-	char exe[1100];
-	snprintf(exe, sizeof exe, "%s", program("qwen-http"));
-	const char *argv[64] = {exe, "--socket", endpoint, "--port", "0", "--log-level", "debug"};
-	int n = 7;
+	const char *argv[64] = {"--socket", endpoint, "--port", "0", "--log-level", "debug"};
+	int n = 6;
 	for (int i = 0; args && args[i] && n < 62; i++)
 		argv[n++] = args[i];
 	argv[n] = NULL;
-	fflush(NULL);
-	h->pid = fork();
-	assert_true(h->pid >= 0);
-	if (h->pid == 0) {
-		int fd = open(h->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execv(exe, (char **)argv);
-		_exit(127);
-	}
+	h->pid = spawn_program("qwen-http", argv, NULL, h->log);
 	double until = now_s() + 10;
 	for (;;) {
 		size_t len;
@@ -82,38 +71,7 @@ void qhttp_start(qhttp *h, const char *endpoint, const char *const *args)
 
 int qhttp_run_to_exit(const char *const *args, char **out)
 {
-	char *dir = scratch_new();
-	char exe[1100], log[1100];
-	snprintf(exe, sizeof exe, "%s", program("qwen-http"));
-	snprintf(log, sizeof log, "%s/out.log", dir);
-	const char *argv[64] = {exe};
-	int n = 1;
-	for (int i = 0; args[i] && n < 62; i++)
-		argv[n++] = args[i];
-	argv[n] = NULL;
-	fflush(NULL);
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execv(exe, (char **)argv);
-		_exit(127);
-	}
-	int status = -1;
-	double until = now_s() + 10;
-	while (waitpid(pid, &status, WNOHANG) != pid) {
-		if (now_s() > until) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &status, 0);
-			break;
-		}
-		usleep(5000);
-	}
-	size_t len;
-	*out = read_file(log, &len);
-	scratch_free(dir);
-	return status;
+	return run_program("qwen-http", args, 10, out);
 }
 
 void qhttp_stop(qhttp *h)
@@ -121,16 +79,11 @@ void qhttp_stop(qhttp *h)
 	if (!h->pid)
 		return;
 	kill(h->pid, SIGTERM);
-	int status = -1;
-	double until = now_s() + 30;
-	while (waitpid(h->pid, &status, WNOHANG) != h->pid) {
-		if (now_s() > until) {
-			kill(h->pid, SIGKILL);
-			waitpid(h->pid, &status, 0);
-			qhttp_dump_log(h);
-			fail_msg("qwen-http did not stop within 30 s of SIGTERM");
-		}
-		usleep(5000);
+	bool killed;
+	int status = wait_exit(h->pid, 30, &killed);
+	if (killed) {
+		qhttp_dump_log(h);
+		fail_msg("qwen-http did not stop within 30 s of SIGTERM");
 	}
 	h->pid = 0;
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {

@@ -67,10 +67,8 @@ void qwend_start_at(qwend *d, const char *model, const char *endpoint,
 		snprintf(d->endpoint, sizeof d->endpoint, "ipc://%s", d->socket_path);
 	}
 	snprintf(d->log, sizeof d->log, "%s/qwend.log", d->dir);
-	char exe[1100];
-	snprintf(exe, sizeof exe, "%s", program("qwend"));
-	const char *argv[64] = {exe, "--model", model, "--socket", d->endpoint};
-	int n = 5;
+	const char *argv[64] = {"--model", model, "--socket", d->endpoint};
+	int n = 4;
 	/* QWEND_TEST_DEVICE=cuda: the same tests on the GPU, --stages S as S stages on GPU 0 */
 	const char *device = getenv("QWEND_TEST_DEVICE");
 	bool cuda = device && !strcmp(device, "cuda");
@@ -92,18 +90,7 @@ void qwend_start_at(qwend *d, const char *model, const char *endpoint,
 		argv[n++] = gpus;
 	}
 	argv[n] = NULL;
-	fflush(NULL);
-	d->pid = fork();
-	assert_true(d->pid >= 0);
-	if (d->pid == 0) {
-		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		for (int i = 0; env && env[i]; i++)
-			putenv((char *)env[i]);
-		execv(exe, (char **)argv);
-		_exit(127);
-	}
+	d->pid = spawn_program("qwend", argv, env, d->log);
 	double until = now_s() + 30;
 	struct stat st;
 	while (!endpoint && stat(d->socket_path, &st) != 0) {
@@ -219,31 +206,7 @@ void qwend_stop(qwend *d)
 
 int qwend_run_to_exit(const char *const *args, char **log)
 {
-	char *dir = scratch_new();
-	char exe[1100], out[1100];
-	snprintf(exe, sizeof exe, "%s", program("qwend"));
-	snprintf(out, sizeof out, "%s/out.log", dir);
-	const char *argv[64] = {exe};
-	int n = 1;
-	for (int i = 0; args[i] && n < 62; i++)
-		argv[n++] = args[i];
-	argv[n] = NULL;
-	fflush(NULL);
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execv(exe, (char **)argv);
-		_exit(127);
-	}
-	qwend d = {.pid = pid};
-	snprintf(d.log, sizeof d.log, "%s", out);
-	int status = qwend_wait_exit(&d, 30);
-	size_t len;
-	*log = read_file(out, &len);
-	scratch_free(dir);
-	return status;
+	return run_program("qwend", args, 30, log);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,20 +3,31 @@
  * of answers and streams (reasoning, tool calls, token ids, usage, [DONE]), every error
  * qwend can answer as its HTTP status with OpenAI's error object and Retry-After, a qwend
  * that is not there or does not answer, the API key, the size limits, routes and methods,
- * and the loopback rule. */
+ * the connection limit and idle time-out, the loopback rule, and the systemd unit. */
 #include "tests/unit/http_harness.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tests/unit/fake_qwend.h"
 
 #define STATUS_JSON "{\"state\": \"ready\", \"model\": {\"path\": \"/models/Fake-VL\", " \
 	"\"max_context\": 4096, \"tokenizer\": true}, \"requests\": {\"running\": 1}}"
+
+static double qh_test_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 /* The first text of the last message: the test's instruction to the fake. */
 static const char *script_of(const qw_request *r, char *buf, size_t cap)
@@ -552,6 +563,50 @@ static void test_limits_and_routes(void **state)
 	world_stop(&w);
 }
 
+/* Answers on fd within timeout_s: the bytes read (0: none, the connection still open; -1:
+ * closed). */
+static int answer_within(int fd, double timeout_s, char *buf, size_t cap)
+{
+	struct timeval tv = {.tv_sec = (time_t)timeout_s,
+			     .tv_usec = (suseconds_t)((timeout_s - (time_t)timeout_s) * 1e6)};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	ssize_t n = recv(fd, buf, cap - 1, 0);
+	if (n > 0)
+		buf[n] = '\0';
+	return n > 0 ? (int)n : n == 0 ? -1 : 0;
+}
+
+/* At most --max-connections at once (one more waits to be accepted until one closes); an
+ * idle connection is closed after --idle-timeout. */
+static void test_connections(void **state)
+{
+	world w;
+	world_start(&w, (const char *[]){"--max-connections", "2", "--idle-timeout", "1", NULL});
+	int a = http_connect(w.h.port), b = http_connect(w.h.port), c = http_connect(w.h.port);
+	const char *req = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+	char buf[4096];
+	for (int i = 0; i < 3; i++)
+		send(i == 0 ? a : i == 1 ? b : c, req, strlen(req), MSG_NOSIGNAL);
+	assert_true(answer_within(a, 2, buf, sizeof buf) > 0);
+	assert_contains(buf, "HTTP/1.1 200");
+	assert_true(answer_within(b, 2, buf, sizeof buf) > 0);
+	assert_int_equal(answer_within(c, 0.3, buf, sizeof buf), 0);   /* not yet accepted */
+	close(a);
+	assert_true(answer_within(c, 2, buf, sizeof buf) > 0);          /* now it is */
+	assert_contains(buf, "HTTP/1.1 200");
+	/* b has been idle since its answer: closed about a second after it */
+	double t0 = qh_test_now();
+	assert_int_equal(answer_within(b, 5, buf, sizeof buf), -1);
+	assert_true(qh_test_now() - t0 < 2);
+	t0 = qh_test_now();
+	assert_int_equal(answer_within(c, 5, buf, sizeof buf), -1);
+	double idle = qh_test_now() - t0;
+	assert_true(idle > 0.3 && idle < 2.5);
+	close(b);
+	close(c);
+	world_stop(&w);
+}
+
 /* Loopback only, unless --allow-remote; --host must be an address. */
 static void test_bind_rules(void **state)
 {
@@ -590,6 +645,12 @@ static void test_bind_rules(void **state)
 	scratch_free(dir);
 }
 
+/* systemd-analyze verify, where it is installed, on the unit with this build's qwen-http. */
+static void test_systemd_unit(void **state)
+{
+	verify_unit("systemd/qwen-http.service", "qwen-http");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -598,7 +659,9 @@ int main(void)
 		cmocka_unit_test(test_qwend_errors),
 		cmocka_unit_test(test_api_key),
 		cmocka_unit_test(test_limits_and_routes),
+		cmocka_unit_test(test_connections),
 		cmocka_unit_test(test_bind_rules),
+		cmocka_unit_test(test_systemd_unit),
 	};
 	return cmocka_run_group_tests_name("http", tests, NULL, NULL);
 }

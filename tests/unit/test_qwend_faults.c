@@ -545,24 +545,7 @@ static void test_sighup(void **state)
 /* systemd-analyze verify, where it is installed, on the unit with this build's qwend. */
 static void test_systemd_unit(void **state)
 {
-	char *out;
-	if (run_capture(&out, "command -v systemd-analyze") != 0) {
-		free(out);
-		printf("# systemd-analyze is not installed: the unit is not verified here\n");
-		return;
-	}
-	free(out);
-	char *dir = scratch_new();
-	char unit[1100], exe[PATH_MAX];
-	snprintf(unit, sizeof unit, "%s/qwend.service", dir);
-	assert_non_null(realpath(program("qwend"), exe));   /* systemd wants an absolute path */
-	int rc = run_capture(&out, "sed 's|^ExecStart=[^ ]*|ExecStart=%s|' %s > %s && "
-			     "systemd-analyze verify %s", exe,
-			     fixture("../../systemd/qwend.service"), unit, unit);
-	if (rc != 0)
-		fail_msg("systemd-analyze verify:\n%s", out);
-	free(out);
-	scratch_free(dir);
+	verify_unit("systemd/qwend.service", "qwend");
 }
 
 int main(void)
