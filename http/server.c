@@ -298,8 +298,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_NO;
 		return r->ready ? queue(r) : MHD_YES;
 	}
-	if (r->queued)
-		return MHD_YES;             /* a body after an early answer: let it pass */
+	if (r->queued) {                /* a body after an early answer: dropped */
+		*upload_size = 0;
+		return MHD_YES;
+	}
 	if (*upload_size) {
 		if (!r->body_too_large && r->body.n + *upload_size > sv->set.max_body) {
 			r->body_too_large = true;

@@ -469,6 +469,16 @@ static void test_api_key(void **state)
 			http_resp_free(&r);
 		}
 		http_resp r;
+		/* a body after the refusal is dropped (answered at once, over a large body too) */
+		char *body = malloc(200001);
+		memset(body, ' ', 200000);
+		body[0] = '{';
+		body[199999] = '}';
+		body[200000] = '\0';
+		http_call(w.h.port, "POST", "/v1/chat/completions", wrong[1], body, &r);
+		json_decref(error_of(&r, 401));
+		http_resp_free(&r);
+		free(body);
 		http_call(w.h.port, "GET", "/v1/models", "Authorization: Bearer s3cret-key\r\n", NULL,
 			  &r);
 		assert_int_equal(r.status, 200);
