@@ -40,7 +40,8 @@ int run_capture(char **output, const char *fmt, ...) __attribute__((format(print
 
 /* Starts build/bin/<prog> with args (NULL-terminated, argv[0] not included) and env entries
  * NAME=VALUE (NULL-terminated, may be NULL), its stdout and stderr into the file log;
- * returns its pid. */
+ * returns its pid.  It gets SIGTERM when the test program ends (PR_SET_PDEATHSIG), so a
+ * failed test leaves nothing running. */
 pid_t spawn_program(const char *prog, const char *const *args, const char *const *env,
 		    const char *log);
 /* Waits up to timeout_s for pid to exit; past that it is killed and *killed set (killed may
