@@ -268,7 +268,7 @@ static void test_exit_statuses(void **state)
 	close(fd);
 	assert_int_equal(ctl(dir, NULL, &out, &err, "--timeout 0.3 status"), 3);
 	assert_contains(err, "qwend does not answer at ipc://");
-	assert_contains(err, "no connection in 0.3 s");
+	assert_contains(err, "no connection in ");   /* the time waited: 0.3 s or, loaded, more */
 	free(out);
 	free(err);
 	unlink(path_in(dir, "qwend.sock"));
