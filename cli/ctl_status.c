@@ -110,6 +110,9 @@ static void print_kv(const json_t *kv)
 		printf("%.0f / %.0f blocks (%.1f%%)", used, total, total > 0 ? 100 * used / total : 0);
 		sep = ", ";
 	}
+	double cached;
+	if (num(kv, "blocks_cached", &cached))
+		printf("%s%.0f cached", sep, cached);
 	if (num(kv, "capacity_tokens", &cap) && num(kv, "used_tokens", &utok)) {
 		printf("%s%.0f / %.0f tokens (%.1f%%)", sep, utok, cap,
 		       cap > 0 ? 100 * utok / cap : 0);
@@ -117,6 +120,22 @@ static void print_kv(const json_t *kv)
 	}
 	if (num(kv, "block_tokens", &bt))
 		printf("%s%.0f tokens a block", sep, bt);
+	printf("\n");
+}
+
+static void print_prefix(const json_t *p)
+{
+	double lookups, hits, prompt, hit, images, cached, evictions;
+	printf("%-11s %s", "prefix", json_is_false(json_object_get(p, "enabled")) ? "off" : "on");
+	if (num(p, "lookups", &lookups) && num(p, "hits", &hits))
+		printf(": %.0f of %.0f admissions hit", hits, lookups);
+	if (num(p, "prompt_tokens", &prompt) && num(p, "hit_tokens", &hit))
+		printf(", %.0f of %.0f tokens (%.1f%%) from the cache", hit, prompt,
+		       prompt > 0 ? 100 * hit / prompt : 0);
+	if (num(p, "images_skipped", &images) && images > 0)
+		printf(", %.0f image%s not seen again", images, images == 1 ? "" : "s");
+	if (num(p, "cached_blocks", &cached) && num(p, "evictions", &evictions))
+		printf("; %.0f blocks cached, %.0f evicted", cached, evictions);
 	printf("\n");
 }
 
@@ -193,6 +212,9 @@ static void summary(const json_t *st)
 	const json_t *kv = json_object_get(st, "kv");
 	if (json_is_object(kv))
 		print_kv(kv);
+	const json_t *prefix = json_object_get(st, "prefix_cache");
+	if (json_is_object(prefix))
+		print_prefix(prefix);
 	const json_t *req = json_object_get(st, "requests");
 	if (json_is_object(req))
 		print_requests(req);

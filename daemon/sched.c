@@ -1,5 +1,6 @@
 /* sched.c - the step scheduler.  See sched.h for the policy. */
 #include "daemon/sched.h"
+#include "daemon/sched_prefix.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -197,6 +198,7 @@ qw_status qw_sched_init(qw_sched *s, const qw_sched_opts *o, qw_err *err)
 	qw_status st = qw_kv_pool_init(&s->pool, o->kv_blocks, o->block_tokens, err);
 	if (st != QW_OK)
 		return st;
+	qw_kv_set_caching(&s->pool, o->prefix_cache);
 	s->table_cap = 16;
 	while (s->table_cap < 2 * (o->max_queue + o->max_seqs + 1))
 		s->table_cap *= 2;
@@ -206,7 +208,8 @@ qw_status qw_sched_init(qw_sched *s, const qw_sched_opts *o, qw_err *err)
 	s->arena_free = malloc((size_t)s->cap_arena_free * sizeof *s->arena_free);
 	qw_sched_plan_buf *b = s->buf = calloc(1, sizeof *b);
 	size_t T = (size_t)o->max_batch_tokens, Q = (size_t)o->max_seqs;
-	bool ok = s->table && s->inflight && s->arena_free && b;
+	s->key_words = malloc((8 * (size_t)o->block_tokens + 2) * sizeof *s->key_words);
+	bool ok = s->table && s->inflight && s->arena_free && b && s->key_words;
 	for (int i = 0; ok && i < o->depth; i++)
 		ok = (s->inflight[i].seq_ids = malloc(Q * sizeof(uint64_t))) != NULL;
 	if (ok) {
@@ -239,9 +242,11 @@ static void release_seq_arrays(qw_seq *q)
 	free(q->images);
 	free(q->tokens);
 	free(q->positions);
+	free(q->keys);
 	q->images = NULL;
 	q->tokens = q->positions = NULL;
-	q->n_images = q->n_tokens = 0;
+	q->keys = NULL;
+	q->n_images = q->n_tokens = q->n_keys = q->cap_keys = 0;
 }
 
 void qw_sched_free(qw_sched *s)
@@ -262,6 +267,7 @@ void qw_sched_free(qw_sched *s)
 	free(s->table);
 	free(s->arena_free);
 	free(s->drops);
+	free(s->key_words);
 	qw_sched_plan_buf *b = s->buf;
 	if (b) {
 		free(b->token_ids);
@@ -285,6 +291,12 @@ void qw_sched_free(qw_sched *s)
 int qw_sched_inflight(const qw_sched *s)
 {
 	return s->n_inflight;
+}
+
+void qw_sched_set_prefix_cache(qw_sched *s, bool on)
+{
+	s->o.prefix_cache = on;
+	qw_kv_set_caching(&s->pool, on);
 }
 
 qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err)
@@ -311,8 +323,12 @@ qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err)
 	}
 	if (s->queue.n >= s->o.max_queue)
 		return qw_fail(err, QW_E_FULL, "the queue is full (%d requests wait)", s->queue.n);
-	seq->n_scheduled = 0;
+	for (int i = 0; i < seq->n_images; i++)
+		seq->images[i].content_hash = qw_sched_image_hash(&seq->images[i]);
+	seq->n_scheduled = seq->n_cached = 0;
 	seq->awaiting = seq->running = false;
+	seq->keys = NULL;
+	seq->n_keys = seq->cap_keys = 0;
 	seq->kv = (qw_kv_seq){0};
 	list_push_back(&s->queue, seq);
 	table_put(s, seq);
@@ -364,7 +380,7 @@ static int chunk_size(qw_sched *s, qw_seq *q, int budget, uint64_t step)
 	qw_sched_plan_buf *b = s->buf;
 	int bs = s->pool.block_size, a = q->n_scheduled;
 	int c = q->n_tokens - a < budget ? q->n_tokens - a : budget;
-	int kv_room = q->kv.n_blocks * bs - q->kv.n_tokens + s->pool.n_free * bs;
+	int kv_room = q->kv.n_blocks * bs - q->kv.n_tokens + qw_kv_available(&s->pool) * bs;
 	if (c > kv_room)
 		c = kv_room;
 	int plan_room = (s->o.max_plan_blocks - b->n_blocks) * bs - a;
@@ -406,9 +422,7 @@ static bool place(qw_sched *s, qw_seq *q, int c, uint64_t step)
 	for (int i = a; i < a + c; i++) {
 		int r = b->n_tokens++;
 		b->token_ids[r] = q->tokens[i];
-		for (int k = 0; k < 3; k++)
-			b->positions[3 * r + k] = q->positions && i < q->n_prompt
-							  ? q->positions[3 * i + k] : i + q->rope_delta;
+		qw_seq_position(q, i, &b->positions[3 * r]);
 		b->seq[r] = si;
 		b->kv_index[r] = i;
 		b->slot[r] = qw_kv_slot(&s->pool, &q->kv, i);
@@ -436,6 +450,7 @@ static bool place(qw_sched *s, qw_seq *q, int c, uint64_t step)
 	}
 	q->n_scheduled = a + c;
 	q->last_step = step;
+	qw_sched_publish(s, q, step);
 	return true;
 }
 
@@ -469,13 +484,16 @@ static int schedule(qw_sched *s, qw_seq *q, int budget, uint64_t step)
 	return place(s, q, c, step) ? c : 0;
 }
 
-static bool admissible(const qw_sched *s, const qw_seq *q)
+/* Whether q fits now, its first `cached` blocks taken from the prefix cache (`idle` of them
+ * held by no sequence, so no longer available to others once taken). */
+static bool admissible(const qw_sched *s, const qw_seq *q, int cached, int idle)
 {
 	int reserve = s->pool.n_blocks / 100 > 0 ? s->pool.n_blocks / 100 : 1;
 	if (s->running.n == 0)
 		reserve = 0;
 	return s->running.n < s->o.max_seqs &&
-	       qw_kv_blocks_for(&s->pool, q->n_tokens) + reserve <= s->pool.n_free;
+	       qw_kv_blocks_for(&s->pool, q->n_tokens) - cached + reserve <=
+		       qw_kv_available(&s->pool) - idle;
 }
 
 bool qw_sched_next(qw_sched *s, qw_step_plan *plan)
@@ -506,12 +524,16 @@ bool qw_sched_next(qw_sched *s, qw_step_plan *plan)
 			budget -= schedule(s, q, budget, step);
 	}
 	/* 3. admissions, in arrival order, while the head of the queue fits */
-	while (s->queue.head && budget > 0 && admissible(s, s->queue.head)) {
+	while (s->queue.head && budget > 0) {
 		qw_seq *q = s->queue.head;
+		int idle, cached = qw_sched_cached_prefix(s, q, step, &idle);
+		if (!admissible(s, q, cached, idle))
+			break;
 		list_remove(&s->queue, q);
 		list_push_back(&s->running, q);
 		q->running = true;
 		q->admitted = s->next_admit++;
+		qw_sched_take_prefix(s, q, cached, step);
 		budget -= schedule(s, q, budget, step);
 	}
 	if (b->n_tokens == 0) {
@@ -614,4 +636,5 @@ void qw_sched_reset(qw_sched *s, qw_sched_seq_fn on_lost, void *ctx)
 		if (s->running.head == q)      /* on_lost did not remove it: requeue */
 			preempt(s, q);
 	}
+	qw_kv_forget_all(&s->pool);        /* the new workers' caches hold none of it */
 }

@@ -16,6 +16,14 @@
  *     reserve); when a decode finds the cache full, the newest running sequence that is not
  *     waiting on a token is preempted: its blocks are freed and it goes back to the head of
  *     the queue, to be recomputed later (greedy tokens stay the same);
+ *   - the prefix cache (kv_blocks.h): a block is published once its tokens are all scheduled,
+ *     under a key hashed from its parent block's key, its tokens, their M-RoPE positions and,
+ *     for image rows, the image's content hash and which rows; admission takes the longest
+ *     run of published blocks that matches the sequence's leading tokens (whole blocks, and
+ *     never its last token, which must be computed to give logits), written by an earlier
+ *     step, by reference, and schedules only the rest.  An image whose every token comes
+ *     from the cache never reaches the vision tower; one the hit ends inside goes to stage 0
+ *     whole and fills only its remaining rows;
  *   - images: the step that first reaches an image's pad tokens carries its resized RGB in
  *     the arena (freed when that step completes) for stage 0's vision tower; the features of
  *     an image split over several steps stay on stage 0 until its last tokens pass, or until
@@ -38,6 +46,7 @@ typedef struct qw_sched_image {
 	int32_t grid[3];          /* (t, h, w) in patches */
 	int32_t height, width;    /* of rgb */
 	uint8_t *rgb;             /* (height, width, 3) the resized image; owned */
+	uint64_t content_hash;    /* of its pixels, size and grid (set by qw_sched_submit) */
 	uint64_t handle;          /* its name on stage 0 while there; 0: not sent yet */
 	uint64_t fresh_step;      /* the step that carries its pixels to stage 0 */
 	uint64_t arena_offset;    /* where they lie meanwhile */
@@ -63,6 +72,9 @@ struct qw_seq {
 	int preemptions;          /* times it was sent back to the queue */
 	uint64_t admitted;        /* admission order */
 	uint64_t last_step;       /* the last step it was placed in */
+	int n_cached;             /* tokens its last admission took from the prefix cache */
+	uint64_t *keys;           /* (n_keys,) content keys of its leading full blocks; owned */
+	int n_keys, cap_keys;
 	qw_kv_seq kv;
 	qw_seq *prev, *next;      /* its list: the queue or the running list */
 };
@@ -74,6 +86,7 @@ typedef struct qw_sched_opts {
 	int max_queue;                /* waiting; past it submit is refused */
 	int depth;                    /* steps in flight */
 	int max_plan_blocks;          /* block ids one plan may carry (its ring's size) */
+	bool prefix_cache;            /* reuse published blocks across sequences */
 	uint8_t *arena;               /* the region's image arena (may be NULL with arena_bytes 0) */
 	uint64_t arena_bytes;
 } qw_sched_opts;
@@ -96,6 +109,16 @@ typedef struct qw_inflight {
 	int n_images;
 } qw_inflight;
 
+/* What the prefix cache saved. */
+typedef struct qw_prefix_stats {
+	uint64_t lookups;             /* admissions that looked for a cached prefix */
+	uint64_t hits;                /* those that found at least one block */
+	uint64_t lookup_tokens;       /* known tokens of those admissions (prompts, and a
+					 preempted sequence's generated tokens) */
+	uint64_t hit_tokens;          /* of them, served from the cache instead of computed */
+	uint64_t images_skipped;      /* images whose every token came from the cache */
+} qw_prefix_stats;
+
 typedef struct qw_sched_plan_buf qw_sched_plan_buf;   /* the arrays of the plan being built */
 
 typedef struct qw_sched {
@@ -113,6 +136,8 @@ typedef struct qw_sched {
 	int n_drops, cap_drops;
 	qw_sched_plan_buf *buf;
 	uint64_t preempted;           /* total preemptions */
+	qw_prefix_stats prefix;
+	int32_t *key_words;           /* (8 * block_tokens + 2,) what one block key hashes */
 } qw_sched;
 
 qw_status qw_sched_init(qw_sched *s, const qw_sched_opts *o, qw_err *err);
@@ -124,8 +149,9 @@ void qw_sched_free(qw_sched *s);
  * step). */
 qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err);
 
-/* Forgets seq (finished, cancelled, or its client gone): its blocks are free at once (steps
- * still in flight only write them before later steps do), its arrays released. */
+/* Forgets seq (finished, cancelled, or its client gone): its blocks are released at once
+ * (steps still in flight only write them before later steps do; its published ones stay in
+ * the prefix cache), its arrays released. */
 void qw_sched_remove(qw_sched *s, qw_seq *seq);
 
 /* The sequence of a request id, or NULL. */
@@ -148,10 +174,13 @@ qw_status qw_sched_complete(qw_sched *s, const qw_step_result *r, qw_sched_token
 			    void *ctx, int *prompt_tokens, qw_err *err);
 
 /* The pipeline was lost (a worker died): every step in flight is forgotten, every running
- * sequence handed to on_lost (which must remove it: its KV entries are gone), the arena
- * emptied.  Queued sequences stay queued. */
+ * sequence handed to on_lost (which must remove it: its KV entries are gone), the prefix
+ * cache and the arena emptied.  Queued sequences stay queued. */
 typedef void (*qw_sched_seq_fn)(void *ctx, qw_seq *seq);
 void qw_sched_reset(qw_sched *s, qw_sched_seq_fn on_lost, void *ctx);
+
+/* Turns the prefix cache on or off (off forgets every cached block). */
+void qw_sched_set_prefix_cache(qw_sched *s, bool on);
 
 /* For status. */
 int qw_sched_inflight(const qw_sched *s);

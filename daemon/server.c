@@ -341,6 +341,7 @@ static void pipeline_ready(qw_server *sv)
 				   .max_batch_tokens = (int)sv->set.max_batch_tokens,
 				   .max_queue = (int)sv->set.max_queue, .depth = sv->depth,
 				   .max_plan_blocks = sv->max_plan_blocks,
+				   .prefix_cache = !strcmp(sv->set.prefix_cache, "yes"),
 				   .arena = qw_region_arena(&sv->sup.region),
 				   .arena_bytes = sv->sup.region.hdr->arena_bytes};
 		if (qw_sched_init(&sv->sched, &o, &err) != QW_OK) {
@@ -553,8 +554,10 @@ static void reload(qw_server *sv)
 	rc->preprocess.max_tokens = rc->max_image_tokens = (int)sv->set.max_image_tokens;
 	rc->max_images = sv->limits.max_images = (int)sv->set.max_images;
 	sv->limits.max_image_bytes = (size_t)sv->set.max_image_bytes;
-	if (sv->have_sched)
+	if (sv->have_sched) {
 		sv->sched.o.max_queue = (int)sv->set.max_queue;
+		qw_sched_set_prefix_cache(&sv->sched, !strcmp(sv->set.prefix_cache, "yes"));
+	}
 }
 
 void qw_server_begin_drain(qw_server *sv, const char *why)

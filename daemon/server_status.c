@@ -3,6 +3,7 @@
 
 #include <jansson.h>
 #include <stdlib.h>
+#include <string.h>
 
 static const char *state_name(qw_server_state s)
 {
@@ -42,6 +43,26 @@ static json_t *stages_json(const qw_server *sv, uint64_t *done, uint64_t *total)
 	return stages;
 }
 
+/* What the prefix cache saved: hit_rate is the share of admitted tokens served from it. */
+static json_t *prefix_json(const qw_server *sv)
+{
+	qw_prefix_stats p = {0};
+	json_int_t cached = 0, evictions = 0;
+	if (sv->have_sched) {
+		p = sv->sched.prefix;
+		cached = sv->sched.pool.n_cached;
+		evictions = (json_int_t)sv->sched.pool.evictions;
+	}
+	bool on = sv->have_sched ? sv->sched.pool.caching : !strcmp(sv->set.prefix_cache, "yes");
+	return json_pack("{s:b, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I}", "enabled", on,
+			 "lookups", (json_int_t)p.lookups, "hits", (json_int_t)p.hits,
+			 "prompt_tokens", (json_int_t)p.lookup_tokens, "hit_tokens",
+			 (json_int_t)p.hit_tokens, "hit_rate", p.lookup_tokens
+			 ? (double)p.hit_tokens / (double)p.lookup_tokens : 0.0,
+			 "images_skipped", (json_int_t)p.images_skipped, "cached_blocks", cached,
+			 "evictions", evictions);
+}
+
 char *qw_server_status_json(const qw_server *sv)
 {
 	const qw_config *c = &sv->cfg;
@@ -62,22 +83,26 @@ char *qw_server_status_json(const qw_server *sv)
 	json_object_set_new(o, "load", json_pack("{s:I, s:I}", "bytes_done", (json_int_t)done,
 						 "bytes_total", (json_int_t)total));
 	int queued = 0, running = 0, inflight = 0;
-	json_int_t blocks = 0, used = 0, used_tokens = 0;
+	json_int_t blocks = 0, used = 0, cached = 0, used_tokens = 0;
 	if (sv->have_sched) {
 		const qw_sched *s = &sv->sched;
 		queued = s->queue.n;
 		running = s->running.n;
 		inflight = qw_sched_inflight(s);
 		blocks = s->pool.n_blocks;
-		used = s->pool.n_blocks - s->pool.n_free;
+		used = qw_kv_used(&s->pool);
+		cached = s->pool.n_cached;
 		for (const qw_seq *q = s->running.head; q; q = q->next)
 			used_tokens += q->kv.n_tokens;
 	}
 	json_int_t bt = (json_int_t)sv->set.kv_block_tokens;
-	json_object_set_new(o, "kv", json_pack("{s:I, s:I, s:I, s:I, s:I}", "blocks_total", blocks,
-					       "blocks_used", used, "block_tokens", bt,
+	json_object_set_new(o, "kv", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+					       "blocks_total", blocks, "blocks_used", used,
+					       "blocks_cached", cached, "blocks_free",
+					       blocks - used - cached, "block_tokens", bt,
 					       "capacity_tokens", blocks * bt, "used_tokens",
 					       used_tokens));
+	json_object_set_new(o, "prefix_cache", prefix_json(sv));
 	json_object_set_new(o, "requests", json_pack(
 		"{s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "queued", queued, "running",
 		running, "steps_in_flight", inflight, "max_queue", (json_int_t)sv->set.max_queue,

@@ -75,6 +75,10 @@ static const qw_setting_def table[] = {
 	 "yes: checksum the activations of every stage hand-over and fail loudly on a mismatch"},
 	{"cuda-graphs", QW_SET_ENUM, STR(cuda_graphs), 0, 0, "no|yes", "yes", false,
 	 "yes: the cuda backend records each decode step's shape as a CUDA graph and replays it"},
+	{"prefix-cache", QW_SET_ENUM, STR(prefix_cache), 0, 0, "no|yes", "yes", true,
+	 "yes: full KV blocks outlive their request, and a prompt that begins as an earlier one "
+	 "did (a system prompt, a conversation, an image) skips that part of its prefill; no: "
+	 "every prompt is computed whole"},
 	{"log-level", QW_SET_ENUM, STR(log_level), 0, 0, "debug|info|warn|error", "info", true,
 	 "least severe log line written"},
 };

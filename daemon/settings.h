@@ -47,6 +47,8 @@ typedef struct qw_settings {
 	char allow_remote[4];        /* yes: a tcp socket may bind beyond loopback */
 	char check_transport[4];     /* yes: checksum every stage hand-over */
 	char cuda_graphs[4];         /* yes: decode steps replayed as CUDA graphs */
+	char prefix_cache[4];        /* yes: full KV blocks are kept and reused by prompts that
+					share their beginning */
 	char log_level[8];           /* debug, info, warn, error */
 } qw_settings;
 

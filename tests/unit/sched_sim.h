@@ -1,0 +1,111 @@
+/* sched_sim.h - a simulated pipeline for the scheduler's tests (test_sched, test_sched_prefix),
+ * and the pool's invariant check they share with test_kv_blocks.
+ *
+ * The simulated workers keep a KV cache of slots.  Like attention, what a slot holds follows
+ * from its sequence's whole history: the entry written for token i is a hash of the entry of
+ * token i - 1, read back through the plan's block table, and of token i itself (its id, its
+ * positions, and for an image row which image and which row, the image known only from the
+ * pixels stage 0 received).  A sampled token is a hash of its row's entry.  So a lost or
+ * misplaced chunk, a slot shared by two sequences, a wrong position or image row, a bad
+ * recomputation after preemption, or a cached block reused for a different history (another
+ * prefix, another image) changes the tokens; every sequence must get exactly the tokens of
+ * the reference, which runs it alone, token by token, without the scheduler.
+ *
+ * The simulation also checks each plan as it runs: no two tokens of a step write one slot,
+ * every slot lies where the block table says, a written block is held by its writer alone
+ * and was not published by an earlier step, every entry a token attends to was written by
+ * an earlier step or by its own sequence earlier in this one, fresh images arrive intact in
+ * the arena and the features of an image's later rows are still on stage 0.
+ */
+#ifndef QW_TESTS_SCHED_SIM_H
+#define QW_TESTS_SCHED_SIM_H
+
+#include "tests/unit/helpers.h"
+
+#include "daemon/sched.h"
+
+#define SIM_V 1000
+#define SIM_PAD 7          /* the image pad token */
+#define SIM_BLOCK 4        /* tokens per KV block */
+#define SIM_DELTA 5        /* rope_delta: a generated token's position is its index + 5 */
+#define SIM_MAX_OUT 64
+#define SIM_MAX_IMG 3
+
+typedef struct sim_seq {
+	qw_seq q;
+	int max_new, generated;
+	int32_t out[SIM_MAX_OUT];
+	bool finished, lost, cancelled;
+	/* the reference: the history as it should be */
+	int n_prompt;
+	int32_t *prompt, *pos;                 /* (n_prompt,), (n_prompt, 3); owned */
+	int n_img;
+	int img_pos[SIM_MAX_IMG], img_len[SIM_MAX_IMG];
+	uint8_t img_seed[SIM_MAX_IMG];         /* the image's pixels follow from it */
+} sim_seq;
+
+typedef struct sim {
+	uint64_t *cache;                       /* (slots,) what each slot holds */
+	uint64_t *written;                     /* (slots,) the step that wrote it (0: none) */
+	int32_t *writer;                       /* (slots,) which sequence of that step */
+	int slots;
+	uint8_t *arena;
+	uint64_t handles[256];                 /* stage 0's images: handle -> seed */
+	uint8_t seeds[256];
+	int n_handles;
+	int fresh[256];                        /* by seed: times stage 0 ran the vision tower */
+	int steps, max_logits_per_step;
+	qw_sched *s;
+	bool remove_on_finish;
+} sim;
+
+/* A scheduler over kv_blocks blocks of SIM_BLOCK tokens, plans of at most budget tokens,
+ * with the prefix cache on or off, and its simulation. */
+void sim_make(qw_sched *s, sim *m, int depth, int budget, int max_seqs, int kv_blocks,
+	      bool prefix_cache);
+void sim_free(sim *m);
+
+/* A sequence of the given prompt and positions (copied) and images (each a run of SIM_PAD
+ * tokens that sim_seq_init writes into the prompt, with the pixels of its seed). */
+void sim_seq_init(sim_seq *x, uint64_t id, const int32_t *prompt, const int32_t *pos,
+		  int n_prompt, int n_img, const int *img_pos, const int *img_len,
+		  const uint8_t *img_seed, int max_new);
+/* One with a random prompt of n_prompt tokens, random positions, and n_img images spread
+ * through it when n_prompt >= 30. */
+void sim_seq_random(sim_seq *x, uint64_t id, int n_prompt, int n_img, int max_new,
+		    uint64_t *rng);
+/* Frees the reference arrays (the scheduler frees the sequence's own on removal; a sequence
+ * never submitted has them freed here too). */
+void sim_seq_free(sim_seq *x, bool submitted);
+
+/* Runs plan p: writes its entries, samples its logit rows into tokens. */
+void sim_run_plan(sim *m, const qw_step_plan *p, int32_t *tokens);
+
+/* Completes the oldest step in flight with tokens. */
+void sim_complete(sim *m, const int32_t *tokens);
+
+/* The pipeline is lost: qw_sched_reset (each running sequence marked lost and removed),
+ * and new workers with empty caches. */
+void sim_reset(sim *m);
+
+/* Posts plans while the scheduler gives them and completes the oldest when the pipeline is
+ * full or idle, until there is no work. */
+void sim_drive(sim *m);
+
+/* Every sequence that finished got the reference's tokens; one cancelled or lost, a prefix
+ * of them. */
+void sim_check(sim_seq *xs, int n);
+
+/* The reference tokens of x alone. */
+void sim_reference(const sim_seq *x, int32_t *out, int n_out);
+
+/* The pool against the block tables that use it: each block's reference count is the
+ * number of tables holding it, and every block is exactly one of used, cached (published,
+ * in the LRU list) or free (neither), so used + cached + free = total; every published block
+ * is found by its key. */
+void sim_check_tables(const qw_kv_pool *p, const qw_kv_seq *const *tables, int n_tables);
+
+/* sim_check_tables over the running sequences' tables; queued sequences hold no blocks. */
+void sim_check_pool(const qw_sched *s);
+
+#endif
