@@ -147,6 +147,14 @@ void qwend_wait_state(qwend *d, const char *state, double timeout_s)
 	}
 }
 
+json_int_t qwend_status_int(qwend *d, const char *section, const char *key)
+{
+	json_t *s = qwend_status(d);
+	json_int_t v = json_integer_value(json_object_get(json_object_get(s, section), key));
+	json_decref(s);
+	return v;
+}
+
 void qwend_wait_for(qwend *d, const char *section, const char *key, json_int_t want,
 		    double timeout_s)
 {
@@ -217,6 +225,22 @@ void outcome_free(outcome *o)
 	free(o->text);
 	free(o->reasoning);
 	memset(o, 0, sizeof *o);
+}
+
+void expect_tokens(const outcome *o, const int32_t *want, int n, const char *whose,
+		   const char *what)
+{
+	if (o->code[0])
+		fail_msg("%s: error %s: %s", what, o->code, o->message);
+	if (o->n_tokens != n || memcmp(o->tokens, want, (size_t)n * sizeof *want) != 0) {
+		fprintf(stderr, "%s: got", what);
+		for (int i = 0; i < o->n_tokens; i++)
+			fprintf(stderr, " %d", o->tokens[i]);
+		fprintf(stderr, "\n%s: %s", what, whose);
+		for (int i = 0; i < n; i++)
+			fprintf(stderr, " %d", want[i]);
+		fail_msg("\n%s: the daemon's greedy tokens differ from %s", what, whose);
+	}
 }
 
 static void append(char **s, const char *add, size_t n)
@@ -313,6 +337,67 @@ qw_request token_request(const int32_t *ids, int n, int max_tokens, const qw_ite
 			    .max_tokens = max_tokens, .greedy = true, .temperature = -1,
 			    .top_k = -1, .stream = true, .images = (qw_item *)images,
 			    .n_images = n_images};
+}
+
+// ---------------------------------------------------------------------------------------
+// one client, reply by reply
+
+void open_client(qw_client *c, const qwend *d)
+{
+	qw_err err = {0};
+	if (qw_client_open(c, NULL, d->endpoint, 10000, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+}
+
+/* The next reply, which must be of type t. */
+void expect_reply(qw_client *c, qw_reply_type t, qw_reply *r)
+{
+	qw_err err = {0};
+	if (qw_client_recv(c, r, 30000, &err) != QW_OK)
+		fail_msg("no reply: %s", err.msg);
+	if (r->type != t)
+		fail_msg("expected a reply of type %d, got %d (%s: %s)", t, r->type,
+			 r->code ? r->code : "", r->message ? r->message : "");
+}
+
+/* Submits r on c and waits for it to be accepted and to stream its first chunk. */
+uint64_t start_streaming(qw_client *c, const qw_request *r)
+{
+	qw_reply rep;
+	qw_err err = {0};
+	assert_int_equal(qw_client_send(c, r, &err), QW_OK);
+	expect_reply(c, QW_REPLY_ACCEPTED, &rep);
+	uint64_t id = rep.request;
+	qw_reply_free(&rep);
+	expect_reply(c, QW_REPLY_CHUNK, &rep);
+	qw_reply_free(&rep);
+	return id;
+}
+
+/* Reads c's replies to the end of its request. */
+void read_to_end(qw_client *c, outcome *o)
+{
+	for (;;) {
+		qw_reply r;
+		qw_err err = {0};
+		if (qw_client_recv(c, &r, 60000, &err) != QW_OK) {
+			o->closed = true;
+			return;
+		}
+		if (r.type == QW_REPLY_CHUNK)
+			for (int i = 0; i < r.n_token_ids && o->n_tokens < 4096; i++)
+				o->tokens[o->n_tokens++] = r.token_ids[i];
+		bool end = r.type == QW_REPLY_DONE || r.type == QW_REPLY_ERROR;
+		if (r.type == QW_REPLY_DONE)
+			snprintf(o->finish, sizeof o->finish, "%s", r.finish_reason);
+		if (r.type == QW_REPLY_ERROR) {
+			snprintf(o->code, sizeof o->code, "%s", r.code);
+			snprintf(o->message, sizeof o->message, "%s", r.message);
+		}
+		qw_reply_free(&r);
+		if (end)
+			return;
+	}
 }
 
 bool raw_exchange(const char *endpoint, const void *bytes, size_t len, int frames,

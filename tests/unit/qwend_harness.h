@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cli/client.h"
 #include "ipc/protocol.h"
 #include "tests/unit/helpers.h"
 
@@ -43,6 +44,9 @@ int qwend_run_to_exit(const char *const *args, char **log);
 
 /* The status JSON (json_decref it). */
 json_t *qwend_status(qwend *d);
+
+/* status.section.key, an integer (0 when missing). */
+json_int_t qwend_status_int(qwend *d, const char *section, const char *key);
 
 /* Waits (up to timeout_s) until status.path (e.g. "kv.blocks_used") equals want. */
 void qwend_wait_for(qwend *d, const char *section, const char *key, json_int_t want,
@@ -74,6 +78,11 @@ typedef struct outcome {
 
 void outcome_free(outcome *o);
 
+/* Fails unless o ended without an error and with exactly the n tokens of want (from `whose`,
+ * e.g. "HF"), printing both lists; what names the request. */
+void expect_tokens(const outcome *o, const int32_t *want, int n, const char *whose,
+		   const char *what);
+
 /* Runs r to its end on a client of its own. */
 void run_request(const char *endpoint, const qw_request *r, outcome *o);
 
@@ -83,6 +92,14 @@ void run_concurrently(const char *endpoint, const qw_request *reqs, int n, outco
 /* A request of token ids (greedy, max_tokens), images optional. */
 qw_request token_request(const int32_t *ids, int n, int max_tokens, const qw_item *images,
 			 int n_images);
+
+/* One client, reply by reply: a client of d; the next reply, which must be of type t; r
+ * submitted and streaming (accepted, its first chunk read; returns its id); the replies to
+ * the end of the request, collected into o. */
+void open_client(qw_client *c, const qwend *d);
+void expect_reply(qw_client *c, qw_reply_type t, qw_reply *r);
+uint64_t start_streaming(qw_client *c, const qw_request *r);
+void read_to_end(qw_client *c, outcome *o);
 
 /* Sends raw bytes as one message on a fresh DEALER socket and decodes the reply; false if
  * none came within timeout_ms (the daemon dropped the connection, say). */

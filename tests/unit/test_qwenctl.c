@@ -378,8 +378,11 @@ static const char status_ready[] =
 	"120500000000, \"kv_bytes\": 12000000000}, {\"index\": 1, \"layers\": [24, 94], \"pid\": "
 	"124, \"state\": \"ready\", \"device\": \"cuda:1\", \"weight_bytes\": 350000000000, "
 	"\"kv_bytes\": 12000000000, \"extra\": [1, 2]}], \"kv\": {\"blocks_total\": 5000, "
-	"\"blocks_used\": 1250, \"block_tokens\": 16, \"capacity_tokens\": 80000, "
-	"\"used_tokens\": 20000}, \"requests\": {\"queued\": 3, \"running\": 2, \"max_queue\": "
+	"\"blocks_used\": 1250, \"blocks_cached\": 300, \"blocks_free\": 3450, "
+	"\"block_tokens\": 16, \"capacity_tokens\": 80000, \"used_tokens\": 20000}, "
+	"\"prefix_cache\": {\"enabled\": true, \"lookups\": 30, \"hits\": 12, "
+	"\"prompt_tokens\": 8192, \"hit_tokens\": 4096, \"hit_rate\": 0.5, "
+	"\"images_skipped\": 2, \"cached_blocks\": 300, \"evictions\": 5}, \"requests\": {\"queued\": 3, \"running\": 2, \"max_queue\": "
 	"1024, \"max_seqs\": 256, \"served\": 120, \"failed\": 1}, \"throughput\": "
 	"{\"window_s\": 10, \"prompt_tokens_per_s\": 1234.5, \"generated_tokens_per_s\": 456.7}, "
 	"\"settings\": {\"max-seqs\": 256, \"log-level\": \"info\"}, \"future\": {\"x\": 1}}";
@@ -410,8 +413,10 @@ static void test_status(void **state)
 	assert_contains(out, "stage 0     layers   0-23   pid 123     ready      cuda:0  weights "
 			"120.50 GB  KV 12.00 GB");
 	assert_contains(out, "stage 1     layers  24-93   pid 124");
-	assert_contains(out, "1250 / 5000 blocks (25.0%), 20000 / 80000 tokens (25.0%), 16 tokens "
-			"a block");
+	assert_contains(out, "1250 / 5000 blocks (25.0%), 300 cached, 20000 / 80000 tokens (25.0%), "
+			"16 tokens a block");
+	assert_contains(out, "prefix      on: 12 of 30 admissions hit, 4096 of 8192 tokens (50.0%) "
+			"from the cache, 2 images not seen again; 300 blocks cached, 5 evicted");
 	assert_contains(out, "3 queued (at most 1024), 2 running (at most 256); 120 served, 1 "
 			"failed");
 	assert_contains(out, "1234.5 prompt tokens/s, 456.7 generated tokens/s (last 10 s)");

@@ -17,21 +17,6 @@
 #include "cli/client.h"
 #include "daemon/image/image.h"
 
-static void expect_tokens(const outcome *o, const int32_t *want, int n, const char *what)
-{
-	if (o->code[0])
-		fail_msg("%s: error %s: %s", what, o->code, o->message);
-	if (o->n_tokens != n || memcmp(o->tokens, want, (size_t)n * sizeof *want) != 0) {
-		fprintf(stderr, "%s: got", what);
-		for (int i = 0; i < o->n_tokens; i++)
-			fprintf(stderr, " %d", o->tokens[i]);
-		fprintf(stderr, "\n%s: HF", what);
-		for (int i = 0; i < n; i++)
-			fprintf(stderr, " %d", want[i]);
-		fail_msg("\n%s: the daemon's greedy tokens differ from HF's", what);
-	}
-}
-
 /* HF's greedy tokens through the daemon, for the text and the image case, at 1 and 3
  * stages; and the same tokens with every hand-over checksummed. */
 static void test_fixture_tokens(void **state)
@@ -66,11 +51,11 @@ static void test_fixture_tokens(void **state)
 			char what[128];
 			snprintf(what, sizeof what, "%s, %s stage%s%s, text", models[m], stages[k],
 				 k ? "s" : "", k == 2 ? ", checked" : "");
-			expect_tokens(&os, want_s, n_want_s, what);
+			expect_tokens(&os, want_s, n_want_s, "HF", what);
 			assert_string_equal(os.finish, "length");
 			snprintf(what, sizeof what, "%s, %s stage%s, image", models[m], stages[k],
 				 k ? "s" : "");
-			expect_tokens(&oi, want_i, n_want_i, what);
+			expect_tokens(&oi, want_i, n_want_i, "HF", what);
 			outcome_free(&os);
 			outcome_free(&oi);
 			qwend_stop(&d);

@@ -23,72 +23,6 @@ static const char *tiny(void)
 	return fixture("hf/tiny-moe/model");
 }
 
-static void open_client(qw_client *c, const qwend *d)
-{
-	qw_err err = {0};
-	if (qw_client_open(c, NULL, d->endpoint, 10000, &err) != QW_OK)
-		fail_msg("%s", err.msg);
-}
-
-/* The next reply, which must be of type t. */
-static void expect(qw_client *c, qw_reply_type t, qw_reply *r)
-{
-	qw_err err = {0};
-	if (qw_client_recv(c, r, 30000, &err) != QW_OK)
-		fail_msg("no reply: %s", err.msg);
-	if (r->type != t)
-		fail_msg("expected a reply of type %d, got %d (%s: %s)", t, r->type,
-			 r->code ? r->code : "", r->message ? r->message : "");
-}
-
-/* Submits r on c and waits for it to be accepted and to stream its first chunk. */
-static uint64_t start_streaming(qw_client *c, const qw_request *r)
-{
-	qw_reply rep;
-	qw_err err = {0};
-	assert_int_equal(qw_client_send(c, r, &err), QW_OK);
-	expect(c, QW_REPLY_ACCEPTED, &rep);
-	uint64_t id = rep.request;
-	qw_reply_free(&rep);
-	expect(c, QW_REPLY_CHUNK, &rep);
-	qw_reply_free(&rep);
-	return id;
-}
-
-/* Reads c's replies to the end of its request. */
-static void finish(qw_client *c, outcome *o)
-{
-	for (;;) {
-		qw_reply r;
-		qw_err err = {0};
-		if (qw_client_recv(c, &r, 60000, &err) != QW_OK) {
-			o->closed = true;
-			return;
-		}
-		if (r.type == QW_REPLY_CHUNK)
-			for (int i = 0; i < r.n_token_ids && o->n_tokens < 4096; i++)
-				o->tokens[o->n_tokens++] = r.token_ids[i];
-		bool end = r.type == QW_REPLY_DONE || r.type == QW_REPLY_ERROR;
-		if (r.type == QW_REPLY_DONE)
-			snprintf(o->finish, sizeof o->finish, "%s", r.finish_reason);
-		if (r.type == QW_REPLY_ERROR) {
-			snprintf(o->code, sizeof o->code, "%s", r.code);
-			snprintf(o->message, sizeof o->message, "%s", r.message);
-		}
-		qw_reply_free(&r);
-		if (end)
-			return;
-	}
-}
-
-static json_int_t status_int(qwend *d, const char *section, const char *key)
-{
-	json_t *s = qwend_status(d);
-	json_int_t v = json_integer_value(json_object_get(json_object_get(s, section), key));
-	json_decref(s);
-	return v;
-}
-
 /* A cancelled request and one whose client hangs up both give their blocks back at once. */
 static void test_cancel_and_disconnect(void **state)
 {
@@ -101,17 +35,17 @@ static void test_cancel_and_disconnect(void **state)
 	qw_client a, b;
 	open_client(&a, &d);
 	uint64_t id = start_streaming(&a, &r);
-	assert_true(status_int(&d, "kv", "blocks_used") > 0);
+	assert_true(qwend_status_int(&d, "kv", "blocks_used") > 0);
 	open_client(&b, &d);
 	qw_request cancel = {.op = QW_OP_CANCEL, .target = id};
 	qw_reply rep;
 	qw_err err = {0};
 	assert_int_equal(qw_client_send(&b, &cancel, &err), QW_OK);
-	expect(&b, QW_REPLY_OK, &rep);
+	expect_reply(&b, QW_REPLY_OK, &rep);
 	assert_contains(rep.message, "cancelled");
 	qw_reply_free(&rep);
 	outcome o = {0};
-	finish(&a, &o);
+	read_to_end(&a, &o);
 	assert_string_equal(o.finish, "cancelled");
 	assert_true(o.n_tokens < 4000);
 	qwend_wait_for(&d, "kv", "blocks_used", 0, 5);
@@ -119,7 +53,7 @@ static void test_cancel_and_disconnect(void **state)
 	/* a request that is not there */
 	cancel.target = 999;
 	assert_int_equal(qw_client_send(&b, &cancel, &err), QW_OK);
-	expect(&b, QW_REPLY_ERROR, &rep);
+	expect_reply(&b, QW_REPLY_ERROR, &rep);
 	assert_string_equal(rep.code, "bad_request");
 	qw_reply_free(&rep);
 	qw_client_close(&a);
@@ -128,7 +62,7 @@ static void test_cancel_and_disconnect(void **state)
 	qw_client c;
 	open_client(&c, &d);
 	start_streaming(&c, &r);
-	assert_true(status_int(&d, "kv", "blocks_used") > 0);
+	assert_true(qwend_status_int(&d, "kv", "blocks_used") > 0);
 	qw_client_close(&c);
 	qwend_wait_for(&d, "kv", "blocks_used", 0, 5);
 	qwend_wait_for(&d, "requests", "cancelled", 2, 5);
@@ -139,12 +73,13 @@ static void test_cancel_and_disconnect(void **state)
 
 /* Admission is by free KV blocks: with a cache that holds one long prompt, the next two
  * queue (status shows them), a third is "busy" past --max-queue 2, a request larger than
- * the whole cache is refused, and the queued ones finish with their solo tokens. */
+ * the whole cache is refused, and the queued ones finish with their solo tokens.  (The
+ * prefix cache is off: with it, the same prompt again would share the first's blocks.) */
 static void test_kv_exhaustion_and_busy(void **state)
 {
 	qwend d;
-	qwend_start(&d, tiny(), (const char *[]){"--kv-blocks", "64", "--max-queue", "2", NULL},
-		    NULL, true);
+	qwend_start(&d, tiny(), (const char *[]){"--kv-blocks", "64", "--max-queue", "2",
+						 "--prefix-cache", "no", NULL}, NULL, true);
 	/* 600 prompt tokens (38 blocks of 16) + 400 new: 63 of the 64 blocks at the end */
 	int32_t ids[600];
 	for (int i = 0; i < 600; i++)
@@ -162,24 +97,24 @@ static void test_kv_exhaustion_and_busy(void **state)
 	for (int i = 1; i < 3; i++) {
 		open_client(&c[i], &d);
 		assert_int_equal(qw_client_send(&c[i], &r, &err), QW_OK);
-		expect(&c[i], QW_REPLY_ACCEPTED, &rep);
+		expect_reply(&c[i], QW_REPLY_ACCEPTED, &rep);
 		qw_reply_free(&rep);
 	}
-	assert_int_equal(status_int(&d, "requests", "queued"), 2);
+	assert_int_equal(qwend_status_int(&d, "requests", "queued"), 2);
 	open_client(&c[3], &d);
 	assert_int_equal(qw_client_send(&c[3], &r, &err), QW_OK);
-	expect(&c[3], QW_REPLY_ERROR, &rep);
+	expect_reply(&c[3], QW_REPLY_ERROR, &rep);
 	assert_string_equal(rep.code, "busy");
 	qw_reply_free(&rep);
 	qw_request big = token_request(ids, 600, 500, NULL, 0);
 	assert_int_equal(qw_client_send(&c[3], &big, &err), QW_OK);
-	expect(&c[3], QW_REPLY_ERROR, &rep);
+	expect_reply(&c[3], QW_REPLY_ERROR, &rep);
 	assert_string_equal(rep.code, "too_large");
 	assert_contains(rep.message, "the cache holds 64");
 	qw_reply_free(&rep);
 	for (int i = 0; i < 3; i++) {
 		outcome o = {0};
-		finish(&c[i], &o);
+		read_to_end(&c[i], &o);
 		assert_string_equal(o.finish, "length");
 		/* the first's stream began before finish(): compare what is left */
 		assert_memory_equal(o.tokens, solo.tokens + solo.n_tokens - o.n_tokens,
@@ -189,7 +124,7 @@ static void test_kv_exhaustion_and_busy(void **state)
 	}
 	for (int i = 0; i < 4; i++)
 		qw_client_close(&c[i]);
-	assert_int_equal(status_int(&d, "kv", "blocks_used"), 0);
+	assert_int_equal(qwend_status_int(&d, "kv", "blocks_used"), 0);
 	outcome_free(&solo);
 	qwend_stop(&d);
 }
@@ -305,7 +240,7 @@ static void test_bad_requests(void **state)
 	free(text);
 
 	outcome o = {0};
-	finish(&a, &o);
+	read_to_end(&a, &o);
 	assert_string_equal(o.finish, "length");
 	assert_int_equal(o.n_tokens, 3000);
 	assert_memory_equal(o.tokens, want, (size_t)n_want * sizeof *want);
@@ -338,12 +273,12 @@ static void test_sigterm(void **state)
 		qw_reply rep;
 		qw_err err = {0};
 		assert_int_equal(qw_client_send(&b, &r, &err), QW_OK);
-		expect(&b, QW_REPLY_ERROR, &rep);
+		expect_reply(&b, QW_REPLY_ERROR, &rep);
 		assert_string_equal(rep.code, "not_ready");
 		assert_contains(rep.message, "shutting down");
 		qw_reply_free(&rep);
 		outcome o = {0};
-		finish(&a, &o);
+		read_to_end(&a, &o);
 		if (k == 0) {
 			assert_string_equal(o.finish, "length");
 		} else {
@@ -394,7 +329,7 @@ static void test_killed_worker(void **state)
 		assert_true(old[1] > 0);
 		kill(old[1], SIGKILL);
 		outcome o = {0};
-		finish(&a, &o);
+		read_to_end(&a, &o);
 		qw_client_close(&a);
 		assert_string_equal(o.code, "internal");
 		assert_contains(o.message, "worker 1");
@@ -409,7 +344,7 @@ static void test_killed_worker(void **state)
 			if (kill(old[i], 0) == 0)
 				fail_msg("worker %d (pid %d) of the failed generation is still there", i,
 					 (int)old[i]);
-		assert_int_equal(status_int(&d, "kv", "blocks_used"), 0);
+		assert_int_equal(qwend_status_int(&d, "kv", "blocks_used"), 0);
 		json_t *st = qwend_status(&d);
 		assert_int_equal(json_integer_value(json_object_get(st, "restarts")), 1);
 		json_decref(st);
@@ -525,19 +460,23 @@ static void test_sighup(void **state)
 	const char *conf = path_in(dir, "qwend.conf");
 	char conf_path[1100];
 	snprintf(conf_path, sizeof conf_path, "%s", conf);
-	const char *first = "max-queue 5\nmax-seqs 16\n";
+	const char *first = "max-queue 5\nmax-seqs 16\nprefix-cache no\n";
 	write_file(conf_path, first, strlen(first));
 	qwend d;
 	qwend_start(&d, tiny(), (const char *[]){"--config", conf_path, NULL}, NULL, true);
 	json_t *s = qwend_status(&d);
 	assert_int_equal(json_integer_value(json_object_get(json_object_get(s, "settings"),
 							    "max-queue")), 5);
+	assert_true(json_is_false(json_object_get(json_object_get(s, "prefix_cache"), "enabled")));
 	json_decref(s);
-	const char *second = "max-queue 7\nmax-seqs 8\n";
+	const char *second = "max-queue 7\nmax-seqs 8\nprefix-cache yes\n";
 	write_file(conf_path, second, strlen(second));
 	kill(d.pid, SIGHUP);
 	qwend_wait_for(&d, "settings", "max-queue", 7, 5);
-	assert_int_equal(status_int(&d, "settings", "max-seqs"), 16);
+	assert_int_equal(qwend_status_int(&d, "settings", "max-seqs"), 16);
+	s = qwend_status(&d);   /* the prefix cache is a runtime setting */
+	assert_true(json_is_true(json_object_get(json_object_get(s, "prefix_cache"), "enabled")));
+	json_decref(s);
 	qwend_stop(&d);
 	scratch_free(dir);
 }
