@@ -1,8 +1,12 @@
 /* ctl_bench.c - qwenctl bench: N streaming requests of P random token ids, greedy, EOS
  * ignored, T tokens each, at most C in flight (one DEALER socket per slot, all polled in
- * one thread).  Per request it measures TTFT (submit to the first chunk), latency (submit
- * to done) and the gaps between tokens; it reports request and token throughput and their
- * percentiles.  Error replies (busy, ...) are counted, not fatal.  See ctl.h.
+ * one thread).  Prompts may begin with a shared prefix of S random ids (the same for every
+ * request: a system prompt), and requests may be turns of conversations, each turn's prompt
+ * the previous one's with its answer and P new ids appended (a chat resending itself).  Per
+ * request it measures TTFT (submit to the first chunk), latency (submit to done) and the
+ * gaps between tokens; it reports request and token throughput and their percentiles, and
+ * from the daemon's status before and after, how much of the prompts its prefix cache
+ * served.  Error replies (busy, ...) are counted, not fatal.  See ctl.h.
  */
 #include <jansson.h>
 #include <math.h>
@@ -21,7 +25,9 @@
 typedef struct bench_opts {
 	int concurrency;             /* requests in flight at once */
 	int requests;                /* requests in all */
-	int prompt_tokens;           /* random ids per prompt */
+	int prompt_tokens;           /* random ids per prompt (per turn) */
+	int shared_prefix;           /* random ids every prompt begins with */
+	int turns;                   /* requests a conversation makes, each resending the last */
 	int max_tokens;              /* tokens generated per request */
 	uint64_t seed;               /* seed of the prompts */
 	bool json;                   /* one JSON object instead of the report */
@@ -33,6 +39,12 @@ typedef struct slot {
 	uint64_t id;                 /* its daemon id, 0 until accepted */
 	double t_submit, t_first, t_last; /* ms: sent, first chunk, latest chunk (0: none) */
 	int tokens;                  /* token ids received in chunks */
+	int32_t *conv;               /* (n_conv,) its conversation: the prompt last sent */
+	int n_conv, cap_conv;
+	int32_t *answer;             /* (n_answer,) the tokens streamed back for it */
+	int n_answer, cap_answer;
+	int turn;                    /* turns of the conversation sent (0: none yet) */
+	bool answered;               /* the last turn ended with done: the next may follow */
 } slot;
 
 typedef struct result {
@@ -122,9 +134,15 @@ static void count_error(errors *e, const qw_reply *r)
 // ---------------------------------------------------------------------------------------
 // the report
 
+/* The daemon's prefix-cache figures (status prefix_cache), before and after the run. */
+typedef struct prefix_figures {
+	double hit_tokens, prompt_tokens;    /* NAN when the daemon gives none */
+} prefix_figures;
+
 typedef struct summary {
 	int done, failed;
-	double wall_s, req_per_s, out_tok_s, total_tok_s;
+	double wall_s, req_per_s, out_tok_s, total_tok_s, prompt_tok_s;
+	double hit_tokens, looked_tokens, hit_rate;   /* the daemon's, over the run; NAN: unknown */
 	double ttft[3], lat[3], itl[2];  /* p50 p90 p99; p50 p99 */
 	double ttft_mean, lat_mean, itl_mean;
 } summary;
@@ -137,7 +155,8 @@ static double mean(const double *v, size_t n)
 	return n ? s / (double)n : NAN;
 }
 
-static summary summarise(const bench_opts *o, const result *res, dvec *itl, double wall_ms)
+static summary summarise(const bench_opts *o, const result *res, dvec *itl, double wall_ms,
+			 const prefix_figures *before, const prefix_figures *after)
 {
 	summary s = {0};
 	double *ttft = malloc(((size_t)o->requests + 1) * sizeof *ttft);
@@ -158,7 +177,11 @@ static summary summarise(const bench_opts *o, const result *res, dvec *itl, doub
 		s.req_per_s = (double)n / s.wall_s;
 		s.out_tok_s = out_tokens / s.wall_s;
 		s.total_tok_s = (in_tokens + out_tokens) / s.wall_s;
+		s.prompt_tok_s = in_tokens / s.wall_s;
 	}
+	s.hit_tokens = after->hit_tokens - before->hit_tokens;
+	s.looked_tokens = after->prompt_tokens - before->prompt_tokens;
+	s.hit_rate = s.looked_tokens > 0 ? s.hit_tokens / s.looked_tokens : NAN;
 	if (ttft && lat) {
 		qsort(ttft, n, sizeof *ttft, cmp_double);
 		qsort(lat, n, sizeof *lat, cmp_double);
@@ -191,15 +214,20 @@ static void report(const bench_opts *o, const summary *s, const errors *e, bool 
 		for (int i = 0; i < e->n; i++)
 			json_object_set_new(errs, e->code[i], json_integer(e->count[i]));
 		json_t *obj = json_pack(
-			"{s:i, s:i, s:i, s:i, s:i, s:I, s:i, s:i, s:o, s:o, s:o, s:o,"
-			" s:{s:o, s:o, s:o, s:o}, s:{s:o, s:o, s:o, s:o}, s:{s:o, s:o, s:o}, s:o}",
+			"{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:i, s:i, s:o, s:o, s:o, s:o, s:o,"
+			" s:{s:o, s:o, s:o}, s:{s:o, s:o, s:o, s:o}, s:{s:o, s:o, s:o, s:o},"
+			" s:{s:o, s:o, s:o}, s:o}",
 			"requests", o->requests, "concurrency", o->concurrency,
-			"prompt_tokens", o->prompt_tokens, "max_tokens", o->max_tokens,
+			"prompt_tokens", o->prompt_tokens, "shared_prefix", o->shared_prefix,
+			"turns", o->turns, "max_tokens", o->max_tokens,
 			"completed", s->done, "seed", (json_int_t)o->seed, "failed", e->total,
 			"not_finished", o->requests - s->done - e->total,
 			"duration_s", jnum(s->wall_s), "request_throughput", jnum(s->req_per_s),
 			"output_tokens_per_s", jnum(s->out_tok_s),
 			"total_tokens_per_s", jnum(s->total_tok_s),
+			"prompt_tokens_per_s", jnum(s->prompt_tok_s),
+			"prefix_cache", "hit_tokens", jnum(s->hit_tokens), "prompt_tokens",
+			jnum(s->looked_tokens), "hit_rate", jnum(s->hit_rate),
 			"ttft_ms", "p50", jnum(s->ttft[0]), "p90", jnum(s->ttft[1]),
 			"p99", jnum(s->ttft[2]), "mean", jnum(s->ttft_mean),
 			"latency_ms", "p50", jnum(s->lat[0]), "p90", jnum(s->lat[1]),
@@ -213,9 +241,14 @@ static void report(const bench_opts *o, const summary *s, const errors *e, bool 
 		json_decref(obj);
 		return;
 	}
-	printf("# bench: %d requests, concurrency %d, prompt %d tokens, %d tokens generated "
-	       "(greedy, EOS ignored), seed %llu\n", o->requests, o->concurrency,
-	       o->prompt_tokens, o->max_tokens, (unsigned long long)o->seed);
+	printf("# bench: %d requests, concurrency %d, prompt %d tokens", o->requests,
+	       o->concurrency, o->prompt_tokens);
+	if (o->shared_prefix)
+		printf(" after a shared prefix of %d", o->shared_prefix);
+	if (o->turns > 1)
+		printf(", conversations of %d turns", o->turns);
+	printf(", %d tokens generated (greedy, EOS ignored), seed %llu\n", o->max_tokens,
+	       (unsigned long long)o->seed);
 	printf("%-20s %d done, %d failed", "requests", s->done, e->total);
 	if (o->requests - s->done - e->total > 0)
 		printf(", %d not finished", o->requests - s->done - e->total);
@@ -223,6 +256,10 @@ static void report(const bench_opts *o, const summary *s, const errors *e, bool 
 	printf("%-20s %.2f requests/s\n", "request throughput", s->req_per_s);
 	printf("%-20s %.1f\n", "output tokens/s", s->out_tok_s);
 	printf("%-20s %.1f\n", "total tokens/s", s->total_tok_s);
+	printf("%-20s %.1f\n", "prompt tokens/s", s->prompt_tok_s);
+	if (!isnan(s->hit_rate))
+		printf("%-20s %.0f of %.0f prompt tokens (%.1f%%) from the daemon's prefix cache\n",
+		       "prefix cache", s->hit_tokens, s->looked_tokens, 100 * s->hit_rate);
 	printf("%-20s p50 %.2f  p90 %.2f  p99 %.2f  mean %.2f\n", "TTFT ms", s->ttft[0],
 	       s->ttft[1], s->ttft[2], s->ttft_mean);
 	printf("%-20s p50 %.2f  p90 %.2f  p99 %.2f  mean %.2f\n", "latency ms", s->lat[0],
@@ -243,18 +280,56 @@ typedef struct bench {
 	result *res;
 	dvec itl;                    /* gaps between tokens, ms */
 	errors err;
-	int32_t *ids;                /* a prompt being built */
 	int32_t hi;                  /* prompt ids are below this */
 	int next;                    /* the next request to send */
 	int finished;                /* requests done or failed */
 	double t0, t_end;            /* first submit, latest finish (ms) */
 } bench;
 
+static bool reserve(int32_t **p, int *cap, int need)
+{
+	if (need <= *cap)
+		return true;
+	int32_t *g = realloc(*p, (size_t)need * sizeof *g);
+	if (!g)
+		return false;
+	*p = g;
+	*cap = need;
+	return true;
+}
+
+/* The slot's next prompt: the next turn of its conversation (the last prompt, its answer,
+ * the request's own ids), or a new conversation (the shared prefix, the request's own ids).
+ * A request's own ids are a function of (seed, request number); the prefix's of the seed. */
+static qw_status next_prompt(bench *b, slot *s, qw_err *err)
+{
+	const bench_opts *o = b->o;
+	bool next_turn = s->turn > 0 && s->turn < o->turns && s->answered;
+	int keep = next_turn ? s->n_conv + s->n_answer : o->shared_prefix;
+	if (!reserve(&s->conv, &s->cap_conv, keep + o->prompt_tokens))
+		return qw_fail(err, QW_E_NOMEM, "out of memory for a prompt of %d tokens",
+			       keep + o->prompt_tokens);
+	if (next_turn) {
+		memcpy(s->conv + s->n_conv, s->answer, (size_t)s->n_answer * sizeof *s->conv);
+		s->turn++;
+	} else {
+		make_prompt(s->conv, o->shared_prefix, o->seed, -1, b->hi);
+		s->turn = 1;
+	}
+	make_prompt(s->conv + keep, o->prompt_tokens, o->seed, b->next, b->hi);
+	s->n_conv = keep + o->prompt_tokens;
+	s->n_answer = 0;
+	s->answered = false;
+	return QW_OK;
+}
+
 static qw_status submit(bench *b, slot *s, qw_err *err)
 {
 	const bench_opts *o = b->o;
-	make_prompt(b->ids, o->prompt_tokens, o->seed, b->next, b->hi);
-	qw_request r = {.op = QW_OP_SUBMIT, .token_ids = b->ids, .n_token_ids = o->prompt_tokens,
+	qw_status st = next_prompt(b, s, err);
+	if (st != QW_OK)
+		return st;
+	qw_request r = {.op = QW_OP_SUBMIT, .token_ids = s->conv, .n_token_ids = s->n_conv,
 			.max_tokens = o->max_tokens, .greedy = true, .ignore_eos = true,
 			.stream = true, .temperature = -1, .top_k = -1};
 	s->t_submit = ctl_now_ms();
@@ -291,6 +366,12 @@ static void on_reply(bench *b, slot *s, const qw_reply *r)
 				dvec_push(&b->itl, (t - s->t_last) / k);
 		s->t_last = t;
 		s->tokens += r->n_token_ids;
+		if (r->n_token_ids > 0 && reserve(&s->answer, &s->cap_answer,
+						  s->n_answer + r->n_token_ids)) {
+			memcpy(s->answer + s->n_answer, r->token_ids,
+			       (size_t)r->n_token_ids * sizeof *s->answer);
+			s->n_answer += r->n_token_ids;
+		}
 		if (!s->id)
 			s->id = r->request;
 		break;
@@ -299,8 +380,9 @@ static void on_reply(bench *b, slot *s, const qw_reply *r)
 		res->done = true;
 		res->ttft_ms = (s->t_first ? s->t_first : t) - s->t_submit;
 		res->latency_ms = t - s->t_submit;
-		res->prompt_tokens = r->prompt_tokens ? r->prompt_tokens : b->o->prompt_tokens;
+		res->prompt_tokens = r->prompt_tokens ? r->prompt_tokens : s->n_conv;
 		res->completion_tokens = r->completion_tokens ? r->completion_tokens : s->tokens;
+		s->answered = true;
 		finish(b, s);
 		break;
 	case QW_REPLY_ERROR:
@@ -407,8 +489,30 @@ static int run(bench *b, const ctl_common *c)
 	return rc;
 }
 
-/* The status must say ready and give the vocabulary's size. */
-static int check_ready(const ctl_common *c, int32_t *hi)
+static void read_prefix(const json_t *st, prefix_figures *p)
+{
+	const json_t *pc = json_object_get(st, "prefix_cache");
+	const json_t *hit = json_object_get(pc, "hit_tokens"), *all = json_object_get(pc,
+									     "prompt_tokens");
+	p->hit_tokens = json_is_number(hit) ? json_number_value(hit) : NAN;
+	p->prompt_tokens = json_is_number(all) ? json_number_value(all) : NAN;
+}
+
+/* The daemon's prefix-cache figures now (NAN when it cannot say). */
+static void fetch_prefix(const ctl_common *c, prefix_figures *p)
+{
+	char *text;
+	json_t *st;
+	*p = (prefix_figures){NAN, NAN};
+	if (ctl_fetch_status(c, &text, &st) != CTL_OK)
+		return;
+	free(text);
+	read_prefix(st, p);
+	json_decref(st);
+}
+
+/* The status must say ready and give the vocabulary's size; *p gets its prefix figures. */
+static int check_ready(const ctl_common *c, int32_t *hi, prefix_figures *p)
 {
 	char *text;
 	json_t *st;
@@ -416,6 +520,7 @@ static int check_ready(const ctl_common *c, int32_t *hi)
 	free(text);
 	if (rc != CTL_OK)
 		return rc;
+	read_prefix(st, p);
 	const char *state = json_string_value(json_object_get(st, "state"));
 	json_t *vocab = json_object_get(json_object_get(st, "model"), "vocab");
 	if (!state || strcmp(state, "ready") != 0) {
@@ -441,7 +546,7 @@ static int check_ready(const ctl_common *c, int32_t *hi)
 	return rc;
 }
 
-enum { O_SEED = 256, O_JSON };
+enum { O_SEED = 256, O_JSON, O_SHARED, O_TURNS };
 
 int ctl_bench(ctl_common *c, int argc, char **argv)
 {
@@ -452,8 +557,11 @@ int ctl_bench(ctl_common *c, int argc, char **argv)
 		{"max-tokens", required_argument, NULL, 'n'},
 		{"seed", required_argument, NULL, O_SEED},
 		{"json", no_argument, NULL, O_JSON},
+		{"shared-prefix", required_argument, NULL, O_SHARED},
+		{"turns", required_argument, NULL, O_TURNS},
 		CTL_COMMON_OPTIONS};
-	bench_opts o = {.concurrency = 4, .requests = 32, .prompt_tokens = 128, .max_tokens = 128};
+	bench_opts o = {.concurrency = 4, .requests = 32, .prompt_tokens = 128, .max_tokens = 128,
+			.turns = 1};
 	const qw_limits lim = QW_LIMITS_DEFAULT;
 	long long v;
 	int opt;
@@ -492,23 +600,38 @@ int ctl_bench(ctl_common *c, int argc, char **argv)
 			o.seed = (uint64_t)v;
 			break;
 		case O_JSON: o.json = true; break;
+		case O_SHARED:
+			if (!qw_arg_int("qwenctl", "--shared-prefix", optarg, 0, lim.max_token_ids,
+					&v))
+				return CTL_USAGE;
+			o.shared_prefix = (int)v;
+			break;
+		case O_TURNS:
+			if (!qw_arg_int("qwenctl", "--turns", optarg, 1, 1 << 16, &v))
+				return CTL_USAGE;
+			o.turns = (int)v;
+			break;
 		default:
 			return ctl_usage_error("bench: unknown option");
 		}
 	}
 	if (optind != argc)
 		return ctl_usage_error("bench takes no arguments");
+	if ((int64_t)o.shared_prefix + (int64_t)o.turns * (o.prompt_tokens + o.max_tokens) >
+	    (int64_t)lim.max_token_ids)
+		return ctl_usage_error("bench: --shared-prefix + --turns x (--prompt-tokens + "
+				       "--max-tokens) is longer than a request may be");
 	if (o.concurrency > o.requests)
 		o.concurrency = o.requests;
 	bench b = {.o = &o};
-	int rc = check_ready(c, &b.hi);
+	prefix_figures before, after;
+	int rc = check_ready(c, &b.hi, &before);
 	if (rc != CTL_OK)
 		return rc;
 	void *zctx = zmq_ctx_new();
 	b.slots = calloc((size_t)o.concurrency, sizeof *b.slots);
 	b.res = calloc((size_t)o.requests, sizeof *b.res);
-	b.ids = malloc((size_t)o.prompt_tokens * sizeof *b.ids);
-	if (!zctx || !b.slots || !b.res || !b.ids) {
+	if (!zctx || !b.slots || !b.res) {
 		fprintf(stderr, "qwenctl: out of memory\n");
 		rc = CTL_ERROR;
 		goto out;
@@ -525,18 +648,25 @@ int ctl_bench(ctl_common *c, int argc, char **argv)
 		b.slots[i].client.interrupt = &ctl_interrupted;
 	}
 	rc = run(&b, c);
-	summary s = summarise(&o, b.res, &b.itl, b.t_end > b.t0 ? b.t_end - b.t0 : 0);
+	if (rc == CTL_OK)
+		fetch_prefix(c, &after);
+	else
+		after = (prefix_figures){NAN, NAN};
+	summary s = summarise(&o, b.res, &b.itl, b.t_end > b.t0 ? b.t_end - b.t0 : 0, &before,
+			      &after);
 	report(&o, &s, &b.err, o.json);
 	if (rc == CTL_OK && s.done == 0)
 		rc = CTL_ERROR;              /* every request failed */
 out:
-	for (int i = 0; b.slots && i < o.concurrency; i++)
+	for (int i = 0; b.slots && i < o.concurrency; i++) {
 		qw_client_close(&b.slots[i].client);
+		free(b.slots[i].conv);
+		free(b.slots[i].answer);
+	}
 	if (zctx)
 		zmq_ctx_term(zctx);
 	free(b.slots);
 	free(b.res);
-	free(b.ids);
 	free(b.itl.v);
 	return rc;
 }

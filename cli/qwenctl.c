@@ -21,7 +21,7 @@ static const char usage_short[] =
 	"       qwenctl shutdown\n"
 	"       qwenctl bench [--concurrency C] [--requests N] [--prompt-tokens P] "
 	"[--max-tokens T]\n"
-	"                     [--seed S] [--json]\n";
+	"                     [--shared-prefix S] [--turns K] [--seed S] [--json]\n";
 
 static const char usage_long[] =
 	"\n"
@@ -73,6 +73,12 @@ static const char usage_long[] =
 	"                          150000)) (default 128)\n"
 	"  -n, --max-tokens T      tokens each request generates, greedy, ignoring EOS\n"
 	"                          (default 128)\n"
+	"      --shared-prefix S   every prompt begins with the same S random ids, as a system\n"
+	"                          prompt would (default 0)\n"
+	"      --turns K           requests are turns of conversations of K turns: each turn\n"
+	"                          resends the previous prompt and its answer, then P new ids\n"
+	"                          (default 1); the report gives the share of prompt tokens\n"
+	"                          the daemon's prefix cache served\n"
 	"      --seed S            seed of the random prompts (default 0)\n"
 	"      --json              one JSON object instead of the report\n"
 	"\n"

@@ -553,7 +553,7 @@ static bool answer_bench(fake *f, const qw_request *r)
 static void test_bench(void **state)
 {
 	char *dir = scratch_new(), *out, *err;
-	pid_t pid = fake_start(dir, answer_bench, 8, NULL);
+	pid_t pid = fake_start(dir, answer_bench, 9, NULL);
 	assert_int_equal(ctl(dir, NULL, &out, &err, "bench --concurrency 3 --requests 7 "
 			     "--prompt-tokens 16 --max-tokens 4 --seed 5 --json"), 0);
 	assert_int_equal(fake_end(pid), 0);
@@ -572,9 +572,11 @@ static void test_bench(void **state)
 	assert_true(jnum(lat, "p50") >= jnum(ttft, "p50") && jnum(lat, "p90") <= jnum(lat, "p99"));
 	assert_true(jnum(itl, "p50") > 0 && jnum(itl, "p50") <= jnum(itl, "p99"));
 	assert_int_equal(json_object_size(json_object_get(o, "errors")), 0);
+	assert_true(json_is_null(json_object_get(json_object_get(o, "prefix_cache"), "hit_rate")));
 	json_decref(o);
-	/* what the fake got: status, then 7 distinct prompts of 16 ids in [100, 1000) */
-	assert_int_equal(fake_count(dir), 8);
+	/* what the fake got: status, then 7 distinct prompts of 16 ids in [100, 1000), then
+	 * status again (its prefix-cache figures did not change: no hit rate) */
+	assert_int_equal(fake_count(dir), 9);
 	qw_request r, first;
 	fake_request(dir, 0, &r);
 	assert_int_equal(r.op, QW_OP_STATUS);
@@ -597,7 +599,7 @@ static void test_bench(void **state)
 	free(err);
 
 	/* busy answers are counted, not fatal; the report names them */
-	pid = fake_start(dir, answer_bench, 7, (void *)1);
+	pid = fake_start(dir, answer_bench, 8, (void *)1);
 	assert_int_equal(ctl(dir, NULL, &out, &err, "bench -c 2 -N 6 -p 8 -n 4"), 0);
 	assert_int_equal(fake_end(pid), 0);
 	assert_contains(out, "# bench: 6 requests, concurrency 2, prompt 8 tokens");
@@ -618,6 +620,95 @@ static void test_bench(void **state)
 	scratch_free(dir);
 }
 
+/* status (ready; the prefix cache's figures grow between the first and the second), then
+ * every submit: accepted, 4 tokens 500..503, done */
+static bool answer_turns(fake *f, const qw_request *r)
+{
+	if (r->op == QW_OP_STATUS) {
+		fake_status(f, f->n == 0
+			    ? "{\"state\": \"ready\", \"model\": {\"vocab\": 1000}, \"prefix_cache\": "
+			      "{\"hit_tokens\": 100, \"prompt_tokens\": 1000}}"
+			    : "{\"state\": \"ready\", \"model\": {\"vocab\": 1000}, \"prefix_cache\": "
+			      "{\"hit_tokens\": 400, \"prompt_tokens\": 2000}}");
+		return true;
+	}
+	uint64_t id = f->next_id++;
+	const int32_t toks[4] = {500, 501, 502, 503};
+	fake_accepted(f, id);
+	fake_chunk(f, id, "x", NULL, toks, 4);
+	fake_done(f, id, "length", r->n_token_ids, 4, 1, 1);
+	return true;
+}
+
+/* --shared-prefix and --turns: every prompt begins with the same 12 ids; each turn resends
+ * the last prompt and its answer and adds 8 ids; the hit rate is the daemon's over the run. */
+static void test_bench_shared_and_turns(void **state)
+{
+	char *dir = scratch_new(), *out, *err;
+	pid_t pid = fake_start(dir, answer_turns, 8, NULL);
+	int rc = ctl(dir, NULL, &out, &err, "bench -c 2 -N 6 -p 8 -n 4 --shared-prefix 12 "
+		     "--turns 3 --seed 3 --json");
+	if (rc != 0)
+		fail_msg("exit %d:\n%s\n%s", rc, out, err);
+	assert_int_equal(fake_end(pid), 0);
+	json_t *o = parse_json(out);
+	assert_int_equal(jnum(o, "completed"), 6);
+	assert_int_equal(jnum(o, "shared_prefix"), 12);
+	assert_int_equal(jnum(o, "turns"), 3);
+	json_t *pc = json_object_get(o, "prefix_cache");
+	assert_true(jnum(pc, "hit_tokens") == 300 && jnum(pc, "prompt_tokens") == 1000);
+	assert_true(jnum(pc, "hit_rate") > 0.2999 && jnum(pc, "hit_rate") < 0.3001);
+	assert_true(jnum(o, "prompt_tokens_per_s") > 0);
+	json_decref(o);
+	/* two conversations of 3 turns: 20, 32 and 44 ids */
+	qw_request r[8];
+	for (int n = 1; n < 7; n++)
+		fake_request(dir, n, &r[n]);
+	int turns_seen[3] = {0};
+	for (int n = 1; n < 7; n++) {
+		assert_int_equal(r[n].op, QW_OP_SUBMIT);
+		assert_memory_equal(r[n].token_ids, r[1].token_ids, 12 * sizeof(int32_t));
+		int t = (r[n].n_token_ids - 20) / 12;
+		assert_true(t >= 0 && t < 3 && r[n].n_token_ids == 20 + 12 * t);
+		turns_seen[t]++;
+		if (t == 0)
+			continue;
+		/* the turn before it: the prompt it extends, then the answer 500..503 */
+		bool found = false;
+		for (int k = 1; k < n && !found; k++)
+			found = r[k].n_token_ids == r[n].n_token_ids - 12 &&
+				memcmp(r[k].token_ids, r[n].token_ids,
+				       (size_t)r[k].n_token_ids * sizeof(int32_t)) == 0;
+		assert_true(found);
+		for (int i = 0; i < 4; i++)
+			assert_int_equal(r[n].token_ids[r[n].n_token_ids - 12 + i], 500 + i);
+	}
+	for (int t = 0; t < 3; t++)
+		assert_int_equal(turns_seen[t], 2);
+	/* the own ids of the two first turns differ */
+	assert_true(memcmp(r[1].token_ids + 12, r[2].token_ids + 12, 8 * sizeof(int32_t)) != 0);
+	for (int n = 1; n < 7; n++)
+		qw_request_free(&r[n]);
+	free(out);
+	free(err);
+
+	/* the text report names them */
+	pid = fake_start(dir, answer_turns, 4, NULL);
+	assert_int_equal(ctl(dir, NULL, &out, &err, "bench -c 1 -N 2 -p 8 -n 4 --shared-prefix 12 "
+			     "--turns 2"), 0);
+	assert_int_equal(fake_end(pid), 0);
+	assert_contains(out, "prompt 8 tokens after a shared prefix of 12, conversations of 2 turns");
+	assert_contains(out, "300 of 1000 prompt tokens (30.0%) from the daemon's prefix cache");
+	free(out);
+	free(err);
+	/* too long for a request */
+	assert_int_equal(ctl(dir, NULL, &out, &err, "bench --shared-prefix 100000 --turns 1000"), 2);
+	assert_contains(err, "longer than a request may be");
+	free(out);
+	free(err);
+	scratch_free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -630,6 +721,7 @@ int main(void)
 		cmocka_unit_test(test_cancel_shutdown),
 		cmocka_unit_test(test_interrupt_cancels),
 		cmocka_unit_test(test_bench),
+		cmocka_unit_test(test_bench_shared_and_turns),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
