@@ -11,6 +11,9 @@ qw_status qw_kv_pool_init(qw_kv_pool *p, int n_blocks, int block_size, qw_err *e
 	if (n_blocks < 1 || block_size < 1)
 		return qw_fail(err, QW_E_ARG, "a KV pool needs blocks (%d) of at least one token (%d)",
 			       n_blocks, block_size);
+	if (n_blocks > QW_KV_MAX_BLOCKS)
+		return qw_fail(err, QW_E_ARG, "a KV pool of %d blocks: at most %d (HINT: larger "
+			       "blocks, kv-block-tokens)", n_blocks, QW_KV_MAX_BLOCKS);
 	size_t n = (size_t)n_blocks;
 	p->table_cap = 16;
 	while (p->table_cap < 2 * n_blocks)

@@ -32,6 +32,8 @@
 
 #include "loader/error.h"
 
+#define QW_KV_MAX_BLOCKS (1 << 28)   /* keeps the key table's size an int */
+
 typedef struct qw_kv_seq {
 	int32_t *blocks;        /* (n_blocks,) the sequence's block table, in token order */
 	int n_blocks, cap;

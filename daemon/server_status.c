@@ -92,8 +92,15 @@ char *qw_server_status_json(const qw_server *sv)
 		blocks = s->pool.n_blocks;
 		used = qw_kv_used(&s->pool);
 		cached = s->pool.n_cached;
+		double held = 0;   /* a block shared by k sequences counts 1/k for each */
 		for (const qw_seq *q = s->running.head; q; q = q->next)
-			used_tokens += q->kv.n_tokens;
+			for (int j = 0; j < q->kv.n_blocks; j++) {
+				int in_block = q->kv.n_tokens - j * s->pool.block_size;
+				if (in_block > s->pool.block_size)
+					in_block = s->pool.block_size;
+				held += (double)in_block / s->pool.ref[q->kv.blocks[j]];
+			}
+		used_tokens = (json_int_t)(held + 0.5);
 	}
 	json_int_t bt = (json_int_t)sv->set.kv_block_tokens;
 	json_object_set_new(o, "kv", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",

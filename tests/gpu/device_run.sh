@@ -32,5 +32,6 @@ if [[ " $what " == *" parity "* ]]; then
 fi
 if [[ " $what " == *" daemon "* ]]; then
 	QWEND_TEST_DEVICE=cuda python3 "$root/tests/run_tests.py" --bin $bin --fixtures "$fix" \
-		build/tests/unit/test_qwend build/tests/unit/test_qwend_faults 2>&1 | tee "$out/daemon.txt"
+		build/tests/unit/test_qwend build/tests/unit/test_qwend_faults \
+		build/tests/unit/test_qwend_prefix 2>&1 | tee "$out/daemon.txt"
 fi
