@@ -186,7 +186,8 @@ static summary summarise(const bench_opts *o, const result *res, dvec *itl, doub
 		qsort(ttft, n, sizeof *ttft, cmp_double);
 		qsort(lat, n, sizeof *lat, cmp_double);
 	}
-	qsort(itl->v, itl->n, sizeof *itl->v, cmp_double);
+	if (itl->n)   /* answers of one chunk each leave no gaps (and no array) */
+		qsort(itl->v, itl->n, sizeof *itl->v, cmp_double);
 	static const double q[3] = {50, 90, 99};
 	for (int k = 0; k < 3; k++) {
 		s.ttft[k] = ttft ? pct(ttft, n, q[k]) : NAN;
