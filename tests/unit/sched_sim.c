@@ -208,6 +208,14 @@ void sim_free(sim *m)
 	free(m->arena);
 }
 
+void sim_end(qw_sched *s, sim *m, sim_seq *xs, int n)
+{
+	qw_sched_free(s);
+	for (int i = 0; i < n; i++)
+		sim_seq_free(&xs[i], true);
+	sim_free(m);
+}
+
 void sim_seq_init(sim_seq *x, uint64_t id, const int32_t *prompt, const int32_t *pos,
 		  int n_prompt, int n_img, const int *img_pos, const int *img_len,
 		  const uint8_t *img_seed, int max_new)

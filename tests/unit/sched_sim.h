@@ -65,6 +65,10 @@ void sim_make(qw_sched *s, sim *m, int depth, int budget, int max_seqs, int kv_b
 	      bool prefix_cache);
 void sim_free(sim *m);
 
+/* The end of a test: the scheduler freed, then the n submitted sequences' reference arrays,
+ * then the simulation. */
+void sim_end(qw_sched *s, sim *m, sim_seq *xs, int n);
+
 /* A sequence of the given prompt and positions (copied) and images (each a run of SIM_PAD
  * tokens that sim_seq_init writes into the prompt, with the pixels of its seed). */
 void sim_seq_init(sim_seq *x, uint64_t id, const int32_t *prompt, const int32_t *pos,

@@ -37,10 +37,7 @@ static void test_mixed_load_matches_solo(void **state)
 		assert_int_equal(s.arena_free[0].bytes, 1 << 16);
 		assert_int_equal(m.n_handles, 0);   /* stage 0 holds no image features */
 		assert_true(s.preempted > 0);   /* the cache was tight enough to preempt */
-		qw_sched_free(&s);
-		for (int i = 0; i < 16; i++)
-			sim_seq_free(&xs[i], true);
-		sim_free(&m);
+		sim_end(&s, &m, xs, 16);
 	}
 }
 
@@ -59,10 +56,7 @@ static void test_decode_cadence(void **state)
 	sim_drive(&m);
 	sim_check(xs, 9);
 	assert_true(m.max_logits_per_step <= 3);
-	qw_sched_free(&s);
-	for (int i = 0; i < 9; i++)
-		sim_seq_free(&xs[i], true);
-	sim_free(&m);
+	sim_end(&s, &m, xs, 9);
 }
 
 static void test_refusals_and_removal(void **state)
@@ -100,9 +94,7 @@ static void test_refusals_and_removal(void **state)
 	sim_complete(&m, tokens);
 	assert_int_equal(x.generated, 0);
 	assert_false(qw_sched_next(&s, &p));
-	qw_sched_free(&s);
-	sim_seq_free(&x, true);
-	sim_free(&m);
+	sim_end(&s, &m, &x, 1);
 }
 
 /* A lost pipeline: running sequences are handed back, queued ones stay and then finish. */
@@ -130,10 +122,7 @@ static void test_reset(void **state)
 		assert_int_equal(qw_sched_inflight(&s), 0);
 		sim_drive(&m);
 		sim_check(xs + 1, 3);
-		qw_sched_free(&s);
-		for (int i = 0; i < 4; i++)
-			sim_seq_free(&xs[i], true);
-		sim_free(&m);
+		sim_end(&s, &m, xs, 4);
 	}
 }
 

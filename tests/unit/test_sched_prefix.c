@@ -116,10 +116,7 @@ static void test_reuse_matches_solo(void **state)
 		assert_int_equal(s.prefix.images_skipped, 4);   /* B, C, E and F */
 		assert_int_equal(m.fresh[seed], 1);              /* A's image, once */
 		assert_int_equal(m.fresh[other], 1);
-		qw_sched_free(&s);
-		for (int i = 0; i < 6; i++)
-			sim_seq_free(&xs[i], true);
-		sim_free(&m);
+		sim_end(&s, &m, xs, 6);
 	}
 }
 
@@ -154,10 +151,7 @@ static void test_hit_inside_an_image(void **state)
 	assert_int_equal(s.prefix.images_skipped, 1);
 	sim_check(xs, 3);
 	sim_check_pool(&s);
-	qw_sched_free(&s);
-	for (int i = 0; i < 3; i++)
-		sim_seq_free(&xs[i], true);
-	sim_free(&m);
+	sim_end(&s, &m, xs, 3);
 }
 
 /* Four 30-token prompts one after another in 24 blocks: each leaves 7 blocks cached, the
@@ -190,10 +184,7 @@ static void test_eviction_order(void **state)
 				 free_[i], hits[i], (unsigned long long)evicted[i]);
 	}
 	sim_check(xs, 6);
-	qw_sched_free(&s);
-	for (int i = 0; i < 6; i++)
-		sim_seq_free(&xs[i], true);
-	sim_free(&m);
+	sim_end(&s, &m, xs, 6);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -300,10 +291,7 @@ static void test_random_workload(void **state)
 	assert_true(s.preempted > 0 && cancels > 0 && resets > 0);
 	assert_true(s.prefix.hits > 10 && s.pool.evictions > 0 && s.prefix.images_skipped > 0);
 	assert_int_equal(qw_kv_used(&s.pool), 0);
-	qw_sched_free(&s);
-	for (int i = 0; i < w.n; i++)
-		sim_seq_free(&w.xs[i], true);
-	sim_free(&m);
+	sim_end(&s, &m, w.xs, w.n);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -338,10 +326,7 @@ static void test_off_and_toggled(void **state)
 	assert_int_equal(s.pool.n_free, 32);
 	sim_check_pool(&s);
 	sim_check(xs, 4);
-	qw_sched_free(&s);
-	for (int i = 0; i < 4; i++)
-		sim_seq_free(&xs[i], true);
-	sim_free(&m);
+	sim_end(&s, &m, xs, 4);
 }
 
 int main(void)
