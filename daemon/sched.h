@@ -14,8 +14,9 @@
  *   - as many steps are in flight as the pipeline is deep;
  *   - admission in arrival order when the free KV blocks hold the whole prompt (past a small
  *     reserve); when a decode finds the cache full, the newest running sequence that is not
- *     waiting on a token is preempted: its blocks are freed and it goes back to the head of
- *     the queue, to be recomputed later (greedy tokens stay the same);
+ *     waiting on a token is preempted: its blocks are released and it goes back to the head
+ *     of the queue, to be recomputed later (greedy tokens stay the same; its published blocks
+ *     stay cached, so the recomputation usually starts past them);
  *   - the prefix cache (kv_blocks.h): a block is published once its tokens are all scheduled,
  *     under a key hashed from its parent block's key, its tokens, their M-RoPE positions and,
  *     for image rows, the image's content hash and which rows; admission takes the longest
