@@ -43,8 +43,8 @@ typedef struct slot {
 	int n_conv, cap_conv;
 	int32_t *answer;             /* (n_answer,) the tokens streamed back for it */
 	int n_answer, cap_answer;
-	int turn;                    /* turns of the conversation sent (0: none yet) */
-	bool answered;               /* the last turn ended with done: the next may follow */
+	int conv_no;                 /* its conversation's number, -1 before the first */
+	int turn;                    /* turns of it sent */
 } slot;
 
 typedef struct result {
@@ -284,6 +284,8 @@ typedef struct bench {
 	int32_t hi;                  /* prompt ids are below this */
 	int next;                    /* the next request to send */
 	int finished;                /* requests done or failed */
+	int next_conv, n_convs;      /* conversations: the next to begin, how many in all */
+	int expected;                /* requests to send in all (fewer when a turn fails) */
 	double t0, t_end;            /* first submit, latest finish (ms) */
 } bench;
 
@@ -299,28 +301,42 @@ static bool reserve(int32_t **p, int *cap, int need)
 	return true;
 }
 
+/* Turns of conversation c: --turns each, the last one what is left of --requests. */
+static int turns_of(const bench *b, int c)
+{
+	int left = b->o->requests - c * b->o->turns;
+	return left < b->o->turns ? left : b->o->turns;
+}
+
+/* Whether s's conversation has a turn to send, or a new conversation may begin. */
+static bool has_work(const bench *b, const slot *s)
+{
+	return (s->conv_no >= 0 && s->turn < turns_of(b, s->conv_no)) || b->next_conv < b->n_convs;
+}
+
 /* The slot's next prompt: the next turn of its conversation (the last prompt, its answer,
- * the request's own ids), or a new conversation (the shared prefix, the request's own ids).
- * A request's own ids are a function of (seed, request number); the prefix's of the seed. */
+ * the turn's own ids), or a new conversation (the shared prefix, the turn's own ids).  The
+ * own ids are a function of (seed, conversation, turn); the prefix's of the seed. */
 static qw_status next_prompt(bench *b, slot *s, qw_err *err)
 {
 	const bench_opts *o = b->o;
-	bool next_turn = s->turn > 0 && s->turn < o->turns && s->answered;
+	bool next_turn = s->conv_no >= 0 && s->turn < turns_of(b, s->conv_no);
 	int keep = next_turn ? s->n_conv + s->n_answer : o->shared_prefix;
 	if (!reserve(&s->conv, &s->cap_conv, keep + o->prompt_tokens))
 		return qw_fail(err, QW_E_NOMEM, "out of memory for a prompt of %d tokens",
 			       keep + o->prompt_tokens);
 	if (next_turn) {
 		memcpy(s->conv + s->n_conv, s->answer, (size_t)s->n_answer * sizeof *s->conv);
-		s->turn++;
 	} else {
 		make_prompt(s->conv, o->shared_prefix, o->seed, -1, b->hi);
-		s->turn = 1;
+		s->conv_no = b->next_conv++;
+		s->turn = 0;
 	}
-	make_prompt(s->conv + keep, o->prompt_tokens, o->seed, b->next, b->hi);
+	make_prompt(s->conv + keep, o->prompt_tokens, o->seed, s->conv_no * o->turns + s->turn,
+		    b->hi);
+	s->turn++;
 	s->n_conv = keep + o->prompt_tokens;
 	s->n_answer = 0;
-	s->answered = false;
 	return QW_OK;
 }
 
@@ -383,11 +399,12 @@ static void on_reply(bench *b, slot *s, const qw_reply *r)
 		res->latency_ms = t - s->t_submit;
 		res->prompt_tokens = r->prompt_tokens ? r->prompt_tokens : s->n_conv;
 		res->completion_tokens = r->completion_tokens ? r->completion_tokens : s->tokens;
-		s->answered = true;
 		finish(b, s);
 		break;
-	case QW_REPLY_ERROR:
+	case QW_REPLY_ERROR:   /* its conversation ends here: the turns after it are not sent */
 		count_error(&b->err, r);
+		b->expected -= turns_of(b, s->conv_no) - s->turn;
+		s->turn = turns_of(b, s->conv_no);
 		finish(b, s);
 		break;
 	default:
@@ -435,9 +452,10 @@ static int run(bench *b, const ctl_common *c)
 		qw_client_pollitems(&b->slots[i].client, items + 2 * i);
 	int rc = CTL_OK;
 	qw_err err = {0};
-	while (b->finished < o->requests && rc == CTL_OK) {
-		for (int i = 0; i < C && b->next < o->requests && !ctl_interrupted; i++)
-			if (b->slots[i].req < 0 && submit(b, &b->slots[i], &err) != QW_OK)
+	while (b->finished < b->expected && rc == CTL_OK) {
+		for (int i = 0; i < C && !ctl_interrupted; i++)
+			if (b->slots[i].req < 0 && has_work(b, &b->slots[i]) &&
+			    submit(b, &b->slots[i], &err) != QW_OK)
 				rc = CTL_UNREACHABLE;
 		if (rc != CTL_OK || ctl_interrupted)
 			break;
@@ -624,7 +642,8 @@ int ctl_bench(ctl_common *c, int argc, char **argv)
 				       "--max-tokens) is longer than a request may be");
 	if (o.concurrency > o.requests)
 		o.concurrency = o.requests;
-	bench b = {.o = &o};
+	bench b = {.o = &o, .n_convs = (o.requests + o.turns - 1) / o.turns,
+		   .expected = o.requests};
 	prefix_figures before, after;
 	int rc = check_ready(c, &b.hi, &before);
 	if (rc != CTL_OK)
@@ -641,6 +660,7 @@ int ctl_bench(ctl_common *c, int argc, char **argv)
 	for (int i = 0; i < o.concurrency; i++) {
 		qw_err err = {0};
 		b.slots[i].req = -1;
+		b.slots[i].conv_no = -1;
 		if (qw_client_open(&b.slots[i].client, zctx, c->endpoint, c->timeout_ms,
 				   &err) != QW_OK) {
 			rc = ctl_fail(&err);

@@ -621,7 +621,8 @@ static void test_bench(void **state)
 }
 
 /* status (ready; the prefix cache's figures grow between the first and the second), then
- * every submit: accepted, 4 tokens 500..503, done */
+ * every submit: accepted, 4 tokens 500..503, done; with user set, the first submit is
+ * answered busy */
 static bool answer_turns(fake *f, const qw_request *r)
 {
 	if (r->op == QW_OP_STATUS) {
@@ -630,6 +631,10 @@ static bool answer_turns(fake *f, const qw_request *r)
 			      "{\"hit_tokens\": 100, \"prompt_tokens\": 1000}}"
 			    : "{\"state\": \"ready\", \"model\": {\"vocab\": 1000}, \"prefix_cache\": "
 			      "{\"hit_tokens\": 400, \"prompt_tokens\": 2000}}");
+		return true;
+	}
+	if (f->user && f->n == 1) {
+		fake_error(f, 0, "busy", "queue full");
 		return true;
 	}
 	uint64_t id = f->next_id++;
@@ -701,6 +706,16 @@ static void test_bench_shared_and_turns(void **state)
 	assert_contains(out, "300 of 1000 prompt tokens (30.0%) from the daemon's prefix cache");
 	free(out);
 	free(err);
+	/* a turn that fails ends its conversation: the turn after it is never sent */
+	char *dir2 = scratch_new();
+	pid = fake_start(dir2, answer_turns, 5, (void *)1);
+	assert_int_equal(ctl(dir2, NULL, &out, &err, "bench -c 1 -N 4 -p 8 -n 4 --turns 2"), 0);
+	assert_int_equal(fake_end(pid), 0);
+	assert_contains(out, "2 done, 1 failed, 1 not finished");
+	assert_int_equal(fake_count(dir2), 5);   /* status, 3 submits, status */
+	free(out);
+	free(err);
+	scratch_free(dir2);
 	/* too long for a request */
 	assert_int_equal(ctl(dir, NULL, &out, &err, "bench --shared-prefix 100000 --turns 1000"), 2);
 	assert_contains(err, "longer than a request may be");
