@@ -94,12 +94,14 @@ qw_status qw_server_open_socket(qw_server *sv, qw_err *err)
 
 void qw_server_close_socket(qw_server *sv)
 {
+	/* monitoring stops before its reader closes: an event sent (blocking, under the
+	 * monitor's lock) to a reader already gone would wait forever, and so would this stop */
+	if (sv->router)
+		zmq_socket_monitor(sv->router, NULL, 0);
 	if (sv->monitor)
 		zmq_close(sv->monitor);
-	if (sv->router) {
-		zmq_socket_monitor(sv->router, NULL, 0);
+	if (sv->router)
 		zmq_close(sv->router);
-	}
 	if (sv->zctx)
 		zmq_ctx_term(sv->zctx);
 	sv->monitor = sv->router = sv->zctx = NULL;
