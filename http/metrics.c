@@ -158,6 +158,16 @@ static void daemon_metrics(qh_buf *o, const json_t *st, const char *model)
 	gauge(o, "qwen:kv_cache_blocks_total", "KV cache blocks in all.", model, total);
 	gauge(o, "qwen:kv_cache_usage_perc", "KV cache usage, 1 is full.", model,
 	      total > 0 ? used / total : 0);
+	gauge(o, "qwen:kv_cache_blocks_cached", "KV cache blocks no request holds, kept for the "
+	      "prefix cache.", model, num(st, "kv", "blocks_cached"));
+	counter(o, "qwen:prefix_cache_queries_total", "Tokens of the prompts admitted while the "
+		"prefix cache was on.", model, num(st, "prefix_cache", "prompt_tokens"));
+	counter(o, "qwen:prefix_cache_hits_total", "Of them, tokens served from the prefix cache "
+		"instead of computed.", model, num(st, "prefix_cache", "hit_tokens"));
+	counter(o, "qwen:prefix_cache_images_skipped_total", "Images served whole from the "
+		"prefix cache (no vision tower).", model, num(st, "prefix_cache", "images_skipped"));
+	counter(o, "qwen:prefix_cache_evictions_total", "Cached KV blocks evicted for new ones.",
+		model, num(st, "prefix_cache", "evictions"));
 	counter(o, "qwen:num_preemptions_total", "Sequences preempted when the KV cache ran out.",
 		model, num(st, "requests", "preempted"));
 	counter(o, "qwen:restarts_total", "Pipeline restarts after a worker failed.", model,

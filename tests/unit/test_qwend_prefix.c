@@ -10,7 +10,9 @@
  *     conversation's next turn: each gets exactly the tokens of a daemon with the cache off;
  *   - eviction under a full cache, and a cancel, a disconnect and preemption among requests
  *     that share blocks: every block ends used, cached or free (used + cached + free =
- *     total, used 0 at rest), and the tokens stay right. */
+ *     total, used 0 at rest), and the tokens stay right;
+ *   - the figures in qwen-http's /metrics. */
+#include "tests/unit/http_harness.h"
 #include "tests/unit/qwend_harness.h"
 
 #include <png.h>
@@ -343,6 +345,43 @@ static void test_cancel_and_preempt(void **state)
 	free(longi);
 }
 
+/* qwen-http's /metrics carries the prefix cache's figures: the long prompt twice, the second
+ * time 256 of its 257 tokens from the cache. */
+static void test_http_metrics(void **state)
+{
+	int n_long;
+	int32_t *longi = fixture_ids("tiny-moe", "long.input_ids", &n_long);
+	qwend d;
+	qwend_start(&d, tiny(), (const char *[]){"--kv-blocks", "64", NULL}, NULL, true);
+	qhttp h;
+	qhttp_start(&h, d.endpoint, (const char *[]){"--model-name", "m", NULL});
+	char body[4096];
+	int at = snprintf(body, sizeof body, "{\"prompt\": [");
+	for (int i = 0; i < n_long; i++)
+		at += snprintf(body + at, sizeof body - (size_t)at, "%s%d", i ? ", " : "", longi[i]);
+	snprintf(body + at, sizeof body - (size_t)at, "], \"max_tokens\": 2, \"temperature\": 0}");
+	for (int k = 0; k < 2; k++) {
+		http_resp r;
+		http_post(h.port, "/v1/completions", body, &r);
+		if (r.status != 200)
+			fail_msg("%d %s", r.status, r.body);
+		http_resp_free(&r);
+	}
+	http_resp r;
+	http_call(h.port, "GET", "/metrics", NULL, NULL, &r);
+	assert_int_equal(r.status, 200);
+	assert_contains(r.body, "qwen:prefix_cache_hits_total{model_name=\"m\"} 256\n");
+	assert_contains(r.body, "qwen:prefix_cache_queries_total{model_name=\"m\"} 514\n");
+	assert_contains(r.body, "qwen:kv_cache_blocks_cached{model_name=\"m\"} 16\n");
+	assert_contains(r.body, "qwen:kv_cache_blocks_used{model_name=\"m\"} 0\n");
+	assert_contains(r.body, "qwen:prefix_cache_evictions_total{model_name=\"m\"} 0\n");
+	assert_contains(r.body, "# TYPE qwen:prefix_cache_hits_total counter\n");
+	http_resp_free(&r);
+	qhttp_stop(&h);
+	qwend_stop(&d);
+	free(longi);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -350,6 +389,7 @@ int main(void)
 		cmocka_unit_test(test_shared_prefixes_match_cache_off),
 		cmocka_unit_test(test_eviction),
 		cmocka_unit_test(test_cancel_and_preempt),
+		cmocka_unit_test(test_http_metrics),
 	};
 	return cmocka_run_group_tests_name("qwend prefix", tests, NULL, NULL);
 }
