@@ -1,5 +1,5 @@
 /* ops.h - the op interface: everything the model computes, as one table of functions a
- * backend implements (CPU now, CUDA next).
+ * backend implements: the CPU backend (cpu/, the reference) and the CUDA backend (cuda/).
  *
  * Owns: qw_backend (the table), qw_act (activations on the backend), qw_kv_cache (the
  * paged KV cache, opaque: each backend picks its layout), qw_batch (which tokens of which
