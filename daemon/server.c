@@ -296,13 +296,13 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 	int64_t per_seq = (sv->rc.max_context + job.block_tokens - 1) / job.block_tokens;
 	int64_t kv_max = per_seq * set->max_seqs;
 	int64_t plan_blocks = kv_max < (1 << 18) ? kv_max : (1 << 18);
-	size_t T = (size_t)job.max_tokens;
-	size_t plan_max = 256 + T * (28 + sizeof(qw_step_image)) +
-			  (size_t)set->max_seqs * (48 + sizeof(qw_sampling)) +
-			  (size_t)plan_blocks * 4 + (size_t)set->max_seqs * (size_t)set->max_images * 8;
+	/* image handles stage 0 may drop: at most every image of every sequence */
+	size_t plan_max = qw_step_plan_max_size(job.max_tokens, job.max_logits, (int)plan_blocks,
+						(int)(set->max_seqs * set->max_images));
+	size_t result_max = qw_step_result_size(&(qw_step_result){.n_logits = job.max_logits});
 	qw_region_sizes sizes = {
-		.plan_ring = (size_t)(sv->depth + 1) * plan_max,
-		.result_ring = (size_t)(sv->depth + 1) * (64 + 4 * (size_t)set->max_seqs),
+		.plan_ring = (size_t)(sv->depth + 1) * qw_ring_record_bytes(plan_max),
+		.result_ring = (size_t)(sv->depth + 1) * qw_ring_record_bytes(result_max),
 		.handover_ring = 8u << 20,
 		.arena = (size_t)set->image_arena,
 	};

@@ -202,6 +202,11 @@ static uint64_t record_bytes(size_t len)
 	return ((uint64_t)len + 4 + 7) & ~(uint64_t)7;
 }
 
+size_t qw_ring_record_bytes(size_t len)
+{
+	return (size_t)record_bytes(len);
+}
+
 bool qw_ring_has_room(const qw_ring *r, size_t len)
 {
 	return record_bytes(len) <= r->size && has_room(r, record_bytes(len));

@@ -39,6 +39,9 @@ typedef struct qw_ring {
 /* Largest message a ring of `size` bytes carries. */
 #define QW_RING_MAX_MESSAGE(size) ((size) - 8)
 
+/* Bytes of ring a message of len bytes takes (its length prefix and padding included). */
+size_t qw_ring_record_bytes(size_t len);
+
 /* Bytes of shared memory a ring with `capacity` bytes of data occupies (capacity is rounded
  * up to a power of two, at least 4096). */
 size_t qw_ring_footprint(size_t capacity);

@@ -61,6 +61,13 @@ size_t qw_step_plan_size(const qw_step_plan *p)
 	return size;
 }
 
+size_t qw_step_plan_max_size(int max_tokens, int max_seqs, int max_blocks, int max_drop)
+{
+	qw_step_plan p = {.n_tokens = max_tokens, .n_seqs = max_seqs, .n_logits = max_seqs,
+			  .n_images = max_tokens, .n_drop = max_drop, .n_blocks = max_blocks};
+	return qw_step_plan_size(&p);
+}
+
 void qw_step_plan_write(const qw_step_plan *p, void *buf)
 {
 	plan_header h = {PLAN_MAGIC, p->kind, p->step, p->n_tokens, p->n_seqs, p->n_logits,

@@ -64,6 +64,11 @@ typedef struct qw_step_plan {
 /* Bytes of p's record. */
 size_t qw_step_plan_size(const qw_step_plan *p);
 
+/* Bytes of the largest record of a plan with at most max_tokens tokens (and as many image
+ * segments: each fills one token or more), max_seqs sequences and logit rows, max_blocks
+ * block ids and max_drop image handles: what a ring must hold for one plan. */
+size_t qw_step_plan_max_size(int max_tokens, int max_seqs, int max_blocks, int max_drop);
+
 /* Writes p's record into buf (qw_step_plan_size bytes, 8-byte aligned). */
 void qw_step_plan_write(const qw_step_plan *p, void *buf);
 
