@@ -1,10 +1,12 @@
 /* ctl.h - the parts of qwenctl, the command-line client of qwend.
  *
- * Owns: what every command shares (ctl_common: the endpoint and the time the daemon has for
- * its first answer; the exit statuses; the options --socket, --timeout and --help; strict
- * parsing of real-valued flags; turning client failures and error replies into messages and
- * exit statuses) and the commands' entry points: submit (ctl_submit.c), status
- * (ctl_status.c), bench (ctl_bench.c); cancel, shutdown and main are in qwenctl.c.
+ * Owns: what every command shares, in ctl_common.c (ctl_common: the endpoint and the time
+ * the daemon has for its first answer; the exit statuses; the usage text; the options
+ * --socket, --timeout and --help; strict parsing of real-valued flags; turning client
+ * failures and error replies into messages and exit statuses; Ctrl-C; the daemon's status)
+ * and the commands' entry points: submit (ctl_submit.c), status (ctl_status.c), bench
+ * (ctl_bench.c); cancel, shutdown and main are in qwenctl.c.  The commands depend on
+ * ctl_common.c, never on qwenctl.c.
  */
 #ifndef QW_CLI_CTL_H
 #define QW_CLI_CTL_H
@@ -40,6 +42,9 @@ typedef struct ctl_common {
 /* Handles a common option: returns 1 when opt was one, -1 after a bad value (message
  * printed), 0 when opt is not common.  --help prints the usage and exits 0. */
 int ctl_common_opt(ctl_common *c, int opt, const char *arg);
+
+/* The whole usage text, every option with its default, to stdout. */
+void ctl_print_help(void);
 
 /* Prints "qwenctl: MESSAGE" and the short usage to stderr; returns CTL_USAGE. */
 int ctl_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

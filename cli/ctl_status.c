@@ -237,40 +237,6 @@ static void summary(const json_t *st)
 		print_settings(set);
 }
 
-int ctl_fetch_status(const ctl_common *c, char **text, json_t **obj)
-{
-	qw_client client;
-	*text = NULL;
-	*obj = NULL;
-	int rc = ctl_connect(c, &client);
-	if (rc != CTL_OK)
-		return rc;
-	qw_request r = {.op = QW_OP_STATUS};
-	qw_reply rep = {0};
-	qw_err err = {0};
-	if (qw_client_call(&client, &r, &rep, &err) != QW_OK) {
-		rc = ctl_fail(&err);
-	} else if (rep.type == QW_REPLY_ERROR) {
-		rc = ctl_reply_error(&rep);
-	} else if (rep.type != QW_REPLY_STATUS) {
-		rc = ctl_unexpected("status", &rep);
-	} else {
-		json_error_t jerr;
-		*text = strdup(rep.json ? rep.json : "");
-		*obj = json_loads(*text ? *text : "", 0, &jerr);
-		if (!json_is_object(*obj)) {
-			fprintf(stderr, "qwenctl: the daemon's status is not a JSON object (%s)\n",
-				*obj ? "another JSON value" : jerr.text);
-			json_decref(*obj);
-			*obj = NULL;
-			rc = CTL_ERROR;
-		}
-	}
-	qw_reply_free(&rep);
-	qw_client_close(&client);
-	return rc;
-}
-
 int ctl_status(ctl_common *c, int argc, char **argv)
 {
 	static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, CTL_COMMON_OPTIONS};
