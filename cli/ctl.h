@@ -25,6 +25,8 @@ enum {
 	CTL_INTERRUPTED = 130, /* Ctrl-C */
 };
 
+enum { CTL_MAX_IMAGES = 16 };   /* images in a request: the protocol's default limit */
+
 typedef struct ctl_common {
 	char endpoint[QW_ENDPOINT_MAX]; /* --socket, or the client default */
 	int timeout_ms;                 /* --timeout: the daemon's first answer, in ms */
@@ -39,12 +41,22 @@ typedef struct ctl_common {
 	{NULL, 0, NULL, 0}
 #define CTL_COMMON_SHORT "s:t:h"
 
+/* A command's short-option string: its own options, then the common ones; the leading ':'
+ * makes getopt_long answer ':' for a missing value (opterr is 0: ctl_option_error says what
+ * was wrong, once). */
+#define CTL_SHORT(own) ":" own CTL_COMMON_SHORT
+
 /* Handles a common option: returns 1 when opt was one, -1 after a bad value (message
  * printed), 0 when opt is not common.  --help prints the usage and exits 0. */
 int ctl_common_opt(ctl_common *c, int opt, const char *arg);
 
 /* The whole usage text, every option with its default, to stdout. */
 void ctl_print_help(void);
+
+/* After getopt_long answered '?' (an unknown option) or ':' (an option without its value)
+ * for command cmd (NULL: before any command): says which option, once, with the short
+ * usage; returns CTL_USAGE. */
+int ctl_option_error(const char *cmd, char *const *argv, int opt);
 
 /* Prints "qwenctl: MESSAGE" and the short usage to stderr; returns CTL_USAGE. */
 int ctl_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -72,12 +84,37 @@ int ctl_connect(const ctl_common *c, qw_client *client);
 extern volatile sig_atomic_t ctl_interrupted;
 void ctl_catch_sigint(void);
 
+/* Reads the file path (stdin when NULL) of at most cap bytes into *out (malloc'd, NUL after
+ * the *len bytes); what names it in errors ("--image", "PROMPT"), which it prints. */
+bool ctl_read_input(const char *what, const char *path, size_t cap, char **out, size_t *len);
+
+/* Reads an image file (at most the protocol's image size) and checks that it is one qwend
+ * decodes (JPEG, PNG or WebP), before it is sent; prints why not, naming the file. */
+bool ctl_read_image(const char *what, const char *path, char **out, size_t *len);
+
 /* CLOCK_MONOTONIC in milliseconds. */
 double ctl_now_ms(void);
 
 /* Asks the daemon for its status: *text the JSON as sent, *obj parsed (an object); both
  * NULL unless CTL_OK.  Prints why not and returns the exit status. */
 int ctl_fetch_status(const ctl_common *c, char **text, json_t **obj);
+
+/* submit --messages FILE (ctl_messages.c): a conversation in JSON, as the protocol's
+ * messages.  The form is in ctl_messages.c's top comment and qwenctl --help. */
+typedef struct ctl_conversation {
+	qw_req_message *msgs;        /* (n_msgs,) */
+	int n_msgs;
+	qw_item *items;              /* every message's items */
+	int n_items;
+	char *images[CTL_MAX_IMAGES];/* the image files' bytes, which image items point into */
+	int n_images;
+	json_t *json;                /* the file, which text items point into */
+} ctl_conversation;
+
+/* Reads path ("-" for stdin) into c: CTL_OK, or (message printed, nothing held) CTL_USAGE
+ * for a file that is not such a conversation or names an image that is not one. */
+int ctl_conversation_read(const char *path, ctl_conversation *c);
+void ctl_conversation_free(ctl_conversation *c);
 
 /* The commands: argv[0] is the command's name. */
 int ctl_submit(ctl_common *c, int argc, char **argv);

@@ -585,7 +585,7 @@ int ctl_bench(ctl_common *c, int argc, char **argv)
 	long long v;
 	int opt;
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, "c:N:p:n:" CTL_COMMON_SHORT, opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, CTL_SHORT("c:N:p:n:"), opts, NULL)) != -1) {
 		int common = ctl_common_opt(c, opt, optarg);
 		if (common < 0)
 			return CTL_USAGE;
@@ -631,7 +631,7 @@ int ctl_bench(ctl_common *c, int argc, char **argv)
 			o.turns = (int)v;
 			break;
 		default:
-			return ctl_usage_error("bench: unknown option");
+			return ctl_option_error("bench", argv, opt);
 		}
 	}
 	if (optind != argc)

@@ -1,20 +1,23 @@
 /* ctl_common.c - what qwenctl's commands share: the usage text, the common options, strict
  * real-valued flags, the daemon's answers turned into messages and exit statuses, Ctrl-C,
  * the clock, and fetching the daemon's status.  See ctl.h. */
+#include <errno.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "cli/args.h"
 #include "cli/ctl.h"
+#include "daemon/image/format.h"
 
 static const char usage_short[] =
 	"usage: qwenctl [--socket ENDPOINT] [--timeout SECONDS] COMMAND [OPTIONS]\n"
-	"       qwenctl submit [OPTIONS] [PROMPT | -]\n"
+	"       qwenctl submit [OPTIONS] [PROMPT | - | --token-ids LIST | --messages FILE]\n"
 	"       qwenctl status [--json]\n"
 	"       qwenctl cancel ID\n"
 	"       qwenctl shutdown\n"
@@ -32,9 +35,10 @@ static const char usage_long[] =
 	"  bench     load the daemon with random token-id prompts; report throughput and latency\n"
 	"\n"
 	"Every command:\n"
-	"  -s, --socket ENDPOINT   the daemon (default: ipc:///run/qwend/qwend.sock if that\n"
-	"                          socket exists, else ipc://$XDG_RUNTIME_DIR/qwend.sock;\n"
-	"                          here: %s)\n"
+	"  -s, --socket ENDPOINT   the daemon: ipc://PATH (or the socket file's PATH alone)\n"
+	"                          or tcp://HOST:PORT (default: ipc:///run/qwend/qwend.sock\n"
+	"                          if that socket exists, else\n"
+	"                          ipc://$XDG_RUNTIME_DIR/qwend.sock; here: %s)\n"
 	"  -t, --timeout SECONDS   how long the daemon has for its first answer (default %g)\n"
 	"  -h, --help              this text\n"
 	"\n"
@@ -51,6 +55,11 @@ static const char usage_long[] =
 	"  -g, --greedy            argmax decoding, whatever the sampling flags say (default: off)\n"
 	"      --token-ids LIST    the prompt as token ids, e.g. 1,2,3, instead of PROMPT; with\n"
 	"                          --image, the images of its <|image_pad|> runs (default: none)\n"
+	"      --messages FILE     the whole conversation instead of PROMPT, - reads stdin: a\n"
+	"                          JSON array of {\"role\", \"content\", \"reasoning_content\"};\n"
+	"                          content a string or an array of {\"type\": \"text\",\n"
+	"                          \"text\"} and {\"type\": \"image\", \"image\": PATH} (a\n"
+	"                          path relative to FILE's directory) (default: none)\n"
 	"      --stop STR          stop at STR; repeat for more, at most %d (default: none)\n"
 	"      --raw               send PROMPT as it is, without the chat template; images go\n"
 	"                          to its <|image_pad|> runs in order (default: chat)\n"
@@ -108,6 +117,25 @@ int ctl_usage_error(const char *fmt, ...)
 	return CTL_USAGE;
 }
 
+int ctl_option_error(const char *cmd, char *const *argv, int opt)
+{
+	/* a short option is optopt; a long one (or one given a value it does not take) is the
+	 * word getopt just stepped over */
+	char name[64];
+	const char *word = optind > 0 ? argv[optind - 1] : "";
+	if (optopt > 0 && optopt < 128 && strncmp(word, "--", 2) != 0)
+		snprintf(name, sizeof name, "-%c", optopt);
+	else
+		snprintf(name, sizeof name, "%.*s", (int)strcspn(word, "="), word);
+	const char *sep = cmd ? ": " : "";
+	cmd = cmd ? cmd : "";
+	if (opt == ':')
+		return ctl_usage_error("%s%s%s needs a value", cmd, sep, name);
+	if (strchr(word, '=') && strncmp(word, "--", 2) == 0 && optopt)
+		return ctl_usage_error("%s%s%s takes no value", cmd, sep, name);
+	return ctl_usage_error("%s%sunknown option '%s'", cmd, sep, name);
+}
+
 bool ctl_arg_real(const char *flag, const char *s, double lo, double hi, bool lo_open,
 		  double *out)
 {
@@ -127,11 +155,12 @@ int ctl_common_opt(ctl_common *c, int opt, const char *arg)
 	double secs;
 	switch (opt) {
 	case 's':
-		if (!*arg || strlen(arg) >= sizeof c->endpoint) {
-			fprintf(stderr, "qwenctl: --socket: '%s' is not an endpoint\n", arg);
+		/* a bare path is the daemon's socket file */
+		if (!*arg || !qw_endpoint_from_arg(arg, c->endpoint, sizeof c->endpoint)) {
+			ctl_usage_error("--socket: '%s' is not an endpoint: write ipc://PATH (or the "
+					"socket file's PATH alone) or tcp://HOST:PORT", arg);
 			return -1;
 		}
-		snprintf(c->endpoint, sizeof c->endpoint, "%s", arg);
 		return 1;
 	case 't':
 		if (!ctl_arg_real("--timeout", arg, 0, 86400, true, &secs))
@@ -232,4 +261,78 @@ int ctl_fetch_status(const ctl_common *c, char **text, json_t **obj)
 	qw_reply_free(&rep);
 	qw_client_close(&client);
 	return rc;
+}
+
+// ---------------------------------------------------------------------------------------
+// files named on the command line
+
+bool ctl_read_input(const char *what, const char *path, size_t cap, char **out, size_t *len)
+{
+	const char *name = path ? path : "(stdin)";
+	FILE *f = path ? fopen(path, "rb") : stdin;
+	struct stat st;
+	if (!f) {
+		fprintf(stderr, "qwenctl: %s %s: cannot open: %s\n", what, path, strerror(errno));
+		return false;
+	}
+	if (path && (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) ||
+		     (size_t)st.st_size > cap)) {
+		if (S_ISREG(st.st_mode))
+			fprintf(stderr, "qwenctl: %s %s: %lld bytes; at most %zu MiB are sent\n", what,
+				path, (long long)st.st_size, cap >> 20);
+		else
+			fprintf(stderr, "qwenctl: %s %s: not a regular file\n", what, path);
+		fclose(f);
+		return false;
+	}
+	char *buf = NULL, chunk[65536];
+	size_t n = 0, got;
+	bool ok = true;
+	while (ok && (got = fread(chunk, 1, sizeof chunk, f)) > 0) {
+		char *grown = n + got <= cap ? realloc(buf, n + got + 1) : NULL;
+		if (n + got > cap)
+			fprintf(stderr, "qwenctl: %s %s: more than %zu bytes\n", what, name, cap);
+		else if (!grown)
+			fprintf(stderr, "qwenctl: out of memory reading %s\n", name);
+		ok = grown != NULL;
+		if (ok) {
+			buf = grown;
+			memcpy(buf + n, chunk, got);
+			n += got;
+		}
+	}
+	if (ok && ferror(f)) {
+		fprintf(stderr, "qwenctl: %s %s: cannot read: %s\n", what, name, strerror(errno));
+		ok = false;
+	}
+	if (path)
+		fclose(f);
+	if (ok && !buf && !(buf = malloc(1)))
+		fprintf(stderr, "qwenctl: out of memory reading %s\n", name);
+	if (!ok || !buf) {
+		free(buf);
+		return false;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	return true;
+}
+
+bool ctl_read_image(const char *what, const char *path, char **out, size_t *len)
+{
+	if (!ctl_read_input(what, path, QW_LIMITS_DEFAULT.max_image_bytes, out, len))
+		return false;
+	const char *name;
+	qw_image_format f = qw_image_sniff(*out, *len, &name);
+	if (f == QW_IMAGE_JPEG || f == QW_IMAGE_PNG || f == QW_IMAGE_WEBP)
+		return true;
+	if (f == QW_IMAGE_UNSUPPORTED)
+		fprintf(stderr, "qwenctl: %s %s: a %s image; qwend takes JPEG, PNG or WebP\n", what,
+			path, name);
+	else
+		fprintf(stderr, "qwenctl: %s %s: not an image (JPEG, PNG or WebP)\n", what, path);
+	free(*out);
+	*out = NULL;
+	return false;
 }

@@ -243,14 +243,14 @@ int ctl_status(ctl_common *c, int argc, char **argv)
 	bool as_json = false;
 	int opt;
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, CTL_COMMON_SHORT, opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, CTL_SHORT(""), opts, NULL)) != -1) {
 		int common = ctl_common_opt(c, opt, optarg);
 		if (common < 0)
 			return CTL_USAGE;
 		if (opt == 'j')
 			as_json = true;
 		else if (!common)
-			return ctl_usage_error("status: unknown option");
+			return ctl_option_error("status", argv, opt);
 	}
 	if (optind != argc)
 		return ctl_usage_error("status takes no arguments");

@@ -1,28 +1,26 @@
 /* ctl_submit.c - qwenctl submit: one request, its answer streamed to stdout as chunks
  * arrive (reasoning apart, shown with --thinking), statistics on stderr, or one JSON object
  * with --json; Ctrl-C cancels the request.  See ctl.h. */
-#include <errno.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/ctl.h"
 #include "cli/json_text.h"
 
-enum { MAX_IMAGES = 16, MAX_STOP = 16 };   /* the protocol's default limits */
+enum { MAX_STOP = 16 };   /* the protocol's default limit */
 
 typedef struct submit_opts {
-	const char *images[MAX_IMAGES]; /* --image files, in order */
+	const char *images[CTL_MAX_IMAGES]; /* --image files, in order */
 	int n_images;
 	const char *system;          /* --system, or NULL */
 	const char *prompt;          /* PROMPT, "-" for stdin, or NULL */
 	const char *token_ids;       /* --token-ids LIST, or NULL */
+	const char *messages;        /* --messages FILE ("-" for stdin), or NULL */
 	const char *stop[MAX_STOP];  /* --stop strings */
 	size_t stop_len[MAX_STOP];
 	int n_stop;
@@ -61,61 +59,13 @@ typedef struct answer {
 	grow text, reasoning;        /* answer and reasoning, as received */
 	grow ids;                    /* int32 token ids of all chunks */
 	bool think_open, think_closed; /* --thinking: <think> printed, </think> printed */
+	bool printed;                /* stdout holds part of the answer (or reasoning) */
 	bool oom;                    /* a buffer could not grow */
 } answer;
 
 
 // ---------------------------------------------------------------------------------------
 // input
-
-/* Reads a whole file (path) or stdin (path NULL) of at most cap bytes into *out. */
-static bool slurp(const char *what, const char *path, size_t cap, char **out, size_t *len)
-{
-	FILE *f = path ? fopen(path, "rb") : stdin;
-	struct stat st;
-	if (!f) {
-		fprintf(stderr, "qwenctl: %s %s: cannot open: %s\n", what, path, strerror(errno));
-		return false;
-	}
-	if (path && (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) ||
-		     (size_t)st.st_size > cap)) {
-		if (S_ISREG(st.st_mode))
-			fprintf(stderr, "qwenctl: %s %s: %lld bytes; at most %zu MiB are sent\n", what,
-				path, (long long)st.st_size, cap >> 20);
-		else
-			fprintf(stderr, "qwenctl: %s %s: not a regular file\n", what, path);
-		fclose(f);
-		return false;
-	}
-	grow g = {0};
-	char chunk[65536];
-	size_t got;
-	bool ok = true;
-	while (ok && (got = fread(chunk, 1, sizeof chunk, f)) > 0) {
-		if (g.len + got > cap) {
-			fprintf(stderr, "qwenctl: %s %s: more than %zu bytes\n", what,
-				path ? path : "(stdin)", cap);
-			ok = false;
-		} else if (!grow_add(&g, chunk, got)) {
-			fprintf(stderr, "qwenctl: out of memory reading %s\n", path ? path : "stdin");
-			ok = false;
-		}
-	}
-	if (ok && ferror(f)) {
-		fprintf(stderr, "qwenctl: %s %s: cannot read: %s\n", what, path ? path : "(stdin)",
-			strerror(errno));
-		ok = false;
-	}
-	if (path)
-		fclose(f);
-	if (!ok) {
-		free(g.p);
-		return false;
-	}
-	*out = g.p ? g.p : calloc(1, 1);
-	*len = g.len;
-	return *out != NULL;
-}
 
 /* "1,2,3" (commas or blanks between) into a malloc'd array. */
 static bool parse_ids(const char *list, int32_t **out, int *n)
@@ -181,15 +131,30 @@ static void on_chunk(answer *a, const submit_opts *o, const qw_reply *r)
 	if (o->thinking && r->reasoning_len) {
 		if (!a->think_open)
 			fputs("<think>\n", stdout);
-		a->think_open = true;
+		a->think_open = a->printed = true;
 		fwrite(r->reasoning, 1, r->reasoning_len, stdout);
 	}
 	if (r->text_len) {
 		if (a->think_open && !a->think_closed)
 			fputs("\n</think>\n", stdout);
 		a->think_closed = a->think_open;
+		a->printed = true;
 		fwrite(r->text, 1, r->text_len, stdout);
 	}
+	fflush(stdout);
+}
+
+/* Ends the streamed answer's line, so what follows on stderr (the statistics, an error)
+ * starts on a line of its own: after a whole answer always (it is one line feed more than
+ * the model's text; --json gives the text exact), after a cut one when it printed any. */
+static void end_answer(answer *a, const submit_opts *o, bool whole)
+{
+	if (o->json || !(whole || a->printed))
+		return;
+	if (a->think_open && !a->think_closed)
+		fputs("\n</think>\n", stdout);
+	a->think_closed = a->think_open;
+	fputs("\n", stdout);
 	fflush(stdout);
 }
 
@@ -222,12 +187,7 @@ static int on_done(answer *a, const submit_opts *o, const qw_reply *r)
 		free(s);
 		json_decref(obj);
 	} else {
-		if (a->think_open && !a->think_closed)
-			fputs("\n</think>\n", stdout);
-		/* a terminal gets its prompt back on a line of its own */
-		if (isatty(fileno(stdout)) && (a->text.len ? a->text.p[a->text.len - 1] != '\n'
-						   : a->think_open))
-			fputs("\n", stdout);
+		end_answer(a, o, true);
 	}
 	fflush(stdout);
 	fprintf(stderr, "# request %llu: prompt %d tokens, completion %d tokens, TTFT %.1f ms, "
@@ -243,14 +203,14 @@ static int on_done(answer *a, const submit_opts *o, const qw_reply *r)
 
 /* Ctrl-C: cancel the request (waiting briefly for its id if it has none yet), wait for the
  * daemon's ok and done (or a short timeout), exit 130. */
-static int cancel_request(qw_client *client, answer *a)
+static int cancel_request(qw_client *client, answer *a, const submit_opts *o)
 {
 	const double wait_ms = 3000;
 	double t0 = ctl_now_ms();
 	qw_reply rep;
 	qw_err err = {0};
 	client->interrupt = NULL;
-	fflush(stdout);
+	end_answer(a, o, false);
 	while (!a->id && ctl_now_ms() - t0 < wait_ms) {
 		int left = (int)(wait_ms - (ctl_now_ms() - t0)) + 1;
 		if (qw_client_recv(client, &rep, left, &err) != QW_OK)
@@ -278,9 +238,7 @@ static int cancel_request(qw_client *client, answer *a)
 		if (qw_client_recv(client, &rep, left, &err) != QW_OK)
 			break;
 		if (rep.type == QW_REPLY_OK) {
-			ok = true;
-			if (rep.message && *rep.message)
-				fprintf(stderr, "qwenctl: %s\n", rep.message);
+			ok = true;   /* "request N cancelled": the line below says it */
 		} else if (rep.type == QW_REPLY_DONE) {
 			done = true;
 		} else if (rep.type == QW_REPLY_ERROR) {
@@ -313,7 +271,12 @@ static int run(ctl_common *c, const submit_opts *o, const qw_request *req)
 		qw_reply rep;
 		/* the first answer within --timeout; then generation takes what it takes */
 		if (qw_client_recv(&client, &rep, a.id ? -1 : c->timeout_ms, &err) != QW_OK) {
-			rc = ctl_interrupted ? cancel_request(&client, &a) : ctl_fail(&err);
+			if (ctl_interrupted) {
+				rc = cancel_request(&client, &a, o);
+			} else {
+				end_answer(&a, o, false);
+				rc = ctl_fail(&err);
+			}
 			break;
 		}
 		bool end = true;
@@ -330,7 +293,7 @@ static int run(ctl_common *c, const submit_opts *o, const qw_request *req)
 			rc = on_done(&a, o, &rep);
 			break;
 		case QW_REPLY_ERROR:
-			fflush(stdout);
+			end_answer(&a, o, false);
 			rc = ctl_reply_error(&rep);
 			break;
 		default:
@@ -352,14 +315,24 @@ out:
 static int build_and_run(ctl_common *c, const submit_opts *o, qw_request *req)
 {
 	const qw_limits lim = QW_LIMITS_DEFAULT;
-	qw_item images[MAX_IMAGES + 1], sys_item, *items = images;
+	qw_item images[CTL_MAX_IMAGES + 1], sys_item, *items = images;
 	qw_req_message msgs[2];
-	char *prompt = NULL, *datas[MAX_IMAGES] = {0};
+	char *prompt = NULL, *datas[CTL_MAX_IMAGES] = {0};
 	int32_t *ids = NULL;
 	int rc = CTL_USAGE, n_items = 0;
+	if (o->messages) {
+		ctl_conversation conv;
+		if ((rc = ctl_conversation_read(o->messages, &conv)) != CTL_OK)
+			return rc;
+		req->messages = conv.msgs;
+		req->n_messages = conv.n_msgs;
+		rc = run(c, o, req);
+		ctl_conversation_free(&conv);
+		return rc;
+	}
 	for (int i = 0; i < o->n_images; i++) {
 		size_t len;
-		if (!slurp("--image", o->images[i], lim.max_image_bytes, &datas[i], &len))
+		if (!ctl_read_image("--image", o->images[i], &datas[i], &len))
 			goto out;
 		images[n_items++] = (qw_item){QW_ITEM_IMAGE, datas[i], len};
 	}
@@ -370,7 +343,7 @@ static int build_and_run(ctl_common *c, const submit_opts *o, qw_request *req)
 	} else {
 		size_t len;
 		if (strcmp(o->prompt, "-") == 0) {
-			if (!slurp("PROMPT", NULL, lim.max_text_bytes, &prompt, &len))
+			if (!ctl_read_input("PROMPT", NULL, lim.max_text_bytes, &prompt, &len))
 				goto out;
 		} else {
 			len = strlen(o->prompt);
@@ -414,7 +387,7 @@ out:
 }
 
 enum { O_SYSTEM = 256, O_TEMPERATURE, O_TOP_P, O_TOP_K, O_SEED, O_TOKEN_IDS, O_STOP, O_RAW,
-       O_IGNORE_EOS, O_THINKING, O_JSON, O_NO_STREAM };
+       O_IGNORE_EOS, O_THINKING, O_JSON, O_NO_STREAM, O_MESSAGES };
 
 int ctl_submit(ctl_common *c, int argc, char **argv)
 {
@@ -428,6 +401,7 @@ int ctl_submit(ctl_common *c, int argc, char **argv)
 		{"seed", required_argument, NULL, O_SEED},
 		{"greedy", no_argument, NULL, 'g'},
 		{"token-ids", required_argument, NULL, O_TOKEN_IDS},
+		{"messages", required_argument, NULL, O_MESSAGES},
 		{"stop", required_argument, NULL, O_STOP},
 		{"raw", no_argument, NULL, O_RAW},
 		{"ignore-eos", no_argument, NULL, O_IGNORE_EOS},
@@ -441,7 +415,7 @@ int ctl_submit(ctl_common *c, int argc, char **argv)
 	long long v;
 	int opt;
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, "i:n:g" CTL_COMMON_SHORT, opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, CTL_SHORT("i:n:g"), opts, NULL)) != -1) {
 		int common = ctl_common_opt(c, opt, optarg);
 		if (common < 0)
 			return CTL_USAGE;
@@ -449,8 +423,8 @@ int ctl_submit(ctl_common *c, int argc, char **argv)
 			continue;
 		switch (opt) {
 		case 'i':
-			if (o.n_images == MAX_IMAGES)
-				return ctl_usage_error("at most %d --image files", MAX_IMAGES);
+			if (o.n_images == CTL_MAX_IMAGES)
+				return ctl_usage_error("at most %d --image files", CTL_MAX_IMAGES);
 			o.images[o.n_images++] = optarg;
 			break;
 		case O_SYSTEM: o.system = optarg; break;
@@ -480,6 +454,7 @@ int ctl_submit(ctl_common *c, int argc, char **argv)
 			break;
 		case 'g': req.greedy = true; break;
 		case O_TOKEN_IDS: o.token_ids = optarg; break;
+		case O_MESSAGES: o.messages = optarg; break;
 		case O_STOP:
 			if (o.n_stop == MAX_STOP)
 				return ctl_usage_error("at most %d --stop strings", MAX_STOP);
@@ -495,17 +470,22 @@ int ctl_submit(ctl_common *c, int argc, char **argv)
 		case O_JSON: o.json = true; break;
 		case O_NO_STREAM: req.stream = false; break;
 		default:
-			return ctl_usage_error("submit: unknown option");
+			return ctl_option_error("submit", argv, opt);
 		}
 	}
 	if (argc - optind > 1)
 		return ctl_usage_error("submit takes one PROMPT (quote it), not %d words",
 				       argc - optind);
 	o.prompt = optind < argc ? argv[optind] : NULL;
-	if (o.prompt && o.token_ids)
-		return ctl_usage_error("give a PROMPT or --token-ids, not both");
-	if (!o.prompt && !o.token_ids)
-		return ctl_usage_error("submit needs a PROMPT (- reads stdin) or --token-ids");
+	if ((o.prompt != NULL) + (o.token_ids != NULL) + (o.messages != NULL) > 1)
+		return ctl_usage_error("give one of a PROMPT, --token-ids and --messages");
+	if (!o.prompt && !o.token_ids && !o.messages)
+		return ctl_usage_error("submit needs a PROMPT (- reads stdin), --token-ids or "
+				       "--messages");
+	if (o.messages && (o.system || o.raw || o.n_images))
+		return ctl_usage_error("--messages holds the whole conversation: put the system "
+				       "message and the images in the file, not --system, --raw or "
+				       "--image");
 	if (o.raw && o.token_ids)
 		return ctl_usage_error("--raw is for a PROMPT; --token-ids are sent as they are");
 	if (o.system && (o.raw || o.token_ids))

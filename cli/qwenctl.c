@@ -40,10 +40,10 @@ static int parse_plain(ctl_common *c, int argc, char **argv)
 	static const struct option opts[] = {CTL_COMMON_OPTIONS};
 	int opt;
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, CTL_COMMON_SHORT, opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, CTL_SHORT(""), opts, NULL)) != -1) {
 		int r = ctl_common_opt(c, opt, optarg);
 		if (r <= 0)
-			return r < 0 ? -1 : (ctl_usage_error("%s: unknown option", argv[0]), -1);
+			return r < 0 ? -1 : (ctl_option_error(argv[0], argv, opt), -1);
 	}
 	return optind;
 }
@@ -81,10 +81,12 @@ int main(int argc, char **argv)
 	/* common options may come before the command */
 	static const struct option opts[] = {CTL_COMMON_OPTIONS};
 	int opt;
-	opterr = 1;
-	while ((opt = getopt_long(argc, argv, "+" CTL_COMMON_SHORT, opts, NULL)) != -1)
-		if (ctl_common_opt(&c, opt, optarg) != 1)
-			return opt == '?' ? ctl_usage_error("unknown option") : CTL_USAGE;
+	opterr = 0;   /* the commands say what is wrong with an option themselves, once */
+	while ((opt = getopt_long(argc, argv, "+" CTL_SHORT(""), opts, NULL)) != -1) {
+		int r = ctl_common_opt(&c, opt, optarg);
+		if (r != 1)
+			return r < 0 ? CTL_USAGE : ctl_option_error(NULL, argv, opt);
+	}
 	if (optind >= argc)
 		return ctl_usage_error("no command");
 	const char *cmd = argv[optind];

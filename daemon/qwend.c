@@ -106,9 +106,7 @@ int main(int argc, char **argv)
 			free(opts);
 			return 2;
 		}
-		char where[96];
-		snprintf(where, sizeof where, "--%s", t[c - 1000].name);
-		if (qw_settings_set(&s, t[c - 1000].name, optarg, where, &err) != QW_OK) {
+		if (qw_settings_set(&s, t[c - 1000].name, optarg, NULL, &err) != QW_OK) {
 			fprintf(stderr, "qwend: %s\n", err.msg);
 			free(opts);
 			return 2;

@@ -52,7 +52,7 @@ qw_status qw_server_open_socket(qw_server *sv, qw_err *err)
 	char requested[1100];
 	qw_status st;
 	if (sv->set.socket[0])
-		snprintf(requested, sizeof requested, "%s", sv->set.socket);
+		qw_endpoint_from_arg(sv->set.socket, requested, sizeof requested);   /* fits: 1024 */
 	else {
 		qw_endpoint_env env = qw_endpoint_env_current();
 		if ((st = qw_endpoint_daemon_default(&env, requested, sizeof requested, err)))

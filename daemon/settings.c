@@ -23,7 +23,8 @@ static const qw_setting_def table[] = {
 	{"stages", QW_SET_INT, F(stages), 0, 1, 64, NULL, "1", false,
 	 "pipeline stages on the cpu backend"},
 	{"socket", QW_SET_STR, STR(socket), 0, 0, NULL, "", false,
-	 "client endpoint; empty: ipc:///run/qwend/qwend.sock or $XDG_RUNTIME_DIR/qwend.sock"},
+	 "client endpoint: ipc://PATH (or the socket file's PATH alone) or tcp://HOST:PORT; "
+	 "empty: ipc:///run/qwend/qwend.sock or $XDG_RUNTIME_DIR/qwend.sock"},
 	{"kv-blocks", QW_SET_INT, F(kv_blocks), 0, 0, 1 << 30, NULL, "0", false,
 	 "KV cache blocks per stage; 0: size the cache by kv-memory"},
 	{"kv-memory", QW_SET_REAL, F(kv_memory), 0, 0.01, 0.99, NULL, "0.9", false,
@@ -118,11 +119,18 @@ qw_status qw_settings_set(qw_settings *s, const char *name, const char *value, c
 {
 	const qw_setting_def *d = find(name);
 	if (!d)
-		return qw_fail(err, QW_E_ARG, "%s: unknown setting \"%s\"", where, name);
+		return where ? qw_fail(err, QW_E_ARG, "%s: unknown setting \"%s\"", where, name)
+			     : qw_fail(err, QW_E_ARG, "unknown setting --%s", name);
+	/* what the errors name: the file and line and the setting, or the flag */
+	char what[1200];
+	if (where)
+		snprintf(what, sizeof what, "%s: %s", where, name);
+	else
+		snprintf(what, sizeof what, "--%s", name);
 	char *field = (char *)s + d->offset;
 	if (d->type == QW_SET_STR || d->type == QW_SET_ENUM) {
 		if (strlen(value) >= d->size)
-			return qw_fail(err, QW_E_ARG, "%s: %s: longer than %zu characters", where, name,
+			return qw_fail(err, QW_E_ARG, "%s: longer than %zu characters", what,
 				       d->size - 1);
 		if (d->type == QW_SET_ENUM) {
 			bool ok = false;
@@ -135,8 +143,8 @@ qw_status qw_settings_set(qw_settings *s, const char *name, const char *value, c
 				c = bar ? bar + 1 : NULL;
 			}
 			if (!ok)
-				return qw_fail(err, QW_E_ARG, "%s: %s: \"%s\" is not one of %s", where, name,
-					       value, d->choices);
+				return qw_fail(err, QW_E_ARG, "%s: \"%s\" is not one of %s", what, value,
+					       d->choices);
 		}
 		snprintf(field, d->size, "%s", value);
 		return QW_OK;
@@ -152,12 +160,11 @@ qw_status qw_settings_set(qw_settings *s, const char *name, const char *value, c
 		ok = !errno && end != value && !*end && (d->type == QW_SET_REAL || x == (double)(int64_t)x);
 	}
 	if (!ok)
-		return qw_fail(err, QW_E_ARG, "%s: %s: \"%s\" is not %s", where, name, value,
+		return qw_fail(err, QW_E_ARG, "%s: \"%s\" is not %s", what, value,
 			       d->type == QW_SET_REAL ? "a number" : d->type == QW_SET_SIZE
 			       ? "a size (K, M, G allowed)" : "an integer");
 	if (x < d->lo || x > d->hi)
-		return qw_fail(err, QW_E_ARG, "%s: %s: %s is outside [%g, %g]", where, name, value,
-			       d->lo, d->hi);
+		return qw_fail(err, QW_E_ARG, "%s: %s is outside [%g, %g]", what, value, d->lo, d->hi);
 	if (d->type == QW_SET_REAL)
 		*(double *)field = x;
 	else
@@ -169,7 +176,7 @@ void qw_settings_defaults(qw_settings *s)
 {
 	memset(s, 0, sizeof *s);
 	for (size_t i = 0; i < sizeof table / sizeof *table; i++)
-		qw_settings_set(s, table[i].name, table[i].def, "defaults", NULL);
+		qw_settings_set(s, table[i].name, table[i].def, "the defaults", NULL);
 }
 
 qw_status qw_settings_load(qw_settings *s, const char *path, qw_err *err)

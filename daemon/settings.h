@@ -72,7 +72,8 @@ const qw_setting_def *qw_settings_table(int *n);
 void qw_settings_defaults(qw_settings *s);
 
 /* Sets one by name from its text form (sizes take K, M, G).  where names the source in
- * errors ("--kv-blocks", "qwend.conf:12"). */
+ * errors ("qwend.conf:12: kv-blocks: ..."); NULL is the command line, whose errors name the
+ * flag ("--kv-blocks: ..."). */
 qw_status qw_settings_set(qw_settings *s, const char *name, const char *value, const char *where,
 			  qw_err *err);
 

@@ -84,6 +84,18 @@ void qw_endpoint_client_default(const qw_endpoint_env *env, char *out, size_t ca
 		snprintf(out, cap, "ipc://%s", sys);
 }
 
+bool qw_endpoint_from_arg(const char *arg, char *out, size_t cap)
+{
+	const char *prefix = strstr(arg, "://") ? "" : "ipc://";
+	int n = snprintf(out, cap, "%s%s", prefix, arg);
+	if (n < 0 || (size_t)n >= cap) {
+		if (cap)
+			out[0] = '\0';
+		return false;
+	}
+	return true;
+}
+
 bool qw_endpoint_ipc_path(const char *endpoint, char *out, size_t cap)
 {
 	if (cap)

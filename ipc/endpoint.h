@@ -58,6 +58,11 @@ qw_status qw_endpoint_check_bind(const char *endpoint, bool allow_remote, char *
  * the same rule as qwend's endpoints. */
 bool qw_endpoint_host_is_loopback(const char *host);
 
+/* An endpoint as a person writes it (--socket, the socket setting) into out: TRANSPORT://...
+ * is kept as it is, anything else is the path of a Unix socket and becomes ipc://PATH.
+ * False (out "") when the result does not fit in cap. */
+bool qw_endpoint_from_arg(const char *arg, char *out, size_t cap);
+
 /* The filesystem path of an ipc:// endpoint, into out; false (out "") when the endpoint is
  * not ipc://, names an abstract socket (ipc://@name), or does not fit. */
 bool qw_endpoint_ipc_path(const char *endpoint, char *out, size_t cap);

@@ -1,5 +1,6 @@
 /* image.c - JPEG / PNG / WebP decoding to RGB.  See image.h. */
 #include "daemon/image/image.h"
+#include "daemon/image/format.h"
 
 #include <stdio.h>   /* before jpeglib.h, which uses FILE */
 #include <jpeglib.h>
@@ -205,19 +206,6 @@ static qw_status decode_webp(const uint8_t *data, size_t len, const qw_image_lim
 
 // ---------------------------------------------------------------------------------------
 
-static const char *sniff_other(const uint8_t *p, size_t n)
-{
-	if (n >= 6 && (!memcmp(p, "GIF87a", 6) || !memcmp(p, "GIF89a", 6)))
-		return "GIF";
-	if (n >= 2 && !memcmp(p, "BM", 2))
-		return "BMP";
-	if (n >= 4 && (!memcmp(p, "II*\0", 4) || !memcmp(p, "MM\0*", 4)))
-		return "TIFF";
-	if (n >= 12 && !memcmp(p + 4, "ftyp", 4))
-		return "HEIF/AVIF";
-	return NULL;
-}
-
 qw_status qw_image_decode(const void *data, size_t len, const qw_image_limits *lim, qw_image *out,
 			  qw_err *err)
 {
@@ -229,15 +217,15 @@ qw_status qw_image_decode(const void *data, size_t len, const qw_image_limits *l
 	if (len > lim->max_bytes)
 		return qw_fail(err, QW_E_ARG, "image of %zu bytes is larger than the %zu-byte limit",
 			       len, lim->max_bytes);
-	if (len >= 8 && !memcmp(p, "\x89PNG\r\n\x1a\n", 8))
-		return decode_png(p, len, lim, out, err);
-	if (len >= 3 && p[0] == 0xff && p[1] == 0xd8 && p[2] == 0xff)
-		return decode_jpeg(p, len, lim, out, err);
-	if (len >= 12 && !memcmp(p, "RIFF", 4) && !memcmp(p + 8, "WEBP", 4))
-		return decode_webp(p, len, lim, out, err);
-	const char *other = sniff_other(p, len);
-	if (other)
-		return qw_fail(err, QW_E_ARG, "%s images are not supported (JPEG, PNG or WebP)", other);
+	const char *name;
+	switch (qw_image_sniff(p, len, &name)) {
+	case QW_IMAGE_PNG: return decode_png(p, len, lim, out, err);
+	case QW_IMAGE_JPEG: return decode_jpeg(p, len, lim, out, err);
+	case QW_IMAGE_WEBP: return decode_webp(p, len, lim, out, err);
+	case QW_IMAGE_UNSUPPORTED:
+		return qw_fail(err, QW_E_ARG, "%s images are not supported (JPEG, PNG or WebP)", name);
+	case QW_IMAGE_UNKNOWN: break;
+	}
 	return qw_fail(err, QW_E_ARG, "not an image: the data is neither JPEG, PNG nor WebP");
 }
 

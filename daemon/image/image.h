@@ -1,7 +1,7 @@
 /* image.h - decoding request images (JPEG, PNG, WebP) into RGB, as HF's processor sees them.
  *
- * Owns: qw_image (8-bit RGB, row-major (H, W, 3)), the format sniffing, the decoders
- * (libjpeg-turbo, libpng, libwebp) and the size limits checked from the header before any
+ * Owns: qw_image (8-bit RGB, row-major (H, W, 3)), the decoders (libjpeg-turbo, libpng,
+ * libwebp; format.h says which) and the size limits checked from the header before any
  * pixel is decoded.  RGB conversion follows PIL's convert("RGB"), which HF applies: grey is
  * replicated, a palette expanded, alpha dropped (not composited), 16-bit channels cut to
  * their high byte.

@@ -1,7 +1,9 @@
 /* test_qwenctl.c - build/bin/qwenctl end to end against a scripted fake daemon
- * (fake_qwend.h): what each flag puts in the request, the streamed answer and --thinking,
- * --json, the statistics line, status summaries, cancel and shutdown, bench, Ctrl-C, and
- * every exit status (0, 1 error reply, 2 usage, 3 unreachable, 130 interrupted). */
+ * (fake_qwend.h): what each flag puts in the request (a conversation from --messages
+ * too), the streamed answer on its own line and --thinking, --json, the statistics line,
+ * status summaries, cancel and shutdown, bench, Ctrl-C, files checked before anything is
+ * sent, each usage error said once, a socket given as a bare path, and every exit status
+ * (0, 1 error reply, 2 usage, 3 unreachable, 130 interrupted). */
 #include "tests/unit/helpers.h"
 
 #include <jansson.h>
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -70,7 +73,7 @@ static bool answer_hello(fake *f, const qw_request *r)
 static void test_submit_chat(void **state)
 {
 	char *dir = scratch_new(), *out, *err;
-	write_file(path_in(dir, "a.png"), "\x89PNG-one", 8);
+	write_file(path_in(dir, "a.png"), "\x89PNG\r\n\x1a\n-one", 12);
 	write_file(path_in(dir, "b.jpg"), "\xff\xd8\xff-two-jpeg", 13);
 	pid_t pid = fake_start(dir, answer_hello, 1, NULL);
 	char args[8192];
@@ -79,8 +82,9 @@ static void test_submit_chat(void **state)
 		 "--stop '</s>'", path_in(dir, "a.png"), path_in(dir, "b.jpg"));
 	assert_int_equal(ctl(dir, NULL, &out, &err, args), 0);
 	assert_int_equal(fake_end(pid), 0);
-	/* the answer alone on stdout, the reasoning hidden, the statistics on stderr */
-	assert_string_equal(out, "Hello, world!");
+	/* the answer alone on stdout, ending its line (so the statistics on stderr start on
+	 * one of their own), the reasoning hidden */
+	assert_string_equal(out, "Hello, world!\n");
 	assert_contains(err, "# request 7: prompt 12 tokens, completion 4 tokens, TTFT 45.5 ms, "
 			"30.2 tokens/s, finish stop");
 	qw_request r;
@@ -93,8 +97,8 @@ static void test_submit_chat(void **state)
 	assert_memory_equal(r.messages[1].role, "user", 4);
 	assert_int_equal(r.messages[1].n_items, 3);
 	assert_int_equal(r.messages[1].items[0].kind, QW_ITEM_IMAGE);
-	assert_int_equal(r.messages[1].items[0].len, 8);
-	assert_memory_equal(r.messages[1].items[0].data, "\x89PNG-one", 8);
+	assert_int_equal(r.messages[1].items[0].len, 12);
+	assert_memory_equal(r.messages[1].items[0].data, "\x89PNG\r\n\x1a\n-one", 12);
 	assert_int_equal(r.messages[1].items[1].kind, QW_ITEM_IMAGE);
 	assert_memory_equal(r.messages[1].items[1].data, "\xff\xd8\xff-two-jpeg", 13);
 	expect_text(&r.messages[1].items[2], "Say hello");
@@ -123,7 +127,7 @@ static void test_submit_thinking_and_json(void **state)
 	pid_t pid = fake_start(dir, answer_hello, 1, NULL);
 	assert_int_equal(ctl(dir, NULL, &out, &err, "submit --thinking hi"), 0);
 	assert_int_equal(fake_end(pid), 0);
-	assert_string_equal(out, "<think>\nLet me think. More.\n</think>\nHello, world!");
+	assert_string_equal(out, "<think>\nLet me think. More.\n</think>\nHello, world!\n");
 	qw_request r;
 	fake_request(dir, 0, &r);
 	/* the defaults: the daemon's sampling, streaming */
@@ -179,7 +183,7 @@ static bool answer_plain(fake *f, const qw_request *r)
 static void test_submit_raw_and_token_ids(void **state)
 {
 	char *dir = scratch_new(), *out, *err;
-	write_file(path_in(dir, "a.png"), "IMG", 3);
+	write_file(path_in(dir, "a.png"), "RIFF\0\0\0\0WEBPIMG", 15);   /* a WebP's magic */
 	write_file(path_in(dir, "prompt.txt"), "from stdin <|image_pad|>", 24);
 	pid_t pid = fake_start(dir, answer_plain, 1, NULL);
 	char args[8192];
@@ -196,7 +200,8 @@ static void test_submit_raw_and_token_ids(void **state)
 	assert_int_equal(r.prompt_len, 24);
 	assert_memory_equal(r.prompt, "from stdin <|image_pad|>", 24);
 	assert_int_equal(r.n_images, 1);
-	assert_memory_equal(r.images[0].data, "IMG", 3);
+	assert_int_equal(r.images[0].len, 15);
+	assert_memory_equal(r.images[0].data, "RIFF\0\0\0\0WEBPIMG", 15);
 	qw_request_free(&r);
 	free(out);
 	free(err);
@@ -206,7 +211,7 @@ static void test_submit_raw_and_token_ids(void **state)
 		 path_in(dir, "a.png"));
 	assert_int_equal(ctl(dir, NULL, &out, &err, args), 0);
 	assert_int_equal(fake_end(pid), 0);
-	assert_string_equal(out, "ok");
+	assert_string_equal(out, "ok\n");
 	assert_contains(err, "finish length");
 	fake_request(dir, 0, &r);
 	assert_null(r.messages);
@@ -219,6 +224,107 @@ static void test_submit_raw_and_token_ids(void **state)
 	qw_request_free(&r);
 	free(out);
 	free(err);
+	scratch_free(dir);
+}
+
+/* submit --messages: the conversation as the file has it, images read from their paths */
+static void test_submit_messages(void **state)
+{
+	char *dir = scratch_new(), *out, *err;
+	char conv[4200], pics[4200];
+	snprintf(conv, sizeof conv, "%s/conv", dir);
+	snprintf(pics, sizeof pics, "%s/conv/pics", dir);
+	assert_int_equal(mkdir(conv, 0755), 0);
+	assert_int_equal(mkdir(pics, 0755), 0);
+	write_file(path_in(pics, "a.png"), "\x89PNG\r\n\x1a\n-one", 12);
+	write_file(path_in(dir, "b.jpg"), "\xff\xd8\xff-two", 7);
+	char json[8192];
+	snprintf(json, sizeof json,
+		 "[{\"role\": \"system\", \"content\": \"Be brief.\"},\n"
+		 " {\"role\": \"user\", \"content\": [{\"type\": \"image\", \"image\": "
+		 "\"pics/a.png\"}, {\"type\": \"text\", \"text\": \"What is it?\"}]},\n"
+		 " {\"role\": \"assistant\", \"content\": \"A house.\", \"reasoning_content\": "
+		 "\"It has a roof.\"},\n"
+		 " {\"role\": \"user\", \"content\": [{\"type\": \"image\", \"image\": "
+		 "\"file://%s\"}, {\"type\": \"text\", \"text\": \"And this?\"}]}]\n",
+		 path_in(dir, "b.jpg"));
+	write_file(path_in(conv, "m.json"), json, strlen(json));
+	pid_t pid = fake_start(dir, answer_plain, 1, NULL);
+	char args[8400];
+	snprintf(args, sizeof args, "submit --messages %s --max-tokens 8", path_in(conv, "m.json"));
+	assert_int_equal(ctl(dir, NULL, &out, &err, args), 0);
+	assert_int_equal(fake_end(pid), 0);
+	assert_string_equal(out, "ok\n");
+	qw_request r;
+	fake_request(dir, 0, &r);
+	assert_int_equal(r.n_messages, 4);
+	static const char *const roles[] = {"system", "user", "assistant", "user"};
+	static const int items[] = {1, 2, 1, 2};
+	for (int m = 0; m < 4; m++) {
+		assert_int_equal(r.messages[m].role_len, strlen(roles[m]));
+		assert_memory_equal(r.messages[m].role, roles[m], strlen(roles[m]));
+		assert_int_equal(r.messages[m].n_items, items[m]);
+	}
+	expect_text(&r.messages[0].items[0], "Be brief.");
+	assert_int_equal(r.messages[1].items[0].kind, QW_ITEM_IMAGE);
+	assert_int_equal(r.messages[1].items[0].len, 12);
+	assert_memory_equal(r.messages[1].items[0].data, "\x89PNG\r\n\x1a\n-one", 12);
+	expect_text(&r.messages[1].items[1], "What is it?");
+	expect_text(&r.messages[2].items[0], "A house.");
+	assert_int_equal(r.messages[2].reasoning_len, 14);
+	assert_memory_equal(r.messages[2].reasoning, "It has a roof.", 14);
+	assert_null(r.messages[1].reasoning);
+	assert_int_equal(r.messages[3].items[0].len, 7);
+	assert_memory_equal(r.messages[3].items[0].data, "\xff\xd8\xff-two", 7);
+	expect_text(&r.messages[3].items[1], "And this?");
+	assert_int_equal(r.max_tokens, 8);
+	assert_null(r.prompt);
+	assert_int_equal(r.n_images, 0);
+	qw_request_free(&r);
+	free(out);
+	free(err);
+
+	/* an OpenAI-shaped object on stdin */
+	const char *obj = "{\"model\": \"x\", \"messages\": [{\"role\": \"user\", \"content\": "
+			  "\"hi\"}]}";
+	write_file(path_in(dir, "obj.json"), obj, strlen(obj));
+	pid = fake_start(dir, answer_plain, 1, NULL);
+	assert_int_equal(ctl(dir, path_in(dir, "obj.json"), &out, &err, "submit --messages -"), 0);
+	assert_int_equal(fake_end(pid), 0);
+	fake_request(dir, 0, &r);
+	assert_int_equal(r.n_messages, 1);
+	expect_text(&r.messages[0].items[0], "hi");
+	qw_request_free(&r);
+	free(out);
+	free(err);
+
+	/* what is wrong with a file is said before anything is sent: exit 2 */
+	static const struct {
+		const char *json, *msg;
+	} bad[] = {
+		{"[{\"role\": \"user\", \"content\": \"hi\"},", "not JSON (line 1"},
+		{"{\"messages\": []}", "expected a non-empty array of messages"},
+		{"[{\"role\": \"robot\", \"content\": \"hi\"}]", "message 1: \"role\" must be"},
+		{"[{\"role\": \"user\"}]", "message 1: \"content\" must be"},
+		{"[{\"role\": \"user\", \"content\": [{\"type\": \"video\"}]}]",
+		 "message 1, item 1: items are"},
+		{"[{\"role\": \"user\", \"content\": [{\"type\": \"image\", \"image\": "
+		 "\"pics/none.png\"}]}]", "pics/none.png: cannot open"},
+		{"[{\"role\": \"user\", \"content\": [{\"type\": \"image\", \"image\": "
+		 "\"m.json\"}]}]", "m.json: not an image (JPEG, PNG or WebP)"},
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		write_file(path_in(conv, "bad.json"), bad[i].json, strlen(bad[i].json));
+		snprintf(args, sizeof args, "submit --messages %s", path_in(conv, "bad.json"));
+		int rc = ctl(dir, NULL, &out, &err, args);
+		if (rc != 2)
+			fail_msg("%s: exit %d, not 2:\n%s", bad[i].json, rc, err);
+		assert_contains(err, bad[i].msg);
+		assert_contains(err, "bad.json");
+		free(out);
+		free(err);
+	}
+	assert_int_equal(fake_count(dir), 1);   /* the stdin request of before, alone */
 	scratch_free(dir);
 }
 
@@ -239,6 +345,21 @@ static bool answer_and_die(fake *f, const qw_request *r)
 {
 	fake_accepted(f, 5);
 	return false;
+}
+
+/* accepted, some of the answer, then an error */
+static bool answer_half(fake *f, const qw_request *r)
+{
+	fake_accepted(f, 6);
+	fake_chunk(f, 6, "half", NULL, ids_hello, 1);
+	fake_error(f, 6, "internal", "the pipeline failed");
+	return true;
+}
+
+static bool answer_loading(fake *f, const qw_request *r)
+{
+	fake_status(f, "{\"state\": \"loading\"}");
+	return true;
 }
 
 static bool answer_never(fake *f, const qw_request *r)
@@ -300,6 +421,21 @@ static void test_exit_statuses(void **state)
 	assert_int_equal(fake_end(pid), 0);
 	free(out);
 	free(err);
+	/* an error mid-answer: what came ends its line, then the error */
+	pid = fake_start(dir, answer_half, 1, NULL);
+	assert_int_equal(ctl(dir, NULL, &out, &err, "submit hi"), 1);
+	assert_string_equal(out, "half\n");
+	assert_contains(err, "qwenctl: internal: the pipeline failed");
+	assert_int_equal(fake_end(pid), 0);
+	free(out);
+	free(err);
+	/* the socket as a bare path, as well as ipc://PATH */
+	pid = fake_start(dir, answer_loading, 1, NULL);
+	assert_int_equal(run_capture(&out, "%s --socket %s status", program("qwenctl"),
+				     path_in(dir, "qwend.sock")), 0);
+	assert_int_equal(fake_end(pid), 0);
+	assert_contains(out, "qwend       loading");
+	free(out);
 	scratch_free(dir);
 }
 
@@ -311,8 +447,8 @@ static void test_usage_errors(void **state)
 	} cases[] = {
 		{"", "no command"},
 		{"frobnicate", "unknown command 'frobnicate'"},
-		{"submit", "needs a PROMPT"},
-		{"submit hi --token-ids 1,2", "not both"},
+		{"submit", "needs a PROMPT (- reads stdin), --token-ids or --messages"},
+		{"submit hi --token-ids 1,2", "give one of a PROMPT, --token-ids and --messages"},
 		{"submit one two", "one PROMPT"},
 		{"submit --raw --token-ids 1", "--raw is for a PROMPT"},
 		{"submit --system s --raw hi", "--system goes with a chat PROMPT"},
@@ -322,7 +458,15 @@ static void test_usage_errors(void **state)
 		{"submit --token-ids 1,x", "--token-ids"},
 		{"submit --image /nonexistent/img.png hi", "/nonexistent/img.png: cannot open"},
 		{"submit --stop '' hi", "--stop"},
-		{"submit --bogus hi", "usage:"},
+		{"submit --bogus hi", "qwenctl: submit: unknown option '--bogus'\nusage:"},
+		{"submit --min-p 0.1 hi", "qwenctl: submit: unknown option '--min-p'\nusage:"},
+		{"submit hi --image", "qwenctl: submit: --image needs a value\nusage:"},
+		{"status --json=yes", "qwenctl: status: --json takes no value"},
+		{"-x status", "qwenctl: unknown option '-x'\nusage:"},
+		{"--socket '' status", "--socket: '' is not an endpoint"},
+		{"submit hi --messages m.json", "give one of a PROMPT, --token-ids and --messages"},
+		{"submit --messages m.json --system s", "--messages holds the whole conversation"},
+		{"submit --messages /nonexistent/m.json", "/nonexistent/m.json: cannot open"},
 		{"--timeout 0 status", "--timeout"},
 		{"--timeout x status", "--timeout"},
 		{"status extra", "no arguments"},
@@ -337,12 +481,29 @@ static void test_usage_errors(void **state)
 		if (rc != 2)
 			fail_msg("qwenctl %s: exit %d, not 2:\n%s", cases[i].args, rc, err);
 		assert_contains(err, cases[i].msg);
+		/* said once: getopt's own message is off */
+		assert_null(strstr(err, "unrecognized"));
+		assert_null(strstr(err, "requires an argument"));
 		assert_string_equal(out, "");
 		free(out);
 		free(err);
 	}
-	/* a directory is not an image; neither is a file past the size cap */
+	/* files that are not images are refused before anything is sent, by name */
+	write_file(path_in(dir, "README.md"), "# qwen-vl\n", 10);
+	write_file(path_in(dir, "cat.gif"), "GIF89a....", 10);
 	char args[4300];
+	snprintf(args, sizeof args, "submit --image %s hi", path_in(dir, "README.md"));
+	assert_int_equal(ctl(dir, NULL, &out, &err, args), 2);
+	assert_contains(err, "qwenctl: --image ");
+	assert_contains(err, "/README.md: not an image (JPEG, PNG or WebP)");
+	free(out);
+	free(err);
+	snprintf(args, sizeof args, "submit --image %s hi", path_in(dir, "cat.gif"));
+	assert_int_equal(ctl(dir, NULL, &out, &err, args), 2);
+	assert_contains(err, "/cat.gif: a GIF image; qwend takes JPEG, PNG or WebP");
+	free(out);
+	free(err);
+	/* a directory is not an image; neither is a file past the size cap */
 	snprintf(args, sizeof args, "submit --image %s hi", dir);
 	assert_int_equal(ctl(dir, NULL, &out, &err, args), 2);
 	assert_contains(err, "not a regular file");
@@ -508,12 +669,18 @@ static void test_interrupt_cancels(void **state)
 	pid_t pid = fake_start(dir, answer_interrupt, 2, NULL);
 	int rc = run_capture(&out, "sh -c 'echo $$ >%s/pid; exec %s --socket %s submit hi "
 			     "2>%s/stderr'", dir, program("qwenctl"), fake_endpoint(dir), dir);
+	/* run_capture's output is stdout alone here: stderr went to the file */
 	char *err = read_file(path_in(dir, "stderr"), NULL);
 	if (rc != 130)
 		fail_msg("exit %d, not 130:\n%s\n%s", rc, out, err);
 	assert_int_equal(fake_end(pid), 0);
-	assert_contains(err, "cancelling request 9");
-	assert_contains(err, "request 9 cancelled");
+	/* the partial answer, if it came before the signal, ends its line; "cancelled" is said
+	 * once */
+	if (*out)
+		assert_string_equal(out, "partial\n");
+	assert_contains(err, "qwenctl: interrupted; request 9 cancelled\n");
+	assert_null(strstr(err, "cancelling request 9"));
+	assert_null(strstr(strstr(err, "cancelled") + 1, "cancelled"));
 	qw_request r;
 	fake_request(dir, 1, &r);
 	assert_int_equal(r.op, QW_OP_CANCEL);
@@ -730,6 +897,7 @@ int main(void)
 		cmocka_unit_test(test_submit_chat),
 		cmocka_unit_test(test_submit_thinking_and_json),
 		cmocka_unit_test(test_submit_raw_and_token_ids),
+		cmocka_unit_test(test_submit_messages),
 		cmocka_unit_test(test_exit_statuses),
 		cmocka_unit_test(test_usage_errors),
 		cmocka_unit_test(test_status),
