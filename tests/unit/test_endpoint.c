@@ -111,6 +111,24 @@ static void expect_refused(const char *endpoint, bool allow_remote, const char *
 	assert_contains(err.msg, msg);
 }
 
+/* what a person writes: a bare path is a socket file */
+static void test_from_arg(void **state)
+{
+	char out[64];
+	assert_true(qw_endpoint_from_arg("/tmp/x.sock", out, sizeof out));
+	assert_string_equal(out, "ipc:///tmp/x.sock");
+	assert_true(qw_endpoint_from_arg("run/q.sock", out, sizeof out));
+	assert_string_equal(out, "ipc://run/q.sock");
+	assert_true(qw_endpoint_from_arg("ipc:///tmp/x.sock", out, sizeof out));
+	assert_string_equal(out, "ipc:///tmp/x.sock");
+	assert_true(qw_endpoint_from_arg("tcp://127.0.0.1:5555", out, sizeof out));
+	assert_string_equal(out, "tcp://127.0.0.1:5555");
+	/* too long for out: refused, out empty */
+	assert_false(qw_endpoint_from_arg("/a/path/that/is/much/longer/than/the/sixty/four/bytes/"
+					  "out/holds.sock", out, sizeof out));
+	assert_string_equal(out, "");
+}
+
 static void test_bind_tcp(void **state)
 {
 	/* wildcards (and localhost, which ZeroMQ does not resolve for bind) become loopback */
@@ -181,6 +199,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_daemon_default),
 		cmocka_unit_test(test_client_default),
+		cmocka_unit_test(test_from_arg),
 		cmocka_unit_test(test_bind_tcp),
 		cmocka_unit_test(test_bind_ipc_and_others),
 	};
