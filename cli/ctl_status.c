@@ -159,6 +159,23 @@ static void print_requests(const json_t *r)
 		printf("%.0f served", served);
 	if (hf)
 		printf("%s%.0f failed", hs ? ", " : "", failed);
+	/* refused before they ran, by code: "2 refused (1 bad_request, 1 too_large)" */
+	const json_t *refused = json_object_get(r, "refused");
+	const char *code;
+	const json_t *n;
+	double total = 0;
+	json_object_foreach((json_t *)refused, code, n)
+		total += json_is_number(n) ? json_number_value(n) : 0;
+	if (json_is_object(refused)) {
+		printf("%s%.0f refused", hs || hf ? ", " : hq || hr ? "; " : "", total);
+		const char *sep = " (";
+		json_object_foreach((json_t *)refused, code, n)
+			if (json_is_number(n) && json_number_value(n) > 0) {
+				printf("%s%.0f %s", sep, json_number_value(n), code);
+				sep = ", ";
+			}
+		printf("%s", total > 0 ? ")" : "");
+	}
 	printf("\n");
 }
 

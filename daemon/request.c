@@ -42,19 +42,16 @@ static void free_images(prepared_image *im, int n)
 
 /* Decodes and resizes the request's images, in order, within the per-request limits. */
 static qw_status prepare_images(const qw_req_ctx *c, const qw_item *const *items, int n,
-				prepared_image **out, const char **code, qw_err *err)
+				prepared_image **out, qw_err *err)
 {
 	*out = NULL;
 	if (n == 0)
 		return QW_OK;
-	if (!c->cfg->has_vision) {
-		*code = "bad_request";
+	if (!c->cfg->has_vision)
 		return qw_fail(err, QW_E_ARG, "the model (%s) takes no images", c->cfg->model_type);
-	}
-	if (n > c->max_images) {
-		*code = "too_large";
-		return qw_fail(err, QW_E_ARG, "%d images; a request may carry %d", n, c->max_images);
-	}
+	if (n > c->max_images)
+		return qw_fail(err, QW_E_LIMIT, "%d images; a request may carry %d", n,
+			       c->max_images);
 	prepared_image *im = calloc((size_t)n, sizeof *im);
 	if (!im)
 		return qw_fail(err, QW_E_NOMEM, "out of memory");
@@ -70,8 +67,6 @@ static qw_status prepare_images(const qw_req_ctx *c, const qw_item *const *items
 		}
 		if (st != QW_OK) {
 			free_images(im, n);
-			*code = strstr(err->msg, "more than") || strstr(err->msg, "limit") ? "too_large"
-											   : "bad_request";
 			return qw_err_context(err, "image %d", i + 1);
 		}
 		im[i].grid[0] = 1;
@@ -82,9 +77,8 @@ static qw_status prepare_images(const qw_req_ctx *c, const qw_item *const *items
 	}
 	if (total > c->max_image_tokens) {
 		free_images(im, n);
-		*code = "too_large";
-		return qw_fail(err, QW_E_ARG, "the images take %d image tokens; a request may take %d",
-			       total, c->max_image_tokens);
+		return qw_fail(err, QW_E_LIMIT, "the images take %d image tokens; a request may take "
+			       "%d", total, c->max_image_tokens);
 	}
 	*out = im;
 	return QW_OK;
@@ -93,8 +87,7 @@ static qw_status prepare_images(const qw_req_ctx *c, const qw_item *const *items
 /* Expands each image's pad run: a single pad becomes the image's token count; a run of
  * exactly that count stays.  *ids is replaced (malloc'd). */
 static qw_status expand_pads(const qw_req_ctx *c, int32_t **ids, int *n,
-			     const prepared_image *im, int n_images, const char **code,
-			     qw_err *err)
+			     const prepared_image *im, int n_images, qw_err *err)
 {
 	int32_t pad = c->cfg->has_vision ? c->cfg->image_token_id : -1;
 	int runs = 0, total = 0;
@@ -107,25 +100,19 @@ static qw_status expand_pads(const qw_req_ctx *c, int32_t **ids, int *n,
 		int j = i;
 		while (j < *n && (*ids)[j] == pad)
 			j++;
-		if (runs >= n_images) {
-			*code = "bad_request";
+		if (runs >= n_images)
 			return qw_fail(err, QW_E_ARG, "the prompt has more image pad runs than the %d "
 				       "image%s given", n_images, n_images == 1 ? "" : "s");
-		}
-		if (j - i != 1 && j - i != im[runs].n_tokens) {
-			*code = "bad_request";
+		if (j - i != 1 && j - i != im[runs].n_tokens)
 			return qw_fail(err, QW_E_ARG, "image %d: a run of %d pad tokens; the image takes "
 				       "%d (or give one pad to have it expanded)", runs + 1, j - i,
 				       im[runs].n_tokens);
-		}
 		total += im[runs++].n_tokens;
 		i = j;
 	}
-	if (runs != n_images) {
-		*code = "bad_request";
+	if (runs != n_images)
 		return qw_fail(err, QW_E_ARG, "%d image%s given, the prompt has %d image pad run%s",
 			       n_images, n_images == 1 ? "" : "s", runs, runs == 1 ? "" : "s");
-	}
 	int32_t *out = malloc((size_t)(total ? total : 1) * sizeof *out);
 	if (!out)
 		return qw_fail(err, QW_E_NOMEM, "out of memory");
@@ -170,8 +157,7 @@ static const char *cstr(cstrs *s, const char *data, size_t len)
 /* Renders chat messages (with tools and the thinking switch); image items get their pad
  * counts.  *text is malloc'd. */
 static qw_status render_chat(const qw_req_ctx *c, const qw_request *r, const prepared_image *im,
-			     bool generation_prompt, char **text, size_t *len, const char **code,
-			     qw_err *err)
+			     bool generation_prompt, char **text, size_t *len, qw_err *err)
 {
 	size_t n_items = 0, n_calls = 0, n_msgs = r->n_messages > 0 ? (size_t)r->n_messages : 1;
 	for (int i = 0; i < r->n_messages; i++) {
@@ -218,8 +204,8 @@ static qw_status render_chat(const qw_req_ctx *c, const qw_request *r, const pre
 	qw_chat_opts o = {.add_generation_prompt = generation_prompt, .thinking = c->thinking,
 			  .thinking_off = r->thinking == QW_THINKING_OFF, .tools = tools,
 			  .n_tools = r->n_tools};
-	if (st == QW_OK && (st = qw_chat_render(msgs, r->n_messages, &o, text, len, err)) != QW_OK)
-		*code = "bad_request";
+	if (st == QW_OK)
+		st = qw_chat_render(msgs, r->n_messages, &o, text, len, err);
 	for (int i = 0; i < strs.n; i++)
 		free(strs.p[i]);
 	free(strs.p);
@@ -232,7 +218,7 @@ static qw_status render_chat(const qw_req_ctx *c, const qw_request *r, const pre
 
 /* The prompt's token ids (malloc'd) and its images, in prompt order. */
 static qw_status prompt_ids(const qw_req_ctx *c, const qw_request *r, int32_t **ids, int *n,
-			    prepared_image **im, int *n_images, const char **code, qw_err *err)
+			    prepared_image **im, int *n_images, qw_err *err)
 {
 	*ids = NULL;
 	*im = NULL;
@@ -252,31 +238,26 @@ static qw_status prompt_ids(const qw_req_ctx *c, const qw_request *r, int32_t **
 		for (int k = 0; k < r->messages[i].n_items; k++)
 			if (r->messages[i].items[k].kind == QW_ITEM_IMAGE)
 				items[at++] = &r->messages[i].items[k];
-	qw_status st = prepare_images(c, items, n_img, im, code, err);
+	qw_status st = prepare_images(c, items, n_img, im, err);
 	free(items);
 	if (st != QW_OK)
 		return st;
 	*n_images = n_img;
 	if ((r->messages || r->prompt) && !c->tok) {
-		*code = "bad_request";
 		st = qw_fail(err, QW_E_ARG, "this model has no tokenizer: send token_ids "
 			     "(HINT: start qwend with --tokenizer DIR to accept text)");
 	} else if (r->messages || r->prompt) {
 		char *text = NULL;
 		size_t len = r->prompt_len, count = 0;
 		if (r->messages)
-			st = render_chat(c, r, *im, !r->no_generation_prompt, &text, &len, code,
-					 err);
-		if (st == QW_OK) {
+			st = render_chat(c, r, *im, !r->no_generation_prompt, &text, &len, err);
+		if (st == QW_OK)
 			st = qw_tokenizer_encode(c->tok, text ? text : r->prompt, len, ids, &count, err);
-			if (st != QW_OK)
-				*code = "bad_request";
-		}
 		free(text);
 		*n = (int)count;
 		/* chat messages come out expanded; a raw prompt may give one pad per image */
 		if (st == QW_OK && r->prompt)
-			st = expand_pads(c, ids, n, *im, n_img, code, err);
+			st = expand_pads(c, ids, n, *im, n_img, err);
 	} else {
 		*ids = malloc((size_t)r->n_token_ids * sizeof **ids);
 		if (!*ids)
@@ -285,18 +266,14 @@ static qw_status prompt_ids(const qw_req_ctx *c, const qw_request *r, int32_t **
 			memcpy(*ids, r->token_ids, (size_t)r->n_token_ids * sizeof **ids);
 		*n = r->n_token_ids;
 		if (st == QW_OK)
-			st = expand_pads(c, ids, n, *im, n_img, code, err);
+			st = expand_pads(c, ids, n, *im, n_img, err);
 	}
-	if (st == QW_OK && *n == 0) {
-		*code = "bad_request";
+	if (st == QW_OK && *n == 0)
 		st = qw_fail(err, QW_E_ARG, "the prompt is empty");
-	}
 	for (int i = 0; i < *n && st == QW_OK; i++)
-		if ((*ids)[i] < 0 || (*ids)[i] >= c->cfg->text.vocab_size) {
-			*code = "bad_request";
+		if ((*ids)[i] < 0 || (*ids)[i] >= c->cfg->text.vocab_size)
 			st = qw_fail(err, QW_E_ARG, "token %d of the prompt is %d, outside the model's "
 				     "vocabulary of %d", i, (*ids)[i], c->cfg->text.vocab_size);
-		}
 	if (st != QW_OK) {
 		free(*ids);
 		*ids = NULL;
@@ -307,12 +284,11 @@ static qw_status prompt_ids(const qw_req_ctx *c, const qw_request *r, int32_t **
 }
 
 qw_status qw_request_tokenize(const qw_req_ctx *c, const qw_request *r, int32_t **ids, int *n,
-			      const char **code, qw_err *err)
+			      qw_err *err)
 {
-	*code = "bad_request";
 	prepared_image *im;
 	int n_img;
-	qw_status st = prompt_ids(c, r, ids, n, &im, &n_img, code, err);
+	qw_status st = prompt_ids(c, r, ids, n, &im, &n_img, err);
 	if (st == QW_OK)
 		free_images(im, n_img);
 	return st;
@@ -329,24 +305,20 @@ void qw_request_seq_free(qw_seq *seq)
 }
 
 static qw_status prepare_output(const qw_req_ctx *c, const qw_request *r, qw_output *out,
-				int n_prompt, const char **code, qw_err *err)
+				int n_prompt, qw_err *err)
 {
 	memset(out, 0, sizeof *out);
 	out->ctx = c;
 	out->ignore_eos = r->ignore_eos;
 	out->room = c->max_context - n_prompt;
-	if (out->room < 1) {
-		*code = "too_large";
-		return qw_fail(err, QW_E_ARG, "the prompt has %d tokens; the model's context holds "
+	if (out->room < 1)
+		return qw_fail(err, QW_E_LIMIT, "the prompt has %d tokens; the model's context holds "
 			       "%d", n_prompt, c->max_context);
-	}
 	out->max_new = r->max_tokens > 0 ? r->max_tokens : c->default_max_tokens;
-	if (r->max_tokens > out->room) {
-		*code = "too_large";
-		return qw_fail(err, QW_E_ARG, "the prompt (%d tokens) and max_tokens %d exceed the "
+	if (r->max_tokens > out->room)
+		return qw_fail(err, QW_E_LIMIT, "the prompt (%d tokens) and max_tokens %d exceed the "
 			       "model's context of %d tokens", n_prompt, r->max_tokens,
 			       c->max_context);
-	}
 	if (out->max_new > out->room)
 		out->max_new = out->room;
 	if (c->tok && c->think_start >= 0 && c->think_end >= 0)
@@ -379,15 +351,14 @@ static qw_status prepare_output(const qw_req_ctx *c, const qw_request *r, qw_out
 }
 
 qw_status qw_request_prepare(const qw_req_ctx *c, const qw_request *r, uint64_t id,
-			     qw_seq *seq, qw_output *out, const char **code, qw_err *err)
+			     qw_seq *seq, qw_output *out, qw_err *err)
 {
 	memset(seq, 0, sizeof *seq);
 	memset(out, 0, sizeof *out);
-	*code = "bad_request";
 	int32_t *ids;
 	int n = 0, n_img = 0;
 	prepared_image *im;
-	qw_status st = prompt_ids(c, r, &ids, &n, &im, &n_img, code, err);
+	qw_status st = prompt_ids(c, r, &ids, &n, &im, &n_img, err);
 	if (st != QW_OK)
 		return st;
 	seq->id = id;
@@ -424,7 +395,7 @@ qw_status qw_request_prepare(const qw_req_ctx *c, const qw_request *r, uint64_t 
 	}
 	free_images(im, n_img);
 	if (st == QW_OK)
-		st = prepare_output(c, r, out, n, code, err);
+		st = prepare_output(c, r, out, n, err);
 	if (st != QW_OK) {
 		qw_request_seq_free(seq);
 		qw_output_free(out);

@@ -7,8 +7,8 @@
  *   - qw_request_prepare turns a decoded submit into a sequence for the scheduler: chat
  *     messages through the chat template, a raw prompt, or token ids; images decoded,
  *     checked against the limits, resized, and their pad runs expanded; M-RoPE positions;
- *     sampling, maximum length and stop settings.  A refusal says which error code the
- *     client gets (bad_request or too_large) and why;
+ *     sampling, maximum length and stop settings.  A refusal's status says whether the
+ *     request is over a limit (QW_E_LIMIT) or wrong (QW_E_ARG), and err says why;
  *   - qw_output turns the sequence's sampled tokens into text: whole characters only,
  *     special tokens left out, split into reasoning and answer, answer text held back while
  *     it may still begin a stop string; it says when the request is finished and why.
@@ -76,16 +76,18 @@ typedef struct qw_output {
 } qw_output;
 
 /* Prepares seq (id, tokens, positions, images, sampling; the scheduler's fields zeroed) and
- * out from r.  On refusal *code is "bad_request" or "too_large" and err says why; nothing
- * is left allocated. */
+ * out from r.  A refusal is QW_E_LIMIT for a request over a limit (images, image tokens,
+ * the context), QW_E_ARG for one that is wrong, QW_E_NOMEM when memory ran out (the
+ * protocol's qw_error_code_of gives the client's code), and err says why; nothing is left
+ * allocated. */
 qw_status qw_request_prepare(const qw_req_ctx *c, const qw_request *r, uint64_t id,
-			     qw_seq *seq, qw_output *out, const char **code, qw_err *err);
+			     qw_seq *seq, qw_output *out, qw_err *err);
 
 /* The token ids (malloc'd) a tokenize request's messages or prompt come to, as a submit
- * of them would be prompted: templates rendered, images decoded to count their pads.  On
- * refusal *code and err say why, as for prepare. */
+ * of them would be prompted: templates rendered, images decoded to count their pads.  A
+ * refusal's status and err say why, as for prepare. */
 qw_status qw_request_tokenize(const qw_req_ctx *c, const qw_request *r, int32_t **ids, int *n,
-			      const char **code, qw_err *err);
+			      qw_err *err);
 
 /* Frees what prepare gave seq (when it never reached the scheduler). */
 void qw_request_seq_free(qw_seq *seq);

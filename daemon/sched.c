@@ -307,16 +307,16 @@ qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err)
 	int total = seq->n_tokens + max_new;
 	int blocks = qw_kv_blocks_for(&s->pool, total);
 	if (blocks > s->pool.n_blocks)
-		return qw_fail(err, QW_E_ARG, "the prompt (%d tokens) and up to %d new tokens need "
+		return qw_fail(err, QW_E_LIMIT, "the prompt (%d tokens) and up to %d new tokens need "
 			       "%d KV blocks of %d tokens; the cache holds %d", seq->n_tokens, max_new,
 			       blocks, s->pool.block_size, s->pool.n_blocks);
 	if (blocks > s->o.max_plan_blocks)
-		return qw_fail(err, QW_E_ARG, "%d tokens of context need more KV blocks (%d) than a "
+		return qw_fail(err, QW_E_LIMIT, "%d tokens of context need more KV blocks (%d) than a "
 			       "step plan may carry (%d)", total, blocks, s->o.max_plan_blocks);
 	for (int i = 0; i < seq->n_images; i++) {
 		uint64_t bytes = (uint64_t)seq->images[i].height * (uint64_t)seq->images[i].width * 3;
 		if (bytes > s->o.arena_bytes)
-			return qw_fail(err, QW_E_ARG, "image %d (%d x %d) takes %llu bytes; the image "
+			return qw_fail(err, QW_E_LIMIT, "image %d (%d x %d) takes %llu bytes; the image "
 				       "arena holds %llu", i + 1, seq->images[i].width,
 				       seq->images[i].height, (unsigned long long)bytes,
 				       (unsigned long long)s->o.arena_bytes);

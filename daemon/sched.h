@@ -145,7 +145,7 @@ qw_status qw_sched_init(qw_sched *s, const qw_sched_opts *o, qw_err *err);
 void qw_sched_free(qw_sched *s);
 
 /* Queues seq (the scheduler then owns its arrays; seq itself stays the caller's until
- * removed).  QW_E_FULL when the queue is full; QW_E_ARG when the sequence could never fit
+ * removed).  QW_E_FULL when the queue is full; QW_E_LIMIT when the sequence could never fit
  * (its prompt plus max_new tokens exceed the KV pool, or an image exceeds the arena or a
  * step). */
 qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err);

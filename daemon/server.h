@@ -95,7 +95,8 @@ typedef struct qw_server {
 	bool stopping;               /* leave the loop */
 	int exit_status;
 	/* statistics */
-	uint64_t served, failed, cancelled;
+	uint64_t served, failed, cancelled;   /* accepted requests, by how they ended */
+	uint64_t refused[QW_CODE_COUNT_];     /* requests refused before acceptance, by code */
 	uint64_t prompt_tokens, generated_tokens;
 	uint64_t window_prompt[QW_THROUGHPUT_WINDOW], window_gen[QW_THROUGHPUT_WINDOW];
 	int64_t window_second;       /* the second the last bucket counts */

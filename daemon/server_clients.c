@@ -135,6 +135,15 @@ static void reply_error(qw_server *sv, const uint8_t *peer, size_t peer_len, uin
 	send_reply(sv, peer, peer_len, &r);
 }
 
+/* A request refused before it was accepted: answered, counted by its code. */
+static void refuse(qw_server *sv, const uint8_t *peer, size_t peer_len, qw_error_code code,
+		   const char *message)
+{
+	qw_log(QW_LOG_DEBUG, "refused a request: %s: %s", qw_error_code_name(code), message);
+	reply_error(sv, peer, peer_len, 0, qw_error_code_name(code), message);
+	sv->refused[code]++;
+}
+
 static void unlink_live(qw_server *sv, qw_live *r)
 {
 	if (r->prev)
@@ -240,23 +249,17 @@ void qw_server_on_token(void *ctx, qw_seq *seq, int32_t token)
 // ---------------------------------------------------------------------------------------
 // requests
 
-static const char *refusal_code(const qw_err *err)
-{
-	return strstr(err->msg, "limit") || strstr(err->msg, "too many") ? "too_large"
-									   : "bad_request";
-}
-
 static void submit(qw_server *sv, const qw_request *req, const uint8_t *peer, size_t peer_len,
 		   int fd)
 {
 	char why[160];
 	if (qw_server_not_ready(sv, why, sizeof why)) {
-		reply_error(sv, peer, peer_len, 0, "not_ready", why);
+		refuse(sv, peer, peer_len, QW_CODE_NOT_READY, why);
 		return;
 	}
 	qw_live *r = calloc(1, sizeof *r);
 	if (!r) {
-		reply_error(sv, peer, peer_len, 0, "internal", "out of memory");
+		refuse(sv, peer, peer_len, QW_CODE_INTERNAL, "out of memory");
 		return;
 	}
 	r->id = sv->next_id++;
@@ -265,23 +268,19 @@ static void submit(qw_server *sv, const qw_request *req, const uint8_t *peer, si
 	r->peer_len = peer_len;
 	r->peer_fd = fd;
 	r->stream = req->stream;
-	const char *code;
 	qw_err err = {0};
-	qw_status st = qw_request_prepare(&sv->rc, req, r->id, &r->seq, &r->out, &code, &err);
+	qw_status st = qw_request_prepare(&sv->rc, req, r->id, &r->seq, &r->out, &err);
 	if (st == QW_OK) {
 		r->seq.owner = r;
 		r->n_prompt = r->seq.n_prompt;
 		st = qw_sched_submit(&sv->sched, &r->seq, r->out.max_new, &err);
-		code = st == QW_E_FULL ? "busy" : "too_large";
 		if (st != QW_OK) {
 			qw_request_seq_free(&r->seq);
 			qw_output_free(&r->out);
 		}
 	}
 	if (st != QW_OK) {
-		qw_log(QW_LOG_DEBUG, "refused a submit: %s: %s", code, err.msg);
-		reply_error(sv, peer, peer_len, 0, st == QW_E_NOMEM ? "internal" : code, err.msg);
-		sv->failed++;
+		refuse(sv, peer, peer_len, qw_error_code_of(st), err.msg);
 		free(r);
 		return;
 	}
@@ -307,10 +306,9 @@ static void tokens(qw_server *sv, const qw_request *req, const uint8_t *peer, si
 	int32_t *ids = NULL;
 	char *text = NULL;
 	size_t len = 0;
-	const char *code = "bad_request";
 	qw_status st;
 	if (req->op == QW_OP_TOKENIZE) {
-		st = qw_request_tokenize(&sv->rc, req, &ids, &t.n_token_ids, &code, &err);
+		st = qw_request_tokenize(&sv->rc, req, &ids, &t.n_token_ids, &err);
 		t.token_ids = ids;
 	} else if (!sv->tok) {
 		st = qw_fail(&err, QW_E_ARG, "this model has no tokenizer: token ids have no text");
@@ -323,7 +321,7 @@ static void tokens(qw_server *sv, const qw_request *req, const uint8_t *peer, si
 	if (st == QW_OK)
 		send_reply(sv, peer, peer_len, &t);
 	else
-		reply_error(sv, peer, peer_len, 0, st == QW_E_NOMEM ? "internal" : code, err.msg);
+		refuse(sv, peer, peer_len, qw_error_code_of(st), err.msg);
 	free(ids);
 	free(text);
 }
@@ -335,6 +333,7 @@ static void cancel(qw_server *sv, uint64_t id, const uint8_t *peer, size_t peer_
 	if (!q) {
 		snprintf(msg, sizeof msg, "no request %llu is in progress", (unsigned long long)id);
 		reply_error(sv, peer, peer_len, id, "bad_request", msg);
+		sv->refused[QW_CODE_BAD_REQUEST]++;
 		return;
 	}
 	qw_server_end(sv, q->owner, NULL, NULL, "cancelled");
@@ -348,8 +347,9 @@ static void handle(qw_server *sv, const uint8_t *peer, size_t peer_len, const vo
 {
 	qw_request req;
 	qw_err err = {0};
-	if (qw_request_decode(msg, len, &sv->limits, &req, &err) != QW_OK) {
-		reply_error(sv, peer, peer_len, 0, refusal_code(&err), err.msg);
+	qw_status st = qw_request_decode(msg, len, &sv->limits, &req, &err);
+	if (st != QW_OK) {
+		refuse(sv, peer, peer_len, qw_error_code_of(st), err.msg);
 		return;
 	}
 	switch (req.op) {
@@ -419,9 +419,9 @@ void qw_server_on_router(qw_server *sv)
 		if (bodies == 1)
 			handle(sv, peer, peer_len, zmq_msg_data(&body), zmq_msg_size(&body), fd);
 		else
-			reply_error(sv, peer, peer_len, 0, "bad_request", bodies
-				    ? "a request is one message of one frame"
-				    : "an empty message is not a request");
+			refuse(sv, peer, peer_len, QW_CODE_BAD_REQUEST, bodies
+			       ? "a request is one message of one frame"
+			       : "an empty message is not a request");
 		zmq_msg_close(&body);
 		zmq_msg_close(&id);
 	}

@@ -117,6 +117,12 @@ char *qw_server_status_json(const qw_server *sv)
 		"failed", (json_int_t)sv->failed, "cancelled", (json_int_t)sv->cancelled,
 		"preempted", (json_int_t)(sv->have_sched ? sv->sched.preempted : 0),
 		"pipeline_depth", sv->depth));
+	/* refusals apart from failures: a refused request never ran */
+	json_t *refused = json_object();
+	for (int code = 0; code < QW_CODE_COUNT_; code++)
+		json_object_set_new(refused, qw_error_code_name(code),
+				    json_integer((json_int_t)sv->refused[code]));
+	json_object_set_new(json_object_get(o, "requests"), "refused", refused);
 	/* the window's buckets, the current (partial) second left out */
 	uint64_t p = 0, g = 0;
 	int64_t now = (int64_t)qw_now();

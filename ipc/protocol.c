@@ -354,3 +354,29 @@ void qw_reply_free(qw_reply *r)
 	qw_owned_free(r->owned);
 	memset(r, 0, sizeof *r);
 }
+
+// ---------------------------------------------------------------------------------------
+// error codes
+
+const char *qw_error_code_name(qw_error_code c)
+{
+	static const char *const names[QW_CODE_COUNT_] = {
+		[QW_CODE_BAD_REQUEST] = "bad_request", [QW_CODE_TOO_LARGE] = "too_large",
+		[QW_CODE_BUSY] = "busy", [QW_CODE_NOT_READY] = "not_ready",
+		[QW_CODE_INTERNAL] = "internal"};
+	return c >= 0 && c < QW_CODE_COUNT_ ? names[c] : "internal";
+}
+
+qw_error_code qw_error_code_of(qw_status st)
+{
+	switch (st) {
+	case QW_E_LIMIT: return QW_CODE_TOO_LARGE;
+	case QW_E_FULL: return QW_CODE_BUSY;
+	case QW_E_NOMEM:
+	case QW_E_IO:
+	case QW_E_DEVICE:
+	case QW_E_TIMEOUT:
+	case QW_E_ABORTED: return QW_CODE_INTERNAL;
+	default: return QW_CODE_BAD_REQUEST;
+	}
+}

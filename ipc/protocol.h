@@ -139,7 +139,25 @@ typedef struct qw_reply {
 	void *owned;
 } qw_reply;
 
-/* Decodes and checks a request; errors are QW_E_ARG with a message naming the field. */
+/* The code of an error reply (docs/protocol.md), and which status gives which: the one
+ * table from what went wrong to what the client is told. */
+typedef enum qw_error_code {
+	QW_CODE_BAD_REQUEST,       /* the request itself is wrong (QW_E_ARG and the rest) */
+	QW_CODE_TOO_LARGE,         /* over a limit (QW_E_LIMIT) */
+	QW_CODE_BUSY,              /* no room now (QW_E_FULL) */
+	QW_CODE_NOT_READY,         /* loading, restarting or shutting down (the daemon's state) */
+	QW_CODE_INTERNAL,          /* the daemon failed (out of memory, I/O, a device, ...) */
+	QW_CODE_COUNT_
+} qw_error_code;
+
+/* "bad_request", "too_large", "busy", "not_ready", "internal". */
+const char *qw_error_code_name(qw_error_code c);
+
+/* The code a request refused or failed with status st gets. */
+qw_error_code qw_error_code_of(qw_status st);
+
+/* Decodes and checks a request; errors name the field: QW_E_LIMIT for one over a limit
+ * (sizes, counts), QW_E_ARG for anything else wrong. */
 qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, qw_request *out,
 			    qw_err *err);
 void qw_request_free(qw_request *r);

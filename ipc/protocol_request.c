@@ -25,6 +25,12 @@ static qw_status bad(decoder *d, const char *field, const char *what)
 	return qw_fail(d->err, QW_E_ARG, "request: \"%s\" %s", field, what);
 }
 
+/* A field over one of the limits. */
+static qw_status over(decoder *d, const char *field, const char *what)
+{
+	return qw_fail(d->err, QW_E_LIMIT, "request: \"%s\" %s", field, what);
+}
+
 static qw_status text_field(decoder *d, const char *field, const msgpack_object *v,
 			    const char **out, size_t *len)
 {
@@ -34,7 +40,7 @@ static qw_status text_field(decoder *d, const char *field, const msgpack_object 
 		char what[96];
 		snprintf(what, sizeof what, "takes the request past its limit of %zu bytes of text",
 			 d->lim->max_text_bytes);
-		return bad(d, field, what);
+		return over(d, field, what);
 	}
 	*out = v->via.str.ptr;
 	*len = v->via.str.size;
@@ -78,7 +84,7 @@ static qw_status image_bytes(decoder *d, const char *field, const msgpack_object
 		char what[128];
 		snprintf(what, sizeof what, "is over the limits (%zu bytes an image, %d images "
 			 "a request)", d->lim->max_image_bytes, d->lim->max_images);
-		return bad(d, field, what);
+		return over(d, field, what);
 	}
 	out->kind = QW_ITEM_IMAGE;
 	out->data = data->via.bin.ptr;
@@ -99,7 +105,7 @@ static qw_status content(decoder *d, const msgpack_object *v, qw_req_message *m)
 	if (v->type != MSGPACK_OBJECT_ARRAY)
 		return bad(d, "content", "must be a string or an array of items");
 	if ((int)v->via.array.size > d->lim->max_items)
-		return bad(d, "content", "has too many items");
+		return over(d, "content", "has too many items");
 	m->n_items = (int)v->via.array.size;
 	m->items = qw_own(d->o, (size_t)m->n_items * sizeof *m->items);
 	if (!m->items)
@@ -142,7 +148,7 @@ static qw_status images(decoder *d, const msgpack_object *v, qw_request *r)
 	if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0)
 		return bad(d, "images", "must be a non-empty array of encoded images");
 	if ((int)v->via.array.size > d->lim->max_images)
-		return bad(d, "images", "has too many images");
+		return over(d, "images", "has too many images");
 	r->n_images = (int)v->via.array.size;
 	r->images = qw_own(d->o, (size_t)r->n_images * sizeof *r->images);
 	if (!r->images)
@@ -193,7 +199,7 @@ static qw_status messages(decoder *d, const msgpack_object *v, qw_request *r)
 	if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0)
 		return bad(d, "messages", "must be a non-empty array");
 	if ((int)v->via.array.size > d->lim->max_messages)
-		return bad(d, "messages", "has too many messages");
+		return over(d, "messages", "has too many messages");
 	r->n_messages = (int)v->via.array.size;
 	r->messages = qw_own(d->o, (size_t)r->n_messages * sizeof *r->messages);
 	if (!r->messages)
@@ -241,7 +247,7 @@ static qw_status int_array(decoder *d, const char *field, const msgpack_object *
 	if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0)
 		return bad(d, field, "must be a non-empty array of token ids");
 	if ((int)v->via.array.size > max)
-		return bad(d, field, "has too many token ids");
+		return over(d, field, "has too many token ids");
 	*n = (int)v->via.array.size;
 	*out = qw_own(d->o, (size_t)*n * sizeof **out);
 	if (!*out)
@@ -430,7 +436,7 @@ qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, q
 	qw_limits def = QW_LIMITS_DEFAULT;
 	lim = lim ? lim : &def;
 	if (len > lim->max_message)
-		return qw_fail(err, QW_E_ARG, "request of %zu bytes is over the %zu-byte limit", len,
+		return qw_fail(err, QW_E_LIMIT, "request of %zu bytes is over the %zu-byte limit", len,
 			       lim->max_message);
 	qw_owned *o;
 	qw_status st = qw_mp_unpack_map(buf, len, &o, "request", err);

@@ -52,6 +52,7 @@ const char *qw_status_name(qw_status code)
 		[QW_E_TIMEOUT] = "timeout",
 		[QW_E_ABORTED] = "aborted",
 		[QW_E_FULL] = "full",
+		[QW_E_LIMIT] = "limit",
 	};
 	return (code >= 0 && code < QW_E_COUNT_ && names[code]) ? names[code] : "unknown";
 }

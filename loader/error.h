@@ -33,6 +33,8 @@ typedef enum qw_status {
 	QW_E_TIMEOUT,         /* nothing arrived within the time given (the caller may retry) */
 	QW_E_ABORTED,         /* the other side gave up: a ring or channel was aborted */
 	QW_E_FULL,            /* no room now (a full queue, ring or cache); later may succeed */
+	QW_E_LIMIT,           /* over a configured limit (a request, image or prompt larger than
+				 allowed); a smaller one may succeed, this one never will */
 	QW_E_COUNT_           /* number of codes; not an error */
 } qw_status;
 

@@ -16,7 +16,7 @@ static qw_status check_size(int w, int h, const qw_image_limits *lim, const char
 	if (w <= 0 || h <= 0)
 		return qw_fail(err, QW_E_ARG, "%s image has no pixels (%d x %d)", fmt, w, h);
 	if (w > lim->max_side || h > lim->max_side || (int64_t)w * h > lim->max_pixels)
-		return qw_fail(err, QW_E_ARG, "%s image of %d x %d is too large (at most %d pixels a "
+		return qw_fail(err, QW_E_LIMIT, "%s image of %d x %d is too large (at most %d pixels a "
 			       "side and %lld pixels)", fmt, w, h, lim->max_side,
 			       (long long)lim->max_pixels);
 	return QW_OK;
@@ -215,7 +215,7 @@ qw_status qw_image_decode(const void *data, size_t len, const qw_image_limits *l
 		lim = &def;
 	memset(out, 0, sizeof *out);
 	if (len > lim->max_bytes)
-		return qw_fail(err, QW_E_ARG, "image of %zu bytes is larger than the %zu-byte limit",
+		return qw_fail(err, QW_E_LIMIT, "image of %zu bytes is larger than the %zu-byte limit",
 			       len, lim->max_bytes);
 	const char *name;
 	switch (qw_image_sniff(p, len, &name)) {

@@ -28,7 +28,7 @@ typedef struct qw_image_limits {
 #define QW_IMAGE_LIMITS_DEFAULT ((qw_image_limits){64u << 20, 16384, 64ll << 20})
 
 /* Decodes an encoded image.  A format other than JPEG, PNG or WebP, a malformed or truncated
- * file, or one past the limits is an error (QW_E_ARG) that says which. */
+ * file (QW_E_ARG), or one past the limits (QW_E_LIMIT) is an error that says which. */
 qw_status qw_image_decode(const void *data, size_t len, const qw_image_limits *lim, qw_image *out,
 			  qw_err *err);
 

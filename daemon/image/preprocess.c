@@ -166,7 +166,7 @@ qw_status qw_preprocess_resize(const qw_image *img, const qw_vision_config *vc,
 		return st;
 	int tokens = (h / P / m) * (w / P / m);
 	if (o->max_tokens > 0 && tokens > o->max_tokens)
-		return qw_fail(err, QW_E_ARG, "image of %d x %d needs %d image tokens (resized to %d x "
+		return qw_fail(err, QW_E_LIMIT, "image of %d x %d needs %d image tokens (resized to %d x "
 			       "%d), more than the %d allowed", img->width, img->height, tokens, w, h,
 			       o->max_tokens);
 	if (h != img->height || w != img->width)

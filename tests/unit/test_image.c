@@ -61,7 +61,7 @@ static void test_pixel_values_match_hf(void **state)
 		fail_msg("%zu of %zu values exact, max-abs %g", exact, n, max_abs);
 	qw_pixels_free(&px);
 	o.max_tokens = 69;   /* the image needs 70 */
-	assert_int_equal(qw_preprocess(&img, &cfg.vision, &o, &px, &err), QW_E_ARG);
+	assert_int_equal(qw_preprocess(&img, &cfg.vision, &o, &px, &err), QW_E_LIMIT);
 	assert_contains(err.msg, "needs 70 image tokens");
 	qw_image_free(&img);
 	qw_st_close(ref);
@@ -138,7 +138,7 @@ static void test_png(void **state)
 			    got.rgb[3 * i + 2] == img.rgb[3 * i]);
 	qw_image_free(&got);
 	qw_image_limits small = {1 << 20, 100, 1 << 20};
-	assert_int_equal(qw_image_decode(g.p, g.n, &small, &got, &err), QW_E_ARG);
+	assert_int_equal(qw_image_decode(g.p, g.n, &small, &got, &err), QW_E_LIMIT);
 	assert_contains(err.msg, "200 x 150 is too large");
 	free(g.p);
 	qw_image_free(&img);
@@ -216,7 +216,7 @@ static void test_not_images(void **state)
 	assert_contains(err.msg, "not an image");
 	assert_int_equal(qw_image_decode("", 0, NULL, &got, &err), QW_E_ARG);
 	qw_image_limits tiny = {4, 100, 100};
-	assert_int_equal(qw_image_decode("\x89PNG\r\n\x1a\n", 8, &tiny, &got, &err), QW_E_ARG);
+	assert_int_equal(qw_image_decode("\x89PNG\r\n\x1a\n", 8, &tiny, &got, &err), QW_E_LIMIT);
 	assert_contains(err.msg, "larger than the 4-byte limit");
 }
 

@@ -180,8 +180,9 @@ static void text_list(msgpack_packer *pk)
 	msgpack_pack_str_body(pk, "hi", 2);
 }
 
-static void expect_refused(int n, const char *const *keys, const pack_fn *vals,
-			   const qw_limits *lim, const char *needle)
+/* Refused with QW_E_ARG (wrong) or, past a limit, QW_E_LIMIT. */
+static void expect_refused_as(qw_status want, int n, const char *const *keys,
+			      const pack_fn *vals, const qw_limits *lim, const char *needle)
 {
 	size_t len;
 	char *buf = build(&len, n, keys, vals);
@@ -189,11 +190,15 @@ static void expect_refused(int n, const char *const *keys, const pack_fn *vals,
 	qw_err err = {0};
 	qw_status st = qw_request_decode(buf, len, lim, &d, &err);
 	free(buf);
-	if (st != QW_E_ARG)
-		fail_msg("expected a refusal containing \"%s\", got %s", needle, qw_status_name(st));
+	if (st != want)
+		fail_msg("expected a refusal (%s) containing \"%s\", got %s", qw_status_name(want),
+			 needle, qw_status_name(st));
 	assert_contains(err.msg, needle);
 	assert_null(d.owned);
 }
+
+#define expect_refused(...) expect_refused_as(QW_E_ARG, __VA_ARGS__)
+#define expect_over_limit(...) expect_refused_as(QW_E_LIMIT, __VA_ARGS__)
 
 static void test_refusals(void **state)
 {
@@ -234,10 +239,10 @@ static void test_refusals(void **state)
 	qw_limits lim = QW_LIMITS_DEFAULT;
 	lim.max_images = 2;
 	pack_fn f13[] = {v1, op_submit, image_msgs};
-	expect_refused(3, k10, f13, &lim, "\"data\" is over the limits");
+	expect_over_limit(3, k10, f13, &lim, "\"data\" is over the limits");
 	const char *k15[] = {"v", "op", "token_ids", "images"};
 	pack_fn f15[] = {v1, op_submit, ids, image_list};
-	expect_refused(4, k15, f15, &lim, "\"images\" has too many images");
+	expect_over_limit(4, k15, f15, &lim, "\"images\" has too many images");
 	pack_fn f16[] = {v1, op_submit, ids, text_list};
 	expect_refused(4, k15, f16, NULL, "\"images\" must be binary");
 	const char *k17[] = {"v", "op", "messages", "images"};
@@ -246,10 +251,27 @@ static void test_refusals(void **state)
 	lim = QW_LIMITS_DEFAULT;
 	lim.max_text_bytes = 3;
 	pack_fn f14[] = {v1, op_submit, hello};
-	expect_refused(3, k12, f14, &lim, "past its limit of 3 bytes of text");
+	expect_over_limit(3, k12, f14, &lim, "past its limit of 3 bytes of text");
 	lim = QW_LIMITS_DEFAULT;
 	lim.max_message = 8;
-	expect_refused(3, k12, f14, &lim, "over the 8-byte limit");
+	expect_over_limit(3, k12, f14, &lim, "over the 8-byte limit");
+}
+
+/* The one table from status to the code a client gets, as docs/protocol.md gives it. */
+static void test_error_codes(void **state)
+{
+	static const struct {
+		qw_status st;
+		const char *code;
+	} table[] = {
+		{QW_E_LIMIT, "too_large"}, {QW_E_FULL, "busy"}, {QW_E_ARG, "bad_request"},
+		{QW_E_CONFIG, "bad_request"}, {QW_E_NOMEM, "internal"}, {QW_E_IO, "internal"},
+		{QW_E_DEVICE, "internal"}, {QW_E_TIMEOUT, "internal"}, {QW_E_ABORTED, "internal"},
+	};
+	for (size_t i = 0; i < sizeof table / sizeof *table; i++)
+		assert_string_equal(qw_error_code_name(qw_error_code_of(table[i].st)), table[i].code);
+	assert_string_equal(qw_error_code_name(QW_CODE_NOT_READY), "not_ready");
+	assert_string_equal(qw_status_name(QW_E_LIMIT), "limit");
 }
 
 static void test_not_msgpack(void **state)
@@ -482,6 +504,7 @@ int main(void)
 		cmocka_unit_test(test_other_ops),
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_not_msgpack),
+		cmocka_unit_test(test_error_codes),
 		cmocka_unit_test(test_replies),
 		cmocka_unit_test(test_tools_and_tokens),
 		cmocka_unit_test(test_tools_and_tokens_refused),

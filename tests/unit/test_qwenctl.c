@@ -544,7 +544,8 @@ static const char status_ready[] =
 	"\"prefix_cache\": {\"enabled\": true, \"lookups\": 30, \"hits\": 12, "
 	"\"prompt_tokens\": 8192, \"hit_tokens\": 4096, \"hit_rate\": 0.5, "
 	"\"images_skipped\": 2, \"cached_blocks\": 300, \"evictions\": 5}, \"requests\": {\"queued\": 3, \"running\": 2, \"max_queue\": "
-	"1024, \"max_seqs\": 256, \"served\": 120, \"failed\": 1}, \"throughput\": "
+	"1024, \"max_seqs\": 256, \"served\": 120, \"failed\": 1, \"refused\": {\"bad_request\": 2, "
+	"\"too_large\": 1, \"busy\": 0}}, \"throughput\": "
 	"{\"window_s\": 10, \"prompt_tokens_per_s\": 1234.5, \"generated_tokens_per_s\": 456.7}, "
 	"\"settings\": {\"max-seqs\": 256, \"log-level\": \"info\"}, \"future\": {\"x\": 1}}";
 
@@ -579,7 +580,7 @@ static void test_status(void **state)
 	assert_contains(out, "prefix      on: 12 of 30 admissions hit, 4096 of 8192 tokens (50.0%) "
 			"from the cache, 2 images not seen again; 300 blocks cached, 5 evicted");
 	assert_contains(out, "3 queued (at most 1024), 2 running (at most 256); 120 served, 1 "
-			"failed");
+			"failed, 3 refused (2 bad_request, 1 too_large)\n");
 	assert_contains(out, "1234.5 prompt tokens/s, 456.7 generated tokens/s (last 10 s)");
 	assert_contains(out, "max-seqs=256");
 	assert_contains(out, "log-level=info");

@@ -245,6 +245,16 @@ static void test_bad_requests(void **state)
 	assert_int_equal(o.n_tokens, 3000);
 	assert_memory_equal(o.tokens, want, (size_t)n_want * sizeof *want);
 	qw_client_close(&a);
+	/* the refusals are counted by code, apart from failures: eight bad requests and one
+	 * too large above; the request that ran was served, none failed */
+	json_t *s = qwend_status(&d);
+	json_t *req = json_object_get(s, "requests"), *refused = json_object_get(req, "refused");
+	assert_int_equal(json_integer_value(json_object_get(refused, "bad_request")), 8);
+	assert_int_equal(json_integer_value(json_object_get(refused, "too_large")), 1);
+	assert_int_equal(json_integer_value(json_object_get(refused, "busy")), 0);
+	assert_int_equal(json_integer_value(json_object_get(req, "failed")), 0);
+	assert_int_equal(json_integer_value(json_object_get(req, "served")), 1);
+	json_decref(s);
 	free(ids);
 	free(want);
 	qwend_stop(&d);

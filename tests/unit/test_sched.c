@@ -68,7 +68,7 @@ static void test_refusals_and_removal(void **state)
 	sim_seq big, x, y;
 	qw_err err = {0};
 	sim_seq_random(&big, 1, 200, 0, 60, &rng);   /* 260 tokens: more than 64 blocks of 4 */
-	assert_int_equal(qw_sched_submit(&s, &big.q, 60, &err), QW_E_ARG);
+	assert_int_equal(qw_sched_submit(&s, &big.q, 60, &err), QW_E_LIMIT);
 	assert_contains(err.msg, "the cache holds 64");
 	sim_seq_free(&big, false);
 
