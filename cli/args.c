@@ -28,19 +28,6 @@ bool qw_arg_int(const char *prog, const char *flag, const char *s, long long lo,
 	return true;
 }
 
-const char *qw_fmt_bytes(uint64_t bytes, char *buf, int len)
-{
-	static const char *const units[] = {"B", "KB", "MB", "GB", "TB"};
-	double v = (double)bytes;
-	int u = 0;
-	while (v >= 1000.0 && u < 4) {
-		v /= 1000.0;
-		u++;
-	}
-	snprintf(buf, (size_t)len, u ? "%.2f %s" : "%.0f %s", v, units[u]);
-	return buf;
-}
-
 const char *qw_fmt_count(uint64_t n, char *buf, int len)
 {
 	if (n >= 1000000000ull)

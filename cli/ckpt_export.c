@@ -13,6 +13,7 @@
 #include "cli/args.h"
 #include "cli/ckpt.h"
 #include "loader/export.h"
+#include "loader/units.h"
 
 static const char export_usage[] =
 	"usage: qwen-ckpt export-reduced --config CONFIG.json --out DIR [options]\n"

@@ -14,6 +14,7 @@
 #include "loader/config.h"
 #include "loader/manifest.h"
 #include "loader/plan.h"
+#include "loader/units.h"
 #include "loader/weights.h"
 
 static const char validate_usage[] =

@@ -8,6 +8,7 @@
 
 #include "cli/args.h"
 #include "cli/ctl.h"
+#include "loader/units.h"
 
 static bool num(const json_t *obj, const char *key, double *out)
 {
@@ -84,9 +85,13 @@ static void print_stage(const json_t *s, size_t i)
 	snprintf(label, sizeof label, "stage %.0f", num(s, "index", &v) ? v : (double)i);
 	printf("%-11s", label);
 	const json_t *layers = json_object_get(s, "layers");
-	if (json_array_size(layers) == 2 && json_is_number(json_array_get(layers, 0)))
-		printf(" layers %3.0f-%-3.0f", json_number_value(json_array_get(layers, 0)),
-		       json_number_value(json_array_get(layers, 1)) - 1);
+	/* [begin, end), as the log writes a stage's layers */
+	char range[48];
+	if (json_array_size(layers) == 2 && json_is_number(json_array_get(layers, 0))) {
+		snprintf(range, sizeof range, "[%.0f, %.0f)", json_number_value(json_array_get(layers, 0)),
+			 json_number_value(json_array_get(layers, 1)));
+		printf(" layers %-10s", range);
+	}
 	if (num(s, "pid", &pid))
 		printf("  pid %-7.0f", pid);
 	const char *state = str(s, "state"), *dev = str(s, "device");
@@ -249,7 +254,10 @@ static void summary(const json_t *st)
 			printf(" (last %.0f s)", w);
 		printf("\n");
 	}
-	const json_t *set = json_object_get(st, "settings");
+	/* as a config file writes them (64M), from a daemon that says so */
+	const json_t *set = json_object_get(st, "settings_text");
+	if (!json_is_object(set))
+		set = json_object_get(st, "settings");
 	if (json_object_size(set))
 		print_settings(set);
 }

@@ -22,6 +22,7 @@
 #include "loader/checkpoint.h"
 #include "loader/config.h"
 #include "loader/plan.h"
+#include "loader/units.h"
 #include "loader/weights.h"
 
 static const char usage[] =

@@ -12,6 +12,7 @@
 
 #include "cli/args.h"
 #include "kernels/cuda/device_info.h"
+#include "loader/units.h"
 
 static void print_version(const char *what, int v, int major_div, int minor_div)
 {

@@ -538,8 +538,11 @@ static void reload(qw_server *sv)
 			qw_log(QW_LOG_WARN, "SIGHUP: %s changes only with a restart", t[i].name);
 			continue;
 		}
+		char was[1100], now[1100];
+		qw_settings_text(&sv->set, &t[i], was, sizeof was);
 		memcpy((char *)&sv->set + t[i].offset, b, size);
-		qw_log(QW_LOG_INFO, "SIGHUP: %s changed", t[i].name);
+		qw_log(QW_LOG_INFO, "SIGHUP: %s %s, was %s", t[i].name,
+		       qw_settings_text(&sv->set, &t[i], now, sizeof now), was);
 	}
 	qw_log_level level;
 	if (qw_log_level_parse(sv->set.log_level, &level, NULL) == QW_OK)

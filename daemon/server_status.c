@@ -142,10 +142,13 @@ char *qw_server_status_json(const qw_server *sv)
 	json_object_set_new(o, "restarts", json_integer(sv->n_restarts));
 	if (sv->last_failure[0])
 		json_object_set_new(o, "last_failure", json_string(sv->last_failure));
-	char *settings = qw_settings_json(&sv->set);
-	json_t *sj = settings ? json_loads(settings, 0, NULL) : NULL;
-	free(settings);
-	json_object_set_new(o, "settings", sj ? sj : json_object());
+	/* the settings as values, and as a config file writes them (64M, not 67108864) */
+	for (int as_text = 0; as_text < 2; as_text++) {
+		char *settings = qw_settings_json(&sv->set, as_text);
+		json_t *sj = settings ? json_loads(settings, 0, NULL) : NULL;
+		free(settings);
+		json_object_set_new(o, as_text ? "settings_text" : "settings", sj ? sj : json_object());
+	}
 	char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);
 	return text;

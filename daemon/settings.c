@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loader/units.h"
+
 #define F(field) offsetof(qw_settings, field)
 #define STR(field) F(field), sizeof(((qw_settings *)0)->field)
 
@@ -215,13 +217,36 @@ qw_status qw_settings_load(qw_settings *s, const char *path, qw_err *err)
 	return st;
 }
 
-char *qw_settings_json(const qw_settings *s)
+const char *qw_settings_text(const qw_settings *s, const qw_setting_def *d, char *buf,
+			     size_t cap)
+{
+	const char *field = (const char *)s + d->offset;
+	switch (d->type) {
+	case QW_SET_STR:
+	case QW_SET_ENUM: snprintf(buf, cap, "%s", field[0] ? field : "\"\""); break;
+	case QW_SET_REAL:
+		/* the shortest text that reads back as the same double */
+		for (int digits = 6; digits <= 17; digits++) {
+			snprintf(buf, cap, "%.*g", digits, *(const double *)field);
+			if (strtod(buf, NULL) == *(const double *)field)
+				break;
+		}
+		break;
+	case QW_SET_SIZE: qw_fmt_size((uint64_t)*(const int64_t *)field, buf, (int)cap); break;
+	case QW_SET_INT: snprintf(buf, cap, "%lld", (long long)*(const int64_t *)field); break;
+	}
+	return buf;
+}
+
+char *qw_settings_json(const qw_settings *s, bool as_text)
 {
 	json_t *o = json_object();
 	for (size_t i = 0; i < sizeof table / sizeof *table; i++) {
 		const qw_setting_def *d = &table[i];
 		const char *field = (const char *)s + d->offset;
-		json_t *v = d->type == QW_SET_STR || d->type == QW_SET_ENUM ? json_string(field)
+		char text[1100];
+		json_t *v = as_text ? json_string(qw_settings_text(s, d, text, sizeof text))
+			  : d->type == QW_SET_STR || d->type == QW_SET_ENUM ? json_string(field)
 			  : d->type == QW_SET_REAL ? json_real(*(const double *)field)
 						   : json_integer(*(const int64_t *)field);
 		json_object_set_new(o, d->name, v);

@@ -80,7 +80,13 @@ qw_status qw_settings_set(qw_settings *s, const char *name, const char *value, c
 /* Applies a config file. */
 qw_status qw_settings_load(qw_settings *s, const char *path, qw_err *err);
 
-/* All settings as a JSON object (malloc'd text), for status. */
-char *qw_settings_json(const qw_settings *s);
+/* One setting's value as a config file writes it ("64M", "0.9", "cpu", "\"\"" for an
+ * empty string) into buf; returns buf. */
+const char *qw_settings_text(const qw_settings *s, const qw_setting_def *d, char *buf,
+			     size_t cap);
+
+/* All settings as a JSON object (malloc'd text), for status: values as JSON numbers and
+ * strings, or with as_text every one as the text a config file takes. */
+char *qw_settings_json(const qw_settings *s, bool as_text);
 
 #endif

@@ -20,6 +20,7 @@
 #include "kernels/vision.h"
 #include "loader/checkpoint.h"
 #include "loader/dtype.h"
+#include "loader/units.h"
 
 #define IDLE_WAIT_MS 500      /* how often an idle worker beats and checks on its daemon */
 #define NCCL_TIMEOUT_S 120.0  /* joining the communicator, and leaving it cleanly */
@@ -258,8 +259,9 @@ static qw_status load(worker *w, qw_err *err)
 	w->slot->kv_block_bytes = block;
 	w->slot->kv_block_capacity = block ? (int64_t)((double)free_memory(w) * job->kv_memory /
 						       (double)block) : 0;
-	qw_log(QW_LOG_INFO, "stage %d: layers [%d, %d), %.1f MiB of weights in %.2f s", w->stage,
-	       stage.layer_begin, stage.layer_end, (double)weights / 1048576.0,
+	char bytes[32];
+	qw_log(QW_LOG_INFO, "stage %d: layers [%d, %d), %s of weights in %.2f s", w->stage,
+	       stage.layer_begin, stage.layer_end, qw_fmt_bytes(weights, bytes, sizeof bytes),
 	       (double)(qw_monotonic_ms() - t0) / 1000.0);
 	atomic_store(&w->slot->state, QW_WORKER_LOADED);
 	notify(w);

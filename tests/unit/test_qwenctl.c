@@ -533,12 +533,12 @@ static const char status_ready[] =
 	"{\"state\": \"ready\", \"uptime_s\": 3723.5, \"model\": {\"path\": \"/models/Qwen3-VL\", "
 	"\"type\": \"qwen3_vl_moe\", \"layers\": 94, \"params\": 235000000000, "
 	"\"active_params\": 22000000000, \"vocab\": 1000, \"tokenizer\": true, "
-	"\"thinking\": true}, \"device\": \"cuda\", \"load\": {\"bytes_done\": 470000000000, "
-	"\"bytes_total\": 470000000000}, \"stages\": [{\"index\": 0, \"layers\": [0, 24], "
+	"\"thinking\": true}, \"device\": \"cuda\", \"load\": {\"bytes_done\": 504658657280, "
+	"\"bytes_total\": 504658657280}, \"stages\": [{\"index\": 0, \"layers\": [0, 24], "
 	"\"pid\": 123, \"state\": \"ready\", \"device\": \"cuda:0\", \"weight_bytes\": "
-	"120500000000, \"kv_bytes\": 12000000000}, {\"index\": 1, \"layers\": [24, 94], \"pid\": "
-	"124, \"state\": \"ready\", \"device\": \"cuda:1\", \"weight_bytes\": 350000000000, "
-	"\"kv_bytes\": 12000000000, \"extra\": [1, 2]}], \"kv\": {\"blocks_total\": 5000, "
+	"129385889792, \"kv_bytes\": 12884901888}, {\"index\": 1, \"layers\": [24, 94], \"pid\": "
+	"124, \"state\": \"ready\", \"device\": \"cuda:1\", \"weight_bytes\": 375809638400, "
+	"\"kv_bytes\": 12884901888, \"extra\": [1, 2]}], \"kv\": {\"blocks_total\": 5000, "
 	"\"blocks_used\": 1250, \"blocks_cached\": 300, \"blocks_free\": 3450, "
 	"\"block_tokens\": 16, \"capacity_tokens\": 80000, \"used_tokens\": 20000}, "
 	"\"prefix_cache\": {\"enabled\": true, \"lookups\": 30, \"hits\": 12, "
@@ -547,7 +547,9 @@ static const char status_ready[] =
 	"1024, \"max_seqs\": 256, \"served\": 120, \"failed\": 1, \"refused\": {\"bad_request\": 2, "
 	"\"too_large\": 1, \"busy\": 0}}, \"throughput\": "
 	"{\"window_s\": 10, \"prompt_tokens_per_s\": 1234.5, \"generated_tokens_per_s\": 456.7}, "
-	"\"settings\": {\"max-seqs\": 256, \"log-level\": \"info\"}, \"future\": {\"x\": 1}}";
+	"\"settings\": {\"max-seqs\": 256, \"max-request-bytes\": 67108864, \"log-level\": "
+	"\"info\"}, \"settings_text\": {\"max-seqs\": \"256\", \"max-request-bytes\": \"64M\", "
+	"\"log-level\": \"info\"}, \"future\": {\"x\": 1}}";
 
 static const char status_loading[] =
 	"{\"state\": \"loading\", \"model\": {\"path\": \"/m\"}, \"load\": {\"bytes_done\": 45, "
@@ -571,10 +573,11 @@ static void test_status(void **state)
 	assert_contains(out, "ready, up 1h 02m 03s");
 	assert_contains(out, "/models/Qwen3-VL (qwen3_vl_moe): 94 layers, 235.000 B params "
 			"(22.000 B active), vocab 1000, tokenizer, thinking");
-	assert_contains(out, "100.0% (470.00 GB of 470.00 GB)");
-	assert_contains(out, "stage 0     layers   0-23   pid 123     ready      cuda:0  weights "
-			"120.50 GB  KV 12.00 GB");
-	assert_contains(out, "stage 1     layers  24-93   pid 124");
+	/* bytes in binary units, as the log writes them; layers [begin, end) as the log */
+	assert_contains(out, "100.0% (470.00 GiB of 470.00 GiB)");
+	assert_contains(out, "stage 0     layers [0, 24)     pid 123     ready      cuda:0  weights "
+			"120.50 GiB  KV 12.00 GiB");
+	assert_contains(out, "stage 1     layers [24, 94)    pid 124");
 	assert_contains(out, "1250 / 5000 blocks (25.0%), 300 cached, 20000 / 80000 tokens (25.0%), "
 			"16 tokens a block");
 	assert_contains(out, "prefix      on: 12 of 30 admissions hit, 4096 of 8192 tokens (50.0%) "
@@ -582,7 +585,10 @@ static void test_status(void **state)
 	assert_contains(out, "3 queued (at most 1024), 2 running (at most 256); 120 served, 1 "
 			"failed, 3 refused (2 bad_request, 1 too_large)\n");
 	assert_contains(out, "1234.5 prompt tokens/s, 456.7 generated tokens/s (last 10 s)");
+	/* the settings as a config file writes them */
 	assert_contains(out, "max-seqs=256");
+	assert_contains(out, "max-request-bytes=64M");
+	assert_null(strstr(out, "67108864"));
 	assert_contains(out, "log-level=info");
 	free(out);
 	free(err);

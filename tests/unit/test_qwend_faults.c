@@ -487,6 +487,10 @@ static void test_sighup(void **state)
 	s = qwend_status(&d);   /* the prefix cache is a runtime setting */
 	assert_true(json_is_true(json_object_get(json_object_get(s, "prefix_cache"), "enabled")));
 	json_decref(s);
+	char *log = read_file(d.log, NULL);
+	assert_contains(log, "SIGHUP: max-queue 7, was 5\n");
+	assert_contains(log, "SIGHUP: max-seqs changes only with a restart\n");
+	free(log);
 	qwend_stop(&d);
 	scratch_free(dir);
 }

@@ -34,9 +34,49 @@ static void test_defaults_and_overrides(void **state)
 	assert_int_equal(qw_settings_set(&s, "kv-memory", "1.5", NULL, &err), QW_E_ARG);
 	assert_int_equal(qw_settings_set(&s, "kv-memry", "0.5", NULL, &err), QW_E_ARG);
 	assert_string_equal(err.msg, "unknown setting --kv-memry");
-	char *json = qw_settings_json(&s);
+	char *json = qw_settings_json(&s, false);
 	assert_contains(json, "\"kv-blocks\": 512");
+	assert_contains(json, "\"max-image-bytes\": 2147483648");
 	free(json);
+	/* as a config file writes them: sizes with their suffix, empty strings quoted */
+	json = qw_settings_json(&s, true);
+	assert_contains(json, "\"kv-blocks\": \"512\"");
+	assert_contains(json, "\"max-image-bytes\": \"2G\"");
+	assert_contains(json, "\"max-request-bytes\": \"64M\"");
+	assert_contains(json, "\"kv-memory\": \"0.9\"");
+	assert_contains(json, "\"tokenizer\": \"\\\"\\\"\"");
+	free(json);
+}
+
+/* Every setting's text form, written into a config file, reads back as the same value. */
+static void test_text_round_trip(void **state)
+{
+	char *dir = scratch_new();
+	qw_settings s;
+	qw_settings_defaults(&s);
+	qw_err err = {0};
+	assert_int_equal(qw_settings_set(&s, "max-image-bytes", "1536K", NULL, &err), QW_OK);
+	assert_int_equal(qw_settings_set(&s, "image-arena", "3000000", NULL, &err), QW_OK);
+	assert_int_equal(qw_settings_set(&s, "kv-memory", "0.123456789", NULL, &err), QW_OK);
+	assert_int_equal(qw_settings_set(&s, "socket", "/tmp/q.sock", NULL, &err), QW_OK);
+	int n;
+	const qw_setting_def *t = qw_settings_table(&n);
+	char conf[16384] = "", text[1100];
+	for (int i = 0; i < n; i++)
+		snprintf(conf + strlen(conf), sizeof conf - strlen(conf), "%s %s\n", t[i].name,
+			 qw_settings_text(&s, &t[i], text, sizeof text));
+	assert_contains(conf, "\nmax-image-bytes 1536K\n");
+	assert_contains(conf, "\nimage-arena 3000000\n");
+	write_file(path_in(dir, "round.conf"), conf, strlen(conf));
+	qw_settings back;
+	memset(&back, 0, sizeof back);
+	if (qw_settings_load(&back, path_in(dir, "round.conf"), &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	char *a = qw_settings_json(&s, false), *b = qw_settings_json(&back, false);
+	assert_string_equal(a, b);
+	free(a);
+	free(b);
+	scratch_free(dir);
 }
 
 static void test_file(void **state)
@@ -72,7 +112,7 @@ static void test_shipped_conf(void **state)
 	qw_err err = {0};
 	if (qw_settings_load(&fromfile, path, &err) != QW_OK)
 		fail_msg("%s", err.msg);
-	char *a = qw_settings_json(&fromfile), *b = qw_settings_json(&def);
+	char *a = qw_settings_json(&fromfile, false), *b = qw_settings_json(&def, false);
 	assert_string_equal(a, b);
 	free(a);
 	free(b);
@@ -91,6 +131,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults_and_overrides),
+		cmocka_unit_test(test_text_round_trip),
 		cmocka_unit_test(test_file),
 		cmocka_unit_test(test_shipped_conf),
 	};
