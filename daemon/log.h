@@ -4,9 +4,13 @@
  * Owns: the process's log state, the one global of the project (a process logs as one role:
  * the daemon, or worker N).  Lines read
  *     <pid>:<role> <yyyy-mm-dd hh:mm:ss.mmm> <D|I|W|E> <message>
- * The level is checked before anything is formatted.  qw_log_signal_safe writes a fixed
- * message with write(2) alone, for signal handlers.  Library code (loader/, kernels/) never
- * logs: it returns errors.
+ * and when the descriptor is the systemd journal's stream (JOURNAL_STREAM names it), as the
+ * journal wants them: a syslog priority first, no timestamp (the journal keeps its own),
+ *     <7|6|4|3><pid>:<role> <D|I|W|E> <message>
+ * so `journalctl -p err` finds the errors.  A message of several lines (an error and its
+ * HINT) gives several log lines, each with the prefix.  The level is checked before
+ * anything is formatted.  qw_log_signal_safe writes a fixed message with write(2) alone, for
+ * signal handlers.  Library code (loader/, kernels/) never logs: it returns errors.
  */
 #ifndef QW_DAEMON_LOG_H
 #define QW_DAEMON_LOG_H

@@ -195,6 +195,8 @@ void qw_server_end(qw_server *sv, qw_live *r, const char *code, const char *mess
 		   const char *reason)
 {
 	if (code) {
+		qw_log(QW_LOG_INFO, "request %llu: failed (%s) after %d tokens: %s",
+		       (unsigned long long)r->id, code, r->out.generated, message);
 		reply_error(sv, r->peer, r->peer_len, r->id, code, message);
 		sv->failed++;
 	} else {
@@ -204,6 +206,10 @@ void qw_server_end(qw_server *sv, qw_live *r, const char *code, const char *mess
 			      .prompt_tokens = r->n_prompt, .completion_tokens = n,
 			      .ttft_ms = r->t_first > 0 ? 1000.0 * (r->t_first - r->t_submit) : 0,
 			      .tokens_per_s = n > 1 && gen > 0 ? (n - 1) / gen : 0};
+		/* the line qwenctl prints for it, in the daemon's log */
+		qw_log(QW_LOG_INFO, "request %llu: prompt %d tokens, completion %d tokens, TTFT "
+		       "%.1f ms, %.1f tokens/s, finish %s", (unsigned long long)r->id, d.prompt_tokens,
+		       n, d.ttft_ms, d.tokens_per_s, reason);
 		if (send_chunk(sv, r))
 			send_reply(sv, r->peer, r->peer_len, &d);
 		if (!strcmp(reason, "cancelled"))

@@ -297,6 +297,15 @@ static void test_qwenctl(void **state)
 		fail_msg("not JSON:\n%s", out);
 	assert_int_equal(json_array_size(json_object_get(j, "token_ids")), 8);
 	assert_string_equal(json_string_value(json_object_get(j, "finish_reason")), "length");
+	/* the daemon logs the request's line at info: the figures qwenctl got */
+	char *log = read_file(d.log, NULL), line[160];
+	snprintf(line, sizeof line, " I request %lld: prompt %lld tokens, completion 8 tokens, TTFT ",
+		 (long long)json_integer_value(json_object_get(j, "id")),
+		 (long long)json_integer_value(json_object_get(json_object_get(j, "usage"),
+							       "prompt_tokens")));
+	assert_contains(log, line);
+	assert_contains(log, " tokens/s, finish length\n");
+	free(log);
 	assert_true(json_integer_value(json_object_get(json_object_get(j, "usage"),
 						       "prompt_tokens")) > 64);   /* the image */
 	/* the same seed gives the same text, streamed, with a line feed after it */

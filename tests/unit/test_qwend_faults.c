@@ -343,6 +343,11 @@ static void test_killed_worker(void **state)
 		qw_client_close(&a);
 		assert_string_equal(o.code, "internal");
 		assert_contains(o.message, "worker 1");
+		/* the log has a line for the failed request, at info */
+		char *log = read_file(d.log, NULL);
+		assert_contains(log, " I request 1: failed (internal) after ");
+		assert_contains(strstr(log, " I request 1: failed"), "worker 1");
+		free(log);
 		if (last) {
 			int status = qwend_wait_exit(&d, 20);
 			assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
