@@ -51,6 +51,8 @@ static void print_model(const json_t *m)
 	printf("%-11s %s", "model", path ? path : "?");
 	if (type)
 		printf(" (%s)", type);
+	if (json_is_true(json_object_get(m, "demo")))
+		printf(" [the demo: random weights]");
 	const char *sep = ": ";
 	if (num(m, "layers", &v)) {
 		printf("%s%.0f layers", sep, v);

@@ -2,10 +2,10 @@
 """The quick-start job: qwend serving the built-in demo model, answering qwenctl and, through
 qwen-http, curl.
 
-Starts qwend (a 2-stage pipeline on the CPU backend, the demo model generated on first use
-under ~/.cache/qwen-vl), shows its status, submits a prompt with a picture and prints the
-streamed answer, starts qwen-http in front of it (on a free port) and asks the OpenAI API
-with curl, then stops both.  The demo model has random weights: its answer is fluent
+Starts qwend (a 2-stage pipeline on the CPU backend, also on a machine with GPUs; the demo
+model generated on first use under ~/.cache/qwen-vl), shows its status, submits a prompt
+with a picture and prints the streamed answer, starts qwen-http in front of it (on a free
+port) and asks the OpenAI API with curl, then stops both and shows qwend's log.  The demo model has random weights: its answer is fluent
 nonsense in the real Qwen3 vocabulary, made by the whole serving path.
 
     python3 cli/demo.py [--bin build/bin]
@@ -37,16 +37,19 @@ def main():
     def say(what):
         print('\n$ ' + ' '.join(what), flush=True)
 
-    daemon_cmd = [qwend, '--model', 'demo', '--stages', '2', '--socket', sock]
-    say(daemon_cmd + ['&'])
-    daemon = subprocess.Popen(daemon_cmd)
+    daemon_cmd = [qwend, '--model', 'demo', '--device', 'cpu', '--stages', '2', '--socket', sock]
+    say(daemon_cmd + ['>qwend.log', '&'])
+    # the daemon's log goes to a file, shown at the end, so it does not cut into the answers
+    daemon_log = os.path.join(tmp, 'qwend.log')
+    with open(daemon_log, 'wb') as out:
+        daemon = subprocess.Popen(daemon_cmd, stdout=out, stderr=subprocess.STDOUT)
     http = None
     try:
         deadline = time.time() + 120
         while subprocess.run(ctl + ['status', '--json'], stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL).stdout.find(b'"state":"ready"') < 0:
             if daemon.poll() is not None or time.time() > deadline:
-                print('qwend did not become ready', file=sys.stderr)
+                print('qwend did not become ready:\n' + open(daemon_log).read(), file=sys.stderr)
                 return 1
             time.sleep(0.2)
         for cmd in (ctl + ['status'],
@@ -75,7 +78,10 @@ def main():
         http.wait(timeout=30)
         say(ctl + ['shutdown'])
         subprocess.run(ctl + ['shutdown'], check=True)
-        return daemon.wait(timeout=60)
+        rc = daemon.wait(timeout=60)
+        say(['cat', 'qwend.log'])
+        sys.stdout.write(open(daemon_log).read())
+        return rc
     finally:
         if http and http.poll() is None:
             http.terminate()

@@ -17,21 +17,84 @@
 #include "daemon/server.h"
 #include "daemon/settings.h"
 #include "daemon/worker.h"
+#include "loader/units.h"
+#include "loader/version.h"
 
-#define QWEND_VERSION "0.1"
+#define HELP_WIDTH 99    /* columns of --help */
+#define HELP_INDENT 24   /* where an option's text starts */
+
+/* text from column `col` on, wrapped at HELP_WIDTH, continuation lines at HELP_INDENT */
+static void wrap(FILE *f, int col, const char *text)
+{
+	if (col > HELP_INDENT - 2) {
+		fprintf(f, "\n%*s", HELP_INDENT, "");
+		col = HELP_INDENT;
+	} else {
+		col += fprintf(f, "%*s", HELP_INDENT - col, "");
+	}
+	for (const char *p = text; *p;) {
+		size_t word = strcspn(p, " ");
+		if (col > HELP_INDENT && col + 1 + (int)word > HELP_WIDTH) {
+			fprintf(f, "\n%*s", HELP_INDENT, "");
+			col = HELP_INDENT;
+		} else if (col > HELP_INDENT) {
+			col += fprintf(f, " ");
+		}
+		col += fprintf(f, "%.*s", (int)word, p);
+		p += word;
+		p += strspn(p, " ");
+	}
+	fputs("\n", f);
+}
+
+/* One setting: its flag, what it is, the values it takes and its default. */
+static void usage_setting(FILE *f, const qw_setting_def *d)
+{
+	static const char *const arg[] = {"VALUE", "N", "SIZE", "X", NULL};
+	char text[1200], lo[32], hi[32], choices[96];
+	snprintf(choices, sizeof choices, "%s", d->choices ? d->choices : "");
+	for (char *c = choices; *c; c++)
+		*c = *c == '|' ? '/' : *c;
+	int col = fprintf(f, "  --%s %s", d->name, d->type == QW_SET_ENUM ? choices : arg[d->type]);
+	int n = snprintf(text, sizeof text, "%s.", d->help);
+	switch (d->type) {
+	case QW_SET_ENUM:
+		break;
+	case QW_SET_INT:
+		n += snprintf(text + n, sizeof text - (size_t)n, " %.0f to %.0f.", d->lo, d->hi);
+		break;
+	case QW_SET_REAL:
+		n += snprintf(text + n, sizeof text - (size_t)n, " %g to %g.", d->lo, d->hi);
+		break;
+	case QW_SET_SIZE:
+		n += snprintf(text + n, sizeof text - (size_t)n, " %s to %s (K, M, G: KiB, MiB, "
+			      "GiB).", qw_fmt_size((uint64_t)d->lo, lo, sizeof lo),
+			      qw_fmt_size((uint64_t)d->hi, hi, sizeof hi));
+		break;
+	case QW_SET_STR:
+		break;
+	}
+	snprintf(text + n, sizeof text - (size_t)n, " Default: %s%s", d->def[0] ? d->def : "\"\"",
+		 d->runtime ? "; SIGHUP reloads it" : "");
+	wrap(f, col, text);
+}
 
 static void usage(FILE *f)
 {
 	fputs("usage: qwend [--config FILE] [--SETTING VALUE]...\n"
-	      "  the qwen-vl daemon: serves a Qwen3-VL model to local clients (qwenctl)\n\n"
-	      "  --config FILE   settings file (systemd/qwend.conf documents every setting);\n"
-	      "                  the command line wins over it; SIGHUP reloads it\n"
-	      "  --help, --version\n\nsettings (default in brackets):\n", f);
+	      "The qwen-vl daemon: serves a Qwen3-VL model to local clients (qwenctl).\n\n", f);
+	wrap(f, fprintf(f, "  --config FILE"), "a settings file of NAME VALUE lines "
+	     "(systemd/qwend.conf documents every setting); the command line wins over it, and "
+	     "SIGHUP reloads it");
+	wrap(f, fprintf(f, "  -h, --help"), "this text");
+	wrap(f, fprintf(f, "  -V, --version"), "the version");
+	fputs("\nSettings, on the command line or in the config file:\n", f);
 	int n;
 	const qw_setting_def *t = qw_settings_table(&n);
 	for (int i = 0; i < n; i++)
-		fprintf(f, "  --%-18s %s [%s]\n", t[i].name, t[i].help,
-			t[i].def[0] ? t[i].def : "\"\"");
+		usage_setting(f, &t[i]);
+	fputs("\nExit status: 0 after a shutdown or SIGTERM, 1 when it cannot serve (the model, "
+	      "the\nsocket, the workers failing for good), 2 bad usage or settings.\n", f);
 }
 
 static int worker_mode(int argc, char **argv)
@@ -88,21 +151,25 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	int c, li;
-	while ((c = getopt_long(argc, argv, "c:hV", opts, &li)) != -1) {
+	opterr = 0;   /* what is wrong with an option is said once, below */
+	while ((c = getopt_long(argc, argv, ":c:hV", opts, &li)) != -1) {
 		if (c == 'h') {
 			usage(stdout);
 			free(opts);
 			return 0;
 		}
 		if (c == 'V') {
-			printf("qwend %s (protocol %d)\n", QWEND_VERSION, QW_PROTOCOL_VERSION);
+			printf("qwend %s (protocol %d)\n", QW_VERSION, QW_PROTOCOL_VERSION);
 			free(opts);
 			return 0;
 		}
 		if (c == 'c')
 			continue;
-		if (c < 1000) {
-			usage(stderr);
+		if (c == ':' || c == '?') {
+			const char *word = argv[optind - 1];
+			fprintf(stderr, "qwend: %s%.*s%s\n(qwend --help lists every setting)\n",
+				c == ':' ? "" : "unknown option '", (int)strcspn(word, "="), word,
+				c == ':' ? " needs a value" : "'");
 			free(opts);
 			return 2;
 		}
@@ -116,6 +183,13 @@ int main(int argc, char **argv)
 	if (optind < argc) {
 		fprintf(stderr, "qwend: unexpected argument '%s' (settings are --NAME VALUE)\n",
 			argv[optind]);
+		return 2;
+	}
+	if (!s.model[0]) {
+		fprintf(stderr, "qwend: no model to serve: set model in the config file or give "
+			"--model DIR (a model directory as HF's download makes it)\n"
+			"HINT: --model demo serves a tiny built-in model with random weights, to try "
+			"qwend out\n");
 		return 2;
 	}
 	qw_log_level level;

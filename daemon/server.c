@@ -2,7 +2,6 @@
  * See server.h. */
 #include "daemon/server.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
@@ -17,6 +16,8 @@
 #include <zmq.h>
 
 #include "daemon/demo.h"
+#include "daemon/devices.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "loader/checkpoint.h"
 #include "loader/dtype.h"
 
@@ -125,48 +126,6 @@ static qw_status open_tokenizer(qw_server *sv, qw_err *err)
 	return QW_OK;
 }
 
-/* The GPUs of a cuda pipeline, one stage each: --gpus, else every GPU the driver lists (the
- * daemon itself never opens a GPU: it counts them in /proc). */
-static qw_status list_gpus(qw_server *sv, qw_err *err)
-{
-	const char *list = sv->set.gpus;
-	char found[160] = "";
-	if (!list[0]) {
-		const char *visible = getenv("CUDA_VISIBLE_DEVICES");
-		int n = 0;
-		if (visible && visible[0]) {
-			n = 1;
-			for (const char *p = visible; *p; p++)
-				n += *p == ',';
-		} else {
-			DIR *d = opendir("/proc/driver/nvidia/gpus");
-			for (struct dirent *e; d && (e = readdir(d));)
-				n += e->d_name[0] != '.';
-			if (d)
-				closedir(d);
-		}
-		if (n < 1)
-			return qw_fail(err, QW_E_ARG, "--device cuda: no NVIDIA GPU is listed in "
-				       "/proc/driver/nvidia/gpus (HINT: --gpus 0,1,...)");
-		for (int i = 0; i < n && i < QW_MAX_STAGES; i++)
-			snprintf(found + strlen(found), sizeof found - strlen(found), "%s%d",
-				 i ? "," : "", i);
-		list = found;
-	}
-	sv->n_stages = 0;
-	for (const char *p = list; *p;) {
-		char *end;
-		long g = strtol(p, &end, 10);
-		if (end == p || g < 0 || g > 1023 || (*end && *end != ',') ||
-		    sv->n_stages == QW_MAX_STAGES)
-			return qw_fail(err, QW_E_ARG, "--gpus %s: not a list of GPU numbers such as "
-				       "0,1,2,3", sv->set.gpus);
-		sv->gpu[sv->n_stages++] = (int)g;
-		p = *end ? end + 1 : end;
-	}
-	return QW_OK;
-}
-
 /* The stage plan and parameter counts: from the checkpoint's tensors, or for a synthetic
  * model from what the config implies (bf16). */
 static qw_status plan_model(qw_server *sv, bool synthetic, qw_dtype kv_dtype, qw_err *err)
@@ -206,11 +165,17 @@ static qw_status open_model(qw_server *sv, qw_err *err)
 	qw_status st;
 	bool synthetic = strncmp(set->model, QW_SYNTHETIC_PREFIX, strlen(QW_SYNTHETIC_PREFIX)) == 0;
 	char path[1100];
-	if (strcmp(set->model, "demo") == 0) {
+	sv->demo = strcmp(set->model, "demo") == 0;
+	if (sv->demo) {
 		if ((st = qw_demo_model_ensure(NULL, sv->model_dir, sizeof sv->model_dir, err)))
 			return qw_err_context(err, "the demo model");
+		qw_log(QW_LOG_WARN, "serving the demo model: a tiny Qwen3-VL with random weights, to "
+		       "try qwend out; its answers are fluent nonsense (HINT: --model DIR serves a "
+		       "real model)");
 	} else {
 		snprintf(sv->model_dir, sizeof sv->model_dir, "%s", set->model);
+		if (!synthetic && (st = qw_model_dir_check(sv->model_dir, err)) != QW_OK)
+			return qw_err_context(err, "model");
 	}
 	/* a synthetic model's tokenizer, generation config and template sit beside its config */
 	if (synthetic) {
@@ -227,9 +192,16 @@ static qw_status open_model(qw_server *sv, qw_err *err)
 	}
 	if ((st = qw_config_load(path, &sv->cfg, err)) != QW_OK)
 		return st;
-	bool cuda = strcmp(set->device, "cuda") == 0;
+	/* the backend: auto picks cuda where this build has it and the driver lists a GPU */
+	char why[160];
+	int found = qw_devices_count_gpus(QW_NVIDIA_GPUS_DIR);
+	snprintf(sv->device, sizeof sv->device, "%s",
+		 qw_devices_pick(set->device, found, qw_cuda_backend_built(), why, sizeof why));
+	qw_log(QW_LOG_INFO, "%s", why);
+	bool cuda = strcmp(sv->device, "cuda") == 0;
 	sv->n_stages = (int)set->stages;
-	if (cuda && (st = list_gpus(sv, err)) != QW_OK)
+	if (cuda && (st = qw_devices_gpus(set->gpus, found, sv->gpu, QW_MAX_STAGES, &sv->n_stages,
+					  err)) != QW_OK)
 		return st;
 	if ((st = plan_model(sv, synthetic, cuda ? QW_DT_BF16 : QW_DT_F32, err)) != QW_OK ||
 	    (st = open_tokenizer(sv, err)) != QW_OK)
@@ -275,7 +247,7 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 	const qw_settings *set = &sv->set;
 	qw_region_job job = {0};
 	snprintf(job.model_dir, sizeof job.model_dir, "%s", sv->model_dir);
-	snprintf(job.device, sizeof job.device, "%s", set->device);
+	snprintf(job.device, sizeof job.device, "%s", sv->device);
 	job.n_stages = sv->n_stages;
 	for (int i = 0; i < sv->n_stages; i++) {
 		job.layer_begin[i] = sv->plan[i].stage.layer_begin;

@@ -59,6 +59,8 @@ typedef struct qw_server {
 	double t_start;
 	/* the model */
 	char model_dir[1024];        /* a model directory, or synthetic:CONFIG.json */
+	bool demo;                   /* the built-in demo model (random weights) */
+	char device[8];              /* the backend: cpu or cuda (the device setting resolved) */
 	char meta_dir[1024];         /* where its tokenizer and generation config would be */
 	qw_config cfg;
 	qw_tokenizer *tok;

@@ -72,13 +72,14 @@ char *qw_server_status_json(const qw_server *sv)
 	json_object_set_new(o, "uptime_s", json_real(qw_now() - sv->t_start));
 	json_object_set_new(o, "endpoint", json_string(sv->endpoint));
 	json_object_set_new(o, "model", json_pack(
-		"{s:s, s:s, s:i, s:I, s:I, s:i, s:b, s:b, s:i, s:b}", "path", sv->model_dir,
+		"{s:s, s:b, s:s, s:i, s:I, s:I, s:i, s:b, s:b, s:i, s:b}", "path", sv->model_dir,
+		"demo", sv->demo,
 		"type", c->model_type, "layers", c->text.num_layers,
 		"params", (json_int_t)sv->params_total, "active_params",
 		(json_int_t)sv->params_active, "vocab", c->text.vocab_size, "tokenizer",
 		sv->tok != NULL, "thinking", sv->rc.thinking, "max_context", sv->rc.max_context,
 		"vision", c->has_vision));
-	json_object_set_new(o, "device", json_string(sv->set.device));
+	json_object_set_new(o, "device", json_string(sv->device));
 	json_object_set_new(o, "stages", stages_json(sv, &done, &total));
 	json_object_set_new(o, "load", json_pack("{s:I, s:I}", "bytes_done", (json_int_t)done,
 						 "bytes_total", (json_int_t)total));

@@ -13,12 +13,15 @@
 #define STR(field) F(field), sizeof(((qw_settings *)0)->field)
 
 static const qw_setting_def table[] = {
-	{"model", QW_SET_STR, STR(model), 0, 0, NULL, "demo", false,
-	 "model directory (config.json + safetensors); demo: the built-in tiny model; "
+	{"model", QW_SET_STR, STR(model), 0, 0, NULL, "", false,
+	 "what to serve (required): a model directory (config.json and the safetensors, as HF's "
+	 "download makes it); demo: a tiny built-in model with random weights, to try qwend out; "
 	 "synthetic:CONFIG.json: that config with deterministic random weights"},
 	{"tokenizer", QW_SET_STR, STR(tokenizer), 0, 0, NULL, "", false,
 	 "tokenizer directory; empty: the model directory's"},
-	{"device", QW_SET_ENUM, STR(device), 0, 0, "cpu|cuda", "cpu", false, "backend"},
+	{"device", QW_SET_ENUM, STR(device), 0, 0, "auto|cpu|cuda", "auto", false,
+	 "backend; auto: cuda where this build has CUDA and the NVIDIA driver lists a GPU, else "
+	 "cpu"},
 	{"gpus", QW_SET_STR, STR(gpus), 0, 0, NULL, "", false,
 	 "GPUs of the cuda pipeline, one stage each, e.g. 0,1,2,3; empty: all (a GPU may repeat: "
 	 "its stages then talk over NCCL's sockets, for tests)"},

@@ -16,9 +16,10 @@
 #include "loader/error.h"
 
 typedef struct qw_settings {
-	char model[1024];            /* a model directory, or "demo" */
+	char model[1024];            /* a model directory, "demo" or synthetic:CONFIG.json; "" =
+					unset, which qwend refuses */
 	char tokenizer[1024];        /* "" = the model directory's */
-	char device[8];              /* cpu or cuda */
+	char device[8];              /* auto, cpu or cuda */
 	char gpus[128];              /* "0,1,2,3" ("" = every GPU) */
 	int64_t stages;              /* pipeline stages on the cpu backend */
 	char socket[1024];           /* ZeroMQ endpoint; "" = the default one */

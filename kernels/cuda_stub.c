@@ -10,6 +10,11 @@ qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err *err)
 		       "with sanitize=1); HINT: build with nvcc on PATH and without sanitize=1");
 }
 
+bool qw_cuda_backend_built(void)
+{
+	return false;
+}
+
 /* The NCCL data plane (cuda/nccl_pipe.h) needs CUDA too: each entry says so. */
 static qw_status no_nccl(qw_err *err)
 {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int cmp_tensor_ptr_name(const void *a, const void *b)
@@ -222,4 +223,53 @@ void qw_ckpt_close(qw_checkpoint *c)
 	free(c->tensors);
 	free(c->dir);
 	free(c);
+}
+
+// ---------------------------------------------------------------------------------------
+// what a model directory is, and what people give instead
+
+/* ORG/NAME with the hub's characters, not a path that looks like one (/x, ./x, ~/x). */
+static bool hub_id(const char *s)
+{
+	const char *slash = strchr(s, '/');
+	if (!slash || slash == s || !slash[1] || strchr(slash + 1, '/') || s[0] == '.' ||
+	    s[0] == '~')
+		return false;
+	for (const char *p = s; *p; p++)
+		if (!(*p == '/' || *p == '-' || *p == '_' || *p == '.' || (*p >= '0' && *p <= '9') ||
+		      (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
+			return false;
+	return true;
+}
+
+qw_status qw_model_dir_check(const char *path, qw_err *err)
+{
+	struct stat st;
+	if (stat(path, &st) != 0) {
+		if (errno == ENOENT && hub_id(path))
+			return qw_fail(err, QW_E_IO, "%s: no such directory; it looks like a Hugging "
+				       "Face hub id, but models are read from a local directory and "
+				       "nothing is downloaded\nHINT: download it first (hf download %s "
+				       "--local-dir DIR) and give that DIR", path, path);
+		return qw_fail(err, QW_E_IO, "%s: %s\nHINT: give the model's directory, the one "
+			       "that holds config.json and the *.safetensors", path, strerror(errno));
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		char dir[4096];
+		snprintf(dir, sizeof dir, "%s", path);
+		char *slash = strrchr(dir, '/');
+		if (slash)
+			*(slash == dir ? slash + 1 : slash) = '\0';
+		else
+			snprintf(dir, sizeof dir, ".");
+		return qw_fail(err, QW_E_IO, "%s: a file, not a directory; a model is the directory "
+			       "that holds config.json and the *.safetensors\nHINT: give %s", path, dir);
+	}
+	char config[4200];
+	snprintf(config, sizeof config, "%s/config.json", path);
+	if (stat(config, &st) != 0)
+		return qw_fail(err, QW_E_IO, "%s holds no config.json, so it is not a model "
+			       "directory\nHINT: give the directory HF's download made (config.json, "
+			       "*.safetensors, tokenizer.json)", path);
+	return QW_OK;
 }

@@ -29,6 +29,12 @@ typedef struct qw_checkpoint {
 
 qw_status qw_ckpt_open(const char *dir, qw_checkpoint **out, qw_err *err);
 
+/* Checks that path is a model directory (it holds config.json), and when it is not says
+ * what it is and what to give instead (QW_E_IO, with a HINT): a Hugging Face hub id such as
+ * Qwen/Qwen3-VL-30B-A3B-Instruct (nothing is downloaded), a file such as the config.json
+ * itself (its directory is the model), a missing path, or a directory without config.json. */
+qw_status qw_model_dir_check(const char *path, qw_err *err);
+
 /* A checkpoint of files opened already (n >= 0 of them, e.g. headers from a manifest),
  * held to the same rule that no tensor appears twice; label stands for the directory.  Takes
  * the malloc'd array files and every file in it, also on failure. */

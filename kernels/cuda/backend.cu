@@ -639,6 +639,11 @@ static qw_status setup(cuda_ctx *c, int device, qw_err *err)
 	return QW_OK;
 }
 
+extern "C" bool qw_cuda_backend_built(void)
+{
+	return true;
+}
+
 extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err *err)
 {
 	qw_backend *be = (qw_backend *)calloc(1, sizeof *be);

@@ -26,6 +26,10 @@ extern "C" {
 /* A backend on GPU `device`. */
 qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err *err);
 
+/* Whether this build has the CUDA backend (false where cuda_stub.c stands in for it).  It
+ * touches no GPU and no driver. */
+bool qw_cuda_backend_built(void);
+
 /* What the step graphs did so far (for tests and logs). */
 typedef struct qw_cuda_graph_stats {
 	uint64_t recorded;   /* graphs recorded */

@@ -88,6 +88,9 @@ void qwend_start_at(qwend *d, const char *model, const char *endpoint,
 		argv[n++] = "cuda";
 		argv[n++] = "--gpus";
 		argv[n++] = gpus;
+	} else {   /* the CPU backend whatever the machine has (auto would pick a GPU) */
+		argv[n++] = "--device";
+		argv[n++] = "cpu";
 	}
 	argv[n] = NULL;
 	d->pid = spawn_program("qwend", argv, env, d->log);

@@ -27,10 +27,10 @@ typedef struct qwend {
 	char log[1100];
 } qwend;
 
-/* Starts qwend --model MODEL --socket ipc://DIR/q.sock ARGS... (args NULL-terminated; env
- * NAME=VALUE entries, NULL-terminated, may be NULL) and, with wait_ready, waits until its
- * status says ready.  With QWEND_TEST_DEVICE=cuda in the environment it runs on the CUDA
- * backend, --stages S becoming S stages on GPU 0. */
+/* Starts qwend --model MODEL --socket ipc://DIR/q.sock ARGS... --device cpu (args
+ * NULL-terminated; env NAME=VALUE entries, NULL-terminated, may be NULL) and, with
+ * wait_ready, waits until its status says ready.  With QWEND_TEST_DEVICE=cuda in the
+ * environment it runs on the CUDA backend instead, --stages S becoming S stages on GPU 0. */
 void qwend_start(qwend *d, const char *model, const char *const *args, const char *const *env,
 		 bool wait_ready);
 

@@ -127,6 +127,37 @@ static void test_shard_broken(void **state)
 	scratch_free(dir);
 }
 
+/* What people give instead of a model directory, each said with what to do. */
+static void test_model_dir_check(void **state)
+{
+	qw_err err = {0};
+	const char *tiny = fixture("hf/tiny-moe/model");
+	assert_int_equal(qw_model_dir_check(tiny, &err), QW_OK);
+	/* a hub id: nothing is downloaded */
+	assert_int_equal(qw_model_dir_check("Qwen/Qwen3-VL-30B-A3B-Instruct", &err), QW_E_IO);
+	assert_string_equal(err.msg, "Qwen/Qwen3-VL-30B-A3B-Instruct: no such directory; it looks "
+			    "like a Hugging Face hub id, but models are read from a local directory "
+			    "and nothing is downloaded\nHINT: download it first (hf download "
+			    "Qwen/Qwen3-VL-30B-A3B-Instruct --local-dir DIR) and give that DIR");
+	/* a path that is not one, and is not there */
+	assert_int_equal(qw_model_dir_check("./Qwen/Qwen3", &err), QW_E_IO);
+	assert_contains(err.msg, "./Qwen/Qwen3: No such file or directory\nHINT: give the model's "
+			"directory");
+	/* the config.json itself: its directory is the model */
+	char path[4200];
+	snprintf(path, sizeof path, "%s/config.json", tiny);
+	assert_int_equal(qw_model_dir_check(path, &err), QW_E_IO);
+	assert_contains(err.msg, "config.json: a file, not a directory");
+	char want[4300];
+	snprintf(want, sizeof want, "\nHINT: give %s", tiny);
+	assert_contains(err.msg, want);
+	/* a directory without a config.json */
+	char *dir = scratch_new();
+	assert_int_equal(qw_model_dir_check(dir, &err), QW_E_IO);
+	assert_contains(err.msg, "holds no config.json, so it is not a model directory");
+	scratch_free(dir);
+}
+
 static void test_empty_dir(void **state)
 {
 	(void)state;
@@ -139,6 +170,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_single_file),
+		cmocka_unit_test(test_model_dir_check),
 		cmocka_unit_test(test_sharded),
 		cmocka_unit_test(test_index_names_missing_shard),
 		cmocka_unit_test(test_index_disagrees_with_shards),

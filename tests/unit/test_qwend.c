@@ -298,7 +298,7 @@ static void test_qwenctl(void **state)
 	assert_int_equal(json_array_size(json_object_get(j, "token_ids")), 8);
 	assert_string_equal(json_string_value(json_object_get(j, "finish_reason")), "length");
 	/* the daemon logs the request's line at info: the figures qwenctl got */
-	char *log = read_file(d.log, NULL), line[160];
+	char *log = read_file(d.log, NULL), line[160];   /* (the log is read again below) */
 	snprintf(line, sizeof line, " I request %lld: prompt %lld tokens, completion 8 tokens, TTFT ",
 		 (long long)json_integer_value(json_object_get(j, "id")),
 		 (long long)json_integer_value(json_object_get(json_object_get(j, "usage"),
@@ -323,7 +323,15 @@ static void test_qwenctl(void **state)
 	assert_int_equal(rc, 0);
 	assert_contains(out, "ready");
 	assert_contains(out, "stage 1");
+	/* the demo says what it is, in the status and in the log */
+	assert_contains(out, " [the demo: random weights]");
 	free(out);
+	json_t *st = qwend_status(&d);
+	assert_true(json_is_true(json_object_get(json_object_get(st, "model"), "demo")));
+	json_decref(st);
+	log = read_file(d.log, NULL);
+	assert_contains(log, " W serving the demo model: a tiny Qwen3-VL with random weights");
+	free(log);
 
 	rc = run_capture(&out, "{ %s --socket %s bench --concurrency 3 --requests 6 "
 			 "--prompt-tokens 20 --max-tokens 4 --json 2>/dev/null; }", ctl, d.endpoint);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cli/client.h"
+#include "daemon/devices.h"
 
 static const char *tiny(void)
 {
@@ -468,6 +469,62 @@ static void test_socket_rules(void **state)
 	free(log);
 }
 
+/* What a new user gets wrong at start-up, each refused with what was expected and what to
+ * do, each said once. */
+static void test_start_up_errors(void **state)
+{
+	char *dir = scratch_new(), *log, sock[1100], conf[1100];
+	snprintf(sock, sizeof sock, "ipc://%s/q.sock", dir);
+	snprintf(conf, sizeof conf, "%s", fixture("hf/tiny-moe/model/config.json"));
+	const struct {
+		const char *args[6];
+		int status;
+		const char *msg;
+	} cases[] = {
+		/* no model: the demo is a choice, not a default */
+		{{NULL}, 2, "qwend: no model to serve: set model in the config file or give --model "
+			    "DIR (a model directory as HF's download makes it)\nHINT: --model demo "
+			    "serves a tiny built-in model with random weights, to try qwend out\n"},
+		{{"--model", "Qwen/Qwen3-VL-30B-A3B-Instruct"}, 1, "nothing is downloaded"},
+		{{"--model", "Qwen/Qwen3-VL-30B-A3B-Instruct"}, 1,
+		 " E HINT: download it first (hf download Qwen/Qwen3-VL-30B-A3B-Instruct"},
+		{{"--model", conf}, 1, "config.json: a file, not a directory"},
+		{{"--model", "demo", "--min-p", "0.1"}, 2, "qwend: unknown option '--min-p'\n"},
+		{{"--model", "demo", "--temperature", "-1"}, 2,
+		 "qwend: --temperature: -1 is outside [0, 100]\n"},
+		{{"--model", "demo", "--device", "tpu"}, 2,
+		 "qwend: --device: \"tpu\" is not one of auto|cpu|cuda\n"},
+		{{"--model", "demo", "--stages"}, 2, "qwend: --stages needs a value\n"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		const char *args[10] = {"--socket", sock};
+		int n = 2;
+		for (int k = 0; cases[i].args[k]; k++)
+			args[n++] = cases[i].args[k];
+		int status = qwend_run_to_exit(args, &log);
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != cases[i].status)
+			fail_msg("case %zu: exit %d, not %d:\n%s", i, WEXITSTATUS(status),
+				 cases[i].status, log);
+		assert_contains(log, cases[i].msg);
+		assert_null(strstr(log, "unrecognized"));
+		/* said once */
+		const char *at = strstr(log, cases[i].msg);
+		assert_null(strstr(at + 1, cases[i].msg));
+		free(log);
+	}
+	/* device auto says what it chose (cpu where the driver lists no GPU) before the model
+	 * (split into more stages than it has layers) fails */
+	const char *args[] = {"--socket", sock, "--model", tiny(), "--stages", "9", NULL};
+	int status = qwend_run_to_exit(args, &log);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+	assert_contains(log, " I device auto: ");
+	if (qw_devices_count_gpus(QW_NVIDIA_GPUS_DIR) == 0)
+		assert_contains(log, " I device auto: cpu, as ");
+	assert_contains(log, "cannot split 4 decoder layers into 9 stages");
+	free(log);
+	scratch_free(dir);
+}
+
 /* SIGHUP reloads the config file: runtime settings change, the others wait for a restart. */
 static void test_sighup(void **state)
 {
@@ -517,6 +574,7 @@ int main(void)
 		cmocka_unit_test(test_loading),
 		cmocka_unit_test(test_corrupted_handover),
 		cmocka_unit_test(test_socket_rules),
+		cmocka_unit_test(test_start_up_errors),
 		cmocka_unit_test(test_sighup),
 		cmocka_unit_test(test_systemd_unit),
 	};
