@@ -223,9 +223,15 @@ static void summary(const json_t *st)
 	const json_t *load = json_object_get(st, "load");
 	if (num(load, "bytes_done", &done) && num(load, "bytes_total", &total)) {
 		char a[32], b[32];
-		printf("%-11s %.1f%% (%s of %s)\n", "weights", total > 0 ? 100 * done / total : 0,
+		double elapsed, eta;
+		printf("%-11s %.1f%% (%s of %s)", "weights", total > 0 ? 100 * done / total : 0,
 		       qw_fmt_bytes((uint64_t)(done > 0 ? done : 0), a, sizeof a),
 		       qw_fmt_bytes((uint64_t)(total > 0 ? total : 0), b, sizeof b));
+		if (done < total && num(load, "elapsed_s", &elapsed))
+			printf(", %.0f s so far", elapsed);
+		if (done < total && num(load, "eta_s", &eta))
+			printf(", about %.0f s left", eta + 0.5);
+		printf("\n");
 	}
 	const json_t *stages = json_object_get(st, "stages");
 	if (json_array_size(stages)) {

@@ -23,6 +23,7 @@
 
 #define TICK_MS 100
 #define RESTART_WINDOW_S 600.0
+#define LOAD_LOG_S 2.0            /* at most how often a load's progress is logged */
 
 double qw_now(void)
 {
@@ -285,6 +286,8 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 					  err);
 	if (st == QW_OK)
 		st = qw_supervisor_start(&sv->sup, err);
+	sv->t_load = sv->t_load_logged = qw_now();
+	sv->load_logged_tenth = 0;
 	return st;
 }
 
@@ -367,6 +370,8 @@ static void pipeline_failed(qw_server *sv, const char *why)
 	qw_err err = {0};
 	sv->state = QW_SERVER_RESTARTING;
 	sd_notifyf(0, "STATUS=restarting the workers: %s", why);
+	sv->t_load = sv->t_load_logged = qw_now();
+	sv->load_logged_tenth = 0;
 	if (qw_supervisor_start(&sv->sup, &err) != QW_OK) {
 		qw_log(QW_LOG_ERROR, "cannot restart the workers: %s", err.msg);
 		fail_all(sv, "internal", "qwend cannot restart its workers; qwend is exiting");
@@ -584,10 +589,20 @@ static void tick(qw_server *sv, double *next_status)
 	}
 	if (now >= *next_status) {
 		*next_status = now + 2.0;
-		char why[64];
+		char why[192];
 		if ((sv->state == QW_SERVER_LOADING || sv->state == QW_SERVER_RESTARTING) &&
 		    qw_server_not_ready(sv, why, sizeof why)) {
 			sd_notifyf(0, "STATUS=%s\nEXTEND_TIMEOUT_USEC=%llu", why, 60000000ull);
+			/* a long load is logged as it passes each tenth of the bytes, a line
+			 * every LOAD_LOG_S at most (a load shorter than that says nothing) */
+			qw_server_load l;
+			qw_server_load_progress(sv, &l);
+			int tenth = l.total ? (int)(10 * l.done / l.total) : 0;
+			if (tenth > sv->load_logged_tenth && now - sv->t_load_logged >= LOAD_LOG_S) {
+				sv->t_load_logged = now;
+				sv->load_logged_tenth = tenth;
+				qw_log(QW_LOG_INFO, "%s", why);
+			}
 		}
 		uint64_t usec;
 		if (sd_watchdog_enabled(0, &usec) > 0)
@@ -631,14 +646,12 @@ const char *qw_server_not_ready(const qw_server *sv, char *buf, size_t cap)
 		snprintf(buf, cap, "qwend is shutting down");
 		return buf;
 	}
-	uint64_t done = 0, total = 0;
-	for (int i = 0; sv->sup.running && i < sv->n_stages; i++) {
-		done += atomic_load(&sv->sup.region.hdr->worker[i].load_done);
-		total += atomic_load(&sv->sup.region.hdr->worker[i].load_total);
-	}
-	snprintf(buf, cap, "%s: %.0f%% of the weights loaded",
+	qw_server_load l;
+	char progress[128];
+	qw_server_load_progress(sv, &l);
+	snprintf(buf, cap, "%s: the weights %s",
 		 sv->state == QW_SERVER_RESTARTING ? "restarting after a failure" : "loading",
-		 total ? 100.0 * (double)done / (double)total : 0.0);
+		 qw_server_load_text(&l, progress, sizeof progress));
 	return buf;
 }
 
@@ -674,9 +687,11 @@ int qw_server_run(const qw_settings *s, const char *config_path)
 	sv->next_id = 1;
 	sv->state = QW_SERVER_LOADING;
 	qw_err err = {0};
-	qw_status st = open_model(sv, &err);
+	/* the socket first: a client that comes while the model is read waits for its answer
+	 * (loading) instead of finding no qwend */
+	qw_status st = qw_server_open_socket(sv, &err);
 	if (st == QW_OK)
-		st = qw_server_open_socket(sv, &err);
+		st = open_model(sv, &err);
 	if (st == QW_OK)
 		st = setup_signals(sv, &err);
 	if (st == QW_OK)

@@ -80,6 +80,9 @@ typedef struct qw_server {
 	size_t plan_buf_cap;
 	void *result_buf;
 	size_t result_buf_cap;
+	double t_load;               /* when the current generation began loading */
+	double t_load_logged;        /* when its progress was last logged */
+	int load_logged_tenth;       /* the tenth of its bytes last logged */
 	double restarts[64];         /* when the pipeline was restarted (ring) */
 	int n_restarts;
 	char last_failure[1024];
@@ -133,5 +136,17 @@ const char *qw_server_not_ready(const qw_server *sv, char *buf, size_t cap);
 
 /* server_status.c: the status report (malloc'd JSON). */
 char *qw_server_status_json(const qw_server *sv);
+
+/* How far the workers are with the weights: the total is the stage plan's from the start,
+ * so the figure only grows. */
+typedef struct qw_server_load {
+	uint64_t done, total;        /* bytes */
+	double elapsed_s;            /* since the generation began loading */
+	double eta_s;                /* seconds left at the rate so far; < 0 while unknown */
+} qw_server_load;
+void qw_server_load_progress(const qw_server *sv, qw_server_load *out);
+
+/* "35% (440.00 MiB of 1.26 GiB), about 23 s left" into buf. */
+const char *qw_server_load_text(const qw_server_load *l, char *buf, size_t cap);
 
 #endif

@@ -2,8 +2,11 @@
 #include "daemon/server.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "loader/units.h"
 
 static const char *state_name(qw_server_state s)
 {
@@ -11,7 +14,40 @@ static const char *state_name(qw_server_state s)
 	return names[s];
 }
 
-static json_t *stages_json(const qw_server *sv, uint64_t *done, uint64_t *total)
+void qw_server_load_progress(const qw_server *sv, qw_server_load *out)
+{
+	*out = (qw_server_load){.eta_s = -1};
+	for (int i = 0; i < sv->n_stages; i++) {
+		uint64_t plan = sv->plan[i].weight_bytes, done = 0;
+		out->total += plan;
+		if (sv->sup.running) {
+			qw_worker_slot *w = &sv->sup.region.hdr->worker[i];
+			qw_worker_state st = atomic_load(&w->state);
+			done = st == QW_WORKER_LOADED || st == QW_WORKER_READY ? plan
+										: atomic_load(&w->load_done);
+		}
+		out->done += done < plan ? done : plan;
+	}
+	out->elapsed_s = sv->t_load > 0 ? qw_now() - sv->t_load : 0;
+	if (out->done >= out->total)
+		out->eta_s = 0;
+	else if (out->done > 0)
+		out->eta_s = out->elapsed_s * (double)(out->total - out->done) / (double)out->done;
+}
+
+const char *qw_server_load_text(const qw_server_load *l, char *buf, size_t cap)
+{
+	char done[32], total[32];
+	int n = snprintf(buf, cap, "%.0f%% (%s of %s)",
+			 l->total ? 100.0 * (double)l->done / (double)l->total : 0.0,
+			 qw_fmt_bytes(l->done, done, sizeof done),
+			 qw_fmt_bytes(l->total, total, sizeof total));
+	if (l->eta_s > 0 && n > 0 && (size_t)n < cap)
+		snprintf(buf + n, cap - (size_t)n, ", about %.0f s left", l->eta_s + 0.5);
+	return buf;
+}
+
+static json_t *stages_json(const qw_server *sv)
 {
 	json_t *stages = json_array();
 	for (int i = 0; i < sv->n_stages; i++) {
@@ -20,15 +56,13 @@ static json_t *stages_json(const qw_server *sv, uint64_t *done, uint64_t *total)
 		if (sv->sup.running) {
 			const qw_worker_slot *w = &sv->sup.region.hdr->worker[i];
 			uint64_t d = atomic_load(&((qw_worker_slot *)w)->load_done);
-			uint64_t t = atomic_load(&((qw_worker_slot *)w)->load_total);
-			*done += d;
-			*total += t;
 			qw_worker_state state = atomic_load(&((qw_worker_slot *)w)->state);
 			json_object_set_new(st, "pid", json_integer(sv->sup.pid[i]));
 			json_object_set_new(st, "state", json_string(qw_worker_state_name(state)));
 			json_object_set_new(st, "device", json_string(w->device));
 			json_object_set_new(st, "weight_bytes",
-					    json_integer((json_int_t)(w->weight_bytes ? w->weight_bytes : t)));
+					    json_integer((json_int_t)(w->weight_bytes ? w->weight_bytes
+								      : sv->plan[i].weight_bytes)));
 			json_object_set_new(st, "kv_bytes", json_integer((json_int_t)w->kv_bytes));
 			json_object_set_new(st, "load_done", json_integer((json_int_t)d));
 			json_object_set_new(st, "steps", json_integer((json_int_t)atomic_load(
@@ -66,7 +100,6 @@ static json_t *prefix_json(const qw_server *sv)
 char *qw_server_status_json(const qw_server *sv)
 {
 	const qw_config *c = &sv->cfg;
-	uint64_t done = 0, total = 0;
 	json_t *o = json_object();
 	json_object_set_new(o, "state", json_string(state_name(sv->state)));
 	json_object_set_new(o, "uptime_s", json_real(qw_now() - sv->t_start));
@@ -80,9 +113,14 @@ char *qw_server_status_json(const qw_server *sv)
 		sv->tok != NULL, "thinking", sv->rc.thinking, "max_context", sv->rc.max_context,
 		"vision", c->has_vision));
 	json_object_set_new(o, "device", json_string(sv->device));
-	json_object_set_new(o, "stages", stages_json(sv, &done, &total));
-	json_object_set_new(o, "load", json_pack("{s:I, s:I}", "bytes_done", (json_int_t)done,
-						 "bytes_total", (json_int_t)total));
+	json_object_set_new(o, "stages", stages_json(sv));
+	qw_server_load l;
+	qw_server_load_progress(sv, &l);
+	json_t *load = json_pack("{s:I, s:I, s:f}", "bytes_done", (json_int_t)l.done, "bytes_total",
+				 (json_int_t)l.total, "elapsed_s", l.elapsed_s);
+	if (l.eta_s >= 0)
+		json_object_set_new(load, "eta_s", json_real(l.eta_s));
+	json_object_set_new(o, "load", load);
 	int queued = 0, running = 0, inflight = 0;
 	json_int_t blocks = 0, used = 0, cached = 0, used_tokens = 0;
 	if (sv->have_sched) {

@@ -66,6 +66,8 @@ typedef struct worker {
 	int32_t *tokens;                   /* (max_logits,) sampled */
 	void *result;                      /* a result record */
 	int kv_blocks, block_tokens;
+	uint64_t load_t0_ms;               /* when the upload of the weights began */
+	int load_delay_ms;                 /* tests: QWEND_TEST_LOAD_DELAY_MS */
 } worker;
 
 static void notify(worker *w)
@@ -93,6 +95,13 @@ static int fail(worker *w, const qw_err *err)
 static void on_progress(void *ctx, uint64_t done, uint64_t total)
 {
 	worker *w = ctx;
+	/* tests: a load that takes load_delay_ms, its bytes spread over the time, so loading
+	 * and its progress can be seen from outside */
+	uint64_t due = w->load_t0_ms + (total ? (uint64_t)w->load_delay_ms * done / total : 0);
+	for (uint64_t now = qw_monotonic_ms(); now < due; now = qw_monotonic_ms()) {
+		usleep((useconds_t)((due - now < 50 ? due - now : 50) * 1000));
+		beat(w);
+	}
 	atomic_store(&w->slot->load_total, total);
 	atomic_store(&w->slot->load_done, done);
 	beat(w);
@@ -233,7 +242,9 @@ static qw_status load(worker *w, qw_err *err)
 			  job->layer_end[w->stage]};
 	atomic_store(&w->slot->state, QW_WORKER_LOADING);
 	notify(w);
-	uint64_t t0 = qw_monotonic_ms();
+	const char *delay = getenv("QWEND_TEST_LOAD_DELAY_MS");
+	w->load_delay_ms = delay ? atoi(delay) : 0;
+	uint64_t t0 = w->load_t0_ms = qw_monotonic_ms();
 	st = synthetic ? qw_stage_model_load_synthetic(&w->m, &w->cfg, &stage, w->be, 0,
 						       job->max_tokens, on_progress, w, err)
 		       : qw_stage_model_load(&w->m, &w->cfg, w->ck, &stage, w->be, job->max_tokens,
@@ -244,12 +255,6 @@ static qw_status load(worker *w, qw_err *err)
 	/* the links' buffers exist before the KV cache is sized from what is left */
 	if (w->pipe && (st = qw_nccl_pipe_warm(w->pipe, err)) != QW_OK)
 		return st;
-	/* tests: a load that takes its time, so "loading" can be seen from outside */
-	const char *delay = getenv("QWEND_TEST_LOAD_DELAY_MS");
-	for (int ms = delay ? atoi(delay) : 0; ms > 0; ms -= 50) {
-		usleep(50 * 1000);
-		beat(w);
-	}
 	uint64_t weights = atomic_load(&w->slot->load_total);
 	const qw_text_config *t = &w->cfg.text;
 	uint64_t block = 2ull * (uint64_t)(stage.layer_end - stage.layer_begin) *

@@ -7,6 +7,11 @@
 #include "loader/dtype.h"
 #include "loader/export.h"
 
+static uint64_t tensor_bytes(const qw_tensor *t)
+{
+	return t->nbytes + (t->scale ? t->scale->nbytes : 0);
+}
+
 static qw_status upload_weights(qw_stage_model *m, qw_load_progress progress, void *ctx,
 				qw_err *err)
 {
@@ -15,14 +20,15 @@ static qw_status upload_weights(qw_stage_model *m, qw_load_progress progress, vo
 	size_t n;
 	const qw_tensor *host_lm_head = m->w.lm_head;
 	QW_TRY(qw_wmap_build(cfg, m->w.expert_layout, &m->w, &specs, &n, err));
+	/* bytes as the stage planner counts them: each tensor with its block scales */
 	uint64_t total = 0, done = 0;
 	for (size_t i = 0; i < n; i++)
 		if (qw_stage_owns(&m->stage, cfg, &specs[i]) && specs[i].slot && *specs[i].slot)
-			total += (*specs[i].slot)->nbytes;
+			total += tensor_bytes(*specs[i].slot);
 	qw_status st = QW_OK;
 	for (size_t i = 0; i < n && st == QW_OK; i++)
 		if (qw_stage_owns(&m->stage, cfg, &specs[i]) && specs[i].slot && *specs[i].slot) {
-			done += (*specs[i].slot)->nbytes;
+			done += tensor_bytes(*specs[i].slot);
 			st = m->be->upload(m->be, *specs[i].slot, specs[i].slot, err);
 			if (st == QW_OK && progress)
 				progress(ctx, done, total);

@@ -34,7 +34,8 @@ qw_status qw_plan_stages(const qw_config *cfg, const qw_wspec *specs, size_t n, 
 	if (count < 1 || count > L || count > QW_MAX_STAGES)
 		return qw_fail(err, QW_E_ARG, "cannot split %d decoder layers into %d stages "
 			       "(1 to %d)", L, count, L < QW_MAX_STAGES ? L : QW_MAX_STAGES);
-	uint64_t first = 0, last = 0;
+	uint64_t first = 0, last = 0, tied = 0;   /* tied: the embedding the last stage uses as
+						     its lm_head, held again there */
 	uint64_t *prefix = calloc((size_t)L + 1, sizeof *prefix);   /* prefix[l]: layers < l */
 	uint64_t *best = malloc(sizeof *best * (size_t)(L + 1) * (size_t)count);
 	double *spread = malloc(sizeof *spread * (size_t)(L + 1) * (size_t)count);
@@ -55,10 +56,12 @@ qw_status qw_plan_stages(const qw_config *cfg, const qw_wspec *specs, size_t n, 
 		else
 			first += s->bytes;
 		if (s->part == QW_PART_EMBED && cfg->tie_word_embeddings)
-			last += s->bytes;
+			tied += s->bytes;
 	}
 	for (int l = 0; l < L; l++)
 		prefix[l + 1] += prefix[l];
+	if (count > 1)   /* one stage holds the table once, for both ends */
+		last += tied;
 
 	/* best[s*(L+1)+b]: the least possible largest stage when stages 0..s hold layers
 	 * [0, b), ties broken by the smaller sum of squared stage sizes (spread[..], in

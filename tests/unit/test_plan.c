@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loader/checkpoint.h"
 #include "loader/config.h"
 #include "loader/plan.h"
 #include "loader/weights.h"
@@ -190,6 +191,33 @@ static void test_planner_spreads_the_rest(void **state)
 	assert_true(hi - lo <= 100);
 }
 
+/* A model whose lm_head is its embedding table (tiny-dense): one stage holds the table once,
+ * so its bytes are the checkpoint's, tensor for tensor (what a worker loads and reports);
+ * with more stages the last holds a copy as its lm_head. */
+static void test_planner_tied_embedding(void **state)
+{
+	qw_config cfg;
+	qw_checkpoint *ck;
+	qw_err err = {0};
+	if (qw_config_load(fixture("hf/tiny-dense/model/config.json"), &cfg, &err) != QW_OK ||
+	    qw_ckpt_open(fixture("hf/tiny-dense/model"), &ck, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	assert_true(cfg.tie_word_embeddings);
+	const qw_tensor *embed = qw_ckpt_find(ck, "model.language_model.embed_tokens.weight");
+	assert_non_null(embed);
+	qw_stage_plan plan[4];
+	assert_int_equal(qw_plan_checkpoint(&cfg, ck, 1, QW_DT_BF16, plan, &err), QW_OK);
+	assert_int_equal(plan[0].weight_bytes, ck->total_bytes);
+	for (int S = 2; S <= 3; S++) {
+		assert_int_equal(qw_plan_checkpoint(&cfg, ck, S, QW_DT_BF16, plan, &err), QW_OK);
+		uint64_t sum = 0;
+		for (int s = 0; s < S; s++)
+			sum += plan[s].weight_bytes;
+		assert_int_equal(sum, ck->total_bytes + embed->nbytes);
+	}
+	qw_ckpt_close(ck);
+}
+
 static void test_planner_limits(void **state)
 {
 	(void)state;
@@ -212,6 +240,7 @@ int main(void)
 		cmocka_unit_test(test_published_sizes),
 		cmocka_unit_test(test_planner_optimal),
 		cmocka_unit_test(test_planner_spreads_the_rest),
+		cmocka_unit_test(test_planner_tied_embedding),
 		cmocka_unit_test(test_planner_limits),
 	};
 	return cmocka_run_group_tests_name("plan", tests, NULL, NULL);

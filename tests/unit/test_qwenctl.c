@@ -553,7 +553,7 @@ static const char status_ready[] =
 
 static const char status_loading[] =
 	"{\"state\": \"loading\", \"model\": {\"path\": \"/m\"}, \"load\": {\"bytes_done\": 45, "
-	"\"bytes_total\": 100}}";
+	"\"bytes_total\": 100, \"elapsed_s\": 9.2, \"eta_s\": 11.3}}";
 
 static bool answer_status(fake *f, const qw_request *r)
 {
@@ -607,7 +607,7 @@ static void test_status(void **state)
 	assert_int_equal(ctl(dir, NULL, &out, &err, "status"), 0);
 	assert_int_equal(fake_end(pid), 0);
 	assert_contains(out, "qwend       loading");
-	assert_contains(out, "45.0% (45 B of 100 B)");
+	assert_contains(out, "45.0% (45 B of 100 B), 9 s so far, about 12 s left\n");
 	assert_true(strstr(out, "stage") == NULL && strstr(out, "KV cache") == NULL);
 	free(out);
 	free(err);

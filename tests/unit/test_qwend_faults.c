@@ -377,12 +377,16 @@ static void test_killed_worker(void **state)
 	free(want);
 }
 
-/* While the workers load, status says so and submit is "not ready". */
+/* While the workers load, status says so and submit is "not ready"; the progress is known
+ * from the start (its total the stage plan's, equal to what the workers load: the tied
+ * embedding of tiny-dense's one stage counted once), only grows, comes with an estimate of
+ * the time left, and a load of some seconds is logged.  The socket is there before the
+ * model is read. */
 static void test_loading(void **state)
 {
 	qwend d;
-	qwend_start(&d, tiny(), NULL, (const char *[]){"QWEND_TEST_LOAD_DELAY_MS=1500", NULL},
-		    false);
+	qwend_start(&d, fixture("hf/tiny-dense/model"), NULL,
+		    (const char *[]){"QWEND_TEST_LOAD_DELAY_MS=3000", NULL}, false);
 	json_t *s = qwend_status(&d);
 	assert_string_equal(json_string_value(json_object_get(s, "state")), "loading");
 	json_decref(s);
@@ -391,8 +395,46 @@ static void test_loading(void **state)
 	outcome o;
 	run_request(d.endpoint, &r, &o);
 	assert_string_equal(o.code, "not_ready");
-	assert_contains(o.message, "loading");
+	assert_contains(o.message, "loading: the weights ");
 	outcome_free(&o);
+	json_int_t total = -1, done = 0;
+	bool midway = false;
+	for (int i = 0; i < 400; i++) {
+		s = qwend_status(&d);
+		const json_t *load = json_object_get(s, "load");
+		json_int_t t = json_integer_value(json_object_get(load, "bytes_total"));
+		json_int_t now = json_integer_value(json_object_get(load, "bytes_done"));
+		if (total < 0)
+			total = t;
+		assert_true(t > 0 && t == total);   /* known from the start */
+		assert_true(now >= done && now <= total);
+		done = now;
+		if (now > 0 && now < total) {
+			midway = true;
+			assert_true(json_number_value(json_object_get(load, "eta_s")) > 0);
+		}
+		bool ready = !strcmp(json_string_value(json_object_get(s, "state")), "ready");
+		if (ready) {
+			json_int_t stages = 0;
+			for (size_t k = 0; k < json_array_size(json_object_get(s, "stages")); k++)
+				stages += json_integer_value(json_object_get(
+					json_array_get(json_object_get(s, "stages"), k), "weight_bytes"));
+			assert_int_equal(stages, total);   /* the workers loaded what was planned */
+			assert_int_equal(done, total);
+		}
+		json_decref(s);
+		if (ready)
+			break;
+		usleep(20000);
+	}
+	assert_true(midway);
+	char *log = read_file(d.log, NULL);
+	assert_contains(log, " I loading: the weights ");
+	assert_contains(strstr(log, " I loading: the weights "), " s left\n");
+	/* bound before the model was read */
+	assert_non_null(strstr(log, " I listening on "));
+	assert_true(strstr(log, " I listening on ") < strstr(log, " I model "));
+	free(log);
 	qwend_wait_state(&d, "ready", 30);
 	run_request(d.endpoint, &r, &o);
 	assert_string_equal(o.finish, "length");
