@@ -12,7 +12,24 @@ extern "C" qw_status qw_cuda_probe(qw_cuda_env *out, qw_err *err)
 	QW_CUDA_TRY(err, cudaDriverGetVersion(&out->driver_version));
 	QW_CUDA_TRY(err, cudaRuntimeGetVersion(&out->runtime_version));
 	QW_NCCL_TRY(err, ncclGetVersion(&out->nccl_version));
-	QW_CUDA_TRY(err, cudaGetDeviceCount(&out->n_gpus));
+	/* the runtime reports a missing driver as version 0; every later call would say
+	 * "driver version is insufficient", which reads as if one were there */
+	if (out->driver_version == 0)
+		return qw_fail(err, QW_E_DEVICE, "no NVIDIA driver was found (the CUDA runtime %d.%d "
+			       "could not load libcuda.so.1)\nHINT: on a machine with an NVIDIA GPU, "
+			       "install its driver; without one, qwend runs with --device cpu",
+			       out->runtime_version / 1000, out->runtime_version % 1000 / 10);
+	cudaError_t count = cudaGetDeviceCount(&out->n_gpus);
+	if (count == cudaErrorNoDevice) {
+		out->n_gpus = 0;   /* a driver and no GPU: the caller says so */
+		return QW_OK;
+	}
+	if (count == cudaErrorInsufficientDriver)
+		return qw_fail(err, QW_E_DEVICE, "the NVIDIA driver (CUDA %d.%d) is older than this "
+			       "build's CUDA runtime %d.%d\nHINT: update the driver",
+			       out->driver_version / 1000, out->driver_version % 1000 / 10,
+			       out->runtime_version / 1000, out->runtime_version % 1000 / 10);
+	QW_CUDA_TRY(err, count);
 	if (out->n_gpus > QW_MAX_GPUS)
 		out->n_gpus = QW_MAX_GPUS;
 	for (int i = 0; i < out->n_gpus; i++) {

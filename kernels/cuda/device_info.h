@@ -35,6 +35,8 @@ typedef struct qw_cuda_env {
 	int peer[QW_MAX_GPUS][QW_MAX_GPUS];   /* 1 if gpus[i] can access gpus[j] directly */
 } qw_cuda_env;
 
+/* Fills out; no GPU (a driver and none visible) is n_gpus 0, not an error.  No driver at
+ * all, or one older than the runtime, is QW_E_DEVICE saying which, with a HINT. */
 qw_status qw_cuda_probe(qw_cuda_env *out, qw_err *err);
 
 #ifdef __cplusplus
