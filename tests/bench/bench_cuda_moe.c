@@ -6,15 +6,20 @@
  * `scons tests`; run
  *     build/tests/bench/bench_cuda_moe [copy GB/s, default 4287]
  * (bench_cuda_moe_* are the same over build-time variants of the decode tile; see
- * tests/SConscript.)
+ * tests/SConscript.)  Before a layer is timed, its output at every batch size is checked
+ * against the CPU reference within test_cuda_moe's tolerance (tests/gpu/moe_check.h): a
+ * variant that computes something else is reported and not timed (exit 1).
  */
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "kernels/cuda/kernels.h"
 #include "tests/bench/bench_util.h"
+#include "tests/gpu/moe_check.h"
 
 #define RUNS 30
 #define FLUSH_BYTES (256ull << 20)
@@ -23,6 +28,77 @@ static void ok(qw_status st, const qw_err *err)
 {
 	if (st != QW_OK) {
 		fprintf(stderr, "bench_cuda_moe: %s\n", err->msg);
+		exit(1);
+	}
+}
+
+/* A host copy of n bf16 values on the device. */
+static uint16_t *to_host(const uint16_t *d, size_t n)
+{
+	uint16_t *h = malloc(n * 2);
+	if (!h) {
+		fprintf(stderr, "bench_cuda_moe: out of memory for a host copy\n");
+		exit(1);
+	}
+	CK(cudaMemcpy(h, d, n * 2, cudaMemcpyDeviceToHost));
+	return h;
+}
+
+static qw_tensor bf16_tensor(uint16_t *data, int ndim, int64_t d0, int64_t d1, int64_t d2)
+{
+	qw_tensor t = {.name = "t", .dtype = QW_DT_BF16, .ndim = ndim, .data = data};
+	int64_t dims[3] = {d0, d1, d2};
+	t.numel = 1;
+	for (int i = 0; i < ndim; i++)
+		t.numel *= (uint64_t)(t.shape[i] = dims[i]);
+	t.nbytes = t.numel * 2;
+	return t;
+}
+
+/* The layer's output for the first max_t tokens of x at each batch size, against the CPU
+ * reference on host copies of the same weights; exits unless every one is within the
+ * tolerance. */
+static void check_layer(const char *name, int H, int E, int k, int I, const uint16_t *router,
+			const uint16_t *gate_up, const uint16_t *down, const uint16_t *x,
+			const int *tokens, int n_tok, int max_t, uint16_t *out, void *ws,
+			size_t ws_bytes, cudaStream_t s)
+{
+	uint16_t *h_router = to_host(router, (size_t)E * H);
+	uint16_t *h_gate_up = to_host(gate_up, (size_t)E * H * 2 * I);
+	uint16_t *h_down = to_host(down, (size_t)E * I * H);
+	uint16_t *h_x = to_host(x, (size_t)max_t * H), *got = malloc((size_t)max_t * H * 2);
+	float *ref = malloc((size_t)max_t * H * sizeof *ref);
+	qw_tensor tr = bf16_tensor(h_router, 2, E, H, 0);
+	qw_tensor tgu = bf16_tensor(h_gate_up, 3, E, H, 2 * (int64_t)I);
+	qw_tensor td = bf16_tensor(h_down, 3, E, I, H);
+	qw_moe_weights w = {.router = &tr, .gate_up = &tgu, .down = &td, .n_experts = E,
+			    .top_k = k, .inter = I, .renormalize = 1};
+	qw_err err = {0};
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (!got || !ref)
+		ok(qw_fail(&err, QW_E_NOMEM, "out of memory for the check"), &err);
+	ok(moe_check_reference(&w, H, h_x, max_t, cpus > 0 ? (int)cpus : 1, ref, &err), &err);
+	bool all = true;
+	for (int ti = 0; ti < n_tok; ti++) {
+		int T = tokens[ti];
+		qw_cuda_moe_args m = {.T = T, .H = H, .E = E, .top_k = k, .I = I,
+				      .renormalize = true, .x = x, .router = router,
+				      .gate_up = gate_up, .down = down, .out = out};
+		CK(cudaMemsetAsync(out, 0xff, (size_t)T * H * 2, s));   /* NaN until written */
+		ok(qw_cuda_moe(&m, ws, ws_bytes, s, &err), &err);
+		CK(cudaStreamSynchronize(s));
+		CK(cudaMemcpy(got, out, (size_t)T * H * 2, cudaMemcpyDeviceToHost));
+		all &= moe_check_compare(name, T, H, ref, got);
+	}
+	free(h_router);
+	free(h_gate_up);
+	free(h_down);
+	free(h_x);
+	free(got);
+	free(ref);
+	if (!all) {
+		fprintf(stderr, "bench_cuda_moe: %s: this build's MoE kernels do not compute the "
+			"layer (outputs out of tolerance above); not timed\n", name);
 		exit(1);
 	}
 }
@@ -65,6 +141,11 @@ int main(int argc, char **argv)
 		size_t ws_bytes = qw_cuda_moe_ws_bytes(max_t, H, E, k, I);
 		void *ws;
 		CK(cudaMalloc(&ws, ws_bytes));
+		CK(cudaStreamSynchronize(s));   /* the random weights are made */
+		char what[64];   /* the check's lines are '#' lines of the table */
+		snprintf(what, sizeof what, "# check %s", layers[l].name);
+		check_layer(what, H, E, k, I, router, gate_up, down, x, tokens, n_tok, max_t, out,
+			    ws, ws_bytes, s);
 		for (int ti = 0; ti < n_tok; ti++) {
 			int T = tokens[ti];
 			float ms[RUNS];

@@ -29,8 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/kernels.h"
+#include "tests/gpu/moe_check.h"
 
 #define CUDA_OK(call)                                                                        \
 	do {                                                                                 \
@@ -43,7 +43,6 @@
 
 static uint64_t seed;
 static int n_threads;
-static qw_backend *cpu;
 
 // ---------------------------------------------------------------------------------------
 // random bf16 data, generated in parallel from (seed, stream, index)
@@ -68,14 +67,6 @@ static uint16_t bf16_bits(float f)
 	memcpy(&b, &f, 4);
 	b += 0x7fffu + ((b >> 16) & 1u);   /* round to nearest even (no NaNs here) */
 	return (uint16_t)(b >> 16);
-}
-
-static float bf16_float(uint16_t h)
-{
-	uint32_t b = (uint32_t)h << 16;
-	float f;
-	memcpy(&f, &b, 4);
-	return f;
 }
 
 typedef void (*part_fn)(void *ctx, size_t lo, size_t hi);
@@ -201,49 +192,16 @@ static void layer_free(layer *L)
 }
 
 // ---------------------------------------------------------------------------------------
-// the reference, in parallel over tokens
-
-typedef struct ref_job {
-	layer *L;
-	const float *x;    /* (T, H) */
-	float *out;        /* (T, H) */
-	qw_status st;      /* the first failure */
-	char msg[256];
-	pthread_mutex_t lock;
-} ref_job;
-
-static void ref_part(void *ctx, size_t lo, size_t hi)
-{
-	ref_job *j = ctx;
-	int H = j->L->H;
-	qw_act x = {(void *)(j->x + lo * (size_t)H), (int)(hi - lo), H, (int)(hi - lo)};
-	qw_act o = {j->out + lo * (size_t)H, (int)(hi - lo), H, (int)(hi - lo)};
-	qw_err err = {0};
-	qw_status st = cpu->moe(cpu, &o, &x, &j->L->w, &err);
-	if (st != QW_OK) {
-		pthread_mutex_lock(&j->lock);
-		j->st = st;
-		snprintf(j->msg, sizeof j->msg, "%s", err.msg);
-		pthread_mutex_unlock(&j->lock);
-	}
-}
+// the reference (moe_check.h), in parallel over tokens
 
 static float *reference(layer *L, const uint16_t *x, int T)
 {
 	double t0 = now();
-	size_t n = (size_t)T * (size_t)L->H;
-	float *xf = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float));
-	assert_non_null(xf);
+	float *out = malloc((size_t)T * (size_t)L->H * sizeof(float));
 	assert_non_null(out);
-	for (size_t i = 0; i < n; i++)
-		xf[i] = bf16_float(x[i]);
-	ref_job j = {.L = L, .x = xf, .out = out, .st = QW_OK};
-	pthread_mutex_init(&j.lock, NULL);
-	parallel((size_t)T, ref_part, &j);
-	pthread_mutex_destroy(&j.lock);
-	free(xf);
-	if (j.st != QW_OK)
-		fail_msg("cpu moe: %s", j.msg);
+	qw_err err = {0};
+	if (moe_check_reference(&L->w, L->H, x, T, n_threads, out, &err) != QW_OK)
+		fail_msg("cpu moe: %s", err.msg);
 	print_message("%s: the CPU reference for %d tokens took %.1f s on %d threads\n", L->name,
 		      T, now() - t0, n_threads);
 	return out;
@@ -309,34 +267,9 @@ static double gpu_time(const layer *L, const gpu *g, int T)
 /* rows [0, T) of got (bf16) against ref (fp32) within the tolerance above */
 static void compare(const layer *L, int T, const float *ref, const uint16_t *got)
 {
-	size_t n = (size_t)T * (size_t)L->H;
-	double ss = 0.0, se = 0.0, max_diff = 0.0, max_share = 0.0;
-	for (size_t i = 0; i < n; i++)
-		ss += (double)ref[i] * ref[i];
-	double rms = sqrt(ss / (double)n), atol = 0.02 * rms, rtol = 1.0 / 128;
-	size_t bad = 0;
-	for (size_t i = 0; i < n; i++) {
-		double g = bf16_float(got[i]), d = fabs(g - ref[i]), tol = atol + rtol * fabs(ref[i]);
-		se += (g - ref[i]) * (g - ref[i]);
-		if (!(d <= tol)) {
-			if (bad < 10)
-				print_message("  %s T %d: token %zu column %zu: gpu %.6g cpu %.6g "
-					      "(|diff| %.3g > %.3g)\n", L->name, T, i / (size_t)L->H,
-					      i % (size_t)L->H, g, ref[i], d, tol);
-			bad++;
-		}
-		if (d > max_diff)
-			max_diff = d;
-		if (d / tol > max_share)
-			max_share = d / tol;
-	}
-	double nmse = se / ss;
-	print_message("%s T %d: max |diff| %.3g (%.2f of the tolerance), nmse %.2e, rms %.3g, "
-		      "%zu of %zu out of tolerance\n", L->name, T, max_diff, max_share, nmse, rms,
-		      bad, n);
-	if (bad || !(nmse <= 3e-5))
-		fail_msg("%s T %d: %zu of %zu outputs out of tolerance, nmse %.3g (seed %llu)",
-			 L->name, T, bad, n, nmse, (unsigned long long)seed);
+	if (!moe_check_compare(L->name, T, L->H, ref, got))
+		fail_msg("%s T %d: outputs out of tolerance (seed %llu)", L->name, T,
+			 (unsigned long long)seed);
 }
 
 /* rows of a and b must have the same bits */
@@ -493,15 +426,6 @@ static int setup(void **state)
 		print_message("no GPU: this suite needs one\n");
 		return -1;
 	}
-	qw_err err = {0};
-	return qw_cpu_backend_create(&cpu, &err) != QW_OK;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	if (cpu)
-		cpu->destroy(cpu);
 	return 0;
 }
 
@@ -513,5 +437,5 @@ int main(void)
 		cmocka_unit_test(test_30b),
 		cmocka_unit_test(test_235b),
 	};
-	return cmocka_run_group_tests_name("cuda-moe", tests, setup, teardown);
+	return cmocka_run_group_tests_name("cuda-moe", tests, setup, NULL);
 }
