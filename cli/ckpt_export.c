@@ -17,16 +17,29 @@
 
 static const char export_usage[] =
 	"usage: qwen-ckpt export-reduced --config CONFIG.json --out DIR [options]\n"
-	"  --num-layers N                 decoder layers\n"
-	"  --override-vocab N             --override-hidden N         --override-heads N\n"
-	"  --override-kv-heads N          --override-head-dim N       --override-intermediate N\n"
-	"  --override-moe-intermediate N  --override-num-experts N    --override-top-k N\n"
-	"  --override-vision-depth N      --override-vision-hidden N\n"
-	"  --seed S                       random stream (default 0)\n"
-	"  --shards N                     write N shards and model.safetensors.index.json\n"
-	"                                 (default 1: one model.safetensors)\n"
+	"  Writes a complete HF model directory of the config, reduced as the options say, with\n"
+	"  deterministic random bf16 weights.\n"
+	"  --config FILE                  the model's config.json (required)\n"
+	"  --out DIR                      where to write (required)\n"
+	"  (each N below is 1 to 1073741824)\n"
+	"  --num-layers N                 decoder layers (default: the config's)\n"
+	"  --override-vocab N             vocabulary size (default: the config's)\n"
+	"  --override-hidden N            hidden size (default: the config's)\n"
+	"  --override-heads N             attention heads (default: the config's)\n"
+	"  --override-kv-heads N          key-value heads (default: the config's)\n"
+	"  --override-head-dim N          dimensions of a head (default: the config's)\n"
+	"  --override-intermediate N      the dense MLP's intermediate size (default: the config's)\n"
+	"  --override-moe-intermediate N  an expert's intermediate size (default: the config's)\n"
+	"  --override-num-experts N       experts of a MoE layer (default: the config's)\n"
+	"  --override-top-k N             experts a token is routed to (default: the config's)\n"
+	"  --override-vision-depth N      vision blocks (default: the config's)\n"
+	"  --override-vision-hidden N     the vision tower's hidden size (default: the config's)\n"
+	"  --seed S                       random stream, 0 or more (default 0)\n"
+	"  --shards N                     write N shards and model.safetensors.index.json, 1 to\n"
+	"                                 99999 (default 1: one model.safetensors)\n"
 	"  --quantize fp8                 the text layers' linear weights as float8_e4m3fn with\n"
-	"                                 an fp32 scale (amax / 448) per 128 x 128 block\n";
+	"                                 an fp32 scale (amax / 448) per 128 x 128 block\n"
+	"                                 (default: bf16)\n";
 
 typedef struct export_args {
 	const char *config, *out;    /* --config, --out */

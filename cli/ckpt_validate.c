@@ -24,11 +24,17 @@ static const char validate_usage[] =
 	"  DIR, or against the headers a manifest lists (qwen-ckpt manifest writes one): names,\n"
 	"  shapes, dtypes, and the files themselves.  The config is CONFIG.json, else DIR's\n"
 	"  config.json, else the manifest's.\n"
-	"  --stage I/S            only what pipeline stage I of S owns\n"
+	"  --manifest FILE        check the manifest FILE instead of a directory DIR (one of the\n"
+	"                         two is required)\n"
+	"  --config FILE          the config to check against (default: DIR's config.json,\n"
+	"                         else the manifest's)\n"
+	"  --stage I/S            only what pipeline stage I of S owns, 0 <= I < S (default:\n"
+	"                         the whole model)\n"
 	"  --min-vision-blocks N  accept a vision tower cut to its first K >= N blocks (a\n"
 	"                         reduced export): the deepstack mergers of those blocks are\n"
 	"                         expected, and one of a block it lacks fails the check\n"
-	"  --json                 the report as JSON\n"
+	"                         (default: the whole tower)\n"
+	"  --json                 the report as JSON (default: a table)\n"
 	"exit status: 0 nothing missing or mismatched, 1 otherwise or unreadable, 2 bad usage\n";
 
 static bool parse_stage(const char *s, int *index, int *count)

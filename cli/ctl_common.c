@@ -41,6 +41,7 @@ static const char usage_long[] =
 	"                          ipc://$XDG_RUNTIME_DIR/qwend.sock; here: %s)\n"
 	"  -t, --timeout SECONDS   how long the daemon has for its first answer (default %g)\n"
 	"  -h, --help              this text\n"
+	"  -V, --version           the version (before the command)\n"
 	"\n"
 	"submit:\n"
 	"  -i, --image FILE        an image (JPEG, PNG or WebP, at most %d MiB); repeat for\n"

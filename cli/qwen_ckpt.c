@@ -23,6 +23,7 @@
 #include "loader/config.h"
 #include "loader/plan.h"
 #include "loader/units.h"
+#include "loader/version.h"
 #include "loader/weights.h"
 
 static const char usage[] =
@@ -34,8 +35,8 @@ static const char usage[] =
 	"      themselves.  With --stage, only what pipeline stage I of S owns.  Exit 0 iff\n"
 	"      nothing is missing or mismatched.  (see validate --help)\n"
 	"  manifest DIR\n"
-	"      The checkpoint's config, files and tensor headers as JSON, for validate\n"
-	"      --manifest (no tensor data is read).\n"
+	"      The checkpoint's config, files and tensor headers as JSON (no tensor data is\n"
+	"      read), for validate --manifest.\n"
 	"  inspect DIR|CONFIG.json [--json]\n"
 	"      Architecture, parameters (total, active per token), bytes per dtype, and a\n"
 	"      memory plan for 1, 2, 4 and 8 pipeline stages.\n"
@@ -51,7 +52,12 @@ static const char usage[] =
 	"      gate_up: the block scales at the gate/up boundary.\n"
 	"  diff A B [--tensor PATTERN] [--bytes N]\n"
 	"      Tensor by tensor: names, shapes, dtypes, bytes; quantized A against float B:\n"
-	"      the dequantisation error.\n"
+	"      the dequantisation error.  --tensor: only the tensors whose names match the\n"
+	"      shell pattern (default: all); --bytes: compare the first N bytes of each, 1 or\n"
+	"      more (default: all of them).\n"
+	"  --json (validate, inspect, scales): the report as JSON (default: a table)\n"
+	"  -h, --help: this text (validate --help and export-reduced --help: their options)\n"
+	"  -V, --version: the version\n"
 	"exit status: 0 ok, 1 the model failed a check or could not be read, 2 bad usage\n";
 
 // ---------------------------------------------------------------------------------------
@@ -236,6 +242,17 @@ int main(int argc, char **argv)
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		fputs(usage, argc < 2 ? stderr : stdout);
 		return argc < 2 ? CKPT_USAGE : CKPT_OK;
+	}
+	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+		printf("qwen-ckpt %s\n", QW_VERSION);
+		return CKPT_OK;
+	}
+	/* the quantization checks' few options are in this text */
+	bool quant = !strcmp(argv[1], "scales") || !strcmp(argv[1], "gate-up") ||
+		     !strcmp(argv[1], "diff");
+	if (quant && argc == 3 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"))) {
+		fputs(usage, stdout);
+		return CKPT_OK;
 	}
 	if (strcmp(argv[1], "validate") == 0)
 		return ckpt_validate(argc - 1, argv + 1);

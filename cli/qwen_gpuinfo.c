@@ -1,6 +1,6 @@
 /* qwen-gpuinfo - the GPUs this machine offers the daemon, and the CUDA stack under it.
  *
- *   qwen-gpuinfo [--json]
+ *   qwen-gpuinfo [--json] [--help] [--version]
  *
  * Prints driver, runtime, cuBLAS and NCCL versions, each GPU's name, compute capability,
  * SMs and memory, and the peer-access matrix (which GPU pairs can exchange activations
@@ -12,7 +12,18 @@
 
 #include "cli/args.h"
 #include "kernels/cuda/device_info.h"
+#include "loader/version.h"
 #include "loader/units.h"
+
+static const char usage[] =
+	"usage: qwen-gpuinfo [--json]\n"
+	"The GPUs this machine offers qwend: the driver, runtime, cuBLAS and NCCL versions, each\n"
+	"GPU's name, compute capability, SMs and memory, and which pairs have peer access.\n"
+	"\n"
+	"  --json         one JSON object (default: a table)\n"
+	"  -h, --help     this text\n"
+	"  -V, --version  the version\n"
+	"exit status: 0 a GPU is usable, 1 none (or no NVIDIA driver), 2 bad usage\n";
 
 static void print_version(const char *what, int v, int major_div, int minor_div)
 {
@@ -21,9 +32,18 @@ static void print_version(const char *what, int v, int major_div, int minor_div)
 
 int main(int argc, char **argv)
 {
-	bool json = argc == 2 && strcmp(argv[1], "--json") == 0;
+	const char *arg = argc == 2 ? argv[1] : "";
+	if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+		fputs(usage, stdout);
+		return 0;
+	}
+	if (!strcmp(arg, "--version") || !strcmp(arg, "-V")) {
+		printf("qwen-gpuinfo %s\n", QW_VERSION);
+		return 0;
+	}
+	bool json = !strcmp(arg, "--json");
 	if (argc > 2 || (argc == 2 && !json)) {
-		fputs("usage: qwen-gpuinfo [--json]\n", stderr);
+		fprintf(stderr, "qwen-gpuinfo: unexpected '%s'\n%s", argc > 2 ? argv[2] : arg, usage);
 		return 2;
 	}
 	qw_cuda_env env;

@@ -19,17 +19,31 @@
 #include "cli/parity.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "loader/version.h"
 
 static const char usage[] =
 	"usage: qwen-parity --model DIR --reference REF.safetensors --case NAME\n"
 	"                   [--backend cpu|cuda] [--stages S] [--report OUT.json] [--trace]\n"
+	"                   [--thresholds fp32|bf16|fp8]\n"
 	"       qwen-parity tokens --tokenizer DIR --cases FILE.json\n"
-	"  --backend B    cpu (default; fp32 thresholds) or cuda (bf16 thresholds)\n"
-	"  --stages S     split the layers over S in-process pipeline stages (default 1)\n"
-	"  --report F     write the results as JSON to F\n"
-	"  --trace        compare hidden states layer by layer, name the first that diverges\n"
-	"  --thresholds T fp32 (cpu default), bf16 (cuda default) or fp8 (an FP8 checkpoint\n"
-	"                 against its bf16 twin's reference)\n"
+	"Climbs the parity ladder against a reference HF computed (docs/parity.md).\n"
+	"\n"
+	"  --model DIR        the model directory (required)\n"
+	"  --reference FILE   the reference outputs, a safetensors file (required)\n"
+	"  --case NAME        the reference's case, e.g. short, long or image (required)\n"
+	"  --backend B        cpu or cuda (default cpu)\n"
+	"  --stages S         split the layers over S in-process pipeline stages, 1 to 64\n"
+	"                     (default 1)\n"
+	"  --report FILE      write the results as JSON to FILE (default: none)\n"
+	"  --trace            compare hidden states layer by layer and name the first that\n"
+	"                     diverges (default: off)\n"
+	"  --thresholds T     fp32, bf16 or fp8 (an FP8 checkpoint against its bf16 twin's\n"
+	"                     reference) (default: fp32 on cpu, bf16 on cuda)\n"
+	"  -h, --help         this text\n"
+	"  -V, --version      the version\n"
+	"tokens: token parity of a cases file (text, HF's ids, decoded)\n"
+	"  --tokenizer DIR    the directory of tokenizer.json (required)\n"
+	"  --cases FILE       the cases, JSON (required)\n"
 	"exit status: 0 every step passed, 1 a step failed, 2 bad usage or unreadable input\n";
 
 static json_t *metrics_json(const qw_metrics *m)
@@ -125,13 +139,14 @@ int main(int argc, char **argv)
 		{"trace", no_argument, NULL, 't'},
 		{"thresholds", required_argument, NULL, 'T'},
 		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
 		{0, 0, 0, 0}};
 	qw_parity_opts o = {.stages = 1, .th = &qw_thresholds_fp32};   /* cpu's; see --thresholds */
 	const char *backend = "cpu", *report = NULL;
 	long long stages = 1;
 	int c;
 	const char *th_name = NULL;
-	while ((c = getopt_long(argc, argv, "m:r:c:b:s:o:tT:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:r:c:b:s:o:tT:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm': o.model_dir = optarg; break;
 		case 'r': o.reference = optarg; break;
@@ -146,6 +161,7 @@ int main(int argc, char **argv)
 		case 't': o.trace = true; break;
 		case 'T': th_name = optarg; break;
 		case 'h': fputs(usage, stdout); return 0;
+		case 'V': printf("qwen-parity %s\n", QW_VERSION); return 0;
 		default: fputs(usage, stderr); return 2;
 		}
 	}

@@ -27,6 +27,7 @@
 
 #include "daemon/text/chat.h"
 #include "daemon/text/tokenizer.h"
+#include "loader/version.h"
 
 static const char usage[] =
 	"usage: qwen-tok encode --tokenizer DIR [FILE]\n"
@@ -35,6 +36,30 @@ static const char usage[] =
 	"       qwen-tok chat   [--thinking] [--no-thinking] [--no-generation-prompt] "
 	"[--vision-id]\n"
 	"                       [--tools FILE] [FILE]\n";
+
+static const char help[] =
+	"The Qwen3 tokenizer and the Qwen3-VL chat template from the command line.\n"
+	"\n"
+	"  encode                  the token ids of FILE (default: stdin), space-separated\n"
+	"  decode                  the text of the token ids in FILE (default: stdin)\n"
+	"  bench                   encode FILE, single-threaded: MB/s of the first run and of the\n"
+	"                          best, then of the best over the file in 4 KB pieces\n"
+	"  chat                    render FILE (default: stdin), a JSON array of {\"role\",\n"
+	"                          \"content\", \"reasoning_content\"}, with the chat template;\n"
+	"                          content a string or a list of {\"type\": \"text\", \"text\"},\n"
+	"                          {\"type\": \"image\"} and {\"type\": \"video\"} items\n"
+	"                          (\"n_pad\" optional)\n"
+	"\n"
+	"  --tokenizer DIR         the directory of tokenizer.json (required by encode, decode,\n"
+	"                          bench)\n"
+	"  --repeat N              bench: runs over the whole file, 1 to 1000 (default 5)\n"
+	"  --thinking              chat: the generation prompt opens <think> (default: off)\n"
+	"  --no-generation-prompt  chat: end after the last message (default: the assistant's\n"
+	"                          turn is opened)\n"
+	"  --vision-id             chat: each image is labelled \"Picture N:\" (default: off)\n"
+	"  -h, --help              this text\n"
+	"  -V, --version           the version\n"
+	"exit status: 0 ok, 1 bad input, 2 bad usage\n";
 
 static char *slurp(const char *path, size_t *len)
 {
@@ -321,6 +346,16 @@ static int do_chat(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			printf("%s%s", usage, help);
+			return 0;
+		}
+		if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V")) {
+			printf("qwen-tok %s\n", QW_VERSION);
+			return 0;
+		}
+	}
 	if (argc >= 2 && !strcmp(argv[1], "chat"))
 		return do_chat(argc, argv);
 	if (argc < 2) {
@@ -342,8 +377,7 @@ int main(int argc, char **argv)
 			if (!qw_arg_int("qwen-tok", "--repeat", optarg, 1, 1000, &repeat))
 				return 2;
 			break;
-		case 'h': fputs(usage, stdout); return 0;
-		default: fputs(usage, stderr); return 2;
+		default: fprintf(stderr, "%s(qwen-tok --help says more)\n", usage); return 2;
 		}
 	}
 	const char *file = optind < argc ? argv[optind] : NULL;

@@ -29,6 +29,7 @@
 #include "cli/transport_check.h"
 #include "ipc/channel.h"
 #include "ipc/checksum.h"
+#include "loader/version.h"
 
 static const char usage[] =
 	"usage: qwen-transport-check --transport shm|tcp|nccl [--shape 1,8,64]\n"
@@ -36,12 +37,29 @@ static const char usage[] =
 	"           [--stages N] [--gpus LIST] [--corrupt] [--json]\n"
 	"       qwen-transport-check --transport tcp --mode server --port P [--host ADDR] [--once]\n"
 	"       qwen-transport-check --transport tcp --mode client --host H --port P [...]\n"
-	"  --shape        elements of one transfer (their product; default 1,8,64)\n"
-	"  --sizes        sweep transfer sizes in bytes, doubling (K/M/G suffixes), instead\n"
-	"  --stages       processes in the chain for shm and tcp (default 2)\n"
-	"  --gpus         the GPUs of the chain for nccl (default 0,1)\n"
-	"  --iters        transfers per size (default 20)\n"
-	"  --corrupt      flip one bit of the first transfer in flight (must be caught)\n"
+	"Sends deterministic tensors from pipeline stage to stage and verifies every transfer.\n"
+	"\n"
+	"  --transport T       shm, tcp or nccl (required)\n"
+	"  --shape D0,D1,...   elements of one transfer, their product (default 1,8,64)\n"
+	"  --dtype D           fp16, bf16, fp32 or fp8 (default bf16)\n"
+	"  --seed S            seed of the data, 0 or more (default 1234)\n"
+	"  --iters N           transfers per size, 1 to 1000000 (default 20)\n"
+	"  --sizes MIN:MAX     sweep transfer sizes in bytes, doubling, K/M/G suffixes allowed,\n"
+	"                      instead of --shape (default: none)\n"
+	"  --stages N          processes in the chain for shm and tcp, 2 to 17 (default 2)\n"
+	"  --gpus LIST         the GPUs of the chain for nccl, 2 to 17 of them (default 0,1)\n"
+	"  --corrupt           flip one bit of the first transfer in flight: it must be caught\n"
+	"                      (default: off)\n"
+	"  --json              one JSON object instead of the table (default: off)\n"
+	"  --mode M            local (one machine), server or client for tcp between two\n"
+	"                      machines (default local)\n"
+	"  --host ADDR         tcp: the server's address (required by client; default for\n"
+	"                      server: 127.0.0.1)\n"
+	"  --port P            tcp: the server's port, 0 to 65535 (required by server and\n"
+	"                      client)\n"
+	"  --once              server: serve one client, then exit (default: off)\n"
+	"  -h, --help          this text\n"
+	"  -V, --version       the version\n"
 	"exit status: 0 every transfer verified, 1 a mismatch or failure, 2 bad usage\n";
 
 #define MAGIC 0x43545751u   /* "QWTC" */
@@ -369,7 +387,8 @@ int main(int argc, char **argv)
 		{"json", no_argument, NULL, 'j'},            {"corrupt", no_argument, NULL, 'c'},
 		{"mode", required_argument, NULL, 'm'},      {"host", required_argument, NULL, 'H'},
 		{"port", required_argument, NULL, 'P'},      {"once", no_argument, NULL, 'o'},
-		{"help", no_argument, NULL, 'h'},            {0, 0, 0, 0}};
+		{"help", no_argument, NULL, 'h'},            {"version", no_argument, NULL, 'V'},
+		{0, 0, 0, 0}};
 	tc_opts o = {.dtype = TC_BF16, .dsize = 2, .seed = 1234, .iters = 20, .stages = 2,
 		     .gpus = {0, 1}};
 	const char *mode = "local", *host = NULL, *shape = "1,8,64", *sizes = NULL;
@@ -377,7 +396,7 @@ int main(int argc, char **argv)
 	bool once = false;
 	int c, n;
 	const char *prog = "qwen-transport-check";
-	while ((c = getopt_long(argc, argv, "t:s:d:S:n:z:p:g:jcm:H:P:oh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "t:s:d:S:n:z:p:g:jcm:H:P:ohV", opts, NULL)) != -1) {
 		switch (c) {
 		case 't': o.transport = optarg; break;
 		case 's': shape = optarg; break;
@@ -428,6 +447,7 @@ int main(int argc, char **argv)
 			break;
 		case 'o': once = true; break;
 		case 'h': fputs(usage, stdout); return 0;
+		case 'V': printf("qwen-transport-check %s\n", QW_VERSION); return 0;
 		default: fputs(usage, stderr); return 2;
 		}
 	}

@@ -9,6 +9,7 @@
 
 #include "cli/args.h"
 #include "cli/ctl.h"
+#include "loader/version.h"
 
 // ---------------------------------------------------------------------------------------
 // cancel and shutdown: one request, one ok
@@ -78,11 +79,16 @@ int main(int argc, char **argv)
 	ctl_common c = {.timeout_ms = QW_CLIENT_TIMEOUT_MS};
 	qw_endpoint_env env = qw_endpoint_env_current();
 	qw_endpoint_client_default(&env, c.endpoint, sizeof c.endpoint);
-	/* common options may come before the command */
-	static const struct option opts[] = {CTL_COMMON_OPTIONS};
+	/* common options may come before the command, and --version */
+	static const struct option opts[] = {{"version", no_argument, NULL, 'V'},
+					     CTL_COMMON_OPTIONS};
 	int opt;
 	opterr = 0;   /* the commands say what is wrong with an option themselves, once */
-	while ((opt = getopt_long(argc, argv, "+" CTL_SHORT(""), opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "+" CTL_SHORT("V"), opts, NULL)) != -1) {
+		if (opt == 'V') {
+			printf("qwenctl %s (protocol %d)\n", QW_VERSION, QW_PROTOCOL_VERSION);
+			return CTL_OK;
+		}
 		int r = ctl_common_opt(&c, opt, optarg);
 		if (r != 1)
 			return r < 0 ? CTL_USAGE : ctl_option_error(NULL, argv, opt);
