@@ -13,8 +13,8 @@ static void test_defaults_and_overrides(void **state)
 {
 	qw_settings s;
 	qw_settings_defaults(&s);
-	assert_string_equal(s.model, "demo");
-	assert_string_equal(s.device, "cpu");
+	assert_string_equal(s.model, "");       /* none: qwend refuses to start without one */
+	assert_string_equal(s.device, "auto");
 	assert_int_equal(s.max_request_bytes, 64ll << 20);
 	assert_true(s.kv_memory == 0.9);
 	qw_err err = {0};
@@ -24,7 +24,7 @@ static void test_defaults_and_overrides(void **state)
 	assert_int_equal(s.max_image_bytes, 2ll << 30);
 	/* from the command line (where NULL), the flag is named once */
 	assert_int_equal(qw_settings_set(&s, "device", "tpu", NULL, &err), QW_E_ARG);
-	assert_string_equal(err.msg, "--device: \"tpu\" is not one of cpu|cuda");
+	assert_string_equal(err.msg, "--device: \"tpu\" is not one of auto|cpu|cuda");
 	assert_int_equal(qw_settings_set(&s, "temperature", "-1", NULL, &err), QW_E_ARG);
 	assert_string_equal(err.msg, "--temperature: -1 is outside [0, 100]");
 	assert_int_equal(qw_settings_set(&s, "stages", "0", NULL, &err), QW_E_ARG);
