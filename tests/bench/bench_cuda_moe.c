@@ -44,17 +44,6 @@ static uint16_t *to_host(const uint16_t *d, size_t n)
 	return h;
 }
 
-static qw_tensor bf16_tensor(uint16_t *data, int ndim, int64_t d0, int64_t d1, int64_t d2)
-{
-	qw_tensor t = {.name = "t", .dtype = QW_DT_BF16, .ndim = ndim, .data = data};
-	int64_t dims[3] = {d0, d1, d2};
-	t.numel = 1;
-	for (int i = 0; i < ndim; i++)
-		t.numel *= (uint64_t)(t.shape[i] = dims[i]);
-	t.nbytes = t.numel * 2;
-	return t;
-}
-
 /* The layer's output for the first max_t tokens of x at each batch size, against the CPU
  * reference on host copies of the same weights; exits unless every one is within the
  * tolerance. */
@@ -68,9 +57,9 @@ static void check_layer(const char *name, int H, int E, int k, int I, const uint
 	uint16_t *h_down = to_host(down, (size_t)E * I * H);
 	uint16_t *h_x = to_host(x, (size_t)max_t * H), *got = malloc((size_t)max_t * H * 2);
 	float *ref = malloc((size_t)max_t * H * sizeof *ref);
-	qw_tensor tr = bf16_tensor(h_router, 2, E, H, 0);
-	qw_tensor tgu = bf16_tensor(h_gate_up, 3, E, H, 2 * (int64_t)I);
-	qw_tensor td = bf16_tensor(h_down, 3, E, I, H);
+	qw_tensor tr = moe_check_tensor(h_router, 2, E, H, 0);
+	qw_tensor tgu = moe_check_tensor(h_gate_up, 3, E, H, 2 * (int64_t)I);
+	qw_tensor td = moe_check_tensor(h_down, 3, E, I, H);
 	qw_moe_weights w = {.router = &tr, .gate_up = &tgu, .down = &td, .n_experts = E,
 			    .top_k = k, .inter = I, .renormalize = 1};
 	qw_err err = {0};

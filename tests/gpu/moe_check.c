@@ -19,6 +19,17 @@ float moe_check_bf16(uint16_t h)
 	return f;
 }
 
+qw_tensor moe_check_tensor(uint16_t *data, int ndim, int64_t d0, int64_t d1, int64_t d2)
+{
+	qw_tensor t = {.name = "t", .dtype = QW_DT_BF16, .ndim = ndim, .data = data};
+	int64_t dims[3] = {d0, d1, d2};
+	t.numel = 1;
+	for (int i = 0; i < ndim; i++)
+		t.numel *= (uint64_t)(t.shape[i] = dims[i]);
+	t.nbytes = t.numel * 2;
+	return t;
+}
+
 typedef struct part {
 	qw_backend *cpu;
 	const qw_moe_weights *w;

@@ -139,17 +139,6 @@ typedef struct layer {
 	qw_moe_weights w;
 } layer;
 
-static qw_tensor bf16_tensor(uint16_t *data, int ndim, int64_t d0, int64_t d1, int64_t d2)
-{
-	qw_tensor t = {.name = "t", .dtype = QW_DT_BF16, .ndim = ndim, .data = data};
-	int64_t dims[3] = {d0, d1, d2};
-	t.numel = 1;
-	for (int i = 0; i < ndim; i++)
-		t.numel *= (uint64_t)(t.shape[i] = dims[i]);
-	t.nbytes = t.numel * 2;
-	return t;
-}
-
 static void *upload(const uint16_t *host, size_t n)
 {
 	void *d = NULL;
@@ -171,9 +160,9 @@ static void layer_init(layer *L, const char *name, int H, int E, int k, int I)
 	L->d_router = upload(L->router, nr);
 	L->d_gate_up = upload(L->gate_up, ngu);
 	L->d_down = upload(L->down, nd);
-	L->t_router = bf16_tensor(L->router, 2, E, H, 0);
-	L->t_gate_up = bf16_tensor(L->gate_up, 3, E, H, 2 * (int64_t)I);
-	L->t_down = bf16_tensor(L->down, 3, E, I, H);
+	L->t_router = moe_check_tensor(L->router, 2, E, H, 0);
+	L->t_gate_up = moe_check_tensor(L->gate_up, 3, E, H, 2 * (int64_t)I);
+	L->t_down = moe_check_tensor(L->down, 3, E, I, H);
 	L->w = (qw_moe_weights){.router = &L->t_router, .gate_up = &L->t_gate_up,
 				.down = &L->t_down, .n_experts = E, .top_k = k, .inter = I,
 				.renormalize = 1};
