@@ -12,6 +12,9 @@
 #include "cli/args.h"
 #include "daemon/log.h"
 #include "http/server.h"
+#include "ipc/endpoint.h"
+#include "ipc/protocol.h"
+#include "loader/version.h"
 
 static const char usage[] =
 	"usage: qwen-http [--socket ENDPOINT] [--host ADDR] [--port N] [--allow-remote]\n"
@@ -27,13 +30,17 @@ static void help(const qh_settings *d)
 	       "Serves qwend's model over HTTP: /v1/chat/completions, /v1/completions,\n"
 	       "/v1/models, /tokenize, /detokenize, /health and /metrics (docs/http.md).\n"
 	       "\n"
-	       "  -s, --socket ENDPOINT       qwend (default: as qwenctl finds it; here %s)\n"
+	       "  -s, --socket ENDPOINT       qwend: ipc://PATH, the socket file's PATH alone, or\n"
+	       "                              tcp://HOST:PORT (default: as qwenctl finds it;\n"
+	       "                              here %s)\n"
 	       "  -H, --host ADDR             the address to listen on (default %s); one that is\n"
 	       "                              not loopback needs --allow-remote\n"
 	       "  -p, --port N                the port (default %d; 0 picks a free one, logged)\n"
 	       "      --allow-remote          let other machines connect (use an API key)\n"
 	       "      --api-key KEY           /v1/... requests need \"Authorization: Bearer KEY\"\n"
+	       "                              (default: none, no key asked for)\n"
 	       "      --api-key-file FILE     the same, the key read from FILE (its first line)\n"
+	       "                              (default: none)\n"
 	       "      --allowed-local-media DIR  file:// image URLs may read images under DIR\n"
 	       "                              (default: file:// URLs are refused)\n"
 	       "      --model-name NAME       the model's name in the API (default: the name of\n"
@@ -46,7 +53,8 @@ static void help(const qh_settings *d)
 	       "      --max-choices N         choices (n x prompts) in one request (default %d)\n"
 	       "      --drain-timeout S       on SIGTERM, how long requests may finish (default %g)\n"
 	       "      --log-level L           debug, info, warn or error (default info)\n"
-	       "  -h, --help                  this text\n",
+	       "  -h, --help                  this text\n"
+	       "  -V, --version               the version\n",
 	       d->socket, d->host, d->port, d->max_body, d->max_header, d->max_connections,
 	       d->idle_timeout_s, d->timeout_ms / 1e3, d->max_choices, d->drain_s);
 }
@@ -114,6 +122,7 @@ int main(int argc, char **argv)
 		{"drain-timeout", required_argument, NULL, O_DRAIN},
 		{"log-level", required_argument, NULL, O_LOG},
 		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
 		{0, 0, 0, 0}};
 	qh_settings s;
 	qh_settings_default(&s);
@@ -122,12 +131,11 @@ int main(int argc, char **argv)
 	double x;
 	int opt;
 	bool key_given = false;
-	while ((opt = getopt_long(argc, argv, "s:H:p:h", opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "s:H:p:hV", opts, NULL)) != -1) {
 		switch (opt) {
-		case 's':
-			if (!*optarg || strlen(optarg) >= sizeof s.socket)
+		case 's':   /* a bare path is qwend's socket file, as for qwenctl */
+			if (!*optarg || !qw_endpoint_from_arg(optarg, s.socket, sizeof s.socket))
 				return bad("--socket: '%s' is not an endpoint", optarg);
-			snprintf(s.socket, sizeof s.socket, "%s", optarg);
 			break;
 		case 'H':
 			if (!*optarg || strlen(optarg) >= sizeof s.host)
@@ -208,6 +216,9 @@ int main(int argc, char **argv)
 			help(&d);
 			return 0;
 		}
+		case 'V':
+			printf("qwen-http %s (protocol %d)\n", QW_VERSION, QW_PROTOCOL_VERSION);
+			return 0;
 		default:
 			fputs(usage, stderr);
 			return 2;

@@ -145,7 +145,7 @@ static void check_width(const char *what, const char *text)
 typedef struct tool {
 	const char *name;
 	const char *helps[4];     /* the commands whose output together is the help */
-	const char *sources[8];   /* under cli/ */
+	const char *sources[8];   /* from the repository's root */
 } tool;
 
 static const tool tools[] = {
@@ -157,6 +157,7 @@ static const tool tools[] = {
 	{"qwen-tok", {"--help"}, {"cli/qwen_tok.c"}},
 	{"qwen-transport-check", {"--help"}, {"cli/qwen_transport_check.c"}},
 	{"qwen-gpuinfo", {"--help"}, {"cli/qwen_gpuinfo.c"}},
+	{"qwen-http", {"--help"}, {"http/qwen_http.c"}},
 };
 
 static bool built(const char *name)
