@@ -30,7 +30,7 @@ const char *qw_devices_pick(const char *setting, int gpus, bool cuda_built, char
 			    size_t cap)
 {
 	if (strcmp(setting, "auto") != 0) {
-		snprintf(why, cap, "device %s", setting);
+		snprintf(why, cap, "device %s, as set", setting);
 		return strcmp(setting, "cuda") == 0 ? "cuda" : "cpu";
 	}
 	if (!cuda_built)

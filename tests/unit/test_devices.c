@@ -44,6 +44,7 @@ static void test_pick(void **state)
 	assert_string_equal(why, "device auto: cpu, as this build has no CUDA backend");
 	/* told: as told */
 	assert_string_equal(qw_devices_pick("cpu", 8, true, why, sizeof why), "cpu");
+	assert_string_equal(why, "device cpu, as set");
 	assert_string_equal(qw_devices_pick("cuda", 0, false, why, sizeof why), "cuda");
 }
 
