@@ -78,6 +78,9 @@ pid_t fake_start(const char *dir, fake_fn fn, int max, void *user)
 {
 	char sock[4200];
 	snprintf(sock, sizeof sock, "%s/qwend.sock", dir);
+	/* a fake before this one may have left its socket file (libzmq removes it from its I/O
+	 * thread, which _exit can beat): the wait below is then for this fake's own */
+	unlink(sock);
 	fflush(stdout);
 	fflush(stderr);
 	pid_t pid = fork();
