@@ -63,21 +63,41 @@ static uint64_t be_uint(const uint8_t *p, int n)
 	return v;
 }
 
+/* How deep a message's containers may nest: a request nests five levels (the map, messages,
+ * a message, its content or tool calls, an item), a reply two. */
+#define MAX_DEPTH 8
+
+typedef enum walk_fault {
+	WALK_OK,
+	WALK_MALFORMED,      /* truncated, an unused type byte, a length past the end */
+	WALK_TRAILING,       /* bytes after the first object */
+	WALK_TOO_DEEP,       /* containers nested past MAX_DEPTH */
+	WALK_TOO_MANY,       /* more elements than the budget */
+} walk_fault;
+
 /* Walks the msgpack bytes without allocating: every declared length and element count must
- * fit in what remains of the buffer.  msgpack-c allocates a container's elements from its
- * declared count, so a few bytes claiming 2^32 elements would otherwise cost gigabytes.
- * Returns false for a truncated, malformed or lying message. */
-static bool msgpack_sane(const uint8_t *p, size_t len)
+ * fit in what remains of the buffer, containers nest at most MAX_DEPTH levels, and the
+ * message holds at most max_elements elements in its containers (a map's keys and values
+ * count one each).  msgpack-c allocates a container's elements from its declared count (24
+ * bytes each, 48 a map pair), so a few bytes claiming 2^32 elements, or 60 MB of nils,
+ * would otherwise cost gigabytes. */
+static walk_fault msgpack_sane(const uint8_t *p, size_t len, uint64_t max_elements)
 {
 	size_t at = 0;
-	uint64_t pending = 1;                /* elements still to read */
-	while (pending > 0) {
+	uint64_t left[MAX_DEPTH + 1] = {1};  /* elements still to read at each open level */
+	uint64_t elements = 0;
+	int depth = 0;
+	for (;;) {
+		while (depth > 0 && left[depth] == 0)
+			depth--;
+		if (left[depth] == 0)
+			break;
 		if (at >= len)
-			return false;
+			return WALK_MALFORMED;
+		left[depth]--;
 		uint8_t t = p[at++];
 		uint64_t skip = 0, items = 0;
 		int lenbytes = 0;
-		pending--;
 		if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3)
 			continue;
 		if (t >= 0x80 && t <= 0x8f)
@@ -108,34 +128,54 @@ static bool msgpack_sane(const uint8_t *p, size_t len)
 			case 0xdc: case 0xdd: case 0xde: case 0xdf: {
 				int nb = (t == 0xdc || t == 0xde) ? 2 : 4;
 				if (len - at < (size_t)nb)
-					return false;
+					return WALK_MALFORMED;
 				items = be_uint(p + at, nb) * (t >= 0xde ? 2u : 1u);
 				at += (size_t)nb;
 				break;
 			}
 			default:
-				return false;                                  /* 0xc1: never used */
+				return WALK_MALFORMED;                         /* 0xc1: never used */
 			}
 		if (lenbytes) {
 			if (len - at < (size_t)lenbytes)
-				return false;
+				return WALK_MALFORMED;
 			skip += be_uint(p + at, lenbytes);
 			at += (size_t)lenbytes;
 		}
 		if (skip > len - at || items > len - at)   /* each element takes a byte at least */
-			return false;
+			return WALK_MALFORMED;
 		at += (size_t)skip;
-		pending += items;
+		if (items == 0)
+			continue;
+		if ((elements += items) > max_elements)
+			return WALK_TOO_MANY;
+		if (depth == MAX_DEPTH)
+			return WALK_TOO_DEEP;
+		left[++depth] = items;
 	}
-	return at == len;
+	return at == len ? WALK_OK : WALK_TRAILING;
 }
 
-qw_status qw_mp_unpack_map(const void *buf, size_t len, qw_owned **out, const char *what,
-			   qw_err *err)
+qw_status qw_mp_unpack_map(const void *buf, size_t len, uint64_t max_elements, qw_owned **out,
+			   const char *what, qw_err *err)
 {
-	if (!msgpack_sane(buf, len))
+	switch (msgpack_sane(buf, len, max_elements)) {
+	case WALK_OK:
+		break;
+	case WALK_MALFORMED:
 		return qw_fail(err, QW_E_ARG, "%s: not valid msgpack (truncated, malformed, or with "
 			       "lengths past its end)", what);
+	case WALK_TRAILING:
+		return qw_fail(err, QW_E_ARG, "%s: not valid msgpack: trailing bytes after the "
+			       "first object", what);
+	case WALK_TOO_DEEP:
+		return qw_fail(err, QW_E_ARG, "%s: containers nest deeper than %d levels (a request "
+			       "nests at most 5)", what, MAX_DEPTH);
+	case WALK_TOO_MANY:
+		return qw_fail(err, QW_E_LIMIT, "%s: more than %llu msgpack elements, past the limit "
+			       "of what a message within the limits holds", what,
+			       (unsigned long long)max_elements);
+	}
 	qw_owned *o = calloc(1, sizeof *o);
 	if (!o)
 		return qw_fail(err, QW_E_NOMEM, "out of memory");
@@ -144,14 +184,26 @@ qw_status qw_mp_unpack_map(const void *buf, size_t len, qw_owned **out, const ch
 	msgpack_unpack_return rc = msgpack_unpack_next(&o->u, buf, len, &off);
 	if (rc != MSGPACK_UNPACK_SUCCESS || off != len || o->u.data.type != MSGPACK_OBJECT_MAP) {
 		qw_owned_free(o);
-		return qw_fail(err, QW_E_ARG, "%s: %s", what,
-			       rc == MSGPACK_UNPACK_SUCCESS && off != len ? "trailing bytes after the msgpack map"
-			       : rc == MSGPACK_UNPACK_SUCCESS ? "not a msgpack map"
-			       : rc == MSGPACK_UNPACK_NOMEM_ERROR ? "out of memory unpacking"
-							          : "not valid msgpack (or truncated)");
+		if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
+			return qw_fail(err, QW_E_NOMEM, "%s: out of memory unpacking", what);
+		return qw_fail(err, QW_E_ARG, "%s: %s", what, rc == MSGPACK_UNPACK_SUCCESS &&
+			       off == len ? "not a msgpack map" : "not valid msgpack");
 	}
 	*out = o;
 	return QW_OK;
+}
+
+int qw_mp_key(const msgpack_object *k, const char *const *names, int n, uint32_t *seen,
+	      bool *dup)
+{
+	for (int i = 0; i < n; i++)
+		if (qw_mp_is_str(k, names[i])) {
+			*dup = *seen & (1u << i);
+			*seen |= 1u << i;
+			return i;
+		}
+	*dup = false;
+	return -1;
 }
 
 qw_status qw_mp_check_version(const msgpack_object *map, const char *what, qw_err *err)
@@ -285,7 +337,7 @@ qw_status qw_reply_decode(const void *buf, size_t len, qw_reply *out, qw_err *er
 {
 	memset(out, 0, sizeof *out);
 	qw_owned *o;
-	qw_status st = qw_mp_unpack_map(buf, len, &o, "reply", err);
+	qw_status st = qw_mp_unpack_map(buf, len, len, &o, "reply", err);
 	if (st != QW_OK)
 		return st;
 	out->owned = o;

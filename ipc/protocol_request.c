@@ -112,20 +112,21 @@ static qw_status content(decoder *d, const msgpack_object *v, qw_req_message *m)
 		return qw_fail(d->err, QW_E_NOMEM, "out of memory");
 	for (int i = 0; i < m->n_items; i++) {
 		const msgpack_object *it = &v->via.array.ptr[i];
-		const msgpack_object *type = NULL, *text = NULL, *data = NULL;
+		static const char *const names[] = {"type", "text", "data"};
+		const msgpack_object *found[3] = {NULL, NULL, NULL};
+		uint32_t seen = 0;
 		if (it->type != MSGPACK_OBJECT_MAP)
 			return bad(d, "content", "items must be maps");
 		for (uint32_t k = 0; k < it->via.map.size; k++) {
-			const msgpack_object_kv *kv = &it->via.map.ptr[k];
-			if (qw_mp_is_str(&kv->key, "type"))
-				type = &kv->val;
-			else if (qw_mp_is_str(&kv->key, "text"))
-				text = &kv->val;
-			else if (qw_mp_is_str(&kv->key, "data"))
-				data = &kv->val;
-			else
+			bool dup;
+			int f = qw_mp_key(&it->via.map.ptr[k].key, names, 3, &seen, &dup);
+			if (f < 0)
 				return bad(d, "content", "items take only type, text and data");
+			if (dup)
+				return bad(d, names[f], "is given twice in a content item");
+			found[f] = &it->via.map.ptr[k].val;
 		}
+		const msgpack_object *type = found[0], *text = found[1], *data = found[2];
 		if (type && qw_mp_is_str(type, "text") && text) {
 			m->items[i].kind = QW_ITEM_TEXT;
 
@@ -164,8 +165,11 @@ static qw_status images(decoder *d, const msgpack_object *v, qw_request *r)
 /* An assistant message's tool calls: [{name, arguments}], both strings. */
 static qw_status tool_calls(decoder *d, const msgpack_object *v, qw_req_message *m)
 {
-	if (v->type != MSGPACK_OBJECT_ARRAY || (int)v->via.array.size > d->lim->max_items)
-		return bad(d, "tool_calls", "must be an array of at most max_items calls");
+	if (v->type != MSGPACK_OBJECT_ARRAY || (int)v->via.array.size > d->lim->max_items) {
+		char what[64];
+		snprintf(what, sizeof what, "must be an array of at most %d calls", d->lim->max_items);
+		return bad(d, "tool_calls", what);
+	}
 	m->n_tool_calls = (int)v->via.array.size;
 	m->tool_calls = qw_own(d->o, (size_t)m->n_tool_calls * sizeof *m->tool_calls);
 	if (!m->tool_calls)
@@ -173,18 +177,24 @@ static qw_status tool_calls(decoder *d, const msgpack_object *v, qw_req_message 
 	for (int i = 0; i < m->n_tool_calls; i++) {
 		const msgpack_object *c = &v->via.array.ptr[i];
 		qw_tool_call *out = &m->tool_calls[i];
+		static const char *const names[] = {"name", "arguments"};
+		uint32_t seen = 0;
 		if (c->type != MSGPACK_OBJECT_MAP)
 			return bad(d, "tool_calls", "must hold maps {name, arguments}");
 		for (uint32_t k = 0; k < c->via.map.size; k++) {
 			const msgpack_object_kv *kv = &c->via.map.ptr[k];
+			bool dup;
+			int f = qw_mp_key(&kv->key, names, 2, &seen, &dup);
 			qw_status st;
-			if (qw_mp_is_str(&kv->key, "name"))
+			if (f < 0)
+				return bad(d, "tool_calls", "take only name and arguments");
+			if (dup)
+				return bad(d, names[f], "is given twice in a tool call");
+			if (f == 0)
 				st = text_field(d, "name", &kv->val, &out->name, &out->name_len);
-			else if (qw_mp_is_str(&kv->key, "arguments"))
+			else
 				st = text_field(d, "arguments", &kv->val, &out->arguments,
 						&out->arguments_len);
-			else
-				return bad(d, "tool_calls", "take only name and arguments");
 			if (st != QW_OK)
 				return st;
 		}
@@ -209,30 +219,34 @@ static qw_status messages(decoder *d, const msgpack_object *v, qw_request *r)
 		qw_req_message *out = &r->messages[i];
 		if (m->type != MSGPACK_OBJECT_MAP)
 			return bad(d, "messages", "must hold maps");
-		bool has_content = false;
+		static const char *const names[] = {"role", "content", "reasoning", "tool_calls"};
+		uint32_t seen = 0;
 		for (uint32_t k = 0; k < m->via.map.size; k++) {
 			const msgpack_object_kv *kv = &m->via.map.ptr[k];
-			qw_status st;
-			if (qw_mp_is_str(&kv->key, "role")) {
+			bool dup;
+			int f = qw_mp_key(&kv->key, names, 4, &seen, &dup);
+			qw_status st = QW_OK;
+			if (f < 0)
+				return bad(d, "messages", "take only role, content, reasoning and tool_calls");
+			if (dup)
+				return bad(d, names[f], "is given twice in a message");
+			if (f == 0) {
 				if (!qw_mp_is_str(&kv->val, "system") && !qw_mp_is_str(&kv->val, "user") &&
 				    !qw_mp_is_str(&kv->val, "assistant") && !qw_mp_is_str(&kv->val, "tool"))
 					return bad(d, "role", "must be system, user, assistant or tool");
 				out->role = kv->val.via.str.ptr;
 				out->role_len = kv->val.via.str.size;
-				continue;
-			} else if (qw_mp_is_str(&kv->key, "content")) {
+			} else if (f == 1) {
 				st = content(d, &kv->val, out);
-				has_content = true;
-			} else if (qw_mp_is_str(&kv->key, "reasoning")) {
+			} else if (f == 2) {
 				st = text_field(d, "reasoning", &kv->val, &out->reasoning, &out->reasoning_len);
-			} else if (qw_mp_is_str(&kv->key, "tool_calls")) {
-				st = tool_calls(d, &kv->val, out);
 			} else {
-				return bad(d, "messages", "take only role, content, reasoning and tool_calls");
+				st = tool_calls(d, &kv->val, out);
 			}
 			if (st != QW_OK)
 				return st;
 		}
+		bool has_content = seen & 2u;
 		if (!out->role || !has_content)
 			return bad(d, "messages", "each needs a role and a content");
 		if (out->n_tool_calls && !(out->role_len == 9 && !memcmp(out->role, "assistant", 9)))
@@ -263,8 +277,11 @@ static qw_status int_array(decoder *d, const char *field, const msgpack_object *
 
 static qw_status stops(decoder *d, const msgpack_object *v, qw_request *r)
 {
-	if (v->type != MSGPACK_OBJECT_ARRAY || (int)v->via.array.size > d->lim->max_stop)
-		return bad(d, "stop", "must be an array of at most max_stop strings");
+	if (v->type != MSGPACK_OBJECT_ARRAY || (int)v->via.array.size > d->lim->max_stop) {
+		char what[64];
+		snprintf(what, sizeof what, "must be an array of at most %d strings", d->lim->max_stop);
+		return bad(d, "stop", what);
+	}
 	r->n_stop = (int)v->via.array.size;
 	r->stop = qw_own(d->o, (size_t)r->n_stop * sizeof *r->stop);
 	r->stop_len = qw_own(d->o, (size_t)r->n_stop * sizeof *r->stop_len);
@@ -283,8 +300,11 @@ static qw_status stops(decoder *d, const msgpack_object *v, qw_request *r)
 
 static qw_status tools(decoder *d, const msgpack_object *v, qw_request *r)
 {
-	if (v->type != MSGPACK_OBJECT_ARRAY || (int)v->via.array.size > d->lim->max_tools)
-		return bad(d, "tools", "must be an array of at most max_tools strings");
+	if (v->type != MSGPACK_OBJECT_ARRAY || (int)v->via.array.size > d->lim->max_tools) {
+		char what[64];
+		snprintf(what, sizeof what, "must be an array of at most %d strings", d->lim->max_tools);
+		return bad(d, "tools", what);
+	}
 	r->n_tools = (int)v->via.array.size;
 	r->tools = qw_own(d->o, (size_t)r->n_tools * sizeof *r->tools);
 	r->tools_len = qw_own(d->o, (size_t)r->n_tools * sizeof *r->tools_len);
@@ -429,6 +449,27 @@ static const char *key_ptr(const msgpack_object *k)
 	return k->type == MSGPACK_OBJECT_STR ? k->via.str.ptr : "(a key)";
 }
 
+/* The most msgpack elements (map keys and values, array entries) a request within lim can
+ * hold: its fields, the token ids, images, stop strings and tools, and each message with its
+ * four fields, its content items and its tool calls (an item or a call: the array's entry
+ * and at most three pairs).  With the default limits about 1.2 million, which msgpack-c
+ * unpacks into 28 MB. */
+static uint64_t max_request_elements(const qw_limits *lim)
+{
+	uint64_t message = 1 + 8 + 2 * (uint64_t)lim->max_items * 7;
+	return 2 * 32 + (uint64_t)lim->max_token_ids + (uint64_t)lim->max_images +
+	       (uint64_t)lim->max_stop + (uint64_t)lim->max_tools +
+	       (uint64_t)lim->max_messages * message;
+}
+
+/* Every field of any op: a field given twice is refused before any is acted on
+ * ({"op": "status", "op": "shutdown"} must not shut the daemon down). */
+static const char *const all_fields[] = {
+	"v", "op", "request", "messages", "prompt", "token_ids", "images", "max_tokens",
+	"temperature", "top_p", "top_k", "seed", "greedy", "stream", "ignore_eos", "stop", "tools",
+	"thinking", "prompt_ids", "generation_prompt"};
+enum { N_FIELDS = sizeof all_fields / sizeof *all_fields };
+
 qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, qw_request *out,
 			    qw_err *err)
 {
@@ -439,7 +480,7 @@ qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, q
 		return qw_fail(err, QW_E_LIMIT, "request of %zu bytes is over the %zu-byte limit", len,
 			       lim->max_message);
 	qw_owned *o;
-	qw_status st = qw_mp_unpack_map(buf, len, &o, "request", err);
+	qw_status st = qw_mp_unpack_map(buf, len, max_request_elements(lim), &o, "request", err);
 	if (st != QW_OK)
 		return st;
 	out->owned = o;
@@ -451,9 +492,19 @@ qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, q
 		goto fail;
 	decoder d = {lim, o, 0, 0, err};
 	const msgpack_object *op = NULL;
-	for (uint32_t i = 0; i < map->via.map.size; i++)
-		if (qw_mp_is_str(&map->via.map.ptr[i].key, "op"))
+	uint32_t seen = 0;
+	for (uint32_t i = 0; i < map->via.map.size; i++) {
+		bool dup;
+		int f = qw_mp_key(&map->via.map.ptr[i].key, all_fields, N_FIELDS, &seen, &dup);
+		if (f < 0)
+			break;   /* an unknown field: named below */
+		if (dup) {
+			st = qw_fail(err, QW_E_ARG, "request: \"%s\" is given twice", all_fields[f]);
+			goto fail;
+		}
+		if (f == 1)
 			op = &map->via.map.ptr[i].val;
+	}
 	if (!op || op->type != MSGPACK_OBJECT_STR) {
 		st = bad(&d, "op", "is missing or not a string");
 		goto fail;

@@ -7,6 +7,7 @@
 #include <msgpack.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "loader/error.h"
 
@@ -26,9 +27,17 @@ char *qw_own_cstr(qw_owned *o, const msgpack_object *s);
 bool qw_mp_is_str(const msgpack_object *o, const char *s);
 
 /* Unpacks exactly one msgpack map from buf into a new qw_owned (what: "request" or
- * "reply", for the message).  Lengths are checked against the buffer first. */
-qw_status qw_mp_unpack_map(const void *buf, size_t len, qw_owned **out, const char *what,
-			   qw_err *err);
+ * "reply", for the message).  The bytes are walked first, allocating nothing: lengths
+ * within the buffer, containers nested at most 8 levels, at most max_elements elements (a
+ * map's keys and values count one each). */
+qw_status qw_mp_unpack_map(const void *buf, size_t len, uint64_t max_elements, qw_owned **out,
+			   const char *what, qw_err *err);
+
+/* Which of names[0..n) (n <= 32) the map key k is, or -1.  A name seen before in the same
+ * map (bit i of *seen, which the caller zeroes per map) sets *dup: a key given twice is
+ * refused, not left for the last value to win. */
+int qw_mp_key(const msgpack_object *k, const char *const *names, int n, uint32_t *seen,
+	      bool *dup);
 qw_status qw_mp_check_version(const msgpack_object *map, const char *what, qw_err *err);
 
 void qw_mp_pack_str(msgpack_packer *pk, const char *s, size_t len);

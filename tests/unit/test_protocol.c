@@ -5,6 +5,8 @@
 #include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "ipc/protocol.h"
 
@@ -313,6 +315,212 @@ static void test_not_msgpack(void **state)
 	free(buf);
 }
 
+static void pack_s(msgpack_packer *pk, const char *s)
+{
+	msgpack_pack_str(pk, strlen(s));
+	msgpack_pack_str_body(pk, s, strlen(s));
+}
+
+/* Decodes sb's bytes (released), which must be refused with a message holding needle. */
+static void expect_sbuf_refused(msgpack_sbuffer *sb, const qw_limits *lim, const char *needle)
+{
+	qw_request d;
+	qw_err err = {0};
+	qw_status st = qw_request_decode(sb->data, sb->size, lim, &d, &err);
+	msgpack_sbuffer_destroy(sb);
+	if (st == QW_OK) {
+		qw_request_free(&d);
+		fail_msg("decoded a request that should be refused with \"%s\"", needle);
+	}
+	assert_contains(err.msg, needle);
+}
+
+/* A key given twice is refused wherever it is: {"op": "status", "op": "shutdown"} must not
+ * decode as a shutdown (the last value winning). */
+static void test_duplicate_keys(void **state)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 3);
+	pack_s(&pk, "v");
+	msgpack_pack_int(&pk, 1);
+	pack_s(&pk, "op");
+	pack_s(&pk, "status");
+	pack_s(&pk, "op");
+	pack_s(&pk, "shutdown");
+	expect_sbuf_refused(&sb, NULL, "\"op\" is given twice");
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_pack_map(&pk, 4);
+	pack_s(&pk, "v");
+	msgpack_pack_int(&pk, 1);
+	pack_s(&pk, "op");
+	pack_s(&pk, "submit");
+	pack_s(&pk, "prompt");
+	pack_s(&pk, "hi");
+	pack_s(&pk, "v");
+	msgpack_pack_int(&pk, 1);
+	expect_sbuf_refused(&sb, NULL, "\"v\" is given twice");
+
+	/* in a message, and in a content item */
+	for (int where = 0; where < 2; where++) {
+		msgpack_sbuffer_init(&sb);
+		msgpack_pack_map(&pk, 3);
+		pack_s(&pk, "v");
+		msgpack_pack_int(&pk, 1);
+		pack_s(&pk, "op");
+		pack_s(&pk, "submit");
+		pack_s(&pk, "messages");
+		msgpack_pack_array(&pk, 1);
+		msgpack_pack_map(&pk, where == 0 ? 3 : 2);
+		pack_s(&pk, "role");
+		pack_s(&pk, "user");
+		if (where == 0) {
+			pack_s(&pk, "role");
+			pack_s(&pk, "system");
+		}
+		pack_s(&pk, "content");
+		msgpack_pack_array(&pk, 1);
+		msgpack_pack_map(&pk, where == 1 ? 3 : 2);
+		pack_s(&pk, "type");
+		pack_s(&pk, "text");
+		pack_s(&pk, "text");
+		pack_s(&pk, "a");
+		if (where == 1) {
+			pack_s(&pk, "text");
+			pack_s(&pk, "b");
+		}
+		expect_sbuf_refused(&sb, NULL, where == 0 ? "\"role\" is given twice in a message"
+						      : "\"text\" is given twice in a content item");
+	}
+}
+
+/* Containers nested past what any request needs are refused as such (not reported as "out
+ * of memory", which msgpack-c says past 32 levels); a stop list past its limit names it. */
+static void test_nesting_and_stop_limit(void **state)
+{
+	for (int depth = 9; depth <= 40; depth += 31) {
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		msgpack_pack_map(&pk, 3);
+		pack_s(&pk, "v");
+		msgpack_pack_int(&pk, 1);
+		pack_s(&pk, "op");
+		pack_s(&pk, "status");
+		pack_s(&pk, "x");
+		for (int i = 1; i < depth; i++)
+			msgpack_pack_array(&pk, 1);
+		msgpack_pack_nil(&pk);
+		expect_sbuf_refused(&sb, NULL, "nest deeper than 8 levels");
+	}
+	/* five levels, as a chat request with content items has, decode */
+	qw_item items[] = {{QW_ITEM_TEXT, "a", 1}};
+	qw_req_message m = {"user", 4, items, 1, NULL, 0, NULL, 0};
+	qw_request r = {.op = QW_OP_SUBMIT, .messages = &m, .n_messages = 1, .temperature = -1,
+			.top_k = -1, .stream = true};
+	char *buf;
+	size_t len;
+	qw_err err = {0};
+	qw_request d;
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_OK);
+	qw_request_free(&d);
+	free(buf);
+
+	const char *stop[17];
+	size_t stop_len[17];
+	for (int i = 0; i < 17; i++)
+		stop[i] = "x", stop_len[i] = 1;
+	int32_t one = 1;
+	qw_request s = {.op = QW_OP_SUBMIT, .token_ids = &one, .n_token_ids = 1, .temperature = -1,
+			.top_k = -1, .stream = true, .stop = stop, .stop_len = stop_len, .n_stop = 17};
+	assert_int_equal(qw_request_encode(&s, &buf, &len, &err), QW_OK);
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_E_ARG);
+	assert_contains(err.msg, "\"stop\" must be an array of at most 16 strings");
+	free(buf);
+}
+
+/* Every limit at its most decodes: 256 messages of 256 items, 16 stop strings. */
+static void test_at_the_limits(void **state)
+{
+	qw_limits lim = QW_LIMITS_DEFAULT;
+	qw_item *items = calloc((size_t)lim.max_items, sizeof *items);
+	for (int i = 0; i < lim.max_items; i++)
+		items[i] = (qw_item){QW_ITEM_TEXT, "ab", 2};
+	qw_req_message *msgs = calloc((size_t)lim.max_messages, sizeof *msgs);
+	for (int i = 0; i < lim.max_messages; i++)
+		msgs[i] = (qw_req_message){"user", 4, items, lim.max_items, NULL, 0, NULL, 0};
+	const char *stop[16];
+	size_t stop_len[16];
+	for (int i = 0; i < 16; i++)
+		stop[i] = "x", stop_len[i] = 1;
+	qw_request r = {.op = QW_OP_SUBMIT, .messages = msgs, .n_messages = lim.max_messages,
+			.temperature = -1, .top_k = -1, .stream = true, .stop = stop,
+			.stop_len = stop_len, .n_stop = 16};
+	char *buf;
+	size_t len;
+	qw_err err = {0};
+	qw_request d;
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	if (qw_request_decode(buf, len, NULL, &d, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	assert_int_equal(d.n_messages, lim.max_messages);
+	assert_int_equal(d.messages[255].n_items, lim.max_items);
+	assert_memory_equal(d.messages[255].items[255].data, "ab", 2);
+	qw_request_free(&d);
+	free(buf);
+	free(msgs);
+	free(items);
+}
+
+static long peak_rss_kb(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kb = -1;
+	while (f && fgets(line, sizeof line, f))
+		if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+/* A request of millions of nils (8 MB, under the 64 MiB limit) is refused before msgpack-c
+ * unpacks it: unpacked, each nil would cost 24 bytes (192 MB).  Measured as the peak
+ * resident memory of a child process that decodes it. */
+static void test_memory_bound(void **state)
+{
+	const size_t n = 8u << 20;
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		static const char head[] = "\x83\xa1v\x01\xa2op\xa6status\xa1x\xdd";
+		char *buf = malloc(n + 64);
+		size_t len = sizeof head - 1;
+		memcpy(buf, head, len);
+		buf[len++] = (char)(n >> 24), buf[len++] = (char)(n >> 16);
+		buf[len++] = (char)(n >> 8), buf[len++] = (char)n;
+		memset(buf + len, 0xc0, n);
+		len += n;
+		long before = peak_rss_kb();
+		qw_request d;
+		qw_err err = {0};
+		qw_status st = qw_request_decode(buf, len, NULL, &d, &err);
+		long grew = peak_rss_kb() - before;
+		printf("# %zu nils: %s; peak RSS grew %ld kB\n", n, err.msg, grew);
+		fflush(stdout);
+		_exit(st == QW_E_LIMIT && strstr(err.msg, "msgpack elements") && grew < 4096 ? 0 : 1);
+	}
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 static void test_replies(void **state)
 {
 	int32_t toks[] = {9707, 11};
@@ -505,6 +713,10 @@ int main(void)
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_not_msgpack),
 		cmocka_unit_test(test_error_codes),
+		cmocka_unit_test(test_duplicate_keys),
+		cmocka_unit_test(test_nesting_and_stop_limit),
+		cmocka_unit_test(test_at_the_limits),
+		cmocka_unit_test(test_memory_bound),
 		cmocka_unit_test(test_replies),
 		cmocka_unit_test(test_tools_and_tokens),
 		cmocka_unit_test(test_tools_and_tokens_refused),
