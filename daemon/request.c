@@ -1,6 +1,7 @@
 /* request.c - preparing a submit, and the text that comes back.  See request.h. */
 #include "daemon/request.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,6 +138,33 @@ static qw_status expand_pads(const qw_req_ctx *c, int32_t **ids, int *n,
 // ---------------------------------------------------------------------------------------
 // the prompt
 
+/* A NUL-terminated copy of n bytes (which may hold NULs: strndup would stop at the first). */
+static char *memdup0(const char *s, size_t n)
+{
+	char *c = malloc(n + 1);
+	if (c) {
+		memcpy(c, s, n);
+		c[n] = '\0';
+	}
+	return c;
+}
+
+/* The chat template works on C strings, so a NUL in chat text would silently end it there:
+ * such text is refused, naming where. */
+static qw_status no_nul(const char *s, size_t n, int message, const char *what, int item,
+			qw_err *err)
+{
+	const char *nul = memchr(s, '\0', n);
+	if (!nul)
+		return QW_OK;
+	char where[32] = "";
+	if (item > 0)
+		snprintf(where, sizeof where, " item %d", item);
+	return qw_fail(err, QW_E_ARG, "message %d: the %s%s holds a NUL byte (at byte %zu), which "
+		       "chat text cannot carry (HINT: remove it, or send a raw prompt, which keeps "
+		       "it)", message, what, where, (size_t)(nul - s));
+}
+
 /* The C strings render_chat makes of a request's protocol strings (not NUL-terminated). */
 typedef struct cstrs {
 	char **p;
@@ -159,6 +187,28 @@ static const char *cstr(cstrs *s, const char *data, size_t len)
 static qw_status render_chat(const qw_req_ctx *c, const qw_request *r, const prepared_image *im,
 			     bool generation_prompt, char **text, size_t *len, qw_err *err)
 {
+	for (int i = 0; i < r->n_messages; i++) {
+		const qw_req_message *m = &r->messages[i];
+		qw_status st = m->reasoning ? no_nul(m->reasoning, m->reasoning_len, i + 1,
+						     "reasoning", 0, err) : QW_OK;
+		for (int k = 0; k < m->n_items && st == QW_OK; k++)
+			if (m->items[k].kind == QW_ITEM_TEXT)
+				st = no_nul(m->items[k].data, m->items[k].len, i + 1, "content", k + 1,
+					    err);
+		for (int k = 0; k < m->n_tool_calls && st == QW_OK; k++)
+			if ((st = no_nul(m->tool_calls[k].name, m->tool_calls[k].name_len, i + 1,
+					 "tool call", k + 1, err)) == QW_OK)
+				st = no_nul(m->tool_calls[k].arguments, m->tool_calls[k].arguments_len,
+					    i + 1, "tool call", k + 1, err);
+		if (st != QW_OK)
+			return st;
+	}
+	for (int k = 0; k < r->n_tools; k++) {
+		const char *nul = memchr(r->tools[k], '\0', r->tools_len[k]);
+		if (nul)
+			return qw_fail(err, QW_E_ARG, "tool %d holds a NUL byte (at byte %zu), which the "
+				       "chat template cannot carry", k + 1, (size_t)(nul - r->tools[k]));
+	}
 	size_t n_items = 0, n_calls = 0, n_msgs = r->n_messages > 0 ? (size_t)r->n_messages : 1;
 	for (int i = 0; i < r->n_messages; i++) {
 		n_items += (size_t)r->messages[i].n_items;
@@ -332,7 +382,7 @@ static qw_status prepare_output(const qw_req_ctx *c, const qw_request *r, qw_out
 		if (!out->stop || !out->stop_len)
 			return qw_fail(err, QW_E_NOMEM, "out of memory");
 		for (int i = 0; i < r->n_stop; i++) {
-			out->stop[i] = strndup(r->stop[i], r->stop_len[i]);
+			out->stop[i] = memdup0(r->stop[i], r->stop_len[i]);
 			if (!out->stop[i])
 				return qw_fail(err, QW_E_NOMEM, "out of memory");
 			out->stop_len[i] = r->stop_len[i];

@@ -201,8 +201,9 @@ qw_status qw_chat_render(const qw_message *msgs, int n, const qw_chat_opts *o, c
 		for (int k = 0; k < m->n_content; k++)
 			if (m->content[k].kind != QW_CONTENT_TEXT && !role_is(m, "user") &&
 			    !role_is(m, "system"))
-				return qw_fail(err, QW_E_ARG, "message %d: a %s message cannot hold an "
-					       "image or video", i, m->role);
+				return qw_fail(err, QW_E_ARG, "message %d: %s %s message cannot hold an "
+					       "image or video", i, role_is(m, "assistant") ? "an" : "a",
+					       m->role);
 		if (m->n_tool_calls && !role_is(m, "assistant"))
 			return qw_fail(err, QW_E_ARG, "message %d: a %s message cannot hold tool "
 				       "calls", i, m->role);

@@ -170,7 +170,13 @@ static void test_bad_messages(void **state)
 	assert_contains(err.msg, "message 1: role 'robot'");
 	qw_message a[] = {{"assistant", img, 1, NULL, NULL, 0}};
 	assert_int_equal(qw_chat_render(a, 1, &o, &out, &len, &err), QW_E_ARG);
-	assert_contains(err.msg, "cannot hold an image");
+	assert_contains(err.msg, "message 0: an assistant message cannot hold an image");
+	qw_message sys[] = {{"system", img, 1, NULL, NULL, 0}};
+	assert_int_equal(qw_chat_render(sys, 1, &o, &out, &len, &err), QW_OK);
+	free(out);
+	qw_message tool[] = {{"tool", img, 1, NULL, NULL, 0}};
+	assert_int_equal(qw_chat_render(tool, 1, &o, &out, &len, &err), QW_E_ARG);
+	assert_contains(err.msg, "message 0: a tool message cannot hold an image");
 	qw_chat_tool_call call = {"f", "{}"};
 	qw_message u[] = {{"user", NULL, 0, NULL, &call, 1}};
 	assert_int_equal(qw_chat_render(u, 1, &o, &out, &len, &err), QW_E_ARG);

@@ -281,6 +281,69 @@ static void test_stop_strings(void **state)
 	qw_output_free(&out);
 }
 
+/* A NUL in chat text is refused, naming the message and item (the template works on C
+ * strings and would end the text there); a raw prompt keeps it; a stop string holding a NUL
+ * stops at the whole string. */
+static void test_nul_bytes(void **state)
+{
+	qw_req_ctx c = context(false);
+	qw_item items[] = {{QW_ITEM_TEXT, "Say hi", 6}, {QW_ITEM_TEXT, "then\0stop here", 14}};
+	qw_req_message m = {"user", 4, items, 2, NULL, 0, NULL, 0};
+	qw_request r = submit();
+	r.messages = &m;
+	r.n_messages = 1;
+	expect_refusal(&c, &r, "bad_request", "message 1: the content item 2 holds a NUL byte "
+		       "(at byte 4)");
+	qw_item ok[] = {{QW_ITEM_TEXT, "Say hi", 6}};
+	qw_req_message a[] = {{"user", 4, ok, 1, NULL, 0, NULL, 0},
+			      {"assistant", 9, ok, 1, "hm\0m", 4, NULL, 0}};
+	r.messages = a;
+	r.n_messages = 2;
+	expect_refusal(&c, &r, "bad_request", "message 2: the reasoning holds a NUL byte (at byte 2)");
+	qw_tool_call call = {"f", 1, "{\"a\": \"\0\"}", 10};
+	a[1] = (qw_req_message){"assistant", 9, ok, 1, NULL, 0, &call, 1};
+	expect_refusal(&c, &r, "bad_request", "message 2: the tool call item 1 holds a NUL byte "
+		       "(at byte 7)");
+
+	/* a raw prompt keeps it: its tokens decode back to the same bytes */
+	r = submit();
+	r.prompt = "a\0b";
+	r.prompt_len = 3;
+	qw_seq seq;
+	qw_output out;
+	qw_err err = {0};
+	if (qw_request_prepare(&c, &r, 1, &seq, &out, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	char *text;
+	size_t len;
+	assert_int_equal(qw_tokenizer_decode(tok, seq.tokens, (size_t)seq.n_tokens, &text, &len,
+					     &err), QW_OK);
+	assert_int_equal(len, 3);
+	assert_memory_equal(text, "a\0b", 3);
+	free(text);
+	qw_request_seq_free(&seq);
+	qw_output_free(&out);
+
+	/* a stop string with a NUL: found whole, not cut at the NUL */
+	int32_t *ids;
+	size_t n;
+	assert_int_equal(qw_tokenizer_encode(tok, "one\0two\0three", 13, &ids, &n, NULL), QW_OK);
+	const char *stop[] = {"\0three"};
+	size_t stop_len[] = {6};
+	r = submit();
+	r.stop = stop;
+	r.stop_len = stop_len;
+	r.n_stop = 1;
+	fed f;
+	feed(&c, &r, ids, n, &f);
+	assert_int_equal(f.finish, QW_FINISH_STOP);
+	assert_int_equal(f.answer.n, 7);
+	assert_memory_equal(f.answer.p, "one\0two", 7);
+	free(f.answer.p);
+	free(f.reasoning.p);
+	free(ids);
+}
+
 static void test_eos_length_reasoning(void **state)
 {
 	qw_req_ctx c = context(true);
@@ -323,6 +386,7 @@ int main(void)
 		cmocka_unit_test(test_chat_with_image),
 		cmocka_unit_test(test_pad_runs_and_limits),
 		cmocka_unit_test(test_stop_strings),
+		cmocka_unit_test(test_nul_bytes),
 		cmocka_unit_test(test_eos_length_reasoning),
 	};
 	return cmocka_run_group_tests_name("request", tests, setup, teardown);
