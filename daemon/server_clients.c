@@ -88,7 +88,14 @@ qw_status qw_server_open_socket(qw_server *sv, qw_err *err)
 	/* the owner and the group may talk to qwend (systemd/qwend.service sets the group) */
 	if (sv->socket_path[0] && chmod(sv->socket_path, 0660) != 0)
 		return qw_fail(err, QW_E_IO, "chmod %s: %s", sv->socket_path, strerror(errno));
-	qw_log(QW_LOG_INFO, "listening on %s", sv->endpoint);
+	qw_endpoint_reach reach = qw_endpoint_access(sv->endpoint);
+	if (reach == QW_REACH_FILE)
+		qw_log(QW_LOG_INFO, "listening on %s", sv->endpoint);
+	else
+		qw_log(QW_LOG_WARN, "listening on %s, which has no access control: every user of "
+		       "this machine%s may submit requests and shut qwend down (allow-remote yes)",
+		       sv->endpoint, reach == QW_REACH_NETWORK ? " and every machine that reaches it"
+							    : "");
 	return QW_OK;
 }
 

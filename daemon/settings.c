@@ -76,7 +76,8 @@ static const qw_setting_def table[] = {
 	{"max-restarts", QW_SET_INT, F(max_restarts), 0, 0, 1000, NULL, "3", true,
 	 "worker restarts within 10 minutes before qwend exits for systemd to restart it"},
 	{"allow-remote", QW_SET_ENUM, STR(allow_remote), 0, 0, "no|yes", "no", false,
-	 "yes: a tcp socket may bind to addresses beyond loopback"},
+	 "yes: qwend may bind sockets that no file permissions guard: tcp (every local user may "
+	 "connect, and other machines too beyond loopback) and abstract ipc://@NAME sockets"},
 	{"check-transport", QW_SET_ENUM, STR(check_transport), 0, 0, "no|yes", "no", false,
 	 "yes: checksum the activations of every stage hand-over and fail loudly on a mismatch"},
 	{"cuda-graphs", QW_SET_ENUM, STR(cuda_graphs), 0, 0, "no|yes", "yes", false,

@@ -172,21 +172,22 @@ static qw_status check_tcp(const char *endpoint, bool allow_remote, char *out, s
 	if (strpbrk(host, ";[]/ "))
 		return qw_fail(err, QW_E_ARG, "socket %s: '%s' is not a host to bind", endpoint,
 			       host);
-	switch (classify(host)) {
-	case HOST_ANY:
+	host_kind kind = classify(host);
+	if (!allow_remote && kind == HOST_REMOTE)
+		return qw_fail(err, QW_E_ARG, "socket %s: binding '%s' would let other machines "
+			       "submit requests and shut qwend down; qwend binds tcp only when the "
+			       "allow-remote setting is yes\nHINT: use ipc:///PATH (a socket file, "
+			       "guarded by its permissions), or set allow-remote yes", endpoint, host);
+	if (!allow_remote)
+		return qw_fail(err, QW_E_ARG, "socket %s: a tcp socket has no access control: "
+			       "every user of this machine could submit requests and shut qwend "
+			       "down; qwend binds tcp only when the allow-remote setting is yes\n"
+			       "HINT: use ipc:///PATH (a socket file, guarded by its permissions), "
+			       "or set allow-remote yes", endpoint);
+	if (kind == HOST_ANY) {
 		if ((size_t)snprintf(out, cap, "tcp://127.0.0.1:%ld", port) >= cap)
 			return qw_fail(err, QW_E_ARG, "socket %s: no room for the result", endpoint);
 		return QW_OK;
-	case HOST_REMOTE:
-		if (!allow_remote)
-			return qw_fail(err, QW_E_ARG, "socket %s: binding '%s' would let other "
-				       "machines submit requests; qwend binds only loopback "
-				       "addresses unless the allow-remote setting is true\nHINT: "
-				       "bind tcp://127.0.0.1:%ld, or set allow-remote true", endpoint,
-				       host, port);
-		break;
-	case HOST_LOOPBACK:
-		break;
 	}
 	if (strlen(endpoint) >= cap)
 		return qw_fail(err, QW_E_ARG, "socket %s: no room for the result", endpoint);
@@ -215,8 +216,33 @@ qw_status qw_endpoint_check_bind(const char *endpoint, bool allow_remote, char *
 	if (strlen(path) > QW_IPC_PATH_MAX)
 		return qw_fail(err, QW_E_ARG, "socket %s: the path is %zu bytes; a Unix socket path "
 			       "holds at most %d", endpoint, strlen(path), QW_IPC_PATH_MAX);
+	if (path[0] == '@' && !allow_remote)
+		return qw_fail(err, QW_E_ARG, "socket %s: an abstract socket has no file "
+			       "permissions: every user of this machine could submit requests and "
+			       "shut qwend down; qwend binds one only when the allow-remote setting "
+			       "is yes\nHINT: use ipc:///PATH (a socket file, guarded by its "
+			       "permissions), or set allow-remote yes", endpoint);
 	if (strlen(endpoint) >= cap)
 		return qw_fail(err, QW_E_ARG, "socket %s: no room for the result", endpoint);
 	memcpy(out, endpoint, strlen(endpoint) + 1);
 	return QW_OK;
+}
+
+qw_endpoint_reach qw_endpoint_access(const char *endpoint)
+{
+	if (strncmp(endpoint, "ipc://", 6) == 0)
+		return endpoint[6] == '@' ? QW_REACH_LOCAL : QW_REACH_FILE;
+	const char *addr = strncmp(endpoint, "tcp://", 6) == 0 ? endpoint + 6 : endpoint;
+	const char *colon = strrchr(addr, ':');
+	char host[256];
+	size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
+	if (n >= sizeof host)
+		return QW_REACH_NETWORK;
+	memcpy(host, addr, n);
+	host[n] = '\0';
+	if (host[0] == '[' && n >= 2 && host[n - 1] == ']') {
+		memmove(host, host + 1, n - 2);
+		host[n - 2] = '\0';
+	}
+	return classify(host) == HOST_REMOTE ? QW_REACH_NETWORK : QW_REACH_LOCAL;
 }

@@ -1,10 +1,12 @@
 /* endpoint.h - where qwend listens for clients and where clients look for it.
  *
  * Owns: the default endpoint of the daemon (qw_endpoint_daemon_default) and of a client
- * (qw_endpoint_client_default), the bind check that keeps the daemon on this machine unless
- * allow-remote says otherwise (qw_endpoint_check_bind), and the socket file of an ipc
- * endpoint (qw_endpoint_ipc_path).  The environment is passed in (qw_endpoint_env) so every
- * rule can be tested; qw_endpoint_env_current reads the process's own.
+ * (qw_endpoint_client_default), the bind check that keeps the daemon on a socket file, whose
+ * permissions say who may talk to it, unless allow-remote says otherwise
+ * (qw_endpoint_check_bind), who can reach an endpoint (qw_endpoint_access), and the socket
+ * file of an ipc endpoint (qw_endpoint_ipc_path).  The environment is passed in
+ * (qw_endpoint_env) so every rule can be tested; qw_endpoint_env_current reads the
+ * process's own.
  */
 #ifndef QW_IPC_ENDPOINT_H
 #define QW_IPC_ENDPOINT_H
@@ -42,12 +44,14 @@ qw_status qw_endpoint_daemon_default(const qw_endpoint_env *env, char *out, size
 void qw_endpoint_client_default(const qw_endpoint_env *env, char *out, size_t cap);
 
 /* Checks an endpoint the daemon is about to bind and writes the one to bind into out:
- *   a wildcard host ("*", or none as in tcp://:P) and localhost become 127.0.0.1, so
- *   tcp://:5555 binds tcp://127.0.0.1:5555;
- *   loopback addresses (127.0.0.0/8, ::1, the lo interface) are kept;
- *   any other address (0.0.0.0, ::, a LAN address or interface) is refused unless
- *   allow_remote, naming the endpoint and the allow-remote setting;
- *   ipc://PATH is kept as it is (PATH not empty, not *, at most QW_IPC_PATH_MAX bytes);
+ *   ipc://PATH is kept as it is (PATH not empty, not *, at most QW_IPC_PATH_MAX bytes): the
+ *   socket file's permissions say who may connect;
+ *   endpoints no file guards are refused unless allow_remote, naming the endpoint, who could
+ *   connect and the allow-remote setting: an abstract socket (ipc://@NAME) and any tcp
+ *   endpoint, loopback included (every local user could submit requests and shut qwend
+ *   down; beyond loopback, every machine that reaches it);
+ *   with allow_remote, a wildcard host ("*", or none as in tcp://:P) and localhost become
+ *   127.0.0.1 (tcp://:5555 binds tcp://127.0.0.1:5555), other addresses are kept;
  *   other transports (inproc, pgm, epgm, vmci, ...) and malformed endpoints are refused.
  * The port must be 1..65535.  Errors are QW_E_ARG. */
 qw_status qw_endpoint_check_bind(const char *endpoint, bool allow_remote, char *out,
@@ -62,6 +66,15 @@ bool qw_endpoint_host_is_loopback(const char *host);
  * is kept as it is, anything else is the path of a Unix socket and becomes ipc://PATH.
  * False (out "") when the result does not fit in cap. */
 bool qw_endpoint_from_arg(const char *arg, char *out, size_t cap);
+
+/* Who can connect to an endpoint that passed qw_endpoint_check_bind. */
+typedef enum qw_endpoint_reach {
+	QW_REACH_FILE,       /* ipc://PATH: whoever the socket file's permissions let in */
+	QW_REACH_LOCAL,      /* loopback tcp, abstract ipc: every user of this machine */
+	QW_REACH_NETWORK,    /* tcp on another address: every machine that can reach it */
+} qw_endpoint_reach;
+
+qw_endpoint_reach qw_endpoint_access(const char *endpoint);
 
 /* The filesystem path of an ipc:// endpoint, into out; false (out "") when the endpoint is
  * not ipc://, names an abstract socket (ipc://@name), or does not fit. */

@@ -1,6 +1,6 @@
 /* test_endpoint.c - the daemon's and the client's default endpoints, and the bind check:
- * wildcards become loopback, other addresses need allow-remote, ipc paths pass, other
- * transports are refused. */
+ * socket files pass, tcp and abstract sockets (no file permissions guard them) need
+ * allow-remote, wildcards become loopback, other transports are refused. */
 #include "tests/unit/helpers.h"
 
 #include <stdio.h>
@@ -131,27 +131,42 @@ static void test_from_arg(void **state)
 
 static void test_bind_tcp(void **state)
 {
-	/* wildcards (and localhost, which ZeroMQ does not resolve for bind) become loopback */
-	expect_bind("tcp://*:5555", false, "tcp://127.0.0.1:5555");
-	expect_bind("tcp://:5555", false, "tcp://127.0.0.1:5555");
-	expect_bind("tcp://localhost:80", false, "tcp://127.0.0.1:80");
+	/* tcp has no access control: refused without allow-remote, loopback included, naming
+	 * who could connect and the setting */
+	const char *local[] = {"tcp://*:5555", "tcp://:5555", "tcp://localhost:80",
+			       "tcp://127.0.0.1:5555", "tcp://[::1]:5555", "tcp://lo:5555"};
+	for (size_t i = 0; i < sizeof local / sizeof *local; i++) {
+		expect_refused(local[i], false, local[i]);
+		expect_refused(local[i], false, "every user of this machine could submit requests");
+		expect_refused(local[i], false, "HINT: use ipc:///PATH");
+		expect_refused(local[i], false, "set allow-remote yes");
+	}
+	/* with it, wildcards (and localhost, which ZeroMQ does not resolve for bind) become
+	 * loopback, and loopback stays as it is */
 	expect_bind("tcp://*:5555", true, "tcp://127.0.0.1:5555");
-	/* loopback stays as it is */
-	expect_bind("tcp://127.0.0.1:5555", false, "tcp://127.0.0.1:5555");
-	expect_bind("tcp://127.1.2.3:65535", false, "tcp://127.1.2.3:65535");
-	expect_bind("tcp://[::1]:5555", false, "tcp://[::1]:5555");
-	expect_bind("tcp://::1:5555", false, "tcp://::1:5555");
-	expect_bind("tcp://[::ffff:127.0.0.1]:5555", false, "tcp://[::ffff:127.0.0.1]:5555");
-	expect_bind("tcp://lo:5555", false, "tcp://lo:5555");
-	/* everything else needs allow-remote, and the error names endpoint and setting */
+	expect_bind("tcp://:5555", true, "tcp://127.0.0.1:5555");
+	expect_bind("tcp://localhost:80", true, "tcp://127.0.0.1:80");
+	expect_bind("tcp://127.0.0.1:5555", true, "tcp://127.0.0.1:5555");
+	expect_bind("tcp://127.1.2.3:65535", true, "tcp://127.1.2.3:65535");
+	expect_bind("tcp://[::1]:5555", true, "tcp://[::1]:5555");
+	expect_bind("tcp://::1:5555", true, "tcp://::1:5555");
+	expect_bind("tcp://[::ffff:127.0.0.1]:5555", true, "tcp://[::ffff:127.0.0.1]:5555");
+	expect_bind("tcp://lo:5555", true, "tcp://lo:5555");
+	const char *loop[] = {"tcp://127.0.0.1:5555", "tcp://127.1.2.3:65535", "tcp://[::1]:5555",
+			      "tcp://::1:5555", "tcp://[::ffff:127.0.0.1]:5555", "tcp://lo:5555"};
+	for (size_t i = 0; i < sizeof loop / sizeof *loop; i++)
+		assert_int_equal(qw_endpoint_access(loop[i]), QW_REACH_LOCAL);
+	/* other addresses reach other machines: the error says so */
 	const char *remote[] = {"tcp://0.0.0.0:5555", "tcp://[::]:5555", "tcp://:::5555",
 				"tcp://192.168.1.20:5555", "tcp://10.0.0.1:1", "tcp://eth0:5555",
 				"tcp://[fe80::1]:5555", "tcp://[::ffff:10.0.0.1]:5555",
 				"tcp://example.com:5555"};
 	for (size_t i = 0; i < sizeof remote / sizeof *remote; i++) {
 		expect_refused(remote[i], false, remote[i]);
-		expect_refused(remote[i], false, "allow-remote");
+		expect_refused(remote[i], false, "would let other machines submit requests");
+		expect_refused(remote[i], false, "set allow-remote yes");
 		expect_bind(remote[i], true, remote[i]);
+		assert_int_equal(qw_endpoint_access(remote[i]), QW_REACH_NETWORK);
 	}
 	/* ports clients can find, and well-formed addresses only */
 	expect_refused("tcp://127.0.0.1:*", true, "port");
@@ -169,7 +184,12 @@ static void test_bind_ipc_and_others(void **state)
 {
 	expect_bind("ipc:///run/qwend/qwend.sock", false, "ipc:///run/qwend/qwend.sock");
 	expect_bind("ipc://relative.sock", false, "ipc://relative.sock");
-	expect_bind("ipc://@abstract", false, "ipc://@abstract");
+	/* an abstract socket has no file to guard it: only with allow-remote */
+	expect_refused("ipc://@abstract", false, "an abstract socket has no file permissions");
+	expect_refused("ipc://@abstract", false, "set allow-remote yes");
+	expect_bind("ipc://@abstract", true, "ipc://@abstract");
+	assert_int_equal(qw_endpoint_access("ipc://@abstract"), QW_REACH_LOCAL);
+	assert_int_equal(qw_endpoint_access("ipc:///run/qwend/qwend.sock"), QW_REACH_FILE);
 	expect_refused("ipc://", false, "name the socket file");
 	expect_refused("ipc://*", false, "name the socket file");
 	char longer[QW_IPC_PATH_MAX + 20] = "ipc:///";

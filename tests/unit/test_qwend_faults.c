@@ -474,7 +474,9 @@ static int free_port(void)
 	return ntohs(a.sin_port);
 }
 
-/* One qwend a socket; tcp binds to loopback unless told otherwise. */
+/* One qwend a socket; sockets no file permissions guard (tcp, abstract) only with
+ * allow-remote, and then the log says who can connect; tcp binds loopback unless told
+ * otherwise. */
 static void test_socket_rules(void **state)
 {
 	qwend d;
@@ -492,16 +494,31 @@ static void test_socket_rules(void **state)
 	int port = free_port();
 	snprintf(ep, sizeof ep, "tcp://*:%d", port);
 	snprintf(want, sizeof want, "tcp://127.0.0.1:%d", port);
+	const char *no_files[] = {ep, "ipc://@qwend-test-abstract"};
+	for (int i = 0; i < 2; i++) {
+		status = qwend_run_to_exit((const char *[]){"--model", tiny(), "--socket",
+							    no_files[i], NULL}, &log);
+		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+		assert_contains(log, "every user of this machine could submit requests");
+		assert_contains(log, "set allow-remote yes");
+		free(log);
+	}
 	qwend t;
-	qwend_start_at(&t, tiny(), want, (const char *[]){"--socket", ep, NULL}, NULL, true);
+	qwend_start_at(&t, tiny(), want, (const char *[]){"--socket", ep, "--allow-remote", "yes",
+							  NULL}, NULL, true);
 	json_t *s = qwend_status(&t);
 	assert_string_equal(json_string_value(json_object_get(s, "endpoint")), want);
 	json_decref(s);
+	char *tlog = read_file(t.log, NULL);
+	assert_contains(tlog, "which has no access control: every user of this machine may "
+		       "submit requests");
+	free(tlog);
 	qwend_stop(&t);
 
 	snprintf(ep, sizeof ep, "tcp://0.0.0.0:%d", port);
 	status = qwend_run_to_exit((const char *[]){"--model", tiny(), "--socket", ep, NULL}, &log);
 	assert_true(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+	assert_contains(log, "would let other machines submit requests");
 	assert_contains(log, "allow-remote");
 	free(log);
 	/* a setting that does not exist */
