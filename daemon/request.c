@@ -28,21 +28,28 @@ bool qw_text_append(qw_text_buf *b, const char *s, size_t n)
 // ---------------------------------------------------------------------------------------
 // images
 
+/* An image weighed from its header: what it is resized to and the tokens it takes. */
 typedef struct prepared_image {
-	qw_image resized;
+	int height, width;       /* resized */
 	int grid[3];
 	int n_tokens;
 } prepared_image;
 
-static void free_images(prepared_image *im, int n)
+const qw_item *qw_request_image(const qw_request *r, int i)
 {
-	for (int i = 0; i < n; i++)
-		qw_image_free(&im[i].resized);
-	free(im);
+	if (i < r->n_images)
+		return &r->images[i];
+	i -= r->n_images;
+	for (int m = 0; m < r->n_messages; m++)
+		for (int k = 0; k < r->messages[m].n_items; k++)
+			if (r->messages[m].items[k].kind == QW_ITEM_IMAGE && i-- == 0)
+				return &r->messages[m].items[k];
+	return NULL;
 }
 
-/* Decodes and resizes the request's images, in order, within the per-request limits. */
-static qw_status prepare_images(const qw_req_ctx *c, const qw_item *const *items, int n,
+/* Weighs the request's images, in order, from their headers alone: each must be an image
+ * within the limits, and their tokens together within the request's; nothing is decoded. */
+static qw_status prepare_images(const qw_req_ctx *c, const qw_request *r, int n,
 				prepared_image **out, qw_err *err)
 {
 	*out = NULL;
@@ -57,31 +64,66 @@ static qw_status prepare_images(const qw_req_ctx *c, const qw_item *const *items
 	if (!im)
 		return qw_fail(err, QW_E_NOMEM, "out of memory");
 	const qw_vision_config *vc = &c->cfg->vision;
-	int P = vc->patch_size, m = vc->spatial_merge_size, total = 0;
+	int P = vc->patch_size, total = 0;
 	for (int i = 0; i < n; i++) {
-		qw_image img;
-		qw_status st = qw_image_decode(items[i]->data, items[i]->len, &c->image_limits, &img,
-					       err);
-		if (st == QW_OK) {
-			st = qw_preprocess_resize(&img, vc, &c->preprocess, &im[i].resized, err);
-			qw_image_free(&img);
-		}
+		const qw_item *item = qw_request_image(r, i);
+		int w, h;
+		qw_status st = qw_image_probe(item->data, item->len, &c->image_limits, &w, &h, err);
+		if (st == QW_OK)
+			st = qw_preprocess_plan(h, w, vc, &c->preprocess, &im[i].height, &im[i].width,
+						&im[i].n_tokens, err);
 		if (st != QW_OK) {
-			free_images(im, n);
+			free(im);
 			return qw_err_context(err, "image %d", i + 1);
 		}
 		im[i].grid[0] = 1;
-		im[i].grid[1] = im[i].resized.height / P;
-		im[i].grid[2] = im[i].resized.width / P;
-		im[i].n_tokens = im[i].grid[1] * im[i].grid[2] / (m * m);
+		im[i].grid[1] = im[i].height / P;
+		im[i].grid[2] = im[i].width / P;
 		total += im[i].n_tokens;
-	}
-	if (total > c->max_image_tokens) {
-		free_images(im, n);
-		return qw_fail(err, QW_E_LIMIT, "the images take %d image tokens; a request may take "
-			       "%d", total, c->max_image_tokens);
+		if (total > c->max_image_tokens) {
+			free(im);
+			return qw_fail(err, QW_E_LIMIT, "the images take more than %d image tokens (image "
+				       "%d brings them to %d), the most a request may take",
+				       c->max_image_tokens, i + 1, total);
+		}
 	}
 	*out = im;
+	return QW_OK;
+}
+
+qw_status qw_request_image_pixels(const void *data, size_t len, const qw_image_limits *lim,
+				  int width, int height, uint8_t **rgb, qw_err *err)
+{
+	*rgb = NULL;
+	qw_image img;
+	qw_status st = qw_image_decode(data, len, lim, &img, err);
+	if (st != QW_OK)
+		return st;
+	if (img.width == width && img.height == height) {
+		*rgb = img.rgb;
+		return QW_OK;
+	}
+	qw_image resized;
+	st = qw_resize_bicubic(&img, height, width, &resized, err);
+	qw_image_free(&img);
+	if (st == QW_OK)
+		*rgb = resized.rgb;
+	return st;
+}
+
+qw_status qw_request_decode_images(const qw_req_ctx *c, const qw_request *r, qw_seq *seq,
+				   qw_err *err)
+{
+	for (int i = 0; i < seq->n_images; i++) {
+		qw_sched_image *im = &seq->images[i];
+		const qw_item *item = qw_request_image(r, i);
+		if (im->rgb)
+			continue;
+		qw_status st = qw_request_image_pixels(item->data, item->len, &c->image_limits,
+						       im->width, im->height, &im->rgb, err);
+		if (st != QW_OK)
+			return qw_err_context(err, "image %d", i + 1);
+	}
 	return QW_OK;
 }
 
@@ -278,18 +320,7 @@ static qw_status prompt_ids(const qw_req_ctx *c, const qw_request *r, int32_t **
 	for (int i = 0; i < r->n_messages; i++)
 		for (int k = 0; k < r->messages[i].n_items; k++)
 			n_img += r->messages[i].items[k].kind == QW_ITEM_IMAGE;
-	const qw_item **items = calloc((size_t)(n_img ? n_img : 1), sizeof *items);
-	if (!items)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
-	int at = 0;
-	for (int i = 0; i < r->n_images; i++)
-		items[at++] = &r->images[i];
-	for (int i = 0; i < r->n_messages; i++)
-		for (int k = 0; k < r->messages[i].n_items; k++)
-			if (r->messages[i].items[k].kind == QW_ITEM_IMAGE)
-				items[at++] = &r->messages[i].items[k];
-	qw_status st = prepare_images(c, items, n_img, im, err);
-	free(items);
+	qw_status st = prepare_images(c, r, n_img, im, err);
 	if (st != QW_OK)
 		return st;
 	*n_images = n_img;
@@ -327,7 +358,7 @@ static qw_status prompt_ids(const qw_req_ctx *c, const qw_request *r, int32_t **
 	if (st != QW_OK) {
 		free(*ids);
 		*ids = NULL;
-		free_images(*im, n_img);
+		free(*im);
 		*im = NULL;
 	}
 	return st;
@@ -340,7 +371,7 @@ qw_status qw_request_tokenize(const qw_req_ctx *c, const qw_request *r, int32_t 
 	int n_img;
 	qw_status st = prompt_ids(c, r, ids, n, &im, &n_img, err);
 	if (st == QW_OK)
-		free_images(im, n_img);
+		free(im);
 	return st;
 }
 
@@ -435,15 +466,12 @@ qw_status qw_request_prepare(const qw_req_ctx *c, const qw_request *r, uint64_t 
 			seq->images[i] = (qw_sched_image){.pos = at, .n_tokens = im[i].n_tokens,
 							  .grid = {im[i].grid[0], im[i].grid[1],
 								   im[i].grid[2]},
-							  .height = im[i].resized.height,
-							  .width = im[i].resized.width,
-							  .rgb = im[i].resized.rgb};
-			im[i].resized.rgb = NULL;
+							  .height = im[i].height, .width = im[i].width};
 			seq->n_images = i + 1;
 			at += im[i].n_tokens;
 		}
 	}
-	free_images(im, n_img);
+	free(im);
 	if (st == QW_OK)
 		st = prepare_output(c, r, out, n, err);
 	if (st != QW_OK) {

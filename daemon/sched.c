@@ -299,7 +299,7 @@ void qw_sched_set_prefix_cache(qw_sched *s, bool on)
 	qw_kv_set_caching(&s->pool, on);
 }
 
-qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err)
+qw_status qw_sched_check(const qw_sched *s, const qw_seq *seq, int max_new, qw_err *err)
 {
 	if (seq->id == 0 || qw_sched_find(s, seq->id))
 		return qw_fail(err, QW_E_ARG, "sequence id %llu is zero or taken",
@@ -323,6 +323,14 @@ qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err)
 	}
 	if (s->queue.n >= s->o.max_queue)
 		return qw_fail(err, QW_E_FULL, "the queue is full (%d requests wait)", s->queue.n);
+	return QW_OK;
+}
+
+qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err)
+{
+	qw_status st = qw_sched_check(s, seq, max_new, err);
+	if (st != QW_OK)
+		return st;
 	for (int i = 0; i < seq->n_images; i++)
 		seq->images[i].content_hash = qw_sched_image_hash(&seq->images[i]);
 	seq->n_scheduled = seq->n_cached = 0;

@@ -150,6 +150,10 @@ void qw_sched_free(qw_sched *s);
  * step). */
 qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err);
 
+/* What qw_sched_submit would say now, without queueing (the images' pixels are not needed:
+ * their sizes are). */
+qw_status qw_sched_check(const qw_sched *s, const qw_seq *seq, int max_new, qw_err *err);
+
 /* Forgets seq (finished, cancelled, or its client gone): its blocks are released at once
  * (steps still in flight only write them before later steps do; its published ones stay in
  * the prefix cache), its arrays released. */

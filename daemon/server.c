@@ -660,6 +660,7 @@ const char *qw_server_not_ready(const qw_server *sv, char *buf, size_t cap)
 static void release(qw_server *sv)
 {
 	fail_all(sv, "not_ready", "qwend is exiting");
+	qw_server_images_stop(sv);
 	qw_supervisor_free(&sv->sup);
 	if (sv->have_sched)
 		qw_sched_free(&sv->sched);
@@ -694,6 +695,8 @@ int qw_server_run(const qw_settings *s, const char *config_path)
 		st = open_model(sv, &err);
 	if (st == QW_OK)
 		st = setup_signals(sv, &err);
+	if (st == QW_OK)   /* after the signal mask: its threads inherit it */
+		st = qw_server_images_start(sv, &err);
 	if (st == QW_OK)
 		st = start_pipeline(sv, &err);
 	if (st != QW_OK) {
@@ -708,8 +711,9 @@ int qw_server_run(const qw_settings *s, const char *config_path)
 		zmq_pollitem_t items[] = {{sv->router, 0, ZMQ_POLLIN, 0},
 					  {sv->monitor, 0, ZMQ_POLLIN, 0},
 					  {NULL, sv->sigfd, ZMQ_POLLIN, 0},
-					  {NULL, sv->sup.notify_fd, ZMQ_POLLIN, 0}};
-		if (zmq_poll(items, 4, TICK_MS) < 0 && errno != EINTR) {
+					  {NULL, sv->sup.notify_fd, ZMQ_POLLIN, 0},
+					  {NULL, qw_work_pool_fd(&sv->images), ZMQ_POLLIN, 0}};
+		if (zmq_poll(items, 5, TICK_MS) < 0 && errno != EINTR) {
 			qw_log(QW_LOG_ERROR, "zmq_poll: %s", zmq_strerror(errno));
 			sv->exit_status = 1;
 			break;
@@ -722,6 +726,8 @@ int qw_server_run(const qw_settings *s, const char *config_path)
 			qw_server_on_router(sv);
 		if (items[3].revents)
 			on_notify(sv);
+		if (items[4].revents)
+			qw_server_on_images(sv);
 		qw_server_post_steps(sv);
 		qw_server_flush(sv);
 		tick(sv, &next_status);

@@ -6,11 +6,14 @@
  * with the client that asked; the scheduler (sched.h) and the workers' supervisor
  * (supervisor.h); signals, read from a signalfd (SIGTERM and SIGINT drain and stop, SIGHUP
  * reloads the runtime settings, SIGCHLD reaps); systemd notifications; and the status
- * report.  One thread: a poll on the socket, the monitor, the signalfd and the workers'
- * eventfd, with a 10 Hz tick for heartbeats, timeouts and statistics.
+ * report.  One loop: a poll on the socket, the monitor, the signalfd, the workers' eventfd
+ * and the image pool's, with a 10 Hz tick for heartbeats, timeouts and statistics.  Request
+ * images are decoded and resized by a few threads (workpool.h), so no request's preparation
+ * holds the loop; everything else is the loop's.
  *
  * server.c runs the loop and the pipeline; server_clients.c speaks to clients (requests,
- * replies, disconnects); server_status.c writes the status report.
+ * replies, disconnects); server_images.c hands request images to the pool and takes them
+ * back; server_status.c writes the status report.
  */
 #ifndef QW_DAEMON_SERVER_H
 #define QW_DAEMON_SERVER_H
@@ -22,6 +25,7 @@
 #include "daemon/sched.h"
 #include "daemon/settings.h"
 #include "daemon/supervisor.h"
+#include "daemon/workpool.h"
 #include "ipc/protocol.h"
 #include "loader/plan.h"
 
@@ -41,12 +45,19 @@ typedef struct qw_live {
 	size_t peer_len;
 	int peer_fd;                 /* the client's connection, for disconnects (-1: unknown) */
 	bool stream;
+	bool prompt_ids;             /* accepted carries the prompt's token ids */
 	int n_prompt;
 	double t_submit, t_first;    /* seconds (monotonic) */
 	qw_text_buf answer, reasoning;   /* text not yet sent */
 	int32_t *tokens;             /* tokens not yet sent */
 	int n_tokens, cap_tokens;
 	bool dirty;                  /* holds something to send */
+	/* preparing: its images decode on the pool; it reaches the scheduler (and is
+	 * accepted) when the last is back */
+	struct qw_image_job **jobs;  /* (seq.n_images,) NULL once back */
+	int jobs_out;                /* not back yet */
+	qw_status image_st;          /* the first image that failed: why (QW_OK: none) */
+	qw_err image_err;
 	struct qw_live *prev, *next; /* all live requests */
 } qw_live;
 
@@ -86,6 +97,10 @@ typedef struct qw_server {
 	double restarts[64];         /* when the pipeline was restarted (ring) */
 	int n_restarts;
 	char last_failure[1024];
+	/* request images, decoded off the loop */
+	qw_work_pool images;
+	bool have_images;
+	int images_out;              /* jobs in the pool (of live requests or of gone ones) */
 	/* clients */
 	void *zctx, *router, *monitor;
 	char endpoint[1100];         /* what the socket is bound to */
@@ -127,6 +142,25 @@ void qw_server_end(qw_server *sv, qw_live *r, const char *code, const char *mess
 		   const char *reason);
 /* The scheduler's callback for each sampled token. */
 void qw_server_on_token(void *ctx, qw_seq *seq, int32_t token);
+/* A prepared request (its images' pixels in) to the scheduler, then accepted; refused with
+ * request 0 if the scheduler cannot take it. */
+void qw_server_admit(qw_server *sv, qw_live *r);
+/* Refuses r before it was accepted (request 0; counted by its code) and forgets it. */
+void qw_server_refuse(qw_server *sv, qw_live *r, qw_error_code code, const char *message);
+
+/* server_images.c */
+qw_status qw_server_images_start(qw_server *sv, qw_err *err);
+/* Sends r's images (from req, which may go once this returns) to the pool; false when out
+ * of memory. */
+bool qw_server_decode_images(qw_server *sv, qw_live *r, const qw_request *req);
+/* Takes the images the pool is done with: a request whose last image is back is admitted,
+ * or refused if one failed. */
+void qw_server_on_images(qw_server *sv);
+/* r is going: its images still out are freed when they come back. */
+void qw_server_forget_images(qw_live *r);
+/* Stops the threads and frees every image job left. */
+void qw_server_images_stop(qw_server *sv);
+int qw_server_preparing(const qw_server *sv);
 
 /* server.c */
 void qw_server_post_steps(qw_server *sv);

@@ -164,8 +164,11 @@ static void unlink_live(qw_server *sv, qw_live *r)
 
 static void free_live(qw_server *sv, qw_live *r)
 {
+	qw_server_forget_images(r);
 	if (sv->have_sched && r->seq.id && qw_sched_find(&sv->sched, r->seq.id) == &r->seq)
 		qw_sched_remove(&sv->sched, &r->seq);
+	else
+		qw_request_seq_free(&r->seq);   /* it never reached the scheduler */
 	unlink_live(sv, r);
 	qw_output_free(&r->out);
 	free(r->answer.p);
@@ -262,6 +265,29 @@ void qw_server_on_token(void *ctx, qw_seq *seq, int32_t token)
 // ---------------------------------------------------------------------------------------
 // requests
 
+void qw_server_refuse(qw_server *sv, qw_live *r, qw_error_code code, const char *message)
+{
+	refuse(sv, r->peer, r->peer_len, code, message);
+	free_live(sv, r);
+}
+
+void qw_server_admit(qw_server *sv, qw_live *r)
+{
+	qw_err err = {0};
+	qw_status st = qw_sched_submit(&sv->sched, &r->seq, r->out.max_new, &err);
+	if (st != QW_OK) {
+		qw_server_refuse(sv, r, qw_error_code_of(st), err.msg);
+		return;
+	}
+	qw_reply a = {.type = QW_REPLY_ACCEPTED, .request = r->id};
+	if (r->prompt_ids) {
+		a.token_ids = r->seq.tokens;
+		a.n_token_ids = r->n_prompt;
+	}
+	if (!send_reply(sv, r->peer, r->peer_len, &a))
+		client_gone(sv, r, "is gone");
+}
+
 static void submit(qw_server *sv, const qw_request *req, const uint8_t *peer, size_t peer_len,
 		   int fd)
 {
@@ -281,12 +307,15 @@ static void submit(qw_server *sv, const qw_request *req, const uint8_t *peer, si
 	r->peer_len = peer_len;
 	r->peer_fd = fd;
 	r->stream = req->stream;
+	r->prompt_ids = req->prompt_ids;
 	qw_err err = {0};
+	/* everything but the images' pixels, which are weighed from their headers: a request
+	 * past a limit is refused before any image is decoded */
 	qw_status st = qw_request_prepare(&sv->rc, req, r->id, &r->seq, &r->out, &err);
 	if (st == QW_OK) {
 		r->seq.owner = r;
 		r->n_prompt = r->seq.n_prompt;
-		st = qw_sched_submit(&sv->sched, &r->seq, r->out.max_new, &err);
+		st = qw_sched_check(&sv->sched, &r->seq, r->out.max_new, &err);
 		if (st != QW_OK) {
 			qw_request_seq_free(&r->seq);
 			qw_output_free(&r->out);
@@ -302,13 +331,11 @@ static void submit(qw_server *sv, const qw_request *req, const uint8_t *peer, si
 		sv->live->prev = r;
 	sv->live = r;
 	sv->n_live++;
-	qw_reply a = {.type = QW_REPLY_ACCEPTED, .request = r->id};
-	if (req->prompt_ids) {
-		a.token_ids = r->seq.tokens;
-		a.n_token_ids = r->n_prompt;
-	}
-	if (!send_reply(sv, peer, peer_len, &a))
-		client_gone(sv, r, "is gone");
+	if (r->seq.n_images == 0)
+		qw_server_admit(sv, r);
+	else if (!qw_server_decode_images(sv, r, req))
+		qw_server_refuse(sv, r, QW_CODE_INTERNAL, "out of memory for the request's images");
+	/* else: qw_server_on_images admits it when its images are back */
 }
 
 /* tokenize: the prompt's ids; detokenize: the ids' text.  Both work while loading. */

@@ -150,8 +150,9 @@ char *qw_server_status_json(const qw_server *sv)
 					       used_tokens));
 	json_object_set_new(o, "prefix_cache", prefix_json(sv));
 	json_object_set_new(o, "requests", json_pack(
-		"{s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "queued", queued, "running",
-		running, "steps_in_flight", inflight, "max_queue", (json_int_t)sv->set.max_queue,
+		"{s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "preparing",
+		qw_server_preparing(sv), "images_decoding", sv->images_out, "queued", queued, "running", running, "steps_in_flight",
+		inflight, "max_queue", (json_int_t)sv->set.max_queue,
 		"max_seqs", (json_int_t)sv->set.max_seqs, "served", (json_int_t)sv->served,
 		"failed", (json_int_t)sv->failed, "cancelled", (json_int_t)sv->cancelled,
 		"preempted", (json_int_t)(sv->have_sched ? sv->sched.preempted : 0),

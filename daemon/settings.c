@@ -61,6 +61,8 @@ static const qw_setting_def table[] = {
 	 "tokens of one sequence, prompt and answer; 0: the model's max_position_embeddings"},
 	{"image-arena", QW_SET_SIZE, F(image_arena), 0, 1 << 20, 1ll << 36, NULL, "256M", false,
 	 "shared memory for resized images on their way to the vision tower"},
+	{"image-threads", QW_SET_INT, F(image_threads), 0, 1, 64, NULL, "2", false,
+	 "threads that decode and resize request images, off the loop that serves the clients"},
 	{"thinking", QW_SET_ENUM, STR(thinking), 0, 0, "auto|yes|no", "auto", false,
 	 "whether prompts open <think> (a Thinking model); auto: as the model's chat template does"},
 	{"temperature", QW_SET_REAL, F(temperature), 0, 0, 100, NULL, "1.0", true,

@@ -42,10 +42,11 @@ typedef struct qw_settings {
 	int64_t top_k;
 	int64_t pipeline_depth;      /* steps in flight; 0 = the stage count */
 	int64_t image_arena;         /* bytes of shared memory for images on their way in */
+	int64_t image_threads;       /* threads decoding and resizing request images */
 	double drain_timeout;        /* seconds SIGTERM waits for requests to finish */
 	double worker_timeout;       /* seconds without a sign of life before a worker is hung */
 	int64_t max_restarts;        /* worker restarts in 10 minutes before qwend gives up */
-	char allow_remote[4];        /* yes: a tcp socket may bind beyond loopback */
+	char allow_remote[4];        /* yes: tcp and abstract sockets (no file guards them) */
 	char check_transport[4];     /* yes: checksum every stage hand-over */
 	char cuda_graphs[4];         /* yes: decode steps replayed as CUDA graphs */
 	char prefix_cache[4];        /* yes: full KV blocks are kept and reused by prompts that

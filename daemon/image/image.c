@@ -6,6 +6,7 @@
 #include <jpeglib.h>
 #include <png.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <webp/decode.h>
@@ -45,7 +46,7 @@ static void jpeg_quiet(j_common_ptr cinfo, int level)
 }
 
 static qw_status decode_jpeg(const uint8_t *data, size_t len, const qw_image_limits *lim,
-			     qw_image *out, qw_err *err)
+			     bool header_only, qw_image *out, qw_err *err)
 {
 	struct jpeg_decompress_struct cinfo;
 	jpeg_failure fail;
@@ -68,6 +69,11 @@ static qw_status decode_jpeg(const uint8_t *data, size_t len, const qw_image_lim
 	}
 	if ((st = check_size((int)cinfo.image_width, (int)cinfo.image_height, lim, "JPEG", err)))
 		goto out;
+	if (header_only) {
+		out->width = (int)cinfo.image_width;
+		out->height = (int)cinfo.image_height;
+		goto out;
+	}
 	cinfo.out_color_space = JCS_RGB;
 	jpeg_start_decompress(&cinfo);
 	size_t stride = (size_t)cinfo.output_width * 3;
@@ -127,7 +133,7 @@ static void png_quiet(png_structp png, png_const_charp msg)
 }
 
 static qw_status decode_png(const uint8_t *data, size_t len, const qw_image_limits *lim,
-			    qw_image *out, qw_err *err)
+			    bool header_only, qw_image *out, qw_err *err)
 {
 	png_source src = {data, len, 0, "unknown error"};
 	png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
@@ -149,8 +155,10 @@ static qw_status decode_png(const uint8_t *data, size_t len, const qw_image_limi
 	png_read_info(png, info);
 	int w = (int)png_get_image_width(png, info), h = (int)png_get_image_height(png, info);
 	qw_status st = check_size(w, h, lim, "PNG", err);
-	if (st != QW_OK) {
+	if (st != QW_OK || header_only) {
 		png_destroy_read_struct(&png, &info, NULL);
+		out->width = st == QW_OK ? w : 0;
+		out->height = st == QW_OK ? h : 0;
 		return st;
 	}
 	/* to 8-bit RGB as PIL's convert("RGB"): expand palette and low-bit grey, cut 16-bit
@@ -183,7 +191,7 @@ static qw_status decode_png(const uint8_t *data, size_t len, const qw_image_limi
 // WebP
 
 static qw_status decode_webp(const uint8_t *data, size_t len, const qw_image_limits *lim,
-			     qw_image *out, qw_err *err)
+			     bool header_only, qw_image *out, qw_err *err)
 {
 	int w, h;
 	if (!WebPGetInfo(data, len, &w, &h))
@@ -191,6 +199,11 @@ static qw_status decode_webp(const uint8_t *data, size_t len, const qw_image_lim
 	qw_status st = check_size(w, h, lim, "WebP", err);
 	if (st != QW_OK)
 		return st;
+	if (header_only) {
+		out->width = w;
+		out->height = h;
+		return QW_OK;
+	}
 	uint8_t *rgb = malloc((size_t)w * (size_t)h * 3);
 	if (!rgb)
 		return qw_fail(err, QW_E_NOMEM, "out of memory decoding a WebP image");
@@ -206,8 +219,9 @@ static qw_status decode_webp(const uint8_t *data, size_t len, const qw_image_lim
 
 // ---------------------------------------------------------------------------------------
 
-qw_status qw_image_decode(const void *data, size_t len, const qw_image_limits *lim, qw_image *out,
-			  qw_err *err)
+/* Decodes data, or with header_only reads its size alone (out->rgb stays NULL). */
+static qw_status decode(const void *data, size_t len, const qw_image_limits *lim,
+			bool header_only, qw_image *out, qw_err *err)
 {
 	const uint8_t *p = data;
 	qw_image_limits def = QW_IMAGE_LIMITS_DEFAULT;
@@ -219,14 +233,30 @@ qw_status qw_image_decode(const void *data, size_t len, const qw_image_limits *l
 			       len, lim->max_bytes);
 	const char *name;
 	switch (qw_image_sniff(p, len, &name)) {
-	case QW_IMAGE_PNG: return decode_png(p, len, lim, out, err);
-	case QW_IMAGE_JPEG: return decode_jpeg(p, len, lim, out, err);
-	case QW_IMAGE_WEBP: return decode_webp(p, len, lim, out, err);
+	case QW_IMAGE_PNG: return decode_png(p, len, lim, header_only, out, err);
+	case QW_IMAGE_JPEG: return decode_jpeg(p, len, lim, header_only, out, err);
+	case QW_IMAGE_WEBP: return decode_webp(p, len, lim, header_only, out, err);
 	case QW_IMAGE_UNSUPPORTED:
 		return qw_fail(err, QW_E_ARG, "%s images are not supported (JPEG, PNG or WebP)", name);
 	case QW_IMAGE_UNKNOWN: break;
 	}
 	return qw_fail(err, QW_E_ARG, "not an image: the data is neither JPEG, PNG nor WebP");
+}
+
+qw_status qw_image_decode(const void *data, size_t len, const qw_image_limits *lim, qw_image *out,
+			  qw_err *err)
+{
+	return decode(data, len, lim, false, out, err);
+}
+
+qw_status qw_image_probe(const void *data, size_t len, const qw_image_limits *lim, int *width,
+			 int *height, qw_err *err)
+{
+	qw_image img;
+	qw_status st = decode(data, len, lim, true, &img, err);
+	*width = img.width;
+	*height = img.height;
+	return st;
 }
 
 void qw_image_free(qw_image *img)

@@ -155,20 +155,34 @@ qw_status qw_resize_bicubic(const qw_image *in, int out_h, int out_w, qw_image *
 
 // ---------------------------------------------------------------------------------------
 
-qw_status qw_preprocess_resize(const qw_image *img, const qw_vision_config *vc,
-			       const qw_preprocess_opts *o, qw_image *resized, qw_err *err)
+qw_status qw_preprocess_plan(int height, int width, const qw_vision_config *vc,
+			     const qw_preprocess_opts *o, int *out_h, int *out_w, int *n_tokens,
+			     qw_err *err)
 {
-	memset(resized, 0, sizeof *resized);
 	int P = vc->patch_size, m = vc->spatial_merge_size;
 	int h, w;
-	qw_status st = qw_smart_resize(img->height, img->width, P * m, o, &h, &w, err);
+	qw_status st = qw_smart_resize(height, width, P * m, o, &h, &w, err);
 	if (st != QW_OK)
 		return st;
 	int tokens = (h / P / m) * (w / P / m);
 	if (o->max_tokens > 0 && tokens > o->max_tokens)
 		return qw_fail(err, QW_E_LIMIT, "image of %d x %d needs %d image tokens (resized to %d x "
-			       "%d), more than the %d allowed", img->width, img->height, tokens, w, h,
+			       "%d), more than the %d allowed", width, height, tokens, w, h,
 			       o->max_tokens);
+	*out_h = h;
+	*out_w = w;
+	*n_tokens = tokens;
+	return QW_OK;
+}
+
+qw_status qw_preprocess_resize(const qw_image *img, const qw_vision_config *vc,
+			       const qw_preprocess_opts *o, qw_image *resized, qw_err *err)
+{
+	memset(resized, 0, sizeof *resized);
+	int h, w, tokens;
+	qw_status st = qw_preprocess_plan(img->height, img->width, vc, o, &h, &w, &tokens, err);
+	if (st != QW_OK)
+		return st;
 	if (h != img->height || w != img->width)
 		return qw_resize_bicubic(img, h, w, resized, err);
 	size_t bytes = (size_t)h * (size_t)w * 3;

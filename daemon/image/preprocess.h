@@ -34,6 +34,14 @@ typedef struct qw_pixels {
 qw_status qw_smart_resize(int height, int width, int factor, const qw_preprocess_opts *o,
 			  int *out_h, int *out_w, qw_err *err);
 
+/* What an image of width x height becomes: the size it is resized to (smart_resize with
+ * factor patch x merge) and the image tokens it then takes, refused past the per-image
+ * token limit.  Needs only the size, so a request's images can be weighed from their
+ * headers before any is decoded. */
+qw_status qw_preprocess_plan(int height, int width, const qw_vision_config *vc,
+			     const qw_preprocess_opts *o, int *out_h, int *out_w, int *n_tokens,
+			     qw_err *err);
+
 /* Antialiased bicubic resize of 8-bit RGB (torchvision's uint8 path). */
 qw_status qw_resize_bicubic(const qw_image *in, int out_h, int out_w, qw_image *out, qw_err *err);
 

@@ -1,6 +1,6 @@
 /* test_image.c - image decoding and preprocessing: HF's pixel_values reproduced from the
- * fixture image, PNG / JPEG / WebP decoding, smart_resize against worked examples, and bad
- * images refused with a reason. */
+ * fixture image, PNG / JPEG / WebP decoding, sizes read from headers alone, smart_resize
+ * against worked examples, and bad images refused with a reason. */
 #include "tests/unit/helpers.h"
 
 #include <stdio.h>   /* before jpeglib.h, which uses FILE */
@@ -206,6 +206,78 @@ static void test_jpeg_and_webp(void **state)
 	qw_st_close(ref);
 }
 
+/* The size from the header alone: probed images whose data past the header is cut or
+ * broken still give their size (while decoding them fails), with decoding's refusals of
+ * sizes past the limits and of other formats. */
+static void test_probe(void **state)
+{
+	qw_st_file *ref;
+	qw_image img = fixture_image(&ref);
+	qw_err err = {0};
+	qw_image got;
+	int w, h;
+	/* PNG: the image data (IDAT) scrambled */
+	membuf png = encode_png(&img, PNG_COLOR_TYPE_RGB);
+	uint8_t *idat = memmem(png.p, png.n, "IDAT", 4);
+	assert_non_null(idat);
+	memset(idat + 4, 0xaa, (size_t)(png.p + png.n - idat) - 16);
+	/* JPEG: cut 20 bytes after the start of the scan */
+	struct jpeg_compress_struct c;
+	struct jpeg_error_mgr e;
+	c.err = jpeg_std_error(&e);
+	jpeg_create_compress(&c);
+	unsigned char *jpg = NULL;
+	unsigned long jn = 0;
+	jpeg_mem_dest(&c, &jpg, &jn);
+	c.image_width = 200;
+	c.image_height = 150;
+	c.input_components = 3;
+	c.in_color_space = JCS_RGB;
+	jpeg_set_defaults(&c);
+	jpeg_start_compress(&c, TRUE);
+	while (c.next_scanline < 150) {
+		JSAMPROW row = img.rgb + (size_t)c.next_scanline * 600;
+		jpeg_write_scanlines(&c, &row, 1);
+	}
+	jpeg_finish_compress(&c);
+	jpeg_destroy_compress(&c);
+	uint8_t *sos = memmem(jpg, jn, "\xff\xda", 2);
+	assert_non_null(sos);
+	size_t jcut = (size_t)(sos - jpg) + 20;
+	/* WebP: its first 30 bytes */
+	uint8_t *webp;
+	size_t wn = WebPEncodeLosslessRGB(img.rgb, 200, 150, 600, &webp);
+	assert_true(wn > 30);
+	struct {
+		const uint8_t *p;
+		size_t n;
+		const char *why;
+	} cases[] = {{png.p, png.n, "malformed PNG"}, {jpg, jcut, "malformed JPEG"},
+		     {webp, 30, "malformed WebP"}};
+	for (int i = 0; i < 3; i++) {
+		if (qw_image_probe(cases[i].p, cases[i].n, NULL, &w, &h, &err) != QW_OK)
+			fail_msg("case %d: %s", i, err.msg);
+		assert_int_equal(w, 200);
+		assert_int_equal(h, 150);
+		assert_int_equal(qw_image_decode(cases[i].p, cases[i].n, NULL, &got, &err), QW_E_ARG);
+		assert_contains(err.msg, cases[i].why);
+		qw_image_limits small = {1 << 20, 199, 1 << 20};
+		assert_int_equal(qw_image_probe(cases[i].p, cases[i].n, &small, &w, &h, &err), QW_E_LIMIT);
+		assert_contains(err.msg, "200 x 150 is too large");
+	}
+	assert_int_equal(qw_image_probe("GIF89a\x01\x00\x01\x00", 10, NULL, &w, &h, &err), QW_E_ARG);
+	assert_contains(err.msg, "GIF images are not supported");
+	assert_int_equal(qw_image_probe("hello", 5, NULL, &w, &h, &err), QW_E_ARG);
+	assert_contains(err.msg, "not an image");
+	assert_int_equal(qw_image_probe(png.p, 20, NULL, &w, &h, &err), QW_E_ARG);   /* no IHDR */
+	assert_contains(err.msg, "malformed PNG");
+	WebPFree(webp);
+	free(jpg);
+	free(png.p);
+	qw_image_free(&img);
+	qw_st_close(ref);
+}
+
 static void test_not_images(void **state)
 {
 	qw_image got;
@@ -228,6 +300,7 @@ int main(void)
 		cmocka_unit_test(test_resize_identity_and_flat),
 		cmocka_unit_test(test_png),
 		cmocka_unit_test(test_jpeg_and_webp),
+		cmocka_unit_test(test_probe),
 		cmocka_unit_test(test_not_images),
 	};
 	return cmocka_run_group_tests_name("image", tests, NULL, NULL);

@@ -14,10 +14,19 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "cli/client.h"
 #include "daemon/devices.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static const char *tiny(void)
 {
@@ -258,6 +267,145 @@ static void test_bad_requests(void **state)
 	json_decref(s);
 	free(ids);
 	free(want);
+	qwend_stop(&d);
+}
+
+// ---------------------------------------------------------------------------------------
+// images off the loop
+
+/* A one-colour PNG of w x h (fast: zlib level 1, one row repeated); free m.p. */
+static membuf flat_png(int w, int h)
+{
+	size_t row = (size_t)w * 3 + 1;
+	uint8_t *r = calloc(row, 1);
+	for (size_t i = 1; i < row; i++)
+		r[i] = (uint8_t)(i % 3 ? 90 : 200);
+	size_t cap = (size_t)h * row / 100 + (1u << 20);
+	uint8_t *out = malloc(cap + 64);
+	memcpy(out, "\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16);
+	for (int k = 0; k < 4; k++) {
+		out[16 + k] = (uint8_t)((uint32_t)w >> (24 - 8 * k));
+		out[20 + k] = (uint8_t)((uint32_t)h >> (24 - 8 * k));
+	}
+	memcpy(out + 24, "\x08\x02\0\0\0", 5);   /* 8-bit RGB */
+	uint32_t crc = (uint32_t)crc32(0, out + 12, 17);
+	for (int k = 0; k < 4; k++)
+		out[29 + k] = (uint8_t)(crc >> (24 - 8 * k));
+	z_stream z = {0};
+	assert_int_equal(deflateInit(&z, 1), Z_OK);
+	z.next_out = out + 41;
+	z.avail_out = (uInt)(cap - 41);
+	for (int y = 0; y < h; y++) {
+		z.next_in = r;
+		z.avail_in = (uInt)row;
+		assert_true(deflate(&z, y == h - 1 ? Z_FINISH : Z_NO_FLUSH) >= 0);
+	}
+	uint32_t n = (uint32_t)z.total_out;
+	deflateEnd(&z);
+	for (int k = 0; k < 4; k++)
+		out[33 + k] = (uint8_t)(n >> (24 - 8 * k));
+	memcpy(out + 37, "IDAT", 4);
+	crc = (uint32_t)crc32(0, out + 37, n + 4);
+	size_t at = 41 + n;
+	for (int k = 0; k < 4; k++)
+		out[at + (size_t)k] = (uint8_t)(crc >> (24 - 8 * k));
+	memcpy(out + at + 4, "\0\0\0\0IEND\xae\x42\x60\x82", 12);
+	free(r);
+	return (membuf){out, at + 16};
+}
+
+/* Seconds a status round trip takes; *decoding: images the pool holds. */
+static double timed_status(qwend *d, json_int_t *decoding)
+{
+	double t0 = now_s();
+	json_t *s = qwend_status(d);
+	double dt = now_s() - t0;
+	json_t *p = json_object_get(json_object_get(s, "requests"), "images_decoding");
+	*decoding = json_is_integer(p) ? json_integer_value(p) : -1;
+	json_decref(s);
+	return dt;
+}
+
+/* Decoding and resizing a large image takes seconds: the pool's threads do it while the
+ * loop answers status and streams another request on; and images past the token limits are
+ * refused from their headers, before any is decoded (sixteen 6000 x 6000 PNGs, 6 MB, used
+ * to hold the loop for half a minute before being refused). */
+static void test_images_off_the_loop(void **state)
+{
+	qwend d;
+	qwend_start(&d, tiny(), (const char *[]){"--max-model-len", "17000", "--image-threads",
+						 "1", NULL}, NULL, true);
+	membuf png = flat_png(6000, 6000);   /* 16384 image tokens, resized to 4096 x 4096 */
+	int32_t pads[] = {998, 1000, 999};
+	qw_item imgs[16];
+	for (int i = 0; i < 16; i++)
+		imgs[i] = (qw_item){QW_ITEM_IMAGE, (const char *)png.p, png.n};
+	int32_t many_pads[48];
+	for (int i = 0; i < 48; i++)
+		many_pads[i] = pads[i % 3];
+
+	/* sixteen of them: refused at once */
+	qw_request sixteen = token_request(many_pads, 48, 4, imgs, 16);
+	double t0 = now_s();
+	outcome o;
+	run_request(d.endpoint, &sixteen, &o);
+	double took = now_s() - t0;
+	assert_string_equal(o.code, "too_large");
+	assert_contains(o.message, "image tokens (image 2 brings them to 32768)");
+	outcome_free(&o);
+	printf("# 16 images of 6000 x 6000 refused in %.3f s\n", took);
+	assert_true(took < 1.0);
+
+	/* one of them, sent by a client that leaves once it is being decoded, while another
+	 * streams */
+	int n;
+	int32_t *ids = fixture_ids("tiny-moe", "short.input_ids", &n);
+	qw_request r = token_request(ids, n, 4000, NULL, 0);
+	qw_client a, b;
+	open_client(&a, &d);
+	start_streaming(&a, &r);
+	open_client(&b, &d);
+	qw_request heavy = token_request(pads, 3, 4, imgs, 1);
+	qw_err err = {0};
+	assert_int_equal(qw_client_send(&b, &heavy, &err), QW_OK);
+	double worst_status = 0, worst_gap = 0, last_chunk = now_s(), began = now_s();
+	int seen_decoding = 0, chunks = 0;
+	json_int_t decoding = 0;
+	while (now_s() - began < 30 && worst_status < 0.5) {
+		double dt = timed_status(&d, &decoding);
+		assert_true(decoding >= 0);
+		if (dt > worst_status)
+			worst_status = dt;
+		if (decoding > 0 && seen_decoding++ == 0)
+			qw_client_close(&b);          /* it is being decoded: leave */
+		for (;;) {
+			qw_reply rep;
+			bool got;
+			assert_int_equal(qw_client_poll(&a, &rep, &got, &err), QW_OK);
+			if (!got)
+				break;
+			assert_int_equal(rep.type, QW_REPLY_CHUNK);
+			qw_reply_free(&rep);
+			chunks++;
+			if (seen_decoding > 0 && now_s() - last_chunk > worst_gap)
+				worst_gap = now_s() - last_chunk;
+			last_chunk = now_s();
+		}
+		if (seen_decoding > 0 && decoding == 0)
+			break;
+		usleep(50000);
+	}
+	printf("# one 6000 x 6000 image decoded and resized in about %.2f s; meanwhile %d status "
+	       "replies (the slowest in %.3f s) and %d chunks of another request (at most %.3f s "
+	       "apart)\n", now_s() - began, seen_decoding, worst_status, chunks, worst_gap);
+	assert_true(worst_status < 0.5);
+	assert_int_equal(decoding, 0);
+	assert_true(seen_decoding >= 3);        /* the work took a while: the check means something */
+	assert_true(worst_gap < 1.0);
+	qwend_wait_for(&d, "requests", "cancelled", 1, 5);
+	qw_client_close(&a);
+	free(ids);
+	free(png.p);
 	qwend_stop(&d);
 }
 
@@ -628,6 +776,7 @@ int main(void)
 		cmocka_unit_test(test_cancel_and_disconnect),
 		cmocka_unit_test(test_kv_exhaustion_and_busy),
 		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_images_off_the_loop),
 		cmocka_unit_test(test_sigterm),
 		cmocka_unit_test(test_killed_worker),
 		cmocka_unit_test(test_loading),

@@ -196,6 +196,69 @@ static void test_pad_runs_and_limits(void **state)
 	free(png.p);
 }
 
+/* Images are weighed from their headers: a request past the token limits is refused
+ * before any image is decoded (here the image data is broken, which decoding would have
+ * reported first), one within them is prepared without pixels, which come after, the same
+ * as decoding and resizing the image directly. */
+static void test_images_weighed_from_headers(void **state)
+{
+	qw_req_ctx c = context(false);
+	c.max_images = 3;
+	membuf good = picture(300, 200);                 /* 70 tokens */
+	membuf broken = picture(300, 200);
+	uint8_t *idat = memmem(broken.p, broken.n, "IDAT", 4);
+	memset(idat + 4, 0xaa, (size_t)(broken.p + broken.n - idat) - 16);
+	qw_item three[] = {{QW_ITEM_IMAGE, (const char *)broken.p, broken.n},
+			   {QW_ITEM_IMAGE, (const char *)broken.p, broken.n},
+			   {QW_ITEM_IMAGE, (const char *)broken.p, broken.n}};
+	qw_item items[] = {three[0], three[1], three[2], {QW_ITEM_TEXT, "Compare.", 8}};
+	qw_req_message m = {"user", 4, items, 4, NULL, 0, NULL, 0};
+	qw_request r = submit();
+	r.messages = &m;
+	r.n_messages = 1;
+	expect_refusal(&c, &r, "too_large", "more than 200 image tokens (image 3 brings them to "
+		       "210)");
+
+	/* two broken ones within the limits: prepared; their pixels are refused after */
+	m.n_items = 2;
+	items[1] = (qw_item){QW_ITEM_IMAGE, (const char *)good.p, good.n};
+	qw_seq seq;
+	qw_output out;
+	qw_err err = {0};
+	if (qw_request_prepare(&c, &r, 1, &seq, &out, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	assert_int_equal(seq.n_images, 2);
+	assert_null(seq.images[0].rgb);
+	assert_null(seq.images[1].rgb);
+	assert_ptr_equal(qw_request_image(&r, 1), &items[1]);
+	assert_null(qw_request_image(&r, 2));
+	assert_int_equal(qw_request_decode_images(&c, &r, &seq, &err), QW_E_ARG);
+	assert_contains(err.msg, "image 1: malformed PNG");
+	qw_request_seq_free(&seq);
+	qw_output_free(&out);
+
+	/* a good one: its pixels are the image decoded and resized as the processor does */
+	items[0] = items[1];
+	assert_int_equal(qw_request_prepare(&c, &r, 1, &seq, &out, &err), QW_OK);
+	assert_int_equal(qw_request_decode_images(&c, &r, &seq, &err), QW_OK);
+	qw_image decoded, resized;
+	assert_int_equal(qw_image_decode(good.p, good.n, NULL, &decoded, &err), QW_OK);
+	assert_int_equal(qw_preprocess_resize(&decoded, &cfg.vision, &c.preprocess, &resized, &err),
+			 QW_OK);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(seq.images[i].width, resized.width);
+		assert_int_equal(seq.images[i].height, resized.height);
+		assert_memory_equal(seq.images[i].rgb, resized.rgb,
+				    (size_t)resized.width * (size_t)resized.height * 3);
+	}
+	qw_image_free(&decoded);
+	qw_image_free(&resized);
+	qw_request_seq_free(&seq);
+	qw_output_free(&out);
+	free(good.p);
+	free(broken.p);
+}
+
 /* Feeds text's tokens to a fresh output; returns what was released, in order. */
 typedef struct fed {
 	qw_text_buf answer, reasoning;
@@ -385,6 +448,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_chat_with_image),
 		cmocka_unit_test(test_pad_runs_and_limits),
+		cmocka_unit_test(test_images_weighed_from_headers),
 		cmocka_unit_test(test_stop_strings),
 		cmocka_unit_test(test_nul_bytes),
 		cmocka_unit_test(test_eos_length_reasoning),
