@@ -145,6 +145,33 @@ static void test_png(void **state)
 	qw_st_close(ref);
 }
 
+/* rgb (w x h) as a JPEG of the given quality; free *out. */
+static unsigned long encode_jpeg(const uint8_t *rgb, int w, int h, int quality,
+				 unsigned char **out)
+{
+	struct jpeg_compress_struct c;
+	struct jpeg_error_mgr e;
+	c.err = jpeg_std_error(&e);
+	jpeg_create_compress(&c);
+	unsigned long n = 0;
+	*out = NULL;
+	jpeg_mem_dest(&c, out, &n);
+	c.image_width = (JDIMENSION)w;
+	c.image_height = (JDIMENSION)h;
+	c.input_components = 3;
+	c.in_color_space = JCS_RGB;
+	jpeg_set_defaults(&c);
+	jpeg_set_quality(&c, quality, TRUE);
+	jpeg_start_compress(&c, TRUE);
+	while (c.next_scanline < c.image_height) {
+		JSAMPROW row = (JSAMPROW)rgb + (size_t)c.next_scanline * (size_t)w * 3;
+		jpeg_write_scanlines(&c, &row, 1);
+	}
+	jpeg_finish_compress(&c);
+	jpeg_destroy_compress(&c);
+	return n;
+}
+
 static void test_jpeg_and_webp(void **state)
 {
 	qw_st_file *ref;
@@ -159,26 +186,8 @@ static void test_jpeg_and_webp(void **state)
 			p[1] = (uint8_t)(y + 50);
 			p[2] = (uint8_t)((x + y) / 2);
 		}
-	struct jpeg_compress_struct c;
-	struct jpeg_error_mgr e;
-	c.err = jpeg_std_error(&e);
-	jpeg_create_compress(&c);
-	unsigned char *buf = NULL;
-	unsigned long n = 0;
-	jpeg_mem_dest(&c, &buf, &n);
-	c.image_width = 200;
-	c.image_height = 150;
-	c.input_components = 3;
-	c.in_color_space = JCS_RGB;
-	jpeg_set_defaults(&c);
-	jpeg_set_quality(&c, 95, TRUE);
-	jpeg_start_compress(&c, TRUE);
-	while (c.next_scanline < 150) {
-		JSAMPROW row = smooth.rgb + (size_t)c.next_scanline * 600;
-		jpeg_write_scanlines(&c, &row, 1);
-	}
-	jpeg_finish_compress(&c);
-	jpeg_destroy_compress(&c);
+	unsigned char *buf;
+	unsigned long n = encode_jpeg(smooth.rgb, 200, 150, 95, &buf);
 	qw_image got;
 	qw_err err = {0};
 	assert_int_equal(qw_image_decode(buf, n, NULL, &got, &err), QW_OK);
@@ -222,25 +231,8 @@ static void test_probe(void **state)
 	assert_non_null(idat);
 	memset(idat + 4, 0xaa, (size_t)(png.p + png.n - idat) - 16);
 	/* JPEG: cut 20 bytes after the start of the scan */
-	struct jpeg_compress_struct c;
-	struct jpeg_error_mgr e;
-	c.err = jpeg_std_error(&e);
-	jpeg_create_compress(&c);
-	unsigned char *jpg = NULL;
-	unsigned long jn = 0;
-	jpeg_mem_dest(&c, &jpg, &jn);
-	c.image_width = 200;
-	c.image_height = 150;
-	c.input_components = 3;
-	c.in_color_space = JCS_RGB;
-	jpeg_set_defaults(&c);
-	jpeg_start_compress(&c, TRUE);
-	while (c.next_scanline < 150) {
-		JSAMPROW row = img.rgb + (size_t)c.next_scanline * 600;
-		jpeg_write_scanlines(&c, &row, 1);
-	}
-	jpeg_finish_compress(&c);
-	jpeg_destroy_compress(&c);
+	unsigned char *jpg;
+	unsigned long jn = encode_jpeg(img.rgb, 200, 150, 75, &jpg);
 	uint8_t *sos = memmem(jpg, jn, "\xff\xda", 2);
 	assert_non_null(sos);
 	size_t jcut = (size_t)(sos - jpg) + 20;

@@ -321,6 +321,18 @@ static void pack_s(msgpack_packer *pk, const char *s)
 	msgpack_pack_str_body(pk, s, strlen(s));
 }
 
+/* Starts {"v": 1, "op": op, ...} (n fields in all) in a fresh sb. */
+static void begin_request(msgpack_sbuffer *sb, msgpack_packer *pk, int n, const char *op)
+{
+	msgpack_sbuffer_init(sb);
+	msgpack_packer_init(pk, sb, msgpack_sbuffer_write);
+	msgpack_pack_map(pk, (size_t)n);
+	pack_s(pk, "v");
+	msgpack_pack_int(pk, 1);
+	pack_s(pk, "op");
+	pack_s(pk, op);
+}
+
 /* Decodes sb's bytes (released), which must be refused with a message holding needle. */
 static void expect_sbuf_refused(msgpack_sbuffer *sb, const qw_limits *lim, const char *needle)
 {
@@ -341,23 +353,12 @@ static void test_duplicate_keys(void **state)
 {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 3);
-	pack_s(&pk, "v");
-	msgpack_pack_int(&pk, 1);
-	pack_s(&pk, "op");
-	pack_s(&pk, "status");
+	begin_request(&sb, &pk, 3, "status");
 	pack_s(&pk, "op");
 	pack_s(&pk, "shutdown");
 	expect_sbuf_refused(&sb, NULL, "\"op\" is given twice");
 
-	msgpack_sbuffer_init(&sb);
-	msgpack_pack_map(&pk, 4);
-	pack_s(&pk, "v");
-	msgpack_pack_int(&pk, 1);
-	pack_s(&pk, "op");
-	pack_s(&pk, "submit");
+	begin_request(&sb, &pk, 4, "submit");
 	pack_s(&pk, "prompt");
 	pack_s(&pk, "hi");
 	pack_s(&pk, "v");
@@ -366,12 +367,7 @@ static void test_duplicate_keys(void **state)
 
 	/* in a message, and in a content item */
 	for (int where = 0; where < 2; where++) {
-		msgpack_sbuffer_init(&sb);
-		msgpack_pack_map(&pk, 3);
-		pack_s(&pk, "v");
-		msgpack_pack_int(&pk, 1);
-		pack_s(&pk, "op");
-		pack_s(&pk, "submit");
+		begin_request(&sb, &pk, 3, "submit");
 		pack_s(&pk, "messages");
 		msgpack_pack_array(&pk, 1);
 		msgpack_pack_map(&pk, where == 0 ? 3 : 2);
@@ -404,13 +400,7 @@ static void test_nesting_and_stop_limit(void **state)
 	for (int depth = 9; depth <= 40; depth += 31) {
 		msgpack_sbuffer sb;
 		msgpack_packer pk;
-		msgpack_sbuffer_init(&sb);
-		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-		msgpack_pack_map(&pk, 3);
-		pack_s(&pk, "v");
-		msgpack_pack_int(&pk, 1);
-		pack_s(&pk, "op");
-		pack_s(&pk, "status");
+		begin_request(&sb, &pk, 3, "status");
 		pack_s(&pk, "x");
 		for (int i = 1; i < depth; i++)
 			msgpack_pack_array(&pk, 1);
