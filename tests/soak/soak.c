@@ -1,0 +1,500 @@
+/* soak.c - qwend under a long, mixed and hostile load, measured.  The real daemon on the
+ * demo model (2 stages, CPU) gets, until the time is up, rounds of:
+ *   - CLIENTS requests at once, one client each: chat with and without the fixture image,
+ *     token ids, stop strings, sampling with seeds, streamed or not;
+ *   - a few clients that disconnect mid-stream and requests cancelled by another client;
+ *   - malformed and hostile messages: random mutations and cuts of valid requests, random
+ *     bytes, keys given twice, deep nesting, 7 MB of nils, a NUL in chat text, images past
+ *     the limits, a message past max-request-bytes;
+ * while another process SIGKILLs a worker every KILL_EVERY seconds and times the pipeline's
+ * way back to ready.  At the end the daemon must be ready with nothing running or held, and
+ * the figures are printed: requests by outcome, malformed messages by reply, kills and
+ * recovery times, and the daemon's resident memory before and after.
+ *
+ * Not part of any suite (it runs for minutes):
+ *   build/tests/soak/soak [MINUTES [CLIENTS [KILL_EVERY_S]]]     (defaults 2, 64, 20)
+ * from the repository root; QW_BIN picks the qwend to drive (build/bin by default). */
+#include "tests/unit/qwend_harness.h"
+
+#include <png.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "cli/client.h"
+#include "daemon/image/image.h"
+
+static double minutes = 2, kill_every = 20;
+static int clients = 64;
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(uint32_t n)
+{
+	rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+	return (uint32_t)(rng >> 33) % n;
+}
+
+/* VmRSS and VmHWM of a process, in kB. */
+static void memory_kb(pid_t pid, long *rss, long *hwm)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	*rss = *hwm = -1;
+	while (f && fgets(line, sizeof line, f)) {
+		sscanf(line, "VmRSS: %ld kB", rss);
+		sscanf(line, "VmHWM: %ld kB", hwm);
+	}
+	if (f)
+		fclose(f);
+}
+
+// ---------------------------------------------------------------------------------------
+// what came back
+
+typedef struct tally {
+	long requests, finished, length, stopped, cancelled, errors_by_kind[8], closed;
+	long malformed, malformed_refused, malformed_accepted, malformed_dropped;
+	long disconnects, cancels;
+	long tokens;
+} tally;
+
+static const char *const codes[] = {"bad_request", "too_large", "busy", "not_ready", "internal"};
+
+static void count(tally *t, const outcome *o)
+{
+	t->requests++;
+	t->tokens += o->n_tokens;
+	if (o->finish[0]) {
+		t->finished++;
+		t->length += !strcmp(o->finish, "length");
+		t->stopped += !strcmp(o->finish, "stop");
+		t->cancelled += !strcmp(o->finish, "cancelled");
+	} else if (o->code[0]) {
+		int k = 5;
+		for (int i = 0; i < 5; i++)
+			if (!strcmp(o->code, codes[i]))
+				k = i;
+		t->errors_by_kind[k]++;
+	} else {
+		t->closed++;
+	}
+}
+
+// ---------------------------------------------------------------------------------------
+// requests
+
+static const char *const words[] = {"the", "house", "stands", "by", "a", "river", "and",
+				    "its", "roof", "is", "red", "what", "colour", "describe",
+				    "picture", "count", "windows", "tell", "me", "story"};
+
+typedef struct req_store {
+	qw_request r;
+	qw_req_message msg;
+	qw_item items[2];
+	char text[256];
+	int32_t ids[64];
+	const char *stop[1];
+	size_t stop_len[1];
+} req_store;
+
+static void random_request(req_store *s, const membuf *png, int vocab)
+{
+	memset(s, 0, sizeof *s);
+	qw_request *r = &s->r;
+	*r = (qw_request){.op = QW_OP_SUBMIT, .temperature = -1, .top_k = -1, .stream = true,
+			  .max_tokens = 4 + (int)rnd(40)};
+	int kind = (int)rnd(6);
+	if (kind == 0) {                       /* token ids */
+		int n = 1 + (int)rnd(60);
+		for (int i = 0; i < n; i++)
+			s->ids[i] = (int32_t)rnd((uint32_t)vocab);
+		r->token_ids = s->ids;
+		r->n_token_ids = n;
+	} else {                               /* chat, one in four with the image */
+		size_t at = 0;
+		for (int i = 0, n = 3 + (int)rnd(20); i < n; i++)
+			at += (size_t)snprintf(s->text + at, sizeof s->text - at, "%s%s", i ? " " : "",
+					       words[rnd(20)]);
+		int k = 0;
+		if (kind == 1)
+			s->items[k++] = (qw_item){QW_ITEM_IMAGE, (const char *)png->p, png->n};
+		s->items[k++] = (qw_item){QW_ITEM_TEXT, s->text, at};
+		s->msg = (qw_req_message){"user", 4, s->items, k, NULL, 0, NULL, 0};
+		r->messages = &s->msg;
+		r->n_messages = 1;
+	}
+	if (rnd(4) == 0) {
+		s->stop[0] = words[rnd(20)];
+		s->stop_len[0] = strlen(s->stop[0]);
+		r->stop = s->stop;
+		r->stop_len = s->stop_len;
+		r->n_stop = 1;
+	}
+	if (rnd(2))
+		r->greedy = true;
+	else
+		r->temperature = 0.8, r->top_p = 0.9, r->seed = rnd(1000), r->has_seed = true;
+	r->stream = rnd(5) != 0;
+}
+
+/* Clients that leave after their first chunk, and requests another client cancels. */
+static void leave_and_cancel(const char *endpoint, const membuf *png, int vocab, tally *t)
+{
+	enum { N = 4 };
+	req_store s[N];
+	qw_client c[N], canceller;
+	qw_err err = {0};
+	if (qw_client_open(&canceller, NULL, endpoint, 10000, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	for (int i = 0; i < N; i++) {
+		random_request(&s[i], png, vocab);
+		s[i].r.max_tokens = 400;
+		s[i].r.stream = true;
+		if (qw_client_open(&c[i], NULL, endpoint, 10000, &err) != QW_OK ||
+		    qw_client_send(&c[i], &s[i].r, &err) != QW_OK)
+			fail_msg("%s", err.msg);
+	}
+	for (int i = 0; i < N; i++) {
+		qw_reply rep;
+		uint64_t id = 0;
+		/* accepted, then a chunk (or an error: busy, not ready during a restart) */
+		while (qw_client_recv(&c[i], &rep, 30000, &err) == QW_OK) {
+			bool end = rep.type != QW_REPLY_ACCEPTED;
+			if (rep.type == QW_REPLY_ACCEPTED)
+				id = rep.request;
+			qw_reply_free(&rep);
+			if (end)
+				break;
+		}
+		if (!id) {
+			qw_client_close(&c[i]);
+			continue;
+		}
+		if (i % 2 == 0) {
+			qw_client_close(&c[i]);   /* gone mid-stream */
+			t->disconnects++;
+			continue;
+		}
+		qw_request cancel = {.op = QW_OP_CANCEL, .target = id};
+		if (qw_client_call(&canceller, &cancel, &rep, &err) == QW_OK) {
+			t->cancels += rep.type == QW_REPLY_OK;
+			qw_reply_free(&rep);
+		}
+		qw_client_close(&c[i]);
+	}
+	qw_client_close(&canceller);
+}
+
+// ---------------------------------------------------------------------------------------
+// malformed and hostile messages
+
+/* Raw msgpack writing, enough for hostile messages. */
+typedef struct bytes_buf {
+	uint8_t *p;
+	size_t n, cap;
+} bytes_buf;
+
+static void raw(bytes_buf *b, const void *d, size_t n)
+{
+	if (b->n + n > b->cap) {
+		b->cap = (b->n + n) * 2;
+		b->p = realloc(b->p, b->cap);
+	}
+	memcpy(b->p + b->n, d, n);
+	b->n += n;
+}
+
+static void pack_s(bytes_buf *b, const char *s)
+{
+	uint8_t h = (uint8_t)(0xa0 | strlen(s));
+	raw(b, &h, 1);
+	raw(b, s, strlen(s));
+}
+
+static void head(bytes_buf *b, int fields, const char *op)
+{
+	uint8_t m = (uint8_t)(0x80 | fields);
+	raw(b, &m, 1);
+	pack_s(b, "v");
+	raw(b, "\x01", 1);
+	pack_s(b, "op");
+	pack_s(b, op);
+}
+
+/* One hostile message of kind k into b. */
+static void hostile(int k, bytes_buf *b, const uint8_t *valid, size_t valid_len,
+		    const membuf *big_png)
+{
+	b->n = 0;
+	switch (k) {
+	case 0: {                              /* a valid request, mutated */
+		raw(b, valid, valid_len);
+		for (int i = 0, n = 1 + (int)rnd(4); i < n; i++)
+			b->p[rnd((uint32_t)b->n)] = (uint8_t)rnd(256);
+		break;
+	}
+	case 1:                                /* cut anywhere */
+		raw(b, valid, rnd((uint32_t)valid_len));
+		break;
+	case 2:                                /* random bytes */
+		for (int i = 0, n = (int)rnd(200); i < n; i++) {
+			uint8_t x = (uint8_t)rnd(256);
+			raw(b, &x, 1);
+		}
+		break;
+	case 3:                                /* a key given twice */
+		head(b, 3, "status");
+		pack_s(b, "op");
+		pack_s(b, "shutdown");
+		break;
+	case 4:                                /* nested 40 deep */
+		head(b, 3, "status");
+		pack_s(b, "x");
+		for (int i = 0; i < 40; i++)
+			raw(b, "\x91", 1);
+		raw(b, "\xc0", 1);
+		break;
+	case 5: {                              /* 7 MB of nils */
+		head(b, 3, "status");
+		pack_s(b, "x");
+		raw(b, "\xdd\x00\x70\x00\x00", 5);
+		size_t at = b->n;
+		b->cap = at + (7u << 20);
+		b->p = realloc(b->p, b->cap);
+		memset(b->p + at, 0xc0, 7u << 20);
+		b->n = at + (7u << 20);
+		break;
+	}
+	case 6: {                              /* a NUL in chat text */
+		qw_item it = {QW_ITEM_TEXT, "hello\0there", 11};
+		qw_req_message m = {"user", 4, &it, 1, NULL, 0, NULL, 0};
+		qw_request r = {.op = QW_OP_SUBMIT, .messages = &m, .n_messages = 1,
+				.temperature = -1, .top_k = -1, .stream = true};
+		char *buf;
+		size_t len;
+		qw_request_encode(&r, &buf, &len, NULL);
+		raw(b, buf, len);
+		free(buf);
+		break;
+	}
+	case 7: {                              /* images past the token limits */
+		qw_item it[8];
+		for (int i = 0; i < 8; i++)
+			it[i] = (qw_item){QW_ITEM_IMAGE, (const char *)big_png->p, big_png->n};
+		qw_req_message m = {"user", 4, it, 8, NULL, 0, NULL, 0};
+		qw_request r = {.op = QW_OP_SUBMIT, .messages = &m, .n_messages = 1,
+				.temperature = -1, .top_k = -1, .stream = true};
+		char *buf;
+		size_t len;
+		qw_request_encode(&r, &buf, &len, NULL);
+		raw(b, buf, len);
+		free(buf);
+		break;
+	}
+	default: {                             /* past max-request-bytes: dropped by ZeroMQ */
+		b->cap = (9u << 20);
+		b->p = realloc(b->p, b->cap);
+		memset(b->p, 0x42, 9u << 20);
+		b->n = 9u << 20;
+		break;
+	}
+	}
+}
+
+static void malformed_round(const char *endpoint, int n, const uint8_t *valid, size_t valid_len,
+			    const membuf *big_png, tally *t)
+{
+	bytes_buf b = {0};
+	for (int i = 0; i < n; i++) {
+		int k = (int)rnd(9);
+		if (k >= 4 && rnd(4))          /* the heavy kinds less often */
+			k = (int)rnd(3);
+		hostile(k, &b, valid, valid_len, big_png);
+		qw_reply rep;
+		t->malformed++;
+		if (!raw_exchange(endpoint, b.p, b.n, 1, &rep, 10000)) {
+			t->malformed_dropped++;    /* past max-request-bytes (or an empty message) */
+			if (k != 8 && b.n != 0)
+				fail_msg("a hostile message of kind %d (%zu bytes) got no reply", k, b.n);
+			continue;
+		}
+		if (rep.type == QW_REPLY_ERROR)
+			t->malformed_refused++;
+		else
+			t->malformed_accepted++;   /* a mutation that is still a valid request */
+		qw_reply_free(&rep);
+	}
+	free(b.p);
+}
+
+// ---------------------------------------------------------------------------------------
+// the killer
+
+/* In a child: every kill_every seconds SIGKILL one worker, then time the way back to
+ * ready.  Writes "kills total_s worst_s" to fd at the end. */
+static void killer(qwend *d, double until, int fd)
+{
+	int kills = 0;
+	double total = 0, worst = 0;
+	while (now_s() + kill_every < until) {
+		usleep((useconds_t)(kill_every * 1e6));
+		json_t *s = qwend_status(d);
+		json_t *stages = json_object_get(s, "stages");
+		pid_t victim = (pid_t)json_integer_value(json_object_get(
+			json_array_get(stages, rnd((uint32_t)json_array_size(stages))), "pid"));
+		json_decref(s);
+		if (victim <= 0)
+			continue;
+		double t0 = now_s();
+		kill(victim, SIGKILL);
+		kills++;
+		usleep(200000);
+		qwend_wait_state(d, "ready", 120);
+		double took = now_s() - t0;
+		total += took;
+		worst = took > worst ? took : worst;
+	}
+	char line[128];
+	int n = snprintf(line, sizeof line, "%d %f %f\n", kills, total, worst);
+	if (write(fd, line, (size_t)n) < 0) {
+	}
+	_exit(0);
+}
+
+// ---------------------------------------------------------------------------------------
+
+static void soak(void **state)
+{
+	use_demo_cache();
+	qwend d;
+	qwend_start(&d, "demo", (const char *[]){"--stages", "2", "--max-restarts", "1000",
+						 "--max-request-bytes", "8M", "--max-queue", "100000",
+						 NULL}, NULL, true);
+	json_t *st = qwend_status(&d);
+	int vocab = (int)json_integer_value(json_object_get(json_object_get(st, "model"),
+							    "vocab"));
+	json_decref(st);
+	membuf png = fixture_png("tiny-moe");
+	qw_image big = {2000, 2000, calloc(2000u * 2000u, 3)};
+	membuf big_png = encode_png(&big, PNG_COLOR_TYPE_RGB);
+	free(big.rgb);
+	req_store valid_store;
+	random_request(&valid_store, &png, vocab);
+	char *valid;
+	size_t valid_len;
+	qw_request_encode(&valid_store.r, &valid, &valid_len, NULL);
+
+	tally t = {0};
+	req_store *store = calloc((size_t)clients, sizeof *store);
+	qw_request *reqs = calloc((size_t)clients, sizeof *reqs);
+	outcome *out = calloc((size_t)clients, sizeof *out);
+	/* a warm-up round, then the daemon's memory */
+	for (int i = 0; i < clients; i++) {
+		random_request(&store[i], &png, vocab);
+		reqs[i] = store[i].r;
+	}
+	run_concurrently(d.endpoint, reqs, clients, out);
+	for (int i = 0; i < clients; i++)
+		outcome_free(&out[i]);
+	long rss0, hwm0, rss1, hwm1, rss_max = 0;
+	memory_kb(d.pid, &rss0, &hwm0);
+
+	double began = now_s(), until = began + minutes * 60;
+	int pipefd[2];
+	if (pipe(pipefd) != 0)
+		fail_msg("pipe");
+	fflush(NULL);
+	pid_t kid = fork();
+	if (kid == 0) {
+		close(pipefd[0]);
+		killer(&d, until, pipefd[1]);
+	}
+	close(pipefd[1]);
+	int rounds = 0;
+	while (now_s() < until) {
+		for (int i = 0; i < clients; i++) {
+			random_request(&store[i], &png, vocab);
+			reqs[i] = store[i].r;
+		}
+		run_concurrently(d.endpoint, reqs, clients, out);
+		for (int i = 0; i < clients; i++) {
+			count(&t, &out[i]);
+			outcome_free(&out[i]);
+		}
+		leave_and_cancel(d.endpoint, &png, vocab, &t);
+		malformed_round(d.endpoint, 20, (const uint8_t *)valid, valid_len, &big_png, &t);
+		long rss, hwm;
+		memory_kb(d.pid, &rss, &hwm);
+		rss_max = rss > rss_max ? rss : rss_max;
+		rounds++;
+	}
+	int kills = 0;
+	double kill_total = 0, kill_worst = 0;
+	char line[128] = "";
+	ssize_t got = read(pipefd[0], line, sizeof line - 1);
+	if (got > 0) {
+		line[got] = '\0';
+		sscanf(line, "%d %lf %lf", &kills, &kill_total, &kill_worst);
+	}
+	close(pipefd[0]);
+	waitpid(kid, NULL, 0);
+	qwend_wait_state(&d, "ready", 120);
+	qwend_wait_for(&d, "requests", "running", 0, 30);
+	qwend_wait_for(&d, "kv", "blocks_used", 0, 30);
+	qwend_wait_for(&d, "requests", "queued", 0, 30);
+	memory_kb(d.pid, &rss1, &hwm1);
+	st = qwend_status(&d);
+	json_int_t restarts = json_integer_value(json_object_get(st, "restarts"));
+	json_decref(st);
+
+	double secs = now_s() - began;
+	printf("# soak: %.1f min, %d rounds of %d clients at once, worker kills every %.0f s\n",
+	       secs / 60, rounds, clients, kill_every);
+	printf("requests      %ld (%ld tokens streamed): %ld finished (%ld length, %ld stop), "
+	       "errors: %ld bad_request, %ld too_large, %ld busy, %ld not_ready, %ld internal; "
+	       "%ld connections closed\n", t.requests, t.tokens, t.finished, t.length, t.stopped,
+	       t.errors_by_kind[0], t.errors_by_kind[1], t.errors_by_kind[2], t.errors_by_kind[3],
+	       t.errors_by_kind[4], t.closed);
+	printf("mid-stream    %ld clients gone, %ld requests cancelled by another client\n",
+	       t.disconnects, t.cancels);
+	printf("hostile       %ld messages: %ld refused with an error, %ld still valid (accepted), "
+	       "%ld past max-request-bytes (dropped by ZeroMQ)\n", t.malformed, t.malformed_refused,
+	       t.malformed_accepted, t.malformed_dropped);
+	printf("kills         %d workers SIGKILLed, %lld restarts; ready again in %.2f s on "
+	       "average, %.2f s at worst\n", kills, (long long)restarts,
+	       kills ? kill_total / kills : 0.0, kill_worst);
+	printf("qwend memory  resident %ld kB after warm-up, %ld kB at most between rounds, %ld kB "
+	       "at the end; peak %ld kB (%ld kB after warm-up)\n", rss0, rss_max, rss1, hwm1, hwm0);
+	free(store);
+	free(reqs);
+	free(out);
+	free(valid);
+	free(png.p);
+	free(big_png.p);
+	qwend_stop(&d);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1)
+		minutes = atof(argv[1]);
+	if (argc > 2)
+		clients = atoi(argv[2]);
+	if (argc > 3)
+		kill_every = atof(argv[3]);
+	const struct CMUnitTest tests[] = {cmocka_unit_test(soak)};
+	return cmocka_run_group_tests_name("soak", tests, NULL, NULL);
+}
