@@ -13,7 +13,11 @@
  *
  * Not part of any suite (it runs for minutes):
  *   build/tests/soak/soak [MINUTES [CLIENTS [KILL_EVERY_S]]]     (defaults 2, 64, 20)
- * from the repository root; QW_BIN picks the qwend to drive (build/bin by default). */
+ *   build/tests/soak/soak probes     the attacks of issue 17 one by one, measured: 60 MB of
+ *                                    nils, sixteen 8000 x 8000 PNGs (and a status meanwhile),
+ *                                    a key given twice
+ * from the repository root; QW_BIN picks the qwend to drive (build/bin by default), so the
+ * same figures can be taken of an older build. */
 #include "tests/unit/qwend_harness.h"
 
 #include <png.h>
@@ -44,6 +48,18 @@ static uint32_t rnd(uint32_t n)
 {
 	rng = rng * 6364136223846793005ull + 1442695040888963407ull;
 	return (uint32_t)(rng >> 33) % n;
+}
+
+/* Sets a process's peak resident memory (VmHWM) back to what it holds now. */
+static void reset_peak(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/clear_refs", (int)pid);
+	FILE *f = fopen(path, "w");
+	if (f) {
+		fputs("5", f);
+		fclose(f);
+	}
 }
 
 /* VmRSS and VmHWM of a process, in kB. */
@@ -502,8 +518,115 @@ static void soak(void **state)
 	qwend_stop(&d);
 }
 
+// ---------------------------------------------------------------------------------------
+// probes: the attacks of issue 17, measured one by one
+
+/* Seconds from sending bytes on a fresh client to its first reply (its type in *type). */
+static double timed_raw(const char *endpoint, const void *bytes, size_t len, qw_reply *rep)
+{
+	double t0 = now_s();
+	if (!raw_exchange(endpoint, bytes, len, 1, rep, 120000))
+		return -1;
+	return now_s() - t0;
+}
+
+static void probes(void **state)
+{
+	use_demo_cache();
+	qwend d;
+	qwend_start(&d, "demo", NULL, NULL, true);
+	bytes_buf b = {0};
+	qw_reply rep;
+	long rss0, hwm0, rss1, hwm1;
+
+	/* 60 MB of nils in a status request */
+	reset_peak(d.pid);
+	memory_kb(d.pid, &rss0, &hwm0);
+	head(&b, 3, "status");
+	pack_s(&b, "x");
+	size_t n = 60u << 20, at = b.n + 5;
+	uint8_t count[5] = {0xdd, (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8),
+			    (uint8_t)n};
+	raw(&b, count, 5);
+	b.p = realloc(b.p, at + n);
+	memset(b.p + at, 0xc0, n);
+	b.n = at + n;
+	double took = timed_raw(d.endpoint, b.p, b.n, &rep);
+	memory_kb(d.pid, &rss1, &hwm1);
+	printf("60 MB of nils:  answered in %.2f s (%s); qwend's resident memory %ld MB before, "
+	       "%ld MB at its peak\n", took, took < 0 ? "no reply" : rep.message ? rep.message : "?",
+	       rss0 / 1024, hwm1 / 1024);
+	if (took >= 0)
+		qw_reply_free(&rep);
+
+	/* sixteen 8000 x 8000 PNGs, while a status is asked */
+	qw_image flat = {8000, 8000, calloc(8000u * 8000u, 3)};
+	membuf png = encode_png(&flat, PNG_COLOR_TYPE_RGB);
+	free(flat.rgb);
+	qw_item it[16];
+	for (int i = 0; i < 16; i++)
+		it[i] = (qw_item){QW_ITEM_IMAGE, (const char *)png.p, png.n};
+	qw_req_message m = {"user", 4, it, 16, NULL, 0, NULL, 0};
+	qw_request r = {.op = QW_OP_SUBMIT, .messages = &m, .n_messages = 1, .temperature = -1,
+			.top_k = -1, .stream = true};
+	char *buf;
+	size_t len;
+	qw_request_encode(&r, &buf, &len, NULL);
+	reset_peak(d.pid);
+	memory_kb(d.pid, &rss0, &hwm0);
+	qw_client heavy;
+	qw_err err = {0};
+	if (qw_client_open(&heavy, NULL, d.endpoint, 120000, &err) != QW_OK ||
+	    qw_client_send(&heavy, &r, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	double t0 = now_s();
+	usleep(100000);
+	qw_client asker;
+	qw_request status = {.op = QW_OP_STATUS};
+	if (qw_client_open(&asker, NULL, d.endpoint, 120000, &err) != QW_OK ||
+	    qw_client_call(&asker, &status, &rep, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	qw_reply_free(&rep);
+	qw_client_close(&asker);
+	double status_s = now_s() - t0;
+	if (qw_client_recv(&heavy, &rep, 120000, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	took = now_s() - t0;
+	memory_kb(d.pid, &rss1, &hwm1);
+	printf("16 PNGs of 8000 x 8000 (%.1f MB):  refused in %.2f s (%s: %s); a status sent 0.1 s "
+	       "after them answered %.2f s after them; resident memory %ld MB before, %ld MB at its "
+	       "peak\n", (double)len / 1e6, took, rep.code ? rep.code : "?",
+	       rep.message ? rep.message : "", status_s, rss0 / 1024, hwm1 / 1024);
+	qw_reply_free(&rep);
+	qw_client_close(&heavy);
+	free(buf);
+	free(png.p);
+
+	/* {"v": 1, "op": "status", "op": "shutdown"} */
+	b.n = 0;
+	head(&b, 3, "status");
+	pack_s(&b, "op");
+	pack_s(&b, "shutdown");
+	took = timed_raw(d.endpoint, b.p, b.n, &rep);
+	usleep(300000);
+	bool gone = kill(d.pid, 0) != 0 || waitpid(d.pid, NULL, WNOHANG) == d.pid;
+	printf("{\"op\": \"status\", \"op\": \"shutdown\"}:  answered %s (%s); qwend then %s\n",
+	       rep.type == QW_REPLY_ERROR ? "error" : rep.type == QW_REPLY_OK ? "ok" : "status",
+	       rep.message ? rep.message : "", gone ? "exited" : "still serving");
+	qw_reply_free(&rep);
+	free(b.p);
+	if (gone)
+		scratch_free(d.dir);
+	else
+		qwend_stop(&d);
+}
+
 int main(int argc, char **argv)
 {
+	if (argc > 1 && !strcmp(argv[1], "probes")) {
+		const struct CMUnitTest tests[] = {cmocka_unit_test(probes)};
+		return cmocka_run_group_tests_name("probes", tests, NULL, NULL);
+	}
 	if (argc > 1)
 		minutes = atof(argv[1]);
 	if (argc > 2)
