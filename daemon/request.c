@@ -19,7 +19,8 @@ bool qw_text_append(qw_text_buf *b, const char *s, size_t n)
 		b->p = g;
 		b->cap = cap;
 	}
-	memcpy(b->p + b->n, s, n);
+	if (n)   /* s may be NULL when there is nothing (an empty buffer's text) */
+		memcpy(b->p + b->n, s, n);
 	b->n += n;
 	b->p[b->n] = '\0';
 	return true;

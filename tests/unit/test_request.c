@@ -431,6 +431,19 @@ static void test_eos_length_reasoning(void **state)
 	assert_string_equal(f.answer.p, "It is a house.");
 	free(f.answer.p);
 	free(f.reasoning.p);
+	/* an end-of-sequence token first, with stop strings: nothing held, an empty answer
+	 * (found by fuzz_prepare: the empty held text was appended from a NULL pointer) */
+	const char *stop[] = {"\n\n"};
+	size_t stop_len[] = {2};
+	r.stop = stop;
+	r.stop_len = stop_len;
+	r.n_stop = 1;
+	feed(&c, &r, (int32_t[]){IM_END}, 1, &f);
+	assert_int_equal(f.finish, QW_FINISH_STOP);
+	assert_string_equal(f.answer.p, "");
+	free(f.answer.p);
+	free(f.reasoning.p);
+	r.n_stop = 0;
 	/* ignore_eos goes on; max_tokens ends it */
 	r.ignore_eos = true;
 	r.max_tokens = (int)n - 1;
