@@ -55,12 +55,68 @@ char *qw_own_cstr(qw_owned *o, const msgpack_object *s)
 // ---------------------------------------------------------------------------------------
 // unpacking
 
-static uint64_t be_uint(const uint8_t *p, int n)
+/* What follows a type byte, for each run of type bytes (msgpack's spec, in order; 0xc1 is
+ * never used).  The length n of a string, binary or ext, or the count n of a container, is
+ * in the type byte's low bits (low_mask) or in the len_bytes bytes after it (big-endian);
+ * then come `fixed` bytes (a number's, an ext's type byte) and, for a string, binary or
+ * ext, n bytes, or for a container n elements (per_count 1) or n pairs (2). */
+typedef struct mp_type {
+	uint8_t first, last;
+	uint8_t low_mask, len_bytes, fixed, per_count;
+} mp_type;
+
+static const mp_type mp_types[] = {
+	/*  first  last  low   len  fixed per */
+	{0x00, 0x7f, 0x00, 0, 0, 0},      /* positive fixint */
+	{0x80, 0x8f, 0x0f, 0, 0, 2},      /* fixmap */
+	{0x90, 0x9f, 0x0f, 0, 0, 1},      /* fixarray */
+	{0xa0, 0xbf, 0x1f, 0, 0, 0},      /* fixstr */
+	{0xc0, 0xc0, 0x00, 0, 0, 0},      /* nil */
+	{0xc2, 0xc3, 0x00, 0, 0, 0},      /* false, true */
+	{0xc4, 0xc4, 0x00, 1, 0, 0},      /* bin 8 */
+	{0xc5, 0xc5, 0x00, 2, 0, 0},      /* bin 16 */
+	{0xc6, 0xc6, 0x00, 4, 0, 0},      /* bin 32 */
+	{0xc7, 0xc7, 0x00, 1, 1, 0},      /* ext 8: a type byte after the length */
+	{0xc8, 0xc8, 0x00, 2, 1, 0},      /* ext 16 */
+	{0xc9, 0xc9, 0x00, 4, 1, 0},      /* ext 32 */
+	{0xca, 0xca, 0x00, 0, 4, 0},      /* float 32 */
+	{0xcb, 0xcb, 0x00, 0, 8, 0},      /* float 64 */
+	{0xcc, 0xcc, 0x00, 0, 1, 0},      /* uint 8 */
+	{0xcd, 0xcd, 0x00, 0, 2, 0},      /* uint 16 */
+	{0xce, 0xce, 0x00, 0, 4, 0},      /* uint 32 */
+	{0xcf, 0xcf, 0x00, 0, 8, 0},      /* uint 64 */
+	{0xd0, 0xd0, 0x00, 0, 1, 0},      /* int 8 */
+	{0xd1, 0xd1, 0x00, 0, 2, 0},      /* int 16 */
+	{0xd2, 0xd2, 0x00, 0, 4, 0},      /* int 32 */
+	{0xd3, 0xd3, 0x00, 0, 8, 0},      /* int 64 */
+	{0xd4, 0xd4, 0x00, 0, 2, 0},      /* fixext 1: a type byte and 1 byte */
+	{0xd5, 0xd5, 0x00, 0, 3, 0},      /* fixext 2 */
+	{0xd6, 0xd6, 0x00, 0, 5, 0},      /* fixext 4 */
+	{0xd7, 0xd7, 0x00, 0, 9, 0},      /* fixext 8 */
+	{0xd8, 0xd8, 0x00, 0, 17, 0},     /* fixext 16 */
+	{0xd9, 0xd9, 0x00, 1, 0, 0},      /* str 8 */
+	{0xda, 0xda, 0x00, 2, 0, 0},      /* str 16 */
+	{0xdb, 0xdb, 0x00, 4, 0, 0},      /* str 32 */
+	{0xdc, 0xdc, 0x00, 2, 0, 1},      /* array 16 */
+	{0xdd, 0xdd, 0x00, 4, 0, 1},      /* array 32 */
+	{0xde, 0xde, 0x00, 2, 0, 2},      /* map 16 */
+	{0xdf, 0xdf, 0x00, 4, 0, 2},      /* map 32 */
+	{0xe0, 0xff, 0x00, 0, 0, 0},      /* negative fixint */
+};
+
+static const mp_type *type_of(uint8_t t)
 {
-	uint64_t v = 0;
-	for (int i = 0; i < n; i++)
-		v = (v << 8) | p[i];
-	return v;
+	size_t lo = 0, hi = sizeof mp_types / sizeof *mp_types;
+	while (lo < hi) {   /* the rows are sorted and do not overlap */
+		size_t mid = (lo + hi) / 2;
+		if (t < mp_types[mid].first)
+			hi = mid;
+		else if (t > mp_types[mid].last)
+			lo = mid + 1;
+		else
+			return &mp_types[mid];
+	}
+	return NULL;
 }
 
 /* How deep a message's containers may nest: a request nests five levels (the map, messages,
@@ -75,12 +131,12 @@ typedef enum walk_fault {
 	WALK_TOO_MANY,       /* more elements than the budget */
 } walk_fault;
 
-/* Walks the msgpack bytes without allocating: every declared length and element count must
- * fit in what remains of the buffer, containers nest at most MAX_DEPTH levels, and the
- * message holds at most max_elements elements in its containers (a map's keys and values
- * count one each).  msgpack-c allocates a container's elements from its declared count (24
- * bytes each, 48 a map pair), so a few bytes claiming 2^32 elements, or 60 MB of nils,
- * would otherwise cost gigabytes. */
+/* Walks the msgpack bytes by the table, without allocating: every declared length and
+ * element count must fit in what remains of the buffer, containers nest at most MAX_DEPTH
+ * levels, and the message holds at most max_elements elements in its containers (a map's
+ * keys and values count one each).  msgpack-c allocates a container's elements from its
+ * declared count (24 bytes each, 48 a map pair), so a few bytes claiming 2^32 elements, or
+ * 60 MB of nils, would otherwise cost gigabytes. */
 static walk_fault msgpack_sane(const uint8_t *p, size_t len, uint64_t max_elements)
 {
 	size_t at = 0;
@@ -96,52 +152,17 @@ static walk_fault msgpack_sane(const uint8_t *p, size_t len, uint64_t max_elemen
 			return WALK_MALFORMED;
 		left[depth]--;
 		uint8_t t = p[at++];
-		uint64_t skip = 0, items = 0;
-		int lenbytes = 0;
-		if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3)
-			continue;
-		if (t >= 0x80 && t <= 0x8f)
-			items = 2u * (t & 0x0f);
-		else if (t >= 0x90 && t <= 0x9f)
-			items = t & 0x0f;
-		else if (t >= 0xa0 && t <= 0xbf)
-			skip = t & 0x1f;
-		else
-			switch (t) {
-			case 0xc4: case 0xd9: lenbytes = 1; break;             /* bin8, str8 */
-			case 0xc5: case 0xda: lenbytes = 2; break;
-			case 0xc6: case 0xdb: lenbytes = 4; break;
-			case 0xc7: lenbytes = 1; skip = 1; break;              /* ext: + type byte */
-			case 0xc8: lenbytes = 2; skip = 1; break;
-			case 0xc9: lenbytes = 4; skip = 1; break;
-			case 0xca: skip = 4; break;
-			case 0xcb: skip = 8; break;
-			case 0xcc: case 0xd0: skip = 1; break;
-			case 0xcd: case 0xd1: skip = 2; break;
-			case 0xce: case 0xd2: skip = 4; break;
-			case 0xcf: case 0xd3: skip = 8; break;
-			case 0xd4: skip = 2; break;
-			case 0xd5: skip = 3; break;
-			case 0xd6: skip = 5; break;
-			case 0xd7: skip = 9; break;
-			case 0xd8: skip = 17; break;
-			case 0xdc: case 0xdd: case 0xde: case 0xdf: {
-				int nb = (t == 0xdc || t == 0xde) ? 2 : 4;
-				if (len - at < (size_t)nb)
-					return WALK_MALFORMED;
-				items = be_uint(p + at, nb) * (t >= 0xde ? 2u : 1u);
-				at += (size_t)nb;
-				break;
-			}
-			default:
-				return WALK_MALFORMED;                         /* 0xc1: never used */
-			}
-		if (lenbytes) {
-			if (len - at < (size_t)lenbytes)
+		const mp_type *ty = type_of(t);
+		if (!ty)
+			return WALK_MALFORMED;
+		uint64_t n = t & ty->low_mask;
+		if (ty->len_bytes) {
+			if (len - at < ty->len_bytes)
 				return WALK_MALFORMED;
-			skip += be_uint(p + at, lenbytes);
-			at += (size_t)lenbytes;
+			for (int i = 0; i < ty->len_bytes; i++)
+				n = (n << 8) | p[at++];
 		}
+		uint64_t skip = ty->fixed + (ty->per_count ? 0 : n), items = ty->per_count * n;
 		if (skip > len - at || items > len - at)   /* each element takes a byte at least */
 			return WALK_MALFORMED;
 		at += (size_t)skip;

@@ -3,6 +3,7 @@
 #include "ipc/protocol.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,432 +11,429 @@
 #include "ipc/protocol_wire.h"
 
 // ---------------------------------------------------------------------------------------
-// request decoding
+// request decoding: a table of fields for each kind of map
+
+/* What a field holds, and so how it is read and checked. */
+typedef enum field_type {
+	FT_VERSION,      /* "v": checked before anything else */
+	FT_OP,           /* "op": read before the rest, which depend on it */
+	FT_TEXT,         /* a string counted against max_text_bytes: (const char *, size_t) */
+	FT_NAME,         /* a string among `choices` ("a|b|c"): (const char *, size_t) */
+	FT_NUMBER,       /* an integer or a float in [lo, hi]: double */
+	FT_INT,          /* a number in [lo, hi], kept as an int */
+	FT_ID,           /* an integer >= 0: uint64_t, and a bool set when given (flag_at) */
+	FT_BOOL,         /* true or false: bool */
+	FT_NOT,          /* true or false, kept negated: bool (generation_prompt) */
+	FT_THINKING,     /* true or false: qw_thinking ON or OFF */
+	FT_IMAGE,        /* an encoded image: binary, of at most max_image_bytes: qw_item */
+	FT_CONTENT,      /* a string, or an array of content items: a message's items */
+	FT_TOOL_CALLS,   /* an array of {name, arguments}: a message's tool calls */
+	FT_MESSAGES,     /* a non-empty array of messages */
+	FT_TOKEN_IDS,    /* a non-empty array of token ids (0 .. INT32_MAX) */
+	FT_IMAGES,       /* a non-empty array of encoded images */
+	FT_STRINGS,      /* an array of non-empty strings of at most max_stop_bytes (stop) */
+	FT_TEXTS,        /* an array of strings counted as text (tools) */
+} field_type;
+
+/* Which of the decoder's limits bounds a field: its number's upper end, or its array's
+ * length. */
+typedef enum field_limit {
+	NO_LIMIT, LIM_NEW_TOKENS, LIM_MESSAGES, LIM_ITEMS, LIM_TOKEN_IDS, LIM_IMAGES, LIM_STOP,
+	LIM_TOOLS,
+} field_limit;
+
+#define OP(o) (1u << (o))
+#define ANY_OP 0xffu
+#define SUBMIT OP(QW_OP_SUBMIT)
+#define TOKENIZE OP(QW_OP_TOKENIZE)
+#define DETOKENIZE OP(QW_OP_DETOKENIZE)
+#define CANCEL OP(QW_OP_CANCEL)
+
+/* One field of a map: its name, the ops it belongs to and those that require it, its type
+ * and limits, and where it is stored in the decoded struct (offsets). */
+typedef struct field {
+	const char *name;
+	unsigned ops, required_by;
+	field_type type;
+	double lo, hi;            /* FT_NUMBER, FT_INT */
+	field_limit limit;        /* the upper end of a number (instead of hi), or an array's length */
+	const char *choices;      /* FT_NAME */
+	unsigned input;           /* the ops it is one of the inputs of (messages, prompt, ...) */
+	size_t at;                /* the value (an array: its pointer) */
+	size_t len_at;            /* a string's length, an array's count */
+	size_t flag_at;           /* FT_ID: a bool set when given (0: none); FT_STRINGS: lengths */
+} field;
+
+/* A kind of map: its fields, and how its errors name it. */
+typedef struct map_kind {
+	const char *what;         /* the field the map is in ("request" for the top) */
+	const field *fields;
+	int n_fields;
+	const char *unknown;      /* said of a key that is none of the fields (NULL: named) */
+	const char *needs;        /* said when a required field is missing (NULL: named) */
+	const char *twice;        /* where a key given twice was */
+} map_kind;
+
+#define RQ(m) offsetof(qw_request, m)
+static const field request_fields[] = {
+	{.name = "v", .ops = ANY_OP, .type = FT_VERSION},
+	{.name = "op", .ops = ANY_OP, .type = FT_OP},
+	{.name = "request", .ops = CANCEL, .required_by = CANCEL, .type = FT_ID, .at = RQ(target)},
+	{.name = "messages", .ops = SUBMIT | TOKENIZE, .type = FT_MESSAGES, .limit = LIM_MESSAGES,
+	 .input = SUBMIT | TOKENIZE, .at = RQ(messages), .len_at = RQ(n_messages)},
+	{.name = "prompt", .ops = SUBMIT | TOKENIZE, .type = FT_TEXT, .input = SUBMIT | TOKENIZE,
+	 .at = RQ(prompt), .len_at = RQ(prompt_len)},
+	{.name = "token_ids", .ops = SUBMIT | DETOKENIZE, .required_by = DETOKENIZE,
+	 .type = FT_TOKEN_IDS, .limit = LIM_TOKEN_IDS, .input = SUBMIT, .at = RQ(token_ids),
+	 .len_at = RQ(n_token_ids)},
+	{.name = "images", .ops = SUBMIT | TOKENIZE, .type = FT_IMAGES, .limit = LIM_IMAGES,
+	 .at = RQ(images), .len_at = RQ(n_images)},
+	{.name = "max_tokens", .ops = SUBMIT, .type = FT_INT, .lo = 1, .limit = LIM_NEW_TOKENS,
+	 .at = RQ(max_tokens)},
+	{.name = "temperature", .ops = SUBMIT, .type = FT_NUMBER, .lo = 0, .hi = 100,
+	 .at = RQ(temperature)},
+	{.name = "top_p", .ops = SUBMIT, .type = FT_NUMBER, .lo = 1e-9, .hi = 1, .at = RQ(top_p)},
+	{.name = "top_k", .ops = SUBMIT, .type = FT_INT, .lo = 0, .hi = 1 << 20, .at = RQ(top_k)},
+	{.name = "seed", .ops = SUBMIT, .type = FT_ID, .at = RQ(seed), .flag_at = RQ(has_seed)},
+	{.name = "greedy", .ops = SUBMIT, .type = FT_BOOL, .at = RQ(greedy)},
+	{.name = "stream", .ops = SUBMIT, .type = FT_BOOL, .at = RQ(stream)},
+	{.name = "ignore_eos", .ops = SUBMIT, .type = FT_BOOL, .at = RQ(ignore_eos)},
+	{.name = "stop", .ops = SUBMIT, .type = FT_STRINGS, .limit = LIM_STOP, .at = RQ(stop),
+	 .len_at = RQ(n_stop), .flag_at = RQ(stop_len)},
+	{.name = "tools", .ops = SUBMIT | TOKENIZE, .type = FT_TEXTS, .limit = LIM_TOOLS,
+	 .at = RQ(tools), .len_at = RQ(n_tools), .flag_at = RQ(tools_len)},
+	{.name = "thinking", .ops = SUBMIT | TOKENIZE, .type = FT_THINKING, .at = RQ(thinking)},
+	{.name = "prompt_ids", .ops = SUBMIT, .type = FT_BOOL, .at = RQ(prompt_ids)},
+	{.name = "generation_prompt", .ops = TOKENIZE, .type = FT_NOT,
+	 .at = RQ(no_generation_prompt)},
+};
+static const map_kind request_map = {"request", request_fields,
+				     sizeof request_fields / sizeof *request_fields, NULL, NULL,
+				     ""};
+
+#define MSG(m) offsetof(qw_req_message, m)
+static const field message_fields[] = {
+	{.name = "role", .ops = ANY_OP, .required_by = ANY_OP, .type = FT_NAME,
+	 .choices = "system|user|assistant|tool", .at = MSG(role), .len_at = MSG(role_len)},
+	{.name = "content", .ops = ANY_OP, .required_by = ANY_OP, .type = FT_CONTENT,
+	 .limit = LIM_ITEMS, .at = MSG(items), .len_at = MSG(n_items)},
+	{.name = "reasoning", .ops = ANY_OP, .type = FT_TEXT, .at = MSG(reasoning),
+	 .len_at = MSG(reasoning_len)},
+	{.name = "tool_calls", .ops = ANY_OP, .type = FT_TOOL_CALLS, .limit = LIM_ITEMS,
+	 .at = MSG(tool_calls), .len_at = MSG(n_tool_calls)},
+};
+static const map_kind message_map = {"messages", message_fields, 4,
+				     "take only role, content, reasoning and tool_calls",
+				     "each needs a role and a content", " in a message"};
+
+#define CALL(m) offsetof(qw_tool_call, m)
+static const field call_fields[] = {
+	{.name = "name", .ops = ANY_OP, .required_by = ANY_OP, .type = FT_TEXT, .at = CALL(name),
+	 .len_at = CALL(name_len)},
+	{.name = "arguments", .ops = ANY_OP, .required_by = ANY_OP, .type = FT_TEXT,
+	 .at = CALL(arguments), .len_at = CALL(arguments_len)},
+};
+static const map_kind call_map = {"tool_calls", call_fields, 2, "take only name and arguments",
+				  "each needs a name and arguments", " in a tool call"};
+
+/* A content item as given: {type: text, text} or {type: image, data}. */
+typedef struct item_in {
+	const char *type, *text;
+	size_t type_len, text_len;
+	qw_item image;
+} item_in;
+
+#define ITEM(m) offsetof(item_in, m)
+static const field item_fields[] = {
+	{.name = "type", .ops = ANY_OP, .required_by = ANY_OP, .type = FT_NAME,
+	 .choices = "text|image", .at = ITEM(type), .len_at = ITEM(type_len)},
+	{.name = "text", .ops = ANY_OP, .type = FT_TEXT, .at = ITEM(text), .len_at = ITEM(text_len)},
+	{.name = "data", .ops = ANY_OP, .type = FT_IMAGE, .at = ITEM(image)},
+};
+static const char item_shapes[] = "items are {type: text, text} or {type: image, data}";
+static const map_kind item_map = {"content", item_fields, 3,
+				  "items take only type, text and data", item_shapes,
+				  " in a content item"};
+
+static const char *const ops[] = {"submit", "status", "cancel", "shutdown", "tokenize",
+				  "detokenize"};
+enum { N_OPS = sizeof ops / sizeof *ops };
 
 typedef struct decoder {
 	const qw_limits *lim;
 	qw_owned *o;
+	unsigned op;       /* OP() of the request's op */
 	size_t text;       /* text bytes so far */
 	int images;
 	qw_err *err;
 } decoder;
 
-static qw_status bad(decoder *d, const char *field, const char *what)
+static int limit_of(const qw_limits *l, field_limit which)
 {
-	return qw_fail(d->err, QW_E_ARG, "request: \"%s\" %s", field, what);
+	switch (which) {
+	case LIM_NEW_TOKENS: return l->max_new_tokens;
+	case LIM_MESSAGES: return l->max_messages;
+	case LIM_ITEMS: return l->max_items;
+	case LIM_TOKEN_IDS: return l->max_token_ids;
+	case LIM_IMAGES: return l->max_images;
+	case LIM_STOP: return l->max_stop;
+	case LIM_TOOLS: return l->max_tools;
+	default: return 0;
+	}
+}
+
+static qw_status bad(decoder *d, const char *name, const char *what)
+{
+	return qw_fail(d->err, QW_E_ARG, "request: \"%s\" %s", name, what);
 }
 
 /* A field over one of the limits. */
-static qw_status over(decoder *d, const char *field, const char *what)
+static qw_status over(decoder *d, const char *name, const char *what)
 {
-	return qw_fail(d->err, QW_E_LIMIT, "request: \"%s\" %s", field, what);
+	return qw_fail(d->err, QW_E_LIMIT, "request: \"%s\" %s", name, what);
 }
 
-static qw_status text_field(decoder *d, const char *field, const msgpack_object *v,
+static qw_status oom(decoder *d)
+{
+	return qw_fail(d->err, QW_E_NOMEM, "out of memory");
+}
+
+/* An array field: checked for its count (1 .. its limit, or 0 .. when may_be_empty) and
+ * given room (elem bytes an element) that lives with the request. */
+static qw_status array_of(decoder *d, const field *f, const msgpack_object *v, size_t elem,
+			  bool may_be_empty, const char *holds, void **out, int *n)
+{
+	int max = limit_of(d->lim, f->limit);
+	char why[96];
+	if (v->type != MSGPACK_OBJECT_ARRAY || (!may_be_empty && v->via.array.size == 0)) {
+		snprintf(why, sizeof why, "must be a%s array of %s", may_be_empty ? "n" : " non-empty",
+			 holds);
+		return bad(d, f->name, why);
+	}
+	if (v->via.array.size > (uint32_t)max) {
+		snprintf(why, sizeof why, "has too many %s (%u; at most %d)", holds,
+			 v->via.array.size, max);
+		return over(d, f->name, why);
+	}
+	*n = (int)v->via.array.size;
+	if (!(*out = qw_own(d->o, (size_t)*n * elem)))
+		return oom(d);
+	return QW_OK;
+}
+
+static qw_status text_value(decoder *d, const char *name, const msgpack_object *v,
 			    const char **out, size_t *len)
 {
 	if (v->type != MSGPACK_OBJECT_STR)
-		return bad(d, field, "must be a string");
+		return bad(d, name, "must be a string");
 	if ((d->text += v->via.str.size) > d->lim->max_text_bytes) {
-		char what[96];
-		snprintf(what, sizeof what, "takes the request past its limit of %zu bytes of text",
+		char why[96];
+		snprintf(why, sizeof why, "takes the request past its limit of %zu bytes of text",
 			 d->lim->max_text_bytes);
-		return over(d, field, what);
+		return over(d, name, why);
 	}
 	*out = v->via.str.ptr;
 	*len = v->via.str.size;
 	return QW_OK;
 }
 
-static qw_status number(decoder *d, const char *field, const msgpack_object *v, double lo,
-			double hi, double *out)
-{
-	if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-		*out = (double)v->via.u64;
-	else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-		*out = (double)v->via.i64;
-	else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64)
-		*out = v->via.f64;
-	else
-		return bad(d, field, "must be a number");
-	if (!(*out >= lo && *out <= hi)) {
-		char what[96];
-		snprintf(what, sizeof what, "must be in [%g, %g]", lo, hi);
-		return bad(d, field, what);
-	}
-	return QW_OK;
-}
-
-static qw_status boolean(decoder *d, const char *field, const msgpack_object *v, bool *out)
-{
-	if (v->type != MSGPACK_OBJECT_BOOLEAN)
-		return bad(d, field, "must be true or false");
-	*out = v->via.boolean;
-	return QW_OK;
-}
-
-/* One encoded image, counted against the limits. */
-static qw_status image_bytes(decoder *d, const char *field, const msgpack_object *data,
+static qw_status image_value(decoder *d, const char *name, const msgpack_object *v,
 			     qw_item *out)
 {
-	if (data->type != MSGPACK_OBJECT_BIN)
-		return bad(d, field, "must be binary (the encoded image)");
-	if (data->via.bin.size > d->lim->max_image_bytes || ++d->images > d->lim->max_images) {
-		char what[128];
-		snprintf(what, sizeof what, "is over the limits (%zu bytes an image, %d images "
-			 "a request)", d->lim->max_image_bytes, d->lim->max_images);
-		return over(d, field, what);
+	if (v->type != MSGPACK_OBJECT_BIN)
+		return bad(d, name, "must be binary (the encoded image)");
+	if (v->via.bin.size > d->lim->max_image_bytes || ++d->images > d->lim->max_images) {
+		char why[128];
+		snprintf(why, sizeof why, "is over the limits (%zu bytes an image, %d images a "
+			 "request)", d->lim->max_image_bytes, d->lim->max_images);
+		return over(d, name, why);
 	}
-	out->kind = QW_ITEM_IMAGE;
-	out->data = data->via.bin.ptr;
-	out->len = data->via.bin.size;
+	*out = (qw_item){QW_ITEM_IMAGE, v->via.bin.ptr, v->via.bin.size};
 	return QW_OK;
 }
 
-static qw_status content(decoder *d, const msgpack_object *v, qw_req_message *m)
+/* A string that must be one of the field's choices ("a|b|c"); the refusal lists them. */
+static qw_status name_value(decoder *d, const field *f, const msgpack_object *v,
+			    const char **out, size_t *len)
 {
-	if (v->type == MSGPACK_OBJECT_STR) {
-		m->items = qw_own(d->o, sizeof *m->items);
-		if (!m->items)
-			return qw_fail(d->err, QW_E_NOMEM, "out of memory");
-		m->n_items = 1;
-		m->items[0].kind = QW_ITEM_TEXT;
-		return text_field(d, "content", v, &m->items[0].data, &m->items[0].len);
+	const char *c = f->choices;
+	while (v->type == MSGPACK_OBJECT_STR) {
+		size_t k = strcspn(c, "|");
+		if (k == v->via.str.size && memcmp(c, v->via.str.ptr, k) == 0) {
+			*out = v->via.str.ptr;
+			*len = k;
+			return QW_OK;
+		}
+		if (!c[k])
+			break;
+		c += k + 1;
 	}
-	if (v->type != MSGPACK_OBJECT_ARRAY)
-		return bad(d, "content", "must be a string or an array of items");
-	if ((int)v->via.array.size > d->lim->max_items)
-		return over(d, "content", "has too many items");
-	m->n_items = (int)v->via.array.size;
-	m->items = qw_own(d->o, (size_t)m->n_items * sizeof *m->items);
-	if (!m->items)
-		return qw_fail(d->err, QW_E_NOMEM, "out of memory");
-	for (int i = 0; i < m->n_items; i++) {
-		const msgpack_object *it = &v->via.array.ptr[i];
-		static const char *const names[] = {"type", "text", "data"};
-		const msgpack_object *found[3] = {NULL, NULL, NULL};
+	char why[128] = "must be ";
+	for (c = f->choices; *c;) {   /* "a, b or c" */
+		size_t k = strcspn(c, "|"), at = strlen(why);
+		const char *sep = !c[k] ? "" : strchr(c + k + 1, '|') ? ", " : " or ";
+		snprintf(why + at, sizeof why - at, "%.*s%s", (int)k, c, sep);
+		c += c[k] ? k + 1 : k;
+	}
+	return bad(d, f->name, why);
+}
+
+static qw_status decode_map(decoder *d, const map_kind *kind, const msgpack_object *map,
+			    void *out, uint32_t *seen);
+
+/* Each element of an array of maps of one kind, into room of elem bytes each. */
+static qw_status maps_value(decoder *d, const field *f, const msgpack_object *v,
+			    const map_kind *kind, size_t elem, bool may_be_empty,
+			    const char *holds, void **out, int *n)
+{
+	qw_status st = array_of(d, f, v, elem, may_be_empty, holds, out, n);
+	for (int i = 0; st == QW_OK && i < *n; i++) {
 		uint32_t seen = 0;
-		if (it->type != MSGPACK_OBJECT_MAP)
-			return bad(d, "content", "items must be maps");
-		for (uint32_t k = 0; k < it->via.map.size; k++) {
-			bool dup;
-			int f = qw_mp_key(&it->via.map.ptr[k].key, names, 3, &seen, &dup);
-			if (f < 0)
-				return bad(d, "content", "items take only type, text and data");
-			if (dup)
-				return bad(d, names[f], "is given twice in a content item");
-			found[f] = &it->via.map.ptr[k].val;
-		}
-		const msgpack_object *type = found[0], *text = found[1], *data = found[2];
-		if (type && qw_mp_is_str(type, "text") && text) {
-			m->items[i].kind = QW_ITEM_TEXT;
-
-			qw_status st = text_field(d, "text", text, &m->items[i].data, &m->items[i].len);
-			if (st != QW_OK)
-				return st;
-		} else if (type && qw_mp_is_str(type, "image") && data) {
-			qw_status st = image_bytes(d, "data", data, &m->items[i]);
-			if (st != QW_OK)
-				return st;
-		} else {
-			return bad(d, "content", "items are {type: text, text} or {type: image, data}");
-		}
-	}
-	return QW_OK;
-}
-
-static qw_status images(decoder *d, const msgpack_object *v, qw_request *r)
-{
-	if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0)
-		return bad(d, "images", "must be a non-empty array of encoded images");
-	if ((int)v->via.array.size > d->lim->max_images)
-		return over(d, "images", "has too many images");
-	r->n_images = (int)v->via.array.size;
-	r->images = qw_own(d->o, (size_t)r->n_images * sizeof *r->images);
-	if (!r->images)
-		return qw_fail(d->err, QW_E_NOMEM, "out of memory");
-	for (int i = 0; i < r->n_images; i++) {
-		qw_status st = image_bytes(d, "images", &v->via.array.ptr[i], &r->images[i]);
-		if (st != QW_OK)
-			return st;
-	}
-	return QW_OK;
-}
-
-/* An assistant message's tool calls: [{name, arguments}], both strings. */
-static qw_status tool_calls(decoder *d, const msgpack_object *v, qw_req_message *m)
-{
-	if (v->type != MSGPACK_OBJECT_ARRAY || (int)v->via.array.size > d->lim->max_items) {
-		char what[64];
-		snprintf(what, sizeof what, "must be an array of at most %d calls", d->lim->max_items);
-		return bad(d, "tool_calls", what);
-	}
-	m->n_tool_calls = (int)v->via.array.size;
-	m->tool_calls = qw_own(d->o, (size_t)m->n_tool_calls * sizeof *m->tool_calls);
-	if (!m->tool_calls)
-		return qw_fail(d->err, QW_E_NOMEM, "out of memory");
-	for (int i = 0; i < m->n_tool_calls; i++) {
-		const msgpack_object *c = &v->via.array.ptr[i];
-		qw_tool_call *out = &m->tool_calls[i];
-		static const char *const names[] = {"name", "arguments"};
-		uint32_t seen = 0;
-		if (c->type != MSGPACK_OBJECT_MAP)
-			return bad(d, "tool_calls", "must hold maps {name, arguments}");
-		for (uint32_t k = 0; k < c->via.map.size; k++) {
-			const msgpack_object_kv *kv = &c->via.map.ptr[k];
-			bool dup;
-			int f = qw_mp_key(&kv->key, names, 2, &seen, &dup);
-			qw_status st;
-			if (f < 0)
-				return bad(d, "tool_calls", "take only name and arguments");
-			if (dup)
-				return bad(d, names[f], "is given twice in a tool call");
-			if (f == 0)
-				st = text_field(d, "name", &kv->val, &out->name, &out->name_len);
-			else
-				st = text_field(d, "arguments", &kv->val, &out->arguments,
-						&out->arguments_len);
-			if (st != QW_OK)
-				return st;
-		}
-		if (!out->name || !out->arguments)
-			return bad(d, "tool_calls", "each needs a name and arguments");
-	}
-	return QW_OK;
-}
-
-static qw_status messages(decoder *d, const msgpack_object *v, qw_request *r)
-{
-	if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0)
-		return bad(d, "messages", "must be a non-empty array");
-	if ((int)v->via.array.size > d->lim->max_messages)
-		return over(d, "messages", "has too many messages");
-	r->n_messages = (int)v->via.array.size;
-	r->messages = qw_own(d->o, (size_t)r->n_messages * sizeof *r->messages);
-	if (!r->messages)
-		return qw_fail(d->err, QW_E_NOMEM, "out of memory");
-	for (int i = 0; i < r->n_messages; i++) {
-		const msgpack_object *m = &v->via.array.ptr[i];
-		qw_req_message *out = &r->messages[i];
-		if (m->type != MSGPACK_OBJECT_MAP)
-			return bad(d, "messages", "must hold maps");
-		static const char *const names[] = {"role", "content", "reasoning", "tool_calls"};
-		uint32_t seen = 0;
-		for (uint32_t k = 0; k < m->via.map.size; k++) {
-			const msgpack_object_kv *kv = &m->via.map.ptr[k];
-			bool dup;
-			int f = qw_mp_key(&kv->key, names, 4, &seen, &dup);
-			qw_status st = QW_OK;
-			if (f < 0)
-				return bad(d, "messages", "take only role, content, reasoning and tool_calls");
-			if (dup)
-				return bad(d, names[f], "is given twice in a message");
-			if (f == 0) {
-				if (!qw_mp_is_str(&kv->val, "system") && !qw_mp_is_str(&kv->val, "user") &&
-				    !qw_mp_is_str(&kv->val, "assistant") && !qw_mp_is_str(&kv->val, "tool"))
-					return bad(d, "role", "must be system, user, assistant or tool");
-				out->role = kv->val.via.str.ptr;
-				out->role_len = kv->val.via.str.size;
-			} else if (f == 1) {
-				st = content(d, &kv->val, out);
-			} else if (f == 2) {
-				st = text_field(d, "reasoning", &kv->val, &out->reasoning, &out->reasoning_len);
-			} else {
-				st = tool_calls(d, &kv->val, out);
-			}
-			if (st != QW_OK)
-				return st;
-		}
-		bool has_content = seen & 2u;
-		if (!out->role || !has_content)
-			return bad(d, "messages", "each needs a role and a content");
-		if (out->n_tool_calls && !(out->role_len == 9 && !memcmp(out->role, "assistant", 9)))
-			return bad(d, "tool_calls", "belong to assistant messages");
-	}
-	return QW_OK;
-}
-
-static qw_status int_array(decoder *d, const char *field, const msgpack_object *v, int max,
-			   int32_t **out, int *n)
-{
-	if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0)
-		return bad(d, field, "must be a non-empty array of token ids");
-	if ((int)v->via.array.size > max)
-		return over(d, field, "has too many token ids");
-	*n = (int)v->via.array.size;
-	*out = qw_own(d->o, (size_t)*n * sizeof **out);
-	if (!*out)
-		return qw_fail(d->err, QW_E_NOMEM, "out of memory");
-	for (int i = 0; i < *n; i++) {
-		const msgpack_object *e = &v->via.array.ptr[i];
-		if (e->type != MSGPACK_OBJECT_POSITIVE_INTEGER || e->via.u64 > INT32_MAX)
-			return bad(d, field, "holds something that is not a token id");
-		(*out)[i] = (int32_t)e->via.u64;
-	}
-	return QW_OK;
-}
-
-static qw_status stops(decoder *d, const msgpack_object *v, qw_request *r)
-{
-	if (v->type != MSGPACK_OBJECT_ARRAY || (int)v->via.array.size > d->lim->max_stop) {
-		char what[64];
-		snprintf(what, sizeof what, "must be an array of at most %d strings", d->lim->max_stop);
-		return bad(d, "stop", what);
-	}
-	r->n_stop = (int)v->via.array.size;
-	r->stop = qw_own(d->o, (size_t)r->n_stop * sizeof *r->stop);
-	r->stop_len = qw_own(d->o, (size_t)r->n_stop * sizeof *r->stop_len);
-	if (!r->stop || !r->stop_len)
-		return qw_fail(d->err, QW_E_NOMEM, "out of memory");
-	for (int i = 0; i < r->n_stop; i++) {
-		const msgpack_object *s = &v->via.array.ptr[i];
-		if (s->type != MSGPACK_OBJECT_STR || s->via.str.size == 0 ||
-		    s->via.str.size > d->lim->max_stop_bytes)
-			return bad(d, "stop", "holds an empty, overlong or non-string entry");
-		r->stop[i] = s->via.str.ptr;
-		r->stop_len[i] = s->via.str.size;
-	}
-	return QW_OK;
-}
-
-static qw_status tools(decoder *d, const msgpack_object *v, qw_request *r)
-{
-	if (v->type != MSGPACK_OBJECT_ARRAY || (int)v->via.array.size > d->lim->max_tools) {
-		char what[64];
-		snprintf(what, sizeof what, "must be an array of at most %d strings", d->lim->max_tools);
-		return bad(d, "tools", what);
-	}
-	r->n_tools = (int)v->via.array.size;
-	r->tools = qw_own(d->o, (size_t)r->n_tools * sizeof *r->tools);
-	r->tools_len = qw_own(d->o, (size_t)r->n_tools * sizeof *r->tools_len);
-	if (!r->tools || !r->tools_len)
-		return qw_fail(d->err, QW_E_NOMEM, "out of memory");
-	for (int i = 0; i < r->n_tools; i++) {
-		qw_status st = text_field(d, "tools", &v->via.array.ptr[i], &r->tools[i],
-					  &r->tools_len[i]);
-		if (st != QW_OK)
-			return st;
-	}
-	return QW_OK;
-}
-
-static const char *const ops[] = {"submit", "status", "cancel", "shutdown", "tokenize",
-				  "detokenize"};
-enum { N_OPS = sizeof ops / sizeof *ops };
-
-/* Which ops take a field (besides v and op). */
-static bool field_of(qw_op op, const msgpack_object *k)
-{
-	static const char *const submit[] = {
-		"messages", "prompt", "token_ids", "images", "max_tokens", "temperature", "top_p",
-		"top_k", "seed", "greedy", "stream", "ignore_eos", "stop", "tools", "thinking",
-		"prompt_ids", NULL};
-	static const char *const tokenize[] = {
-		"messages", "prompt", "images", "tools", "thinking", "generation_prompt", NULL};
-	static const char *const detokenize[] = {"token_ids", NULL};
-	static const char *const cancel[] = {"request", NULL};
-	const char *const *list = op == QW_OP_SUBMIT ? submit : op == QW_OP_TOKENIZE ? tokenize
-				: op == QW_OP_DETOKENIZE ? detokenize : op == QW_OP_CANCEL ? cancel
-				: NULL;
-	for (int i = 0; list && list[i]; i++)
-		if (qw_mp_is_str(k, list[i]))
-			return true;
-	return false;
-}
-
-/* One field of a request (field_of said it belongs to the op). */
-static qw_status field(decoder *d, const msgpack_object *k, const msgpack_object *v,
-		       qw_request *out, int *inputs)
-{
-	const qw_limits *lim = d->lim;
-	qw_status st = QW_OK;
-	double x;
-	bool b = false;
-	if (qw_mp_is_str(k, "request")) {
-		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-			return bad(d, "request", "must be a request id");
-		out->target = v->via.u64;
-	} else if (qw_mp_is_str(k, "messages")) {
-		(*inputs)++;
-		st = messages(d, v, out);
-	} else if (qw_mp_is_str(k, "prompt")) {
-		(*inputs)++;
-		st = text_field(d, "prompt", v, &out->prompt, &out->prompt_len);
-	} else if (qw_mp_is_str(k, "token_ids")) {
-		(*inputs)++;
-		st = int_array(d, "token_ids", v, lim->max_token_ids, &out->token_ids,
-			       &out->n_token_ids);
-	} else if (qw_mp_is_str(k, "images")) {
-		st = images(d, v, out);
-	} else if (qw_mp_is_str(k, "max_tokens")) {
-		if ((st = number(d, "max_tokens", v, 1, lim->max_new_tokens, &x)) == QW_OK)
-			out->max_tokens = (int)x;
-	} else if (qw_mp_is_str(k, "temperature")) {
-		st = number(d, "temperature", v, 0, 100, &out->temperature);
-	} else if (qw_mp_is_str(k, "top_p")) {
-		st = number(d, "top_p", v, 1e-9, 1, &out->top_p);
-	} else if (qw_mp_is_str(k, "top_k")) {
-		if ((st = number(d, "top_k", v, 0, 1 << 20, &x)) == QW_OK)
-			out->top_k = (int)x;
-	} else if (qw_mp_is_str(k, "seed")) {
-		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-			return bad(d, "seed", "must be a non-negative integer");
-		out->seed = v->via.u64;
-		out->has_seed = true;
-	} else if (qw_mp_is_str(k, "greedy")) {
-		st = boolean(d, "greedy", v, &out->greedy);
-	} else if (qw_mp_is_str(k, "stream")) {
-		st = boolean(d, "stream", v, &out->stream);
-	} else if (qw_mp_is_str(k, "ignore_eos")) {
-		st = boolean(d, "ignore_eos", v, &out->ignore_eos);
-	} else if (qw_mp_is_str(k, "stop")) {
-		st = stops(d, v, out);
-	} else if (qw_mp_is_str(k, "tools")) {
-		st = tools(d, v, out);
-	} else if (qw_mp_is_str(k, "thinking")) {
-		if ((st = boolean(d, "thinking", v, &b)) == QW_OK)
-			out->thinking = b ? QW_THINKING_ON : QW_THINKING_OFF;
-	} else if (qw_mp_is_str(k, "prompt_ids")) {
-		st = boolean(d, "prompt_ids", v, &out->prompt_ids);
-	} else if (qw_mp_is_str(k, "generation_prompt")) {
-		if ((st = boolean(d, "generation_prompt", v, &b)) == QW_OK)
-			out->no_generation_prompt = !b;
+		if (v->via.array.ptr[i].type != MSGPACK_OBJECT_MAP)
+			return bad(d, f->name, "must hold maps");
+		st = decode_map(d, kind, &v->via.array.ptr[i], (char *)*out + (size_t)i * elem,
+				&seen);
 	}
 	return st;
 }
 
-/* What each op needs once its fields are read. */
-static qw_status complete(decoder *d, qw_request *out, int inputs, bool has_target)
+static qw_status content_value(decoder *d, const field *f, const msgpack_object *v,
+			       qw_req_message *m)
 {
-	switch (out->op) {
-	case QW_OP_SUBMIT:
-		if (inputs != 1)
-			return qw_fail(d->err, QW_E_ARG, "request: submit needs exactly one of messages, "
-				       "prompt and token_ids (%d given)", inputs);
-		break;
-	case QW_OP_TOKENIZE:
-		if (inputs != 1)
-			return qw_fail(d->err, QW_E_ARG, "request: tokenize needs exactly one of "
-				       "messages and prompt (%d given)", inputs);
-		break;
-	case QW_OP_DETOKENIZE:
-		if (!out->token_ids)
-			return bad(d, "token_ids", "is required by detokenize");
-		break;
-	case QW_OP_CANCEL:
-		if (!has_target)
-			return bad(d, "request", "is required by cancel");
-		break;
-	default:
-		break;
+	if (v->type == MSGPACK_OBJECT_STR) {
+		if (!(m->items = qw_own(d->o, sizeof *m->items)))
+			return oom(d);
+		m->n_items = 1;
+		m->items[0].kind = QW_ITEM_TEXT;
+		return text_value(d, "content", v, &m->items[0].data, &m->items[0].len);
 	}
-	if (out->n_images && out->messages)
-		return bad(d, "images", "go with prompt or token_ids; messages carry their images in "
-			   "their content");
-	if ((out->n_tools || out->thinking) && !out->messages)
-		return bad(d, out->n_tools ? "tools" : "thinking", "go with messages (the chat "
-			   "template renders them)");
+	if (v->type != MSGPACK_OBJECT_ARRAY)
+		return bad(d, "content", "must be a string or an array of items");
+	item_in *in;
+	qw_status st = maps_value(d, f, v, &item_map, sizeof *in, true, "items", (void **)&in,
+				  &m->n_items);
+	if (st != QW_OK)
+		return st;
+	if (!(m->items = qw_own(d->o, (size_t)m->n_items * sizeof *m->items)))
+		return oom(d);
+	for (int i = 0; i < m->n_items; i++) {
+		bool text = in[i].type_len == 4 && in[i].text && !in[i].image.data;
+		bool image = in[i].type_len == 5 && in[i].image.data && !in[i].text;
+		if (!text && !image)
+			return bad(d, "content", item_shapes);
+		m->items[i] = text ? (qw_item){QW_ITEM_TEXT, in[i].text, in[i].text_len} : in[i].image;
+	}
 	return QW_OK;
+}
+
+/* One value of field f into the struct at out. */
+static qw_status decode_value(decoder *d, const field *f, const msgpack_object *v, char *out)
+{
+	qw_status st = QW_OK;
+	switch (f->type) {
+	case FT_VERSION:
+	case FT_OP:
+		return QW_OK;            /* read before the rest */
+	case FT_TEXT:
+		return text_value(d, f->name, v, (const char **)(out + f->at),
+				  (size_t *)(out + f->len_at));
+	case FT_NAME:
+		return name_value(d, f, v, (const char **)(out + f->at), (size_t *)(out + f->len_at));
+	case FT_NUMBER:
+	case FT_INT: {
+		double x, hi = f->limit ? limit_of(d->lim, f->limit) : f->hi;
+		if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+			x = (double)v->via.u64;
+		else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+			x = (double)v->via.i64;
+		else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64)
+			x = v->via.f64;
+		else
+			return bad(d, f->name, "must be a number");
+		if (!(x >= f->lo && x <= hi)) {
+			char why[96];
+			snprintf(why, sizeof why, "must be in [%g, %g]", f->lo, hi);
+			return bad(d, f->name, why);
+		}
+		if (f->type == FT_INT)
+			*(int *)(out + f->at) = (int)x;
+		else
+			*(double *)(out + f->at) = x;
+		return QW_OK;
+	}
+	case FT_ID:
+		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+			return bad(d, f->name, "must be a non-negative integer");
+		*(uint64_t *)(out + f->at) = v->via.u64;
+		if (f->flag_at)
+			*(bool *)(out + f->flag_at) = true;
+		return QW_OK;
+	case FT_BOOL:
+	case FT_NOT:
+	case FT_THINKING: {
+		if (v->type != MSGPACK_OBJECT_BOOLEAN)
+			return bad(d, f->name, "must be true or false");
+		bool b = v->via.boolean;
+		if (f->type == FT_THINKING)
+			*(qw_thinking *)(out + f->at) = b ? QW_THINKING_ON : QW_THINKING_OFF;
+		else
+			*(bool *)(out + f->at) = f->type == FT_NOT ? !b : b;
+		return QW_OK;
+	}
+	case FT_IMAGE:
+		return image_value(d, f->name, v, (qw_item *)(out + f->at));
+	case FT_CONTENT:
+		return content_value(d, f, v, (qw_req_message *)out);
+	case FT_TOOL_CALLS:
+		return maps_value(d, f, v, &call_map, sizeof(qw_tool_call), true, "calls",
+				  (void **)(out + f->at), (int *)(out + f->len_at));
+	case FT_MESSAGES:
+		return maps_value(d, f, v, &message_map, sizeof(qw_req_message), false, "messages",
+				  (void **)(out + f->at), (int *)(out + f->len_at));
+	case FT_TOKEN_IDS: {
+		int32_t **ids = (int32_t **)(out + f->at);
+		int *n = (int *)(out + f->len_at);
+		st = array_of(d, f, v, sizeof **ids, false, "token ids", (void **)ids, n);
+		for (int i = 0; st == QW_OK && i < *n; i++) {
+			const msgpack_object *e = &v->via.array.ptr[i];
+			if (e->type != MSGPACK_OBJECT_POSITIVE_INTEGER || e->via.u64 > INT32_MAX)
+				return bad(d, f->name, "holds something that is not a token id");
+			(*ids)[i] = (int32_t)e->via.u64;
+		}
+		return st;
+	}
+	case FT_IMAGES: {
+		qw_item **items = (qw_item **)(out + f->at);
+		int *n = (int *)(out + f->len_at);
+		st = array_of(d, f, v, sizeof **items, false, "images", (void **)items, n);
+		for (int i = 0; st == QW_OK && i < *n; i++)
+			st = image_value(d, f->name, &v->via.array.ptr[i], &(*items)[i]);
+		return st;
+	}
+	case FT_STRINGS:
+	case FT_TEXTS: {
+		const char ***s = (const char ***)(out + f->at);
+		size_t **len = (size_t **)(out + f->flag_at);
+		int *n = (int *)(out + f->len_at);
+		st = array_of(d, f, v, sizeof **s, true, "strings", (void **)s, n);
+		if (st == QW_OK && !(*len = qw_own(d->o, (size_t)*n * sizeof **len)))
+			return oom(d);
+		for (int i = 0; st == QW_OK && i < *n; i++) {
+			const msgpack_object *e = &v->via.array.ptr[i];
+			if (f->type == FT_TEXTS) {
+				st = text_value(d, f->name, e, &(*s)[i], &(*len)[i]);
+				continue;
+			}
+			if (e->type != MSGPACK_OBJECT_STR || e->via.str.size == 0 ||
+			    e->via.str.size > d->lim->max_stop_bytes)
+				return bad(d, f->name, "holds an empty, overlong or non-string entry");
+			(*s)[i] = e->via.str.ptr;
+			(*len)[i] = e->via.str.size;
+		}
+		return st;
+	}
+	}
+	return st;
 }
 
 /* A key for a message: at most 31 bytes of it. */
@@ -447,6 +445,44 @@ static int key_len(const msgpack_object *k)
 static const char *key_ptr(const msgpack_object *k)
 {
 	return k->type == MSGPACK_OBJECT_STR ? k->via.str.ptr : "(a key)";
+}
+
+/* A map of the given kind into out: every key one of its fields, given once, a field of the
+ * request's op, of its type and within its limits; then every field the op requires.
+ * *seen gets a bit for each field given. */
+static qw_status decode_map(decoder *d, const map_kind *kind, const msgpack_object *map,
+			    void *out, uint32_t *seen)
+{
+	const char *names[32];
+	for (int i = 0; i < kind->n_fields; i++)
+		names[i] = kind->fields[i].name;
+	for (uint32_t i = 0; i < map->via.map.size; i++) {
+		const msgpack_object *k = &map->via.map.ptr[i].key;
+		bool dup;
+		int f = qw_mp_key(k, names, kind->n_fields, seen, &dup);
+		if (f < 0 && kind->unknown)
+			return bad(d, kind->what, kind->unknown);
+		if (f < 0)
+			return qw_fail(d->err, QW_E_ARG, "request: unknown field \"%.*s\"", key_len(k),
+				       key_ptr(k));
+		if (dup)
+			return qw_fail(d->err, QW_E_ARG, "request: \"%s\" is given twice%s", names[f],
+				       kind->twice);
+		if (!(kind->fields[f].ops & d->op))
+			return qw_fail(d->err, QW_E_ARG, "request: \"%s\" is not a field of %s",
+				       names[f], ops[__builtin_ctz(d->op)]);
+		qw_status st = decode_value(d, &kind->fields[f], &map->via.map.ptr[i].val, out);
+		if (st != QW_OK)
+			return st;
+	}
+	for (int i = 0; i < kind->n_fields; i++)
+		if ((kind->fields[i].required_by & d->op) && !(*seen & (1u << i))) {
+			if (kind->needs)
+				return bad(d, kind->what, kind->needs);
+			return qw_fail(d->err, QW_E_ARG, "request: \"%s\" is required by %s", names[i],
+				       ops[__builtin_ctz(d->op)]);
+		}
+	return QW_OK;
 }
 
 /* The most msgpack elements (map keys and values, array entries) a request within lim can
@@ -462,13 +498,64 @@ static uint64_t max_request_elements(const qw_limits *lim)
 	       (uint64_t)lim->max_messages * message;
 }
 
-/* Every field of any op: a field given twice is refused before any is acted on
- * ({"op": "status", "op": "shutdown"} must not shut the daemon down). */
-static const char *const all_fields[] = {
-	"v", "op", "request", "messages", "prompt", "token_ids", "images", "max_tokens",
-	"temperature", "top_p", "top_k", "seed", "greedy", "stream", "ignore_eos", "stop", "tools",
-	"thinking", "prompt_ids", "generation_prompt"};
-enum { N_FIELDS = sizeof all_fields / sizeof *all_fields };
+/* The op, read first: every other field is checked against it.  A key given twice is
+ * refused here, before any is acted on ({"op": "status", "op": "shutdown"} must not shut
+ * the daemon down); the first unknown one ends the look (decoding the map names it). */
+static qw_status read_op(decoder *d, const msgpack_object *map, qw_op *op)
+{
+	const char *names[32];
+	for (int i = 0; i < request_map.n_fields; i++)
+		names[i] = request_fields[i].name;
+	const msgpack_object *v = NULL;
+	uint32_t seen = 0;
+	for (uint32_t i = 0; i < map->via.map.size; i++) {
+		bool dup;
+		int f = qw_mp_key(&map->via.map.ptr[i].key, names, request_map.n_fields, &seen, &dup);
+		if (f < 0)
+			break;
+		if (dup)
+			return qw_fail(d->err, QW_E_ARG, "request: \"%s\" is given twice", names[f]);
+		if (request_fields[f].type == FT_OP)
+			v = &map->via.map.ptr[i].val;
+	}
+	if (!v || v->type != MSGPACK_OBJECT_STR)
+		return bad(d, "op", "is missing or not a string");
+	for (int i = 0; i < N_OPS; i++)
+		if (qw_mp_is_str(v, ops[i])) {
+			*op = (qw_op)i;
+			d->op = OP(i);
+			return QW_OK;
+		}
+	return qw_fail(d->err, QW_E_ARG, "request: unknown op \"%.*s\" (submit, status, cancel, "
+		       "shutdown, tokenize, detokenize)",
+		       (int)(v->via.str.size > 32 ? 32 : v->via.str.size), v->via.str.ptr);
+}
+
+/* What holds across fields once they are read. */
+static qw_status complete(decoder *d, const qw_request *out, uint32_t seen)
+{
+	int inputs = 0;
+	for (int i = 0; i < request_map.n_fields; i++)
+		inputs += (request_fields[i].input & d->op) && (seen & (1u << i));
+	if (out->op == QW_OP_SUBMIT && inputs != 1)
+		return qw_fail(d->err, QW_E_ARG, "request: submit needs exactly one of messages, "
+			       "prompt and token_ids (%d given)", inputs);
+	if (out->op == QW_OP_TOKENIZE && inputs != 1)
+		return qw_fail(d->err, QW_E_ARG, "request: tokenize needs exactly one of messages "
+			       "and prompt (%d given)", inputs);
+	for (int i = 0; i < out->n_messages; i++) {
+		const qw_req_message *m = &out->messages[i];
+		if (m->n_tool_calls && !(m->role_len == 9 && !memcmp(m->role, "assistant", 9)))
+			return bad(d, "tool_calls", "belong to assistant messages");
+	}
+	if (out->n_images && out->messages)
+		return bad(d, "images", "go with prompt or token_ids; messages carry their images in "
+			   "their content");
+	if ((out->n_tools || out->thinking) && !out->messages)
+		return bad(d, out->n_tools ? "tools" : "thinking", "go with messages (the chat "
+			   "template renders them)");
+	return QW_OK;
+}
 
 qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, qw_request *out,
 			    qw_err *err)
@@ -488,63 +575,14 @@ qw_status qw_request_decode(const void *buf, size_t len, const qw_limits *lim, q
 	out->top_k = -1;
 	out->stream = true;
 	const msgpack_object *map = &o->u.data;
-	if ((st = qw_mp_check_version(map, "request", err)) != QW_OK)
-		goto fail;
-	decoder d = {lim, o, 0, 0, err};
-	const msgpack_object *op = NULL;
+	decoder d = {lim, o, 0, 0, 0, err};
 	uint32_t seen = 0;
-	for (uint32_t i = 0; i < map->via.map.size; i++) {
-		bool dup;
-		int f = qw_mp_key(&map->via.map.ptr[i].key, all_fields, N_FIELDS, &seen, &dup);
-		if (f < 0)
-			break;   /* an unknown field: named below */
-		if (dup) {
-			st = qw_fail(err, QW_E_ARG, "request: \"%s\" is given twice", all_fields[f]);
-			goto fail;
-		}
-		if (f == 1)
-			op = &map->via.map.ptr[i].val;
-	}
-	if (!op || op->type != MSGPACK_OBJECT_STR) {
-		st = bad(&d, "op", "is missing or not a string");
-		goto fail;
-	}
-	int which = -1;
-	for (int i = 0; i < N_OPS; i++)
-		if (qw_mp_is_str(op, ops[i]))
-			which = i;
-	if (which < 0) {
-		st = qw_fail(err, QW_E_ARG, "request: unknown op \"%.*s\" (submit, status, cancel, "
-			     "shutdown, tokenize, detokenize)",
-			     (int)(op->via.str.size > 32 ? 32 : op->via.str.size), op->via.str.ptr);
-		goto fail;
-	}
-	out->op = (qw_op)which;
-	int inputs = 0;
-	bool has_target = false;
-	for (uint32_t i = 0; i < map->via.map.size && st == QW_OK; i++) {
-		const msgpack_object *k = &map->via.map.ptr[i].key, *v = &map->via.map.ptr[i].val;
-		if (qw_mp_is_str(k, "v") || qw_mp_is_str(k, "op"))
-			continue;
-		if (!field_of(out->op, k)) {
-			bool known = false;
-			for (int other = 0; other < N_OPS && !known; other++)
-				known = field_of((qw_op)other, k);
-			st = known ? qw_fail(err, QW_E_ARG, "request: \"%.*s\" is not a field of %s",
-					     key_len(k), key_ptr(k), ops[which])
-				   : qw_fail(err, QW_E_ARG, "request: unknown field \"%.*s\"",
-					     key_len(k), key_ptr(k));
-			break;
-		}
-		has_target |= qw_mp_is_str(k, "request");
-		st = field(&d, k, v, out, &inputs);
-	}
-	if (st == QW_OK)
-		st = complete(&d, out, inputs, has_target);
-	if (st == QW_OK)
-		return QW_OK;
-fail:
-	qw_request_free(out);
+	if ((st = qw_mp_check_version(map, "request", err)) == QW_OK &&
+	    (st = read_op(&d, map, &out->op)) == QW_OK &&
+	    (st = decode_map(&d, &request_map, map, out, &seen)) == QW_OK)
+		st = complete(&d, out, seen);
+	if (st != QW_OK)
+		qw_request_free(out);
 	return st;
 }
 

@@ -167,6 +167,25 @@ static void image_msgs(msgpack_packer *pk)
 	}
 }
 
+static void neg(msgpack_packer *pk) { msgpack_pack_int(pk, -1); }
+static void video_msgs(msgpack_packer *pk)
+{
+	msgpack_pack_array(pk, 1);
+	msgpack_pack_map(pk, 2);
+	msgpack_pack_str(pk, 4);
+	msgpack_pack_str_body(pk, "role", 4);
+	msgpack_pack_str(pk, 4);
+	msgpack_pack_str_body(pk, "user", 4);
+	msgpack_pack_str(pk, 7);
+	msgpack_pack_str_body(pk, "content", 7);
+	msgpack_pack_array(pk, 1);
+	msgpack_pack_map(pk, 1);
+	msgpack_pack_str(pk, 4);
+	msgpack_pack_str_body(pk, "type", 4);
+	msgpack_pack_str(pk, 5);
+	msgpack_pack_str_body(pk, "video", 5);
+}
+
 static void image_list(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 3);
@@ -257,6 +276,25 @@ static void test_refusals(void **state)
 	lim = QW_LIMITS_DEFAULT;
 	lim.max_message = 8;
 	expect_over_limit(3, k12, f14, &lim, "over the 8-byte limit");
+	/* each field's type and its row's limits */
+	lim = QW_LIMITS_DEFAULT;
+	lim.max_token_ids = 1;
+	expect_over_limit(3, k8, (pack_fn[]){v1, op_submit, ids}, &lim,
+			  "\"token_ids\" has too many token ids (2; at most 1)");
+	lim = QW_LIMITS_DEFAULT;
+	lim.max_items = 2;
+	expect_over_limit(3, k10, f13, &lim, "\"content\" has too many items (3; at most 2)");
+	const char *k18[] = {"v", "op", "seed", "prompt"};
+	expect_refused(4, k18, (pack_fn[]){v1, op_submit, neg, hello}, NULL,
+		       "\"seed\" must be a non-negative integer");
+	const char *k19[] = {"v", "op", "request"};
+	expect_refused(3, k19, (pack_fn[]){v1, op_cancel, hello}, NULL,
+		       "\"request\" must be a non-negative integer");
+	expect_refused(3, k10, (pack_fn[]){v1, op_submit, video_msgs}, NULL,
+		       "\"type\" must be text or image");
+	const char *k20[] = {"v", "op", "greedy", "prompt"};
+	expect_refused(4, k20, (pack_fn[]){v1, op_submit, hello, hello}, NULL,
+		       "\"greedy\" must be true or false");
 }
 
 /* The one table from status to the code a client gets, as docs/protocol.md gives it. */
@@ -429,8 +467,8 @@ static void test_nesting_and_stop_limit(void **state)
 	qw_request s = {.op = QW_OP_SUBMIT, .token_ids = &one, .n_token_ids = 1, .temperature = -1,
 			.top_k = -1, .stream = true, .stop = stop, .stop_len = stop_len, .n_stop = 17};
 	assert_int_equal(qw_request_encode(&s, &buf, &len, &err), QW_OK);
-	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_E_ARG);
-	assert_contains(err.msg, "\"stop\" must be an array of at most 16 strings");
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_E_LIMIT);
+	assert_contains(err.msg, "\"stop\" has too many strings (17; at most 16)");
 	free(buf);
 }
 
@@ -509,6 +547,76 @@ static void test_memory_bound(void **state)
 	int status;
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* The walk before unpacking reads every msgpack type as msgpack-c writes it: a status
+ * request carrying one of each (every width of int, float, string, binary, ext, array and
+ * map) under a key it does not take passes the walk and is refused only for that key; cut
+ * short anywhere, or with the never-used type byte 0xc1, it is not msgpack. */
+static void test_msgpack_walk_every_type(void **state)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	begin_request(&sb, &pk, 3, "status");
+	static char big[70000];
+	memset(big, 'x', sizeof big);
+	size_t sizes[] = {3, 200, 300, 70000};   /* fix, 8-bit, 16-bit and 32-bit lengths */
+	pack_s(&pk, "x");
+	msgpack_pack_array(&pk, 15 + 8 + 12 + 5);   /* scalars, exts, strings, containers */
+	msgpack_pack_nil(&pk);
+	msgpack_pack_true(&pk);
+	msgpack_pack_false(&pk);
+	msgpack_pack_fix_uint8(&pk, 7);
+	msgpack_pack_uint8(&pk, 200);
+	msgpack_pack_uint16(&pk, 60000);
+	msgpack_pack_uint32(&pk, 4000000000u);
+	msgpack_pack_uint64(&pk, 1ull << 60);
+	msgpack_pack_fix_int8(&pk, -3);
+	msgpack_pack_int8(&pk, -100);
+	msgpack_pack_int16(&pk, -30000);
+	msgpack_pack_int32(&pk, -2000000000);
+	msgpack_pack_int64(&pk, -(1ll << 60));
+	msgpack_pack_float(&pk, 1.5f);
+	msgpack_pack_double(&pk, 2.5);
+	for (int e = 0; e < 8; e++) {           /* fixext 1 .. 16, ext 8, 16, 32 */
+		size_t n = e < 5 ? (size_t)1 << e : e == 5 ? 3 : e == 6 ? 300 : 70000;
+		msgpack_pack_ext(&pk, n, 5);
+		msgpack_pack_ext_body(&pk, big, n);
+	}
+	for (int i = 0; i < 4; i++) {           /* str, bin and the old raw of each length */
+		msgpack_pack_str(&pk, sizes[i]);
+		msgpack_pack_str_body(&pk, big, sizes[i]);
+		msgpack_pack_bin(&pk, sizes[i]);
+		msgpack_pack_bin_body(&pk, big, sizes[i]);
+		msgpack_pack_v4raw(&pk, sizes[i] > 65535 ? 3 : sizes[i]);
+		msgpack_pack_v4raw_body(&pk, big, sizes[i] > 65535 ? 3 : sizes[i]);
+	}
+	msgpack_pack_array(&pk, 20);            /* array 16 */
+	for (int i = 0; i < 20; i++)
+		msgpack_pack_nil(&pk);
+	msgpack_pack_array(&pk, 70000);         /* array 32 */
+	for (int i = 0; i < 70000; i++)
+		msgpack_pack_nil(&pk);
+	msgpack_pack_map(&pk, 20);              /* map 16 */
+	for (int i = 0; i < 40; i++)
+		msgpack_pack_int(&pk, i);
+	msgpack_pack_map(&pk, 70000);           /* map 32 */
+	for (int i = 0; i < 140000; i++)
+		msgpack_pack_nil(&pk);
+	msgpack_pack_map(&pk, 0);
+	qw_request d;
+	qw_err err = {0};
+	assert_int_equal(qw_request_decode(sb.data, sb.size, NULL, &d, &err), QW_E_ARG);
+	assert_contains(err.msg, "unknown field \"x\"");   /* walked and unpacked */
+	for (size_t cut = 0; cut < sb.size; cut += cut < 64 || cut + 64 > sb.size ? 1 : 997) {
+		if (qw_request_decode(sb.data, cut, NULL, &d, &err) == QW_OK)
+			fail_msg("cut to %zu of %zu bytes, it decoded", cut, sb.size);
+		assert_contains(err.msg, "not valid msgpack");
+	}
+	sb.data[sb.size - 1] = (char)0xc1;   /* the last value, {}, becomes the unused byte */
+	assert_int_equal(qw_request_decode(sb.data, sb.size, NULL, &d, &err), QW_E_ARG);
+	assert_contains(err.msg, "not valid msgpack");
+	msgpack_sbuffer_destroy(&sb);
 }
 
 static void test_replies(void **state)
@@ -707,6 +815,7 @@ int main(void)
 		cmocka_unit_test(test_nesting_and_stop_limit),
 		cmocka_unit_test(test_at_the_limits),
 		cmocka_unit_test(test_memory_bound),
+		cmocka_unit_test(test_msgpack_walk_every_type),
 		cmocka_unit_test(test_replies),
 		cmocka_unit_test(test_tools_and_tokens),
 		cmocka_unit_test(test_tools_and_tokens_refused),
