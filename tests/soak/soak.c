@@ -250,6 +250,19 @@ static void head(bytes_buf *b, int fields, const char *op)
 	pack_s(b, op);
 }
 
+/* A chat submit of one user message holding items, encoded into b. */
+static void chat_into(bytes_buf *b, qw_item *items, int n)
+{
+	qw_req_message m = {"user", 4, items, n, NULL, 0, NULL, 0};
+	qw_request r = {.op = QW_OP_SUBMIT, .messages = &m, .n_messages = 1, .temperature = -1,
+			.top_k = -1, .stream = true};
+	char *buf;
+	size_t len;
+	qw_request_encode(&r, &buf, &len, NULL);
+	raw(b, buf, len);
+	free(buf);
+}
+
 /* One hostile message of kind k into b. */
 static void hostile(int k, bytes_buf *b, const uint8_t *valid, size_t valid_len,
 		    const membuf *big_png)
@@ -296,28 +309,14 @@ static void hostile(int k, bytes_buf *b, const uint8_t *valid, size_t valid_len,
 	}
 	case 6: {                              /* a NUL in chat text */
 		qw_item it = {QW_ITEM_TEXT, "hello\0there", 11};
-		qw_req_message m = {"user", 4, &it, 1, NULL, 0, NULL, 0};
-		qw_request r = {.op = QW_OP_SUBMIT, .messages = &m, .n_messages = 1,
-				.temperature = -1, .top_k = -1, .stream = true};
-		char *buf;
-		size_t len;
-		qw_request_encode(&r, &buf, &len, NULL);
-		raw(b, buf, len);
-		free(buf);
+		chat_into(b, &it, 1);
 		break;
 	}
 	case 7: {                              /* images past the token limits */
 		qw_item it[8];
 		for (int i = 0; i < 8; i++)
 			it[i] = (qw_item){QW_ITEM_IMAGE, (const char *)big_png->p, big_png->n};
-		qw_req_message m = {"user", 4, it, 8, NULL, 0, NULL, 0};
-		qw_request r = {.op = QW_OP_SUBMIT, .messages = &m, .n_messages = 1,
-				.temperature = -1, .top_k = -1, .stream = true};
-		char *buf;
-		size_t len;
-		qw_request_encode(&r, &buf, &len, NULL);
-		raw(b, buf, len);
-		free(buf);
+		chat_into(b, it, 8);
 		break;
 	}
 	default: {                             /* past max-request-bytes: dropped by ZeroMQ */

@@ -143,7 +143,8 @@ static void bad_msgs(msgpack_packer *pk)
 	msgpack_pack_str(pk, 2);
 	msgpack_pack_str_body(pk, "hi", 2);
 }
-static void image_msgs(msgpack_packer *pk)
+/* [{role: user, content: [ then n items for the caller to pack */
+static void user_message(msgpack_packer *pk, int n_items)
 {
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 2);
@@ -153,7 +154,12 @@ static void image_msgs(msgpack_packer *pk)
 	msgpack_pack_str_body(pk, "user", 4);
 	msgpack_pack_str(pk, 7);
 	msgpack_pack_str_body(pk, "content", 7);
-	msgpack_pack_array(pk, 3);
+	msgpack_pack_array(pk, (size_t)n_items);
+}
+
+static void image_msgs(msgpack_packer *pk)
+{
+	user_message(pk, 3);
 	for (int i = 0; i < 3; i++) {
 		msgpack_pack_map(pk, 2);
 		msgpack_pack_str(pk, 4);
@@ -170,15 +176,7 @@ static void image_msgs(msgpack_packer *pk)
 static void neg(msgpack_packer *pk) { msgpack_pack_int(pk, -1); }
 static void video_msgs(msgpack_packer *pk)
 {
-	msgpack_pack_array(pk, 1);
-	msgpack_pack_map(pk, 2);
-	msgpack_pack_str(pk, 4);
-	msgpack_pack_str_body(pk, "role", 4);
-	msgpack_pack_str(pk, 4);
-	msgpack_pack_str_body(pk, "user", 4);
-	msgpack_pack_str(pk, 7);
-	msgpack_pack_str_body(pk, "content", 7);
-	msgpack_pack_array(pk, 1);
+	user_message(pk, 1);
 	msgpack_pack_map(pk, 1);
 	msgpack_pack_str(pk, 4);
 	msgpack_pack_str_body(pk, "type", 4);
