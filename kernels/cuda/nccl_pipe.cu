@@ -103,7 +103,7 @@ static long long now_ns(void)
 	return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
-static qw_status broke(qw_nccl_pipe *p, qw_err *err, qw_status st)
+static qw_status broke(qw_nccl_pipe *p, qw_status st)
 {
 	p->broken = true;
 	return st;
@@ -124,19 +124,19 @@ static qw_status async_state(qw_nccl_pipe *p, qw_err *err)
 	qw_fail(err, QW_E_DEVICE, "NCCL (stage %d of %d): %s%s", p->cfg.rank, p->cfg.n_ranks,
 		ncclGetErrorString(r), r == ncclRemoteError || r == ncclSystemError
 		? " (a neighbouring stage died or its link broke)" : "");
-	return broke(p, err, QW_E_DEVICE);
+	return broke(p, QW_E_DEVICE);
 }
 
 static qw_status ask_caller(qw_nccl_pipe *p, const char *what, qw_err *err)
 {
 	if (p->cfg.keep_waiting && !p->cfg.keep_waiting(p->cfg.wait_ctx)) {
 		qw_fail(err, QW_E_ABORTED, "stage %d gave up waiting for %s", p->cfg.rank, what);
-		return broke(p, err, QW_E_ABORTED);
+		return broke(p, QW_E_ABORTED);
 	}
 	return QW_OK;
 }
 
-/* Spins, then naps; between, asks NCCL and the caller.  timeout_s <= 0: no limit. */
+/* Spins for the first SPIN_NS of a wait, then naps. */
 static void pause_ns(long long waited)
 {
 	if (waited < SPIN_NS) {
@@ -147,7 +147,8 @@ static void pause_ns(long long waited)
 	}
 }
 
-/* Until NCCL has finished setting up what was enqueued (non-blocking communicators). */
+/* Until NCCL has finished setting up what was enqueued (non-blocking communicators); asks
+ * the caller between polls.  timeout_s <= 0: no limit. */
 static qw_status settle(qw_nccl_pipe *p, double timeout_s, const char *what, qw_err *err)
 {
 	long long t0 = now_ns(), last = t0;
@@ -159,7 +160,7 @@ static qw_status settle(qw_nccl_pipe *p, double timeout_s, const char *what, qw_
 		if (timeout_s > 0 && (double)(t - t0) > timeout_s * 1e9) {
 			qw_fail(err, QW_E_TIMEOUT, "stage %d: %s took longer than %.0f s (a stage "
 				"that never joined?)", p->cfg.rank, what, timeout_s);
-			return broke(p, err, QW_E_TIMEOUT);
+			return broke(p, QW_E_TIMEOUT);
 		}
 		if (t - last > POLL_NS) {
 			last = t;
@@ -170,7 +171,8 @@ static qw_status settle(qw_nccl_pipe *p, double timeout_s, const char *what, qw_
 	}
 }
 
-/* Until ev has happened on the GPU. */
+/* Until ev has happened on the GPU; asks NCCL and the caller between polls.  timeout_s <= 0:
+ * no limit. */
 static qw_status wait_event(qw_nccl_pipe *p, cudaEvent_t ev, double timeout_s, const char *what,
 			    qw_err *err)
 {
@@ -182,7 +184,7 @@ static qw_status wait_event(qw_nccl_pipe *p, cudaEvent_t ev, double timeout_s, c
 		if (q != cudaErrorNotReady) {
 			qw_fail(err, QW_E_DEVICE, "stage %d waiting for %s: %s", p->cfg.rank, what,
 				cudaGetErrorString(q));
-			return broke(p, err, QW_E_DEVICE);
+			return broke(p, QW_E_DEVICE);
 		}
 		long long t = now_ns();
 		if (t - last > POLL_NS) {
@@ -197,7 +199,7 @@ static qw_status wait_event(qw_nccl_pipe *p, cudaEvent_t ev, double timeout_s, c
 			if (timeout_s > 0 && (double)(t - t0) > timeout_s * 1e9) {
 				qw_fail(err, QW_E_TIMEOUT, "stage %d: %s took longer than %.0f s",
 					p->cfg.rank, what, timeout_s);
-				return broke(p, err, QW_E_TIMEOUT);
+				return broke(p, QW_E_TIMEOUT);
 			}
 		}
 		pause_ns(t - t0);
@@ -209,7 +211,7 @@ static qw_status wait_event(qw_nccl_pipe *p, cudaEvent_t ev, double timeout_s, c
 	do {                                                    \
 		qw_status pt_st_ = (call);                       \
 		if (pt_st_ != QW_OK)                            \
-			return broke((p), (err), pt_st_);       \
+			return broke((p), pt_st_);       \
 	} while (0)
 
 static qw_status cuda_try(cudaError_t e, const char *what, qw_err *err)
@@ -257,7 +259,7 @@ static void free_slot(slot *s)
 		cudaEventDestroy(s->done);
 }
 
-static qw_status create(qw_nccl_pipe *p, qw_backend *be, qw_err *err)
+static qw_status create(qw_nccl_pipe *p, qw_err *err)
 {
 	const qw_nccl_pipe_config *c = &p->cfg;
 	QW_CUDA_TRY(err, cudaGetDevice(&p->device));
@@ -306,7 +308,7 @@ extern "C" qw_status qw_nccl_pipe_create(qw_backend *be, const qw_nccl_pipe_conf
 	p->cfg = *cfg;
 	p->compute = (cudaStream_t)qw_cuda_backend_stream(be);
 	p->elem = qw_dtype_size(be->act_dtype);
-	qw_status st = create(p, be, err);
+	qw_status st = create(p, err);
 	p->cfg.unique_id = NULL;   /* the caller's memory: not kept */
 	if (st != QW_OK) {
 		qw_nccl_pipe_destroy(p, false);
@@ -373,12 +375,12 @@ extern "C" qw_status qw_nccl_pipe_warm(qw_nccl_pipe *p, qw_err *err)
 		st = cuda_try(cudaMemcpy(&got, p->recv[0].d, 8, cudaMemcpyDeviceToHost), "warm-up",
 			      err);
 	if (st != QW_OK)
-		return broke(p, err, st);
+		return broke(p, st);
 	if (rank > 0 && got != (RECORD_MAGIC ^ (uint64_t)(rank - 1))) {
 		qw_fail(err, QW_E_IO, "stage %d: the warm-up word from stage %d is %016llx, not "
 			"%016llx", rank, rank - 1, (unsigned long long)got,
 			(unsigned long long)(RECORD_MAGIC ^ (uint64_t)(rank - 1)));
-		return broke(p, err, QW_E_IO);
+		return broke(p, QW_E_IO);
 	}
 	return QW_OK;
 }
@@ -426,7 +428,7 @@ extern "C" qw_status qw_nccl_pipe_post_recv(qw_nccl_pipe *p, const qw_nccl_recor
 	qw_status st = enqueue_recv(p, r, &s, err);
 	qw_status end = nccl_try(ncclGroupEnd(), "receive", err);
 	if (st != QW_OK || end != QW_OK)
-		return broke(p, err, st != QW_OK ? st : end);
+		return broke(p, st != QW_OK ? st : end);
 	PIPE_TRY(p, err, settle(p, 0, "posting a receive", err));
 	PIPE_TRY(p, err, cuda_try(cudaEventRecord(s->ready, p->stream), "receive", err));
 	return QW_OK;
@@ -549,7 +551,7 @@ extern "C" qw_status qw_nccl_pipe_send(qw_nccl_pipe *p, const qw_nccl_record *r,
 		st = enqueue_recv(p, then, &into, err);
 	qw_status end = nccl_try(ncclGroupEnd(), "send", err);
 	if (st != QW_OK || end != QW_OK)
-		return broke(p, err, st != QW_OK ? st : end);
+		return broke(p, st != QW_OK ? st : end);
 	PIPE_TRY(p, err, settle(p, 0, "sending", err));
 	PIPE_TRY(p, err, cuda_try(cudaEventRecord(s->done, p->stream), "send", err));
 	if (into)
