@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 rm -rf .devpack
 mkdir -p .devpack/build/bin .devpack/build/lib .devpack/build/tests/gpu .devpack/build/tests/unit \
 	.devpack/build/tests/bench
-for p in qwend qwenctl qwen-parity qwen-ckpt qwen-gpuinfo qwen-transport-check; do
+for p in qwend qwenctl qwen-parity qwen-ckpt qwen-gpuinfo qwen-transport-check qwen-tok qwen-http; do
 	strip -o .devpack/build/bin/$p build/bin/$p
 done
 cp -L build/lib/libcmocka.so.0 .devpack/build/lib/
