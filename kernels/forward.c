@@ -50,7 +50,9 @@ static bool qkv_fusable(const qw_layer_weights *lw)
 }
 
 /* Where the backend has fuse_rows and qk_norm_rope_kv: each fusable layer's q/k/v weights
- * as one (m->qkv_proj), once they are on the backend. */
+ * as one (m->qkv_proj), once they are on the backend.  Parts the backend cannot fuse
+ * (QW_E_ARG, nothing moved: e.g. FP8 ones whose rows end in a partial block) stay separate
+ * and the layer runs its three GEMMs. */
 static qw_status fuse_qkv(qw_stage_model *m, qw_err *err)
 {
 	qw_backend *be = m->be;
@@ -65,8 +67,13 @@ static qw_status fuse_qkv(qw_stage_model *m, qw_err *err)
 		if (!qkv_fusable(lw))
 			continue;
 		const qw_tensor *parts[3] = {lw->q_proj, lw->k_proj, lw->v_proj};
-		if (be->fuse_rows(be, parts, 3, &m->qkv_proj[L - begin], err) != QW_OK)
+		qw_status st = be->fuse_rows(be, parts, 3, &m->qkv_proj[L - begin], err);
+		if (st == QW_E_ARG) {
+			m->qkv_proj[L - begin] = NULL;
+			qw_err_clear(err);
+		} else if (st != QW_OK) {
 			return qw_err_context(err, "layer %d: q/k/v as one weight", L);
+		}
 	}
 	return QW_OK;
 }

@@ -276,12 +276,23 @@ static qw_status shape_error(qw_err *err, const char *op, const char *what)
 	return qw_fail(err, QW_E_ARG, "cuda %s: %s", op, what);
 }
 
+/* Ops that read a weight as bf16 refuse any other (an FP8 one: only the linear weights of
+ * the text layers are quantized, and matmul reads them). */
+static qw_status bf16_weight(const char *op, const qw_tensor *t, qw_err *err)
+{
+	if (t->dtype == QW_DT_BF16)
+		return QW_OK;
+	return qw_fail(err, QW_E_ARG, "cuda %s: %s is %s; this op reads BF16 weights only", op,
+		       t->name ? t->name : "(unnamed)", qw_dtype_name(t->dtype));
+}
+
 static qw_status embed(qw_backend *be, qw_act *out, const qw_tensor *table, const int32_t *ids,
 		       qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
 	if (out->cols != table->shape[1])
 		return shape_error(err, "embed", "output width is not the table's");
+	QW_TRY(bf16_weight("embed", table, err));
 	const void *d_ids;
 	QW_TRY(begin_op(c, (size_t)out->rows * 4, err));
 	QW_TRY(dev_copy(c, ids, (size_t)out->rows, 4, &d_ids, err));
@@ -294,6 +305,7 @@ static qw_status rmsnorm(qw_backend *be, qw_act *out, const qw_act *x, const qw_
 {
 	if (w->numel != (uint64_t)x->cols || out->cols != x->cols || out->cap_rows < x->rows)
 		return shape_error(err, "rmsnorm", "weight or output width differs from the input");
+	QW_TRY(bf16_weight("rmsnorm", w, err));
 	out->rows = x->rows;
 	return qw_cuda_rmsnorm(D16(out), C16(x), (const uint16_t *)w->data, x->rows, x->cols, eps,
 			       ctx_of(be)->stream, err);
@@ -306,6 +318,7 @@ static qw_status add_rmsnorm(qw_backend *be, qw_act *out, qw_act *x, const qw_ac
 	    out->cols != x->cols || out->cap_rows < x->rows || out->data == x->data)
 		return shape_error(err, "add_rmsnorm", "operand, weight or output widths differ (or "
 				   "the output is x)");
+	QW_TRY(bf16_weight("add_rmsnorm", w, err));
 	out->rows = x->rows;
 	return qw_cuda_add_rmsnorm(D16(out), D16(x), C16(r), (const uint16_t *)w->data, x->rows,
 				   x->cols, eps, ctx_of(be)->stream, err);
@@ -316,6 +329,7 @@ static qw_status head_rmsnorm(qw_backend *be, qw_act *x, const qw_tensor *w, int
 {
 	if ((uint64_t)n_heads * w->numel != (uint64_t)x->cols)
 		return shape_error(err, "head_rmsnorm", "heads x weight width is not the row width");
+	QW_TRY(bf16_weight("head_rmsnorm", w, err));
 	return qw_cuda_head_rmsnorm(D16(x), (const uint16_t *)w->data, x->rows, n_heads,
 				    (int)w->numel, eps, ctx_of(be)->stream, err);
 }
@@ -333,6 +347,49 @@ static qw_status rope(qw_backend *be, qw_act *x, const int32_t *positions, int n
 			    mrope_section, theta, c->stream, err);
 }
 
+/* out (T, N) = x (T, K) w^T through cuBLAS, w (N, K) bf16: row-major out (T, N) is
+ * column-major out^T (N, T) = w (K, N)^T x^T. */
+static qw_status gemm_bf16(cuda_ctx *c, qw_act *out, const qw_act *x, const void *w, int N,
+			   qw_err *err)
+{
+	const float one = 1.0f, zero = 0.0f;
+	int K = x->cols, T = x->rows;
+	QW_CUBLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w,
+					CUDA_R_16BF, K, x->data, CUDA_R_16BF, K, &zero, out->data,
+					CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+	return QW_OK;
+}
+
+/* An FP8 linear weight (N, K) as the kernels take it. */
+static qw_cuda_fp8_weight fp8_of(const qw_tensor *w)
+{
+	qw_cuda_fp8_weight f;
+	f.q = (const uint8_t *)w->data;
+	f.scale = (const float *)w->scale->data;
+	f.mats = 1;
+	f.rows = (int)w->shape[0];
+	f.cols = (int)w->shape[1];
+	f.br = w->block[0];
+	f.bc = w->block[1];
+	return f;
+}
+
+/* out = x w^T for an FP8 w: dequantised into the scratch reserved at upload, then the bf16
+ * GEMM (the bits of the bf16 path on the dequantised weight). */
+static qw_status matmul_fp8(cuda_ctx *c, qw_act *out, const qw_act *x, const qw_tensor *w,
+			    qw_err *err)
+{
+	int N = (int)w->shape[0];
+	qw_cuda_fp8_weight f = fp8_of(w);
+	if ((size_t)w->numel * 2 > c->fp8_deq.bytes)   /* upload reserves it: cannot be */
+		return qw_fail(err, QW_E_ARG, "cuda matmul: FP8 weight %s (%llu values) is larger than "
+			       "the dequantisation scratch reserved at upload (%zu bytes)",
+			       w->name ? w->name : "(unnamed)", (unsigned long long)w->numel,
+			       c->fp8_deq.bytes);
+	QW_TRY(qw_cuda_fp8_dequant((uint16_t *)c->fp8_deq.p, &f, c->stream, err));
+	return gemm_bf16(c, out, x, c->fp8_deq.p, N, err);
+}
+
 static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,
 			const qw_tensor *bias, qw_err *err)
 {
@@ -340,24 +397,23 @@ static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_t
 	if (w->ndim != 2 || w->shape[1] != x->cols || w->shape[0] != out->cols ||
 	    out->cap_rows < x->rows)
 		return shape_error(err, "matmul", "weight does not match input and output widths");
+	if (bias)
+		QW_TRY(bf16_weight("matmul (bias)", bias, err));
 	int N = (int)w->shape[0], K = (int)w->shape[1], T = x->rows;
 	out->rows = T;
 	if (T == 0)
 		return QW_OK;
-	/* a decode step's few tokens: a stream over w beats cuBLAS's fixed cost */
-	if (qw_cuda_few_rows_gemm_takes(T, N, K, x->data, w->data, out->data)) {
+	if (w->dtype == QW_DT_F8_E4M3) {
+		QW_TRY(matmul_fp8(c, out, x, w, err));
+	} else if (qw_cuda_few_rows_gemm_takes(T, N, K, x->data, w->data, out->data)) {
+		/* a decode step's few tokens: a stream over w beats cuBLAS's fixed cost */
+		QW_TRY(bf16_weight("matmul", w, err));
 		QW_TRY(qw_cuda_few_rows_gemm(D16(out), C16(x), (const uint16_t *)w->data, T, N, K,
 					     c->stream, err));
-		if (bias)
-			return qw_cuda_add_bias(D16(out), (const uint16_t *)bias->data, T, N, c->stream,
-						err);
-		return QW_OK;
+	} else {
+		QW_TRY(bf16_weight("matmul", w, err));
+		QW_TRY(gemm_bf16(c, out, x, w->data, N, err));
 	}
-	/* row-major out (T, N) = x (T, K) w^T: column-major out^T (N, T) = w (K, N)^T x^T */
-	const float one = 1.0f, zero = 0.0f;
-	QW_CUBLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w->data,
-					CUDA_R_16BF, K, x->data, CUDA_R_16BF, K, &zero, out->data,
-					CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 	if (bias)
 		return qw_cuda_add_bias(D16(out), (const uint16_t *)bias->data, T, N, c->stream, err);
 	return QW_OK;
@@ -413,6 +469,8 @@ static qw_status qk_norm_rope_kv(qw_backend *be, qw_act *q_out, const qw_act *qk
 	    T != batch->n_tokens)
 		return shape_error(err, "qk_norm_rope_kv", "qkv, q_out or norm widths do not match "
 				   "the heads, or qkv's rows the batch");
+	QW_TRY(bf16_weight("qk_norm_rope_kv", q_norm, err));
+	QW_TRY(bf16_weight("qk_norm_rope_kv", k_norm, err));
 	const qw_cuda_batch *db;
 	QW_TRY(step_of(be, batch, &db, err));
 	const void *d_pos;
@@ -488,6 +546,8 @@ static qw_status layernorm(qw_backend *be, qw_act *out, const qw_act *x, const q
 {
 	if (w->numel != (uint64_t)x->cols || b->numel != (uint64_t)x->cols || out->cols != x->cols)
 		return shape_error(err, "layernorm", "weight, bias or output width differs");
+	QW_TRY(bf16_weight("layernorm", w, err));
+	QW_TRY(bf16_weight("layernorm", b, err));
 	out->rows = x->rows;
 	return qw_cuda_layernorm(D16(out), C16(x), (const uint16_t *)w->data,
 				 (const uint16_t *)b->data, x->rows, x->cols, eps,
@@ -541,6 +601,7 @@ static qw_status interp_rows(qw_backend *be, qw_act *out, const qw_tensor *table
 	cuda_ctx *c = ctx_of(be);
 	if (out->cols != table->shape[1] || taps < 1 || taps > 16)
 		return shape_error(err, "interp_rows", "output width differs from the table's");
+	QW_TRY(bf16_weight("interp_rows", table, err));
 	size_t n = (size_t)out->rows * (size_t)taps;
 	const void *d_idx, *d_w;
 	QW_TRY(begin_op(c, 2 * n * 4 + 256, err));
@@ -558,8 +619,11 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 	int H = x->cols, E = w->n_experts, k = w->top_k, I = w->inter;
 	if (out->cols != H || w->router->shape[0] != E || w->router->shape[1] != H || k < 1 || k > E)
 		return shape_error(err, "moe", "router, expert count or widths do not match");
+	QW_TRY(bf16_weight("moe (router)", w->router, err));
 	const uint16_t *gu = NULL, *dn = NULL;
 	if (w->gate_up && w->down) {
+		QW_TRY(bf16_weight("moe (experts)", w->gate_up, err));
+		QW_TRY(bf16_weight("moe (experts)", w->down, err));
 		gu = (const uint16_t *)w->gate_up->data;
 		dn = (const uint16_t *)w->down->data;
 	} else {
@@ -598,7 +662,8 @@ static void destroy(qw_backend *be)
 		cudaStreamSynchronize(c->stream);
 		cuda_drop_graphs(c);
 		cuda_free_weights(c);
-		dev_buf *bufs[] = {&c->batch_dev, &c->small, &c->attn_ws, &c->moe_ws, &c->sample_ws};
+		dev_buf *bufs[] = {&c->batch_dev, &c->small, &c->attn_ws, &c->moe_ws, &c->sample_ws,
+				   &c->fp8_deq};
 		for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
 			cudaFree(bufs[i]->p);
 		for (int i = 0; i < 2; i++) {

@@ -28,11 +28,13 @@ struct qw_kv_cache {
 	size_t layer_elems;         /* values of one layer's K (or V) */
 };
 
-/* A tensor the backend uploaded, synthesized or fused; freed with the backend. */
+/* A tensor the backend uploaded, synthesized or fused; freed with the backend.  BF16, or
+ * FP8 (F8_E4M3) as the checkpoint has it: then t.scale points at `scale`, its block scales. */
 typedef struct owned_tensor {
 	qw_tensor t;
+	qw_tensor scale;            /* FP8: F32 on the device, the checkpoint's shape */
 	char *name;                 /* the name this backend gave it (fused tensors), else NULL */
-	bool view;                  /* its data lies in a fused tensor's memory: not its own */
+	bool view;                  /* its data (and scales) lie in a fused tensor's memory */
 	bool viewed;                /* views lie in its memory: it may not move */
 	struct owned_tensor *next;
 } owned_tensor;
@@ -80,6 +82,9 @@ typedef struct cuda_ctx {
 	dev_buf small;              /* per-call index arrays (vision ops) */
 	size_t small_used;
 	dev_buf attn_ws, moe_ws, sample_ws;
+	/* an FP8 linear weight dequantised to bf16 for a GEMM of many tokens: sized at upload
+	 * (and fuse_rows) for the largest such weight, never grown by a step */
+	dev_buf fp8_deq;
 	uint16_t *host_bf16;        /* act_read / act_write conversions */
 	size_t host_cap;
 	/* step graphs: they name scratch by address, so a buffer that moves drops them all */

@@ -1,15 +1,19 @@
 /* cuda_backend.h - the CUDA backend: the op interface (kernels/ops.h) on one GPU.
  *
  * Owns: a qw_backend whose activations are bf16 on the device (act_dtype QW_DT_BF16; math
- * in fp32 inside every kernel), whose weights are bf16 device copies of the checkpoint's
- * tensors (FP8 ones dequantised as they are uploaded), uploaded through pinned staging
- * buffers so reading the mapping and copying to the GPU overlap, and whose KV cache is one
- * bf16 array per layer for K and one for V, (blocks x block_size, Hkv x D).  All work runs in
+ * in fp32 inside every kernel), whose weights are device copies of the checkpoint's tensors,
+ * bf16 (other float dtypes converted) or FP8 as they are (F8_E4M3 bytes, their block scales
+ * fp32, kernels/cuda/kernels.h's qw_cuda_fp8_weight), uploaded through pinned staging buffers
+ * so reading the mapping and copying to the GPU overlap, and whose KV cache is one bf16
+ * array per layer for K and one for V, (blocks x block_size, Hkv x D).  All work runs in
  * order on one stream; a step's batch is copied to the device once (begin_step).  Dense
- * projections are cuBLAS GEMMs (bf16 in, fp32 accumulate); the other ops are the kernels of
+ * projections are cuBLAS GEMMs (bf16 in, fp32 accumulate; an FP8 weight dequantised to bf16
+ * first, into scratch reserved as it was uploaded); the other ops are the kernels of
  * kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm, qk_norm_rope_kv).
+ * Ops other than matmul read bf16 weights only and refuse an FP8 one (QW_E_ARG).
  * fuse_rows makes one weight of several (q/k/v for one GEMM): the parts' memory moves into it
- * and they become views of their rows, freed with it.  Decode steps can be recorded as CUDA
+ * and they become views of their rows, freed with it; FP8 parts fuse when each is a whole
+ * number of block rows (their scales then stack by rows), else QW_E_ARG.  Decode steps can be recorded as CUDA
  * graphs and replayed (graph_begin): a step's block tables are padded to a power-of-two row
  * length and its longest context rounded up to a power of two, so steps of one batch size
  * share a graph for many tokens.

@@ -11,6 +11,7 @@
  *
  * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
  * segments), moe.cu (routing and experts), few_rows_gemm.cu (decode's dense projections),
+ * fp8_gemm.cu (FP8 weights dequantised to bf16),
  * sample.cu (greedy and seeded sampling), elementwise.cu (norms, rotary, SwiGLU, GELU,
  * gathers, and the fused add + norm and q/k norm + rotary + KV write), checksum.cu (the
  * hand-over checksum's chunk hashes), backend.cu (the op table; memory.cu and step_graphs.cu
@@ -181,6 +182,23 @@ bool qw_cuda_few_rows_gemm_takes(int T, int N, int K, const void *x, const void 
 				 const void *out);
 qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w, int T,
 				int N, int K, cudaStream_t stream, qw_err *err);
+
+// -- fp8_gemm.cu ----------------------------------------------------------------------------
+
+/* An FP8 weight on the device as the backend keeps it (memory.cu): float8_e4m3fn bytes and
+ * an fp32 scale per block of its last two dims; value = e4m3(q) * scale[block], dequantised
+ * everywhere as bf16_rn(e4m3(q) * scale) (e4m3x8.h).  Blocks at the right and bottom edges
+ * may be partial. */
+typedef struct qw_cuda_fp8_weight {
+	const uint8_t *q;        /* (mats, rows, cols) e4m3 */
+	const float *scale;      /* (mats, ceil(rows / br), ceil(cols / bc)) */
+	int mats, rows, cols;    /* mats: 1 for a linear weight */
+	int br, bc;              /* rows and columns of a block */
+} qw_cuda_fp8_weight;
+
+/* out (mats, rows, cols) bf16 = w dequantised. */
+qw_status qw_cuda_fp8_dequant(uint16_t *out, const qw_cuda_fp8_weight *w, cudaStream_t stream,
+			      qw_err *err);
 
 // -- synth.cu ------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 /* memory.cu - what the CUDA backend allocates and owns for a model: weight tensors (uploaded
- * through pinned staging buffers, synthesized on the GPU, fused by rows into one weight with
- * the parts left as views), per-expert layers re-laid out in the fused expert layout, and
- * KV caches.  See backend_ctx.h. */
+ * through pinned staging buffers, bf16 or FP8 with their block scales; synthesized on the GPU;
+ * fused by rows into one weight with the parts left as views), the scratch an FP8 weight is
+ * dequantised into for a GEMM of many tokens, per-expert layers re-laid out in the fused
+ * expert layout, and KV caches.  See backend_ctx.h. */
 #include <cuda_bf16.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,23 +16,77 @@
 // ---------------------------------------------------------------------------------------
 // weight tensors
 
-/* A new owned device tensor with t's shape, bf16, its memory not yet written. */
+static bool is_fp8(const qw_tensor *t)
+{
+	return t->dtype == QW_DT_F8_E4M3;
+}
+
+static qw_status no_device_memory(const char *what, const char *name, uint64_t bytes,
+				  qw_err *err)
+{
+	size_t free_b = 0, total = 0;
+	cudaMemGetInfo(&free_b, &total);
+	return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory for %s%s (%llu bytes; %zu MiB "
+		       "free)", what, name ? name : "", (unsigned long long)bytes, free_b >> 20);
+}
+
+/* The dequantisation scratch (backend_ctx.h) grown to hold `values` bf16 weights: called as
+ * FP8 linear weights are made, at load, so a step never allocates. */
+static qw_status reserve_fp8_scratch(cuda_ctx *c, uint64_t values, const char *name,
+				     qw_err *err)
+{
+	size_t bytes = (size_t)values * 2;
+	if (bytes <= c->fp8_deq.bytes)
+		return QW_OK;
+	QW_CUDA_TRY(err, cudaStreamSynchronize(c->stream));   /* nothing may still use it */
+	cuda_drop_graphs(c);   /* recorded steps may name it */
+	cudaFree(c->fp8_deq.p);
+	c->fp8_deq.p = NULL;
+	c->fp8_deq.bytes = 0;
+	if (cudaMalloc(&c->fp8_deq.p, bytes) != cudaSuccess) {
+		cudaGetLastError();
+		c->fp8_deq.p = NULL;
+		return no_device_memory("the FP8 dequantisation scratch of ", name, bytes, err);
+	}
+	c->fp8_deq.bytes = bytes;
+	return QW_OK;
+}
+
+/* A new owned device tensor with t's shape, its memory not yet written: BF16, or FP8 with
+ * room for block scales of t->scale's shape when t is FP8. */
 static qw_status new_tensor(cuda_ctx *c, const qw_tensor *t, owned_tensor **out, qw_err *err)
 {
+	/* a linear weight may meet a GEMM of many tokens: room to dequantise it then */
+	if (is_fp8(t) && t->ndim == 2)
+		QW_TRY(reserve_fp8_scratch(c, t->numel, t->name, err));
 	owned_tensor *o = (owned_tensor *)calloc(1, sizeof *o);
 	if (!o)
 		return qw_fail(err, QW_E_NOMEM, "out of memory");
 	o->t = *t;
-	o->t.dtype = QW_DT_BF16;
-	o->t.nbytes = t->numel * 2;
 	o->t.scale = NULL;
+	if (is_fp8(t)) {
+		o->t.nbytes = t->numel;
+		o->scale = *t->scale;
+		o->scale.dtype = QW_DT_F32;
+		o->scale.nbytes = t->scale->numel * 4;
+		o->scale.scale = NULL;
+		if (cudaMalloc((void **)&o->scale.data, o->scale.nbytes ? o->scale.nbytes : 1) !=
+		    cudaSuccess) {
+			cudaGetLastError();
+			free(o);
+			return no_device_memory("the block scales of ", t->name, t->scale->nbytes, err);
+		}
+		o->t.scale = &o->scale;
+	} else {
+		o->t.dtype = QW_DT_BF16;
+		o->t.nbytes = t->numel * 2;
+		o->t.block[0] = o->t.block[1] = 0;
+	}
 	if (cudaMalloc((void **)&o->t.data, o->t.nbytes ? o->t.nbytes : 1) != cudaSuccess) {
 		cudaGetLastError();
+		cudaFree((void *)o->scale.data);
 		free(o);
-		size_t free_b = 0, total = 0;
-		cudaMemGetInfo(&free_b, &total);
-		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory for %s (%llu bytes; %zu "
-			       "MiB free)", t->name, (unsigned long long)t->numel * 2, free_b >> 20);
+		return no_device_memory("", t->name, t->nbytes, err);
 	}
 	o->next = c->tensors;
 	c->tensors = o;
@@ -43,6 +98,9 @@ qw_status cuda_synthesize(qw_backend *be, const qw_tensor *t, uint64_t s0, doubl
 			  double std, const qw_tensor **out, qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
+	if (t->dtype != QW_DT_BF16)
+		return qw_fail(err, QW_E_ARG, "cuda synthesize: %s is %s; only BF16 tensors are made "
+			       "on the GPU", t->name ? t->name : "(unnamed)", qw_dtype_name(t->dtype));
 	owned_tensor *o;
 	QW_TRY(new_tensor(c, t, &o, err));
 	*out = &o->t;
@@ -58,6 +116,15 @@ static owned_tensor *owner_of(cuda_ctx *c, const qw_tensor *t)
 	return NULL;
 }
 
+/* Frees an owned tensor's device memory, unless it is a view into a fused tensor's. */
+static void free_device(owned_tensor *o)
+{
+	if (o->view)
+		return;
+	cudaFree((void *)o->t.data);
+	cudaFree((void *)o->scale.data);
+}
+
 /* Unlinks and frees an owned tensor that nothing views or refers to yet. */
 static void drop_tensor(cuda_ctx *c, owned_tensor *gone)
 {
@@ -66,12 +133,33 @@ static void drop_tensor(cuda_ctx *c, owned_tensor *gone)
 			*o = gone->next;
 			break;
 		}
-	cudaFree((void *)gone->t.data);
+	free_device(gone);
 	free(gone->name);
 	free(gone);
 }
 
 #define FUSE_MAX_PARTS 16
+
+/* Whether part p (number i) can join part 0's rows as FP8 goes: both FP8 or neither; FP8
+ * parts of one block, each a whole number of block rows, so their scales stack by rows. */
+static qw_status fusable_fp8(const qw_tensor *p, const qw_tensor *p0, int i, const char *name,
+			     qw_err *err)
+{
+	if (is_fp8(p) != is_fp8(p0))
+		return qw_fail(err, QW_E_ARG, "cuda cuda_fuse_rows: part %d (%s) is %s, part 0 is %s",
+			       i, name, qw_dtype_name(p->dtype), qw_dtype_name(p0->dtype));
+	if (!is_fp8(p))
+		return QW_OK;
+	if (p->block[0] != p0->block[0] || p->block[1] != p0->block[1])
+		return qw_fail(err, QW_E_ARG, "cuda cuda_fuse_rows: part %d (%s) has %d x %d blocks, "
+			       "part 0 %d x %d", i, name, p->block[0], p->block[1], p0->block[0],
+			       p0->block[1]);
+	if (p->shape[0] % p->block[0])
+		return qw_fail(err, QW_E_ARG, "cuda cuda_fuse_rows: FP8 part %d (%s) has %lld rows, not "
+			       "a multiple of its blocks' %d (its scales would not stack)", i, name,
+			       (long long)p->shape[0], p->block[0]);
+	return QW_OK;
+}
 
 /* Checks the parts cuda_fuse_rows is given; their owners into o, the sum of their rows. */
 static qw_status fusable(cuda_ctx *c, const qw_tensor *const *parts, int n, owned_tensor **o,
@@ -102,6 +190,7 @@ static qw_status fusable(cuda_ctx *c, const qw_tensor *const *parts, int n, owne
 				       "columns; every part must be 2-D with the columns of part 0 (%lld)",
 				       i, name, p->ndim, (long long)p->shape[p->ndim > 1 ? 1 : 0],
 				       (long long)parts[0]->shape[1]);
+		QW_TRY(fusable_fp8(p, parts[0], i, name, err));
 		*rows += p->shape[0];
 	}
 	return QW_OK;
@@ -116,9 +205,15 @@ qw_status cuda_fuse_rows(qw_backend *be, const qw_tensor *const *parts, int n,
 	owned_tensor *o[FUSE_MAX_PARTS], *f;
 	int64_t rows = 0;
 	QW_TRY(fusable(c, parts, n, o, &rows, err));
-	qw_tensor desc = *parts[0];
+	qw_tensor desc = *parts[0], scale_desc;
 	desc.shape[0] = rows;
 	desc.numel = (uint64_t)rows * (uint64_t)desc.shape[1];
+	if (is_fp8(&desc)) {   /* whole blocks of rows: the scales stack by rows */
+		scale_desc = *parts[0]->scale;
+		scale_desc.shape[0] = rows / desc.block[0];
+		scale_desc.numel = (uint64_t)scale_desc.shape[0] * (uint64_t)scale_desc.shape[1];
+		desc.scale = &scale_desc;
+	}
 	size_t name_len = strlen(desc.name ? desc.name : "") + 32;
 	char *name = (char *)malloc(name_len);
 	if (!name)
@@ -132,11 +227,15 @@ qw_status cuda_fuse_rows(qw_backend *be, const qw_tensor *const *parts, int n,
 	}
 	f->name = name;
 	cudaError_t ce = cudaSuccess;
-	uint64_t at = 0;
+	uint64_t at = 0, s_at = 0;
 	for (int i = 0; i < n && ce == cudaSuccess; i++) {
 		ce = cudaMemcpyAsync((uint8_t *)f->t.data + at, parts[i]->data, o[i]->t.nbytes,
 				     cudaMemcpyDeviceToDevice, c->stream);
+		if (ce == cudaSuccess && o[i]->scale.nbytes)
+			ce = cudaMemcpyAsync((uint8_t *)f->scale.data + s_at, o[i]->scale.data,
+					     o[i]->scale.nbytes, cudaMemcpyDeviceToDevice, c->stream);
 		at += o[i]->t.nbytes;
+		s_at += o[i]->scale.nbytes;
 	}
 	if (ce == cudaSuccess)   /* the old memory is read before it is freed */
 		ce = cudaStreamSynchronize(c->stream);
@@ -147,54 +246,138 @@ qw_status cuda_fuse_rows(qw_backend *be, const qw_tensor *const *parts, int n,
 		return QW_E_DEVICE;
 	}
 	cuda_drop_graphs(c);   /* recorded steps may name the parts' old memory */
-	void *old[FUSE_MAX_PARTS];
-	at = 0;
+	owned_tensor old[FUSE_MAX_PARTS];
+	at = s_at = 0;
 	for (int i = 0; i < n; i++) {
-		old[i] = (void *)o[i]->t.data;
+		old[i] = *o[i];
 		o[i]->t.data = (const uint8_t *)f->t.data + at;
+		if (o[i]->scale.nbytes)
+			o[i]->scale.data = (const uint8_t *)f->scale.data + s_at;
 		o[i]->view = true;
 		at += o[i]->t.nbytes;
+		s_at += o[i]->scale.nbytes;
 	}
 	f->viewed = true;
 	*out = &f->t;
 	for (int i = 0; i < n; i++)
-		QW_CUDA_TRY(err, cudaFree(old[i]));
+		free_device(&old[i]);
 	return QW_OK;
 }
 
-/* Fills a staging buffer with values [first, first + n) of t as bf16. */
-static void stage_values(const qw_tensor *t, uint64_t first, uint64_t n, uint16_t *dst)
+// ---------------------------------------------------------------------------------------
+// uploads
+
+/* Fills a staging buffer with elements [first, first + n) of t as the device keeps them. */
+typedef qw_status (*stage_fn)(const qw_tensor *t, uint64_t first, uint64_t n, void *dst,
+			      qw_err *err);
+
+/* Values as bf16 (other float dtypes converted, round to nearest even). */
+static qw_status stage_bf16(const qw_tensor *t, uint64_t first, uint64_t n, void *dst_,
+			    qw_err *err)
 {
+	uint16_t *dst = (uint16_t *)dst_;
 	if (t->dtype == QW_DT_BF16) {
 		memcpy(dst, (const uint8_t *)t->data + first * 2, n * 2);
-		return;
+		return QW_OK;
 	}
 	float buf[4096];
 	for (uint64_t at = 0; at < n; at += 4096) {
 		uint64_t k = n - at < 4096 ? n - at : 4096;
-		qw_tensor_read_f32(t, first + at, k, buf);   /* FP8 dequantised here */
+		qw_tensor_read_f32(t, first + at, k, buf);
 		for (uint64_t i = 0; i < k; i++)
 			dst[at + i] = qw_f32_to_bf16(buf[i]);
 	}
+	return QW_OK;
 }
 
-/* A bf16 device copy of t.  The two pinned buffers alternate: the host fills one while the
- * GPU copies from the other, so reading the mapping and the PCIe transfer overlap. */
-qw_status cuda_upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out, qw_err *err)
+/* Block scales as fp32 (a checkpoint's may be bf16: widened exactly). */
+static qw_status stage_f32(const qw_tensor *t, uint64_t first, uint64_t n, void *dst,
+			   qw_err *err)
 {
-	cuda_ctx *c = ctx_of(be);
-	owned_tensor *o;
-	QW_TRY(new_tensor(c, t, &o, err));
-	const uint64_t per = STAGING_BYTES / 2;   /* values a buffer holds */
+	qw_tensor_read_f32(t, first, n, (float *)dst);
+	return QW_OK;
+}
+
+/* FP8 bytes as they are, refusing the NaN codes (0x7f, 0xff): the GPU's dequantisation
+ * (e4m3x8.h) does not look for them. */
+static qw_status stage_fp8(const qw_tensor *t, uint64_t first, uint64_t n, void *dst,
+			   qw_err *err)
+{
+	const uint8_t *b = (const uint8_t *)dst;
+	memcpy(dst, (const uint8_t *)t->data + first, n);
+	const uint64_t low7 = 0x7f7f7f7f7f7f7f7full, ones = 0x0101010101010101ull;
+	for (uint64_t i = 0; i < n; i += 8) {
+		uint64_t w = 0;
+		memcpy(&w, b + i, n - i < 8 ? n - i : 8);
+		if ((((w & low7) + ones) & ~low7) == 0)   /* no byte's low seven bits all set */
+			continue;
+		for (uint64_t j = i; j < n && j < i + 8; j++)
+			if ((b[j] & 0x7f) == 0x7f)
+				return qw_fail(err, QW_E_WEIGHTS, "cuda upload: %s holds a NaN (e4m3 byte "
+					       "0x%02x) at element %llu; HINT: FP8 weights must be "
+					       "finite: the checkpoint is damaged, re-download or "
+					       "re-quantize it", t->name ? t->name : "(unnamed)", b[j],
+					       (unsigned long long)(first + j));
+	}
+	return QW_OK;
+}
+
+/* dst (device) = the numel elements of t as `stage` makes them, elem bytes each.  The two
+ * pinned buffers alternate: the host fills one while the GPU copies from the other, so
+ * reading the mapping and the PCIe transfer overlap. */
+static qw_status staged_copy(cuda_ctx *c, void *dst, const qw_tensor *t, size_t elem,
+			     stage_fn stage, qw_err *err)
+{
+	const uint64_t per = STAGING_BYTES / elem;   /* elements a buffer holds */
 	for (uint64_t at = 0; at < t->numel; at += per) {
 		uint64_t n = t->numel - at < per ? t->numel - at : per;
 		int s = c->next_staging;
 		c->next_staging ^= 1;
 		QW_CUDA_TRY(err, cudaEventSynchronize(c->staged[s]));   /* its last copy is done */
-		stage_values(t, at, n, (uint16_t *)c->staging[s]);
-		QW_CUDA_TRY(err, cudaMemcpyAsync((uint8_t *)o->t.data + at * 2, c->staging[s], n * 2,
+		QW_TRY(stage(t, at, n, c->staging[s], err));
+		QW_CUDA_TRY(err, cudaMemcpyAsync((uint8_t *)dst + at * elem, c->staging[s], n * elem,
 						 cudaMemcpyHostToDevice, c->stream));
 		QW_CUDA_TRY(err, cudaEventRecord(c->staged[s], c->stream));
+	}
+	return QW_OK;
+}
+
+/* An FP8 tensor's block scales and block against its shape (the loader checked them; this
+ * backend reads them without bounds). */
+static qw_status check_fp8(const qw_tensor *t, qw_err *err)
+{
+	const char *name = t->name ? t->name : "(unnamed)";
+	const qw_tensor *s = t->scale;
+	if (!s || !s->data || t->ndim < 2 || t->block[0] < 1 || t->block[1] < 1)
+		return qw_fail(err, QW_E_ARG, "cuda upload: %s is F8_E4M3 %d-D without block scales "
+			       "(%d x %d blocks); HINT: FP8 weights load with their *_scale_inv "
+			       "through the weight binder", name, t->ndim, t->block[0], t->block[1]);
+	uint64_t R = (uint64_t)t->shape[t->ndim - 2], C = (uint64_t)t->shape[t->ndim - 1];
+	uint64_t mats = R && C ? t->numel / (R * C) : 0;
+	uint64_t want = mats * ((R + t->block[0] - 1) / t->block[0]) *
+			((C + t->block[1] - 1) / t->block[1]);
+	if (s->numel != want || (s->dtype != QW_DT_F32 && s->dtype != QW_DT_BF16))
+		return qw_fail(err, QW_E_ARG, "cuda upload: %s's scales are %llu %s values, expected "
+			       "%llu F32 (one per %d x %d block)", name, (unsigned long long)s->numel,
+			       qw_dtype_name(s->dtype), (unsigned long long)want, t->block[0],
+			       t->block[1]);
+	return QW_OK;
+}
+
+/* A device copy of t: FP8 (F8_E4M3) kept as it is, with its block scales as fp32 (no bf16
+ * copy: kernels dequantise as they read); any other float dtype as bf16. */
+qw_status cuda_upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out, qw_err *err)
+{
+	cuda_ctx *c = ctx_of(be);
+	if (is_fp8(t))
+		QW_TRY(check_fp8(t, err));
+	owned_tensor *o;
+	QW_TRY(new_tensor(c, t, &o, err));
+	if (is_fp8(t)) {
+		QW_TRY(staged_copy(c, (void *)o->t.data, t, 1, stage_fp8, err));
+		QW_TRY(staged_copy(c, (void *)o->scale.data, t->scale, 4, stage_f32, err));
+	} else {
+		QW_TRY(staged_copy(c, (void *)o->t.data, t, 2, stage_bf16, err));
 	}
 	*out = &o->t;
 	return QW_OK;
@@ -237,6 +420,14 @@ qw_status cuda_fused_experts(cuda_ctx *c, const qw_moe_weights *w, const uint16_
 			return QW_OK;
 		}
 	int E = w->n_experts, I = w->inter, H = (int)w->router->shape[1];
+	for (int e = 0; e < E; e++) {   /* the re-layout reads bf16 */
+		const qw_tensor *m[3] = {w->gate[e], w->up[e], w->expert_down[e]};
+		for (int i = 0; i < 3; i++)
+			if (m[i]->dtype != QW_DT_BF16)
+				return qw_fail(err, QW_E_ARG, "cuda moe (experts): %s is %s; this op reads "
+					       "BF16 weights only", m[i]->name ? m[i]->name : "(unnamed)",
+					       qw_dtype_name(m[i]->dtype));
+	}
 	fused_experts *f = (fused_experts *)calloc(1, sizeof *f);
 	if (!f)
 		return qw_fail(err, QW_E_NOMEM, "out of memory");
@@ -266,8 +457,7 @@ void cuda_free_weights(cuda_ctx *c)
 {
 	for (owned_tensor *o = c->tensors, *next; o; o = next) {
 		next = o->next;
-		if (!o->view)   /* a view's memory goes with its fused tensor */
-			cudaFree((void *)o->t.data);
+		free_device(o);   /* a view's memory goes with its fused tensor */
 		free(o->name);
 		free(o);
 	}
