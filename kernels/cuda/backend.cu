@@ -374,13 +374,26 @@ static qw_cuda_fp8_weight fp8_of(const qw_tensor *w)
 	return f;
 }
 
-/* out = x w^T for an FP8 w: dequantised into the scratch reserved at upload, then the bf16
- * GEMM (the bits of the bf16 path on the dequantised weight). */
+/* out = x w^T for an FP8 w and more tokens than the stream takes: cuBLASLt's FP8 GEMM where
+ * asked for and it has an algorithm, else dequantised into the scratch reserved at upload,
+ * then the bf16 GEMM (the bits of the bf16 path on the dequantised weight). */
 static qw_status matmul_fp8(cuda_ctx *c, qw_act *out, const qw_act *x, const qw_tensor *w,
 			    qw_err *err)
 {
-	int N = (int)w->shape[0];
+	int N = (int)w->shape[0], T = x->rows, K = x->cols;
 	qw_cuda_fp8_weight f = fp8_of(w);
+	if (c->fp8_lt_on) {
+		bool lt = false;
+		QW_TRY(qw_cuda_fp8_lt_supported(c->fp8_lt, &f, T, &lt, err));
+		if (lt) {
+			QW_TRY(grow_dev(c, &c->fp8_act, qw_cuda_fp8_lt_act_bytes(T, K), err));
+			c->fp8_stats.fp8_gemms++;
+			return qw_cuda_fp8_lt_gemm(c->fp8_lt, D16(out), C16(x), &f, T, c->fp8_act.p,
+						   c->fp8_act.bytes, c->stream, err);
+		}
+		c->fp8_stats.fallbacks++;
+	}
+	c->fp8_stats.dequantised++;
 	if ((size_t)w->numel * 2 > c->fp8_deq.bytes)   /* upload reserves it: cannot be */
 		return qw_fail(err, QW_E_ARG, "cuda matmul: FP8 weight %s (%llu values) is larger than "
 			       "the dequantisation scratch reserved at upload (%zu bytes)",
@@ -404,7 +417,13 @@ static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_t
 	if (T == 0)
 		return QW_OK;
 	if (w->dtype == QW_DT_F8_E4M3) {
-		QW_TRY(matmul_fp8(c, out, x, w, err));
+		qw_cuda_fp8_weight f = fp8_of(w);
+		if (qw_cuda_few_rows_gemm_fp8_takes(T, &f, x->data, out->data)) {   /* decode: W8A16 */
+			c->fp8_stats.streamed++;
+			QW_TRY(qw_cuda_few_rows_gemm_fp8(D16(out), C16(x), &f, T, 0, c->stream, err));
+		} else {
+			QW_TRY(matmul_fp8(c, out, x, w, err));
+		}
 	} else if (qw_cuda_few_rows_gemm_takes(T, N, K, x->data, w->data, out->data)) {
 		/* a decode step's few tokens: a stream over w beats cuBLAS's fixed cost */
 		QW_TRY(bf16_weight("matmul", w, err));
@@ -648,6 +667,11 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 
 // ---------------------------------------------------------------------------------------
 
+extern "C" qw_cuda_fp8_stats qw_cuda_backend_fp8_stats(const qw_backend *be)
+{
+	return ((const cuda_ctx *)be->ctx)->fp8_stats;
+}
+
 extern "C" void *qw_cuda_backend_stream(const qw_backend *be)
 {
 	return (void *)((const cuda_ctx *)be->ctx)->stream;
@@ -662,8 +686,9 @@ static void destroy(qw_backend *be)
 		cudaStreamSynchronize(c->stream);
 		cuda_drop_graphs(c);
 		cuda_free_weights(c);
+		qw_cuda_fp8_lt_destroy(c->fp8_lt);
 		dev_buf *bufs[] = {&c->batch_dev, &c->small, &c->attn_ws, &c->moe_ws, &c->sample_ws,
-				   &c->fp8_deq};
+				   &c->fp8_deq, &c->fp8_act};
 		for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
 			cudaFree(bufs[i]->p);
 		for (int i = 0; i < 2; i++) {
@@ -696,6 +721,14 @@ static qw_status setup(cuda_ctx *c, int device, qw_err *err)
 	/* its own workspace: no allocations inside cuBLAS calls, and the same kernels each run */
 	QW_CUDA_TRY(err, cudaMalloc(&c->blas_ws, BLAS_WS_BYTES));
 	QW_CUBLAS_TRY(err, cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WS_BYTES));
+	/* the FP8 tensor-core GEMM for many tokens, when asked for (fp8_gemm.cu); one stream,
+	 * so it shares cuBLAS's workspace */
+	const char *fp8_gemm = getenv("QW_CUDA_FP8_GEMM");
+	c->fp8_lt_on = c->fp8_stats.cublaslt_on = fp8_gemm && strcmp(fp8_gemm, "cublaslt") == 0;
+	if (fp8_gemm && !c->fp8_lt_on && strcmp(fp8_gemm, "dequantise") != 0)
+		return qw_fail(err, QW_E_ARG, "QW_CUDA_FP8_GEMM is '%s'; HINT: it takes cublaslt or "
+			       "dequantise (the default)", fp8_gemm);
+	QW_TRY(qw_cuda_fp8_lt_create(&c->fp8_lt, c->blas_ws, BLAS_WS_BYTES, err));
 	for (int i = 0; i < 2; i++) {
 		QW_CUDA_TRY(err, cudaMallocHost((void **)&c->staging[i], STAGING_BYTES));
 		QW_CUDA_TRY(err, cudaEventCreateWithFlags(&c->staged[i], cudaEventDisableTiming));

@@ -85,6 +85,12 @@ typedef struct cuda_ctx {
 	/* an FP8 linear weight dequantised to bf16 for a GEMM of many tokens: sized at upload
 	 * (and fuse_rows) for the largest such weight, never grown by a step */
 	dev_buf fp8_deq;
+	/* GEMMs of many tokens on FP8 weights through cuBLASLt's FP8 GEMM instead (environment
+	 * QW_CUDA_FP8_GEMM=cublaslt; shapes it has no algorithm for are dequantised) */
+	bool fp8_lt_on;
+	qw_cuda_fp8_lt *fp8_lt;     /* shares blas_ws */
+	dev_buf fp8_act;            /* the quantised activations */
+	qw_cuda_fp8_stats fp8_stats;
 	uint16_t *host_bf16;        /* act_read / act_write conversions */
 	size_t host_cap;
 	/* step graphs: they name scratch by address, so a buffer that moves drops them all */

@@ -7,8 +7,10 @@
  * so reading the mapping and copying to the GPU overlap, and whose KV cache is one bf16
  * array per layer for K and one for V, (blocks x block_size, Hkv x D).  All work runs in
  * order on one stream; a step's batch is copied to the device once (begin_step).  Dense
- * projections are cuBLAS GEMMs (bf16 in, fp32 accumulate; an FP8 weight dequantised to bf16
- * first, into scratch reserved as it was uploaded); the other ops are the kernels of
+ * projections are cuBLAS GEMMs (bf16 in, fp32 accumulate), a decode step's few tokens a
+ * stream over the weight (FP8 ones dequantised in registers), and more tokens on an FP8
+ * weight either its bf16 dequantisation (into scratch reserved as it was uploaded) or
+ * cuBLASLt's FP8 GEMM (qw_cuda_fp8_stats below); the other ops are the kernels of
  * kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm, qk_norm_rope_kv).
  * Ops other than matmul read bf16 weights only and refuse an FP8 one (QW_E_ARG).
  * fuse_rows makes one weight of several (q/k/v for one GEMM): the parts' memory moves into it
@@ -43,6 +45,22 @@ typedef struct qw_cuda_graph_stats {
 
 /* be must be a CUDA backend. */
 qw_cuda_graph_stats qw_cuda_backend_graph_stats(const qw_backend *be);
+
+/* Which way matmul took FP8 weights so far (its calls: a replayed step graph makes none).
+ * Decode's few tokens stream them (W8A16); more
+ * tokens dequantise them for cuBLAS's bf16 GEMM, or, where the environment has
+ * QW_CUDA_FP8_GEMM=cublaslt at create, run cuBLASLt's block-scaled FP8 GEMM (W8A8), falling
+ * back to dequantising where cuBLASLt has no algorithm for the shape. */
+typedef struct qw_cuda_fp8_stats {
+	uint64_t streamed;      /* few-token GEMMs on the W8A16 stream */
+	uint64_t dequantised;   /* GEMMs on the weight dequantised to bf16 */
+	uint64_t fp8_gemms;     /* GEMMs on cuBLASLt's FP8 tensor cores */
+	uint64_t fallbacks;     /* of the dequantised ones, asked for cuBLASLt and not had */
+	bool cublaslt_on;       /* QW_CUDA_FP8_GEMM=cublaslt */
+} qw_cuda_fp8_stats;
+
+/* be must be a CUDA backend. */
+qw_cuda_fp8_stats qw_cuda_backend_fp8_stats(const qw_backend *be);
 
 /* Layer `layer`'s K and V arrays of a KV cache this backend allocated: device pointers to
  * (n_slots, Hkv x D) bf16 each, bytes the size of each.  False when the cache has no such

@@ -1,12 +1,14 @@
 /* e4m3x8.h - FP8 weights (float8_e4m3fn with an fp32 scale per block) dequantised the one
- * way the CUDA backend does it everywhere (CUDA C++ only, included by the .cu files that read
- * FP8 weights: few_rows_gemm.cu, fp8_gemm.cu):
+ * way the CUDA backend does it everywhere (included by the .cu files that read FP8 weights:
+ * few_rows_gemm.cu, fp8_gemm.cu):
  *     w = bf16_rn(e4m3_to_f32(q) * scale)
  * an fp32 multiply rounded once to bf16: the bits of the CPU reference's value (loader's
  * qw_f8e4m3_to_f32(q) * scale) rounded to bf16, as an upload-time dequantisation gave them.
  *
- * Owns: e4m3x8_dequant (eight weights of one 8-byte load to fp32 values, each exactly a bf16)
- * and e4m3_dequant (one weight, to its bf16 bits).
+ * Owns: e4m3_times_2m120 and e4m3_scaled (the fp32 arithmetic: C and CUDA, so the CPU suite
+ * holds it to the loader's conversion, tests/unit/test_dtype.c), and for CUDA C++
+ * e4m3x8_dequant (eight weights of one 8-byte load to fp32 values, each exactly a bf16) and
+ * e4m3_dequant (one weight, to its bf16).
  *
  * How, without conversion instructions (they issue at a fraction of the FMA rate, and a
  * decode stream dequantises every byte it reads): the byte's sign goes to bit 31 and its
@@ -16,26 +18,39 @@
  * e4m3 * scale once, as the reference's multiply does.  A scale of 2^8 or more (none in a
  * real checkpoint: scales are amax / 448) takes two multiplies instead: by 2^120 (exact,
  * giving the e4m3 value) and by the scale.  The NaN codes 0x7f and 0xff would read as
- * +-480 * scale: the upload (memory.cu) refuses weights that hold them.
+ * +-480 * scale: the upload (memory.cu) refuses weights that hold them.  Subnormal fp32
+ * values must not be flushed (nvcc's default; no -ftz or --use_fast_math).
  */
 #ifndef QW_KERNELS_CUDA_E4M3X8_H
 #define QW_KERNELS_CUDA_E4M3X8_H
 
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __CUDACC__
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <stdint.h>
+#define E4M3_FN __host__ __device__ static inline
+#else
+#define E4M3_FN static inline
+#endif
 
 /* The e4m3 byte in bits 0..7 of b (higher bits ignored) times 2^-120, exactly. */
-__device__ static inline float e4m3_times_2m120(uint32_t b)
+E4M3_FN float e4m3_times_2m120(uint32_t b)
 {
-	return __uint_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20));
+	uint32_t bits = ((b & 0x80u) << 24) | ((b & 0x7fu) << 20);
+	float f;
+	memcpy(&f, &bits, sizeof f);
+	return f;
 }
 
 /* e4m3 * scale rounded once to fp32, for a decoded v = e4m3 * 2^-120 and up = scale * 2^120. */
-__device__ static inline float e4m3_scaled(float v, float up, float scale)
+E4M3_FN float e4m3_scaled(float v, float up, float scale)
 {
-	return up <= 3.4028234e38f ? v * up : (v * 0x1p120f) * scale;
+	return up <= 3.40282347e38f ? v * up : (v * 0x1p120f) * scale;
 }
+
+#ifdef __CUDACC__
 
 /* Eight weights (q's bytes in memory order) of one block of scale `scale`: f[i] =
  * bf16_rn(e4m3(q byte i) * scale) as an fp32 (the bf16 widened, exactly). */
@@ -54,10 +69,12 @@ __device__ static inline void e4m3x8_dequant(uint2 q, float scale, float f[8])
 	}
 }
 
-/* One weight: the bits of bf16_rn(e4m3(q) * scale). */
+/* One weight: bf16_rn(e4m3(q) * scale). */
 __device__ static inline __nv_bfloat16 e4m3_dequant(uint8_t q, float scale)
 {
 	return __float2bfloat16_rn(e4m3_scaled(e4m3_times_2m120(q), scale * 0x1p120f, scale));
 }
+
+#endif
 
 #endif

@@ -11,7 +11,7 @@
  *
  * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
  * segments), moe.cu (routing and experts), few_rows_gemm.cu (decode's dense projections),
- * fp8_gemm.cu (FP8 weights dequantised to bf16),
+ * fp8_gemm.cu (FP8 weights: dequantised to bf16, or cuBLASLt's FP8 tensor-core GEMM),
  * sample.cu (greedy and seeded sampling), elementwise.cu (norms, rotary, SwiGLU, GELU,
  * gathers, and the fused add + norm and q/k norm + rotary + KV write), checksum.cu (the
  * hand-over checksum's chunk hashes), backend.cu (the op table; memory.cu and step_graphs.cu
@@ -169,20 +169,6 @@ qw_status qw_cuda_interp_rows(uint16_t *out, const uint16_t *table, const int32_
 			      const float *w, int rows, int taps, int cols, int table_rows,
 			      cudaStream_t stream, qw_err *err);
 
-// -- few_rows_gemm.cu ------------------------------------------------------------------------
-
-#define QW_FEW_ROWS_MAX 4   /* the most tokens qw_cuda_few_rows_gemm takes */
-
-/* out (T, N) = x (T, K) w^T, w (N, K) bf16, fp32 sums, for the few tokens of a decode step
- * (T <= QW_FEW_ROWS_MAX, K a multiple of 8, x and w 16-byte aligned): a stream over w
- * (cuBLAS's fixed cost dominates there), launched so that it may start before the previous
- * kernel on the stream ends (it waits for it before reading x).  _takes: whether the shape
- * suits it and it beats cuBLAS there (T 1, or a weight of at most 16 M values). */
-bool qw_cuda_few_rows_gemm_takes(int T, int N, int K, const void *x, const void *w,
-				 const void *out);
-qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w, int T,
-				int N, int K, cudaStream_t stream, qw_err *err);
-
 // -- fp8_gemm.cu ----------------------------------------------------------------------------
 
 /* An FP8 weight on the device as the backend keeps it (memory.cu): float8_e4m3fn bytes and
@@ -199,6 +185,54 @@ typedef struct qw_cuda_fp8_weight {
 /* out (mats, rows, cols) bf16 = w dequantised. */
 qw_status qw_cuda_fp8_dequant(uint16_t *out, const qw_cuda_fp8_weight *w, cudaStream_t stream,
 			      qw_err *err);
+
+/* cuBLASLt's block-scaled FP8 GEMM: a handle and the plans (descriptors, the heuristic's
+ * algorithm) of the shapes it has seen, using the caller's workspace (ws_bytes at ws, on
+ * the stream the GEMMs run on). */
+typedef struct qw_cuda_fp8_lt qw_cuda_fp8_lt;
+qw_status qw_cuda_fp8_lt_create(qw_cuda_fp8_lt **out, void *ws, size_t ws_bytes, qw_err *err);
+void qw_cuda_fp8_lt_destroy(qw_cuda_fp8_lt *lt);
+/* Whether cuBLASLt has an algorithm for T tokens of w here (the heuristic, asked once per
+ * shape): sm_90 or later, a cuBLAS with block scaling (12.9+), 128 x 128 blocks, K a multiple
+ * of 16 in a multiple of 4 blocks, N a multiple of 8. */
+qw_status qw_cuda_fp8_lt_supported(qw_cuda_fp8_lt *lt, const qw_cuda_fp8_weight *w, int T,
+				   bool *yes, qw_err *err);
+/* Scratch for T tokens of K quantised activations (e4m3, and a scale per token and 128). */
+size_t qw_cuda_fp8_lt_act_bytes(int T, int K);
+/* out (T, N) = x (T, K) w^T on FP8 tensor cores: x quantised per token per 128 columns
+ * (scale amax / 448) into act (256-byte aligned), fp32 accumulation of the scaled block
+ * products (W8A8: activations carry e4m3's 2^-4 steps).  QW_E_ARG, nothing run, where
+ * qw_cuda_fp8_lt_supported says no. */
+qw_status qw_cuda_fp8_lt_gemm(qw_cuda_fp8_lt *lt, uint16_t *out, const uint16_t *x,
+			      const qw_cuda_fp8_weight *w, int T, void *act, size_t act_bytes,
+			      cudaStream_t stream, qw_err *err);
+
+// -- few_rows_gemm.cu ------------------------------------------------------------------------
+
+#define QW_FEW_ROWS_MAX 4   /* the most tokens qw_cuda_few_rows_gemm takes */
+
+/* out (T, N) = x (T, K) w^T, w (N, K) bf16, fp32 sums, for the few tokens of a decode step
+ * (T <= QW_FEW_ROWS_MAX, K a multiple of 8, x and w 16-byte aligned): a stream over w
+ * (cuBLAS's fixed cost dominates there), launched so that it may start before the previous
+ * kernel on the stream ends (it waits for it before reading x).  _takes: whether the shape
+ * suits it and it beats cuBLAS there (T 1, or a weight of at most 16 M values). */
+bool qw_cuda_few_rows_gemm_takes(int T, int N, int K, const void *x, const void *w,
+				 const void *out);
+qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w, int T,
+				int N, int K, cudaStream_t stream, qw_err *err);
+
+/* The same for an FP8 w (qw_cuda_fp8_weight above: one matrix, rows N, cols K), dequantised
+ * in registers as it streams (W8A16): the output bits of qw_cuda_few_rows_gemm on the
+ * dequantised weight, reading half the bytes.  _takes: T <= QW_FEW_ROWS_MAX, K a multiple of
+ * 8, block columns a power of two >= 8, q 8-byte and x 16-byte aligned (any T it takes: the
+ * other way, dequantising for cuBLAS, reads the weight and writes it twice over).
+ * cols_per_warp: 1 or 2 output columns a warp streams (the same bits either way), 0 to pick
+ * by the weight's size. */
+bool qw_cuda_few_rows_gemm_fp8_takes(int T, const qw_cuda_fp8_weight *w, const void *x,
+				     const void *out);
+qw_status qw_cuda_few_rows_gemm_fp8(uint16_t *out, const uint16_t *x,
+				    const qw_cuda_fp8_weight *w, int T, int cols_per_warp,
+				    cudaStream_t stream, qw_err *err);
 
 // -- synth.cu ------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ def generate(env):
     SCons.Tool.SourceFileScanner.add_scanner('.cu', SCons.Scanner.C.CScanner())
     env.Append(CPPPATH=[os.path.join(cuda_home, 'include')],
                LIBPATH=[os.path.join(cuda_home, 'lib64')])
-    env['CUDA_LIBS'] = ['cublas', 'nccl', 'cudart_static', 'dl', 'rt', 'pthread', 'stdc++']
+    env['CUDA_LIBS'] = ['cublasLt', 'cublas', 'nccl', 'cudart_static', 'dl', 'rt', 'pthread', 'stdc++']
 
 
 def exists(env):

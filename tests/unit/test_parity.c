@@ -1,7 +1,8 @@
 /* test_parity.c - the CPU reference against the HF fixtures through the parity ladder, the
  * ladder failing where it should (a perturbed weight, a wrong rope, a broken KV-cache
- * update, each at the step that catches it), in-process stages bit-identical to one, and
- * seeded sampling reproducible. */
+ * update, each at the step that catches it), in-process stages bit-identical to one,
+ * seeded sampling reproducible, and a backend that cannot fuse a layer's q/k/v weights
+ * running that layer's three GEMMs instead. */
 #include "tests/unit/helpers.h"
 
 #include <jansson.h>
@@ -144,18 +145,24 @@ static void test_broken_kv_update_fails_decode(void **state)
 // ---------------------------------------------------------------------------------------
 // stages and sampling
 
+/* A fixture's model (e.g. "hf/tiny-dense"): its config and checkpoint. */
+static void open_model(const char *model, qw_config *cfg, qw_checkpoint **ck)
+{
+	char dir[4096], cfg_path[4200];
+	snprintf(dir, sizeof dir, "%s/model", fixture(model));
+	snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
+	qw_err err = {0};
+	assert_int_equal(qw_config_load(cfg_path, cfg, &err), QW_OK);
+	assert_int_equal(qw_ckpt_open(dir, ck, &err), QW_OK);
+}
+
 static void run_pipeline(const char *model, int stages, int n_prompt, int n_new,
 			 const qw_sampling *sampling, float *logits, int32_t *tokens)
 {
-	char dir[4096];
-	snprintf(dir, sizeof dir, "%s/model", fixture(model));
-	char cfg_path[4200];
-	snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
 	qw_config cfg;
 	qw_checkpoint *ck;
 	qw_err err = {0};
-	assert_int_equal(qw_config_load(cfg_path, &cfg, &err), QW_OK);
-	assert_int_equal(qw_ckpt_open(dir, &ck, &err), QW_OK);
+	open_model(model, &cfg, &ck);
 	qw_pipeline p;
 	if (qw_pipeline_init(&p, &cfg, ck, be, stages, n_prompt + n_new, n_prompt, &err) != QW_OK)
 		fail_msg("%s", err.msg);
@@ -207,6 +214,60 @@ static void test_seeded_sampling(void **state)
 	run_pipeline("hf/tiny-moe", 1, P, N, &s8, logits, c);
 	assert_memory_equal(a, b, sizeof a);
 	assert_true(memcmp(a, c, sizeof a) != 0);
+}
+
+/* A backend whose fuse_rows refuses every set of parts (QW_E_ARG, as the CUDA backend does
+ * for FP8 parts of partial blocks) or fails (anything else): the forward must keep the
+ * separate q/k/v GEMMs for the first, so the fused op never runs, and fail the load for the
+ * second. */
+static qw_status refuse_fuse(qw_backend *b, const qw_tensor *const *parts, int n,
+			     const qw_tensor **out, qw_err *err)
+{
+	return qw_fail(err, QW_E_ARG, "test: these parts cannot be fused");
+}
+
+static qw_status fail_fuse(qw_backend *b, const qw_tensor *const *parts, int n,
+			   const qw_tensor **out, qw_err *err)
+{
+	return qw_fail(err, QW_E_NOMEM, "test: out of memory fusing");
+}
+
+static qw_status no_fused_qkv(qw_backend *b, qw_act *q_out, const qw_act *qkv,
+			      const qw_tensor *q_norm, const qw_tensor *k_norm,
+			      const int32_t *positions, int n_heads, int n_kv_heads, int head_dim,
+			      const int *mrope_section, float theta, float eps, qw_kv_cache *kv,
+			      int layer, const qw_batch *batch, qw_err *err)
+{
+	fail_msg("qk_norm_rope_kv ran for a layer whose q/k/v weights were not fused");
+	return QW_E_ARG;
+}
+
+static void test_unfusable_qkv_stays_separate(void **state)
+{
+	enum { P = 8, N = 4, V = 1024 };
+	static float plain[(P + N) * V], wrapped[(P + N) * V];
+	int32_t tp[N], tw[N];
+	qw_sampling greedy = {.temperature = 0, .top_p = 1};
+	run_pipeline("hf/tiny-dense", 1, P, N, &greedy, plain, tp);
+	qw_backend *cpu = be, refusing = *be;
+	refusing.fuse_rows = refuse_fuse;
+	refusing.qk_norm_rope_kv = no_fused_qkv;
+	be = &refusing;
+	run_pipeline("hf/tiny-dense", 1, P, N, &greedy, wrapped, tw);
+	be = cpu;
+	assert_memory_equal(plain, wrapped, sizeof plain);
+	assert_memory_equal(tp, tw, sizeof tp);
+
+	refusing.fuse_rows = fail_fuse;
+	qw_config cfg;
+	qw_checkpoint *ck;
+	qw_err err = {0};
+	open_model("hf/tiny-dense", &cfg, &ck);
+	qw_pipeline p;
+	assert_int_equal(qw_pipeline_init(&p, &cfg, ck, &refusing, 1, P, P, &err), QW_E_NOMEM);
+	assert_contains(err.msg, "layer 0: q/k/v as one weight");
+	assert_contains(err.msg, "test: out of memory fusing");
+	qw_ckpt_close(ck);
 }
 
 static void test_cli(void **state)
@@ -267,6 +328,7 @@ int main(void)
 		cmocka_unit_test(test_broken_kv_update_fails_decode),
 		cmocka_unit_test(test_stages_bit_identical),
 		cmocka_unit_test(test_seeded_sampling),
+		cmocka_unit_test(test_unfusable_qkv_stays_separate),
 		cmocka_unit_test(test_cli),
 	};
 	return cmocka_run_group_tests_name("parity", tests, setup, teardown);
