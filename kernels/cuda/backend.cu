@@ -424,14 +424,14 @@ static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_t
 		} else {
 			QW_TRY(matmul_fp8(c, out, x, w, err));
 		}
-	} else if (qw_cuda_few_rows_gemm_takes(T, N, K, x->data, w->data, out->data)) {
-		/* a decode step's few tokens: a stream over w beats cuBLAS's fixed cost */
-		QW_TRY(bf16_weight("matmul", w, err));
-		QW_TRY(qw_cuda_few_rows_gemm(D16(out), C16(x), (const uint16_t *)w->data, T, N, K,
-					     c->stream, err));
 	} else {
 		QW_TRY(bf16_weight("matmul", w, err));
-		QW_TRY(gemm_bf16(c, out, x, w->data, N, err));
+		/* a decode step's few tokens: a stream over w beats cuBLAS's fixed cost */
+		if (qw_cuda_few_rows_gemm_takes(T, N, K, x->data, w->data, out->data))
+			QW_TRY(qw_cuda_few_rows_gemm(D16(out), C16(x), (const uint16_t *)w->data, T, N,
+						     K, c->stream, err));
+		else
+			QW_TRY(gemm_bf16(c, out, x, w->data, N, err));
 	}
 	if (bias)
 		return qw_cuda_add_bias(D16(out), (const uint16_t *)bias->data, T, N, c->stream, err);
