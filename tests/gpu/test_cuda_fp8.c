@@ -120,15 +120,16 @@ static void fp8_dequantised(fp8w *w)
 		fail_msg("%s", err.msg);
 }
 
-static fp8w fp8_weight(int N, int K, int br, int bc, double scale_mul)
+/* Fills *w in place: its host tensor points at w->scale, so w may not be copied (a copy's
+ * scale pointer would name the original's). */
+static void fp8_weight(fp8w *w, int N, int K, int br, int bc, double scale_mul)
 {
-	fp8w w = {0};
-	fp8_host(&w, N, K, br, bc, scale_mul);
+	*w = (fp8w){0};
+	fp8_host(w, N, K, br, bc, scale_mul);
 	qw_err err = {0};
-	if (gpu->upload(gpu, &w.host, &w.dev, &err) != QW_OK)
+	if (gpu->upload(gpu, &w->host, &w->dev, &err) != QW_OK)
 		fail_msg("%s", err.msg);
-	fp8_dequantised(&w);
-	return w;
+	fp8_dequantised(w);
 }
 
 static void fp8_free(fp8w *w)
@@ -216,7 +217,8 @@ static const int tokens[] = {1, 2, 3, 4, 5, 64, 512};
 
 static void run_shape(const shape *s)
 {
-	fp8w w = fp8_weight(s->N, s->K, s->br, s->bc, s->scale_mul);
+	fp8w w;
+	fp8_weight(&w, s->N, s->K, s->br, s->bc, s->scale_mul);
 	char label[96];
 	snprintf(label, sizeof label, "%s %dx%d", s->name, s->N, s->K);
 	for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++)
@@ -397,7 +399,9 @@ static void test_fuse_rows(void **state)
 			fp8_free(&p[i]);
 	}
 	/* refused, nothing moved: a part of partial block rows; FP8 with bf16 */
-	fp8w a = fp8_weight(256, 128, 128, 128, 1), b = fp8_weight(200, 128, 128, 128, 1);
+	fp8w a, b;
+	fp8_weight(&a, 256, 128, 128, 128, 1);
+	fp8_weight(&b, 200, 128, 128, 128, 1);
 	const void *a_data = a.dev->data, *a_scale = a.dev->scale->data;
 	const qw_tensor *bad[][2] = {{a.dev, b.dev}, {a.dev, a.deq_dev}};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -415,7 +419,8 @@ static void test_fuse_rows(void **state)
 static void test_ops_refuse_fp8(void **state)
 {
 	qw_err err = {0};
-	fp8w w = fp8_weight(1, 256, 128, 128, 1);   /* a (1, 256) FP8 tensor as a norm weight */
+	fp8w w;
+	fp8_weight(&w, 1, 256, 128, 128, 1);   /* a (1, 256) FP8 tensor as a norm weight */
 	float *v = gpu_check_randv(2 * 256, 0, 1);
 	qw_act X = gpu_act(2, 256, v), O = gpu_act(2, 256, NULL);
 	assert_int_equal(gpu->rmsnorm(gpu, &O, &X, w.dev, 1e-6f, &err), QW_E_ARG);
