@@ -100,17 +100,14 @@ uint8_t qw_f32_to_f8e4m3(float f)
 	float a = fabsf(f);
 	if (a >= 448.0f)
 		return sign | 0x7e;                  /* saturate to the largest finite value */
-	/* the nearest of the 127 non-negative finite codes, ties to the even code */
-	uint8_t best = 0;
-	float best_d = INFINITY;
-	for (uint8_t c = 0; c <= 0x7e; c++) {
-		float d = fabsf(qw_f8e4m3_to_f32(c) - a);
-		if (d < best_d || (d == best_d && !(c & 1))) {
-			best_d = d;
-			best = c;
-		}
-	}
-	return sign | best;
+	if (a < 0x1p-6f)                             /* subnormal: n * 2^-9, n = 8 the least normal */
+		return sign | (uint8_t)rintf(a * 512.0f);   /* exact scaling; ties to even */
+	uint32_t u;
+	memcpy(&u, &a, sizeof u);
+	uint32_t exp = (u >> 23) - 127 + 7, mant = (u >> 20) & 7, rest = u & 0xfffff;
+	if (rest > 0x80000 || (rest == 0x80000 && (mant & 1)))
+		mant++;                              /* a carry into the exponent is the next code */
+	return sign | (uint8_t)((exp << 3) + mant);
 }
 
 float qw_e2m1_to_f32(uint8_t nibble)

@@ -26,8 +26,39 @@ static char *export_tiny(bool fp8, const char *extra)
 	return dir;
 }
 
+/* The nearest e4m3 code to f by trying all of them (ties to the even code; saturating). */
+static uint8_t nearest_e4m3(float f)
+{
+	uint8_t sign = signbit(f) ? 0x80 : 0, best = 0;
+	float a = fminf(fabsf(f), 448.0f), best_d = INFINITY;
+	for (uint8_t c = 0; c <= 0x7e; c++) {
+		float d = fabsf(qw_f8e4m3_to_f32(c) - a);
+		if (d < best_d || (d == best_d && !(c & 1))) {
+			best_d = d;
+			best = c;
+		}
+	}
+	return sign | best;
+}
+
 static void test_e4m3(void **state)
 {
+	/* the conversion against the exhaustive search: floats of every exponent e4m3 reaches
+	 * (and past it), each code's neighbourhood and the midpoints between codes */
+	for (uint32_t u = 0x30000000u; u < 0x44000000u; u += 4099) {
+		float f;
+		memcpy(&f, &u, 4);
+		for (int s = 0; s < 2; s++, f = -f)
+			if (qw_f32_to_f8e4m3(f) != nearest_e4m3(f))
+				fail_msg("%a: %#x, nearest %#x", f, qw_f32_to_f8e4m3(f), nearest_e4m3(f));
+	}
+	for (int c = 0; c < 0x7e; c++) {
+		float lo = qw_f8e4m3_to_f32((uint8_t)c), hi = qw_f8e4m3_to_f32((uint8_t)(c + 1));
+		float probes[] = {(lo + hi) / 2, nextafterf((lo + hi) / 2, 0),
+				  nextafterf((lo + hi) / 2, INFINITY), nextafterf(lo, INFINITY)};
+		for (int k = 0; k < 4; k++)
+			assert_int_equal(qw_f32_to_f8e4m3(probes[k]), nearest_e4m3(probes[k]));
+	}
 	assert_int_equal(qw_f32_to_f8e4m3(1.0f), 0x38);
 	assert_int_equal(qw_f32_to_f8e4m3(-1.0f), 0xb8);
 	assert_int_equal(qw_f32_to_f8e4m3(448.0f), 0x7e);
