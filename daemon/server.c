@@ -128,7 +128,8 @@ static qw_status open_tokenizer(qw_server *sv, qw_err *err)
 }
 
 /* The stage plan and parameter counts: from the checkpoint's tensors, or for a synthetic
- * model from what the config implies (bf16). */
+ * model from what the config implies (bf16; FP8 weights and their scales under an fp8
+ * quantization_config). */
 static qw_status plan_model(qw_server *sv, bool synthetic, qw_dtype kv_dtype, qw_err *err)
 {
 	qw_checkpoint *ck = NULL;
@@ -144,8 +145,7 @@ static qw_status plan_model(qw_server *sv, bool synthetic, qw_dtype kv_dtype, qw
 	if (st == QW_OK)
 		st = qw_wmap_build(&sv->cfg, layout, NULL, &specs, &n, err);
 	if (st == QW_OK && !ck) {
-		for (size_t i = 0; i < n; i++)
-			specs[i].bytes = specs[i].numel * 2;
+		qw_plan_synthetic_bytes(&sv->cfg, specs, n);
 		st = qw_plan_stages(&sv->cfg, specs, n, sv->n_stages, kv_dtype, sv->plan, err);
 	}
 	if (st == QW_OK) {

@@ -1,6 +1,7 @@
 /* forward.c - the decoder layers over the op interface.  See forward.h. */
 #include "kernels/forward.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -125,36 +126,95 @@ qw_status qw_stage_model_load(qw_stage_model *m, const qw_config *cfg, const qw_
 	return st;
 }
 
-/* One synthetic tensor: on the backend when it can generate, else made here and uploaded. */
-static qw_status synthesize(qw_stage_model *m, int i, const qw_wspec *spec, uint64_t seed,
-			    const qw_tensor **out, qw_err *err)
+/* Describes synthetic tensor i of spec: bf16, or under an fp8 config a quantizable weight
+ * as F8_E4M3 whose block scales synth_scales[i] describes (no data yet). */
+static qw_status describe_synthetic(qw_stage_model *m, int i, const qw_wspec *spec)
 {
 	qw_tensor *t = &m->synth[i];
+	const qw_quant *q = &m->cfg->quant;
+	bool fp8 = q->kind == QW_QUANT_FP8 && spec->quantizable;
 	t->name = strdup(spec->name);
-	t->dtype = QW_DT_BF16;
+	t->dtype = fp8 ? QW_DT_F8_E4M3 : QW_DT_BF16;
 	t->ndim = spec->ndim;
 	memcpy(t->shape, spec->shape, sizeof spec->shape);
 	t->numel = spec->numel;
-	t->nbytes = spec->numel * 2;
+	t->nbytes = spec->numel * (fp8 ? 1 : 2);
 	if (!t->name)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
+		return QW_E_NOMEM;
+	if (!fp8)
+		return QW_OK;
+	qw_tensor *sc = &m->synth_scales[i];
+	size_t len = strlen(spec->name) + 16;
+	if (!(sc->name = malloc(len)))
+		return QW_E_NOMEM;
+	snprintf(sc->name, len, "%s_scale_inv", spec->name);
+	sc->dtype = QW_DT_F32;
+	sc->ndim = spec->ndim;
+	memcpy(sc->shape, spec->shape, sizeof spec->shape);
+	sc->shape[sc->ndim - 2] = (sc->shape[sc->ndim - 2] + q->block[0] - 1) / q->block[0];
+	sc->shape[sc->ndim - 1] = (sc->shape[sc->ndim - 1] + q->block[1] - 1) / q->block[1];
+	sc->numel = 1;
+	for (int d = 0; d < sc->ndim; d++)
+		sc->numel *= (uint64_t)sc->shape[d];
+	sc->nbytes = sc->numel * 4;
+	t->scale = sc;
+	t->block[0] = q->block[0];
+	t->block[1] = q->block[1];
+	return QW_OK;
+}
+
+/* Synthetic tensor i's values made on the host: bf16 bits, or e4m3 codes followed (4-byte
+ * aligned) by the F32 block scales. */
+static qw_status make_on_host(qw_stage_model *m, int i, const qw_wspec *spec, uint64_t seed,
+			      qw_err *err)
+{
+	qw_tensor *t = &m->synth[i];
+	qw_tensor *sc = t->scale ? &m->synth_scales[i] : NULL;
+	uint64_t at = (t->nbytes + 3) & ~3ull;
+	float *v = malloc(spec->numel * sizeof *v + 4);
+	uint8_t *buf = m->synth_host[i] = malloc(at + (sc ? sc->nbytes : 0) + 4);
+	if (!v || !buf) {
+		free(v);
+		return qw_fail(err, QW_E_NOMEM, "out of memory synthesizing %s", spec->name);
+	}
+	qw_export_random_values(spec, seed, v);
+	if (sc) {
+		qw_export_quantize_fp8(spec, &m->cfg->quant, v, buf, (float *)(buf + at));
+		sc->data = buf + at;
+	} else {
+		for (uint64_t k = 0; k < spec->numel; k++) {
+			uint16_t b = qw_f32_to_bf16(v[k]);
+			memcpy(buf + 2 * k, &b, 2);
+		}
+	}
+	free(v);
+	t->data = buf;
+	return QW_OK;
+}
+
+/* Synthetic tensor i (described): on the backend when it can generate, else made here and
+ * uploaded. */
+static qw_status synthesize(qw_stage_model *m, int i, const qw_wspec *spec, uint64_t seed,
+			    const qw_tensor **out, qw_err *err)
+{
+	const qw_tensor *t = &m->synth[i];
 	double mean, std;
 	qw_export_value_dist(spec, &mean, &std);
 	if (m->be->synthesize)
 		return m->be->synthesize(m->be, t, qw_export_stream_start(seed, spec->name), mean, std,
 					 out, err);
-	float *v = malloc(spec->numel * sizeof *v + 4);
-	uint16_t *bits = m->synth_host[i] = malloc(spec->numel * 2 + 2);
-	if (!v || !bits) {
-		free(v);
-		return qw_fail(err, QW_E_NOMEM, "out of memory synthesizing %s", spec->name);
-	}
-	qw_export_random_values(spec, seed, v);
-	for (uint64_t k = 0; k < spec->numel; k++)
-		bits[k] = qw_f32_to_bf16(v[k]);
-	free(v);
-	t->data = bits;
+	QW_TRY(make_on_host(m, i, spec, seed, err));
 	return m->be->upload(m->be, t, out, err);
+}
+
+/* Whether the stage makes spec s: what it owns and binds, and a tied lm_head's table again
+ * on a last stage that is not the first. */
+static bool makes(const qw_stage_model *m, const qw_wspec *s, bool *tied_copy)
+{
+	const qw_stage *st = &m->stage;
+	*tied_copy = m->cfg->tie_word_embeddings && st->index == st->count - 1 && st->index > 0 &&
+		     s->part == QW_PART_EMBED;
+	return (qw_stage_owns(st, m->cfg, s) && s->slot) || *tied_copy;
 }
 
 qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
@@ -173,34 +233,34 @@ qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
 	qw_status st = qw_wmap_build(cfg, m->w.expert_layout, &m->w, &specs, &n, err);
 	if (st != QW_OK)
 		return st;
-	bool last = stage->index == stage->count - 1;
 	m->synth = calloc(n + 1, sizeof *m->synth);
+	m->synth_scales = calloc(n + 1, sizeof *m->synth_scales);
 	m->synth_host = calloc(n + 1, sizeof *m->synth_host);
-	if (!m->synth || !m->synth_host)
+	if (!m->synth || !m->synth_scales || !m->synth_host)
 		st = qw_fail(err, QW_E_NOMEM, "out of memory");
+	/* every tensor described first: the stage's bytes are those of the tensors it makes
+	 * (FP8 weights one byte a value, with their scales) */
 	uint64_t total = 0, done = 0;
-	for (size_t i = 0; i < n; i++)
-		if (qw_stage_owns(stage, cfg, &specs[i]))
-			total += specs[i].numel * 2;
-	for (size_t i = 0; i < n && st == QW_OK; i++) {
+	bool tied_copy;
+	for (size_t i = 0; i < n && st == QW_OK; i++)
+		if (makes(m, &specs[i], &tied_copy)) {
+			if (describe_synthetic(m, m->n_synth, &specs[i]) != QW_OK)
+				st = qw_fail(err, QW_E_NOMEM, "out of memory");
+			total += tensor_bytes(&m->synth[m->n_synth++]);
+		}
+	for (size_t i = 0, k = 0; i < n && st == QW_OK; i++) {
 		const qw_wspec *sp = &specs[i];
-		if (!qw_stage_owns(stage, cfg, sp) || !sp->slot)
+		if (!makes(m, sp, &tied_copy))
 			continue;
-		st = synthesize(m, m->n_synth, sp, seed, sp->slot, err);
-		m->n_synth++;
 		/* a tied lm_head is the embedding table, on the last stage too */
-		if (st == QW_OK && cfg->tie_word_embeddings && last && sp->part == QW_PART_EMBED)
-			m->w.lm_head = *sp->slot;
-		done += sp->numel * 2;
+		const qw_tensor **slot = tied_copy ? &m->w.lm_head : sp->slot;
+		st = synthesize(m, (int)k, sp, seed, slot, err);
+		if (st == QW_OK && cfg->tie_word_embeddings && !tied_copy &&
+		    stage->index == stage->count - 1 && sp->part == QW_PART_EMBED)
+			m->w.lm_head = *slot;
+		done += tensor_bytes(&m->synth[k++]);
 		if (st == QW_OK && progress)
 			progress(progress_ctx, done, total);
-	}
-	if (st == QW_OK && cfg->tie_word_embeddings && last && !m->w.lm_head) {
-		for (size_t i = 0; i < n && st == QW_OK; i++)
-			if (specs[i].part == QW_PART_EMBED) {
-				st = synthesize(m, m->n_synth, &specs[i], seed, &m->w.lm_head, err);
-				m->n_synth++;
-			}
 	}
 	free(specs);
 	if (st == QW_OK)
@@ -248,10 +308,11 @@ void qw_stage_model_free(qw_stage_model *m)
 	qw_weights_free(&m->w);
 	for (int i = 0; i < m->n_synth; i++) {
 		free(m->synth[i].name);
-		if (m->synth_host)
-			free(m->synth_host[i]);
+		free(m->synth_scales[i].name);
+		free(m->synth_host[i]);
 	}
 	free(m->synth);
+	free(m->synth_scales);
 	free(m->synth_host);
 	memset(m, 0, sizeof *m);
 }

@@ -44,11 +44,14 @@ typedef struct qw_stage_model {
 	qw_hidden_hook hook;            /* optional; must not change hidden */
 	bool graphs;                    /* decode steps may be recorded and replayed (qw_stage_step) */
 	void *hook_ctx;
-	/* a synthetic model's tensors (no checkpoint): their descriptions, and their values on
-	 * the host when the backend cannot generate them itself */
+	/* a synthetic model's tensors (no checkpoint): their descriptions, the block scales'
+	 * descriptions of those that are FP8 (synth_scales[i] for synth[i]), and their values
+	 * (bf16, or e4m3 codes then the F32 scales) on the host when the backend cannot
+	 * generate them itself */
 	qw_tensor *synth;
+	qw_tensor *synth_scales;
 	int n_synth;
-	uint16_t **synth_host;
+	void **synth_host;
 } qw_stage_model;
 
 /* Called as weights reach the backend: bytes uploaded so far of the stage's total. */
@@ -63,7 +66,9 @@ qw_status qw_stage_model_load(qw_stage_model *m, const qw_config *cfg, const qw_
 
 /* The same without a checkpoint: every tensor the stage owns filled with the deterministic
  * random values qwen-ckpt export-reduced would write for seed (loader/export.h), generated
- * by the backend where it can (synthesize), else on the host and uploaded. */
+ * by the backend where it can (synthesize), else on the host and uploaded.  Under an fp8
+ * quantization_config the quantizable weights are F8_E4M3 with F32 block scales (t->scale,
+ * t->block), those same values quantized as export-reduced --quantize fp8 writes them. */
 qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
 					const qw_stage *stage, qw_backend *be, uint64_t seed,
 					int max_tokens, qw_load_progress progress,

@@ -121,7 +121,9 @@ struct qw_backend {
 	uint64_t (*free_memory)(qw_backend *be);
 	/* (optional) a backend-resident tensor of t's dtype and shape (t->data unused) filled
 	 * with the random values of loader/export.h's stream s0 and (mean, std), generated
-	 * where it lives; released with the backend */
+	 * where it lives; released with the backend.  t F8_E4M3 (t->scale describes the F32
+	 * block scales, t->block the block): those values quantized as qw_export_quantize_fp8
+	 * does, the result's scale a backend-resident tensor of them (the FP8 form upload gives) */
 	qw_status (*synthesize)(qw_backend *be, const qw_tensor *t, uint64_t s0, double mean,
 				double std, const qw_tensor **out, qw_err *err);
 	/* (optional) called before a step's ops with its batch: a device backend copies the

@@ -276,10 +276,8 @@ void qw_export_random_values(const qw_wspec *s, uint64_t seed, float *out)
 	}
 }
 
-/* FP8 blocks of w (values v, the spec's shape): scale = amax / 448 per block of the last two
- * dims (1 for an all-zero block), q = e4m3(v / scale).  Writes q and/or the scales. */
-static void quantize_fp8(const qw_wspec *w, const qw_quant *q, const float *v, uint8_t *qout,
-			 float *scales)
+void qw_export_quantize_fp8(const qw_wspec *w, const qw_quant *q, const float *v, uint8_t *qout,
+			    float *scales)
 {
 	int nd = w->ndim;
 	uint64_t R = (uint64_t)w->shape[nd - 2], C = (uint64_t)w->shape[nd - 1];
@@ -323,9 +321,9 @@ static qw_status fill_random(void *vctx, size_t index, void *buf, uint64_t nbyte
 		return qw_fail(err, QW_E_NOMEM, "out of memory generating %s", s->name);
 	qw_export_random_values(w, ctx->seed, v);
 	if (s->is_scale)
-		quantize_fp8(w, ctx->quant, v, NULL, buf);
+		qw_export_quantize_fp8(w, ctx->quant, v, NULL, buf);
 	else if (ctx->quant && s->quantizable)
-		quantize_fp8(w, ctx->quant, v, buf, NULL);
+		qw_export_quantize_fp8(w, ctx->quant, v, buf, NULL);
 	else
 		for (uint64_t i = 0; i < nbytes / 2; i++)
 			((uint16_t *)buf)[i] = qw_f32_to_bf16(v[i]);

@@ -111,4 +111,14 @@ void qw_export_value_dist(const qw_wspec *s, double *mean, double *std);
  * An FP8 export quantizes these same values. */
 void qw_export_random_values(const qw_wspec *s, uint64_t seed, float *out);
 
+/* FP8 block quantization of w's values v (w->numel of them, w's shape) with q's block
+ * (br, bc) over the last two dims, as the export writes it and a GPU may repeat it value for
+ * value: per block (m, sr, sc) of the leading index m and the block row and column (partial
+ * at the edges), amax = the largest |v| in fp32, scale = amax / 448.0f in fp32 (1 for an
+ * all-zero block), q = e4m3(v / scale) (fp32 division; nearest, ties to even, saturating at
+ * +-448).  qout (may be NULL) gets the w->numel codes, scales (may be NULL) the
+ * M * ceil(R / br) * ceil(C / bc) scales in (m, sr, sc) order. */
+void qw_export_quantize_fp8(const qw_wspec *w, const qw_quant *q, const float *v, uint8_t *qout,
+			    float *scales);
+
 #endif

@@ -21,6 +21,14 @@ void qw_count_params(const qw_wspec *specs, size_t n, int experts_per_tok, qw_pa
 	}
 }
 
+void qw_plan_synthetic_bytes(const qw_config *cfg, qw_wspec *specs, size_t n)
+{
+	bool fp8 = cfg->quant.kind == QW_QUANT_FP8;
+	for (size_t i = 0; i < n; i++)
+		specs[i].bytes = specs[i].is_scale ? specs[i].numel * 4
+			       : fp8 && specs[i].quantizable ? specs[i].numel : specs[i].numel * 2;
+}
+
 uint64_t qw_kv_bytes_per_token_layer(const qw_config *cfg, qw_dtype kv_dtype)
 {
 	return 2ull * (uint64_t)cfg->text.num_kv_heads * (uint64_t)cfg->text.head_dim *

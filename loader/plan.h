@@ -30,6 +30,12 @@ void qw_count_params(const qw_wspec *specs, size_t n, int experts_per_tok, qw_pa
 /* K+V bytes one token occupies in one layer's cache, at kv_dtype. */
 uint64_t qw_kv_bytes_per_token_layer(const qw_config *cfg, qw_dtype kv_dtype);
 
+/* What a synthetic model's tensors weigh (--model synthetic:CONFIG.json: made by a backend,
+ * no checkpoint): each bf16, except under an fp8 quantization_config, where a quantizable
+ * weight is F8_E4M3 (one byte a value) and its block scales F32, as a checkpoint of that
+ * config stores them.  Sets the specs' bytes. */
+void qw_plan_synthetic_bytes(const qw_config *cfg, qw_wspec *specs, size_t n);
+
 /* Splits the model into `count` stages (1..min(num_layers, QW_MAX_STAGES)); out has
  * count entries. */
 qw_status qw_plan_stages(const qw_config *cfg, const qw_wspec *specs, size_t n, int count,

@@ -240,6 +240,17 @@ qw_status qw_cuda_few_rows_gemm_fp8(uint16_t *out, const uint16_t *x,
 qw_status qw_cuda_fill_normal(uint16_t *out, uint64_t n, uint64_t s0, double mean, double std,
 			      cudaStream_t stream, qw_err *err);
 
+/* Most values one scale block of qw_cuda_fill_fp8 may hold (they sit in shared memory). */
+#define QW_CUDA_FP8_FILL_MAX_BLOCK (256 * 256)
+
+/* FP8 block-scaled weights: M matrices of (R, C) values of that same stream, each rounded to
+ * bf16 and quantized per (br, bc) block as qw_export_quantize_fp8 does: q (M * R * C,) the
+ * e4m3 codes, scales (M * ceil(R / br) * ceil(C / bc),) fp32 in (m, block row, block column)
+ * order. */
+qw_status qw_cuda_fill_fp8(uint8_t *q, float *scales, uint64_t M, uint64_t R, uint64_t C,
+			   int br, int bc, uint64_t s0, double mean, double std,
+			   cudaStream_t stream, qw_err *err);
+
 // -- checksum.cu ---------------------------------------------------------------------------
 
 /* out (ceil(bytes / QW_CHECKSUM_CHUNK),) = the first level of ipc/checksum.h over buf: chunk

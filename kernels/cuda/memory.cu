@@ -94,13 +94,39 @@ static qw_status new_tensor(cuda_ctx *c, const qw_tensor *t, owned_tensor **out,
 	return QW_OK;
 }
 
+/* An FP8 weight in the form upload gives (the e4m3 codes, its F32 block scales), made as
+ * qwen-ckpt export-reduced --quantize fp8 makes them from the same values; t->scale
+ * describes the scales, t->block the block. */
+static qw_status synthesize_fp8(cuda_ctx *c, const qw_tensor *t, uint64_t s0, double mean,
+				double std, const qw_tensor **out, qw_err *err)
+{
+	const qw_tensor *sd = t->scale;
+	int nd = t->ndim, br = t->block[0], bc = t->block[1];
+	if (!sd || nd < 2 || br < 1 || bc < 1 || sd->ndim != nd ||
+	    sd->shape[nd - 2] != (t->shape[nd - 2] + br - 1) / br ||
+	    sd->shape[nd - 1] != (t->shape[nd - 1] + bc - 1) / bc)
+		return qw_fail(err, QW_E_ARG, "cuda synthesize: %s is F8_E4M3 but its block scales are "
+			       "not described (t->scale of ceil(shape / block), block %d x %d)",
+			       t->name ? t->name : "(unnamed)", br, bc);
+	owned_tensor *o;
+	QW_TRY(new_tensor(c, t, &o, err));
+	uint64_t R = (uint64_t)t->shape[nd - 2], C = (uint64_t)t->shape[nd - 1];
+	uint64_t M = R != 0 && C != 0 ? t->numel / (R * C) : 0;
+	*out = &o->t;
+	return qw_cuda_fill_fp8((uint8_t *)o->t.data, (float *)o->scale.data, M, R, C, br, bc, s0,
+				mean, std, c->stream, err);
+}
+
 qw_status cuda_synthesize(qw_backend *be, const qw_tensor *t, uint64_t s0, double mean,
 			  double std, const qw_tensor **out, qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
+	if (is_fp8(t))
+		return synthesize_fp8(c, t, s0, mean, std, out, err);
 	if (t->dtype != QW_DT_BF16)
-		return qw_fail(err, QW_E_ARG, "cuda synthesize: %s is %s; only BF16 tensors are made "
-			       "on the GPU", t->name ? t->name : "(unnamed)", qw_dtype_name(t->dtype));
+		return qw_fail(err, QW_E_ARG, "cuda synthesize: %s is %s; only BF16 and F8_E4M3 tensors "
+			       "are made on the GPU", t->name ? t->name : "(unnamed)",
+			       qw_dtype_name(t->dtype));
 	owned_tensor *o;
 	QW_TRY(new_tensor(c, t, &o, err));
 	*out = &o->t;

@@ -16,6 +16,7 @@
 
 #include "cli/client.h"
 #include "daemon/image/image.h"
+#include "loader/checkpoint.h"
 
 /* HF's greedy tokens through the daemon, for the text and the image case, at 1 and 3
  * stages; and the same tokens with every hand-over checksummed. */
@@ -144,39 +145,70 @@ static void test_concurrent_clients(void **state)
 	qwend_stop(&d);
 }
 
+/* Each stage's weight_bytes in the daemon's status (the workers' own count once ready). */
+static void stage_weight_bytes(qwend *d, json_int_t *out, int n)
+{
+	json_t *s = qwend_status(d), *stages = json_object_get(s, "stages");
+	assert_int_equal(json_array_size(stages), n);
+	for (int i = 0; i < n; i++)
+		out[i] = json_integer_value(json_object_get(json_array_get(stages, i), "weight_bytes"));
+	json_decref(s);
+}
+
 /* --model synthetic:CONFIG.json serves the same model qwen-ckpt export-reduced writes for
- * that config (seed 0): the same tokens, with no checkpoint. */
+ * that config (seed 0): the same tokens, with no checkpoint; under an FP8 config too (FP8
+ * weights and block scales made by the backend), where each stage's weights weigh what the
+ * FP8 checkpoint's tensors and scales weigh, one byte a quantized value. */
 static void test_synthetic(void **state)
 {
-	char *dir = scratch_new();
-	char *out;
-	const char *cfg = fixture("hf/tiny-moe/model/config.json");
-	int rc = run_capture(&out, "%s export-reduced --config %s --out %s", program("qwen-ckpt"),
-			     cfg, dir);
-	if (rc != 0)
-		fail_msg("%s", out);
-	free(out);
-	int32_t ids[] = {1, 2, 3, 4, 5, 6, 7, 8};
-	qw_request r = token_request(ids, 8, 12, NULL, 0);
-	outcome got[2];
-	char synthetic[1200], model[1100];
-	snprintf(model, sizeof model, "%s", dir);
-	snprintf(synthetic, sizeof synthetic, "synthetic:%s/config.json", dir);
-	const char *models[] = {model, synthetic};
-	for (int k = 0; k < 2; k++) {
-		qwend d;
-		qwend_start(&d, models[k], (const char *[]){"--stages", "2", "--kv-blocks", "64",
-							    NULL}, NULL, true);
-		run_request(d.endpoint, &r, &got[k]);
-		assert_string_equal(got[k].finish, "length");
-		qwend_stop(&d);
+	for (int fp8 = 0; fp8 < 2; fp8++) {
+		char *dir = scratch_new();
+		char *out;
+		const char *cfg = fixture("hf/tiny-moe/model/config.json");
+		int rc = run_capture(&out, "%s export-reduced --config %s --out %s %s",
+				     program("qwen-ckpt"), cfg, dir, fp8 ? "--quantize fp8" : "");
+		if (rc != 0)
+			fail_msg("%s", out);
+		free(out);
+		int32_t ids[] = {1, 2, 3, 4, 5, 6, 7, 8};
+		qw_request r = token_request(ids, 8, 12, NULL, 0);
+		outcome got[2];
+		json_int_t bytes[2][2];
+		char synthetic[1200], model[1100];
+		snprintf(model, sizeof model, "%s", dir);
+		snprintf(synthetic, sizeof synthetic, "synthetic:%s/config.json", dir);
+		const char *models[] = {model, synthetic};
+		for (int k = 0; k < 2; k++) {
+			qwend d;
+			qwend_start(&d, models[k], (const char *[]){"--stages", "2", "--kv-blocks",
+								    "64", NULL}, NULL, true);
+			run_request(d.endpoint, &r, &got[k]);
+			assert_string_equal(got[k].finish, "length");
+			stage_weight_bytes(&d, bytes[k], 2);
+			qwend_stop(&d);
+		}
+		assert_int_equal(got[0].n_tokens, 12);
+		assert_int_equal(got[1].n_tokens, 12);
+		assert_memory_equal(got[0].tokens, got[1].tokens, 12 * sizeof(int32_t));
+		/* the checkpoint's stages hold every tensor of its files once */
+		qw_checkpoint *ck;
+		qw_err err = {0};
+		assert_int_equal(qw_ckpt_open(dir, &ck, &err), QW_OK);
+		uint64_t stored = 0, fp8_values = 0;
+		for (size_t i = 0; i < ck->n_tensors; i++) {
+			stored += ck->tensors[i]->nbytes;
+			if (ck->tensors[i]->dtype == QW_DT_F8_E4M3)
+				fp8_values += ck->tensors[i]->numel;
+		}
+		qw_ckpt_close(ck);
+		assert_true(fp8 ? fp8_values > 0 : fp8_values == 0);
+		assert_int_equal(bytes[0][0] + bytes[0][1], stored);
+		for (int s = 0; s < 2; s++)
+			assert_int_equal(bytes[1][s], bytes[0][s]);
+		outcome_free(&got[0]);
+		outcome_free(&got[1]);
+		scratch_free(dir);
 	}
-	assert_int_equal(got[0].n_tokens, 12);
-	assert_int_equal(got[1].n_tokens, 12);
-	assert_memory_equal(got[0].tokens, got[1].tokens, 12 * sizeof(int32_t));
-	outcome_free(&got[0]);
-	outcome_free(&got[1]);
-	scratch_free(dir);
 }
 
 /* One request, its first reply. */
