@@ -64,6 +64,16 @@ static void print_model(const json_t *m)
 		if (num(m, "active_params", &v) && v >= 0)
 			printf(" (%s active)", qw_fmt_count((uint64_t)v, buf, sizeof buf));
 	}
+	const json_t *q = json_object_get(m, "quantization");
+	const char *method = str(q, "method");
+	if (method) {
+		const json_t *b = json_object_get(q, "block");
+		printf("%s%s weights", sep, strcmp(method, "fp8") ? method : "FP8");
+		if (json_array_size(b) == 2)
+			printf(" (%.0f x %.0f blocks)", json_number_value(json_array_get(b, 0)),
+			       json_number_value(json_array_get(b, 1)));
+		sep = ", ";
+	}
 	if (num(m, "vocab", &v)) {
 		printf("%svocab %.0f", sep, v);
 		sep = ", ";

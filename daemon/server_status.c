@@ -112,6 +112,10 @@ char *qw_server_status_json(const qw_server *sv)
 		(json_int_t)sv->params_active, "vocab", c->text.vocab_size, "tokenizer",
 		sv->tok != NULL, "thinking", sv->rc.thinking, "max_context", sv->rc.max_context,
 		"vision", c->has_vision));
+	if (c->quant.kind == QW_QUANT_FP8)   /* weight_bytes count its FP8 weights a byte a value */
+		json_object_set_new(json_object_get(o, "model"), "quantization", json_pack(
+			"{s:s, s:[i, i]}", "method", "fp8", "block", c->quant.block[0],
+			c->quant.block[1]));
 	json_object_set_new(o, "device", json_string(sv->device));
 	json_object_set_new(o, "stages", stages_json(sv));
 	qw_server_load l;

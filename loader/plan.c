@@ -114,6 +114,18 @@ qw_status qw_plan_stages(const qw_config *cfg, const qw_wspec *specs, size_t n, 
 	return QW_OK;
 }
 
+void qw_plan_fit(const qw_stage_plan *p, uint64_t device_bytes, uint64_t reserve,
+		 double kv_memory, qw_stage_fit *out)
+{
+	memset(out, 0, sizeof *out);
+	out->fits = p->weight_bytes <= device_bytes && reserve <= device_bytes - p->weight_bytes;
+	if (!out->fits)
+		return;
+	out->free_bytes = device_bytes - p->weight_bytes - reserve;
+	out->kv_bytes = (uint64_t)((double)out->free_bytes * kv_memory);
+	out->kv_tokens = p->kv_bytes_per_token ? out->kv_bytes / p->kv_bytes_per_token : 0;
+}
+
 qw_status qw_plan_checkpoint(const qw_config *cfg, const qw_checkpoint *ck, int count,
 			     qw_dtype kv_dtype, qw_stage_plan *out, qw_err *err)
 {

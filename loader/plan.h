@@ -41,6 +41,19 @@ void qw_plan_synthetic_bytes(const qw_config *cfg, qw_wspec *specs, size_t n);
 qw_status qw_plan_stages(const qw_config *cfg, const qw_wspec *specs, size_t n, int count,
 			 qw_dtype kv_dtype, qw_stage_plan *out, qw_err *err);
 
+/* How a stage fits a GPU of device_bytes: its weights and `reserve` (what a worker holds
+ * besides weights and KV cache) taken off, the KV cache gets kv_memory of what is left (the
+ * daemon's kv-memory setting), in whole tokens of the stage's kv_bytes_per_token. */
+typedef struct qw_stage_fit {
+	bool fits;              /* weights + reserve within the GPU */
+	uint64_t free_bytes;    /* device_bytes - weights - reserve, or 0 */
+	uint64_t kv_bytes;      /* the KV cache: kv_memory of free_bytes, rounded down */
+	uint64_t kv_tokens;     /* tokens whose K and V fit in kv_bytes (0 without layers) */
+} qw_stage_fit;
+
+void qw_plan_fit(const qw_stage_plan *p, uint64_t device_bytes, uint64_t reserve,
+		 double kv_memory, qw_stage_fit *out);
+
 /* The same for a checkpoint: each tensor weighs what it weighs in ck (what the config
  * implies where ck lacks it). */
 qw_status qw_plan_checkpoint(const qw_config *cfg, const qw_checkpoint *ck, int count,

@@ -320,6 +320,124 @@ static void test_inspect(void **state)
 	free(out);
 }
 
+/* Bytes of a safetensors header entry, from its dtype and shape (a table of this test's). */
+static uint64_t entry_bytes(json_t *e)
+{
+	const char *dt = json_string_value(json_object_get(e, "dtype"));
+	uint64_t n = !strcmp(dt, "BF16") ? 2 : !strcmp(dt, "F32") ? 4 : !strcmp(dt, "F8_E4M3") ? 1 : 0;
+	assert_true(n > 0);
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(e, "shape"), i, d) n *= (uint64_t)json_integer_value(d);
+	return n;
+}
+
+/* The 235B-A22B in FP8 on four 80 GiB GPUs: inspect --manifest's stages weigh what the
+ * manifest's tensors weigh, counted here by decoder layer (stage 0 also the embeddings and
+ * the vision tower, the last the final norm and lm_head); they fit, and each leaves the KV
+ * cache (80 GiB - weights - 5 GiB) x 0.9 holds at 2 x 4 heads x 128 x 2 bytes a token and
+ * layer; the config file in configs/ is the manifest's; its bf16 twin does not fit. */
+static void test_inspect_fp8_235b(void **state)
+{
+	const char *mpath = fixture("manifests/Qwen3-VL-235B-A22B-Thinking-FP8.json");
+	json_error_t jerr;
+	json_t *mf = json_load_file(mpath, 0, &jerr);
+	assert_non_null(mf);
+	json_t *cfg_file = json_load_file(fixture("configs/Qwen3-VL-235B-A22B-Thinking-FP8.json"), 0,
+					  &jerr);
+	assert_non_null(cfg_file);
+	assert_true(json_equal(cfg_file, json_object_get(mf, "config")));
+	uint64_t layer[94] = {0}, first = 0, head = 0, fp8 = 0;
+	size_t i;
+	json_t *f;
+	json_array_foreach(json_object_get(mf, "files"), i, f) {
+		const char *name;
+		json_t *e;
+		json_object_foreach(json_object_get(f, "header"), name, e) {
+			if (!strcmp(name, "__metadata__"))
+				continue;
+			uint64_t b = entry_bytes(e);
+			int L;
+			if (sscanf(name, "model.language_model.layers.%d.", &L) == 1) {
+				assert_true(L >= 0 && L < 94);
+				layer[L] += b;
+			} else if (!strncmp(name, "model.language_model.norm.", 26) ||
+				   !strncmp(name, "lm_head.", 8)) {
+				head += b;
+			} else {
+				first += b;
+			}
+			if (!strcmp(json_string_value(json_object_get(e, "dtype")), "F8_E4M3"))
+				fp8 += b;
+		}
+	}
+	json_decref(mf);
+	char *out;
+	const char *inputs[] = {"--manifest", "", ""};
+	inputs[1] = mpath;
+	inputs[2] = fixture("configs/Qwen3-VL-235B-A22B-Thinking-FP8.json");
+	for (int k = 0; k < 2; k++) {
+		assert_int_equal(run_capture(&out, "%s inspect --json %s %s", program("qwen-ckpt"),
+					     k ? "" : inputs[0], inputs[1 + k]), 0);
+		json_t *o = parse_json(out);
+		free(out);
+		assert_int_equal(jint(json_object_get(o, "bytes_per_dtype"), "F8_E4M3"), fp8);
+		json_t *four = NULL, *p;
+		json_array_foreach(json_object_get(o, "plans"), i, p)
+			if (jint(p, "stages") == 4)
+				four = p;
+		assert_non_null(four);
+		assert_true(json_is_true(json_object_get(four, "fits")));
+		json_t *per = json_object_get(four, "per_stage");
+		assert_int_equal(json_array_size(per), 4);
+		json_int_t least = INT64_MAX;
+		for (int s = 0; s < 4; s++) {
+			json_t *st = json_array_get(per, s);
+			json_t *range = json_object_get(st, "layers");
+			int a = (int)json_integer_value(json_array_get(range, 0));
+			int b = (int)json_integer_value(json_array_get(range, 1));
+			uint64_t want = (s == 0 ? first : 0) + (s == 3 ? head : 0);
+			for (int L = a; L < b; L++)
+				want += layer[L];
+			assert_int_equal(jint(st, "weight_bytes"), want);
+			assert_true(want < 60ull << 30);
+			uint64_t per_token = (uint64_t)(b - a) * 2 * 4 * 128 * 2;
+			uint64_t kv = ((80ull << 30) - want - (5ull << 30)) * 9 / 10;
+			assert_int_equal(jint(st, "kv_bytes_per_token"), per_token);
+			assert_true(json_is_true(json_object_get(st, "fits")));
+			assert_int_equal(jint(st, "kv_tokens"), kv / per_token);
+			least = jint(st, "kv_tokens") < least ? jint(st, "kv_tokens") : least;
+		}
+		assert_int_equal(jint(four, "kv_tokens"), least);
+		assert_true(least > 100000);
+		json_decref(o);
+	}
+	json_decref(cfg_file);
+	/* the table says so; the bf16 model does not fit four such GPUs */
+	assert_int_equal(run_capture(&out, "%s inspect --manifest %s", program("qwen-ckpt"), mpath), 0);
+	assert_contains(out, "4 stages fit: a KV cache of");
+	assert_contains(out, "F8_E4M3");
+	free(out);
+	assert_int_equal(run_capture(&out, "%s inspect %s", program("qwen-ckpt"),
+				     fixture("configs/Qwen3-VL-235B-A22B-Thinking.json")), 0);
+	assert_contains(out, "4 stages do not fit");
+	assert_contains(out, "8 stages fit");
+	free(out);
+	/* usage errors */
+	assert_int_equal(run_capture(&out, "%s inspect --kv-memory 1.5 %s", program("qwen-ckpt"),
+				     mpath), 2);
+	assert_contains(out, "--kv-memory: '1.5' is not a number between 0 and 1");
+	free(out);
+	assert_int_equal(run_capture(&out, "%s inspect --manifest %s %s", program("qwen-ckpt"), mpath,
+				     mpath), 2);
+	assert_contains(out, "--manifest takes the place of DIR|CONFIG.json");
+	free(out);
+	assert_int_equal(run_capture(&out, "%s inspect --gpu-memory 1G --manifest %s",
+				     program("qwen-ckpt"), mpath), 0);
+	assert_contains(out, "8 stages do not fit");
+	free(out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -331,6 +449,7 @@ int main(void)
 		cmocka_unit_test(test_export_text_only_and_dense),
 		cmocka_unit_test(test_export_rejects_inconsistent),
 		cmocka_unit_test(test_inspect),
+		cmocka_unit_test(test_inspect_fp8_235b),
 	};
 	return cmocka_run_group_tests_name("qwen-ckpt", tests, NULL, NULL);
 }

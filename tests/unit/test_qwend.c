@@ -185,6 +185,20 @@ static void test_synthetic(void **state)
 			run_request(d.endpoint, &r, &got[k]);
 			assert_string_equal(got[k].finish, "length");
 			stage_weight_bytes(&d, bytes[k], 2);
+			/* the status says the weights are FP8, and qwenctl shows it */
+			json_t *st = qwend_status(&d);
+			json_t *q = json_object_get(json_object_get(st, "model"), "quantization");
+			assert_true(fp8 ? json_is_object(q) : q == NULL);
+			if (fp8)
+				assert_string_equal(json_string_value(json_object_get(q, "method")), "fp8");
+			json_decref(st);
+			rc = run_capture(&out, "%s --socket %s status", program("qwenctl"), d.endpoint);
+			assert_int_equal(rc, 0);
+			if (fp8)
+				assert_contains(out, "FP8 weights (128 x 128 blocks)");
+			else
+				assert_null(strstr(out, "FP8"));
+			free(out);
 			qwend_stop(&d);
 		}
 		assert_int_equal(got[0].n_tokens, 12);
