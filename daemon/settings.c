@@ -16,7 +16,8 @@ static const qw_setting_def table[] = {
 	{"model", QW_SET_STR, STR(model), 0, 0, NULL, "", false,
 	 "what to serve (required): a model directory (config.json and the safetensors, as HF's "
 	 "download makes it); demo: a tiny built-in model with random weights, to try qwend out; "
-	 "synthetic:CONFIG.json: that config with deterministic random weights"},
+	 "synthetic:CONFIG.json: that config with deterministic random weights (FP8 with block "
+	 "scales under an fp8 quantization_config)"},
 	{"tokenizer", QW_SET_STR, STR(tokenizer), 0, 0, NULL, "", false,
 	 "tokenizer directory; empty: the model directory's"},
 	{"device", QW_SET_ENUM, STR(device), 0, 0, "auto|cpu|cuda", "auto", false,

@@ -2,8 +2,10 @@
 """Runs test programs and tallies their results.
 
 Each program is a cmocka suite run with TAP output; every 'ok' / 'not ok' line counts as
-one test.  A program that dies without reporting (a crash, a sanitizer abort) counts as
-one failed test.  The last line is 'N passed, N failed'; the exit status is 0 iff nothing
+one test, and a skipped test (cmocka's skip(): 'not ok N # SKIP name') is listed as SKIP
+with the line its program printed just before it (why), counted apart.  A program that dies
+without reporting (a crash, a sanitizer abort) counts as one failed test.  The last line is
+'N passed, N failed' (and ', N skipped' when any was); the exit status is 0 iff nothing
 failed.  Usable without scons, e.g. on a GPU box with only the built binaries:
 
     python3 tests/run_tests.py --bin build/bin --fixtures tests/fixtures build/tests/gpu/test_*
@@ -16,6 +18,7 @@ import sys
 import time
 
 TAP = re.compile(r'^(not ok|ok) \d+ - (.*)$')
+SKIP = re.compile(r'^(?:not ok|ok) \d+ # SKIP (.*)$')
 
 
 def run_one(path, env, timeout):
@@ -28,9 +31,17 @@ def run_one(path, env, timeout):
     except subprocess.TimeoutExpired as exc:
         output = (exc.stdout or b'').decode('utf-8', 'replace')
         code = 'timeout after %ds' % timeout
-    passed = failed = 0
+    passed = failed = skipped = 0
+    said = ''
     for line in output.splitlines():
-        m = TAP.match(line)
+        m, sk = TAP.match(line), SKIP.match(line)
+        if sk:
+            skipped += 1
+            print('SKIP   %s: %s%s' % (name, sk.group(1), ' (%s)' % said if said else ''))
+        elif not m and line.strip() and not line.startswith(('#', '1..')):
+            said = line.strip()   # what a test printed since the last result: a skip's why
+        if m or sk:
+            said = ''
         if m:
             ok = m.group(1) == 'ok'
             passed += ok
@@ -44,7 +55,7 @@ def run_one(path, env, timeout):
         print(output.rstrip())
         print('------')
     sys.stdout.flush()
-    return passed, failed, time.time() - start
+    return passed, failed, skipped, time.time() - start
 
 
 def main():
@@ -56,14 +67,16 @@ def main():
     args = ap.parse_args()
     env = dict(os.environ, CMOCKA_MESSAGE_OUTPUT='TAP', QW_BIN=os.path.abspath(args.bin),
                QW_FIXTURES=os.path.abspath(args.fixtures))
-    total_pass = total_fail = 0
+    total_pass = total_fail = total_skip = 0
     for path in args.tests:
         if not (os.path.isfile(path) and os.access(path, os.X_OK)) or '.' in os.path.basename(path):
             continue   # object files and the like that a shell glob picked up
-        p, f, secs = run_one(os.path.abspath(path), env, args.timeout)
+        p, f, k, secs = run_one(os.path.abspath(path), env, args.timeout)
         total_pass += p
         total_fail += f
-    print('%d passed, %d failed' % (total_pass, total_fail))
+        total_skip += k
+    print('%d passed, %d failed%s' % (total_pass, total_fail,
+                                      ', %d skipped' % total_skip if total_skip else ''))
     return 1 if total_fail else 0
 
 

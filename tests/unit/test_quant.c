@@ -1,12 +1,15 @@
 /* test_quant.c - FP8 block-scaled checkpoints (export, validation, dequantisation, parity with
- * the bf16 twin) and the quantization checks (scales, gate-up, diff) on FP8 and on NVFP4
- * checkpoints written here bit by bit from the ModelOpt layout. */
+ * the bf16 twin and with transformers' own FP8 run) and the quantization checks (scales,
+ * gate-up, diff) on FP8 and on NVFP4 checkpoints written here bit by bit from the ModelOpt
+ * layout. */
 #include "tests/unit/helpers.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/checkpoint.h"
@@ -143,6 +146,88 @@ static void test_parity_with_bf16_twin(void **state)
 	}
 	scratch_free(b);
 	scratch_free(q);
+}
+
+// ---------------------------------------------------------------------------------------
+// HF's FP8 reference (tests/fixtures/fp8/tiny-moe-fp8, written on the GPU box by
+// tests/hf/make_fp8_reference.py)
+
+#define HF_FP8_DIR "fp8/tiny-moe-fp8"
+
+/* The export the reference was made from, again, from its manifest's config and arguments;
+ * its files must be the ones transformers ran (their sha256 in the manifest). */
+static char *export_from_manifest(json_t *mf)
+{
+	json_t *ex = json_object_get(mf, "export");
+	const char *config = json_string_value(json_object_get(ex, "config"));
+	assert_non_null(config);
+	char args[1024] = "";
+	size_t i;
+	json_t *a;
+	json_array_foreach(json_object_get(ex, "args"), i, a) {
+		const char *v = json_string_value(a);
+		assert_non_null(v);
+		for (const char *c = v; *c; c++)   /* plain words: nothing for the shell to read */
+			assert_true(strchr("-_.=/", *c) || (*c >= '0' && *c <= '9') ||
+				    (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z'));
+		snprintf(args + strlen(args), sizeof args - strlen(args), " %s", v);
+	}
+	char *dir = scratch_new(), *out;
+	if (run_capture(&out, "%s export-reduced --config %s --out %s%s", program("qwen-ckpt"),
+			fixture(config), dir, args) != 0)
+		fail_msg("%s", out);
+	free(out);
+	const char *file;
+	json_t *sum;
+	json_object_foreach(json_object_get(ex, "files"), file, sum) {
+		assert_int_equal(run_capture(&out, "sha256sum %s", path_in(dir, file)), 0);
+		if (strncmp(out, json_string_value(sum), 64) != 0)
+			fail_msg("%s of the export differs from the one transformers ran (sha256 %.64s, "
+				 "the manifest's %s): the export changed since the reference was made "
+				 "(HINT: make it again, docs/parity.md)", file, out, json_string_value(sum));
+		free(out);
+	}
+	return dir;
+}
+
+/* The CPU backend on the FP8 export against transformers' own FP8 run of it (W8A8, bf16) at
+ * the fp8 thresholds, and against transformers' fp32 run of its weights dequantized (the
+ * arithmetic this backend does) at the fp32 thresholds; the FP8 run is not the dequantized
+ * one (activations quantized), so the fp32 thresholds fail against it.  Skipped while the
+ * fixture is absent (it needs transformers' FP8 kernels on a GPU to make). */
+static void test_hf_fp8_reference(void **state)
+{
+	char ref[4200];
+	snprintf(ref, sizeof ref, "%s", fixture(HF_FP8_DIR "/reference.safetensors"));
+	if (access(ref, R_OK) != 0) {
+		print_message("%s is absent: make it on the GPU box with tests/hf/make_fp8_reference.py "
+			      "(docs/parity.md)\n", HF_FP8_DIR "/reference.safetensors");
+		skip();
+	}
+	json_error_t jerr;
+	json_t *mf = json_load_file(fixture(HF_FP8_DIR "/manifest.json"), 0, &jerr);
+	if (!mf)
+		fail_msg("%s/manifest.json: %s", HF_FP8_DIR, jerr.text);
+	char *dir = export_from_manifest(mf), *out;
+	static const struct {
+		const char *name, *thresholds;
+	} cases[] = {{"short", "fp8"}, {"long", "fp8"}, {"short_dequant", "fp32"},
+		     {"long_dequant", "fp32"}};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		assert_non_null(json_object_get(json_object_get(mf, "cases"), cases[i].name));
+		int rc = run_capture(&out, "%s --model %s --reference %s --case %s --thresholds %s",
+				     program("qwen-parity"), dir, ref, cases[i].name,
+				     cases[i].thresholds);
+		if (rc != 0)
+			fail_msg("case %s at the %s thresholds:\n%s", cases[i].name, cases[i].thresholds,
+				 out);
+		free(out);
+	}
+	assert_int_equal(run_capture(&out, "%s --model %s --reference %s --case short --thresholds "
+				     "fp32", program("qwen-parity"), dir, ref), 1);
+	free(out);
+	json_decref(mf);
+	scratch_free(dir);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -420,6 +505,7 @@ int main(void)
 		cmocka_unit_test(test_e4m3),
 		cmocka_unit_test(test_dequantisation),
 		cmocka_unit_test(test_parity_with_bf16_twin),
+		cmocka_unit_test(test_hf_fp8_reference),
 		cmocka_unit_test(test_bad_scales_fail),
 		cmocka_unit_test(test_missing_and_misshapen_scale),
 		cmocka_unit_test(test_diff),
