@@ -108,7 +108,7 @@ qw_status qw_cuda_fill_fp8(uint8_t *q, float *scales, uint64_t M, uint64_t R, ui
 			   int br, int bc, uint64_t s0, double mean, double std,
 			   cudaStream_t stream, qw_err *err)
 {
-	if (br < 1 || bc < 1 || br * bc > QW_CUDA_FP8_FILL_MAX_BLOCK)
+	if (br < 1 || bc < 1 || (long long)br * bc > QW_CUDA_FP8_FILL_MAX_BLOCK)
 		return qw_fail(err, QW_E_ARG, "cuda qw_cuda_fill_fp8: blocks of %d x %d values (1 to %d "
 			       "values are taken)", br, bc, QW_CUDA_FP8_FILL_MAX_BLOCK);
 	uint64_t SR = (R + (uint64_t)br - 1) / (uint64_t)br, SC = (C + (uint64_t)bc - 1) / (uint64_t)bc;
