@@ -582,7 +582,7 @@ static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 	if (w->pipe && (st = qw_nccl_pipe_sync(w->pipe, err)) != QW_OK)
 		return st;
 	if (p->n_logits > 0 &&
-	    (st = w->be->sample(w->be, &w->logits, p->sampling, w->tokens, err)) != QW_OK)
+	    (st = w->be->sample(w->be, &w->logits, p->sampling, NULL, w->tokens, NULL, err)) != QW_OK)
 		return st;
 	qw_step_result r = {p->step, p->n_logits, w->tokens};
 	size_t len = qw_step_result_size(&r);

@@ -76,13 +76,49 @@ typedef struct qw_batch {
 	int n_deepstack;
 } qw_batch;
 
+/* How one row is sampled (kernels/sample.h has the rule).  Zero-initialised fields beyond
+ * the first five are off. */
 typedef struct qw_sampling {
 	float temperature;   /* 0: greedy (argmax, lowest id on ties) */
 	int top_k;           /* 0: off */
 	float top_p;         /* 1: off */
 	uint64_t seed;
 	uint64_t step;       /* which draw of this sequence: with seed, fixes the random number */
+	float min_p;         /* 0: off; keeps tokens at least min_p times as likely as the best */
+	float repetition_penalty;  /* 0 or 1: off; the row's history says which tokens */
+	float frequency_penalty;   /* 0: off; times each generated token's count */
+	float presence_penalty;    /* 0: off; once for each token generated */
+	int32_t logprobs;    /* 0: none; 1: the chosen token's log-probability, and top_logprobs */
+	int32_t top_logprobs;      /* with logprobs: this many of the most likely (at most
+				      QW_MAX_TOP_LOGPROBS) */
 } qw_sampling;
+
+/* One distinct token of a sequence's history, for the penalties. */
+typedef struct qw_token_count {
+	int32_t token;
+	uint32_t count;      /* bits 0-30: times generated; QW_IN_PROMPT: the prompt holds it */
+} qw_token_count;
+
+#define QW_IN_PROMPT 0x80000000u
+#define QW_GENERATED(c) ((c) & 0x7fffffffu)
+
+/* A row's history: what the penalties look at (each token at most once, any order). */
+typedef struct qw_sample_history {
+	const qw_token_count *tokens;   /* (n,) */
+	int n;
+} qw_sample_history;
+
+#define QW_MAX_TOP_LOGPROBS 20
+
+/* What a row asked with logprobs gets: log-probabilities under the distribution the token
+ * was drawn from (kernels/sample.h). */
+typedef struct qw_sample_logprobs {
+	float logprob;                            /* of the chosen token */
+	int32_t n_top;                            /* entries below */
+	int32_t top_ids[QW_MAX_TOP_LOGPROBS];     /* the most likely, best first (lower id first
+						     among equals) */
+	float top_logprobs[QW_MAX_TOP_LOGPROBS];  /* theirs; -inf for one the cuts removed */
+} qw_sample_logprobs;
 
 /* The MoE weights of one layer, in either checkpoint layout. */
 typedef struct qw_moe_weights {
@@ -179,9 +215,12 @@ struct qw_backend {
 	/* out (n, cols) = rows `rows` of x */
 	qw_status (*gather_rows)(qw_backend *be, qw_act *out, const qw_act *x, const int32_t *rows,
 				 int n, qw_err *err);
-	/* one token per logits row (n = logits->rows), each with its own parameters */
+	/* one token per logits row (n = logits->rows), each with its own parameters and
+	 * history (history NULL: none has one; tokens must lie in [0, V)); out_logprobs
+	 * (NULL, or (n,)) gets the rows whose params ask for logprobs */
 	qw_status (*sample)(qw_backend *be, const qw_act *logits, const qw_sampling *params,
-			    int32_t *out_tokens, qw_err *err);
+			    const qw_sample_history *history, int32_t *out_tokens,
+			    qw_sample_logprobs *out_logprobs, qw_err *err);
 
 	// -- fused ops (optional) ----------------------------------------------------------
 	/* add_rmsnorm and qk_norm_rope_kv each stand for a run of the ops above and give their

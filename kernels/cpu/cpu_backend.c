@@ -562,14 +562,17 @@ static qw_status gather_rows(qw_backend *be, qw_act *out, const qw_act *x, const
 }
 
 static qw_status sample(qw_backend *be, const qw_act *logits, const qw_sampling *params,
-			int32_t *out_tokens, qw_err *err)
+			const qw_sample_history *history, int32_t *out_tokens,
+			qw_sample_logprobs *out_logprobs, qw_err *err)
 {
+	QW_TRY(qw_sample_check(params, history, out_logprobs, logits->rows, logits->cols, err));
 	void *scratch = malloc(qw_sample_scratch_bytes(logits->cols));
 	if (!scratch)
 		return qw_fail(err, QW_E_NOMEM, "cpu sample: out of memory");
 	for (size_t r = 0; r < ROWS(logits); r++)
 		out_tokens[r] = qw_sample_row(CF(logits) + r * (size_t)logits->cols, logits->cols,
-					      &params[r], scratch);
+					      &params[r], history ? &history[r] : NULL, scratch,
+					      out_logprobs ? &out_logprobs[r] : NULL);
 	free(scratch);
 	return QW_OK;
 }

@@ -552,12 +552,13 @@ static qw_status scatter_rows(qw_backend *be, qw_act *dst, const int32_t *rows, 
 }
 
 static qw_status sample(qw_backend *be, const qw_act *logits, const qw_sampling *params,
-			int32_t *out_tokens, qw_err *err)
+			const qw_sample_history *history, int32_t *out_tokens,
+			qw_sample_logprobs *out_logprobs, qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
 	QW_TRY(grow_dev(c, &c->sample_ws, qw_cuda_sample_ws_bytes(logits->rows, logits->cols), err));
-	return qw_cuda_sample(out_tokens, C16(logits), logits->rows, logits->cols, params,
-			      c->sample_ws.p, c->sample_ws.bytes, c->stream, err);
+	return qw_cuda_sample(out_tokens, out_logprobs, C16(logits), logits->rows, logits->cols,
+			      params, history, c->sample_ws.p, c->sample_ws.bytes, c->stream, err);
 }
 
 static qw_status layernorm(qw_backend *be, qw_act *out, const qw_act *x, const qw_tensor *w,

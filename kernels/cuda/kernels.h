@@ -100,16 +100,21 @@ qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_bytes, cuda
 
 // -- sample.cu -----------------------------------------------------------------------------
 
-/* One token per row of logits (rows, V) bf16, each row with its own parameters (host
- * array), by the rule of kernels/sample.h: greedy when temperature is 0 (argmax, lowest id
- * on ties); else softmax(logits / T), then top-k, then top-p, then one draw with
- * qw_sample_uniform(seed, step), walking ids in order when nothing is cut, else in
- * descending probability.  out_host (rows,) is written before this returns (it waits for
- * the stream).  ws: qw_cuda_sample_ws_bytes. */
+/* One token per row of logits (rows, V) bf16, each row with its own parameters and
+ * history (host arrays; history NULL: no row has one), by the rule of kernels/sample.h:
+ * the penalties of a row with a history on its logits in fp32, then greedy (argmax, lowest
+ * id on ties) when temperature is 0, else temperature, min-p, top-k, top-p and one draw with
+ * qw_sample_uniform(seed, step), walking ids in order when top-k and top-p are off, else in
+ * descending probability; the log-probabilities of the rows that ask into lp_host (rows,)
+ * (NULL when none asks; the other rows' entries are left undefined).  out_host (rows,) and
+ * lp_host are written before this returns (it waits for the stream).  ws:
+ * qw_cuda_sample_ws_bytes, a function of the rows and V alone (the histories go through it a
+ * few rows at a time). */
 size_t qw_cuda_sample_ws_bytes(int max_rows, int V);
-qw_status qw_cuda_sample(int32_t *out_host, const uint16_t *logits, int rows, int V,
-			 const qw_sampling *params, void *ws, size_t ws_bytes, cudaStream_t stream,
-			 qw_err *err);
+qw_status qw_cuda_sample(int32_t *out_host, qw_sample_logprobs *lp_host, const uint16_t *logits,
+			 int rows, int V, const qw_sampling *params,
+			 const qw_sample_history *history, void *ws, size_t ws_bytes,
+			 cudaStream_t stream, qw_err *err);
 
 // -- elementwise.cu ------------------------------------------------------------------------
 

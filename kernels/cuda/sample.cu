@@ -1,42 +1,56 @@
 /* sample.cu - one token per row of logits on the GPU, by the rule of kernels/sample.h.  See
  * kernels.h (qw_cuda_sample) for the contract.
  *
- * One block of 1024 threads per row; each row's rule (mode, k, temperature, top_p and its
- * uniform number, qw_sample_uniform(seed, step) computed here on the host) travels in the
- * kernel's arguments, 64 rows a launch.  Modes:
+ * One block of 1024 threads per row; each row's rule (mode, candidates, temperature, min-p,
+ * top-k, top-p, its uniform number qw_sample_uniform(seed, step) computed here on the host,
+ * how many log-probabilities) travels in the kernel's arguments.  Rows without penalties are
+ * read as they are, bf16, 64 a launch.  Rows with penalties and a history go 8 a launch: a
+ * first kernel writes each as fp32 into the scratch and applies its history's penalties
+ * there, with the CPU's operations (IEEE division, multiplication and subtraction, no fused
+ * multiply-add), so the processed logits are the CPU's bit for bit; the same sampling kernel
+ * then reads those.  Modes:
  *   greedy  temperature <= 0: argmax over the row, the lowest id among equals (NaNs lose;
  *           a NaN first logit wins, as qw_argmax's scan has it).
- *   all     nothing cut (top_k 0 or >= V, top_p >= 1): the walk in id order.  Thread t owns
- *           ids [t*C, t*C + C), C = ceil(V / 1024), and sums their exp((l - max) / temp) in
- *           order; a block scan of those sums finds the first chunk whose inclusive prefix
- *           passes u = U * total, and its thread walks its ids.
- *   top-k   1 <= top_k <= 1024 (< V), optionally with top_p: the k best by (logit desc, id
- *           asc) by a radix select on the 16-bit order keys of the bf16 logits (two
- *           histogram passes find the k-th key; the ties at it are taken lowest id first
- *           through a block scan in id order), sorted by a bitonic sort in shared memory, then
- *           the nucleus cut and the draw over their probabilities by block scans.
- *   top-p   top_p < 1 without top-k (top_k 0 or >= V): the same with the 1024 best, the kept
- *           mass being the whole row's; when the nucleus is not within those 1024 (a flat
+ *   all     top-k off (0 or >= V) and top-p off: the walk in id order over what min-p keeps.
+ *           Thread t owns ids [t*C, t*C + C), C = ceil(V / 1024), and sums their kept
+ *           exp((z - max) / temp) in order; a block scan of those sums finds the first chunk
+ *           whose inclusive prefix passes u = U * total, and its thread walks its ids.
+ *   top-k   1 <= top_k <= 1024 (< V), optionally with top-p: the k best (k = max(top_k,
+ *           top logprobs)) by (z desc, id asc) by a radix select on the order keys of the
+ *           logits, 8 bits a pass (2 passes on bf16, 4 on fp32; the ties at the k-th key are
+ *           taken lowest id first through a block scan in id order), sorted by a bitonic sort
+ *           in shared memory; the min-p cut (a prefix of them), the top-k cut, the nucleus
+ *           cut and the draw over their probabilities by block scans.
+ *   top-p   top_p < 1 without top-k: the same with the 1024 best, the kept mass being the
+ *           whole row's min-p survivors'; when the nucleus is not within those 1024 (a flat
  *           row), the row goes to the host.
  *   host    1024 < top_k < V: the row goes to the host.
  * "The host": after the kernels, the row's logits are copied back and qw_sample_row draws
- * (a synchronous copy of V * 2 bytes per such row; rare in practice).
+ * (a synchronous copy of V * 2 bytes per such row; rare in practice), penalties and
+ * log-probabilities included.
  *
- * Precision: probabilities in double (exp of ((double)logit - max) / temperature, the CPU's
+ * Log-probabilities (the rows that ask): the kept mass's log, log_softmax of the processed
+ * logits, and the top ones as the first candidates of the same radix select (greedy and
+ * all rows select them for that alone), -inf past what the cuts keep.
+ *
+ * Precision: probabilities in double (exp of ((double)z - max) / temperature, the CPU's
  * expression), unnormalised: the draw compares u = U * total against running sums, and the
- * top-p cut top_p * kept against them, both unchanged by a common scale, so dividing by the
- * row's sum (the CPU does) only moves roundings.  Ordering by logit is ordering by
- * probability, except where exp maps distinct logits to the same double (underflow below
- * 1e-308, or temperatures above ~1e15); such candidates carry no mass a draw can land on.
- * So the token equals qw_sample_row's except when u lies within a few double roundings
- * (~1e-15 relative) of a cumulative boundary (the sums are taken in a different order) or
- * the cut's running mass within as much of top_p * kept; the tests bound and explain every
- * disagreement this way.
+ * top-p cut top_p * kept against them, both unchanged by a common scale.  Ordering by logit
+ * is ordering by probability, except where exp maps distinct logits to the same double
+ * (underflow below 1e-308, or temperatures above ~1e15); such candidates carry no mass a
+ * draw can land on.  So the token equals qw_sample_row's except when u lies within a few
+ * double roundings (~1e-15 relative) of a cumulative boundary (the sums are taken in a
+ * different order), the cut's running mass within as much of top_p * kept, or a
+ * probability within an ulp of min_p (CUDA's exp and the host's may differ in the last
+ * bit); log-probabilities agree to ~1e-15 relative, before their rounding to float.  The
+ * tests bound and explain every disagreement this way.
  *
- * Cost per row: 2-4 passes over the row's 2 V bytes (from L2 after the first), V double
- * exps in the all and top-p modes (~40 us for V = 151936 on one SM), none but k in top-k.
+ * Cost per row: 2-4 passes over the row's 2 V bytes (from L2 after the first; twice the
+ * passes and bytes for a penalised fp32 row), V double exps in the all and top-p modes
+ * (~40 us for V = 151936 on one SM), none but k in top-k.
  */
 #include <cuda_bf16.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -52,39 +66,81 @@ extern "C" {
 #define SAMPLE_THREADS 1024     /* threads per row */
 #define SAMPLE_MAX_TOPK 1024    /* candidates the GPU sorts */
 #define SAMPLE_ROWS 64          /* rows per launch */
+#define PEN_ROWS 8              /* penalised rows per launch (their fp32 rows in the scratch) */
 #define NEEDS_HOST (-2)         /* a row's result: qw_sample_row draws it */
 
 enum { MODE_GREEDY, MODE_ALL, MODE_TOPK, MODE_TOPP, MODE_HOST };
 
 typedef struct row_rule {
+	double u;            /* qw_sample_uniform(seed, step) */
 	int mode;            /* MODE_* */
-	int k;               /* top-k: candidates kept; top-p: min(V, 1024) */
+	int k;               /* candidates selected: top-k: max(top_k, n_top); top-p: min(V, 1024) */
+	int top_k;           /* the top-k cut (V: none) */
+	int n_top;           /* top log-probabilities to list; -1: no log-probabilities */
+	int row;             /* the row of the outputs */
+	int src;             /* the row of the launch's logits */
 	float temperature;
 	float top_p;         /* < 1: the nucleus cut among the candidates */
-	double u;            /* qw_sample_uniform(seed, step) */
+	float min_p;         /* > 0: the min-p cut */
 } row_rule;
 
 typedef struct row_rules {
 	row_rule r[SAMPLE_ROWS];
 } row_rules;
 
+/* A penalised row: where its logits and history are, and its penalties. */
+typedef struct pen_rule {
+	int row;             /* of the logits */
+	int hist_at, hist_n; /* its history in the scratch's entries */
+	float repetition, frequency, presence;
+} pen_rule;
+
+typedef struct pen_rules {
+	pen_rule r[PEN_ROWS];
+} pen_rules;
+
 static const unsigned FULL = 0xffffffffu;
 
 // ---------------------------------------------------------------------------------------
-// block-wide helpers (SAMPLE_THREADS threads; every thread must call them)
+// rows: bf16 as the model wrote them, or fp32 once penalised
 
 __device__ static inline float bf16_value(uint16_t b)
 {
 	return __uint_as_float((uint32_t)b << 16);
 }
 
-/* An order key: larger logit, larger key; -0 is +0. */
-__device__ static inline unsigned order_key(uint16_t b)
+/* An order key: larger value, larger key; -0 is +0. */
+__device__ static inline unsigned order_key16(uint16_t b)
 {
 	if (b == 0x8000)
 		b = 0;
 	return (b & 0x8000) ? (~b & 0xffffu) : (b | 0x8000u);
 }
+
+__device__ static inline unsigned order_key32(float f)
+{
+	unsigned b = __float_as_uint(f);
+	if (b == 0x80000000u)
+		b = 0;
+	return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+struct bf16_row {
+	const uint16_t *p;
+	static constexpr int KEY_BITS = 16;
+	__device__ float value(int i) const { return bf16_value(p[i]); }
+	__device__ unsigned key(int i) const { return order_key16(p[i]); }
+};
+
+struct f32_row {
+	const float *p;
+	static constexpr int KEY_BITS = 32;
+	__device__ float value(int i) const { return p[i]; }
+	__device__ unsigned key(int i) const { return order_key32(p[i]); }
+};
+
+// ---------------------------------------------------------------------------------------
+// block-wide helpers (SAMPLE_THREADS threads; every thread must call them)
 
 /* (value, index) pairs: the larger value, then the lower index */
 __device__ static inline bool better(float v, int i, float bv, int bi)
@@ -94,14 +150,15 @@ __device__ static inline bool better(float v, int i, float bv, int bi)
 
 /* The argmax of the row: the lowest index of the largest non-NaN value; 0 when row[0] is
  * NaN or every value is (qw_argmax's sequential scan). */
-__device__ static int block_argmax(const uint16_t *row, int V)
+template <class R>
+__device__ static int block_argmax(R row, int V)
 {
 	__shared__ float sv[SAMPLE_THREADS / 32];
 	__shared__ int si[SAMPLE_THREADS / 32];
 	float bv = -INFINITY;
 	int bi = V;
 	for (int i = threadIdx.x; i < V; i += SAMPLE_THREADS) {
-		float v = bf16_value(row[i]);
+		float v = row.value(i);
 		if (better(v, i, bv, bi)) {
 			bv = v;
 			bi = i;
@@ -134,7 +191,7 @@ __device__ static int block_argmax(const uint16_t *row, int V)
 		}
 	}
 	__syncthreads();   /* sv, si reusable */
-	if (bi >= V || isnan(bf16_value(row[0])))
+	if (bi >= V || isnan(row.value(0)))
 		return 0;
 	return bi;
 }
@@ -242,43 +299,57 @@ __device__ static void select_bin(const int *hist, int need, int *bin, int *abov
 	__syncthreads();
 }
 
+/* The largest v of the block. */
+__device__ static int block_max_int(int v)
+{
+	__shared__ int m;
+	if (threadIdx.x == 0)
+		m = INT_MIN;
+	__syncthreads();
+	atomicMax(&m, v);
+	__syncthreads();
+	int r = m;
+	__syncthreads();
+	return r;
+}
+
 // ---------------------------------------------------------------------------------------
-// the kernel
+// the kernels
 
 /* The k best ids of the row by (key desc, id asc) into cand[0..k), sorted, as
- * key << 32 | (0xffffffff - id). */
-__device__ static void top_candidates(const uint16_t *row, int V, int k, unsigned long long *cand,
-				      int *hist)
+ * key << 32 | (0xffffffff - id): a radix select, 8 bits of the key a pass. */
+template <class R>
+__device__ static void top_candidates(R row, int V, int k, unsigned long long *cand, int *hist)
 {
 	int tid = threadIdx.x;
-	/* pass 1: high byte of the key */
-	for (int i = tid; i < 256; i += SAMPLE_THREADS)
-		hist[i] = 0;
-	__syncthreads();
-	for (int i = tid; i < V; i += SAMPLE_THREADS)
-		atomicAdd(&hist[order_key(row[i]) >> 8], 1);
-	__syncthreads();
-	int b1, above1, b2, above2;
-	select_bin(hist, k, &b1, &above1);
-	/* pass 2: low byte among the keys of that high byte */
-	for (int i = tid; i < 256; i += SAMPLE_THREADS)
-		hist[i] = 0;
-	__syncthreads();
-	for (int i = tid; i < V; i += SAMPLE_THREADS) {
-		unsigned key = order_key(row[i]);
-		if ((int)(key >> 8) == b1)
-			atomicAdd(&hist[key & 0xff], 1);
+	unsigned prefix = 0;
+	int need = k, greater = 0;
+	for (int shift = R::KEY_BITS - 8; shift >= 0; shift -= 8) {
+		/* among the keys whose higher digits are the prefix's, the digit at shift */
+		unsigned high = shift + 8 >= 32 ? 0u : ~0u << (shift + 8);
+		for (int i = tid; i < 256; i += SAMPLE_THREADS)
+			hist[i] = 0;
+		__syncthreads();
+		for (int i = tid; i < V; i += SAMPLE_THREADS) {
+			unsigned key = row.key(i);
+			if ((key & high) == (prefix & high))
+				atomicAdd(&hist[(key >> shift) & 0xff], 1);
+		}
+		__syncthreads();
+		int bin, above;
+		select_bin(hist, need, &bin, &above);
+		prefix |= (unsigned)bin << shift;
+		greater += above;
+		need -= above;
 	}
-	__syncthreads();
-	select_bin(hist, k - above1, &b2, &above2);
-	unsigned kth = (unsigned)(b1 << 8 | b2);
-	int greater = above1 + above2, ties = k - greater;   /* ties >= 1 taken at kth */
+	unsigned kth = prefix;
+	int ties = k - greater;   /* >= 1 taken at kth */
 
 	/* collect in id order: chunks of consecutive ids per thread */
 	int C = (V + SAMPLE_THREADS - 1) / SAMPLE_THREADS, lo = min(tid * C, V), hi = min(lo + C, V);
 	unsigned n_gt = 0, n_eq = 0;
 	for (int i = lo; i < hi; i++) {
-		unsigned key = order_key(row[i]);
+		unsigned key = row.key(i);
 		n_gt += key > kth;
 		n_eq += key == kth;
 	}
@@ -287,7 +358,7 @@ __device__ static void top_candidates(const uint16_t *row, int V, int k, unsigne
 							  &total);
 	unsigned pos_gt = (unsigned)(pre >> 32), pos_eq = (unsigned)(pre & 0xffffffffu);
 	for (int i = lo; i < hi; i++) {
-		unsigned key = order_key(row[i]);
+		unsigned key = row.key(i);
 		unsigned long long c = (unsigned long long)key << 32 | (0xffffffffu - (unsigned)i);
 		if (key > kth)
 			cand[pos_gt++] = c;
@@ -318,33 +389,109 @@ __device__ static void top_candidates(const uint16_t *row, int V, int k, unsigne
 	__syncthreads();
 }
 
+__device__ static inline int cand_id(unsigned long long c)
+{
+	return (int)(0xffffffffu - (unsigned)(c & 0xffffffffu));
+}
+
+/* The row's log-probabilities: the chosen token's and the first n_top candidates' (those
+ * at index >= kept are -inf), log_mass the log of the kept mass.  Thread 0 and the first
+ * n_top threads write. */
+template <class R>
+__device__ static void write_logprobs(qw_sample_logprobs *lp, R row, const unsigned long long *cand,
+				      int n_top, int kept, double mx, double temp, double log_mass,
+				      int token)
+{
+	int tid = threadIdx.x;
+	if (tid == 0) {
+		lp->logprob = (float)(((double)row.value(token) - mx) / temp - log_mass);
+		lp->n_top = n_top;
+	}
+	if (tid < n_top) {
+		int id = cand_id(cand[tid]);
+		lp->top_ids[tid] = id;
+		lp->top_logprobs[tid] = tid < kept ? (float)(((double)row.value(id) - mx) / temp -
+							    log_mass)
+						   : -INFINITY;
+	}
+}
+
+/* The processed logits of penalised rows: row i of z (V,) = logits[rule.row] as fp32 with
+ * its history's penalties (kernels/sample.c's arithmetic, operation for operation). */
 static __global__ void __launch_bounds__(SAMPLE_THREADS)
-sample_kernel(int32_t *out, const uint16_t *logits, int V, row_rules rules)
+penalize_kernel(float *z, const uint16_t *logits, int V, pen_rules rules,
+		const qw_token_count *entries)
+{
+	const pen_rule pr = rules.r[blockIdx.x];
+	const uint16_t *src = logits + (size_t)pr.row * (size_t)V;
+	float *dst = z + (size_t)blockIdx.x * (size_t)V;
+	for (int i = threadIdx.x; i < V; i += SAMPLE_THREADS)
+		dst[i] = bf16_value(src[i]);
+	__syncthreads();
+	bool rep = pr.repetition > 0.0f && pr.repetition != 1.0f;
+	for (int j = threadIdx.x; j < pr.hist_n; j += SAMPLE_THREADS) {
+		qw_token_count e = entries[pr.hist_at + j];   /* distinct tokens: no two threads
+								 write one */
+		unsigned generated = QW_GENERATED(e.count);
+		float x = dst[e.token];
+		if (rep && (generated > 0 || (e.count & QW_IN_PROMPT)))
+			x = x > 0.0f ? __fdiv_rn(x, pr.repetition) : __fmul_rn(x, pr.repetition);
+		if (generated > 0) {
+			float f = __fmul_rn(pr.frequency, __uint2float_rn(generated));
+			x = __fsub_rn(x, f);
+			x = __fsub_rn(x, pr.presence);
+		}
+		dst[e.token] = x;
+	}
+}
+
+template <class R, class T>
+static __global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_kernel(int32_t *out, qw_sample_logprobs *lps, const T *base, int V, row_rules rules)
 {
 	__shared__ unsigned long long cand[SAMPLE_MAX_TOPK];
 	__shared__ int hist[256];
+	__shared__ int s_token;
 	const row_rule rr = rules.r[blockIdx.x];
-	const uint16_t *row = logits + (size_t)blockIdx.x * (size_t)V;
+	R row{base + (size_t)rr.src * (size_t)V};
 	int tid = threadIdx.x;
 	if (rr.mode == MODE_HOST) {
 		if (tid == 0)
-			out[blockIdx.x] = NEEDS_HOST;
+			out[rr.row] = NEEDS_HOST;
 		return;
 	}
+	qw_sample_logprobs *lp = rr.n_top >= 0 ? &lps[rr.row] : NULL;
 	int best = block_argmax(row, V);
+	double mx = row.value(best);
+	int C = (V + SAMPLE_THREADS - 1) / SAMPLE_THREADS, lo = min(tid * C, V), hi = min(lo + C, V);
 	if (rr.mode == MODE_GREEDY) {
 		if (tid == 0)
-			out[blockIdx.x] = best;
+			out[rr.row] = best;
+		if (!lp)
+			return;
+		/* log_softmax of the row */
+		double chunk = 0.0, total;
+		for (int i = lo; i < hi; i++)
+			chunk += exp((double)row.value(i) - mx);
+		block_scan(chunk, &total);
+		if (rr.n_top > 0)
+			top_candidates(row, V, rr.n_top, cand, hist);
+		write_logprobs(lp, row, cand, rr.n_top, rr.n_top, mx, 1.0, log(total), best);
 		return;
 	}
-	double mx = bf16_value(row[best]), temp = rr.temperature;
+	double temp = rr.temperature, min_p = rr.min_p;
 
-	/* the whole row's mass, by chunks of consecutive ids (all and top-p modes) */
-	int C = (V + SAMPLE_THREADS - 1) / SAMPLE_THREADS, lo = min(tid * C, V), hi = min(lo + C, V);
+	/* the whole row's kept mass, by chunks of consecutive ids (all and top-p modes) */
 	double chunk = 0.0, incl = 0.0, row_mass = 0.0;
+	int last_kept = -1;
 	if (rr.mode != MODE_TOPK) {
-		for (int i = lo; i < hi; i++)
-			chunk += exp(((double)bf16_value(row[i]) - mx) / temp);
+		for (int i = lo; i < hi; i++) {
+			double e = exp(((double)row.value(i) - mx) / temp);
+			if (min_p <= 0.0 || e >= min_p) {
+				chunk += e;
+				last_kept = i;
+			}
+		}
 		incl = block_scan(chunk, &row_mass);
 	}
 	if (rr.mode == MODE_ALL) {
@@ -352,43 +499,66 @@ sample_kernel(int32_t *out, const uint16_t *logits, int V, row_rules rules)
 		prefix[tid] = incl;
 		double u = rr.u * row_mass;
 		int t = block_first(u < incl, SAMPLE_THREADS);   /* (synchronises prefix) */
-		if (tid == (t < SAMPLE_THREADS ? t : 0)) {
-			int token = V - 1;   /* nothing passed u: the last id, as the CPU's walk */
-			if (t < SAMPLE_THREADS && lo < hi) {
-				/* from where chunk t-1 ended, which did not pass u */
-				double acc = t > 0 ? prefix[t - 1] : 0.0;
-				token = hi - 1;   /* roundings apart, the walk ends in the chunk */
-				for (int i = lo; i < hi; i++) {
-					acc += exp(((double)bf16_value(row[i]) - mx) / temp);
-					if (u < acc) {
-						token = i;
-						break;
-					}
+		/* nothing passed u (roundings): the last kept id, as the CPU's walk */
+		int last = block_max_int(last_kept);
+		if (t == SAMPLE_THREADS && tid == 0)
+			s_token = last;
+		if (tid == t && t < SAMPLE_THREADS) {
+			/* from where chunk t-1 ended, which did not pass u */
+			double acc = t > 0 ? prefix[t - 1] : 0.0;
+			int token = last_kept;   /* roundings apart, the walk ends in the chunk */
+			for (int i = lo; i < hi; i++) {
+				double e = exp(((double)row.value(i) - mx) / temp);
+				if (min_p > 0.0 && e < min_p)
+					continue;
+				acc += e;
+				if (u < acc) {
+					token = i;
+					break;
 				}
 			}
-			out[blockIdx.x] = token;
+			s_token = token;
 		}
+		__syncthreads();
+		int token = s_token;
+		if (tid == 0)
+			out[rr.row] = token;
+		if (!lp)
+			return;
+		/* the top ones; min-p alone says which are kept */
+		if (rr.n_top > 0)
+			top_candidates(row, V, rr.n_top, cand, hist);
+		int kept = 0;
+		if (tid < rr.n_top) {
+			double e = exp(((double)row.value(cand_id(cand[tid])) - mx) / temp);
+			kept = min_p <= 0.0 || e >= min_p;
+		}
+		kept = block_first(!kept, rr.n_top);   /* a prefix, by (z desc, id asc) */
+		write_logprobs(lp, row, cand, rr.n_top, kept, mx, temp, log(row_mass), token);
 		return;
 	}
 
-	/* top-k / top-p: the k best, sorted, and their running mass */
+	/* top-k / top-p: the k best, sorted, cut by min-p, top-k and top-p, and their mass */
 	int k = rr.k;
 	top_candidates(row, V, k, cand, hist);
-	int id = tid < k ? (int)(0xffffffffu - (unsigned)(cand[tid] & 0xffffffffu)) : 0;
-	double p = tid < k ? exp(((double)bf16_value(row[id]) - mx) / temp) : 0.0, kept;
-	double cum = block_scan(p, &kept);
+	int id = tid < k ? cand_id(cand[tid]) : 0;
+	double e = tid < k ? exp(((double)row.value(id) - mx) / temp) : 0.0;
+	int n_min_p = block_first(tid < k && !(min_p <= 0.0 || e >= min_p), k);
+	int keep = n_min_p < rr.top_k ? n_min_p : rr.top_k;
+	double kept;
+	double cum = block_scan(tid < keep ? e : 0.0, &kept);
 	if (rr.mode == MODE_TOPP)
 		kept = row_mass;
-	int n = k;
+	int n = keep;
 	if (rr.top_p < 1.0f) {
 		/* the smallest prefix whose mass reaches top_p of the kept mass */
 		double thr = (double)rr.top_p * kept;
-		int f = block_first(cum >= thr, k);
-		if (f < k)
+		int f = block_first(tid < keep && cum >= thr, keep);
+		if (f < keep) {
 			n = f + 1;
-		else if (rr.mode == MODE_TOPP && k < V) {
+		} else if (rr.mode == MODE_TOPP && n_min_p == k && k < V) {
 			if (tid == 0)
-				out[blockIdx.x] = NEEDS_HOST;   /* the nucleus is wider than 1024 */
+				out[rr.row] = NEEDS_HOST;   /* the nucleus is wider than 1024 */
 			return;
 		}
 	}
@@ -401,24 +571,67 @@ sample_kernel(int32_t *out, const uint16_t *logits, int V, row_rules rules)
 	int f = block_first(u < cum, n);
 	int pick = f < n ? f : n - 1;
 	if (tid == pick)
-		out[blockIdx.x] = id;
+		s_token = id;
+	__syncthreads();
+	int token = s_token;
+	if (tid == 0)
+		out[rr.row] = token;
+	if (lp)
+		write_logprobs(lp, row, cand, rr.n_top, n, mx, temp, log(mass_n), token);
 }
 
 // ---------------------------------------------------------------------------------------
 // launcher
 
-extern "C" size_t qw_cuda_sample_ws_bytes(int max_rows, int V)
+/* Bytes of each part of the scratch, 256-aligned: tokens, log-probabilities, fp32 rows,
+ * history entries. */
+static size_t align256(size_t n)
 {
-	if (max_rows < 0)
-		return 0;
-	return ((size_t)max_rows * sizeof(int32_t) + 255) & ~(size_t)255;
+	return (n + 255) & ~(size_t)255;
 }
 
-static row_rule rule_of(const qw_sampling *p, int V)
+typedef struct ws_parts {
+	int32_t *tokens;
+	qw_sample_logprobs *logprobs;
+	float *z;
+	qw_token_count *entries;
+	size_t bytes;
+} ws_parts;
+
+static ws_parts parts_of(void *ws, int max_rows, int V)
+{
+	ws_parts p = {};
+	size_t at = 0;
+	char *b = (char *)ws;
+	p.tokens = (int32_t *)(b + at);
+	at += align256((size_t)max_rows * sizeof(int32_t));
+	p.logprobs = (qw_sample_logprobs *)(b + at);
+	at += align256((size_t)max_rows * sizeof(qw_sample_logprobs));
+	p.z = (float *)(b + at);
+	at += align256((size_t)PEN_ROWS * (size_t)V * sizeof(float));
+	p.entries = (qw_token_count *)(b + at);
+	at += align256((size_t)PEN_ROWS * (size_t)V * sizeof(qw_token_count));
+	p.bytes = at;
+	return p;
+}
+
+extern "C" size_t qw_cuda_sample_ws_bytes(int max_rows, int V)
+{
+	if (max_rows < 0 || V < 1)
+		return 0;
+	return parts_of(NULL, max_rows, V).bytes;
+}
+
+static row_rule rule_of(const qw_sampling *p, int V, int row, int src)
 {
 	row_rule r = {};
+	r.row = row;
+	r.src = src;
 	r.temperature = p->temperature;
 	r.top_p = p->top_p;
+	r.min_p = p->min_p;
+	r.n_top = !p->logprobs ? -1 : p->top_logprobs < V ? p->top_logprobs : V;
+	r.top_k = V;
 	if (p->temperature <= 0.0f) {
 		r.mode = MODE_GREEDY;
 		return r;
@@ -426,8 +639,9 @@ static row_rule rule_of(const qw_sampling *p, int V)
 	r.u = qw_sample_uniform(p->seed, p->step);
 	int keep = (p->top_k > 0 && p->top_k < V) ? p->top_k : V;
 	if (keep < V) {
-		r.mode = keep <= SAMPLE_MAX_TOPK ? MODE_TOPK : MODE_HOST;
-		r.k = keep;
+		r.top_k = keep;
+		r.k = keep > r.n_top ? keep : r.n_top;
+		r.mode = r.k <= SAMPLE_MAX_TOPK ? MODE_TOPK : MODE_HOST;
 	} else if (p->top_p < 1.0f) {
 		r.mode = MODE_TOPP;
 		r.k = V < SAMPLE_MAX_TOPK ? V : SAMPLE_MAX_TOPK;
@@ -438,8 +652,9 @@ static row_rule rule_of(const qw_sampling *p, int V)
 }
 
 /* The rows the kernel left to the host (NEEDS_HOST), drawn by qw_sample_row. */
-static qw_status host_rows(int32_t *out_host, const uint16_t *logits, int rows, int V,
-			   const qw_sampling *params, cudaStream_t stream, qw_err *err)
+static qw_status host_rows(int32_t *out_host, qw_sample_logprobs *lp_host,
+			   const uint16_t *logits, int rows, int V, const qw_sampling *params,
+			   const qw_sample_history *history, cudaStream_t stream, qw_err *err)
 {
 	uint16_t *raw = NULL;
 	float *row = NULL;
@@ -471,7 +686,8 @@ static qw_status host_rows(int32_t *out_host, const uint16_t *logits, int rows, 
 			uint32_t bits = (uint32_t)raw[i] << 16;
 			memcpy(&row[i], &bits, sizeof bits);
 		}
-		out_host[r] = qw_sample_row(row, V, &params[r], scratch);
+		out_host[r] = qw_sample_row(row, V, &params[r], history ? &history[r] : NULL,
+					    scratch, lp_host ? &lp_host[r] : NULL);
 	}
 	free(raw);
 	free(row);
@@ -479,9 +695,46 @@ static qw_status host_rows(int32_t *out_host, const uint16_t *logits, int rows, 
 	return st;
 }
 
-extern "C" qw_status qw_cuda_sample(int32_t *out_host, const uint16_t *logits, int rows, int V,
-				    const qw_sampling *params, void *ws, size_t ws_bytes,
-				    cudaStream_t stream, qw_err *err)
+/* Launches the sampling of n rules' rows (bf16 rows of logits, or fp32 rows of z). */
+template <class R, class T>
+static qw_status launch(const ws_parts *w, const T *base, int V, const row_rules *rules, int n,
+			cudaStream_t stream, qw_err *err)
+{
+	sample_kernel<R, T><<<n, SAMPLE_THREADS, 0, stream>>>(w->tokens, w->logprobs, base, V,
+							      *rules);
+	QW_CUDA_TRY(err, cudaGetLastError());
+	return QW_OK;
+}
+
+/* The penalised rows rows[0..n): their histories into the scratch, their processed rows
+ * into z, then their sampling. */
+static qw_status launch_penalised(const ws_parts *w, const uint16_t *logits, int V,
+				  const qw_sampling *params, const qw_sample_history *history,
+				  const int *rows, int n, cudaStream_t stream, qw_err *err)
+{
+	pen_rules pen = {};
+	row_rules rules = {};
+	int at = 0;
+	for (int i = 0; i < n; i++) {
+		int r = rows[i];
+		const qw_sample_history *h = &history[r];
+		QW_CUDA_TRY(err, cudaMemcpyAsync(w->entries + at, h->tokens,
+						 (size_t)h->n * sizeof *h->tokens,
+						 cudaMemcpyHostToDevice, stream));
+		pen.r[i] = (pen_rule){r, at, h->n, params[r].repetition_penalty,
+				      params[r].frequency_penalty, params[r].presence_penalty};
+		at += h->n;
+		rules.r[i] = rule_of(&params[r], V, r, i);
+	}
+	penalize_kernel<<<n, SAMPLE_THREADS, 0, stream>>>(w->z, logits, V, pen, w->entries);
+	QW_CUDA_TRY(err, cudaGetLastError());
+	return launch<f32_row, float>(w, w->z, V, &rules, n, stream, err);
+}
+
+extern "C" qw_status qw_cuda_sample(int32_t *out_host, qw_sample_logprobs *lp_host,
+				    const uint16_t *logits, int rows, int V,
+				    const qw_sampling *params, const qw_sample_history *history,
+				    void *ws, size_t ws_bytes, cudaStream_t stream, qw_err *err)
 {
 	if (rows < 0 || V < 1)
 		return qw_fail(err, QW_E_ARG, "cuda sample: %d rows of %d logits", rows, V);
@@ -489,22 +742,43 @@ extern "C" qw_status qw_cuda_sample(int32_t *out_host, const uint16_t *logits, i
 		return QW_OK;
 	if (!out_host || !logits || !params || !ws)
 		return qw_fail(err, QW_E_ARG, "cuda sample: a NULL pointer");
-	if (ws_bytes < (size_t)rows * sizeof(int32_t))
+	if (ws_bytes < qw_cuda_sample_ws_bytes(rows, V))
 		return qw_fail(err, QW_E_ARG, "cuda sample: %zu bytes of scratch, %d rows need %zu "
 			       "(qw_cuda_sample_ws_bytes)", ws_bytes, rows,
 			       qw_cuda_sample_ws_bytes(rows, V));
-	int32_t *out_dev = (int32_t *)ws;
-	for (int r0 = 0; r0 < rows; r0 += SAMPLE_ROWS) {
-		int n = rows - r0 < SAMPLE_ROWS ? rows - r0 : SAMPLE_ROWS;
-		row_rules rules = {};
-		for (int i = 0; i < n; i++)
-			rules.r[i] = rule_of(&params[r0 + i], V);
-		sample_kernel<<<n, SAMPLE_THREADS, 0, stream>>>(out_dev + r0,
-								logits + (size_t)r0 * (size_t)V, V, rules);
-		QW_CUDA_TRY(err, cudaGetLastError());
+	QW_TRY(qw_sample_check(params, history, lp_host, rows, V, err));
+	ws_parts w = parts_of(ws, rows, V);
+	bool any_lp = false;
+	row_rules rules = {};
+	int n = 0, pen_rows[PEN_ROWS], n_pen = 0;
+	for (int r = 0; r < rows; r++) {
+		any_lp |= params[r].logprobs != 0;
+		if (history && history[r].n > 0 && qw_sample_penalized(&params[r])) {
+			pen_rows[n_pen++] = r;
+			if (n_pen == PEN_ROWS) {
+				QW_TRY(launch_penalised(&w, logits, V, params, history, pen_rows, n_pen,
+							stream, err));
+				n_pen = 0;
+			}
+			continue;
+		}
+		rules.r[n++] = rule_of(&params[r], V, r, r);
+		if (n == SAMPLE_ROWS) {
+			QW_TRY((launch<bf16_row, uint16_t>(&w, logits, V, &rules, n, stream, err)));
+			n = 0;
+		}
 	}
-	QW_CUDA_TRY(err, cudaMemcpyAsync(out_host, out_dev, (size_t)rows * sizeof(int32_t),
+	if (n)
+		QW_TRY((launch<bf16_row, uint16_t>(&w, logits, V, &rules, n, stream, err)));
+	if (n_pen)
+		QW_TRY(launch_penalised(&w, logits, V, params, history, pen_rows, n_pen, stream,
+					err));
+	QW_CUDA_TRY(err, cudaMemcpyAsync(out_host, w.tokens, (size_t)rows * sizeof(int32_t),
 					 cudaMemcpyDeviceToHost, stream));
+	if (any_lp)
+		QW_CUDA_TRY(err, cudaMemcpyAsync(lp_host, w.logprobs,
+						 (size_t)rows * sizeof(qw_sample_logprobs),
+						 cudaMemcpyDeviceToHost, stream));
 	QW_CUDA_TRY(err, cudaStreamSynchronize(stream));
-	return host_rows(out_host, logits, rows, V, params, stream, err);
+	return host_rows(out_host, lp_host, logits, rows, V, params, history, stream, err);
 }

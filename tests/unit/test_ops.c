@@ -239,15 +239,16 @@ static void test_sampling(void **state)
 {
 	float logits[4] = {1.0f, 2.0f, 0.5f, 2.0f};
 	qw_sampling greedy = {.temperature = 0, .top_p = 1};
-	assert_int_equal(qw_sample_row(logits, 4, &greedy, NULL), 1);       /* lowest id of a tie */
+	/* the lowest id of a tie */
+	assert_int_equal(qw_sample_row(logits, 4, &greedy, NULL, NULL, NULL), 1);
 	qw_sampling one = {.temperature = 5, .top_k = 1, .top_p = 1, .seed = 3};
-	assert_int_equal(qw_sample_row(logits, 4, &one, NULL), 1);
+	assert_int_equal(qw_sample_row(logits, 4, &one, NULL, NULL, NULL), 1);
 	/* the empirical distribution over many seeds follows softmax(logits / T) */
 	int count[4] = {0};
 	const int N = 40000;
 	for (int s = 0; s < N; s++) {
 		qw_sampling p = {.temperature = 1, .top_p = 1, .seed = (uint64_t)s, .step = 0};
-		count[qw_sample_row(logits, 4, &p, NULL)]++;
+		count[qw_sample_row(logits, 4, &p, NULL, NULL, NULL)]++;
 	}
 	double z = exp(1.0) + exp(2.0) + exp(0.5) + exp(2.0);
 	for (int i = 0; i < 4; i++) {
@@ -258,7 +259,7 @@ static void test_sampling(void **state)
 	int others = 0;
 	for (int s = 0; s < 2000; s++) {
 		qw_sampling p = {.temperature = 1, .top_p = 0.5f, .seed = (uint64_t)s};
-		int32_t tok = qw_sample_row(logits, 4, &p, NULL);
+		int32_t tok = qw_sample_row(logits, 4, &p, NULL, NULL, NULL);
 		others += tok != 1 && tok != 3;
 	}
 	assert_int_equal(others, 0);
@@ -267,16 +268,16 @@ static void test_sampling(void **state)
 	int k_count[5] = {0};
 	for (int s = 0; s < N; s++) {
 		qw_sampling p = {.temperature = 1, .top_k = 2, .top_p = 1, .seed = (uint64_t)s};
-		k_count[qw_sample_row(five, 5, &p, NULL)]++;
+		k_count[qw_sample_row(five, 5, &p, NULL, NULL, NULL)]++;
 	}
 	assert_int_equal(k_count[0] + k_count[3] + k_count[4], 0);
 	double p1 = exp(3.0) / (exp(3.0) + exp(2.5));
 	assert_true(fabs((double)k_count[1] / N - p1) < 0.01);
 	/* a draw is a function of (seed, step) */
 	qw_sampling a = {.temperature = 1, .top_p = 1, .seed = 9, .step = 4};
-	int32_t first = qw_sample_row(logits, 4, &a, NULL);
+	int32_t first = qw_sample_row(logits, 4, &a, NULL, NULL, NULL);
 	for (int i = 0; i < 5; i++)
-		assert_int_equal(qw_sample_row(logits, 4, &a, NULL), first);
+		assert_int_equal(qw_sample_row(logits, 4, &a, NULL, NULL, NULL), first);
 	assert_true(qw_sample_uniform(9, 4) != qw_sample_uniform(9, 5));
 	assert_true(qw_sample_uniform(9, 4) != qw_sample_uniform(10, 4));
 }

@@ -175,7 +175,7 @@ static void run_pipeline(const char *model, int stages, int n_prompt, int n_new,
 	for (int i = 0; i < n_new; i++) {
 		qw_sampling sp = *sampling;
 		sp.step = (uint64_t)i;
-		tokens[i] = qw_sample_row(last, V, &sp, NULL);
+		tokens[i] = qw_sample_row(last, V, &sp, NULL, NULL, NULL);
 		float *next = logits + (size_t)(n_prompt + i) * (size_t)V;
 		assert_int_equal(qw_pipeline_append(&p, &tokens[i], 1, NULL, NULL, false, next, &err), QW_OK);
 		last = next;
