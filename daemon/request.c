@@ -6,6 +6,10 @@
 #include <string.h>
 
 #include "kernels/positions.h"
+#include "kernels/sample.h"
+
+_Static_assert(QW_PROTOCOL_MAX_LOGPROBS == QW_MAX_TOP_LOGPROBS,
+	       "the protocol lists as many log-probabilities as the sampler gives");
 
 bool qw_text_append(qw_text_buf *b, const char *s, size_t n)
 {
@@ -383,6 +387,9 @@ void qw_request_seq_free(qw_seq *seq)
 	free(seq->images);
 	free(seq->tokens);
 	free(seq->positions);
+	if (seq->history)
+		qw_history_free(seq->history);
+	free(seq->history);
 	memset(seq, 0, sizeof *seq);
 }
 
@@ -487,7 +494,26 @@ qw_status qw_request_prepare(const qw_req_ctx *c, const qw_request *r, uint64_t 
 		.top_k = r->top_k >= 0 ? r->top_k : c->top_k,
 		.top_p = (float)(r->top_p > 0 ? r->top_p : c->top_p),
 		.seed = r->has_seed ? r->seed : id * 0x9e3779b97f4a7c15ull,
+		.min_p = (float)r->min_p,
+		.repetition_penalty = (float)r->repetition_penalty,
+		.frequency_penalty = (float)r->frequency_penalty,
+		.presence_penalty = (float)r->presence_penalty,
+		.logprobs = r->logprobs,
+		.top_logprobs = r->logprobs ? r->top_logprobs : 0,
 	};
+	if (qw_sample_penalized(&seq->sampling)) {
+		/* the prompt matters to the repetition penalty alone */
+		float rep = seq->sampling.repetition_penalty;
+		if (!(seq->history = malloc(sizeof *seq->history)) ||
+		    qw_history_init(seq->history, seq->tokens, seq->n_prompt,
+				    rep > 0 && rep != 1.0f, err) != QW_OK) {
+			free(seq->history);
+			seq->history = NULL;
+			qw_request_seq_free(seq);
+			qw_output_free(out);
+			return qw_fail(err, QW_E_NOMEM, "out of memory for the penalties' history");
+		}
+	}
 	return QW_OK;
 }
 

@@ -13,9 +13,11 @@ struct qw_sched_plan_buf {
 	int32_t *blocks;                                          /* (max_plan_blocks,) */
 	int32_t *logit_rows;                                      /* (max_seqs,) */
 	qw_sampling *sampling;                                    /* (max_seqs,) */
+	qw_step_history *history;                                 /* (max_seqs,) */
 	uint64_t *seq_ids;                                        /* (max_seqs,) */
 	qw_step_image *images;                                    /* (cap_images,) */
-	qw_arena_range *fresh;                                    /* (cap_fresh,) */
+	qw_arena_range *fresh;                                    /* (cap_fresh,) arena space
+								     the step takes */
 	int cap_images, cap_fresh;
 	uint64_t *drops;                                          /* copied from the scheduler */
 	int cap_drops;
@@ -222,9 +224,11 @@ qw_status qw_sched_init(qw_sched *s, const qw_sched_opts *o, qw_err *err)
 		b->blocks = malloc((size_t)o->max_plan_blocks * sizeof(int32_t));
 		b->logit_rows = malloc(Q * sizeof(int32_t));
 		b->sampling = malloc(Q * sizeof(qw_sampling));
+		b->history = malloc(Q * sizeof(qw_step_history));
 		b->seq_ids = malloc(Q * sizeof(uint64_t));
 		ok = b->token_ids && b->positions && b->seq && b->kv_index && b->slot &&
-		     b->block_start && b->blocks && b->logit_rows && b->sampling && b->seq_ids;
+		     b->block_start && b->blocks && b->logit_rows && b->sampling && b->history &&
+		     b->seq_ids;
 	}
 	if (!ok) {
 		qw_sched_free(s);
@@ -243,6 +247,10 @@ static void release_seq_arrays(qw_seq *q)
 	free(q->tokens);
 	free(q->positions);
 	free(q->keys);
+	if (q->history)
+		qw_history_free(q->history);
+	free(q->history);
+	q->history = NULL;
 	q->images = NULL;
 	q->tokens = q->positions = NULL;
 	q->keys = NULL;
@@ -261,7 +269,7 @@ void qw_sched_free(qw_sched *s)
 	qw_kv_pool_free(&s->pool);
 	for (int i = 0; s->inflight && i < s->o.depth; i++) {
 		free(s->inflight[i].seq_ids);
-		free(s->inflight[i].images);
+		free(s->inflight[i].arena);
 	}
 	free(s->inflight);
 	free(s->table);
@@ -279,6 +287,7 @@ void qw_sched_free(qw_sched *s)
 		free(b->blocks);
 		free(b->logit_rows);
 		free(b->sampling);
+		free(b->history);
 		free(b->seq_ids);
 		free(b->images);
 		free(b->fresh);
@@ -313,6 +322,16 @@ qw_status qw_sched_check(const qw_sched *s, const qw_seq *seq, int max_new, qw_e
 	if (blocks > s->o.max_plan_blocks)
 		return qw_fail(err, QW_E_LIMIT, "%d tokens of context need more KV blocks (%d) than a "
 			       "step plan may carry (%d)", total, blocks, s->o.max_plan_blocks);
+	if (seq->history) {
+		/* at most one entry a token, of the prompt and what it may generate */
+		uint64_t entries = (uint64_t)seq->history->n + (uint64_t)max_new;
+		if (entries * sizeof(qw_token_count) > s->o.arena_bytes)
+			return qw_fail(err, QW_E_LIMIT, "the penalties' history of %d prompt tokens "
+				       "and %d new ones may take %llu bytes; the arena holds %llu",
+				       seq->history->n, max_new,
+				       (unsigned long long)(entries * sizeof(qw_token_count)),
+				       (unsigned long long)s->o.arena_bytes);
+	}
 	for (int i = 0; i < seq->n_images; i++) {
 		uint64_t bytes = (uint64_t)seq->images[i].height * (uint64_t)seq->images[i].width * 3;
 		if (bytes > s->o.arena_bytes)
@@ -381,26 +400,47 @@ static void preempt(qw_sched *s, qw_seq *q)
 // ---------------------------------------------------------------------------------------
 // building a step
 
-/* Tokens of q's next chunk that fit: the budget, the free KV blocks, the plan's block
- * budget, and the arena for the fresh images it reaches (whose arena space it takes). */
-static int chunk_size(qw_sched *s, qw_seq *q, int budget, uint64_t step)
+/* Arena space of the step, freed when it completes; false when there is none. */
+static bool take_arena(qw_sched *s, uint64_t bytes, uint64_t *offset)
 {
 	qw_sched_plan_buf *b = s->buf;
+	if (!grow((void **)&b->fresh, &b->cap_fresh, b->n_fresh + 1, sizeof *b->fresh) ||
+	    !arena_alloc(s, bytes, offset))
+		return false;
+	b->fresh[b->n_fresh++] = (qw_arena_range){*offset, bytes};
+	return true;
+}
+
+/* Tokens of q's next chunk that fit: the budget, the free KV blocks, the plan's block
+ * budget, and the arena for q's history when the chunk ends at its last token (*history
+ * gets where it goes; a chunk whose history finds no room stops before that token) and
+ * for the fresh images it reaches (whose arena space it takes). */
+static int chunk_size(qw_sched *s, qw_seq *q, int budget, uint64_t step, qw_step_history *history)
+{
 	int bs = s->pool.block_size, a = q->n_scheduled;
 	int c = q->n_tokens - a < budget ? q->n_tokens - a : budget;
 	int kv_room = q->kv.n_blocks * bs - q->kv.n_tokens + qw_kv_available(&s->pool) * bs;
 	if (c > kv_room)
 		c = kv_room;
-	int plan_room = (s->o.max_plan_blocks - b->n_blocks) * bs - a;
+	int plan_room = (s->o.max_plan_blocks - s->buf->n_blocks) * bs - a;
 	if (c > plan_room)
 		c = plan_room;
+	*history = (qw_step_history){0};
+	if (c > 0 && a + c == q->n_tokens && q->history && q->history->n > 0) {
+		uint64_t off, bytes = (uint64_t)q->history->n * sizeof(qw_token_count);
+		if (take_arena(s, bytes, &off)) {
+			memcpy(s->o.arena + off, q->history->entries, (size_t)bytes);
+			*history = (qw_step_history){off, q->history->n, 0};
+		} else {
+			c--;   /* its logit row waits for room */
+		}
+	}
 	for (int i = 0; i < q->n_images && c > 0; i++) {
 		qw_sched_image *im = &q->images[i];
 		if (im->handle || im->pos >= a + c || im->pos + im->n_tokens <= a)
 			continue;
 		uint64_t off, bytes = (uint64_t)im->height * (uint64_t)im->width * 3;
-		if (!grow((void **)&b->fresh, &b->cap_fresh, b->n_fresh + 1, sizeof *b->fresh) ||
-		    !arena_alloc(s, bytes, &off)) {
+		if (!take_arena(s, bytes, &off)) {
 			c = im->pos > a ? im->pos - a : 0;   /* stop before it */
 			break;
 		}
@@ -408,13 +448,16 @@ static int chunk_size(qw_sched *s, qw_seq *q, int budget, uint64_t step)
 		im->handle = s->next_handle++;
 		im->fresh_step = step;
 		im->arena_offset = off;
-		b->fresh[b->n_fresh++] = (qw_arena_range){off, bytes};
 	}
+	if (c < q->n_tokens - a)
+		*history = (qw_step_history){0};   /* no logit row after all (its space is freed
+						      with the step's) */
 	return c > 0 ? c : 0;
 }
 
-/* Places tokens [n_scheduled, n_scheduled + c) of q (its KV grown) into the plan. */
-static bool place(qw_sched *s, qw_seq *q, int c, uint64_t step)
+/* Places tokens [n_scheduled, n_scheduled + c) of q (its KV grown) into the plan, with its
+ * history's place in the arena when the chunk gets a logit row. */
+static bool place(qw_sched *s, qw_seq *q, int c, uint64_t step, const qw_step_history *history)
 {
 	qw_sched_plan_buf *b = s->buf;
 	int a = q->n_scheduled, segments = 0;
@@ -453,6 +496,7 @@ static bool place(qw_sched *s, qw_seq *q, int c, uint64_t step)
 		b->logit_rows[l] = b->n_tokens - 1;
 		b->sampling[l] = q->sampling;
 		b->sampling[l].step = (uint64_t)(q->n_tokens - q->n_prompt);
+		b->history[l] = *history;
 		b->seq_ids[l] = q->id;
 		q->awaiting = true;
 	}
@@ -472,24 +516,32 @@ static qw_seq *victim(qw_sched *s, const qw_seq *keep, uint64_t step)
 	return NULL;
 }
 
+/* Whether q's next token finds no room in its blocks or the free ones. */
+static bool kv_full(const qw_sched *s, const qw_seq *q)
+{
+	return q->kv.n_blocks * s->pool.block_size - q->kv.n_tokens +
+	       qw_kv_available(&s->pool) * s->pool.block_size < 1;
+}
+
 /* Schedules up to `budget` tokens of q; returns how many. */
 static int schedule(qw_sched *s, qw_seq *q, int budget, uint64_t step)
 {
 	qw_sched_plan_buf *b = s->buf;
 	if (budget <= 0 || b->n_logits >= s->o.max_seqs)
 		return 0;
-	int c = chunk_size(s, q, budget, step);
-	while (c == 0 && q->n_tokens - q->n_scheduled == 1) {
+	qw_step_history history;
+	int c = chunk_size(s, q, budget, step, &history);
+	while (c == 0 && q->n_tokens - q->n_scheduled == 1 && kv_full(s, q)) {
 		/* a decode that finds the cache full takes the blocks of the newest sequence */
 		qw_seq *v = victim(s, q, step);
 		if (!v)
 			return 0;
 		preempt(s, v);
-		c = chunk_size(s, q, budget, step);
+		c = chunk_size(s, q, budget, step, &history);
 	}
 	if (c == 0 || qw_kv_grow(&s->pool, &q->kv, c, NULL) != QW_OK)
 		return 0;
-	return place(s, q, c, step) ? c : 0;
+	return place(s, q, c, step, &history) ? c : 0;
 }
 
 /* Whether q fits now, its first `cached` blocks taken from the prefix cache (`idle` of them
@@ -562,6 +614,7 @@ bool qw_sched_next(qw_sched *s, qw_step_plan *plan)
 			       .positions = b->positions, .seq = b->seq, .kv_index = b->kv_index,
 			       .slot = b->slot, .block_start = b->block_start, .blocks = b->blocks,
 			       .logit_rows = b->logit_rows, .sampling = b->sampling,
+			       .history = b->history,
 			       .images = b->images, .drop = b->drops};
 	s->n_drops = 0;
 	qw_inflight *f = &s->inflight[(s->inflight_head + s->n_inflight) % s->o.depth];
@@ -569,12 +622,12 @@ bool qw_sched_next(qw_sched *s, qw_step_plan *plan)
 	f->n_logits = b->n_logits;
 	f->n_prompt_tokens = b->n_prompt_tokens;
 	memcpy(f->seq_ids, b->seq_ids, (size_t)b->n_logits * sizeof *f->seq_ids);
-	free(f->images);
-	f->images = NULL;
-	f->n_images = 0;
-	if (b->n_fresh && (f->images = malloc((size_t)b->n_fresh * sizeof *f->images))) {
-		memcpy(f->images, b->fresh, (size_t)b->n_fresh * sizeof *f->images);
-		f->n_images = b->n_fresh;
+	free(f->arena);
+	f->arena = NULL;
+	f->n_arena = 0;
+	if (b->n_fresh && (f->arena = malloc((size_t)b->n_fresh * sizeof *f->arena))) {
+		memcpy(f->arena, b->fresh, (size_t)b->n_fresh * sizeof *f->arena);
+		f->n_arena = b->n_fresh;
 	}
 	s->n_inflight++;
 	s->next_step++;
@@ -609,21 +662,23 @@ qw_status qw_sched_complete(qw_sched *s, const qw_step_result *r, qw_sched_token
 	s->n_inflight--;
 	if (prompt_tokens)
 		*prompt_tokens = f->n_prompt_tokens;
-	for (int i = 0; i < f->n_images; i++)
-		arena_release(s, f->images[i]);
-	f->n_images = 0;
+	for (int i = 0; i < f->n_arena; i++)
+		arena_release(s, f->arena[i]);
+	f->n_arena = 0;
 	qw_status st = QW_OK;
 	for (int i = 0; i < r->n_logits; i++) {
 		qw_seq *q = qw_sched_find(s, f->seq_ids[i]);
 		if (!q || !q->awaiting)
 			continue;   /* removed meanwhile */
 		q->awaiting = false;
-		if (!append_token(q, r->tokens[i])) {
+		if (!append_token(q, r->tokens[i]) ||
+		    (q->history && !qw_history_generated(q->history, r->tokens[i]))) {
 			st = qw_fail(err, QW_E_NOMEM, "out of memory for sequence %llu's tokens",
 				     (unsigned long long)q->id);
 			continue;
 		}
-		on_token(ctx, q, r->tokens[i]);
+		on_token(ctx, q, r->tokens[i],
+			 r->logprobs && q->sampling.logprobs ? &r->logprobs[i] : NULL);
 	}
 	return st;
 }
@@ -631,7 +686,7 @@ qw_status qw_sched_complete(qw_sched *s, const qw_step_result *r, qw_sched_token
 void qw_sched_reset(qw_sched *s, qw_sched_seq_fn on_lost, void *ctx)
 {
 	for (int i = 0; i < s->o.depth; i++)
-		s->inflight[i].n_images = 0;
+		s->inflight[i].n_arena = 0;
 	s->n_inflight = s->inflight_head = 0;
 	s->n_drops = 0;
 	arena_reset(s);

@@ -28,7 +28,12 @@
  *   - images: the step that first reaches an image's pad tokens carries its resized RGB in
  *     the arena (freed when that step completes) for stage 0's vision tower; the features of
  *     an image split over several steps stay on stage 0 until its last tokens pass, or until
- *     a later plan tells stage 0 to drop them.
+ *     a later plan tells stage 0 to drop them;
+ *   - penalties: a sequence sampled with a penalty keeps its history (history.h), and each
+ *     logit row of it carries that history whole in the arena (freed when the step
+ *     completes) for the last stage's sampler; a row whose history finds no room waits for
+ *     a later step (its chunk stops before its last token).  Nothing is kept on the
+ *     workers, so preemption, restarts and the prefix cache leave it right.
  * It does no I/O: the daemon posts the plans it builds and feeds the results back.
  */
 #ifndef QW_DAEMON_SCHED_H
@@ -37,6 +42,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "daemon/history.h"
 #include "daemon/kv_blocks.h"
 #include "ipc/step.h"
 #include "kernels/ops.h"
@@ -65,6 +71,7 @@ struct qw_seq {
 	qw_sched_image *images;   /* (n_images,) in prompt order; owned */
 	int n_images;
 	qw_sampling sampling;     /* temperature, top-k, top-p, seed; step is set per draw */
+	qw_history *history;      /* its tokens for the penalties, or NULL: none; owned */
 	void *owner;              /* the daemon's request */
 	/* the scheduler's */
 	int n_scheduled;          /* tokens placed in steps (their K/V is, or is being, written) */
@@ -88,7 +95,8 @@ typedef struct qw_sched_opts {
 	int depth;                    /* steps in flight */
 	int max_plan_blocks;          /* block ids one plan may carry (its ring's size) */
 	bool prefix_cache;            /* reuse published blocks across sequences */
-	uint8_t *arena;               /* the region's image arena (may be NULL with arena_bytes 0) */
+	uint8_t *arena;               /* the region's arena: images and histories (may be NULL
+					 with arena_bytes 0) */
 	uint64_t arena_bytes;
 } qw_sched_opts;
 
@@ -106,8 +114,8 @@ typedef struct qw_inflight {
 	int n_logits;
 	int n_prompt_tokens;          /* tokens of prompts it computes (the rest decode) */
 	uint64_t *seq_ids;            /* (n_logits,) whose token each logit row samples */
-	qw_arena_range *images;       /* arena space its fresh images take */
-	int n_images;
+	qw_arena_range *arena;        /* arena space its fresh images and histories take */
+	int n_arena;
 } qw_inflight;
 
 /* What the prefix cache saved. */
@@ -144,10 +152,10 @@ typedef struct qw_sched {
 qw_status qw_sched_init(qw_sched *s, const qw_sched_opts *o, qw_err *err);
 void qw_sched_free(qw_sched *s);
 
-/* Queues seq (the scheduler then owns its arrays; seq itself stays the caller's until
- * removed).  QW_E_FULL when the queue is full; QW_E_LIMIT when the sequence could never fit
- * (its prompt plus max_new tokens exceed the KV pool, or an image exceeds the arena or a
- * step). */
+/* Queues seq (the scheduler then owns its arrays and history; seq itself stays the
+ * caller's until removed).  QW_E_FULL when the queue is full; QW_E_LIMIT when the sequence
+ * could never fit (its prompt plus max_new tokens exceed the KV pool, an image or its
+ * history exceeds the arena, or an image a step). */
 qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err);
 
 /* What qw_sched_submit would say now, without queueing (the images' pixels are not needed:
@@ -170,8 +178,10 @@ bool qw_sched_next(qw_sched *s, qw_step_plan *plan);
 /* The stop plan (no work, every worker exits). */
 void qw_sched_stop_plan(qw_sched *s, qw_step_plan *plan);
 
-/* Called with each sampled token (already appended to seq->tokens); it may remove seq. */
-typedef void (*qw_sched_token_fn)(void *ctx, qw_seq *seq, int32_t token);
+/* Called with each sampled token (already appended to seq->tokens and its history) and
+ * its log-probabilities (NULL unless its sampling asks); it may remove seq. */
+typedef void (*qw_sched_token_fn)(void *ctx, qw_seq *seq, int32_t token,
+				  const qw_sample_logprobs *logprobs);
 
 /* Applies the result of the oldest step in flight; *prompt_tokens (may be NULL) gets how
  * many of its tokens were prompt tokens. */

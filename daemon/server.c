@@ -272,7 +272,7 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 	/* image handles stage 0 may drop: at most every image of every sequence */
 	size_t plan_max = qw_step_plan_max_size(job.max_tokens, job.max_logits, (int)plan_blocks,
 						(int)(set->max_seqs * set->max_images));
-	size_t result_max = qw_step_result_size(&(qw_step_result){.n_logits = job.max_logits});
+	size_t result_max = qw_step_result_max_size(job.max_logits);
 	qw_region_sizes sizes = {
 		.plan_ring = (size_t)(sv->depth + 1) * qw_ring_record_bytes(plan_max),
 		.result_ring = (size_t)(sv->depth + 1) * qw_ring_record_bytes(result_max),

@@ -51,6 +51,10 @@ typedef struct qw_live {
 	qw_text_buf answer, reasoning;   /* text not yet sent */
 	int32_t *tokens;             /* tokens not yet sent */
 	int n_tokens, cap_tokens;
+	bool logprobs;               /* the submit asked for log-probabilities */
+	qw_reply_logprob *lps;       /* (cap_tokens,) those of the tokens not yet sent */
+	qw_reply_top *tops;          /* (cap_tops,) their most likely ones, in order */
+	int n_tops, cap_tops;
 	bool dirty;                  /* holds something to send */
 	/* preparing: its images decode on the pool; it reaches the scheduler (and is
 	 * accepted) when the last is back */
@@ -141,7 +145,7 @@ void qw_server_flush(qw_server *sv);
 void qw_server_end(qw_server *sv, qw_live *r, const char *code, const char *message,
 		   const char *reason);
 /* The scheduler's callback for each sampled token. */
-void qw_server_on_token(void *ctx, qw_seq *seq, int32_t token);
+void qw_server_on_token(void *ctx, qw_seq *seq, int32_t token, const qw_sample_logprobs *lp);
 /* A prepared request (its images' pixels in) to the scheduler, then accepted; refused with
  * request 0 if the scheduler cannot take it. */
 void qw_server_admit(qw_server *sv, qw_live *r);

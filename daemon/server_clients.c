@@ -174,6 +174,8 @@ static void free_live(qw_server *sv, qw_live *r)
 	free(r->answer.p);
 	free(r->reasoning.p);
 	free(r->tokens);
+	free(r->lps);
+	free(r->tops);
 	free(r);
 }
 
@@ -186,9 +188,15 @@ static bool send_chunk(qw_server *sv, qw_live *r)
 		      .text_len = r->answer.n, .reasoning = r->reasoning.p,
 		      .reasoning_len = r->reasoning.n, .token_ids = r->tokens,
 		      .n_token_ids = r->n_tokens};
+	if (r->logprobs) {
+		/* each token's most likely ones: its run of tops, in order */
+		for (int i = 0, at = 0; i < r->n_tokens; at += r->lps[i++].n_top)
+			r->lps[i].top = r->tops + at;
+		c.logprobs = r->lps;
+	}
 	bool ok = send_reply(sv, r->peer, r->peer_len, &c);
 	r->answer.n = r->reasoning.n = 0;
-	r->n_tokens = 0;
+	r->n_tokens = r->n_tops = 0;
 	r->dirty = false;
 	return ok;
 }
@@ -239,21 +247,68 @@ void qw_server_flush(qw_server *sv)
 	}
 }
 
-void qw_server_on_token(void *ctx, qw_seq *seq, int32_t token)
+/* Room for one more token (and its log-probabilities, n_top of the most likely ones). */
+static bool token_room(qw_live *r, int n_top)
+{
+	if (r->n_tokens == r->cap_tokens) {
+		int cap = r->cap_tokens ? 2 * r->cap_tokens : 16;
+		int32_t *g = realloc(r->tokens, (size_t)cap * sizeof *g);
+		if (!g)
+			return false;
+		r->tokens = g;
+		if (r->logprobs) {
+			qw_reply_logprob *l = realloc(r->lps, (size_t)cap * sizeof *l);
+			if (!l)
+				return false;
+			r->lps = l;
+		}
+		r->cap_tokens = cap;
+	}
+	if (r->n_tops + n_top > r->cap_tops) {
+		int cap = r->cap_tops ? 2 * r->cap_tops : 64;
+		while (cap < r->n_tops + n_top)
+			cap *= 2;
+		qw_reply_top *t = realloc(r->tops, (size_t)cap * sizeof *t);
+		if (!t)
+			return false;
+		r->tops = t;
+		r->cap_tops = cap;
+	}
+	return true;
+}
+
+/* What a token stands for, for a reply's log-probabilities (NULL without a tokenizer). */
+static const char *token_bytes(const qw_server *sv, int32_t id, size_t *len)
+{
+	*len = 0;
+	return sv->tok ? (const char *)qw_tokenizer_bytes(sv->tok, id, len) : NULL;
+}
+
+void qw_server_on_token(void *ctx, qw_seq *seq, int32_t token, const qw_sample_logprobs *lp)
 {
 	qw_server *sv = ctx;
 	qw_live *r = seq->owner;
 	if (r->t_first == 0)
 		r->t_first = qw_now();
-	if (r->n_tokens == r->cap_tokens) {
-		int cap = r->cap_tokens ? 2 * r->cap_tokens : 16;
-		int32_t *g = realloc(r->tokens, (size_t)cap * sizeof *g);
-		if (!g) {
-			qw_server_end(sv, r, "internal", "out of memory", NULL);
-			return;
+	if (r->logprobs && !lp) {
+		qw_server_end(sv, r, "internal", "the pipeline sampled a token without the "
+			      "log-probabilities asked for", NULL);
+		return;
+	}
+	int n_top = r->logprobs ? lp->n_top : 0;
+	if (!token_room(r, n_top)) {
+		qw_server_end(sv, r, "internal", "out of memory", NULL);
+		return;
+	}
+	if (r->logprobs) {
+		qw_reply_logprob *e = &r->lps[r->n_tokens];
+		*e = (qw_reply_logprob){.logprob = lp->logprob, .n_top = n_top};
+		e->bytes = token_bytes(sv, token, &e->bytes_len);
+		for (int k = 0; k < n_top; k++) {
+			qw_reply_top *t = &r->tops[r->n_tops++];
+			*t = (qw_reply_top){.id = lp->top_ids[k], .logprob = lp->top_logprobs[k]};
+			t->bytes = token_bytes(sv, t->id, &t->bytes_len);
 		}
-		r->tokens = g;
-		r->cap_tokens = cap;
 	}
 	r->tokens[r->n_tokens++] = token;
 	r->dirty = true;
@@ -308,6 +363,7 @@ static void submit(qw_server *sv, const qw_request *req, const uint8_t *peer, si
 	r->peer_fd = fd;
 	r->stream = req->stream;
 	r->prompt_ids = req->prompt_ids;
+	r->logprobs = req->logprobs;
 	qw_err err = {0};
 	/* everything but the images' pixels, which are weighed from their headers: a request
 	 * past a limit is refused before any image is decoded */

@@ -61,7 +61,8 @@ static const qw_setting_def table[] = {
 	{"max-model-len", QW_SET_INT, F(max_model_len), 0, 0, 1 << 24, NULL, "0", false,
 	 "tokens of one sequence, prompt and answer; 0: the model's max_position_embeddings"},
 	{"image-arena", QW_SET_SIZE, F(image_arena), 0, 1 << 20, 1ll << 36, NULL, "256M", false,
-	 "shared memory for resized images on their way to the vision tower"},
+	 "shared memory for resized images on their way to the vision tower, and for the "
+	 "token histories that the penalties of a request's sampling look at"},
 	{"image-threads", QW_SET_INT, F(image_threads), 0, 1, 64, NULL, "2", false,
 	 "threads that decode and resize request images, off the loop that serves the clients"},
 	{"thinking", QW_SET_ENUM, STR(thinking), 0, 0, "auto|yes|no", "auto", false,

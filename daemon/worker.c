@@ -64,6 +64,8 @@ typedef struct worker {
 	size_t tables_cap;
 	int32_t *visual_rows;              /* (max_tokens,) */
 	int32_t *tokens;                   /* (max_logits,) sampled */
+	qw_sample_logprobs *logprobs;      /* (max_logits,) their log-probabilities */
+	qw_sample_history *history;        /* (max_logits,) the rows' histories, in the arena */
 	void *result;                      /* a result record */
 	int kv_blocks, block_tokens;
 	uint64_t load_t0_ms;               /* when the upload of the weights began */
@@ -305,8 +307,11 @@ static qw_status prepare(worker *w, qw_err *err)
 		st = w->be->act_alloc(w->be, T, H, &w->deepstack[j], err);
 	w->visual_rows = malloc((size_t)T * sizeof *w->visual_rows);
 	w->tokens = malloc((size_t)job->max_logits * sizeof *w->tokens);
-	w->result = malloc(qw_step_result_size(&(qw_step_result){.n_logits = job->max_logits}));
-	if (st == QW_OK && (!w->visual_rows || !w->tokens || !w->result))
+	w->logprobs = calloc((size_t)job->max_logits, sizeof *w->logprobs);
+	w->history = malloc((size_t)job->max_logits * sizeof *w->history);
+	w->result = malloc(qw_step_result_max_size(job->max_logits));
+	if (st == QW_OK && (!w->visual_rows || !w->tokens || !w->logprobs || !w->history ||
+			    !w->result))
 		st = qw_fail(err, QW_E_NOMEM, "out of memory for the step buffers");
 	if (st != QW_OK)
 		return st;
@@ -500,6 +505,33 @@ static qw_status look_ahead(worker *w, qw_nccl_record *next, bool *have, qw_err 
 	return QW_OK;
 }
 
+/* The last stage's sampling inputs: each row's history in the arena (checked to lie in
+ * it), and whether any row has one or asks for log-probabilities (the rows that do not
+ * ask get zeros). */
+static qw_status sample_inputs(worker *w, const qw_step_plan *p, bool *histories,
+			       bool *logprobs, qw_err *err)
+{
+	const qw_region_header *h = w->hdr;
+	*histories = *logprobs = false;
+	for (int l = 0; l < p->n_logits; l++) {
+		const qw_step_history *s = &p->history[l];
+		uint64_t bytes = (uint64_t)s->n * sizeof(qw_token_count);
+		if (s->n > 0 && (s->arena_offset > h->arena_bytes ||
+				 bytes > h->arena_bytes - s->arena_offset || s->arena_offset % 8))
+			return qw_fail(err, QW_E_IO, "step %llu: row %d's history lies outside the "
+				       "arena", (unsigned long long)p->step, l);
+		w->history[l] = (qw_sample_history){
+			s->n > 0 ? (const qw_token_count *)(qw_region_arena(&w->region) +
+							    s->arena_offset) : NULL, s->n};
+		*histories |= s->n > 0;
+		if (p->sampling[l].logprobs)
+			*logprobs = true;
+		else
+			memset(&w->logprobs[l], 0, sizeof w->logprobs[l]);
+	}
+	return QW_OK;
+}
+
 static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 {
 	const qw_region_job *job = &w->hdr->job;
@@ -581,10 +613,14 @@ static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 	/* the step's compute, waited for here (polling NCCL) rather than inside sample */
 	if (w->pipe && (st = qw_nccl_pipe_sync(w->pipe, err)) != QW_OK)
 		return st;
-	if (p->n_logits > 0 &&
-	    (st = w->be->sample(w->be, &w->logits, p->sampling, NULL, w->tokens, NULL, err)) != QW_OK)
+	bool histories, logprobs;
+	if ((st = sample_inputs(w, p, &histories, &logprobs, err)) != QW_OK)
 		return st;
-	qw_step_result r = {p->step, p->n_logits, w->tokens};
+	if (p->n_logits > 0 &&
+	    (st = w->be->sample(w->be, &w->logits, p->sampling, histories ? w->history : NULL,
+				w->tokens, logprobs ? w->logprobs : NULL, err)) != QW_OK)
+		return st;
+	qw_step_result r = {p->step, p->n_logits, w->tokens, logprobs ? w->logprobs : NULL};
 	size_t len = qw_step_result_size(&r);
 	qw_step_result_write(&r, w->result);
 	const void *parts[] = {w->result};
@@ -659,6 +695,8 @@ static void release(worker *w, bool clean)
 	free(w->tables);
 	free(w->visual_rows);
 	free(w->tokens);
+	free(w->logprobs);
+	free(w->history);
 	free(w->result);
 	qw_region_close(&w->region);
 }

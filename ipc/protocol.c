@@ -282,6 +282,100 @@ static const char *const reply_types[] = {"accepted", "chunk", "done", "error", 
 					  "tokens"};
 enum { N_REPLY_TYPES = sizeof reply_types / sizeof *reply_types };
 
+/* {logprob, bytes?, top: [{id, logprob, bytes?}]} per token */
+static void pack_logprobs(msgpack_packer *pk, const qw_reply_logprob *lp, int n)
+{
+	qw_mp_pack_key(pk, "logprobs");
+	msgpack_pack_array(pk, (size_t)n);
+	for (int i = 0; i < n; i++) {
+		msgpack_pack_map(pk, 2 + (lp[i].bytes != NULL));
+		qw_mp_pack_key(pk, "logprob");
+		msgpack_pack_double(pk, lp[i].logprob);
+		if (lp[i].bytes) {
+			qw_mp_pack_key(pk, "bytes");
+			msgpack_pack_bin(pk, lp[i].bytes_len);
+			msgpack_pack_bin_body(pk, lp[i].bytes, lp[i].bytes_len);
+		}
+		qw_mp_pack_key(pk, "top");
+		msgpack_pack_array(pk, (size_t)lp[i].n_top);
+		for (int k = 0; k < lp[i].n_top; k++) {
+			const qw_reply_top *t = &lp[i].top[k];
+			msgpack_pack_map(pk, 2 + (t->bytes != NULL));
+			qw_mp_pack_key(pk, "id");
+			msgpack_pack_int32(pk, t->id);
+			qw_mp_pack_key(pk, "logprob");
+			msgpack_pack_double(pk, t->logprob);
+			if (t->bytes) {
+				qw_mp_pack_key(pk, "bytes");
+				msgpack_pack_bin(pk, t->bytes_len);
+				msgpack_pack_bin_body(pk, t->bytes, t->bytes_len);
+			}
+		}
+	}
+}
+
+/* A logprobs map's fields into *logprob and *bytes; its "top" array in *top (NULL if none);
+ * false if a field has the wrong type. */
+static bool logprob_fields(const msgpack_object *m, double *logprob, const char **bytes,
+			   size_t *bytes_len, int32_t *id, const msgpack_object **top)
+{
+	if (m->type != MSGPACK_OBJECT_MAP)
+		return false;
+	bool have = false;
+	for (uint32_t i = 0; i < m->via.map.size; i++) {
+		const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
+		if (qw_mp_is_str(k, "logprob")) {
+			if (v->type != MSGPACK_OBJECT_FLOAT64 && v->type != MSGPACK_OBJECT_FLOAT32)
+				return false;
+			*logprob = v->via.f64;
+			have = true;
+		} else if (qw_mp_is_str(k, "bytes")) {
+			if (v->type != MSGPACK_OBJECT_BIN)
+				return false;
+			*bytes = v->via.bin.ptr;
+			*bytes_len = v->via.bin.size;
+		} else if (qw_mp_is_str(k, "id") && id) {
+			if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX)
+				return false;
+			*id = (int32_t)v->via.u64;
+		} else if (qw_mp_is_str(k, "top") && top) {
+			if (v->type != MSGPACK_OBJECT_ARRAY)
+				return false;
+			*top = v;
+		}
+	}
+	return have;
+}
+
+static qw_status unpack_logprobs(qw_owned *o, const msgpack_object *v, qw_reply *out,
+				 qw_err *err)
+{
+	uint32_t n = v->via.array.size;
+	qw_reply_logprob *lp = qw_own(o, n * sizeof *lp);
+	if (!lp)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	for (uint32_t i = 0; i < n; i++) {
+		const msgpack_object *top = NULL;
+		if (!logprob_fields(&v->via.array.ptr[i], &lp[i].logprob, &lp[i].bytes,
+				    &lp[i].bytes_len, NULL, &top))
+			return qw_fail(err, QW_E_ARG, "reply: logprobs entry %u is malformed", i);
+		if (!top)
+			continue;
+		qw_reply_top *t = qw_own(o, top->via.array.size * sizeof *t);
+		if (!t)
+			return qw_fail(err, QW_E_NOMEM, "out of memory");
+		for (uint32_t k = 0; k < top->via.array.size; k++)
+			if (!logprob_fields(&top->via.array.ptr[k], &t[k].logprob, &t[k].bytes,
+					    &t[k].bytes_len, &t[k].id, NULL))
+				return qw_fail(err, QW_E_ARG, "reply: logprobs entry %u's top %u is "
+					       "malformed", i, k);
+		lp[i].top = t;
+		lp[i].n_top = (int)top->via.array.size;
+	}
+	out->logprobs = lp;
+	return QW_OK;
+}
+
 qw_status qw_reply_encode(const qw_reply *r, char **buf, size_t *len, qw_err *err)
 {
 	msgpack_sbuffer sb;
@@ -291,7 +385,7 @@ qw_status qw_reply_encode(const qw_reply *r, char **buf, size_t *len, qw_err *er
 	int n = 3;
 	switch (r->type) {
 	case QW_REPLY_ACCEPTED: n += r->n_token_ids > 0; break;
-	case QW_REPLY_CHUNK: n += 3; break;
+	case QW_REPLY_CHUNK: n += 3 + (r->logprobs && r->n_token_ids > 0); break;
 	case QW_REPLY_DONE: n += 5; break;
 	case QW_REPLY_ERROR: n += 2; break;
 	case QW_REPLY_STATUS: n += 1; break;
@@ -323,6 +417,8 @@ qw_status qw_reply_encode(const qw_reply *r, char **buf, size_t *len, qw_err *er
 		}
 		qw_mp_pack_key(&pk, "token_ids");
 		qw_mp_pack_ids(&pk, r->token_ids, r->n_token_ids);
+		if (r->type == QW_REPLY_CHUNK && r->logprobs && r->n_token_ids > 0)
+			pack_logprobs(&pk, r->logprobs, r->n_token_ids);
 		break;
 	case QW_REPLY_DONE:
 		qw_mp_pack_key(&pk, "finish_reason");
@@ -365,7 +461,7 @@ qw_status qw_reply_decode(const void *buf, size_t len, qw_reply *out, qw_err *er
 	const msgpack_object *map = &o->u.data;
 	if ((st = qw_mp_check_version(map, "reply", err)) != QW_OK)
 		goto fail;
-	int type = -1;
+	int type = -1, logprobs_n = -1;
 	for (uint32_t i = 0; i < map->via.map.size; i++) {
 		const msgpack_object *k = &map->via.map.ptr[i].key, *v = &map->via.map.ptr[i].val;
 		bool str = v->type == MSGPACK_OBJECT_STR, uint = v->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
@@ -393,6 +489,10 @@ qw_status qw_reply_decode(const void *buf, size_t len, qw_reply *out, qw_err *er
 				ids[j] = (int32_t)v->via.array.ptr[j].via.u64;
 			out->token_ids = ids;
 			out->n_token_ids = (int)v->via.array.size;
+		} else if (qw_mp_is_str(k, "logprobs") && v->type == MSGPACK_OBJECT_ARRAY) {
+			if ((st = unpack_logprobs(o, v, out, err)) != QW_OK)
+				goto fail;
+			logprobs_n = (int)v->via.array.size;
 		} else if (qw_mp_is_str(k, "finish_reason") && str) {
 			out->finish_reason = qw_own_cstr(o, v);
 		} else if (qw_mp_is_str(k, "prompt_tokens") && uint) {
@@ -413,6 +513,11 @@ qw_status qw_reply_decode(const void *buf, size_t len, qw_reply *out, qw_err *er
 	}
 	if (type < 0) {
 		st = qw_fail(err, QW_E_ARG, "reply: no known \"type\"");
+		goto fail;
+	}
+	if (logprobs_n >= 0 && logprobs_n != out->n_token_ids) {
+		st = qw_fail(err, QW_E_ARG, "reply: %d logprobs entries for %d tokens", logprobs_n,
+			     out->n_token_ids);
 		goto fail;
 	}
 	out->type = (qw_reply_type)type;

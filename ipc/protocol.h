@@ -18,6 +18,7 @@
 #include "loader/error.h"
 
 #define QW_PROTOCOL_VERSION 1
+#define QW_PROTOCOL_MAX_LOGPROBS 20   /* most likely tokens a generated token may list */
 
 typedef enum qw_op {
 	QW_OP_SUBMIT, QW_OP_STATUS, QW_OP_CANCEL, QW_OP_SHUTDOWN,
@@ -94,6 +95,13 @@ typedef struct qw_request {
 	double temperature;        /* < 0: the daemon's default */
 	double top_p;              /* 0: the daemon's default */
 	int top_k;                 /* < 0: the daemon's default */
+	double min_p;              /* 0: off */
+	double repetition_penalty; /* 0 (not given) or 1: off */
+	double frequency_penalty;  /* 0: off */
+	double presence_penalty;   /* 0: off */
+	bool logprobs;             /* each generated token's log-probability, */
+	int top_logprobs;          /* and this many of the most likely (at most
+				    * QW_PROTOCOL_MAX_LOGPROBS) */
 	uint64_t seed;
 	bool has_seed;
 	bool greedy;
@@ -120,6 +128,24 @@ typedef enum qw_reply_type {
 	QW_REPLY_OK, QW_REPLY_TOKENS
 } qw_reply_type;
 
+/* One of the most likely tokens at a generated token's place. */
+typedef struct qw_reply_top {
+	int32_t id;
+	double logprob;            /* -inf: a cut (top-k, top-p, min-p) removed it */
+	const char *bytes;         /* what it stands for (raw; maybe part of a character), or
+				    * NULL when the model has no tokenizer */
+	size_t bytes_len;
+} qw_reply_top;
+
+/* A generated token's log-probabilities (of the distribution it was drawn from). */
+typedef struct qw_reply_logprob {
+	double logprob;
+	const char *bytes;         /* the token's, as in qw_reply_top */
+	size_t bytes_len;
+	const qw_reply_top *top;   /* (n_top,) best first */
+	int n_top;
+} qw_reply_logprob;
+
 typedef struct qw_reply {
 	qw_reply_type type;
 	uint64_t request;          /* the request id the daemon gave (0 if none yet) */
@@ -130,6 +156,8 @@ typedef struct qw_reply {
 	const int32_t *token_ids;  /* chunk: the tokens of this delta; tokens: the ids;
 				    * accepted: the prompt's, when the submit asked */
 	int n_token_ids;
+	const qw_reply_logprob *logprobs;  /* chunk: (n_token_ids,) when the submit asked for
+					      logprobs, else NULL */
 	const char *finish_reason; /* done: stop, length, cancelled */
 	int prompt_tokens, completion_tokens;
 	double ttft_ms, tokens_per_s;

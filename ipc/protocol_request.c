@@ -19,8 +19,8 @@ typedef enum field_type {
 	FT_OP,           /* "op": read before the rest, which depend on it */
 	FT_TEXT,         /* a string counted against max_text_bytes: (const char *, size_t) */
 	FT_NAME,         /* a string among `choices` ("a|b|c"): (const char *, size_t) */
-	FT_NUMBER,       /* an integer or a float in [lo, hi]: double */
-	FT_INT,          /* a number in [lo, hi], kept as an int */
+	FT_NUMBER,       /* an integer or a float in [lo, hi]: double (and flag_at) */
+	FT_INT,          /* a number in [lo, hi], kept as an int (and a bool set: flag_at) */
 	FT_ID,           /* an integer >= 0: uint64_t, and a bool set when given (flag_at) */
 	FT_BOOL,         /* true or false: bool */
 	FT_NOT,          /* true or false, kept negated: bool (generation_prompt) */
@@ -61,7 +61,8 @@ typedef struct field {
 	unsigned input;           /* the ops it is one of the inputs of (messages, prompt, ...) */
 	size_t at;                /* the value (an array: its pointer) */
 	size_t len_at;            /* a string's length, an array's count */
-	size_t flag_at;           /* FT_ID: a bool set when given (0: none); FT_STRINGS: lengths */
+	size_t flag_at;           /* FT_ID, FT_INT: a bool set when given (0: none); FT_STRINGS:
+				     lengths */
 } field;
 
 /* A kind of map: its fields, and how its errors name it. */
@@ -94,6 +95,15 @@ static const field request_fields[] = {
 	 .at = RQ(temperature)},
 	{.name = "top_p", .ops = SUBMIT, .type = FT_NUMBER, .lo = 1e-9, .hi = 1, .at = RQ(top_p)},
 	{.name = "top_k", .ops = SUBMIT, .type = FT_INT, .lo = 0, .hi = 1 << 20, .at = RQ(top_k)},
+	{.name = "min_p", .ops = SUBMIT, .type = FT_NUMBER, .lo = 0, .hi = 1, .at = RQ(min_p)},
+	{.name = "repetition_penalty", .ops = SUBMIT, .type = FT_NUMBER, .lo = 1e-9, .hi = 100,
+	 .at = RQ(repetition_penalty)},
+	{.name = "frequency_penalty", .ops = SUBMIT, .type = FT_NUMBER, .lo = -2, .hi = 2,
+	 .at = RQ(frequency_penalty)},
+	{.name = "presence_penalty", .ops = SUBMIT, .type = FT_NUMBER, .lo = -2, .hi = 2,
+	 .at = RQ(presence_penalty)},
+	{.name = "logprobs", .ops = SUBMIT, .type = FT_INT, .lo = 0,
+	 .hi = QW_PROTOCOL_MAX_LOGPROBS, .at = RQ(top_logprobs), .flag_at = RQ(logprobs)},
 	{.name = "seed", .ops = SUBMIT, .type = FT_ID, .at = RQ(seed), .flag_at = RQ(has_seed)},
 	{.name = "greedy", .ops = SUBMIT, .type = FT_BOOL, .at = RQ(greedy)},
 	{.name = "stream", .ops = SUBMIT, .type = FT_BOOL, .at = RQ(stream)},
@@ -359,6 +369,8 @@ static qw_status decode_value(decoder *d, const field *f, const msgpack_object *
 			*(int *)(out + f->at) = (int)x;
 		else
 			*(double *)(out + f->at) = x;
+		if (f->flag_at)
+			*(bool *)(out + f->flag_at) = true;
 		return QW_OK;
 	}
 	case FT_ID:
@@ -706,6 +718,23 @@ static void pack_settings(msgpack_packer *pk, const qw_request *r)
 		qw_mp_pack_key(pk, "top_k");
 		msgpack_pack_int(pk, r->top_k);
 	}
+	const struct {
+		const char *key;
+		double v;
+		bool given;
+	} extra[] = {{"min_p", r->min_p, r->min_p > 0},
+		     {"repetition_penalty", r->repetition_penalty, r->repetition_penalty > 0},
+		     {"frequency_penalty", r->frequency_penalty, r->frequency_penalty != 0},
+		     {"presence_penalty", r->presence_penalty, r->presence_penalty != 0}};
+	for (size_t i = 0; i < sizeof extra / sizeof *extra; i++)
+		if (extra[i].given) {
+			qw_mp_pack_key(pk, extra[i].key);
+			msgpack_pack_double(pk, extra[i].v);
+		}
+	if (r->logprobs) {
+		qw_mp_pack_key(pk, "logprobs");
+		msgpack_pack_int(pk, r->top_logprobs);
+	}
 	if (r->has_seed) {
 		qw_mp_pack_key(pk, "seed");
 		msgpack_pack_uint64(pk, r->seed);
@@ -735,7 +764,8 @@ qw_status qw_request_encode(const qw_request *r, char **buf, size_t *len, qw_err
 	if (r->op == QW_OP_SUBMIT)
 		n += (r->max_tokens > 0) + (r->temperature >= 0) + (r->top_p > 0) +
 		     (r->top_k >= 0) + r->has_seed + r->greedy + !r->stream + (r->n_stop > 0) +
-		     r->ignore_eos + r->prompt_ids;
+		     r->ignore_eos + r->prompt_ids + (r->min_p > 0) + (r->repetition_penalty > 0) +
+		     (r->frequency_penalty != 0) + (r->presence_penalty != 0) + r->logprobs;
 	if (r->op == QW_OP_TOKENIZE)
 		n += r->no_generation_prompt;
 	msgpack_pack_map(&pk, (size_t)n);

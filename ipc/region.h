@@ -9,7 +9,8 @@
  *   - the NCCL unique id (CUDA pipelines);
  *   - rings (ring.h): step plans daemon -> each worker, results last worker -> daemon, and
  *     activation hand-overs stage i -> i+1 on the CPU backend;
- *   - the image arena: resized RGB images the daemon places for stage 0's vision tower.
+ *   - the arena: resized RGB images the daemon places for stage 0's vision tower, and the
+ *     histories of sampled rows with penalties, for the last stage's sampler.
  * Offsets, not pointers, are stored, since each process maps the region where it likes.
  */
 #ifndef QW_IPC_REGION_H

@@ -17,6 +17,8 @@ typedef struct result_header {
 	uint32_t magic;
 	int32_t n_logits;
 	uint64_t step;
+	int32_t has_logprobs;    /* 1: n_logits qw_sample_logprobs follow the tokens */
+	int32_t pad;
 } result_header;
 
 static size_t align8(size_t n)
@@ -44,6 +46,8 @@ static int plan_arrays(qw_step_plan *p, plan_array *a)
 	a[n++] = (plan_array){(const void **)&p->blocks, (size_t)p->n_blocks * i4};
 	a[n++] = (plan_array){(const void **)&p->logit_rows, (size_t)p->n_logits * i4};
 	a[n++] = (plan_array){(const void **)&p->sampling, (size_t)p->n_logits * sizeof(qw_sampling)};
+	a[n++] = (plan_array){(const void **)&p->history,
+			      (size_t)p->n_logits * sizeof(qw_step_history)};
 	a[n++] = (plan_array){(const void **)&p->images,
 			      (size_t)p->n_images * sizeof(qw_step_image)};
 	a[n++] = (plan_array){(const void **)&p->drop, (size_t)p->n_drop * sizeof(uint64_t)};
@@ -109,9 +113,12 @@ static qw_status check_plan(const qw_step_plan *p, qw_err *err)
 	for (int i = 0; i < p->n_blocks; i++)
 		if (p->blocks[i] < 0)
 			return bad(err, "a negative block id");
-	for (int i = 0; i < p->n_logits; i++)
+	for (int i = 0; i < p->n_logits; i++) {
 		if (p->logit_rows[i] < 0 || p->logit_rows[i] >= T)
 			return bad(err, "a logit row outside the step");
+		if (p->history[i].n < 0)
+			return bad(err, "a history of a negative length");
+	}
 	int prev_end = 0;
 	for (int i = 0; i < p->n_images; i++) {
 		const qw_step_image *im = &p->images[i];
@@ -155,16 +162,30 @@ qw_status qw_step_plan_read(const void *buf, size_t len, qw_step_plan *out, qw_e
 
 size_t qw_step_result_size(const qw_step_result *r)
 {
-	return align8(sizeof(result_header)) + align8((size_t)r->n_logits * sizeof(int32_t));
+	size_t n = (size_t)r->n_logits;
+	return align8(sizeof(result_header)) + align8(n * sizeof(int32_t)) +
+	       (r->logprobs ? align8(n * sizeof(qw_sample_logprobs)) : 0);
+}
+
+size_t qw_step_result_max_size(int max_logits)
+{
+	size_t n = (size_t)max_logits;
+	return align8(sizeof(result_header)) + align8(n * sizeof(int32_t)) +
+	       align8(n * sizeof(qw_sample_logprobs));
 }
 
 void qw_step_result_write(const qw_step_result *r, void *buf)
 {
-	result_header h = {RESULT_MAGIC, r->n_logits, r->step};
-	memcpy(buf, &h, sizeof h);
-	if (r->n_logits)
-		memcpy((uint8_t *)buf + align8(sizeof h), r->tokens,
-		       (size_t)r->n_logits * sizeof(int32_t));
+	result_header h = {RESULT_MAGIC, r->n_logits, r->step, r->logprobs != NULL, 0};
+	uint8_t *at = buf;
+	memcpy(at, &h, sizeof h);
+	at += align8(sizeof h);
+	size_t n = (size_t)r->n_logits;
+	if (n)
+		memcpy(at, r->tokens, n * sizeof(int32_t));
+	at += align8(n * sizeof(int32_t));
+	if (r->logprobs && n)
+		memcpy(at, r->logprobs, n * sizeof(qw_sample_logprobs));
 }
 
 qw_status qw_step_result_read(const void *buf, size_t len, qw_step_result *out, qw_err *err)
@@ -174,10 +195,24 @@ qw_status qw_step_result_read(const void *buf, size_t len, qw_step_result *out, 
 	if (len < sizeof h || ((uintptr_t)buf & 7))
 		return qw_fail(err, QW_E_IO, "step result: a record too short or misaligned");
 	memcpy(&h, buf, sizeof h);
+	const uint8_t *at = (const uint8_t *)buf + align8(sizeof h);
 	*out = (qw_step_result){.step = h.step, .n_logits = h.n_logits};
-	if (h.magic != RESULT_MAGIC || h.n_logits < 0 || qw_step_result_size(out) != len)
+	if (h.has_logprobs == 1)   /* where they would be, for the length */
+		out->logprobs = (const qw_sample_logprobs *)at;
+	if (h.magic != RESULT_MAGIC || h.n_logits < 0 || (h.has_logprobs & ~1) ||
+	    qw_step_result_size(out) != len) {
+		*out = (qw_step_result){0};
 		return qw_fail(err, QW_E_IO, "step result: not a result record, or a length that "
 			       "does not match its count");
-	out->tokens = (const int32_t *)((const uint8_t *)buf + align8(sizeof h));
+	}
+	out->tokens = (const int32_t *)at;
+	if (out->logprobs) {
+		out->logprobs = (const qw_sample_logprobs *)(at + align8((size_t)h.n_logits *
+									sizeof(int32_t)));
+		for (int i = 0; i < h.n_logits; i++)
+			if (out->logprobs[i].n_top < 0 || out->logprobs[i].n_top > QW_MAX_TOP_LOGPROBS)
+				return qw_fail(err, QW_E_IO, "step result: row %d lists %d "
+					       "log-probabilities", i, out->logprobs[i].n_top);
+	}
 	return QW_OK;
 }

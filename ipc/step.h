@@ -2,9 +2,11 @@
  * answers.
  *
  * Owns: qw_step_plan (one microbatch: its tokens with their M-RoPE positions, sequences,
- * KV indices and cache slots; the block tables of its sequences; the rows that need logits
- * and how each is sampled; the image segments whose features take pad rows; the images
- * stage 0 may forget), qw_step_result (the sampled tokens), and their wire form: one flat
+ * KV indices and cache slots; the block tables of its sequences; the rows that need logits,
+ * how each is sampled and where in the region's arena its penalties' history lies; the
+ * image segments whose features take pad rows; the images stage 0 may forget),
+ * qw_step_result (the sampled tokens and the log-probabilities asked for), and their wire
+ * form: one flat
  * record (a header of counts, then each array 8-byte aligned) that a ring message carries
  * and the receiver reads in place, every count, offset and index checked first.
  *
@@ -39,6 +41,14 @@ typedef struct qw_step_image {
 				    region's image arena */
 } qw_step_image;
 
+/* Where a sampled row's history (qw_token_count entries, for its penalties) lies in the
+ * region's arena. */
+typedef struct qw_step_history {
+	uint64_t arena_offset;
+	int32_t n;               /* entries; 0: none */
+	int32_t pad;
+} qw_step_history;
+
 typedef struct qw_step_plan {
 	uint64_t step;               /* 1, 2, ... in the order every stage runs them */
 	qw_step_kind kind;
@@ -57,6 +67,7 @@ typedef struct qw_step_plan {
 	const int32_t *blocks;       /* (n_blocks,) physical block ids, in token order */
 	const int32_t *logit_rows;   /* (n_logits,) token rows that are sampled */
 	const qw_sampling *sampling; /* (n_logits,) */
+	const qw_step_history *history; /* (n_logits,) */
 	const qw_step_image *images; /* (n_images,) in ascending row order */
 	const uint64_t *drop;        /* (n_drop,) */
 } qw_step_plan;
@@ -81,9 +92,13 @@ typedef struct qw_step_result {
 	uint64_t step;
 	int32_t n_logits;
 	const int32_t *tokens;       /* (n_logits,) one per logit row, in the plan's order */
+	const qw_sample_logprobs *logprobs;  /* (n_logits,) when a row asked for them, or NULL
+						(entries of rows that did not ask are zeros) */
 } qw_step_result;
 
 size_t qw_step_result_size(const qw_step_result *r);
+/* Bytes of the largest result of max_logits rows. */
+size_t qw_step_result_max_size(int max_logits);
 void qw_step_result_write(const qw_step_result *r, void *buf);
 qw_status qw_step_result_read(const void *buf, size_t len, qw_step_result *out, qw_err *err);
 

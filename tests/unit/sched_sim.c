@@ -105,6 +105,47 @@ static void image_rows(sim *m, const qw_step_plan *p, int *seed_of_row, int *row
 	}
 }
 
+/* Each logit row's history against the reference's tokens so far. */
+static void check_histories(sim *m, const qw_step_plan *p)
+{
+	const qw_sched *s = m->s;
+	const qw_inflight *f = &s->inflight[(s->inflight_head + s->n_inflight - 1) % s->o.depth];
+	assert_int_equal(f->step, p->step);
+	for (int l = 0; l < p->n_logits; l++) {
+		const qw_seq *q = qw_sched_find(s, f->seq_ids[l]);
+		const sim_seq *x = (const sim_seq *)q->owner;
+		const qw_step_history *h = &p->history[l];
+		if (!x->penalized) {
+			assert_int_equal(h->n, 0);
+			continue;
+		}
+		uint32_t want[SIM_V] = {0};
+		int distinct = 0;
+		for (int i = 0; x->prompt_penalized && i < x->n_prompt; i++) {
+			distinct += want[x->prompt[i]] == 0;
+			want[x->prompt[i]] |= QW_IN_PROMPT;
+		}
+		for (int i = 0; i < x->generated; i++) {
+			distinct += want[x->out[i]] == 0;
+			want[x->out[i]]++;
+		}
+		if (h->n != distinct)
+			fail_msg("step %llu: sequence %llu's history has %d tokens, %d expected",
+				 (unsigned long long)p->step, (unsigned long long)q->id, h->n, distinct);
+		assert_true(h->arena_offset + (uint64_t)h->n * sizeof(qw_token_count) <=
+			    s->o.arena_bytes);
+		const qw_token_count *e = (const qw_token_count *)(m->arena + h->arena_offset);
+		for (int i = 0; i < h->n; i++) {
+			assert_true(e[i].token >= 0 && e[i].token < SIM_V);
+			if (e[i].count != want[e[i].token])
+				fail_msg("step %llu: sequence %llu's token %d counts %#x, %#x expected",
+					 (unsigned long long)p->step, (unsigned long long)q->id,
+					 e[i].token, e[i].count, want[e[i].token]);
+			want[e[i].token] = 0xdeadu;   /* a token listed twice fails */
+		}
+	}
+}
+
 void sim_run_plan(sim *m, const qw_step_plan *p, int32_t *tokens)
 {
 	const qw_kv_pool *pool = &m->s->pool;
@@ -149,11 +190,12 @@ void sim_run_plan(sim *m, const qw_step_plan *p, int32_t *tokens)
 	}
 	for (int l = 0; l < p->n_logits; l++)
 		tokens[l] = next_token(m->cache[p->slot[p->logit_rows[l]]]);
+	check_histories(m, p);
 	free(seed_of_row);
 	free(row_in_img);
 }
 
-static void on_token(void *ctx, qw_seq *q, int32_t token)
+static void on_token(void *ctx, qw_seq *q, int32_t token, const qw_sample_logprobs *lp)
 {
 	sim *m = ctx;
 	sim_seq *x = (sim_seq *)q->owner;
@@ -180,24 +222,42 @@ void sim_reset(sim *m)
 	m->n_handles = 0;
 }
 
-void sim_make(qw_sched *s, sim *m, int depth, int budget, int max_seqs, int kv_blocks,
-	      bool prefix_cache)
+void sim_make_arena(qw_sched *s, sim *m, int depth, int budget, int max_seqs, int kv_blocks,
+		    bool prefix_cache, uint64_t arena_bytes)
 {
 	memset(m, 0, sizeof *m);
 	m->slots = kv_blocks * SIM_BLOCK;
 	m->cache = calloc((size_t)m->slots, sizeof *m->cache);
 	m->written = calloc((size_t)m->slots, sizeof *m->written);
 	m->writer = calloc((size_t)m->slots, sizeof *m->writer);
-	m->arena = calloc(1, 1 << 16);
+	m->arena = calloc(1, arena_bytes);
 	m->s = s;
 	m->remove_on_finish = true;
 	qw_sched_opts o = {.kv_blocks = kv_blocks, .block_tokens = SIM_BLOCK,
 			   .max_seqs = max_seqs, .max_batch_tokens = budget, .max_queue = 64,
 			   .depth = depth, .max_plan_blocks = 4096, .arena = m->arena,
-			   .arena_bytes = 1 << 16, .prefix_cache = prefix_cache};
+			   .arena_bytes = arena_bytes, .prefix_cache = prefix_cache};
 	qw_err err = {0};
 	if (qw_sched_init(s, &o, &err) != QW_OK)
 		fail_msg("%s", err.msg);
+}
+
+void sim_make(qw_sched *s, sim *m, int depth, int budget, int max_seqs, int kv_blocks,
+	      bool prefix_cache)
+{
+	sim_make_arena(s, m, depth, budget, max_seqs, kv_blocks, prefix_cache, SIM_ARENA);
+}
+
+void sim_seq_penalize(sim_seq *x, bool with_prompt)
+{
+	x->penalized = true;
+	x->prompt_penalized = with_prompt;
+	x->q.sampling.frequency_penalty = 0.5f;
+	x->q.sampling.repetition_penalty = with_prompt ? 1.2f : 0.0f;
+	x->q.history = malloc(sizeof *x->q.history);
+	assert_non_null(x->q.history);
+	assert_int_equal(qw_history_init(x->q.history, x->q.tokens, x->q.n_prompt, with_prompt,
+					 NULL), QW_OK);
 }
 
 void sim_free(sim *m)
@@ -286,6 +346,9 @@ void sim_seq_random(sim_seq *x, uint64_t id, int n_prompt, int n_img, int max_ne
 void sim_seq_free(sim_seq *x, bool submitted)
 {
 	if (!submitted) {
+		if (x->q.history)
+			qw_history_free(x->q.history);
+		free(x->q.history);
 		for (int m = 0; m < x->q.n_images; m++)
 			free(x->q.images[m].rgb);
 		free(x->q.images);
@@ -307,7 +370,7 @@ void sim_complete(sim *m, const int32_t *tokens)
 {
 	qw_sched *s = m->s;
 	qw_step_result r = {s->inflight[s->inflight_head].step,
-			    s->inflight[s->inflight_head].n_logits, tokens};
+			    s->inflight[s->inflight_head].n_logits, tokens, NULL};
 	qw_err err = {0};
 	if (qw_sched_complete(s, &r, on_token, m, NULL, &err) != QW_OK)
 		fail_msg("%s", err.msg);

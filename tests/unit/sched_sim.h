@@ -15,7 +15,10 @@
  * every slot lies where the block table says, a written block is held by its writer alone
  * and was not published by an earlier step, every entry a token attends to was written by
  * an earlier step or by its own sequence earlier in this one, fresh images arrive intact in
- * the arena and the features of an image's later rows are still on stage 0.
+ * the arena and the features of an image's later rows are still on stage 0; and every
+ * logit row of a sequence with penalties carries, in the arena, its history exactly as the
+ * reference's tokens so far make it (each distinct token once, its generated count and
+ * whether the prompt holds it), and no other row carries one.
  */
 #ifndef QW_TESTS_SCHED_SIM_H
 #define QW_TESTS_SCHED_SIM_H
@@ -30,6 +33,7 @@
 #define SIM_DELTA 5        /* rope_delta: a generated token's position is its index + 5 */
 #define SIM_MAX_OUT 64
 #define SIM_MAX_IMG 3
+#define SIM_ARENA (1 << 16)
 
 typedef struct sim_seq {
 	qw_seq q;
@@ -39,6 +43,7 @@ typedef struct sim_seq {
 	/* the reference: the history as it should be */
 	int n_prompt;
 	int32_t *prompt, *pos;                 /* (n_prompt,), (n_prompt, 3); owned */
+	bool penalized, prompt_penalized;      /* has a history; it holds the prompt */
 	int n_img;
 	int img_pos[SIM_MAX_IMG], img_len[SIM_MAX_IMG];
 	uint8_t img_seed[SIM_MAX_IMG];         /* the image's pixels follow from it */
@@ -60,9 +65,12 @@ typedef struct sim {
 } sim;
 
 /* A scheduler over kv_blocks blocks of SIM_BLOCK tokens, plans of at most budget tokens,
- * with the prefix cache on or off, and its simulation. */
+ * with the prefix cache on or off, an arena of SIM_ARENA bytes, and its simulation. */
 void sim_make(qw_sched *s, sim *m, int depth, int budget, int max_seqs, int kv_blocks,
 	      bool prefix_cache);
+/* The same with an arena of arena_bytes. */
+void sim_make_arena(qw_sched *s, sim *m, int depth, int budget, int max_seqs, int kv_blocks,
+		    bool prefix_cache, uint64_t arena_bytes);
 void sim_free(sim *m);
 
 /* The end of a test: the scheduler freed, then the n submitted sequences' reference arrays,
@@ -78,6 +86,10 @@ void sim_seq_init(sim_seq *x, uint64_t id, const int32_t *prompt, const int32_t 
  * through it when n_prompt >= 30. */
 void sim_seq_random(sim_seq *x, uint64_t id, int n_prompt, int n_img, int max_new,
 		    uint64_t *rng);
+/* Gives x (not submitted yet) a penalty and its history: frequency, and repetition (which
+ * looks at the prompt) with_prompt. */
+void sim_seq_penalize(sim_seq *x, bool with_prompt);
+
 /* Frees the reference arrays (the scheduler frees the sequence's own on removal; a sequence
  * never submitted has them freed here too). */
 void sim_seq_free(sim_seq *x, bool submitted);

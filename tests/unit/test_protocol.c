@@ -1,7 +1,9 @@
-/* test_protocol.c - the client protocol: requests and replies round-trip, and every kind of
- * malformed or oversized request is refused with an error naming what is wrong. */
+/* test_protocol.c - the client protocol: requests and replies round-trip (the sampling
+ * settings and a chunk's log-probabilities among them), and every kind of malformed or
+ * oversized request is refused with an error naming what is wrong. */
 #include "tests/unit/helpers.h"
 
+#include <math.h>
 #include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,33 @@ static void test_submit_roundtrip(void **state)
 	assert_false(d.stream);
 	assert_int_equal(d.n_stop, 2);
 	assert_memory_equal(d.stop[1], "END", 3);
+	/* not given: off */
+	assert_true(d.min_p == 0 && d.repetition_penalty == 0 && d.frequency_penalty == 0 &&
+		    d.presence_penalty == 0);
+	assert_false(d.logprobs);
+	qw_request_free(&d);
+	free(buf);
+
+	/* the sampler's other settings */
+	r.min_p = 0.05;
+	r.repetition_penalty = 1.1;
+	r.frequency_penalty = -0.5;
+	r.presence_penalty = 2;
+	r.logprobs = true;
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	if (qw_request_decode(buf, len, NULL, &d, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	assert_true(d.min_p == 0.05 && d.repetition_penalty == 1.1 &&
+		    d.frequency_penalty == -0.5 && d.presence_penalty == 2);
+	assert_true(d.logprobs);
+	assert_int_equal(d.top_logprobs, 0);
+	qw_request_free(&d);
+	free(buf);
+	r.top_logprobs = 20;
+	assert_int_equal(qw_request_encode(&r, &buf, &len, &err), QW_OK);
+	assert_int_equal(qw_request_decode(buf, len, NULL, &d, &err), QW_OK);
+	assert_true(d.logprobs);
+	assert_int_equal(d.top_logprobs, 20);
 	qw_request_free(&d);
 	free(buf);
 
@@ -130,6 +159,10 @@ static void hello(msgpack_packer *pk) { msgpack_pack_str(pk, 5); msgpack_pack_st
 static void ids(msgpack_packer *pk) { msgpack_pack_array(pk, 2); msgpack_pack_int(pk, 1); msgpack_pack_int(pk, 2); }
 static void neg_ids(msgpack_packer *pk) { msgpack_pack_array(pk, 1); msgpack_pack_int(pk, -5); }
 static void big(msgpack_packer *pk) { msgpack_pack_int(pk, 1 << 30); }
+static void num21(msgpack_packer *pk) { msgpack_pack_int(pk, 21); }
+static void num_neg3(msgpack_packer *pk) { msgpack_pack_double(pk, -3.0); }
+static void num_zero(msgpack_packer *pk) { msgpack_pack_double(pk, 0.0); }
+static void num_1_5(msgpack_packer *pk) { msgpack_pack_double(pk, 1.5); }
 static void bad_msgs(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 1);
@@ -290,6 +323,21 @@ static void test_refusals(void **state)
 		       "\"request\" must be a non-negative integer");
 	expect_refused(3, k10, (pack_fn[]){v1, op_submit, video_msgs}, NULL,
 		       "\"type\" must be text or image");
+	/* the sampler's settings, out of range */
+	const char *k21[][4] = {{"v", "op", "logprobs", "prompt"},
+				{"v", "op", "frequency_penalty", "prompt"},
+				{"v", "op", "presence_penalty", "prompt"},
+				{"v", "op", "repetition_penalty", "prompt"},
+				{"v", "op", "min_p", "prompt"}};
+	pack_fn bad_value[] = {num21, num_neg3, num_neg3, num_zero, num_1_5};
+	const char *why[] = {"\"logprobs\" must be in [0, 20]",
+			     "\"frequency_penalty\" must be in [-2, 2]",
+			     "\"presence_penalty\" must be in [-2, 2]",
+			     "\"repetition_penalty\" must be in [1e-09, 100]",
+			     "\"min_p\" must be in [0, 1]"};
+	for (int i = 0; i < 5; i++)
+		expect_refused(4, k21[i], (pack_fn[]){v1, op_submit, bad_value[i], hello}, NULL,
+			       why[i]);
 	const char *k20[] = {"v", "op", "greedy", "prompt"};
 	expect_refused(4, k20, (pack_fn[]){v1, op_submit, hello, hello}, NULL,
 		       "\"greedy\" must be true or false");
@@ -638,6 +686,8 @@ static void test_replies(void **state)
 		size_t len;
 		qw_err err = {0};
 		qw_reply d;
+		if (i == 1)   /* the chunk with no log-probabilities */
+			assert_null(replies[1].logprobs);
 		assert_int_equal(qw_reply_encode(&replies[i], &buf, &len, &err), QW_OK);
 		assert_int_equal(qw_reply_decode(buf, len, &d, &err), QW_OK);
 		assert_int_equal(d.type, replies[i].type);
@@ -667,6 +717,70 @@ static void test_replies(void **state)
 		qw_reply_free(&d);
 		free(buf);
 	}
+}
+
+/* A chunk's log-probabilities round-trip: each token's, its bytes (or none), its top ones
+ * with theirs, -inf as it is; a count that does not match the tokens is refused. */
+static void test_logprobs_reply(void **state)
+{
+	int32_t toks[] = {9707, 11};
+	qw_reply_top top0[] = {{9707, -0.25, "Hello", 5}, {13, -1.5, "\xe2\x80", 2},
+			       {7, -INFINITY, NULL, 0}};
+	qw_reply_logprob lp[] = {{-0.25, "Hello", 5, top0, 3}, {-2.0, NULL, 0, NULL, 0}};
+	qw_reply c = {.type = QW_REPLY_CHUNK, .request = 7, .text = "Hello,", .text_len = 6,
+		      .token_ids = toks, .n_token_ids = 2, .logprobs = lp};
+	char *buf;
+	size_t len;
+	qw_err err = {0};
+	qw_reply d;
+	assert_int_equal(qw_reply_encode(&c, &buf, &len, &err), QW_OK);
+	if (qw_reply_decode(buf, len, &d, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	assert_non_null(d.logprobs);
+	assert_true(d.logprobs[0].logprob == -0.25 && d.logprobs[1].logprob == -2.0);
+	assert_int_equal(d.logprobs[0].bytes_len, 5);
+	assert_memory_equal(d.logprobs[0].bytes, "Hello", 5);
+	assert_null(d.logprobs[1].bytes);
+	assert_int_equal(d.logprobs[0].n_top, 3);
+	assert_int_equal(d.logprobs[1].n_top, 0);
+	assert_int_equal(d.logprobs[0].top[1].id, 13);
+	assert_true(d.logprobs[0].top[1].logprob == -1.5);
+	assert_memory_equal(d.logprobs[0].top[1].bytes, "\xe2\x80", 2);
+	assert_true(isinf(d.logprobs[0].top[2].logprob) && d.logprobs[0].top[2].logprob < 0);
+	assert_null(d.logprobs[0].top[2].bytes);
+	qw_reply_free(&d);
+	free(buf);
+	/* one entry for two tokens */
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 5);
+	msgpack_pack_str(&pk, 1);
+	msgpack_pack_str_body(&pk, "v", 1);
+	msgpack_pack_int(&pk, 1);
+	msgpack_pack_str(&pk, 4);
+	msgpack_pack_str_body(&pk, "type", 4);
+	msgpack_pack_str(&pk, 5);
+	msgpack_pack_str_body(&pk, "chunk", 5);
+	msgpack_pack_str(&pk, 7);
+	msgpack_pack_str_body(&pk, "request", 7);
+	msgpack_pack_int(&pk, 7);
+	msgpack_pack_str(&pk, 9);
+	msgpack_pack_str_body(&pk, "token_ids", 9);
+	msgpack_pack_array(&pk, 2);
+	msgpack_pack_int(&pk, 1);
+	msgpack_pack_int(&pk, 2);
+	msgpack_pack_str(&pk, 8);
+	msgpack_pack_str_body(&pk, "logprobs", 8);
+	msgpack_pack_array(&pk, 1);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 7);
+	msgpack_pack_str_body(&pk, "logprob", 7);
+	msgpack_pack_double(&pk, -1.0);
+	assert_int_equal(qw_reply_decode(sb.data, sb.size, &d, &err), QW_E_ARG);
+	assert_contains(err.msg, "1 logprobs entries for 2 tokens");
+	msgpack_sbuffer_destroy(&sb);
 }
 
 /* Tools, tool calls, the thinking switch and the prompt ids round-trip; tokenize and
@@ -805,6 +919,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_submit_roundtrip),
+		cmocka_unit_test(test_logprobs_reply),
 		cmocka_unit_test(test_other_ops),
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_not_msgpack),

@@ -1,7 +1,8 @@
 /* test_sched.c - the scheduler against a simulated pipeline (sched_sim.h): batching,
- * chunking, queueing, preemption, refusals, removal and a lost pipeline.  Every sequence
- * must get exactly the tokens it gets when run alone.  The prefix cache has its own tests
- * (test_sched_prefix.c); these run with it off and on. */
+ * chunking, queueing, preemption, refusals, removal and a lost pipeline; the penalties'
+ * histories carried whole with every logit row, and waiting for room in the arena.  Every
+ * sequence must get exactly the tokens it gets when run alone.  The prefix cache has its
+ * own tests (test_sched_prefix.c); these run with it off and on. */
 #include "tests/unit/sched_sim.h"
 
 #include <stdlib.h>
@@ -126,6 +127,87 @@ static void test_reset(void **state)
 	}
 }
 
+/* Sequences with penalties among the others, through preemption and with the prefix cache
+ * off and on: every logit row carries the history the sequence's tokens make (the
+ * simulation checks each), and the arena is given back. */
+static void test_histories(void **state)
+{
+	for (int k = 0; k < 4; k++) {
+		bool cache = k >= 2;
+		qw_sched s;
+		sim m;
+		sim_make(&s, &m, k % 2 ? 3 : 1, 24, 8, 40, cache);
+		sim_seq xs[16];
+		uint64_t rng = 5;
+		for (int i = 0; i < 16; i++) {
+			sim_seq_random(&xs[i], (uint64_t)(i + 1), 1 + (i * 37) % 90, i % 2,
+				       1 + (i * 7) % 20, &rng);
+			if (i % 3)
+				sim_seq_penalize(&xs[i], i % 3 == 1);
+			qw_err err = {0};
+			if (qw_sched_submit(&s, &xs[i].q, xs[i].max_new, &err) != QW_OK)
+				fail_msg("%s", err.msg);
+		}
+		sim_drive(&m);
+		sim_check(xs, 16);
+		assert_true(s.preempted > 0);
+		assert_int_equal(s.n_arena_free, 1);
+		assert_int_equal(s.arena_free[0].bytes, SIM_ARENA);
+		sim_end(&s, &m, xs, 16);
+	}
+}
+
+/* Six sequences with penalties decoding at once, one step in flight, in an arena of
+ * arena_bytes: every one gets its tokens; returns the most logit rows a step had. */
+static int decode_with_arena(uint64_t arena_bytes)
+{
+	qw_sched s;
+	sim m;
+	sim_make_arena(&s, &m, 1, 64, 8, 200, false, arena_bytes);
+	sim_seq xs[6];
+	uint64_t rng = 11;
+	for (int i = 0; i < 6; i++) {
+		sim_seq_random(&xs[i], (uint64_t)(i + 1), 30, 0, 20, &rng);
+		sim_seq_penalize(&xs[i], true);   /* 30 to 50 entries: 256 to 448 arena bytes */
+		assert_int_equal(qw_sched_submit(&s, &xs[i].q, 20, NULL), QW_OK);
+	}
+	sim_drive(&m);
+	sim_check(xs, 6);
+	assert_int_equal(s.n_arena_free, 1);
+	assert_int_equal(s.arena_free[0].bytes, arena_bytes);
+	int most = m.max_logits_per_step;
+	sim_end(&s, &m, xs, 6);
+	return most;
+}
+
+/* An arena with room for at most four histories: the other logit rows wait for a later
+ * step (with room for all, each step samples all six); one whose history could never fit
+ * is refused. */
+static void test_history_waits_for_room(void **state)
+{
+	assert_int_equal(decode_with_arena(SIM_ARENA), 6);
+	int most = decode_with_arena(1024);
+	assert_true(most >= 2 && most <= 4);
+	qw_sched s;
+	sim m;
+	sim_make_arena(&s, &m, 1, 64, 8, 200, false, 1024);
+	uint64_t rng = 3;
+	sim_seq big;
+	sim_seq_random(&big, 1, 100, 0, 60, &rng);
+	sim_seq_penalize(&big, false);   /* the prompt is not kept: 60 entries at most */
+	assert_int_equal(qw_sched_submit(&s, &big.q, 60, NULL), QW_OK);
+	sim_drive(&m);
+	sim_check(&big, 1);
+	sim_seq huge;
+	sim_seq_random(&huge, 2, 100, 0, 60, &rng);
+	sim_seq_penalize(&huge, true);   /* 60 and the prompt's (over 80): past 128 */
+	qw_err err = {0};
+	assert_int_equal(qw_sched_submit(&s, &huge.q, 60, &err), QW_E_LIMIT);
+	assert_contains(err.msg, "penalties' history");
+	sim_seq_free(&huge, false);
+	sim_end(&s, &m, &big, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -133,6 +215,8 @@ int main(void)
 		cmocka_unit_test(test_decode_cadence),
 		cmocka_unit_test(test_refusals_and_removal),
 		cmocka_unit_test(test_reset),
+		cmocka_unit_test(test_histories),
+		cmocka_unit_test(test_history_waits_for_room),
 	};
 	return cmocka_run_group_tests_name("sched", tests, NULL, NULL);
 }

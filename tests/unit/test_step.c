@@ -1,7 +1,9 @@
 /* test_step.c - the largest step plan a ring must hold (qw_step_plan_max_size): every plan
  * within the limits fits it, it is reached, and two past a limit go beyond it; a
  * plan of the largest size is written and read back whole, and as many of them as the
- * daemon sizes a ring for fit in that ring at once. */
+ * daemon sizes a ring for fit in that ring at once; results with and without
+ * log-probabilities read back as written, within the largest result's size, and one
+ * whose counts do not hold is refused. */
 #include "tests/unit/helpers.h"
 
 #include <stdlib.h>
@@ -72,9 +74,11 @@ static void test_largest_plans_fill_the_ring_sized_for_them(void **state)
 		*blocks = ints(B, 2), *rows = ints(S, 0);
 	start[0] = 0;
 	qw_sampling *samp = calloc(S, sizeof *samp);
+	qw_step_history *hist = calloc(S, sizeof *hist);
 	qw_step_image *im = calloc(T, sizeof *im);
 	uint64_t *drop = calloc(D, sizeof *drop);
-	assert_true(samp && im && drop);
+	assert_true(samp && hist && im && drop);
+	hist[S - 1] = (qw_step_history){.arena_offset = 4096, .n = 17};
 	for (int i = 0; i < T; i++)
 		im[i] = (qw_step_image){.handle = 9, .grid = {1, 2, 2}, .height = 28, .width = 28,
 					.n_tokens = T, .first = i, .count = 1, .row = i};
@@ -82,7 +86,7 @@ static void test_largest_plans_fill_the_ring_sized_for_them(void **state)
 			  .n_logits = S, .n_images = T, .n_drop = D, .n_blocks = B,
 			  .token_ids = tok, .positions = pos, .seq = seq, .kv_index = kv,
 			  .slot = slot, .block_start = start, .blocks = blocks, .logit_rows = rows,
-			  .sampling = samp, .images = im, .drop = drop};
+			  .sampling = samp, .history = hist, .images = im, .drop = drop};
 	size_t max = qw_step_plan_max_size(T, S, B, D);
 	assert_int_equal(qw_step_plan_size(&p), max);
 	void *buf = aligned_alloc(8, max);
@@ -94,6 +98,8 @@ static void test_largest_plans_fill_the_ring_sized_for_them(void **state)
 	assert_int_equal(back.n_images, T);
 	assert_int_equal(back.images[T - 1].row, T - 1);
 	assert_int_equal(back.drop[D - 1], 0);
+	assert_int_equal(back.history[S - 1].n, 17);
+	assert_int_equal(back.history[S - 1].arena_offset, 4096);
 
 	/* the daemon's plan ring: depth + 1 of the largest records */
 	size_t cap = (size_t)(depth + 1) * qw_ring_record_bytes(max);
@@ -107,7 +113,45 @@ static void test_largest_plans_fill_the_ring_sized_for_them(void **state)
 	munmap(mem, bytes);
 	free(buf);
 	free(tok), free(pos), free(seq), free(kv), free(slot), free(start), free(blocks);
-	free(rows), free(samp), free(im), free(drop);
+	free(rows), free(samp), free(hist), free(im), free(drop);
+}
+
+static void test_results(void **state)
+{
+	enum { N = 3 };
+	int32_t tokens[N] = {5, 6, 7};
+	qw_sample_logprobs lp[N] = {{0}};
+	lp[1] = (qw_sample_logprobs){.logprob = -0.5f, .n_top = 2, .top_ids = {6, 9},
+				     .top_logprobs = {-0.5f, -1.5f}};
+	size_t max = qw_step_result_max_size(N);
+	void *buf = aligned_alloc(8, max);
+	assert_non_null(buf);
+	qw_err err = {0};
+	/* without log-probabilities */
+	qw_step_result r = {4, N, tokens, NULL}, back;
+	size_t len = qw_step_result_size(&r);
+	assert_true(len < max);
+	qw_step_result_write(&r, buf);
+	assert_int_equal(qw_step_result_read(buf, len, &back, &err), QW_OK);
+	assert_int_equal(back.step, 4);
+	assert_memory_equal(back.tokens, tokens, sizeof tokens);
+	assert_null(back.logprobs);
+	/* with them: the largest result */
+	r.logprobs = lp;
+	len = qw_step_result_size(&r);
+	assert_int_equal(len, max);
+	qw_step_result_write(&r, buf);
+	assert_int_equal(qw_step_result_read(buf, len, &back, &err), QW_OK);
+	assert_memory_equal(back.tokens, tokens, sizeof tokens);
+	assert_non_null(back.logprobs);
+	assert_memory_equal(back.logprobs, lp, sizeof lp);
+	/* a length that does not match, and a count of top ones past 20 */
+	assert_int_equal(qw_step_result_read(buf, len - 8, &back, &err), QW_E_IO);
+	lp[2].n_top = QW_MAX_TOP_LOGPROBS + 1;
+	qw_step_result_write(&r, buf);
+	assert_int_equal(qw_step_result_read(buf, len, &back, &err), QW_E_IO);
+	assert_contains(err.msg, "row 2");
+	free(buf);
 }
 
 static void test_record_bytes(void **state)
@@ -125,6 +169,7 @@ int main(void)
 		cmocka_unit_test(test_every_plan_within_the_limits_fits),
 		cmocka_unit_test(test_largest_plans_fill_the_ring_sized_for_them),
 		cmocka_unit_test(test_record_bytes),
+		cmocka_unit_test(test_results),
 	};
 	return cmocka_run_group_tests_name("step", tests, NULL, NULL);
 }
