@@ -2,6 +2,7 @@
  * arrive (reasoning apart, shown with --thinking), statistics on stderr, or one JSON object
  * with --json; Ctrl-C cancels the request.  See ctl.h. */
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,7 @@ typedef struct answer {
 	uint64_t id;                 /* the daemon's request id, 0 until accepted */
 	grow text, reasoning;        /* answer and reasoning, as received */
 	grow ids;                    /* int32 token ids of all chunks */
+	json_t *logprobs;            /* --json --logprobs: an entry a token */
 	bool think_open, think_closed; /* --thinking: <think> printed, </think> printed */
 	bool printed;                /* stdout holds part of the answer (or reasoning) */
 	bool oom;                    /* a buffer could not grow */
@@ -118,6 +120,29 @@ static bool parse_ids(const char *list, int32_t **out, int *n)
 // ---------------------------------------------------------------------------------------
 // output
 
+/* A log-probability as JSON: -inf (a token the cuts removed) is null. */
+static json_t *logprob_json(double x)
+{
+	return isinf(x) ? json_null() : json_real(x);
+}
+
+/* The chunk's log-probabilities, one {id, logprob, top: [{id, logprob}]} a token. */
+static void add_logprobs(answer *a, const qw_reply *r)
+{
+	for (int i = 0; r->logprobs && i < r->n_token_ids; i++) {
+		const qw_reply_logprob *lp = &r->logprobs[i];
+		json_t *top = json_array();
+		for (int k = 0; k < lp->n_top; k++)
+			json_array_append_new(top, json_pack("{s:i, s:o}", "id", lp->top[k].id,
+							     "logprob",
+							     logprob_json(lp->top[k].logprob)));
+		json_t *e = json_pack("{s:i, s:o, s:o}", "id", r->token_ids[i], "logprob",
+				      logprob_json(lp->logprob), "top", top);
+		if (!e || json_array_append_new(a->logprobs, e) != 0)
+			a->oom = true;
+	}
+}
+
 static void on_chunk(answer *a, const submit_opts *o, const qw_reply *r)
 {
 	if (!a->id)
@@ -126,6 +151,8 @@ static void on_chunk(answer *a, const submit_opts *o, const qw_reply *r)
 	    !grow_add(&a->reasoning, r->reasoning, r->reasoning_len) ||
 	    !grow_add(&a->ids, r->token_ids, (size_t)r->n_token_ids * sizeof(int32_t)))
 		a->oom = true;
+	if (a->logprobs)
+		add_logprobs(a, r);
 	if (o->json)
 		return;
 	if (o->thinking && r->reasoning_len) {
@@ -178,6 +205,8 @@ static int on_done(answer *a, const submit_opts *o, const qw_reply *r)
 			json_object_set_new(obj, "reasoning", qw_json_text(a->reasoning.p,
 									 a->reasoning.len));
 		json_object_set_new(obj, "finish_reason", json_string(finish));
+		if (a->logprobs)
+			json_object_set(obj, "logprobs", a->logprobs);
 		json_object_set_new(obj, "usage", json_pack("{s:i, s:i, s:f, s:f}",
 			"prompt_tokens", r->prompt_tokens, "completion_tokens", r->completion_tokens,
 			"ttft_ms", r->ttft_ms, "tokens_per_s", r->tokens_per_s));
@@ -263,6 +292,11 @@ static int run(ctl_common *c, const submit_opts *o, const qw_request *req)
 	client.interrupt = &ctl_interrupted;
 	answer a = {0};
 	qw_err err = {0};
+	if (req->logprobs && !(a.logprobs = json_array())) {
+		rc = CTL_ERROR;
+		fprintf(stderr, "qwenctl: out of memory\n");
+		goto out;
+	}
 	if (qw_client_send(&client, req, &err) != QW_OK) {
 		rc = ctl_interrupted ? CTL_INTERRUPTED : ctl_fail(&err);
 		goto out;
@@ -307,6 +341,7 @@ out:
 	free(a.text.p);
 	free(a.reasoning.p);
 	free(a.ids.p);
+	json_decref(a.logprobs);
 	qw_client_close(&client);
 	return rc;
 }
@@ -387,7 +422,8 @@ out:
 }
 
 enum { O_SYSTEM = 256, O_TEMPERATURE, O_TOP_P, O_TOP_K, O_SEED, O_TOKEN_IDS, O_STOP, O_RAW,
-       O_IGNORE_EOS, O_THINKING, O_JSON, O_NO_STREAM, O_MESSAGES };
+       O_IGNORE_EOS, O_THINKING, O_JSON, O_NO_STREAM, O_MESSAGES, O_MIN_P, O_REPETITION,
+       O_FREQUENCY, O_PRESENCE, O_LOGPROBS };
 
 int ctl_submit(ctl_common *c, int argc, char **argv)
 {
@@ -398,6 +434,11 @@ int ctl_submit(ctl_common *c, int argc, char **argv)
 		{"temperature", required_argument, NULL, O_TEMPERATURE},
 		{"top-p", required_argument, NULL, O_TOP_P},
 		{"top-k", required_argument, NULL, O_TOP_K},
+		{"min-p", required_argument, NULL, O_MIN_P},
+		{"repetition-penalty", required_argument, NULL, O_REPETITION},
+		{"frequency-penalty", required_argument, NULL, O_FREQUENCY},
+		{"presence-penalty", required_argument, NULL, O_PRESENCE},
+		{"logprobs", required_argument, NULL, O_LOGPROBS},
 		{"seed", required_argument, NULL, O_SEED},
 		{"greedy", no_argument, NULL, 'g'},
 		{"token-ids", required_argument, NULL, O_TOKEN_IDS},
@@ -446,6 +487,32 @@ int ctl_submit(ctl_common *c, int argc, char **argv)
 				return CTL_USAGE;
 			req.top_k = (int)v;
 			break;
+		case O_MIN_P:
+			if (!ctl_arg_real("--min-p", optarg, 0, 1, false, &req.min_p))
+				return CTL_USAGE;
+			break;
+		case O_REPETITION:
+			if (!ctl_arg_real("--repetition-penalty", optarg, 0, 100, true,
+					  &req.repetition_penalty))
+				return CTL_USAGE;
+			break;
+		case O_FREQUENCY:
+			if (!ctl_arg_real("--frequency-penalty", optarg, -2, 2, false,
+					  &req.frequency_penalty))
+				return CTL_USAGE;
+			break;
+		case O_PRESENCE:
+			if (!ctl_arg_real("--presence-penalty", optarg, -2, 2, false,
+					  &req.presence_penalty))
+				return CTL_USAGE;
+			break;
+		case O_LOGPROBS:
+			if (!qw_arg_int("qwenctl", "--logprobs", optarg, 0, QW_PROTOCOL_MAX_LOGPROBS,
+					&v))
+				return CTL_USAGE;
+			req.logprobs = true;
+			req.top_logprobs = (int)v;
+			break;
 		case O_SEED:
 			if (!qw_arg_int("qwenctl", "--seed", optarg, 0, INT64_MAX, &v))
 				return CTL_USAGE;
@@ -486,6 +553,8 @@ int ctl_submit(ctl_common *c, int argc, char **argv)
 		return ctl_usage_error("--messages holds the whole conversation: put the system "
 				       "message and the images in the file, not --system, --raw or "
 				       "--image");
+	if (req.logprobs && !o.json)
+		return ctl_usage_error("--logprobs are given in the --json output: add --json");
 	if (o.raw && o.token_ids)
 		return ctl_usage_error("--raw is for a PROMPT; --token-ids are sent as they are");
 	if (o.system && (o.raw || o.token_ids))

@@ -7,6 +7,7 @@
 #include "tests/unit/helpers.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,7 +80,8 @@ static void test_submit_chat(void **state)
 	char args[8192];
 	snprintf(args, sizeof args, "submit 'Say hello' --system 'Be brief.' --image %s -i %s "
 		 "--max-tokens 64 --temperature 0.5 --top-p 0.9 --top-k 20 --seed 42 --stop END "
-		 "--stop '</s>'", path_in(dir, "a.png"), path_in(dir, "b.jpg"));
+		 "--stop '</s>' --min-p 0.05 --repetition-penalty 1.1 --frequency-penalty -0.5 "
+		 "--presence-penalty 2", path_in(dir, "a.png"), path_in(dir, "b.jpg"));
 	assert_int_equal(ctl(dir, NULL, &out, &err, args), 0);
 	assert_int_equal(fake_end(pid), 0);
 	/* the answer alone on stdout, ending its line (so the statistics on stderr start on
@@ -109,6 +111,9 @@ static void test_submit_chat(void **state)
 	assert_true(r.temperature == 0.5 && r.top_p == 0.9);
 	assert_int_equal(r.top_k, 20);
 	assert_true(r.has_seed && r.seed == 42);
+	assert_true(r.min_p == 0.05 && r.repetition_penalty == 1.1 && r.frequency_penalty == -0.5 &&
+		    r.presence_penalty == 2);
+	assert_false(r.logprobs);
 	assert_int_equal(r.n_stop, 2);
 	assert_memory_equal(r.stop[0], "END", 3);
 	assert_memory_equal(r.stop[1], "</s>", 4);
@@ -165,6 +170,48 @@ static void test_submit_thinking_and_json(void **state)
 	fake_request(dir, 0, &r);
 	assert_false(r.stream);
 	assert_true(r.greedy && r.ignore_eos);
+	qw_request_free(&r);
+	free(out);
+	free(err);
+	scratch_free(dir);
+}
+
+/* two tokens with their log-probabilities: the first with two top ones (the second cut),
+ * the second with none */
+static bool answer_logprobs(fake *f, const qw_request *r)
+{
+	static const int32_t ids[] = {9707, 11};
+	static const qw_reply_top top[] = {{9707, -0.25, "Hello", 5}, {21, -INFINITY, NULL, 0}};
+	static const qw_reply_logprob lp[] = {{-0.25, "Hello", 5, top, 2}, {-1.5, ",", 1, NULL, 0}};
+	fake_accepted(f, 4);
+	fake_reply(f, &(qw_reply){.type = QW_REPLY_CHUNK, .request = 4, .text = "Hello,",
+				  .text_len = 6, .token_ids = ids, .n_token_ids = 2, .logprobs = lp});
+	fake_done(f, 4, "length", 3, 2, 1.0, 2.0);
+	return true;
+}
+
+static void test_submit_logprobs(void **state)
+{
+	char *dir = scratch_new(), *out, *err;
+	pid_t pid = fake_start(dir, answer_logprobs, 1, NULL);
+	assert_int_equal(ctl(dir, NULL, &out, &err, "submit --json --logprobs 2 hi"), 0);
+	assert_int_equal(fake_end(pid), 0);
+	json_t *o = parse_json(out);
+	json_t *lp = json_object_get(o, "logprobs");
+	assert_int_equal(json_array_size(lp), 2);
+	json_t *t0 = json_array_get(lp, 0), *t1 = json_array_get(lp, 1);
+	assert_int_equal(jnum(t0, "id"), 9707);
+	assert_true(jnum(t0, "logprob") == -0.25 && jnum(t1, "logprob") == -1.5);
+	json_t *top = json_object_get(t0, "top");
+	assert_int_equal(json_array_size(top), 2);
+	assert_int_equal(jnum(json_array_get(top, 1), "id"), 21);
+	assert_true(json_is_null(json_object_get(json_array_get(top, 1), "logprob")));
+	assert_int_equal(json_array_size(json_object_get(t1, "top")), 0);
+	json_decref(o);
+	qw_request r;
+	fake_request(dir, 0, &r);
+	assert_true(r.logprobs);
+	assert_int_equal(r.top_logprobs, 2);
 	qw_request_free(&r);
 	free(out);
 	free(err);
@@ -459,7 +506,11 @@ static void test_usage_errors(void **state)
 		{"submit --image /nonexistent/img.png hi", "/nonexistent/img.png: cannot open"},
 		{"submit --stop '' hi", "--stop"},
 		{"submit --bogus hi", "qwenctl: submit: unknown option '--bogus'\nusage:"},
-		{"submit --min-p 0.1 hi", "qwenctl: submit: unknown option '--min-p'\nusage:"},
+		{"submit --min-p 1.5 hi", "--min-p"},
+		{"submit --repetition-penalty 0 hi", "--repetition-penalty"},
+		{"submit --frequency-penalty 3 hi", "--frequency-penalty"},
+		{"submit --logprobs 2 hi", "--logprobs are given in the --json output: add --json"},
+		{"submit --json --logprobs 21 hi", "--logprobs"},
 		{"submit hi --image", "qwenctl: submit: --image needs a value\nusage:"},
 		{"status --json=yes", "qwenctl: status: --json takes no value"},
 		{"-x status", "qwenctl: unknown option '-x'\nusage:"},
@@ -902,6 +953,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_submit_chat),
+		cmocka_unit_test(test_submit_logprobs),
 		cmocka_unit_test(test_submit_thinking_and_json),
 		cmocka_unit_test(test_submit_raw_and_token_ids),
 		cmocka_unit_test(test_submit_messages),
