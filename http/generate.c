@@ -95,12 +95,13 @@ static void event(qh_req *r, json_t *j)
 	free(text);
 }
 
-/* One chunk of choice c: the role (first), reasoning, content, tool calls, token ids, and
- * the finish reason (last). */
+/* One chunk of choice c: the role (first), reasoning, content, tool calls, token ids, the
+ * log-probabilities of its tokens, and the finish reason (last). */
 static void chunk(qh_req *r, qh_choice *c, const char *reasoning, size_t n_reasoning,
 		  const char *text, size_t n_text, const int32_t *ids, int n_ids,
 		  const char *finish)
 {
+	json_t *logprobs = r->job.logprobs && n_ids ? qh_logprobs_take(&c->logprobs) : NULL;
 	json_t *env = envelope(r, true), *ch = json_object();
 	json_object_set_new(ch, "index", json_integer(c->index));
 	if (is_chat(r)) {
@@ -137,7 +138,7 @@ static void chunk(qh_req *r, qh_choice *c, const char *reasoning, size_t n_reaso
 					    qh_ids_json(c->prompt_ids, c->n_prompt_ids));
 		c->role_sent = true;
 	}
-	json_object_set_new(ch, "logprobs", json_null());
+	json_object_set_new(ch, "logprobs", logprobs ? logprobs : json_null());
 	json_object_set_new(ch, "finish_reason", finish ? json_string(finish) : json_null());
 	if (want_ids(r) && (n_ids || finish))
 		json_object_set_new(ch, "token_ids", qh_ids_json(ids, n_ids));
@@ -160,7 +161,7 @@ static void stream_end(qh_req *r)
 // ---------------------------------------------------------------------------------------
 // answers that are not streamed
 
-static json_t *choice_json(const qh_req *r, const qh_choice *c)
+static json_t *choice_json(const qh_req *r, qh_choice *c)
 {
 	json_t *ch = json_pack("{s:i}", "index", c->index);
 	if (is_chat(r)) {
@@ -186,7 +187,8 @@ static json_t *choice_json(const qh_req *r, const qh_choice *c)
 			json_object_set_new(ch, "prompt_token_ids",
 					    qh_ids_json(c->prompt_ids, c->n_prompt_ids));
 	}
-	json_object_set_new(ch, "logprobs", json_null());
+	json_object_set_new(ch, "logprobs", r->job.logprobs
+			    ? qh_logprobs_take(&c->logprobs) : json_null());
 	json_object_set_new(ch, "finish_reason", json_string(c->finish));
 	if (want_ids(r))
 		json_object_set_new(ch, "token_ids", qh_ids_json(c->ids, c->n_ids));
@@ -239,6 +241,7 @@ void qh_generate_begin(qh_req *r)
 		qh_choice *c = &r->choices[i];
 		c->index = i;
 		c->prompt = i / job->n;
+		c->logprobs.chat = is_chat(r);
 		qw_request q = job->reqs[c->prompt];
 		if (job->has_seed)
 			q.seed = job->seed + (uint64_t)(i % job->n);   /* choices differ */
@@ -288,6 +291,12 @@ static void chunk_came(qh_req *r, qh_choice *c, const qw_reply *rep)
 	tokens_came(r, c, rep->n_token_ids);
 	if (want_ids(r))
 		add_ids(c, rep->token_ids, rep->n_token_ids);
+	if (r->job.logprobs && !qh_logprobs_add(&c->logprobs, rep->token_ids, rep->logprobs,
+						rep->n_token_ids)) {
+		qh_error e;
+		qh_generate_failed(r, c, (qh_fail(&e, 500, NULL, "out of memory"), &e));
+		return;
+	}
 	qh_buf content = {0};
 	const char *text = rep->text;
 	size_t n_text = rep->text_len;
@@ -301,7 +310,7 @@ static void chunk_came(qh_req *r, qh_choice *c, const qw_reply *rep)
 		qh_buf_add(&c->text, text, n_text);
 		qh_buf_add(&c->reasoning, rep->reasoning, rep->reasoning_len);
 	} else if (n_text || rep->reasoning_len || c->calls_sent < c->n_calls ||
-		   (want_ids(r) && rep->n_token_ids) || !c->role_sent) {
+		   ((want_ids(r) || r->job.logprobs) && rep->n_token_ids) || !c->role_sent) {
 		chunk(r, c, rep->reasoning, rep->reasoning_len, text, n_text, rep->token_ids,
 		      rep->n_token_ids, NULL);
 		qh_stream_wake(r);
@@ -417,6 +426,7 @@ void qh_generate_free(qh_req *r)
 		qh_buf_free(&c->reasoning);
 		free(c->ids);
 		free(c->prompt_ids);
+		qh_logprobs_free(&c->logprobs);
 		qh_toolparse_free(&c->tools);
 		for (int k = 0; k < c->n_calls; k++)
 			qh_toolcall_free(&c->calls[k]);

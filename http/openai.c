@@ -132,17 +132,6 @@ bool qh_boolean(const json_t *body, const char *key, bool *out, qh_error *e)
 	return true;
 }
 
-/* A setting the sampler does not have: only its neutral value (or null) passes. */
-static bool neutral(const json_t *body, const char *key, double value, const char *why,
-		    qh_error *e)
-{
-	json_t *v = qh_get(body, key);
-	if (!v || (json_is_number(v) && json_number_value(v) == value) ||
-	    (json_is_boolean(v) && !json_is_true(v) && value == 0))
-		return true;
-	return qh_fail(e, 400, key, "'%s' is not supported by this server: %s", key, why);
-}
-
 static bool stops(qh_job *job, const json_t *body, qw_request *r, qh_error *e)
 {
 	json_t *v = qh_get(body, "stop");
@@ -169,6 +158,55 @@ static bool stops(qh_job *job, const json_t *body, qw_request *r, qh_error *e)
 		r->stop_len[i] = json_string_length(s);
 	}
 	r->n_stop = n;
+	return true;
+}
+
+/* min_p and the penalties, as vLLM takes them (repetition_penalty 1 and the others 0 are
+ * off). */
+static bool penalties(const json_t *body, qw_request *r, qh_error *e)
+{
+	double x;
+	bool given;
+	if (!number(body, "min_p", 0, 1, false, &x, &given, e))
+		return false;
+	if (given)
+		r->min_p = x;
+	if (!number(body, "repetition_penalty", 0, 100, true, &x, &given, e))
+		return false;
+	if (given && x != 1)
+		r->repetition_penalty = x;
+	if (!number(body, "frequency_penalty", -2, 2, false, &x, &given, e))
+		return false;
+	if (given)
+		r->frequency_penalty = x;
+	if (!number(body, "presence_penalty", -2, 2, false, &x, &given, e))
+		return false;
+	if (given)
+		r->presence_penalty = x;
+	return true;
+}
+
+/* Chat: logprobs (true or false) and top_logprobs (0 to 20, with logprobs true);
+ * completions: logprobs, how many of the most likely (0 to 20). */
+static bool logprobs(qh_job *job, const json_t *body, qw_request *r, qh_error *e)
+{
+	long long v;
+	bool given;
+	if (job->api == QH_API_CHAT) {
+		if (!qh_boolean(body, "logprobs", &job->logprobs, e) ||
+		    !integer(body, "top_logprobs", 0, QW_PROTOCOL_MAX_LOGPROBS, &v, &given, e))
+			return false;
+		if (given && !job->logprobs)
+			return qh_fail(e, 400, "top_logprobs", "'top_logprobs' goes with 'logprobs': "
+				       "true");
+		r->top_logprobs = given ? (int)v : 0;
+	} else {
+		if (!integer(body, "logprobs", 0, QW_PROTOCOL_MAX_LOGPROBS, &v, &given, e))
+			return false;
+		job->logprobs = given;
+		r->top_logprobs = given ? (int)v : 0;
+	}
+	r->logprobs = job->logprobs;
 	return true;
 }
 
@@ -217,21 +255,12 @@ static bool generation(qh_job *job, const json_t *body, const qh_parse_opts *o,
 	json_t *user = qh_get(body, "user");
 	if (user && !json_is_string(user))
 		return qh_fail(e, 400, "user", "'user' must be a string");
-	/* what the sampler does not have */
-	static const char nothing[] = "qwend's sampler does not have it yet (leave it out, or "
-				      "at its neutral value)";
-	if (!neutral(body, "min_p", 0, nothing, e) ||
-	    !neutral(body, "presence_penalty", 0, nothing, e) ||
-	    !neutral(body, "frequency_penalty", 0, nothing, e) ||
-	    !neutral(body, "repetition_penalty", 1, nothing, e) ||
-	    !neutral(body, "logprobs", 0, "qwend returns no log-probabilities yet", e) ||
-	    (chat && !neutral(body, "top_logprobs", 0, "qwend returns no log-probabilities yet",
-			      e)))
+	if (!penalties(body, r, e) || !logprobs(job, body, r, e))
 		return false;
 	json_t *bias = qh_get(body, "logit_bias");
 	if (bias && !(json_is_object(bias) && json_object_size(bias) == 0))
-		return qh_fail(e, 400, "logit_bias", "'logit_bias' is not supported by this server: "
-			       "%s", nothing);
+		return qh_fail(e, 400, "logit_bias", "'logit_bias' is not supported by this server "
+			       "(leave it out, or empty)");
 	/* streaming */
 	if (!qh_boolean(body, "stream", &job->stream, e) ||
 	    !qh_boolean(body, "return_token_ids", &job->return_token_ids, e))

@@ -4,8 +4,8 @@
  * /v1/completions may have several), how many choices each, and how the answer is to be
  * given (streamed, with usage, with token ids, with tool calls parsed).  The parser checks
  * every field: an unknown field, a wrong type, a value out of range, a broken image and a
- * setting qwend cannot honour (min_p, the penalties, logprobs, logit_bias, response_format
- * other than text, tool_choice other than none or auto) are each a 400 naming the field.
+ * setting qwend cannot honour (logit_bias, response_format other than text, tool_choice
+ * other than none or auto) are each a 400 naming the field.
  * Image URLs go through media.h; tools and tool-call arguments are written as Qwen's
  * template writes them (pyjson.h).
  */
@@ -43,6 +43,7 @@ typedef struct qh_job {
 	bool include_usage;       /* stream_options.include_usage */
 	bool return_token_ids;    /* vLLM's: the prompt's and each choice's token ids */
 	bool parse_tools;         /* tools were offered: look for tool calls in the answer */
+	bool logprobs;            /* each token's log-probabilities are answered */
 	bool has_seed;
 	uint64_t seed;            /* choice j of a prompt samples with seed + j */
 	void **allocs;            /* what the requests point to besides the body */

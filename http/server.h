@@ -25,6 +25,7 @@
 
 #include "cli/client.h"
 #include "http/buf.h"
+#include "http/logprobs.h"
 #include "http/metrics.h"
 #include "http/openai.h"
 #include "http/reply.h"
@@ -95,6 +96,8 @@ typedef struct qh_choice {
 	int prompt_tokens, completion_tokens;
 	double t_first, t_last;     /* when its first and latest tokens came (monotonic s) */
 	bool role_sent;             /* stream: the assistant role went out */
+	qh_logprobs logprobs;       /* its tokens' log-probabilities, when asked (a stream's
+				       since its last event) */
 } qh_choice;
 
 struct qh_req {

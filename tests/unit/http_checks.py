@@ -8,8 +8,9 @@ missing (the caller then tries another python, or skips):
         as  # FAMILY NAME TYPE
     http_checks.py sdk BASE_URL MODEL PROMPT MAX_TOKENS
         talks to BASE_URL with the official openai package: a chat completion, the same
-        streamed, a completion, the model list, and a request for an unknown model; prints
-        one JSON object of what came back
+        streamed, a completion, the model list, a request for an unknown model, and the
+        sampler's settings with log-probabilities (chat whole and streamed, completions) as
+        the package's own types read them; prints one JSON object of what came back
 """
 import json
 import sys
@@ -64,12 +65,26 @@ def sdk(base_url, model, prompt, max_tokens):
         out['unknown_model'] = 'accepted'
     except openai.NotFoundError as e:
         out['unknown_model'] = e.status_code
-    try:
-        client.chat.completions.create(model=model, messages=messages,
-                                       extra_body={'min_p': 0.1})
-        out['min_p'] = 'accepted'
-    except openai.BadRequestError as e:
-        out['min_p'] = e.status_code
+    # the penalties (vLLM's repetition_penalty and min_p through extra_body) and logprobs
+    settings = dict(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                    logprobs=True, top_logprobs=3, presence_penalty=0.5,
+                    frequency_penalty=0.5, extra_body={'repetition_penalty': 1.2, 'min_p': 0.1})
+    r = client.chat.completions.create(**settings)
+    out['logprobs'] = [{'token': t.token, 'logprob': t.logprob, 'bytes': t.bytes,
+                        'top': [[u.token, u.logprob] for u in t.top_logprobs]}
+                       for t in r.choices[0].logprobs.content]
+    out['logprobs_tokens'] = r.usage.completion_tokens
+    streamed = []
+    for chunk in client.chat.completions.create(stream=True, **settings):
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+            streamed += [[t.token, t.logprob] for t in chunk.choices[0].logprobs.content]
+    out['logprobs_stream'] = streamed
+    c = client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0,
+                                  logprobs=2)
+    lp = c.choices[0].logprobs
+    out['completion_logprobs'] = {'tokens': lp.tokens, 'token_logprobs': lp.token_logprobs,
+                                  'top_logprobs': lp.top_logprobs,
+                                  'text_offset': lp.text_offset, 'text': c.choices[0].text}
     print(json.dumps(out))
 
 

@@ -69,6 +69,11 @@ void sse_free(char **events);
 /* n POSTs to path at once, one connection each, polled together; out[i] for body i. */
 void http_many(int port, const char *path, const char *const *bodies, int n, http_resp *out);
 
+/* tests/unit/http_checks.py ARGS run by python3 (or Debian's /usr/bin/python3): its exit
+ * status, 77 when the Python package it needs is missing from both, and its output
+ * (malloc'd). */
+int http_checks(char **out, const char *args);
+
 /* A data: URL of bytes (malloc'd). */
 char *data_url(const void *bytes, size_t n, const char *mime);
 

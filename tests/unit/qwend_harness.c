@@ -472,3 +472,17 @@ membuf fixture_png(const char *model)
 	qw_st_close(f);
 	return m;
 }
+
+json_t *qwenctl_submit_json(const qwend *d, const char *args)
+{
+	char *out;
+	int rc = run_capture(&out, "{ %s --socket %s submit %s --json 2>/dev/null; }",
+			     program("qwenctl"), d->endpoint, args);
+	if (rc != 0)
+		fail_msg("qwenctl submit %s exited %d:\n%s", args, rc, out);
+	json_t *j = json_loads(out, 0, NULL);
+	if (!j)
+		fail_msg("qwenctl's output is not JSON:\n%s", out);
+	free(out);
+	return j;
+}

@@ -106,6 +106,10 @@ void read_to_end(qw_client *c, outcome *o);
 bool raw_exchange(const char *endpoint, const void *bytes, size_t len, int frames,
 		  qw_reply *reply, int timeout_ms);
 
+/* qwenctl --socket (d's) submit ARGS --json: its one JSON object (fails the test unless it
+ * exits 0 with one; json_decref it). */
+json_t *qwenctl_submit_json(const qwend *d, const char *args);
+
 /* The fixtures: a case's token ids (int64 in the file, int32 here; malloc'd). */
 int32_t *fixture_ids(const char *model, const char *key, int *n);
 /* The fixture image as a PNG (free m.p). */

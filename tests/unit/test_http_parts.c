@@ -283,6 +283,24 @@ static void test_chat_body(void **state)
 	assert_int_equal(r->n_tools, 1);
 	assert_string_equal(r->tools[0], "{\"type\": \"function\", \"function\": {\"name\": \"f\", "
 			    "\"parameters\": {}}}");
+	assert_true(r->min_p == 0 && r->repetition_penalty == 0 && r->frequency_penalty == 0 &&
+		    r->presence_penalty == 0);   /* at their neutral values: off */
+	assert_false(job.logprobs || r->logprobs);
+	qh_job_free(&job);
+	/* the sampler's other settings, as vLLM takes them */
+	parse_ok(QH_API_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+		 "\"min_p\": 0.05, \"repetition_penalty\": 1.2, \"frequency_penalty\": -0.5, "
+		 "\"presence_penalty\": 2, \"logprobs\": true, \"top_logprobs\": 20}", &job);
+	r = &job.reqs[0];
+	assert_true(r->min_p == 0.05 && r->repetition_penalty == 1.2 &&
+		    r->frequency_penalty == -0.5 && r->presence_penalty == 2);
+	assert_true(job.logprobs && r->logprobs);
+	assert_int_equal(r->top_logprobs, 20);
+	qh_job_free(&job);
+	parse_ok(QH_API_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+		 "\"logprobs\": true}", &job);
+	assert_true(job.reqs[0].logprobs);
+	assert_int_equal(job.reqs[0].top_logprobs, 0);
 	qh_job_free(&job);
 	/* tool_choice none: the tools are neither shown nor parsed */
 	parse_ok(QH_API_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\":"
@@ -329,12 +347,13 @@ static void test_chat_refusals(void **state)
 		{"\"n\": 9", 400, "n", "[1, 8]"},
 		{"\"stop\": [\"\"]", 400, "stop", "1 to 256 bytes"},
 		{"\"stop\": 5", 400, "stop", "string or a list"},
-		{"\"min_p\": 0.1", 400, "min_p", "not supported"},
-		{"\"presence_penalty\": 0.5", 400, "presence_penalty", "not supported"},
-		{"\"frequency_penalty\": -1", 400, "frequency_penalty", "not supported"},
-		{"\"repetition_penalty\": 1.1", 400, "repetition_penalty", "not supported"},
-		{"\"logprobs\": true", 400, "logprobs", "log-probabilities"},
-		{"\"top_logprobs\": 5", 400, "top_logprobs", "log-probabilities"},
+		{"\"min_p\": 1.5", 400, "min_p", "must be in [0, 1]"},
+		{"\"presence_penalty\": 2.5", 400, "presence_penalty", "must be in [-2, 2]"},
+		{"\"frequency_penalty\": -3", 400, "frequency_penalty", "must be in [-2, 2]"},
+		{"\"repetition_penalty\": 0", 400, "repetition_penalty", "must be in (0, 100]"},
+		{"\"logprobs\": 1", 400, "logprobs", "true or false"},
+		{"\"top_logprobs\": 5", 400, "top_logprobs", "goes with 'logprobs': true"},
+		{"\"logprobs\": true, \"top_logprobs\": 21", 400, "top_logprobs", "[0, 20]"},
 		{"\"logit_bias\": {\"1\": 5}", 400, "logit_bias", "not supported"},
 		{"\"response_format\": {\"type\": \"json_object\"}", 400, "response_format", "JSON"},
 		{"\"tool_choice\": \"required\"", 400, "tool_choice", "cannot force"},
@@ -396,8 +415,19 @@ static void test_completions_and_tokens(void **state)
 	refused(QH_API_COMPLETIONS, "{\"prompt\": \"x\", \"suffix\": \"y\"}", 400, "suffix",
 		"fill-in-the-middle");
 	refused(QH_API_COMPLETIONS, "{\"prompt\": \"x\", \"best_of\": 3}", 400, "best_of", "[1, 1]");
-	refused(QH_API_COMPLETIONS, "{\"prompt\": \"x\", \"logprobs\": 2}", 400, "logprobs",
-		"log-probabilities");
+	parse_ok(QH_API_COMPLETIONS, "{\"prompt\": \"x\", \"logprobs\": 3, \"min_p\": 0.1}",
+		 &job);
+	assert_true(job.logprobs && job.reqs[0].logprobs);
+	assert_int_equal(job.reqs[0].top_logprobs, 3);
+	assert_true(job.reqs[0].min_p == 0.1);
+	qh_job_free(&job);
+	parse_ok(QH_API_COMPLETIONS, "{\"prompt\": \"x\", \"logprobs\": null}", &job);
+	assert_false(job.logprobs || job.reqs[0].logprobs);
+	qh_job_free(&job);
+	refused(QH_API_COMPLETIONS, "{\"prompt\": \"x\", \"logprobs\": true}", 400, "logprobs",
+		"must be an integer");
+	refused(QH_API_COMPLETIONS, "{\"prompt\": \"x\", \"logprobs\": 21}", 400, "logprobs",
+		"[0, 20]");
 	refused(QH_API_COMPLETIONS, "{\"prompt\": [\"a\", \"b\", \"c\"], \"n\": 3}", 400, "prompt",
 		"9 choices");
 	parse_ok(QH_API_TOKENIZE, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "

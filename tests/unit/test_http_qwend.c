@@ -3,6 +3,10 @@
  *   - chat and completions, streamed and whole, with an image as a data: URL, give the
  *     tokens and text qwenctl gets from the same daemon; n=2, stop strings; curl as README
  *     shows it; the official openai package (skipped where it is not installed);
+ *   - the sampler's settings (penalties, min_p, top_k) with log-probabilities: the kept
+ *     tokens' probabilities make the whole distribution, the cut ones show -9999.0, streamed
+ *     and whole alike and equal to qwend's (qwenctl's); the openai package reads them, and
+ *     min_p and repetition_penalty through extra_body;
  *   - HF's greedy tokens through /v1/completions with token-id prompts;
  *   - /tokenize of chats with tools is the token ids of Qwen's Jinja template's text;
  *   - a client that hangs up mid-stream (or while waiting for a whole answer) has its
@@ -15,6 +19,7 @@
 #include "tests/unit/http_harness.h"
 #include "tests/unit/qwend_harness.h"
 
+#include <math.h>
 #include <png.h>
 #include <signal.h>
 #include <stdio.h>
@@ -91,21 +96,6 @@ static void add_stream(const char *body, streamed *s, int choice)
 	sse_free(ev);
 }
 
-/* qwenctl submit ... --json: its text, reasoning and token ids. */
-static json_t *qwenctl_json(const qwend *d, const char *args)
-{
-	char *out;
-	int rc = run_capture(&out, "{ %s --socket %s submit %s --json 2>/dev/null; }",
-			     program("qwenctl"), d->endpoint, args);
-	if (rc != 0)
-		fail_msg("qwenctl submit %s exited %d:\n%s", args, rc, out);
-	json_t *j = json_loads(out, 0, NULL);
-	if (!j)
-		fail_msg("qwenctl's output is not JSON:\n%s", out);
-	free(out);
-	return j;
-}
-
 static membuf picture(void)
 {
 	qw_image img = {48, 32, malloc(48 * 32 * 3)};
@@ -116,23 +106,145 @@ static membuf picture(void)
 	return m;
 }
 
-/* Runs python3 (or Debian's /usr/bin/python3) on http_checks.py; exit 77 from both is
- * returned as 77 (the package is missing). */
-static int checks(char **out, const char *args)
+// ---------------------------------------------------------------------------------------
+
+static bool close_to(double a, double b)
 {
-	const char *pythons[] = {"python3", "/usr/bin/python3"};
-	int rc = 77;
-	*out = NULL;
-	for (int i = 0; i < 2 && rc == 77; i++) {
-		free(*out);
-		rc = run_capture(out, "{ %s %s %s 2>&1; }", pythons[i],
-				 fixture("../unit/http_checks.py"), args);
-		rc = WIFEXITED(rc) ? WEXITSTATUS(rc) : rc;
-	}
-	return rc;
+	return fabs(a - b) <= 1e-6 * (1 + fabs(b));
 }
 
-// ---------------------------------------------------------------------------------------
+/* What the openai package read of the penalised, greedy chat with 3 top log-probabilities
+ * (http_checks.py sdk): a value a token, qwend's (qwenctl's, on the same daemon); the chosen
+ * token the best of its tops; the same streamed; and completions' shape. */
+static void sdk_logprobs(const qwend *d, const json_t *j)
+{
+	json_t *want = qwenctl_submit_json(d, "Hello --greedy --max-tokens 6 --repetition-penalty "
+					   "1.2 --presence-penalty 0.5 --frequency-penalty 0.5 "
+					   "--logprobs 3");
+	json_t *lp = json_object_get(j, "logprobs"), *w = json_object_get(want, "logprobs");
+	json_t *st = json_object_get(j, "logprobs_stream");
+	assert_int_equal(json_array_size(lp), 6);
+	assert_int_equal(json_integer_value(json_object_get(j, "logprobs_tokens")), 6);
+	assert_int_equal(json_array_size(w), 6);
+	assert_int_equal(json_array_size(st), 6);
+	for (size_t i = 0; i < 6; i++) {
+		json_t *t = json_array_get(lp, i), *top = json_object_get(t, "top");
+		double x = json_number_value(json_object_get(t, "logprob"));
+		json_t *wt = json_array_get(w, i), *wtop = json_object_get(wt, "top");
+		if (!close_to(x, json_number_value(json_object_get(wt, "logprob"))))
+			fail_msg("token %zu: HTTP's logprob %.9g, qwend's %.9g", i, x,
+				 json_number_value(json_object_get(wt, "logprob")));
+		assert_int_equal(json_array_size(top), 3);
+		assert_int_equal(json_array_size(wtop), 3);
+		for (size_t k = 0; k < 3; k++)
+			assert_true(close_to(json_number_value(json_array_get(json_array_get(top, k), 1)),
+					     json_number_value(json_object_get(json_array_get(wtop, k),
+									      "logprob"))));
+		/* greedy: the chosen is the most likely */
+		assert_string_equal(json_string_value(json_array_get(json_array_get(top, 0), 0)),
+				    str(t, "token"));
+		assert_true(x == json_number_value(json_array_get(json_array_get(top, 0), 1)));
+		assert_true(json_is_array(json_object_get(t, "bytes")));
+		json_t *s = json_array_get(st, i);
+		assert_string_equal(json_string_value(json_array_get(s, 0)), str(t, "token"));
+		assert_true(json_number_value(json_array_get(s, 1)) == x);
+	}
+	json_t *c = json_object_get(j, "completion_logprobs");
+	json_t *toks = json_object_get(c, "tokens"), *off = json_object_get(c, "text_offset");
+	json_t *tl = json_object_get(c, "token_logprobs"), *tops = json_object_get(c, "top_logprobs");
+	assert_int_equal(json_array_size(toks), 4);
+	assert_int_equal(json_array_size(tl), 4);
+	assert_int_equal(json_integer_value(json_array_get(off, 0)), 0);
+	for (size_t i = 0; i < 4; i++) {
+		json_t *dict = json_array_get(tops, i);
+		const char *tok = json_string_value(json_array_get(toks, i));
+		assert_true(json_object_size(dict) >= 2 && json_object_size(dict) <= 3);
+		assert_true(json_number_value(json_object_get(dict, tok)) ==
+			    json_number_value(json_array_get(tl, i)));
+		if (i)
+			assert_true(json_integer_value(json_array_get(off, i)) >=
+				    json_integer_value(json_array_get(off, i - 1)));
+	}
+	json_decref(want);
+}
+
+/* The sampler's settings through HTTP on the demo daemon: sampled with top_k 2 and 4 top
+ * log-probabilities asked, each token's two kept ones make the whole distribution
+ * (log_softmax over what the cuts keep: their probabilities sum to 1) and the other two
+ * show -9999.0; the chosen is one of the two; the same request streamed gives the same
+ * tokens and values; qwenctl gets the same from qwend. */
+static void test_sampling_settings(void **state)
+{
+	use_demo_cache();
+	qwend d;
+	qwend_start(&d, "demo", NULL, NULL, true);
+	qhttp h;
+	qhttp_start(&h, d.endpoint, NULL);
+	const char *body = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
+			   "\"max_tokens\": 8, \"temperature\": 0.9, \"top_k\": 2, \"seed\": 5, "
+			   "\"min_p\": 0.001, \"frequency_penalty\": 1, \"logprobs\": true, "
+			   "\"top_logprobs\": 4, \"return_token_ids\": true%s}";
+	char b[512];
+	snprintf(b, sizeof b, body, "");
+	http_resp r;
+	http_post(h.port, "/v1/chat/completions", b, &r);
+	if (r.status != 200)
+		fail_msg("%d: %s", r.status, r.body);
+	json_t *j = http_json(&r), *ch = json_array_get(json_object_get(j, "choices"), 0);
+	json_t *content = json_object_get(json_object_get(ch, "logprobs"), "content");
+	assert_int_equal(json_array_size(content), 8);
+	for (size_t i = 0; i < 8; i++) {
+		json_t *t = json_array_get(content, i), *top = json_object_get(t, "top_logprobs");
+		double x = json_number_value(json_object_get(t, "logprob")), sum = 0;
+		assert_int_equal(json_array_size(top), 4);
+		for (size_t k = 0; k < 2; k++)
+			sum += exp(json_number_value(json_object_get(json_array_get(top, k), "logprob")));
+		if (!(fabs(sum - 1.0) < 1e-5))
+			fail_msg("token %zu: the two kept make %.9g of the distribution", i, sum);
+		for (size_t k = 2; k < 4; k++)
+			assert_true(json_number_value(json_object_get(json_array_get(top, k),
+								      "logprob")) == -9999.0);
+		assert_true(x == json_number_value(json_object_get(json_array_get(top, 0), "logprob")) ||
+			    x == json_number_value(json_object_get(json_array_get(top, 1), "logprob")));
+	}
+	/* streamed: the same */
+	snprintf(b, sizeof b, body, ", \"stream\": true");
+	http_resp rs;
+	http_post(h.port, "/v1/chat/completions", b, &rs);
+	char **ev = sse_events(rs.body);
+	size_t at = 0;
+	for (int i = 0; ev[i] && strcmp(ev[i], "[DONE]"); i++) {
+		json_t *e = json_loads(ev[i], 0, NULL);
+		json_t *c = json_object_get(json_object_get(json_array_get(json_object_get(e, "choices"),
+									      0), "logprobs"), "content");
+		for (size_t k = 0; k < json_array_size(c); k++, at++)
+			assert_true(json_equal(json_array_get(c, k), json_array_get(content, at)));
+		json_decref(e);
+	}
+	assert_int_equal(at, 8);
+	sse_free(ev);
+	http_resp_free(&rs);
+	/* qwend's own, through qwenctl (its chat: the same prompt) */
+	json_t *want = qwenctl_submit_json(&d, "Hi --max-tokens 8 --temperature 0.9 --top-k 2 "
+					   "--seed 5 --min-p 0.001 --frequency-penalty 1 "
+					   "--logprobs 4");
+	json_t *w = json_object_get(want, "logprobs"), *ids = json_object_get(ch, "token_ids");
+	for (size_t i = 0; i < 8; i++) {
+		json_t *wt = json_array_get(w, i);
+		assert_int_equal(json_integer_value(json_object_get(wt, "id")),
+				 json_integer_value(json_array_get(ids, i)));
+		assert_true(close_to(json_number_value(json_object_get(json_array_get(content, i),
+								       "logprob")),
+				     json_number_value(json_object_get(wt, "logprob"))));
+		assert_true(json_is_null(json_object_get(json_array_get(json_object_get(wt, "top"), 3),
+							 "logprob")));   /* qwenctl's -inf */
+	}
+	json_decref(want);
+	json_decref(j);
+	http_resp_free(&r);
+	qhttp_stop(&h);
+	qwend_stop(&d);
+}
 
 /* Chat (with an image) and completions through HTTP against qwenctl on the same daemon;
  * n, stop; curl; the openai package. */
@@ -154,7 +266,7 @@ static void test_same_as_qwenctl(void **state)
 		char args[256];
 		snprintf(args, sizeof args, "'What is this?' --image %s --max-tokens 6 %s", image,
 			 sampling[s][0]);
-		json_t *want = qwenctl_json(&d, args);
+		json_t *want = qwenctl_submit_json(&d, args);
 		char *want_ids = ids_text(json_object_get(want, "token_ids"));
 		size_t cap = strlen(url) + 1024;
 		char *body = malloc(cap);
@@ -198,7 +310,7 @@ static void test_same_as_qwenctl(void **state)
 	}
 	free(url);
 	/* completions: the raw prompt, as qwenctl --raw sends it */
-	json_t *want = qwenctl_json(&d, "'Once upon a time' --raw --greedy --max-tokens 10");
+	json_t *want = qwenctl_submit_json(&d, "'Once upon a time' --raw --greedy --max-tokens 10");
 	http_resp r;
 	http_post(h.port, "/v1/completions", "{\"prompt\": \"Once upon a time\", \"max_tokens\": 10, "
 		  "\"temperature\": 0}", &r);
@@ -251,7 +363,7 @@ static void test_same_as_qwenctl(void **state)
 	/* the official SDK, where it is installed */
 	char sdk_args[512];
 	snprintf(sdk_args, sizeof sdk_args, "sdk http://127.0.0.1:%d/v1 demo-v1 Hello 6", h.port);
-	rc = checks(&out, sdk_args);
+	rc = http_checks(&out, sdk_args);
 	if (rc == 77) {
 		fprintf(stderr, "(the openai package is not installed: its check is skipped)\n");
 	} else {
@@ -260,7 +372,7 @@ static void test_same_as_qwenctl(void **state)
 		j = json_loads(out, 0, NULL);
 		if (!j)
 			fail_msg("%s", out);
-		json_t *want6 = qwenctl_json(&d, "Hello --greedy --max-tokens 6");
+		json_t *want6 = qwenctl_submit_json(&d, "Hello --greedy --max-tokens 6");
 		assert_string_equal(str(j, "chat"), str(want6, "text"));
 		assert_string_equal(str(j, "stream"), str(want6, "text"));
 		assert_string_equal(str(j, "finish"), "length");
@@ -269,7 +381,7 @@ static void test_same_as_qwenctl(void **state)
 		assert_string_equal(json_string_value(json_array_get(json_object_get(j, "models"), 0)),
 				    "demo-v1");
 		assert_int_equal(json_integer_value(json_object_get(j, "unknown_model")), 404);
-		assert_int_equal(json_integer_value(json_object_get(j, "min_p")), 400);
+		sdk_logprobs(&d, j);
 		fprintf(stderr, "(openai %s talked to qwen-http)\n", str(j, "version"));
 		json_decref(want6);
 		json_decref(j);
@@ -597,7 +709,7 @@ static void test_many_clients(void **state)
 	write_file(file, r.body, r.body_len);
 	char *parsed, args[1200];
 	snprintf(args, sizeof args, "metrics %s", file);
-	int rc = checks(&parsed, args);
+	int rc = http_checks(&parsed, args);
 	if (rc == 77)
 		fail_msg("no python3 has prometheus_client (HINT: .ci/install-deps installs "
 			 "python3-prometheus-client)");
@@ -684,6 +796,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_same_as_qwenctl),
+		cmocka_unit_test(test_sampling_settings),
 		cmocka_unit_test(test_hf_tokens),
 		cmocka_unit_test(test_tokenize_template),
 		cmocka_unit_test(test_disconnect),
