@@ -506,8 +506,7 @@ static qw_status look_ahead(worker *w, qw_nccl_record *next, bool *have, qw_err 
 }
 
 /* The last stage's sampling inputs: each row's history in the arena (checked to lie in
- * it), and whether any row has one or asks for log-probabilities (the rows that do not
- * ask get zeros). */
+ * it), and whether any row has one or asks for log-probabilities. */
 static qw_status sample_inputs(worker *w, const qw_step_plan *p, bool *histories,
 			       bool *logprobs, qw_err *err)
 {
@@ -524,10 +523,7 @@ static qw_status sample_inputs(worker *w, const qw_step_plan *p, bool *histories
 			s->n > 0 ? (const qw_token_count *)(qw_region_arena(&w->region) +
 							    s->arena_offset) : NULL, s->n};
 		*histories |= s->n > 0;
-		if (p->sampling[l].logprobs)
-			*logprobs = true;
-		else
-			memset(&w->logprobs[l], 0, sizeof w->logprobs[l]);
+		*logprobs |= p->sampling[l].logprobs != 0;
 	}
 	return QW_OK;
 }
@@ -620,6 +616,9 @@ static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 	    (st = w->be->sample(w->be, &w->logits, p->sampling, histories ? w->history : NULL,
 				w->tokens, logprobs ? w->logprobs : NULL, err)) != QW_OK)
 		return st;
+	for (int l = 0; logprobs && l < p->n_logits; l++)
+		if (!p->sampling[l].logprobs)   /* what the backend left there: zeros instead */
+			memset(&w->logprobs[l], 0, sizeof w->logprobs[l]);
 	qw_step_result r = {p->step, p->n_logits, w->tokens, logprobs ? w->logprobs : NULL};
 	size_t len = qw_step_result_size(&r);
 	qw_step_result_write(&r, w->result);

@@ -314,10 +314,12 @@ static void pack_logprobs(msgpack_packer *pk, const qw_reply_logprob *lp, int n)
 	}
 }
 
-/* A logprobs map's fields into *logprob and *bytes; its "top" array in *top (NULL if none);
- * false if a field has the wrong type. */
-static bool logprob_fields(const msgpack_object *m, double *logprob, const char **bytes,
-			   size_t *bytes_len, int32_t *id, const msgpack_object **top)
+/* A logprobs map's fields into *logprob and *bytes (a copy o owns: the message's buffer
+ * does not outlive the decoding); its "top" array in *top (NULL if none); false if a field
+ * has the wrong type or memory ran out. */
+static bool logprob_fields(qw_owned *o, const msgpack_object *m, double *logprob,
+			   const char **bytes, size_t *bytes_len, int32_t *id,
+			   const msgpack_object **top)
 {
 	if (m->type != MSGPACK_OBJECT_MAP)
 		return false;
@@ -330,9 +332,11 @@ static bool logprob_fields(const msgpack_object *m, double *logprob, const char 
 			*logprob = v->via.f64;
 			have = true;
 		} else if (qw_mp_is_str(k, "bytes")) {
-			if (v->type != MSGPACK_OBJECT_BIN)
+			char *copy;
+			if (v->type != MSGPACK_OBJECT_BIN || !(copy = qw_own(o, v->via.bin.size)))
 				return false;
-			*bytes = v->via.bin.ptr;
+			memcpy(copy, v->via.bin.ptr, v->via.bin.size);
+			*bytes = copy;
 			*bytes_len = v->via.bin.size;
 		} else if (qw_mp_is_str(k, "id") && id) {
 			if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX)
@@ -356,7 +360,7 @@ static qw_status unpack_logprobs(qw_owned *o, const msgpack_object *v, qw_reply 
 		return qw_fail(err, QW_E_NOMEM, "out of memory");
 	for (uint32_t i = 0; i < n; i++) {
 		const msgpack_object *top = NULL;
-		if (!logprob_fields(&v->via.array.ptr[i], &lp[i].logprob, &lp[i].bytes,
+		if (!logprob_fields(o, &v->via.array.ptr[i], &lp[i].logprob, &lp[i].bytes,
 				    &lp[i].bytes_len, NULL, &top))
 			return qw_fail(err, QW_E_ARG, "reply: logprobs entry %u is malformed", i);
 		if (!top)
@@ -365,7 +369,7 @@ static qw_status unpack_logprobs(qw_owned *o, const msgpack_object *v, qw_reply 
 		if (!t)
 			return qw_fail(err, QW_E_NOMEM, "out of memory");
 		for (uint32_t k = 0; k < top->via.array.size; k++)
-			if (!logprob_fields(&top->via.array.ptr[k], &t[k].logprob, &t[k].bytes,
+			if (!logprob_fields(o, &top->via.array.ptr[k], &t[k].logprob, &t[k].bytes,
 					    &t[k].bytes_len, &t[k].id, NULL))
 				return qw_fail(err, QW_E_ARG, "reply: logprobs entry %u's top %u is "
 					       "malformed", i, k);

@@ -216,8 +216,9 @@ struct qw_backend {
 	qw_status (*gather_rows)(qw_backend *be, qw_act *out, const qw_act *x, const int32_t *rows,
 				 int n, qw_err *err);
 	/* one token per logits row (n = logits->rows), each with its own parameters and
-	 * history (history NULL: none has one; tokens must lie in [0, V)); out_logprobs
-	 * (NULL, or (n,)) gets the rows whose params ask for logprobs */
+	 * history (history NULL: none has one; tokens must lie in [0, V), each at most once);
+	 * out_logprobs (NULL, or (n,)) gets the rows whose params ask for logprobs (the
+	 * other rows' entries may be overwritten with anything) */
 	qw_status (*sample)(qw_backend *be, const qw_act *logits, const qw_sampling *params,
 			    const qw_sample_history *history, int32_t *out_tokens,
 			    qw_sample_logprobs *out_logprobs, qw_err *err);

@@ -137,7 +137,7 @@ static double rule_margin(const float *logits, int V, const qw_sampling *p,
 	int n = 0;
 	for (int i = 0; i < V; i++) {
 		double e = exp(((double)z[i] - max) / p->temperature);
-		if (p->min_p > 0)
+		if (p->min_p > 0 && z[i] != max)   /* the best is kept on both sides: e is 1 */
 			margin = fmin(margin, fabs(e - p->min_p) / p->min_p);
 		if (p->min_p <= 0 || e >= p->min_p)
 			c[n++] = (cand){e, i};
@@ -190,29 +190,25 @@ static bool lp_near(float got, float want)
 	return fabsf(got - want) <= 2e-6f * fmaxf(1.0f, fabsf(want));
 }
 
-/* The GPU's log-probabilities of row r against the CPU's. */
-static void check_logprobs(const qw_sample_logprobs *g, const qw_sample_logprobs *c, int V,
-			   int r)
+/* Whether the GPU's log-probabilities of row r equal the CPU's (printing them if not). */
+static bool same_as_cpu(const qw_sample_logprobs *g, const qw_sample_logprobs *c, int V, int r)
 {
 	bool ok = g->n_top == c->n_top && lp_near(g->logprob, c->logprob);
 	for (int i = 0; ok && i < c->n_top; i++)
 		ok = g->top_ids[i] == c->top_ids[i] && lp_near(g->top_logprobs[i], c->top_logprobs[i]);
 	if (ok)
-		return;
+		return true;
 	print_message("  V %d row %d: gpu logprob %.9g, %d top; cpu %.9g, %d top\n", V, r,
 		      g->logprob, g->n_top, c->logprob, c->n_top);
 	for (int i = 0; i < c->n_top && i < g->n_top; i++)
 		print_message("    top %d: gpu %d %.9g, cpu %d %.9g\n", i, g->top_ids[i],
 			      g->top_logprobs[i], c->top_ids[i], c->top_logprobs[i]);
-	fail_msg("V %d row %d: the log-probabilities differ (test seed %llu)", V, r,
-		 (unsigned long long)seed);
+	return false;
 }
 
-/* rows (rows, V) with their params and histories (NULL: none) through qw_cuda_sample; each
- * row's token and log-probabilities against qw_sample_row.  Fails on an unexplained
- * disagreement. */
-static void run_batch_h(const uint16_t *rows_host, int rows, int V, const qw_sampling *params,
-			const qw_sample_history *hist, tally *t)
+/* rows (rows, V) with their params and histories through qw_cuda_sample into out and lp. */
+static void gpu_sample(const uint16_t *rows_host, int rows, int V, const qw_sampling *params,
+		       const qw_sample_history *hist, int32_t *out, qw_sample_logprobs *lp)
 {
 	size_t n = (size_t)rows * (size_t)V;
 	uint16_t *d_logits;
@@ -221,7 +217,21 @@ static void run_batch_h(const uint16_t *rows_host, int rows, int V, const qw_sam
 	CUDA_OK(cudaMalloc((void **)&d_logits, n * 2));
 	CUDA_OK(cudaMalloc(&ws, ws_bytes));
 	CUDA_OK(cudaMemcpy(d_logits, rows_host, n * 2, cudaMemcpyHostToDevice));
-	CUDA_OK(cudaMemset(ws, 0xff, ws_bytes));
+	CUDA_OK(cudaMemset(ws, 0xff, ws_bytes));   /* poisoned: nothing may be read unwritten */
+	qw_err err = {0};
+	if (qw_cuda_sample(out, lp, d_logits, rows, V, params, hist, ws, ws_bytes, 0, &err) !=
+	    QW_OK)
+		fail_msg("qw_cuda_sample: %s", err.msg);
+	cudaFree(d_logits);
+	cudaFree(ws);
+}
+
+/* rows (rows, V) with their params and histories (NULL: none) through qw_cuda_sample; each
+ * row's token and log-probabilities against qw_sample_row.  Fails on an unexplained
+ * disagreement. */
+static void run_batch_h(const uint16_t *rows_host, int rows, int V, const qw_sampling *params,
+			const qw_sample_history *hist, tally *t)
+{
 	int32_t *out = malloc((size_t)rows * sizeof *out);
 	qw_sample_logprobs *lp = calloc((size_t)rows, sizeof *lp), want_lp;
 	float *row = malloc((size_t)V * sizeof *row);
@@ -232,10 +242,7 @@ static void run_batch_h(const uint16_t *rows_host, int rows, int V, const qw_sam
 	assert_non_null(scratch);
 	for (int r = 0; r < rows; r++)
 		out[r] = -7;
-	qw_err err = {0};
-	if (qw_cuda_sample(out, lp, d_logits, rows, V, params, hist, ws, ws_bytes, 0, &err) !=
-	    QW_OK)
-		fail_msg("qw_cuda_sample: %s", err.msg);
+	gpu_sample(rows_host, rows, V, params, hist, out, lp);
 	for (int r = 0; r < rows; r++) {
 		const qw_sampling *p = &params[r];
 		const qw_sample_history *h = hist ? &hist[r] : NULL;
@@ -243,13 +250,12 @@ static void run_batch_h(const uint16_t *rows_host, int rows, int V, const qw_sam
 			row[i] = bf16_float(rows_host[(size_t)r * (size_t)V + i]);
 		int32_t want = qw_sample_row(row, V, p, h, scratch, &want_lp);
 		t->draws++;
-		if (out[r] == want) {
-			if (p->logprobs) {
-				check_logprobs(&lp[r], &want_lp, V, r);
-				t->logprobs++;
-			}
+		bool lp_ok = !p->logprobs || same_as_cpu(&lp[r], &want_lp, V, r);
+		if (out[r] == want && lp_ok) {
+			t->logprobs += p->logprobs != 0;
 			continue;
 		}
+		/* a token, or the set the cuts keep, at a rounding boundary */
 		double margin = rule_margin(row, V, p, h);
 		print_message("  V %d row %d (temperature %g, top-k %d, top-p %g, min-p %g, penalties "
 			      "%g %g %g over %d, seed %llu, step %llu): gpu %d, cpu %d, margin %.3g\n",
@@ -258,16 +264,15 @@ static void run_batch_h(const uint16_t *rows_host, int rows, int V, const qw_sam
 			      h ? h->n : 0, (unsigned long long)p->seed, (unsigned long long)p->step,
 			      out[r], want, margin);
 		if (out[r] < 0 || out[r] >= V || !(margin <= 1e-12))
-			fail_msg("V %d row %d: gpu %d, cpu %d, not at a rounding boundary (test seed "
-				 "%llu)", V, r, out[r], want, (unsigned long long)seed);
+			fail_msg("V %d row %d: gpu %d, cpu %d%s, not at a rounding boundary (test "
+				 "seed %llu)", V, r, out[r], want, lp_ok ? "" : ", log-probabilities "
+				 "differ", (unsigned long long)seed);
 		t->explained++;
 	}
 	free(out);
 	free(lp);
 	free(row);
 	free(scratch);
-	cudaFree(d_logits);
-	cudaFree(ws);
 }
 
 static void run_batch(const uint16_t *rows_host, int rows, int V, const qw_sampling *params,
@@ -594,24 +599,6 @@ static void test_penalties(void **state)
 
 // ---------------------------------------------------------------------------------------
 // the same bits alone, again and in any batch
-
-static void gpu_sample(const uint16_t *rows_host, int rows, int V, const qw_sampling *params,
-		       const qw_sample_history *hist, int32_t *out, qw_sample_logprobs *lp)
-{
-	size_t n = (size_t)rows * (size_t)V;
-	uint16_t *d_logits;
-	void *ws;
-	size_t ws_bytes = qw_cuda_sample_ws_bytes(rows, V);
-	CUDA_OK(cudaMalloc((void **)&d_logits, n * 2));
-	CUDA_OK(cudaMalloc(&ws, ws_bytes));
-	CUDA_OK(cudaMemcpy(d_logits, rows_host, n * 2, cudaMemcpyHostToDevice));
-	qw_err err = {0};
-	if (qw_cuda_sample(out, lp, d_logits, rows, V, params, hist, ws, ws_bytes, 0, &err) !=
-	    QW_OK)
-		fail_msg("qw_cuda_sample: %s", err.msg);
-	cudaFree(d_logits);
-	cudaFree(ws);
-}
 
 static bool same_logprobs(const qw_sample_logprobs *a, const qw_sample_logprobs *b)
 {
