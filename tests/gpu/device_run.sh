@@ -69,5 +69,6 @@ fi
 if [[ " $what " == *" daemon "* ]]; then
 	QWEND_TEST_DEVICE=cuda python3 "$root/tests/run_tests.py" --bin $bin --fixtures "$fix" \
 		build/tests/unit/test_qwend build/tests/unit/test_qwend_faults \
-		build/tests/unit/test_qwend_prefix 2>&1 | tee "$out/daemon.txt"
+		build/tests/unit/test_qwend_prefix build/tests/unit/test_qwend_sampling 2>&1 |
+		tee "$out/daemon.txt"
 fi
