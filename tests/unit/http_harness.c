@@ -370,3 +370,18 @@ int http_checks(char **out, const char *args)
 	}
 	return rc;
 }
+
+void http_world_start(http_world *w, fake_fn script, const char *const *args)
+{
+	w->dir = scratch_new();
+	w->fake = fake_start(w->dir, script, 1000, NULL);
+	qhttp_start(&w->h, fake_endpoint(w->dir), args);
+}
+
+void http_world_stop(http_world *w)
+{
+	qhttp_stop(&w->h);
+	kill(w->fake, SIGTERM);
+	fake_end(w->fake);
+	scratch_free(w->dir);
+}

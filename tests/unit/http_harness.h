@@ -4,8 +4,9 @@
  * stream partway and hang up, or hold hundreds of connections at once).
  *
  * Owns: starting qwen-http on a free port (read from its log), stopping it (SIGTERM: it must
- * exit 0), its log (printed when a test fails); requests and responses (chunked bodies
- * decoded), Server-Sent Events split into their data, many requests at once.
+ * exit 0), its log (printed when a test fails), alone or in front of a fake daemon;
+ * requests and responses (chunked bodies decoded), Server-Sent Events split into their
+ * data, many requests at once; the Python checks (http_checks.py).
  */
 #ifndef QW_TESTS_HTTP_HARNESS_H
 #define QW_TESTS_HTTP_HARNESS_H
@@ -15,6 +16,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "tests/unit/fake_qwend.h"
 #include "tests/unit/helpers.h"
 
 typedef struct qhttp {
@@ -68,6 +70,17 @@ void sse_free(char **events);
 
 /* n POSTs to path at once, one connection each, polled together; out[i] for body i. */
 void http_many(int port, const char *path, const char *const *bodies, int n, http_resp *out);
+
+/* qwen-http in front of a scripted fake daemon (fake_qwend.h), both in a scratch
+ * directory: started (qwen-http with args, NULL-terminated, may be NULL) and stopped. */
+typedef struct http_world {
+	char *dir;
+	pid_t fake;
+	qhttp h;
+} http_world;
+
+void http_world_start(http_world *w, fake_fn script, const char *const *args);
+void http_world_stop(http_world *w);
 
 /* tests/unit/http_checks.py ARGS run by python3 (or Debian's /usr/bin/python3): its exit
  * status, 77 when the Python package it needs is missing from both, and its output

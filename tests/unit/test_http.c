@@ -1,15 +1,13 @@
 /* test_http.c - qwen-http against a scripted fake daemon (fake_qwend.h): what each OpenAI
  * field becomes in the request qwend gets (decoded back with qw_request_decode), the shape
- * of answers and streams (reasoning, tool calls, token ids, usage, [DONE], log-probabilities
- * in chat's and completions' shapes, streamed and whole), every error
+ * of answers and streams (reasoning, tool calls, token ids, usage, [DONE]; log-probabilities
+ * are test_http_logprobs's), every error
  * qwend can answer as its HTTP status with OpenAI's error object and Retry-After, a qwend
  * that is not there or does not answer, the API key, the size limits, routes and methods,
  * the connection limit and idle time-out, the loopback rule, and the systemd unit. */
 #include "tests/unit/http_harness.h"
 
 #include <limits.h>
-#include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,9 +51,6 @@ static const char *script_of(const qw_request *r, char *buf, size_t cap)
  *   "tools"         reasoning, then text and a tool call split over chunks
  *   "mid-error"     a chunk, then an internal error
  *   "silent"        no reply at all
- *   "logprobs"      two chunks of tokens with their log-probabilities ("Hel", two bytes of
- *                   a character, "lo"; the tops as many as asked, the last -inf), done;
- *                   "logprobs-ids" the same without bytes (a model without a tokenizer)
  *   anything else   accepted (with the prompt's ids when asked), two chunks, done */
 static bool script(fake *f, const qw_request *r)
 {
@@ -92,28 +87,6 @@ static bool script(fake *f, const qw_request *r)
 		fake_chunk(f, id, "call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
 			   "\"Paris\"}}\n</tool_call>", NULL, c, 1);
 		fake_done(f, id, "stop", 4, 4, 1, 1);
-	} else if (!strncmp(text, "logprobs", 8)) {
-		bool bytes = !strcmp(text, "logprobs");
-		int n = r->top_logprobs;
-		qw_reply_top top[3][QW_PROTOCOL_MAX_LOGPROBS];
-		static const char *const tb[] = {"Hel", "\xe2\x80", "lo"};
-		qw_reply_logprob lp[3];
-		for (int t = 0; t < 3; t++) {
-			lp[t] = (qw_reply_logprob){-0.5 * (t + 1), bytes ? tb[t] : NULL,
-						   bytes ? strlen(tb[t]) : 0, top[t], n};
-			for (int k = 0; k < n; k++)
-				top[t][k] = (qw_reply_top){200 + k, k == n - 1 && t == 2 ? -INFINITY
-								: -0.5 * (k + 1), bytes ? "x" : NULL,
-							   bytes ? 1 : 0};
-		}
-		int32_t ids[] = {100, 101, 102};
-		fake_reply(f, &(qw_reply){.type = QW_REPLY_CHUNK, .request = id, .text = "Hel",
-					  .text_len = 3, .token_ids = ids, .n_token_ids = 2,
-					  .logprobs = lp});
-		fake_reply(f, &(qw_reply){.type = QW_REPLY_CHUNK, .request = id, .text = "\xe2\x80lo",
-					  .text_len = 4, .token_ids = ids + 2, .n_token_ids = 1,
-					  .logprobs = lp + 2});
-		fake_done(f, id, "length", 4, 3, 1, 1);
 	} else if (!strcmp(text, "mid-error")) {
 		fake_chunk(f, id, "partial", NULL, a, 1);
 		usleep(300000);             /* the stream is under way when the error comes */
@@ -126,27 +99,6 @@ static bool script(fake *f, const qw_request *r)
 		fake_done(f, id, "length", 4, 3, 1, 1);
 	}
 	return true;
-}
-
-typedef struct world {
-	char *dir;
-	pid_t fake;
-	qhttp h;
-} world;
-
-static void world_start(world *w, const char *const *args)
-{
-	w->dir = scratch_new();
-	w->fake = fake_start(w->dir, script, 1000, NULL);
-	qhttp_start(&w->h, fake_endpoint(w->dir), args);
-}
-
-static void world_stop(world *w)
-{
-	qhttp_stop(&w->h);
-	kill(w->fake, SIGTERM);
-	fake_end(w->fake);
-	scratch_free(w->dir);
 }
 
 /* The error object of a response, checked for OpenAI's shape. */
@@ -175,8 +127,8 @@ static const char *str(const json_t *o, const char *key)
 /* What the OpenAI fields become in the requests qwend gets. */
 static void test_translation(void **state)
 {
-	world w;
-	world_start(&w, NULL);
+	http_world w;
+	http_world_start(&w, script, NULL);
 	const uint8_t png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 1};
 	char *url = data_url(png, sizeof png, "image/png");
 	char body[4096];
@@ -292,7 +244,7 @@ static void test_translation(void **state)
 	assert_string_equal(str(e, "param"), "model");
 	json_decref(e);
 	http_resp_free(&r);
-	world_stop(&w);
+	http_world_stop(&w);
 }
 
 /* Streams: the role first, reasoning and content deltas, a tool call parsed out of text
@@ -300,8 +252,8 @@ static void test_translation(void **state)
  * middle of a stream. */
 static void test_streams(void **state)
 {
-	world w;
-	world_start(&w, NULL);
+	http_world w;
+	http_world_start(&w, script, NULL);
 	const char *tools = ", \"tools\": [{\"type\": \"function\", \"function\": {\"name\": "
 			    "\"get_weather\"}}]";
 	char body[1024];
@@ -399,161 +351,14 @@ static void test_streams(void **state)
 	json_decref(j);
 	sse_free(ev);
 	http_resp_free(&r);
-	world_stop(&w);
-}
-
-/* OpenAI's chat logprobs object: {content: [{token, logprob, bytes, top_logprobs: [{token,
- * logprob, bytes}] (n_top of them)}], refusal: null}; the tokens' strings joined into
- * *text. */
-static void check_chat_logprobs(const json_t *lp, int n_top, int n_tokens, char *text)
-{
-	json_t *content = json_object_get(lp, "content");
-	if (!json_is_array(content) || !json_object_get(lp, "refusal") ||
-	    !json_is_null(json_object_get(lp, "refusal")) || json_object_size(lp) != 2)
-		fail_msg("not OpenAI's chat logprobs object: %s", json_dumps(lp, 0));
-	assert_int_equal(json_array_size(content), n_tokens);
-	for (size_t i = 0; i < json_array_size(content); i++) {
-		json_t *e = json_array_get(content, i), *top = json_object_get(e, "top_logprobs");
-		assert_true(json_is_string(json_object_get(e, "token")) &&
-			    json_is_number(json_object_get(e, "logprob")) &&
-			    (json_is_array(json_object_get(e, "bytes")) ||
-			     json_is_null(json_object_get(e, "bytes"))) && json_is_array(top));
-		assert_int_equal(json_object_size(e), 4);
-		strcat(text, str(e, "token"));
-		assert_int_equal(json_array_size(top), n_top);
-		for (size_t k = 0; k < json_array_size(top); k++) {
-			json_t *t = json_array_get(top, k);
-			assert_true(json_is_string(json_object_get(t, "token")) &&
-				    json_is_number(json_object_get(t, "logprob")) &&
-				    json_object_get(t, "bytes"));
-			assert_int_equal(json_object_size(t), 3);
-		}
-	}
-}
-
-/* Log-probabilities in OpenAI's shapes: chat whole and streamed (each chunk its tokens'),
- * completions whole and streamed (text_offset counting on), a token that is part of a
- * character, -inf as vLLM's -9999.0, and token_id:N without a tokenizer. */
-static void test_logprobs(void **state)
-{
-	world w;
-	world_start(&w, NULL);
-	http_resp r;
-	http_post(w.h.port, "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", "
-		  "\"content\": \"logprobs\"}], \"logprobs\": true, \"top_logprobs\": 2}", &r);
-	assert_int_equal(r.status, 200);
-	json_t *j = http_json(&r), *ch = json_array_get(json_object_get(j, "choices"), 0);
-	json_t *lp = json_object_get(ch, "logprobs");
-	char text[256] = "";
-	check_chat_logprobs(lp, 2, 3, text);
-	assert_string_equal(text, "Hel\xef\xbf\xbd\xef\xbf\xbdlo");   /* U+FFFD a stray byte */
-	json_t *e1 = json_array_get(json_object_get(lp, "content"), 1);
-	assert_true(json_real_value(json_object_get(e1, "logprob")) == -1.0);
-	json_t *bytes = json_object_get(e1, "bytes");
-	assert_int_equal(json_array_size(bytes), 2);
-	assert_int_equal(json_integer_value(json_array_get(bytes, 0)), 0xe2);
-	json_t *top2 = json_object_get(json_array_get(json_object_get(lp, "content"), 2),
-				       "top_logprobs");
-	assert_true(json_real_value(json_object_get(json_array_get(top2, 0), "logprob")) == -0.5);
-	assert_true(json_real_value(json_object_get(json_array_get(top2, 1), "logprob")) == -9999.0);
-	json_decref(j);
-	http_resp_free(&r);
-	qw_request q;
-	fake_request(w.dir, fake_count(w.dir) - 1, &q);
-	assert_true(q.logprobs);
-	assert_int_equal(q.top_logprobs, 2);
-	qw_request_free(&q);
-
-	/* streamed: the chunks with tokens carry theirs, the others null */
-	http_post(w.h.port, "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", "
-		  "\"content\": \"logprobs\"}], \"logprobs\": true, \"stream\": true}", &r);
-	char **ev = sse_events(r.body);
-	int with = 0, tokens = 0;
-	text[0] = '\0';
-	for (int i = 0; ev[i] && strcmp(ev[i], "[DONE]"); i++) {
-		j = json_loads(ev[i], 0, NULL);
-		ch = json_array_get(json_object_get(j, "choices"), 0);
-		lp = json_object_get(ch, "logprobs");
-		int n = (int)json_array_size(json_object_get(ch, "token_ids"));
-		if (json_is_null(lp)) {
-			assert_int_equal(n, 0);
-		} else {
-			int k = (int)json_array_size(json_object_get(lp, "content"));
-			check_chat_logprobs(lp, 0, k, text);
-			with++;
-			tokens += k;
-		}
-		json_decref(j);
-	}
-	assert_int_equal(with, 2);
-	assert_int_equal(tokens, 3);
-	sse_free(ev);
-	http_resp_free(&r);
-
-	/* completions: tokens, token_logprobs, top_logprobs (the top ones and the chosen),
-	 * text_offset in characters */
-	http_post(w.h.port, "/v1/completions", "{\"prompt\": \"logprobs\", \"logprobs\": 2}", &r);
-	j = http_json(&r);
-	lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
-	assert_int_equal(json_object_size(lp), 4);
-	json_t *toks = json_object_get(lp, "tokens"), *tl = json_object_get(lp, "token_logprobs");
-	json_t *tops = json_object_get(lp, "top_logprobs"), *off = json_object_get(lp, "text_offset");
-	assert_int_equal(json_array_size(toks), 3);
-	assert_string_equal(json_string_value(json_array_get(toks, 2)), "lo");
-	assert_true(json_real_value(json_array_get(tl, 2)) == -1.5);
-	assert_int_equal(json_object_size(json_array_get(tops, 0)), 2);   /* "x" and "Hel" */
-	assert_true(json_real_value(json_object_get(json_array_get(tops, 0), "Hel")) == -0.5);
-	assert_int_equal(json_integer_value(json_array_get(off, 0)), 0);
-	assert_int_equal(json_integer_value(json_array_get(off, 1)), 3);
-	assert_int_equal(json_integer_value(json_array_get(off, 2)), 5);
-	json_decref(j);
-	http_resp_free(&r);
-	http_post(w.h.port, "/v1/completions", "{\"prompt\": \"logprobs\", \"logprobs\": 0, "
-		  "\"stream\": true}", &r);
-	ev = sse_events(r.body);
-	long long last_offset = -1;
-	for (int i = 0; ev[i] && strcmp(ev[i], "[DONE]"); i++) {
-		j = json_loads(ev[i], 0, NULL);
-		lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
-		off = json_object_get(lp, "text_offset");
-		for (size_t k = 0; k < json_array_size(off); k++)
-			last_offset = json_integer_value(json_array_get(off, k));
-		json_decref(j);
-	}
-	assert_int_equal(last_offset, 5);   /* the second chunk counts on from the first */
-	sse_free(ev);
-	http_resp_free(&r);
-
-	/* no tokenizer: the ids as vLLM shows them */
-	http_post(w.h.port, "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", "
-		  "\"content\": \"logprobs-ids\"}], \"logprobs\": true, \"top_logprobs\": 1}", &r);
-	j = http_json(&r);
-	lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
-	text[0] = '\0';
-	check_chat_logprobs(lp, 1, 3, text);
-	assert_string_equal(text, "token_id:100token_id:101token_id:102");
-	json_t *e0 = json_array_get(json_object_get(lp, "content"), 0);
-	assert_true(json_is_null(json_object_get(e0, "bytes")));
-	assert_string_equal(str(json_array_get(json_object_get(e0, "top_logprobs"), 0), "token"),
-			    "token_id:200");
-	json_decref(j);
-	http_resp_free(&r);
-	/* not asked: null */
-	http_post(w.h.port, "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", "
-		  "\"content\": \"logprobs\"}]}", &r);
-	j = http_json(&r);
-	assert_true(json_is_null(json_object_get(json_array_get(json_object_get(j, "choices"), 0),
-						 "logprobs")));
-	json_decref(j);
-	http_resp_free(&r);
-	world_stop(&w);
+	http_world_stop(&w);
 }
 
 /* Each of qwend's error codes as its HTTP status, streamed or not. */
 static void test_qwend_errors(void **state)
 {
-	world w;
-	world_start(&w, (const char *[]){"--timeout", "0.5", NULL});
+	http_world w;
+	http_world_start(&w, script, (const char *[]){"--timeout", "0.5", NULL});
 	static const struct { const char *code; int status; const char *type; int retry; } map[] = {
 		{"bad_request", 400, "invalid_request_error", 0},
 		{"too_large", 413, "invalid_request_error", 0},
@@ -588,7 +393,7 @@ static void test_qwend_errors(void **state)
 	assert_contains(str(e, "message"), "did not answer in time");
 	json_decref(e);
 	http_resp_free(&r);
-	world_stop(&w);
+	http_world_stop(&w);
 	/* no qwend at all: 503 naming why; /health says so; /metrics still answers */
 	char *dir = scratch_new();
 	qhttp h;
@@ -626,10 +431,10 @@ static void test_api_key(void **state)
 	char *dir = scratch_new();
 	write_file(path_in(dir, "key"), "s3cret-key\n", 11);
 	for (int from_file = 0; from_file < 2; from_file++) {
-		world w;
+		http_world w;
 		const char *file_args[] = {"--api-key-file", path_in(dir, "key"), NULL};
 		const char *key_args[] = {"--api-key", "s3cret-key", NULL};
-		world_start(&w, from_file ? file_args : key_args);
+		http_world_start(&w, script, from_file ? file_args : key_args);
 		const char *wrong[] = {NULL, "Authorization: Bearer s3cret\r\n",
 				       "Authorization: Bearer s3cret-key2\r\n",
 				       "Authorization: Basic s3cret-key\r\n", "Authorization: s3cret-key\r\n"};
@@ -664,7 +469,7 @@ static void test_api_key(void **state)
 		http_call(w.h.port, "GET", "/health", NULL, NULL, &r);
 		assert_int_equal(r.status, 200);
 		http_resp_free(&r);
-		world_stop(&w);
+		http_world_stop(&w);
 	}
 	scratch_free(dir);
 }
@@ -672,8 +477,8 @@ static void test_api_key(void **state)
 /* Limits, routes, methods and broken HTTP. */
 static void test_limits_and_routes(void **state)
 {
-	world w;
-	world_start(&w, (const char *[]){"--max-body-bytes", "2K", "--max-header-bytes", "2K",
+	http_world w;
+	http_world_start(&w, script, (const char *[]){"--max-body-bytes", "2K", "--max-header-bytes", "2K",
 					 NULL});
 	http_resp r;
 	/* a body past the limit: declared, or sent in chunks */
@@ -744,7 +549,7 @@ static void test_limits_and_routes(void **state)
 	close(fd);
 	assert_contains(buf, "{\"status\":\"ok\"}");
 	assert_contains(buf, "\"object\":\"list\"");
-	world_stop(&w);
+	http_world_stop(&w);
 }
 
 /* Answers on fd within timeout_s: the bytes read (0: none, the connection still open; -1:
@@ -764,8 +569,8 @@ static int answer_within(int fd, double timeout_s, char *buf, size_t cap)
  * idle connection is closed after --idle-timeout. */
 static void test_connections(void **state)
 {
-	world w;
-	world_start(&w, (const char *[]){"--max-connections", "2", "--idle-timeout", "1", NULL});
+	http_world w;
+	http_world_start(&w, script, (const char *[]){"--max-connections", "2", "--idle-timeout", "1", NULL});
 	int a = http_connect(w.h.port), b = http_connect(w.h.port), c = http_connect(w.h.port);
 	const char *req = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
 	char buf[4096];
@@ -788,7 +593,7 @@ static void test_connections(void **state)
 	assert_true(idle > 0.3 && idle < 2.5);
 	close(b);
 	close(c);
-	world_stop(&w);
+	http_world_stop(&w);
 }
 
 /* Loopback only, unless --allow-remote; --host must be an address. */
@@ -840,7 +645,6 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_translation),
 		cmocka_unit_test(test_streams),
-		cmocka_unit_test(test_logprobs),
 		cmocka_unit_test(test_qwend_errors),
 		cmocka_unit_test(test_api_key),
 		cmocka_unit_test(test_limits_and_routes),

@@ -3,10 +3,9 @@
  *   - chat and completions, streamed and whole, with an image as a data: URL, give the
  *     tokens and text qwenctl gets from the same daemon; n=2, stop strings; curl as README
  *     shows it; the official openai package (skipped where it is not installed);
- *   - the sampler's settings (penalties, min_p, top_k) with log-probabilities: the kept
- *     tokens' probabilities make the whole distribution, the cut ones show -9999.0, streamed
- *     and whole alike and equal to qwend's (qwenctl's); the openai package reads them, and
- *     min_p and repetition_penalty through extra_body;
+ *   - the openai package reads the log-probabilities of a penalised greedy chat (min_p and
+ *     repetition_penalty through extra_body), each qwend's and the chosen the best of its
+ *     tops, streamed the same, and completions' object (test_http_logprobs has the rest);
  *   - HF's greedy tokens through /v1/completions with token-id prompts;
  *   - /tokenize of chats with tools is the token ids of Qwen's Jinja template's text;
  *   - a client that hangs up mid-stream (or while waiting for a whole answer) has its
@@ -166,84 +165,6 @@ static void sdk_logprobs(const qwend *d, const json_t *j)
 				    json_integer_value(json_array_get(off, i - 1)));
 	}
 	json_decref(want);
-}
-
-/* The sampler's settings through HTTP on the demo daemon: sampled with top_k 2 and 4 top
- * log-probabilities asked, each token's two kept ones make the whole distribution
- * (log_softmax over what the cuts keep: their probabilities sum to 1) and the other two
- * show -9999.0; the chosen is one of the two; the same request streamed gives the same
- * tokens and values; qwenctl gets the same from qwend. */
-static void test_sampling_settings(void **state)
-{
-	use_demo_cache();
-	qwend d;
-	qwend_start(&d, "demo", NULL, NULL, true);
-	qhttp h;
-	qhttp_start(&h, d.endpoint, NULL);
-	const char *body = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
-			   "\"max_tokens\": 8, \"temperature\": 0.9, \"top_k\": 2, \"seed\": 5, "
-			   "\"min_p\": 0.001, \"frequency_penalty\": 1, \"logprobs\": true, "
-			   "\"top_logprobs\": 4, \"return_token_ids\": true%s}";
-	char b[512];
-	snprintf(b, sizeof b, body, "");
-	http_resp r;
-	http_post(h.port, "/v1/chat/completions", b, &r);
-	if (r.status != 200)
-		fail_msg("%d: %s", r.status, r.body);
-	json_t *j = http_json(&r), *ch = json_array_get(json_object_get(j, "choices"), 0);
-	json_t *content = json_object_get(json_object_get(ch, "logprobs"), "content");
-	assert_int_equal(json_array_size(content), 8);
-	for (size_t i = 0; i < 8; i++) {
-		json_t *t = json_array_get(content, i), *top = json_object_get(t, "top_logprobs");
-		double x = json_number_value(json_object_get(t, "logprob")), sum = 0;
-		assert_int_equal(json_array_size(top), 4);
-		for (size_t k = 0; k < 2; k++)
-			sum += exp(json_number_value(json_object_get(json_array_get(top, k), "logprob")));
-		if (!(fabs(sum - 1.0) < 1e-5))
-			fail_msg("token %zu: the two kept make %.9g of the distribution", i, sum);
-		for (size_t k = 2; k < 4; k++)
-			assert_true(json_number_value(json_object_get(json_array_get(top, k),
-								      "logprob")) == -9999.0);
-		assert_true(x == json_number_value(json_object_get(json_array_get(top, 0), "logprob")) ||
-			    x == json_number_value(json_object_get(json_array_get(top, 1), "logprob")));
-	}
-	/* streamed: the same */
-	snprintf(b, sizeof b, body, ", \"stream\": true");
-	http_resp rs;
-	http_post(h.port, "/v1/chat/completions", b, &rs);
-	char **ev = sse_events(rs.body);
-	size_t at = 0;
-	for (int i = 0; ev[i] && strcmp(ev[i], "[DONE]"); i++) {
-		json_t *e = json_loads(ev[i], 0, NULL);
-		json_t *c = json_object_get(json_object_get(json_array_get(json_object_get(e, "choices"),
-									      0), "logprobs"), "content");
-		for (size_t k = 0; k < json_array_size(c); k++, at++)
-			assert_true(json_equal(json_array_get(c, k), json_array_get(content, at)));
-		json_decref(e);
-	}
-	assert_int_equal(at, 8);
-	sse_free(ev);
-	http_resp_free(&rs);
-	/* qwend's own, through qwenctl (its chat: the same prompt) */
-	json_t *want = qwenctl_submit_json(&d, "Hi --max-tokens 8 --temperature 0.9 --top-k 2 "
-					   "--seed 5 --min-p 0.001 --frequency-penalty 1 "
-					   "--logprobs 4");
-	json_t *w = json_object_get(want, "logprobs"), *ids = json_object_get(ch, "token_ids");
-	for (size_t i = 0; i < 8; i++) {
-		json_t *wt = json_array_get(w, i);
-		assert_int_equal(json_integer_value(json_object_get(wt, "id")),
-				 json_integer_value(json_array_get(ids, i)));
-		assert_true(close_to(json_number_value(json_object_get(json_array_get(content, i),
-								       "logprob")),
-				     json_number_value(json_object_get(wt, "logprob"))));
-		assert_true(json_is_null(json_object_get(json_array_get(json_object_get(wt, "top"), 3),
-							 "logprob")));   /* qwenctl's -inf */
-	}
-	json_decref(want);
-	json_decref(j);
-	http_resp_free(&r);
-	qhttp_stop(&h);
-	qwend_stop(&d);
 }
 
 /* Chat (with an image) and completions through HTTP against qwenctl on the same daemon;
@@ -796,7 +717,6 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_same_as_qwenctl),
-		cmocka_unit_test(test_sampling_settings),
 		cmocka_unit_test(test_hf_tokens),
 		cmocka_unit_test(test_tokenize_template),
 		cmocka_unit_test(test_disconnect),
