@@ -10,12 +10,12 @@
  * from the caller (the *_ws_bytes functions say how much).
  *
  * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
- * segments), moe.cu (routing and experts), few_rows_gemm.cu (decode's dense projections),
- * fp8_gemm.cu (FP8 weights: dequantised to bf16, or cuBLASLt's FP8 tensor-core GEMM),
- * sample.cu (greedy and seeded sampling), elementwise.cu (norms, rotary, SwiGLU, GELU,
- * gathers, and the fused add + norm and q/k norm + rotary + KV write), checksum.cu (the
- * hand-over checksum's chunk hashes), backend.cu (the op table; memory.cu and step_graphs.cu
- * with it).
+ * segments), moe.cu (routing and experts; their grouped GEMM, bf16 or FP8, in moe_gemm.cu),
+ * few_rows_gemm.cu (decode's dense projections), fp8_gemm.cu (FP8 weights: dequantised to
+ * bf16, or cuBLASLt's FP8 tensor-core GEMM), sample.cu (greedy and seeded sampling),
+ * elementwise.cu (norms, rotary, SwiGLU, GELU, gathers, and the fused add + norm and q/k
+ * norm + rotary + KV write), checksum.cu (the hand-over checksum's chunk hashes), backend.cu
+ * (the op table; memory.cu, experts.cu and step_graphs.cu with it).
  */
 #ifndef QW_KERNELS_CUDA_KERNELS_H
 #define QW_KERNELS_CUDA_KERNELS_H
@@ -79,18 +79,33 @@ qw_status qw_cuda_segment_attention(uint16_t *out, const uint16_t *q, const uint
 
 // -- moe.cu --------------------------------------------------------------------------------
 
+/* FP8 expert weights' block scales: the weights are float8_e4m3fn bytes and each block of
+ * `rows` x `cols` of a matrix (rows along its input dimension K, columns along its output
+ * columns, the last block of each partial) has one fp32 scale s, the weight being
+ * bf16_rn(e4m3(q) * s) (an fp32 multiply rounded once to bf16: the FP8 contract's
+ * dequantisation).  s NULL: the weights are bf16. */
+typedef struct qw_cuda_moe_scales {
+	const float *s;   /* (E, ceil(K / rows), ceil(cols of the matrix / cols)) */
+	int rows;         /* >= 1 */
+	int cols;         /* a multiple of 16 */
+} qw_cuda_moe_scales;
+
 /* The MoE block of one layer for T tokens, fused (hub) expert layout:
  * router (E, H); gate_up (E, H, 2I) input-major, gate columns [0, I), up [I, 2I);
  * down (E, I, H) input-major.  Per token: router logits in fp32, softmax, top-k by
  * probability (lowest id on ties), divided by their sum when renormalize; each chosen
- * expert's silu(x Wg) * (x Wu) Wd, weighted, summed in fp32, stored bf16. */
+ * expert's silu(x Wg) * (x Wu) Wd, weighted, summed in fp32, stored bf16.  Each of gate_up
+ * and down is bf16, or FP8 with its block scales (W8A16: dequantised to bf16 as the kernel
+ * reads it, so the output has the bits of the bf16 weights bf16_rn(e4m3 * s)); FP8 weights
+ * may hold no NaN code (0x7f, 0xff: the upload refuses them). */
 typedef struct qw_cuda_moe_args {
 	int T, H, E, top_k, I;
 	bool renormalize;
 	const uint16_t *x;          /* (T, H) */
 	const uint16_t *router;     /* (E, H) */
-	const uint16_t *gate_up;    /* (E, H, 2I) */
-	const uint16_t *down;       /* (E, I, H) */
+	const void *gate_up;        /* (E, H, 2I) bf16, or e4m3 with gate_up_scales */
+	const void *down;           /* (E, I, H) bf16, or e4m3 with down_scales */
+	qw_cuda_moe_scales gate_up_scales, down_scales;   /* .s NULL: bf16 */
 	uint16_t *out;              /* (T, H) */
 } qw_cuda_moe_args;
 

@@ -31,40 +31,13 @@
  *     in ascending expert order, with separately rounded fp32 products and sums (the CPU
  *     reference's order and arithmetic).
  *
- * The grouped GEMM is our own: mma.sync.m16n8k16 (bf16 in, fp32 accumulate) fed by a 4-stage
- * cp.async pipeline through shared memory (rows padded by 16 bytes, so ldmatrix is free of
- * bank conflicts), ldmatrix.trans turning the input-major (K, N) weight tiles into B
- * fragments.  Grid: x = N-tiles of one expert (fastest, so the blocks running together share
- * the expert's rows and walk its weights), y = an upper bound on the M-tiles,
- * floor(P / BM) + min(E, P); the tile list is built on the GPU and blocks past its length
- * exit at once, so nothing waits for the host.  Not cuBLAS: the contract has no handle,
- * per-expert calls would need the counts on the host (a sync per layer), and cuBLAS chooses
- * kernels (split-K among them) by M, which would make a token's bits depend on how many other
- * tokens chose its experts.
- *
- * Tile shapes, by the average number of pairs per expert a = P / E:
- *   S  16 x 128 (gate+up: 64 + 64 columns), BK 64, 4 warps  a <= 8  (decode, small batches)
- *   M  64 x 128 (64 + 64),                  BK 32, 4 warps  a <= 64
- *   L 128 x 128 (64 + 64),                  BK 32, 8 warps  a > 64  (prefill)
- * S is the decode path: with at most 16 tokens on an expert (always, for T <= 16) each
- * selected expert's weights are read once, by blocks streaming 128-column slabs with 16-byte
- * cp.async loads coalesced along the output dimension (rows of the input-major layout) and
- * 4 stages (79 KB) per block; the tensor cores only serve as a dot-product engine there,
- * with padded rows.  Its shape was measured (bench_cuda_moe and its build variants, H200):
- * 128 columns (128-byte row segments of gate and of up) against 64 and 32 took the 30B
- * layer at T = 8 from 188-214 us to 175 us and the 235B's at T = 64 from 77-83% to 94% of
- * the byte roofline; 8 stages instead of 4 added nothing, nor did 8 warps over 128-deep
- * k-tiles.
- * Napkin math for the 235B layer (E 128, k 8, H 4096, I 1536, 37.7 MB of bf16 weights per
- * expert, 4.8 GB in all, ~1 ms at 4.8 TB/s): at T = 1, 8 experts, 302 MB, 63 us; at
- * a = 8 (T = 128) S reads every expert about once (1 ms) while L would spend 16x the
- * useful 39 GFLOP on padding (~1.2 ms at ~500 TFLOPS); at a = 16 S reads experts with two
- * tiles twice (~1.5-2 ms) while M wastes 4x (~0.6 ms of compute, overlapped with 1 ms of
- * reads); from a = 64 on, L's bigger tiles win.  M and L are a first cut, not
- * yet tuned.
- * Other traffic: x rows are re-read per N-tile (from L2); act P*I*2 bytes written and read;
- * y P*H*4 bytes written and read (0.5 GB for T = 2048 on the 235B layer: ~0.1 ms against
- * ~2.5 ms of GEMM).
+ * The two GEMMs are one grouped GEMM on the tensor cores (moe_gemm.cu: mma.sync fed by a
+ * cp.async pipeline, in one of three tile shapes the batch picks: S for decode, M, L for
+ * prefill), each over bf16 experts or FP8 ones (W8A16: the e4m3 bytes stream through the
+ * pipeline, half the bytes of bf16, and each k-tile is dequantised in shared memory to the
+ * bf16 weights bf16_rn(e4m3 * s) the FP8 contract defines before the MMAs read it, so the
+ * output has the bits of the bf16 GEMM on the dequantised experts).  gate_up and down may
+ * differ (one FP8, the other bf16).
  *
  * Determinism and batch invariance.  Every step has a fixed reduction order: the router sums
  * a token's products in a fixed lane/element order and a fixed butterfly; the softmax sum is
@@ -78,8 +51,12 @@
  * and the weights only: not on T, on which tokens share its experts, or on the tile shape
  * the batch size picks.
  *
+ * The FP8 GEMMs dequantise to those bits, so all of this holds for FP8 experts too, and a
+ * layer's FP8 output equals its bf16 output on the dequantised experts bit for bit.
+ *
  * Limits (QW_E_ARG otherwise): H and I multiples of 16; E <= 1024; 1 <= top_k <= min(E, 32);
- * x, router, gate_up, down, out and ws 16-byte aligned.
+ * x, router, gate_up, down, out and ws 16-byte aligned; FP8 blocks of any number of rows
+ * and a multiple of 16 columns, scales 4-byte aligned.
  */
 #include <cuda_bf16.h>
 #include <math.h>
@@ -89,6 +66,7 @@
 #include "kernels/cuda/bf16x8.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/moe_gemm.h"
 
 #define MOE_MAX_E 1024       /* experts a layer may have */
 #define MOE_MAX_K 32         /* experts a token may choose */
@@ -159,13 +137,6 @@ static size_t moe_layout(int T, int H, int E, int k, int I, char *base, moe_ws *
 
 // ---------------------------------------------------------------------------------------
 // small device helpers
-
-/* silu(g) * u with every operation rounded on its own (no contraction), as the reference
- * computes z / (1 + exp(-z)) * u in fp32 */
-__device__ static inline float swiglu(float g, float u)
-{
-	return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
-}
 
 /* Exclusive prefix sum of v over a block of SCAN_THREADS threads; *total gets the sum.
  * Every thread of the block must call it. */
@@ -496,263 +467,6 @@ route_small_kernel(moe_ws w, const bf16 *x, const bf16 *router, int T, int H, in
 }
 
 // ---------------------------------------------------------------------------------------
-// the grouped GEMM
-
-__device__ static inline void cp_async16(void *smem, const void *gmem, bool ok)
-{
-	unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-	int n = ok ? 16 : 0;   /* 0: fill the 16 bytes with zeros, read nothing */
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n)
-		     : "memory");
-}
-
-__device__ static inline void cp_async_commit(void)
-{
-	asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N> __device__ static inline void cp_async_wait(void)
-{
-	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ static inline void ldmatrix_x4(uint32_t r[4], const bf16 *p)
-{
-	unsigned s = (unsigned)__cvta_generic_to_shared(p);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-		     : "r"(s)
-		     : "memory");
-}
-
-__device__ static inline void ldmatrix_x4_trans(uint32_t r[4], const bf16 *p)
-{
-	unsigned s = (unsigned)__cvta_generic_to_shared(p);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-		     : "r"(s)
-		     : "memory");
-}
-
-/* c += a b for one m16n8k16 tile, bf16 operands, fp32 accumulators */
-__device__ static inline void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2])
-{
-	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-	    "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-/* A block tile of BM rows x BN weight columns over BK of the reduction, warps of WM x WN,
- * STAGES deep.  In the gate_up GEMM the BN columns are BN/2 gate then BN/2 up columns of
- * the same output indices, and each warp takes WN/2 of each. */
-template <int BM_, int BN_, int BK_, int WM_, int WN_, int STAGES_> struct tile_cfg {
-	static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, STAGES = STAGES_;
-	static constexpr int WARPS_N = BN / WN, WARPS = (BM / WM) * WARPS_N, THREADS = 32 * WARPS;
-	static constexpr int MI = WM / 16, NT = WN / 8;   /* m16 / n8 tiles per warp */
-	static constexpr int ALD = BK + 8, BLD = BN + 8;  /* padded shared-memory rows */
-	static constexpr int A_STAGE = BM * ALD, B_STAGE = BK * BLD;   /* elements */
-	static constexpr int SMEM = STAGES * (A_STAGE + B_STAGE) * 2;  /* bytes */
-	static constexpr int A_ITERS = BM * (BK / 8) / THREADS;   /* 16-byte loads per thread */
-	static constexpr int B_ITERS = BK * (BN / 8) / THREADS;
-	static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "warp tiles");
-	static_assert(BK % 16 == 0 && A_ITERS * THREADS == BM * (BK / 8) &&
-		      B_ITERS * THREADS == BK * (BN / 8), "loads must split evenly");
-};
-/* the decode tile's width, warp width and depth; a build may override them to compare
- * variants (tests/SConscript's bench_cuda_moe_* programs) */
-#ifndef QW_MOE_S_BN
-#define QW_MOE_S_BN 128
-#endif
-#ifndef QW_MOE_S_WN
-#define QW_MOE_S_WN 32
-#endif
-#ifndef QW_MOE_S_STAGES
-#define QW_MOE_S_STAGES 4
-#endif
-#ifndef QW_MOE_S_BK
-#define QW_MOE_S_BK 64
-#endif
-typedef tile_cfg<16, QW_MOE_S_BN, QW_MOE_S_BK, 16, QW_MOE_S_WN, QW_MOE_S_STAGES> cfg_s;
-typedef tile_cfg<64, 128, 32, 64, 32, 4> cfg_m;
-typedef tile_cfg<128, 128, 32, 64, 32, 4> cfg_l;
-
-typedef struct gemm_args {
-	const bf16 *a;          /* gate_up: x (T, K); down: act (P, K) */
-	const int *a_row;       /* gate_up: pair_token (P,), the row of a of each sorted pair;
-				 * down: NULL (a pair's own row) */
-	const bf16 *w;          /* (E, K, ldw) input-major weights */
-	int K, N, ldw;          /* reduction length, output columns, row length of w */
-	const int *off;         /* (E + 1,) */
-	const int *n_tiles;     /* (1,) */
-	const int *tile_e;      /* (max_tiles,) */
-	const int *tile_m0;     /* (max_tiles,) */
-	const int *pair_slot;   /* (P,) down: where each sorted pair's row of y goes */
-	bf16 *act;              /* gate_up output (P, N) */
-	float *y;               /* down output (T * k, N) */
-} gemm_args;
-
-template <class C, bool GATE_UP>
-static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_args g)
-{
-	pdl_launch_next();
-	pdl_wait_previous();
-	extern __shared__ __align__(16) unsigned char smem_raw[];
-	bf16 *As = (bf16 *)smem_raw, *Bs = As + C::STAGES * C::A_STAGE;
-	int tile = blockIdx.y;
-	if (tile >= *g.n_tiles)
-		return;
-	int e = g.tile_e[tile], row0 = g.off[e] + g.tile_m0[tile];
-	int rows = min(C::BM, g.off[e + 1] - row0);
-	constexpr int OUT_BN = GATE_UP ? C::BN / 2 : C::BN;   /* output columns of a block */
-	int n0 = blockIdx.x * OUT_BN;
-	const bf16 *w = g.w + (size_t)e * (size_t)g.K * (size_t)g.ldw;
-	int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-	int wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
-
-	/* each thread's 16-byte chunks keep their row and column over k */
-	const bf16 *a_src[C::A_ITERS];
-	int a_dst[C::A_ITERS], a_col[C::A_ITERS];
-#pragma unroll
-	for (int i = 0; i < C::A_ITERS; i++) {
-		int c = tid + i * C::THREADS, r = c / (C::BK / 8);
-		a_col[i] = c % (C::BK / 8) * 8;
-		a_dst[i] = r * C::ALD + a_col[i];
-		a_src[i] = nullptr;
-		if (r < rows)
-			a_src[i] = g.a + (size_t)(g.a_row ? g.a_row[row0 + r] : row0 + r) * (size_t)g.K;
-	}
-	const bf16 *b_src[C::B_ITERS];
-	int b_dst[C::B_ITERS], b_row[C::B_ITERS];
-#pragma unroll
-	for (int i = 0; i < C::B_ITERS; i++) {
-		int c = tid + i * C::THREADS, r = c / (C::BN / 8), cc = c % (C::BN / 8) * 8;
-		int col = cc, gcol = n0 + cc;
-		if (GATE_UP) {
-			int half = cc >= C::BN / 2;            /* 0: gate columns, 1: up columns */
-			col = n0 + cc - half * (C::BN / 2);    /* the output index */
-			gcol = half * g.N + col;
-		} else {
-			col = gcol;
-		}
-		b_row[i] = r;
-		b_dst[i] = r * C::BLD + cc;
-		b_src[i] = col < g.N ? w + gcol : nullptr;
-	}
-	auto load_tile = [&](int stage, int kt) {
-		int k0 = kt * C::BK;
-		bf16 *as = As + stage * C::A_STAGE, *bs = Bs + stage * C::B_STAGE;
-#pragma unroll
-		for (int i = 0; i < C::A_ITERS; i++) {
-			int k = k0 + a_col[i];
-			bool ok = a_src[i] && k < g.K;
-			cp_async16(as + a_dst[i], ok ? a_src[i] + k : g.a, ok);
-		}
-#pragma unroll
-		for (int i = 0; i < C::B_ITERS; i++) {
-			int k = k0 + b_row[i];
-			bool ok = b_src[i] && k < g.K;
-			cp_async16(bs + b_dst[i], ok ? b_src[i] + (size_t)k * (size_t)g.ldw : g.w, ok);
-		}
-	};
-	/* the warp's n8 tiles: their first column in the shared B tile */
-	auto bcol = [&](int j) {
-		if (!GATE_UP)
-			return wn * C::WN + j * 8;
-		return j < C::NT / 2 ? wn * (C::WN / 2) + j * 8
-				     : C::BN / 2 + wn * (C::WN / 2) + (j - C::NT / 2) * 8;
-	};
-
-	float acc[C::MI][C::NT][4];
-#pragma unroll
-	for (int mi = 0; mi < C::MI; mi++)
-#pragma unroll
-		for (int j = 0; j < C::NT; j++)
-#pragma unroll
-			for (int q = 0; q < 4; q++)
-				acc[mi][j][q] = 0.0f;
-
-	int nk = (g.K + C::BK - 1) / C::BK;
-#pragma unroll
-	for (int s = 0; s < C::STAGES - 1; s++) {
-		if (s < nk)
-			load_tile(s, s);
-		cp_async_commit();
-	}
-	for (int kt = 0; kt < nk; kt++) {
-		cp_async_wait<C::STAGES - 2>();   /* tile kt has landed */
-		__syncthreads();                   /* ... for everyone; stage kt-1 is free */
-		int pf = kt + C::STAGES - 1;
-		if (pf < nk)
-			load_tile(pf % C::STAGES, pf);
-		cp_async_commit();
-		const bf16 *as = As + (kt % C::STAGES) * C::A_STAGE;
-		const bf16 *bs = Bs + (kt % C::STAGES) * C::B_STAGE;
-		int ksteps = min(C::BK, g.K - kt * C::BK) / 16;
-#pragma unroll
-		for (int ks = 0; ks < C::BK / 16; ks++) {
-			if (ks >= ksteps)
-				break;
-			uint32_t af[C::MI][4], bfr[C::NT][2];
-#pragma unroll
-			for (int mi = 0; mi < C::MI; mi++)
-				ldmatrix_x4(af[mi], as + (wm * C::WM + mi * 16 + lane % 16) * C::ALD +
-							ks * 16 + lane / 16 * 8);
-#pragma unroll
-			for (int j = 0; j < C::NT; j += 2) {
-				/* lanes 8q..8q+7 address matrix q: k rows (q%2)*8.., tile j + q/2 */
-				int q = lane / 8;
-				uint32_t r[4];
-				ldmatrix_x4_trans(r, bs + (ks * 16 + q % 2 * 8 + lane % 8) * C::BLD +
-							     bcol(j + q / 2));
-				bfr[j][0] = r[0];
-				bfr[j][1] = r[1];
-				bfr[j + 1][0] = r[2];
-				bfr[j + 1][1] = r[3];
-			}
-#pragma unroll
-			for (int mi = 0; mi < C::MI; mi++)
-#pragma unroll
-				for (int j = 0; j < C::NT; j++)
-					mma_bf16(acc[mi][j], af[mi], bfr[j]);
-		}
-	}
-	cp_async_wait<0>();
-
-	/* accumulator q of tile (mi, j): row lane/4 (+8 for q >= 2), column (lane%4)*2 + q%2 */
-#pragma unroll
-	for (int mi = 0; mi < C::MI; mi++)
-#pragma unroll
-		for (int h = 0; h < 2; h++) {
-			int r = wm * C::WM + mi * 16 + lane / 4 + h * 8;
-			if (r >= rows)
-				continue;
-			if (GATE_UP) {
-				bf16 *dst = g.act + (size_t)(row0 + r) * (size_t)g.N;
-#pragma unroll
-				for (int j = 0; j < C::NT / 2; j++) {
-					int col = n0 + wn * (C::WN / 2) + j * 8 + lane % 4 * 2;
-					if (col >= g.N)
-						continue;
-					const float *gt = acc[mi][j], *up = acc[mi][j + C::NT / 2];
-					*(__nv_bfloat162 *)(dst + col) = __floats2bfloat162_rn(
-						swiglu(gt[2 * h], up[2 * h]),
-						swiglu(gt[2 * h + 1], up[2 * h + 1]));
-				}
-			} else {
-				float *dst = g.y + (size_t)g.pair_slot[row0 + r] * (size_t)g.N;
-#pragma unroll
-				for (int j = 0; j < C::NT; j++) {
-					int col = n0 + wn * C::WN + j * 8 + lane % 4 * 2;
-					if (col < g.N)
-						*(float2 *)(dst + col) =
-							make_float2(acc[mi][j][2 * h], acc[mi][j][2 * h + 1]);
-				}
-			}
-		}
-}
-
-// ---------------------------------------------------------------------------------------
 // combine
 
 /* A block per (token, COMBINE_COLS columns): the k weighted expert outputs summed in slot
@@ -786,31 +500,18 @@ combine_kernel(bf16 *out, const float *y, const float *topk_w, int H, int k)
 // ---------------------------------------------------------------------------------------
 // launchers
 
-template <class C, bool GATE_UP>
-static qw_status launch_gemm(const gemm_args *g, int tiles, cudaStream_t stream, qw_err *err)
-{
-	auto kernel = expert_gemm_kernel<C, GATE_UP>;
-	QW_CUDA_TRY(err, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-					      C::SMEM));
-	int out_bn = GATE_UP ? C::BN / 2 : C::BN;
-	dim3 grid((unsigned)((g->N + out_bn - 1) / out_bn), (unsigned)tiles);
-	QW_CUDA_TRY(err, launch_pdl(kernel, grid, dim3(C::THREADS), (size_t)C::SMEM, stream, *g));
-	return QW_OK;
-}
-
-/* Routing, then both GEMMs in tile shape C, then the combine.  A small batch is routed in
+/* Routing, then both GEMMs in tile shape t, then the combine.  A small batch is routed in
  * one launch (route_small); a larger one by the router, route, count_rank and scatter
  * kernels. */
-template <class C>
-static qw_status run_moe(const qw_cuda_moe_args *a, const moe_ws *w, cudaStream_t stream,
-			 qw_err *err)
+static qw_status run_moe(const qw_cuda_moe_args *a, const moe_ws *w, moe_tile t,
+			 cudaStream_t stream, qw_err *err)
 {
-	int T = a->T, E = a->E, k = a->top_k, P = T * k;
+	int T = a->T, E = a->E, k = a->top_k, P = T * k, bm = moe_tile_rows(t);
 	if (T <= ROUTER_TOKENS && E <= SMALL_E && P <= SCAN_THREADS) {
 		QW_CUDA_TRY(err, cudaMemsetAsync(w->ticket, 0, sizeof *w->ticket, stream));
 		QW_CUDA_TRY(err, launch_pdl(route_small_kernel, dim3(E), dim3(SCAN_THREADS), 0, stream,
 					    *w, (const bf16 *)a->x, (const bf16 *)a->router, T, a->H, E,
-					    k, (int)a->renormalize, C::BM));
+					    k, (int)a->renormalize, bm));
 	} else {
 		dim3 rgrid((unsigned)E, (unsigned)((T + ROUTER_TOKENS - 1) / ROUTER_TOKENS));
 		QW_CUDA_TRY(err, launch_pdl(router_logits_kernel, rgrid, dim3(ROUTER_SLICES * 32), 0,
@@ -822,10 +523,10 @@ static qw_status run_moe(const qw_cuda_moe_args *a, const moe_ws *w, cudaStream_
 		QW_CUDA_TRY(err, launch_pdl(count_rank_kernel, dim3(E), dim3(SCAN_THREADS), 0, stream,
 					    w->rank, w->counts, (const int *)w->topk_id, T, k));
 		QW_CUDA_TRY(err, launch_pdl(scatter_kernel, dim3((P + SCAN_THREADS - 1) / SCAN_THREADS),
-					    dim3(SCAN_THREADS), 0, stream, *w, T, E, k, C::BM));
+					    dim3(SCAN_THREADS), 0, stream, *w, T, E, k, bm));
 	}
-	int tiles = (int)max_tiles((size_t)P, a->E, C::BM);
-	gemm_args g = {};
+	int tiles = (int)max_tiles((size_t)P, a->E, bm);
+	moe_gemm_args g = {};
 	g.off = w->off;
 	g.n_tiles = w->n_tiles;
 	g.tile_e = w->tile_e;
@@ -836,23 +537,25 @@ static qw_status run_moe(const qw_cuda_moe_args *a, const moe_ws *w, cudaStream_
 
 	g.a = (const bf16 *)a->x;
 	g.a_row = w->pair_token;
-	g.w = (const bf16 *)a->gate_up;
+	g.w = a->gate_up;
+	g.scale = a->gate_up_scales.s;
+	g.scale_rows = a->gate_up_scales.rows;
+	g.scale_cols = a->gate_up_scales.cols;
 	g.K = a->H;
 	g.N = a->I;
 	g.ldw = 2 * a->I;
-	qw_status st = launch_gemm<C, true>(&g, tiles, stream, err);
-	if (st != QW_OK)
-		return st;
+	QW_TRY(moe_gemm(&g, t, true, tiles, stream, err));
 
 	g.a = w->act;
 	g.a_row = NULL;
-	g.w = (const bf16 *)a->down;
+	g.w = a->down;
+	g.scale = a->down_scales.s;
+	g.scale_rows = a->down_scales.rows;
+	g.scale_cols = a->down_scales.cols;
 	g.K = a->I;
 	g.N = a->H;
 	g.ldw = a->H;
-	st = launch_gemm<C, false>(&g, tiles, stream, err);
-	if (st != QW_OK)
-		return st;
+	QW_TRY(moe_gemm(&g, t, false, tiles, stream, err));
 
 	dim3 cgrid((unsigned)T, (unsigned)((a->H + COMBINE_COLS - 1) / COMBINE_COLS));
 	QW_CUDA_TRY(err, launch_pdl(combine_kernel, cgrid, dim3(COMBINE_COLS / 4), 0, stream,
@@ -874,6 +577,19 @@ static bool misaligned(const void *p)
 	return ((uintptr_t)p & 15) != 0;
 }
 
+/* An FP8 matrix's block scales (what names them in errors): rows >= 1, columns a multiple
+ * of 16 (a dequantised piece of 16-byte-aligned columns lies in one block), 4-byte aligned. */
+static qw_status check_scales(const qw_cuda_moe_scales *s, const char *what, qw_err *err)
+{
+	if (!s->s)
+		return QW_OK;
+	if (s->rows < 1 || s->cols < 16 || s->cols % 16 || ((uintptr_t)s->s & 3))
+		return qw_fail(err, QW_E_ARG, "cuda moe: %s's FP8 blocks of %d x %d weights: rows >= 1, "
+			       "columns a multiple of 16 and 4-byte aligned scales are taken", what,
+			       s->rows, s->cols);
+	return QW_OK;
+}
+
 extern "C" qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_bytes,
 				 cudaStream_t stream, qw_err *err)
 {
@@ -886,6 +602,8 @@ extern "C" qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_
 	    a->top_k > MOE_MAX_K)
 		return qw_fail(err, QW_E_ARG, "cuda moe: %d experts, top-%d: at most %d experts and "
 			       "1 <= top_k <= min(E, %d)", a->E, a->top_k, MOE_MAX_E, MOE_MAX_K);
+	QW_TRY(check_scales(&a->gate_up_scales, "gate_up", err));
+	QW_TRY(check_scales(&a->down_scales, "down", err));
 	if (a->T == 0)
 		return QW_OK;
 	if (!a->x || !a->router || !a->gate_up || !a->down || !a->out || !ws)
@@ -894,7 +612,7 @@ extern "C" qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_
 	    misaligned(a->down) || misaligned(a->out) || misaligned(ws))
 		return qw_fail(err, QW_E_ARG, "cuda moe: tensors and scratch must be 16-byte aligned");
 	if (a->T > 65535 * ROUTER_TOKENS || (long long)a->T * a->top_k > (1 << 30) ||
-	    max_tiles((size_t)a->T * (size_t)a->top_k, a->E, cfg_l::BM) > 65535)
+	    max_tiles((size_t)a->T * (size_t)a->top_k, a->E, MOE_TILE_MAX_ROWS) > 65535)
 		return qw_fail(err, QW_E_ARG, "cuda moe: %d tokens is too many for one call", a->T);
 	moe_ws w;
 	size_t need = moe_layout(a->T, a->H, a->E, a->top_k, a->I, (char *)ws, &w);
@@ -902,10 +620,7 @@ extern "C" qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_
 		return qw_fail(err, QW_E_ARG, "cuda moe: %zu bytes of scratch, %d tokens need %zu "
 			       "(qw_cuda_moe_ws_bytes)", ws_bytes, a->T, need);
 	int P = a->T * a->top_k;
-	/* the tile shape by the average pairs per expert (see the top of the file) */
-	if (P <= 8 * a->E)
-		return run_moe<cfg_s>(a, &w, stream, err);
-	if (P <= 64 * a->E)
-		return run_moe<cfg_m>(a, &w, stream, err);
-	return run_moe<cfg_l>(a, &w, stream, err);
+	/* the tile shape by the average pairs per expert (moe_gemm.cu's header) */
+	moe_tile t = P <= 8 * a->E ? MOE_TILE_S : P <= 64 * a->E ? MOE_TILE_M : MOE_TILE_L;
+	return run_moe(a, &w, t, stream, err);
 }

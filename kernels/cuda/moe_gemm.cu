@@ -1,0 +1,539 @@
+/* moe_gemm.cu - the MoE block's grouped expert GEMM on the tensor cores (moe.cu's steps 5 and
+ * 6; see moe_gemm.h), over bf16 or FP8 experts.
+ *
+ * Our own, not cuBLAS: the contract has no handle, per-expert calls would need the counts on
+ * the host (a sync per layer), and cuBLAS chooses kernels (split-K among them) by M, which
+ * would make a token's bits depend on how many other tokens chose its experts.
+ * mma.sync.m16n8k16 (bf16 in, fp32 accumulate) fed by a cp.async pipeline through shared
+ * memory (rows padded by 16 bytes, so ldmatrix is free of bank conflicts), ldmatrix.trans
+ * turning the input-major (K, N) weight tiles into B fragments.  Grid: x = N-tiles of one
+ * expert (fastest, so the blocks running together share the expert's rows and walk its
+ * weights), y = an upper bound on the M-tiles, floor(P / BM) + min(E, P); the tile list is
+ * built on the GPU and blocks past its length exit at once, so nothing waits for the host.
+ *
+ * Tile shapes, by the average number of pairs per expert a = P / E:
+ *   S  16 x 128 (gate+up: 64 + 64 columns), BK 64, 4 warps  a <= 8  (decode, small batches)
+ *   M  64 x 128 (64 + 64),                  BK 32, 4 warps  a <= 64
+ *   L 128 x 128 (64 + 64),                  BK 32, 8 warps  a > 64  (prefill)
+ * S is the decode path: with at most 16 tokens on an expert (always, for T <= 16) each
+ * selected expert's weights are read once, by blocks streaming 128-column slabs with 16-byte
+ * cp.async loads coalesced along the output dimension (rows of the input-major layout) and
+ * 4 stages (79 KB) per block; the tensor cores only serve as a dot-product engine there,
+ * with padded rows.  Its shape was measured (bench_cuda_moe and its build variants, H200):
+ * 128 columns (128-byte row segments of gate and of up) against 64 and 32 took the 30B
+ * layer at T = 8 from 188-214 us to 175 us and the 235B's at T = 64 from 77-83% to 94% of
+ * the byte roofline; 8 stages instead of 4 added nothing, nor did 8 warps over 128-deep
+ * k-tiles.
+ * Napkin math for the 235B layer (E 128, k 8, H 4096, I 1536, 37.7 MB of bf16 weights per
+ * expert, 4.8 GB in all, ~1 ms at 4.8 TB/s): at T = 1, 8 experts, 302 MB, 63 us; at
+ * a = 8 (T = 128) S reads every expert about once (1 ms) while L would spend 16x the
+ * useful 39 GFLOP on padding (~1.2 ms at ~500 TFLOPS); at a = 16 S reads experts with two
+ * tiles twice (~1.5-2 ms) while M wastes 4x (~0.6 ms of compute, overlapped with 1 ms of
+ * reads); from a = 64 on, L's bigger tiles win.  M and L are a first cut, not
+ * yet tuned.
+ * Other traffic: x rows are re-read per N-tile (from L2); act P*I*2 bytes written and read;
+ * y P*H*4 bytes written and read (0.5 GB for T = 2048 on the 235B layer: ~0.1 ms against
+ * ~2.5 ms of GEMM).
+ *
+ * FP8 experts (W8A16: bf16 activations, fp32 accumulate).  The e4m3 bytes of a B tile go
+ * through the cp.async stages as they are (half the bytes of bf16: the decode tile's whole
+ * point); after a tile lands, the block dequantises it into one bf16 tile in shared memory,
+ * w = bf16_rn(e4m3(q) * s) with s the weight's block scale (the FP8 contract: the bits an
+ * upload-time dequantisation gave), and ldmatrix and the MMAs run on that tile as on a bf16
+ * one.  So the FP8 GEMM gives the bf16 GEMM's bits on the dequantised weights, and every
+ * property below holds for it too.  Each thread dequantises pieces of 8 weights of one row
+ * (an 8-byte shared load, a 16-byte store: both conflict-free), its columns fixed over the
+ * tile and the k-tiles, so its scale column is fixed too; it reads one scale per k-tile
+ * (when the tile lies in one block of rows: always for 128-row blocks), fetched a k-tile
+ * ahead.  The dequantisation uses no conversion instruction but the final pack (Hopper issues
+ * conversions at a fraction of the ALU and FMA rates, and the decode tile dequantises every
+ * byte it reads): a byte's exponent and mantissa bits go to bits 26..20 of an fp32, which is
+ * then exactly |e4m3| * 2^-120 (subnormals too: fp32's subnormals hold them); one multiply
+ * by s * 2^120 (a power of two: exact for s < 2^8) rounds |e4m3| * s as the reference's
+ * multiply does; the pack rounds to bf16 (nearest even) and the sign goes in after
+ * (rounding is symmetric).  9 instructions for 2 weights.  A scale of 2^8 or more (none in
+ * a real checkpoint: scales are amax / 448) takes two multiplies.  The NaN codes 0x7f and
+ * 0xff would read as 480 * s: FP8 weights may hold none (the upload refuses them).  A build
+ * with QW_MOE_FP8_HW=1 uses the hardware's e4m3x2 -> f16x2 conversion instead (sm_89 and
+ * up; 6.5 instructions for 2 weights, 2 of them conversions), to measure one against the
+ * other (bench_cuda_moe_* variants).
+ * The decode tile for FP8 (S8) streams 64 x 128-byte k-tiles 8 stages deep (56 KB in flight
+ * a block: the 30B layer at T = 1 has only 96 blocks for 132 SMs), 101 KB of shared memory.
+ * Napkin math for FP8: the 235B layer's experts are 18.9 MB each, 2.4 GB in all: at T = 1,
+ * 151 MB, 35 us at 4.3 TB/s; the 30B layer's 4.7 MB each, 38 MB at T = 1 (8.8 us).  At
+ * 4.3 TB/s the dequantisation has to keep up with ~18 weights a clock on each of 132 SMs at
+ * 1.8 GHz: ~4.5 instructions each against 128 a clock a SM.
+ * Prefill (M, L) dequantises its tiles the same way (a tile's weights are then used by 64 or
+ * 128 rows, so the cost is small against the MMAs).  FP8 tensor cores (W8A8, Hopper's 2x
+ * rate) would need: activations quantized per token and 128-column group (e4m3 codes and an
+ * fp32 scale each: x before the gate/up GEMM, act in or after its epilogue, where a block's
+ * 64 output columns cover half a group); mma.sync.m16n8k32 e4m3 (or wgmma) whose B operand
+ * wants K contiguous per column, so FP8 experts re-laid out output-major at load (or a byte
+ * transpose in shared memory: ldmatrix.trans moves 16-bit elements only); and the scales
+ * applied per 128-deep k-block outside the MMA (a fresh partial sum each k-block, then acc +=
+ * partial * s_a * s_w), which changes the summation: no longer the bf16 path's bits, with
+ * looser thresholds (measured against the CPU reference), still batch-invariant (a token's
+ * scales are its own).  Not built: the M/L tiles on mma.sync bf16 are not at Hopper's
+ * tensor-core rate now (wgmma and TMA are what lift prefill first), so 2x on the MMAs alone
+ * would not double them.
+ *
+ * Determinism (moe.cu's header): every output element of both GEMMs, in every tile shape,
+ * is one chain of m16n8k16 MMAs over k = 0, 16, 32, ... into one fp32 accumulator starting
+ * at zero (no split-K; K is a multiple of 16 and steps past K are skipped, not run on
+ * zeros), and an MMA's element (m, n) depends only on row m of A, column n of B and its
+ * accumulator, so padding rows and the other tokens of a tile never reach it; SwiGLU uses
+ * explicitly rounded operations.
+ */
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma.h"
+#include "kernels/cuda/moe_gemm.h"
+
+#ifndef QW_MOE_FP8_HW
+#define QW_MOE_FP8_HW 0
+#endif
+#if QW_MOE_FP8_HW
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#endif
+
+typedef __nv_bfloat16 bf16;
+
+// ---------------------------------------------------------------------------------------
+// tile shapes
+
+/* A block tile of BM rows x BN weight columns over BK of the reduction, warps of WM x WN,
+ * STAGES deep.  In the gate_up GEMM the BN columns are BN/2 gate then BN/2 up columns of
+ * the same output indices, and each warp takes WN/2 of each. */
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int STAGES_> struct tile_cfg {
+	static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, STAGES = STAGES_;
+	static constexpr int WARPS_N = BN / WN, WARPS = (BM / WM) * WARPS_N, THREADS = 32 * WARPS;
+	static constexpr int MI = WM / 16, NT = WN / 8;   /* m16 / n8 tiles per warp */
+	static constexpr int ALD = BK + 8, BLD = BN + 8;  /* padded shared-memory rows */
+	static constexpr int A_STAGE = BM * ALD, B_STAGE = BK * BLD;   /* elements */
+	static constexpr int SMEM = STAGES * (A_STAGE + B_STAGE) * 2;  /* bytes */
+	static constexpr int A_ITERS = BM * (BK / 8) / THREADS;   /* 16-byte loads per thread */
+	static constexpr int B_ITERS = BK * (BN / 8) / THREADS;
+	/* FP8 weights: e4m3 k-tiles of BK x BN bytes through the stages, one bf16 tile they
+	 * are dequantised into, pieces of 8 weights a thread dequantises */
+	static constexpr int B8_STAGE = BK * BN;                                 /* bytes */
+	static constexpr int SMEM8 = STAGES * (A_STAGE * 2 + B8_STAGE) + B_STAGE * 2;
+	static constexpr int B8_ITERS = BK * (BN / 16) / THREADS;   /* 16-byte loads per thread */
+	static constexpr int DQ_ROW = BN / 8;                       /* pieces in a tile row */
+	static constexpr int DQ_ROWS = THREADS / DQ_ROW;            /* rows one pass covers */
+	static constexpr int DQ_ITERS = BK / DQ_ROWS;               /* pieces per thread */
+	static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "warp tiles");
+	static_assert(BK % 16 == 0 && A_ITERS * THREADS == BM * (BK / 8) &&
+		      B_ITERS * THREADS == BK * (BN / 8), "loads must split evenly");
+};
+
+/* The FP8 tile's own constraints (a bf16-only shape need not meet them). */
+template <class C> struct fp8_tile {
+	static_assert(C::B8_ITERS * C::THREADS == C::BK * (C::BN / 16) &&
+		      C::THREADS % C::DQ_ROW == 0 && C::DQ_ITERS * C::DQ_ROWS == C::BK,
+		      "FP8 loads and dequantisation must split evenly");
+	static constexpr bool ok = true;
+};
+
+/* the decode tile's width, warp width and depth, bf16 (S) and FP8 (S8); a build may
+ * override them to compare variants (tests/SConscript's bench_cuda_moe_* programs) */
+#ifndef QW_MOE_S_BN
+#define QW_MOE_S_BN 128
+#endif
+#ifndef QW_MOE_S_WN
+#define QW_MOE_S_WN 32
+#endif
+#ifndef QW_MOE_S_STAGES
+#define QW_MOE_S_STAGES 4
+#endif
+#ifndef QW_MOE_S_BK
+#define QW_MOE_S_BK 64
+#endif
+#ifndef QW_MOE_S8_BN
+#define QW_MOE_S8_BN 128
+#endif
+#ifndef QW_MOE_S8_WN
+#define QW_MOE_S8_WN 32
+#endif
+#ifndef QW_MOE_S8_STAGES
+#define QW_MOE_S8_STAGES 8
+#endif
+#ifndef QW_MOE_S8_BK
+#define QW_MOE_S8_BK 64
+#endif
+typedef tile_cfg<16, QW_MOE_S_BN, QW_MOE_S_BK, 16, QW_MOE_S_WN, QW_MOE_S_STAGES> cfg_s;
+typedef tile_cfg<16, QW_MOE_S8_BN, QW_MOE_S8_BK, 16, QW_MOE_S8_WN, QW_MOE_S8_STAGES> cfg_s8;
+typedef tile_cfg<64, 128, 32, 64, 32, 4> cfg_m;
+typedef tile_cfg<128, 128, 32, 64, 32, 4> cfg_l;
+static_assert(cfg_l::BM == MOE_TILE_MAX_ROWS, "moe_gemm.h's largest tile");
+
+int moe_tile_rows(moe_tile t)
+{
+	return t == MOE_TILE_S ? cfg_s::BM : t == MOE_TILE_M ? cfg_m::BM : cfg_l::BM;
+}
+static_assert(cfg_s8::BM == cfg_s::BM, "one tile list serves both GEMMs of a layer");
+
+// ---------------------------------------------------------------------------------------
+// FP8 dequantisation (the header says how)
+
+/* What a piece's weights are multiplied by: s * 2^120, or (big) s itself. */
+typedef struct dq_scale {
+	float m;
+	bool big;   /* s >= 2^8: s * 2^120 is not finite; two multiplies */
+} dq_scale;
+
+__device__ static __forceinline__ dq_scale dq_scale_of(float s)
+{
+#if QW_MOE_FP8_HW
+	return {s, false};
+#else
+	bool big = !(s < 0x1p8f);
+	return {big ? s : s * 0x1p120f, big};
+#endif
+}
+
+/* Two weights of y = [q1 | 0 | q0 | 0] (bytes 3..0) as bf16x2 (q0 low). */
+template <bool BIG>
+__device__ static __forceinline__ uint32_t e4m3x2_bf16x2(uint32_t y, float m)
+{
+	float lo = __uint_as_float((y << 12) & 0x07f00000u);   /* |q0| * 2^-120, exactly */
+	float hi = __uint_as_float((y >> 4) & 0x07f00000u);    /* |q1| * 2^-120 */
+	if (BIG) {
+		lo = __fmul_rn(lo, 0x1p120f);   /* exact: |q| */
+		hi = __fmul_rn(hi, 0x1p120f);
+	}
+	return bf16x2_bits(__floats2bfloat162_rn(__fmul_rn(lo, m), __fmul_rn(hi, m))) |
+	       (y & 0x80008000u);
+}
+
+/* Eight weights (q's bytes in memory order) of one block as eight bf16 in order. */
+template <bool BIG>
+__device__ static __forceinline__ uint4 e4m3x8_bf16x8(uint2 q, float m)
+{
+	uint4 r;
+#if QW_MOE_FP8_HW && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+	uint32_t *out = &r.x;
+	const uint32_t w[2] = {q.x, q.y};
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
+			(__nv_fp8x2_storage_t)(w[i / 2] >> (16 * (i % 2))), __NV_E4M3);
+		__half2 hh = h;
+		float2 f = __half22float2(hh);
+		out[i] = bf16x2_bits(__floats2bfloat162_rn(__fmul_rn(f.x, m), __fmul_rn(f.y, m)));
+	}
+#else
+	r.x = e4m3x2_bf16x2<BIG>(__byte_perm(q.x, 0, 0x1404), m);
+	r.y = e4m3x2_bf16x2<BIG>(__byte_perm(q.x, 0, 0x3424), m);
+	r.z = e4m3x2_bf16x2<BIG>(__byte_perm(q.y, 0, 0x1404), m);
+	r.w = e4m3x2_bf16x2<BIG>(__byte_perm(q.y, 0, 0x3424), m);
+#endif
+	return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// the kernel
+
+/* silu(g) * u with every operation rounded on its own (no contraction), as the reference
+ * computes z / (1 + exp(-z)) * u in fp32 */
+__device__ static inline float swiglu(float g, float u)
+{
+	return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
+/* The kernel's arguments: the caller's, and the FP8 scales' layout worked out once. */
+typedef struct gemm_params {
+	moe_gemm_args g;
+	int scale_k;        /* FP8: scale rows of an expert, ceil(K / scale_rows) */
+	int scale_ld;       /* FP8: scales a row, ceil(ldw / scale_cols) */
+	int scale_shift;    /* FP8: log2(scale_rows) when a power of two, else -1 */
+} gemm_params;
+
+/* FP8: the block row of reduction index k. */
+__device__ static __forceinline__ int scale_row(const gemm_params &p, int k)
+{
+	return p.scale_shift >= 0 ? k >> p.scale_shift : k / p.g.scale_rows;
+}
+
+template <class C, bool GATE_UP, bool W8>
+static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_params p)
+{
+	pdl_launch_next();
+	pdl_wait_previous();
+	const moe_gemm_args &g = p.g;
+	extern __shared__ __align__(16) unsigned char smem_raw[];
+	bf16 *As = (bf16 *)smem_raw;
+	/* bf16: STAGES B tiles after the A tiles; FP8: STAGES e4m3 tiles, then the bf16 tile */
+	bf16 *Bs = As + C::STAGES * C::A_STAGE;
+	uint8_t *B8 = (uint8_t *)Bs;
+	bf16 *Bq = (bf16 *)(B8 + C::STAGES * C::B8_STAGE);
+	int tile = blockIdx.y;
+	if (tile >= *g.n_tiles)
+		return;
+	int e = g.tile_e[tile], row0 = g.off[e] + g.tile_m0[tile];
+	int rows = min(C::BM, g.off[e + 1] - row0);
+	constexpr int OUT_BN = GATE_UP ? C::BN / 2 : C::BN;   /* output columns of a block */
+	int n0 = blockIdx.x * OUT_BN;
+	constexpr int EB = W8 ? 1 : 2;                         /* bytes of a weight */
+	const uint8_t *w = (const uint8_t *)g.w + (size_t)e * (size_t)g.K * (size_t)g.ldw * EB;
+	int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+	int wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
+
+	/* A tile column (of BN) cc as a column of w (gcol) and its output index (col) */
+	auto w_column = [&](int cc, int *col) {
+		if (!GATE_UP) {
+			*col = n0 + cc;
+			return *col;
+		}
+		int half = cc >= C::BN / 2;           /* 0: gate columns, 1: up columns */
+		*col = n0 + cc - half * (C::BN / 2);  /* the output index */
+		return half * g.N + *col;
+	};
+
+	/* each thread's 16-byte chunks keep their row and column over k */
+	const bf16 *a_src[C::A_ITERS];
+	int a_dst[C::A_ITERS], a_col[C::A_ITERS];
+#pragma unroll
+	for (int i = 0; i < C::A_ITERS; i++) {
+		int c = tid + i * C::THREADS, r = c / (C::BK / 8);
+		a_col[i] = c % (C::BK / 8) * 8;
+		a_dst[i] = r * C::ALD + a_col[i];
+		a_src[i] = nullptr;
+		if (r < rows)
+			a_src[i] = g.a + (size_t)(g.a_row ? g.a_row[row0 + r] : row0 + r) * (size_t)g.K;
+	}
+	constexpr int BC = W8 ? 16 : 8;                        /* weights a 16-byte chunk holds */
+	constexpr int BI = W8 ? C::B8_ITERS : C::B_ITERS;
+	const uint8_t *b_src[BI];
+	int b_dst[BI], b_row[BI];
+#pragma unroll
+	for (int i = 0; i < BI; i++) {
+		int c = tid + i * C::THREADS, r = c / (C::BN / BC), cc = c % (C::BN / BC) * BC, col;
+		int gcol = w_column(cc, &col);
+		b_row[i] = r;
+		b_dst[i] = W8 ? r * C::BN + cc : (r * C::BLD + cc) * 2;   /* bytes */
+		b_src[i] = col < g.N ? w + (size_t)gcol * EB : nullptr;
+	}
+	auto load_tile = [&](int stage, int kt) {
+		int k0 = kt * C::BK;
+		bf16 *as = As + stage * C::A_STAGE;
+		uint8_t *bs = W8 ? B8 + stage * C::B8_STAGE : (uint8_t *)(Bs + stage * C::B_STAGE);
+#pragma unroll
+		for (int i = 0; i < C::A_ITERS; i++) {
+			int k = k0 + a_col[i];
+			bool ok = a_src[i] && k < g.K;
+			cp_async<16>(as + a_dst[i], ok ? a_src[i] + k : g.a, ok);
+		}
+#pragma unroll
+		for (int i = 0; i < BI; i++) {
+			int k = k0 + b_row[i];
+			bool ok = b_src[i] && k < g.K;
+			cp_async<16>(bs + b_dst[i], ok ? b_src[i] + (size_t)k * (size_t)g.ldw * EB : g.w,
+				     ok);
+		}
+	};
+
+	/* FP8: the pieces of 8 weights this thread dequantises, rows dq_r0 + j * DQ_ROWS of
+	 * column dq_c, and their scales' column (NULL past N: the piece stays zero) */
+	int dq_c = tid % C::DQ_ROW * 8, dq_r0 = tid / C::DQ_ROW;
+	const float *scol = nullptr;
+	if (W8) {
+		int col, gcol = w_column(dq_c, &col);
+		if (col < g.N)
+			scol = g.scale + (size_t)e * (size_t)p.scale_k * (size_t)p.scale_ld +
+			       gcol / g.scale_cols;
+	}
+	/* FP8: k-tile kt's scale when its rows lie in one block of rows (else false) */
+	auto tile_scale = [&](int kt, float *s) {
+		int k0 = kt * C::BK, k1 = min(k0 + C::BK, g.K) - 1, r0 = scale_row(p, k0);
+		*s = scol ? __ldg(scol + (size_t)r0 * (size_t)p.scale_ld) : 0.0f;
+		return r0 == scale_row(p, k1);
+	};
+	/* FP8: the e4m3 k-tile kt in stage into Bq, one scale s for it (one) or a scale a row */
+	auto dequant = [&](int stage, int kt, bool one, float s) {
+		const uint8_t *raw = B8 + stage * C::B8_STAGE;
+		dq_scale d = dq_scale_of(s);
+		if (one && !d.big) {   /* the common case: one scale, one multiply a weight */
+#pragma unroll
+			for (int j = 0; j < C::DQ_ITERS; j++) {
+				int r = dq_r0 + j * C::DQ_ROWS;
+				uint2 q = *(const uint2 *)(raw + r * C::BN + dq_c);
+				*(uint4 *)(Bq + r * C::BLD + dq_c) = e4m3x8_bf16x8<false>(q, d.m);
+			}
+			return;
+		}
+		for (int j = 0; j < C::DQ_ITERS; j++) {
+			int r = dq_r0 + j * C::DQ_ROWS, k = kt * C::BK + r;
+			if (!one)
+				d = dq_scale_of(scol && k < g.K ? __ldg(scol + (size_t)scale_row(p, k) *
+									 (size_t)p.scale_ld)
+								: 0.0f);
+			uint2 q = *(const uint2 *)(raw + r * C::BN + dq_c);
+			*(uint4 *)(Bq + r * C::BLD + dq_c) = d.big ? e4m3x8_bf16x8<true>(q, d.m)
+								   : e4m3x8_bf16x8<false>(q, d.m);
+		}
+	};
+
+	/* the warp's n8 tiles: their first column in the shared B tile */
+	auto bcol = [&](int j) {
+		if (!GATE_UP)
+			return wn * C::WN + j * 8;
+		return j < C::NT / 2 ? wn * (C::WN / 2) + j * 8
+				     : C::BN / 2 + wn * (C::WN / 2) + (j - C::NT / 2) * 8;
+	};
+
+	float acc[C::MI][C::NT][4];
+#pragma unroll
+	for (int mi = 0; mi < C::MI; mi++)
+#pragma unroll
+		for (int j = 0; j < C::NT; j++)
+#pragma unroll
+			for (int q = 0; q < 4; q++)
+				acc[mi][j][q] = 0.0f;
+
+	int nk = (g.K + C::BK - 1) / C::BK;
+#pragma unroll
+	for (int s = 0; s < C::STAGES - 1; s++) {
+		if (s < nk)
+			load_tile(s, s);
+		cp_async_commit();
+	}
+	float s_now = 0.0f, s_next = 0.0f;
+	bool one_now = true, one_next = true;
+	if (W8)
+		one_now = tile_scale(0, &s_now);
+	for (int kt = 0; kt < nk; kt++) {
+		cp_async_wait<C::STAGES - 2>();   /* tile kt has landed */
+		__syncthreads();                   /* ... for everyone; stage kt-1 (and Bq) is free */
+		int pf = kt + C::STAGES - 1;
+		if (pf < nk)
+			load_tile(pf % C::STAGES, pf);
+		cp_async_commit();
+		const bf16 *bs = Bs + (kt % C::STAGES) * C::B_STAGE;
+		if (W8) {
+			if (kt + 1 < nk)   /* in flight while this tile is dequantised and used */
+				one_next = tile_scale(kt + 1, &s_next);
+			dequant(kt % C::STAGES, kt, one_now, s_now);
+			__syncthreads();   /* Bq is whole */
+			s_now = s_next;
+			one_now = one_next;
+			bs = Bq;
+		}
+		const bf16 *as = As + (kt % C::STAGES) * C::A_STAGE;
+		int ksteps = min(C::BK, g.K - kt * C::BK) / 16;
+#pragma unroll
+		for (int ks = 0; ks < C::BK / 16; ks++) {
+			if (ks >= ksteps)
+				break;
+			uint32_t af[C::MI][4], bfr[C::NT][2];
+#pragma unroll
+			for (int mi = 0; mi < C::MI; mi++)
+				ldmatrix_x4(af[mi], as + (wm * C::WM + mi * 16 + lane % 16) * C::ALD +
+							ks * 16 + lane / 16 * 8);
+#pragma unroll
+			for (int j = 0; j < C::NT; j += 2) {
+				/* lanes 8q..8q+7 address matrix q: k rows (q%2)*8.., tile j + q/2 */
+				int q = lane / 8;
+				uint32_t r[4];
+				ldmatrix_x4_trans(r, bs + (ks * 16 + q % 2 * 8 + lane % 8) * C::BLD +
+							     bcol(j + q / 2));
+				bfr[j][0] = r[0];
+				bfr[j][1] = r[1];
+				bfr[j + 1][0] = r[2];
+				bfr[j + 1][1] = r[3];
+			}
+#pragma unroll
+			for (int mi = 0; mi < C::MI; mi++)
+#pragma unroll
+				for (int j = 0; j < C::NT; j++)
+					mma_bf16(acc[mi][j], af[mi], bfr[j][0], bfr[j][1]);
+		}
+	}
+	cp_async_wait<0>();
+
+	/* accumulator q of tile (mi, j): row lane/4 (+8 for q >= 2), column (lane%4)*2 + q%2 */
+#pragma unroll
+	for (int mi = 0; mi < C::MI; mi++)
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			int r = wm * C::WM + mi * 16 + lane / 4 + h * 8;
+			if (r >= rows)
+				continue;
+			if (GATE_UP) {
+				bf16 *dst = g.act + (size_t)(row0 + r) * (size_t)g.N;
+#pragma unroll
+				for (int j = 0; j < C::NT / 2; j++) {
+					int col = n0 + wn * (C::WN / 2) + j * 8 + lane % 4 * 2;
+					if (col >= g.N)
+						continue;
+					const float *gt = acc[mi][j], *up = acc[mi][j + C::NT / 2];
+					*(__nv_bfloat162 *)(dst + col) = __floats2bfloat162_rn(
+						swiglu(gt[2 * h], up[2 * h]),
+						swiglu(gt[2 * h + 1], up[2 * h + 1]));
+				}
+			} else {
+				float *dst = g.y + (size_t)g.pair_slot[row0 + r] * (size_t)g.N;
+#pragma unroll
+				for (int j = 0; j < C::NT; j++) {
+					int col = n0 + wn * C::WN + j * 8 + lane % 4 * 2;
+					if (col < g.N)
+						*(float2 *)(dst + col) =
+							make_float2(acc[mi][j][2 * h], acc[mi][j][2 * h + 1]);
+				}
+			}
+		}
+}
+
+// ---------------------------------------------------------------------------------------
+// launch
+
+template <class C, bool GATE_UP, bool W8>
+static qw_status launch(const gemm_params *p, int tiles, cudaStream_t stream, qw_err *err)
+{
+	static_assert(!W8 || fp8_tile<C>::ok, "FP8 tile");
+	auto kernel = expert_gemm_kernel<C, GATE_UP, W8>;
+	constexpr int smem = W8 ? C::SMEM8 : C::SMEM;
+	QW_CUDA_TRY(err, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					      smem));
+	int out_bn = GATE_UP ? C::BN / 2 : C::BN;
+	dim3 grid((unsigned)((p->g.N + out_bn - 1) / out_bn), (unsigned)tiles);
+	QW_CUDA_TRY(err, launch_pdl(kernel, grid, dim3(C::THREADS), (size_t)smem, stream, *p));
+	return QW_OK;
+}
+
+template <class C, class C8>
+static qw_status launch_shape(const gemm_params *p, bool gate_up, int tiles,
+			      cudaStream_t stream, qw_err *err)
+{
+	if (p->g.scale)
+		return gate_up ? launch<C8, true, true>(p, tiles, stream, err)
+			       : launch<C8, false, true>(p, tiles, stream, err);
+	return gate_up ? launch<C, true, false>(p, tiles, stream, err)
+		       : launch<C, false, false>(p, tiles, stream, err);
+}
+
+qw_status moe_gemm(const moe_gemm_args *g, moe_tile t, bool gate_up, int max_tiles,
+		   cudaStream_t stream, qw_err *err)
+{
+	gemm_params p = {};
+	p.g = *g;
+	p.scale_shift = -1;
+	if (g->scale) {   /* blocks checked by the caller (qw_cuda_moe) */
+		p.scale_k = (g->K + g->scale_rows - 1) / g->scale_rows;
+		p.scale_ld = (g->ldw + g->scale_cols - 1) / g->scale_cols;
+		if ((g->scale_rows & (g->scale_rows - 1)) == 0)
+			p.scale_shift = __builtin_ctz((unsigned)g->scale_rows);
+	}
+	switch (t) {
+	case MOE_TILE_S:
+		return launch_shape<cfg_s, cfg_s8>(&p, gate_up, max_tiles, stream, err);
+	case MOE_TILE_M:
+		return launch_shape<cfg_m, cfg_m>(&p, gate_up, max_tiles, stream, err);
+	default:
+		return launch_shape<cfg_l, cfg_l>(&p, gate_up, max_tiles, stream, err);
+	}
+}
