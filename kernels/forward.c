@@ -42,6 +42,40 @@ static qw_status upload_weights(qw_stage_model *m, qw_load_progress progress, vo
 	return st;
 }
 
+/* Layer L's MoE weights as the moe op takes them. */
+static qw_moe_weights moe_weights(const qw_stage_model *m, int L)
+{
+	const qw_layer_weights *lw = &m->w.layers[L];
+	const qw_text_config *t = &m->cfg->text;
+	return (qw_moe_weights){
+		.router = lw->router, .gate_up = lw->experts_gate_up, .down = lw->experts_down,
+		.gate = lw->expert_gate, .up = lw->expert_up, .expert_down = lw->expert_down,
+		.n_experts = t->num_experts, .top_k = t->num_experts_per_tok,
+		.inter = t->moe_intermediate_size,
+		/* Qwen3-VL-MoE always renormalises; Qwen3-MoE as norm_topk_prob says */
+		.renormalize = m->cfg->arch == QW_ARCH_QWEN3_VL_MOE || t->norm_topk_prob,
+	};
+}
+
+/* Where the backend has prepare_experts: each MoE layer's experts as its moe op reads them,
+ * once they are on the backend (per-expert tensors move into the fused layout there, so the
+ * layer then has fused weights and its step allocates nothing for them). */
+static qw_status prepare_experts(qw_stage_model *m, qw_err *err)
+{
+	qw_backend *be = m->be;
+	if (!be->prepare_experts)
+		return QW_OK;
+	for (int L = m->stage.layer_begin; L < m->stage.layer_end; L++) {
+		if (!qw_layer_is_moe(m->cfg, L))
+			continue;
+		qw_layer_weights *lw = &m->w.layers[L];
+		qw_moe_weights mw = moe_weights(m, L);
+		if (be->prepare_experts(be, &mw, &lw->experts_gate_up, &lw->experts_down, err) != QW_OK)
+			return qw_err_context(err, "layer %d: its experts", L);
+	}
+	return QW_OK;
+}
+
 /* A layer whose q/k/v projections can run as one GEMM into qk_norm_rope_kv: no biases (the
  * op adds none) and both head norms. */
 static bool qkv_fusable(const qw_layer_weights *lw)
@@ -117,6 +151,8 @@ qw_status qw_stage_model_load(qw_stage_model *m, const qw_config *cfg, const qw_
 	qw_wreport_free(&rep);
 	if (st == QW_OK)
 		st = upload_weights(m, progress, progress_ctx, err);
+	if (st == QW_OK)
+		st = prepare_experts(m, err);
 	if (st == QW_OK)
 		st = fuse_qkv(m, err);
 	if (st == QW_OK)
@@ -264,6 +300,8 @@ qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
 	}
 	free(specs);
 	if (st == QW_OK)
+		st = prepare_experts(m, err);
+	if (st == QW_OK)
 		st = fuse_qkv(m, err);
 	if (st == QW_OK)
 		st = alloc_scratch(m, err);
@@ -330,21 +368,13 @@ static qw_status mlp(qw_stage_model *m, int L, qw_err *err)
 {
 	qw_backend *be = m->be;
 	const qw_layer_weights *lw = &m->w.layers[L];
-	const qw_text_config *t = &m->cfg->text;
 	if (!qw_layer_is_moe(m->cfg, L)) {
 		QW_TRY(be->matmul(be, &m->gate, &m->h, lw->gate_proj, NULL, err));
 		QW_TRY(be->matmul(be, &m->up, &m->h, lw->up_proj, NULL, err));
 		QW_TRY(be->silu_mul(be, &m->gate, &m->gate, &m->up, err));
 		return be->matmul(be, &m->mlp, &m->gate, lw->down_proj, NULL, err);
 	}
-	qw_moe_weights mw = {
-		.router = lw->router, .gate_up = lw->experts_gate_up, .down = lw->experts_down,
-		.gate = lw->expert_gate, .up = lw->expert_up, .expert_down = lw->expert_down,
-		.n_experts = t->num_experts, .top_k = t->num_experts_per_tok,
-		.inter = t->moe_intermediate_size,
-		/* Qwen3-VL-MoE always renormalises; Qwen3-MoE as norm_topk_prob says */
-		.renormalize = m->cfg->arch == QW_ARCH_QWEN3_VL_MOE || t->norm_topk_prob,
-	};
+	qw_moe_weights mw = moe_weights(m, L);
 	return be->moe(be, &m->mlp, &m->h, &mw, err);
 }
 

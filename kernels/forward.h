@@ -2,7 +2,9 @@
  *
  * Owns: qw_stage_model, one pipeline stage on one backend: its weights (uploaded from the
  * checkpoint through qw_backend.upload, plus each layer's q/k/v projections fused into one
- * weight where the backend has the fused ops), its layers' KV cache, and scratch activations
+ * weight where the backend has the fused ops, and each MoE layer's experts as the backend's
+ * moe op reads them where it has prepare_experts: per-expert ones moved into the fused
+ * layout, which the layer's weights then name), its layers' KV cache, and scratch activations
  * for up to max_tokens rows.  A stage runs decoder layers [layer_begin, layer_end): the first
  * stage embeds token ids, every other stage takes the hidden states (T, H) the previous one
  * left, and the last stage also turns chosen rows into logits.  The daemon's pipeline stages

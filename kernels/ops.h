@@ -162,6 +162,16 @@ struct qw_backend {
 	 * does, the result's scale a backend-resident tensor of them (the FP8 form upload gives) */
 	qw_status (*synthesize)(qw_backend *be, const qw_tensor *t, uint64_t s0, double mean,
 				double std, const qw_tensor **out, qw_err *err);
+	/* (optional) once per MoE layer at load, after its weights are on the backend: *gate_up
+	 * and *down get the layer's experts in the fused layout ((E, H, 2I) input-major, gate
+	 * columns first; (E, I, H)) as this backend's moe op reads them; the moe op is then given
+	 * them (qw_moe_weights.gate_up, down).  Per-expert weights (w->gate, up, expert_down,
+	 * made by this backend) move into them: their memory is freed and they may not be used
+	 * again, so nothing is held twice and the moe op allocates nothing.  Fused ones
+	 * (w->gate_up, down) are checked and given back as they are.  QW_E_ARG for weights it
+	 * cannot take.  Without it, the moe op reads either layout as it is. */
+	qw_status (*prepare_experts)(qw_backend *be, const qw_moe_weights *w,
+				     const qw_tensor **gate_up, const qw_tensor **down, qw_err *err);
 	/* (optional) called before a step's ops with its batch: a device backend copies the
 	 * batch's arrays over once here instead of in every op that reads them */
 	qw_status (*begin_step)(qw_backend *be, const qw_batch *batch, qw_err *err);

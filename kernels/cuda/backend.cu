@@ -632,6 +632,30 @@ static qw_status interp_rows(qw_backend *be, qw_act *out, const qw_tensor *table
 				   (int)table->shape[0], c->stream, err);
 }
 
+/* One fused expert tensor (E, d1, d2) as the MoE kernels take it: bf16, or FP8 with its
+ * block scales. */
+static qw_status expert_weights(const qw_tensor *t, int64_t E, int64_t d1, int64_t d2,
+				const void **data, qw_cuda_moe_scales *s, qw_err *err)
+{
+	const char *name = t->name ? t->name : "(unnamed)";
+	if (t->ndim != 3 || t->shape[0] != E || t->shape[1] != d1 || t->shape[2] != d2 || !t->data)
+		return qw_fail(err, QW_E_ARG, "cuda moe: %s is not an (%lld, %lld, %lld) tensor on the "
+			       "device", name, (long long)E, (long long)d1, (long long)d2);
+	*data = t->data;
+	*s = (qw_cuda_moe_scales){};
+	if (t->dtype == QW_DT_BF16)
+		return QW_OK;
+	const qw_tensor *sc = t->scale;
+	if (t->dtype != QW_DT_F8_E4M3 || !sc || !sc->data || sc->dtype != QW_DT_F32 ||
+	    t->block[0] < 1 || t->block[1] < 1 ||
+	    sc->numel != (uint64_t)E * (uint64_t)((d1 + t->block[0] - 1) / t->block[0]) *
+			     (uint64_t)((d2 + t->block[1] - 1) / t->block[1]))
+		return qw_fail(err, QW_E_ARG, "cuda moe: %s is %s; the experts are read as BF16, or "
+			       "F8_E4M3 with fp32 block scales", name, qw_dtype_name(t->dtype));
+	*s = (qw_cuda_moe_scales){(const float *)sc->data, t->block[0], t->block[1]};
+	return QW_OK;
+}
+
 static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_weights *w,
 		     qw_err *err)
 {
@@ -640,16 +664,13 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 	if (out->cols != H || w->router->shape[0] != E || w->router->shape[1] != H || k < 1 || k > E)
 		return shape_error(err, "moe", "router, expert count or widths do not match");
 	QW_TRY(bf16_weight("moe (router)", w->router, err));
-	const uint16_t *gu = NULL, *dn = NULL;
-	if (w->gate_up && w->down) {
-		QW_TRY(bf16_weight("moe (experts)", w->gate_up, err));
-		QW_TRY(bf16_weight("moe (experts)", w->down, err));
-		gu = (const uint16_t *)w->gate_up->data;
-		dn = (const uint16_t *)w->down->data;
-	} else {
-		QW_TRY(cuda_fused_experts(c, w, &gu, &dn, err));
-	}
-	qw_cuda_moe_args a;
+	if (!w->gate_up || !w->down)   /* re-laying out here would allocate in a step */
+		return qw_fail(err, QW_E_ARG, "cuda moe: the layer's experts are per-expert tensors; "
+			       "HINT: this backend reads them fused, made once at load by its "
+			       "prepare_experts op (qw_stage_model_load calls it)");
+	qw_cuda_moe_args a = {};
+	QW_TRY(expert_weights(w->gate_up, E, H, 2 * (int64_t)I, &a.gate_up, &a.gate_up_scales, err));
+	QW_TRY(expert_weights(w->down, E, I, H, &a.down, &a.down_scales, err));
 	a.T = x->rows;
 	a.H = H;
 	a.E = E;
@@ -658,8 +679,6 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 	a.renormalize = w->renormalize != 0;
 	a.x = C16(x);
 	a.router = (const uint16_t *)w->router->data;
-	a.gate_up = gu;
-	a.down = dn;
 	a.out = D16(out);
 	QW_TRY(grow_dev(c, &c->moe_ws, qw_cuda_moe_ws_bytes(x->rows, H, E, k, I), err));
 	out->rows = x->rows;
@@ -774,6 +793,7 @@ extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err
 	be->graph_begin = cuda_graph_begin;
 	be->graph_end = cuda_graph_end;
 	be->synthesize = cuda_synthesize;
+	be->prepare_experts = cuda_prepare_experts;
 	be->embed = embed;
 	be->rmsnorm = rmsnorm;
 	be->add_rmsnorm = add_rmsnorm;

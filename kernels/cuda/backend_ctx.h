@@ -1,10 +1,10 @@
 /* backend_ctx.h - the CUDA backend's state, shared by the files that make it up (CUDA C++
  * only, private to kernels/cuda/): backend.cu (the op table, activations, the step's batch,
- * create and destroy), memory.cu (the weights and KV caches the backend owns) and
- * step_graphs.cu (recorded decode steps).
+ * create and destroy), memory.cu (the weights and KV caches the backend owns), experts.cu
+ * (MoE experts re-laid out at load) and step_graphs.cu (recorded decode steps).
  *
- * Owns: cuda_ctx and the records it keeps (owned tensors, re-laid-out experts, step graphs,
- * growing device buffers), and the functions one of those files gives the others.
+ * Owns: cuda_ctx and the records it keeps (owned tensors, step graphs, growing device
+ * buffers), and the functions one of those files gives the others.
  */
 #ifndef QW_KERNELS_CUDA_BACKEND_CTX_H
 #define QW_KERNELS_CUDA_BACKEND_CTX_H
@@ -36,15 +36,10 @@ typedef struct owned_tensor {
 	char *name;                 /* the name this backend gave it (fused tensors), else NULL */
 	bool view;                  /* its data (and scales) lie in a fused tensor's memory */
 	bool viewed;                /* views lie in its memory: it may not move */
+	bool moved;                 /* its values moved into a tensor made of it (experts.cu) and
+				       its memory is freed: data NULL, not to be used */
 	struct owned_tensor *next;
 } owned_tensor;
-
-/* A per-expert layer's experts re-laid out as the fused layout, made on first use. */
-typedef struct fused_experts {
-	const qw_tensor *router;    /* which layer (its router tensor) */
-	uint16_t *gate_up, *down;   /* (E, H, 2I), (E, I, H) */
-	struct fused_experts *next;
-} fused_experts;
 
 /* A recorded step (graph_begin): its key, and its executable graph once recorded. */
 typedef struct step_graph {
@@ -70,7 +65,6 @@ typedef struct cuda_ctx {
 	cudaEvent_t staged[2];      /* each buffer's last copy */
 	int next_staging;
 	owned_tensor *tensors;
-	fused_experts *fused;
 	/* the step */
 	const qw_batch *cur;        /* the host batch begin_step last saw */
 	qw_cuda_batch db;           /* its device copy */
@@ -119,11 +113,25 @@ qw_status cuda_kv_alloc(qw_backend *be, const qw_kv_shape *shape, qw_kv_cache **
 			qw_err *err);
 void cuda_kv_free(qw_backend *be, qw_kv_cache *kv);
 uint64_t cuda_free_memory(qw_backend *be);
-/* A per-expert layer's experts in the fused layout the MoE kernels take (made once). */
-qw_status cuda_fused_experts(cuda_ctx *c, const qw_moe_weights *w, const uint16_t **gu,
-			     const uint16_t **dn, qw_err *err);
-/* Frees every tensor and re-laid-out expert set the backend made (destroy). */
+/* Frees every tensor the backend made (destroy). */
 void cuda_free_weights(cuda_ctx *c);
+/* A new owned tensor of desc's dtype and shape (FP8 with room for the block scales desc->scale
+ * describes, else bf16), its memory not yet written. */
+qw_status cuda_new_tensor(cuda_ctx *c, const qw_tensor *desc, owned_tensor **out, qw_err *err);
+/* The owned tensor that t is, or NULL when this backend did not make t. */
+owned_tensor *cuda_owner_of(cuda_ctx *c, const qw_tensor *t);
+/* Unlinks and frees an owned tensor that nothing views or refers to yet (its name too). */
+void cuda_drop_tensor(cuda_ctx *c, owned_tensor *o);
+/* Frees o's device memory once its values are in a tensor made of it: o stays listed,
+ * marked moved, its data NULL. */
+void cuda_release_moved(owned_tensor *o);
+
+// -- experts.cu: MoE experts as the MoE kernels read them ----------------------------------
+
+/* The prepare_experts op (ops.h): per-expert layers re-laid out in the fused layout, their
+ * parts' memory freed; fused ones checked. */
+qw_status cuda_prepare_experts(qw_backend *be, const qw_moe_weights *w,
+			       const qw_tensor **gate_up, const qw_tensor **down, qw_err *err);
 
 // -- step_graphs.cu: recorded decode steps -------------------------------------------------
 

@@ -12,13 +12,16 @@
  * weight either its bf16 dequantisation (into scratch reserved as it was uploaded) or
  * cuBLASLt's FP8 GEMM (qw_cuda_fp8_stats below); the other ops are the kernels of
  * kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm, qk_norm_rope_kv).
- * Ops other than matmul read bf16 weights only and refuse an FP8 one (QW_E_ARG).
+ * Ops other than matmul and moe read bf16 weights only and refuse an FP8 one (QW_E_ARG).
  * fuse_rows makes one weight of several (q/k/v for one GEMM): the parts' memory moves into it
  * and they become views of their rows, freed with it; FP8 parts fuse when each is a whole
- * number of block rows (their scales then stack by rows), else QW_E_ARG.  Decode steps can be recorded as CUDA
- * graphs and replayed (graph_begin): a step's block tables are padded to a power-of-two row
- * length and its longest context rounded up to a power of two, so steps of one batch size
- * share a graph for many tokens.
+ * number of block rows (their scales then stack by rows), else QW_E_ARG.  prepare_experts,
+ * at load, moves a per-expert MoE layer's experts into the fused layout the MoE kernels
+ * read (bf16, or FP8 when they are: read as e4m3 and dequantised in the kernel), freeing the
+ * parts, so the moe op allocates nothing; it refuses a layer that was not prepared.  Decode
+ * steps can be recorded as CUDA graphs and replayed (graph_begin): a step's block tables are
+ * padded to a power-of-two row length and its longest context rounded up to a power of two,
+ * so steps of one batch size share a graph for many tokens.
  */
 #ifndef QW_KERNELS_CUDA_CUDA_BACKEND_H
 #define QW_KERNELS_CUDA_CUDA_BACKEND_H

@@ -1,8 +1,8 @@
 /* memory.cu - what the CUDA backend allocates and owns for a model: weight tensors (uploaded
  * through pinned staging buffers, bf16 or FP8 with their block scales; synthesized on the GPU;
- * fused by rows into one weight with the parts left as views), the scratch an FP8 weight is
- * dequantised into for a GEMM of many tokens, per-expert layers re-laid out in the fused
- * expert layout, and KV caches.  See backend_ctx.h. */
+ * fused by rows into one weight with the parts left as views; or made by experts.cu from
+ * parts whose memory then goes), the scratch an FP8 weight is dequantised into for a GEMM of
+ * many tokens, and KV caches.  See backend_ctx.h. */
 #include <cuda_bf16.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,6 +117,11 @@ static qw_status synthesize_fp8(cuda_ctx *c, const qw_tensor *t, uint64_t s0, do
 				mean, std, c->stream, err);
 }
 
+qw_status cuda_new_tensor(cuda_ctx *c, const qw_tensor *desc, owned_tensor **out, qw_err *err)
+{
+	return new_tensor(c, desc, out, err);
+}
+
 qw_status cuda_synthesize(qw_backend *be, const qw_tensor *t, uint64_t s0, double mean,
 			  double std, const qw_tensor **out, qw_err *err)
 {
@@ -142,6 +147,11 @@ static owned_tensor *owner_of(cuda_ctx *c, const qw_tensor *t)
 	return NULL;
 }
 
+owned_tensor *cuda_owner_of(cuda_ctx *c, const qw_tensor *t)
+{
+	return owner_of(c, t);
+}
+
 /* Frees an owned tensor's device memory, unless it is a view into a fused tensor's. */
 static void free_device(owned_tensor *o)
 {
@@ -149,6 +159,14 @@ static void free_device(owned_tensor *o)
 		return;
 	cudaFree((void *)o->t.data);
 	cudaFree((void *)o->scale.data);
+}
+
+void cuda_release_moved(owned_tensor *o)
+{
+	free_device(o);
+	o->t.data = NULL;
+	o->scale.data = NULL;
+	o->moved = true;
 }
 
 /* Unlinks and frees an owned tensor that nothing views or refers to yet. */
@@ -162,6 +180,11 @@ static void drop_tensor(cuda_ctx *c, owned_tensor *gone)
 	free_device(gone);
 	free(gone->name);
 	free(gone);
+}
+
+void cuda_drop_tensor(cuda_ctx *c, owned_tensor *o)
+{
+	drop_tensor(c, o);
 }
 
 #define FUSE_MAX_PARTS 16
@@ -204,9 +227,9 @@ static qw_status fusable(cuda_ctx *c, const qw_tensor *const *parts, int n, owne
 		if (!o[i])
 			return qw_fail(err, QW_E_ARG, "cuda cuda_fuse_rows: part %d (%s) is not a tensor this "
 				       "backend uploaded or synthesized", i, name);
-		if (o[i]->view || o[i]->viewed)
+		if (o[i]->view || o[i]->viewed || o[i]->moved)
 			return qw_fail(err, QW_E_ARG, "cuda cuda_fuse_rows: part %d (%s) is already part of "
-				       "a fused tensor, or is one", i, name);
+				       "a fused tensor, or is one, or moved into one", i, name);
 		for (int j = 0; j < i; j++)
 			if (o[j] == o[i])
 				return qw_fail(err, QW_E_ARG, "cuda cuda_fuse_rows: part %d (%s) is also part %d",
@@ -409,76 +432,6 @@ qw_status cuda_upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out,
 	return QW_OK;
 }
 
-// ---------------------------------------------------------------------------------------
-// experts in the fused layout
-
-/* dst[c * dst_ld + dst_off + r] = src[r * cols + c]: one expert matrix into the fused layout. */
-static __global__ void transpose_kernel(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int rows,
-					int cols, int dst_ld, int dst_off)
-{
-	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-	if (i >= (size_t)rows * cols)
-		return;
-	int r = (int)(i / cols), col = (int)(i % cols);
-	dst[(size_t)col * dst_ld + dst_off + r] = src[i];
-}
-
-static qw_status transpose_into(uint16_t *dst, const qw_tensor *src, int dst_ld, int dst_off,
-				cudaStream_t stream, qw_err *err)
-{
-	int rows = (int)src->shape[0], cols = (int)src->shape[1];
-	size_t n = (size_t)rows * cols;
-	transpose_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(
-		(__nv_bfloat16 *)dst, (const __nv_bfloat16 *)src->data, rows, cols, dst_ld, dst_off);
-	QW_CUDA_TRY(err, cudaGetLastError());
-	return QW_OK;
-}
-
-/* The per-expert layout (Qwen3-MoE text checkpoints) as the fused one the MoE kernels take:
- * made once per layer on first use. */
-qw_status cuda_fused_experts(cuda_ctx *c, const qw_moe_weights *w, const uint16_t **gu,
-			     const uint16_t **dn, qw_err *err)
-{
-	for (fused_experts *f = c->fused; f; f = f->next)
-		if (f->router == w->router) {
-			*gu = f->gate_up;
-			*dn = f->down;
-			return QW_OK;
-		}
-	int E = w->n_experts, I = w->inter, H = (int)w->router->shape[1];
-	for (int e = 0; e < E; e++) {   /* the re-layout reads bf16 */
-		const qw_tensor *m[3] = {w->gate[e], w->up[e], w->expert_down[e]};
-		for (int i = 0; i < 3; i++)
-			if (m[i]->dtype != QW_DT_BF16)
-				return qw_fail(err, QW_E_ARG, "cuda moe (experts): %s is %s; this op reads "
-					       "BF16 weights only", m[i]->name ? m[i]->name : "(unnamed)",
-					       qw_dtype_name(m[i]->dtype));
-	}
-	fused_experts *f = (fused_experts *)calloc(1, sizeof *f);
-	if (!f)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
-	size_t each = (size_t)H * 2 * I;
-	if (cudaMalloc((void **)&f->gate_up, (size_t)E * each * 2) != cudaSuccess ||
-	    cudaMalloc((void **)&f->down, (size_t)E * each / 2 * 2) != cudaSuccess) {
-		cudaGetLastError();
-		cudaFree(f->gate_up);
-		free(f);
-		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory re-laying out experts");
-	}
-	f->router = w->router;
-	f->next = c->fused;
-	c->fused = f;
-	for (int e = 0; e < E; e++) {
-		QW_TRY(transpose_into(f->gate_up + (size_t)e * each, w->gate[e], 2 * I, 0, c->stream, err));
-		QW_TRY(transpose_into(f->gate_up + (size_t)e * each, w->up[e], 2 * I, I, c->stream, err));
-		QW_TRY(transpose_into(f->down + (size_t)e * (size_t)I * H, w->expert_down[e], H, 0,
-				      c->stream, err));
-	}
-	*gu = f->gate_up;
-	*dn = f->down;
-	return QW_OK;
-}
-
 void cuda_free_weights(cuda_ctx *c)
 {
 	for (owned_tensor *o = c->tensors, *next; o; o = next) {
@@ -487,14 +440,7 @@ void cuda_free_weights(cuda_ctx *c)
 		free(o->name);
 		free(o);
 	}
-	for (fused_experts *f = c->fused, *next; f; f = next) {
-		next = f->next;
-		cudaFree(f->gate_up);
-		cudaFree(f->down);
-		free(f);
-	}
 	c->tensors = NULL;
-	c->fused = NULL;
 }
 
 // ---------------------------------------------------------------------------------------
