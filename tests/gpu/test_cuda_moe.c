@@ -22,7 +22,6 @@
 
 #include <cuda_runtime.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,101 +29,17 @@
 #include <unistd.h>
 
 #include "kernels/cuda/kernels.h"
+#include "tests/gpu/cuda_ok.h"
 #include "tests/gpu/moe_check.h"
-
-#define CUDA_OK(call)                                                                        \
-	do {                                                                                 \
-		cudaError_t rc_ = (call);                                                    \
-		if (rc_ != cudaSuccess)                                                      \
-			fail_msg("%s: %s", #call, cudaGetErrorString(rc_));                  \
-	} while (0)
-
-#define MAX_THREADS 64
 
 static uint64_t seed;
 static int n_threads;
 
-// ---------------------------------------------------------------------------------------
-// random bf16 data, generated in parallel from (seed, stream, index)
-
-static uint64_t mix64(uint64_t z)
-{
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-/* uniform in [-1, 1) */
-static float uniform(uint64_t stream, uint64_t i)
-{
-	uint64_t z = mix64(seed ^ mix64(stream * 0x9e3779b97f4a7c15ull + i + 1));
-	return (float)((double)(z >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-}
-
-static uint16_t bf16_bits(float f)
-{
-	uint32_t b;
-	memcpy(&b, &f, 4);
-	b += 0x7fffu + ((b >> 16) & 1u);   /* round to nearest even (no NaNs here) */
-	return (uint16_t)(b >> 16);
-}
-
-typedef void (*part_fn)(void *ctx, size_t lo, size_t hi);
-
-typedef struct task {
-	part_fn fn;
-	void *ctx;
-	size_t lo, hi;
-} task;
-
-static void *part_main(void *arg)
-{
-	task *p = arg;
-	if (p->hi > p->lo)
-		p->fn(p->ctx, p->lo, p->hi);
-	return NULL;
-}
-
-/* fn over [0, n) in n_threads contiguous parts */
-static void parallel(size_t n, part_fn fn, void *ctx)
-{
-	pthread_t th[MAX_THREADS];
-	task parts[MAX_THREADS];
-	for (int i = 0; i < n_threads; i++) {
-		parts[i] = (task){fn, ctx, n * (size_t)i / (size_t)n_threads,
-				  n * (size_t)(i + 1) / (size_t)n_threads};
-		assert_int_equal(pthread_create(&th[i], NULL, part_main, &parts[i]), 0);
-	}
-	for (int i = 0; i < n_threads; i++)
-		pthread_join(th[i], NULL);
-}
-
-typedef struct fill {
-	uint16_t *dst;
-	uint64_t stream;
-	float scale;
-} fill;
-
-static void fill_part(void *ctx, size_t lo, size_t hi)
-{
-	fill *f = ctx;
-	for (size_t i = lo; i < hi; i++)
-		f->dst[i] = bf16_bits(f->scale * uniform(f->stream, i));
-}
-
 static uint16_t *random_bf16(size_t n, uint64_t stream, float scale)
 {
-	fill f = {malloc(n * sizeof(uint16_t)), stream, scale};
-	assert_non_null(f.dst);
-	parallel(n, fill_part, &f);
-	return f.dst;
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+	uint16_t *p = moe_check_random_bf16(n, seed, stream, scale, n_threads);
+	assert_non_null(p);
+	return p;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -141,9 +56,8 @@ typedef struct layer {
 
 static void *upload(const uint16_t *host, size_t n)
 {
-	void *d = NULL;
-	CUDA_OK(cudaMalloc(&d, n * 2));
-	CUDA_OK(cudaMemcpy(d, host, n * 2, cudaMemcpyHostToDevice));
+	void *d = moe_check_to_device(host, n * 2);
+	assert_non_null(d);
 	return d;
 }
 
@@ -151,7 +65,7 @@ static void *upload(const uint16_t *host, size_t n)
  * and up pre-activations of std ~1, expert outputs of std ~1. */
 static void layer_init(layer *L, const char *name, int H, int E, int k, int I)
 {
-	double t0 = now();
+	double t0 = moe_check_now();
 	*L = (layer){.name = name, .H = H, .E = E, .k = k, .I = I};
 	size_t nr = (size_t)E * (size_t)H, ngu = nr * 2 * (size_t)I, nd = nr * (size_t)I;
 	L->router = random_bf16(nr, 1, 6.0f / sqrtf((float)H));
@@ -167,7 +81,7 @@ static void layer_init(layer *L, const char *name, int H, int E, int k, int I)
 				.down = &L->t_down, .n_experts = E, .top_k = k, .inter = I,
 				.renormalize = 1};
 	print_message("%s: H %d, E %d, top-%d, I %d: %.2f GB of weights made in %.1f s\n", name,
-		      H, E, k, I, (double)(nr + ngu + nd) * 2e-9, now() - t0);
+		      H, E, k, I, (double)(nr + ngu + nd) * 2e-9, moe_check_now() - t0);
 }
 
 static void layer_free(layer *L)
@@ -185,14 +99,14 @@ static void layer_free(layer *L)
 
 static float *reference(layer *L, const uint16_t *x, int T)
 {
-	double t0 = now();
+	double t0 = moe_check_now();
 	float *out = malloc((size_t)T * (size_t)L->H * sizeof(float));
 	assert_non_null(out);
 	qw_err err = {0};
 	if (moe_check_reference(&L->w, L->H, x, T, n_threads, out, &err) != QW_OK)
 		fail_msg("cpu moe: %s", err.msg);
 	print_message("%s: the CPU reference for %d tokens took %.1f s on %d threads\n", L->name,
-		      T, now() - t0, n_threads);
+		      T, moe_check_now() - t0, n_threads);
 	return out;
 }
 
@@ -206,6 +120,11 @@ typedef struct gpu {
 	uint16_t *d_out;    /* (Tmax, H) */
 	cudaStream_t stream;
 } gpu;
+
+typedef struct layer_gpu {
+	const layer *L;
+	const gpu *g;
+} layer_gpu;
 
 static qw_cuda_moe_args args_of(const layer *L, const gpu *g, int row0, int T)
 {
@@ -253,28 +172,15 @@ static double gpu_time(const layer *L, const gpu *g, int T)
 	return ms / 5.0;
 }
 
-/* rows [0, T) of got (bf16) against ref (fp32) within the tolerance above */
-static void compare(const layer *L, int T, const float *ref, const uint16_t *got)
+static bool run_gpu(void *ctx, int row0, int T, uint16_t *out)
 {
-	if (!moe_check_compare(L->name, T, L->H, ref, got))
-		fail_msg("%s T %d: outputs out of tolerance (seed %llu)", L->name, T,
-			 (unsigned long long)seed);
-}
-
-/* rows of a and b must have the same bits */
-static void same_bits(const layer *L, const char *what, const uint16_t *a, const uint16_t *b,
-		      int T)
-{
-	size_t n = (size_t)T * (size_t)L->H;
-	for (size_t i = 0; i < n; i++)
-		if (a[i] != b[i])
-			fail_msg("%s: %s: token %zu column %zu: %#06x against %#06x (seed %llu)",
-				 L->name, what, i / (size_t)L->H, i % (size_t)L->H, a[i], b[i],
-				 (unsigned long long)seed);
+	const layer_gpu *lg = ctx;
+	gpu_moe(lg->L, lg->g, row0, T, out);
+	return true;
 }
 
 /* The layer at each size (a prefix of one batch of random tokens; the last is the largest),
- * against the reference, for determinism and for batch invariance. */
+ * against the reference, for determinism and for batch invariance (moe_check_runs). */
 static void check_layer(layer *L, const int *sizes, int n_sizes)
 {
 	int Tmax = sizes[n_sizes - 1], H = L->H;
@@ -287,30 +193,9 @@ static void check_layer(layer *L, const int *sizes, int n_sizes)
 	CUDA_OK(cudaMalloc(&g.ws, g.ws_bytes));
 	g.d_x = upload(x, n);
 	CUDA_OK(cudaMalloc((void **)&g.d_out, n * 2));
-	uint16_t *full = malloc(n * 2), *again = malloc(n * 2), *part = malloc(n * 2);
-	assert_non_null(full);
-	assert_non_null(again);
-	assert_non_null(part);
-
-	gpu_moe(L, &g, 0, Tmax, full);
-	compare(L, Tmax, ref, full);
-	gpu_moe(L, &g, 0, Tmax, again);
-	same_bits(L, "a second run", again, full, Tmax);
-	for (int s = 0; s < n_sizes - 1; s++) {
-		gpu_moe(L, &g, 0, sizes[s], part);
-		compare(L, sizes[s], ref, part);
-		same_bits(L, "a prefix of the batch", part, full, sizes[s]);
-	}
-	int alone[4] = {0, Tmax / 3, Tmax / 2 + 1, Tmax - 1};
-	for (int i = 0; i < 4; i++) {
-		gpu_moe(L, &g, alone[i], 1, part);
-		same_bits(L, "a token alone", part, full + (size_t)alone[i] * (size_t)H, 1);
-	}
-	int mid = Tmax / 4, len = Tmax / 2 > 37 ? 37 : Tmax / 2;
-	if (len > 0) {
-		gpu_moe(L, &g, mid, len, part);
-		same_bits(L, "a slice of the batch", part, full + (size_t)mid * (size_t)H, len);
-	}
+	layer_gpu lg = {L, &g};
+	if (!moe_check_runs(L->name, H, sizes, n_sizes, ref, run_gpu, &lg, NULL, NULL))
+		fail_msg("%s: see above (seed %llu)", L->name, (unsigned long long)seed);
 	double ms1 = gpu_time(L, &g, 1), msT = gpu_time(L, &g, Tmax);
 	double expert_bytes = 3.0 * (double)H * (double)L->I * 2.0;
 	print_message("%s: %.3f ms at T 1 (%.0f GB/s of the top-%d experts' weights), %.3f ms at "
@@ -318,9 +203,6 @@ static void check_layer(layer *L, const int *sizes, int n_sizes)
 		      (double)L->k * expert_bytes / (ms1 * 1e6), L->k, msT, Tmax,
 		      msT * 1e3 / Tmax);
 
-	free(full);
-	free(again);
-	free(part);
 	free(ref);
 	free(x);
 	cudaFree(g.ws);
@@ -404,18 +286,7 @@ static void test_args(void **state)
 static int setup(void **state)
 {
 	(void)state;
-	const char *s = getenv("QW_TEST_SEED");
-	seed = s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	print_message("seed %llu (QW_TEST_SEED=%llu repeats this run)\n", (unsigned long long)seed,
-		      (unsigned long long)seed);
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	n_threads = cpus < 1 ? 1 : cpus > MAX_THREADS ? MAX_THREADS : (int)cpus;
-	int n = 0;
-	if (cudaGetDeviceCount(&n) != cudaSuccess || n < 1) {
-		print_message("no GPU: this suite needs one\n");
-		return -1;
-	}
-	return 0;
+	return moe_check_setup(&seed, &n_threads);
 }
 
 int main(void)
