@@ -1,20 +1,27 @@
-/* bench_cuda_moe.c - one MoE layer (qw_cuda_moe, kernels/cuda/moe.cu) at decode batch sizes on
- * the Qwen3-VL-30B-A3B and 235B-A22B layer shapes, random weights made on the GPU, against
- * the byte roofline: the router and the experts the batch chooses (expected over uniform
- * routing), read once, over the copy bandwidth.  The L2 is flushed before each run and each
- * run routes other tokens, as in a real step.  Median of 30.  Not a test.  Built by
- * `scons tests`; run
- *     build/tests/bench/bench_cuda_moe [copy GB/s, default 4287]
- * (bench_cuda_moe_* are the same over build-time variants of the decode tile; see
- * tests/SConscript.)  Before a layer is timed, its output at every batch size is checked
- * against the CPU reference within test_cuda_moe's tolerance (tests/gpu/moe_check.h): a
- * variant that computes something else is reported and not timed (exit 1).
+/* bench_cuda_moe.c - one MoE layer (qw_cuda_moe, kernels/cuda/moe.cu and moe_gemm.cu) on the
+ * Qwen3-VL-30B-A3B and 235B-A22B layer shapes at T = 1, 8, 64, 256 and 8192 tokens, random
+ * weights, against the byte roofline: the router and the experts the batch chooses
+ * (expected over uniform routing), read once, over the copy bandwidth; and the tensor work
+ * (2 T k 3 H I flops) as TFLOP/s, which is what bounds the large batches.  The L2 is flushed
+ * before each run and each run routes other tokens, as in a real step.  Median of 30.  Not
+ * a test.  Built by `scons tests`; run
+ *     build/tests/bench/bench_cuda_moe [--fp8] [copy GB/s, default 4287]
+ * With --fp8 the experts are FP8 (e4m3 with a random fp32 scale per 128 x 128 block, made
+ * on the host) and each size is timed twice, FP8 and bf16 on the same experts dequantised
+ * (bf16_rn(e4m3 * s)), the FP8 roofline counting FP8 bytes (and the scales'); without it,
+ * bf16 experts made on the GPU.  (bench_cuda_moe_* are the same over build-time variants of
+ * the decode tiles; see tests/SConscript.)  Before a layer is timed, its bf16 output for the
+ * first 64 tokens is checked against the CPU reference within test_cuda_moe's tolerance
+ * (tests/gpu/moe_check.h), larger batches' first 64 rows against that output (batch
+ * invariance), and FP8 outputs against the bf16 ones bit for bit: a variant that computes
+ * something else is reported and not timed (exit 1).
  */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "kernels/cuda/kernels.h"
@@ -23,6 +30,13 @@
 
 #define RUNS 30
 #define FLUSH_BYTES (256ull << 20)
+#define CHECK_T 64         /* tokens checked against the CPU reference */
+#define BATCHES 4          /* distinct batches of tokens the runs cycle through */
+#define BLOCK 128          /* FP8 blocks */
+
+static const int tokens[] = {1, 8, 64, 256, 8192};
+#define N_TOK (int)(sizeof tokens / sizeof *tokens)
+#define MAX_T 8192
 
 static void ok(qw_status st, const qw_err *err)
 {
@@ -32,64 +46,21 @@ static void ok(qw_status st, const qw_err *err)
 	}
 }
 
+static void *must(void *p, const char *what)
+{
+	if (!p) {
+		fprintf(stderr, "bench_cuda_moe: out of memory for %s\n", what);
+		exit(1);
+	}
+	return p;
+}
+
 /* A host copy of n bf16 values on the device. */
 static uint16_t *to_host(const uint16_t *d, size_t n)
 {
-	uint16_t *h = malloc(n * 2);
-	if (!h) {
-		fprintf(stderr, "bench_cuda_moe: out of memory for a host copy\n");
-		exit(1);
-	}
+	uint16_t *h = must(malloc(n * 2), "a host copy");
 	CK(cudaMemcpy(h, d, n * 2, cudaMemcpyDeviceToHost));
 	return h;
-}
-
-/* The layer's output for the first max_t tokens of x at each batch size, against the CPU
- * reference on host copies of the same weights; exits unless every one is within the
- * tolerance. */
-static void check_layer(const char *name, int H, int E, int k, int I, const uint16_t *router,
-			const uint16_t *gate_up, const uint16_t *down, const uint16_t *x,
-			const int *tokens, int n_tok, int max_t, uint16_t *out, void *ws,
-			size_t ws_bytes, cudaStream_t s)
-{
-	uint16_t *h_router = to_host(router, (size_t)E * H);
-	uint16_t *h_gate_up = to_host(gate_up, (size_t)E * H * 2 * I);
-	uint16_t *h_down = to_host(down, (size_t)E * I * H);
-	uint16_t *h_x = to_host(x, (size_t)max_t * H), *got = malloc((size_t)max_t * H * 2);
-	float *ref = malloc((size_t)max_t * H * sizeof *ref);
-	qw_tensor tr = moe_check_tensor(h_router, 2, E, H, 0);
-	qw_tensor tgu = moe_check_tensor(h_gate_up, 3, E, H, 2 * (int64_t)I);
-	qw_tensor td = moe_check_tensor(h_down, 3, E, I, H);
-	qw_moe_weights w = {.router = &tr, .gate_up = &tgu, .down = &td, .n_experts = E,
-			    .top_k = k, .inter = I, .renormalize = 1};
-	qw_err err = {0};
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	if (!got || !ref)
-		ok(qw_fail(&err, QW_E_NOMEM, "out of memory for the check"), &err);
-	ok(moe_check_reference(&w, H, h_x, max_t, cpus > 0 ? (int)cpus : 1, ref, &err), &err);
-	bool all = true;
-	for (int ti = 0; ti < n_tok; ti++) {
-		int T = tokens[ti];
-		qw_cuda_moe_args m = {.T = T, .H = H, .E = E, .top_k = k, .I = I,
-				      .renormalize = true, .x = x, .router = router,
-				      .gate_up = gate_up, .down = down, .out = out};
-		CK(cudaMemsetAsync(out, 0xff, (size_t)T * H * 2, s));   /* NaN until written */
-		ok(qw_cuda_moe(&m, ws, ws_bytes, s, &err), &err);
-		CK(cudaStreamSynchronize(s));
-		CK(cudaMemcpy(got, out, (size_t)T * H * 2, cudaMemcpyDeviceToHost));
-		all &= moe_check_compare(name, T, H, ref, got);
-	}
-	free(h_router);
-	free(h_gate_up);
-	free(h_down);
-	free(h_x);
-	free(got);
-	free(ref);
-	if (!all) {
-		fprintf(stderr, "bench_cuda_moe: %s: this build's MoE kernels do not compute the "
-			"layer (outputs out of tolerance above); not timed\n", name);
-		exit(1);
-	}
 }
 
 static uint16_t *dev_random(size_t n, uint64_t seed, double std, cudaStream_t s)
@@ -101,71 +72,211 @@ static uint16_t *dev_random(size_t n, uint64_t seed, double std, cudaStream_t s)
 	return p;
 }
 
+static void *dev_copy(const void *host, size_t bytes)
+{
+	return must(moe_check_to_device(host, bytes), "a device copy");
+}
+
+typedef struct layer {
+	const char *name;
+	int H, E, k, I;
+	uint16_t *router, *gu16, *dn16;     /* device bf16: (E, H), (E, H, 2I), (E, I, H) */
+	uint8_t *gu8, *dn8;                 /* device e4m3 (--fp8) */
+	float *gus, *dns;                   /* their block scales */
+	uint16_t *x, *out;                  /* (BATCHES, MAX_T, H), (MAX_T, H) */
+	void *ws;
+	size_t ws_bytes;
+} layer;
+
+static qw_cuda_moe_args args(const layer *L, bool fp8, int batch, int T)
+{
+	qw_cuda_moe_args a = {.T = T, .H = L->H, .E = L->E, .top_k = L->k, .I = L->I,
+			      .renormalize = true,
+			      .x = L->x + (size_t)batch * MAX_T * (size_t)L->H, .router = L->router,
+			      .gate_up = L->gu16, .down = L->dn16, .out = L->out};
+	if (fp8) {
+		a.gate_up = L->gu8;
+		a.down = L->dn8;
+		a.gate_up_scales = (qw_cuda_moe_scales){L->gus, BLOCK, BLOCK};
+		a.down_scales = (qw_cuda_moe_scales){L->dns, BLOCK, BLOCK};
+	}
+	return a;
+}
+
+/* One run of batch 0's first T tokens into host (T, H). */
+static void run_once(const layer *L, bool fp8, int T, uint16_t *host, cudaStream_t s)
+{
+	qw_cuda_moe_args a = args(L, fp8, 0, T);
+	qw_err err = {0};
+	CK(cudaMemsetAsync(L->out, 0xff, (size_t)T * L->H * 2, s));   /* NaN until written */
+	ok(qw_cuda_moe(&a, L->ws, L->ws_bytes, s, &err), &err);
+	CK(cudaStreamSynchronize(s));
+	CK(cudaMemcpy(host, L->out, (size_t)T * L->H * 2, cudaMemcpyDeviceToHost));
+}
+
+/* The checks of the header; exits unless all hold. */
+static void check_layer(const layer *L, bool fp8, cudaStream_t s)
+{
+	int H = L->H, E = L->E, I = L->I;
+	uint16_t *h_router = to_host(L->router, (size_t)E * H);
+	uint16_t *h_gu = to_host(L->gu16, (size_t)E * H * 2 * I);
+	uint16_t *h_dn = to_host(L->dn16, (size_t)E * I * H);
+	uint16_t *h_x = to_host(L->x, (size_t)CHECK_T * H);
+	uint16_t *first = must(malloc((size_t)CHECK_T * H * 2), "the check");
+	uint16_t *got = must(malloc((size_t)MAX_T * H * 2), "the check");
+	uint16_t *got8 = must(malloc((size_t)MAX_T * H * 2), "the check");
+	float *ref = must(malloc((size_t)CHECK_T * H * sizeof *ref), "the check");
+	qw_tensor tr = moe_check_tensor(h_router, 2, E, H, 0);
+	qw_tensor tgu = moe_check_tensor(h_gu, 3, E, H, 2 * (int64_t)I);
+	qw_tensor td = moe_check_tensor(h_dn, 3, E, I, H);
+	qw_moe_weights w = {.router = &tr, .gate_up = &tgu, .down = &td, .n_experts = E,
+			    .top_k = L->k, .inter = I, .renormalize = 1};
+	qw_err err = {0};
+	ok(moe_check_reference(&w, H, h_x, CHECK_T, moe_check_threads(), ref, &err), &err);
+	char what[96];   /* the check's lines are '#' lines of the table */
+	snprintf(what, sizeof what, "# check %s", L->name);
+	bool all = true;
+	for (int ti = 0; all && ti < N_TOK; ti++) {
+		int T = tokens[ti], c = T < CHECK_T ? T : CHECK_T;
+		run_once(L, false, T, got, s);
+		if (T <= CHECK_T)
+			all = moe_check_compare(what, T, H, ref, got);
+		if (T == CHECK_T)
+			memcpy(first, got, (size_t)CHECK_T * H * 2);
+		if (T > CHECK_T)   /* checked through the first CHECK_T rows */
+			all = moe_check_same_bits(what, got, first, (size_t)c * H, H);
+		if (all && fp8) {
+			run_once(L, true, T, got8, s);
+			all = moe_check_same_bits(what, got8, got, (size_t)T * H, H);
+		}
+	}
+	free(h_router);
+	free(h_gu);
+	free(h_dn);
+	free(h_x);
+	free(first);
+	free(got);
+	free(got8);
+	free(ref);
+	if (!all) {
+		fprintf(stderr, "bench_cuda_moe: %s: this build's MoE kernels do not compute the "
+			"layer (above); not timed\n", L->name);
+		exit(1);
+	}
+}
+
+/* Median microseconds of RUNS runs at T, each on other tokens after an L2 flush. */
+static double time_us(const layer *L, bool fp8, int T, void *flush, cudaStream_t s,
+		      cudaEvent_t a, cudaEvent_t b)
+{
+	float ms[RUNS];
+	qw_err err = {0};
+	for (int r = -1; r < RUNS; r++) {
+		qw_cuda_moe_args m = args(L, fp8, (r + 1) % BATCHES, T);
+		CK(cudaMemsetAsync(flush, r & 0xff, FLUSH_BYTES, s));
+		CK(cudaEventRecord(a, s));
+		ok(qw_cuda_moe(&m, L->ws, L->ws_bytes, s, &err), &err);
+		CK(cudaEventRecord(b, s));
+		CK(cudaEventSynchronize(b));
+		if (r >= 0)
+			CK(cudaEventElapsedTime(&ms[r], a, b));
+	}
+	return bench_median_ms(ms, RUNS) * 1e3;
+}
+
+/* The layer's weights: bf16 made on the GPU, or (fp8) FP8 made on the host and their
+ * dequantised bf16. */
+static void make_weights(layer *L, bool fp8, cudaStream_t s)
+{
+	size_t nr = (size_t)L->E * L->H, ngu = nr * 2 * L->I, nd = nr * L->I;
+	L->router = dev_random(nr, 1, 0.05, s);
+	if (!fp8) {
+		L->gu16 = dev_random(ngu, 2, 0.02, s);
+		L->dn16 = dev_random(nd, 3, 0.02, s);
+		return;
+	}
+	int threads = moe_check_threads();
+	moe_check_fp8 m[2];
+	const int64_t shape[2][2] = {{L->H, 2 * (int64_t)L->I}, {L->I, L->H}};
+	for (int i = 0; i < 2; i++) {
+		if (!moe_check_fp8_make(&m[i], L->E, shape[i][0], shape[i][1], BLOCK, BLOCK, 0.05f, 7,
+					2 + 2 * (uint64_t)i, threads))
+			must(NULL, "the FP8 experts");
+		uint16_t *deq = must(moe_check_fp8_bf16(&m[i], threads), "the dequantised experts");
+		size_t n = (size_t)(m[i].count * m[i].rows * m[i].cols);
+		size_t sb = (size_t)m[i].count * moe_check_fp8_scales(&m[i]) * 4;
+		*(i ? &L->dn8 : &L->gu8) = dev_copy(m[i].q, n);
+		*(i ? &L->dns : &L->gus) = dev_copy(m[i].s, sb);
+		*(i ? &L->dn16 : &L->gu16) = dev_copy(deq, n * 2);
+		free(deq);
+		moe_check_fp8_free(&m[i]);
+	}
+}
+
+static void bench_layer(layer *L, bool fp8, double peak, void *flush, cudaStream_t s)
+{
+	cudaEvent_t a, b;
+	CK(cudaEventCreate(&a));
+	CK(cudaEventCreate(&b));
+	int H = L->H, E = L->E, k = L->k, I = L->I;
+	make_weights(L, fp8, s);
+	L->x = dev_random((size_t)BATCHES * MAX_T * H, 4, 1.0, s);
+	CK(cudaMalloc((void **)&L->out, (size_t)MAX_T * H * 2));
+	L->ws_bytes = qw_cuda_moe_ws_bytes(MAX_T, H, E, k, I);
+	CK(cudaMalloc(&L->ws, L->ws_bytes));
+	CK(cudaStreamSynchronize(s));   /* the random weights are made */
+	check_layer(L, fp8, s);
+	double expert = 3.0 * H * I;     /* weights of one expert */
+	for (int ti = 0; ti < N_TOK; ti++) {
+		int T = tokens[ti];
+		double chosen = E * (1.0 - pow(1.0 - (double)k / E, T));
+		double flop = 2.0 * T * k * expert, us16 = time_us(L, false, T, flush, s, a, b);
+		for (int f8 = 0; f8 <= (int)fp8; f8++) {
+			double us = f8 ? time_us(L, true, T, flush, s, a, b) : us16;
+			/* bytes a weight, its scale's share counted: one fp32 per 128 x 128 */
+			double per = f8 ? 1.0 + 4.0 / (BLOCK * BLOCK) : 2.0;
+			double bytes = (double)E * H * 2 + chosen * expert * per;
+			double roof = bytes / peak / 1e3;
+			printf("  %-10s %6d %5s %10.1f %10.1f %8.0f %7.1f%% %8.1f", L->name, T,
+			       f8 ? "fp8" : "bf16", us, roof, bytes / us / 1e3, 100.0 * roof / us,
+			       flop / us / 1e6);
+			if (f8)
+				printf(" %6.2fx", us16 / us);
+			printf("\n");
+		}
+	}
+	void *dev[] = {L->router, L->gu16, L->dn16, L->gu8, L->dn8, L->gus, L->dns, L->x, L->out,
+		       L->ws};
+	for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
+		cudaFree(dev[i]);
+	cudaEventDestroy(a);
+	cudaEventDestroy(b);
+}
+
 int main(int argc, char **argv)
 {
-	double peak = argc > 1 ? atof(argv[1]) : 4287.0;
-	static const struct { const char *name; int H, E, k, I; } layers[] = {
+	bool fp8 = argc > 1 && strcmp(argv[1], "--fp8") == 0;
+	double peak = argc > 1 + (int)fp8 ? atof(argv[1 + (int)fp8]) : 4287.0;
+	if (peak <= 0) {
+		fprintf(stderr, "usage: bench_cuda_moe [--fp8] [copy GB/s, default 4287]\n");
+		return 2;
+	}
+	static const struct { const char *name; int H, E, k, I; } shapes[] = {
 		{"30B-A3B", 2048, 128, 8, 768}, {"235B-A22B", 4096, 128, 8, 1536}};
-	static const int tokens[] = {1, 2, 4, 8, 16, 64};
-	const int n_tok = sizeof tokens / sizeof *tokens, max_t = 64;
 	cudaStream_t s;
 	CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
 	void *flush;
 	CK(cudaMalloc(&flush, FLUSH_BYTES));
-	cudaEvent_t a, b;
-	CK(cudaEventCreate(&a));
-	CK(cudaEventCreate(&b));
 	printf("# one MoE layer: median us of %d runs, L2 flushed; roofline: router + expected "
-	       "chosen experts' bytes over %.0f GB/s\n", RUNS, peak);
-	printf("# %-10s %6s %10s %10s %10s %8s\n", "layer", "tokens", "us", "roofline", "GB/s",
-	       "of peak");
-	for (size_t l = 0; l < sizeof layers / sizeof *layers; l++) {
-		int H = layers[l].H, E = layers[l].E, k = layers[l].k, I = layers[l].I;
-		uint16_t *router = dev_random((size_t)E * H, 1, 0.05, s);
-		uint16_t *gate_up = dev_random((size_t)E * H * 2 * I, 2, 0.02, s);
-		uint16_t *down = dev_random((size_t)E * I * H, 3, 0.02, s);
-		/* RUNS + 1 batches of distinct tokens, so each run routes afresh */
-		uint16_t *x = dev_random((size_t)(RUNS + 1) * max_t * H, 4, 1.0, s), *out;
-		CK(cudaMalloc((void **)&out, (size_t)max_t * H * 2));
-		size_t ws_bytes = qw_cuda_moe_ws_bytes(max_t, H, E, k, I);
-		void *ws;
-		CK(cudaMalloc(&ws, ws_bytes));
-		CK(cudaStreamSynchronize(s));   /* the random weights are made */
-		char what[64];   /* the check's lines are '#' lines of the table */
-		snprintf(what, sizeof what, "# check %s", layers[l].name);
-		check_layer(what, H, E, k, I, router, gate_up, down, x, tokens, n_tok, max_t, out,
-			    ws, ws_bytes, s);
-		for (int ti = 0; ti < n_tok; ti++) {
-			int T = tokens[ti];
-			float ms[RUNS];
-			qw_err err = {0};
-			for (int r = -1; r < RUNS; r++) {
-				qw_cuda_moe_args m = {.T = T, .H = H, .E = E, .top_k = k, .I = I,
-						      .renormalize = true,
-						      .x = x + (size_t)(r + 1) * max_t * H,
-						      .router = router, .gate_up = gate_up,
-						      .down = down, .out = out};
-				CK(cudaMemsetAsync(flush, r & 0xff, FLUSH_BYTES, s));
-				CK(cudaEventRecord(a, s));
-				ok(qw_cuda_moe(&m, ws, ws_bytes, s, &err), &err);
-				CK(cudaEventRecord(b, s));
-				CK(cudaEventSynchronize(b));
-				if (r >= 0)
-					CK(cudaEventElapsedTime(&ms[r], a, b));
-			}
-			double us = bench_median_ms(ms, RUNS) * 1e3;
-			double experts = E * (1.0 - pow(1.0 - (double)k / E, T));
-			double bytes = (double)E * H * 2 + experts * 3.0 * H * I * 2;
-			double roof = bytes / peak / 1e3;
-			printf("  %-10s %6d %10.1f %10.1f %10.0f %7.1f%%\n", layers[l].name, T, us, roof,
-			       bytes / us / 1e3, 100.0 * roof / us);
-		}
-		cudaFree(router);
-		cudaFree(gate_up);
-		cudaFree(down);
-		cudaFree(x);
-		cudaFree(out);
-		cudaFree(ws);
+	       "chosen experts' bytes over %.0f GB/s%s\n", RUNS, peak,
+	       fp8 ? "; fp8: FP8 experts (128 x 128 blocks), bf16: the same dequantised" : "");
+	printf("# %-10s %6s %5s %10s %10s %8s %8s %8s%s\n", "layer", "tokens", "exp", "us",
+	       "roofline", "GB/s", "of peak", "TFLOP/s", fp8 ? "  vs bf16" : "");
+	for (size_t l = 0; l < sizeof shapes / sizeof *shapes; l++) {
+		layer L = {.name = shapes[l].name, .H = shapes[l].H, .E = shapes[l].E,
+			   .k = shapes[l].k, .I = shapes[l].I};
+		bench_layer(&L, fp8, peak, flush, s);
 	}
+	cudaFree(flush);
 	return 0;
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs on the GPU box, from the repository root, over a pack made by tests/gpu/pack.sh
 # (carried as .devpack.tar.xz): the ceilings (copy bandwidth, dense bf16 GEMM), the attention
-# kernels' benchmark, and qwend on the CUDA backend serving a synthetic model of CONFIG
+# kernels' benchmark, the MoE layer's (bf16, FP8 against bf16, and the FP8 decode tile's
+# build variants), and qwend on the CUDA backend serving a synthetic model of CONFIG
 # (random weights made on the GPU, no checkpoint) loaded by `qwenctl bench` at several
 # concurrencies and prompt lengths.  Reports go to $OUT (or .devpack/out).
-#   tests/bench/device_bench.sh [CONFIG] [ceilings] [attention] [serve] [nographs] [hf]
+#   tests/bench/device_bench.sh [CONFIG] [ceilings] [attention] [moe] [serve] [nographs] [hf]
 #                                          (default: the 30B-A3B config; ceilings attention serve)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0
@@ -23,6 +24,14 @@ fi
 if [[ " $what " == *" attention "* ]]; then
 	peak=$(python3 -c "import json; print(json.load(open('$out/ceilings.json'))['copy_GBps'])" 2>/dev/null)
 	build/tests/bench/bench_cuda_attention ${peak:-} 2>&1 | tee "$out/attention.txt"
+fi
+if [[ " $what " == *" moe "* ]]; then
+	peak=$(python3 -c "import json; print(json.load(open('$out/ceilings.json'))['copy_GBps'])" 2>/dev/null)
+	build/tests/bench/bench_cuda_moe ${peak:-} 2>&1 | tee "$out/moe.txt"
+	for b in build/tests/bench/bench_cuda_moe build/tests/bench/bench_cuda_moe_fp8_*; do
+		echo "== $(basename "$b") --fp8" | tee -a "$out/moe-fp8.txt"
+		"$b" --fp8 ${peak:-} 2>&1 | tee -a "$out/moe-fp8.txt"
+	done
 fi
 # serve LABEL [qwend flags...]: the daemon up, the bench runs of $runs, the daemon down
 serve() {
