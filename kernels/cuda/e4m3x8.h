@@ -1,14 +1,15 @@
 /* e4m3x8.h - FP8 weights (float8_e4m3fn with an fp32 scale per block) dequantised the one
  * way the CUDA backend does it everywhere (included by the .cu files that read FP8 weights:
- * few_rows_gemm.cu, fp8_gemm.cu):
+ * few_rows_gemm.cu, fp8_gemm.cu, moe_gemm.cu, experts.cu):
  *     w = bf16_rn(e4m3_to_f32(q) * scale)
  * an fp32 multiply rounded once to bf16: the bits of the CPU reference's value (loader's
  * qw_f8e4m3_to_f32(q) * scale) rounded to bf16, as an upload-time dequantisation gave them.
  *
  * Owns: e4m3_times_2m120 and e4m3_scaled (the fp32 arithmetic: C and CUDA, so the CPU suite
  * holds it to the loader's conversion, tests/unit/test_dtype.c), and for CUDA C++
- * e4m3x8_dequant (eight weights of one 8-byte load to fp32 values, each exactly a bf16) and
- * e4m3_dequant (one weight, to its bf16).
+ * e4m3x8_dequant (eight weights of one 8-byte load to fp32 values, each exactly a bf16),
+ * e4m3x8_bf16x8 (the same eight as packed bf16, for a tile dequantised into shared memory)
+ * and e4m3_dequant (one weight, to its bf16).
  *
  * How, without conversion instructions (they issue at a fraction of the FMA rate, and a
  * decode stream dequantises every byte it reads): the byte's sign goes to bit 31 and its
@@ -67,6 +68,39 @@ __device__ static inline void e4m3x8_dequant(uint2 q, float scale, float f[8])
 		f[i] = __uint_as_float((uint32_t)__bfloat16_as_ushort(p.x) << 16);
 		f[i + 1] = __uint_as_float((uint32_t)__bfloat16_as_ushort(p.y) << 16);
 	}
+}
+
+/* Two weights of y = [q1 | 0 | q0 | 0] (bytes 3..0: __byte_perm(w, 0, 0x1404) places bytes
+ * 0 and 1 of w so, 0x3424 bytes 2 and 3) as packed bf16 (q0 low), up as e4m3_scaled takes
+ * it, finite (BIG: up is the scale itself, 2^8 or more).  The magnitudes' bits masked into
+ * place, one multiply each, one pack (round to nearest even), the signs or'ed in after
+ * (rounding is symmetric): 9 instructions for two weights. */
+template <bool BIG>
+__device__ static inline uint32_t e4m3x2_bf16x2(uint32_t y, float up)
+{
+	float lo = __uint_as_float((y << 12) & 0x07f00000u);   /* |q0| * 2^-120, exactly */
+	float hi = __uint_as_float((y >> 4) & 0x07f00000u);    /* |q1| * 2^-120 */
+	if (BIG) {
+		lo = __fmul_rn(lo, 0x1p120f);   /* exact: |q| */
+		hi = __fmul_rn(hi, 0x1p120f);
+	}
+	__nv_bfloat162 p = __floats2bfloat162_rn(__fmul_rn(lo, up), __fmul_rn(hi, up));
+	uint32_t bits;
+	memcpy(&bits, &p, sizeof bits);
+	return bits | (y & 0x80008000u);
+}
+
+/* Eight weights (q's bytes in memory order) of one block as eight bf16, in order: what
+ * e4m3x8_dequant gives, packed. */
+template <bool BIG>
+__device__ static inline uint4 e4m3x8_bf16x8(uint2 q, float up)
+{
+	uint4 r;
+	r.x = e4m3x2_bf16x2<BIG>(__byte_perm(q.x, 0, 0x1404), up);
+	r.y = e4m3x2_bf16x2<BIG>(__byte_perm(q.x, 0, 0x3424), up);
+	r.z = e4m3x2_bf16x2<BIG>(__byte_perm(q.y, 0, 0x1404), up);
+	r.w = e4m3x2_bf16x2<BIG>(__byte_perm(q.y, 0, 0x3424), up);
+	return r;
 }
 
 /* One weight: bf16_rn(e4m3(q) * scale). */

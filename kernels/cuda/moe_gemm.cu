@@ -89,6 +89,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/e4m3x8.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/mma.h"
 #include "kernels/cuda/moe_gemm.h"
@@ -99,6 +100,12 @@
 #if QW_MOE_FP8_HW
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+#endif
+/* the hardware's conversion where asked for and the device has it (sm_89 and up) */
+#if QW_MOE_FP8_HW && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#define MOE_FP8_HW_CVT 1
+#else
+#define MOE_FP8_HW_CVT 0
 #endif
 
 typedef __nv_bfloat16 bf16;
@@ -178,7 +185,7 @@ int moe_tile_rows(moe_tile t)
 static_assert(cfg_s8::BM == cfg_s::BM, "one tile list serves both GEMMs of a layer");
 
 // ---------------------------------------------------------------------------------------
-// FP8 dequantisation (the header says how)
+// FP8 dequantisation (the header says how; e4m3x8.h does it)
 
 /* What a piece's weights are multiplied by: s * 2^120, or (big) s itself. */
 typedef struct dq_scale {
@@ -188,7 +195,7 @@ typedef struct dq_scale {
 
 __device__ static __forceinline__ dq_scale dq_scale_of(float s)
 {
-#if QW_MOE_FP8_HW
+#if MOE_FP8_HW_CVT
 	return {s, false};
 #else
 	bool big = !(s < 0x1p8f);
@@ -196,26 +203,13 @@ __device__ static __forceinline__ dq_scale dq_scale_of(float s)
 #endif
 }
 
-/* Two weights of y = [q1 | 0 | q0 | 0] (bytes 3..0) as bf16x2 (q0 low). */
+/* Eight weights (q's bytes in memory order) of one block as eight bf16 in order: e4m3x8.h's,
+ * or (QW_MOE_FP8_HW) through the hardware's e4m3x2 -> f16x2 conversion. */
 template <bool BIG>
-__device__ static __forceinline__ uint32_t e4m3x2_bf16x2(uint32_t y, float m)
+__device__ static __forceinline__ uint4 dequant8(uint2 q, float m)
 {
-	float lo = __uint_as_float((y << 12) & 0x07f00000u);   /* |q0| * 2^-120, exactly */
-	float hi = __uint_as_float((y >> 4) & 0x07f00000u);    /* |q1| * 2^-120 */
-	if (BIG) {
-		lo = __fmul_rn(lo, 0x1p120f);   /* exact: |q| */
-		hi = __fmul_rn(hi, 0x1p120f);
-	}
-	return bf16x2_bits(__floats2bfloat162_rn(__fmul_rn(lo, m), __fmul_rn(hi, m))) |
-	       (y & 0x80008000u);
-}
-
-/* Eight weights (q's bytes in memory order) of one block as eight bf16 in order. */
-template <bool BIG>
-__device__ static __forceinline__ uint4 e4m3x8_bf16x8(uint2 q, float m)
-{
+#if MOE_FP8_HW_CVT
 	uint4 r;
-#if QW_MOE_FP8_HW && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 	uint32_t *out = &r.x;
 	const uint32_t w[2] = {q.x, q.y};
 #pragma unroll
@@ -226,13 +220,10 @@ __device__ static __forceinline__ uint4 e4m3x8_bf16x8(uint2 q, float m)
 		float2 f = __half22float2(hh);
 		out[i] = bf16x2_bits(__floats2bfloat162_rn(__fmul_rn(f.x, m), __fmul_rn(f.y, m)));
 	}
-#else
-	r.x = e4m3x2_bf16x2<BIG>(__byte_perm(q.x, 0, 0x1404), m);
-	r.y = e4m3x2_bf16x2<BIG>(__byte_perm(q.x, 0, 0x3424), m);
-	r.z = e4m3x2_bf16x2<BIG>(__byte_perm(q.y, 0, 0x1404), m);
-	r.w = e4m3x2_bf16x2<BIG>(__byte_perm(q.y, 0, 0x3424), m);
-#endif
 	return r;
+#else
+	return e4m3x8_bf16x8<BIG>(q, m);
+#endif
 }
 
 // ---------------------------------------------------------------------------------------
@@ -362,7 +353,7 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_par
 			for (int j = 0; j < C::DQ_ITERS; j++) {
 				int r = dq_r0 + j * C::DQ_ROWS;
 				uint2 q = *(const uint2 *)(raw + r * C::BN + dq_c);
-				*(uint4 *)(Bq + r * C::BLD + dq_c) = e4m3x8_bf16x8<false>(q, d.m);
+				*(uint4 *)(Bq + r * C::BLD + dq_c) = dequant8<false>(q, d.m);
 			}
 			return;
 		}
@@ -373,8 +364,8 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_par
 									 (size_t)p.scale_ld)
 								: 0.0f);
 			uint2 q = *(const uint2 *)(raw + r * C::BN + dq_c);
-			*(uint4 *)(Bq + r * C::BLD + dq_c) = d.big ? e4m3x8_bf16x8<true>(q, d.m)
-								   : e4m3x8_bf16x8<false>(q, d.m);
+			*(uint4 *)(Bq + r * C::BLD + dq_c) = d.big ? dequant8<true>(q, d.m)
+								   : dequant8<false>(q, d.m);
 		}
 	};
 
