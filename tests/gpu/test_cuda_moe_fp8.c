@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include "kernels/cuda/kernels.h"
+#include "tests/bench/bench_util.h"
 #include "tests/gpu/cuda_ok.h"
 #include "tests/gpu/moe_check.h"
 
@@ -214,13 +215,7 @@ static double time_ms(const layer *L, bool bf16, int T)
 	}
 	cudaEventDestroy(start);
 	cudaEventDestroy(stop);
-	for (int i = 1; i < 5; i++)   /* insertion sort */
-		for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
-			float t = ms[j];
-			ms[j] = ms[j - 1];
-			ms[j - 1] = t;
-		}
-	return ms[2];
+	return bench_median_ms(ms, 5);
 }
 
 /* The layer against the reference, its bf16 twin, and itself (moe_check.h). */
