@@ -140,7 +140,7 @@ static void check_layer(const layer *L, bool fp8, cudaStream_t s)
 		int T = tokens[ti], c = T < CHECK_T ? T : CHECK_T;
 		run_once(L, false, T, got, s);
 		if (T <= CHECK_T)
-			all = moe_check_compare(what, T, H, ref, got);
+			all = moe_check_compare(what, T, H, ref, got, MOE_CHECK_ATOL_BF16);
 		if (T == CHECK_T)
 			memcpy(first, got, (size_t)CHECK_T * H * 2);
 		if (T > CHECK_T)   /* checked through the first CHECK_T rows */

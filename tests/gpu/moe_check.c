@@ -388,13 +388,14 @@ qw_status moe_check_reference(const qw_moe_weights *w, int H, const uint16_t *x,
 	return st;
 }
 
-bool moe_check_compare(const char *what, int T, int H, const float *ref, const uint16_t *got)
+bool moe_check_compare(const char *what, int T, int H, const float *ref, const uint16_t *got,
+		       double atol_rms)
 {
 	size_t n = (size_t)T * (size_t)H;
 	double ss = 0.0, se = 0.0, max_diff = 0.0, max_share = 0.0;
 	for (size_t i = 0; i < n; i++)
 		ss += (double)ref[i] * ref[i];
-	double rms = sqrt(ss / (double)n), atol = 0.02 * rms, rtol = 1.0 / 128;
+	double rms = sqrt(ss / (double)n), atol = atol_rms * rms, rtol = 1.0 / 128;
 	size_t bad = 0;
 	for (size_t i = 0; i < n; i++) {
 		double g = moe_check_bf16(got[i]), d = fabs(g - ref[i]);
@@ -432,7 +433,8 @@ bool moe_check_same_bits(const char *what, const uint16_t *a, const uint16_t *b,
 }
 
 bool moe_check_runs(const char *name, int H, const int *sizes, int n, const float *ref,
-		    moe_check_run_fn run, void *ctx, moe_check_run_fn twin, void *twin_ctx)
+		    double atol_rms, moe_check_run_fn run, void *ctx, moe_check_run_fn twin,
+		    void *twin_ctx)
 {
 	int Tmax = sizes[n - 1];
 	size_t all = (size_t)Tmax * (size_t)H;
@@ -441,7 +443,7 @@ bool moe_check_runs(const char *name, int H, const int *sizes, int n, const floa
 	char what[160];
 	for (int s = 0; ok && s < n; s++) {   /* every size against the reference (and twin) */
 		int T = sizes[s];
-		ok = run(ctx, 0, T, got) && moe_check_compare(name, T, H, ref, got);
+		ok = run(ctx, 0, T, got) && moe_check_compare(name, T, H, ref, got, atol_rms);
 		snprintf(what, sizeof what, "%s: T %d against the twin", name, T);
 		if (ok && twin)
 			ok = twin(twin_ctx, 0, T, want) &&

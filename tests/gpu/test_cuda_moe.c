@@ -194,7 +194,8 @@ static void check_layer(layer *L, const int *sizes, int n_sizes)
 	g.d_x = upload(x, n);
 	CUDA_OK(cudaMalloc((void **)&g.d_out, n * 2));
 	layer_gpu lg = {L, &g};
-	if (!moe_check_runs(L->name, H, sizes, n_sizes, ref, run_gpu, &lg, NULL, NULL))
+	if (!moe_check_runs(L->name, H, sizes, n_sizes, ref, MOE_CHECK_ATOL_BF16, run_gpu, &lg,
+			    NULL, NULL))
 		fail_msg("%s: see above (seed %llu)", L->name, (unsigned long long)seed);
 	double ms1 = gpu_time(L, &g, 1), msT = gpu_time(L, &g, Tmax);
 	double expert_bytes = 3.0 * (double)H * (double)L->I * 2.0;
