@@ -12,8 +12,8 @@
  * parts whose blocks differ (up's 64 rows: gate_up moves as bf16, dequantised, down as
  * FP8); bf16 parts.  Each at T = 1, 8, 64 and 512, held to (moe_check_runs): the CPU
  * reference on the per-expert parts themselves (the FP8 tensors on the small layers, their
- * fp32 values on the big ones) within test_cuda_moe's tolerance, FP8 parts within 1.5 times its absolute term (moe_check.h and test_cuda_moe_fp8.c say
- * why it holds for FP8); the bits of the bf16 kernel on the twin, the parts dequantised to
+ * fp32 values on the big ones) within test_cuda_moe's tolerance, FP8 parts within 1.5
+ * times its absolute term (moe_check.h and test_cuda_moe_fp8.c say why); the bits of the bf16 kernel on the twin, the parts dequantised to
  * bf16 and laid out fused on the host; determinism and batch invariance.  And: what
  * prepare_experts made (dtype, blocks), the parts' memory freed (their data NULL; on the
  * big layers the device's free memory after prepare_experts within 5% of the fused bytes of
