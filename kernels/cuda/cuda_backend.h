@@ -7,12 +7,13 @@
  * so reading the mapping and copying to the GPU overlap, and whose KV cache is one bf16
  * array per layer for K and one for V, (blocks x block_size, Hkv x D).  All work runs in
  * order on one stream; a step's batch is copied to the device once (begin_step).  Dense
- * projections are cuBLAS GEMMs (bf16 in, fp32 accumulate), a decode step's few tokens a
- * stream over the weight (FP8 ones dequantised in registers), and more tokens on an FP8
- * weight either its bf16 dequantisation (into scratch reserved as it was uploaded) or
- * cuBLASLt's FP8 GEMM (qw_cuda_fp8_stats below); the other ops are the kernels of
- * kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm, qk_norm_rope_kv).
- * Ops other than matmul and moe read bf16 weights only and refuse an FP8 one (QW_E_ARG).
+ * projections are gemm.cu's (bf16 in, fp32 sums); an FP8 weight is dequantised into scratch
+ * reserved as it was uploaded and multiplied the same way, or (QW_CUDA_FP8_GEMM=cublaslt)
+ * goes to cuBLASLt's FP8 GEMM for many tokens (qw_cuda_fp8_stats below); the other ops are
+ * the kernels of kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm,
+ * qk_norm_rope_kv).  Ops other than matmul and moe read bf16 weights only and refuse an FP8
+ * one (QW_E_ARG).  Batch invariant (cuBLASLt's FP8 GEMM aside): a token's outputs have the
+ * same bits whatever else its step holds (docs/architecture.md, "Batch invariance on CUDA").
  * fuse_rows makes one weight of several (q/k/v for one GEMM): the parts' memory moves into it
  * and they become views of their rows, freed with it; FP8 parts fuse when each is a whole
  * number of block rows (their scales then stack by rows), else QW_E_ARG.  prepare_experts,

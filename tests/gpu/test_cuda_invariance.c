@@ -13,7 +13,8 @@
  *    attention projections and lm_heads, the vision tower's and its mergers', a dense MLP's)
  *    and on tiny and odd ones (K not a multiple of 8 or 16, N of 1 and 3), at T from 1 to 600
  *    across every switch between kernels: each window of a pool of rows against those rows
- *    computed one at a time.
+ *    computed one at a time; and (GPU) each of gemm.cu's tensor-core kernels, asked for by
+ *    name, on the same rows.
  *  - attention: the backend's attention over a paged cache, for several head shapes (the
  *    real models', the tiny ones', D 64 without grouping, D 96, D 256): a decode beside 1 to
  *    63 others and beside a prefill chunk, decodes at contexts on either side of 256 and 1024
@@ -43,6 +44,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/kernels.h"
 #include "kernels/forward.h"
 #include "kernels/sample.h"
 #include "loader/config.h"
@@ -277,6 +279,51 @@ static void mm_run(qw_act *x, qw_act *out, const qw_act *pool, int r0, int T,
 	OK(be->act_read(be, out, host, err));
 }
 
+/* Every tensor-core kernel of gemm.cu that can take T rows, asked for by name, on the same
+ * rows: each must give the bits of the rows alone (one order of the sums, whichever kernel). */
+static int mm_kernels_check(const mm_shape *s, const char *shape, const qw_act *pool, qw_act *x,
+			    qw_act *out, const qw_tensor *w, const float *alone, float *got)
+{
+	static const struct {
+		qw_gemm_kernel kind;
+		const char *name;
+		int max_T;
+	} kernels[] = {{QW_GEMM_STREAM, "stream", 64}, {QW_GEMM_TILE_M, "64x128 tiles", INT_MAX},
+		       {QW_GEMM_TILE_L, "128x128 tiles", INT_MAX}};
+	static const int Ts[] = {1, 8, 17, 33, 64, 130};
+	if (qw_cuda_gemm_pick(1, s->N, s->K, x->data, w->data) == QW_GEMM_ROWS)
+		return 0;   /* only the plain kernel reads this shape */
+	cudaStream_t stream = (cudaStream_t)qw_cuda_backend_stream(be);
+	uint16_t *bits = malloc((size_t)130 * s->N * 2);
+	assert_non_null(bits);
+	int bad = 0;
+	for (size_t i = 0; i < sizeof Ts / sizeof *Ts; i++) {
+		int T = Ts[i], r0 = (T * 13) % (MM_POOL - T + 1);
+		qw_act win = qw_act_rows(pool, r0, T, act_elem());
+		OK(be->act_copy(be, x, &win, err));
+		for (size_t k = 0; k < sizeof kernels / sizeof *kernels; k++) {
+			if (T > kernels[k].max_T)
+				continue;
+			OK(qw_cuda_gemm_with(kernels[k].kind, out->data, x->data, w->data, T, s->N, s->K,
+					     stream, err));
+			if (cudaStreamSynchronize(stream) != cudaSuccess ||
+			    cudaMemcpy(bits, out->data, (size_t)T * s->N * 2, cudaMemcpyDeviceToHost) !=
+				    cudaSuccess)
+				fail_msg("%s: the %s kernel failed: %s", shape, kernels[k].name,
+					 cudaGetErrorString(cudaGetLastError()));
+			for (size_t j = 0; j < (size_t)T * s->N; j++)
+				got[j] = qw_bf16_to_f32(bits[j]);
+			char what[96];
+			snprintf(what, sizeof what, "the %s kernel on rows %d..%d", kernels[k].name, r0,
+				 r0 + T - 1);
+			bad += same_rows("matmul", shape, T, what, got, alone + (size_t)r0 * s->N, T,
+					 s->N, name_pool_row, &r0);
+		}
+	}
+	free(bits);
+	return bad;
+}
+
 static void mm_shape_check(const mm_shape *s, int idx)
 {
 	const int N = s->N, K = s->K;
@@ -309,6 +356,8 @@ static void mm_shape_check(const mm_shape *s, int idx)
 		bad += same_rows("matmul", shape, T, what, got, alone + (size_t)r0 * N, T, N,
 				 name_pool_row, &r0);
 	}
+	if (!on_cpu)
+		bad += mm_kernels_check(s, shape, &pool, &x, &out, w, alone, got);
 	printf("# matmul %-40s %2d row counts%s\n", shape, nT, bad ? ": MISMATCHES" : ", invariant");
 	be->act_free(be, &pool);
 	be->act_free(be, &x);
