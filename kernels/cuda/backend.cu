@@ -370,9 +370,10 @@ static qw_cuda_fp8_weight fp8_of(const qw_tensor *w)
 	return f;
 }
 
-/* out = x w^T for an FP8 w: cuBLASLt's FP8 GEMM where asked for and it has an algorithm
- * (not batch invariant: W8A8, its own kernels), else dequantised into the scratch reserved
- * at upload, then the bf16 GEMM (the bits of the bf16 path on the dequantised weight). */
+/* out = x w^T for an FP8 w and more rows than the stream takes: cuBLASLt's FP8 GEMM where
+ * asked for and it has an algorithm (not batch invariant: W8A8, its own kernels), else
+ * dequantised into the scratch reserved at upload, then the bf16 GEMM (the bits of the bf16
+ * path on the dequantised weight, which the stream has too). */
 static qw_status matmul_fp8(cuda_ctx *c, qw_act *out, const qw_act *x, const qw_tensor *w,
 			    qw_err *err)
 {
@@ -413,7 +414,13 @@ static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_t
 	if (T == 0)
 		return QW_OK;
 	if (w->dtype == QW_DT_F8_E4M3) {
-		QW_TRY(matmul_fp8(c, out, x, w, err));
+		qw_cuda_fp8_weight f = fp8_of(w);
+		if (qw_cuda_gemm_fp8_takes(T, &f, x->data)) {   /* few rows: W8A16, gemm.cu's order */
+			c->fp8_stats.streamed++;
+			QW_TRY(qw_cuda_gemm_fp8(D16(out), C16(x), &f, T, c->stream, err));
+		} else {
+			QW_TRY(matmul_fp8(c, out, x, w, err));
+		}
 	} else {
 		QW_TRY(bf16_weight("matmul", w, err));
 		QW_TRY(gemm_bf16(c, out, x, w->data, N, err));

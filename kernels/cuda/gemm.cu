@@ -35,6 +35,10 @@
  *  - rows (K not a multiple of 8, or x or W not 16-byte aligned: no real model's projection,
  *    but small test shapes and odd views): a thread per output, one fp32 fma chain over k in
  *    order.  Another order, but the one every T of such a shape and alignment takes.
+ * FP8 weights (W8A16, qw_cuda_gemm_fp8): the stream kernel reads the e4m3 bytes (8 a lane a
+ * block) and dequantises them in registers to the bf16 values qw_cuda_fp8_dequant gives
+ * (e4m3x8.h), so it has the bits of every kernel here on the dequantised weight, from half
+ * the bytes; more rows dequantise into scratch and take the tiles (the backend's matmul).
  * qw_cuda_gemm picks by T (stream up to STREAM_MAX_T rows, M up to 128, L beyond); the choice
  * changes the speed only.  Tuning belongs to issue 20: bench_cuda_matmul times every kernel
  * against cuBLAS at decode and prefill shapes.
@@ -43,6 +47,7 @@
 #include <stdint.h>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/e4m3x8.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/mma.h"
@@ -112,12 +117,82 @@ __device__ static inline uint4 zero4(void)
 }
 
 // ---------------------------------------------------------------------------------------
+// the weight formats the stream reads: a lane's 8 values of its row at a block, as loaded
+// (raw) and as the MMA takes them (8 bf16 values in a uint4)
+
+/* bf16: one 16-byte load. */
+struct bf16_rows {
+	const bf16 *w;
+	int K;
+	typedef uint4 raw;
+	struct lane {
+		const uint4 *p;   /* the lane's first chunk of its row */
+	};
+	__device__ lane at(int n, int t) const
+	{
+		return {(const uint4 *)(w + (size_t)n * (size_t)K) + t};
+	}
+	__device__ static raw load(const lane &l, int b) { return __ldcs(l.p + b * 4); }
+	__device__ static raw none(void) { return zero4(); }
+	__device__ static uint4 widen(const raw &r) { return r; }
+};
+
+/* FP8 (W8A16): one 8-byte load and its block's scale, dequantised as everywhere (e4m3x8.h:
+ * bf16_rn(e4m3 * scale)), so the MMAs see the dequantised weight's bf16 values: the bits of
+ * the bf16 kernels on that weight. */
+struct fp8_raw {
+	uint2 q;
+	float scale;
+};
+
+struct fp8_rows {
+	const uint8_t *q;
+	const float *scale;   /* (ceil(N / br), scale_cols) */
+	int K, br, bc, scale_cols;
+	typedef fp8_raw raw;
+	struct lane {
+		const uint2 *p;    /* the lane's first chunk of its row */
+		const float *s;    /* its row's row of block scales */
+		int k0, bc;        /* the lane's first k in a block; block columns */
+	};
+	__device__ lane at(int n, int t) const
+	{
+		return {(const uint2 *)(q + (size_t)n * (size_t)K) + t,
+			scale + (size_t)(n / br) * (size_t)scale_cols, 8 * t, bc};
+	}
+	__device__ static raw load(const lane &l, int b)
+	{
+		raw r;
+		r.q = __ldcs(l.p + b * 4);
+		r.scale = __ldg(l.s + (b * KB + l.k0) / l.bc);
+		return r;
+	}
+	__device__ static raw none(void)
+	{
+		raw r;
+		r.q = make_uint2(0u, 0u);
+		r.scale = 0.0f;
+		return r;
+	}
+	__device__ static uint4 widen(const raw &r)
+	{
+		float f[8];
+		e4m3x8_dequant(r.q, r.scale, f);   /* each exactly a bf16 */
+		uint32_t h[8];
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+			h[i] = __float_as_uint(f[i]) >> 16;
+		return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16,
+				  h[6] | h[7] << 16);
+	}
+};
+
+// ---------------------------------------------------------------------------------------
 // stream: few rows, W read once straight into registers
 
-template <int MT>
+template <int MT, class W>
 static __global__ void __launch_bounds__(STREAM_WARPS * 32)
-gemm_stream_kernel(bf16 *out, const bf16 *x, const bf16 *w, int T, int N, int K, int S,
-		   bool pairs)
+gemm_stream_kernel(bf16 *out, const bf16 *x, const W w, int T, int N, int K, int S, bool pairs)
 {
 	pdl_launch_next();
 	__shared__ float part[STREAM_WARPS][MT * 4][32];
@@ -127,15 +202,15 @@ gemm_stream_kernel(bf16 *out, const bf16 *x, const bf16 *w, int T, int N, int K,
 	const int nb = (K + KB - 1) / KB, chunks = K / 8;
 	const int b0 = run_begin(run, nb, S), b1 = run_begin(run + 1, nb, S);
 	const int n = grp * 8 + g;
-	const uint4 *wrow = (const uint4 *)(w + (size_t)(n < N ? n : 0) * (size_t)K) + t;
-	auto wload = [&](int b) -> uint4 {
-		return n < N && b * 4 + t < chunks ? __ldcs(wrow + b * 4) : zero4();
+	const typename W::lane wl = w.at(n < N ? n : 0, t);
+	auto wload = [&](int b) -> typename W::raw {
+		return n < N && b * 4 + t < chunks ? W::load(wl, b) : W::none();
 	};
 	/* W does not depend on the previous kernel: its first loads go out before waiting */
-	uint4 wv[UNROLL];
+	typename W::raw wv[UNROLL];
 #pragma unroll
 	for (int u = 0; u < UNROLL; u++)
-		wv[u] = b0 + u < b1 ? wload(b0 + u) : zero4();
+		wv[u] = b0 + u < b1 ? wload(b0 + u) : W::none();
 	pdl_wait_previous();
 	float acc[MT][4];
 #pragma unroll
@@ -152,11 +227,11 @@ gemm_stream_kernel(bf16 *out, const bf16 *x, const bf16 *w, int T, int N, int K,
 			xrow[m][h] = (const uint4 *)(x + (size_t)(r < T ? r : 0) * (size_t)K) + t;
 		}
 	for (int b = b0; b < b1; b += UNROLL) {
-		uint4 cur[UNROLL];
+		typename W::raw cur[UNROLL];
 #pragma unroll
 		for (int u = 0; u < UNROLL; u++) {
 			cur[u] = wv[u];
-			wv[u] = b + UNROLL + u < b1 ? wload(b + UNROLL + u) : zero4();
+			wv[u] = b + UNROLL + u < b1 ? wload(b + UNROLL + u) : W::none();
 		}
 #pragma unroll
 		for (int u = 0; u < UNROLL; u++) {
@@ -164,11 +239,12 @@ gemm_stream_kernel(bf16 *out, const bf16 *x, const bf16 *w, int T, int N, int K,
 			if (bb >= b1)
 				break;
 			const bool in = bb * 4 + t < chunks;
+			const uint4 wk = W::widen(cur[u]);
 #pragma unroll
 			for (int m = 0; m < MT; m++) {
 				uint4 lo = xok[m][0] && in ? __ldg(xrow[m][0] + bb * 4) : zero4();
 				uint4 hi = xok[m][1] && in ? __ldg(xrow[m][1] + bb * 4) : zero4();
-				mma_block(acc[m], lo, hi, cur[u]);
+				mma_block(acc[m], lo, hi, wk);
 			}
 		}
 	}
@@ -366,6 +442,22 @@ extern "C" qw_gemm_kernel qw_cuda_gemm_pick(int T, int N, int K, const void *x, 
 	return T <= 128 ? QW_GEMM_TILE_M : QW_GEMM_TILE_L;
 }
 
+template <class W>
+static qw_status launch_stream(bf16 *o, const bf16 *x, const W &w, int T, int N, int K, int S,
+			       bool pairs, cudaStream_t stream, qw_err *err)
+{
+	if (T > 64)
+		return qw_fail(err, QW_E_ARG, "cuda gemm: the stream kernel takes at most 64 rows, not "
+			       "%d", T);
+	void (*kernel)(bf16 *, const bf16 *, const W, int, int, int, int, bool) =
+		T <= 16 ? gemm_stream_kernel<1, W> : T <= 32 ? gemm_stream_kernel<2, W>
+						    : gemm_stream_kernel<4, W>;
+	int64_t groups = (N + 7) / 8, per = STREAM_WARPS / S;
+	QW_CUDA_TRY(err, launch_pdl(kernel, dim3((unsigned)((groups + per - 1) / per)),
+				    dim3(STREAM_WARPS * 32), 0, stream, o, x, w, T, N, K, S, pairs));
+	return QW_OK;
+}
+
 template <class C>
 static qw_status launch_tile(bf16 *o, const bf16 *x, const bf16 *w, int T, int N, int K, int S,
 			     bool pairs, cudaStream_t stream, qw_err *err)
@@ -403,19 +495,8 @@ extern "C" qw_status qw_cuda_gemm_with(qw_gemm_kernel kind, uint16_t *out, const
 	const int S = qw_cuda_gemm_splits(N, K);
 	const bool pairs = N % 2 == 0 && ((uintptr_t)out & 3) == 0;
 	switch (kind) {
-	case QW_GEMM_STREAM: {
-		if (T > 64)
-			return qw_fail(err, QW_E_ARG, "cuda gemm: the stream kernel takes at most 64 rows, "
-				       "not %d", T);
-		void (*kernel)(bf16 *, const bf16 *, const bf16 *, int, int, int, int, bool) =
-			T <= 16 ? gemm_stream_kernel<1> : T <= 32 ? gemm_stream_kernel<2>
-							: gemm_stream_kernel<4>;
-		int64_t groups = (N + 7) / 8, per = STREAM_WARPS / S;
-		QW_CUDA_TRY(err, launch_pdl(kernel, dim3((unsigned)((groups + per - 1) / per)),
-					    dim3(STREAM_WARPS * 32), 0, stream, o, xb, wb, T, N, K, S,
-					    pairs));
-		return QW_OK;
-	}
+	case QW_GEMM_STREAM:
+		return launch_stream(o, xb, bf16_rows{wb, K}, T, N, K, S, pairs, stream, err);
 	case QW_GEMM_TILE_M:
 		return launch_tile<cfg_m>(o, xb, wb, T, N, K, S, pairs, stream, err);
 	case QW_GEMM_TILE_L:
@@ -435,4 +516,26 @@ extern "C" qw_status qw_cuda_gemm(uint16_t *out, const uint16_t *x, const uint16
 				  int N, int K, cudaStream_t stream, qw_err *err)
 {
 	return qw_cuda_gemm_with(QW_GEMM_AUTO, out, x, w, T, N, K, stream, err);
+}
+
+extern "C" bool qw_cuda_gemm_fp8_takes(int T, const qw_cuda_fp8_weight *w, const void *x)
+{
+	return T >= 1 && T <= STREAM_MAX_T && w && w->mats == 1 && w->cols % 8 == 0 &&
+	       w->bc >= 8 && w->bc % 8 == 0 && w->br >= 1 && aligned16(x) &&
+	       ((uintptr_t)w->q & 7) == 0;
+}
+
+extern "C" qw_status qw_cuda_gemm_fp8(uint16_t *out, const uint16_t *x,
+				      const qw_cuda_fp8_weight *w, int T, cudaStream_t stream,
+				      qw_err *err)
+{
+	if (!out || !x || !w || !qw_cuda_gemm_fp8_takes(T, w, x))
+		return qw_fail(err, QW_E_ARG, "cuda gemm (fp8): T %d of a %d x %d weight of %d x %d "
+			       "blocks: needs 1 <= T <= %d, K and block columns multiples of 8, x "
+			       "16-byte and the codes 8-byte aligned", T, w ? w->rows : 0,
+			       w ? w->cols : 0, w ? w->br : 0, w ? w->bc : 0, STREAM_MAX_T);
+	const int N = w->rows, K = w->cols;
+	fp8_rows rows = {w->q, w->scale, K, w->br, w->bc, (K + w->bc - 1) / w->bc};
+	return launch_stream((bf16 *)out, (const bf16 *)x, rows, T, N, K, qw_cuda_gemm_splits(N, K),
+			     N % 2 == 0 && ((uintptr_t)out & 3) == 0, stream, err);
 }

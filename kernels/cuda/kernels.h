@@ -258,6 +258,14 @@ qw_status qw_cuda_gemm_with(qw_gemm_kernel kind, uint16_t *out, const uint16_t *
  * function of (N, K) alone. */
 int qw_cuda_gemm_splits(int N, int K);
 
+/* qw_cuda_gemm's stream kernel on an FP8 w (one matrix, rows N, cols K), dequantised in
+ * registers as it streams (W8A16): the bits of qw_cuda_gemm on the dequantised weight (any
+ * T), from half the bytes.  _takes: 1 <= T <= 32, K and block columns multiples of 8, x
+ * 16-byte and the codes 8-byte aligned; else dequantise and call qw_cuda_gemm. */
+bool qw_cuda_gemm_fp8_takes(int T, const qw_cuda_fp8_weight *w, const void *x);
+qw_status qw_cuda_gemm_fp8(uint16_t *out, const uint16_t *x, const qw_cuda_fp8_weight *w, int T,
+			   cudaStream_t stream, qw_err *err);
+
 // -- few_rows_gemm.cu ------------------------------------------------------------------------
 
 #define QW_FEW_ROWS_MAX 4   /* the most tokens qw_cuda_few_rows_gemm takes */

@@ -15,9 +15,9 @@
  * fraction of the bf16 tensor-core rate.
  *
  * With --fp8: the same weights as FP8 (e4m3, 128 x 128 block scales).  Decode: the bf16
- * GEMM against the FP8 stream with one and two columns a warp (few_rows_gemm.cu, W8A16):
- * us, GB/s and the fraction of the byte roofline (FP8 bytes and scales, or bf16 bytes, over
- * the copy bandwidth), and the FP8 speed-up.  More tokens (5, 64, 512, 8192): the bf16 GEMM,
+ * GEMM against gemm.cu's FP8 stream (W8A16, the backend's) and the few-rows FP8 stream with
+ * one and two columns a warp: us, GB/s and the fraction of the byte roofline (FP8 bytes and
+ * scales, or bf16 bytes, over the copy bandwidth), and the FP8 speed-up.  More tokens (5, 64, 512, 8192): the bf16 GEMM,
  * (a) dequantise + the bf16 GEMM (the backend's way), (b) cuBLASLt's block-scaled FP8 GEMM
  * with the activations' quantisation (or why there is none): us and the fraction of the bf16
  * and FP8 tensor-core rates.
@@ -68,8 +68,8 @@ typedef struct bench {
 } bench;
 
 typedef enum way {
-	GEMM, GEMM_STREAM, GEMM_TILE_M, GEMM_TILE_L, BF16_BLAS, BF16_FEW, FP8_STREAM1, FP8_STREAM2,
-	FP8_DEQUANT, FP8_LT
+	GEMM, GEMM_STREAM, GEMM_TILE_M, GEMM_TILE_L, BF16_BLAS, BF16_FEW, FP8_GEMM, FP8_STREAM1,
+	FP8_STREAM2, FP8_DEQUANT, FP8_LT
 } way;
 
 static void fail(const char *what, const qw_err *err)
@@ -106,6 +106,9 @@ static bool run_once(bench *b, way how, int T, int copy, uint16_t *out)
 		if (T > QW_FEW_ROWS_MAX)
 			return false;
 		st = qw_cuda_few_rows_gemm(out, b->x, b->w[copy], T, b->N, b->K, b->s, &err);
+		break;
+	case FP8_GEMM:
+		st = qw_cuda_gemm_fp8(out, b->x, w8, T, b->s, &err);
 		break;
 	case FP8_STREAM1:
 	case FP8_STREAM2:
@@ -316,10 +319,11 @@ static void bf16(bench *b, double peak, double tflops)
 static void decode_fp8(bench *b, double peak)
 {
 	static const int tokens[] = {1, 2, 4};
-	printf("# FP8 decode: the bf16 GEMM (qw_cuda_gemm) against the FP8 stream (1 or 2 columns a "
-	       "warp); median us of %d; roofline: bytes over %.0f GB/s\n", RUNS, peak);
-	printf("# %-18s %13s %3s  %8s %6s  %8s %8s %6s %6s %7s\n", "shape", "N x K", "T",
-	       "bf16 us", "of rf", "fp8/1 us", "fp8/2 us", "GB/s", "of rf", "speedup");
+	printf("# FP8 decode: the bf16 GEMM (qw_cuda_gemm) against gemm.cu's FP8 stream (the "
+	       "backend's) and the few-rows FP8 stream (1 or 2 columns a warp); median us of %d; "
+	       "roofline: bytes over %.0f GB/s\n", RUNS, peak);
+	printf("# %-18s %13s %3s  %8s %6s  %8s %6s %6s %7s  %8s %8s\n", "shape", "N x K", "T",
+	       "bf16 us", "of rf", "fp8 us", "GB/s", "of rf", "speedup", "few/1 us", "few/2 us");
 	for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
 		if (shapes[i].N > 16384)   /* the lm_heads stay bf16 */
 			continue;
@@ -328,12 +332,11 @@ static void decode_fp8(bench *b, double peak)
 		double b8 = (double)b->N * b->K + ((b->N + 127) / 128) * ((b->K + 127) / 128) * 4.0;
 		for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++) {
 			int T = tokens[t];
-			double ub = time_it(b, GEMM, T, true);
+			double ub = time_it(b, GEMM, T, true), u8 = time_it(b, FP8_GEMM, T, true);
 			double u1 = time_it(b, FP8_STREAM1, T, true), u2 = time_it(b, FP8_STREAM2, T, true);
-			double u8 = u1 < u2 ? u1 : u2;
-			printf("  %-18s %6dx%-6d %3d  %8.1f %5.1f%%  %8.1f %8.1f %6.0f %5.1f%% %6.2fx\n",
-			       shapes[i].name, b->N, b->K, T, ub, 100.0 * b16 / peak / 1e3 / ub, u1, u2,
-			       b8 / u8 / 1e3, 100.0 * b8 / peak / 1e3 / u8, ub / u8);
+			printf("  %-18s %6dx%-6d %3d  %8.1f %5.1f%%  %8.1f %6.0f %5.1f%% %6.2fx  %8.1f "
+			       "%8.1f\n", shapes[i].name, b->N, b->K, T, ub, 100.0 * b16 / peak / 1e3 / ub,
+			       u8, b8 / u8 / 1e3, 100.0 * b8 / peak / 1e3 / u8, ub / u8, u1, u2);
 		}
 		weights_free(b);
 	}

@@ -2,8 +2,8 @@
  * on fresh random codes (every finite one, NaN excluded) and plausible scales (amax / 448,
  * amax 0.05 .. 0.2; one case of scales past 2^8, the dequantisation's other branch) at the
  * q/k/v/o and fused q/k/v projection shapes of Qwen3-VL-30B-A3B and 235B-A22B and at odd
- * shapes with partial blocks, T = 1..4 (the decode stream), 5, 64, 512 (dequantised for
- * cuBLAS, or the FP8 tensor-core GEMM where asked):
+ * shapes with partial blocks, T = 1..5 (gemm.cu's W8A16 stream), 64, 512 (dequantised for
+ * gemm.cu's tiles, or the FP8 tensor-core GEMM where asked):
  *   - the upload keeps bytes and scales as they are (read back), one byte a weight on the
  *     device; bf16 scales are widened; NaN codes are refused;
  *   - matmul against the CPU reference (the CPU backend's matmul on the same host tensor:

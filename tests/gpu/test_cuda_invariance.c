@@ -14,7 +14,8 @@
  *    and on tiny and odd ones (K not a multiple of 8 or 16, N of 1 and 3), at T from 1 to 600
  *    across every switch between kernels: each window of a pool of rows against those rows
  *    computed one at a time; and (GPU) each of gemm.cu's tensor-core kernels, asked for by
- *    name, on the same rows.
+ *    name, on the same rows; FP8 weights (e4m3 with block scales) likewise, whose few rows
+ *    stream the codes and whose more rows run on the dequantised weight.
  *  - attention: the backend's attention over a paged cache, for several head shapes (the
  *    real models', the tiny ones', D 64 without grouping, D 96, D 256): a decode beside 1 to
  *    63 others and beside a prefill chunk, decodes at contexts on either side of 256 and 1024
@@ -230,28 +231,38 @@ typedef struct mm_shape {
 	const char *name;
 	int N, K;
 	bool big;    /* a vocabulary-sized weight: fewer row counts (each read is 0.6-1.2 GB) */
+	int br, bc;  /* an FP8 weight's blocks; 0: bf16 */
 } mm_shape;
 
 static const mm_shape mm_real[] = {
-	{"30B q/k/v fused", 5120, 2048, false}, {"30B q", 4096, 2048, false},
-	{"30B k or v", 512, 2048, false},       {"30B o", 2048, 4096, false},
-	{"30B lm_head", 151936, 2048, true},    {"235B q/k/v fused", 9216, 4096, false},
-	{"235B q", 8192, 4096, false},          {"235B k or v", 512, 4096, false},
-	{"235B o", 4096, 8192, false},          {"235B lm_head", 151936, 4096, true},
-	{"vision q, k or v", 1152, 1152, false}, {"vision fc1", 4304, 1152, false},
-	{"vision fc2", 1152, 4304, false},      {"vision patch", 1152, 1536, false},
-	{"merger fc1", 4608, 4608, false},      {"merger fc2", 4096, 4608, false},
-	{"dense gate or up", 12288, 4096, false}, {"dense down", 4096, 12288, false},
+	{"30B q/k/v fused", 5120, 2048, false, 0, 0}, {"30B q", 4096, 2048, false, 0, 0},
+	{"30B k or v", 512, 2048, false, 0, 0},       {"30B o", 2048, 4096, false, 0, 0},
+	{"30B lm_head", 151936, 2048, true, 0, 0},    {"235B q/k/v fused", 9216, 4096, false, 0, 0},
+	{"235B q", 8192, 4096, false, 0, 0},          {"235B k or v", 512, 4096, false, 0, 0},
+	{"235B o", 4096, 8192, false, 0, 0},          {"235B lm_head", 151936, 4096, true, 0, 0},
+	{"vision q, k or v", 1152, 1152, false, 0, 0}, {"vision fc1", 4304, 1152, false, 0, 0},
+	{"vision fc2", 1152, 4304, false, 0, 0},      {"vision patch", 1152, 1536, false, 0, 0},
+	{"merger fc1", 4608, 4608, false, 0, 0},      {"merger fc2", 4096, 4608, false, 0, 0},
+	{"dense gate or up", 12288, 4096, false, 0, 0}, {"dense down", 4096, 12288, false, 0, 0},
 };
 
 static const mm_shape mm_small[] = {
-	{"tiny q/k/v fused", 256, 128, false}, {"tiny o", 128, 128, false},
-	{"tiny lm_head", 1024, 128, false},    {"tiny down", 128, 256, false},
-	{"tiny vision qkv", 192, 64, false},   {"tiny vision fc2", 64, 128, false},
-	{"K 100", 37, 100, false},             {"K 200", 40, 200, false},
-	{"K 24", 48, 24, false},               {"K 40, N 130", 130, 40, false},
-	{"K 8, N 3", 3, 8, false},             {"N 1", 1, 64, false},
-	{"K 1000, N 520", 520, 1000, false},
+	{"tiny q/k/v fused", 256, 128, false, 0, 0}, {"tiny o", 128, 128, false, 0, 0},
+	{"tiny lm_head", 1024, 128, false, 0, 0},    {"tiny down", 128, 256, false, 0, 0},
+	{"tiny vision qkv", 192, 64, false, 0, 0},   {"tiny vision fc2", 64, 128, false, 0, 0},
+	{"K 100", 37, 100, false, 0, 0},             {"K 200", 40, 200, false, 0, 0},
+	{"K 24", 48, 24, false, 0, 0},               {"K 40, N 130", 130, 40, false, 0, 0},
+	{"K 8, N 3", 3, 8, false, 0, 0},             {"N 1", 1, 64, false, 0, 0},
+	{"K 1000, N 520", 520, 1000, false, 0, 0},
+};
+
+/* FP8 weights (e4m3, block scales): the stream's W8A16 for few rows, the dequantised weight
+ * on the tiles for more, the plain kernel where K is no multiple of 8. */
+static const mm_shape mm_fp8[] = {
+	{"30B q, FP8", 4096, 2048, false, 128, 128},
+	{"235B o, FP8", 4096, 8192, false, 128, 128},
+	{"FP8 of 64 x 48 blocks", 520, 1000, false, 64, 48},
+	{"FP8, K 100", 40, 100, false, 16, 16},
 };
 
 /* Row counts: every T up to 9, then both sides of 16, 32, 64, 128, 256 and 512 and a few
@@ -324,6 +335,40 @@ static int mm_kernels_check(const mm_shape *s, const char *shape, const qw_act *
 	return bad;
 }
 
+/* An FP8 (N, K) weight of (br, bc) blocks: random finite codes, scales amax / 448 for amax
+ * in [0.05, 0.2]; host holds the codes, the scales and their tensor (the CPU backend reads
+ * them in place), freed by the caller. */
+typedef struct fp8_host {
+	qw_tensor t, scale;
+	uint8_t *q;
+	float *s;
+} fp8_host;
+
+static const qw_tensor *random_fp8(int N, int K, int br, int bc, uint64_t seed, fp8_host *h)
+{
+	int sr = (N + br - 1) / br, sc = (K + bc - 1) / bc;
+	h->q = malloc((size_t)N * K + 8);
+	h->s = malloc((size_t)sr * sc * sizeof *h->s);
+	assert_true(h->q && h->s);
+	for (size_t i = 0; i < (size_t)N * K; i++) {
+		uint8_t c = (uint8_t)mix64(seed * 0x2545F491ull + i);
+		h->q[i] = (c & 0x7f) == 0x7f ? (uint8_t)(c - 1) : c;   /* 0x7f, 0xff: NaN */
+	}
+	for (int i = 0; i < sr * sc; i++)
+		h->s[i] = (0.125f + 0.075f * value_of(seed + (uint64_t)i, 1.0f)) / 448.0f;
+	h->scale = (qw_tensor){.dtype = QW_DT_F32, .ndim = 2, .shape = {sr, sc},
+			       .numel = (uint64_t)sr * sc, .nbytes = (uint64_t)sr * sc * 4,
+			       .data = h->s};
+	h->scale.name = (char *)"invariance.weight_scale_inv";
+	h->t = (qw_tensor){.dtype = QW_DT_F8_E4M3, .ndim = 2, .shape = {N, K},
+			   .numel = (uint64_t)N * K, .nbytes = (uint64_t)N * K, .data = h->q,
+			   .scale = &h->scale, .block = {br, bc}};
+	h->t.name = (char *)"invariance.weight";
+	const qw_tensor *out = NULL;
+	OK(be->upload(be, &h->t, &out, err));
+	return out;
+}
+
 static void mm_shape_check(const mm_shape *s, int idx)
 {
 	const int N = s->N, K = s->K;
@@ -332,9 +377,11 @@ static void mm_shape_check(const mm_shape *s, int idx)
 			: (int)(sizeof mm_T / sizeof *mm_T);
 	char shape[96];
 	snprintf(shape, sizeof shape, "%s (N %d, K %d)", s->name, N, K);
-	uint16_t *wbits;
-	const qw_tensor *w = random_tensor(N, K, 1000 + (uint64_t)idx, 1.0 / sqrt((double)K),
-					   &wbits);
+	uint16_t *wbits = NULL;
+	fp8_host f8 = {0};
+	const qw_tensor *w = s->br ? random_fp8(N, K, s->br, s->bc, 1000 + (uint64_t)idx, &f8)
+				   : random_tensor(N, K, 1000 + (uint64_t)idx, 1.0 / sqrt((double)K),
+						   &wbits);
 	float *px = malloc((size_t)MM_POOL * K * sizeof *px);
 	float *alone = malloc((size_t)MM_POOL * N * sizeof *alone);
 	float *got = malloc((size_t)MM_POOL * N * sizeof *got);
@@ -356,7 +403,7 @@ static void mm_shape_check(const mm_shape *s, int idx)
 		bad += same_rows("matmul", shape, T, what, got, alone + (size_t)r0 * N, T, N,
 				 name_pool_row, &r0);
 	}
-	if (!on_cpu)
+	if (!on_cpu && !s->br)
 		bad += mm_kernels_check(s, shape, &pool, &x, &out, w, alone, got);
 	printf("# matmul %-40s %2d row counts%s\n", shape, nT, bad ? ": MISMATCHES" : ", invariant");
 	be->act_free(be, &pool);
@@ -366,6 +413,8 @@ static void mm_shape_check(const mm_shape *s, int idx)
 	free(alone);
 	free(got);
 	free(wbits);
+	free(f8.q);
+	free(f8.s);
 }
 
 static void test_matmul_real(void **state)
@@ -386,6 +435,17 @@ static void test_matmul_small(void **state)
 	for (size_t i = 0; i < sizeof mm_small / sizeof *mm_small; i++)
 		mm_shape_check(&mm_small[i], 100 + (int)i);
 	end_test("matmul, tiny and odd shapes");
+}
+
+static void test_matmul_fp8(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof mm_fp8 / sizeof *mm_fp8; i++) {
+		if (on_cpu && (int64_t)mm_fp8[i].N * mm_fp8[i].K > (1 << 20))
+			continue;   /* the real shapes take minutes in fp32 on the CPU */
+		mm_shape_check(&mm_fp8[i], 200 + (int)i);
+	}
+	end_test("matmul, FP8 weights");
 }
 
 // -- attention ----------------------------------------------------------------------------------
@@ -1073,11 +1133,13 @@ int main(void)
 	printf("# test_cuda_invariance on the %s backend: QW_TEST_SEED=%llu\n",
 	       on_cpu ? "cpu" : "cuda", (unsigned long long)base_seed);
 	enum { NA = sizeof attn_cfgs / sizeof attn_cfgs[0] };
-	struct CMUnitTest tests[NA + 4];
+	struct CMUnitTest tests[NA + 5];
 	int n = 0;
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test_setup_teardown(test_matmul_small,
 									make_backend, drop_backend);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test_setup_teardown(test_matmul_real,
+									make_backend, drop_backend);
+	tests[n++] = (struct CMUnitTest)cmocka_unit_test_setup_teardown(test_matmul_fp8,
 									make_backend, drop_backend);
 	for (int i = 0; i < NA; i++) {
 		if (on_cpu && attn_cfgs[i].D * attn_cfgs[i].Hq > 1024)
