@@ -1,5 +1,5 @@
 /* backend.cu - the CUDA backend's op table: activations, the step's batch on the device,
- * GEMMs through cuBLAS, each op handed to its kernel, create and destroy.  The weights and
+ * each op handed to its kernel, create and destroy.  The weights and
  * KV caches it owns are memory.cu's, the recorded steps step_graphs.cu's.  See
  * cuda_backend.h and backend_ctx.h. */
 #include <cuda_bf16.h>
@@ -347,17 +347,13 @@ static qw_status rope(qw_backend *be, qw_act *x, const int32_t *positions, int n
 			    mrope_section, theta, c->stream, err);
 }
 
-/* out (T, N) = x (T, K) w^T through cuBLAS, w (N, K) bf16: row-major out (T, N) is
- * column-major out^T (N, T) = w (K, N)^T x^T. */
+/* out (T, N) = x (T, K) w^T, w (N, K) bf16: gemm.cu, one order of the sums per (N, K) for
+ * every T, so a token's bits do not depend on its step. */
 static qw_status gemm_bf16(cuda_ctx *c, qw_act *out, const qw_act *x, const void *w, int N,
 			   qw_err *err)
 {
-	const float one = 1.0f, zero = 0.0f;
-	int K = x->cols, T = x->rows;
-	QW_CUBLAS_TRY(err, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w,
-					CUDA_R_16BF, K, x->data, CUDA_R_16BF, K, &zero, out->data,
-					CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-	return QW_OK;
+	return qw_cuda_gemm(D16(out), C16(x), (const uint16_t *)w, x->rows, N, x->cols, c->stream,
+			    err);
 }
 
 /* An FP8 linear weight (N, K) as the kernels take it. */
@@ -374,9 +370,10 @@ static qw_cuda_fp8_weight fp8_of(const qw_tensor *w)
 	return f;
 }
 
-/* out = x w^T for an FP8 w and more tokens than the stream takes: cuBLASLt's FP8 GEMM where
- * asked for and it has an algorithm, else dequantised into the scratch reserved at upload,
- * then the bf16 GEMM (the bits of the bf16 path on the dequantised weight). */
+/* out = x w^T for an FP8 w and more rows than the stream takes: cuBLASLt's FP8 GEMM where
+ * asked for and it has an algorithm (not batch invariant: W8A8, its own kernels), else
+ * dequantised into the scratch reserved at upload, then the bf16 GEMM (the bits of the bf16
+ * path on the dequantised weight, which the stream has too). */
 static qw_status matmul_fp8(cuda_ctx *c, qw_act *out, const qw_act *x, const qw_tensor *w,
 			    qw_err *err)
 {
@@ -412,26 +409,21 @@ static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_t
 		return shape_error(err, "matmul", "weight does not match input and output widths");
 	if (bias)
 		QW_TRY(bf16_weight("matmul (bias)", bias, err));
-	int N = (int)w->shape[0], K = (int)w->shape[1], T = x->rows;
+	int N = (int)w->shape[0], T = x->rows;
 	out->rows = T;
 	if (T == 0)
 		return QW_OK;
 	if (w->dtype == QW_DT_F8_E4M3) {
 		qw_cuda_fp8_weight f = fp8_of(w);
-		if (qw_cuda_few_rows_gemm_fp8_takes(T, &f, x->data, out->data)) {   /* decode: W8A16 */
+		if (qw_cuda_gemm_fp8_takes(T, &f, x->data)) {   /* few rows: W8A16, gemm.cu's order */
 			c->fp8_stats.streamed++;
-			QW_TRY(qw_cuda_few_rows_gemm_fp8(D16(out), C16(x), &f, T, 0, c->stream, err));
+			QW_TRY(qw_cuda_gemm_fp8(D16(out), C16(x), &f, T, c->stream, err));
 		} else {
 			QW_TRY(matmul_fp8(c, out, x, w, err));
 		}
 	} else {
 		QW_TRY(bf16_weight("matmul", w, err));
-		/* a decode step's few tokens: a stream over w beats cuBLAS's fixed cost */
-		if (qw_cuda_few_rows_gemm_takes(T, N, K, x->data, w->data, out->data))
-			QW_TRY(qw_cuda_few_rows_gemm(D16(out), C16(x), (const uint16_t *)w->data, T, N,
-						     K, c->stream, err));
-		else
-			QW_TRY(gemm_bf16(c, out, x, w->data, N, err));
+		QW_TRY(gemm_bf16(c, out, x, w->data, N, err));
 	}
 	if (bias)
 		return qw_cuda_add_bias(D16(out), (const uint16_t *)bias->data, T, N, c->stream, err);
@@ -707,6 +699,7 @@ static void destroy(qw_backend *be)
 		cuda_drop_graphs(c);
 		cuda_free_weights(c);
 		qw_cuda_fp8_lt_destroy(c->fp8_lt);
+		cudaFree(c->lt_ws);
 		dev_buf *bufs[] = {&c->batch_dev, &c->small, &c->attn_ws, &c->moe_ws, &c->sample_ws,
 				   &c->fp8_deq, &c->fp8_act};
 		for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
@@ -719,9 +712,6 @@ static void destroy(qw_backend *be)
 		cudaFreeHost(c->batch_host);
 		if (c->batch_copied)
 			cudaEventDestroy(c->batch_copied);
-		if (c->blas)
-			cublasDestroy(c->blas);
-		cudaFree(c->blas_ws);
 		if (c->stream)
 			cudaStreamDestroy(c->stream);
 		free(c->host_bf16);
@@ -736,19 +726,17 @@ static qw_status setup(cuda_ctx *c, int device, qw_err *err)
 	c->recording = -1;
 	QW_CUDA_TRY(err, cudaSetDevice(device));
 	QW_CUDA_TRY(err, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-	QW_CUBLAS_TRY(err, cublasCreate(&c->blas));
-	QW_CUBLAS_TRY(err, cublasSetStream(c->blas, c->stream));
-	/* its own workspace: no allocations inside cuBLAS calls, and the same kernels each run */
-	QW_CUDA_TRY(err, cudaMalloc(&c->blas_ws, BLAS_WS_BYTES));
-	QW_CUBLAS_TRY(err, cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WS_BYTES));
-	/* the FP8 tensor-core GEMM for many tokens, when asked for (fp8_gemm.cu); one stream,
-	 * so it shares cuBLAS's workspace */
+	/* the FP8 tensor-core GEMM for many tokens, when asked for (fp8_gemm.cu), with its own
+	 * workspace: no allocations inside cuBLASLt calls */
 	const char *fp8_gemm = getenv("QW_CUDA_FP8_GEMM");
 	c->fp8_lt_on = c->fp8_stats.cublaslt_on = fp8_gemm && strcmp(fp8_gemm, "cublaslt") == 0;
 	if (fp8_gemm && !c->fp8_lt_on && strcmp(fp8_gemm, "dequantise") != 0)
 		return qw_fail(err, QW_E_ARG, "QW_CUDA_FP8_GEMM is '%s'; HINT: it takes cublaslt or "
 			       "dequantise (the default)", fp8_gemm);
-	QW_TRY(qw_cuda_fp8_lt_create(&c->fp8_lt, c->blas_ws, BLAS_WS_BYTES, err));
+	if (c->fp8_lt_on) {
+		QW_CUDA_TRY(err, cudaMalloc(&c->lt_ws, LT_WS_BYTES));
+		QW_TRY(qw_cuda_fp8_lt_create(&c->fp8_lt, c->lt_ws, LT_WS_BYTES, err));
+	}
 	for (int i = 0; i < 2; i++) {
 		QW_CUDA_TRY(err, cudaMallocHost((void **)&c->staging[i], STAGING_BYTES));
 		QW_CUDA_TRY(err, cudaEventCreateWithFlags(&c->staged[i], cudaEventDisableTiming));

@@ -9,7 +9,6 @@
 #ifndef QW_KERNELS_CUDA_BACKEND_CTX_H
 #define QW_KERNELS_CUDA_BACKEND_CTX_H
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -17,7 +16,7 @@
 #include "kernels/ops.h"
 
 #define STAGING_BYTES (64u << 20)      /* each of the two pinned upload buffers */
-#define BLAS_WS_BYTES (32u << 20)      /* cuBLAS workspace: none of its own allocations */
+#define LT_WS_BYTES (32u << 20)        /* cuBLASLt's workspace (QW_CUDA_FP8_GEMM=cublaslt) */
 #define KV_HEADROOM (1ull << 30)        /* free memory kept back from the KV cache */
 #define GRAPH_SLOTS 64                  /* step graphs kept, the least recently used replaced */
 #define GRAPH_KEY_MAX 96
@@ -59,8 +58,6 @@ typedef struct dev_buf {
 typedef struct cuda_ctx {
 	int device;
 	cudaStream_t stream;
-	cublasHandle_t blas;
-	void *blas_ws;
 	uint8_t *staging[2];        /* pinned host buffers for uploads */
 	cudaEvent_t staged[2];      /* each buffer's last copy */
 	int next_staging;
@@ -82,7 +79,8 @@ typedef struct cuda_ctx {
 	/* GEMMs of many tokens on FP8 weights through cuBLASLt's FP8 GEMM instead (environment
 	 * QW_CUDA_FP8_GEMM=cublaslt; shapes it has no algorithm for are dequantised) */
 	bool fp8_lt_on;
-	qw_cuda_fp8_lt *fp8_lt;     /* shares blas_ws */
+	qw_cuda_fp8_lt *fp8_lt;     /* NULL unless fp8_lt_on */
+	void *lt_ws;                /* its workspace (LT_WS_BYTES) */
 	dev_buf fp8_act;            /* the quantised activations */
 	qw_cuda_fp8_stats fp8_stats;
 	uint16_t *host_bf16;        /* act_read / act_write conversions */

@@ -7,12 +7,14 @@
  * so reading the mapping and copying to the GPU overlap, and whose KV cache is one bf16
  * array per layer for K and one for V, (blocks x block_size, Hkv x D).  All work runs in
  * order on one stream; a step's batch is copied to the device once (begin_step).  Dense
- * projections are cuBLAS GEMMs (bf16 in, fp32 accumulate), a decode step's few tokens a
- * stream over the weight (FP8 ones dequantised in registers), and more tokens on an FP8
- * weight either its bf16 dequantisation (into scratch reserved as it was uploaded) or
- * cuBLASLt's FP8 GEMM (qw_cuda_fp8_stats below); the other ops are the kernels of
- * kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm, qk_norm_rope_kv).
- * Ops other than matmul and moe read bf16 weights only and refuse an FP8 one (QW_E_ARG).
+ * projections are gemm.cu's (bf16 in, fp32 sums); an FP8 weight is streamed and dequantised
+ * in registers for a few rows, else dequantised into scratch reserved as it was uploaded,
+ * in gemm.cu's order either way, or (QW_CUDA_FP8_GEMM=cublaslt) goes to cuBLASLt's FP8 GEMM
+ * for many tokens (qw_cuda_fp8_stats below); the other ops are
+ * the kernels of kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm,
+ * qk_norm_rope_kv).  Ops other than matmul and moe read bf16 weights only and refuse an FP8
+ * one (QW_E_ARG).  Batch invariant (cuBLASLt's FP8 GEMM aside): a token's outputs have the
+ * same bits whatever else its step holds (docs/architecture.md, "Batch invariance on CUDA").
  * fuse_rows makes one weight of several (q/k/v for one GEMM): the parts' memory moves into it
  * and they become views of their rows, freed with it; FP8 parts fuse when each is a whole
  * number of block rows (their scales then stack by rows), else QW_E_ARG.  prepare_experts,
@@ -55,7 +57,7 @@ qw_cuda_graph_stats qw_cuda_backend_graph_stats(const qw_backend *be);
  * QW_CUDA_FP8_GEMM=cublaslt at create, run cuBLASLt's block-scaled FP8 GEMM (W8A8), falling
  * back to dequantising where cuBLASLt has no algorithm for the shape. */
 typedef struct qw_cuda_fp8_stats {
-	uint64_t streamed;      /* few-token GEMMs on the W8A16 stream */
+	uint64_t streamed;      /* few-row GEMMs on gemm.cu's W8A16 stream */
 	uint64_t dequantised;   /* GEMMs on the weight dequantised to bf16 */
 	uint64_t fp8_gemms;     /* GEMMs on cuBLASLt's FP8 tensor cores */
 	uint64_t fallbacks;     /* of the dequantised ones, asked for cuBLASLt and not had */

@@ -2,6 +2,11 @@
  * for T <= QW_FEW_ROWS_MAX, W (N, K) in the checkpoint's [out, in] layout, bf16 or FP8.  See
  * kernels.h.
  *
+ * The backend no longer calls it: its sum order (lanes over K, then a butterfly) is not the
+ * one gemm.cu keeps for every T, and a projection must use one order at every row count to
+ * stay batch invariant.  It stays as bench_cuda_matmul's baseline for gemm.cu's stream
+ * kernel, which must read W as fast.
+ *
  * Why not cuBLAS here: at T = 1 a projection is a read of W and nothing else, and cuBLAS's
  * kernels for it reached 1.7 TB/s on the 30B's q projection (16 MB in 10 us) and ~0.5 TB/s on
  * the small k and v ones: the fixed cost of a GEMM kernel, not the bytes.  This kernel is a

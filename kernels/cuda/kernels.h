@@ -11,11 +11,12 @@
  *
  * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
  * segments), moe.cu (routing and experts; their grouped GEMM, bf16 or FP8, in moe_gemm.cu),
- * few_rows_gemm.cu (decode's dense projections), fp8_gemm.cu (FP8 weights: dequantised to
- * bf16, or cuBLASLt's FP8 tensor-core GEMM), sample.cu (greedy and seeded sampling),
- * elementwise.cu (norms, rotary, SwiGLU, GELU, gathers, and the fused add + norm and q/k
- * norm + rotary + KV write), checksum.cu (the hand-over checksum's chunk hashes), backend.cu
- * (the op table; memory.cu, experts.cu and step_graphs.cu with it).
+ * gemm.cu (dense projections), fp8_gemm.cu (FP8 weights: dequantised to bf16, or cuBLASLt's
+ * FP8 tensor-core GEMM), few_rows_gemm.cu (the earlier decode kernels, kept for benchmarks),
+ * sample.cu (greedy and seeded sampling), elementwise.cu (norms, rotary, SwiGLU, GELU,
+ * gathers, and the fused add + norm and q/k norm + rotary + KV write), checksum.cu (the
+ * hand-over checksum's chunk hashes), backend.cu (the op table; memory.cu, experts.cu and
+ * step_graphs.cu with it).
  */
 #ifndef QW_KERNELS_CUDA_KERNELS_H
 #define QW_KERNELS_CUDA_KERNELS_H
@@ -227,15 +228,54 @@ qw_status qw_cuda_fp8_lt_gemm(qw_cuda_fp8_lt *lt, uint16_t *out, const uint16_t 
 			      const qw_cuda_fp8_weight *w, int T, void *act, size_t act_bytes,
 			      cudaStream_t stream, qw_err *err);
 
+// -- gemm.cu --------------------------------------------------------------------------------
+
+/* out (T, N) = x (T, K) w^T, w (N, K) bf16 (the checkpoint's [out, in] layout), fp32 sums,
+ * bf16 out, for any T: the backend's dense projections.  Batch invariant: every output
+ * element is summed in one order fixed by (N, K) alone (gemm.cu's header), whatever T and
+ * whichever kernel runs, so a row's bits do not depend on the other rows.  K a multiple of 8
+ * with x and w 16-byte aligned take the tensor-core kernels; other shapes a plain kernel
+ * (another order, but one for every T of that shape).  No scratch. */
+qw_status qw_cuda_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w, int T, int N, int K,
+		       cudaStream_t stream, qw_err *err);
+
+/* The kernels qw_cuda_gemm chooses among (by T); they give the same bits. */
+typedef enum qw_gemm_kernel {
+	QW_GEMM_AUTO,     /* qw_cuda_gemm's choice */
+	QW_GEMM_STREAM,   /* T <= 64: W streamed into registers, a warp per 8 columns and run */
+	QW_GEMM_TILE_M,   /* 64 x 128 tiles */
+	QW_GEMM_TILE_L,   /* 128 x 128 tiles */
+	QW_GEMM_ROWS,     /* a thread per output: shapes the others cannot read */
+} qw_gemm_kernel;
+
+/* The kernel qw_cuda_gemm takes for this shape and these operands. */
+qw_gemm_kernel qw_cuda_gemm_pick(int T, int N, int K, const void *x, const void *w);
+/* qw_cuda_gemm on a given kernel (tests, benchmarks); QW_E_ARG where it cannot take the shape. */
+qw_status qw_cuda_gemm_with(qw_gemm_kernel kind, uint16_t *out, const uint16_t *x,
+			    const uint16_t *w, int T, int N, int K, cudaStream_t stream,
+			    qw_err *err);
+/* S, the runs of consecutive k blocks whose sums the order adds last (1, 2, 4 or 8): a
+ * function of (N, K) alone. */
+int qw_cuda_gemm_splits(int N, int K);
+
+/* qw_cuda_gemm's stream kernel on an FP8 w (one matrix, rows N, cols K), dequantised in
+ * registers as it streams (W8A16): the bits of qw_cuda_gemm on the dequantised weight (any
+ * T), from half the bytes.  _takes: 1 <= T <= 32, K and block columns multiples of 8, x
+ * 16-byte and the codes 8-byte aligned; else dequantise and call qw_cuda_gemm. */
+bool qw_cuda_gemm_fp8_takes(int T, const qw_cuda_fp8_weight *w, const void *x);
+qw_status qw_cuda_gemm_fp8(uint16_t *out, const uint16_t *x, const qw_cuda_fp8_weight *w, int T,
+			   cudaStream_t stream, qw_err *err);
+
 // -- few_rows_gemm.cu ------------------------------------------------------------------------
 
 #define QW_FEW_ROWS_MAX 4   /* the most tokens qw_cuda_few_rows_gemm takes */
 
 /* out (T, N) = x (T, K) w^T, w (N, K) bf16, fp32 sums, for the few tokens of a decode step
- * (T <= QW_FEW_ROWS_MAX, K a multiple of 8, x and w 16-byte aligned): a stream over w
- * (cuBLAS's fixed cost dominates there), launched so that it may start before the previous
- * kernel on the stream ends (it waits for it before reading x).  _takes: whether the shape
- * suits it and it beats cuBLAS there (T 1, or a weight of at most 16 M values). */
+ * (T <= QW_FEW_ROWS_MAX, K a multiple of 8, x and w 16-byte aligned): a stream over w,
+ * launched so that it may start before the previous kernel on the stream ends (it waits for
+ * it before reading x).  _takes: whether the shape suits it and it beat cuBLAS there (T 1, or
+ * a weight of at most 16 M values).  Not the backend's (its order is not qw_cuda_gemm's):
+ * bench_cuda_matmul's baseline. */
 bool qw_cuda_few_rows_gemm_takes(int T, int N, int K, const void *x, const void *w,
 				 const void *out);
 qw_status qw_cuda_few_rows_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w, int T,

@@ -1,6 +1,6 @@
 /* mma.h - the tensor-core and asynchronous-copy primitives the CUDA kernels share (CUDA C++
- * only, included by the .cu files that feed mma.sync from shared memory: attention.cu,
- * moe_gemm.cu).
+ * only, included by the files that feed mma.sync: attn_engine.cuh (attention.cu,
+ * segment_attention.cu), moe_gemm.cu, gemm.cu).
  *
  * Owns: cp_async (16 or 8 bytes, global to shared, zeros when told not to read),
  * cp_async_commit / cp_async_wait, ldmatrix_x4 (plain and transposed), mma_bf16

@@ -1,9 +1,10 @@
 /* bench_cuda_attention.c - times the CUDA attention kernels (kernels/cuda/attention.cu) on
- * Qwen3-VL-235B shapes (Hq 64, Hkv 4, D 128, 16-token blocks) and the vision tower's
- * (16 heads of 72), and prints napkin math: decode as GB/s of K/V read against the GPU's
- * peak, prefill and segments as TFLOP/s of the two matmuls.  Not a test: correctness is
- * tests/gpu/test_cuda_attention's.  Built by `scons tests`; run build/tests/bench/
- * bench_cuda_attention [peak GB/s, default 4800 (H200)].
+ * Qwen3-VL-235B and 30B shapes (Hq 64 or 32, Hkv 4, D 128, 16-token blocks) and the vision
+ * tower's (16 heads of 72), and prints napkin math: decode as GB/s of K/V read against the
+ * GPU's peak, with and without the split into chunk states (and the partial states' bytes),
+ * a mixed step, prefill and segments as TFLOP/s of the two matmuls.  Not a test: correctness
+ * is tests/gpu/test_cuda_attention's, invariance test_cuda_invariance's.  Built by `scons
+ * tests`; run build/tests/bench/bench_cuda_attention [peak GB/s, default 4800 (H200)].
  *
  * Each timing is the median of 10 runs after 2 warm-ups, L2 flushed (a 256 MiB memset)
  * before each; the cache holds a constant (timing does not depend on values).
@@ -82,27 +83,36 @@ static float time_us(const job *j)
 	return bench_median_ms(ms, REPS) * 1000.0f;
 }
 
-/* n_seqs sequences of ctx cached tokens each computing n new ones (kv_index ctx .. ctx+n-1),
- * blocks laid out contiguously.  Returns K/V bytes read once and matmul FLOPs. */
-static job paged_job(int n_seqs, int ctx, int n, double *kv_bytes, double *flops)
+/* n_seqs sequences, sequence s with ctx[s] cached tokens computing n[s] new ones (kv_index
+ * ctx .. ctx+n-1), blocks laid out contiguously, Hq query heads over 4 KV heads of 128.
+ * Returns K/V bytes read once and matmul FLOPs. */
+static job paged_job(int n_seqs, const int *ctx, const int *n, int Hq, double *kv_bytes,
+		     double *flops)
 {
-	const int Hq = 64, Hkv = 4, D = 128, bs = 16, len = ctx + n, nb = (len + bs - 1) / bs;
-	const int T = n_seqs * n, width = Hkv * D;
+	const int Hkv = 4, D = 128, bs = 16, width = Hkv * D;
+	int T = 0, nb = 1, max_len = 0, max_n = 0;
+	for (int s = 0; s < n_seqs; s++) {
+		int len = ctx[s] + n[s];
+		T += n[s];
+		nb = (len + bs - 1) / bs > nb ? (len + bs - 1) / bs : nb;
+		max_len = len > max_len ? len : max_len;
+		max_n = n[s] > max_n ? n[s] : max_n;
+	}
 	int32_t *seq = malloc((size_t)T * 4), *idx = malloc((size_t)T * 4), *slot = malloc((size_t)T * 4);
 	int32_t *start = malloc((size_t)(n_seqs + 1) * 4), *tables = malloc((size_t)n_seqs * nb * 4);
 	*kv_bytes = *flops = 0.0;
-	for (int s = 0; s < n_seqs; s++) {
-		start[s] = s * n;
+	for (int s = 0, t = 0; s < n_seqs; s++) {
+		start[s] = t;
 		for (int i = 0; i < nb; i++)
 			tables[s * nb + i] = s * nb + i;
-		for (int i = 0; i < n; i++) {
-			int t = s * n + i, j = ctx + i;
+		for (int i = 0; i < n[s]; i++, t++) {
+			int j = ctx[s] + i;
 			seq[t] = s;
 			idx[t] = j;
 			slot[t] = tables[s * nb + j / bs] * bs + j % bs;
 			*flops += 4.0 * Hq * D * (j + 1);
 		}
-		*kv_bytes += 2.0 * len * width * 2;
+		*kv_bytes += 2.0 * (ctx[s] + n[s]) * width * 2;
 	}
 	start[n_seqs] = T;
 	job j = {0};
@@ -112,12 +122,12 @@ static job paged_job(int n_seqs, int ctx, int n, double *kv_bytes, double *flops
 	j.q = dalloc((size_t)T * Hq * D * 2, 0x3c);
 	j.out = dalloc((size_t)T * Hq * D * 2, 0);
 	j.b = (qw_cuda_batch){.n_tokens = T, .n_seqs = n_seqs, .max_blocks = nb, .block_size = bs,
-			      .max_kv_len = len, .max_seq_tokens = n,
+			      .max_kv_len = max_len, .max_seq_tokens = max_n,
 			      .seq = dcopy(seq, (size_t)T * 4), .kv_index = dcopy(idx, (size_t)T * 4),
 			      .slot = dcopy(slot, (size_t)T * 4),
 			      .seq_start = dcopy(start, (size_t)(n_seqs + 1) * 4),
 			      .block_tables = dcopy(tables, (size_t)n_seqs * nb * 4)};
-	j.ws_bytes = qw_cuda_attention_ws_bytes(T, Hq, D, len);
+	j.ws_bytes = qw_cuda_attention_ws_bytes(T, Hq, D, max_len);
 	j.ws = j.ws_bytes ? dalloc(j.ws_bytes, 0) : NULL;
 	j.T = T;
 	j.Hq = Hq;
@@ -129,6 +139,30 @@ static job paged_job(int n_seqs, int ctx, int n, double *kv_bytes, double *flops
 	free(start);
 	free(tables);
 	return j;
+}
+
+/* n_seqs decodes at context ctx (or a prefill chunk of n tokens after ctx: n_seqs 1). */
+static job uniform_job(int n_seqs, int ctx, int n, int Hq, double *kv_bytes, double *flops)
+{
+	int *c = malloc((size_t)n_seqs * sizeof *c), *m = malloc((size_t)n_seqs * sizeof *m);
+	for (int s = 0; s < n_seqs; s++) {
+		c[s] = ctx;
+		m[s] = n;
+	}
+	job j = paged_job(n_seqs, c, m, Hq, kv_bytes, flops);
+	free(c);
+	free(m);
+	return j;
+}
+
+/* us with the split allowed (ws as the backend gives it) and with none (no ws) */
+static void time_split(job *j, float *us_split, float *us_whole)
+{
+	*us_split = time_us(j);
+	void *ws = j->ws;
+	j->ws = NULL;
+	*us_whole = time_us(j);
+	j->ws = ws;
 }
 
 static job segment_job(int n_segs, int len, double *flops)
@@ -173,27 +207,54 @@ int main(int argc, char **argv)
 	       prop.multiProcessorCount, peak);
 	CK(cudaMalloc(&flush_buf, 256u << 20));
 
-	printf("# decode: Hq 64, Hkv 4, D 128, block 16\n");
-	printf("# %6s %8s %10s %10s %8s\n", "seqs", "context", "us", "GB/s", "%peak");
-	const int seqs[] = {1, 8, 64}, ctxs[] = {4096, 32768, 131072};
-	for (int a = 0; a < 3; a++)
-		for (int c = 0; c < 3; c++) {
-			if ((long)seqs[a] * ctxs[c] > 4L << 20)
-				continue;
-			double bytes, flops;
-			job j = paged_job(seqs[a], ctxs[c] - 1, 1, &bytes, &flops);
-			float us = time_us(&j);
-			printf("  %6d %8d %10.1f %10.0f %7.1f%%\n", seqs[a], ctxs[c], us,
-			       bytes / us / 1e3, 100.0 * bytes / us / 1e3 / peak);
-			free_job(&j);
+	/* decode: the split path (each chunk of 256 keys a partial state, folded in order by
+	 * split_reduce) where the step's CTAs would not fill the GPU, against the same step
+	 * unsplit; partial MB: the states written and read back */
+	static const int heads[] = {64, 32};
+	static const int seqs[] = {1, 8, 16, 64}, ctxs[] = {256, 1024, 4096, 32768, 131072};
+	for (int h = 0; h < 2; h++) {
+		printf("# decode: Hq %d, Hkv 4, D 128, block 16 (%s)\n", heads[h],
+		       heads[h] == 64 ? "235B" : "30B");
+		printf("# %6s %8s %10s %10s %10s %8s %10s\n", "seqs", "context", "us", "unsplit us",
+		       "GB/s", "%peak", "partial MB");
+		for (int a = 0; a < 4; a++)
+			for (int c = 0; c < 5; c++) {
+				if ((long)seqs[a] * ctxs[c] > 4L << 20)
+					continue;
+				double bytes, flops;
+				job j = uniform_job(seqs[a], ctxs[c] - 1, 1, heads[h], &bytes, &flops);
+				float us, whole;
+				time_split(&j, &us, &whole);
+				double part = j.ws_bytes ? 2.0 * j.ws_bytes / 1e6 : 0.0;
+				printf("  %6d %8d %10.1f %10.1f %10.0f %7.1f%% %10.1f\n", seqs[a], ctxs[c], us,
+				       whole, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / peak, part);
+				free_job(&j);
+			}
+	}
+
+	/* a mixed step: decodes beside a prefill chunk take the prefill kernel */
+	printf("# mixed: 16 decodes at 4096 keys beside a 512-token prefill chunk (Hq 64)\n");
+	{
+		int ctx[17], n[17];
+		for (int s = 0; s < 16; s++) {
+			ctx[s] = 4095;
+			n[s] = 1;
 		}
+		ctx[16] = 0;
+		n[16] = 512;
+		double bytes, flops;
+		job j = paged_job(17, ctx, n, 64, &bytes, &flops);
+		float us = time_us(&j);
+		printf("  %10.1f us, %10.0f GB/s of K/V\n", us, bytes / us / 1e3);
+		free_job(&j);
+	}
 
 	printf("# prefill chunk (one sequence): Hq 64, Hkv 4, D 128, block 16\n");
 	printf("# %6s %8s %10s %10s\n", "tokens", "cached", "us", "TFLOP/s");
 	const int chunk[][2] = {{512, 0}, {2048, 0}, {2048, 8192}, {8192, 0}};
 	for (int i = 0; i < 4; i++) {
 		double bytes, flops;
-		job j = paged_job(1, chunk[i][1], chunk[i][0], &bytes, &flops);
+		job j = uniform_job(1, chunk[i][1], chunk[i][0], 64, &bytes, &flops);
 		float us = time_us(&j);
 		printf("  %6d %8d %10.1f %10.1f\n", chunk[i][0], chunk[i][1], us, flops / us / 1e6);
 		free_job(&j);

@@ -1,27 +1,34 @@
 /* bench_cuda_matmul.c - the dense projections of a step on the Qwen3-VL-30B-A3B and
- * 235B-A22B shapes.  Not a test.  Built by `scons tests`; run
- *     build/tests/bench/bench_cuda_matmul [copy GB/s, default 4287]
+ * 235B-A22B shapes, both lm_heads, a dense MLP's and 8192^3.  Not a test.  Built by
+ * `scons tests`; run
+ *     build/tests/bench/bench_cuda_matmul [--copy GBPS] [--bf16-tflops R] [copy GB/s]
  *     build/tests/bench/bench_cuda_matmul --fp8 [--copy GBPS] [--bf16-tflops R] [--fp8-tflops R]
  * (the ceilings from tests/bench/gpu_ceilings.py on the same GPU).
  *
- * Without --fp8: decode (1 to 4 tokens) on bf16 weights, cuBLAS (cublasGemmEx, as the
- * backend calls it for more tokens) against the few-rows kernel (kernels/cuda/few_rows_gemm.cu),
- * against the copy bandwidth (the weight's bytes are the step's only traffic).
+ * Without --fp8, bf16 weights: first gemm.cu's output against cuBLAS's at 8 and 512 rows
+ * (max |diff| over the output's RMS: two fp32 orders rounded to bf16, a few bf16 steps apart
+ * at most); then decode (T 1 to 32): qw_cuda_gemm (the backend's, batch invariant) against
+ * cuBLAS (cublasGemmEx, which the backend called for more than 4 tokens), the few-rows kernel
+ * (its decode kernel before) and gemm.cu's stream kernel by name: us, GB/s of weight and the
+ * fraction of the copy bandwidth (the weight's bytes are the step's traffic); and prefill (T
+ * 64 to 8192): qw_cuda_gemm, cuBLAS and each of gemm.cu's tile kernels: us, TFLOP/s and the
+ * fraction of the bf16 tensor-core rate.
  *
  * With --fp8: the same weights as FP8 (e4m3, 128 x 128 block scales).  Decode: the bf16
- * path the backend takes (few-rows where it takes the shape, else cuBLAS) against the FP8
- * stream with one and two columns a warp: us, GB/s and the fraction of the byte roofline
- * (FP8 bytes and scales, or bf16 bytes, over the copy bandwidth), and the FP8 speed-up.
- * More tokens (5, 64, 512, 8192): cuBLAS on bf16, (a) dequantise + cuBLAS, (b) cuBLASLt's
- * block-scaled FP8 GEMM with the activations' quantisation (or why there is none): us and
- * the fraction of the bf16 and FP8 tensor-core rates.
+ * GEMM against gemm.cu's FP8 stream (W8A16, the backend's) and the few-rows FP8 stream with
+ * one and two columns a warp: us, GB/s and the fraction of the byte roofline (FP8 bytes and
+ * scales, or bf16 bytes, over the copy bandwidth), and the FP8 speed-up.  More tokens (5, 64, 512, 8192): the bf16 GEMM,
+ * (a) dequantise + the bf16 GEMM (the backend's way), (b) cuBLASLt's block-scaled FP8 GEMM
+ * with the activations' quantisation (or why there is none): us and the fraction of the bf16
+ * and FP8 tensor-core rates.
  *
- * Weights rotate over copies filling more than the L2, so each run reads from HBM as in a
- * real step.  Median of RUNS after three warm-ups.
+ * Decode weights rotate over copies filling more than the L2, so each run reads from HBM as
+ * in a real step.  Median of RUNS after three warm-ups.
  */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,9 +36,10 @@
 #include "kernels/cuda/kernels.h"
 #include "tests/bench/bench_util.h"
 
-#define RUNS 50
+#define RUNS 30
 #define ROTATE_BYTES (256ull << 20)   /* weight copies cycled through: 5x the L2 */
-#define BLAS_WS (32u << 20)           /* the backend's cuBLAS workspace */
+#define BLAS_WS (32u << 20)           /* cuBLAS's workspace (the backend's was this size) */
+#define MAX_T 8192
 
 typedef struct shape {
 	const char *name;
@@ -39,9 +47,11 @@ typedef struct shape {
 } shape;
 
 static const shape shapes[] = {
-	{"30B q/k/v fused", 5120, 2048}, {"30B q", 4096, 2048}, {"30B k or v", 512, 2048},
+	{"30B q/k/v fused", 5120, 2048}, {"30B q", 4096, 2048},   {"30B k or v", 512, 2048},
 	{"30B o", 2048, 4096},           {"235B q/k/v fused", 9216, 4096},
-	{"235B o", 4096, 8192},          {"lm_head", 151936, 2048},
+	{"235B k or v", 512, 4096},      {"235B o", 4096, 8192},  {"lm_head 30B", 151936, 2048},
+	{"lm_head 235B", 151936, 4096},  {"dense gate/up", 12288, 4096},
+	{"square", 8192, 8192},
 };
 
 /* What a run needs: the copies of one weight, bf16 and FP8, and scratch. */
@@ -52,12 +62,15 @@ typedef struct bench {
 	int N, K, copies;
 	uint16_t **w;               /* (copies,) bf16 (N, K) */
 	qw_cuda_fp8_weight *w8;     /* (copies,) FP8 (N, K) and scales */
-	uint16_t *x, *out, *deq;    /* (T, K), (T, N), the dequantised weight */
+	uint16_t *x, *out, *ref, *deq;   /* (T, K), (T, N) twice, the dequantised weight */
 	void *act;                  /* cuBLASLt's quantised activations */
 	size_t act_bytes;
 } bench;
 
-typedef enum way { BF16_BLAS, BF16_FEW, FP8_STREAM1, FP8_STREAM2, FP8_DEQUANT, FP8_LT } way;
+typedef enum way {
+	GEMM, GEMM_STREAM, GEMM_TILE_M, GEMM_TILE_L, BF16_BLAS, BF16_FEW, FP8_GEMM, FP8_STREAM1,
+	FP8_STREAM2, FP8_DEQUANT, FP8_LT
+} way;
 
 static void fail(const char *what, const qw_err *err)
 {
@@ -65,58 +78,130 @@ static void fail(const char *what, const qw_err *err)
 	exit(1);
 }
 
-static void run_once(bench *b, way how, int T, int copy)
+/* One run of `how` on T rows into out; false when it cannot take the shape. */
+static bool run_once(bench *b, way how, int T, int copy, uint16_t *out)
 {
 	const float one = 1.0f, zero = 0.0f;
 	qw_err err = {0};
+	qw_status st = QW_OK;
 	const qw_cuda_fp8_weight *w8 = &b->w8[copy];
+	static const qw_gemm_kernel kinds[] = {QW_GEMM_AUTO, QW_GEMM_STREAM, QW_GEMM_TILE_M,
+					       QW_GEMM_TILE_L};
 	switch (how) {
+	case GEMM:
+	case GEMM_STREAM:
+	case GEMM_TILE_M:
+	case GEMM_TILE_L:
+		if (how == GEMM_STREAM && T > 64)
+			return false;
+		st = qw_cuda_gemm_with(kinds[how], out, b->x, b->w[copy], T, b->N, b->K, b->s, &err);
+		break;
 	case BF16_BLAS:
-	case FP8_DEQUANT:
-		if (how == FP8_DEQUANT && qw_cuda_fp8_dequant(b->deq, w8, b->s, &err) != QW_OK)
-			fail("dequantise", &err);
-		if (cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, b->N, T, b->K, &one,
-				 how == FP8_DEQUANT ? b->deq : b->w[copy], CUDA_R_16BF, b->K, b->x,
-				 CUDA_R_16BF, b->K, &zero, b->out, CUDA_R_16BF, b->N, CUBLAS_COMPUTE_32F,
-				 CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
+		if (cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, b->N, T, b->K, &one, b->w[copy],
+				 CUDA_R_16BF, b->K, b->x, CUDA_R_16BF, b->K, &zero, out, CUDA_R_16BF,
+				 b->N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
 			fail("cublasGemmEx", NULL);
 		break;
 	case BF16_FEW:
-		if (qw_cuda_few_rows_gemm(b->out, b->x, b->w[copy], T, b->N, b->K, b->s, &err) != QW_OK)
-			fail("few-rows gemm", &err);
+		if (T > QW_FEW_ROWS_MAX)
+			return false;
+		st = qw_cuda_few_rows_gemm(out, b->x, b->w[copy], T, b->N, b->K, b->s, &err);
+		break;
+	case FP8_GEMM:
+		st = qw_cuda_gemm_fp8(out, b->x, w8, T, b->s, &err);
 		break;
 	case FP8_STREAM1:
 	case FP8_STREAM2:
-		if (qw_cuda_few_rows_gemm_fp8(b->out, b->x, w8, T, how == FP8_STREAM1 ? 1 : 2, b->s,
-					      &err) != QW_OK)
-			fail("few-rows gemm (fp8)", &err);
+		st = qw_cuda_few_rows_gemm_fp8(out, b->x, w8, T, how == FP8_STREAM1 ? 1 : 2, b->s,
+					       &err);
+		break;
+	case FP8_DEQUANT:
+		st = qw_cuda_fp8_dequant(b->deq, w8, b->s, &err);
+		if (st == QW_OK)
+			st = qw_cuda_gemm(out, b->x, b->deq, T, b->N, b->K, b->s, &err);
 		break;
 	case FP8_LT:
-		if (qw_cuda_fp8_lt_gemm(b->lt, b->out, b->x, w8, T, b->act, b->act_bytes, b->s, &err) !=
-		    QW_OK)
-			fail("cuBLASLt fp8 gemm", &err);
+		st = qw_cuda_fp8_lt_gemm(b->lt, out, b->x, w8, T, b->act, b->act_bytes, b->s, &err);
 		break;
 	}
+	if (st != QW_OK)
+		fail("a GEMM", &err);
+	return true;
 }
 
-/* Median microseconds of RUNS runs over rotating weight copies. */
-static double time_it(bench *b, way how, int T)
+/* Median microseconds of RUNS runs over the weight copies (decode: all, rotating; else the
+ * first); -1 when `how` cannot take the shape. */
+static double time_it(bench *b, way how, int T, bool rotate)
 {
 	cudaEvent_t e0, e1;
 	CK(cudaEventCreate(&e0));
 	CK(cudaEventCreate(&e1));
 	float ms[RUNS];
+	double us = -1.0;
 	for (int r = -3; r < RUNS; r++) {
 		CK(cudaEventRecord(e0, b->s));
-		run_once(b, how, T, (r + 3) % b->copies);
+		if (!run_once(b, how, T, rotate ? (r + 3) % b->copies : 0, b->out))
+			goto done;
 		CK(cudaEventRecord(e1, b->s));
 		CK(cudaEventSynchronize(e1));
 		if (r >= 0)
 			CK(cudaEventElapsedTime(&ms[r], e0, e1));
 	}
+	us = bench_median_ms(ms, RUNS) * 1e3;
+done:
 	cudaEventDestroy(e0);
 	cudaEventDestroy(e1);
-	return bench_median_ms(ms, RUNS) * 1e3;
+	return us;
+}
+
+static float bf16_value(uint16_t h)
+{
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* max |gemm - cuBLAS| over the RMS of cuBLAS's output, at T rows */
+static double against_cublas(bench *b, int T)
+{
+	size_t n = (size_t)T * (size_t)b->N;
+	run_once(b, GEMM, T, 0, b->out);
+	run_once(b, BF16_BLAS, T, 0, b->ref);
+	CK(cudaStreamSynchronize(b->s));
+	uint16_t *o = malloc(n * 2), *r = malloc(n * 2);
+	if (!o || !r)
+		fail("host memory", NULL);
+	CK(cudaMemcpy(o, b->out, n * 2, cudaMemcpyDeviceToHost));
+	CK(cudaMemcpy(r, b->ref, n * 2, cudaMemcpyDeviceToHost));
+	double ss = 0.0, worst = 0.0;
+	for (size_t i = 0; i < n; i++) {
+		double a = bf16_value(o[i]), c = bf16_value(r[i]), d = fabs(a - c);
+		ss += c * c;
+		if (d != d)
+			d = INFINITY;
+		if (d > worst)
+			worst = d;
+	}
+	free(o);
+	free(r);
+	return worst / sqrt(ss / (double)n + 1e-30);
+}
+
+/* n bf16 values in [-a, a) from a seed */
+static uint16_t *random_bf16(size_t n, float a, uint64_t seed)
+{
+	uint16_t *h = malloc(n * 2);
+	if (!h)
+		fail("host memory", NULL);
+	for (size_t i = 0; i < n; i++) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		float f = (float)((double)(seed >> 11) * 0x1p-53 * 2.0 - 1.0) * a;
+		uint32_t u;
+		memcpy(&u, &f, 4);
+		h[i] = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+	}
+	return h;
 }
 
 /* n random finite e4m3 codes (NaN ones, 0x7f and 0xff, moved one down). */
@@ -132,7 +217,8 @@ static uint8_t *random_codes(size_t n)
 	return q;
 }
 
-/* Device copies of an (N, K) weight, bf16 and FP8, enough to rotate past the L2. */
+/* Device copies of an (N, K) weight, bf16 (random, std ~K^-1/2) and FP8 (random codes),
+ * enough to rotate past the L2, and x of max_T random rows. */
 static void weights(bench *b, int N, int K, int max_T)
 {
 	b->N = N;
@@ -144,11 +230,12 @@ static void weights(bench *b, int N, int K, int max_T)
 	int sr = (N + 127) / 128, sc = (K + 127) / 128;
 	float *s = malloc((size_t)sr * sc * sizeof *s);
 	uint8_t *codes = random_codes(bytes / 2);
+	uint16_t *wh = random_bf16((size_t)N * K, (float)(1.7 / sqrt(K)), 7);
 	for (int i = 0; i < sr * sc; i++)
 		s[i] = (0.05f + 0.1f * (float)(i % 7) / 7.0f) / 448.0f;
 	for (int c = 0; c < b->copies; c++) {
 		CK(cudaMalloc((void **)&b->w[c], bytes));
-		CK(cudaMemset(b->w[c], 0x3c, bytes));
+		CK(cudaMemcpy(b->w[c], wh, bytes, cudaMemcpyHostToDevice));
 		uint8_t *q;
 		float *ds;
 		CK(cudaMalloc((void **)&q, bytes / 2));
@@ -160,10 +247,14 @@ static void weights(bench *b, int N, int K, int max_T)
 	}
 	free(s);
 	free(codes);
+	free(wh);
+	uint16_t *xh = random_bf16((size_t)max_T * K, 1.0f, 11);
 	CK(cudaMalloc((void **)&b->deq, bytes));
 	CK(cudaMalloc((void **)&b->x, (size_t)max_T * K * 2));
 	CK(cudaMalloc((void **)&b->out, (size_t)max_T * N * 2));
-	CK(cudaMemset(b->x, 0x3c, (size_t)max_T * K * 2));   /* bf16 ~0.01: finite sums */
+	CK(cudaMalloc((void **)&b->ref, (size_t)max_T * N * 2));
+	CK(cudaMemcpy(b->x, xh, (size_t)max_T * K * 2, cudaMemcpyHostToDevice));
+	free(xh);
 	b->act_bytes = qw_cuda_fp8_lt_act_bytes(max_T, K);
 	CK(cudaMalloc(&b->act, b->act_bytes));
 }
@@ -180,25 +271,46 @@ static void weights_free(bench *b)
 	cudaFree(b->deq);
 	cudaFree(b->x);
 	cudaFree(b->out);
+	cudaFree(b->ref);
 	cudaFree(b->act);
 }
 
-static void decode_bf16(bench *b, double peak)
+static void bf16(bench *b, double peak, double tflops)
 {
-	static const int tokens[] = {1, 2, 4};
-	printf("# dense projections of a decode step: median us of %d, weights from HBM; "
-	       "roofline: weight bytes over %.0f GB/s\n", RUNS, peak);
-	printf("# %-18s %6s %7s   %10s %10s   %10s %10s %8s\n", "shape (N x K)", "", "tokens",
-	       "cuBLAS us", "few-rows", "cuBLAS GB/s", "few GB/s", "roofline");
+	static const int decode[] = {1, 2, 4, 8, 16, 32};
+	static const int prefill[] = {64, 128, 256, 512, 1024, 2048, 8192};
+	printf("# dense projections on bf16 weights, median us of %d; decode: weights from HBM, "
+	       "roofline = weight bytes at %.0f GB/s; prefill: 2TNK flops against %.0f TFLOP/s\n",
+	       RUNS, peak, tflops);
+	printf("# gemm = qw_cuda_gemm, the backend's (stream kernel up to 32 rows, 64x128 tiles "
+	       "to 128, 128x128 beyond); S: the runs of its order for the shape\n");
 	for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
-		weights(b, shapes[i].N, shapes[i].K, 4);
-		size_t bytes = (size_t)b->N * b->K * 2;
-		for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++) {
-			int T = tokens[t];
-			double ub = time_it(b, BF16_BLAS, T), uf = time_it(b, BF16_FEW, T);
-			printf("  %-18s %6dx%-6d %3d   %10.1f %10.1f   %10.0f %10.0f %8.1f\n",
-			       shapes[i].name, b->N, b->K, T, ub, uf, bytes / ub / 1e3, bytes / uf / 1e3,
-			       bytes / peak / 1e3);
+		weights(b, shapes[i].N, shapes[i].K, MAX_T);
+		double bytes = (double)b->N * b->K * 2;
+		printf("\n## %s: N %d, K %d, S %d; gemm against cuBLAS: max |diff| %.2g rms at T 8, "
+		       "%.2g at T 512\n", shapes[i].name, b->N, b->K, qw_cuda_gemm_splits(b->N, b->K),
+		       against_cublas(b, 8), against_cublas(b, 512));
+		printf("# %6s %9s %9s %9s %9s   %9s %9s %8s   %8s %9s\n", "T", "gemm us", "cuBLAS",
+		       "few-rows", "stream", "gemm GB/s", "cuBLAS", "roof us", "gemm/rf", "cuBLAS/rf");
+		for (size_t t = 0; t < sizeof decode / sizeof *decode; t++) {
+			int T = decode[t];
+			double ug = time_it(b, GEMM, T, true), uc = time_it(b, BF16_BLAS, T, true);
+			double uf = time_it(b, BF16_FEW, T, true), us = time_it(b, GEMM_STREAM, T, true);
+			double roof = bytes / peak / 1e3;
+			printf("  %6d %9.1f %9.1f %9.1f %9.1f   %9.0f %9.0f %8.1f   %8.2f %9.2f\n", T, ug,
+			       uc, uf, us, bytes / ug / 1e3, bytes / uc / 1e3, roof, roof / ug, roof / uc);
+		}
+		printf("# %6s %9s %9s %9s %9s   %9s %9s   %8s %9s\n", "T", "gemm us", "cuBLAS",
+		       "64x128", "128x128", "gemm TF/s", "cuBLAS", "gemm/pk", "cuBLAS/pk");
+		for (size_t t = 0; t < sizeof prefill / sizeof *prefill; t++) {
+			int T = prefill[t];
+			double ug = time_it(b, GEMM, T, false), uc = time_it(b, BF16_BLAS, T, false);
+			double um = time_it(b, GEMM_TILE_M, T, false);
+			double ul = time_it(b, GEMM_TILE_L, T, false);
+			double flop = 2.0 * T * (double)b->N * b->K;
+			printf("  %6d %9.1f %9.1f %9.1f %9.1f   %9.0f %9.0f   %8.2f %9.2f\n", T, ug, uc, um,
+			       ul, flop / ug / 1e6, flop / uc / 1e6, flop / ug / 1e6 / tflops,
+			       flop / uc / 1e6 / tflops);
 		}
 		weights_free(b);
 	}
@@ -207,24 +319,24 @@ static void decode_bf16(bench *b, double peak)
 static void decode_fp8(bench *b, double peak)
 {
 	static const int tokens[] = {1, 2, 4};
-	printf("# FP8 decode: the bf16 path the backend takes against the FP8 stream (1 or 2 "
-	       "columns a warp); median us of %d; roofline: bytes over %.0f GB/s\n", RUNS, peak);
-	printf("# %-18s %13s %3s  %8s %5s %6s  %8s %8s %6s %6s %7s\n", "shape", "N x K", "T",
-	       "bf16 us", "path", "of rf", "fp8/1 us", "fp8/2 us", "GB/s", "of rf", "speedup");
+	printf("# FP8 decode: the bf16 GEMM (qw_cuda_gemm) against gemm.cu's FP8 stream (the "
+	       "backend's) and the few-rows FP8 stream (1 or 2 columns a warp); median us of %d; "
+	       "roofline: bytes over %.0f GB/s\n", RUNS, peak);
+	printf("# %-18s %13s %3s  %8s %6s  %8s %6s %6s %7s  %8s %8s\n", "shape", "N x K", "T",
+	       "bf16 us", "of rf", "fp8 us", "GB/s", "of rf", "speedup", "few/1 us", "few/2 us");
 	for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+		if (shapes[i].N > 16384)   /* the lm_heads stay bf16 */
+			continue;
 		weights(b, shapes[i].N, shapes[i].K, 4);
 		double b16 = (double)b->N * b->K * 2;
 		double b8 = (double)b->N * b->K + ((b->N + 127) / 128) * ((b->K + 127) / 128) * 4.0;
 		for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++) {
 			int T = tokens[t];
-			bool few = qw_cuda_few_rows_gemm_takes(T, b->N, b->K, b->x, b->w[0], b->out);
-			double ub = time_it(b, few ? BF16_FEW : BF16_BLAS, T);
-			double u1 = time_it(b, FP8_STREAM1, T), u2 = time_it(b, FP8_STREAM2, T);
-			double u8 = u1 < u2 ? u1 : u2;
-			printf("  %-18s %6dx%-6d %3d  %8.1f %5s %5.1f%%  %8.1f %8.1f %6.0f %5.1f%% %6.2fx\n",
-			       shapes[i].name, b->N, b->K, T, ub, few ? "few" : "blas",
-			       100.0 * b16 / peak / 1e3 / ub, u1, u2, b8 / u8 / 1e3,
-			       100.0 * b8 / peak / 1e3 / u8, ub / u8);
+			double ub = time_it(b, GEMM, T, true), u8 = time_it(b, FP8_GEMM, T, true);
+			double u1 = time_it(b, FP8_STREAM1, T, true), u2 = time_it(b, FP8_STREAM2, T, true);
+			printf("  %-18s %6dx%-6d %3d  %8.1f %5.1f%%  %8.1f %6.0f %5.1f%% %6.2fx  %8.1f "
+			       "%8.1f\n", shapes[i].name, b->N, b->K, T, ub, 100.0 * b16 / peak / 1e3 / ub,
+			       u8, b8 / u8 / 1e3, 100.0 * b8 / peak / 1e3 / u8, ub / u8, u1, u2);
 		}
 		weights_free(b);
 	}
@@ -233,19 +345,19 @@ static void decode_fp8(bench *b, double peak)
 static void prefill_fp8(bench *b, double bf16_tflops, double fp8_tflops)
 {
 	static const int tokens[] = {5, 64, 512, 8192};
-	printf("# FP8 weights, more tokens: cuBLAS on bf16, (a) dequantise + cuBLAS, (b) cuBLASLt "
-	       "FP8 (activations quantised per token and 128); median us of %d; rates against "
-	       "%.0f (bf16) and %.0f (FP8) TFLOP/s\n", RUNS, bf16_tflops, fp8_tflops);
+	printf("# FP8 weights, more tokens: the bf16 GEMM, (a) dequantise + the bf16 GEMM, (b) "
+	       "cuBLASLt FP8 (activations quantised per token and 128); median us of %d; rates "
+	       "against %.0f (bf16) and %.0f (FP8) TFLOP/s\n", RUNS, bf16_tflops, fp8_tflops);
 	printf("# %-18s %13s %5s  %9s %6s  %9s %6s  %9s %6s %6s\n", "shape", "N x K", "T",
 	       "bf16 us", "of bf", "(a) us", "of bf", "(b) us", "of bf", "of fp8");
 	for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
-		if (shapes[i].N > 16384)   /* the lm_head stays bf16 */
+		if (shapes[i].N > 16384)   /* the lm_heads stay bf16 */
 			continue;
 		weights(b, shapes[i].N, shapes[i].K, 8192);
 		for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++) {
 			int T = tokens[t];
 			double flop = 2.0 * T * b->N * b->K;
-			double ub = time_it(b, BF16_BLAS, T), ua = time_it(b, FP8_DEQUANT, T);
+			double ub = time_it(b, GEMM, T, false), ua = time_it(b, FP8_DEQUANT, T, false);
 			printf("  %-18s %6dx%-6d %5d  %9.1f %5.1f%%  %9.1f %5.1f%%", shapes[i].name, b->N,
 			       b->K, T, ub, 100.0 * flop / ub / 1e6 / bf16_tflops, ua,
 			       100.0 * flop / ua / 1e6 / bf16_tflops);
@@ -254,7 +366,7 @@ static void prefill_fp8(bench *b, double bf16_tflops, double fp8_tflops)
 			if (qw_cuda_fp8_lt_supported(b->lt, &b->w8[0], T, &yes, &err) != QW_OK)
 				fail("cuBLASLt heuristic", &err);
 			if (yes) {
-				double ul = time_it(b, FP8_LT, T);
+				double ul = time_it(b, FP8_LT, T, false);
 				printf("  %9.1f %5.1f%% %5.1f%%\n", ul, 100.0 * flop / ul / 1e6 / bf16_tflops,
 				       100.0 * flop / ul / 1e6 / fp8_tflops);
 			} else {
@@ -303,7 +415,7 @@ int main(int argc, char **argv)
 		decode_fp8(&b, peak);
 		prefill_fp8(&b, bf16_tflops, fp8_tflops);
 	} else {
-		decode_bf16(&b, peak);
+		bf16(&b, peak, bf16_tflops);
 	}
 	qw_cuda_fp8_lt_destroy(b.lt);
 	cublasDestroy(b.blas);

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs on the GPU box, from the repository root, over a pack made by tests/gpu/pack.sh
-# (carried as .devpack.tar.xz): the ceilings (copy bandwidth, dense bf16 GEMM), the attention
-# kernels' benchmark, the MoE layer's (bf16, FP8 against bf16, and the FP8 decode tile's
-# build variants), and qwend on the CUDA backend serving a synthetic model of CONFIG
-# (random weights made on the GPU, no checkpoint) loaded by `qwenctl bench` at several
-# concurrencies and prompt lengths.  Reports go to $OUT (or .devpack/out).
-#   tests/bench/device_bench.sh [CONFIG] [ceilings] [attention] [moe] [serve] [nographs] [hf]
+# (carried as .devpack.tar.xz): the ceilings (copy bandwidth, dense bf16 GEMM), the dense
+# projections' benchmark (matmul), the attention kernels', the MoE layer's (bf16, FP8 against
+# bf16, and the FP8 decode tile's build variants), and qwend on the CUDA backend serving a
+# synthetic model of CONFIG (random weights made on the GPU, no checkpoint) loaded by
+# `qwenctl bench` at several concurrencies and prompt lengths.  Reports go to $OUT (or
+# .devpack/out).
+#   tests/bench/device_bench.sh [CONFIG] [ceilings] [matmul] [attention] [moe] [serve] [nographs] [hf]
 #                                          (default: the 30B-A3B config; ceilings attention serve)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0
@@ -20,6 +21,10 @@ cd .devpack
 bin=build/bin
 if [[ " $what " == *" ceilings "* ]]; then
 	python3 "$root/tests/bench/gpu_ceilings.py" | tee "$out/ceilings.json"
+fi
+if [[ " $what " == *" matmul "* ]]; then   # against the ceilings when measured (both or none)
+	peaks=$(python3 -c "import json; c = json.load(open('$out/ceilings.json')); print('--copy', c['copy_GBps'], '--bf16-tflops', c['bf16_gemm_TFLOPs'])" 2>/dev/null)
+	build/tests/bench/bench_cuda_matmul ${peaks:-} 2>&1 | tee "$out/matmul.txt"
 fi
 if [[ " $what " == *" attention "* ]]; then
 	peak=$(python3 -c "import json; print(json.load(open('$out/ceilings.json'))['copy_GBps'])" 2>/dev/null)

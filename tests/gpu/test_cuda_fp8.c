@@ -2,18 +2,18 @@
  * on fresh random codes (every finite one, NaN excluded) and plausible scales (amax / 448,
  * amax 0.05 .. 0.2; one case of scales past 2^8, the dequantisation's other branch) at the
  * q/k/v/o and fused q/k/v projection shapes of Qwen3-VL-30B-A3B and 235B-A22B and at odd
- * shapes with partial blocks, T = 1..4 (the decode stream), 5, 64, 512 (dequantised for
- * cuBLAS, or the FP8 tensor-core GEMM where asked):
+ * shapes with partial blocks, T = 1..5 (gemm.cu's W8A16 stream), 64, 512 (dequantised for
+ * gemm.cu's tiles, or the FP8 tensor-core GEMM where asked):
  *   - the upload keeps bytes and scales as they are (read back), one byte a weight on the
  *     device; bf16 scales are widened; NaN codes are refused;
  *   - matmul against the CPU reference (the CPU backend's matmul on the same host tensor:
  *     W = e4m3 * scale in fp32, double sums): |gpu - cpu| <= RMS(cpu) / 64 + |cpu| / 64, the
  *     bf16 GEMM's tolerance of test_cuda_ops (W8A16 rounds each weight to bf16, 2^-9 relative
  *     at random, then computes as the bf16 path does);
- *   - matmul bit for bit against the bf16 path on the dequantised weight (the CPU's values
- *     rounded to bf16, uploaded as bf16, as the upload used to make them): the decode stream
- *     against the bf16 few-rows kernel (both column counts a warp may take), more tokens
- *     against the backend's bf16 matmul (cuBLAS on the same shapes);
+ *   - matmul bit for bit against the backend's bf16 matmul on the dequantised weight (the
+ *     CPU's values rounded to bf16, uploaded as bf16, as the upload used to make them):
+ *     gemm.cu's one order at every T; and the few-rows FP8 stream (bench_cuda_matmul's
+ *     baseline, both column counts a warp may take) against the bf16 few-rows kernel;
  *   - with QW_CUDA_FP8_GEMM=cublaslt, more tokens on cuBLASLt's FP8 GEMM (W8A8) against the
  *     CPU with a looser tolerance (test_cublaslt_gemm says why);
  *   - fuse_rows of FP8 q/k/v parts (scales stacked by rows; the parts then views) against
@@ -173,33 +173,29 @@ static void check_matmul(const char *label, const fp8w *w, int T, bool reference
 		cpu->act_free(cpu, &XC);
 		cpu->act_free(cpu, &OC);
 	}
-	/* the bf16 path on the dequantised weight: the same kernel family as the FP8 weight's */
+	/* the bf16 path on the dequantised weight: the backend's matmul, whose order the FP8
+	 * weight's keeps at every T */
+	assert_int_equal(gpu->matmul(gpu, &B, &X, w->deq_dev, NULL, &err), QW_OK);
+	snprintf(what, sizeof what, "%s T %d vs the bf16 matmul", label, T);
+	gpu_check_same_bits(stream(), what, "fp8", O.data, "bf16 path", B.data, (size_t)T * N, N);
+	/* the few-rows kernels: the FP8 stream has the bf16 stream's bits, at either column
+	 * count a warp takes */
 	qw_cuda_fp8_weight f = {.q = w->dev->data, .scale = w->dev->scale->data, .mats = 1,
 				.rows = N, .cols = K, .br = w->host.block[0], .bc = w->host.block[1]};
-	bool stream_path = qw_cuda_few_rows_gemm_fp8_takes(T, &f, X.data, O.data);
-	if (stream_path) {
+	if (qw_cuda_few_rows_gemm_fp8_takes(T, &f, X.data, O.data)) {
 		assert_int_equal(qw_cuda_few_rows_gemm(B.data, X.data, w->deq_dev->data, T, N, K,
 						       stream(), &err), QW_OK);
-	} else if (T > QW_FEW_ROWS_MAX || !qw_cuda_few_rows_gemm_takes(T, N, K, X.data,
-								     w->deq_dev->data, B.data)) {
-		assert_int_equal(gpu->matmul(gpu, &B, &X, w->deq_dev, NULL, &err), QW_OK);
-	} else {   /* the FP8 weight takes cuBLAS where the bf16 one takes the stream */
-		printf("# %s T %d: no bf16 path of the same kernels to hold it to\n", label, T);
-		goto done;
-	}
-	snprintf(what, sizeof what, "%s T %d vs bf16 %s", label, T, stream_path ? "stream" : "GEMM");
-	gpu_check_same_bits(stream(), what, "fp8", O.data, "bf16 path", B.data, (size_t)T * N, N);
-	if (stream_path)   /* the same bits whichever column count a warp takes */
 		for (int cpw = 1; cpw <= 2; cpw++) {
-			assert_int_equal(cudaMemset(B.data, 0xff, (size_t)T * N * 2), cudaSuccess);
-			assert_int_equal(qw_cuda_few_rows_gemm_fp8(B.data, X.data, &f, T, cpw, stream(),
+			assert_int_equal(cudaMemsetAsync(O.data, 0xff, (size_t)T * N * 2, stream()),
+					 cudaSuccess);
+			assert_int_equal(qw_cuda_few_rows_gemm_fp8(O.data, X.data, &f, T, cpw, stream(),
 								   &err), QW_OK);
-			snprintf(what, sizeof what, "%s T %d, %d column%s a warp", label, T, cpw,
-				 cpw > 1 ? "s" : "");
-			gpu_check_same_bits(stream(), what, "fp8", O.data, "other column count",
+			snprintf(what, sizeof what, "%s T %d, few-rows, %d column%s a warp", label, T,
+				 cpw, cpw > 1 ? "s" : "");
+			gpu_check_same_bits(stream(), what, "fp8 stream", O.data, "bf16 stream",
 					    B.data, (size_t)T * N, N);
 		}
-done:
+	}
 	gpu->act_free(gpu, &X);
 	gpu->act_free(gpu, &O);
 	gpu->act_free(gpu, &B);

@@ -109,9 +109,10 @@ static void compare(const char *what, pair *p, double rtol, double atol_rms_shar
 static void test_matmul(void **state)
 {
 	/* (T, K, N): the tiny models' projections, the 235B's q and o projections and MLP, a
-	 * vocabulary-sized lm_head; T <= 4 takes the few-rows kernel where it wins (K a multiple
-	 * of 8; kernels.h), each T of it is here, with the 30B's fused q/k/v and o projections
-	 * among them; K 100, T 5 and more, and large weights at T > 1 take cuBLAS */
+	 * vocabulary-sized lm_head, the 30B's fused q/k/v and o projections; each of gemm.cu's
+	 * kernels runs: the stream kernel (T <= 32; split into runs on the narrow 512- and
+	 * 768-column weights), 64 x 128 tiles (T up to 128) and 128 x 128 ones (T 300), and the
+	 * plain kernel (K 100 and 200, not multiples of 8) */
 	static const int shapes[][3] = {{1, 128, 128}, {7, 128, 48}, {300, 128, 256},
 					{1, 4096, 8192}, {64, 4096, 512}, {33, 8192, 4096},
 					{4, 2048, 151936}, {2, 2048, 5120}, {3, 4096, 2048},
@@ -142,10 +143,9 @@ static void test_matmul(void **state)
 	}
 }
 
-/* The few-rows kernel (T <= 4 on this weight) sums each token's products in an order fixed
- * by K alone: a token's outputs have the same bits alone, with others, and in the whole
- * batch. */
-static void test_matmul_few_rows_alone(void **state)
+/* A token's outputs have the same bits alone, with others, and in the whole batch
+ * (gemm.cu sums in one order per shape; test_cuda_invariance holds it at every T). */
+static void test_matmul_rows_alone(void **state)
 {
 	(void)state;
 	const int T = 4, K = 2048, N = 5120;
@@ -727,7 +727,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_matmul),
-		cmocka_unit_test(test_matmul_few_rows_alone),
+		cmocka_unit_test(test_matmul_rows_alone),
 		cmocka_unit_test(test_norms),
 		cmocka_unit_test(test_rotary),
 		cmocka_unit_test(test_elementwise),

@@ -1,0 +1,541 @@
+/* gemm.cu - dense projections, out (T, N) = x (T, K) W^T with W (N, K) in the checkpoint's
+ * [out, in] layout, for any number of tokens, batch invariant by construction.  See kernels.h
+ * (qw_cuda_gemm).
+ *
+ * One order of the sums per shape.  Every output element is summed in an order fixed by
+ * (N, K) alone, never by T, the kernel or the tile, so a token's bits do not depend on what
+ * else its step holds:
+ *  - K is cut into blocks of 32 (the last padded with zeros).  A block is two
+ *    mma.sync.m16n8k16 in a fixed order: the first over k = 32b + 8t + {0, 1, 2, 3}, t = 0..3
+ *    (MMA slots 2t, 2t+1, 2t+8, 2t+9), the second over 32b + 8t + {4, .., 7}.  This fixed
+ *    permutation of k inside a block lets a lane feed both MMAs from one 16-byte load of a
+ *    row of x or W at 32b + 8t, from registers or shared memory alike (mma_block).
+ *  - The blocks form S = qw_cuda_gemm_splits(N, K) runs of consecutive blocks (S is 1, 2, 4 or
+ *    8, as many as a decode step needs warps to stream W at the memory's rate); each run is
+ *    one chain of MMAs over its blocks in ascending order into an fp32 accumulator from 0.
+ *  - The runs' sums are added in order, ((r0 + r1) + r2) + ..., each add rounded in fp32,
+ *    and the total is rounded to bf16 once.
+ * An MMA's element (m, n) depends only on row m of x, column n of W and its own accumulator,
+ * so neither the other rows of a tile nor its padding reach it: every kernel below follows
+ * the order and gives the same bits (test_cuda_invariance holds them to it).
+ *
+ * Kernels:
+ *  - stream (T <= 16 MT rows, MT 1, 2 or 4): a warp per (8 columns, run) reads its 8 rows of W
+ *    straight into registers once (16-byte loads, UNROLL blocks in flight a lane, streaming
+ *    cache hint) and x from L1/L2; the S warps of a column group are one CTA's and add their
+ *    runs through shared memory in order.  Many CTAs of few columns, no atomics: W streams at
+ *    the memory's rate, as the few-rows kernel did, with S runs where N alone gives too few
+ *    warps.  A programmatic dependent launch: the first weight loads go out before it waits
+ *    for the kernel that wrote x.
+ *  - tiles (M: 64 x 128, 4 warps; L: 128 x 128, 8 warps): 4-stage cp.async pipeline through
+ *    shared memory, rows of 32 values (64 bytes, so the 16-byte fragment loads of 8 lanes
+ *    cover 128 consecutive bytes: no bank conflicts, no padding), warp tiles of 64 x 32; a
+ *    run's chain in registers, folded into the total where the next run begins (a second
+ *    set of accumulators, only where S > 1).
+ *  - rows (K not a multiple of 8, or x or W not 16-byte aligned: no real model's projection,
+ *    but small test shapes and odd views): a thread per output, one fp32 fma chain over k in
+ *    order.  Another order, but the one every T of such a shape and alignment takes.
+ * FP8 weights (W8A16, qw_cuda_gemm_fp8): the stream kernel reads the e4m3 bytes (8 a lane a
+ * block) and dequantises them in registers to the bf16 values qw_cuda_fp8_dequant gives
+ * (e4m3x8.h), so it has the bits of every kernel here on the dequantised weight, from half
+ * the bytes; more rows dequantise into scratch and take the tiles (the backend's matmul).
+ * qw_cuda_gemm picks by T (stream up to STREAM_MAX_T rows, M up to 128, L beyond); the choice
+ * changes the speed only.  Tuning belongs to issue 20: bench_cuda_matmul times every kernel
+ * against cuBLAS at decode and prefill shapes.
+ */
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/e4m3x8.h"
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma.h"
+
+typedef __nv_bfloat16 bf16;
+
+#define KB 32                /* k values a block */
+#define STREAM_WARPS 8       /* warps of a stream CTA: 8 / S column groups of S runs */
+#define UNROLL 8             /* stream: blocks of W in flight a lane */
+#define STREAM_MAX_T 32      /* qw_cuda_gemm's largest T for the stream kernel */
+#define TARGET_WARPS 1024    /* stream warps a shape should have: ~8 an SM */
+#define MIN_RUN_BLOCKS 8     /* a run is at least 256 values of k */
+#define STAGES 4             /* tiles: cp.async pipeline depth */
+
+// ---------------------------------------------------------------------------------------
+// the order
+
+extern "C" int qw_cuda_gemm_splits(int N, int K)
+{
+	int64_t blocks = (K + KB - 1) / KB, groups = (N + 7) / 8;
+	int S = 1;
+	while (S < 8 && groups * S * 2 <= TARGET_WARPS && blocks / (2 * S) >= MIN_RUN_BLOCKS)
+		S *= 2;
+	return S;
+}
+
+/* The first block of run s of S over nb blocks (run s is [run_begin(s), run_begin(s + 1))). */
+__host__ __device__ static inline int run_begin(int s, int nb, int S)
+{
+	return (int)((int64_t)s * nb / S);
+}
+
+/* c += one block: lo, hi the lane's 16 bytes of rows g and g + 8 of x at 32b + 8t, w its 16
+ * bytes of W's row (output column) g there. */
+__device__ static inline void mma_block(float c[4], uint4 lo, uint4 hi, uint4 w)
+{
+	const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
+	mma_bf16(c, a0, w.x, w.y);
+	const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
+	mma_bf16(c, a1, w.z, w.w);
+}
+
+/* Rows r and r + 8 (of T), columns c and c + 1 (of N) of out from accumulator tile v: the
+ * total rounded to bf16 (a pair store where both columns exist and pairs are aligned). */
+__device__ static inline void store_tile(bf16 *out, const float v[4], int r, int c, int T, int N,
+					 bool pairs)
+{
+#pragma unroll
+	for (int h = 0; h < 2; h++) {
+		int row = r + 8 * h;
+		if (row >= T || c >= N)
+			continue;
+		bf16 *o = out + (size_t)row * (size_t)N + c;
+		if (pairs && c + 1 < N) {
+			*(__nv_bfloat162 *)o = __floats2bfloat162_rn(v[2 * h], v[2 * h + 1]);
+		} else {
+			o[0] = __float2bfloat16_rn(v[2 * h]);
+			if (c + 1 < N)
+				o[1] = __float2bfloat16_rn(v[2 * h + 1]);
+		}
+	}
+}
+
+__device__ static inline uint4 zero4(void)
+{
+	return make_uint4(0u, 0u, 0u, 0u);
+}
+
+// ---------------------------------------------------------------------------------------
+// the weight formats the stream reads: a lane's 8 values of its row at a block, as loaded
+// (raw) and as the MMA takes them (8 bf16 values in a uint4)
+
+/* bf16: one 16-byte load. */
+struct bf16_rows {
+	const bf16 *w;
+	int K;
+	typedef uint4 raw;
+	struct lane {
+		const uint4 *p;   /* the lane's first chunk of its row */
+	};
+	__device__ lane at(int n, int t) const
+	{
+		return {(const uint4 *)(w + (size_t)n * (size_t)K) + t};
+	}
+	__device__ static raw load(const lane &l, int b) { return __ldcs(l.p + b * 4); }
+	__device__ static raw none(void) { return zero4(); }
+	__device__ static uint4 widen(const raw &r) { return r; }
+};
+
+/* FP8 (W8A16): one 8-byte load and its block's scale, dequantised as everywhere (e4m3x8.h:
+ * bf16_rn(e4m3 * scale)), so the MMAs see the dequantised weight's bf16 values: the bits of
+ * the bf16 kernels on that weight. */
+struct fp8_raw {
+	uint2 q;
+	float scale;
+};
+
+struct fp8_rows {
+	const uint8_t *q;
+	const float *scale;   /* (ceil(N / br), scale_cols) */
+	int K, br, bc, scale_cols;
+	typedef fp8_raw raw;
+	struct lane {
+		const uint2 *p;    /* the lane's first chunk of its row */
+		const float *s;    /* its row's row of block scales */
+		int k0, bc;        /* the lane's first k in a block; block columns */
+	};
+	__device__ lane at(int n, int t) const
+	{
+		return {(const uint2 *)(q + (size_t)n * (size_t)K) + t,
+			scale + (size_t)(n / br) * (size_t)scale_cols, 8 * t, bc};
+	}
+	__device__ static raw load(const lane &l, int b)
+	{
+		raw r;
+		r.q = __ldcs(l.p + b * 4);
+		r.scale = __ldg(l.s + (b * KB + l.k0) / l.bc);
+		return r;
+	}
+	__device__ static raw none(void)
+	{
+		raw r;
+		r.q = make_uint2(0u, 0u);
+		r.scale = 0.0f;
+		return r;
+	}
+	__device__ static uint4 widen(const raw &r)
+	{
+		float f[8];
+		e4m3x8_dequant(r.q, r.scale, f);   /* each exactly a bf16 */
+		uint32_t h[8];
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+			h[i] = __float_as_uint(f[i]) >> 16;
+		return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16,
+				  h[6] | h[7] << 16);
+	}
+};
+
+// ---------------------------------------------------------------------------------------
+// stream: few rows, W read once straight into registers
+
+template <int MT, class W>
+static __global__ void __launch_bounds__(STREAM_WARPS * 32)
+gemm_stream_kernel(bf16 *out, const bf16 *x, const W w, int T, int N, int K, int S, bool pairs)
+{
+	pdl_launch_next();
+	__shared__ float part[STREAM_WARPS][MT * 4][32];
+	const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+	const int groups = STREAM_WARPS / S;
+	const int grp = blockIdx.x * groups + warp / S, run = warp % S;
+	const int nb = (K + KB - 1) / KB, chunks = K / 8;
+	const int b0 = run_begin(run, nb, S), b1 = run_begin(run + 1, nb, S);
+	const int n = grp * 8 + g;
+	const typename W::lane wl = w.at(n < N ? n : 0, t);
+	auto wload = [&](int b) -> typename W::raw {
+		return n < N && b * 4 + t < chunks ? W::load(wl, b) : W::none();
+	};
+	/* W does not depend on the previous kernel: its first loads go out before waiting */
+	typename W::raw wv[UNROLL];
+#pragma unroll
+	for (int u = 0; u < UNROLL; u++)
+		wv[u] = b0 + u < b1 ? wload(b0 + u) : W::none();
+	pdl_wait_previous();
+	float acc[MT][4];
+#pragma unroll
+	for (int m = 0; m < MT; m++)
+		acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
+	const uint4 *xrow[MT][2];
+	bool xok[MT][2];
+#pragma unroll
+	for (int m = 0; m < MT; m++)
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			int r = m * 16 + g + 8 * h;
+			xok[m][h] = r < T;
+			xrow[m][h] = (const uint4 *)(x + (size_t)(r < T ? r : 0) * (size_t)K) + t;
+		}
+	for (int b = b0; b < b1; b += UNROLL) {
+		typename W::raw cur[UNROLL];
+#pragma unroll
+		for (int u = 0; u < UNROLL; u++) {
+			cur[u] = wv[u];
+			wv[u] = b + UNROLL + u < b1 ? wload(b + UNROLL + u) : W::none();
+		}
+#pragma unroll
+		for (int u = 0; u < UNROLL; u++) {
+			const int bb = b + u;
+			if (bb >= b1)
+				break;
+			const bool in = bb * 4 + t < chunks;
+			const uint4 wk = W::widen(cur[u]);
+#pragma unroll
+			for (int m = 0; m < MT; m++) {
+				uint4 lo = xok[m][0] && in ? __ldg(xrow[m][0] + bb * 4) : zero4();
+				uint4 hi = xok[m][1] && in ? __ldg(xrow[m][1] + bb * 4) : zero4();
+				mma_block(acc[m], lo, hi, wk);
+			}
+		}
+	}
+	if (S > 1) {   /* the group's runs, added in order by its first warp */
+#pragma unroll
+		for (int m = 0; m < MT; m++)
+#pragma unroll
+			for (int q = 0; q < 4; q++)
+				part[warp][m * 4 + q][lane] = acc[m][q];
+		__syncthreads();
+		if (run != 0)
+			return;
+		for (int s = 1; s < S; s++)
+#pragma unroll
+			for (int m = 0; m < MT; m++)
+#pragma unroll
+				for (int q = 0; q < 4; q++)
+					acc[m][q] = __fadd_rn(acc[m][q], part[warp + s][m * 4 + q][lane]);
+	}
+#pragma unroll
+	for (int m = 0; m < MT; m++)
+		store_tile(out, acc[m], m * 16 + g, grp * 8 + 2 * t, T, N, pairs);
+}
+
+// ---------------------------------------------------------------------------------------
+// tiles: more rows, through shared memory
+
+/* A BM x BN tile of out by warps of WM x WN, STAGES deep. */
+template <int BM_, int BN_, int WM_, int WN_> struct tile_cfg {
+	static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+	static constexpr int WARPS_N = BN / WN, WARPS = (BM / WM) * WARPS_N, THREADS = 32 * WARPS;
+	static constexpr int MI = WM / 16, NJ = WN / 8;     /* m16 / n8 tiles a warp */
+	static constexpr int A_STAGE = BM * KB, B_STAGE = BN * KB;   /* elements */
+	static constexpr int SMEM = STAGES * (A_STAGE + B_STAGE) * 2;  /* bytes */
+	static constexpr int A_ITERS = BM * (KB / 8) / THREADS;       /* 16-byte copies a thread */
+	static constexpr int B_ITERS = BN * (KB / 8) / THREADS;
+	static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 8 == 0, "warp tiles");
+	static_assert(A_ITERS * THREADS == BM * (KB / 8) && B_ITERS * THREADS == BN * (KB / 8),
+		      "copies must split evenly");
+};
+typedef tile_cfg<64, 128, 64, 32> cfg_m;
+typedef tile_cfg<128, 128, 64, 32> cfg_l;
+
+template <class C, bool RUNS>
+static __global__ void __launch_bounds__(C::THREADS)
+gemm_tile_kernel(bf16 *out, const bf16 *x, const bf16 *w, int T, int N, int K, int S, bool pairs)
+{
+	pdl_launch_next();
+	pdl_wait_previous();
+	extern __shared__ __align__(16) unsigned char smem_raw[];
+	bf16 *As = (bf16 *)smem_raw, *Bs = As + STAGES * C::A_STAGE;
+	const int n0 = blockIdx.x * C::BN, m0 = blockIdx.y * C::BM;
+	const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+	const int wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
+	const int nb = (K + KB - 1) / KB, chunks = K / 8;
+
+	/* each thread's 16-byte copies keep their row and chunk over k */
+	const bf16 *a_src[C::A_ITERS], *b_src[C::B_ITERS];
+	int a_dst[C::A_ITERS], a_ch[C::A_ITERS], b_dst[C::B_ITERS], b_ch[C::B_ITERS];
+#pragma unroll
+	for (int i = 0; i < C::A_ITERS; i++) {
+		int c = tid + i * C::THREADS, r = c / 4;
+		a_ch[i] = c % 4;
+		a_dst[i] = r * KB + a_ch[i] * 8;
+		a_src[i] = m0 + r < T ? x + (size_t)(m0 + r) * (size_t)K : nullptr;
+	}
+#pragma unroll
+	for (int i = 0; i < C::B_ITERS; i++) {
+		int c = tid + i * C::THREADS, r = c / 4;
+		b_ch[i] = c % 4;
+		b_dst[i] = r * KB + b_ch[i] * 8;
+		b_src[i] = n0 + r < N ? w + (size_t)(n0 + r) * (size_t)K : nullptr;
+	}
+	auto load_tile = [&](int stage, int b) {
+		bf16 *as = As + stage * C::A_STAGE, *bs = Bs + stage * C::B_STAGE;
+#pragma unroll
+		for (int i = 0; i < C::A_ITERS; i++) {
+			int ch = b * 4 + a_ch[i];
+			bool ok = a_src[i] && ch < chunks;
+			cp_async<16>(as + a_dst[i], ok ? a_src[i] + (size_t)ch * 8 : x, ok);
+		}
+#pragma unroll
+		for (int i = 0; i < C::B_ITERS; i++) {
+			int ch = b * 4 + b_ch[i];
+			bool ok = b_src[i] && ch < chunks;
+			cp_async<16>(bs + b_dst[i], ok ? b_src[i] + (size_t)ch * 8 : w, ok);
+		}
+	};
+
+	float acc[C::MI][C::NJ][4], tot[C::MI][C::NJ][4];
+#pragma unroll
+	for (int i = 0; i < C::MI; i++)
+#pragma unroll
+		for (int j = 0; j < C::NJ; j++)
+#pragma unroll
+			for (int q = 0; q < 4; q++)
+				acc[i][j][q] = tot[i][j][q] = 0.0f;
+	/* run `run` ends before block run_end; at its end its chain joins the total */
+	int run = 0, run_end = run_begin(1, nb, S);
+	auto fold = [&]() {
+#pragma unroll
+		for (int i = 0; i < C::MI; i++)
+#pragma unroll
+			for (int j = 0; j < C::NJ; j++)
+#pragma unroll
+				for (int q = 0; q < 4; q++) {
+					tot[i][j][q] = run == 0 ? acc[i][j][q]
+								: __fadd_rn(tot[i][j][q], acc[i][j][q]);
+					acc[i][j][q] = 0.0f;
+				}
+	};
+
+#pragma unroll
+	for (int s = 0; s < STAGES - 1; s++) {
+		if (s < nb)
+			load_tile(s, s);
+		cp_async_commit();
+	}
+	for (int b = 0; b < nb; b++) {
+		if (RUNS && b == run_end) {
+			fold();
+			run++;
+			run_end = run_begin(run + 1, nb, S);
+		}
+		cp_async_wait<STAGES - 2>();   /* block b has landed */
+		__syncthreads();               /* ... for everyone; stage b - 1 is free */
+		int pf = b + STAGES - 1;
+		if (pf < nb)
+			load_tile(pf % STAGES, pf);
+		cp_async_commit();
+		const bf16 *as = As + (b % STAGES) * C::A_STAGE, *bs = Bs + (b % STAGES) * C::B_STAGE;
+		uint4 wf[C::NJ];
+#pragma unroll
+		for (int j = 0; j < C::NJ; j++)
+			wf[j] = *(const uint4 *)(bs + (wn * C::WN + j * 8 + g) * KB + 8 * t);
+#pragma unroll
+		for (int i = 0; i < C::MI; i++) {
+			const bf16 *ar = as + (wm * C::WM + i * 16 + g) * KB + 8 * t;
+			uint4 lo = *(const uint4 *)ar, hi = *(const uint4 *)(ar + 8 * KB);
+#pragma unroll
+			for (int j = 0; j < C::NJ; j++)
+				mma_block(acc[i][j], lo, hi, wf[j]);
+		}
+	}
+	cp_async_wait<0>();
+	if (RUNS)
+		fold();   /* the last run */
+#pragma unroll
+	for (int i = 0; i < C::MI; i++)
+#pragma unroll
+		for (int j = 0; j < C::NJ; j++)
+			store_tile(out, RUNS ? tot[i][j] : acc[i][j], m0 + wm * C::WM + i * 16 + g,
+				   n0 + wn * C::WN + j * 8 + 2 * t, T, N, pairs);
+}
+
+// ---------------------------------------------------------------------------------------
+// rows: shapes the MMA kernels cannot read
+
+static __global__ void gemm_rows_kernel(bf16 *out, const bf16 *x, const bf16 *w, int T, int N,
+					int K)
+{
+	const int n = blockIdx.x * blockDim.x + threadIdx.x;
+	if (n >= N)
+		return;
+	const bf16 *wr = w + (size_t)n * (size_t)K;
+	for (int r = blockIdx.y; r < T; r += gridDim.y) {
+		const bf16 *xr = x + (size_t)r * (size_t)K;
+		float acc = 0.0f;
+		for (int k = 0; k < K; k++)
+			acc = __fmaf_rn(__bfloat162float(xr[k]), __bfloat162float(wr[k]), acc);
+		out[(size_t)r * (size_t)N + n] = __float2bfloat16_rn(acc);
+	}
+}
+
+// ---------------------------------------------------------------------------------------
+// launchers
+
+static bool aligned16(const void *p)
+{
+	return ((uintptr_t)p & 15) == 0;
+}
+
+static bool mma_shape(int K, const void *x, const void *w)
+{
+	return K % 8 == 0 && aligned16(x) && aligned16(w);
+}
+
+extern "C" qw_gemm_kernel qw_cuda_gemm_pick(int T, int N, int K, const void *x, const void *w)
+{
+	(void)N;
+	if (!mma_shape(K, x, w))
+		return QW_GEMM_ROWS;
+	if (T <= STREAM_MAX_T)
+		return QW_GEMM_STREAM;
+	return T <= 128 ? QW_GEMM_TILE_M : QW_GEMM_TILE_L;
+}
+
+template <class W>
+static qw_status launch_stream(bf16 *o, const bf16 *x, const W &w, int T, int N, int K, int S,
+			       bool pairs, cudaStream_t stream, qw_err *err)
+{
+	if (T > 64)
+		return qw_fail(err, QW_E_ARG, "cuda gemm: the stream kernel takes at most 64 rows, not "
+			       "%d", T);
+	void (*kernel)(bf16 *, const bf16 *, const W, int, int, int, int, bool) =
+		T <= 16 ? gemm_stream_kernel<1, W> : T <= 32 ? gemm_stream_kernel<2, W>
+						    : gemm_stream_kernel<4, W>;
+	int64_t groups = (N + 7) / 8, per = STREAM_WARPS / S;
+	QW_CUDA_TRY(err, launch_pdl(kernel, dim3((unsigned)((groups + per - 1) / per)),
+				    dim3(STREAM_WARPS * 32), 0, stream, o, x, w, T, N, K, S, pairs));
+	return QW_OK;
+}
+
+template <class C>
+static qw_status launch_tile(bf16 *o, const bf16 *x, const bf16 *w, int T, int N, int K, int S,
+			     bool pairs, cudaStream_t stream, qw_err *err)
+{
+	auto kernel = S > 1 ? gemm_tile_kernel<C, true> : gemm_tile_kernel<C, false>;
+	QW_CUDA_TRY(err, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					      C::SMEM));
+	int64_t mt = (T + C::BM - 1) / C::BM;
+	if (mt > 65535)
+		return qw_fail(err, QW_E_ARG, "cuda gemm: %d rows is too many for one call", T);
+	dim3 grid((unsigned)((N + C::BN - 1) / C::BN), (unsigned)mt);
+	QW_CUDA_TRY(err, launch_pdl(kernel, grid, dim3(C::THREADS), (size_t)C::SMEM, stream, o, x,
+				    w, T, N, K, S, pairs));
+	return QW_OK;
+}
+
+extern "C" qw_status qw_cuda_gemm_with(qw_gemm_kernel kind, uint16_t *out, const uint16_t *x,
+				       const uint16_t *w, int T, int N, int K,
+				       cudaStream_t stream, qw_err *err)
+{
+	if (T < 0 || N < 1 || K < 1)
+		return qw_fail(err, QW_E_ARG, "cuda gemm: T %d, N %d, K %d", T, N, K);
+	if (T == 0)
+		return QW_OK;
+	if (!out || !x || !w)
+		return qw_fail(err, QW_E_ARG, "cuda gemm: a NULL operand");
+	if (kind == QW_GEMM_AUTO)
+		kind = qw_cuda_gemm_pick(T, N, K, x, w);
+	if (kind != QW_GEMM_ROWS && !mma_shape(K, x, w))
+		return qw_fail(err, QW_E_ARG, "cuda gemm: K %d with x %p, w %p: the MMA kernels need K "
+			       "a multiple of 8 and x, w 16-byte aligned", K, (const void *)x,
+			       (const void *)w);
+	bf16 *o = (bf16 *)out;
+	const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)w;
+	const int S = qw_cuda_gemm_splits(N, K);
+	const bool pairs = N % 2 == 0 && ((uintptr_t)out & 3) == 0;
+	switch (kind) {
+	case QW_GEMM_STREAM:
+		return launch_stream(o, xb, bf16_rows{wb, K}, T, N, K, S, pairs, stream, err);
+	case QW_GEMM_TILE_M:
+		return launch_tile<cfg_m>(o, xb, wb, T, N, K, S, pairs, stream, err);
+	case QW_GEMM_TILE_L:
+		return launch_tile<cfg_l>(o, xb, wb, T, N, K, S, pairs, stream, err);
+	case QW_GEMM_ROWS: {
+		dim3 grid((unsigned)((N + 127) / 128), (unsigned)(T < 65535 ? T : 65535));
+		gemm_rows_kernel<<<grid, 128, 0, stream>>>(o, xb, wb, T, N, K);
+		QW_CUDA_TRY(err, cudaGetLastError());
+		return QW_OK;
+	}
+	default:
+		return qw_fail(err, QW_E_ARG, "cuda gemm: no kernel %d", (int)kind);
+	}
+}
+
+extern "C" qw_status qw_cuda_gemm(uint16_t *out, const uint16_t *x, const uint16_t *w, int T,
+				  int N, int K, cudaStream_t stream, qw_err *err)
+{
+	return qw_cuda_gemm_with(QW_GEMM_AUTO, out, x, w, T, N, K, stream, err);
+}
+
+extern "C" bool qw_cuda_gemm_fp8_takes(int T, const qw_cuda_fp8_weight *w, const void *x)
+{
+	return T >= 1 && T <= STREAM_MAX_T && w && w->mats == 1 && w->cols % 8 == 0 &&
+	       w->bc >= 8 && w->bc % 8 == 0 && w->br >= 1 && aligned16(x) &&
+	       ((uintptr_t)w->q & 7) == 0;
+}
+
+extern "C" qw_status qw_cuda_gemm_fp8(uint16_t *out, const uint16_t *x,
+				      const qw_cuda_fp8_weight *w, int T, cudaStream_t stream,
+				      qw_err *err)
+{
+	if (!out || !x || !w || !qw_cuda_gemm_fp8_takes(T, w, x))
+		return qw_fail(err, QW_E_ARG, "cuda gemm (fp8): T %d of a %d x %d weight of %d x %d "
+			       "blocks: needs 1 <= T <= %d, K and block columns multiples of 8, x "
+			       "16-byte and the codes 8-byte aligned", T, w ? w->rows : 0,
+			       w ? w->cols : 0, w ? w->br : 0, w ? w->bc : 0, STREAM_MAX_T);
+	const int N = w->rows, K = w->cols;
+	fp8_rows rows = {w->q, w->scale, K, w->br, w->bc, (K + w->bc - 1) / w->bc};
+	return launch_stream((bf16 *)out, (const bf16 *)x, rows, T, N, K, qw_cuda_gemm_splits(N, K),
+			     N % 2 == 0 && ((uintptr_t)out & 3) == 0, stream, err);
+}
