@@ -310,6 +310,17 @@ qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
 	return st;
 }
 
+uint64_t qw_stage_model_scratch_bytes(const qw_stage_model *m)
+{
+	const qw_act *acts[] = {&m->h, &m->q, &m->k, &m->v, &m->attn, &m->o, &m->gate, &m->up,
+				&m->mlp, &m->picked, &m->qkv};
+	uint64_t bytes = 0, elem = m->be ? qw_dtype_size(m->be->act_dtype) : 0;
+	for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
+		if (acts[i]->data)
+			bytes += (uint64_t)acts[i]->cap_rows * (uint64_t)acts[i]->cols * elem;
+	return bytes;
+}
+
 qw_status qw_stage_model_alloc_kv(qw_stage_model *m, int n_blocks, int block_size, qw_err *err)
 {
 	if (m->kv)
@@ -576,4 +587,121 @@ qw_status qw_stage_step(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw
 	QW_TRY(m->be->graph_end(m->be, st == QW_OK, &launched, err));
 	/* a step that could not be recorded runs as it is */
 	return launched ? QW_OK : step_ops(m, b, hidden, logits, err);
+}
+
+// ---------------------------------------------------------------------------------------
+// warm-up
+
+/* The arrays of a warm-up step. */
+typedef struct warm_batch {
+	int32_t *ids, *positions, *seq, *kv_index, *slot, *tables, *logit_rows;
+	qw_sampling *sampling;
+	int32_t *tokens;
+} warm_batch;
+
+static void warm_free(warm_batch *w)
+{
+	int32_t *arrays[] = {w->ids, w->positions, w->seq, w->kv_index, w->slot, w->tables,
+			     w->logit_rows, w->tokens};
+	for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++)
+		free(arrays[i]);
+	free(w->sampling);
+}
+
+/* The step, then on the last stage a token for each logit row (every other row sampled). */
+static qw_status warm_step(qw_stage_model *m, const qw_batch *b, warm_batch *w, qw_act *hidden,
+			   qw_act *logits, qw_err *err)
+{
+	QW_TRY(qw_stage_step(m, b, hidden, logits, err));
+	if (!last_stage(m) || b->n_logits < 1)
+		return QW_OK;
+	for (int r = 0; r < b->n_logits; r++)
+		w->sampling[r] = r % 2 ? (qw_sampling){.temperature = 1.0f, .top_k = 50,
+						       .top_p = 0.9f, .seed = 1, .step = (uint64_t)r}
+				       : (qw_sampling){.top_p = 1.0f};
+	return m->be->sample(m->be, logits, w->sampling, NULL, w->tokens, NULL, err);
+}
+
+static qw_status warm_steps(qw_stage_model *m, const qw_step_limits *lim, warm_batch *w,
+			    qw_act *hidden, qw_act *logits, qw_err *err)
+{
+	int bs = lim->block_size, T = lim->max_tokens < lim->max_context ? lim->max_tokens
+									  : lim->max_context;
+	int S = lim->max_seqs < lim->max_tokens ? lim->max_seqs : lim->max_tokens;
+	bool last = last_stage(m);
+	/* a prefill of T tokens of one sequence, its blocks 0, 1, ... in order */
+	int blocks = (T + bs - 1) / bs, n_logits = last ? (lim->max_logits < T ? lim->max_logits
+										  : T) : 0;
+	for (int i = 0; i < T; i++) {
+		w->ids[i] = 0;
+		w->positions[3 * i] = w->positions[3 * i + 1] = w->positions[3 * i + 2] = i;
+		w->seq[i] = 0;
+		w->kv_index[i] = w->slot[i] = i;
+	}
+	for (int j = 0; j < blocks; j++)
+		w->tables[j] = j;
+	for (int r = 0; r < n_logits; r++)
+		w->logit_rows[r] = T - n_logits + r;
+	qw_batch b = {.n_tokens = T, .token_ids = w->ids, .positions = w->positions, .seq = w->seq,
+		      .kv_index = w->kv_index, .slot = w->slot, .n_seqs = 1, .max_blocks = blocks,
+		      .block_tables = w->tables, .n_logits = n_logits, .logit_rows = w->logit_rows};
+	QW_TRY(warm_step(m, &b, w, hidden, logits, err));
+	/* decode steps of n sequences of one token each (sequence s in block s), at the batch
+	 * sizes whose kernels differ (few-row GEMMs, one-launch routing) and the largest; each
+	 * seen, recorded and replayed */
+	const int sizes[] = {1, 2, 3, 4, 8, 16, S};
+	int prev = 0;
+	for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+		int n = sizes[k];
+		if (n > S || n <= prev)
+			continue;
+		prev = n;
+		for (int i = 0; i < n; i++) {
+			w->seq[i] = i;
+			w->kv_index[i] = 0;
+			w->slot[i] = i * bs;
+			w->positions[3 * i] = w->positions[3 * i + 1] = w->positions[3 * i + 2] = 0;
+			w->tables[i] = i;
+			w->logit_rows[i] = i;
+		}
+		b = (qw_batch){.n_tokens = n, .token_ids = w->ids, .positions = w->positions,
+			       .seq = w->seq, .kv_index = w->kv_index, .slot = w->slot, .n_seqs = n,
+			       .max_blocks = 1, .block_tables = w->tables,
+			       .n_logits = last ? (n < lim->max_logits ? n : lim->max_logits) : 0,
+			       .logit_rows = w->logit_rows};
+		for (int i = 0; i < 3; i++)
+			QW_TRY(warm_step(m, &b, w, hidden, logits, err));
+	}
+	return QW_OK;
+}
+
+qw_status qw_stage_model_warm_up(qw_stage_model *m, const qw_step_limits *lim, qw_act *hidden,
+				 qw_act *logits, qw_err *err)
+{
+	int T = lim->max_tokens, S = lim->max_seqs < T ? lim->max_seqs : T, bs = lim->block_size;
+	if (T < 1 || T > m->max_tokens || S < 1 || bs < 1 || lim->max_context < 1 || m->kv)
+		return qw_fail(err, QW_E_ARG, "stage %d: warm-up for %d tokens of %d sequences (the "
+			       "stage takes 1 to %d, and has no KV cache yet)", m->stage.index, T, S,
+			       m->max_tokens);
+	int blocks = (T + bs - 1) / bs > S ? (T + bs - 1) / bs : S;
+	size_t n = (size_t)T;
+	warm_batch w = {
+		.ids = calloc(n, sizeof(int32_t)), .positions = calloc(3 * n, sizeof(int32_t)),
+		.seq = calloc(n, sizeof(int32_t)), .kv_index = calloc(n, sizeof(int32_t)),
+		.slot = calloc(n, sizeof(int32_t)), .tables = calloc((size_t)blocks, sizeof(int32_t)),
+		.logit_rows = calloc(n, sizeof(int32_t)), .tokens = calloc(n, sizeof(int32_t)),
+		.sampling = calloc(n, sizeof(qw_sampling))};
+	qw_status st = QW_OK;
+	if (!w.ids || !w.positions || !w.seq || !w.kv_index || !w.slot || !w.tables ||
+	    !w.logit_rows || !w.tokens || !w.sampling)
+		st = qw_fail(err, QW_E_NOMEM, "out of memory for the warm-up steps");
+	if (st == QW_OK)
+		st = qw_stage_model_alloc_kv(m, blocks, bs, err);
+	if (st == QW_OK)
+		st = warm_steps(m, lim, &w, hidden, logits, err);
+	if (m->kv)
+		m->be->kv_free(m->be, m->kv);
+	m->kv = NULL;
+	warm_free(&w);
+	return st == QW_OK ? QW_OK : qw_err_context(err, "stage %d: warm-up", m->stage.index);
 }
