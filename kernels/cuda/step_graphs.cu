@@ -92,7 +92,7 @@ qw_status cuda_graph_end(qw_backend *be, bool ok, bool *launched, qw_err *err)
 	/* the upload now, not at the first launch, so that its memory is measured with the rest */
 	if (ok && ce == cudaSuccess && g->exec && (ce = cudaGraphUpload(g->exec, c->stream)) ==
 	    cudaSuccess && (ce = cudaMemGetInfo(&free_after, &total)) == cudaSuccess &&
-	    free_before > free_after) {
+	    free_before > free_after && free_before - free_after <= GRAPH_BYTES_MAX) {
 		uint64_t took = free_before - free_after;
 		c->graph_each = took > c->graph_each ? took : c->graph_each;
 		c->graph_used += c->sealed ? took : 0;
