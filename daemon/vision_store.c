@@ -145,6 +145,21 @@ qw_status qw_vision_store_see(qw_vision_store *s, const qw_weights *w, uint64_t 
 	return QW_OK;
 }
 
+qw_status qw_vision_store_warm_up(qw_vision_store *s, const qw_weights *w, qw_err *err)
+{
+	const qw_vision_config *vc = &s->cfg->vision;
+	int m = vc->spatial_merge_size, rows = s->max_rows;
+	int cols = vc->in_channels * vc->temporal_patch_size * vc->patch_size * vc->patch_size;
+	float *pixels = calloc((size_t)rows * (size_t)cols, sizeof *pixels);
+	if (!pixels)
+		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	const int32_t grid[3] = {1, m, rows / m};   /* a strip of the largest image's patches */
+	qw_status st = qw_vision_store_see(s, w, UINT64_MAX, grid, pixels, rows, err);
+	qw_vision_store_forget(s, UINT64_MAX);
+	free(pixels);
+	return st;
+}
+
 static int find_run(const qw_vision_store *s, uint64_t handle)
 {
 	for (int i = 0; i < s->n_runs; i++)

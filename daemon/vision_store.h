@@ -49,6 +49,11 @@ uint64_t qw_vision_store_bytes(const qw_vision_store *s);
 qw_status qw_vision_store_see(qw_vision_store *s, const qw_weights *w, uint64_t handle,
 			      const int32_t grid[3], const float *pixels, int rows, qw_err *err);
 
+/* The tower once on an image of the largest size (zeros, forgotten after), so that the
+ * kernels it launches are loaded, and what it needs is known to fit, before the stage is
+ * ready. */
+qw_status qw_vision_store_warm_up(qw_vision_store *s, const qw_weights *w, qw_err *err);
+
 /* The features of handle as views of the store (valid until the next see or forget), or
  * false when it holds none. */
 bool qw_vision_store_find(const qw_vision_store *s, uint64_t handle, qw_vision_out *out);

@@ -241,23 +241,6 @@ static qw_status alloc_step_acts(worker *w, qw_err *err)
 	return st;
 }
 
-/* The tower once on the smallest image (one merge window), so its kernels are loaded. */
-static qw_status warm_vision(worker *w, qw_err *err)
-{
-	const qw_vision_config *vc = &w->cfg.vision;
-	int m = vc->spatial_merge_size, rows = m * m;
-	int cols = vc->in_channels * vc->temporal_patch_size * vc->patch_size * vc->patch_size;
-	float *pixels = calloc((size_t)rows * (size_t)cols, sizeof *pixels);
-	if (!pixels)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
-	const int32_t grid[3] = {1, m, m};
-	qw_status st = qw_vision_store_see(&w->images, &w->m.w, UINT64_MAX, grid, pixels, rows,
-					   err);
-	qw_vision_store_forget(&w->images, UINT64_MAX);
-	free(pixels);
-	return st;
-}
-
 /* Everything a step uses, made before the KV cache is sized from what is left, so that
  * nothing is allocated once the daemon is ready: the step's activations, stage 0's vision
  * tower and image store (the largest image, and as many tokens again of images split across
@@ -286,7 +269,7 @@ static qw_status reserve_steps(worker *w, const qw_stage *stage, qw_err *err)
 	if (strcmp(job->device, "cuda") == 0) {
 		QW_TRY(qw_stage_model_warm_up(&w->m, &lim, &w->hidden, last ? &w->logits : NULL, err));
 		if (vision)
-			QW_TRY(warm_vision(w, err));
+			QW_TRY(qw_vision_store_warm_up(&w->images, &w->m.w, err));
 		r.graph_bytes = qw_cuda_backend_reservation(be).graph_budget;   /* now measured */
 	}
 	uint64_t acts = act_bytes(w, &w->hidden) + act_bytes(w, &w->logits) +

@@ -622,17 +622,14 @@ static qw_status warm_step(qw_stage_model *m, const qw_batch *b, warm_batch *w, 
 	return m->be->sample(m->be, logits, w->sampling, NULL, w->tokens, NULL, err);
 }
 
-static qw_status warm_steps(qw_stage_model *m, const qw_step_limits *lim, warm_batch *w,
-			    qw_act *hidden, qw_act *logits, qw_err *err)
+/* A prefill of n tokens of one sequence (its blocks 0, 1, ... in order), with as many
+ * logit rows as the limits allow on the last stage. */
+static qw_status warm_prefill(qw_stage_model *m, const qw_step_limits *lim, warm_batch *w,
+			      int n, qw_act *hidden, qw_act *logits, qw_err *err)
 {
-	int bs = lim->block_size, T = lim->max_tokens < lim->max_context ? lim->max_tokens
-									  : lim->max_context;
-	int S = lim->max_seqs < lim->max_tokens ? lim->max_seqs : lim->max_tokens;
-	bool last = last_stage(m);
-	/* a prefill of T tokens of one sequence, its blocks 0, 1, ... in order */
-	int blocks = (T + bs - 1) / bs, n_logits = last ? (lim->max_logits < T ? lim->max_logits
-										  : T) : 0;
-	for (int i = 0; i < T; i++) {
+	int bs = lim->block_size, blocks = (n + bs - 1) / bs;
+	int n_logits = last_stage(m) ? (lim->max_logits < n ? lim->max_logits : n) : 0;
+	for (int i = 0; i < n; i++) {
 		w->ids[i] = 0;
 		w->positions[3 * i] = w->positions[3 * i + 1] = w->positions[3 * i + 2] = i;
 		w->seq[i] = 0;
@@ -641,14 +638,50 @@ static qw_status warm_steps(qw_stage_model *m, const qw_step_limits *lim, warm_b
 	for (int j = 0; j < blocks; j++)
 		w->tables[j] = j;
 	for (int r = 0; r < n_logits; r++)
-		w->logit_rows[r] = T - n_logits + r;
-	qw_batch b = {.n_tokens = T, .token_ids = w->ids, .positions = w->positions, .seq = w->seq,
+		w->logit_rows[r] = n - n_logits + r;
+	qw_batch b = {.n_tokens = n, .token_ids = w->ids, .positions = w->positions, .seq = w->seq,
 		      .kv_index = w->kv_index, .slot = w->slot, .n_seqs = 1, .max_blocks = blocks,
 		      .block_tables = w->tables, .n_logits = n_logits, .logit_rows = w->logit_rows};
-	QW_TRY(warm_step(m, &b, w, hidden, logits, err));
-	/* decode steps of n sequences of one token each (sequence s in block s), at the batch
-	 * sizes whose kernels differ (few-row GEMMs, one-launch routing) and the largest; each
-	 * seen, recorded and replayed */
+	return warm_step(m, &b, w, hidden, logits, err);
+}
+
+/* Decode steps of n sequences of one token each (sequence s in block s): seen, recorded,
+ * replayed. */
+static qw_status warm_decode(qw_stage_model *m, const qw_step_limits *lim, warm_batch *w,
+			     int n, qw_act *hidden, qw_act *logits, qw_err *err)
+{
+	for (int i = 0; i < n; i++) {
+		w->ids[i] = 0;
+		w->seq[i] = i;
+		w->kv_index[i] = 0;
+		w->slot[i] = i * lim->block_size;
+		w->positions[3 * i] = w->positions[3 * i + 1] = w->positions[3 * i + 2] = 0;
+		w->tables[i] = i;
+		w->logit_rows[i] = i;
+	}
+	qw_batch b = {.n_tokens = n, .token_ids = w->ids, .positions = w->positions, .seq = w->seq,
+		      .kv_index = w->kv_index, .slot = w->slot, .n_seqs = n, .max_blocks = 1,
+		      .block_tables = w->tables,
+		      .n_logits = last_stage(m) ? (n < lim->max_logits ? n : lim->max_logits) : 0,
+		      .logit_rows = w->logit_rows};
+	for (int i = 0; i < 3; i++)
+		QW_TRY(warm_step(m, &b, w, hidden, logits, err));
+	return QW_OK;
+}
+
+/* Prefills of 1, 2, 3, 4 tokens and the powers of two up to T, and T; decodes of 1, 2, 3,
+ * 4, 8, 16 sequences and S: the sizes where the kernels a step launches change (few-row
+ * GEMMs, one-launch routing, the MoE tiles, cuBLAS's choices by rows) and the largest. */
+static qw_status warm_steps(qw_stage_model *m, const qw_step_limits *lim, warm_batch *w,
+			    qw_act *hidden, qw_act *logits, qw_err *err)
+{
+	int T = lim->max_tokens < lim->max_context ? lim->max_tokens : lim->max_context;
+	int S = lim->max_seqs < lim->max_tokens ? lim->max_seqs : lim->max_tokens;
+	for (int n = 1;; n = n < 4 ? n + 1 : 2 * n) {
+		QW_TRY(warm_prefill(m, lim, w, n < T ? n : T, hidden, logits, err));
+		if (n >= T)
+			break;
+	}
 	const int sizes[] = {1, 2, 3, 4, 8, 16, S};
 	int prev = 0;
 	for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
@@ -656,21 +689,7 @@ static qw_status warm_steps(qw_stage_model *m, const qw_step_limits *lim, warm_b
 		if (n > S || n <= prev)
 			continue;
 		prev = n;
-		for (int i = 0; i < n; i++) {
-			w->seq[i] = i;
-			w->kv_index[i] = 0;
-			w->slot[i] = i * bs;
-			w->positions[3 * i] = w->positions[3 * i + 1] = w->positions[3 * i + 2] = 0;
-			w->tables[i] = i;
-			w->logit_rows[i] = i;
-		}
-		b = (qw_batch){.n_tokens = n, .token_ids = w->ids, .positions = w->positions,
-			       .seq = w->seq, .kv_index = w->kv_index, .slot = w->slot, .n_seqs = n,
-			       .max_blocks = 1, .block_tables = w->tables,
-			       .n_logits = last ? (n < lim->max_logits ? n : lim->max_logits) : 0,
-			       .logit_rows = w->logit_rows};
-		for (int i = 0; i < 3; i++)
-			QW_TRY(warm_step(m, &b, w, hidden, logits, err));
+		QW_TRY(warm_decode(m, lim, w, n, hidden, logits, err));
 	}
 	return QW_OK;
 }

@@ -91,10 +91,10 @@ void qw_stage_model_free(qw_stage_model *m);
 /* Before a daemon's stage is ready: steps of the largest sizes lim admits on a KV cache made
  * for them and freed after (m has none yet), so that the kernels they launch are loaded, a
  * step graph is recorded (and its memory measured) where m->graphs says so, and a step past
- * what the backend reserved fails at load, not on the first request.  A prefill of
- * min(max_tokens, max_context) tokens of one sequence, then decode steps of 1, 2, 3, 4, 8,
- * 16 and min(max_seqs, max_tokens) sequences (those within it), each three times (seen,
- * recorded, replayed); the last stage samples each.  hidden (max_tokens, H);
+ * what the backend reserved fails at load, not on the first request.  Prefills of one
+ * sequence of 1, 2, 3, 4 tokens and the powers of two up to T = min(max_tokens, max_context),
+ * and of T; decode steps of 1, 2, 3, 4, 8, 16 and min(max_seqs, max_tokens) sequences (those
+ * within it), each three times (seen, recorded, replayed); the last stage samples each.  hidden (max_tokens, H);
  * logits (max_logits, V) on the last stage, else NULL.  Their contents are left undefined. */
 qw_status qw_stage_model_warm_up(qw_stage_model *m, const qw_step_limits *lim, qw_act *hidden,
 				 qw_act *logits, qw_err *err);

@@ -235,7 +235,8 @@ static uint64_t make_stage(void)
 	printf("# reserve: %llu bytes of step buffers (%lld taken from the device), %llu pinned\n",
 	       (unsigned long long)st.r.device_bytes, (long long)before - (long long)device_free(),
 	       (unsigned long long)st.r.host_bytes);
-	if (qw_stage_model_warm_up(&st.m, &st.lim, &st.hidden, &st.logits, &err) != QW_OK)
+	if (qw_stage_model_warm_up(&st.m, &st.lim, &st.hidden, &st.logits, &err) != QW_OK ||
+	    qw_vision_store_warm_up(&st.images, &st.m.w, &err) != QW_OK)
 		fail_msg("%s", err.msg);
 	qw_cuda_reservation res = qw_cuda_backend_reservation(gpu);
 	printf("# warm-up: one step graph took %llu bytes; %llu kept for %s\n",

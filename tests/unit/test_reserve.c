@@ -291,6 +291,8 @@ static void test_vision_store(void **state)
 	qw_step_limits lim = limits(16, 4, 64);
 	assert_int_equal(be->reserve(be, &lim, NULL, &err), QW_OK);
 	be->seal(be);
+	assert_int_equal(qw_vision_store_warm_up(&s, &r.m.w, &err), QW_OK);   /* leaves nothing */
+	assert_int_equal(qw_vision_store_held(&s), 0);
 
 	/* 2 + 4 + 2 tokens fill it; the outer two go, leaving 4 rows free in two gaps */
 	image b = make_image(2, 4, 1), a = make_image(4, 4, 2), c = make_image(2, 4, 3);
