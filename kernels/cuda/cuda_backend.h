@@ -79,7 +79,8 @@ bool qw_cuda_backend_kv_layer(const qw_kv_cache *kv, int layer, void **k, void *
 
 /* What reserve took and seal saw (for tests and logs). */
 typedef struct qw_cuda_reservation {
-	uint64_t scratch_bytes;  /* the step buffers' device memory */
+	uint64_t scratch_bytes;  /* the step buffers' device memory (with upload's FP8
+				    dequantisation scratch) */
 	uint64_t graph_budget;   /* device memory kept free for step graphs */
 	uint64_t graph_each;     /* the most one recording took, as measured */
 	uint64_t graph_used;     /* what recordings since seal took, summed as measured */

@@ -15,7 +15,7 @@ static const char *buf_name(const cuda_ctx *c, const dev_buf *b)
 {
 	return b == &c->attn_ws ? "attention scratch" : b == &c->moe_ws ? "MoE scratch"
 	       : b == &c->sample_ws ? "sampling scratch" : b == &c->batch_dev ? "the step's batch"
-	       : "index-array scratch";
+	       : b == &c->fp8_act ? "FP8 activation scratch" : "index-array scratch";
 }
 
 static double mib(size_t bytes)
@@ -142,6 +142,23 @@ static size_t small_bytes(const qw_step_limits *l)
 	return (text > vision ? text : vision) + 1024;
 }
 
+/* The most input columns of an FP8 weight the backend holds (0: none). */
+static int fp8_widest(const cuda_ctx *c)
+{
+	int64_t k = 0;
+	for (const owned_tensor *o = c->tensors; o; o = o->next)
+		if (o->t.dtype == QW_DT_F8_E4M3 && o->t.ndim == 2 && o->t.shape[1] > k)
+			k = o->t.shape[1];
+	return (int)k;
+}
+
+/* Every step buffer's device memory (the FP8 dequantisation scratch is upload's). */
+static uint64_t step_buffers(const cuda_ctx *c)
+{
+	return c->attn_ws.bytes + c->moe_ws.bytes + c->sample_ws.bytes + c->small.bytes +
+	       c->batch_dev.bytes + c->fp8_act.bytes + c->fp8_deq.bytes;
+}
+
 uint64_t cuda_graph_budget(const cuda_ctx *c)
 {
 	if (!c->reserved || !c->lim.graphs)
@@ -174,6 +191,9 @@ qw_status cuda_reserve(qw_backend *be, const qw_step_limits *lim, qw_reserved *o
 							       l->moe_top_k, l->moe_inter)
 					: 0;
 	size_t smp = l->vocab > 0 ? qw_cuda_sample_ws_bytes(l->max_logits, l->vocab) : 0;
+	/* cuBLASLt's FP8 GEMM quantises a step's activations (QW_CUDA_FP8_GEMM=cublaslt) */
+	int fp8_k = c->fp8_lt_on ? fp8_widest(c) : 0;
+	size_t fp8 = fp8_k > 0 ? qw_cuda_fp8_lt_act_bytes(T, fp8_k) : 0;
 	c->reserved = false;   /* sized now, held from here on */
 	cuda_drop_graphs(c);   /* they name the buffers that move */
 	QW_TRY(size_dev(c, &c->attn_ws, attn, err));
@@ -181,6 +201,7 @@ qw_status cuda_reserve(qw_backend *be, const qw_step_limits *lim, qw_reserved *o
 	QW_TRY(size_dev(c, &c->sample_ws, smp, err));
 	QW_TRY(size_dev(c, &c->small, small_bytes(l), err));
 	QW_TRY(size_dev(c, &c->batch_dev, ints * sizeof(int32_t), err));
+	QW_TRY(size_dev(c, &c->fp8_act, fp8, err));
 	if (ints != c->batch_cap) {
 		QW_CUDA_TRY(err, cudaEventSynchronize(c->batch_copied));
 		cudaFreeHost(c->batch_host);
@@ -194,8 +215,7 @@ qw_status cuda_reserve(qw_backend *be, const qw_step_limits *lim, qw_reserved *o
 	c->lim = *l;
 	c->reserved = true;
 	if (out) {
-		out->device_bytes = c->attn_ws.bytes + c->moe_ws.bytes + c->sample_ws.bytes +
-				    c->small.bytes + c->batch_dev.bytes;
+		out->device_bytes = step_buffers(c);
 		out->graph_bytes = cuda_graph_budget(c);
 		out->host_bytes = c->batch_cap * sizeof(int32_t) + c->host_cap * sizeof(uint16_t);
 	}
@@ -228,8 +248,7 @@ extern "C" qw_cuda_reservation qw_cuda_backend_reservation(const qw_backend *be)
 {
 	const cuda_ctx *c = (const cuda_ctx *)be->ctx;
 	qw_cuda_reservation r;
-	r.scratch_bytes = c->attn_ws.bytes + c->moe_ws.bytes + c->sample_ws.bytes + c->small.bytes +
-			  c->batch_dev.bytes;
+	r.scratch_bytes = step_buffers(c);
 	r.graph_budget = cuda_graph_budget(c);
 	r.graph_each = c->graph_each;
 	r.graph_used = c->graph_used;
