@@ -21,6 +21,44 @@
 #include "daemon/image/image.h"
 #include "loader/checkpoint.h"
 
+/* Whether the daemon's tests run on the CUDA backend (QWEND_TEST_DEVICE=cuda). */
+static bool on_cuda(void)
+{
+	const char *device = getenv("QWEND_TEST_DEVICE");
+	return device && !strcmp(device, "cuda");
+}
+
+/* A fixture model's text and image cases: their ids, HF's greedy tokens (on the CUDA
+ * backend, bf16, HF's own bf16 ones), and the image. */
+typedef struct hf_cases {
+	int32_t *ids_s, *ids_i, *want_s, *want_i;
+	int n_short, n_image, n_want_s, n_want_i;
+	membuf png;
+	qw_item image;
+} hf_cases;
+
+static void hf_cases_load(hf_cases *c, const char *model)
+{
+	bool bf16 = on_cuda();
+	c->ids_s = fixture_ids(model, "short.input_ids", &c->n_short);
+	c->ids_i = fixture_ids(model, "image.input_ids", &c->n_image);
+	c->want_s = fixture_ids(model, bf16 ? "short.bf16.greedy_tokens"
+					    : "short.fp32.greedy_tokens", &c->n_want_s);
+	c->want_i = fixture_ids(model, bf16 ? "image.bf16.greedy_tokens"
+					    : "image.fp32.greedy_tokens", &c->n_want_i);
+	c->png = fixture_png(model);
+	c->image = (qw_item){QW_ITEM_IMAGE, (const char *)c->png.p, c->png.n};
+}
+
+static void hf_cases_free(hf_cases *c)
+{
+	free(c->png.p);
+	free(c->ids_s);
+	free(c->ids_i);
+	free(c->want_s);
+	free(c->want_i);
+}
+
 /* HF's greedy tokens through the daemon, for the text and the image case, at 1 and 3
  * stages; and the same tokens with every hand-over checksummed. */
 static void test_fixture_tokens(void **state)
@@ -29,46 +67,32 @@ static void test_fixture_tokens(void **state)
 	for (int m = 0; m < 2; m++) {
 		char dir[256];
 		snprintf(dir, sizeof dir, "hf/%s/model", models[m]);
-		int n_short, n_image, n_want_s, n_want_i;
-		int32_t *ids_s = fixture_ids(models[m], "short.input_ids", &n_short);
-		int32_t *ids_i = fixture_ids(models[m], "image.input_ids", &n_image);
-		/* on the CUDA backend (bf16), HF's own bf16 greedy tokens */
-		const char *device = getenv("QWEND_TEST_DEVICE");
-		bool bf16 = device && !strcmp(device, "cuda");
-		int32_t *want_s = fixture_ids(models[m], bf16 ? "short.bf16.greedy_tokens"
-							      : "short.fp32.greedy_tokens", &n_want_s);
-		int32_t *want_i = fixture_ids(models[m], bf16 ? "image.bf16.greedy_tokens"
-							      : "image.fp32.greedy_tokens", &n_want_i);
-		membuf png = fixture_png(models[m]);
-		qw_item image = {QW_ITEM_IMAGE, (const char *)png.p, png.n};
+		hf_cases c;
+		hf_cases_load(&c, models[m]);
 		const char *stages[] = {"1", "3", "3"};
 		for (int k = 0; k < 3; k++) {
 			const char *args[] = {"--stages", stages[k], "--kv-blocks", "64",
 					      "--check-transport", k == 2 ? "yes" : "no", NULL};
 			qwend d;
 			qwend_start(&d, fixture(dir), args, NULL, true);
-			qw_request rs = token_request(ids_s, n_short, n_want_s, NULL, 0);
-			qw_request ri = token_request(ids_i, n_image, n_want_i, &image, 1);
+			qw_request rs = token_request(c.ids_s, c.n_short, c.n_want_s, NULL, 0);
+			qw_request ri = token_request(c.ids_i, c.n_image, c.n_want_i, &c.image, 1);
 			outcome os, oi;
 			run_request(d.endpoint, &rs, &os);
 			run_request(d.endpoint, &ri, &oi);
 			char what[128];
 			snprintf(what, sizeof what, "%s, %s stage%s%s, text", models[m], stages[k],
 				 k ? "s" : "", k == 2 ? ", checked" : "");
-			expect_tokens(&os, want_s, n_want_s, "HF", what);
+			expect_tokens(&os, c.want_s, c.n_want_s, "HF", what);
 			assert_string_equal(os.finish, "length");
 			snprintf(what, sizeof what, "%s, %s stage%s, image", models[m], stages[k],
 				 k ? "s" : "");
-			expect_tokens(&oi, want_i, n_want_i, "HF", what);
+			expect_tokens(&oi, c.want_i, c.n_want_i, "HF", what);
 			outcome_free(&os);
 			outcome_free(&oi);
 			qwend_stop(&d);
 		}
-		free(png.p);
-		free(ids_s);
-		free(ids_i);
-		free(want_s);
-		free(want_i);
+		hf_cases_free(&c);
 	}
 }
 
@@ -447,17 +471,9 @@ static void free_unchanged(qwend *d, bool cuda, const json_int_t *before, int n)
  * for them, which tests/gpu/test_cuda_reserve holds). */
 static void test_step_memory(void **state)
 {
-	int n_short, n_image, n_want_s, n_want_i;
-	const char *device = getenv("QWEND_TEST_DEVICE");
-	bool cuda = device && !strcmp(device, "cuda");
-	int32_t *ids_s = fixture_ids("tiny-moe", "short.input_ids", &n_short);
-	int32_t *ids_i = fixture_ids("tiny-moe", "image.input_ids", &n_image);
-	int32_t *want_s = fixture_ids("tiny-moe", cuda ? "short.bf16.greedy_tokens"
-						       : "short.fp32.greedy_tokens", &n_want_s);
-	int32_t *want_i = fixture_ids("tiny-moe", cuda ? "image.bf16.greedy_tokens"
-						       : "image.fp32.greedy_tokens", &n_want_i);
-	membuf png = fixture_png("tiny-moe");
-	qw_item image = {QW_ITEM_IMAGE, (const char *)png.p, png.n};
+	bool cuda = on_cuda();
+	hf_cases c;
+	hf_cases_load(&c, "tiny-moe");
 	const char *args[] = {"--stages", "3", "--kv-blocks", "256", "--max-batch-tokens", "16",
 			      "--cuda-graphs", "no", NULL};
 	qwend d;
@@ -475,23 +491,20 @@ static void test_step_memory(void **state)
 	json_decref(s);
 	qw_request reqs[5];
 	for (int i = 0; i < 4; i++)
-		reqs[i] = token_request(ids_i, n_image, n_want_i, &image, 1);
-	reqs[4] = token_request(ids_s, n_short, n_want_s, NULL, 0);
-	assert_true(n_image > 3 * 16);   /* the image's tokens span steps */
+		reqs[i] = token_request(c.ids_i, c.n_image, c.n_want_i, &c.image, 1);
+	reqs[4] = token_request(c.ids_s, c.n_short, c.n_want_s, NULL, 0);
+	assert_true(c.n_image > 3 * 16);   /* the image's tokens span steps */
 	outcome out[5];
 	run_concurrently(d.endpoint, reqs, 5, out);
 	for (int i = 0; i < 5; i++) {
-		expect_tokens(&out[i], i < 4 ? want_i : want_s, i < 4 ? n_want_i : n_want_s, "HF",
-			      i < 4 ? "an image in steps of 16 tokens" : "text beside them");
+		bool img = i < 4;
+		expect_tokens(&out[i], img ? c.want_i : c.want_s, img ? c.n_want_i : c.n_want_s,
+			      "HF", img ? "an image in steps of 16 tokens" : "text beside them");
 		outcome_free(&out[i]);
 	}
 	free_unchanged(&d, cuda, free_at_ready, 3);
 	qwend_stop(&d);
-	free(png.p);
-	free(ids_s);
-	free(ids_i);
-	free(want_s);
-	free(want_i);
+	hf_cases_free(&c);
 }
 
 /* The issue's first request: a Qwen3-MoE checkpoint in the hub's per-expert layout (a
@@ -511,8 +524,7 @@ static void test_per_expert_at_kv_memory_95(void **state)
 	if (rc != 0)
 		fail_msg("%s", out);
 	free(out);
-	const char *device = getenv("QWEND_TEST_DEVICE");
-	bool cuda = device && !strcmp(device, "cuda");
+	bool cuda = on_cuda();
 	qwend d;
 	qwend_start(&d, dir, (const char *[]){"--stages", "2", "--kv-memory", "0.95",
 					      "--max-batch-tokens", "64", "--max-seqs", "8",
