@@ -596,6 +596,9 @@ qw_status qw_stage_step(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw
 typedef struct warm_batch {
 	int32_t *ids, *positions, *seq, *kv_index, *slot, *tables, *logit_rows;
 	qw_sampling *sampling;
+	qw_sample_history *history;     /* (T,) empty but on the penalised rows */
+	qw_sample_logprobs *logprobs;   /* (T,) */
+	qw_token_count seen;            /* a penalised row's history: one token */
 	int32_t *tokens;
 } warm_batch;
 
@@ -606,20 +609,41 @@ static void warm_free(warm_batch *w)
 	for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++)
 		free(arrays[i]);
 	free(w->sampling);
+	free(w->history);
+	free(w->logprobs);
 }
 
-/* The step, then on the last stage a token for each logit row (every other row sampled). */
+/* The step, then on the last stage a token for each logit row, the rows taking each way of
+ * sampling in turn: greedy; drawn with temperature, top-k and top-p; penalised over a
+ * history, with min-p; greedy with log-probabilities. */
 static qw_status warm_step(qw_stage_model *m, const qw_batch *b, warm_batch *w, qw_act *hidden,
 			   qw_act *logits, qw_err *err)
 {
 	QW_TRY(qw_stage_step(m, b, hidden, logits, err));
 	if (!last_stage(m) || b->n_logits < 1)
 		return QW_OK;
-	for (int r = 0; r < b->n_logits; r++)
-		w->sampling[r] = r % 2 ? (qw_sampling){.temperature = 1.0f, .top_k = 50,
-						       .top_p = 0.9f, .seed = 1, .step = (uint64_t)r}
-				       : (qw_sampling){.top_p = 1.0f};
-	return m->be->sample(m->be, logits, w->sampling, NULL, w->tokens, NULL, err);
+	w->seen = (qw_token_count){.token = 0, .count = 1};
+	for (int r = 0; r < b->n_logits; r++) {
+		qw_sampling *p = &w->sampling[r];
+		*p = (qw_sampling){.top_p = 1.0f, .seed = 1, .step = (uint64_t)r};
+		w->history[r] = (qw_sample_history){0};
+		if (r % 4 == 1) {
+			p->temperature = 1.0f;
+			p->top_k = 50;
+			p->top_p = 0.9f;
+		} else if (r % 4 == 2) {
+			p->temperature = 0.8f;
+			p->min_p = 0.05f;
+			p->repetition_penalty = 1.1f;
+			p->frequency_penalty = 0.5f;
+			p->presence_penalty = 0.5f;
+			w->history[r] = (qw_sample_history){&w->seen, 1};
+		} else if (r % 4 == 3) {
+			p->logprobs = 1;
+			p->top_logprobs = 5;
+		}
+	}
+	return m->be->sample(m->be, logits, w->sampling, w->history, w->tokens, w->logprobs, err);
 }
 
 /* A prefill of n tokens of one sequence (its blocks 0, 1, ... in order), with as many
@@ -709,10 +733,12 @@ qw_status qw_stage_model_warm_up(qw_stage_model *m, const qw_step_limits *lim, q
 		.seq = calloc(n, sizeof(int32_t)), .kv_index = calloc(n, sizeof(int32_t)),
 		.slot = calloc(n, sizeof(int32_t)), .tables = calloc((size_t)blocks, sizeof(int32_t)),
 		.logit_rows = calloc(n, sizeof(int32_t)), .tokens = calloc(n, sizeof(int32_t)),
-		.sampling = calloc(n, sizeof(qw_sampling))};
+		.sampling = calloc(n, sizeof(qw_sampling)),
+		.history = calloc(n, sizeof(qw_sample_history)),
+		.logprobs = calloc(n, sizeof(qw_sample_logprobs))};
 	qw_status st = QW_OK;
 	if (!w.ids || !w.positions || !w.seq || !w.kv_index || !w.slot || !w.tables ||
-	    !w.logit_rows || !w.tokens || !w.sampling)
+	    !w.logit_rows || !w.tokens || !w.sampling || !w.history || !w.logprobs)
 		st = qw_fail(err, QW_E_NOMEM, "out of memory for the warm-up steps");
 	if (st == QW_OK)
 		st = qw_stage_model_alloc_kv(m, blocks, bs, err);

@@ -94,8 +94,10 @@ void qw_stage_model_free(qw_stage_model *m);
  * what the backend reserved fails at load, not on the first request.  Prefills of one
  * sequence of 1, 2, 3, 4 tokens and the powers of two up to T = min(max_tokens, max_context),
  * and of T; decode steps of 1, 2, 3, 4, 8, 16 and min(max_seqs, max_tokens) sequences (those
- * within it), each three times (seen, recorded, replayed); the last stage samples each.  hidden (max_tokens, H);
- * logits (max_logits, V) on the last stage, else NULL.  Their contents are left undefined. */
+ * within it), each three times (seen, recorded, replayed); the last stage samples each,
+ * its rows taking every way of sampling in turn (greedy, drawn, penalised, with
+ * log-probabilities).  hidden (max_tokens, H); logits (max_logits, V) on the last stage,
+ * else NULL.  Their contents are left undefined. */
 qw_status qw_stage_model_warm_up(qw_stage_model *m, const qw_step_limits *lim, qw_act *hidden,
 				 qw_act *logits, qw_err *err);
 
