@@ -92,7 +92,7 @@ static void print_model(const json_t *m)
 static void print_stage(const json_t *s, size_t i)
 {
 	double v, pid;
-	char w[32], kv[32];
+	char w[32], kv[32], st[32], fr[32];
 	char label[32];
 	snprintf(label, sizeof label, "stage %.0f", num(s, "index", &v) ? v : (double)i);
 	printf("%-11s", label);
@@ -115,6 +115,10 @@ static void print_stage(const json_t *s, size_t i)
 		printf(" weights %s", bytes(s, "weight_bytes", w, sizeof w));
 	if (json_object_get(s, "kv_bytes"))
 		printf("  KV %s", bytes(s, "kv_bytes", kv, sizeof kv));
+	if (json_object_get(s, "step_bytes"))
+		printf("  steps %s", bytes(s, "step_bytes", st, sizeof st));
+	if (json_object_get(s, "device_free_bytes"))
+		printf("  free %s", bytes(s, "device_free_bytes", fr, sizeof fr));
 	printf("\n");
 }
 

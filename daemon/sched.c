@@ -8,6 +8,8 @@
 struct qw_sched_plan_buf {
 	int n_tokens, n_seqs, n_blocks, n_logits, n_images, n_fresh;
 	int n_prompt_tokens;
+	int held;                 /* tokens of images stage 0 holds across this step: those split
+				     before it, and those it splits */
 	int32_t *token_ids, *positions, *seq, *kv_index, *slot;   /* (max_batch_tokens,) */
 	int32_t *block_start;                                     /* (max_seqs + 1,) */
 	int32_t *blocks;                                          /* (max_plan_blocks,) */
@@ -334,6 +336,12 @@ qw_status qw_sched_check(const qw_sched *s, const qw_seq *seq, int max_new, qw_e
 	}
 	for (int i = 0; i < seq->n_images; i++) {
 		uint64_t bytes = (uint64_t)seq->images[i].height * (uint64_t)seq->images[i].width * 3;
+		if (s->o.vision_tokens > 0 && seq->images[i].n_tokens > s->o.vision_tokens)
+			return qw_fail(err, QW_E_LIMIT, "image %d takes %d tokens; the vision tower's "
+				       "memory was reserved at start for images of up to %d (HINT: "
+				       "max-image-tokens sets it when qwend starts; a larger value "
+				       "given since takes effect at the next start)", i + 1,
+				       seq->images[i].n_tokens, s->o.vision_tokens);
 		if (bytes > s->o.arena_bytes)
 			return qw_fail(err, QW_E_LIMIT, "image %d (%d x %d) takes %llu bytes; the image "
 				       "arena holds %llu", i + 1, seq->images[i].width,
@@ -400,6 +408,21 @@ static void preempt(qw_sched *s, qw_seq *q)
 // ---------------------------------------------------------------------------------------
 // building a step
 
+/* Tokens of the images stage 0 holds now: sent, and split by the steps so far (it keeps
+ * their features until their last tokens pass). */
+static int images_held(const qw_sched *s)
+{
+	int held = 0;
+	for (const qw_seq *q = s->running.head; q; q = q->next)
+		for (int i = 0; i < q->n_images; i++) {
+			const qw_sched_image *im = &q->images[i];
+			held += im->handle && q->n_scheduled > im->pos &&
+					q->n_scheduled < im->pos + im->n_tokens
+				? im->n_tokens : 0;
+		}
+	return held;
+}
+
 /* Arena space of the step, freed when it completes; false when there is none. */
 static bool take_arena(qw_sched *s, uint64_t bytes, uint64_t *offset)
 {
@@ -439,12 +462,20 @@ static int chunk_size(qw_sched *s, qw_seq *q, int budget, uint64_t step, qw_step
 		qw_sched_image *im = &q->images[i];
 		if (im->handle || im->pos >= a + c || im->pos + im->n_tokens <= a)
 			continue;
+		/* an image the chunk splits stays on stage 0: within what it holds, or not yet */
+		bool split = im->pos + im->n_tokens > a + c;
+		if (split && s->o.vision_tokens > 0 &&
+		    s->buf->held + im->n_tokens > s->o.vision_tokens) {
+			c = im->pos > a ? im->pos - a : 0;
+			break;
+		}
 		uint64_t off, bytes = (uint64_t)im->height * (uint64_t)im->width * 3;
 		if (!take_arena(s, bytes, &off)) {
 			c = im->pos > a ? im->pos - a : 0;   /* stop before it */
 			break;
 		}
 		memcpy(s->o.arena + off, im->rgb, (size_t)bytes);
+		s->buf->held += split ? im->n_tokens : 0;
 		im->handle = s->next_handle++;
 		im->fresh_step = step;
 		im->arena_offset = off;
@@ -564,6 +595,7 @@ bool qw_sched_next(qw_sched *s, qw_step_plan *plan)
 	uint64_t step = s->next_step;
 	b->n_tokens = b->n_seqs = b->n_blocks = b->n_logits = b->n_images = b->n_fresh = 0;
 	b->n_prompt_tokens = 0;
+	b->held = images_held(s);
 	b->block_start[0] = 0;
 	int budget = s->o.max_batch_tokens;
 

@@ -28,7 +28,10 @@
  *   - images: the step that first reaches an image's pad tokens carries its resized RGB in
  *     the arena (freed when that step completes) for stage 0's vision tower; the features of
  *     an image split over several steps stay on stage 0 until its last tokens pass, or until
- *     a later plan tells stage 0 to drop them;
+ *     a later plan tells stage 0 to drop them.  Stage 0's memory for them is fixed: a chunk
+ *     that would split an image while the images split before hold too many tokens stops
+ *     before it (the split ones finish first), and a larger image than it has memory for is
+ *     refused;
  *   - penalties: a sequence sampled with a penalty keeps its history (history.h), and each
  *     logit row of it carries that history whole in the arena (freed when the step
  *     completes) for the last stage's sampler; a row whose history finds no room waits for
@@ -98,6 +101,9 @@ typedef struct qw_sched_opts {
 	uint8_t *arena;               /* the region's arena: images and histories (may be NULL
 					 with arena_bytes 0) */
 	uint64_t arena_bytes;
+	int vision_tokens;            /* the largest image stage 0 has memory for, and the tokens
+					 of images split across steps it may hold besides the one
+					 it sees (0: no limit) */
 } qw_sched_opts;
 
 typedef struct qw_seq_list {

@@ -243,6 +243,19 @@ static qw_status open_model(qw_server *sv, qw_err *err)
 // ---------------------------------------------------------------------------------------
 // the pipeline
 
+/* Tokens of the largest image a request may bring (max-image-tokens, and what the resizer's
+ * pixel limit leaves): what stage 0 reserves its vision tower for.  0 without one. */
+static int largest_image(const qw_server *sv)
+{
+	const qw_vision_config *vc = &sv->cfg.vision;
+	if (!sv->cfg.has_vision)
+		return 0;
+	int64_t side = (int64_t)vc->patch_size * vc->spatial_merge_size;
+	int64_t by_pixels = side > 0 ? sv->rc.preprocess.max_pixels / (side * side) : 0;
+	int64_t tokens = sv->set.max_image_tokens;
+	return (int)(by_pixels > 0 && by_pixels < tokens ? by_pixels : tokens);
+}
+
 static qw_status start_pipeline(qw_server *sv, qw_err *err)
 {
 	const qw_settings *set = &sv->set;
@@ -257,6 +270,9 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 	}
 	job.max_tokens = (int)set->max_batch_tokens;
 	job.max_logits = (int)set->max_seqs;
+	job.max_seqs = (int)set->max_seqs;
+	job.max_context = sv->rc.max_context;
+	job.max_image_tokens = largest_image(sv);
 	job.block_tokens = (int)set->kv_block_tokens;
 	job.kv_memory = set->kv_memory;
 	job.check_transport = !strcmp(set->check_transport, "yes");
@@ -318,7 +334,8 @@ static void pipeline_ready(qw_server *sv)
 				   .max_plan_blocks = sv->max_plan_blocks,
 				   .prefix_cache = !strcmp(sv->set.prefix_cache, "yes"),
 				   .arena = qw_region_arena(&sv->sup.region),
-				   .arena_bytes = sv->sup.region.hdr->arena_bytes};
+				   .arena_bytes = sv->sup.region.hdr->arena_bytes,
+				   .vision_tokens = sv->sup.job.max_image_tokens};
 		if (qw_sched_init(&sv->sched, &o, &err) != QW_OK) {
 			qw_log(QW_LOG_ERROR, "%s", err.msg);
 			sv->stopping = true;
@@ -534,6 +551,10 @@ static void reload(qw_server *sv)
 	rc->preprocess.max_tokens = rc->max_image_tokens = (int)sv->set.max_image_tokens;
 	rc->max_images = sv->limits.max_images = (int)sv->set.max_images;
 	sv->limits.max_image_bytes = (size_t)sv->set.max_image_bytes;
+	if (largest_image(sv) > sv->sup.job.max_image_tokens)
+		qw_log(QW_LOG_WARN, "SIGHUP: stage 0 reserved its vision tower's memory at start for "
+		       "images of up to %d tokens: larger ones are refused until qwend restarts",
+		       sv->sup.job.max_image_tokens);
 	if (sv->have_sched) {
 		sv->sched.o.max_queue = (int)sv->set.max_queue;
 		qw_sched_set_prefix_cache(&sv->sched, !strcmp(sv->set.prefix_cache, "yes"));

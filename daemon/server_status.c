@@ -64,6 +64,13 @@ static json_t *stages_json(const qw_server *sv)
 					    json_integer((json_int_t)(w->weight_bytes ? w->weight_bytes
 								      : sv->plan[i].weight_bytes)));
 			json_object_set_new(st, "kv_bytes", json_integer((json_int_t)w->kv_bytes));
+			json_object_set_new(st, "step_bytes", json_integer((json_int_t)w->step_bytes));
+			json_object_set_new(st, "step_host_bytes",
+					    json_integer((json_int_t)w->step_host_bytes));
+			uint64_t free_b = atomic_load(&((qw_worker_slot *)w)->device_free);
+			if (free_b)
+				json_object_set_new(st, "device_free_bytes",
+						    json_integer((json_int_t)free_b));
 			json_object_set_new(st, "load_done", json_integer((json_int_t)d));
 			json_object_set_new(st, "steps", json_integer((json_int_t)atomic_load(
 					    &((qw_worker_slot *)w)->steps)));

@@ -34,8 +34,9 @@ static const qw_setting_def table[] = {
 	{"kv-blocks", QW_SET_INT, F(kv_blocks), 0, 0, 1 << 30, NULL, "0", false,
 	 "KV cache blocks per stage; 0: size the cache by kv-memory"},
 	{"kv-memory", QW_SET_REAL, F(kv_memory), 0, 0.01, 0.99, NULL, "0.9", false,
-	 "share of the memory left after the weights given to the KV cache (the cpu backend: of "
-	 "the host's available memory over the stages, at most 256 MiB a stage)"},
+	 "share of the memory left after the weights and what steps use given to the KV cache "
+	 "(the cpu backend: of the host's available memory over the stages, at most 256 MiB a "
+	 "stage)"},
 	{"kv-block-tokens", QW_SET_INT, F(kv_block_tokens), 0, 1, 1024, NULL, "16", false,
 	 "tokens per KV block"},
 	{"max-seqs", QW_SET_INT, F(max_seqs), 0, 1, 65536, NULL, "256", false,
@@ -55,7 +56,7 @@ static const qw_setting_def table[] = {
 	{"max-image-pixels", QW_SET_SIZE, F(max_image_pixels), 0, 1024, 1ll << 32, NULL, "64M", true,
 	 "pixels of one decoded image"},
 	{"max-image-tokens", QW_SET_INT, F(max_image_tokens), 0, 1, 1 << 24, NULL, "16384", true,
-	 "image tokens in one request"},
+	 "image tokens in one request (stage 0's vision memory is reserved for it at start)"},
 	{"max-new-tokens", QW_SET_INT, F(max_new_tokens), 0, 1, 1 << 22, NULL, "4096", true,
 	 "tokens a request generates when it does not say"},
 	{"max-model-len", QW_SET_INT, F(max_model_len), 0, 0, 1 << 24, NULL, "0", false,

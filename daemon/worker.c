@@ -11,12 +11,14 @@
 
 #include "daemon/handover.h"
 #include "daemon/image/preprocess.h"
+#include "daemon/vision_store.h"
 #include "ipc/region.h"
 #include "ipc/step.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/nccl_pipe.h"
 #include "kernels/forward.h"
+#include "kernels/step_limits.h"
 #include "kernels/vision.h"
 #include "loader/checkpoint.h"
 #include "loader/dtype.h"
@@ -25,12 +27,6 @@
 #define IDLE_WAIT_MS 500      /* how often an idle worker beats and checks on its daemon */
 #define NCCL_TIMEOUT_S 120.0  /* joining the communicator, and leaving it cleanly */
 #define CPU_KV_CAP (256ull << 20)   /* the CPU backend's KV cache stops at 256 MiB a stage */
-
-/* The vision tower's output for an image whose tokens are still being prefilled. */
-typedef struct vision_entry {
-	uint64_t handle;
-	qw_vision_out out;
-} vision_entry;
 
 typedef struct worker {
 	const qw_worker_args *args;
@@ -53,8 +49,8 @@ typedef struct worker {
 	qw_act deepstack[QW_MAX_DEEPSTACK];/* (max_tokens, H) each, for the layers it needs */
 	int n_ds;                          /* the model's deepstack features */
 	int ds_from;                       /* first deepstack index this stage holds */
-	vision_entry *vision;              /* stage 0: images in progress */
-	int n_vision, cap_vision;
+	qw_vision_store images;            /* stage 0: the vision tower, the images in progress */
+	uint64_t step_bytes;               /* what reserve_steps took (host memory on the CPU) */
 	void *msg;                         /* the plan being run */
 	size_t msg_cap;
 	void *ahead;                       /* the plan after it, read early (NCCL pipe) */
@@ -129,8 +125,10 @@ static uint64_t free_memory(worker *w)
 			break;
 	if (f)
 		fclose(f);
-	/* the stages of a CPU pipeline share the host's memory */
+	/* the stages of a CPU pipeline share the host's memory; what a stage reserved for its
+	 * steps is not resident yet (untouched pages), so it is taken off here */
 	uint64_t share = (uint64_t)kb * 1024 / (uint64_t)w->n_stages;
+	share = share > w->step_bytes ? share - w->step_bytes : 0;
 	return share < CPU_KV_CAP ? share : CPU_KV_CAP;
 }
 
@@ -218,6 +216,73 @@ static qw_status join_pipe(worker *w, qw_err *err)
 // ---------------------------------------------------------------------------------------
 // start-up
 
+static uint64_t act_bytes(const worker *w, const qw_act *a)
+{
+	return a->data ? (uint64_t)a->cap_rows * (uint64_t)a->cols * w->elem : 0;
+}
+
+/* The activations a step hands between this stage's parts: the hidden states, the logits on
+ * the last stage, and the image rows with their deepstack features. */
+static qw_status alloc_step_acts(worker *w, qw_err *err)
+{
+	const qw_region_job *job = &w->hdr->job;
+	qw_backend *be = w->be;
+	int T = job->max_tokens, H = w->cfg.text.hidden_size;
+	bool first = w->stage == 0, last = w->stage == w->n_stages - 1;
+	qw_status st = be->act_alloc(be, T, H, &w->hidden, err);
+	if (st == QW_OK && last)
+		st = be->act_alloc(be, job->max_logits, w->cfg.text.vocab_size, &w->logits, err);
+	w->n_ds = w->cfg.has_vision ? w->cfg.vision.n_deepstack : 0;
+	w->ds_from = first ? 0 : job->layer_begin[w->stage];
+	if (st == QW_OK && first && w->cfg.has_vision)
+		st = be->act_alloc(be, T, H, &w->visual, err);
+	for (int j = w->ds_from; j < w->n_ds && st == QW_OK; j++)
+		st = be->act_alloc(be, T, H, &w->deepstack[j], err);
+	return st;
+}
+
+/* Everything a step uses, made before the KV cache is sized from what is left, so that
+ * nothing is allocated once the daemon is ready: the step's activations, stage 0's vision
+ * tower and image store (the largest image, and as many tokens again of images split across
+ * steps: the scheduler keeps them within that), and the backend's buffers reserved for the
+ * largest step the job admits.  On CUDA the largest steps then run once (warm-up): their
+ * kernels load now, a step graph is measured, and a step past the reservation fails here. */
+static qw_status reserve_steps(worker *w, const qw_stage *stage, qw_err *err)
+{
+	const qw_region_job *job = &w->hdr->job;
+	qw_backend *be = w->be;
+	bool first = w->stage == 0, last = w->stage == w->n_stages - 1;
+	QW_TRY(alloc_step_acts(w, err));
+	bool vision = first && w->cfg.has_vision && job->max_image_tokens > 0;
+	if (vision)
+		QW_TRY(qw_vision_store_init(&w->images, be, &w->cfg, job->max_image_tokens,
+					    2 * job->max_image_tokens, err));
+	qw_step_limits lim = {.max_tokens = job->max_tokens, .max_seqs = job->max_seqs,
+			      .max_logits = job->max_logits, .max_context = job->max_context,
+			      .block_size = job->block_tokens,
+			      .graphs = w->m.graphs && be->graph_begin};
+	qw_step_limits_shapes(&lim, &w->cfg, stage, vision ? job->max_image_tokens : 0);
+	qw_reserved r = {0};
+	if (be->reserve)
+		QW_TRY(be->reserve(be, &lim, &r, err));
+	/* the CPU backend has no kernels to load nor graphs: its warm-up would only cost time */
+	if (strcmp(job->device, "cuda") == 0) {
+		QW_TRY(qw_stage_model_warm_up(&w->m, &lim, &w->hidden, last ? &w->logits : NULL, err));
+		if (vision)
+			QW_TRY(qw_vision_store_warm_up(&w->images, &w->m.w, err));
+		r.graph_bytes = qw_cuda_backend_reservation(be).graph_budget;   /* now measured */
+	}
+	uint64_t acts = act_bytes(w, &w->hidden) + act_bytes(w, &w->logits) +
+			act_bytes(w, &w->visual);
+	for (int j = 0; j < QW_MAX_DEEPSTACK; j++)
+		acts += act_bytes(w, &w->deepstack[j]);
+	w->step_bytes = acts + qw_stage_model_scratch_bytes(&w->m) +
+			qw_vision_store_bytes(&w->images) + r.device_bytes + r.graph_bytes;
+	w->slot->step_bytes = w->step_bytes;
+	w->slot->step_host_bytes = r.host_bytes;
+	return QW_OK;
+}
+
 static qw_status load(worker *w, qw_err *err)
 {
 	const qw_region_job *job = &w->hdr->job;
@@ -254,8 +319,11 @@ static qw_status load(worker *w, qw_err *err)
 	if (st != QW_OK)
 		return st;
 	w->m.graphs = job->cuda_graphs != 0;
-	/* the links' buffers exist before the KV cache is sized from what is left */
+	/* the links' buffers and the steps' memory exist before the KV cache is sized from what
+	 * is left */
 	if (w->pipe && (st = qw_nccl_pipe_warm(w->pipe, err)) != QW_OK)
+		return st;
+	if ((st = reserve_steps(w, &stage, err)) != QW_OK)
 		return st;
 	uint64_t weights = atomic_load(&w->slot->load_total);
 	const qw_text_config *t = &w->cfg.text;
@@ -266,16 +334,25 @@ static qw_status load(worker *w, qw_err *err)
 	w->slot->kv_block_bytes = block;
 	w->slot->kv_block_capacity = block ? (int64_t)((double)free_memory(w) * job->kv_memory /
 						       (double)block) : 0;
-	char bytes[32];
-	qw_log(QW_LOG_INFO, "stage %d: layers [%d, %d), %s of weights in %.2f s", w->stage,
-	       stage.layer_begin, stage.layer_end, qw_fmt_bytes(weights, bytes, sizeof bytes),
-	       (double)(qw_monotonic_ms() - t0) / 1000.0);
+	char bytes[32], steps[32];
+	qw_log(QW_LOG_INFO, "stage %d: layers [%d, %d), %s of weights in %.2f s, %s reserved for "
+	       "steps", w->stage, stage.layer_begin, stage.layer_end,
+	       qw_fmt_bytes(weights, bytes, sizeof bytes), (double)(qw_monotonic_ms() - t0) / 1000.0,
+	       qw_fmt_bytes(w->step_bytes, steps, sizeof steps));
 	atomic_store(&w->slot->state, QW_WORKER_LOADED);
 	notify(w);
 	return QW_OK;
 }
 
-/* Waits for the daemon's KV decision, then allocates the cache and the step buffers. */
+/* The GPU's free memory into the slot (status shows it; once ready it should not move). */
+static void note_device_free(worker *w)
+{
+	if (strcmp(w->hdr->job.device, "cuda") == 0)
+		atomic_store(&w->slot->device_free, qw_cuda_backend_device_free(w->be));
+}
+
+/* Waits for the daemon's KV decision, allocates the cache, and seals the backend: nothing is
+ * allocated from here on. */
 static qw_status prepare(worker *w, qw_err *err)
 {
 	const qw_region_job *job = &w->hdr->job;
@@ -293,25 +370,14 @@ static qw_status prepare(worker *w, qw_err *err)
 		return qw_err_context(err, "a KV cache of %d blocks", w->kv_blocks);
 	w->slot->kv_bytes = (uint64_t)w->kv_blocks * w->slot->kv_block_bytes;
 
-	int T = job->max_tokens, H = w->cfg.text.hidden_size;
+	int T = job->max_tokens;
 	bool first = w->stage == 0, last = w->stage == w->n_stages - 1;
-	st = w->be->act_alloc(w->be, T, H, &w->hidden, err);
-	if (st == QW_OK && last)
-		st = w->be->act_alloc(w->be, job->max_logits, w->cfg.text.vocab_size, &w->logits,
-				      err);
-	w->n_ds = w->cfg.has_vision ? w->cfg.vision.n_deepstack : 0;
-	w->ds_from = first ? 0 : job->layer_begin[w->stage];
-	if (st == QW_OK && first && w->cfg.has_vision)
-		st = w->be->act_alloc(w->be, T, H, &w->visual, err);
-	for (int j = w->ds_from; j < w->n_ds && st == QW_OK; j++)
-		st = w->be->act_alloc(w->be, T, H, &w->deepstack[j], err);
 	w->visual_rows = malloc((size_t)T * sizeof *w->visual_rows);
 	w->tokens = malloc((size_t)job->max_logits * sizeof *w->tokens);
 	w->logprobs = calloc((size_t)job->max_logits, sizeof *w->logprobs);
 	w->history = malloc((size_t)job->max_logits * sizeof *w->history);
 	w->result = malloc(qw_step_result_max_size(job->max_logits));
-	if (st == QW_OK && (!w->visual_rows || !w->tokens || !w->logprobs || !w->history ||
-			    !w->result))
+	if (!w->visual_rows || !w->tokens || !w->logprobs || !w->history || !w->result)
 		st = qw_fail(err, QW_E_NOMEM, "out of memory for the step buffers");
 	if (st != QW_OK)
 		return st;
@@ -330,6 +396,9 @@ static qw_status prepare(worker *w, qw_err *err)
 		qw_handover_init(&w->next, ch, w->be, w->stage, w->stage + 1,
 				 job->check_transport, job->corrupt_handover);
 	}
+	if (w->be->seal)
+		w->be->seal(w->be);
+	note_device_free(w);
 	atomic_store(&w->slot->state, QW_WORKER_READY);
 	notify(w);
 	return QW_OK;
@@ -337,23 +406,6 @@ static qw_status prepare(worker *w, qw_err *err)
 
 // ---------------------------------------------------------------------------------------
 // images (stage 0)
-
-static vision_entry *find_image(worker *w, uint64_t handle)
-{
-	for (int i = 0; i < w->n_vision; i++)
-		if (w->vision[i].handle == handle)
-			return &w->vision[i];
-	return NULL;
-}
-
-static void forget_image(worker *w, uint64_t handle)
-{
-	vision_entry *e = find_image(w, handle);
-	if (!e)
-		return;
-	qw_vision_out_free(w->be, &e->out);
-	*e = w->vision[--w->n_vision];
-}
 
 /* Runs the vision tower on an image the daemon placed in the arena. */
 static qw_status see_image(worker *w, const qw_step_image *im, qw_err *err)
@@ -363,14 +415,6 @@ static qw_status see_image(worker *w, const qw_step_image *im, qw_err *err)
 	if (im->arena_offset > h->arena_bytes || bytes > h->arena_bytes - im->arena_offset)
 		return qw_fail(err, QW_E_IO, "image %llu lies outside the arena",
 			       (unsigned long long)im->handle);
-	if (w->n_vision == w->cap_vision) {
-		int cap = w->cap_vision ? 2 * w->cap_vision : 8;
-		vision_entry *grown = realloc(w->vision, (size_t)cap * sizeof *grown);
-		if (!grown)
-			return qw_fail(err, QW_E_NOMEM, "out of memory");
-		w->vision = grown;
-		w->cap_vision = cap;
-	}
 	qw_image img = {im->width, im->height, qw_region_arena(&w->region) + im->arena_offset};
 	qw_pixels px;
 	qw_status st = qw_patchify(&img, &w->cfg.vision, &px, err);
@@ -383,13 +427,9 @@ static qw_status see_image(worker *w, const qw_step_image *im, qw_err *err)
 			       "plan says (%d, %d, %d)", (unsigned long long)im->handle, px.grid_t,
 			       px.grid_h, px.grid_w, im->grid[0], im->grid[1], im->grid[2]);
 	}
-	vision_entry *e = &w->vision[w->n_vision];
-	e->handle = im->handle;
-	st = qw_vision_forward(w->be, &w->cfg, &w->m.w, im->grid, 1, px.values, px.rows, NULL,
-			       NULL, &e->out, err);
+	st = qw_vision_store_see(&w->images, &w->m.w, im->handle, im->grid, px.values, px.rows,
+				 err);
 	qw_pixels_free(&px);
-	if (st == QW_OK)
-		w->n_vision++;
 	return st;
 }
 
@@ -401,29 +441,29 @@ static qw_status gather_visual(worker *w, const qw_step_plan *p, int n_visual, q
 	for (int i = 0; i < p->n_images; i++) {
 		const qw_step_image *im = &p->images[i];
 		qw_status st = QW_OK;
-		if (im->fresh && !find_image(w, im->handle))
+		qw_vision_out e;
+		if (im->fresh && !qw_vision_store_find(&w->images, im->handle, &e))
 			st = see_image(w, im, err);
-		vision_entry *e = find_image(w, im->handle);
-		if (st == QW_OK && !e)
+		if (st == QW_OK && !qw_vision_store_find(&w->images, im->handle, &e))
 			st = qw_fail(err, QW_E_IO, "image %llu: its features are gone (a plan out of "
 				     "order?)", (unsigned long long)im->handle);
 		if (st != QW_OK)
 			return st;
 		qw_act dst = qw_act_rows(&w->visual, at, im->count, w->elem);
-		qw_act src = qw_act_rows(&e->out.embeds, im->first, im->count, w->elem);
+		qw_act src = qw_act_rows(&e.embeds, im->first, im->count, w->elem);
 		if ((st = be->act_copy(be, &dst, &src, err)) != QW_OK)
 			return st;
 		for (int j = 0; j < w->n_ds; j++) {
 			dst = qw_act_rows(&w->deepstack[j], at, im->count, w->elem);
-			src = qw_act_rows(&e->out.deepstack[j], im->first, im->count, w->elem);
+			src = qw_act_rows(&e.deepstack[j], im->first, im->count, w->elem);
 			if ((st = be->act_copy(be, &dst, &src, err)) != QW_OK)
 				return st;
 		}
 		for (int k = 0; k < im->count; k++)
 			w->visual_rows[at + k] = im->row + k;
 		at += im->count;
-		if (im->first + im->count == im->n_tokens)
-			forget_image(w, im->handle);   /* its last rows are placed */
+		if (im->first + im->count == im->n_tokens)   /* its last rows are placed */
+			qw_vision_store_forget(&w->images, im->handle);
 	}
 	w->visual.rows = n_visual;
 	for (int j = 0; j < w->n_ds; j++)
@@ -538,7 +578,7 @@ static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 			       "and %d)", (unsigned long long)p->step, T, p->n_logits,
 			       job->max_tokens, job->max_logits);
 	for (int i = 0; i < p->n_drop && first; i++)
-		forget_image(w, p->drop[i]);
+		qw_vision_store_forget(&w->images, p->drop[i]);
 	int max_blocks = 1, n_visual = 0;
 	qw_status st = block_tables(w, p, &max_blocks, err);
 	if (st != QW_OK)
@@ -648,6 +688,7 @@ static qw_status serve(worker *w, qw_err *err)
 		if (st == QW_E_TIMEOUT) {
 			if (getppid() != w->daemon)
 				return qw_fail(err, QW_E_ABORTED, "the daemon is gone");
+			note_device_free(w);
 			/* a neighbour's death shows here while no step runs */
 			if (w->pipe && (st = qw_nccl_pipe_health(w->pipe, err)) != QW_OK)
 				return st;
@@ -672,8 +713,7 @@ static void release(worker *w, bool clean)
 {
 	qw_nccl_pipe_destroy(w->pipe, clean);   /* before the backend whose stream it uses */
 	if (w->be) {
-		for (int i = 0; i < w->n_vision; i++)
-			qw_vision_out_free(w->be, &w->vision[i].out);
+		qw_vision_store_free(&w->images);
 		qw_act *acts[] = {&w->hidden, &w->logits, &w->visual};
 		for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
 			if (acts[i]->data)
@@ -688,7 +728,6 @@ static void release(worker *w, bool clean)
 	qw_handover_free(&w->next);
 	if (w->ck)
 		qw_ckpt_close(w->ck);
-	free(w->vision);
 	free(w->msg);
 	free(w->ahead);
 	free(w->tables);

@@ -188,8 +188,10 @@ static void daemon_metrics(qh_buf *o, const json_t *st, const char *model)
 	json_t *stages = json_object_get(st, "stages");
 	static const char *const per_stage[][3] = {
 		{"qwen:stage_weight_bytes", "Weight bytes a pipeline stage holds.", "weight_bytes"},
-		{"qwen:stage_kv_cache_bytes", "KV cache bytes a pipeline stage holds.", "kv_bytes"}};
-	for (int k = 0; k < 2; k++) {
+		{"qwen:stage_kv_cache_bytes", "KV cache bytes a pipeline stage holds.", "kv_bytes"},
+		{"qwen:stage_step_bytes", "Bytes a pipeline stage reserved at load for steps "
+		 "(activations, scratch, its vision tower, step graphs).", "step_bytes"}};
+	for (int k = 0; k < 3; k++) {
 		head(o, per_stage[k][0], "gauge", per_stage[k][1]);
 		for (size_t i = 0; i < json_array_size(stages); i++) {
 			qh_buf_printf(o, "%s{model_name=\"", per_stage[k][0]);

@@ -24,7 +24,7 @@
 #include "loader/error.h"
 #include "loader/plan.h"
 
-#define QW_REGION_VERSION 1
+#define QW_REGION_VERSION 2
 
 typedef enum qw_worker_state {
 	QW_WORKER_STARTING = 0,  /* the process exists */
@@ -49,6 +49,12 @@ typedef struct qw_worker_slot {
 	int64_t kv_block_capacity;       /* KV blocks its memory could hold, set before LOADED */
 	uint64_t kv_block_bytes;         /* bytes one block takes on this stage */
 	uint64_t kv_bytes;               /* resident KV cache, set before READY */
+	uint64_t step_bytes;             /* reserved for steps before the KV cache was sized:
+					    activations, scratch, the vision tower and its image
+					    store, memory kept for step graphs; set before LOADED */
+	uint64_t step_host_bytes;        /* pinned host memory for steps, set before LOADED */
+	_Atomic uint64_t device_free;    /* the GPU's free memory as last seen (once ready, after
+					    steps; 0 on the CPU backend) */
 	char device[96];                 /* what it runs on, e.g. "cpu" or "cuda:0 (NVIDIA H200)" */
 	char error[512];                 /* why it failed */
 } qw_worker_slot;
@@ -66,6 +72,11 @@ typedef struct qw_region_job {
 	int32_t gpu[QW_MAX_STAGES];      /* cuda: the device of stage i */
 	int32_t max_tokens;              /* tokens in one step */
 	int32_t max_logits;              /* rows sampled in one step */
+	int32_t max_seqs;                /* sequences in one step */
+	int32_t max_context;             /* KV entries of one sequence */
+	int32_t max_image_tokens;        /* the largest image stage 0 reserves its vision tower
+					    for; images split across steps hold at most as many
+					    more (0: no vision tower) */
 	int32_t block_tokens;            /* tokens per KV block */
 	double kv_memory;                /* share of the memory left after the weights for KV */
 	int32_t check_transport;         /* checksum every hand-over */

@@ -15,6 +15,16 @@ bool qw_cuda_backend_built(void)
 	return false;
 }
 
+uint64_t qw_cuda_backend_device_free(const qw_backend *be)
+{
+	return 0;   /* no CUDA backend exists to ask */
+}
+
+qw_cuda_reservation qw_cuda_backend_reservation(const qw_backend *be)
+{
+	return (qw_cuda_reservation){0};   /* no CUDA backend made be */
+}
+
 /* The NCCL data plane (cuda/nccl_pipe.h) needs CUDA too: each entry says so. */
 static qw_status no_nccl(qw_err *err)
 {

@@ -310,6 +310,17 @@ qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
 	return st;
 }
 
+uint64_t qw_stage_model_scratch_bytes(const qw_stage_model *m)
+{
+	const qw_act *acts[] = {&m->h, &m->q, &m->k, &m->v, &m->attn, &m->o, &m->gate, &m->up,
+				&m->mlp, &m->picked, &m->qkv};
+	uint64_t bytes = 0, elem = m->be ? qw_dtype_size(m->be->act_dtype) : 0;
+	for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
+		if (acts[i]->data)
+			bytes += (uint64_t)acts[i]->cap_rows * (uint64_t)acts[i]->cols * elem;
+	return bytes;
+}
+
 qw_status qw_stage_model_alloc_kv(qw_stage_model *m, int n_blocks, int block_size, qw_err *err)
 {
 	if (m->kv)
@@ -576,4 +587,166 @@ qw_status qw_stage_step(qw_stage_model *m, const qw_batch *b, qw_act *hidden, qw
 	QW_TRY(m->be->graph_end(m->be, st == QW_OK, &launched, err));
 	/* a step that could not be recorded runs as it is */
 	return launched ? QW_OK : step_ops(m, b, hidden, logits, err);
+}
+
+// ---------------------------------------------------------------------------------------
+// warm-up
+
+/* The arrays of a warm-up step. */
+typedef struct warm_batch {
+	int32_t *ids, *positions, *seq, *kv_index, *slot, *tables, *logit_rows;
+	qw_sampling *sampling;
+	qw_sample_history *history;     /* (T,) empty but on the penalised rows */
+	qw_sample_logprobs *logprobs;   /* (T,) */
+	qw_token_count seen;            /* a penalised row's history: one token */
+	int32_t *tokens;
+} warm_batch;
+
+static void warm_free(warm_batch *w)
+{
+	int32_t *arrays[] = {w->ids, w->positions, w->seq, w->kv_index, w->slot, w->tables,
+			     w->logit_rows, w->tokens};
+	for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++)
+		free(arrays[i]);
+	free(w->sampling);
+	free(w->history);
+	free(w->logprobs);
+}
+
+/* The step, then on the last stage a token for each logit row, the rows taking each way of
+ * sampling in turn: greedy; drawn with temperature, top-k and top-p; penalised over a
+ * history, with min-p; greedy with log-probabilities. */
+static qw_status warm_step(qw_stage_model *m, const qw_batch *b, warm_batch *w, qw_act *hidden,
+			   qw_act *logits, qw_err *err)
+{
+	QW_TRY(qw_stage_step(m, b, hidden, logits, err));
+	if (!last_stage(m) || b->n_logits < 1)
+		return QW_OK;
+	w->seen = (qw_token_count){.token = 0, .count = 1};
+	for (int r = 0; r < b->n_logits; r++) {
+		qw_sampling *p = &w->sampling[r];
+		*p = (qw_sampling){.top_p = 1.0f, .seed = 1, .step = (uint64_t)r};
+		w->history[r] = (qw_sample_history){0};
+		if (r % 4 == 1) {
+			p->temperature = 1.0f;
+			p->top_k = 50;
+			p->top_p = 0.9f;
+		} else if (r % 4 == 2) {
+			p->temperature = 0.8f;
+			p->min_p = 0.05f;
+			p->repetition_penalty = 1.1f;
+			p->frequency_penalty = 0.5f;
+			p->presence_penalty = 0.5f;
+			w->history[r] = (qw_sample_history){&w->seen, 1};
+		} else if (r % 4 == 3) {
+			p->logprobs = 1;
+			p->top_logprobs = 5;
+		}
+	}
+	return m->be->sample(m->be, logits, w->sampling, w->history, w->tokens, w->logprobs, err);
+}
+
+/* A prefill of n tokens of one sequence (its blocks 0, 1, ... in order), with as many
+ * logit rows as the limits allow on the last stage. */
+static qw_status warm_prefill(qw_stage_model *m, const qw_step_limits *lim, warm_batch *w,
+			      int n, qw_act *hidden, qw_act *logits, qw_err *err)
+{
+	int bs = lim->block_size, blocks = (n + bs - 1) / bs;
+	int n_logits = last_stage(m) ? (lim->max_logits < n ? lim->max_logits : n) : 0;
+	for (int i = 0; i < n; i++) {
+		w->ids[i] = 0;
+		w->positions[3 * i] = w->positions[3 * i + 1] = w->positions[3 * i + 2] = i;
+		w->seq[i] = 0;
+		w->kv_index[i] = w->slot[i] = i;
+	}
+	for (int j = 0; j < blocks; j++)
+		w->tables[j] = j;
+	for (int r = 0; r < n_logits; r++)
+		w->logit_rows[r] = n - n_logits + r;
+	qw_batch b = {.n_tokens = n, .token_ids = w->ids, .positions = w->positions, .seq = w->seq,
+		      .kv_index = w->kv_index, .slot = w->slot, .n_seqs = 1, .max_blocks = blocks,
+		      .block_tables = w->tables, .n_logits = n_logits, .logit_rows = w->logit_rows};
+	return warm_step(m, &b, w, hidden, logits, err);
+}
+
+/* Decode steps of n sequences of one token each (sequence s in block s): seen, recorded,
+ * replayed. */
+static qw_status warm_decode(qw_stage_model *m, const qw_step_limits *lim, warm_batch *w,
+			     int n, qw_act *hidden, qw_act *logits, qw_err *err)
+{
+	for (int i = 0; i < n; i++) {
+		w->ids[i] = 0;
+		w->seq[i] = i;
+		w->kv_index[i] = 0;
+		w->slot[i] = i * lim->block_size;
+		w->positions[3 * i] = w->positions[3 * i + 1] = w->positions[3 * i + 2] = 0;
+		w->tables[i] = i;
+		w->logit_rows[i] = i;
+	}
+	qw_batch b = {.n_tokens = n, .token_ids = w->ids, .positions = w->positions, .seq = w->seq,
+		      .kv_index = w->kv_index, .slot = w->slot, .n_seqs = n, .max_blocks = 1,
+		      .block_tables = w->tables,
+		      .n_logits = last_stage(m) ? (n < lim->max_logits ? n : lim->max_logits) : 0,
+		      .logit_rows = w->logit_rows};
+	for (int i = 0; i < 3; i++)
+		QW_TRY(warm_step(m, &b, w, hidden, logits, err));
+	return QW_OK;
+}
+
+/* Prefills of 1, 2, 3, 4 tokens and the powers of two up to T, and T; decodes of 1, 2, 3,
+ * 4, 8, 16 sequences and S: the sizes where the kernels a step launches change (few-row
+ * GEMMs, one-launch routing, the MoE tiles, cuBLAS's choices by rows) and the largest. */
+static qw_status warm_steps(qw_stage_model *m, const qw_step_limits *lim, warm_batch *w,
+			    qw_act *hidden, qw_act *logits, qw_err *err)
+{
+	int T = lim->max_tokens < lim->max_context ? lim->max_tokens : lim->max_context;
+	int S = lim->max_seqs < lim->max_tokens ? lim->max_seqs : lim->max_tokens;
+	for (int n = 1;; n = n < 4 ? n + 1 : 2 * n) {
+		QW_TRY(warm_prefill(m, lim, w, n < T ? n : T, hidden, logits, err));
+		if (n >= T)
+			break;
+	}
+	const int sizes[] = {1, 2, 3, 4, 8, 16, S};
+	int prev = 0;
+	for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+		int n = sizes[k];
+		if (n > S || n <= prev)
+			continue;
+		prev = n;
+		QW_TRY(warm_decode(m, lim, w, n, hidden, logits, err));
+	}
+	return QW_OK;
+}
+
+qw_status qw_stage_model_warm_up(qw_stage_model *m, const qw_step_limits *lim, qw_act *hidden,
+				 qw_act *logits, qw_err *err)
+{
+	int T = lim->max_tokens, S = lim->max_seqs < T ? lim->max_seqs : T, bs = lim->block_size;
+	if (T < 1 || T > m->max_tokens || S < 1 || bs < 1 || lim->max_context < 1 || m->kv)
+		return qw_fail(err, QW_E_ARG, "stage %d: warm-up for %d tokens of %d sequences (the "
+			       "stage takes 1 to %d, and has no KV cache yet)", m->stage.index, T, S,
+			       m->max_tokens);
+	int blocks = (T + bs - 1) / bs > S ? (T + bs - 1) / bs : S;
+	size_t n = (size_t)T;
+	warm_batch w = {
+		.ids = calloc(n, sizeof(int32_t)), .positions = calloc(3 * n, sizeof(int32_t)),
+		.seq = calloc(n, sizeof(int32_t)), .kv_index = calloc(n, sizeof(int32_t)),
+		.slot = calloc(n, sizeof(int32_t)), .tables = calloc((size_t)blocks, sizeof(int32_t)),
+		.logit_rows = calloc(n, sizeof(int32_t)), .tokens = calloc(n, sizeof(int32_t)),
+		.sampling = calloc(n, sizeof(qw_sampling)),
+		.history = calloc(n, sizeof(qw_sample_history)),
+		.logprobs = calloc(n, sizeof(qw_sample_logprobs))};
+	qw_status st = QW_OK;
+	if (!w.ids || !w.positions || !w.seq || !w.kv_index || !w.slot || !w.tables ||
+	    !w.logit_rows || !w.tokens || !w.sampling || !w.history || !w.logprobs)
+		st = qw_fail(err, QW_E_NOMEM, "out of memory for the warm-up steps");
+	if (st == QW_OK)
+		st = qw_stage_model_alloc_kv(m, blocks, bs, err);
+	if (st == QW_OK)
+		st = warm_steps(m, lim, &w, hidden, logits, err);
+	if (m->kv)
+		m->be->kv_free(m->be, m->kv);
+	m->kv = NULL;
+	warm_free(&w);
+	return st == QW_OK ? QW_OK : qw_err_context(err, "stage %d: warm-up", m->stage.index);
 }

@@ -76,6 +76,9 @@ qw_status qw_stage_model_load_synthetic(qw_stage_model *m, const qw_config *cfg,
 					int max_tokens, qw_load_progress progress,
 					void *progress_ctx, qw_err *err);
 
+/* Bytes of the scratch activations the stage holds (for max_tokens rows). */
+uint64_t qw_stage_model_scratch_bytes(const qw_stage_model *m);
+
 /* Allocates the stage's KV cache: n_blocks blocks of block_size tokens for its layers. */
 qw_status qw_stage_model_alloc_kv(qw_stage_model *m, int n_blocks, int block_size, qw_err *err);
 
@@ -84,6 +87,19 @@ qw_status qw_stage_model_init(qw_stage_model *m, const qw_config *cfg, const qw_
 			      const qw_stage *stage, qw_backend *be, int n_blocks, int block_size,
 			      int max_tokens, qw_err *err);
 void qw_stage_model_free(qw_stage_model *m);
+
+/* Before a daemon's stage is ready: steps of the largest sizes lim admits on a KV cache made
+ * for them and freed after (m has none yet), so that the kernels they launch are loaded, a
+ * step graph is recorded (and its memory measured) where m->graphs says so, and a step past
+ * what the backend reserved fails at load, not on the first request.  Prefills of one
+ * sequence of 1, 2, 3, 4 tokens and the powers of two up to T = min(max_tokens, max_context),
+ * and of T; decode steps of 1, 2, 3, 4, 8, 16 and min(max_seqs, max_tokens) sequences (those
+ * within it), each three times (seen, recorded, replayed); the last stage samples each,
+ * its rows taking every way of sampling in turn (greedy, drawn, penalised, with
+ * log-probabilities).  hidden (max_tokens, H); logits (max_logits, V) on the last stage,
+ * else NULL.  Their contents are left undefined. */
+qw_status qw_stage_model_warm_up(qw_stage_model *m, const qw_step_limits *lim, qw_act *hidden,
+				 qw_act *logits, qw_err *err);
 
 /* One step of this stage for batch b.  hidden (cap >= T rows, H cols): ignored on input by
  * the first stage (which embeds b->token_ids), the previous stage's output otherwise; holds

@@ -132,6 +132,32 @@ typedef struct qw_moe_weights {
 	int renormalize;                  /* divide the top-k weights by their sum */
 } qw_moe_weights;
 
+/* The largest step a stage is sized for: what a backend's reserve() sizes every buffer a
+ * step uses by (kernels/step_limits.h fills the shapes from a config and holds steps to the
+ * limits).  The daemon's settings give the sizes (named in brackets). */
+typedef struct qw_step_limits {
+	int max_tokens;        /* rows of a step [max-batch-tokens] */
+	int max_seqs;          /* sequences in a step [max-seqs] */
+	int max_logits;        /* logit rows of a step [max-seqs] */
+	int max_context;       /* KV entries one sequence reaches [max-model-len] */
+	int block_size;        /* tokens per KV block [kv-block-tokens] */
+	bool graphs;           /* decode steps are recorded as graphs [cuda-graphs] */
+	/* the stage's text layers */
+	int hidden, n_heads, n_kv_heads, head_dim;
+	int moe_experts, moe_top_k, moe_inter;   /* 0 when no layer of the stage is MoE */
+	int vocab;             /* logits' width where the stage samples, else 0 */
+	/* the vision tower, on the stage that runs it (else 0): one image at a time */
+	int vision_rows;       /* patches of the largest image [max-image-tokens x merge^2] */
+	int vision_in;         /* values per patch row (C x Tp x P x P) */
+} qw_step_limits;
+
+/* What a backend's reserve() took. */
+typedef struct qw_reserved {
+	uint64_t device_bytes;   /* step scratch now allocated (device memory, or host on the CPU) */
+	uint64_t graph_bytes;    /* kept free for step graphs (allocated as they are recorded) */
+	uint64_t host_bytes;     /* pinned host buffers for steps */
+} qw_reserved;
+
 typedef struct qw_backend qw_backend;
 
 struct qw_backend {
@@ -153,8 +179,18 @@ struct qw_backend {
 			      qw_err *err);
 	void (*kv_free)(qw_backend *be, qw_kv_cache *kv);
 	void (*destroy)(qw_backend *be);
-	/* (optional) bytes of memory still free for a KV cache, after what is allocated */
+	/* (optional) bytes of memory still free for a KV cache, after what is allocated and what
+	 * reserve keeps free */
 	uint64_t (*free_memory)(qw_backend *be);
+	/* (optional) sizes now every buffer a step within lim needs; from then on a step past
+	 * lim fails with QW_E_LIMIT, naming the buffer or limit, what it needs and what was
+	 * reserved, where it would have grown a buffer.  *out (may be NULL): what it took.
+	 * Called again, it sizes for the new limits. */
+	qw_status (*reserve)(qw_backend *be, const qw_step_limits *lim, qw_reserved *out,
+			     qw_err *err);
+	/* (optional) nothing is allocated from here on: act_alloc, kv_alloc, upload, synthesize
+	 * and fuse_rows fail with QW_E_LIMIT.  Only after reserve. */
+	void (*seal)(qw_backend *be);
 	/* (optional) a backend-resident tensor of t's dtype and shape (t->data unused) filled
 	 * with the random values of loader/export.h's stream s0 and (mean, std), generated
 	 * where it lives; released with the backend.  t F8_E4M3 (t->scale describes the F32

@@ -130,46 +130,98 @@ static qw_status merge(qw_backend *be, const qw_merger_weights *mw, const qw_act
 	return st;
 }
 
-qw_status qw_vision_forward(qw_backend *be, const qw_config *cfg, const qw_weights *w,
-			    const int32_t *grids, int n_images, const float *pixels, int rows,
-			    qw_vision_hook hook, void *hook_ctx, qw_vision_out *out, qw_err *err)
+/* values a patch row holds: C x Tp x P x P */
+static int in_cols(const qw_vision_config *vc)
+{
+	return vc->in_channels * vc->temporal_patch_size * vc->patch_size * vc->patch_size;
+}
+
+/* One scratch activation: its columns, and whether it has a row per merged token (else one
+ * per patch). */
+typedef struct scratch_part {
+	qw_act *a;
+	int cols;
+	bool per_token;
+} scratch_part;
+
+#define SCRATCH_PARTS 11
+
+static void scratch_parts(qw_vision_scratch *s, const qw_vision_config *vc,
+			  scratch_part p[SCRATCH_PARTS])
+{
+	int Dv = vc->hidden_size, group = vc->spatial_merge_size * vc->spatial_merge_size;
+	scratch_part parts[SCRATCH_PARTS] = {
+		{&s->px, in_cols(vc), false}, {&s->x, Dv, false}, {&s->h, Dv, false},
+		{&s->q, Dv, false}, {&s->k, Dv, false}, {&s->v, Dv, false}, {&s->a, Dv, false},
+		{&s->pe, Dv, false}, {&s->f, vc->intermediate_size, false},
+		{&s->tn, Dv, false},               /* (N, Dv), also viewed as (N/4, 4 Dv) */
+		{&s->tg, Dv * group, true}};
+	memcpy(p, parts, sizeof parts);
+}
+
+qw_status qw_vision_scratch_alloc(qw_backend *be, const qw_config *cfg, int max_rows,
+				  qw_vision_scratch *s, qw_err *err)
 {
 	const qw_vision_config *vc = &cfg->vision;
-	int Dv = vc->hidden_size, Iv = vc->intermediate_size, heads = vc->num_heads;
-	int group = vc->spatial_merge_size * vc->spatial_merge_size, H = cfg->text.hidden_size;
-	int in_cols = (int)(w->patch_w->numel / (uint64_t)Dv);
-	memset(out, 0, sizeof *out);
-	geometry g = {0};
-	qw_act px = {0}, x = {0}, h = {0}, q = {0}, k = {0}, v = {0}, a = {0}, f = {0}, pe = {0};
-	qw_act tn = {0}, tg = {0};
-	qw_status st = geometry_build(vc, grids, n_images, rows, &g, err);
-	if (st != QW_OK)
-		goto out;
-	out->tokens = rows / group;
-	out->n_deepstack = vc->n_deepstack;
-	QW_TRY(be->act_alloc(be, rows, in_cols, &px, err));
-	QW_TRY(be->act_alloc(be, rows, Dv, &x, err));
-	QW_TRY(be->act_alloc(be, rows, Dv, &h, err));
-	QW_TRY(be->act_alloc(be, rows, Dv, &q, err));
-	QW_TRY(be->act_alloc(be, rows, Dv, &k, err));
-	QW_TRY(be->act_alloc(be, rows, Dv, &v, err));
-	QW_TRY(be->act_alloc(be, rows, Dv, &a, err));
-	QW_TRY(be->act_alloc(be, rows, Dv, &pe, err));
-	QW_TRY(be->act_alloc(be, rows, Iv, &f, err));
-	QW_TRY(be->act_alloc(be, rows, Dv, &tn, err));   /* (N, Dv) = (N/4, 4 Dv) */
-	QW_TRY(be->act_alloc(be, out->tokens, Dv * group, &tg, err));
-	QW_TRY(be->act_alloc(be, out->tokens, H, &out->embeds, err));
-	for (int j = 0; j < vc->n_deepstack; j++)
-		QW_TRY(be->act_alloc(be, out->tokens, H, &out->deepstack[j], err));
+	int group = vc->spatial_merge_size * vc->spatial_merge_size;
+	scratch_part p[SCRATCH_PARTS];
+	memset(s, 0, sizeof *s);
+	scratch_parts(s, vc, p);
+	for (int i = 0; i < SCRATCH_PARTS; i++) {
+		qw_status st = be->act_alloc(be, p[i].per_token ? max_rows / group : max_rows,
+					     p[i].cols, p[i].a, err);
+		if (st != QW_OK) {
+			qw_vision_scratch_free(be, s);
+			return st;
+		}
+	}
+	s->max_rows = max_rows;
+	return QW_OK;
+}
+
+void qw_vision_scratch_free(qw_backend *be, qw_vision_scratch *s)
+{
+	scratch_part p[SCRATCH_PARTS];
+	scratch_parts(s, &(qw_vision_config){0}, p);
+	for (int i = 0; i < SCRATCH_PARTS; i++)
+		if (p[i].a->data)
+			be->act_free(be, p[i].a);
+	memset(s, 0, sizeof *s);
+}
+
+uint64_t qw_vision_scratch_bytes(const qw_config *cfg, int max_rows, size_t elem)
+{
+	const qw_vision_config *vc = &cfg->vision;
+	int group = vc->spatial_merge_size * vc->spatial_merge_size;
+	qw_vision_scratch none;
+	scratch_part p[SCRATCH_PARTS];
+	scratch_parts(&none, vc, p);
+	uint64_t bytes = 0;
+	for (int i = 0; i < SCRATCH_PARTS; i++)
+		bytes += (uint64_t)(p[i].per_token ? max_rows / group : max_rows) *
+			 (uint64_t)p[i].cols * elem;
+	return bytes;
+}
+
+/* The tower on scratch s whose activations hold this call's rows: patch and position
+ * embeddings, the blocks with their deepstack mergers, the merger. */
+static qw_status tower(qw_backend *be, const qw_config *cfg, const qw_weights *w,
+		       const geometry *g, const float *pixels, qw_vision_scratch *s,
+		       qw_vision_hook hook, void *hook_ctx, qw_vision_out *out, qw_err *err)
+{
+	const qw_vision_config *vc = &cfg->vision;
+	int Dv = vc->hidden_size, heads = vc->num_heads;
+	int group = vc->spatial_merge_size * vc->spatial_merge_size;
+	qw_act *x = &s->x, *h = &s->h, *q = &s->q, *k = &s->k, *v = &s->v, *a = &s->a, *f = &s->f;
 
 	/* patch embedding: the Conv3d is a Linear over each row's (c, t, y, x) values */
-	QW_TRY(be->act_write(be, &px, pixels, err));
-	qw_tensor pw = rows_view(w->patch_w, 0, Dv, in_cols);
-	QW_TRY(be->matmul(be, &x, &px, &pw, w->patch_b, err));
+	QW_TRY(be->act_write(be, &s->px, pixels, err));
+	qw_tensor pw = rows_view(w->patch_w, 0, Dv, in_cols(vc));
+	QW_TRY(be->matmul(be, x, &s->px, &pw, w->patch_b, err));
 	if (hook)
-		hook(hook_ctx, -1, &x);
-	QW_TRY(be->interp_rows(be, &pe, w->pos_embed, g.taps, g.weights, 4, err));
-	QW_TRY(be->add(be, &x, &x, &pe, err));
+		hook(hook_ctx, -1, x);
+	QW_TRY(be->interp_rows(be, &s->pe, w->pos_embed, g->taps, g->weights, 4, err));
+	QW_TRY(be->add(be, x, x, &s->pe, err));
 
 	for (int b = 0, ds = 0; b < vc->depth; b++) {
 		const qw_vision_block_weights *bw = &w->blocks[b];
@@ -177,37 +229,92 @@ qw_status qw_vision_forward(qw_backend *be, const qw_config *cfg, const qw_weigh
 		qw_tensor wv = rows_view(bw->qkv_w, 2 * Dv, Dv, Dv);
 		qw_tensor bq = rows_view(bw->qkv_b, 0, Dv, 0), bk = rows_view(bw->qkv_b, Dv, Dv, 0);
 		qw_tensor bv = rows_view(bw->qkv_b, 2 * Dv, Dv, 0);
-		QW_TRY(be->layernorm(be, &h, &x, bw->norm1_w, bw->norm1_b, 1e-6f, err));
-		QW_TRY(be->matmul(be, &q, &h, &wq, &bq, err));
-		QW_TRY(be->matmul(be, &k, &h, &wk, &bk, err));
-		QW_TRY(be->matmul(be, &v, &h, &wv, &bv, err));
-		QW_TRY(be->rope_2d(be, &q, g.pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
-		QW_TRY(be->rope_2d(be, &k, g.pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
-		QW_TRY(be->segment_attention(be, &a, &q, &k, &v, g.seg, g.n_segs, heads, err));
-		QW_TRY(be->matmul(be, &h, &a, bw->proj_w, bw->proj_b, err));
-		QW_TRY(be->add(be, &x, &x, &h, err));
-		QW_TRY(be->layernorm(be, &h, &x, bw->norm2_w, bw->norm2_b, 1e-6f, err));
-		QW_TRY(be->matmul(be, &f, &h, bw->fc1_w, bw->fc1_b, err));
-		QW_TRY(be->gelu(be, &f, true, err));
-		QW_TRY(be->matmul(be, &h, &f, bw->fc2_w, bw->fc2_b, err));
-		QW_TRY(be->add(be, &x, &x, &h, err));
+		QW_TRY(be->layernorm(be, h, x, bw->norm1_w, bw->norm1_b, 1e-6f, err));
+		QW_TRY(be->matmul(be, q, h, &wq, &bq, err));
+		QW_TRY(be->matmul(be, k, h, &wk, &bk, err));
+		QW_TRY(be->matmul(be, v, h, &wv, &bv, err));
+		QW_TRY(be->rope_2d(be, q, g->pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
+		QW_TRY(be->rope_2d(be, k, g->pos_rc, heads, Dv / heads, (float)vc->rope_theta, err));
+		QW_TRY(be->segment_attention(be, a, q, k, v, g->seg, g->n_segs, heads, err));
+		QW_TRY(be->matmul(be, h, a, bw->proj_w, bw->proj_b, err));
+		QW_TRY(be->add(be, x, x, h, err));
+		QW_TRY(be->layernorm(be, h, x, bw->norm2_w, bw->norm2_b, 1e-6f, err));
+		QW_TRY(be->matmul(be, f, h, bw->fc1_w, bw->fc1_b, err));
+		QW_TRY(be->gelu(be, f, true, err));
+		QW_TRY(be->matmul(be, h, f, bw->fc2_w, bw->fc2_b, err));
+		QW_TRY(be->add(be, x, x, h, err));
 		if (hook)
-			hook(hook_ctx, b, &x);
+			hook(hook_ctx, b, x);
 		if (ds < vc->n_deepstack && vc->deepstack_indexes[ds] == b) {
-			QW_TRY(merge(be, &w->deepstack[ds], &x, group, true, &tn, &tg, &out->deepstack[ds],
-				     err));
+			QW_TRY(merge(be, &w->deepstack[ds], x, group, true, &s->tn, &s->tg,
+				     &out->deepstack[ds], err));
 			ds++;
 		}
 	}
-	QW_TRY(merge(be, &w->merger, &x, group, false, &tn, &tg, &out->embeds, err));
-out:
-	{
-		qw_act *tmp[] = {&px, &x, &h, &q, &k, &v, &a, &f, &pe, &tn, &tg};
-		for (size_t i = 0; i < sizeof tmp / sizeof *tmp; i++)
-			if (tmp[i]->data)
-				be->act_free(be, tmp[i]);
+	return merge(be, &w->merger, x, group, false, &s->tn, &s->tg, &out->embeds, err);
+}
+
+qw_status qw_vision_forward_into(qw_backend *be, const qw_config *cfg, const qw_weights *w,
+				 const int32_t *grids, int n_images, const float *pixels, int rows,
+				 qw_vision_scratch *s, qw_vision_hook hook, void *hook_ctx,
+				 qw_vision_out *out, qw_err *err)
+{
+	const qw_vision_config *vc = &cfg->vision;
+	int group = vc->spatial_merge_size * vc->spatial_merge_size, tokens = rows / group;
+	if (rows > s->max_rows)
+		return qw_fail(err, QW_E_LIMIT, "vision: %d patches; the tower's scratch holds %d "
+			       "(HINT: the largest image is set by max-image-tokens)", rows,
+			       s->max_rows);
+	bool room = out->embeds.cap_rows >= tokens;
+	for (int j = 0; j < vc->n_deepstack; j++)
+		room = room && out->deepstack[j].cap_rows >= tokens;
+	if (!room)
+		return qw_fail(err, QW_E_ARG, "vision: the outputs hold fewer than the image's %d "
+			       "tokens", tokens);
+	geometry g = {0};
+	qw_status st = geometry_build(vc, grids, n_images, rows, &g, err);
+	if (st == QW_OK) {
+		scratch_part p[SCRATCH_PARTS];
+		scratch_parts(s, vc, p);
+		for (int i = 0; i < SCRATCH_PARTS; i++)
+			p[i].a->rows = p[i].per_token ? tokens : rows;
+		out->tokens = tokens;
+		out->n_deepstack = vc->n_deepstack;
+		out->embeds.rows = tokens;
+		for (int j = 0; j < vc->n_deepstack; j++)
+			out->deepstack[j].rows = tokens;
+		st = tower(be, cfg, w, &g, pixels, s, hook, hook_ctx, out, err);
 	}
 	geometry_free(&g);
+	return st;
+}
+
+/* The outputs for `tokens` merged tokens. */
+static qw_status out_alloc(qw_backend *be, const qw_config *cfg, int tokens, qw_vision_out *out,
+			   qw_err *err)
+{
+	int H = cfg->text.hidden_size;
+	memset(out, 0, sizeof *out);
+	QW_TRY(be->act_alloc(be, tokens, H, &out->embeds, err));
+	for (int j = 0; j < cfg->vision.n_deepstack; j++)
+		QW_TRY(be->act_alloc(be, tokens, H, &out->deepstack[j], err));
+	return QW_OK;
+}
+
+qw_status qw_vision_forward(qw_backend *be, const qw_config *cfg, const qw_weights *w,
+			    const int32_t *grids, int n_images, const float *pixels, int rows,
+			    qw_vision_hook hook, void *hook_ctx, qw_vision_out *out, qw_err *err)
+{
+	int group = cfg->vision.spatial_merge_size * cfg->vision.spatial_merge_size;
+	qw_vision_scratch s;
+	memset(out, 0, sizeof *out);
+	qw_status st = qw_vision_scratch_alloc(be, cfg, rows, &s, err);
+	if (st == QW_OK)
+		st = out_alloc(be, cfg, rows / group, out, err);
+	if (st == QW_OK)
+		st = qw_vision_forward_into(be, cfg, w, grids, n_images, pixels, rows, &s, hook,
+					    hook_ctx, out, err);
+	qw_vision_scratch_free(be, &s);
 	if (st != QW_OK)
 		qw_vision_out_free(be, out);
 	return st;

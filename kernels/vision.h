@@ -24,10 +24,35 @@ typedef struct qw_vision_out {
 typedef void (*qw_vision_hook)(void *ctx, int index, const qw_act *x);
 
 /* Runs the tower on the pixel rows of n_images images (grids (n_images, 3) in patches, rows
- * in the order qw_preprocess writes them), host fp32 pixels (rows, C*Tp*P*P). */
+ * in the order qw_preprocess writes them), host fp32 pixels (rows, C*Tp*P*P); its scratch
+ * and out are allocated for the call. */
 qw_status qw_vision_forward(qw_backend *be, const qw_config *cfg, const qw_weights *w,
 			    const int32_t *grids, int n_images, const float *pixels, int rows,
 			    qw_vision_hook hook, void *hook_ctx, qw_vision_out *out, qw_err *err);
+
+/* The tower's working activations for up to max_rows patches, made once (a daemon's stage
+ * allocates nothing per image). */
+typedef struct qw_vision_scratch {
+	int max_rows;
+	qw_act px;                           /* (max_rows, C*Tp*P*P) the pixels */
+	qw_act x, h, q, k, v, a, pe, tn;     /* (max_rows, Dv) */
+	qw_act f;                            /* (max_rows, Iv) */
+	qw_act tg;                           /* (max_rows / m^2, m^2 Dv) a merger's grouped rows */
+} qw_vision_scratch;
+
+qw_status qw_vision_scratch_alloc(qw_backend *be, const qw_config *cfg, int max_rows,
+				  qw_vision_scratch *s, qw_err *err);
+void qw_vision_scratch_free(qw_backend *be, qw_vision_scratch *s);
+/* Bytes qw_vision_scratch_alloc takes for max_rows, at elem bytes a value. */
+uint64_t qw_vision_scratch_bytes(const qw_config *cfg, int max_rows, size_t elem);
+
+/* qw_vision_forward on the caller's scratch (rows <= its max_rows, else QW_E_LIMIT) into the
+ * caller's outputs: out->embeds and out->deepstack[0, n_deepstack) hold at least rows / m^2
+ * rows each (e.g. views of a larger store) and get their rows set; nothing is allocated. */
+qw_status qw_vision_forward_into(qw_backend *be, const qw_config *cfg, const qw_weights *w,
+				 const int32_t *grids, int n_images, const float *pixels, int rows,
+				 qw_vision_scratch *s, qw_vision_hook hook, void *hook_ctx,
+				 qw_vision_out *out, qw_err *err);
 
 void qw_vision_out_free(qw_backend *be, qw_vision_out *out);
 

@@ -2,16 +2,54 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/sample.h"
+#include "kernels/step_limits.h"
 
 struct qw_kv_cache {
 	qw_kv_shape shape;
 	float *k, *v;   /* (n_layers, n_blocks * block_size, Hkv * D) */
 };
+
+/* What reserve and seal set: steps are then held to lim, and nothing more is allocated once
+ * sealed.  (The ops' own scratch is transient host memory, taken and given back per call.) */
+typedef struct cpu_ctx {
+	bool reserved, sealed;
+	qw_step_limits lim;
+} cpu_ctx;
+
+static cpu_ctx *ctx_of(qw_backend *be)
+{
+	return (cpu_ctx *)be->ctx;
+}
+
+/* need within limit l, once reserved */
+static qw_status hold(qw_backend *be, qw_limit l, long long need, const char *what, qw_err *err)
+{
+	cpu_ctx *c = ctx_of(be);
+	return c->reserved ? qw_step_limits_hold(&c->lim, l, need, "cpu", what, err) : QW_OK;
+}
+
+static qw_status reserve(qw_backend *be, const qw_step_limits *lim, qw_reserved *out, qw_err *err)
+{
+	cpu_ctx *c = ctx_of(be);
+	if (c->sealed)
+		return qw_sealed_error(err, "cpu", "a reservation");
+	c->lim = *lim;
+	c->reserved = true;
+	if (out)
+		*out = (qw_reserved){0};
+	return QW_OK;
+}
+
+static void seal(qw_backend *be)
+{
+	ctx_of(be)->sealed = true;
+}
 
 #define ROWS(a) ((size_t)(a)->rows)
 #define F(a) ((float *)(a)->data)
@@ -95,6 +133,11 @@ static double dot(const float *a, const float *b, int n)
 
 static qw_status act_alloc(qw_backend *be, int rows, int cols, qw_act *out, qw_err *err)
 {
+	if (ctx_of(be)->sealed) {
+		char what[64];
+		snprintf(what, sizeof what, "a %d x %d activation", rows, cols);
+		return qw_sealed_error(err, "cpu", what);
+	}
 	out->data = calloc((size_t)rows * (size_t)cols + 1, sizeof(float));
 	if (!out->data)
 		return qw_fail(err, QW_E_NOMEM, "cpu: out of memory for a %d x %d activation", rows,
@@ -133,6 +176,8 @@ static qw_status act_copy(qw_backend *be, qw_act *dst, const qw_act *src, qw_err
 
 static qw_status upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out, qw_err *err)
 {
+	if (ctx_of(be)->sealed)
+		return qw_sealed_error(err, "cpu", t->name ? t->name : "a tensor");
 	*out = t;   /* read in place from the mapping */
 	return QW_OK;
 }
@@ -140,6 +185,8 @@ static qw_status upload(qw_backend *be, const qw_tensor *t, const qw_tensor **ou
 static qw_status kv_alloc(qw_backend *be, const qw_kv_shape *shape, qw_kv_cache **out,
 			  qw_err *err)
 {
+	if (ctx_of(be)->sealed)
+		return qw_sealed_error(err, "cpu", "a KV cache");
 	qw_kv_cache *kv = calloc(1, sizeof *kv);
 	size_t n = (size_t)shape->n_layers * (size_t)shape->n_blocks * (size_t)shape->block_size *
 		   (size_t)shape->n_kv_heads * (size_t)shape->head_dim;
@@ -171,6 +218,7 @@ static void kv_free(qw_backend *be, qw_kv_cache *kv)
 
 static void destroy(qw_backend *be)
 {
+	free(be->ctx);
 	free(be);
 }
 
@@ -183,6 +231,7 @@ static qw_status embed(qw_backend *be, qw_act *out, const qw_tensor *table, cons
 	int64_t V = table->shape[0], H = table->shape[1];
 	if (out->cols != H)
 		return shape_error(err, "embed", "output width is not the table's");
+	QW_TRY(hold(be, QW_LIMIT_TOKENS, out->rows, "embed", err));
 	for (size_t t = 0; t < ROWS(out); t++) {
 		if (ids[t] < 0 || ids[t] >= V)
 			return qw_fail(err, QW_E_ARG, "token id %d at row %zu is outside the vocabulary "
@@ -371,6 +420,8 @@ static qw_status attention(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_c
 	size_t width = (size_t)Hkv * (size_t)D, slots = (size_t)s->n_blocks * (size_t)bs;
 	if (q->cols != n_heads * D || out->cols != q->cols || n_heads % Hkv)
 		return shape_error(err, "attention", "query width or head counts do not match");
+	if (ctx_of(be)->reserved)
+		QW_TRY(qw_step_limits_check(&ctx_of(be)->lim, batch, "cpu attention", err));
 	int max_ctx = batch->max_blocks * bs;
 	double *score = malloc((size_t)(max_ctx > 0 ? max_ctx : 1) * sizeof *score);
 	const float **krow = malloc((size_t)(max_ctx > 0 ? max_ctx : 1) * sizeof *krow * 2);
@@ -492,6 +543,7 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 	int H = x->cols, E = w->n_experts, k = w->top_k, I = w->inter;
 	if (out->cols != H || w->router->shape[0] != E || w->router->shape[1] != H || k < 1 || k > E)
 		return shape_error(err, "moe", "router, expert count or widths do not match");
+	QW_TRY(hold(be, QW_LIMIT_TOKENS, x->rows, "moe", err));
 	size_t big = (size_t)(H > 2 * I ? H : 2 * I);
 	moe_scratch s = {
 		.router = malloc((size_t)E * (size_t)H * sizeof(float)),
@@ -565,6 +617,8 @@ static qw_status sample(qw_backend *be, const qw_act *logits, const qw_sampling 
 			const qw_sample_history *history, int32_t *out_tokens,
 			qw_sample_logprobs *out_logprobs, qw_err *err)
 {
+	QW_TRY(hold(be, QW_LIMIT_LOGITS, logits->rows, "sample", err));
+	QW_TRY(hold(be, QW_LIMIT_VOCAB, logits->cols, "sample", err));
 	QW_TRY(qw_sample_check(params, history, out_logprobs, logits->rows, logits->cols, err));
 	void *scratch = malloc(qw_sample_scratch_bytes(logits->cols));
 	if (!scratch)
@@ -627,6 +681,7 @@ static qw_status rope_2d(qw_backend *be, qw_act *x, const int32_t *pos_rc, int n
 	int half = head_dim / 2, quarter = head_dim / 4;
 	if (n_heads * head_dim != x->cols || head_dim % 4 || quarter > 1024)
 		return shape_error(err, "rope_2d", "heads x head_dim is not the row width");
+	QW_TRY(hold(be, QW_LIMIT_IMAGE_ROWS, x->rows, "rope_2d", err));
 	float inv_freq[1024];
 	for (int k = 0; k < quarter; k++)   /* as HF: theta^(arange(0, D/2, 2) / (D/2)), float */
 		inv_freq[k] = 1.0f / powf(theta, (float)(2 * k) / (float)half);
@@ -645,6 +700,7 @@ static qw_status segment_attention(qw_backend *be, qw_act *out, const qw_act *q,
 	if (k->cols != width || v->cols != width || out->cols != width || width % n_heads ||
 	    seg_start[0] != 0 || seg_start[n_segs] != q->rows)
 		return shape_error(err, "segment_attention", "widths or segments do not match");
+	QW_TRY(hold(be, QW_LIMIT_IMAGE_ROWS, q->rows, "segment_attention", err));
 	int longest = 0;
 	for (int s = 0; s < n_segs; s++)
 		if (seg_start[s + 1] - seg_start[s] > longest)
@@ -682,6 +738,7 @@ static qw_status interp_rows(qw_backend *be, qw_act *out, const qw_tensor *table
 	int D = (int)table->shape[1];
 	if (out->cols != D || taps < 1 || taps > 16)
 		return shape_error(err, "interp_rows", "output width differs from the table's");
+	QW_TRY(hold(be, QW_LIMIT_IMAGE_ROWS, out->rows, "interp_rows", err));
 	float *row = malloc((size_t)D * sizeof *row);
 	if (!row)
 		return qw_fail(err, QW_E_NOMEM, "cpu interp_rows: out of memory");
@@ -722,10 +779,15 @@ static qw_status scatter_rows(qw_backend *be, qw_act *dst, const int32_t *rows, 
 qw_status qw_cpu_backend_create(qw_backend **out, qw_err *err)
 {
 	qw_backend *be = calloc(1, sizeof *be);
-	if (!be)
+	cpu_ctx *c = calloc(1, sizeof *c);
+	if (!be || !c) {
+		free(be);
+		free(c);
 		return qw_fail(err, QW_E_NOMEM, "out of memory");
+	}
 	*be = (qw_backend){
-		.name = "cpu", .act_dtype = QW_DT_F32,
+		.name = "cpu", .act_dtype = QW_DT_F32, .ctx = c,
+		.reserve = reserve, .seal = seal,
 		.act_alloc = act_alloc, .act_free = act_free, .act_write = act_write,
 		.act_read = act_read, .act_copy = act_copy, .upload = upload,
 		.kv_alloc = kv_alloc, .kv_free = kv_free, .destroy = destroy,

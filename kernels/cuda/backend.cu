@@ -11,37 +11,19 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/step_limits.h"
 #include "loader/dtype.h"
-
-static qw_status grow_dev(cuda_ctx *c, dev_buf *b, size_t bytes, qw_err *err)
-{
-	if (bytes <= b->bytes)
-		return QW_OK;
-	if (c->recording >= 0)   /* graph_begin's first sight runs the step plainly: cannot be */
-		return qw_fail(err, QW_E_ARG, "cuda: scratch grew while a step was being recorded");
-	size_t want = bytes + bytes / 2;
-	cuda_drop_graphs(c);
-	if (b->p) {
-		QW_CUDA_TRY(err, cudaStreamSynchronize(c->stream));   /* nothing may still use it */
-		QW_CUDA_TRY(err, cudaFree(b->p));
-		b->p = NULL;
-		b->bytes = 0;
-	}
-	if (cudaMalloc(&b->p, want) != cudaSuccess) {
-		cudaGetLastError();
-		b->p = NULL;
-		return qw_fail(err, QW_E_NOMEM, "cuda: out of device memory for %zu bytes of scratch",
-			       want);
-	}
-	b->bytes = want;
-	return QW_OK;
-}
 
 // ---------------------------------------------------------------------------------------
 // activations
 
 static qw_status act_alloc(qw_backend *be, int rows, int cols, qw_act *out, qw_err *err)
 {
+	if (ctx_of(be)->sealed) {
+		char what[64];
+		snprintf(what, sizeof what, "a %d x %d activation", rows, cols);
+		return qw_sealed_error(err, "cuda", what);
+	}
 	size_t bytes = (size_t)(rows > 0 ? rows : 1) * (size_t)cols * 2;
 	if (cudaMalloc(&out->data, bytes) != cudaSuccess) {
 		cudaGetLastError();
@@ -62,23 +44,11 @@ static void act_free(qw_backend *be, qw_act *a)
 	memset(a, 0, sizeof *a);
 }
 
-static qw_status host_room(cuda_ctx *c, size_t n, qw_err *err)
-{
-	if (n <= c->host_cap)
-		return QW_OK;
-	uint16_t *g = (uint16_t *)realloc(c->host_bf16, n * sizeof *g);
-	if (!g)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
-	c->host_bf16 = g;
-	c->host_cap = n;
-	return QW_OK;
-}
-
 static qw_status act_write(qw_backend *be, qw_act *dst, const float *src, qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
 	size_t n = (size_t)dst->rows * (size_t)dst->cols;
-	QW_TRY(host_room(c, n, err));
+	QW_TRY(cuda_host_room(c, n, err));
 	for (size_t i = 0; i < n; i++)
 		c->host_bf16[i] = qw_f32_to_bf16(src[i]);
 	QW_CUDA_TRY(err, cudaMemcpyAsync(dst->data, c->host_bf16, n * 2, cudaMemcpyHostToDevice,
@@ -91,7 +61,7 @@ static qw_status act_read(qw_backend *be, const qw_act *src, float *dst, qw_err 
 {
 	cuda_ctx *c = ctx_of(be);
 	size_t n = (size_t)src->rows * (size_t)src->cols;
-	QW_TRY(host_room(c, n, err));
+	QW_TRY(cuda_host_room(c, n, err));
 	QW_CUDA_TRY(err, cudaMemcpyAsync(c->host_bf16, src->data, n * 2, cudaMemcpyDeviceToHost,
 					 c->stream));
 	QW_CUDA_TRY(err, cudaStreamSynchronize(c->stream));
@@ -118,6 +88,8 @@ static qw_status begin_step(qw_backend *be, const qw_batch *b, qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
 	int T = b->n_tokens, S = b->n_seqs;
+	if (c->reserved)
+		QW_TRY(qw_step_limits_check(&c->lim, b, "cuda", err));
 	/* the rows of a sequence are consecutive, in kv_index order (the kernels rely on it) */
 	int32_t *start = (int32_t *)malloc(((size_t)S + 1) * sizeof *start);
 	if (!start)
@@ -158,26 +130,11 @@ static qw_status begin_step(qw_backend *be, const qw_batch *b, qw_err *err)
 	/* block tables padded to a power-of-two row length and the longest context rounded up
 	 * to a power of two: what the launches take from them then stays put for many decode
 	 * steps, so one step graph serves them all (kernels see only the padding, never read) */
-	int row = 4, max_kv_bucket = 256;
-	while (row < b->max_blocks)
-		row *= 2;
-	while (max_kv_bucket < max_kv)
-		max_kv_bucket *= 2;
+	int row = cuda_table_row(b->max_blocks), max_kv_bucket = cuda_kv_bucket(max_kv);
 	size_t n_ids = (size_t)T, n_pos = 3 * (size_t)T, n_tab = (size_t)S * (size_t)row;
-	size_t need = n_ids * 4 + n_pos + (size_t)S + 1 + n_tab + (size_t)b->n_logits;
+	size_t need = cuda_batch_ints(T, S, row, b->n_logits);
 	QW_CUDA_TRY(err, cudaEventSynchronize(c->batch_copied));   /* the last copy is done */
-	if (need > c->batch_cap) {
-		cudaFreeHost(c->batch_host);
-		c->batch_host = NULL;
-		c->batch_cap = 0;
-		if (cudaMallocHost((void **)&c->batch_host, need * 2 * sizeof(int32_t)) != cudaSuccess) {
-			cudaGetLastError();
-			free(start);
-			return qw_fail(err, QW_E_NOMEM, "cuda: no pinned memory for a step's batch");
-		}
-		c->batch_cap = need * 2;
-	}
-	qw_status st = grow_dev(c, &c->batch_dev, need * sizeof(int32_t), err);
+	qw_status st = cuda_batch_room(c, need, err);
 	if (st != QW_OK) {
 		free(start);
 		return st;
@@ -265,7 +222,7 @@ static qw_status dev_copy(cuda_ctx *c, const void *host, size_t n, size_t elem,
 static qw_status begin_op(cuda_ctx *c, size_t bytes, qw_err *err)
 {
 	c->small_used = 0;
-	return grow_dev(c, &c->small, bytes + 1024, err);
+	return cuda_grow_dev(c, &c->small, bytes + 1024, err);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -284,6 +241,13 @@ static qw_status bf16_weight(const char *op, const qw_tensor *t, qw_err *err)
 		return QW_OK;
 	return qw_fail(err, QW_E_ARG, "cuda %s: %s is %s; this op reads BF16 weights only", op,
 		       t->name ? t->name : "(unnamed)", qw_dtype_name(t->dtype));
+}
+
+/* A vision op's rows within the largest image reserved for. */
+static qw_status image_rows(cuda_ctx *c, int rows, const char *op, qw_err *err)
+{
+	return c->reserved ? qw_step_limits_hold(&c->lim, QW_LIMIT_IMAGE_ROWS, rows, "cuda", op, err)
+			   : QW_OK;
 }
 
 static qw_status embed(qw_backend *be, qw_act *out, const qw_tensor *table, const int32_t *ids,
@@ -383,7 +347,7 @@ static qw_status matmul_fp8(cuda_ctx *c, qw_act *out, const qw_act *x, const qw_
 		bool lt = false;
 		QW_TRY(qw_cuda_fp8_lt_supported(c->fp8_lt, &f, T, &lt, err));
 		if (lt) {
-			QW_TRY(grow_dev(c, &c->fp8_act, qw_cuda_fp8_lt_act_bytes(T, K), err));
+			QW_TRY(cuda_grow_dev(c, &c->fp8_act, qw_cuda_fp8_lt_act_bytes(T, K), err));
 			c->fp8_stats.fp8_gemms++;
 			return qw_cuda_fp8_lt_gemm(c->fp8_lt, D16(out), C16(x), &f, T, c->fp8_act.p,
 						   c->fp8_act.bytes, c->stream, err);
@@ -508,7 +472,7 @@ static qw_status attention(qw_backend *be, qw_act *out, const qw_act *q, qw_kv_c
 	if (q->cols != n_heads * D || out->cols != q->cols || n_heads % Hkv)
 		return shape_error(err, "attention", "query width or head counts do not match");
 	size_t ws = qw_cuda_attention_ws_bytes(q->rows, n_heads, D, b.max_kv_len);
-	QW_TRY(grow_dev(c, &c->attn_ws, ws, err));
+	QW_TRY(cuda_grow_dev(c, &c->attn_ws, ws, err));
 	out->rows = q->rows;
 	size_t off = (size_t)layer * kv->layer_elems;
 	return qw_cuda_attention(D16(out), C16(q), kv->k + off, kv->v + off, &b, n_heads, Hkv, D,
@@ -548,7 +512,8 @@ static qw_status sample(qw_backend *be, const qw_act *logits, const qw_sampling 
 			qw_sample_logprobs *out_logprobs, qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
-	QW_TRY(grow_dev(c, &c->sample_ws, qw_cuda_sample_ws_bytes(logits->rows, logits->cols), err));
+	QW_TRY(cuda_grow_dev(c, &c->sample_ws, qw_cuda_sample_ws_bytes(logits->rows, logits->cols),
+			      err));
 	return qw_cuda_sample(out_tokens, out_logprobs, C16(logits), logits->rows, logits->cols,
 			      params, history, c->sample_ws.p, c->sample_ws.bytes, c->stream, err);
 }
@@ -578,6 +543,7 @@ static qw_status rope_2d(qw_backend *be, qw_act *x, const int32_t *pos_rc, int n
 	cuda_ctx *c = ctx_of(be);
 	if (n_heads * head_dim != x->cols || head_dim % 4)
 		return shape_error(err, "rope_2d", "heads x head_dim is not the row width");
+	QW_TRY(image_rows(c, x->rows, "rope_2d", err));
 	const void *d_pos;
 	QW_TRY(begin_op(c, (size_t)x->rows * 8, err));
 	QW_TRY(dev_copy(c, pos_rc, 2 * (size_t)x->rows, 4, &d_pos, err));
@@ -594,6 +560,7 @@ static qw_status segment_attention(qw_backend *be, qw_act *out, const qw_act *q,
 	if (k->cols != width || v->cols != width || out->cols != width || width % n_heads ||
 	    seg_start[0] != 0 || seg_start[n_segs] != q->rows)
 		return shape_error(err, "segment_attention", "widths or segments do not match");
+	QW_TRY(image_rows(c, q->rows, "segment_attention", err));
 	int longest = 0;
 	for (int s = 0; s < n_segs; s++)
 		if (seg_start[s + 1] - seg_start[s] > longest)
@@ -614,6 +581,7 @@ static qw_status interp_rows(qw_backend *be, qw_act *out, const qw_tensor *table
 	if (out->cols != table->shape[1] || taps < 1 || taps > 16)
 		return shape_error(err, "interp_rows", "output width differs from the table's");
 	QW_TRY(bf16_weight("interp_rows", table, err));
+	QW_TRY(image_rows(c, out->rows, "interp_rows", err));
 	size_t n = (size_t)out->rows * (size_t)taps;
 	const void *d_idx, *d_w;
 	QW_TRY(begin_op(c, 2 * n * 4 + 256, err));
@@ -672,7 +640,7 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 	a.x = C16(x);
 	a.router = (const uint16_t *)w->router->data;
 	a.out = D16(out);
-	QW_TRY(grow_dev(c, &c->moe_ws, qw_cuda_moe_ws_bytes(x->rows, H, E, k, I), err));
+	QW_TRY(cuda_grow_dev(c, &c->moe_ws, qw_cuda_moe_ws_bytes(x->rows, H, E, k, I), err));
 	out->rows = x->rows;
 	return qw_cuda_moe(&a, c->moe_ws.p, c->moe_ws.bytes, c->stream, err);
 }
@@ -687,6 +655,51 @@ extern "C" qw_cuda_fp8_stats qw_cuda_backend_fp8_stats(const qw_backend *be)
 extern "C" void *qw_cuda_backend_stream(const qw_backend *be)
 {
 	return (void *)((const cuda_ctx *)be->ctx)->stream;
+}
+
+// ---------------------------------------------------------------------------------------
+// what memory.cu allocates, refused once sealed (reserve.cu)
+
+static qw_status upload(qw_backend *be, const qw_tensor *t, const qw_tensor **out, qw_err *err)
+{
+	QW_TRY(cuda_unsealed(ctx_of(be), t->name ? t->name : "a tensor", err));
+	return cuda_upload(be, t, out, err);
+}
+
+static qw_status synthesize(qw_backend *be, const qw_tensor *t, uint64_t s0, double mean,
+			    double std, const qw_tensor **out, qw_err *err)
+{
+	QW_TRY(cuda_unsealed(ctx_of(be), t->name ? t->name : "a tensor", err));
+	return cuda_synthesize(be, t, s0, mean, std, out, err);
+}
+
+static qw_status fuse_rows(qw_backend *be, const qw_tensor *const *parts, int n,
+			   const qw_tensor **out, qw_err *err)
+{
+	QW_TRY(cuda_unsealed(ctx_of(be), "a fused weight", err));
+	return cuda_fuse_rows(be, parts, n, out, err);
+}
+
+static qw_status kv_alloc(qw_backend *be, const qw_kv_shape *shape, qw_kv_cache **out,
+			  qw_err *err)
+{
+	QW_TRY(cuda_unsealed(ctx_of(be), "a KV cache", err));
+	return cuda_kv_alloc(be, shape, out, err);
+}
+
+static qw_status prepare_experts(qw_backend *be, const qw_moe_weights *w,
+				 const qw_tensor **gate_up, const qw_tensor **down, qw_err *err)
+{
+	QW_TRY(cuda_unsealed(ctx_of(be), "an MoE layer's experts", err));
+	return cuda_prepare_experts(be, w, gate_up, down, err);
+}
+
+/* Step graphs name the cache by address: they go with it. */
+static void kv_free(qw_backend *be, qw_kv_cache *kv)
+{
+	cudaStreamSynchronize(ctx_of(be)->stream);
+	cuda_drop_graphs(ctx_of(be));
+	cuda_kv_free(be, kv);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -772,16 +785,18 @@ extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err
 	be->act_write = act_write;
 	be->act_read = act_read;
 	be->act_copy = act_copy;
-	be->upload = cuda_upload;
-	be->kv_alloc = cuda_kv_alloc;
-	be->kv_free = cuda_kv_free;
+	be->upload = upload;
+	be->kv_alloc = kv_alloc;
+	be->kv_free = kv_free;
 	be->destroy = destroy;
-	be->free_memory = cuda_free_memory;
+	be->free_memory = cuda_step_free_memory;
+	be->reserve = cuda_reserve;
+	be->seal = cuda_seal;
 	be->begin_step = begin_step;
 	be->graph_begin = cuda_graph_begin;
 	be->graph_end = cuda_graph_end;
-	be->synthesize = cuda_synthesize;
-	be->prepare_experts = cuda_prepare_experts;
+	be->synthesize = synthesize;
+	be->prepare_experts = prepare_experts;
 	be->embed = embed;
 	be->rmsnorm = rmsnorm;
 	be->add_rmsnorm = add_rmsnorm;
@@ -792,7 +807,7 @@ extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err
 	be->silu_mul = silu_mul;
 	be->kv_write = kv_write;
 	be->qk_norm_rope_kv = qk_norm_rope_kv;
-	be->fuse_rows = cuda_fuse_rows;
+	be->fuse_rows = fuse_rows;
 	be->attention = attention;
 	be->moe = moe;
 	be->gather_rows = gather_rows;

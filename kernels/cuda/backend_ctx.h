@@ -1,7 +1,8 @@
 /* backend_ctx.h - the CUDA backend's state, shared by the files that make it up (CUDA C++
  * only, private to kernels/cuda/): backend.cu (the op table, activations, the step's batch,
  * create and destroy), memory.cu (the weights and KV caches the backend owns), experts.cu
- * (MoE experts re-laid out at load) and step_graphs.cu (recorded decode steps).
+ * (MoE experts re-laid out at load), step_graphs.cu (recorded decode steps) and reserve.cu
+ * (step memory: its buffers sized at reserve, the graphs' share, the seal).
  *
  * Owns: cuda_ctx and the records it keeps (owned tensors, step graphs, growing device
  * buffers), and the functions one of those files gives the others.
@@ -20,6 +21,11 @@
 #define KV_HEADROOM (1ull << 30)        /* free memory kept back from the KV cache */
 #define GRAPH_SLOTS 64                  /* step graphs kept, the least recently used replaced */
 #define GRAPH_KEY_MAX 96
+#define GRAPH_BYTES_MIN (2ull << 20)    /* device memory one step graph is taken to need, at
+					   least (the driver's allocations come in 2 MiB) */
+#define GRAPH_BYTES_MAX (64ull << 20)   /* more measured for one recording is another process's
+					   allocation in the same moment (stages sharing a GPU,
+					   in tests), not the graph's */
 
 struct qw_kv_cache {
 	qw_kv_shape shape;
@@ -90,6 +96,14 @@ typedef struct cuda_ctx {
 	uint64_t graph_clock;
 	int recording;              /* the slot being recorded, or -1 */
 	qw_cuda_graph_stats graph_stats;
+	uint64_t graph_each;        /* the most device memory one recording took (measured) */
+	uint64_t graph_used;        /* what recordings since seal took, summed as measured (an
+				       upper bound: the driver may reuse a replaced graph's) */
+	/* reserve and seal (reserve.cu) */
+	bool reserved;              /* the buffers above are sized for lim and never grow */
+	qw_step_limits lim;
+	bool sealed;                /* nothing is allocated any more */
+	uint64_t free_at_seal;      /* the device's free memory then */
 } cuda_ctx;
 
 static inline cuda_ctx *ctx_of(qw_backend *be)
@@ -130,6 +144,35 @@ void cuda_release_moved(owned_tensor *o);
  * parts' memory freed; fused ones checked. */
 qw_status cuda_prepare_experts(qw_backend *be, const qw_moe_weights *w,
 			       const qw_tensor **gate_up, const qw_tensor **down, qw_err *err);
+
+// -- reserve.cu: step memory ----------------------------------------------------------------
+
+/* b holding at least `bytes`: grown (by half again) before reserve, an error after it. */
+qw_status cuda_grow_dev(cuda_ctx *c, dev_buf *b, size_t bytes, qw_err *err);
+/* host_bf16 holding at least n values (host memory: it may grow). */
+qw_status cuda_host_room(cuda_ctx *c, size_t n, qw_err *err);
+/* The step's batch: `ints` of pinned host and device memory (an error past reserve's). */
+qw_status cuda_batch_room(cuda_ctx *c, size_t ints, qw_err *err);
+/* ints of a step's batch copy: T tokens, S sequences, block-table rows of `row`, n_logits */
+size_t cuda_batch_ints(int T, int S, int row, int n_logits);
+/* begin_step's block-table row (a power of two, at least 4) and context bucket (a power of
+ * two, at least 256): what step graphs share */
+int cuda_table_row(int max_blocks);
+int cuda_kv_bucket(int max_kv);
+qw_status cuda_reserve(qw_backend *be, const qw_step_limits *lim, qw_reserved *out,
+		       qw_err *err);
+void cuda_seal(qw_backend *be);
+/* QW_E_LIMIT naming `what` once sealed */
+qw_status cuda_unsealed(const cuda_ctx *c, const char *what, qw_err *err);
+/* Device memory kept free for step graphs: GRAPH_SLOTS of the largest measured (0 unless the
+ * limits say graphs are recorded). */
+uint64_t cuda_graph_budget(const cuda_ctx *c);
+/* Whether one more graph fits in what is kept for them (always before seal): what the
+ * recordings since seal took, and the largest one again, within the budget.  Measured per
+ * recording, not against the device's free memory, which stages sharing a GPU also move. */
+bool cuda_graph_room(const cuda_ctx *c);
+/* free_memory: the device's free memory less the headroom and the graphs' share. */
+uint64_t cuda_step_free_memory(qw_backend *be);
 
 // -- step_graphs.cu: recorded decode steps -------------------------------------------------
 

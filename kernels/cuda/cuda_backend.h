@@ -24,6 +24,10 @@
  * steps can be recorded as CUDA graphs and replayed (graph_begin): a step's block tables are
  * padded to a power-of-two row length and its longest context rounded up to a power of two,
  * so steps of one batch size share a graph for many tokens.
+ * reserve sizes every buffer a step uses from the step limits (nothing grows after: a step
+ * past them is QW_E_LIMIT) and keeps device memory free for GRAPH_SLOTS step graphs (their
+ * size measured as they are recorded); once sealed it allocates nothing, and records a graph
+ * only while the memory kept for them holds one more.
  */
 #ifndef QW_KERNELS_CUDA_CUDA_BACKEND_H
 #define QW_KERNELS_CUDA_CUDA_BACKEND_H
@@ -46,6 +50,8 @@ typedef struct qw_cuda_graph_stats {
 	uint64_t recorded;   /* graphs recorded */
 	uint64_t replayed;   /* steps that replayed one */
 	uint64_t refused;    /* recordings that failed (those steps ran plainly) */
+	uint64_t over_budget;/* recordings not made after seal: the memory kept for graphs was
+				spent (those steps ran plainly) */
 } qw_cuda_graph_stats;
 
 /* be must be a CUDA backend. */
@@ -72,6 +78,23 @@ qw_cuda_fp8_stats qw_cuda_backend_fp8_stats(const qw_backend *be);
  * layer.  For tests that fill or read the cache directly. */
 bool qw_cuda_backend_kv_layer(const qw_kv_cache *kv, int layer, void **k, void **v,
 			      size_t *bytes);
+
+/* What reserve took and seal saw (for tests and logs). */
+typedef struct qw_cuda_reservation {
+	uint64_t scratch_bytes;  /* the step buffers' device memory (with upload's FP8
+				    dequantisation scratch) */
+	uint64_t graph_budget;   /* device memory kept free for step graphs */
+	uint64_t graph_each;     /* the most one recording took, as measured */
+	uint64_t graph_used;     /* what recordings since seal took, summed as measured */
+	uint64_t free_at_seal;   /* the device's free memory when sealed */
+	bool reserved, sealed;
+} qw_cuda_reservation;
+
+/* be must be a CUDA backend. */
+qw_cuda_reservation qw_cuda_backend_reservation(const qw_backend *be);
+
+/* The free memory of be's device now (cudaMemGetInfo), 0 if it cannot be read. */
+uint64_t qw_cuda_backend_device_free(const qw_backend *be);
 
 /* The stream (a cudaStream_t) all of be's work runs on, for benchmarks that time ops with
  * events. */

@@ -1,6 +1,10 @@
 /* step_graphs.cu - decode steps recorded once as CUDA graphs and replayed (the op table's
  * graph_begin / graph_end): a cache of GRAPH_SLOTS executable graphs keyed by what the
- * caller's launches and the step's own depend on, the least recently used replaced.  See
+ * caller's launches and the step's own depend on, the least recently used replaced.  An
+ * executable graph takes device memory of the driver's when it is instantiated and
+ * uploaded: each recording measures it, reserve keeps GRAPH_SLOTS of the largest free
+ * (reserve.cu), and after seal a graph is recorded only while what the recordings since
+ * took leaves room for one more.  See
  * backend_ctx.h and kernels/ops.h. */
 #include <string.h>
 
@@ -42,6 +46,10 @@ qw_status cuda_graph_begin(qw_backend *be, const void *key, size_t key_bytes, bo
 				QW_CUDA_TRY(err, cudaGraphLaunch(g->exec, c->stream));
 				c->graph_stats.replayed++;
 				*replayed = true;
+			} else if (!g->refused && !cuda_graph_room(c)) {
+				/* the memory kept for graphs is spent: this shape runs plainly */
+				g->refused = true;
+				c->graph_stats.over_budget++;
 			} else if (!g->refused) {
 				/* second sight: the first ran plainly and grew every buffer it needs */
 				QW_CUDA_TRY(err, cudaStreamBeginCapture(c->stream,
@@ -77,12 +85,24 @@ qw_status cuda_graph_end(qw_backend *be, bool ok, bool *launched, qw_err *err)
 	c->recording = -1;
 	cudaGraph_t graph = NULL;
 	cudaError_t ce = cudaStreamEndCapture(c->stream, &graph);
-	if (ok && ce == cudaSuccess && graph)
+	size_t free_before = 0, free_after = 0, total = 0;
+	if (ok && ce == cudaSuccess && graph && (ce = cudaMemGetInfo(&free_before, &total)) ==
+	    cudaSuccess)
 		ce = cudaGraphInstantiate(&g->exec, graph, 0);
+	/* the upload now, not at the first launch, so that its memory is measured with the rest */
+	if (ok && ce == cudaSuccess && g->exec && (ce = cudaGraphUpload(g->exec, c->stream)) ==
+	    cudaSuccess && (ce = cudaMemGetInfo(&free_after, &total)) == cudaSuccess &&
+	    free_before > free_after && free_before - free_after <= GRAPH_BYTES_MAX) {
+		uint64_t took = free_before - free_after;
+		c->graph_each = took > c->graph_each ? took : c->graph_each;
+		c->graph_used += c->sealed ? took : 0;
+	}
 	if (graph)
 		cudaGraphDestroy(graph);
 	if (!ok || ce != cudaSuccess || !g->exec) {
 		cudaGetLastError();   /* a failed capture leaves no sticky error to report later */
+		if (g->exec)
+			cudaGraphExecDestroy(g->exec);
 		g->exec = NULL;
 		g->refused = true;
 		c->graph_stats.refused++;

@@ -66,6 +66,15 @@ static void forget_handle(sim *m, int k)
 {
 	m->handles[k] = m->handles[--m->n_handles];
 	m->seeds[k] = m->seeds[m->n_handles];
+	m->tokens[k] = m->tokens[m->n_handles];
+}
+
+static int tokens_held(const sim *m)
+{
+	int held = 0;
+	for (int i = 0; i < m->n_handles; i++)
+		held += m->tokens[i];
+	return held;
 }
 
 /* Stage 0: which image and row each of the plan's image rows carries. */
@@ -91,8 +100,13 @@ static void image_rows(sim *m, const qw_step_plan *p, int *seed_of_row, int *row
 			free(want);
 			m->handles[m->n_handles] = im->handle;
 			m->seeds[m->n_handles] = seed;
+			m->tokens[m->n_handles] = im->n_tokens;
 			m->fresh[seed]++;
 			k = m->n_handles++;
+			if (tokens_held(m) > m->held_peak)
+				m->held_peak = tokens_held(m);
+			if (im->first + im->count < im->n_tokens && tokens_held(m) > m->held_split)
+				m->held_split = tokens_held(m);
 		}
 		assert_true(k >= 0);   /* features of a later segment are still there */
 		for (int c = 0; c < im->count; c++) {
@@ -103,6 +117,8 @@ static void image_rows(sim *m, const qw_step_plan *p, int *seed_of_row, int *row
 		if (im->first + im->count == im->n_tokens)
 			forget_handle(m, k);
 	}
+	if (tokens_held(m) > m->held_after)
+		m->held_after = tokens_held(m);
 }
 
 /* Each logit row's history against the reference's tokens so far. */

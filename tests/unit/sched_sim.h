@@ -18,7 +18,8 @@
  * the arena and the features of an image's later rows are still on stage 0; and every
  * logit row of a sequence with penalties carries, in the arena, its history exactly as the
  * reference's tokens so far make it (each distinct token once, its generated count and
- * whether the prompt holds it), and no other row carries one.
+ * whether the prompt holds it), and no other row carries one; it counts the image tokens
+ * stage 0 holds (at most, and from one step to the next).
  */
 #ifndef QW_TESTS_SCHED_SIM_H
 #define QW_TESTS_SCHED_SIM_H
@@ -57,7 +58,12 @@ typedef struct sim {
 	uint8_t *arena;
 	uint64_t handles[256];                 /* stage 0's images: handle -> seed */
 	uint8_t seeds[256];
+	int tokens[256];                       /* and its tokens */
 	int n_handles;
+	int held_peak;                         /* the most image tokens stage 0 held at once */
+	int held_after;                        /* the most it held from one step to the next */
+	int held_split;                        /* the most it held as an image came that a
+						  step split (that image included) */
 	int fresh[256];                        /* by seed: times stage 0 ran the vision tower */
 	int steps, max_logits_per_step;
 	qw_sched *s;

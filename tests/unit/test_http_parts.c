@@ -516,8 +516,9 @@ static void test_metrics(void **state)
 	json_t *st = json_loads("{\"state\": \"loading\", \"requests\": {\"running\": 2, \"queued\": 5,"
 				" \"preempted\": 1, \"served\": 9}, \"kv\": {\"blocks_used\": 3, "
 				"\"blocks_total\": 12}, \"load\": {\"bytes_done\": 25, \"bytes_total\": "
-				"100}, \"stages\": [{\"weight_bytes\": 7, \"kv_bytes\": 8}, "
-				"{\"weight_bytes\": 9, \"kv_bytes\": 10}], \"restarts\": 4}", 0, NULL);
+				"100}, \"stages\": [{\"weight_bytes\": 7, \"kv_bytes\": 8, \"step_bytes\": 5}, "
+				"{\"weight_bytes\": 9, \"kv_bytes\": 10, \"step_bytes\": 6}], "
+				"\"restarts\": 4}", 0, NULL);
 	g.qwend_up = true;
 	text = qh_metrics_render(&m, &g, st, "m");
 	assert_contains(text, "qwen:daemon_state{model_name=\"m\",state=\"loading\"} 1\n");
@@ -526,6 +527,7 @@ static void test_metrics(void **state)
 	assert_contains(text, "qwen:num_requests_waiting{model_name=\"m\"} 5\n");
 	assert_contains(text, "qwen:kv_cache_usage_perc{model_name=\"m\"} 0.25\n");
 	assert_contains(text, "qwen:stage_kv_cache_bytes{model_name=\"m\",stage=\"1\"} 10\n");
+	assert_contains(text, "qwen:stage_step_bytes{model_name=\"m\",stage=\"1\"} 6\n");
 	assert_contains(text, "qwen:load_progress_ratio{model_name=\"m\"} 0.25\n");
 	assert_contains(text, "qwen:restarts_total{model_name=\"m\"} 4\n");
 	assert_contains(text, "qwen:daemon_requests_total{model_name=\"m\",outcome=\"served\"} 9\n");

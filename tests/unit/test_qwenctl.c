@@ -587,7 +587,8 @@ static const char status_ready[] =
 	"\"thinking\": true}, \"device\": \"cuda\", \"load\": {\"bytes_done\": 504658657280, "
 	"\"bytes_total\": 504658657280}, \"stages\": [{\"index\": 0, \"layers\": [0, 24], "
 	"\"pid\": 123, \"state\": \"ready\", \"device\": \"cuda:0\", \"weight_bytes\": "
-	"129385889792, \"kv_bytes\": 12884901888}, {\"index\": 1, \"layers\": [24, 94], \"pid\": "
+	"129385889792, \"kv_bytes\": 12884901888, \"step_bytes\": 3221225472, "
+	"\"device_free_bytes\": 1610612736}, {\"index\": 1, \"layers\": [24, 94], \"pid\": "
 	"124, \"state\": \"ready\", \"device\": \"cuda:1\", \"weight_bytes\": 375809638400, "
 	"\"kv_bytes\": 12884901888, \"extra\": [1, 2]}], \"kv\": {\"blocks_total\": 5000, "
 	"\"blocks_used\": 1250, \"blocks_cached\": 300, \"blocks_free\": 3450, "
@@ -627,7 +628,7 @@ static void test_status(void **state)
 	/* bytes in binary units, as the log writes them; layers [begin, end) as the log */
 	assert_contains(out, "100.0% (470.00 GiB of 470.00 GiB)");
 	assert_contains(out, "stage 0     layers [0, 24)     pid 123     ready      cuda:0  weights "
-			"120.50 GiB  KV 12.00 GiB");
+			"120.50 GiB  KV 12.00 GiB  steps 3.00 GiB  free 1.50 GiB\n");
 	assert_contains(out, "stage 1     layers [24, 94)    pid 124");
 	assert_contains(out, "1250 / 5000 blocks (25.0%), 300 cached, 20000 / 80000 tokens (25.0%), "
 			"16 tokens a block");

@@ -5,7 +5,9 @@
  *   - 16 clients at once (text and image chat prompts of mixed lengths, through a 3-stage
  *     pipeline) each get exactly the tokens and text they get alone;
  *   - qwenctl against the real daemon: submit with an image, status, bench, shutdown;
- *   - tokenize / detokenize, the prompt's ids in accepted, and the thinking switch. */
+ *   - tokenize / detokenize, the prompt's ids in accepted, and the thinking switch;
+ *   - step memory reserved at load: reported per stage, images split over steps served
+ *     from it, and on CUDA the GPU's free memory unchanged from ready on. */
 #include "tests/unit/qwend_harness.h"
 
 #include <png.h>
@@ -13,10 +15,49 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli/client.h"
 #include "daemon/image/image.h"
 #include "loader/checkpoint.h"
+
+/* Whether the daemon's tests run on the CUDA backend (QWEND_TEST_DEVICE=cuda). */
+static bool on_cuda(void)
+{
+	const char *device = getenv("QWEND_TEST_DEVICE");
+	return device && !strcmp(device, "cuda");
+}
+
+/* A fixture model's text and image cases: their ids, HF's greedy tokens (on the CUDA
+ * backend, bf16, HF's own bf16 ones), and the image. */
+typedef struct hf_cases {
+	int32_t *ids_s, *ids_i, *want_s, *want_i;
+	int n_short, n_image, n_want_s, n_want_i;
+	membuf png;
+	qw_item image;
+} hf_cases;
+
+static void hf_cases_load(hf_cases *c, const char *model)
+{
+	bool bf16 = on_cuda();
+	c->ids_s = fixture_ids(model, "short.input_ids", &c->n_short);
+	c->ids_i = fixture_ids(model, "image.input_ids", &c->n_image);
+	c->want_s = fixture_ids(model, bf16 ? "short.bf16.greedy_tokens"
+					    : "short.fp32.greedy_tokens", &c->n_want_s);
+	c->want_i = fixture_ids(model, bf16 ? "image.bf16.greedy_tokens"
+					    : "image.fp32.greedy_tokens", &c->n_want_i);
+	c->png = fixture_png(model);
+	c->image = (qw_item){QW_ITEM_IMAGE, (const char *)c->png.p, c->png.n};
+}
+
+static void hf_cases_free(hf_cases *c)
+{
+	free(c->png.p);
+	free(c->ids_s);
+	free(c->ids_i);
+	free(c->want_s);
+	free(c->want_i);
+}
 
 /* HF's greedy tokens through the daemon, for the text and the image case, at 1 and 3
  * stages; and the same tokens with every hand-over checksummed. */
@@ -26,46 +67,32 @@ static void test_fixture_tokens(void **state)
 	for (int m = 0; m < 2; m++) {
 		char dir[256];
 		snprintf(dir, sizeof dir, "hf/%s/model", models[m]);
-		int n_short, n_image, n_want_s, n_want_i;
-		int32_t *ids_s = fixture_ids(models[m], "short.input_ids", &n_short);
-		int32_t *ids_i = fixture_ids(models[m], "image.input_ids", &n_image);
-		/* on the CUDA backend (bf16), HF's own bf16 greedy tokens */
-		const char *device = getenv("QWEND_TEST_DEVICE");
-		bool bf16 = device && !strcmp(device, "cuda");
-		int32_t *want_s = fixture_ids(models[m], bf16 ? "short.bf16.greedy_tokens"
-							      : "short.fp32.greedy_tokens", &n_want_s);
-		int32_t *want_i = fixture_ids(models[m], bf16 ? "image.bf16.greedy_tokens"
-							      : "image.fp32.greedy_tokens", &n_want_i);
-		membuf png = fixture_png(models[m]);
-		qw_item image = {QW_ITEM_IMAGE, (const char *)png.p, png.n};
+		hf_cases c;
+		hf_cases_load(&c, models[m]);
 		const char *stages[] = {"1", "3", "3"};
 		for (int k = 0; k < 3; k++) {
 			const char *args[] = {"--stages", stages[k], "--kv-blocks", "64",
 					      "--check-transport", k == 2 ? "yes" : "no", NULL};
 			qwend d;
 			qwend_start(&d, fixture(dir), args, NULL, true);
-			qw_request rs = token_request(ids_s, n_short, n_want_s, NULL, 0);
-			qw_request ri = token_request(ids_i, n_image, n_want_i, &image, 1);
+			qw_request rs = token_request(c.ids_s, c.n_short, c.n_want_s, NULL, 0);
+			qw_request ri = token_request(c.ids_i, c.n_image, c.n_want_i, &c.image, 1);
 			outcome os, oi;
 			run_request(d.endpoint, &rs, &os);
 			run_request(d.endpoint, &ri, &oi);
 			char what[128];
 			snprintf(what, sizeof what, "%s, %s stage%s%s, text", models[m], stages[k],
 				 k ? "s" : "", k == 2 ? ", checked" : "");
-			expect_tokens(&os, want_s, n_want_s, "HF", what);
+			expect_tokens(&os, c.want_s, c.n_want_s, "HF", what);
 			assert_string_equal(os.finish, "length");
 			snprintf(what, sizeof what, "%s, %s stage%s, image", models[m], stages[k],
 				 k ? "s" : "");
-			expect_tokens(&oi, want_i, n_want_i, "HF", what);
+			expect_tokens(&oi, c.want_i, c.n_want_i, "HF", what);
 			outcome_free(&os);
 			outcome_free(&oi);
 			qwend_stop(&d);
 		}
-		free(png.p);
-		free(ids_s);
-		free(ids_i);
-		free(want_s);
-		free(want_i);
+		hf_cases_free(&c);
 	}
 }
 
@@ -86,6 +113,18 @@ static membuf gradient_png(int w, int h, int seed)
 }
 
 #define CLIENTS 16
+
+/* Each of reqs alone, then all at once; none may fail. */
+static void alone_and_together(const char *endpoint, const qw_request *reqs, int n,
+			       outcome *alone, outcome *together)
+{
+	for (int i = 0; i < n; i++)
+		run_request(endpoint, &reqs[i], &alone[i]);
+	run_concurrently(endpoint, reqs, n, together);
+	for (int i = 0; i < n; i++)
+		if (alone[i].code[0] || together[i].code[0])
+			fail_msg("request %d: %s %s", i, alone[i].message, together[i].message);
+}
 
 /* 16 clients at once through a 3-stage pipeline: each gets what it gets alone. */
 static void test_concurrent_clients(void **state)
@@ -116,12 +155,8 @@ static void test_concurrent_clients(void **state)
 				       .top_k = -1, .stream = true};
 	}
 	outcome alone[CLIENTS], together[CLIENTS];
-	for (int i = 0; i < CLIENTS; i++)
-		run_request(d.endpoint, &reqs[i], &alone[i]);
-	run_concurrently(d.endpoint, reqs, CLIENTS, together);
+	alone_and_together(d.endpoint, reqs, CLIENTS, alone, together);
 	for (int i = 0; i < CLIENTS; i++) {
-		if (alone[i].code[0] || together[i].code[0])
-			fail_msg("client %d: %s %s", i, alone[i].message, together[i].message);
 		assert_int_equal(alone[i].n_tokens, 6 + i % 7);
 		assert_int_equal(together[i].n_tokens, alone[i].n_tokens);
 		if (memcmp(alone[i].tokens, together[i].tokens,
@@ -398,6 +433,126 @@ static void test_qwenctl(void **state)
 	scratch_free(d.dir);
 }
 
+/* The GPU's free memory as each of n stages reports it (0 on the CPU backend, where there is
+ * none), once every stage has been idle since the last change: an idle worker looks again
+ * every 0.5 s, and stages sharing a GPU each see the others' allocations. */
+static void stages_free(qwend *d, bool cuda, json_int_t *out, int n)
+{
+	if (cuda)
+		usleep(1500 * 1000);
+	json_t *s = qwend_status(d);
+	json_t *stages = json_object_get(s, "stages");
+	for (int i = 0; i < n; i++) {
+		json_t *f = json_object_get(json_array_get(stages, (size_t)i), "device_free_bytes");
+		assert_true(cuda ? f != NULL : f == NULL);
+		out[i] = json_integer_value(f);
+	}
+	json_decref(s);
+}
+
+/* The free memory of n stages now equals what it was (nothing allocated since). */
+static void free_unchanged(qwend *d, bool cuda, const json_int_t *before, int n)
+{
+	json_int_t now[8];
+	assert_true(n <= 8);
+	stages_free(d, cuda, now, n);
+	for (int i = 0; i < n; i++)
+		if (now[i] != before[i])
+			fail_msg("stage %d: the GPU had %lld bytes free at ready, %lld after the "
+				 "requests", i, (long long)before[i], (long long)now[i]);
+}
+
+/* Step memory is reserved at load and nothing grows once ready (issue 17): every stage
+ * reports what it reserved for steps, stage 0 more (its vision tower and the features of
+ * images split across steps); four image requests and a text one at once, in steps of 16
+ * tokens (so each image is split over steps), get HF's tokens; and on the CUDA backend
+ * (QWEND_TEST_DEVICE=cuda) the GPU's free memory each stage reports stays what it was at
+ * ready across them (step graphs off: with them on, recordings take from memory kept free
+ * for them, which tests/gpu/test_cuda_reserve holds). */
+static void test_step_memory(void **state)
+{
+	bool cuda = on_cuda();
+	hf_cases c;
+	hf_cases_load(&c, "tiny-moe");
+	const char *args[] = {"--stages", "3", "--kv-blocks", "256", "--max-batch-tokens", "16",
+			      "--cuda-graphs", "no", NULL};
+	qwend d;
+	qwend_start(&d, fixture("hf/tiny-moe/model"), args, NULL, true);
+	json_int_t free_at_ready[3];
+	stages_free(&d, cuda, free_at_ready, 3);
+	json_t *s = qwend_status(&d);
+	json_int_t step[3];
+	for (size_t i = 0; i < 3; i++) {
+		step[i] = json_integer_value(json_object_get(
+			json_array_get(json_object_get(s, "stages"), i), "step_bytes"));
+		assert_true(step[i] > 0);
+	}
+	assert_true(step[0] > step[1]);   /* the vision tower and its image store */
+	json_decref(s);
+	qw_request reqs[5];
+	for (int i = 0; i < 4; i++)
+		reqs[i] = token_request(c.ids_i, c.n_image, c.n_want_i, &c.image, 1);
+	reqs[4] = token_request(c.ids_s, c.n_short, c.n_want_s, NULL, 0);
+	assert_true(c.n_image > 3 * 16);   /* the image's tokens span steps */
+	outcome out[5];
+	run_concurrently(d.endpoint, reqs, 5, out);
+	for (int i = 0; i < 5; i++) {
+		bool img = i < 4;
+		expect_tokens(&out[i], img ? c.want_i : c.want_s, img ? c.n_want_i : c.n_want_s,
+			      "HF", img ? "an image in steps of 16 tokens" : "text beside them");
+		outcome_free(&out[i]);
+	}
+	free_unchanged(&d, cuda, free_at_ready, 3);
+	qwend_stop(&d);
+	hf_cases_free(&c);
+}
+
+/* The issue's first request: a Qwen3-MoE checkpoint in the hub's per-expert layout (a
+ * reduced Qwen3-30B-A3B) with the KV cache sized at kv-memory 0.95 of what is left, serving
+ * requests of the largest batch shape (8 sequences of 64-token prompts in steps of 64 tokens,
+ * then decoding together) at once: each gets the tokens it gets alone, and on CUDA the
+ * GPU's free memory stays what it was at ready (whatever the experts' re-layout takes is
+ * taken before the cache is sized). */
+static void test_per_expert_at_kv_memory_95(void **state)
+{
+	char *dir = scratch_new(), *out;
+	int rc = run_capture(&out, "%s export-reduced --config %s --out %s --num-layers 2 "
+			     "--override-vocab 1024 --override-hidden 128 --override-heads 4 "
+			     "--override-kv-heads 2 --override-head-dim 32 --override-num-experts 8 "
+			     "--override-top-k 2 --override-moe-intermediate 48",
+			     program("qwen-ckpt"), fixture("configs/Qwen3-30B-A3B.json"), dir);
+	if (rc != 0)
+		fail_msg("%s", out);
+	free(out);
+	bool cuda = on_cuda();
+	qwend d;
+	qwend_start(&d, dir, (const char *[]){"--stages", "2", "--kv-memory", "0.95",
+					      "--max-batch-tokens", "64", "--max-seqs", "8",
+					      "--cuda-graphs", "no", NULL}, NULL, true);
+	json_int_t free_at_ready[2];
+	stages_free(&d, cuda, free_at_ready, 2);
+	enum { N = 8, PROMPT = 64, NEW = 6 };
+	static int32_t ids[N][PROMPT];
+	qw_request reqs[N];
+	for (int i = 0; i < N; i++) {
+		for (int t = 0; t < PROMPT; t++)
+			ids[i][t] = (int32_t)((i * 131 + t * 17 + 5) % 1000);
+		reqs[i] = token_request(ids[i], PROMPT, NEW, NULL, 0);
+	}
+	outcome alone[N], together[N];
+	alone_and_together(d.endpoint, reqs, N, alone, together);
+	for (int i = 0; i < N; i++) {
+		expect_tokens(&together[i], alone[i].tokens, alone[i].n_tokens, "its own",
+			      "eight at once");
+		assert_int_equal(together[i].n_tokens, NEW);
+		outcome_free(&alone[i]);
+		outcome_free(&together[i]);
+	}
+	free_unchanged(&d, cuda, free_at_ready, 2);
+	qwend_stop(&d);
+	scratch_free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -406,6 +561,8 @@ int main(void)
 		cmocka_unit_test(test_synthetic),
 		cmocka_unit_test(test_qwenctl),
 		cmocka_unit_test(test_tokenize),
+		cmocka_unit_test(test_step_memory),
+		cmocka_unit_test(test_per_expert_at_kv_memory_95),
 	};
 	return cmocka_run_group_tests_name("qwend", tests, NULL, NULL);
 }

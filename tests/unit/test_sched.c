@@ -208,6 +208,60 @@ static void test_history_waits_for_room(void **state)
 	sim_end(&s, &m, &big, 1);
 }
 
+/* Images split across steps stay on stage 0, whose memory for them is fixed (vision_tokens
+ * V): a step that would split an image while the ones split before it hold too many tokens
+ * stops before it.  A load of prompts with images of 4, 6 and 8 tokens, in steps of 6 tokens
+ * with an arena for two images (so a sequence whose image did not fit waits while a later one
+ * splits its own): without the limit stage 0 holds 12 tokens from one step to the next; with
+ * V 8 at most 8 (and 16 while it sees the next image), every sequence gets its solo tokens,
+ * prefix cache off and on.  An image larger than V is refused. */
+static void held_images(int vision_tokens, bool cache, sim *m)
+{
+	qw_sched s;
+	sim_make_arena(&s, m, 3, 6, 4, 400, cache, 2 * 12288);
+	s.o.vision_tokens = vision_tokens;
+	sim_seq xs[12];
+	uint64_t rng = 2;
+	for (int i = 0; i < 12; i++) {
+		sim_seq_random(&xs[i], (uint64_t)(i + 1), 30 + (int)((rng >> 20) % 60), 3,
+			       1 + i % 4, &rng);
+		qw_err err = {0};
+		if (qw_sched_submit(&s, &xs[i].q, xs[i].max_new, &err) != QW_OK)
+			fail_msg("%s", err.msg);
+	}
+	sim_drive(m);
+	sim_check(xs, 12);
+	assert_int_equal(m->n_handles, 0);
+	assert_int_equal(s.running.n + s.queue.n, 0);
+	sim_end(&s, m, xs, 12);
+}
+
+static void test_images_held_within_vision_tokens(void **state)
+{
+	for (int cache = 0; cache < 2; cache++) {
+		sim m;
+		held_images(0, cache, &m);
+		assert_int_equal(m.held_after, 12);   /* what the limit prevents */
+		held_images(8, cache, &m);
+		assert_true(m.held_after <= 8 && m.held_split <= 8 && m.held_peak <= 16);
+		assert_true(m.held_after > 0);   /* images were still split */
+	}
+	/* an image larger than stage 0 has memory for is refused at once */
+	qw_sched s;
+	sim m;
+	sim_make(&s, &m, 2, 10, 4, 400, false);
+	s.o.vision_tokens = 7;
+	sim_seq x;
+	uint64_t rng = 5;
+	sim_seq_random(&x, 1, 60, 3, 2, &rng);   /* its third image has 8 tokens */
+	qw_err err = {0};
+	assert_int_equal(qw_sched_submit(&s, &x.q, 2, &err), QW_E_LIMIT);
+	assert_contains(err.msg, "image 3 takes 8 tokens");
+	assert_contains(err.msg, "max-image-tokens");
+	sim_seq_free(&x, false);
+	sim_end(&s, &m, NULL, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -217,6 +271,7 @@ int main(void)
 		cmocka_unit_test(test_reset),
 		cmocka_unit_test(test_histories),
 		cmocka_unit_test(test_history_waits_for_room),
+		cmocka_unit_test(test_images_held_within_vision_tokens),
 	};
 	return cmocka_run_group_tests_name("sched", tests, NULL, NULL);
 }
