@@ -370,6 +370,7 @@ static void test_images_off_the_loop(void **state)
 	assert_int_equal(qw_client_send(&b, &heavy, &err), QW_OK);
 	double worst_status = 0, worst_gap = 0, last_chunk = now_s(), began = now_s();
 	int seen_decoding = 0, chunks = 0;
+	bool streamed_all = false;   /* a fast backend (a GPU) may finish all 4000 tokens first */
 	json_int_t decoding = 0;
 	while (now_s() - began < 30 && worst_status < 0.5) {
 		double dt = timed_status(&d, &decoding);
@@ -378,14 +379,18 @@ static void test_images_off_the_loop(void **state)
 			worst_status = dt;
 		if (decoding > 0 && seen_decoding++ == 0)
 			qw_client_close(&b);          /* it is being decoded: leave */
-		for (;;) {
+		while (!streamed_all) {
 			qw_reply rep;
 			bool got;
 			assert_int_equal(qw_client_poll(&a, &rep, &got, &err), QW_OK);
 			if (!got)
 				break;
-			assert_int_equal(rep.type, QW_REPLY_CHUNK);
+			streamed_all = rep.type == QW_REPLY_DONE;
+			if (!streamed_all)
+				assert_int_equal(rep.type, QW_REPLY_CHUNK);
 			qw_reply_free(&rep);
+			if (streamed_all)
+				break;
 			chunks++;
 			if (seen_decoding > 0 && now_s() - last_chunk > worst_gap)
 				worst_gap = now_s() - last_chunk;
@@ -397,7 +402,8 @@ static void test_images_off_the_loop(void **state)
 	}
 	printf("# one 6000 x 6000 image decoded and resized in about %.2f s; meanwhile %d status "
 	       "replies (the slowest in %.3f s) and %d chunks of another request (at most %.3f s "
-	       "apart)\n", now_s() - began, seen_decoding, worst_status, chunks, worst_gap);
+	       "apart%s)\n", now_s() - began, seen_decoding, worst_status, chunks, worst_gap,
+	       streamed_all ? "; it finished meanwhile" : "");
 	assert_true(worst_status < 0.5);
 	assert_int_equal(decoding, 0);
 	assert_true(seen_decoding >= 3);        /* the work took a while: the check means something */
