@@ -14,8 +14,8 @@
 const char *qw_worker_state_name(qw_worker_state s)
 {
 	static const char *const names[] = {"starting", "loading", "loaded", "ready", "failed",
-					    "stopped"};
-	return s <= QW_WORKER_STOPPED ? names[s] : "unknown";
+					    "stopped", "rejoining"};
+	return s <= QW_WORKER_REJOINING ? names[s] : "unknown";
 }
 
 uint64_t qw_monotonic_ms(void)
@@ -75,6 +75,8 @@ qw_status qw_region_create(const qw_region_job *job, const qw_region_sizes *size
 	h->version = QW_REGION_VERSION;
 	h->bytes = bytes;
 	h->job = *job;
+	atomic_init(&h->generation, 0);
+	atomic_init(&h->resume, 0);
 	atomic_init(&h->kv_blocks, 0);
 	atomic_init(&h->nccl_id_ready, 0);
 	for (int i = 0; i < S; i++) {
@@ -159,4 +161,16 @@ void qw_region_abort(qw_region *r)
 			qw_ring_abort(qw_region_handover_ring(r, i));
 	}
 	qw_ring_abort(qw_region_result_ring(r));
+}
+
+void qw_region_reset(qw_region *r)
+{
+	int S = r->hdr->job.n_stages;
+	for (int i = 0; i < S; i++) {
+		qw_ring_reset(qw_region_plan_ring(r, i));
+		if (i + 1 < S)
+			qw_ring_reset(qw_region_handover_ring(r, i));
+	}
+	qw_ring_reset(qw_region_result_ring(r));
+	atomic_store(&r->hdr->nccl_id_ready, 0);
 }

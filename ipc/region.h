@@ -1,12 +1,18 @@
 /* region.h - the shared-memory region between qwend and its workers.
  *
- * Owns: the region's layout and life.  The daemon creates one memfd per generation of
- * workers and every worker maps it (its fd is inherited across exec).  It holds:
+ * Owns: the region's layout and life.  The daemon creates one memfd when it starts the
+ * workers (and a fresh one when it restarts them all); every worker maps it (its fd is
+ * inherited across exec).  A partial restart keeps it: the surviving workers stay mapped,
+ * the daemon empties its rings (qw_region_reset) and the failed stages' new workers map it.
+ * It holds:
  *   - the job (model, device, stage layer ranges, step sizes), written before workers start;
- *   - one slot per worker: state, pid, load progress, heartbeat, steps run, resident bytes,
- *     how many KV blocks it could hold, and the reason it failed;
+ *   - the generation: bumped by the daemon for a partial restart (survivors then drop the
+ *     steps in flight and wait), and the generation whose survivors may go on;
+ *   - one slot per worker: state, pid, the generation it is in, load progress and time,
+ *     heartbeat, steps run, resident bytes, how many KV blocks it could hold, and the reason
+ *     it failed;
  *   - the daemon's decision on the KV cache (blocks per stage, the same on every stage);
- *   - the NCCL unique id (CUDA pipelines);
+ *   - the NCCL unique id (CUDA pipelines; made again for every generation);
  *   - rings (ring.h): step plans daemon -> each worker, results last worker -> daemon, and
  *     activation hand-overs stage i -> i+1 on the CPU backend;
  *   - the arena: resized RGB images the daemon places for stage 0's vision tower, and the
@@ -33,6 +39,9 @@ typedef enum qw_worker_state {
 	QW_WORKER_READY,         /* KV cache allocated, running steps */
 	QW_WORKER_FAILED,        /* gave up; error says why */
 	QW_WORKER_STOPPED,       /* left after a stop plan */
+	QW_WORKER_REJOINING,     /* a survivor of a partial restart: weights and KV cache kept,
+				    steps in flight dropped, waiting to go on in the generation
+				    its slot names */
 } qw_worker_state;
 
 const char *qw_worker_state_name(qw_worker_state s);
@@ -40,11 +49,17 @@ const char *qw_worker_state_name(qw_worker_state s);
 typedef struct qw_worker_slot {
 	_Atomic uint32_t state;          /* qw_worker_state */
 	_Atomic int32_t pid;
+	_Atomic uint32_t generation;     /* the generation it is in (a survivor: the one it
+					    dropped its steps for) */
+	_Atomic uint32_t weights_ready;  /* its weights are resident (set before it connects to
+					    its neighbours, kept while it lives) */
+	_Atomic uint32_t can_rejoin;     /* it has served: a partial restart may keep it */
 	_Atomic uint64_t heartbeat_ms;   /* CLOCK_MONOTONIC ms of its last sign of life */
 	_Atomic uint64_t load_done;      /* weight bytes loaded so far */
 	_Atomic uint64_t load_total;     /* weight bytes it owns */
 	_Atomic uint64_t steps;          /* steps run */
 	_Atomic uint64_t busy_us;        /* time spent running them */
+	uint64_t load_ms;                /* how long its weights took to load */
 	uint64_t weight_bytes;           /* resident weights, set before LOADED */
 	int64_t kv_block_capacity;       /* KV blocks its memory could hold, set before LOADED */
 	uint64_t kv_block_bytes;         /* bytes one block takes on this stage */
@@ -97,6 +112,10 @@ typedef struct qw_region_header {
 	uint32_t version;
 	uint64_t bytes;                  /* of the whole region */
 	qw_region_job job;
+	_Atomic uint32_t generation;     /* the daemon's: 1 for the first start, bumped by every
+					    restart, partial or whole */
+	_Atomic uint32_t resume;         /* survivors of this generation may go on: the rings are
+					    empty and the failed stages' workers started */
 	_Atomic int32_t kv_blocks;       /* the daemon's decision (0 until made): blocks per stage */
 	_Atomic uint32_t nccl_id_ready;  /* stage 0 has written nccl_id */
 	uint8_t nccl_id[128];
@@ -130,6 +149,11 @@ uint8_t *qw_region_arena(const qw_region *r);
 
 /* Aborts every ring: whoever waits on one wakes with QW_E_ABORTED. */
 void qw_region_abort(qw_region *r);
+
+/* Empties every ring and clears its abort, and forgets the NCCL id, for the next generation.
+ * Only while no worker touches them: the survivors of a partial restart wait (REJOINING),
+ * the failed stages' workers are gone. */
+void qw_region_reset(qw_region *r);
 
 /* CLOCK_MONOTONIC milliseconds (heartbeats). */
 uint64_t qw_monotonic_ms(void);

@@ -276,3 +276,8 @@ void qw_ring_abort(qw_ring *r)
 	futex_wake(&r->data_seq);
 	futex_wake(&r->space_seq);
 }
+
+void qw_ring_reset(qw_ring *r)
+{
+	qw_ring_init(r, (size_t)r->size);   /* a power of two: the same size again */
+}

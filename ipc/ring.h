@@ -71,4 +71,8 @@ bool qw_ring_readable(const qw_ring *r);
 /* Fails every wait on the ring, now and later, and wakes whoever sleeps. */
 void qw_ring_abort(qw_ring *r);
 
+/* Empties the ring and clears its abort, for use again.  Only while neither side touches it
+ * (a pipeline between generations). */
+void qw_ring_reset(qw_ring *r);
+
 #endif

@@ -155,6 +155,34 @@ static void test_timeout_and_abort(void **state)
 	munmap(r, bytes);
 }
 
+/* Reset (a pipeline's next generation): an aborted ring holding half a stream and a message
+ * comes back empty, unaborted and of its size, and carries messages again. */
+static void test_reset(void **state)
+{
+	size_t bytes;
+	qw_ring *r = shared_ring(4096, &bytes);
+	uint64_t size = r->size;
+	const void *p[] = {"stale"};
+	size_t l[] = {5};
+	assert_int_equal(qw_ring_send(r, p, l, 1, 0, NULL), QW_OK);
+	assert_int_equal(qw_ring_write(r, "half", 4, 0, NULL), QW_OK);
+	qw_ring_abort(r);
+	qw_ring_reset(r);
+	assert_int_equal(r->size, size);
+	assert_false(qw_ring_readable(r));
+	void *buf = NULL;
+	size_t cap = 0, len;
+	assert_int_equal(qw_ring_recv(r, &buf, &cap, &len, 0, NULL), QW_E_TIMEOUT);
+	assert_true(qw_ring_has_room(r, size - 8));
+	const void *q[] = {"fresh"};
+	assert_int_equal(qw_ring_send(r, q, l, 1, 0, NULL), QW_OK);
+	assert_int_equal(qw_ring_recv(r, &buf, &cap, &len, 0, NULL), QW_OK);
+	assert_int_equal(len, 5);
+	assert_memory_equal(buf, "fresh", 5);
+	free(buf);
+	munmap(r, bytes);
+}
+
 /* A consumer left waiting must sleep: its CPU time stays far below the time it waited. */
 static void test_waiting_sleeps(void **state)
 {
@@ -187,6 +215,7 @@ int main(void)
 		cmocka_unit_test(test_messages_across_processes),
 		cmocka_unit_test(test_streams_larger_than_the_ring),
 		cmocka_unit_test(test_timeout_and_abort),
+		cmocka_unit_test(test_reset),
 		cmocka_unit_test(test_waiting_sleeps),
 	};
 	return cmocka_run_group_tests_name("ring", tests, NULL, NULL);
