@@ -70,4 +70,9 @@ qw_status qw_nccl_pipe_wait_sent(qw_nccl_pipe *p, int in_flight, qw_err *err)
 }
 qw_status qw_nccl_pipe_sync(qw_nccl_pipe *p, qw_err *err) { return no_nccl(err); }
 qw_status qw_nccl_pipe_health(qw_nccl_pipe *p, qw_err *err) { return no_nccl(err); }
+qw_status qw_nccl_pipe_leave(qw_nccl_pipe *p, qw_err *err) { return no_nccl(err); }
+qw_status qw_nccl_pipe_join(qw_nccl_pipe *p, const uint8_t *unique_id, qw_err *err)
+{
+	return no_nccl(err);
+}
 void qw_nccl_pipe_destroy(qw_nccl_pipe *p, bool clean) {}

@@ -259,6 +259,22 @@ static void free_slot(slot *s)
 		cudaEventDestroy(s->done);
 }
 
+/* Joins the communicator of unique_id: this rank of n_ranks, non-blocking, polled to the end
+ * (a rank that never comes fails it after timeout_s). */
+static qw_status join(qw_nccl_pipe *p, const uint8_t *unique_id, qw_err *err)
+{
+	const qw_nccl_pipe_config *c = &p->cfg;
+	ncclUniqueId id;
+	memcpy(&id, unique_id, sizeof id);
+	ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+	config.blocking = 0;
+	ncclComm_t comm = NULL;
+	QW_TRY(nccl_try(ncclCommInitRankConfig(&comm, c->n_ranks, id, c->rank, &config),
+			"joining the pipeline's communicator", err));
+	p->comm = comm;
+	return settle(p, c->timeout_s, "joining the pipeline's communicator", err);
+}
+
 static qw_status create(qw_nccl_pipe *p, qw_err *err)
 {
 	const qw_nccl_pipe_config *c = &p->cfg;
@@ -281,18 +297,8 @@ static qw_status create(qw_nccl_pipe *p, qw_err *err)
 		QW_CUDA_TRY(err, cudaMalloc(&p->d_hashes, 8 * (p->max_chunks + 1)));
 		QW_CUDA_TRY(err, cudaMallocHost(&p->h_check, 8 * (2 * p->max_chunks + HEADER_WORDS)));
 	}
-
-	ncclUniqueId id;
-	memcpy(&id, c->unique_id, sizeof id);
-	ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-	config.blocking = 0;
-	ncclComm_t comm = NULL;
-	QW_TRY(nccl_try(ncclCommInitRankConfig(&comm, c->n_ranks, id, c->rank, &config),
-			"joining the pipeline's communicator", err));
-	p->comm = comm;
-	return settle(p, c->timeout_s, "joining the pipeline's communicator", err);
+	return join(p, c->unique_id, err);
 }
-
 extern "C" qw_status qw_nccl_pipe_create(qw_backend *be, const qw_nccl_pipe_config *cfg,
 					 qw_nccl_pipe **out, qw_err *err)
 {
@@ -348,6 +354,59 @@ extern "C" void qw_nccl_pipe_destroy(qw_nccl_pipe *p, bool clean)
 	if (p->stream)
 		cudaStreamDestroy(p->stream);
 	free(p);
+}
+
+/* Until everything enqueued on stream so far is done, without asking NCCL (the communicator
+ * may be gone), for at most the pipe's timeout. */
+static qw_status drain(qw_nccl_pipe *p, cudaStream_t stream, const char *what, qw_err *err)
+{
+	QW_CUDA_TRY(err, cudaEventRecord(p->mark, stream));
+	long long t0 = now_ns();
+	for (;;) {
+		cudaError_t q = cudaEventQuery(p->mark);
+		if (q == cudaSuccess)
+			return QW_OK;
+		if (q != cudaErrorNotReady)
+			return qw_fail(err, QW_E_DEVICE, "stage %d waiting for %s: %s", p->cfg.rank,
+				       what, cudaGetErrorString(q));
+		long long t = now_ns();
+		if (p->cfg.timeout_s > 0 && (double)(t - t0) > p->cfg.timeout_s * 1e9)
+			return qw_fail(err, QW_E_TIMEOUT, "stage %d: %s did not end within %.0f s of "
+				       "leaving the communicator", p->cfg.rank, what, p->cfg.timeout_s);
+		pause_ns(t - t0);
+	}
+}
+
+extern "C" qw_status qw_nccl_pipe_leave(qw_nccl_pipe *p, qw_err *err)
+{
+	if (p->comm)   /* its kernels still waiting on a peer end now */
+		ncclCommAbort(p->comm);
+	p->comm = NULL;
+	QW_TRY(drain(p, p->stream, "the aborted transfers", err));
+	QW_TRY(drain(p, p->compute, "the stage's work", err));
+	p->n_sent = p->n_posted = p->n_taken = 0;
+	for (int i = 0; i < 2; i++) {
+		p->send[i].used = p->recv[i].used = false;
+		p->recv[i].rec = (qw_nccl_record){0, 0, 0, 0};
+	}
+	p->broken = false;
+	return QW_OK;
+}
+
+extern "C" qw_status qw_nccl_pipe_join(qw_nccl_pipe *p, const uint8_t *unique_id, qw_err *err)
+{
+	if (p->comm)
+		return qw_fail(err, QW_E_ARG, "stage %d joins a communicator without leaving its own",
+			       p->cfg.rank);
+	qw_status st = join(p, unique_id, err);
+	if (st != QW_OK) {   /* half joined: abort it, so a later join starts clean */
+		if (p->comm)
+			ncclCommAbort(p->comm);
+		p->comm = NULL;
+		p->broken = false;
+		return qw_err_context(err, "the NCCL pipe of stage %d, joining again", p->cfg.rank);
+	}
+	return QW_OK;
 }
 
 extern "C" qw_status qw_nccl_pipe_warm(qw_nccl_pipe *p, qw_err *err)

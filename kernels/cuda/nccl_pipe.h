@@ -21,6 +21,10 @@
  * so neither waits for the other), and take makes the backend's stream wait for it before
  * copying the record out.  Nothing here blocks the host except the waits, which poll.
  *
+ * A pipeline that loses a stage goes on with a new communicator: the survivors leave the old
+ * one (aborting it) and join the next, the stage's new process creates its pipe, and every
+ * rank warms its links again.
+ *
  * NCCL refuses two ranks on one GPU unless each process has its own NCCL_HOSTID (then their
  * traffic goes over its socket transport): the caller sets the environment before the
  * first call in the process.
@@ -104,6 +108,18 @@ qw_status qw_nccl_pipe_wait_sent(qw_nccl_pipe *p, int in_flight, qw_err *err);
 
 /* Waits until the backend's stream has done everything enqueued on it. */
 qw_status qw_nccl_pipe_sync(qw_nccl_pipe *p, qw_err *err);
+
+/* After a failure (a peer's death, or this stage's own): aborts the communicator, so every
+ * transfer of it ends, waits (up to the timeout) until neither the pipe's stream nor the
+ * backend's has work left, and forgets the records posted, taken and sent.  The slots,
+ * streams and events stay: nothing of the pipe's own is allocated again (NCCL's buffers for
+ * the next communicator replace the aborted one's).  Without a communicator it only waits. */
+qw_status qw_nccl_pipe_leave(qw_nccl_pipe *p, qw_err *err);
+
+/* Joins the next communicator (every rank calls it with the same id, as at create), after
+ * leave; warm follows, as after create.  A join that fails leaves the pipe out of any, so it
+ * may be tried again. */
+qw_status qw_nccl_pipe_join(qw_nccl_pipe *p, const uint8_t *unique_id, qw_err *err);
 
 /* The communicator's asynchronous error, without waiting (for idle checks). */
 qw_status qw_nccl_pipe_health(qw_nccl_pipe *p, qw_err *err);

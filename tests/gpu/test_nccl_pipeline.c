@@ -7,8 +7,11 @@
  * sequences with random tokens), hidden states and features handed over with NCCL, the
  * middle stages posting each next receive with their send as the worker does.  The last
  * stage's logits of every step must be bit-identical to one stage running every layer on the
- * same GPU.  Then the faults: a corrupted hand-over caught by the checksum, and a stage
- * killed mid-run, after which the others must report an error rather than hang in NCCL.
+ * same GPU.  Then the faults: a corrupted hand-over caught by the checksum; a stage killed
+ * mid-run, after which the others must report an error rather than hang in NCCL; and the
+ * same with the survivors leaving the broken communicator and joining a new one beside the
+ * killed stage's new process (as qwend's partial restart does), their weights and KV cache
+ * kept, the whole script then giving one stage's logits again.
  *
  * The stages share GPU 0 (QW_TEST_GPUS=0,1,2 spreads them): each then gets its own
  * NCCL_HOSTID and NCCL talks over loopback sockets, as in the daemon.  Inputs are random
@@ -43,6 +46,10 @@
 typedef struct shared {
 	volatile int id_ready;
 	uint8_t id[QW_NCCL_ID_BYTES];
+	volatile int id2_ready;            /* the communicator after a stage was replaced */
+	uint8_t id2[QW_NCCL_ID_BYTES];
+	volatile int left[MAX_RANKS];      /* a survivor has left the broken communicator */
+	char first_failure[MAX_RANKS][512];
 	volatile int stop;                 /* a stage failed: the others give up waiting */
 	volatile int steps_done[MAX_RANKS];
 	int status[MAX_RANKS];             /* qw_status of each stage */
@@ -56,6 +63,8 @@ typedef struct run_opts {
 	bool check;
 	int corrupt_every;
 	bool stop_on_failure;              /* a failing stage tells the others to give up */
+	bool rejoin;                       /* after a failure, a stage joins the next
+					      communicator and runs the script again */
 } run_opts;
 
 static qw_config cfg;
@@ -151,6 +160,8 @@ static qw_batch script_step(step_buf *sb, int k)
 
 typedef struct stage_proc {
 	int rank, n_ranks, n_ds;
+	bool replacement;                  /* started for a killed stage: joins the second
+					      communicator */
 	qw_stage stage;
 	shared *sh;
 	const run_opts *o;
@@ -174,6 +185,23 @@ static qw_nccl_record record_of(const stage_proc *sp, const qw_batch *b, uint64_
 	return (qw_nccl_record){k, b->n_tokens, n, b->n_visual};
 }
 
+/* The communicator's id (the first, or the one after a stage was replaced): stage 0 makes
+ * it, the others wait for it. */
+static qw_status await_id(stage_proc *sp, bool second, qw_err *err)
+{
+	uint8_t *id = second ? sp->sh->id2 : sp->sh->id;
+	volatile int *ready = second ? &sp->sh->id2_ready : &sp->sh->id_ready;
+	if (sp->rank == 0) {
+		QW_TRY(qw_nccl_unique_id(id, err));
+		__atomic_store_n(ready, 1, __ATOMIC_RELEASE);
+	}
+	while (!__atomic_load_n(ready, __ATOMIC_ACQUIRE))
+		usleep(1000);
+	return QW_OK;
+}
+
+static qw_status draw_inputs(stage_proc *sp, qw_err *err);
+
 static qw_status stage_setup(stage_proc *sp, qw_err *err)
 {
 	int L = cfg.text.num_layers, H = cfg.text.hidden_size;
@@ -183,16 +211,12 @@ static qw_status stage_setup(stage_proc *sp, qw_err *err)
 	QW_TRY(qw_cuda_backend_create(gpus[sp->rank], &sp->be, err));
 	qw_backend *be = sp->be;
 	if (sp->n_ranks > 1) {
-		if (sp->rank == 0) {
-			QW_TRY(qw_nccl_unique_id(sp->sh->id, err));
-			__atomic_store_n(&sp->sh->id_ready, 1, __ATOMIC_RELEASE);
-		}
-		while (!__atomic_load_n(&sp->sh->id_ready, __ATOMIC_ACQUIRE))
-			usleep(1000);
+		QW_TRY(await_id(sp, sp->replacement, err));
 		int in = sp->rank > 0 ? sp->n_ds - sp->stage.layer_begin : 0;
 		int out = sp->rank < sp->n_ranks - 1 ? sp->n_ds - sp->stage.layer_end : 0;
 		qw_nccl_pipe_config c = {
-			.rank = sp->rank, .n_ranks = sp->n_ranks, .unique_id = sp->sh->id, .cols = H,
+			.rank = sp->rank, .n_ranks = sp->n_ranks,
+			.unique_id = sp->replacement ? sp->sh->id2 : sp->sh->id, .cols = H,
 			.max_rows = MAX_TOKENS, .max_extra_in = in > 0 ? in : 0,
 			.max_extra_out = out > 0 ? out : 0, .check = sp->o->check,
 			.corrupt_every = sp->o->corrupt_every, .timeout_s = 60,
@@ -209,8 +233,15 @@ static qw_status stage_setup(stage_proc *sp, qw_err *err)
 	QW_TRY(be->act_alloc(be, N_VISUAL, H, &sp->embeds, err));
 	for (int j = 0; j < sp->n_ds; j++)
 		QW_TRY(be->act_alloc(be, N_VISUAL, H, &sp->deepstack[j], err));
-	/* the image's embeddings and features: every process draws them (the stream stays in
-	 * step), stage 0 alone keeps them; the others hold NaN until the hand-overs bring them */
+	return draw_inputs(sp, err);
+}
+
+/* The image's embeddings and features: every process draws them (the stream stays in step),
+ * stage 0 alone keeps them; the others hold NaN until the hand-overs bring them. */
+static qw_status draw_inputs(stage_proc *sp, qw_err *err)
+{
+	qw_backend *be = sp->be;
+	int H = cfg.text.hidden_size;
 	float *v = malloc((size_t)N_VISUAL * H * sizeof *v);
 	qw_status st = v ? QW_OK : qw_fail(err, QW_E_NOMEM, "out of memory");
 	for (int a = 0; a <= sp->n_ds && st == QW_OK; a++) {
@@ -279,9 +310,25 @@ static qw_status stage_steps(stage_proc *sp, qw_err *err)
 	return QW_OK;
 }
 
-static void stage_main(int rank, const run_opts *o, shared *sh)
+/* A survivor of a killed stage: it leaves the broken communicator, joins the next one with
+ * the killed stage's new process, and runs the script again from the start on the weights
+ * and KV cache it has (every entry a step reads, this run writes first). */
+static qw_status stage_rejoin(stage_proc *sp, qw_err *err)
 {
-	stage_proc sp = {.rank = rank, .n_ranks = o->n_ranks, .sh = sh, .o = o};
+	QW_TRY(qw_nccl_pipe_leave(sp->pipe, err));
+	__atomic_store_n(&sp->sh->left[sp->rank], 1, __ATOMIC_RELEASE);
+	QW_TRY(await_id(sp, true, err));
+	QW_TRY(qw_nccl_pipe_join(sp->pipe, sp->sh->id2, err));
+	QW_TRY(qw_nccl_pipe_warm(sp->pipe, err));
+	rng = seed;
+	QW_TRY(draw_inputs(sp, err));
+	return stage_steps(sp, err);
+}
+
+static void stage_main(int rank, const run_opts *o, shared *sh, bool replacement)
+{
+	stage_proc sp = {.rank = rank, .n_ranks = o->n_ranks, .sh = sh, .o = o,
+			 .replacement = replacement};
 	rng = seed;
 	if (o->n_ranks > 1) {
 		bool repeat = false;
@@ -300,6 +347,10 @@ static void stage_main(int rank, const run_opts *o, shared *sh)
 	qw_status st = stage_setup(&sp, &err);
 	if (st == QW_OK)
 		st = stage_steps(&sp, &err);
+	if (st != QW_OK && o->rejoin && sp.pipe && !replacement) {
+		snprintf(sh->first_failure[rank], sizeof sh->first_failure[rank], "%s", err.msg);
+		st = stage_rejoin(&sp, &err);
+	}
 	sh->status[rank] = st;
 	snprintf(sh->msg[rank], sizeof sh->msg[rank], "%s", st == QW_OK ? "" : err.msg);
 	if (st != QW_OK)
@@ -338,18 +389,31 @@ static double run_stages(const run_opts *o, shared *sh, int kill_rank, int kill_
 		pids[r] = fork();
 		assert_true(pids[r] >= 0);
 		if (pids[r] == 0)
-			stage_main(r, o, sh);
+			stage_main(r, o, sh, false);
 	}
 	struct timespec t0, t;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	int left = o->n_ranks;
-	bool killed = false;
+	bool killed = false, replaced = false;
 	double elapsed = 0;
 	while (left > 0) {
 		if (!killed && kill_rank >= 0 && sh->steps_done[kill_rank] >= kill_after) {
 			kill(pids[kill_rank], SIGKILL);
 			killed = true;
 			clock_gettime(CLOCK_MONOTONIC, &t0);
+		}
+		/* rejoining: the killed stage's new process, once the survivors have left */
+		bool all_left = true;
+		for (int r = 0; r < o->n_ranks; r++)
+			all_left &= r == kill_rank || sh->left[r];
+		if (o->rejoin && killed && !replaced && all_left && !pids[kill_rank]) {
+			fflush(NULL);
+			pids[kill_rank] = fork();
+			assert_true(pids[kill_rank] >= 0);
+			if (pids[kill_rank] == 0)
+				stage_main(kill_rank, o, sh, true);
+			replaced = true;
+			left++;
 		}
 		for (int r = 0; r < o->n_ranks; r++) {
 			int status;
@@ -458,6 +522,40 @@ static void test_killed_stage(void **state)
 	shared_free(sh, steps);
 }
 
+/* A middle stage killed mid-run; its neighbours leave the broken communicator and join a
+ * new one with its new process, keeping their weights and KV cache, and the script run again
+ * gives one stage's logits bit for bit. */
+static void test_killed_stage_rejoined(void **state)
+{
+	(void)state;
+	int steps = 30;
+	shared *ref = reference(steps);
+	run_opts o = {.n_ranks = 3, .steps = steps, .rejoin = true};
+	shared *sh = shared_new(steps);
+	double s = run_stages(&o, sh, 1, 10, 180);
+	for (int r = 0; r < 3; r += 2) {
+		printf("# stage %d after stage 1 was killed: %s\n", r, sh->first_failure[r]);
+		assert_true(sh->first_failure[r][0] != 0);   /* the kill broke its run */
+	}
+	for (int r = 0; r < 3; r++)
+		if (sh->status[r] != QW_OK)
+			fail_msg("stage %d after the new communicator: %s", r, sh->msg[r]);
+	size_t V = (size_t)cfg.text.vocab_size;
+	for (int k = 0; k < steps; k++) {
+		int rows = k < 2 ? 1 : SEQS;
+		const float *a = ref->logits + (size_t)k * SEQS * V;
+		const float *b = sh->logits + (size_t)k * SEQS * V;
+		for (int r = 0; r < rows; r++)
+			if (memcmp(a + r * V, b + r * V, V * sizeof *a) != 0)
+				fail_msg("after the rejoin: step %d, row %d: the logits differ from one "
+					 "stage's", k, r);
+	}
+	printf("# survivors rejoined a new communicator; %d steps' logits bit-identical to one "
+	       "stage, %.2f s from the kill to the end\n", steps, s);
+	shared_free(ref, steps);
+	shared_free(sh, steps);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -465,6 +563,7 @@ int main(void)
 		cmocka_unit_test(test_three_stages_checked),
 		cmocka_unit_test(test_corruption_caught),
 		cmocka_unit_test(test_killed_stage),
+		cmocka_unit_test(test_killed_stage_rejoined),
 	};
 	return cmocka_run_group_tests_name("nccl-pipeline", tests, setup, NULL);
 }
