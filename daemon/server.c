@@ -350,27 +350,22 @@ static void pipeline_ready(qw_server *sv)
 	if (sv->state != QW_SERVER_DRAINING)
 		sv->state = QW_SERVER_READY;
 	uint64_t tokens = (uint64_t)sv->sup.kv_decided * (uint64_t)sv->set.kv_block_tokens;
-	qw_log(QW_LOG_INFO, "ready: %d stage%s, KV cache of %llu tokens, serving %s",
+	char after[64] = "";
+	if (sv->t_failed > 0) {   /* back from a failure: how long that took */
+		sv->last_recovery_s = qw_now() - sv->t_failed;
+		sv->t_failed = 0;
+		snprintf(after, sizeof after, " (%.2f s after the failure)", sv->last_recovery_s);
+	}
+	qw_log(QW_LOG_INFO, "ready: %d stage%s, KV cache of %llu tokens, serving %s%s",
 	       sv->n_stages, sv->n_stages == 1 ? "" : "s", (unsigned long long)tokens,
-	       sv->endpoint);
+	       sv->endpoint, after);
 	sd_notifyf(0, "STATUS=ready: %d stage%s, %llu tokens of KV cache", sv->n_stages,
 		   sv->n_stages == 1 ? "" : "s", (unsigned long long)tokens);
 }
 
-/* A worker failed, died or hung: its requests fail, and the workers start again (or the
- * daemon gives up and exits for systemd to restart it). */
-static void pipeline_failed(qw_server *sv, const char *why)
+/* Whether qwend may restart its workers once more, or has restarted them too often. */
+static bool may_restart(qw_server *sv)
 {
-	snprintf(sv->last_failure, sizeof sv->last_failure, "%s", why);
-	qw_log(QW_LOG_ERROR, "pipeline failed: %s", why);
-	qw_supervisor_kill(&sv->sup);
-	if (sv->have_sched)
-		qw_sched_reset(&sv->sched, on_lost, sv);
-	if (sv->state == QW_SERVER_DRAINING) {
-		fail_all(sv, "internal", "qwend is shutting down and its pipeline failed");
-		sv->stopping = true;
-		return;
-	}
 	double now = qw_now();
 	int recent = 0;
 	for (int i = 0; i < sv->n_restarts && i < 64; i++)
@@ -378,29 +373,79 @@ static void pipeline_failed(qw_server *sv, const char *why)
 	if (recent >= sv->set.max_restarts) {
 		qw_log(QW_LOG_ERROR, "%d restarts in %.0f minutes: giving up (systemd may restart "
 		       "qwend)", recent, RESTART_WINDOW_S / 60);
+		return false;
+	}
+	sv->restarts[sv->n_restarts++ % 64] = now;
+	return true;
+}
+
+/* A worker failed, died or hung: the running requests fail (the queued ones wait), and only
+ * the failed stages' workers start again while the others keep their weights and KV cache;
+ * every worker starts again when that cannot be (a survivor is gone, never served, or fails
+ * while the others wait for the new workers: the fallback, counted with the failure it
+ * follows), and the daemon gives up and exits for systemd past max-restarts. */
+static void pipeline_failed(qw_server *sv, const qw_pipe_failure *f)
+{
+	snprintf(sv->last_failure, sizeof sv->last_failure, "%s", f->why);
+	qw_log(QW_LOG_ERROR, "pipeline failed: %s", f->why);
+	bool fallback = sv->sup.rejoin != 0;   /* a partial restart was under way */
+	bool partial = !fallback && sv->state != QW_SERVER_DRAINING &&
+		       qw_supervisor_can_rejoin(&sv->sup, f->stages);
+	if (!fallback || sv->t_failed == 0)
+		sv->t_failed = qw_now();
+	if (sv->have_sched)
+		qw_sched_reset(&sv->sched, on_lost, sv);
+	if (sv->state == QW_SERVER_DRAINING) {
+		qw_supervisor_kill(&sv->sup);
+		fail_all(sv, "internal", "qwend is shutting down and its pipeline failed");
+		sv->stopping = true;
+		return;
+	}
+	if (!fallback && !may_restart(sv)) {
+		qw_supervisor_kill(&sv->sup);
 		fail_all(sv, "internal", "qwend's pipeline keeps failing; qwend is exiting");
 		sv->exit_status = 1;
 		sv->stopping = true;
 		return;
 	}
-	sv->restarts[sv->n_restarts++ % 64] = now;
 	qw_err err = {0};
 	sv->state = QW_SERVER_RESTARTING;
-	sd_notifyf(0, "STATUS=restarting the workers: %s", why);
+	sd_notifyf(0, "STATUS=restarting the workers: %s", f->why);
 	sv->t_load = sv->t_load_logged = qw_now();
 	sv->load_logged_tenth = 0;
-	if (qw_supervisor_start(&sv->sup, &err) != QW_OK) {
+	qw_status st;
+	if (partial) {
+		sv->n_partial_restarts++;
+		st = qw_supervisor_restart_stages(&sv->sup, f->stages, &err);
+	} else {
+		if (fallback)
+			qw_log(QW_LOG_WARN, "a worker failed while the others waited for the new "
+			       "ones: restarting every worker");
+		qw_supervisor_kill(&sv->sup);
+		st = qw_supervisor_start(&sv->sup, &err);
+	}
+	if (st != QW_OK) {
 		qw_log(QW_LOG_ERROR, "cannot restart the workers: %s", err.msg);
+		qw_supervisor_kill(&sv->sup);
 		fail_all(sv, "internal", "qwend cannot restart its workers; qwend is exiting");
 		sv->exit_status = 1;
 		sv->stopping = true;
 	}
 }
 
+/* A failure that is not one stage's doing: every worker starts again. */
+static void pipeline_broke(qw_server *sv, const char *why)
+{
+	qw_pipe_failure f = {.stages = 0};
+	snprintf(f.why, sizeof f.why, "%s", why);
+	pipeline_failed(sv, &f);
+}
+
 void qw_server_post_steps(qw_server *sv)
 {
+	/* a drain goes on posting, but not while a partial restart has the rings */
 	if (!sv->have_sched || (sv->state != QW_SERVER_READY && sv->state != QW_SERVER_DRAINING) ||
-	    !sv->sup.running)
+	    !sv->sup.running || sv->sup.rejoin)
 		return;
 	qw_step_plan p;
 	while (qw_sched_next(&sv->sched, &p)) {
@@ -411,7 +456,7 @@ void qw_server_post_steps(qw_server *sv)
 			sv->plan_buf = malloc(sv->plan_buf_cap);
 			if (!sv->plan_buf) {
 				sv->plan_buf_cap = 0;
-				pipeline_failed(sv, "out of memory for a step plan");
+				pipeline_broke(sv, "out of memory for a step plan");
 				return;
 			}
 		}
@@ -425,7 +470,7 @@ void qw_server_post_steps(qw_server *sv)
 				char why[1200];
 				snprintf(why, sizeof why, "posting step %llu to worker %d: %s",
 					 (unsigned long long)p.step, i, err.msg);
-				pipeline_failed(sv, why);
+				pipeline_broke(sv, why);
 				return;
 			}
 		}
@@ -463,7 +508,7 @@ static void read_results(qw_server *sv)
 		if (qw_ring_recv(ring, &sv->result_buf, &sv->result_buf_cap, &len, 0, &err) != QW_OK ||
 		    qw_step_result_read(sv->result_buf, len, &r, &err) != QW_OK ||
 		    qw_sched_complete(&sv->sched, &r, qw_server_on_token, sv, &prompt, &err) != QW_OK) {
-			pipeline_failed(sv, err.msg);
+			pipeline_broke(sv, err.msg);
 			return;
 		}
 		count_tokens(sv, prompt, r.n_logits);
@@ -475,10 +520,10 @@ static void on_notify(qw_server *sv)
 	qw_supervisor_clear_notify(&sv->sup);
 	if (!sv->sup.running)
 		return;
-	char why[1024];
-	qw_pipe_state ps = qw_supervisor_poll(&sv->sup, why, sizeof why);
+	qw_pipe_failure f;
+	qw_pipe_state ps = qw_supervisor_poll(&sv->sup, &f);
 	if (ps == QW_PIPE_FAILED) {
-		pipeline_failed(sv, why);
+		pipeline_failed(sv, &f);
 		return;
 	}
 	bool loading = sv->state == QW_SERVER_LOADING || sv->state == QW_SERVER_RESTARTING ||
@@ -584,9 +629,9 @@ static void on_signal(qw_server *sv)
 		} else if (si.ssi_signo == SIGHUP) {
 			reload(sv);
 		} else if (si.ssi_signo == SIGCHLD) {
-			char why[1024];
-			if (qw_supervisor_reap(&sv->sup, why, sizeof why))
-				pipeline_failed(sv, why);
+			qw_pipe_failure f;
+			if (qw_supervisor_reap(&sv->sup, &f))
+				pipeline_failed(sv, &f);
 		}
 	}
 }
@@ -600,10 +645,11 @@ static void tick(qw_server *sv, double *next_status)
 		for (int i = 0; i < sv->n_stages; i++) {
 			uint64_t hb = atomic_load(&sv->sup.region.hdr->worker[i].heartbeat_ms);
 			if (hb && ms > hb && (double)(ms - hb) > sv->set.worker_timeout * 1000.0) {
-				char why[256];
-				snprintf(why, sizeof why, "worker %d (pid %d) has shown no sign of life "
-					 "for %.0f s", i, (int)sv->sup.pid[i], (double)(ms - hb) / 1000.0);
-				pipeline_failed(sv, why);
+				qw_pipe_failure f = {.stages = 1ull << i};
+				snprintf(f.why, sizeof f.why, "worker %d (pid %d) has shown no sign of "
+					 "life for %.0f s", i, (int)sv->sup.pid[i],
+					 (double)(ms - hb) / 1000.0);
+				pipeline_failed(sv, &f);
 				return;
 			}
 		}
@@ -641,7 +687,8 @@ static void stop_workers(qw_server *sv)
 	if (!sv->sup.running)
 		return;
 	bool stopped = false;
-	if (sv->have_sched && qw_supervisor_poll(&sv->sup, (char[8]){0}, 8) == QW_PIPE_READY) {
+	qw_pipe_failure f;   /* a partial restart under way is not carried on: all are ended */
+	if (sv->have_sched && !sv->sup.rejoin && qw_supervisor_poll(&sv->sup, &f) == QW_PIPE_READY) {
 		qw_step_plan p;
 		qw_sched_stop_plan(&sv->sched, &p);
 		size_t len = qw_step_plan_size(&p);

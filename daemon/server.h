@@ -100,6 +100,9 @@ typedef struct qw_server {
 	int load_logged_tenth;       /* the tenth of its bytes last logged */
 	double restarts[64];         /* when the pipeline was restarted (ring) */
 	int n_restarts;
+	int n_partial_restarts;      /* of them, those that kept the surviving workers */
+	double t_failed;             /* when the pipeline failed, until it is ready again (0) */
+	double last_recovery_s;      /* from the last failure to ready again */
 	char last_failure[1024];
 	/* request images, decoded off the loop */
 	qw_work_pool images;

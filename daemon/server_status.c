@@ -23,8 +23,8 @@ void qw_server_load_progress(const qw_server *sv, qw_server_load *out)
 		if (sv->sup.running) {
 			qw_worker_slot *w = &sv->sup.region.hdr->worker[i];
 			qw_worker_state st = atomic_load(&w->state);
-			done = st == QW_WORKER_LOADED || st == QW_WORKER_READY ? plan
-										: atomic_load(&w->load_done);
+			done = st == QW_WORKER_LOADED || st == QW_WORKER_READY ||
+			       st == QW_WORKER_REJOINING ? plan : atomic_load(&w->load_done);
 		}
 		out->done += done < plan ? done : plan;
 	}
@@ -72,6 +72,10 @@ static json_t *stages_json(const qw_server *sv)
 				json_object_set_new(st, "device_free_bytes",
 						    json_integer((json_int_t)free_b));
 			json_object_set_new(st, "load_done", json_integer((json_int_t)d));
+			/* a partial restart starts only the failed stages again: the others' loads
+			 * stay as they were */
+			json_object_set_new(st, "loads", json_integer(sv->sup.loads[i]));
+			json_object_set_new(st, "load_s", json_real((double)w->load_ms / 1000.0));
 			json_object_set_new(st, "steps", json_integer((json_int_t)atomic_load(
 					    &((qw_worker_slot *)w)->steps)));
 			json_object_set_new(st, "busy_s", json_real((double)atomic_load(
@@ -191,6 +195,10 @@ char *qw_server_status_json(const qw_server *sv)
 		(json_int_t)sv->prompt_tokens, "generated_tokens_total",
 		(json_int_t)sv->generated_tokens));
 	json_object_set_new(o, "restarts", json_integer(sv->n_restarts));
+	json_object_set_new(o, "partial_restarts", json_integer(sv->n_partial_restarts));
+	json_object_set_new(o, "generation", json_integer(sv->sup.generation));
+	if (sv->last_recovery_s > 0)
+		json_object_set_new(o, "last_recovery_s", json_real(sv->last_recovery_s));
 	if (sv->last_failure[0])
 		json_object_set_new(o, "last_failure", json_string(sv->last_failure));
 	/* the settings as values, and as a config file writes them (64M, not 67108864) */

@@ -79,7 +79,8 @@ static const qw_setting_def table[] = {
 	{"worker-timeout", QW_SET_REAL, F(worker_timeout), 0, 1, 86400, NULL, "300", true,
 	 "seconds a worker may show no sign of life before it is taken for hung and restarted"},
 	{"max-restarts", QW_SET_INT, F(max_restarts), 0, 0, 1000, NULL, "3", true,
-	 "worker restarts within 10 minutes before qwend exits for systemd to restart it"},
+	 "worker failures handled within 10 minutes (each restarts the failed stage's worker, or "
+	 "every worker) before qwend exits for systemd to restart it"},
 	{"allow-remote", QW_SET_ENUM, STR(allow_remote), 0, 0, "no|yes", "no", false,
 	 "yes: qwend may bind sockets that no file permissions guard: tcp (every local user may "
 	 "connect, and other machines too beyond loopback) and abstract ipc://@NAME sockets"},

@@ -1,11 +1,21 @@
 /* supervisor.h - qwend's workers: starting them, watching them, ending them.
  *
- * Owns: one generation of workers (a process per stage, started by fork and exec of the
- * daemon's own program in worker mode) and their shared-memory region; the eventfd they
- * wake the daemon with; the decision on the KV cache once every stage has loaded (the
- * smallest capacity any stage reported, or the configured block count, capped at what the
- * sequences could ever use); and the end of a generation: a clean stop after stop plans, or
- * a kill (rings aborted so nobody waits for ever, every process SIGKILLed and reaped).
+ * Owns: the workers (a process per stage, started by fork and exec of the daemon's own
+ * program in worker mode) and their shared-memory region; the eventfd they wake the daemon
+ * with; the decision on the KV cache once every stage has loaded (the smallest capacity any
+ * stage reported, or the configured block count, capped at what the sequences could ever
+ * use); which workers a failure names (those that died, else those that reported a failure);
+ * and the generations:
+ *   - a whole start (qw_supervisor_start): a fresh region, a worker per stage;
+ *   - a partial restart (qw_supervisor_restart_stages): only the failed stages' workers are
+ *     killed and started again, into the same region; the survivors drop their steps in
+ *     flight, keep their weights and KV cache, and move to the next generation without
+ *     exiting.  In turn: the generation is bumped and the rings aborted (waking whoever
+ *     waits on one); the survivors acknowledge (REJOINING); the rings are emptied, the
+ *     NCCL id forgotten and the failed stages started again; the survivors go on (the CUDA
+ *     ones join a new communicator) and are ready again beside the new workers;
+ *   - the end: a clean stop after stop plans, or a kill (rings aborted so nobody waits for
+ *     ever, every process SIGKILLed and reaped).
  */
 #ifndef QW_DAEMON_SUPERVISOR_H
 #define QW_DAEMON_SUPERVISOR_H
@@ -22,6 +32,13 @@ typedef enum qw_pipe_state {
 	QW_PIPE_FAILED,         /* a worker failed or died; why says which and how */
 } qw_pipe_state;
 
+/* What failed: why, and which stages' workers to start again. */
+typedef struct qw_pipe_failure {
+	char why[1024];
+	uint64_t stages;         /* bit i: stage i's worker died, failed or hung; 0: not one
+				    stage's doing (every worker is started again) */
+} qw_pipe_failure;
+
 typedef struct qw_supervisor {
 	qw_region_job job;       /* what every generation runs */
 	qw_region_sizes sizes;
@@ -33,9 +50,12 @@ typedef struct qw_supervisor {
 	pid_t pid[QW_MAX_STAGES];    /* 0 once reaped */
 	int exit_status[QW_MAX_STAGES];
 	bool exited[QW_MAX_STAGES];  /* reaped in this generation (exit_status holds how) */
-	int generation;          /* 1 for the first start */
+	int generation;          /* 1 for the first start, + 1 for every restart, partial or not */
 	bool running;            /* a generation exists (started, not yet ended) */
 	int kv_decided;          /* blocks per stage, 0 until decided */
+	uint64_t rejoin;         /* a partial restart under way: the stages started again */
+	bool respawned;          /* ... and their new workers started (the survivors go on) */
+	int loads[QW_MAX_STAGES];    /* workers started for each stage: loads of its weights */
 } qw_supervisor;
 
 /* Sets up (no processes yet). */
@@ -46,11 +66,23 @@ qw_status qw_supervisor_init(qw_supervisor *s, const qw_region_job *job,
 /* Starts a generation: a fresh region, one worker per stage. */
 qw_status qw_supervisor_start(qw_supervisor *s, qw_err *err);
 
-/* Reads the workers' states (decides the KV cache once all have loaded).  FAILED fills why. */
-qw_pipe_state qw_supervisor_poll(qw_supervisor *s, char *why, size_t cap);
+/* Whether a partial restart of `stages` can keep the others: each is alive, has served (its
+ * weights and KV cache are resident) and is not among them. */
+bool qw_supervisor_can_rejoin(const qw_supervisor *s, uint64_t stages);
 
-/* Reaps exited workers; true if one exited without being asked to, with why filled. */
-bool qw_supervisor_reap(qw_supervisor *s, char *why, size_t cap);
+/* Begins a partial restart of `stages` (qw_supervisor_can_rejoin must hold): bumps the
+ * generation, aborts the rings, kills and reaps what is left of those stages' workers.
+ * qw_supervisor_poll carries it on (starting the new workers once every survivor has
+ * dropped its steps) until the pipeline is ready again, or fails. */
+qw_status qw_supervisor_restart_stages(qw_supervisor *s, uint64_t stages, qw_err *err);
+
+/* Reads the workers' states (decides the KV cache once all have loaded; moves a partial
+ * restart on).  FAILED fills f.  While a partial restart is under way, a survivor that fails
+ * or dies is a failure as any other; the caller then restarts every worker. */
+qw_pipe_state qw_supervisor_poll(qw_supervisor *s, qw_pipe_failure *f);
+
+/* Reaps exited workers; true if one exited without being asked to, with f filled. */
+bool qw_supervisor_reap(qw_supervisor *s, qw_pipe_failure *f);
 
 /* Waits up to timeout_ms for every worker to exit (after stop plans); true if all did. */
 bool qw_supervisor_wait(qw_supervisor *s, int timeout_ms);

@@ -64,6 +64,7 @@ typedef struct worker {
 	qw_sample_history *history;        /* (max_logits,) the rows' histories, in the arena */
 	void *result;                      /* a result record */
 	int kv_blocks, block_tokens;
+	uint32_t generation;               /* the daemon's generation this worker is in */
 	uint64_t load_t0_ms;               /* when the upload of the weights began */
 	int load_delay_ms;                 /* tests: QWEND_TEST_LOAD_DELAY_MS */
 } worker;
@@ -175,20 +176,25 @@ static void nccl_environment(worker *w)
 		       "transport (for tests, not for speed)", shared);
 }
 
+/* The daemon has moved on to a newer generation than this worker's (a partial restart). */
+static bool moved_on(const worker *w)
+{
+	return atomic_load(&w->hdr->generation) != w->generation;
+}
+
 /* A wait on the GPU or on NCCL goes on while the daemon wants this generation. */
 static bool keep_waiting(void *ctx)
 {
 	worker *w = ctx;
 	beat(w);
 	return !atomic_load(&qw_region_plan_ring(&w->region, w->stage)->aborted) &&
-	       getppid() == w->daemon;
+	       getppid() == w->daemon && !moved_on(w);
 }
 
-/* Joins the generation's communicator: stage 0 makes its id and puts it in the region. */
-static qw_status join_pipe(worker *w, qw_err *err)
+/* The generation's NCCL id in the region: stage 0 makes it, the others wait for it. */
+static qw_status pipe_id(worker *w, qw_err *err)
 {
 	qw_region_header *h = w->hdr;
-	nccl_environment(w);
 	if (w->stage == 0) {
 		QW_TRY(qw_nccl_unique_id(h->nccl_id, err));
 		atomic_store(&h->nccl_id_ready, 1);
@@ -199,6 +205,15 @@ static qw_status join_pipe(worker *w, qw_err *err)
 				       "NCCL id");
 		usleep(1000);
 	}
+	return QW_OK;
+}
+
+/* Joins the generation's communicator. */
+static qw_status join_pipe(worker *w, qw_err *err)
+{
+	qw_region_header *h = w->hdr;
+	nccl_environment(w);
+	QW_TRY(pipe_id(w, err));
 	const qw_region_job *job = &h->job;
 	int n_ds = w->cfg.has_vision ? w->cfg.vision.n_deepstack : 0;
 	int in = w->stage > 0 ? n_ds - job->layer_begin[w->stage] : 0;
@@ -319,6 +334,8 @@ static qw_status load(worker *w, qw_err *err)
 	if (st != QW_OK)
 		return st;
 	w->m.graphs = job->cuda_graphs != 0;
+	w->slot->load_ms = qw_monotonic_ms() - t0;
+	atomic_store(&w->slot->weights_ready, 1);   /* survivors of a restart may connect now */
 	/* the links' buffers and the steps' memory exist before the KV cache is sized from what
 	 * is left */
 	if (w->pipe && (st = qw_nccl_pipe_warm(w->pipe, err)) != QW_OK)
@@ -351,6 +368,24 @@ static void note_device_free(worker *w)
 		atomic_store(&w->slot->device_free, qw_cuda_backend_device_free(w->be));
 }
 
+/* The CPU backend's hand-overs: over the region's rings to and from the neighbours. */
+static qw_status connect_handovers(worker *w, qw_err *err)
+{
+	const qw_region_job *job = &w->hdr->job;
+	qw_channel ch;
+	if (w->stage > 0 && !w->pipe) {
+		QW_TRY(qw_ring_channel(qw_region_handover_ring(&w->region, w->stage - 1), &ch, err));
+		qw_handover_init(&w->prev, ch, w->be, w->stage - 1, w->stage,
+				 job->check_transport, 0);
+	}
+	if (w->stage < w->n_stages - 1 && !w->pipe) {
+		QW_TRY(qw_ring_channel(qw_region_handover_ring(&w->region, w->stage), &ch, err));
+		qw_handover_init(&w->next, ch, w->be, w->stage, w->stage + 1,
+				 job->check_transport, job->corrupt_handover);
+	}
+	return QW_OK;
+}
+
 /* Waits for the daemon's KV decision, allocates the cache, and seals the backend: nothing is
  * allocated from here on. */
 static qw_status prepare(worker *w, qw_err *err)
@@ -371,7 +406,6 @@ static qw_status prepare(worker *w, qw_err *err)
 	w->slot->kv_bytes = (uint64_t)w->kv_blocks * w->slot->kv_block_bytes;
 
 	int T = job->max_tokens;
-	bool first = w->stage == 0, last = w->stage == w->n_stages - 1;
 	w->visual_rows = malloc((size_t)T * sizeof *w->visual_rows);
 	w->tokens = malloc((size_t)job->max_logits * sizeof *w->tokens);
 	w->logprobs = calloc((size_t)job->max_logits, sizeof *w->logprobs);
@@ -381,25 +415,13 @@ static qw_status prepare(worker *w, qw_err *err)
 		st = qw_fail(err, QW_E_NOMEM, "out of memory for the step buffers");
 	if (st != QW_OK)
 		return st;
-	qw_channel ch;
-	if (!first && !w->pipe) {
-		if ((st = qw_ring_channel(qw_region_handover_ring(&w->region, w->stage - 1), &ch,
-					  err)) != QW_OK)
-			return st;
-		qw_handover_init(&w->prev, ch, w->be, w->stage - 1, w->stage,
-				 job->check_transport, 0);
-	}
-	if (!last && !w->pipe) {
-		if ((st = qw_ring_channel(qw_region_handover_ring(&w->region, w->stage), &ch,
-					  err)) != QW_OK)
-			return st;
-		qw_handover_init(&w->next, ch, w->be, w->stage, w->stage + 1,
-				 job->check_transport, job->corrupt_handover);
-	}
+	if ((st = connect_handovers(w, err)) != QW_OK)
+		return st;
 	if (w->be->seal)
 		w->be->seal(w->be);
 	note_device_free(w);
 	atomic_store(&w->slot->state, QW_WORKER_READY);
+	atomic_store(&w->slot->can_rejoin, 1);
 	notify(w);
 	return QW_OK;
 }
@@ -709,6 +731,116 @@ static qw_status serve(worker *w, qw_err *err)
 	}
 }
 
+// ---------------------------------------------------------------------------------------
+// between generations: a partial restart keeps this worker
+
+/* This worker's own step failed (or a neighbour's death broke its hand-overs): it says so
+ * and waits, beating, for the daemon's word: a newer generation, which it rejoins unless the
+ * daemon kills it to start its stage again.  False: the daemon is gone. */
+static bool await_generation(worker *w, const qw_err *err)
+{
+	snprintf(w->slot->error, sizeof w->slot->error, "%s", err->msg);
+	atomic_store(&w->slot->state, QW_WORKER_FAILED);
+	qw_log(QW_LOG_ERROR, "stage %d failed: %s", w->stage, err->msg);
+	notify(w);
+	while (!moved_on(w)) {
+		if (getppid() != w->daemon)
+			return false;
+		beat(w);
+		usleep(2000);
+	}
+	return true;
+}
+
+/* What the steps in flight left: the communicator (aborted), images in progress on stage 0,
+ * a plan read ahead, the hand-overs over the rings the daemon is about to empty.  The
+ * daemon fails the requests those steps served and forgets their KV blocks. */
+static qw_status drop_steps(worker *w, qw_err *err)
+{
+	if (w->pipe)
+		QW_TRY(qw_nccl_pipe_leave(w->pipe, err));
+	while (w->images.n_runs)
+		qw_vision_store_forget(&w->images, w->images.runs[0].handle);
+	w->ahead_len = 0;
+	w->posted_ahead = 0;
+	qw_handover_free(&w->prev);
+	qw_handover_free(&w->next);
+	return QW_OK;
+}
+
+/* The hand-overs again, once the daemon has emptied the rings and started the new workers:
+ * on CUDA a new communicator, warmed once every stage's weights are in (a new worker's
+ * links connect only after its load). */
+static qw_status reconnect(worker *w, qw_err *err)
+{
+	while (atomic_load(&w->hdr->resume) != w->generation) {
+		if (moved_on(w) || getppid() != w->daemon)
+			return qw_fail(err, QW_E_ABORTED, "generation %u ended before it began",
+				       w->generation);
+		beat(w);
+		usleep(1000);
+	}
+	if (!w->pipe)
+		return connect_handovers(w, err);
+	QW_TRY(pipe_id(w, err));
+	QW_TRY(qw_nccl_pipe_join(w->pipe, w->hdr->nccl_id, err));
+	for (int i = 0; i < w->n_stages; i++)
+		while (!atomic_load(&w->hdr->worker[i].weights_ready)) {
+			if (!keep_waiting(w))
+				return qw_fail(err, QW_E_ABORTED, "generation %u ended while stage %d "
+					       "loaded", w->generation, i);
+			usleep(1000);
+		}
+	return qw_nccl_pipe_warm(w->pipe, err);
+}
+
+/* The daemon starts a failed stage again and keeps this one: its weights and KV cache stay,
+ * the steps in flight go; it acknowledges (REJOINING), then goes on in the new generation.
+ * A newer failure meanwhile starts this over; its own failure is returned (the daemon then
+ * restarts every worker). */
+static qw_status rejoin(worker *w, qw_err *err)
+{
+	for (;;) {
+		w->generation = atomic_load(&w->hdr->generation);
+		QW_TRY(drop_steps(w, err));
+		/* the state before the generation: the daemon reads them the other way round */
+		atomic_store(&w->slot->state, QW_WORKER_REJOINING);
+		atomic_store(&w->slot->generation, w->generation);
+		qw_log(QW_LOG_INFO, "stage %d: generation %u: steps in flight dropped, weights and KV "
+		       "cache kept", w->stage, w->generation);
+		notify(w);
+		qw_status st = reconnect(w, err);
+		if (st == QW_OK) {
+			atomic_store(&w->slot->state, QW_WORKER_READY);
+			notify(w);
+			qw_log(QW_LOG_INFO, "stage %d: ready in generation %u", w->stage, w->generation);
+			return QW_OK;
+		}
+		if (!moved_on(w))
+			return st;
+	}
+}
+
+/* The worker's life: load, allocate, serve; after each failure the daemon may keep it. */
+static qw_status run(worker *w, qw_err *err)
+{
+	QW_TRY(load(w, err));
+	QW_TRY(prepare(w, err));
+	for (;;) {
+		qw_status st = serve(w, err);
+		if (st == QW_OK)
+			return QW_OK;   /* a stop plan */
+		if (!moved_on(w)) {
+			/* an abort in the same generation: the daemon ends every worker, or is gone */
+			if (st == QW_E_ABORTED)
+				return st;
+			if (!await_generation(w, err))
+				return qw_fail(err, QW_E_ABORTED, "the daemon is gone");
+		}
+		QW_TRY(rejoin(w, err));
+	}
+}
+
 static void release(worker *w, bool clean)
 {
 	qw_nccl_pipe_destroy(w->pipe, clean);   /* before the backend whose stream it uses */
@@ -763,9 +895,11 @@ int qw_worker_run(const qw_worker_args *a)
 	}
 	w.slot = &w.hdr->worker[a->stage];
 	atomic_store(&w.slot->pid, (int32_t)getpid());
+	w.generation = atomic_load(&w.hdr->generation);
+	atomic_store(&w.slot->generation, w.generation);
 	beat(&w);
 	int rc = 0;
-	if (load(&w, &err) != QW_OK || prepare(&w, &err) != QW_OK || serve(&w, &err) != QW_OK) {
+	if (run(&w, &err) != QW_OK) {
 		rc = err.code == QW_E_ABORTED ? 3 : fail(&w, &err);
 	} else {
 		atomic_store(&w.slot->state, QW_WORKER_STOPPED);

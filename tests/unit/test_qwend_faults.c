@@ -1,8 +1,8 @@
 /* test_qwend_faults.c - the daemon under trouble: cancels and clients that vanish free
  * their KV blocks, a full cache queues, a full queue answers busy, malformed requests get
- * errors while others are served, SIGTERM drains, a killed worker fails its requests and
- * the workers come back (or qwend exits for systemd), "not ready" while loading, corrupted
- * hand-overs are caught, the socket rules, SIGHUP, and the systemd unit. */
+ * errors while others are served, SIGTERM drains, "not ready" while loading, corrupted
+ * hand-overs are caught (and the stage that caught one is started again alone), the socket
+ * rules, SIGHUP, and the systemd unit.  Killed and hung workers: test_qwend_restart. */
 #include "tests/unit/qwend_harness.h"
 
 #include <limits.h>
@@ -457,80 +457,6 @@ static void test_sigterm(void **state)
 	free(ids);
 }
 
-/* A worker killed mid-request (while it decodes, and while a long prompt's chunks are in
- * the pipeline): the request fails with an error naming the worker, no worker of the old
- * generation is left (on CUDA none may hang in NCCL), and the workers start again and serve;
- * with no restarts allowed, qwend exits non-zero. */
-static void test_killed_worker(void **state)
-{
-	int n, n_want;
-	int32_t *ids = fixture_ids("tiny-moe", "short.input_ids", &n);
-	int32_t *want = fixture_ids("tiny-moe", "short.fp32.greedy_tokens", &n_want);
-	enum { LONG_PROMPT = 3000 };
-	int32_t *long_ids = malloc(LONG_PROMPT * sizeof *long_ids);
-	for (int i = 0; i < LONG_PROMPT; i++)
-		long_ids[i] = (int32_t)((i * 7919 + 13) % 1000);   /* the vocabulary is 1024 */
-	for (int k = 0; k < 3; k++) {
-		bool prefill = k == 1, last = k == 2;
-		qwend d;
-		qwend_start(&d, tiny(), (const char *[]){"--stages", "3", "--kv-blocks", "300",
-							 "--max-batch-tokens", "16",
-							 "--max-restarts", last ? "0" : "3", NULL},
-			    NULL, true);
-		qw_request r = prefill ? token_request(long_ids, LONG_PROMPT, 4, NULL, 0)
-				       : token_request(ids, n, 4000, NULL, 0);
-		qw_client a;
-		open_client(&a, &d);
-		if (prefill)   /* no token comes before the prompt's last chunk is through */
-			assert_int_equal(qw_client_send(&a, &r, &(qw_err){0}), QW_OK);
-		else
-			start_streaming(&a, &r);
-		json_t *s = qwend_status(&d);
-		pid_t old[3];
-		for (int i = 0; i < 3; i++)
-			old[i] = (pid_t)json_integer_value(json_object_get(
-				json_array_get(json_object_get(s, "stages"), (size_t)i), "pid"));
-		json_decref(s);
-		assert_true(old[1] > 0);
-		kill(old[1], SIGKILL);
-		outcome o = {0};
-		read_to_end(&a, &o);
-		qw_client_close(&a);
-		assert_string_equal(o.code, "internal");
-		assert_contains(o.message, "worker 1");
-		/* the log has a line for the failed request, at info */
-		char *log = read_file(d.log, NULL);
-		assert_contains(log, " I request 1: failed (internal) after ");
-		assert_contains(strstr(log, " I request 1: failed"), "worker 1");
-		free(log);
-		if (last) {
-			int status = qwend_wait_exit(&d, 20);
-			assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
-			scratch_free(d.dir);
-			break;
-		}
-		qwend_wait_state(&d, "ready", 30);
-		for (int i = 0; i < 3; i++)   /* the daemon reaped its old workers: none is left */
-			if (kill(old[i], 0) == 0)
-				fail_msg("worker %d (pid %d) of the failed generation is still there", i,
-					 (int)old[i]);
-		assert_int_equal(qwend_status_int(&d, "kv", "blocks_used"), 0);
-		json_t *st = qwend_status(&d);
-		assert_int_equal(json_integer_value(json_object_get(st, "restarts")), 1);
-		json_decref(st);
-		qw_request again = token_request(ids, n, n_want, NULL, 0);
-		outcome o2;
-		run_request(d.endpoint, &again, &o2);
-		assert_int_equal(o2.n_tokens, n_want);
-		assert_memory_equal(o2.tokens, want, (size_t)n_want * sizeof *want);
-		outcome_free(&o2);
-		qwend_stop(&d);
-	}
-	free(long_ids);
-	free(ids);
-	free(want);
-}
-
 /* While the workers load, status says so and submit is "not ready"; the progress is known
  * from the start (its total the stage plan's, equal to what the workers load: the tied
  * embedding of tiny-dense's one stage counted once), only grows, comes with an estimate of
@@ -596,12 +522,23 @@ static void test_loading(void **state)
 	qwend_stop(&d);
 }
 
-/* With checking on, a bit flipped in a hand-over fails the request, loudly. */
+static pid_t stage_pid(qwend *d, int i)
+{
+	json_t *s = qwend_status(d);
+	pid_t pid = (pid_t)json_integer_value(json_object_get(
+		json_array_get(json_object_get(s, "stages"), (size_t)i), "pid"));
+	json_decref(s);
+	return pid;
+}
+
+/* With checking on, a bit flipped in a hand-over fails the request, loudly; the stage that
+ * failed the step (the receiver) is started again alone, its sender keeps its worker. */
 static void test_corrupted_handover(void **state)
 {
 	qwend d;
 	qwend_start(&d, tiny(), (const char *[]){"--stages", "2", "--check-transport", "yes", NULL},
 		    (const char *[]){"QWEND_TEST_CORRUPT_HANDOVER=2", NULL}, true);
+	pid_t sender = stage_pid(&d, 0), receiver = stage_pid(&d, 1);
 	int n;
 	int32_t *ids = fixture_ids("tiny-moe", "short.input_ids", &n);
 	qw_request r = token_request(ids, n, 8, NULL, 0);
@@ -609,7 +546,12 @@ static void test_corrupted_handover(void **state)
 	run_request(d.endpoint, &r, &o);
 	assert_string_equal(o.code, "internal");
 	assert_contains(o.message, "checksum mismatch");
+	assert_contains(o.message, "worker 1 ");
 	outcome_free(&o);
+	qwend_wait_state(&d, "ready", 30);
+	assert_int_equal(stage_pid(&d, 0), sender);
+	pid_t again = stage_pid(&d, 1);
+	assert_true(again > 0 && again != receiver);
 	free(ids);
 	qwend_stop(&d);
 }
@@ -784,7 +726,6 @@ int main(void)
 		cmocka_unit_test(test_bad_requests),
 		cmocka_unit_test(test_images_off_the_loop),
 		cmocka_unit_test(test_sigterm),
-		cmocka_unit_test(test_killed_worker),
 		cmocka_unit_test(test_loading),
 		cmocka_unit_test(test_corrupted_handover),
 		cmocka_unit_test(test_socket_rules),
