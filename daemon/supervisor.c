@@ -88,11 +88,12 @@ qw_status qw_supervisor_start(qw_supervisor *s, qw_err *err)
 		return st;
 	s->generation++;
 	atomic_store(&s->region.hdr->generation, (uint32_t)s->generation);
+	atomic_store(&s->region.hdr->resume, (uint32_t)s->generation);   /* fresh rings */
 	s->running = true;
 	memset(s->exited, 0, sizeof s->exited);
 	s->kv_decided = 0;
 	s->rejoin = 0;
-	s->respawned = false;
+	s->resumed = false;
 	qw_supervisor_clear_notify(s);
 	for (int i = 0; i < s->job.n_stages && st == QW_OK; i++)
 		st = spawn(s, i, err);
@@ -191,21 +192,27 @@ qw_status qw_supervisor_restart_stages(qw_supervisor *s, uint64_t stages, qw_err
 			}
 			s->pid[i] = 0;
 		}
-		/* its slot waits for the new worker: no stale heartbeat to take for a hang, no old
+		/* its slot is the new worker's: no stale heartbeat to take for a hang, no old
 		 * state to report */
 		memset(&h->worker[i], 0, sizeof h->worker[i]);
 	}
 	s->rejoin = stages;
-	s->respawned = false;
+	s->resumed = false;
 	char list[64];
 	qw_log(QW_LOG_INFO, "generation %d: starting worker%s %s again; the others keep their "
 	       "weights and KV cache", s->generation, stages & (stages - 1) ? "s" : "",
 	       stage_list(stages, list, sizeof list));
+	/* the new workers load while the survivors finish the steps they are in; they touch
+	 * the rings only once the rings are this generation's (resume) */
+	atomic_store(&h->nccl_id_ready, 0);
+	for (int i = 0; i < s->job.n_stages; i++)
+		if (in(stages, i))
+			QW_TRY(spawn(s, i, err));
 	return QW_OK;
 }
 
 /* A partial restart, until the survivors have dropped their steps: then the rings are
- * emptied, the failed stages' workers started, and the survivors may go on. */
+ * emptied, and the survivors and the new workers may go on. */
 static qw_pipe_state rejoin_step(qw_supervisor *s, qw_pipe_failure *f)
 {
 	qw_region_header *h = s->region.hdr;
@@ -228,17 +235,7 @@ static qw_pipe_state rejoin_step(qw_supervisor *s, qw_pipe_failure *f)
 			return QW_PIPE_LOADING;
 	}
 	qw_region_reset(&s->region);
-	for (int i = 0; i < s->job.n_stages; i++) {
-		if (!in(s->rejoin, i))
-			continue;
-		qw_err err = {0};
-		if (spawn(s, i, &err) != QW_OK) {
-			snprintf(f->why, sizeof f->why, "cannot start worker %d again: %s", i, err.msg);
-			f->stages = 1ull << i;
-			return QW_PIPE_FAILED;
-		}
-	}
-	s->respawned = true;
+	s->resumed = true;
 	atomic_store(&h->resume, g);
 	return QW_PIPE_LOADING;
 }
@@ -261,7 +258,7 @@ qw_pipe_state qw_supervisor_poll(qw_supervisor *s, qw_pipe_failure *f)
 		snprintf(f->why, sizeof f->why, "no workers");
 		return QW_PIPE_FAILED;
 	}
-	if (s->rejoin && !s->respawned)
+	if (s->rejoin && !s->resumed)
 		return rejoin_step(s, f);
 	qw_region_header *h = s->region.hdr;
 	int loaded = 0, ready = 0;
@@ -283,7 +280,7 @@ qw_pipe_state qw_supervisor_poll(qw_supervisor *s, qw_pipe_failure *f)
 	if (ready < s->job.n_stages)
 		return QW_PIPE_LOADING;
 	s->rejoin = 0;   /* a partial restart is over */
-	s->respawned = false;
+	s->resumed = false;
 	return QW_PIPE_READY;
 }
 
@@ -423,7 +420,7 @@ void qw_supervisor_kill(qw_supervisor *s)
 	s->running = false;
 	s->kv_decided = 0;
 	s->rejoin = 0;
-	s->respawned = false;
+	s->resumed = false;
 }
 
 void qw_supervisor_free(qw_supervisor *s)

@@ -11,9 +11,10 @@
  *     killed and started again, into the same region; the survivors drop their steps in
  *     flight, keep their weights and KV cache, and move to the next generation without
  *     exiting.  In turn: the generation is bumped and the rings aborted (waking whoever
- *     waits on one); the survivors acknowledge (REJOINING); the rings are emptied, the
- *     NCCL id forgotten and the failed stages started again; the survivors go on (the CUDA
- *     ones join a new communicator) and are ready again beside the new workers;
+ *     waits on one), the NCCL id forgotten and the failed stages started again (they load
+ *     meanwhile); the survivors acknowledge (REJOINING); the rings are emptied and the
+ *     generation resumed: the survivors go on (the CUDA ones join a new communicator), the
+ *     new workers may touch the rings, and all are ready again;
  *   - the end: a clean stop after stop plans, or a kill (rings aborted so nobody waits for
  *     ever, every process SIGKILLed and reaped).
  */
@@ -54,7 +55,7 @@ typedef struct qw_supervisor {
 	bool running;            /* a generation exists (started, not yet ended) */
 	int kv_decided;          /* blocks per stage, 0 until decided */
 	uint64_t rejoin;         /* a partial restart under way: the stages started again */
-	bool respawned;          /* ... and their new workers started (the survivors go on) */
+	bool resumed;            /* ... and its rings emptied (survivors and new workers go on) */
 	int loads[QW_MAX_STAGES];    /* workers started for each stage: loads of its weights */
 } qw_supervisor;
 
@@ -71,9 +72,9 @@ qw_status qw_supervisor_start(qw_supervisor *s, qw_err *err);
 bool qw_supervisor_can_rejoin(const qw_supervisor *s, uint64_t stages);
 
 /* Begins a partial restart of `stages` (qw_supervisor_can_rejoin must hold): bumps the
- * generation, aborts the rings, kills and reaps what is left of those stages' workers.
- * qw_supervisor_poll carries it on (starting the new workers once every survivor has
- * dropped its steps) until the pipeline is ready again, or fails. */
+ * generation, aborts the rings, kills and reaps what is left of those stages' workers and
+ * starts new ones.  qw_supervisor_poll carries it on (emptying the rings once every
+ * survivor has dropped its steps) until the pipeline is ready again, or fails. */
 qw_status qw_supervisor_restart_stages(qw_supervisor *s, uint64_t stages, qw_err *err);
 
 /* Reads the workers' states (decides the KV cache once all have loaded; moves a partial

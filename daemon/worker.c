@@ -182,13 +182,33 @@ static bool moved_on(const worker *w)
 	return atomic_load(&w->hdr->generation) != w->generation;
 }
 
+/* The rings are this worker's generation's: always for a fresh start; after a partial
+ * restart, once the daemon has emptied them (an abort seen before is the old generation's). */
+static bool rings_mine(const worker *w)
+{
+	return atomic_load(&w->hdr->resume) == w->generation;
+}
+
 /* A wait on the GPU or on NCCL goes on while the daemon wants this generation. */
 static bool keep_waiting(void *ctx)
 {
 	worker *w = ctx;
 	beat(w);
-	return !atomic_load(&qw_region_plan_ring(&w->region, w->stage)->aborted) &&
-	       getppid() == w->daemon && !moved_on(w);
+	return getppid() == w->daemon && !moved_on(w) &&
+	       !(rings_mine(w) && atomic_load(&qw_region_plan_ring(&w->region, w->stage)->aborted));
+}
+
+/* Until the rings are this generation's (a new worker of a partial restart waits for the
+ * survivors to let go of them). */
+static qw_status await_rings(worker *w, qw_err *err)
+{
+	while (!rings_mine(w)) {
+		if (!keep_waiting(w))
+			return qw_fail(err, QW_E_ABORTED, "generation %u ended before it began",
+				       w->generation);
+		usleep(1000);
+	}
+	return QW_OK;
 }
 
 /* The generation's NCCL id in the region: stage 0 makes it, the others wait for it. */
@@ -391,12 +411,10 @@ static qw_status connect_handovers(worker *w, qw_err *err)
 static qw_status prepare(worker *w, qw_err *err)
 {
 	const qw_region_job *job = &w->hdr->job;
-	qw_ring *plans = qw_region_plan_ring(&w->region, w->stage);
 	while ((w->kv_blocks = atomic_load(&w->hdr->kv_blocks)) == 0) {
-		if (atomic_load(&plans->aborted))
+		if (!keep_waiting(w))
 			return qw_fail(err, QW_E_ABORTED, "the daemon gave up before the KV cache was "
 				       "sized");
-		beat(w);
 		usleep(2000);
 	}
 	w->block_tokens = job->block_tokens;
@@ -415,7 +433,7 @@ static qw_status prepare(worker *w, qw_err *err)
 		st = qw_fail(err, QW_E_NOMEM, "out of memory for the step buffers");
 	if (st != QW_OK)
 		return st;
-	if ((st = connect_handovers(w, err)) != QW_OK)
+	if ((st = await_rings(w, err)) != QW_OK || (st = connect_handovers(w, err)) != QW_OK)
 		return st;
 	if (w->be->seal)
 		w->be->seal(w->be);
@@ -768,18 +786,12 @@ static qw_status drop_steps(worker *w, qw_err *err)
 	return QW_OK;
 }
 
-/* The hand-overs again, once the daemon has emptied the rings and started the new workers:
- * on CUDA a new communicator, warmed once every stage's weights are in (a new worker's
- * links connect only after its load). */
+/* The hand-overs again, once the daemon has emptied the rings: on CUDA a new communicator,
+ * warmed once every stage's weights are in (a new worker's links connect only after its
+ * load). */
 static qw_status reconnect(worker *w, qw_err *err)
 {
-	while (atomic_load(&w->hdr->resume) != w->generation) {
-		if (moved_on(w) || getppid() != w->daemon)
-			return qw_fail(err, QW_E_ABORTED, "generation %u ended before it began",
-				       w->generation);
-		beat(w);
-		usleep(1000);
-	}
+	QW_TRY(await_rings(w, err));
 	if (!w->pipe)
 		return connect_handovers(w, err);
 	QW_TRY(pipe_id(w, err));

@@ -172,5 +172,4 @@ void qw_region_reset(qw_region *r)
 			qw_ring_reset(qw_region_handover_ring(r, i));
 	}
 	qw_ring_reset(qw_region_result_ring(r));
-	atomic_store(&r->hdr->nccl_id_ready, 0);
 }

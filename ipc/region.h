@@ -114,8 +114,9 @@ typedef struct qw_region_header {
 	qw_region_job job;
 	_Atomic uint32_t generation;     /* the daemon's: 1 for the first start, bumped by every
 					    restart, partial or whole */
-	_Atomic uint32_t resume;         /* survivors of this generation may go on: the rings are
-					    empty and the failed stages' workers started */
+	_Atomic uint32_t resume;         /* the rings are this generation's: emptied after a partial
+					    restart (survivors and new workers go on), at once for a
+					    fresh region */
 	_Atomic int32_t kv_blocks;       /* the daemon's decision (0 until made): blocks per stage */
 	_Atomic uint32_t nccl_id_ready;  /* stage 0 has written nccl_id */
 	uint8_t nccl_id[128];
@@ -150,9 +151,9 @@ uint8_t *qw_region_arena(const qw_region *r);
 /* Aborts every ring: whoever waits on one wakes with QW_E_ABORTED. */
 void qw_region_abort(qw_region *r);
 
-/* Empties every ring and clears its abort, and forgets the NCCL id, for the next generation.
- * Only while no worker touches them: the survivors of a partial restart wait (REJOINING),
- * the failed stages' workers are gone. */
+/* Empties every ring and clears its abort, for the next generation.  Only while no worker
+ * touches them: the survivors of a partial restart wait (REJOINING), the new workers wait for
+ * `resume`. */
 void qw_region_reset(qw_region *r);
 
 /* CLOCK_MONOTONIC milliseconds (heartbeats). */
