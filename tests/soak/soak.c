@@ -16,6 +16,10 @@
  *   build/tests/soak/soak probes     the attacks of issue 17 one by one, measured: 60 MB of
  *                                    nils, sixteen 8000 x 8000 PNGs (and a status meanwhile),
  *                                    a key given twice
+ *   build/tests/soak/soak recovery [STAGES [KILLS [MODEL]]]   (defaults 3, 30, demo)
+ *                                    an idle daemon's worker SIGKILLed KILLS times, each
+ *                                    stage in turn: the time from the kill to ready again,
+ *                                    and which workers were started again
  * from the repository root; QW_BIN picks the qwend to drive (build/bin by default), so the
  * same figures can be taken of an older build. */
 #include "tests/unit/qwend_harness.h"
@@ -620,8 +624,87 @@ static void probes(void **state)
 		qwend_stop(&d);
 }
 
+// ---------------------------------------------------------------------------------------
+// recovery: kill to ready
+
+static int rec_stages = 3, rec_kills = 30;
+static const char *rec_model = "demo";
+
+static void stage_pids(qwend *d, pid_t *pid, int n)
+{
+	json_t *s = qwend_status(d);
+	for (int i = 0; i < n; i++)
+		pid[i] = (pid_t)json_integer_value(json_object_get(
+			json_array_get(json_object_get(s, "stages"), (size_t)i), "pid"));
+	json_decref(s);
+}
+
+static void recovery(void **state)
+{
+	if (!strcmp(rec_model, "demo"))
+		use_demo_cache();
+	char stages[16];
+	snprintf(stages, sizeof stages, "%d", rec_stages);
+	qwend d;
+	qwend_start(&d, rec_model, (const char *[]){"--stages", stages, "--max-restarts", "1000",
+						    NULL}, NULL, true);
+	double total[64] = {0}, worst[64] = {0};
+	int kills[64] = {0}, kept = 0, others = 0;
+	for (int k = 0; k < rec_kills; k++) {
+		int victim = k % rec_stages;
+		pid_t before[64], after[64];
+		stage_pids(&d, before, rec_stages);
+		json_t *s0 = qwend_status(&d);
+		json_int_t restarts = json_integer_value(json_object_get(s0, "restarts"));
+		json_decref(s0);
+		usleep(200000);   /* idle */
+		double t0 = now_s();
+		kill(before[victim], SIGKILL);
+		for (bool back = false; !back && now_s() - t0 < 600;) {
+			usleep(1000);
+			json_t *s = qwend_status(&d);
+			back = json_integer_value(json_object_get(s, "restarts")) > restarts &&
+			       !strcmp(json_string_value(json_object_get(s, "state")), "ready");
+			json_decref(s);
+		}
+		double took = now_s() - t0;
+		total[victim] += took;
+		worst[victim] = took > worst[victim] ? took : worst[victim];
+		kills[victim]++;
+		stage_pids(&d, after, rec_stages);
+		for (int i = 0; i < rec_stages; i++)
+			if (i != victim) {
+				others++;
+				kept += after[i] == before[i];
+			}
+	}
+	printf("# recovery: %s, %d stages, %d kills of an idle worker (each stage in turn)\n",
+	       rec_model, rec_stages, rec_kills);
+	double all = 0;
+	for (int i = 0; i < rec_stages; i++) {
+		all += total[i];
+		printf("stage %d killed %d times: ready again in %.3f s on average, %.3f s at worst\n",
+		       i, kills[i], kills[i] ? total[i] / kills[i] : 0.0, worst[i]);
+	}
+	printf("all kills: %.3f s on average; the other stages kept their worker %d of %d times\n",
+	       rec_kills ? all / rec_kills : 0.0, kept, others);
+	qwend_stop(&d);
+}
+
 int main(int argc, char **argv)
 {
+	if (argc > 1 && !strcmp(argv[1], "recovery")) {
+		if (argc > 2)
+			rec_stages = atoi(argv[2]);
+		if (argc > 3)
+			rec_kills = atoi(argv[3]);
+		if (argc > 4)
+			rec_model = argv[4];
+		if (rec_stages < 1 || rec_stages > 64)
+			rec_stages = 3;
+		const struct CMUnitTest tests[] = {cmocka_unit_test(recovery)};
+		return cmocka_run_group_tests_name("recovery", tests, NULL, NULL);
+	}
 	if (argc > 1 && !strcmp(argv[1], "probes")) {
 		const struct CMUnitTest tests[] = {cmocka_unit_test(probes)};
 		return cmocka_run_group_tests_name("probes", tests, NULL, NULL);
