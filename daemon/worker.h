@@ -6,8 +6,13 @@
  * plan, an abort, or its daemon's death: stage 0 runs the vision tower on fresh images and
  * embeds, every stage runs its layers and hands the hidden states (and the deepstack
  * features later stages still add) to the next, and the last stage samples and answers on
- * the result ring, waking the daemon through its notify fd.  A failure is written to the
- * slot and the process exits non-zero; the daemon decides what follows.
+ * the result ring, waking the daemon through its notify fd.  A failure to start is written
+ * to the slot and the process exits non-zero.  Once it has served, a failed step (its own,
+ * or a neighbour's death) is written to the slot and the worker waits for the daemon's word:
+ * when the daemon moves to a new generation (a partial restart that keeps this worker), it
+ * drops its steps in flight, keeps its weights and KV cache, acknowledges, and once the
+ * rings are the new generation's connects its hand-overs again (CUDA: a new communicator)
+ * and serves on; the daemon kills it instead when its stage is the one to start again.
  */
 #ifndef QW_DAEMON_WORKER_H
 #define QW_DAEMON_WORKER_H

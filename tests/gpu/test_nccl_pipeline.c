@@ -451,6 +451,22 @@ static shared *reference(int steps)
 	return sh;
 }
 
+/* The last stage's logits of every step, bit for bit those of one stage (ref). */
+static void expect_reference_logits(const shared *ref, const shared *sh, int steps,
+				    const char *what)
+{
+	size_t V = (size_t)cfg.text.vocab_size;
+	for (int k = 0; k < steps; k++) {
+		int rows = k < 2 ? 1 : SEQS;
+		const float *a = ref->logits + (size_t)k * SEQS * V;
+		const float *b = sh->logits + (size_t)k * SEQS * V;
+		for (int s = 0; s < rows; s++)
+			if (memcmp(a + s * V, b + s * V, V * sizeof *a) != 0)
+				fail_msg("%s: step %d, row %d: the logits differ from one stage's", what,
+					 k, s);
+	}
+}
+
 static void pipeline_bits(int n_ranks, bool check)
 {
 	int steps = 14;
@@ -461,16 +477,9 @@ static void pipeline_bits(int n_ranks, bool check)
 	for (int r = 0; r < n_ranks; r++)
 		if (sh->status[r] != QW_OK)
 			fail_msg("stage %d of %d failed: %s", r, n_ranks, sh->msg[r]);
-	size_t V = (size_t)cfg.text.vocab_size;
-	for (int k = 0; k < steps; k++) {
-		int rows = k < 2 ? 1 : SEQS;
-		const float *a = ref->logits + (size_t)k * SEQS * V;
-		const float *b = sh->logits + (size_t)k * SEQS * V;
-		for (int s = 0; s < rows; s++)
-			if (memcmp(a + s * V, b + s * V, V * sizeof *a) != 0)
-				fail_msg("%d stages: step %d, row %d: the logits differ from one "
-					 "stage's", n_ranks, k, s);
-	}
+	char what[32];
+	snprintf(what, sizeof what, "%d stages", n_ranks);
+	expect_reference_logits(ref, sh, steps, what);
 	printf("# %d stages over NCCL%s: %d steps' logits bit-identical to one stage\n", n_ranks,
 	       check ? " (checksummed)" : "", steps);
 	shared_free(ref, steps);
@@ -540,16 +549,7 @@ static void test_killed_stage_rejoined(void **state)
 	for (int r = 0; r < 3; r++)
 		if (sh->status[r] != QW_OK)
 			fail_msg("stage %d after the new communicator: %s", r, sh->msg[r]);
-	size_t V = (size_t)cfg.text.vocab_size;
-	for (int k = 0; k < steps; k++) {
-		int rows = k < 2 ? 1 : SEQS;
-		const float *a = ref->logits + (size_t)k * SEQS * V;
-		const float *b = sh->logits + (size_t)k * SEQS * V;
-		for (int r = 0; r < rows; r++)
-			if (memcmp(a + r * V, b + r * V, V * sizeof *a) != 0)
-				fail_msg("after the rejoin: step %d, row %d: the logits differ from one "
-					 "stage's", k, r);
-	}
+	expect_reference_logits(ref, sh, steps, "after the rejoin");
 	printf("# survivors rejoined a new communicator; %d steps' logits bit-identical to one "
 	       "stage, %.2f s from the kill to the end\n", steps, s);
 	shared_free(ref, steps);

@@ -285,7 +285,7 @@ pid_t spawn_program(const char *prog, const char *const *args, const char *const
 	return pid;
 }
 
-static double seconds_now(void)
+double seconds_now(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -16,17 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define STAGES 3
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static const char *tiny(void)
 {
@@ -72,7 +64,7 @@ static stages_seen seen(qwend *d)
 /* Waits until the daemon has counted its restart number `restarts` and is ready again. */
 static void wait_restarted(qwend *d, json_int_t restarts, double timeout_s)
 {
-	double until = now_s() + timeout_s;
+	double until = seconds_now() + timeout_s;
 	for (;;) {
 		json_t *s = qwend_status(d);
 		bool back = json_integer_value(json_object_get(s, "restarts")) >= restarts &&
@@ -80,7 +72,7 @@ static void wait_restarted(qwend *d, json_int_t restarts, double timeout_s)
 		json_decref(s);
 		if (back)
 			return;
-		if (now_s() > until) {
+		if (seconds_now() > until) {
 			qwend_dump_log(d);
 			fail_msg("qwend was not ready after restart %lld within %.0f s",
 				 (long long)restarts, timeout_s);
@@ -311,12 +303,12 @@ static void test_fallback_to_every_worker(void **state)
 	kill(first.pid[1], SIGKILL);
 	/* the new stage 1 loading, the survivors waiting for it */
 	stages_seen mid;
-	double until = now_s() + 30;
+	double until = seconds_now() + 30;
 	for (;;) {
 		mid = seen(&d);
 		if (mid.pid[1] != first.pid[1] && mid.pid[1] > 0 && !strcmp(mid.state[1], "loading"))
 			break;
-		if (now_s() > until) {
+		if (seconds_now() > until) {
 			qwend_dump_log(&d);
 			fail_msg("no new stage 1 loading: states %s %s %s", mid.state[0],
 				 mid.state[1], mid.state[2]);
