@@ -1,5 +1,7 @@
-/* worker.c - one pipeline stage in its own process.  See worker.h. */
+/* worker.c - one pipeline stage in its own process: its life (load, allocate, serve).  Its
+ * generations (a partial restart that keeps it) are worker_gen.c's.  See worker.h. */
 #include "daemon/worker.h"
+#include "daemon/worker_int.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -28,48 +30,7 @@
 #define NCCL_TIMEOUT_S 120.0  /* joining the communicator, and leaving it cleanly */
 #define CPU_KV_CAP (256ull << 20)   /* the CPU backend's KV cache stops at 256 MiB a stage */
 
-typedef struct worker {
-	const qw_worker_args *args;
-	qw_region region;
-	qw_region_header *hdr;
-	qw_worker_slot *slot;
-	int stage, n_stages;
-	pid_t daemon;
-	qw_config cfg;
-	qw_checkpoint *ck;
-	qw_backend *be;
-	qw_stage_model m;
-	size_t elem;                       /* bytes of one activation value */
-	qw_handover prev, next;            /* hand-overs from the previous, to the next stage
-					      (CPU backend: through the region's rings) */
-	qw_nccl_pipe *pipe;                /* the hand-overs device to device (CUDA, S > 1) */
-	qw_act hidden;                     /* (max_tokens, H) */
-	qw_act logits;                     /* (max_logits, V), last stage */
-	qw_act visual;                     /* (max_tokens, H), stage 0: image rows of a step */
-	qw_act deepstack[QW_MAX_DEEPSTACK];/* (max_tokens, H) each, for the layers it needs */
-	int n_ds;                          /* the model's deepstack features */
-	int ds_from;                       /* first deepstack index this stage holds */
-	qw_vision_store images;            /* stage 0: the vision tower, the images in progress */
-	uint64_t step_bytes;               /* what reserve_steps took (host memory on the CPU) */
-	void *msg;                         /* the plan being run */
-	size_t msg_cap;
-	void *ahead;                       /* the plan after it, read early (NCCL pipe) */
-	size_t ahead_cap, ahead_len;       /* ahead_len 0: none */
-	uint64_t posted_ahead;             /* step + 1 whose receive was posted early, or 0 */
-	int32_t *tables;                   /* dense block tables of a step */
-	size_t tables_cap;
-	int32_t *visual_rows;              /* (max_tokens,) */
-	int32_t *tokens;                   /* (max_logits,) sampled */
-	qw_sample_logprobs *logprobs;      /* (max_logits,) their log-probabilities */
-	qw_sample_history *history;        /* (max_logits,) the rows' histories, in the arena */
-	void *result;                      /* a result record */
-	int kv_blocks, block_tokens;
-	uint32_t generation;               /* the daemon's generation this worker is in */
-	uint64_t load_t0_ms;               /* when the upload of the weights began */
-	int load_delay_ms;                 /* tests: QWEND_TEST_LOAD_DELAY_MS */
-} worker;
-
-static void notify(worker *w)
+void worker_notify(worker *w)
 {
 	uint64_t one = 1;
 	if (write(w->args->notify_fd, &one, sizeof one) < 0) {
@@ -77,7 +38,7 @@ static void notify(worker *w)
 	}
 }
 
-static void beat(worker *w)
+void worker_beat(worker *w)
 {
 	atomic_store(&w->slot->heartbeat_ms, qw_monotonic_ms());
 }
@@ -87,7 +48,7 @@ static int fail(worker *w, const qw_err *err)
 	snprintf(w->slot->error, sizeof w->slot->error, "%s", err->msg);
 	atomic_store(&w->slot->state, QW_WORKER_FAILED);
 	qw_log(QW_LOG_ERROR, "stage %d failed: %s", w->stage, err->msg);
-	notify(w);
+	worker_notify(w);
 	return 1;
 }
 
@@ -99,11 +60,11 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 	uint64_t due = w->load_t0_ms + (total ? (uint64_t)w->load_delay_ms * done / total : 0);
 	for (uint64_t now = qw_monotonic_ms(); now < due; now = qw_monotonic_ms()) {
 		usleep((useconds_t)((due - now < 50 ? due - now : 50) * 1000));
-		beat(w);
+		worker_beat(w);
 	}
 	atomic_store(&w->slot->load_total, total);
 	atomic_store(&w->slot->load_done, done);
-	beat(w);
+	worker_beat(w);
 }
 
 /* Bytes of memory free for the KV cache after the weights: the device's, or on the CPU
@@ -176,43 +137,8 @@ static void nccl_environment(worker *w)
 		       "transport (for tests, not for speed)", shared);
 }
 
-/* The daemon has moved on to a newer generation than this worker's (a partial restart). */
-static bool moved_on(const worker *w)
-{
-	return atomic_load(&w->hdr->generation) != w->generation;
-}
-
-/* The rings are this worker's generation's: always for a fresh start; after a partial
- * restart, once the daemon has emptied them (an abort seen before is the old generation's). */
-static bool rings_mine(const worker *w)
-{
-	return atomic_load(&w->hdr->resume) == w->generation;
-}
-
-/* A wait on the GPU or on NCCL goes on while the daemon wants this generation. */
-static bool keep_waiting(void *ctx)
-{
-	worker *w = ctx;
-	beat(w);
-	return getppid() == w->daemon && !moved_on(w) &&
-	       !(rings_mine(w) && atomic_load(&qw_region_plan_ring(&w->region, w->stage)->aborted));
-}
-
-/* Until the rings are this generation's (a new worker of a partial restart waits for the
- * survivors to let go of them). */
-static qw_status await_rings(worker *w, qw_err *err)
-{
-	while (!rings_mine(w)) {
-		if (!keep_waiting(w))
-			return qw_fail(err, QW_E_ABORTED, "generation %u ended before it began",
-				       w->generation);
-		usleep(1000);
-	}
-	return QW_OK;
-}
-
 /* The generation's NCCL id in the region: stage 0 makes it, the others wait for it. */
-static qw_status pipe_id(worker *w, qw_err *err)
+qw_status worker_pipe_id(worker *w, qw_err *err)
 {
 	qw_region_header *h = w->hdr;
 	if (w->stage == 0) {
@@ -220,7 +146,7 @@ static qw_status pipe_id(worker *w, qw_err *err)
 		atomic_store(&h->nccl_id_ready, 1);
 	}
 	while (!atomic_load(&h->nccl_id_ready)) {
-		if (!keep_waiting(w))
+		if (!worker_keep_waiting(w))
 			return qw_fail(err, QW_E_ABORTED, "the daemon gave up before stage 0 made the "
 				       "NCCL id");
 		usleep(1000);
@@ -233,7 +159,7 @@ static qw_status join_pipe(worker *w, qw_err *err)
 {
 	qw_region_header *h = w->hdr;
 	nccl_environment(w);
-	QW_TRY(pipe_id(w, err));
+	QW_TRY(worker_pipe_id(w, err));
 	const qw_region_job *job = &h->job;
 	int n_ds = w->cfg.has_vision ? w->cfg.vision.n_deepstack : 0;
 	int in = w->stage > 0 ? n_ds - job->layer_begin[w->stage] : 0;
@@ -243,7 +169,7 @@ static qw_status join_pipe(worker *w, qw_err *err)
 		.cols = w->cfg.text.hidden_size, .max_rows = job->max_tokens,
 		.max_extra_in = in > 0 ? in : 0, .max_extra_out = out > 0 ? out : 0,
 		.check = job->check_transport != 0, .corrupt_every = job->corrupt_handover,
-		.timeout_s = NCCL_TIMEOUT_S, .keep_waiting = keep_waiting, .wait_ctx = w,
+		.timeout_s = NCCL_TIMEOUT_S, .keep_waiting = worker_keep_waiting, .wait_ctx = w,
 	};
 	return qw_nccl_pipe_create(w->be, &c, &w->pipe, err);
 }
@@ -343,7 +269,7 @@ static qw_status load(worker *w, qw_err *err)
 	qw_stage stage = {w->stage, w->n_stages, job->layer_begin[w->stage],
 			  job->layer_end[w->stage]};
 	atomic_store(&w->slot->state, QW_WORKER_LOADING);
-	notify(w);
+	worker_notify(w);
 	const char *delay = getenv("QWEND_TEST_LOAD_DELAY_MS");
 	w->load_delay_ms = delay ? atoi(delay) : 0;
 	uint64_t t0 = w->load_t0_ms = qw_monotonic_ms();
@@ -377,7 +303,7 @@ static qw_status load(worker *w, qw_err *err)
 	       qw_fmt_bytes(weights, bytes, sizeof bytes), (double)(qw_monotonic_ms() - t0) / 1000.0,
 	       qw_fmt_bytes(w->step_bytes, steps, sizeof steps));
 	atomic_store(&w->slot->state, QW_WORKER_LOADED);
-	notify(w);
+	worker_notify(w);
 	return QW_OK;
 }
 
@@ -389,7 +315,7 @@ static void note_device_free(worker *w)
 }
 
 /* The CPU backend's hand-overs: over the region's rings to and from the neighbours. */
-static qw_status connect_handovers(worker *w, qw_err *err)
+qw_status worker_connect_handovers(worker *w, qw_err *err)
 {
 	const qw_region_job *job = &w->hdr->job;
 	qw_channel ch;
@@ -412,7 +338,7 @@ static qw_status prepare(worker *w, qw_err *err)
 {
 	const qw_region_job *job = &w->hdr->job;
 	while ((w->kv_blocks = atomic_load(&w->hdr->kv_blocks)) == 0) {
-		if (!keep_waiting(w))
+		if (!worker_keep_waiting(w))
 			return qw_fail(err, QW_E_ABORTED, "the daemon gave up before the KV cache was "
 				       "sized");
 		usleep(2000);
@@ -433,19 +359,26 @@ static qw_status prepare(worker *w, qw_err *err)
 		st = qw_fail(err, QW_E_NOMEM, "out of memory for the step buffers");
 	if (st != QW_OK)
 		return st;
-	if ((st = await_rings(w, err)) != QW_OK || (st = connect_handovers(w, err)) != QW_OK)
+	if ((st = worker_await_rings(w, err)) != QW_OK ||
+	    (st = worker_connect_handovers(w, err)) != QW_OK)
 		return st;
 	if (w->be->seal)
 		w->be->seal(w->be);
 	note_device_free(w);
 	atomic_store(&w->slot->state, QW_WORKER_READY);
 	atomic_store(&w->slot->can_rejoin, 1);
-	notify(w);
+	worker_notify(w);
 	return QW_OK;
 }
 
 // ---------------------------------------------------------------------------------------
 // images (stage 0)
+
+void worker_forget_images(worker *w)
+{
+	while (w->images.n_runs)
+		qw_vision_store_forget(&w->images, w->images.runs[0].handle);
+}
 
 /* Runs the vision tower on an image the daemon placed in the arena. */
 static qw_status see_image(worker *w, const qw_step_image *im, qw_err *err)
@@ -705,7 +638,7 @@ static qw_status run_step(worker *w, const qw_step_plan *p, qw_err *err)
 	const void *parts[] = {w->result};
 	if ((st = qw_ring_send(qw_region_result_ring(&w->region), parts, &len, 1, -1, err)) != QW_OK)
 		return st;
-	notify(w);
+	worker_notify(w);
 	return QW_OK;
 }
 
@@ -724,7 +657,7 @@ static qw_status serve(worker *w, qw_err *err)
 		} else {
 			st = qw_ring_recv(plans, &w->msg, &w->msg_cap, &len, IDLE_WAIT_MS, err);
 		}
-		beat(w);
+		worker_beat(w);
 		if (st == QW_E_TIMEOUT) {
 			if (getppid() != w->daemon)
 				return qw_fail(err, QW_E_ABORTED, "the daemon is gone");
@@ -749,90 +682,6 @@ static qw_status serve(worker *w, qw_err *err)
 	}
 }
 
-// ---------------------------------------------------------------------------------------
-// between generations: a partial restart keeps this worker
-
-/* This worker's own step failed (or a neighbour's death broke its hand-overs): it says so
- * and waits, beating, for the daemon's word: a newer generation, which it rejoins unless the
- * daemon kills it to start its stage again.  False: the daemon is gone. */
-static bool await_generation(worker *w, const qw_err *err)
-{
-	snprintf(w->slot->error, sizeof w->slot->error, "%s", err->msg);
-	atomic_store(&w->slot->state, QW_WORKER_FAILED);
-	qw_log(QW_LOG_ERROR, "stage %d failed: %s", w->stage, err->msg);
-	notify(w);
-	while (!moved_on(w)) {
-		if (getppid() != w->daemon)
-			return false;
-		beat(w);
-		usleep(2000);
-	}
-	return true;
-}
-
-/* What the steps in flight left: the communicator (aborted), images in progress on stage 0,
- * a plan read ahead, the hand-overs over the rings the daemon is about to empty.  The
- * daemon fails the requests those steps served and forgets their KV blocks. */
-static qw_status drop_steps(worker *w, qw_err *err)
-{
-	if (w->pipe)
-		QW_TRY(qw_nccl_pipe_leave(w->pipe, err));
-	while (w->images.n_runs)
-		qw_vision_store_forget(&w->images, w->images.runs[0].handle);
-	w->ahead_len = 0;
-	w->posted_ahead = 0;
-	qw_handover_free(&w->prev);
-	qw_handover_free(&w->next);
-	return QW_OK;
-}
-
-/* The hand-overs again, once the daemon has emptied the rings: on CUDA a new communicator,
- * warmed once every stage's weights are in (a new worker's links connect only after its
- * load). */
-static qw_status reconnect(worker *w, qw_err *err)
-{
-	QW_TRY(await_rings(w, err));
-	if (!w->pipe)
-		return connect_handovers(w, err);
-	QW_TRY(pipe_id(w, err));
-	QW_TRY(qw_nccl_pipe_join(w->pipe, w->hdr->nccl_id, err));
-	for (int i = 0; i < w->n_stages; i++)
-		while (!atomic_load(&w->hdr->worker[i].weights_ready)) {
-			if (!keep_waiting(w))
-				return qw_fail(err, QW_E_ABORTED, "generation %u ended while stage %d "
-					       "loaded", w->generation, i);
-			usleep(1000);
-		}
-	return qw_nccl_pipe_warm(w->pipe, err);
-}
-
-/* The daemon starts a failed stage again and keeps this one: its weights and KV cache stay,
- * the steps in flight go; it acknowledges (REJOINING), then goes on in the new generation.
- * A newer failure meanwhile starts this over; its own failure is returned (the daemon then
- * restarts every worker). */
-static qw_status rejoin(worker *w, qw_err *err)
-{
-	for (;;) {
-		w->generation = atomic_load(&w->hdr->generation);
-		QW_TRY(drop_steps(w, err));
-		/* the state before the generation: the daemon reads them the other way round */
-		atomic_store(&w->slot->state, QW_WORKER_REJOINING);
-		atomic_store(&w->slot->generation, w->generation);
-		qw_log(QW_LOG_INFO, "stage %d: generation %u: steps in flight dropped, weights and KV "
-		       "cache kept", w->stage, w->generation);
-		notify(w);
-		qw_status st = reconnect(w, err);
-		if (st == QW_OK) {
-			atomic_store(&w->slot->state, QW_WORKER_READY);
-			notify(w);
-			qw_log(QW_LOG_INFO, "stage %d: ready in generation %u", w->stage, w->generation);
-			return QW_OK;
-		}
-		if (!moved_on(w))
-			return st;
-	}
-}
-
 /* The worker's life: load, allocate, serve; after each failure the daemon may keep it. */
 static qw_status run(worker *w, qw_err *err)
 {
@@ -842,14 +691,14 @@ static qw_status run(worker *w, qw_err *err)
 		qw_status st = serve(w, err);
 		if (st == QW_OK)
 			return QW_OK;   /* a stop plan */
-		if (!moved_on(w)) {
+		if (!worker_moved_on(w)) {
 			/* an abort in the same generation: the daemon ends every worker, or is gone */
 			if (st == QW_E_ABORTED)
 				return st;
-			if (!await_generation(w, err))
+			if (!worker_await_generation(w, err))
 				return qw_fail(err, QW_E_ABORTED, "the daemon is gone");
 		}
-		QW_TRY(rejoin(w, err));
+		QW_TRY(worker_rejoin(w, err));
 	}
 }
 
@@ -909,13 +758,13 @@ int qw_worker_run(const qw_worker_args *a)
 	atomic_store(&w.slot->pid, (int32_t)getpid());
 	w.generation = atomic_load(&w.hdr->generation);
 	atomic_store(&w.slot->generation, w.generation);
-	beat(&w);
+	worker_beat(&w);
 	int rc = 0;
 	if (run(&w, &err) != QW_OK) {
 		rc = err.code == QW_E_ABORTED ? 3 : fail(&w, &err);
 	} else {
 		atomic_store(&w.slot->state, QW_WORKER_STOPPED);
-		notify(&w);
+		worker_notify(&w);
 	}
 	release(&w, rc == 0);
 	return rc;
