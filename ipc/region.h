@@ -30,7 +30,7 @@
 #include "loader/error.h"
 #include "loader/plan.h"
 
-#define QW_REGION_VERSION 2
+#define QW_REGION_VERSION 3
 
 typedef enum qw_worker_state {
 	QW_WORKER_STARTING = 0,  /* the process exists */
