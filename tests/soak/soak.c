@@ -647,7 +647,8 @@ static void recovery(void **state)
 	snprintf(stages, sizeof stages, "%d", rec_stages);
 	qwend d;
 	qwend_start(&d, rec_model, (const char *[]){"--stages", stages, "--max-restarts", "1000",
-						    NULL}, NULL, true);
+						    NULL}, NULL, false);
+	qwend_wait_state(&d, "ready", 3600);   /* a real model loads for minutes */
 	double total[64] = {0}, worst[64] = {0};
 	int kills[64] = {0}, kept = 0, others = 0;
 	for (int k = 0; k < rec_kills; k++) {
@@ -660,7 +661,7 @@ static void recovery(void **state)
 		usleep(200000);   /* idle */
 		double t0 = now_s();
 		kill(before[victim], SIGKILL);
-		for (bool back = false; !back && now_s() - t0 < 600;) {
+		for (bool back = false; !back && now_s() - t0 < 3600;) {
 			usleep(1000);
 			json_t *s = qwend_status(&d);
 			back = json_integer_value(json_object_get(s, "restarts")) > restarts &&
