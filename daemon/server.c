@@ -22,7 +22,6 @@
 #include "loader/dtype.h"
 
 #define TICK_MS 100
-#define RESTART_WINDOW_S 600.0
 #define LOAD_LOG_S 2.0            /* at most how often a load's progress is logged */
 
 double qw_now(void)
@@ -307,16 +306,7 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 	return st;
 }
 
-static void on_lost(void *ctx, qw_seq *seq)
-{
-	qw_server *sv = ctx;
-	char msg[1200];
-	snprintf(msg, sizeof msg, "the pipeline failed and the request was lost: %s",
-		 sv->last_failure);
-	qw_server_end(sv, seq->owner, "internal", msg, NULL);
-}
-
-static void fail_all(qw_server *sv, const char *code, const char *message)
+void qw_server_fail_all(qw_server *sv, const char *code, const char *message)
 {
 	while (sv->live)
 		qw_server_end(sv, sv->live, code, message, NULL);
@@ -363,84 +353,6 @@ static void pipeline_ready(qw_server *sv)
 		   sv->n_stages == 1 ? "" : "s", (unsigned long long)tokens);
 }
 
-/* Whether qwend may restart its workers once more, or has restarted them too often. */
-static bool may_restart(qw_server *sv)
-{
-	double now = qw_now();
-	int recent = 0;
-	for (int i = 0; i < sv->n_restarts && i < 64; i++)
-		recent += now - sv->restarts[i] < RESTART_WINDOW_S;
-	if (recent >= sv->set.max_restarts) {
-		qw_log(QW_LOG_ERROR, "%d restarts in %.0f minutes: giving up (systemd may restart "
-		       "qwend)", recent, RESTART_WINDOW_S / 60);
-		return false;
-	}
-	sv->restarts[sv->n_restarts++ % 64] = now;
-	return true;
-}
-
-/* A worker failed, died or hung: the running requests fail (the queued ones wait), and only
- * the failed stages' workers start again while the others keep their weights and KV cache;
- * every worker starts again when that cannot be (a survivor is gone, never served, or fails
- * while the others wait for the new workers: the fallback, counted with the failure it
- * follows), and the daemon gives up and exits for systemd past max-restarts. */
-static void pipeline_failed(qw_server *sv, const qw_pipe_failure *f)
-{
-	snprintf(sv->last_failure, sizeof sv->last_failure, "%s", f->why);
-	qw_log(QW_LOG_ERROR, "pipeline failed: %s", f->why);
-	bool fallback = sv->sup.rejoin != 0;   /* a partial restart was under way */
-	bool partial = !fallback && sv->state != QW_SERVER_DRAINING &&
-		       qw_supervisor_can_rejoin(&sv->sup, f->stages);
-	if (!fallback || sv->t_failed == 0)
-		sv->t_failed = qw_now();
-	if (sv->have_sched)
-		qw_sched_reset(&sv->sched, on_lost, sv);
-	if (sv->state == QW_SERVER_DRAINING) {
-		qw_supervisor_kill(&sv->sup);
-		fail_all(sv, "internal", "qwend is shutting down and its pipeline failed");
-		sv->stopping = true;
-		return;
-	}
-	if (!fallback && !may_restart(sv)) {
-		qw_supervisor_kill(&sv->sup);
-		fail_all(sv, "internal", "qwend's pipeline keeps failing; qwend is exiting");
-		sv->exit_status = 1;
-		sv->stopping = true;
-		return;
-	}
-	qw_err err = {0};
-	sv->state = QW_SERVER_RESTARTING;
-	sd_notifyf(0, "STATUS=restarting the workers: %s", f->why);
-	sv->t_load = sv->t_load_logged = qw_now();
-	sv->load_logged_tenth = 0;
-	qw_status st;
-	if (partial) {
-		sv->n_partial_restarts++;
-		st = qw_supervisor_restart_stages(&sv->sup, f->stages, &err);
-	} else {
-		if (fallback)
-			qw_log(QW_LOG_WARN, "a worker failed while the others waited for the new "
-			       "ones: restarting every worker");
-		qw_supervisor_kill(&sv->sup);
-		st = qw_supervisor_start(&sv->sup, &err);
-	}
-	if (st != QW_OK) {
-		qw_log(QW_LOG_ERROR, "cannot restart the workers: %s", err.msg);
-		qw_supervisor_kill(&sv->sup);
-		fail_all(sv, "internal", "qwend cannot restart its workers; qwend is exiting");
-		sv->exit_status = 1;
-		sv->stopping = true;
-	}
-}
-
-/* A failure that is not one stage's doing: every worker starts again. */
-static void pipeline_broke(qw_server *sv, const char *why)
-{
-	qw_pipe_failure f = {.stages = 0};
-	snprintf(f.why, sizeof f.why, "%s", why);
-	pipeline_failed(sv, &f);
-}
-
 void qw_server_post_steps(qw_server *sv)
 {
 	/* a drain goes on posting, but not while a partial restart has the rings */
@@ -456,7 +368,7 @@ void qw_server_post_steps(qw_server *sv)
 			sv->plan_buf = malloc(sv->plan_buf_cap);
 			if (!sv->plan_buf) {
 				sv->plan_buf_cap = 0;
-				pipeline_broke(sv, "out of memory for a step plan");
+				qw_server_pipeline_broke(sv, "out of memory for a step plan");
 				return;
 			}
 		}
@@ -470,7 +382,7 @@ void qw_server_post_steps(qw_server *sv)
 				char why[1200];
 				snprintf(why, sizeof why, "posting step %llu to worker %d: %s",
 					 (unsigned long long)p.step, i, err.msg);
-				pipeline_broke(sv, why);
+				qw_server_pipeline_broke(sv, why);
 				return;
 			}
 		}
@@ -508,7 +420,7 @@ static void read_results(qw_server *sv)
 		if (qw_ring_recv(ring, &sv->result_buf, &sv->result_buf_cap, &len, 0, &err) != QW_OK ||
 		    qw_step_result_read(sv->result_buf, len, &r, &err) != QW_OK ||
 		    qw_sched_complete(&sv->sched, &r, qw_server_on_token, sv, &prompt, &err) != QW_OK) {
-			pipeline_broke(sv, err.msg);
+			qw_server_pipeline_broke(sv, err.msg);
 			return;
 		}
 		count_tokens(sv, prompt, r.n_logits);
@@ -523,7 +435,7 @@ static void on_notify(qw_server *sv)
 	qw_pipe_failure f;
 	qw_pipe_state ps = qw_supervisor_poll(&sv->sup, &f);
 	if (ps == QW_PIPE_FAILED) {
-		pipeline_failed(sv, &f);
+		qw_server_pipeline_failed(sv, &f);
 		return;
 	}
 	bool loading = sv->state == QW_SERVER_LOADING || sv->state == QW_SERVER_RESTARTING ||
@@ -631,7 +543,7 @@ static void on_signal(qw_server *sv)
 		} else if (si.ssi_signo == SIGCHLD) {
 			qw_pipe_failure f;
 			if (qw_supervisor_reap(&sv->sup, &f))
-				pipeline_failed(sv, &f);
+				qw_server_pipeline_failed(sv, &f);
 		}
 	}
 }
@@ -649,7 +561,7 @@ static void tick(qw_server *sv, double *next_status)
 				snprintf(f.why, sizeof f.why, "worker %d (pid %d) has shown no sign of "
 					 "life for %.0f s", i, (int)sv->sup.pid[i],
 					 (double)(ms - hb) / 1000.0);
-				pipeline_failed(sv, &f);
+				qw_server_pipeline_failed(sv, &f);
 				return;
 			}
 		}
@@ -676,7 +588,7 @@ static void tick(qw_server *sv, double *next_status)
 			sd_notify(0, "WATCHDOG=1");
 	}
 	if (sv->state == QW_SERVER_DRAINING && (sv->n_live == 0 || now >= sv->drain_deadline)) {
-		fail_all(sv, "not_ready", "qwend is shutting down; the request did not finish in time");
+		qw_server_fail_all(sv, "not_ready", "qwend is shutting down; the request did not finish in time");
 		sv->stopping = true;
 	}
 }
@@ -727,7 +639,7 @@ const char *qw_server_not_ready(const qw_server *sv, char *buf, size_t cap)
 
 static void release(qw_server *sv)
 {
-	fail_all(sv, "not_ready", "qwend is exiting");
+	qw_server_fail_all(sv, "not_ready", "qwend is exiting");
 	qw_server_images_stop(sv);
 	qw_supervisor_free(&sv->sup);
 	if (sv->have_sched)

@@ -11,9 +11,10 @@
  * images are decoded and resized by a few threads (workpool.h), so no request's preparation
  * holds the loop; everything else is the loop's.
  *
- * server.c runs the loop and the pipeline; server_clients.c speaks to clients (requests,
- * replies, disconnects); server_images.c hands request images to the pool and takes them
- * back; server_status.c writes the status report.
+ * server.c runs the loop and the pipeline; server_restart.c what a failure of the pipeline
+ * does; server_clients.c speaks to clients (requests, replies, disconnects); server_images.c
+ * hands request images to the pool and takes them back; server_status.c writes the status
+ * report.
  */
 #ifndef QW_DAEMON_SERVER_H
 #define QW_DAEMON_SERVER_H
@@ -171,6 +172,15 @@ int qw_server_preparing(const qw_server *sv);
 
 /* server.c */
 void qw_server_post_steps(qw_server *sv);
+/* Ends every request with an error. */
+void qw_server_fail_all(qw_server *sv, const char *code, const char *message);
+
+/* server_restart.c */
+/* A worker failed, died or hung (f names the stages to start again): the running requests
+ * fail, and the failed stages' workers start again, or every worker, or qwend gives up. */
+void qw_server_pipeline_failed(qw_server *sv, const qw_pipe_failure *f);
+/* A failure that is not one stage's doing: every worker starts again. */
+void qw_server_pipeline_broke(qw_server *sv, const char *why);
 void qw_server_begin_drain(qw_server *sv, const char *why);
 /* Why submit is refused now (loading, restarting, draining), or NULL when ready. */
 const char *qw_server_not_ready(const qw_server *sv, char *buf, size_t cap);
