@@ -6,7 +6,7 @@
 # synthetic model of CONFIG (random weights made on the GPU, no checkpoint) loaded by
 # `qwenctl bench` at several concurrencies and prompt lengths.  Reports go to $OUT (or
 # .devpack/out).
-#   tests/bench/device_bench.sh [CONFIG] [ceilings] [matmul] [attention] [moe] [serve] [nographs] [hf]
+#   tests/bench/device_bench.sh [CONFIG] [ceilings] [matmul] [attention] [moe] [serve] [prefix] [nographs] [hf]
 #                                          (default: the 30B-A3B config; ceilings attention serve)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0
@@ -54,10 +54,11 @@ serve() {
 	done
 	$bin/qwenctl -s "$sock" status | tee -a "$out/serve-$label.txt"
 	local r
-	for r in $runs; do   # concurrency,requests,prompt-tokens,max-tokens
-		IFS=, read -r c n p t <<<"$r"
-		echo "== concurrency $c, $n requests, prompt $p, max-tokens $t" | tee -a "$out/serve-$label.txt"
-		$bin/qwenctl -s "$sock" -t 60 bench -c "$c" -N "$n" -p "$p" -n "$t" 2>&1 |
+	for r in $runs; do   # concurrency,requests,prompt-tokens,max-tokens[,more bench flags]
+		IFS=, read -r c n p t more <<<"$r"
+		echo "== concurrency $c, $n requests, prompt $p, max-tokens $t ${more:-}" | tee -a "$out/serve-$label.txt"
+		# shellcheck disable=SC2086
+		$bin/qwenctl -s "$sock" -t 60 bench -c "$c" -N "$n" -p "$p" -n "$t" ${more:-} 2>&1 |
 			tee -a "$out/serve-$label.txt"
 	done
 	$bin/qwenctl -s "$sock" status | tee -a "$out/serve-$label.txt"
@@ -72,6 +73,12 @@ fi
 if [[ " $what " == *" nographs "* ]]; then   # the same decode without CUDA graphs
 	runs="1,4,128,128 8,16,128,128 64,128,128,128 256,512,128,128"
 	serve nographs --cuda-graphs no
+fi
+if [[ " $what " == *" prefix "* ]]; then   # the prefix cache on and off (issue 21's benchmark)
+	runs="1,6,64,1,--shared-prefix 4096 2,8,256,32,--turns 4 --seed 1"
+	serve prefix-on --prefix-cache yes
+	runs="1,3,64,1,--shared-prefix 4096 2,8,256,32,--turns 4 --seed 1"
+	serve prefix-off --prefix-cache no
 fi
 if [[ " $what " == *" hf "* ]]; then
 	python3 "$root/tests/bench/hf_bench.py" "$config" 2>&1 | tee "$out/hf.txt"
