@@ -629,6 +629,7 @@ static void probes(void **state)
 
 static int rec_stages = 3, rec_kills = 30;
 static const char *rec_model = "demo";
+static const char *rec_args[32];   /* more qwend settings (a GPU shared by stages: --kv-blocks) */
 
 static void stage_pids(qwend *d, pid_t *pid, int n)
 {
@@ -645,10 +646,15 @@ static void recovery(void **state)
 		use_demo_cache();
 	char stages[16];
 	snprintf(stages, sizeof stages, "%d", rec_stages);
+	const char *args[40] = {"--stages", stages, "--max-restarts", "1000"};
+	for (int i = 0; rec_args[i]; i++)
+		args[4 + i] = rec_args[i];
 	qwend d;
-	qwend_start(&d, rec_model, (const char *[]){"--stages", stages, "--max-restarts", "1000",
-						    NULL}, NULL, false);
+	double started = now_s();
+	qwend_start(&d, rec_model, args, NULL, false);
 	qwend_wait_state(&d, "ready", 3600);   /* a real model loads for minutes */
+	/* every stage loading at once: what a restart of every worker costs at the least */
+	printf("# start to ready: %.3f s\n", now_s() - started);
 	double total[64] = {0}, worst[64] = {0};
 	int kills[64] = {0}, kept = 0, others = 0;
 	for (int k = 0; k < rec_kills; k++) {
@@ -701,6 +707,8 @@ int main(int argc, char **argv)
 			rec_kills = atoi(argv[3]);
 		if (argc > 4)
 			rec_model = argv[4];
+		for (int i = 5; i < argc && i - 5 < 31; i++)
+			rec_args[i - 5] = argv[i];
 		if (rec_stages < 1 || rec_stages > 64)
 			rec_stages = 3;
 		const struct CMUnitTest tests[] = {cmocka_unit_test(recovery)};
