@@ -201,6 +201,19 @@ static qw_status plan_make(qw_cuda_fp8_lt *lt, lt_plan *p, int N, int K, int T, 
 	if (st == CUBLAS_STATUS_SUCCESS)
 		st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode,
 						    sizeof b_mode);
+	/* The scale pointers before the heuristic: with the modes set and the pointers still
+	 * NULL (the default, read as a scalar 1) this asked the heuristic in a configuration the
+	 * block-scaled kernels do not serve, and it found no algorithm on an H100, while a probe
+	 * that set them first (otherwise the same descriptors) found one for the same shapes.
+	 * Any device address with the scales' alignment stands in here (the workspace: 256-byte
+	 * aligned); each GEMM sets the real ones before it runs. */
+	const void *stand_in = lt->ws;
+	if (st == CUBLAS_STATUS_SUCCESS)
+		st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+						    &stand_in, sizeof stand_in);
+	if (st == CUBLAS_STATUS_SUCCESS)
+		st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+						    &stand_in, sizeof stand_in);
 	if (st == CUBLAS_STATUS_SUCCESS)
 		st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
 							  &lt->ws_bytes, sizeof lt->ws_bytes);
