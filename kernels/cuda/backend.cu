@@ -334,16 +334,18 @@ static qw_cuda_fp8_weight fp8_of(const qw_tensor *w)
 	return f;
 }
 
-/* out = x w^T for an FP8 w and more rows than the stream takes: cuBLASLt's FP8 GEMM where
- * asked for and it has an algorithm (not batch invariant: W8A8, its own kernels), else
- * dequantised into the scratch reserved at upload, then the bf16 GEMM (the bits of the bf16
- * path on the dequantised weight, which the stream has too). */
+/* out = x w^T for an FP8 w: gemm_fp8.cu's W8A16 kernels where they take the weight (one order
+ * at every T: batch invariant), except that with QW_CUDA_FP8_GEMM=cublaslt more tokens than
+ * the stream takes go to cuBLASLt's FP8 GEMM where it has an algorithm (W8A8 on the FP8
+ * tensor cores: faster prefill, not batch invariant); weights gemm_fp8.cu does not take are
+ * dequantised into the scratch reserved at upload for the bf16 GEMM, at every T. */
 static qw_status matmul_fp8(cuda_ctx *c, qw_act *out, const qw_act *x, const qw_tensor *w,
 			    qw_err *err)
 {
 	int N = (int)w->shape[0], T = x->rows, K = x->cols;
 	qw_cuda_fp8_weight f = fp8_of(w);
-	if (c->fp8_lt_on) {
+	bool ours = qw_cuda_gemm_fp8_takes(T, &f, x->data);
+	if (c->fp8_lt_on && !(ours && T <= QW_CUDA_FP8_STREAM_MAX_T)) {
 		bool lt = false;
 		QW_TRY(qw_cuda_fp8_lt_supported(c->fp8_lt, &f, T, &lt, err));
 		if (lt) {
@@ -353,6 +355,10 @@ static qw_status matmul_fp8(cuda_ctx *c, qw_act *out, const qw_act *x, const qw_
 						   c->fp8_act.bytes, c->stream, err);
 		}
 		c->fp8_stats.fallbacks++;
+	}
+	if (ours) {
+		c->fp8_stats.streamed++;
+		return qw_cuda_gemm_fp8(D16(out), C16(x), &f, T, c->stream, err);
 	}
 	c->fp8_stats.dequantised++;
 	if ((size_t)w->numel * 2 > c->fp8_deq.bytes)   /* upload reserves it: cannot be */
@@ -378,13 +384,7 @@ static qw_status matmul(qw_backend *be, qw_act *out, const qw_act *x, const qw_t
 	if (T == 0)
 		return QW_OK;
 	if (w->dtype == QW_DT_F8_E4M3) {
-		qw_cuda_fp8_weight f = fp8_of(w);
-		if (qw_cuda_gemm_fp8_takes(T, &f, x->data)) {   /* few rows: W8A16, gemm.cu's order */
-			c->fp8_stats.streamed++;
-			QW_TRY(qw_cuda_gemm_fp8(D16(out), C16(x), &f, T, c->stream, err));
-		} else {
-			QW_TRY(matmul_fp8(c, out, x, w, err));
-		}
+		QW_TRY(matmul_fp8(c, out, x, w, err));
 	} else {
 		QW_TRY(bf16_weight("matmul", w, err));
 		QW_TRY(gemm_bf16(c, out, x, w->data, N, err));

@@ -7,10 +7,11 @@
  * so reading the mapping and copying to the GPU overlap, and whose KV cache is one bf16
  * array per layer for K and one for V, (blocks x block_size, Hkv x D).  All work runs in
  * order on one stream; a step's batch is copied to the device once (begin_step).  Dense
- * projections are gemm.cu's (bf16 in, fp32 sums); an FP8 weight is streamed and dequantised
- * in registers for a few rows, else dequantised into scratch reserved as it was uploaded,
- * in gemm.cu's order either way, or (QW_CUDA_FP8_GEMM=cublaslt) goes to cuBLASLt's FP8 GEMM
- * for many tokens (qw_cuda_fp8_stats below); the other ops are
+ * projections are gemm.cu's (bf16 in, fp32 sums); an FP8 weight is read as it is by
+ * gemm_fp8.cu's W8A16 kernels at every T (a partial sum per 128-wide block of k times its
+ * scale), or, where they cannot take its shape, dequantised into scratch reserved as it was
+ * uploaded for gemm.cu's, or (QW_CUDA_FP8_GEMM=cublaslt) goes to cuBLASLt's FP8 GEMM for
+ * more tokens than the stream takes (qw_cuda_fp8_stats below); the other ops are
  * the kernels of kernels/cuda/kernels.h, the optional fused ones included (add_rmsnorm,
  * qk_norm_rope_kv).  Ops other than matmul and moe read bf16 weights only and refuse an FP8
  * one (QW_E_ARG).  Batch invariant (cuBLASLt's FP8 GEMM aside): a token's outputs have the
@@ -58,15 +59,15 @@ typedef struct qw_cuda_graph_stats {
 qw_cuda_graph_stats qw_cuda_backend_graph_stats(const qw_backend *be);
 
 /* Which way matmul took FP8 weights so far (its calls: a replayed step graph makes none).
- * Decode's few tokens stream them (W8A16); more
- * tokens dequantise them for cuBLAS's bf16 GEMM, or, where the environment has
- * QW_CUDA_FP8_GEMM=cublaslt at create, run cuBLASLt's block-scaled FP8 GEMM (W8A8), falling
- * back to dequantising where cuBLASLt has no algorithm for the shape. */
+ * gemm_fp8.cu's W8A16 kernels at any T where they take the shape, else the weight
+ * dequantised for the bf16 GEMM; where the environment has QW_CUDA_FP8_GEMM=cublaslt at
+ * create, more tokens than the stream takes run cuBLASLt's block-scaled FP8 GEMM (W8A8),
+ * falling back to the others where cuBLASLt has no algorithm for the shape. */
 typedef struct qw_cuda_fp8_stats {
-	uint64_t streamed;      /* few-row GEMMs on gemm.cu's W8A16 stream */
+	uint64_t streamed;      /* GEMMs on gemm_fp8.cu's W8A16 kernels (stream or tiles) */
 	uint64_t dequantised;   /* GEMMs on the weight dequantised to bf16 */
 	uint64_t fp8_gemms;     /* GEMMs on cuBLASLt's FP8 tensor cores */
-	uint64_t fallbacks;     /* of the dequantised ones, asked for cuBLASLt and not had */
+	uint64_t fallbacks;     /* asked for cuBLASLt and not had (then one of the above) */
 	bool cublaslt_on;       /* QW_CUDA_FP8_GEMM=cublaslt */
 } qw_cuda_fp8_stats;
 

@@ -1,6 +1,7 @@
 /* e4m3x8.h - FP8 weights (float8_e4m3fn with an fp32 scale per block) dequantised the one
- * way the CUDA backend does it everywhere (included by the .cu files that read FP8 weights:
- * few_rows_gemm.cu, fp8_gemm.cu, moe_gemm.cu, experts.cu):
+ * way the CUDA backend dequantises them (included by the .cu files that read FP8 weights:
+ * few_rows_gemm.cu, fp8_gemm.cu, moe_gemm.cu, experts.cu; gemm_fp8.cu takes the codes' exact
+ * values instead and scales a block's sum, see there):
  *     w = bf16_rn(e4m3_to_f32(q) * scale)
  * an fp32 multiply rounded once to bf16: the bits of the CPU reference's value (loader's
  * qw_f8e4m3_to_f32(q) * scale) rounded to bf16, as an upload-time dequantisation gave them.
@@ -8,8 +9,9 @@
  * Owns: e4m3_times_2m120 and e4m3_scaled (the fp32 arithmetic: C and CUDA, so the CPU suite
  * holds it to the loader's conversion, tests/unit/test_dtype.c), and for CUDA C++
  * e4m3x8_dequant (eight weights of one 8-byte load to fp32 values, each exactly a bf16),
- * e4m3x8_bf16x8 (the same eight as packed bf16, for a tile dequantised into shared memory)
- * and e4m3_dequant (one weight, to its bf16).
+ * e4m3x8_bf16x8 (the same eight as packed bf16, for a tile dequantised into shared memory),
+ * e4m3_dequant (one weight, to its bf16) and e4m3x8_exact_bf16x8 (eight codes as their own
+ * values in bf16, no scale: gemm_fp8.cu's kernels apply the scale to a block's sum).
  *
  * How, without conversion instructions (they issue at a fraction of the FMA rate, and a
  * decode stream dequantises every byte it reads): the byte's sign goes to bit 31 and its
@@ -100,6 +102,35 @@ __device__ static inline uint4 e4m3x8_bf16x8(uint2 q, float up)
 	r.y = e4m3x2_bf16x2<BIG>(__byte_perm(q.x, 0, 0x3424), up);
 	r.z = e4m3x2_bf16x2<BIG>(__byte_perm(q.y, 0, 0x1404), up);
 	r.w = e4m3x2_bf16x2<BIG>(__byte_perm(q.y, 0, 0x3424), up);
+	return r;
+}
+
+/* Eight codes (q's bytes in memory order) as eight bf16, in order, each exactly its e4m3
+ * value (e4m3 fits bf16: 3 mantissa bits, exponents 2^-9 .. 2^8), no scale.  Two codes take
+ * a byte permute, a shift, two logic ops and one bf16x2 multiply: a code's exponent and
+ * mantissa bits go to bits 10..4 of a bf16, which is then |e4m3| * 2^-120 (the codes of
+ * exponent 0 as bf16 subnormals), its sign to bit 15; the multiply by 2^120 (exact, and
+ * subnormal operands are kept by bf16 arithmetic) gives the e4m3 value, a normal bf16 or
+ * zero, so the MMAs never see a subnormal operand. */
+__device__ static inline uint32_t e4m3x2_exact_bf16x2(uint32_t y)   /* y = [q1 | 0 | q0 | 0] */
+{
+	uint32_t bits = ((y >> 4) & 0x07f007f0u) | (y & 0x80008000u);
+	__nv_bfloat162 v, up;
+	memcpy(&v, &bits, sizeof v);
+	const uint32_t two120 = 0x7b807b80u;   /* 2^120, twice */
+	memcpy(&up, &two120, sizeof up);
+	v = __hmul2(v, up);
+	memcpy(&bits, &v, sizeof bits);
+	return bits;
+}
+
+__device__ static inline uint4 e4m3x8_exact_bf16x8(uint2 q)
+{
+	uint4 r;
+	r.x = e4m3x2_exact_bf16x2(__byte_perm(q.x, 0, 0x1404));
+	r.y = e4m3x2_exact_bf16x2(__byte_perm(q.x, 0, 0x3424));
+	r.z = e4m3x2_exact_bf16x2(__byte_perm(q.y, 0, 0x1404));
+	r.w = e4m3x2_exact_bf16x2(__byte_perm(q.y, 0, 0x3424));
 	return r;
 }
 

@@ -35,10 +35,9 @@
  *  - rows (K not a multiple of 8, or x or W not 16-byte aligned: no real model's projection,
  *    but small test shapes and odd views): a thread per output, one fp32 fma chain over k in
  *    order.  Another order, but the one every T of such a shape and alignment takes.
- * FP8 weights (W8A16, qw_cuda_gemm_fp8): the stream kernel reads the e4m3 bytes (8 a lane a
- * block) and dequantises them in registers to the bf16 values qw_cuda_fp8_dequant gives
- * (e4m3x8.h), so it has the bits of every kernel here on the dequantised weight, from half
- * the bytes; more rows dequantise into scratch and take the tiles (the backend's matmul).
+ * FP8 weights (W8A16, qw_cuda_gemm_fp8) have kernels of their own in gemm_fp8.cu: the same
+ * blocks and runs, with a partial sum per scale block multiplied by the block's scale (its
+ * header says how and why); they share this order's pieces through gemm_order.h.
  * qw_cuda_gemm picks by T (stream up to STREAM_MAX_T rows, M up to 128, L beyond); the choice
  * changes the speed only.  Tuning belongs to issue 20: bench_cuda_matmul times every kernel
  * against cuBLAS at decode and prefill shapes.
@@ -47,14 +46,13 @@
 #include <stdint.h>
 
 #include "kernels/cuda/check.h"
-#include "kernels/cuda/e4m3x8.h"
+#include "kernels/cuda/gemm_order.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/mma.h"
 
 typedef __nv_bfloat16 bf16;
 
-#define KB 32                /* k values a block */
 #define STREAM_WARPS 8       /* warps of a stream CTA: 8 / S column groups of S runs */
 #define UNROLL 8             /* stream: blocks of W in flight a lane */
 #define STREAM_MAX_T 32      /* qw_cuda_gemm's largest T for the stream kernel */
@@ -74,50 +72,8 @@ extern "C" int qw_cuda_gemm_splits(int N, int K)
 	return S;
 }
 
-/* The first block of run s of S over nb blocks (run s is [run_begin(s), run_begin(s + 1))). */
-__host__ __device__ static inline int run_begin(int s, int nb, int S)
-{
-	return (int)((int64_t)s * nb / S);
-}
-
-/* c += one block: lo, hi the lane's 16 bytes of rows g and g + 8 of x at 32b + 8t, w its 16
- * bytes of W's row (output column) g there. */
-__device__ static inline void mma_block(float c[4], uint4 lo, uint4 hi, uint4 w)
-{
-	const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
-	mma_bf16(c, a0, w.x, w.y);
-	const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
-	mma_bf16(c, a1, w.z, w.w);
-}
-
-/* Rows r and r + 8 (of T), columns c and c + 1 (of N) of out from accumulator tile v: the
- * total rounded to bf16 (a pair store where both columns exist and pairs are aligned). */
-__device__ static inline void store_tile(bf16 *out, const float v[4], int r, int c, int T, int N,
-					 bool pairs)
-{
-#pragma unroll
-	for (int h = 0; h < 2; h++) {
-		int row = r + 8 * h;
-		if (row >= T || c >= N)
-			continue;
-		bf16 *o = out + (size_t)row * (size_t)N + c;
-		if (pairs && c + 1 < N) {
-			*(__nv_bfloat162 *)o = __floats2bfloat162_rn(v[2 * h], v[2 * h + 1]);
-		} else {
-			o[0] = __float2bfloat16_rn(v[2 * h]);
-			if (c + 1 < N)
-				o[1] = __float2bfloat16_rn(v[2 * h + 1]);
-		}
-	}
-}
-
-__device__ static inline uint4 zero4(void)
-{
-	return make_uint4(0u, 0u, 0u, 0u);
-}
-
 // ---------------------------------------------------------------------------------------
-// the weight formats the stream reads: a lane's 8 values of its row at a block, as loaded
+// the weight format the stream reads: a lane's 8 values of its row at a block, as loaded
 // (raw) and as the MMA takes them (8 bf16 values in a uint4)
 
 /* bf16: one 16-byte load. */
@@ -135,56 +91,6 @@ struct bf16_rows {
 	__device__ static raw load(const lane &l, int b) { return __ldcs(l.p + b * 4); }
 	__device__ static raw none(void) { return zero4(); }
 	__device__ static uint4 widen(const raw &r) { return r; }
-};
-
-/* FP8 (W8A16): one 8-byte load and its block's scale, dequantised as everywhere (e4m3x8.h:
- * bf16_rn(e4m3 * scale)), so the MMAs see the dequantised weight's bf16 values: the bits of
- * the bf16 kernels on that weight. */
-struct fp8_raw {
-	uint2 q;
-	float scale;
-};
-
-struct fp8_rows {
-	const uint8_t *q;
-	const float *scale;   /* (ceil(N / br), scale_cols) */
-	int K, br, bc, scale_cols;
-	typedef fp8_raw raw;
-	struct lane {
-		const uint2 *p;    /* the lane's first chunk of its row */
-		const float *s;    /* its row's row of block scales */
-		int k0, bc;        /* the lane's first k in a block; block columns */
-	};
-	__device__ lane at(int n, int t) const
-	{
-		return {(const uint2 *)(q + (size_t)n * (size_t)K) + t,
-			scale + (size_t)(n / br) * (size_t)scale_cols, 8 * t, bc};
-	}
-	__device__ static raw load(const lane &l, int b)
-	{
-		raw r;
-		r.q = __ldcs(l.p + b * 4);
-		r.scale = __ldg(l.s + (b * KB + l.k0) / l.bc);
-		return r;
-	}
-	__device__ static raw none(void)
-	{
-		raw r;
-		r.q = make_uint2(0u, 0u);
-		r.scale = 0.0f;
-		return r;
-	}
-	__device__ static uint4 widen(const raw &r)
-	{
-		float f[8];
-		e4m3x8_dequant(r.q, r.scale, f);   /* each exactly a bf16 */
-		uint32_t h[8];
-#pragma unroll
-		for (int i = 0; i < 8; i++)
-			h[i] = __float_as_uint(f[i]) >> 16;
-		return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16,
-				  h[6] | h[7] << 16);
-	}
 };
 
 // ---------------------------------------------------------------------------------------
@@ -218,14 +124,7 @@ gemm_stream_kernel(bf16 *out, const bf16 *x, const W w, int T, int N, int K, int
 		acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
 	const uint4 *xrow[MT][2];
 	bool xok[MT][2];
-#pragma unroll
-	for (int m = 0; m < MT; m++)
-#pragma unroll
-		for (int h = 0; h < 2; h++) {
-			int r = m * 16 + g + 8 * h;
-			xok[m][h] = r < T;
-			xrow[m][h] = (const uint4 *)(x + (size_t)(r < T ? r : 0) * (size_t)K) + t;
-		}
+	stream_x_rows<MT>(xrow, xok, x, T, K, g, t);
 	for (int b = b0; b < b1; b += UNROLL) {
 		typename W::raw cur[UNROLL];
 #pragma unroll
@@ -248,22 +147,8 @@ gemm_stream_kernel(bf16 *out, const bf16 *x, const W w, int T, int N, int K, int
 			}
 		}
 	}
-	if (S > 1) {   /* the group's runs, added in order by its first warp */
-#pragma unroll
-		for (int m = 0; m < MT; m++)
-#pragma unroll
-			for (int q = 0; q < 4; q++)
-				part[warp][m * 4 + q][lane] = acc[m][q];
-		__syncthreads();
-		if (run != 0)
-			return;
-		for (int s = 1; s < S; s++)
-#pragma unroll
-			for (int m = 0; m < MT; m++)
-#pragma unroll
-				for (int q = 0; q < 4; q++)
-					acc[m][q] = __fadd_rn(acc[m][q], part[warp + s][m * 4 + q][lane]);
-	}
+	if (!join_runs<MT>(acc, part, warp, lane, run, S))
+		return;
 #pragma unroll
 	for (int m = 0; m < MT; m++)
 		store_tile(out, acc[m], m * 16 + g, grp * 8 + 2 * t, T, N, pairs);
@@ -349,12 +234,7 @@ gemm_tile_kernel(bf16 *out, const bf16 *x, const bf16 *w, int T, int N, int K, i
 		for (int i = 0; i < C::MI; i++)
 #pragma unroll
 			for (int j = 0; j < C::NJ; j++)
-#pragma unroll
-				for (int q = 0; q < 4; q++) {
-					tot[i][j][q] = run == 0 ? acc[i][j][q]
-								: __fadd_rn(tot[i][j][q], acc[i][j][q]);
-					acc[i][j][q] = 0.0f;
-				}
+				join_run(tot[i][j], acc[i][j], run == 0);
 	};
 
 #pragma unroll
@@ -516,26 +396,4 @@ extern "C" qw_status qw_cuda_gemm(uint16_t *out, const uint16_t *x, const uint16
 				  int N, int K, cudaStream_t stream, qw_err *err)
 {
 	return qw_cuda_gemm_with(QW_GEMM_AUTO, out, x, w, T, N, K, stream, err);
-}
-
-extern "C" bool qw_cuda_gemm_fp8_takes(int T, const qw_cuda_fp8_weight *w, const void *x)
-{
-	return T >= 1 && T <= STREAM_MAX_T && w && w->mats == 1 && w->cols % 8 == 0 &&
-	       w->bc >= 8 && w->bc % 8 == 0 && w->br >= 1 && aligned16(x) &&
-	       ((uintptr_t)w->q & 7) == 0;
-}
-
-extern "C" qw_status qw_cuda_gemm_fp8(uint16_t *out, const uint16_t *x,
-				      const qw_cuda_fp8_weight *w, int T, cudaStream_t stream,
-				      qw_err *err)
-{
-	if (!out || !x || !w || !qw_cuda_gemm_fp8_takes(T, w, x))
-		return qw_fail(err, QW_E_ARG, "cuda gemm (fp8): T %d of a %d x %d weight of %d x %d "
-			       "blocks: needs 1 <= T <= %d, K and block columns multiples of 8, x "
-			       "16-byte and the codes 8-byte aligned", T, w ? w->rows : 0,
-			       w ? w->cols : 0, w ? w->br : 0, w ? w->bc : 0, STREAM_MAX_T);
-	const int N = w->rows, K = w->cols;
-	fp8_rows rows = {w->q, w->scale, K, w->br, w->bc, (K + w->bc - 1) / w->bc};
-	return launch_stream((bf16 *)out, (const bf16 *)x, rows, T, N, K, qw_cuda_gemm_splits(N, K),
-			     N % 2 == 0 && ((uintptr_t)out & 3) == 0, stream, err);
 }

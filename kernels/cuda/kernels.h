@@ -11,7 +11,8 @@
  *
  * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
  * segments), moe.cu (routing and experts; their grouped GEMM, bf16 or FP8, in moe_gemm.cu),
- * gemm.cu (dense projections), fp8_gemm.cu (FP8 weights: dequantised to bf16, or cuBLASLt's
+ * gemm.cu (dense projections), gemm_fp8.cu (dense projections on FP8 weights, W8A16),
+ * fp8_gemm.cu (FP8 weights dequantised to bf16, or cuBLASLt's
  * FP8 tensor-core GEMM), few_rows_gemm.cu (the earlier decode kernels, kept for benchmarks),
  * sample.cu (greedy and seeded sampling), elementwise.cu (norms, rotary, SwiGLU, GELU,
  * gathers, and the fused add + norm and q/k norm + rotary + KV write), checksum.cu (the
@@ -194,8 +195,8 @@ qw_status qw_cuda_interp_rows(uint16_t *out, const uint16_t *table, const int32_
 
 /* An FP8 weight on the device as the backend keeps it (memory.cu): float8_e4m3fn bytes and
  * an fp32 scale per block of its last two dims; value = e4m3(q) * scale[block], dequantised
- * everywhere as bf16_rn(e4m3(q) * scale) (e4m3x8.h).  Blocks at the right and bottom edges
- * may be partial. */
+ * (where a kernel dequantises) as bf16_rn(e4m3(q) * scale) (e4m3x8.h); gemm_fp8.cu scales a
+ * block's sum instead.  Blocks at the right and bottom edges may be partial. */
 typedef struct qw_cuda_fp8_weight {
 	const uint8_t *q;        /* (mats, rows, cols) e4m3 */
 	const float *scale;      /* (mats, ceil(rows / br), ceil(cols / bc)) */
@@ -258,13 +259,27 @@ qw_status qw_cuda_gemm_with(qw_gemm_kernel kind, uint16_t *out, const uint16_t *
  * function of (N, K) alone. */
 int qw_cuda_gemm_splits(int N, int K);
 
-/* qw_cuda_gemm's stream kernel on an FP8 w (one matrix, rows N, cols K), dequantised in
- * registers as it streams (W8A16): the bits of qw_cuda_gemm on the dequantised weight (any
- * T), from half the bytes.  _takes: 1 <= T <= 32, K and block columns multiples of 8, x
- * 16-byte and the codes 8-byte aligned; else dequantise and call qw_cuda_gemm. */
+// -- gemm_fp8.cu ----------------------------------------------------------------------------
+
+/* out (T, N) = x (T, K) w^T for an FP8 w (one matrix, rows N, cols K) read as it is (W8A16:
+ * the codes' exact values, a partial sum per 128-wide (bc) block of k multiplied by the
+ * block's scale once, fp32 sums, bf16 out), for any T: the stream kernel up to 32 rows, 64 x
+ * 128 tiles beyond.  Batch invariant: one order of the sums fixed by (N, K, bc) (gemm_fp8.cu's
+ * header), whatever T and whichever kernel.  Not the bits of qw_cuda_gemm on the dequantised
+ * weight: held to the CPU reference within a tolerance.  _takes: T >= 1, K a multiple of 16,
+ * block columns a multiple of 64, block rows a multiple of 8, x and the codes 16-byte
+ * aligned; else dequantise (qw_cuda_fp8_dequant) and call qw_cuda_gemm, at every T. */
+#define QW_CUDA_FP8_STREAM_MAX_T 32   /* qw_cuda_gemm_fp8's most rows on its stream kernel */
 bool qw_cuda_gemm_fp8_takes(int T, const qw_cuda_fp8_weight *w, const void *x);
 qw_status qw_cuda_gemm_fp8(uint16_t *out, const uint16_t *x, const qw_cuda_fp8_weight *w, int T,
 			   cudaStream_t stream, qw_err *err);
+/* qw_cuda_gemm_fp8 on a given kernel (tests, benchmarks): QW_GEMM_STREAM (T <= 64) or
+ * QW_GEMM_TILE_M (its 64 x 128 tiles); QW_E_ARG for another or where it cannot take the shape. */
+qw_status qw_cuda_gemm_fp8_with(qw_gemm_kernel kind, uint16_t *out, const uint16_t *x,
+				const qw_cuda_fp8_weight *w, int T, cudaStream_t stream,
+				qw_err *err);
+/* S of w's order: the runs of scale blocks whose sums are added last. */
+int qw_cuda_gemm_fp8_splits(const qw_cuda_fp8_weight *w);
 
 // -- few_rows_gemm.cu ------------------------------------------------------------------------
 

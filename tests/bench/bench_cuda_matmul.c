@@ -14,13 +14,17 @@
  * 64 to 8192): qw_cuda_gemm, cuBLAS and each of gemm.cu's tile kernels: us, TFLOP/s and the
  * fraction of the bf16 tensor-core rate.
  *
- * With --fp8: the same weights as FP8 (e4m3, 128 x 128 block scales).  Decode: the bf16
- * GEMM against gemm.cu's FP8 stream (W8A16, the backend's) and the few-rows FP8 stream with
- * one and two columns a warp: us, GB/s and the fraction of the byte roofline (FP8 bytes and
- * scales, or bf16 bytes, over the copy bandwidth), and the FP8 speed-up.  More tokens (5, 64, 512, 8192): the bf16 GEMM,
- * (a) dequantise + the bf16 GEMM (the backend's way), (b) cuBLASLt's block-scaled FP8 GEMM
- * with the activations' quantisation (or why there is none): us and the fraction of the bf16
- * and FP8 tensor-core rates.
+ * With --fp8: the same weights as FP8 (e4m3, 128 x 128 block scales).  Every way is first
+ * checked against the CPU reference (double sums of x times e4m3 * scale, or the bf16
+ * weight, on the rows of T up to 4, else four of them) within its tolerance (`ways` below),
+ * and the program ends on a miss, before anything is timed.  Decode (1, 2, 4 tokens): the
+ * bf16 GEMM against gemm_fp8.cu's W8A16 stream (the backend's) and the earlier few-rows FP8
+ * stream with one and two columns a warp: us, GB/s and the fraction of the byte roofline (FP8
+ * bytes and scales, or bf16 bytes, over the copy bandwidth), and the FP8 speed-up.  More
+ * tokens (5, 64, 512, 8192): the bf16 GEMM, (c) gemm_fp8.cu's W8A16 (tiles beyond 32 rows),
+ * (a) dequantise + the bf16 GEMM, (b) cuBLASLt's block-scaled FP8 GEMM with the activations'
+ * quantisation (or why there is none): us and the fraction of the bf16 and FP8 tensor-core
+ * rates.
  *
  * Decode weights rotate over copies filling more than the L2, so each run reads from HBM as
  * in a real step.  Median of RUNS after three warm-ups.
@@ -33,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/e4m3x8.h"
 #include "kernels/cuda/kernels.h"
 #include "tests/bench/bench_util.h"
 
@@ -65,12 +70,36 @@ typedef struct bench {
 	uint16_t *x, *out, *ref, *deq;   /* (T, K), (T, N) twice, the dequantised weight */
 	void *act;                  /* cuBLASLt's quantised activations */
 	size_t act_bytes;
+	uint16_t *wh, *xh;          /* host copies: the bf16 weight (N, K), x (max_T, K) */
+	uint8_t *codes;             /* the FP8 weight's codes (N, K) */
+	float *sh;                  /* its scales (ceil(N / 128), ceil(K / 128)) */
+	int max_T;
 } bench;
 
 typedef enum way {
 	GEMM, GEMM_STREAM, GEMM_TILE_M, GEMM_TILE_L, BF16_BLAS, BF16_FEW, FP8_GEMM, FP8_STREAM1,
 	FP8_STREAM2, FP8_DEQUANT, FP8_LT
 } way;
+
+/* What each way is called, and its tolerance against the CPU reference: |gpu - ref| <=
+ * rms * RMS(ref) + rel * |ref| (test_cuda_fp8.c and test_cuda_ops.c say why: W8A16 on the
+ * codes' exact values, or a weight rounded to bf16, or W8A8). */
+static const struct {
+	const char *name;
+	double rms, rel;
+} ways[] = {
+	[GEMM] = {"bf16 gemm", 1.0 / 256, 1.0 / 128},
+	[GEMM_STREAM] = {"bf16 stream", 1.0 / 256, 1.0 / 128},
+	[GEMM_TILE_M] = {"bf16 64x128", 1.0 / 256, 1.0 / 128},
+	[GEMM_TILE_L] = {"bf16 128x128", 1.0 / 256, 1.0 / 128},
+	[BF16_BLAS] = {"cuBLAS bf16", 1.0 / 256, 1.0 / 128},
+	[BF16_FEW] = {"bf16 few-rows", 1.0 / 256, 1.0 / 128},
+	[FP8_GEMM] = {"fp8 W8A16 (gemm_fp8.cu)", 1.0 / 256, 1.0 / 128},
+	[FP8_STREAM1] = {"fp8 few-rows/1", 1.0 / 64, 1.0 / 64},
+	[FP8_STREAM2] = {"fp8 few-rows/2", 1.0 / 64, 1.0 / 64},
+	[FP8_DEQUANT] = {"fp8 dequantised + bf16 gemm", 1.0 / 64, 1.0 / 64},
+	[FP8_LT] = {"fp8 cuBLASLt W8A8", 0.25, 1.0 / 16},
+};
 
 static void fail(const char *what, const qw_err *err)
 {
@@ -218,11 +247,13 @@ static uint8_t *random_codes(size_t n)
 }
 
 /* Device copies of an (N, K) weight, bf16 (random, std ~K^-1/2) and FP8 (random codes),
- * enough to rotate past the L2, and x of max_T random rows. */
+ * enough to rotate past the L2, and x of max_T random rows; the host keeps one of each for
+ * the reference. */
 static void weights(bench *b, int N, int K, int max_T)
 {
 	b->N = N;
 	b->K = K;
+	b->max_T = max_T;
 	size_t bytes = (size_t)N * K * 2;
 	b->copies = (int)(ROTATE_BYTES / bytes) + 1;
 	b->w = malloc((size_t)b->copies * sizeof *b->w);
@@ -245,16 +276,15 @@ static void weights(bench *b, int N, int K, int max_T)
 		b->w8[c] = (qw_cuda_fp8_weight){.q = q, .scale = ds, .mats = 1, .rows = N, .cols = K,
 						.br = 128, .bc = 128};
 	}
-	free(s);
-	free(codes);
-	free(wh);
-	uint16_t *xh = random_bf16((size_t)max_T * K, 1.0f, 11);
+	b->sh = s;
+	b->codes = codes;
+	b->wh = wh;
+	b->xh = random_bf16((size_t)max_T * K, 1.0f, 11);
 	CK(cudaMalloc((void **)&b->deq, bytes));
 	CK(cudaMalloc((void **)&b->x, (size_t)max_T * K * 2));
 	CK(cudaMalloc((void **)&b->out, (size_t)max_T * N * 2));
 	CK(cudaMalloc((void **)&b->ref, (size_t)max_T * N * 2));
-	CK(cudaMemcpy(b->x, xh, (size_t)max_T * K * 2, cudaMemcpyHostToDevice));
-	free(xh);
+	CK(cudaMemcpy(b->x, b->xh, (size_t)max_T * K * 2, cudaMemcpyHostToDevice));
 	b->act_bytes = qw_cuda_fp8_lt_act_bytes(max_T, K);
 	CK(cudaMalloc(&b->act, b->act_bytes));
 }
@@ -273,6 +303,108 @@ static void weights_free(bench *b)
 	cudaFree(b->out);
 	cudaFree(b->ref);
 	cudaFree(b->act);
+	free(b->wh);
+	free(b->xh);
+	free(b->codes);
+	free(b->sh);
+}
+
+// ---------------------------------------------------------------------------------------
+// the CPU reference: every way is checked against it before it is timed
+
+#define CHECK_ROWS 4   /* rows checked: all of T <= 4, else the first, two inside, the last */
+
+/* The rows of T checked. */
+static int check_rows(int T, int rows[CHECK_ROWS])
+{
+	if (T <= CHECK_ROWS) {
+		for (int i = 0; i < T; i++)
+			rows[i] = i;
+		return T;
+	}
+	rows[0] = 0;
+	rows[1] = T / 3;
+	rows[2] = (2 * T) / 3;
+	rows[3] = T - 1;
+	return CHECK_ROWS;
+}
+
+/* ref (n_rows, N) = the checked rows of x times the bf16 weight or the FP8 one (e4m3 *
+ * scale), in double: the CPU backend's definition of an FP8 weight. */
+static double *reference(const bench *b, bool fp8, const int *rows, int n_rows)
+{
+	int N = b->N, K = b->K, sc = (K + 127) / 128;
+	double *ref = malloc((size_t)n_rows * N * sizeof *ref), *w = malloc((size_t)K * sizeof *w);
+	float *x = malloc((size_t)n_rows * K * sizeof *x);
+	if (!ref || !w || !x)
+		fail("host memory", NULL);
+	for (int r = 0; r < n_rows; r++)
+		for (int k = 0; k < K; k++)
+			x[(size_t)r * K + k] = bf16_value(b->xh[(size_t)rows[r] * K + k]);
+	for (int n = 0; n < N; n++) {
+		for (int k = 0; k < K; k++)
+			w[k] = fp8 ? (double)e4m3_times_2m120(b->codes[(size_t)n * K + k]) * 0x1p120 *
+					     b->sh[(size_t)(n / 128) * sc + k / 128]
+				   : bf16_value(b->wh[(size_t)n * K + k]);
+		for (int r = 0; r < n_rows; r++) {
+			const float *xr = x + (size_t)r * K;
+			double acc = 0.0;
+			for (int k = 0; k < K; k++)
+				acc += xr[k] * w[k];
+			ref[(size_t)r * N + n] = acc;
+		}
+	}
+	free(w);
+	free(x);
+	return ref;
+}
+
+/* Runs `how` on T rows and holds the checked rows to ref within its tolerance; the
+ * program ends on a miss (a wrong kernel's time means nothing). */
+static void check_way(bench *b, way how, int T, const double *ref, const int *rows, int n_rows)
+{
+	int N = b->N;
+	if (!run_once(b, how, T, 0, b->out))
+		return;
+	CK(cudaStreamSynchronize(b->s));
+	uint16_t *got = malloc((size_t)N * 2);
+	double ss = 0.0;
+	for (size_t i = 0; i < (size_t)n_rows * N; i++)
+		ss += ref[i] * ref[i];
+	double rms = sqrt(ss / ((double)n_rows * N)), worst = 0.0;
+	int bad = 0;
+	for (int r = 0; r < n_rows; r++) {
+		CK(cudaMemcpy(got, b->out + (size_t)rows[r] * N, (size_t)N * 2, cudaMemcpyDeviceToHost));
+		for (int n = 0; n < N; n++) {
+			double want = ref[(size_t)r * N + n], d = fabs(bf16_value(got[n]) - want);
+			double tol = ways[how].rms * rms + ways[how].rel * fabs(want);
+			if (!(d <= tol) && bad++ < 5)
+				fprintf(stderr, "  %s T %d: row %d col %d: %g, want %g\n", ways[how].name,
+					T, rows[r], n, bf16_value(got[n]), want);
+			if (d != d)
+				d = INFINITY;
+			worst = d / rms > worst ? d / rms : worst;
+		}
+	}
+	free(got);
+	if (bad) {
+		fprintf(stderr, "%s %dx%d T %d: %d values outside %.3g RMS + %.3g |ref| of the CPU "
+			"reference (max %.3g RMS): not timed\n", ways[how].name, b->N, b->K, T, bad,
+			ways[how].rms, ways[how].rel, worst);
+		exit(1);
+	}
+	printf("# checked %-28s T %5d against the CPU: max |diff| %.2g RMS\n", ways[how].name, T,
+	       worst);
+}
+
+/* Each way of the list checked against the reference of T rows (bf16 or FP8 weights). */
+static void check_ways(bench *b, int T, bool fp8, const way *list, int n)
+{
+	int rows[CHECK_ROWS], n_rows = check_rows(T, rows);
+	double *ref = reference(b, fp8, rows, n_rows);
+	for (int i = 0; i < n; i++)
+		check_way(b, list[i], T, ref, rows, n_rows);
+	free(ref);
 }
 
 static void bf16(bench *b, double peak, double tflops)
@@ -319,17 +451,25 @@ static void bf16(bench *b, double peak, double tflops)
 static void decode_fp8(bench *b, double peak)
 {
 	static const int tokens[] = {1, 2, 4};
-	printf("# FP8 decode: the bf16 GEMM (qw_cuda_gemm) against gemm.cu's FP8 stream (the "
-	       "backend's) and the few-rows FP8 stream (1 or 2 columns a warp); median us of %d; "
-	       "roofline: bytes over %.0f GB/s\n", RUNS, peak);
-	printf("# %-18s %13s %3s  %8s %6s  %8s %6s %6s %7s  %8s %8s\n", "shape", "N x K", "T",
-	       "bf16 us", "of rf", "fp8 us", "GB/s", "of rf", "speedup", "few/1 us", "few/2 us");
+	static const way bf16_ways[] = {GEMM}, fp8_ways[] = {FP8_GEMM, FP8_STREAM1, FP8_STREAM2};
+	printf("# FP8 decode: the bf16 GEMM (qw_cuda_gemm) against gemm_fp8.cu's W8A16 stream (the "
+	       "backend's) and the few-rows FP8 stream (1 or 2 columns a warp, the earlier kernel); "
+	       "each checked against the CPU first; median us of %d; roofline: bytes over %.0f "
+	       "GB/s\n", RUNS, peak);
 	for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
 		if (shapes[i].N > 16384)   /* the lm_heads stay bf16 */
 			continue;
 		weights(b, shapes[i].N, shapes[i].K, 4);
 		double b16 = (double)b->N * b->K * 2;
 		double b8 = (double)b->N * b->K + ((b->N + 127) / 128) * ((b->K + 127) / 128) * 4.0;
+		printf("\n## %s: N %d, K %d, S %d (FP8 order: %d)\n", shapes[i].name, b->N, b->K,
+		       qw_cuda_gemm_splits(b->N, b->K), qw_cuda_gemm_fp8_splits(&b->w8[0]));
+		for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++) {
+			check_ways(b, tokens[t], false, bf16_ways, 1);
+			check_ways(b, tokens[t], true, fp8_ways, 3);
+		}
+		printf("# %-18s %13s %3s  %8s %6s  %8s %6s %6s %7s  %8s %8s\n", "shape", "N x K", "T",
+		       "bf16 us", "of rf", "fp8 us", "GB/s", "of rf", "speedup", "few/1 us", "few/2 us");
 		for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++) {
 			int T = tokens[t];
 			double ub = time_it(b, GEMM, T, true), u8 = time_it(b, FP8_GEMM, T, true);
@@ -345,27 +485,42 @@ static void decode_fp8(bench *b, double peak)
 static void prefill_fp8(bench *b, double bf16_tflops, double fp8_tflops)
 {
 	static const int tokens[] = {5, 64, 512, 8192};
-	printf("# FP8 weights, more tokens: the bf16 GEMM, (a) dequantise + the bf16 GEMM, (b) "
-	       "cuBLASLt FP8 (activations quantised per token and 128); median us of %d; rates "
-	       "against %.0f (bf16) and %.0f (FP8) TFLOP/s\n", RUNS, bf16_tflops, fp8_tflops);
-	printf("# %-18s %13s %5s  %9s %6s  %9s %6s  %9s %6s %6s\n", "shape", "N x K", "T",
-	       "bf16 us", "of bf", "(a) us", "of bf", "(b) us", "of bf", "of fp8");
+	static const way bf16_ways[] = {GEMM};
+	printf("\n# FP8 weights, more tokens: the bf16 GEMM, (c) gemm_fp8.cu's W8A16 (the backend's: "
+	       "the stream up to 32 rows, its tiles beyond), (a) dequantise + the bf16 GEMM (the "
+	       "backend's for blocks (c) does not take), (b) cuBLASLt FP8 (activations quantised "
+	       "per token and 128; QW_CUDA_FP8_GEMM=cublaslt); each checked against the CPU first; "
+	       "median us of %d; rates against %.0f (bf16) and %.0f (FP8) TFLOP/s\n", RUNS,
+	       bf16_tflops, fp8_tflops);
 	for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
 		if (shapes[i].N > 16384)   /* the lm_heads stay bf16 */
 			continue;
 		weights(b, shapes[i].N, shapes[i].K, 8192);
+		printf("\n## %s: N %d, K %d\n", shapes[i].name, b->N, b->K);
+		bool lt[sizeof tokens / sizeof *tokens];
+		for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++) {
+			int T = tokens[t];
+			qw_err err = {0};
+			lt[t] = false;
+			if (qw_cuda_fp8_lt_supported(b->lt, &b->w8[0], T, &lt[t], &err) != QW_OK)
+				fail("cuBLASLt heuristic", &err);
+			way fp8_ways[] = {FP8_GEMM, FP8_DEQUANT, FP8_LT};
+			check_ways(b, T, false, bf16_ways, 1);
+			check_ways(b, T, true, fp8_ways, lt[t] ? 3 : 2);
+		}
+		printf("# %-18s %13s %5s  %9s %6s  %9s %6s %6s  %9s %6s  %9s %6s %6s\n", "shape",
+		       "N x K", "T", "bf16 us", "of bf", "(c) us", "of bf", "vs bf", "(a) us", "of bf",
+		       "(b) us", "of bf", "of fp8");
 		for (size_t t = 0; t < sizeof tokens / sizeof *tokens; t++) {
 			int T = tokens[t];
 			double flop = 2.0 * T * b->N * b->K;
-			double ub = time_it(b, GEMM, T, false), ua = time_it(b, FP8_DEQUANT, T, false);
-			printf("  %-18s %6dx%-6d %5d  %9.1f %5.1f%%  %9.1f %5.1f%%", shapes[i].name, b->N,
-			       b->K, T, ub, 100.0 * flop / ub / 1e6 / bf16_tflops, ua,
+			double ub = time_it(b, GEMM, T, false), uc = time_it(b, FP8_GEMM, T, false);
+			double ua = time_it(b, FP8_DEQUANT, T, false);
+			printf("  %-18s %6dx%-6d %5d  %9.1f %5.1f%%  %9.1f %5.1f%% %5.2fx  %9.1f %5.1f%%",
+			       shapes[i].name, b->N, b->K, T, ub, 100.0 * flop / ub / 1e6 / bf16_tflops,
+			       uc, 100.0 * flop / uc / 1e6 / bf16_tflops, ub / uc, ua,
 			       100.0 * flop / ua / 1e6 / bf16_tflops);
-			bool yes = false;
-			qw_err err = {0};
-			if (qw_cuda_fp8_lt_supported(b->lt, &b->w8[0], T, &yes, &err) != QW_OK)
-				fail("cuBLASLt heuristic", &err);
-			if (yes) {
+			if (lt[t]) {
 				double ul = time_it(b, FP8_LT, T, false);
 				printf("  %9.1f %5.1f%% %5.1f%%\n", ul, 100.0 * flop / ul / 1e6 / bf16_tflops,
 				       100.0 * flop / ul / 1e6 / fp8_tflops);

@@ -14,8 +14,9 @@
  *    and on tiny and odd ones (K not a multiple of 8 or 16, N of 1 and 3), at T from 1 to 600
  *    across every switch between kernels: each window of a pool of rows against those rows
  *    computed one at a time; and (GPU) each of gemm.cu's tensor-core kernels, asked for by
- *    name, on the same rows; FP8 weights (e4m3 with block scales) likewise, whose few rows
- *    stream the codes and whose more rows run on the dequantised weight.
+ *    name, on the same rows; FP8 weights (e4m3 with block scales) likewise, on gemm_fp8.cu's
+ *    W8A16 kernels (stream, then tiles: one order at every T) or, shapes they do not take,
+ *    on the dequantised weight at every T.
  *  - attention: the backend's attention over a paged cache, for several head shapes (the
  *    real models', the tiny ones', D 64 without grouping, D 96, D 256): a decode beside 1 to
  *    63 others and beside a prefill chunk, decodes at contexts on either side of 256 and 1024
@@ -256,11 +257,13 @@ static const mm_shape mm_small[] = {
 	{"K 1000, N 520", 520, 1000, false, 0, 0},
 };
 
-/* FP8 weights (e4m3, block scales): the stream's W8A16 for few rows, the dequantised weight
- * on the tiles for more, the plain kernel where K is no multiple of 8. */
+/* FP8 weights (e4m3, block scales): gemm_fp8.cu's W8A16 stream for few rows and its tiles for
+ * more; the dequantised weight (gemm.cu's kernels, the plain one where K is no multiple of 8)
+ * for blocks it does not take. */
 static const mm_shape mm_fp8[] = {
 	{"30B q, FP8", 4096, 2048, false, 128, 128},
 	{"235B o, FP8", 4096, 8192, false, 128, 128},
+	{"FP8, partial blocks", 200, 208, false, 128, 128},
 	{"FP8 of 64 x 48 blocks", 520, 1000, false, 64, 48},
 	{"FP8, K 100", 40, 100, false, 16, 16},
 };
