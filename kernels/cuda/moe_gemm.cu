@@ -101,6 +101,16 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #endif
+/* QW_MOE_FP8_BLOCKSUM=1 (a build variant, bench_cuda_moe_fp8_blocksum): FP8 tiles in shared
+ * memory hold the codes' exact values (no scale, e4m3x8_exact_bf16x8: ~2.5 instructions a
+ * code against ~4.5), the MMAs sum each block of scale_rows of k into a partial, and the
+ * partial is multiplied by its column's scale once: acc = fma(partial, s, acc), blocks in
+ * order.  Not the bf16 kernel's bits on the dequantised experts (nearer the exact values);
+ * every tile shape follows it, so it stays batch invariant.  Needs k-tiles inside blocks of
+ * rows (scale_rows a multiple of BK) and even block columns. */
+#ifndef QW_MOE_FP8_BLOCKSUM
+#define QW_MOE_FP8_BLOCKSUM 0
+#endif
 /* the hardware's conversion where asked for and the device has it (sm_89 and up) */
 #if QW_MOE_FP8_HW && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 #define MOE_FP8_HW_CVT 1
@@ -256,6 +266,7 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_par
 	pdl_launch_next();
 	pdl_wait_previous();
 	const moe_gemm_args &g = p.g;
+	constexpr bool BS = W8 && QW_MOE_FP8_BLOCKSUM;   /* the block-sum variant (above) */
 	extern __shared__ __align__(16) unsigned char smem_raw[];
 	bf16 *As = (bf16 *)smem_raw;
 	/* bf16: STAGES B tiles after the A tiles; FP8: STAGES e4m3 tiles, then the bf16 tile */
@@ -344,9 +355,19 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_par
 		*s = scol ? __ldg(scol + (size_t)r0 * (size_t)p.scale_ld) : 0.0f;
 		return r0 == scale_row(p, k1);
 	};
-	/* FP8: the e4m3 k-tile kt in stage into Bq, one scale s for it (one) or a scale a row */
+	/* FP8: the e4m3 k-tile kt in stage into Bq, one scale s for it (one) or a scale a row;
+	 * (BS) the codes' exact values, no scale */
 	auto dequant = [&](int stage, int kt, bool one, float s) {
 		const uint8_t *raw = B8 + stage * C::B8_STAGE;
+		if (BS) {
+#pragma unroll
+			for (int j = 0; j < C::DQ_ITERS; j++) {
+				int r = dq_r0 + j * C::DQ_ROWS;
+				uint2 q = *(const uint2 *)(raw + r * C::BN + dq_c);
+				*(uint4 *)(Bq + r * C::BLD + dq_c) = e4m3x8_exact_bf16x8(q);
+			}
+			return;
+		}
 		dq_scale d = dq_scale_of(s);
 		if (one && !d.big) {   /* the common case: one scale, one multiply a weight */
 #pragma unroll
@@ -377,14 +398,27 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_par
 				     : C::BN / 2 + wn * (C::WN / 2) + (j - C::NT / 2) * 8;
 	};
 
-	float acc[C::MI][C::NT][4];
+	/* acc the sums; (BS) part a block of rows' partial sums, scol8[j] tile j's scales (its
+	 * lane's two columns share a block: even block columns) */
+	float acc[C::MI][C::NT][4], part[C::MI][C::NT][4];
 #pragma unroll
 	for (int mi = 0; mi < C::MI; mi++)
 #pragma unroll
 		for (int j = 0; j < C::NT; j++)
 #pragma unroll
 			for (int q = 0; q < 4; q++)
-				acc[mi][j][q] = 0.0f;
+				acc[mi][j][q] = part[mi][j][q] = 0.0f;
+	const float *scol8[C::NT];
+#pragma unroll
+	for (int j = 0; j < C::NT; j++) {
+		scol8[j] = nullptr;
+		if (BS) {
+			int col, gcol = w_column(bcol(j) + lane % 4 * 2, &col);
+			if (col < g.N)
+				scol8[j] = g.scale + (size_t)e * (size_t)p.scale_k * (size_t)p.scale_ld +
+					   gcol / g.scale_cols;
+		}
+	}
 
 	int nk = (g.K + C::BK - 1) / C::BK;
 #pragma unroll
@@ -395,7 +429,7 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_par
 	}
 	float s_now = 0.0f, s_next = 0.0f;
 	bool one_now = true, one_next = true;
-	if (W8)
+	if (W8 && !BS)
 		one_now = tile_scale(0, &s_now);
 	for (int kt = 0; kt < nk; kt++) {
 		cp_async_wait<C::STAGES - 2>();   /* tile kt has landed */
@@ -406,7 +440,7 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_par
 		cp_async_commit();
 		const bf16 *bs = Bs + (kt % C::STAGES) * C::B_STAGE;
 		if (W8) {
-			if (kt + 1 < nk)   /* in flight while this tile is dequantised and used */
+			if (!BS && kt + 1 < nk)   /* in flight while this tile is dequantised and used */
 				one_next = tile_scale(kt + 1, &s_next);
 			dequant(kt % C::STAGES, kt, one_now, s_now);
 			__syncthreads();   /* Bq is whole */
@@ -441,7 +475,22 @@ static __global__ void __launch_bounds__(C::THREADS) expert_gemm_kernel(gemm_par
 			for (int mi = 0; mi < C::MI; mi++)
 #pragma unroll
 				for (int j = 0; j < C::NT; j++)
-					mma_bf16(acc[mi][j], af[mi], bfr[j][0], bfr[j][1]);
+					mma_bf16(BS ? part[mi][j] : acc[mi][j], af[mi], bfr[j][0], bfr[j][1]);
+		}
+		/* (BS) a block of rows ends with this k-tile: its partials times their scales */
+		if (BS && ((kt + 1) * C::BK % g.scale_rows == 0 || kt + 1 == nk)) {
+			int sr = scale_row(p, kt * C::BK);
+#pragma unroll
+			for (int j = 0; j < C::NT; j++) {
+				float sc = scol8[j] ? __ldg(scol8[j] + (size_t)sr * (size_t)p.scale_ld) : 0.0f;
+#pragma unroll
+				for (int mi = 0; mi < C::MI; mi++)
+#pragma unroll
+					for (int q = 0; q < 4; q++) {
+						acc[mi][j][q] = __fmaf_rn(part[mi][j][q], sc, acc[mi][j][q]);
+						part[mi][j][q] = 0.0f;
+					}
+			}
 		}
 	}
 	cp_async_wait<0>();
@@ -519,6 +568,13 @@ qw_status moe_gemm(const moe_gemm_args *g, moe_tile t, bool gate_up, int max_til
 		if ((g->scale_rows & (g->scale_rows - 1)) == 0)
 			p.scale_shift = __builtin_ctz((unsigned)g->scale_rows);
 	}
+	if (QW_MOE_FP8_BLOCKSUM && g->scale &&
+	    (g->scale_rows % cfg_s8::BK || g->scale_rows % cfg_m::BK || g->scale_rows % cfg_l::BK ||
+	     g->scale_cols % 2 || g->N % 2))
+		return qw_fail(err, QW_E_ARG, "moe gemm: this build's block-sum FP8 (QW_MOE_FP8_BLOCKSUM) "
+			       "needs blocks of a multiple of %d rows and even columns, and an even "
+			       "N, not %d x %d blocks and N %d", cfg_s8::BK, g->scale_rows, g->scale_cols,
+			       g->N);
 	switch (t) {
 	case MOE_TILE_S:
 		return launch_shape<cfg_s, cfg_s8>(&p, gate_up, max_tiles, stream, err);
