@@ -203,6 +203,7 @@ qw_status qw_sched_init(qw_sched *s, const qw_sched_opts *o, qw_err *err)
 	if (st != QW_OK)
 		return st;
 	qw_kv_set_caching(&s->pool, o->prefix_cache);
+	qw_vcache_init(&s->vcache, o->vision_cache_tokens, o->vision_cache_entries);
 	s->table_cap = 16;
 	while (s->table_cap < 2 * (o->max_queue + o->max_seqs + 1))
 		s->table_cap *= 2;
@@ -278,6 +279,7 @@ void qw_sched_free(qw_sched *s)
 	free(s->arena_free);
 	free(s->drops);
 	free(s->key_words);
+	qw_vcache_free(&s->vcache);
 	qw_sched_plan_buf *b = s->buf;
 	if (b) {
 		free(b->token_ids);
@@ -370,15 +372,25 @@ qw_status qw_sched_submit(qw_sched *s, qw_seq *seq, int max_new, qw_err *err)
 	return QW_OK;
 }
 
-/* Stage 0 may drop the features of seq's images that it holds and will not finish. */
+/* Stage 0 may forget handle's features (from the next plan on). */
+static void drop_handle(void *ctx, uint64_t handle)
+{
+	qw_sched *s = ctx;
+	if (grow((void **)&s->drops, &s->cap_drops, s->n_drops + 1, sizeof *s->drops))
+		s->drops[s->n_drops++] = handle;
+}
+
+/* Stage 0 may drop the features of seq's images that it holds and will not finish (those
+ * of the vision cache stay: the cache drops them). */
 static void drop_images(qw_sched *s, qw_seq *q)
 {
 	for (int i = 0; i < q->n_images; i++) {
 		qw_sched_image *im = &q->images[i];
-		if (im->handle && q->n_scheduled > im->pos && q->n_scheduled < im->pos + im->n_tokens &&
-		    grow((void **)&s->drops, &s->cap_drops, s->n_drops + 1, sizeof *s->drops))
-			s->drops[s->n_drops++] = im->handle;
+		if (im->handle && !im->cached && q->n_scheduled > im->pos &&
+		    q->n_scheduled < im->pos + im->n_tokens)
+			drop_handle(s, im->handle);
 		im->handle = 0;
+		im->cached = false;
 	}
 }
 
@@ -409,18 +421,33 @@ static void preempt(qw_sched *s, qw_seq *q)
 // building a step
 
 /* Tokens of the images stage 0 holds now: sent, and split by the steps so far (it keeps
- * their features until their last tokens pass). */
+ * their features until their last tokens pass); the vision cache's count in its budget. */
 static int images_held(const qw_sched *s)
 {
 	int held = 0;
 	for (const qw_seq *q = s->running.head; q; q = q->next)
 		for (int i = 0; i < q->n_images; i++) {
 			const qw_sched_image *im = &q->images[i];
-			held += im->handle && q->n_scheduled > im->pos &&
+			held += im->handle && !im->cached && q->n_scheduled > im->pos &&
 					q->n_scheduled < im->pos + im->n_tokens
 				? im->n_tokens : 0;
 		}
 	return held;
+}
+
+/* Whether a running sequence has rows left of the image stage 0 keeps under handle, or
+ * the step being built fills some (an eviction's drop comes before the step's rows). */
+static bool image_busy(void *ctx, uint64_t handle)
+{
+	const qw_sched *s = ctx;
+	for (const qw_seq *q = s->running.head; q; q = q->next)
+		for (int i = 0; i < q->n_images; i++) {
+			const qw_sched_image *im = &q->images[i];
+			if (im->handle == handle && (q->n_scheduled < im->pos + im->n_tokens ||
+						     im->placed_step == s->next_step))
+				return true;
+		}
+	return false;
 }
 
 /* Arena space of the step, freed when it completes; false when there is none. */
@@ -431,6 +458,44 @@ static bool take_arena(qw_sched *s, uint64_t bytes, uint64_t *offset)
 	    !arena_alloc(s, bytes, offset))
 		return false;
 	b->fresh[b->n_fresh++] = (qw_arena_range){*offset, bytes};
+	return true;
+}
+
+/* Gives im, which the step reaches, its handle on stage 0: the vision cache's when stage 0
+ * keeps its features (no pixels, no tower); else a new one, its pixels in the arena for the
+ * tower, kept in the cache after when it has room.  false when the chunk must stop before
+ * it: it would split the image while the split images fill stage 0's memory for them, or
+ * the arena has no room. */
+static bool send_image(qw_sched *s, qw_sched_image *im, bool split, uint64_t step)
+{
+	qw_vision_cache *vc = &s->vcache;
+	const qw_vcache_entry *e = qw_vcache_use(vc, im->content_hash, step);
+	if (e) {
+		im->handle = e->handle;
+		im->cached = true;
+		im->fresh_step = 0;
+		return true;
+	}
+	uint64_t handle = s->next_handle;
+	bool keep = qw_vcache_add(vc, im->content_hash, handle, im->n_tokens, step, image_busy,
+				  drop_handle, s);
+	/* an image the chunk splits stays on stage 0: within what it holds, or not yet */
+	if (!keep && split && s->o.vision_tokens > 0 &&
+	    s->buf->held + im->n_tokens > s->o.vision_tokens)
+		return false;
+	uint64_t off, bytes = (uint64_t)im->height * (uint64_t)im->width * 3;
+	if (!take_arena(s, bytes, &off)) {
+		if (keep)
+			qw_vcache_remove(vc, handle);
+		return false;
+	}
+	memcpy(s->o.arena + off, im->rgb, (size_t)bytes);
+	s->buf->held += split && !keep ? im->n_tokens : 0;
+	vc->stats.misses += vc->cap_tokens > 0;
+	im->handle = s->next_handle++;
+	im->cached = keep;
+	im->fresh_step = step;
+	im->arena_offset = off;
 	return true;
 }
 
@@ -462,23 +527,10 @@ static int chunk_size(qw_sched *s, qw_seq *q, int budget, uint64_t step, qw_step
 		qw_sched_image *im = &q->images[i];
 		if (im->handle || im->pos >= a + c || im->pos + im->n_tokens <= a)
 			continue;
-		/* an image the chunk splits stays on stage 0: within what it holds, or not yet */
-		bool split = im->pos + im->n_tokens > a + c;
-		if (split && s->o.vision_tokens > 0 &&
-		    s->buf->held + im->n_tokens > s->o.vision_tokens) {
-			c = im->pos > a ? im->pos - a : 0;
-			break;
-		}
-		uint64_t off, bytes = (uint64_t)im->height * (uint64_t)im->width * 3;
-		if (!take_arena(s, bytes, &off)) {
+		if (!send_image(s, im, im->pos + im->n_tokens > a + c, step)) {
 			c = im->pos > a ? im->pos - a : 0;   /* stop before it */
 			break;
 		}
-		memcpy(s->o.arena + off, im->rgb, (size_t)bytes);
-		s->buf->held += split ? im->n_tokens : 0;
-		im->handle = s->next_handle++;
-		im->fresh_step = step;
-		im->arena_offset = off;
 	}
 	if (c < q->n_tokens - a)
 		*history = (qw_step_history){0};   /* no logit row after all (its space is freed
@@ -516,11 +568,13 @@ static bool place(qw_sched *s, qw_seq *q, int c, uint64_t step, const qw_step_hi
 		if (lo >= hi)
 			continue;
 		bool fresh = im->fresh_step == step;
+		im->placed_step = step;
 		b->images[b->n_images++] = (qw_step_image){
 			.handle = im->handle, .grid = {im->grid[0], im->grid[1], im->grid[2]},
 			.height = im->height, .width = im->width, .n_tokens = im->n_tokens,
 			.first = lo - im->pos, .count = hi - lo, .row = row0 + lo - a,
-			.fresh = fresh, .arena_offset = fresh ? im->arena_offset : 0};
+			.fresh = fresh, .keep = im->cached,
+			.arena_offset = fresh ? im->arena_offset : 0};
 	}
 	if (a + c == q->n_tokens) {   /* its last known token: sample the next */
 		int l = b->n_logits++;
@@ -724,12 +778,15 @@ void qw_sched_reset(qw_sched *s, qw_sched_seq_fn on_lost, void *ctx)
 	arena_reset(s);
 	while (s->running.head) {
 		qw_seq *q = s->running.head;
-		for (int i = 0; i < q->n_images; i++)
+		for (int i = 0; i < q->n_images; i++) {
 			q->images[i].handle = 0;   /* the new stage 0 has seen none of them */
+			q->images[i].cached = false;
+		}
 		q->awaiting = false;
 		on_lost(ctx, q);
 		if (s->running.head == q)      /* on_lost did not remove it: requeue */
 			preempt(s, q);
 	}
 	qw_kv_forget_all(&s->pool);        /* the new workers' caches hold none of it */
+	qw_vcache_clear(&s->vcache);       /* nor stage 0 any image: survivors forget theirs */
 }

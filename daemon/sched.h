@@ -32,6 +32,11 @@
  *     that would split an image while the images split before hold too many tokens stops
  *     before it (the split ones finish first), and a larger image than it has memory for is
  *     refused;
+ *   - the vision cache (vision_cache.h): an image stage 0 is sent whole is kept there after
+ *     its last rows when the cache has room (evicting the least recently used images no
+ *     sequence still needs and the step being built does not read); a later image of the
+ *     same content hash takes that handle and is not sent again (no tower).  Its rows count
+ *     against the cache's budget, not the split images'.  A lost pipeline forgets it;
  *   - penalties: a sequence sampled with a penalty keeps its history (history.h), and each
  *     logit row of it carries that history whole in the arena (freed when the step
  *     completes) for the last stage's sampler; a row whose history finds no room waits for
@@ -47,6 +52,7 @@
 
 #include "daemon/history.h"
 #include "daemon/kv_blocks.h"
+#include "daemon/vision_cache.h"
 #include "ipc/step.h"
 #include "kernels/ops.h"
 
@@ -58,7 +64,10 @@ typedef struct qw_sched_image {
 	uint8_t *rgb;             /* (height, width, 3) the resized image; owned */
 	uint64_t content_hash;    /* of its pixels, size and grid (set by qw_sched_submit) */
 	uint64_t handle;          /* its name on stage 0 while there; 0: not sent yet */
+	bool cached;              /* handle is the vision cache's: stage 0 keeps it after its last
+				     rows, and only the cache drops it */
 	uint64_t fresh_step;      /* the step that carries its pixels to stage 0 */
+	uint64_t placed_step;     /* the last step that fills rows of it */
 	uint64_t arena_offset;    /* where they lie meanwhile */
 } qw_sched_image;
 
@@ -104,6 +113,9 @@ typedef struct qw_sched_opts {
 	int vision_tokens;            /* the largest image stage 0 has memory for, and the tokens
 					 of images split across steps it may hold besides the one
 					 it sees (0: no limit) */
+	int vision_cache_tokens;      /* rows stage 0 keeps for the vision cache (0: off) */
+	int vision_cache_entries;     /* images it may hold at most (each evicted one is a drop
+					 in a plan) */
 } qw_sched_opts;
 
 typedef struct qw_seq_list {
@@ -152,6 +164,7 @@ typedef struct qw_sched {
 	qw_sched_plan_buf *buf;
 	uint64_t preempted;           /* total preemptions */
 	qw_prefix_stats prefix;
+	qw_vision_cache vcache;       /* the images stage 0 keeps the tower's outputs of */
 	int32_t *key_words;           /* (8 * block_tokens + 2,) what one block key hashes */
 } qw_sched;
 

@@ -273,6 +273,7 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 	job.max_context = sv->rc.max_context;
 	job.max_image_tokens = largest_image(sv);
 	job.block_tokens = (int)set->kv_block_tokens;
+	job.vision_cache_bytes = (uint64_t)set->vision_cache;
 	job.kv_memory = set->kv_memory;
 	job.check_transport = !strcmp(set->check_transport, "yes");
 	job.cuda_graphs = !strcmp(set->cuda_graphs, "yes");
@@ -284,9 +285,12 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 	int64_t per_seq = (sv->rc.max_context + job.block_tokens - 1) / job.block_tokens;
 	int64_t kv_max = per_seq * set->max_seqs;
 	int64_t plan_blocks = kv_max < (1 << 18) ? kv_max : (1 << 18);
-	/* image handles stage 0 may drop: at most every image of every sequence */
+	/* image handles stage 0 may drop: at most every image of every sequence, and the vision
+	 * cache's entries (as many at most) */
+	int64_t handles = set->max_seqs * set->max_images;
+	sv->max_image_handles = handles < (1 << 26) ? (int)handles : (1 << 26);
 	size_t plan_max = qw_step_plan_max_size(job.max_tokens, job.max_logits, (int)plan_blocks,
-						(int)(set->max_seqs * set->max_images));
+						2 * sv->max_image_handles);
 	size_t result_max = qw_step_result_max_size(job.max_logits);
 	qw_region_sizes sizes = {
 		.plan_ring = (size_t)(sv->depth + 1) * qw_ring_record_bytes(plan_max),
@@ -325,7 +329,10 @@ static void pipeline_ready(qw_server *sv)
 				   .prefix_cache = !strcmp(sv->set.prefix_cache, "yes"),
 				   .arena = qw_region_arena(&sv->sup.region),
 				   .arena_bytes = sv->sup.region.hdr->arena_bytes,
-				   .vision_tokens = sv->sup.job.max_image_tokens};
+				   .vision_tokens = sv->sup.job.max_image_tokens,
+				   .vision_cache_tokens =
+					   sv->sup.region.hdr->worker[0].vision_cache_tokens,
+				   .vision_cache_entries = sv->max_image_handles};
 		if (qw_sched_init(&sv->sched, &o, &err) != QW_OK) {
 			qw_log(QW_LOG_ERROR, "%s", err.msg);
 			sv->stopping = true;

@@ -92,6 +92,9 @@ typedef struct qw_server {
 	bool have_sched;
 	int depth;
 	int max_plan_blocks;         /* block ids one plan may carry (the plan rings' size) */
+	int max_image_handles;       /* images every sequence may bring at start: handles one plan
+					drops for them, and as many again for the vision cache's
+					evictions (its most entries) */
 	void *plan_buf;
 	size_t plan_buf_cap;
 	void *result_buf;

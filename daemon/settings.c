@@ -66,6 +66,10 @@ static const qw_setting_def table[] = {
 	 "token histories that the penalties of a request's sampling look at"},
 	{"image-threads", QW_SET_INT, F(image_threads), 0, 1, 64, NULL, "2", false,
 	 "threads that decode and resize request images, off the loop that serves the clients"},
+	{"vision-cache", QW_SET_SIZE, F(vision_cache), 0, 0, 1ll << 40, NULL, "256M", false,
+	 "memory stage 0 reserves at start for the vision tower's outputs of images it has seen, "
+	 "so that a request about the same image (by its pixels) does not run the tower again; "
+	 "least recently used images make room; 0: off"},
 	{"thinking", QW_SET_ENUM, STR(thinking), 0, 0, "auto|yes|no", "auto", false,
 	 "whether prompts open <think> (a Thinking model); auto: as the model's chat template does"},
 	{"temperature", QW_SET_REAL, F(temperature), 0, 0, 100, NULL, "1.0", true,

@@ -43,6 +43,8 @@ typedef struct qw_settings {
 	int64_t pipeline_depth;      /* steps in flight; 0 = the stage count */
 	int64_t image_arena;         /* bytes of shared memory for images on their way in */
 	int64_t image_threads;       /* threads decoding and resizing request images */
+	int64_t vision_cache;        /* bytes stage 0 keeps the vision tower's outputs of seen
+					images in; 0: off */
 	double drain_timeout;        /* seconds SIGTERM waits for requests to finish */
 	double worker_timeout;       /* seconds without a sign of life before a worker is hung */
 	int64_t max_restarts;        /* worker restarts in 10 minutes before qwend gives up */

@@ -37,6 +37,14 @@ void qw_vision_store_free(qw_vision_store *s)
 	memset(s, 0, sizeof *s);
 }
 
+int qw_vision_store_tokens_in(const qw_config *cfg, size_t elem, uint64_t bytes, int max)
+{
+	uint64_t row = (uint64_t)(1 + cfg->vision.n_deepstack) * (uint64_t)cfg->text.hidden_size *
+		       elem;
+	uint64_t tokens = row ? bytes / row : 0;
+	return tokens < (uint64_t)max ? (int)tokens : max;
+}
+
 uint64_t qw_vision_store_bytes(const qw_vision_store *s)
 {
 	if (!s->be)

@@ -3,11 +3,11 @@
  *
  * Owns: the tower's scratch for the largest image, and one store of rows per output (the
  * merged embeddings and each deepstack feature, (cap, H) each) holding the outputs of the
- * images in progress, each a run of rows.  An image's run is placed at the first gap that
+ * images in progress and of those the daemon's vision cache keeps, each a run of rows.  An image's run is placed at the first gap that
  * holds it; when none does though enough rows are free, the runs are moved down to close
  * the gaps first, so a store of cap rows holds any images of cap tokens in all.  Nothing is
  * allocated per image: the daemon's scheduler keeps what stage 0 holds within cap (the
- * tokens of images split across steps, plus the one being seen).
+ * tokens of images split across steps, plus the one being seen, plus the cached ones).
  */
 #ifndef QW_DAEMON_VISION_STORE_H
 #define QW_DAEMON_VISION_STORE_H
@@ -39,6 +39,10 @@ typedef struct qw_vision_store {
 qw_status qw_vision_store_init(qw_vision_store *s, qw_backend *be, const qw_config *cfg,
 			       int max_image_tokens, int cap_tokens, qw_err *err);
 void qw_vision_store_free(qw_vision_store *s);
+
+/* Image tokens that bytes of store hold, at elem bytes a value (the merged embedding and
+ * each deepstack feature a row of hidden_size each), at most max. */
+int qw_vision_store_tokens_in(const qw_config *cfg, size_t elem, uint64_t bytes, int max);
 
 /* Bytes of backend memory the store and the tower's scratch hold. */
 uint64_t qw_vision_store_bytes(const qw_vision_store *s);

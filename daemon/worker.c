@@ -29,6 +29,7 @@
 #define IDLE_WAIT_MS 500      /* how often an idle worker beats and checks on its daemon */
 #define NCCL_TIMEOUT_S 120.0  /* joining the communicator, and leaving it cleanly */
 #define CPU_KV_CAP (256ull << 20)   /* the CPU backend's KV cache stops at 256 MiB a stage */
+#define VISION_CACHE_MAX_TOKENS (1 << 24)   /* image tokens the vision cache holds at most */
 
 void worker_notify(worker *w)
 {
@@ -204,8 +205,9 @@ static qw_status alloc_step_acts(worker *w, qw_err *err)
 
 /* Everything a step uses, made before the KV cache is sized from what is left, so that
  * nothing is allocated once the daemon is ready: the step's activations, stage 0's vision
- * tower and image store (the largest image, and as many tokens again of images split across
- * steps: the scheduler keeps them within that), and the backend's buffers reserved for the
+ * tower and image store (the largest image, as many tokens again of images split across
+ * steps, and the vision cache's tokens: the scheduler keeps them within that, the cache's
+ * size reported in the slot), and the backend's buffers reserved for the
  * largest step the job admits.  On CUDA the largest steps then run once (warm-up): their
  * kernels load now, a step graph is measured, and a step past the reservation fails here. */
 static qw_status reserve_steps(worker *w, const qw_stage *stage, qw_err *err)
@@ -215,9 +217,12 @@ static qw_status reserve_steps(worker *w, const qw_stage *stage, qw_err *err)
 	bool first = w->stage == 0, last = w->stage == w->n_stages - 1;
 	QW_TRY(alloc_step_acts(w, err));
 	bool vision = first && w->cfg.has_vision && job->max_image_tokens > 0;
+	int cached = vision ? qw_vision_store_tokens_in(&w->cfg, w->elem, job->vision_cache_bytes,
+							 VISION_CACHE_MAX_TOKENS) : 0;
 	if (vision)
 		QW_TRY(qw_vision_store_init(&w->images, be, &w->cfg, job->max_image_tokens,
-					    2 * job->max_image_tokens, err));
+					    2 * job->max_image_tokens + cached, err));
+	w->slot->vision_cache_tokens = cached;
 	qw_step_limits lim = {.max_tokens = job->max_tokens, .max_seqs = job->max_seqs,
 			      .max_logits = job->max_logits, .max_context = job->max_context,
 			      .block_size = job->block_tokens,
@@ -403,6 +408,8 @@ static qw_status see_image(worker *w, const qw_step_image *im, qw_err *err)
 	st = qw_vision_store_see(&w->images, &w->m.w, im->handle, im->grid, px.values, px.rows,
 				 err);
 	qw_pixels_free(&px);
+	if (st == QW_OK)
+		atomic_fetch_add(&w->slot->vision_runs, 1);
 	return st;
 }
 
@@ -435,7 +442,8 @@ static qw_status gather_visual(worker *w, const qw_step_plan *p, int n_visual, q
 		for (int k = 0; k < im->count; k++)
 			w->visual_rows[at + k] = im->row + k;
 		at += im->count;
-		if (im->first + im->count == im->n_tokens)   /* its last rows are placed */
+		/* its last rows are placed: forgotten, unless the daemon's vision cache keeps it */
+		if (im->first + im->count == im->n_tokens && !im->keep)
 			qw_vision_store_forget(&w->images, im->handle);
 	}
 	w->visual.rows = n_visual;

@@ -30,7 +30,7 @@
 #include "loader/error.h"
 #include "loader/plan.h"
 
-#define QW_REGION_VERSION 3
+#define QW_REGION_VERSION 4
 
 typedef enum qw_worker_state {
 	QW_WORKER_STARTING = 0,  /* the process exists */
@@ -68,6 +68,9 @@ typedef struct qw_worker_slot {
 					    activations, scratch, the vision tower and its image
 					    store, memory kept for step graphs; set before LOADED */
 	uint64_t step_host_bytes;        /* pinned host memory for steps, set before LOADED */
+	int32_t vision_cache_tokens;     /* stage 0: image tokens its vision cache holds (rows
+					    reserved for job.vision_cache_bytes), set before LOADED */
+	_Atomic uint64_t vision_runs;    /* stage 0: images this worker ran the vision tower on */
 	_Atomic uint64_t device_free;    /* the GPU's free memory as last seen (once ready, after
 					    steps; 0 on the CPU backend) */
 	char device[96];                 /* what it runs on, e.g. "cpu" or "cuda:0 (NVIDIA H200)" */
@@ -93,6 +96,8 @@ typedef struct qw_region_job {
 					    for; images split across steps hold at most as many
 					    more (0: no vision tower) */
 	int32_t block_tokens;            /* tokens per KV block */
+	uint64_t vision_cache_bytes;     /* stage 0 keeps the tower's outputs of images the daemon
+					    caches in this much memory (0: none) */
 	double kv_memory;                /* share of the memory left after the weights for KV */
 	int32_t check_transport;         /* checksum every hand-over */
 	int32_t cuda_graphs;             /* decode steps replayed as CUDA graphs */

@@ -37,6 +37,8 @@ typedef struct qw_step_image {
 	int32_t count;           /* how many, consecutive */
 	int32_t row;             /* the step's token row the first of them lands on */
 	int32_t fresh;           /* 1: not seen before: stage 0 runs the vision tower on it now */
+	int32_t keep;            /* 1: the daemon's vision cache: stage 0 keeps its features
+				    after its last rows, until a plan drops the handle */
 	uint64_t arena_offset;   /* fresh: where its RGB bytes (height x width x 3) lie in the
 				    region's image arena */
 } qw_step_image;

@@ -98,6 +98,7 @@ static void image_rows(sim *m, const qw_step_plan *p, int *seed_of_row, int *row
 			assert_memory_equal(m->arena + im->arena_offset, want,
 					    (size_t)im->height * (size_t)im->width * 3);
 			free(want);
+			assert_true(m->n_handles < 256);
 			m->handles[m->n_handles] = im->handle;
 			m->seeds[m->n_handles] = seed;
 			m->tokens[m->n_handles] = im->n_tokens;
@@ -114,7 +115,7 @@ static void image_rows(sim *m, const qw_step_plan *p, int *seed_of_row, int *row
 			seed_of_row[im->row + c] = m->seeds[k];
 			row_in_img[im->row + c] = im->first + c;
 		}
-		if (im->first + im->count == im->n_tokens)
+		if (im->first + im->count == im->n_tokens && !im->keep)   /* kept: until dropped */
 			forget_handle(m, k);
 	}
 	if (tokens_held(m) > m->held_after)

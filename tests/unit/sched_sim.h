@@ -15,7 +15,8 @@
  * every slot lies where the block table says, a written block is held by its writer alone
  * and was not published by an earlier step, every entry a token attends to was written by
  * an earlier step or by its own sequence earlier in this one, fresh images arrive intact in
- * the arena and the features of an image's later rows are still on stage 0; and every
+ * the arena and the features of an image's later rows are still on stage 0 (which forgets
+ * an image after its last rows unless the plan says keep, and a dropped one); and every
  * logit row of a sequence with penalties carries, in the arena, its history exactly as the
  * reference's tokens so far make it (each distinct token once, its generated count and
  * whether the prompt holds it), and no other row carries one; it counts the image tokens
