@@ -160,6 +160,25 @@ static void print_prefix(const json_t *p)
 	printf("\n");
 }
 
+static void print_vision_cache(const json_t *v)
+{
+	double hits, misses, images, tokens, cap, evictions;
+	if (!json_is_true(json_object_get(v, "enabled"))) {
+		printf("%-11s off\n", "vision");
+		return;
+	}
+	printf("%-11s on", "vision");
+	if (num(v, "hits", &hits) && num(v, "misses", &misses))
+		printf(": %.0f of %.0f images from the cache (no tower)", hits, hits + misses);
+	if (num(v, "images", &images) && num(v, "tokens", &tokens) &&
+	    num(v, "capacity_tokens", &cap))
+		printf("; %.0f image%s cached, %.0f of %.0f tokens", images, images == 1 ? "" : "s",
+		       tokens, cap);
+	if (num(v, "evictions", &evictions))
+		printf(", %.0f evicted", evictions);
+	printf("\n");
+}
+
 static void print_requests(const json_t *r)
 {
 	double q, run, mq, ms, served, failed;
@@ -259,6 +278,10 @@ static void summary(const json_t *st)
 	const json_t *prefix = json_object_get(st, "prefix_cache");
 	if (json_is_object(prefix))
 		print_prefix(prefix);
+	const json_t *vision = json_object_get(st, "vision_cache");
+	if (json_is_object(vision) && json_is_true(json_object_get(json_object_get(st, "model"),
+								     "vision")))
+		print_vision_cache(vision);
 	const json_t *req = json_object_get(st, "requests");
 	if (json_is_object(req))
 		print_requests(req);

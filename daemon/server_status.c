@@ -80,6 +80,9 @@ static json_t *stages_json(const qw_server *sv)
 					    &((qw_worker_slot *)w)->steps)));
 			json_object_set_new(st, "busy_s", json_real((double)atomic_load(
 					    &((qw_worker_slot *)w)->busy_us) / 1e6));
+			if (i == 0 && sv->cfg.has_vision)   /* this worker's, since it started */
+				json_object_set_new(st, "vision_runs", json_integer((json_int_t)
+						    atomic_load(&((qw_worker_slot *)w)->vision_runs)));
 		} else {
 			json_object_set_new(st, "state", json_string("down"));
 		}
@@ -106,6 +109,19 @@ static json_t *prefix_json(const qw_server *sv)
 			 ? (double)p.hit_tokens / (double)p.lookup_tokens : 0.0,
 			 "images_skipped", (json_int_t)p.images_skipped, "cached_blocks", cached,
 			 "evictions", evictions);
+}
+
+/* What the vision cache saved: images sent to stage 0 whose tower outputs it kept (hits)
+ * or not (misses). */
+static json_t *vision_cache_json(const qw_server *sv)
+{
+	qw_vision_cache c = {0};
+	if (sv->have_sched)
+		c = sv->sched.vcache;
+	return json_pack("{s:b, s:i, s:i, s:i, s:I, s:I, s:I}", "enabled", c.cap_tokens > 0,
+			 "capacity_tokens", c.cap_tokens, "tokens", c.held_tokens, "images", c.n,
+			 "hits", (json_int_t)c.stats.hits, "misses", (json_int_t)c.stats.misses,
+			 "evictions", (json_int_t)c.stats.evictions);
 }
 
 char *qw_server_status_json(const qw_server *sv)
@@ -164,6 +180,7 @@ char *qw_server_status_json(const qw_server *sv)
 					       "capacity_tokens", blocks * bt, "used_tokens",
 					       used_tokens));
 	json_object_set_new(o, "prefix_cache", prefix_json(sv));
+	json_object_set_new(o, "vision_cache", vision_cache_json(sv));
 	json_object_set_new(o, "requests", json_pack(
 		"{s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "preparing",
 		qw_server_preparing(sv), "images_decoding", sv->images_out, "queued", queued, "running", running, "steps_in_flight",

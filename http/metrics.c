@@ -168,6 +168,13 @@ static void daemon_metrics(qh_buf *o, const json_t *st, const char *model)
 		"prefix cache (no vision tower).", model, num(st, "prefix_cache", "images_skipped"));
 	counter(o, "qwen:prefix_cache_evictions_total", "Cached KV blocks evicted for new ones.",
 		model, num(st, "prefix_cache", "evictions"));
+	counter(o, "qwen:vision_cache_hits_total", "Images sent to the vision tower's stage whose "
+		"outputs it kept from an earlier request (no vision tower).", model,
+		num(st, "vision_cache", "hits"));
+	counter(o, "qwen:vision_cache_misses_total", "Images the vision tower ran on while the "
+		"vision cache was on.", model, num(st, "vision_cache", "misses"));
+	counter(o, "qwen:vision_cache_evictions_total", "Images evicted from the vision cache for "
+		"new ones.", model, num(st, "vision_cache", "evictions"));
 	counter(o, "qwen:num_preemptions_total", "Sequences preempted when the KV cache ran out.",
 		model, num(st, "requests", "preempted"));
 	counter(o, "qwen:restarts_total", "Pipeline restarts after a worker failed.", model,

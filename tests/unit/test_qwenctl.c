@@ -584,7 +584,7 @@ static const char status_ready[] =
 	"{\"state\": \"ready\", \"uptime_s\": 3723.5, \"model\": {\"path\": \"/models/Qwen3-VL\", "
 	"\"type\": \"qwen3_vl_moe\", \"layers\": 94, \"params\": 235000000000, "
 	"\"active_params\": 22000000000, \"vocab\": 1000, \"tokenizer\": true, "
-	"\"thinking\": true}, \"device\": \"cuda\", \"load\": {\"bytes_done\": 504658657280, "
+	"\"thinking\": true, \"vision\": true}, \"device\": \"cuda\", \"load\": {\"bytes_done\": 504658657280, "
 	"\"bytes_total\": 504658657280}, \"stages\": [{\"index\": 0, \"layers\": [0, 24], "
 	"\"pid\": 123, \"state\": \"ready\", \"device\": \"cuda:0\", \"weight_bytes\": "
 	"129385889792, \"kv_bytes\": 12884901888, \"step_bytes\": 3221225472, "
@@ -595,7 +595,9 @@ static const char status_ready[] =
 	"\"block_tokens\": 16, \"capacity_tokens\": 80000, \"used_tokens\": 20000}, "
 	"\"prefix_cache\": {\"enabled\": true, \"lookups\": 30, \"hits\": 12, "
 	"\"prompt_tokens\": 8192, \"hit_tokens\": 4096, \"hit_rate\": 0.5, "
-	"\"images_skipped\": 2, \"cached_blocks\": 300, \"evictions\": 5}, \"requests\": {\"queued\": 3, \"running\": 2, \"max_queue\": "
+	"\"images_skipped\": 2, \"cached_blocks\": 300, \"evictions\": 5}, "
+	"\"vision_cache\": {\"enabled\": true, \"capacity_tokens\": 8192, \"tokens\": 3000, "
+	"\"images\": 3, \"hits\": 7, \"misses\": 5, \"evictions\": 2}, \"requests\": {\"queued\": 3, \"running\": 2, \"max_queue\": "
 	"1024, \"max_seqs\": 256, \"served\": 120, \"failed\": 1, \"refused\": {\"bad_request\": 2, "
 	"\"too_large\": 1, \"busy\": 0}}, \"throughput\": "
 	"{\"window_s\": 10, \"prompt_tokens_per_s\": 1234.5, \"generated_tokens_per_s\": 456.7}, "
@@ -634,6 +636,8 @@ static void test_status(void **state)
 			"16 tokens a block");
 	assert_contains(out, "prefix      on: 12 of 30 admissions hit, 4096 of 8192 tokens (50.0%) "
 			"from the cache, 2 images not seen again; 300 blocks cached, 5 evicted");
+	assert_contains(out, "vision      on: 7 of 12 images from the cache (no tower); 3 images "
+			"cached, 3000 of 8192 tokens, 2 evicted\n");
 	assert_contains(out, "3 queued (at most 1024), 2 running (at most 256); 120 served, 1 "
 			"failed, 3 refused (2 bad_request, 1 too_large)\n");
 	assert_contains(out, "1234.5 prompt tokens/s, 456.7 generated tokens/s (last 10 s)");
