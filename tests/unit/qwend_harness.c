@@ -150,6 +150,25 @@ void qwend_wait_state(qwend *d, const char *state, double timeout_s)
 	}
 }
 
+void qwend_wait_restarted(qwend *d, json_int_t restarts, double timeout_s)
+{
+	double until = now_s() + timeout_s;
+	for (;;) {
+		json_t *s = qwend_status(d);
+		bool back = json_integer_value(json_object_get(s, "restarts")) >= restarts &&
+			    !strcmp(json_string_value(json_object_get(s, "state")), "ready");
+		json_decref(s);
+		if (back)
+			return;
+		if (now_s() > until) {
+			qwend_dump_log(d);
+			fail_msg("qwend was not ready after restart %lld within %.0f s",
+				 (long long)restarts, timeout_s);
+		}
+		usleep(10000);
+	}
+}
+
 json_int_t qwend_status_int(qwend *d, const char *section, const char *key)
 {
 	json_t *s = qwend_status(d);

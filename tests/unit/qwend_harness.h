@@ -52,6 +52,9 @@ json_int_t qwend_status_int(qwend *d, const char *section, const char *key);
 void qwend_wait_for(qwend *d, const char *section, const char *key, json_int_t want,
 		    double timeout_s);
 void qwend_wait_state(qwend *d, const char *state, double timeout_s);
+/* Waits (up to timeout_s) until the daemon has counted its restart number `restarts` and is
+ * ready again. */
+void qwend_wait_restarted(qwend *d, json_int_t restarts, double timeout_s);
 
 /* SIGTERM; it must exit 0 within 30 s and leave no socket file. */
 void qwend_stop(qwend *d);

@@ -61,26 +61,6 @@ static stages_seen seen(qwend *d)
 	return v;
 }
 
-/* Waits until the daemon has counted its restart number `restarts` and is ready again. */
-static void wait_restarted(qwend *d, json_int_t restarts, double timeout_s)
-{
-	double until = seconds_now() + timeout_s;
-	for (;;) {
-		json_t *s = qwend_status(d);
-		bool back = json_integer_value(json_object_get(s, "restarts")) >= restarts &&
-			    !strcmp(json_string_value(json_object_get(s, "state")), "ready");
-		json_decref(s);
-		if (back)
-			return;
-		if (seconds_now() > until) {
-			qwend_dump_log(d);
-			fail_msg("qwend was not ready after restart %lld within %.0f s",
-				 (long long)restarts, timeout_s);
-		}
-		usleep(10000);
-	}
-}
-
 /* Only stage `k` was started again: its pid is new and the old one reaped, it loaded once
  * more; every other stage kept its pid and loaded nothing. */
 static void expect_only(qwend *d, const stages_seen *before, const stages_seen *after, int k)
@@ -174,7 +154,7 @@ static void test_idle_kills(void **state)
 		for (int i = 0; i < STAGES; i++)
 			assert_int_equal(before.loads[i], i < k ? 2 : 1);
 		kill(before.pid[k], SIGKILL);
-		wait_restarted(&d, k + 1, 60);
+		qwend_wait_restarted(&d, k + 1, 60);
 		stages_seen after = seen(&d);
 		expect_only(&d, &before, &after, k);
 		assert_int_equal(after.restarts, k + 1);
@@ -254,7 +234,7 @@ static void test_busy_kills(void **state)
 		char what[96];
 		snprintf(what, sizeof what, "queued while stage %d was killed", k);
 		expect_tokens(&ob, want, n_want, "HF", what);
-		wait_restarted(&d, k + 1, 60);
+		qwend_wait_restarted(&d, k + 1, 60);
 		stages_seen after = seen(&d);
 		expect_only(&d, &before, &after, k);
 		expect_hf_tokens(&d, "after the restart");
@@ -281,7 +261,7 @@ static void test_hung_worker(void **state)
 		    NULL, true);
 	stages_seen before = seen(&d);
 	kill(before.pid[2], SIGSTOP);
-	wait_restarted(&d, 1, 60);
+	qwend_wait_restarted(&d, 1, 60);
 	stages_seen after = seen(&d);
 	expect_only(&d, &before, &after, 2);
 	json_t *s = qwend_status(&d);
@@ -323,7 +303,7 @@ static void test_fallback_to_every_worker(void **state)
 			fail_msg("survivor %d is %s", i, mid.state[i]);
 	}
 	kill(first.pid[0], SIGKILL);
-	wait_restarted(&d, 1, 60);
+	qwend_wait_restarted(&d, 1, 60);
 	stages_seen after = seen(&d);
 	for (int i = 0; i < STAGES; i++) {
 		assert_true(after.pid[i] > 0 && after.pid[i] != first.pid[i] &&
@@ -358,7 +338,7 @@ static void test_max_restarts(void **state)
 						 "--max-restarts", "1", NULL}, NULL, true);
 	stages_seen before = seen(&d);
 	kill(before.pid[1], SIGKILL);
-	wait_restarted(&d, 1, 60);
+	qwend_wait_restarted(&d, 1, 60);
 	stages_seen after = seen(&d);
 	expect_only(&d, &before, &after, 1);
 	qw_request r = token_request(ids, n, 4000, NULL, 0);
