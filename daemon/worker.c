@@ -219,9 +219,18 @@ static qw_status reserve_steps(worker *w, const qw_stage *stage, qw_err *err)
 	bool vision = first && w->cfg.has_vision && job->max_image_tokens > 0;
 	int cached = vision ? qw_vision_store_tokens_in(&w->cfg, w->elem, job->vision_cache_bytes,
 							 VISION_CACHE_MAX_TOKENS) : 0;
-	if (vision)
-		QW_TRY(qw_vision_store_init(&w->images, be, &w->cfg, job->max_image_tokens,
-					    2 * job->max_image_tokens + cached, err));
+	qw_status st = vision ? qw_vision_store_init(&w->images, be, &w->cfg, job->max_image_tokens,
+						     2 * job->max_image_tokens + cached, err)
+			      : QW_OK;
+	if (st != QW_OK && cached > 0) {
+		char why[sizeof err->msg];
+		snprintf(why, sizeof why, "%s", err->msg);
+		return qw_fail(err, st, "stage 0's image store with a vision cache of %d image "
+			       "tokens: %s (HINT: vision-cache sets the cache's memory; a smaller "
+			       "value, or 0 for none, leaves more for the rest)", cached, why);
+	}
+	if (st != QW_OK)
+		return st;
 	w->slot->vision_cache_tokens = cached;
 	qw_step_limits lim = {.max_tokens = job->max_tokens, .max_seqs = job->max_seqs,
 			      .max_logits = job->max_logits, .max_context = job->max_context,
