@@ -70,6 +70,6 @@ if [[ " $what " == *" daemon "* ]]; then
 	QWEND_TEST_DEVICE=cuda python3 "$root/tests/run_tests.py" --bin $bin --fixtures "$fix" \
 		build/tests/unit/test_qwend build/tests/unit/test_qwend_faults \
 		build/tests/unit/test_qwend_prefix build/tests/unit/test_qwend_sampling \
-		build/tests/unit/test_qwend_restart 2>&1 |
+		build/tests/unit/test_qwend_restart build/tests/unit/test_qwend_vision_cache 2>&1 |
 		tee "$out/daemon.txt"
 fi

@@ -23,7 +23,8 @@ for t in build/tests/bench/bench_*; do
 	case "$t" in *.o) continue ;; esac
 	strip -o .devpack/build/tests/bench/$(basename "$t") "$t"
 done
-for t in test_qwend test_qwend_faults test_qwend_prefix test_qwend_sampling test_qwend_restart; do
+for t in test_qwend test_qwend_faults test_qwend_prefix test_qwend_sampling test_qwend_restart \
+	test_qwend_vision_cache; do
 	strip -o .devpack/build/tests/unit/$t build/tests/unit/$t
 done
 strip -o .devpack/build/tests/soak/soak build/tests/soak/soak
