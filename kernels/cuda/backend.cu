@@ -312,12 +312,16 @@ static qw_status rope(qw_backend *be, qw_act *x, const int32_t *positions, int n
 }
 
 /* out (T, N) = x (T, K) w^T, w (N, K) bf16: gemm.cu, one order of the sums per (N, K) for
- * every T, so a token's bits do not depend on its step. */
+ * every T, so a token's bits do not depend on its step; more than 128 rows on the wgmma
+ * tiles where the backend opted in (the same bits: setup's self-check). */
 static qw_status gemm_bf16(cuda_ctx *c, qw_act *out, const qw_act *x, const void *w, int N,
 			   qw_err *err)
 {
-	return qw_cuda_gemm(D16(out), C16(x), (const uint16_t *)w, x->rows, N, x->cols, c->stream,
-			    err);
+	qw_gemm_kernel kind = QW_GEMM_AUTO;
+	if (c->wgmma_on && qw_cuda_gemm_pick(x->rows, N, x->cols, x->data, w) == QW_GEMM_TILE_L)
+		kind = QW_GEMM_WGMMA;
+	return qw_cuda_gemm_with(kind, D16(out), C16(x), (const uint16_t *)w, x->rows, N, x->cols,
+				 c->stream, err);
 }
 
 /* An FP8 linear weight (N, K) as the kernels take it. */
@@ -750,6 +754,10 @@ static qw_status setup(cuda_ctx *c, int device, qw_err *err)
 		QW_CUDA_TRY(err, cudaMalloc(&c->lt_ws, LT_WS_BYTES));
 		QW_TRY(qw_cuda_fp8_lt_create(&c->fp8_lt, c->lt_ws, LT_WS_BYTES, err));
 	}
+	/* the wgmma tiles for prefill GEMMs, when asked for and once they have shown on this GPU
+	 * that they give the mma.sync tiles' bits (gemm_wgmma.cu) */
+	QW_TRY(qw_cuda_gemm_wgmma_opt_in(getenv("QW_CUDA_WGMMA"), device, c->stream, &c->wgmma_on,
+					 err));
 	for (int i = 0; i < 2; i++) {
 		QW_CUDA_TRY(err, cudaMallocHost((void **)&c->staging[i], STAGING_BYTES));
 		QW_CUDA_TRY(err, cudaEventCreateWithFlags(&c->staged[i], cudaEventDisableTiming));

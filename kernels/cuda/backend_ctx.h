@@ -85,6 +85,9 @@ typedef struct cuda_ctx {
 	/* GEMMs of many tokens on FP8 weights through cuBLASLt's FP8 GEMM instead (environment
 	 * QW_CUDA_FP8_GEMM=cublaslt; shapes it has no algorithm for are dequantised) */
 	bool fp8_lt_on;
+	/* dense GEMMs of more than 128 tokens on gemm_wgmma.cu's tiles (environment
+	 * QW_CUDA_WGMMA=1, on a Hopper GPU whose self-check gave the mma.sync tiles' bits) */
+	bool wgmma_on;
 	qw_cuda_fp8_lt *fp8_lt;     /* NULL unless fp8_lt_on */
 	void *lt_ws;                /* its workspace (LT_WS_BYTES) */
 	dev_buf fp8_act;            /* the quantised activations */

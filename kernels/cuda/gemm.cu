@@ -39,8 +39,10 @@
  * blocks and runs, with a partial sum per scale block multiplied by the block's scale (its
  * header says how and why); they share this order's pieces through gemm_order.h.
  * qw_cuda_gemm picks by T (stream up to STREAM_MAX_T rows, M up to 128, L beyond); the choice
- * changes the speed only.  Tuning belongs to issue 20: bench_cuda_matmul times every kernel
- * against cuBLAS at decode and prefill shapes.
+ * changes the speed only.  gemm_wgmma.cu's tile (QW_GEMM_WGMMA) keeps the same order on
+ * Hopper's warpgroup MMA; it is never the automatic choice (the backend opts in).
+ * Tuning belongs to issue 20: bench_cuda_matmul times every kernel against cuBLAS at decode
+ * and prefill shapes.
  */
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -381,6 +383,8 @@ extern "C" qw_status qw_cuda_gemm_with(qw_gemm_kernel kind, uint16_t *out, const
 		return launch_tile<cfg_m>(o, xb, wb, T, N, K, S, pairs, stream, err);
 	case QW_GEMM_TILE_L:
 		return launch_tile<cfg_l>(o, xb, wb, T, N, K, S, pairs, stream, err);
+	case QW_GEMM_WGMMA:
+		return qw_cuda_gemm_wgmma(out, x, w, T, N, K, stream, err);
 	case QW_GEMM_ROWS: {
 		dim3 grid((unsigned)((N + 127) / 128), (unsigned)(T < 65535 ? T : 65535));
 		gemm_rows_kernel<<<grid, 128, 0, stream>>>(o, xb, wb, T, N, K);

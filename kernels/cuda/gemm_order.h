@@ -1,6 +1,6 @@
 /* gemm_order.h - the pieces of gemm.cu's order of the sums that every dense-projection kernel
- * shares (CUDA C++ only, included by gemm.cu, the bf16 kernels, and gemm_fp8.cu, the FP8
- * ones): the k block of one pair of MMAs, where a run of blocks begins, and the store of an
+ * shares (CUDA C++ only, included by gemm.cu, the bf16 kernels, gemm_wgmma.cu, their tile on
+ * Hopper's wgmma, gemm_fp8.cu, the FP8 ones, and the GPU tests' wgmma probe): the k block of one pair of MMAs, where a run of blocks begins, and the store of an
  * accumulator tile rounded to bf16.
  *
  * Owns: KB, run_begin, mma_block, store_tile, zero4, and the stream kernels' shared steps:

@@ -11,9 +11,9 @@
  *
  * Files: attention.cu (KV-cache writes, paged attention, the vision tower's attention within
  * segments), moe.cu (routing and experts; their grouped GEMM, bf16 or FP8, in moe_gemm.cu),
- * gemm.cu (dense projections), gemm_fp8.cu (dense projections on FP8 weights, W8A16),
- * fp8_gemm.cu (FP8 weights dequantised to bf16, or cuBLASLt's
- * FP8 tensor-core GEMM), few_rows_gemm.cu (the earlier decode kernels, kept for benchmarks),
+ * gemm.cu (dense projections; gemm_wgmma.cu their tile on Hopper's wgmma), gemm_fp8.cu
+ * (dense projections on FP8 weights, W8A16), fp8_gemm.cu (FP8 weights dequantised to bf16,
+ * or cuBLASLt's FP8 tensor-core GEMM), few_rows_gemm.cu (the earlier decode kernels, kept for benchmarks),
  * sample.cu (greedy and seeded sampling), elementwise.cu (norms, rotary, SwiGLU, GELU,
  * gathers, and the fused add + norm and q/k norm + rotary + KV write), checksum.cu (the
  * hand-over checksum's chunk hashes), backend.cu (the op table; memory.cu, experts.cu and
@@ -247,6 +247,8 @@ typedef enum qw_gemm_kernel {
 	QW_GEMM_TILE_M,   /* 64 x 128 tiles */
 	QW_GEMM_TILE_L,   /* 128 x 128 tiles */
 	QW_GEMM_ROWS,     /* a thread per output: shapes the others cannot read */
+	QW_GEMM_WGMMA,    /* 128 x 128 tiles on wgmma (gemm_wgmma.cu): sm_90 only, never AUTO's
+			     choice; the backend's with QW_CUDA_WGMMA=1 */
 } qw_gemm_kernel;
 
 /* The kernel qw_cuda_gemm takes for this shape and these operands. */
@@ -258,6 +260,26 @@ qw_status qw_cuda_gemm_with(qw_gemm_kernel kind, uint16_t *out, const uint16_t *
 /* S, the runs of consecutive k blocks whose sums the order adds last (1, 2, 4 or 8): a
  * function of (N, K) alone. */
 int qw_cuda_gemm_splits(int N, int K);
+
+// -- gemm_wgmma.cu ---------------------------------------------------------------------------
+
+/* Whether the current device is sm_90 (Hopper), the one the wgmma kernels run on. */
+bool qw_cuda_gemm_wgmma_device(void);
+/* qw_cuda_gemm in 128 x 128 tiles on Hopper's warpgroup MMA, in gemm.cu's order of the sums
+ * (the bits of the other kernels, where the hardware rounds wgmma as it rounds mma.sync:
+ * test_cuda_wgmma, qw_cuda_gemm_wgmma_selfcheck).  Needs an sm_90 device, K a multiple of
+ * 8 and x, w 16-byte aligned (QW_E_ARG, nothing run, otherwise). */
+qw_status qw_cuda_gemm_wgmma(uint16_t *out, const uint16_t *x, const uint16_t *w, int T, int N,
+			     int K, cudaStream_t stream, qw_err *err);
+/* Runs the wgmma tiles and the mma.sync tiles on a few random shapes (values of wide
+ * exponents, ragged tiles, several runs) and fails (QW_E_DEVICE, with a HINT) unless their
+ * bits agree: what the backend does before it takes the wgmma tiles.  Synchronises stream. */
+qw_status qw_cuda_gemm_wgmma_selfcheck(cudaStream_t stream, qw_err *err);
+/* The backend's opt-in, from the value of QW_CUDA_WGMMA (NULL: unset): "1" sets *on once
+ * GPU `device` (current) is sm_90 and the self-check passed; NULL or "0" clears it; any
+ * other value, or "1" on another GPU, is QW_E_ARG with a HINT. */
+qw_status qw_cuda_gemm_wgmma_opt_in(const char *value, int device, cudaStream_t stream, bool *on,
+				    qw_err *err);
 
 // -- gemm_fp8.cu ----------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@
  * cuBLAS (cublasGemmEx, which the backend called for more than 4 tokens), the few-rows kernel
  * (its decode kernel before) and gemm.cu's stream kernel by name: us, GB/s of weight and the
  * fraction of the copy bandwidth (the weight's bytes are the step's traffic); and prefill (T
- * 64 to 8192): qw_cuda_gemm, cuBLAS and each of gemm.cu's tile kernels: us, TFLOP/s and the
- * fraction of the bf16 tensor-core rate.
+ * 64 to 8192): qw_cuda_gemm, cuBLAS and each of gemm.cu's tile kernels, and on Hopper
+ * gemm_wgmma.cu's tiles once they gave the 128x128 tiles' bits at 129 and 1000 rows (-1: not
+ * timed): us, TFLOP/s and the fraction of the bf16 tensor-core rate.
  *
  * With --fp8: the same weights as FP8 (e4m3, 128 x 128 block scales).  Every way is first
  * checked against the CPU reference (double sums of x times e4m3 * scale, or the bf16
@@ -77,8 +78,8 @@ typedef struct bench {
 } bench;
 
 typedef enum way {
-	GEMM, GEMM_STREAM, GEMM_TILE_M, GEMM_TILE_L, BF16_BLAS, BF16_FEW, FP8_GEMM, FP8_STREAM1,
-	FP8_STREAM2, FP8_DEQUANT, FP8_LT
+	GEMM, GEMM_STREAM, GEMM_TILE_M, GEMM_TILE_L, GEMM_WGMMA, BF16_BLAS, BF16_FEW, FP8_GEMM,
+	FP8_STREAM1, FP8_STREAM2, FP8_DEQUANT, FP8_LT
 } way;
 
 /* What each way is called, and its tolerance against the CPU reference: |gpu - ref| <=
@@ -115,12 +116,13 @@ static bool run_once(bench *b, way how, int T, int copy, uint16_t *out)
 	qw_status st = QW_OK;
 	const qw_cuda_fp8_weight *w8 = &b->w8[copy];
 	static const qw_gemm_kernel kinds[] = {QW_GEMM_AUTO, QW_GEMM_STREAM, QW_GEMM_TILE_M,
-					       QW_GEMM_TILE_L};
+					       QW_GEMM_TILE_L, QW_GEMM_WGMMA};
 	switch (how) {
 	case GEMM:
 	case GEMM_STREAM:
 	case GEMM_TILE_M:
 	case GEMM_TILE_L:
+	case GEMM_WGMMA:
 		if (how == GEMM_STREAM && T > 64)
 			return false;
 		st = qw_cuda_gemm_with(kinds[how], out, b->x, b->w[copy], T, b->N, b->K, b->s, &err);
@@ -191,18 +193,28 @@ static float bf16_value(uint16_t h)
 	return f;
 }
 
+/* T rows' outputs of `a` and of `b` (malloc'd host copies of their bits). */
+static void outputs(bench *b, way a, way c, int T, uint16_t **o, uint16_t **r)
+{
+	size_t n = (size_t)T * (size_t)b->N;
+	CK(cudaMemset(b->out, 0xff, n * 2));
+	run_once(b, a, T, 0, b->out);
+	run_once(b, c, T, 0, b->ref);
+	CK(cudaStreamSynchronize(b->s));
+	*o = malloc(n * 2);
+	*r = malloc(n * 2);
+	if (!*o || !*r)
+		fail("host memory", NULL);
+	CK(cudaMemcpy(*o, b->out, n * 2, cudaMemcpyDeviceToHost));
+	CK(cudaMemcpy(*r, b->ref, n * 2, cudaMemcpyDeviceToHost));
+}
+
 /* max |gemm - cuBLAS| over the RMS of cuBLAS's output, at T rows */
 static double against_cublas(bench *b, int T)
 {
 	size_t n = (size_t)T * (size_t)b->N;
-	run_once(b, GEMM, T, 0, b->out);
-	run_once(b, BF16_BLAS, T, 0, b->ref);
-	CK(cudaStreamSynchronize(b->s));
-	uint16_t *o = malloc(n * 2), *r = malloc(n * 2);
-	if (!o || !r)
-		fail("host memory", NULL);
-	CK(cudaMemcpy(o, b->out, n * 2, cudaMemcpyDeviceToHost));
-	CK(cudaMemcpy(r, b->ref, n * 2, cudaMemcpyDeviceToHost));
+	uint16_t *o, *r;
+	outputs(b, GEMM, BF16_BLAS, T, &o, &r);
 	double ss = 0.0, worst = 0.0;
 	for (size_t i = 0; i < n; i++) {
 		double a = bf16_value(o[i]), c = bf16_value(r[i]), d = fabs(a - c);
@@ -215,6 +227,20 @@ static double against_cublas(bench *b, int T)
 	free(o);
 	free(r);
 	return worst / sqrt(ss / (double)n + 1e-30);
+}
+
+/* How many of T rows' outputs the wgmma tiles give other bits for than the 128x128 mma.sync
+ * tiles (they must give none: checked before they are timed). */
+static size_t wgmma_differs(bench *b, int T)
+{
+	size_t n = (size_t)T * (size_t)b->N, bad = 0;
+	uint16_t *o, *r;
+	outputs(b, GEMM_WGMMA, GEMM_TILE_L, T, &o, &r);
+	for (size_t i = 0; i < n; i++)
+		bad += o[i] != r[i];
+	free(o);
+	free(r);
+	return bad;
 }
 
 /* n bf16 values in [-a, a) from a seed */
@@ -409,6 +435,7 @@ static void check_ways(bench *b, int T, bool fp8, const way *list, int n)
 
 static void bf16(bench *b, double peak, double tflops)
 {
+	const bool hopper = qw_cuda_gemm_wgmma_device();
 	static const int decode[] = {1, 2, 4, 8, 16, 32};
 	static const int prefill[] = {64, 128, 256, 512, 1024, 2048, 8192};
 	printf("# dense projections on bf16 weights, median us of %d; decode: weights from HBM, "
@@ -432,17 +459,28 @@ static void bf16(bench *b, double peak, double tflops)
 			printf("  %6d %9.1f %9.1f %9.1f %9.1f   %9.0f %9.0f %8.1f   %8.2f %9.2f\n", T, ug,
 			       uc, uf, us, bytes / ug / 1e3, bytes / uc / 1e3, roof, roof / ug, roof / uc);
 		}
-		printf("# %6s %9s %9s %9s %9s   %9s %9s   %8s %9s\n", "T", "gemm us", "cuBLAS",
-		       "64x128", "128x128", "gemm TF/s", "cuBLAS", "gemm/pk", "cuBLAS/pk");
+		/* the wgmma tiles (Hopper only) are timed where they gave the mma.sync tiles' bits */
+		bool wg = hopper;
+		if (hopper) {
+			size_t d1 = wgmma_differs(b, 129), d2 = wgmma_differs(b, 1000);
+			wg = d1 == 0 && d2 == 0;
+			printf("# wgmma tiles against the 128x128 tiles: %zu of %zu values differ at T "
+			       "129, %zu of %zu at T 1000%s\n", d1, (size_t)129 * b->N, d2,
+			       (size_t)1000 * b->N, wg ? "" : ": WRONG, not timed");
+		}
+		printf("# %6s %9s %9s %9s %9s %9s   %9s %9s %9s   %8s %8s %9s\n", "T", "gemm us",
+		       "cuBLAS", "64x128", "128x128", "wgmma", "gemm TF/s", "cuBLAS", "wgmma",
+		       "gemm/pk", "wgmma/pk", "cuBLAS/pk");
 		for (size_t t = 0; t < sizeof prefill / sizeof *prefill; t++) {
 			int T = prefill[t];
 			double ug = time_it(b, GEMM, T, false), uc = time_it(b, BF16_BLAS, T, false);
 			double um = time_it(b, GEMM_TILE_M, T, false);
 			double ul = time_it(b, GEMM_TILE_L, T, false);
-			double flop = 2.0 * T * (double)b->N * b->K;
-			printf("  %6d %9.1f %9.1f %9.1f %9.1f   %9.0f %9.0f   %8.2f %9.2f\n", T, ug, uc, um,
-			       ul, flop / ug / 1e6, flop / uc / 1e6, flop / ug / 1e6 / tflops,
-			       flop / uc / 1e6 / tflops);
+			double uw = wg ? time_it(b, GEMM_WGMMA, T, false) : -1.0;
+			double flop = 2.0 * T * (double)b->N * b->K, tw = uw > 0 ? flop / uw / 1e6 : 0.0;
+			printf("  %6d %9.1f %9.1f %9.1f %9.1f %9.1f   %9.0f %9.0f %9.0f   %8.2f %8.2f "
+			       "%9.2f\n", T, ug, uc, um, ul, uw, flop / ug / 1e6, flop / uc / 1e6, tw,
+			       flop / ug / 1e6 / tflops, tw / tflops, flop / uc / 1e6 / tflops);
 		}
 		weights_free(b);
 	}

@@ -14,9 +14,15 @@
  *    and on tiny and odd ones (K not a multiple of 8 or 16, N of 1 and 3), at T from 1 to 600
  *    across every switch between kernels: each window of a pool of rows against those rows
  *    computed one at a time; and (GPU) each of gemm.cu's tensor-core kernels, asked for by
+<<<<<<< HEAD
  *    name, on the same rows; FP8 weights (e4m3 with block scales) likewise, on gemm_fp8.cu's
  *    W8A16 kernels (stream, then tiles: one order at every T) or, shapes they do not take,
  *    on the dequantised weight at every T.
+=======
+ *    name, on the same rows (gemm_wgmma.cu's on Hopper; QW_CUDA_WGMMA=1 puts it in the
+ *    backend's matmul and forward too); FP8 weights (e4m3 with block scales) likewise, whose few rows
+ *    stream the codes and whose more rows run on the dequantised weight.
+>>>>>>> d44f1b6 (Dense projections on Hopper's wgmma (gemm_wgmma.cu, opt-in QW_CUDA_WGMMA=1 after a start-up self-check): test_cuda_wgmma (probe, tile, opt-in), the tile in test_cuda_invariance and bench_cuda_matmul (checked before timed), docs)
  *  - attention: the backend's attention over a paged cache, for several head shapes (the
  *    real models', the tiny ones', D 64 without grouping, D 96, D 256): a decode beside 1 to
  *    63 others and beside a prefill chunk, decodes at contexts on either side of 256 and 1024
@@ -303,12 +309,14 @@ static int mm_kernels_check(const mm_shape *s, const char *shape, const qw_act *
 		const char *name;
 		int max_T;
 	} kernels[] = {{QW_GEMM_STREAM, "stream", 64}, {QW_GEMM_TILE_M, "64x128 tiles", INT_MAX},
-		       {QW_GEMM_TILE_L, "128x128 tiles", INT_MAX}};
-	static const int Ts[] = {1, 8, 17, 33, 64, 130};
+		       {QW_GEMM_TILE_L, "128x128 tiles", INT_MAX},
+		       {QW_GEMM_WGMMA, "wgmma tiles", INT_MAX}};
+	static const int Ts[] = {1, 8, 17, 33, 64, 130, 257};
+	const bool hopper = qw_cuda_gemm_wgmma_device();   /* the wgmma tiles run on sm_90 only */
 	if (qw_cuda_gemm_pick(1, s->N, s->K, x->data, w->data) == QW_GEMM_ROWS)
 		return 0;   /* only the plain kernel reads this shape */
 	cudaStream_t stream = (cudaStream_t)qw_cuda_backend_stream(be);
-	uint16_t *bits = malloc((size_t)130 * s->N * 2);
+	uint16_t *bits = malloc((size_t)257 * s->N * 2);
 	assert_non_null(bits);
 	int bad = 0;
 	for (size_t i = 0; i < sizeof Ts / sizeof *Ts; i++) {
@@ -316,7 +324,7 @@ static int mm_kernels_check(const mm_shape *s, const char *shape, const qw_act *
 		qw_act win = qw_act_rows(pool, r0, T, act_elem());
 		OK(be->act_copy(be, x, &win, err));
 		for (size_t k = 0; k < sizeof kernels / sizeof *kernels; k++) {
-			if (T > kernels[k].max_T)
+			if (T > kernels[k].max_T || (kernels[k].kind == QW_GEMM_WGMMA && !hopper))
 				continue;
 			OK(qw_cuda_gemm_with(kernels[k].kind, out->data, x->data, w->data, T, s->N, s->K,
 					     stream, err));
