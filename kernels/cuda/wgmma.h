@@ -3,11 +3,12 @@
  *
  * Owns: the shared-memory layout the wgmma kernels write their operands in (wg_pair_offset:
  * 128-byte swizzled rows, the k values of a 32-block in mma.sync's slot order), its matrix
- * descriptor (wg_desc), the instructions (wgmma_m64n128 / wgmma_m64n8, wgmma_fence,
- * wgmma_commit, wgmma_wait, wg_fence_acc), the registers of a specialised warpgroup (wg_regs_dec,
- * wg_regs_inc), the mbarriers of a producer/consumer pipeline
- * (mbar_init, mbar_arrive, mbar_wait) and the proxy fence between the threads' writes to
- * shared memory and wgmma's reads of it (fence_proxy_async).  Everything compiles to nothing
+ * descriptor (wg_desc, wg_desc_sw128), an MN-major operand's layout and descriptor
+ * (wg_mn_offset, wg_desc_mn: only the probe's so far, for the grouped expert GEMM), the
+ * instructions (wgmma_m64n128, wgmma_fence, wgmma_commit, wgmma_wait, wg_fence_acc), the
+ * registers of a specialised warpgroup (wg_regs_dec, wg_regs_inc), the mbarriers of a
+ * producer/consumer pipeline (mbar_init, mbar_arrive, mbar_wait) and the proxy fence between
+ * the threads' writes to shared memory and wgmma's reads of it (fence_proxy_async).  Everything compiles to nothing
  * but a trap outside sm_90a (QW_WGMMA_ARCH 0): a caller checks the device first.
  *
  * The operand layout (both operands K-major: x (T, K) and W (N, K) are rows of k):
@@ -68,11 +69,38 @@ static __device__ __forceinline__ uint32_t wg_pair_offset(int r, int k)
 	return (uint32_t)(r * WG_ROW_BYTES + ((chunk ^ (r % 8)) * 16) + 4 * t);
 }
 
-/* The descriptor of the panel at shared address `panel` (1024-byte aligned), k16 step q. */
+/* A descriptor of 128-byte swizzled atoms at shared address `start` (above): lbo and sbo in
+ * bytes. */
+static __device__ __forceinline__ uint64_t wg_desc_sw128(uint32_t start, uint32_t lbo,
+							 uint32_t sbo)
+{
+	return (uint64_t)((start & 0x3FFFFu) >> 4) | (uint64_t)((lbo & 0x3FFFFu) >> 4) << 16 |
+	       (uint64_t)((sbo & 0x3FFFFu) >> 4) << 32 | 1ull << 62;
+}
+
+/* The descriptor of the K-major panel at shared address `panel` (1024-byte aligned), k16
+ * step q. */
 static __device__ __forceinline__ uint64_t wg_desc(uint32_t panel, int q)
 {
-	const uint64_t start = ((panel + 32u * (uint32_t)q) & 0x3FFFFu) >> 4;
-	return start | (uint64_t)(16 >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 | 1ull << 62;
+	return wg_desc_sw128(panel + 32u * (uint32_t)q, 16, 1024);
+}
+
+/* An MN-major B operand (what an input-major (K, N) weight gives: rows of n for each k; the
+ * grouped expert GEMM's layout), N a multiple of 64, 128-byte swizzle (CUTLASS's canonical
+ * ((8,n),(8,k)):((1,LBO),(8,SBO)) in 16-byte units): atoms of 8 k rows x 64 n (128 bytes a
+ * row, chunk c of row r at c ^ (r % 8)); the atoms along n at LBO = 1024 bytes, the groups of
+ * 8 k at SBO = N / 64 x 1024.  A k16 step s starts 2 SBO further.  The byte offset of (k, n): */
+static __device__ __forceinline__ uint32_t wg_mn_offset(int k, int n, int N)
+{
+	return (uint32_t)((k / 8) * (N / 64) * 1024 + (n / 64) * 1024 + (k % 8) * WG_ROW_BYTES +
+			  ((((n % 64) / 8) ^ (k % 8)) * 16) + (n % 8) * 2);
+}
+
+/* ... and the descriptor of k16 step s of such an operand at `tile` (1024-byte aligned). */
+static __device__ __forceinline__ uint64_t wg_desc_mn(uint32_t tile, int s, int N)
+{
+	const uint32_t sbo = (uint32_t)(N / 64) * 1024u;
+	return wg_desc_sw128(tile + 2u * sbo * (uint32_t)s, 1024, sbo);
 }
 
 static __device__ __forceinline__ void wgmma_fence(void)
@@ -106,8 +134,10 @@ static __device__ __forceinline__ void wg_fence_acc(float &v)
 	asm volatile("" : "+f"(v)::"memory");
 }
 
-/* d (64 x 128, f32) += A (64 x 16, descriptor a) B^T (128 x 16, descriptor b), both
- * K-major; asynchronous until wgmma_commit + wgmma_wait. */
+/* d (64 x 128, f32) += A (64 x 16, descriptor a, K-major) B (16 x 128, descriptor b: K-major
+ * when !MN_B, i.e. W's rows of k; MN-major when MN_B, rows of 128 n a k); asynchronous until
+ * wgmma_commit + wgmma_wait. */
+template <bool MN_B = false>
 static __device__ __forceinline__ void wgmma_m64n128(float d[64], uint64_t a, uint64_t b)
 {
 #if QW_WGMMA_ARCH
@@ -117,7 +147,7 @@ static __device__ __forceinline__ void wgmma_m64n128(float d[64], uint64_t a, ui
 		     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
 		     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
 		     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-		     "%64, %65, p, 1, 1, 0, 0;\n}\n"
+		     "%64, %65, p, 1, 1, 0, %67;\n}\n"
 		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
 		       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
 		       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
@@ -129,22 +159,7 @@ static __device__ __forceinline__ void wgmma_m64n128(float d[64], uint64_t a, ui
 		       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
 		       "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
 		       "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-		     : "l"(a), "l"(b), "r"(1));
-#else
-	__trap();
-#endif
-}
-
-/* The same, 8 columns (the probe's). */
-static __device__ __forceinline__ void wgmma_m64n8(float d[4], uint64_t a, uint64_t b)
-{
-#if QW_WGMMA_ARCH
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {"
-		     "%0, %1, %2, %3}, "
-		     "%4, %5, p, 1, 1, 0, 0;\n}\n"
-		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-		     : "l"(a), "l"(b), "r"(1));
+		     : "l"(a), "l"(b), "r"(1), "n"(MN_B ? 1 : 0));
 #else
 	__trap();
 #endif

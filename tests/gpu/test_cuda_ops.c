@@ -111,9 +111,12 @@ static void test_matmul(void **state)
 	/* (T, K, N): the tiny models' projections, the 235B's q and o projections and MLP, a
 	 * vocabulary-sized lm_head, the 30B's fused q/k/v and o projections; each of gemm.cu's
 	 * kernels runs: the stream kernel (T <= 32; split into runs on the narrow 512- and
-	 * 768-column weights), 64 x 128 tiles (T up to 128) and 128 x 128 ones (T 300), and the
-	 * plain kernel (K 100 and 200, not multiples of 8) */
+	 * 768-column weights), 64 x 128 tiles (T up to 128) and 128 x 128 ones (T 300, and 257
+	 * on the vision fc2: runs, an odd number of blocks, the last half one), and the plain
+	 * kernel (K 100 and 200, not multiples of 8).  QW_CUDA_WGMMA=1 puts the wgmma tiles
+	 * under T 300 and 257 (gemm_wgmma.cu, on Hopper). */
 	static const int shapes[][3] = {{1, 128, 128}, {7, 128, 48}, {300, 128, 256},
+					{257, 4304, 1152},
 					{1, 4096, 8192}, {64, 4096, 512}, {33, 8192, 4096},
 					{4, 2048, 151936}, {2, 2048, 5120}, {3, 4096, 2048},
 					{5, 200, 40}, {6, 2048, 5120}, {8, 2048, 768},

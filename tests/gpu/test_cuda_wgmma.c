@@ -5,14 +5,16 @@
  * m64nNk16, given the same 16 products in the same slots, rounds as mma.sync does.  Nothing
  * documents that, so the probe (wgmma_probe.cu) computes the same random problems both ways:
  *  - every way is within fp32 rounding of the exact (double) products: the layouts and
- *    the matrix descriptors (wgmma.h) are right, whatever the bits;
+ *    the matrix descriptors (wgmma.h, K-major and MN-major) are right, whatever the bits;
  *  - wgmma with each k in the slot mma.sync gives it equals mma.sync bit for bit (fp32
  *    accumulators): what gemm_wgmma.cu rests on.  If this fails, the wgmma tiles cannot
  *    keep the order and must stay off (QW_CUDA_WGMMA unset).
  * It prints, for information, how many values differ between the other pairs of ways: a
  * permutation of k inside mma.sync, wgmma over the same k in other slots (8-byte quads,
- * what 8-byte copies could lay out), wgmma over consecutive k (what TMA lays out).  Zeros
- * there would allow cheaper loads.  Skipped on GPUs other than sm_90.
+ * what 8-byte copies could lay out), wgmma over consecutive k (what TMA lays out), and
+ * wgmma with B MN-major (the grouped expert GEMM's input-major weights, whose order is
+ * mma.sync over consecutive k).  Zeros there would allow cheaper loads, or say the expert
+ * GEMM can move to wgmma.  Skipped on GPUs other than sm_90.
  * Inputs: standard normal values, and values of random sign and exponent (2^-12 .. 2^12),
  * where the alignment and rounding inside the tensor core show.
  * Then the tile built on it (gemm_wgmma.cu, QW_GEMM_WGMMA) on real and ragged shapes: within
@@ -33,16 +35,16 @@
 #include "tests/gpu/gpu_check.h"
 #include "tests/gpu/wgmma_probe.h"
 
-#define PROBLEMS 256
+#define PROBLEMS 64
 #define A_N ((size_t)PROBLEMS * 64 * PROBE_K)
-#define B_N ((size_t)PROBLEMS * 8 * PROBE_K)
-#define OUT_N ((size_t)PROBLEMS * 64 * 8)
-#define WAYS 5
+#define B_N ((size_t)PROBLEMS * PROBE_N * PROBE_K)
+#define OUT_N ((size_t)PROBLEMS * 64 * PROBE_N)
+#define WAYS 6
 
 static const char *const way_names[WAYS] = {"mma.sync, gemm.cu's slots",
 					   "mma.sync, consecutive k",
 					   "wgmma, mma.sync's slots", "wgmma, quads of k",
-					   "wgmma, consecutive k"};
+					   "wgmma, consecutive k", "wgmma, B MN-major"};
 
 typedef struct probe_data {
 	uint16_t *a, *b;          /* host bf16 */
@@ -102,8 +104,9 @@ static void free_ways(probe_data *p)
 static void check_near_exact(const probe_data *p, const char *data)
 {
 	for (size_t i = 0; i < OUT_N; i++) {
-		size_t pr = i / 512, r = i % 512 / 8, c = i % 8;
-		const uint16_t *ar = p->a + (pr * 64 + r) * PROBE_K, *bc = p->b + (pr * 8 + c) * PROBE_K;
+		size_t pr = i / (64 * PROBE_N), r = i % (64 * PROBE_N) / PROBE_N, c = i % PROBE_N;
+		const uint16_t *ar = p->a + (pr * 64 + r) * PROBE_K;
+		const uint16_t *bc = p->b + (pr * PROBE_N + c) * PROBE_K;
 		double exact = 0.0, mag = 0.0;
 		for (int k = 0; k < PROBE_K; k++) {
 			double v = (double)qw_bf16_to_f32(ar[k]) * (double)qw_bf16_to_f32(bc[k]);
@@ -154,6 +157,8 @@ static void test_wgmma_gives_mma_bits(void **state)
 				       {PROBE_WG_QUADS, PROBE_MMA_SLOTS},
 				       {PROBE_WG_NATURAL, PROBE_MMA_SLOTS},
 				       {PROBE_WG_NATURAL, PROBE_MMA_NATURAL},
+				       {PROBE_WG_MN, PROBE_MMA_NATURAL},
+				       {PROBE_WG_MN, PROBE_WG_NATURAL},
 				       {PROBE_WG_SLOTS, PROBE_MMA_SLOTS}};
 	size_t bad = 0;
 	for (int wide = 0; wide < 2; wide++) {
