@@ -57,18 +57,37 @@ static_assert(128 * PRODUCER_REGS + 256 * CONSUMER_REGS <= 65536, "more register
 
 #if QW_WGMMA_ARCH
 /* Copies panel p (k from 64 p) of rows [r0, r0 + 128) of m (rows `rows`, K columns) into
- * the panel at dst: warp w of the producer takes rows w, w + 4, ...; lane l the pair at k
- * 64 p + 2 l.  Rows or k past the end are zeros. */
-static __device__ __forceinline__ void copy_panel(unsigned char *dst, const bf16 *m, int r0,
-						  int rows, int K, int p, int warp, int lane)
+ * the panel at shared address dst: warp w of the producer takes rows w, w + 4, ...; lane l
+ * the pair at k 64 p + 2 l.  Rows or k past the end are zeros.  Rows w + 8 i share their
+ * swizzle (r % 8), so two offsets and a stride of 512 bytes place them all. */
+static __device__ __forceinline__ void copy_panel(uint32_t dst, const bf16 *m, int r0, int rows,
+						  int K, int p, int warp, int lane)
 {
 	const int k = WG_PANEL_K * p + 2 * lane;
-	const bool kok = k < K;   /* K is a multiple of 8: a pair is whole or past the end */
-#pragma unroll 8
-	for (int r = warp; r < 128; r += 4) {
-		const bool ok = kok && r0 + r < rows;
-		cp_async<4>(dst + wg_pair_offset(r, 2 * lane),
-			    ok ? m + (size_t)(r0 + r) * (size_t)K + k : m, ok);
+	/* K is a multiple of 8: a pair is whole or past the end; row warp + 4 i is read while
+	 * 4 i < left */
+	const int left = k < K ? rows - r0 - warp : 0;
+	const size_t step = (size_t)4 * (size_t)K;
+	size_t at = (size_t)(r0 + warp) * (size_t)K + (size_t)k;
+	const uint32_t d0 = dst + wg_pair_offset(warp, 2 * lane);
+	const uint32_t d1 = dst + wg_pair_offset(warp + 4, 2 * lane);
+	if (__all_sync(0xffffffffu, left >= 128)) {   /* the whole panel: no tests a copy */
+		const bf16 *src = m + at;
+#pragma unroll
+		for (int i = 0; i < 32; i += 2) {
+			cp_async_at<4>(d0 + 512u * i, src, true);
+			src += step;
+			cp_async_at<4>(d1 + 512u * i, src, true);
+			src += step;
+		}
+		return;
+	}
+#pragma unroll
+	for (int i = 0; i < 32; i += 2) {
+		cp_async_at<4>(d0 + 512u * i, 4 * i < left ? m + at : m, 4 * i < left);
+		at += step;
+		cp_async_at<4>(d1 + 512u * i, 4 * i + 4 < left ? m + at : m, 4 * i + 4 < left);
+		at += step;
 	}
 }
 #endif
@@ -103,7 +122,7 @@ gemm_wgmma_kernel(bf16 *out, const bf16 *x, const bf16 *w, int T, int N, int K, 
 			const int slot = p % STAGES;
 			if (p >= STAGES)
 				mbar_wait(&empty[slot], (unsigned)(p / STAGES - 1) & 1u);
-			unsigned char *st = sm + slot * STAGE_BYTES;
+			const uint32_t st = base + slot * STAGE_BYTES;
 			copy_panel(st, x, m0, T, K, p, warp, lane);
 			copy_panel(st + A_BYTES, w, n0, N, K, p, warp, lane);
 			cp_async_commit();

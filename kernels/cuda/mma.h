@@ -1,9 +1,9 @@
 /* mma.h - the tensor-core and asynchronous-copy primitives the CUDA kernels share (CUDA C++
  * only, included by the files that feed mma.sync: attn_engine.cuh (attention.cu,
- * segment_attention.cu), moe_gemm.cu, gemm.cu).
+ * segment_attention.cu), moe_gemm.cu, gemm.cu; and by wgmma.h).
  *
- * Owns: cp_async (16, 8 or 4 bytes, global to shared, zeros when told not to read),
- * cp_async_commit / cp_async_wait, ldmatrix_x4 (plain and transposed), mma_bf16
+ * Owns: cp_async / cp_async_at (16, 8 or 4 bytes, global to shared, zeros when told not to
+ * read), cp_async_commit / cp_async_wait, ldmatrix_x4 (plain and transposed), mma_bf16
  * (m16n8k16, bf16 in, fp32 accumulate) and bf16x2_bits.  One home for them, so a fix or a
  * new architecture touches one place.
  */
@@ -20,17 +20,25 @@ static __device__ __forceinline__ uint32_t smem_addr(const void *p)
 	return (uint32_t)__cvta_generic_to_shared(p);
 }
 
-/* VEC bytes from global src to shared dst, or zeros when !ok (src is then not read). */
+/* VEC bytes from global src to shared address dst, or zeros when !ok (src is then not
+ * read). */
 template <int VEC>
-static __device__ __forceinline__ void cp_async(void *dst, const void *src, bool ok)
+static __device__ __forceinline__ void cp_async_at(uint32_t dst, const void *src, bool ok)
 {
 	static_assert(VEC == 16 || VEC == 8 || VEC == 4, "cp.async copies 16, 8 or 4 bytes");
 	if constexpr (VEC == 16)
-		asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
-			     "l"(src), "r"(ok ? 16 : 0) : "memory");
+		asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+			     "r"(ok ? 16 : 0) : "memory");
 	else
-		asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(dst)),
-			     "l"(src), "n"(VEC), "r"(ok ? VEC : 0) : "memory");
+		asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src),
+			     "n"(VEC), "r"(ok ? VEC : 0) : "memory");
+}
+
+/* The same to a generic pointer into shared memory. */
+template <int VEC>
+static __device__ __forceinline__ void cp_async(void *dst, const void *src, bool ok)
+{
+	cp_async_at<VEC>(smem_addr(dst), src, ok);
 }
 
 static __device__ __forceinline__ void cp_async_commit()
