@@ -27,6 +27,15 @@
  *    thread would not leave wgmma's pipeline room).
  * Deadlock-free as long as LAG <= STAGES - 2: the producer's wait for stage p's slot needs
  * stage p - STAGES released, which needs stage p - STAGES + 1 published.
+ * Napkin math (H100 SXM: ~4096 bf16 flops a clock an SM): a stage is 2 x 128 x 128 x 64
+ * flops, ~512 clocks of MMA; its copies are 64 cp.async a producer thread (one producer
+ * warp on each of the SM's 4 schedulers), ~3-4 instructions each where the warp's rows all
+ * lie inside (copy_panel), ~256 issue slots, and 32 KB through L1 (~256 clocks at 128 B a
+ * clock).  So the producer should keep up, with little to spare: if test_cuda_wgmma finds
+ * that wgmma sums a k16 step's products in any slot order (its "quads" line at 0), 8-byte
+ * copies halve that; if also in consecutive order, TMA can fill the panels.  x from
+ * registers (wgmma's A fragment is mma.sync's, mma_block's loads give it) would leave only
+ * W to permute.
  */
 #include <cuda_bf16.h>
 #include <stdint.h>
