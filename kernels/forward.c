@@ -54,6 +54,7 @@ static qw_moe_weights moe_weights(const qw_stage_model *m, int L)
 		.inter = t->moe_intermediate_size,
 		/* Qwen3-VL-MoE always renormalises; Qwen3-MoE as norm_topk_prob says */
 		.renormalize = m->cfg->arch == QW_ARCH_QWEN3_VL_MOE || t->norm_topk_prob,
+		.separate = m->plain_ops,
 	};
 }
 

@@ -130,6 +130,9 @@ typedef struct qw_moe_weights {
 	const qw_tensor *const *expert_down; /* (E,) of (H, I) */
 	int n_experts, top_k, inter;      /* E, k, I */
 	int renormalize;                  /* divide the top-k weights by their sum */
+	int separate;                     /* run the block as separate kernels, where a backend
+					   * has a fused one too (qw_stage_model.plain_ops: the
+					   * reference the fused kernel is held to) */
 } qw_moe_weights;
 
 /* The largest step a stage is sized for: what a backend's reserve() sizes every buffer a

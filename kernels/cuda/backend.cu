@@ -644,6 +644,8 @@ static qw_status moe(qw_backend *be, qw_act *out, const qw_act *x, const qw_moe_
 	a.x = C16(x);
 	a.router = (const uint16_t *)w->router->data;
 	a.out = D16(out);
+	a.sync = c->moe_sync;
+	a.path = w->separate ? QW_CUDA_MOE_PLAIN : c->moe_path;
 	QW_TRY(cuda_grow_dev(c, &c->moe_ws, qw_cuda_moe_ws_bytes(x->rows, H, E, k, I), err));
 	out->rows = x->rows;
 	return qw_cuda_moe(&a, c->moe_ws.p, c->moe_ws.bytes, c->stream, err);
@@ -717,6 +719,7 @@ static void destroy(qw_backend *be)
 		cuda_free_weights(c);
 		qw_cuda_fp8_lt_destroy(c->fp8_lt);
 		cudaFree(c->lt_ws);
+		cudaFree(c->moe_sync);
 		dev_buf *bufs[] = {&c->batch_dev, &c->small, &c->attn_ws, &c->moe_ws, &c->sample_ws,
 				   &c->fp8_deq, &c->fp8_act};
 		for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
@@ -750,6 +753,9 @@ static qw_status setup(cuda_ctx *c, int device, qw_err *err)
 	if (fp8_gemm && !c->fp8_lt_on && strcmp(fp8_gemm, "dequantise") != 0)
 		return qw_fail(err, QW_E_ARG, "QW_CUDA_FP8_GEMM is '%s'; HINT: it takes cublaslt or "
 			       "dequantise (the default)", fp8_gemm);
+	QW_TRY(qw_cuda_moe_path_parse(getenv("QW_CUDA_MOE"), &c->moe_path, err));
+	QW_CUDA_TRY(err, cudaMalloc((void **)&c->moe_sync, QW_CUDA_MOE_SYNC_BYTES));
+	QW_CUDA_TRY(err, cudaMemset(c->moe_sync, 0, QW_CUDA_MOE_SYNC_BYTES));
 	if (c->fp8_lt_on) {
 		QW_CUDA_TRY(err, cudaMalloc(&c->lt_ws, LT_WS_BYTES));
 		QW_TRY(qw_cuda_fp8_lt_create(&c->fp8_lt, c->lt_ws, LT_WS_BYTES, err));

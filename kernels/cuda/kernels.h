@@ -92,6 +92,28 @@ typedef struct qw_cuda_moe_scales {
 	int cols;         /* a multiple of 16 */
 } qw_cuda_moe_scales;
 
+/* How qw_cuda_moe runs the block (moe.cu's header):
+ *   AUTO   the fused decode kernel (moe_fused.cu) where it applies (a small batch: T <= 8,
+ *          E <= 256, T * top_k <= 256; a sync buffer; a GPU with the shared memory it
+ *          takes), else the plain path;
+ *   PLAIN  routing, the two grouped GEMMs and the combine as separate kernels, always;
+ *   FUSED  the fused kernel, or QW_E_ARG saying why it does not apply.
+ * Both give the same bits for the same inputs. */
+typedef enum qw_cuda_moe_path {
+	QW_CUDA_MOE_AUTO = 0,
+	QW_CUDA_MOE_PLAIN,
+	QW_CUDA_MOE_FUSED,
+} qw_cuda_moe_path;
+
+/* The path named name (the environment's QW_CUDA_MOE): auto (or NULL), plain or fused. */
+qw_status qw_cuda_moe_path_parse(const char *name, qw_cuda_moe_path *path, qw_err *err);
+
+/* The fused path's counters: a device buffer of this many bytes, zero before its first use
+ * (cudaMemset), which every fused run leaves zero again (its last block resets them), so
+ * a run recorded in a CUDA graph replays without a memset.  Runs on one buffer must be
+ * ordered (one stream); a run that fails on the GPU may leave it dirty: zero it again. */
+#define QW_CUDA_MOE_SYNC_BYTES 4096
+
 /* The MoE block of one layer for T tokens, fused (hub) expert layout:
  * router (E, H); gate_up (E, H, 2I) input-major, gate columns [0, I), up [I, 2I);
  * down (E, I, H) input-major.  Per token: router logits in fp32, softmax, top-k by
@@ -109,6 +131,8 @@ typedef struct qw_cuda_moe_args {
 	const void *down;           /* (E, I, H) bf16, or e4m3 with down_scales */
 	qw_cuda_moe_scales gate_up_scales, down_scales;   /* .s NULL: bf16 */
 	uint16_t *out;              /* (T, H) */
+	uint32_t *sync;             /* the fused path's counters (below); NULL: plain path only */
+	qw_cuda_moe_path path;      /* which path runs (below); 0: AUTO */
 } qw_cuda_moe_args;
 
 size_t qw_cuda_moe_ws_bytes(int max_tokens, int H, int E, int top_k, int I);

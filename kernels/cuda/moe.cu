@@ -1,8 +1,12 @@
 /* moe.cu - the MoE block of one layer on the GPU: routing, then the experts as grouped GEMMs
  * on the tensor cores.  See kernels.h (qw_cuda_moe) for the contract.
  *
- * Seven launches on the caller's stream, scratch carved from ws (moe_layout).  A batch of at
- * most ROUTER_TOKENS tokens (decode) has its routing, 1-4, in one launch (route_small: the
+ * Two paths, the same bits.  A small batch (decode: T <= 8, with a sync buffer; kernels.h's
+ * qw_cuda_moe_path) runs all seven steps below in one persistent kernel (moe_fused.cu, whose
+ * header says how and why), from the same device code: the routing in moe_route.cuh, the
+ * GEMM tiles in moe_tile.cuh.  The plain path, for every other batch or when forced:
+ * seven launches on the caller's stream, scratch carved from ws (moe_layout).  A batch of at
+ * most ROUTER_TOKENS tokens has its routing, 1-4, in one launch (route_small: the
  * logits spread over blocks, the last block to finish routes and sorts, after a 4-byte
  * memset of its ticket):
  *  1. router_logits  logits (T, E) = x router^T.  A product of two bf16 values is exact in
@@ -14,8 +18,8 @@
  *     ~34 TFLOPS fp64 (~5% of that layer's expert GEMMs).
  *  2. route          per token (a warp): softmax in double, top-k by probability (lowest id
  *     on ties), weights rounded to fp32 and renormalised exactly as the reference does; the
- *     k choices then sorted by expert id, so slot j of token t (pair t*k + j) holds its j-th
- *     expert in ascending order.
+ *     k choices in expert id order, so slot j of token t (pair t*k + j) holds its j-th
+ *     expert in ascending order (moe_route.cuh: ranked in parallel, no sort).
  *  3. count_rank     per expert (a block): the pairs that chose it, in token order (a block
  *     scan of flags gives each pair its rank among its expert's pairs), and their count.
  *  4. scatter        offsets (exclusive scan of the counts), the pairs sorted by expert then
@@ -56,57 +60,23 @@
  *
  * Limits (QW_E_ARG otherwise): H and I multiples of 16; E <= 1024; 1 <= top_k <= min(E, 32);
  * x, router, gate_up, down, out and ws 16-byte aligned; FP8 blocks of any number of rows
- * and a multiple of 16 columns, scales 4-byte aligned.
+ * and a multiple of 16 columns, scales 4-byte aligned; sync 4-byte aligned; path one of
+ * AUTO, PLAIN and FUSED (FUSED where the fused kernel does not apply: QW_E_ARG, the reason).
  */
 #include <cuda_bf16.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels/cuda/check.h"
-#include "kernels/cuda/bf16x8.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/moe_fused.h"
 #include "kernels/cuda/moe_gemm.h"
+#include "kernels/cuda/moe_route.cuh"
 
-#define MOE_MAX_E 1024       /* experts a layer may have */
-#define MOE_MAX_K 32         /* experts a token may choose */
-#define ROUTER_SLICES 8      /* router logits: warps of a block, each a slice of H */
-#define ROUTER_TOKENS 8      /* router logits: tokens per block */
 #define ROUTE_WARPS 4        /* route: tokens per block (a warp each) */
-#define SCAN_THREADS 256     /* count_rank, scatter and route_small */
-#define SMALL_E 256          /* route_small: experts it takes (its softmax buffers) */
 #define COMBINE_COLS 512     /* combine: columns of a block (4 a thread) */
-
-typedef __nv_bfloat16 bf16;
-
-static const unsigned FULL = 0xffffffffu;
-
-// ---------------------------------------------------------------------------------------
-// scratch
-
-typedef struct moe_ws {
-	float *logits;     /* (T, E) router logits */
-	int *topk_id;      /* (T, k) chosen experts, ascending per token */
-	float *topk_w;     /* (T, k) their weights */
-	int *rank;         /* (T, k) a pair's position among its expert's pairs */
-	int *counts;       /* (E,) pairs per expert */
-	int *off;          /* (E + 1,) first sorted pair of each expert */
-	int *n_tiles;      /* (1,) M-tiles of the GEMM shape in use */
-	unsigned *ticket;  /* (1,) route_small: blocks done with their logits */
-	int *tile_e;       /* (max_tiles,) each tile's expert */
-	int *tile_m0;      /* (max_tiles,) its first row among the expert's pairs */
-	int *pair_token;   /* (P,) pairs sorted by expert, then token: the token */
-	int *pair_slot;    /* (P,) the same pairs: t * k + j */
-	bf16 *act;         /* (P, I) SwiGLU outputs in sorted order */
-	float *y;          /* (T * k, H) expert outputs by slot */
-} moe_ws;
-
-/* Tiles of BM rows needed at most for P pairs over E experts: each expert with pairs adds
- * at most one partial tile to floor(P / BM) full ones. */
-static size_t max_tiles(size_t P, int E, int bm)
-{
-	return P / (size_t)bm + (P < (size_t)E ? P : (size_t)E);
-}
 
 /* Carves ws (base may be NULL to only measure); returns the bytes used. */
 static size_t moe_layout(int T, int H, int E, int k, int I, char *base, moe_ws *w)
@@ -136,85 +106,7 @@ static size_t moe_layout(int T, int H, int E, int k, int I, char *base, moe_ws *
 }
 
 // ---------------------------------------------------------------------------------------
-// small device helpers
-
-/* Exclusive prefix sum of v over a block of SCAN_THREADS threads; *total gets the sum.
- * Every thread of the block must call it. */
-__device__ static int block_exclusive_scan(int v, int *total)
-{
-	__shared__ int warp_sum[SCAN_THREADS / 32];
-	int lane = threadIdx.x % 32, warp = threadIdx.x / 32, incl = v;
-#pragma unroll
-	for (int o = 1; o < 32; o <<= 1) {
-		int n = __shfl_up_sync(FULL, incl, o);
-		if (lane >= o)
-			incl += n;
-	}
-	if (lane == 31)
-		warp_sum[warp] = incl;
-	__syncthreads();
-	int base = 0, sum = 0;
-#pragma unroll
-	for (int i = 0; i < SCAN_THREADS / 32; i++) {
-		base += i < warp ? warp_sum[i] : 0;
-		sum += warp_sum[i];
-	}
-	__syncthreads();   /* warp_sum may be reused by the next call */
-	*total = sum;
-	return base + incl - v;
-}
-
-// ---------------------------------------------------------------------------------------
 // routing
-
-/* The logits of expert e for tokens t0 .. t0 + nt - 1 (nt <= ROUTER_TOKENS), by a block of
- * ROUTER_SLICES warps.  H is cut into chunks of 8 elements and the chunks into ROUTER_SLICES
- * slices; warp s sums slice s: lane l the products of chunks l, l + 32, ... of the slice, in
- * order, in double, then a fixed butterfly; then the slices' sums are added in slice order
- * and rounded to fp32.  Both routing paths call this, so a token's logits are the same bits
- * whichever path the batch size picks.  A slice is at most a few chunks a lane (H 4096: 2),
- * so the dependent chain is short: the router weights are one layer's smallest read and
- * must not be its slowest. */
-__device__ static void router_block(float *logits, const bf16 *x, const bf16 *router, int e,
-				    int t0, int nt, int H, int E)
-{
-	__shared__ double slice_sum[ROUTER_SLICES][ROUTER_TOKENS];
-	int warp = threadIdx.x / 32, lane = threadIdx.x % 32, chunks = H / 8;
-	int c0 = warp * chunks / ROUTER_SLICES, c1 = (warp + 1) * chunks / ROUTER_SLICES;
-	const uint4 *wrow = (const uint4 *)(router + (size_t)e * (size_t)H);
-	double acc[ROUTER_TOKENS];
-#pragma unroll
-	for (int i = 0; i < ROUTER_TOKENS; i++)
-		acc[i] = 0.0;
-	for (int c = c0 + lane; c < c1; c += 32) {
-		float wf[8], xf[8];
-		bf16x8_to_f32(wrow[c], wf);
-#pragma unroll
-		for (int i = 0; i < ROUTER_TOKENS; i++) {
-			if (i < nt) {
-				bf16x8_to_f32(((const uint4 *)(x + (size_t)(t0 + i) * (size_t)H))[c], xf);
-#pragma unroll
-				for (int j = 0; j < 8; j++)
-					acc[i] = fma((double)xf[j], (double)wf[j], acc[i]);
-			}
-		}
-	}
-#pragma unroll
-	for (int i = 0; i < ROUTER_TOKENS; i++) {
-#pragma unroll
-		for (int o = 16; o > 0; o >>= 1)
-			acc[i] += __shfl_xor_sync(FULL, acc[i], o);
-		if (lane == 0)
-			slice_sum[warp][i] = acc[i];
-	}
-	__syncthreads();
-	if ((int)threadIdx.x < nt) {
-		double sum = 0.0;
-		for (int sl = 0; sl < ROUTER_SLICES; sl++)
-			sum += slice_sum[sl][threadIdx.x];
-		logits[(size_t)(t0 + threadIdx.x) * (size_t)E + e] = (float)sum;
-	}
-}
 
 /* logits (T, E): a block per (expert, up to ROUTER_TOKENS tokens). */
 static __global__ void __launch_bounds__(ROUTER_SLICES * 32)
@@ -226,106 +118,17 @@ router_logits_kernel(float *logits, const bf16 *x, const bf16 *router, int T, in
 	router_block(logits, x, router, blockIdx.x, t0, min(ROUTER_TOKENS, T - t0), H, E);
 }
 
-/* A warp routes token t: softmax of its logits row (read through L2: another block may have
- * written it), top-k, weights, sorted by expert id, into topk_id / topk_w.  p: E doubles of
- * shared scratch; chosen, chosen_p, weight: MOE_MAX_K each, the warp's own. */
-__device__ static void route_token(int *topk_id, float *topk_w, const float *logits, int t,
-				   int E, int k, int renormalize, double *p, int *chosen,
-				   double *chosen_p, float *weight)
-{
-	int lane = threadIdx.x % 32;
-	const float *l = logits + (size_t)t * (size_t)E;
-	double mx = -INFINITY;
-	for (int e = lane; e < E; e += 32) {
-		p[e] = __ldcg(l + e);
-		mx = fmax(mx, p[e]);    /* NaNs are skipped, as the reference's max does */
-	}
-#pragma unroll
-	for (int o = 16; o > 0; o >>= 1)
-		mx = fmax(mx, __shfl_xor_sync(FULL, mx, o));
-	for (int e = lane; e < E; e += 32) {
-		double v = exp(p[e] - mx);
-		p[e] = isnan(v) ? 0.0 : v;   /* a NaN logit counts as probability 0 */
-	}
-	__syncwarp();
-	double sum = 0.0;
-	if (lane == 0) {
-#pragma unroll 8
-		for (int e = 0; e < E; e++)   /* sequential, in expert order, as the reference */
-			sum += p[e];
-	}
-	sum = __shfl_sync(FULL, sum, 0);
-
-	/* k rounds of a warp argmax; probabilities are >= 0, taken experts are marked -2 */
-	for (int i = 0; i < k; i++) {
-		double bv = -1.0;
-		int bi = E;
-		for (int e = lane; e < E; e += 32)
-			if (p[e] > bv) {
-				bv = p[e];
-				bi = e;
-			}
-#pragma unroll
-		for (int o = 16; o > 0; o >>= 1) {
-			double ov = __shfl_xor_sync(FULL, bv, o);
-			int oi = __shfl_xor_sync(FULL, bi, o);
-			if (ov > bv || (ov == bv && oi < bi)) {
-				bv = ov;
-				bi = oi;
-			}
-		}
-		if (lane == 0) {
-			chosen[i] = bi;
-			chosen_p[i] = bv;
-		}
-		if (lane == bi % 32)
-			p[bi] = -2.0;
-		__syncwarp();
-	}
-	if (lane != 0)
-		return;
-	int *ids = chosen;
-	float *w = weight;
-	double wsum = 0.0;
-	for (int i = 0; i < k; i++) {
-		w[i] = (float)(chosen_p[i] / sum);
-		wsum += (double)w[i];   /* in selection order, as the reference */
-	}
-	if (renormalize)
-		for (int i = 0; i < k; i++)
-			w[i] = (float)((double)w[i] / wsum);
-	for (int i = 1; i < k; i++) {   /* insertion sort by expert id */
-		int id = ids[i];
-		float wi = w[i];
-		int j = i - 1;
-		for (; j >= 0 && ids[j] > id; j--) {
-			ids[j + 1] = ids[j];
-			w[j + 1] = w[j];
-		}
-		ids[j + 1] = id;
-		w[j + 1] = wi;
-	}
-	for (int i = 0; i < k; i++) {
-		topk_id[(size_t)t * k + i] = ids[i];
-		topk_w[(size_t)t * k + i] = w[i];
-	}
-}
-
-/* A warp per token: softmax, top-k, weights, sorted by expert id. */
+/* A warp per token: softmax, top-k, weights, in expert order. */
 static __global__ void __launch_bounds__(ROUTE_WARPS * 32)
 route_kernel(int *topk_id, float *topk_w, const float *logits, int T, int E, int k,
 	     int renormalize)
 {
 	pdl_launch_next();
 	pdl_wait_previous();
-	__shared__ double prob[ROUTE_WARPS][MOE_MAX_E];
-	__shared__ double chosen_p[ROUTE_WARPS][MOE_MAX_K];
-	__shared__ int chosen[ROUTE_WARPS][MOE_MAX_K];
-	__shared__ float weight[ROUTE_WARPS][MOE_MAX_K];
+	__shared__ route_scratch<MOE_MAX_E> scratch[ROUTE_WARPS];
 	int warp = threadIdx.x / 32, t = blockIdx.x * ROUTE_WARPS + warp;
 	if (t < T)
-		route_token(topk_id, topk_w, logits, t, E, k, renormalize, prob[warp], chosen[warp],
-			    chosen_p[warp], weight[warp]);
+		route_token(topk_id, topk_w, logits, t, E, k, renormalize, scratch[warp]);
 }
 
 /* A block per expert: ranks of its pairs in token order, and its count. */
@@ -350,57 +153,6 @@ count_rank_kernel(int *rank, int *counts, const int *topk_id, int T, int k)
 		counts[e] = running;
 }
 
-/* Offsets, the sorted pairs, and (when `tiles`) the tile list for tiles of bm rows, from the
- * counts and ranks: this block's share, pair `pair` of a thread.  Every thread of a block of
- * SCAN_THREADS calls it. */
-__device__ static void scatter_pairs(const moe_ws &w, int T, int E, int k, int bm, int pair,
-				     bool tiles)
-{
-	constexpr int PER = MOE_MAX_E / SCAN_THREADS;   /* experts per thread in the scans */
-	__shared__ int off[MOE_MAX_E + 1];
-	int e0 = (int)threadIdx.x * PER, c[PER], s = 0, total;
-#pragma unroll
-	for (int i = 0; i < PER; i++) {
-		c[i] = e0 + i < E ? w.counts[e0 + i] : 0;
-		s += c[i];
-	}
-	int base = block_exclusive_scan(s, &total);
-#pragma unroll
-	for (int i = 0; i < PER; i++)
-		if (e0 + i < E) {
-			off[e0 + i] = base;
-			base += c[i];
-		}
-	if (threadIdx.x == 0)
-		off[E] = total;
-	__syncthreads();
-	if (pair < T * k) {
-		int pos = off[w.topk_id[pair]] + w.rank[pair];
-		w.pair_token[pos] = pair / k;
-		w.pair_slot[pos] = pair;
-	}
-	if (!tiles)
-		return;
-	for (int e = (int)threadIdx.x; e <= E; e += SCAN_THREADS)
-		w.off[e] = off[e];
-	int nt[PER];
-	s = 0;
-#pragma unroll
-	for (int i = 0; i < PER; i++) {
-		nt[i] = (c[i] + bm - 1) / bm;
-		s += nt[i];
-	}
-	int tile = block_exclusive_scan(s, &total);
-#pragma unroll
-	for (int i = 0; i < PER; i++)
-		for (int m = 0; m < nt[i]; m++, tile++) {
-			w.tile_e[tile] = e0 + i;
-			w.tile_m0[tile] = m * bm;
-		}
-	if (threadIdx.x == 0)
-		*w.n_tiles = total;
-}
-
 /* Offsets, the sorted pairs, and (block 0) the tile list for tiles of bm rows. */
 static __global__ void __launch_bounds__(SCAN_THREADS)
 scatter_kernel(moe_ws w, int T, int E, int k, int bm)
@@ -423,47 +175,18 @@ route_small_kernel(moe_ws w, const bf16 *x, const bf16 *router, int T, int H, in
 {
 	pdl_launch_next();
 	pdl_wait_previous();
-	constexpr int WARPS = SCAN_THREADS / 32;
-	static_assert(ROUTER_SLICES == WARPS, "router_block takes the whole block");
-	__shared__ double prob[WARPS][SMALL_E];
-	__shared__ double chosen_p[WARPS][MOE_MAX_K];
-	__shared__ int chosen[WARPS][MOE_MAX_K];
-	__shared__ float weight[WARPS][MOE_MAX_K];
-	__shared__ int ids[SCAN_THREADS];
+	static_assert(ROUTER_SLICES == SCAN_THREADS / 32, "router_block takes the whole block");
 	__shared__ bool last;
-	int warp = threadIdx.x / 32, tid = threadIdx.x;
 	router_block(w.logits, x, router, blockIdx.x, 0, T, H, E);
 	__threadfence();   /* this block's logits are visible to the GPU before its ticket */
 	__syncthreads();
-	if (tid == 0)
+	if (threadIdx.x == 0)
 		last = atomicAdd(w.ticket, 1u) == gridDim.x - 1;
 	__syncthreads();
 	if (!last)
 		return;
 	__threadfence();
-	if (warp < T)
-		route_token(w.topk_id, w.topk_w, w.logits, warp, E, k, renormalize, prob[warp],
-			    chosen[warp], chosen_p[warp], weight[warp]);
-	__syncthreads();
-	int P = T * k;
-	if (tid < P)
-		ids[tid] = w.topk_id[tid];
-	__syncthreads();
-	/* a pair's rank: the earlier tokens that chose its expert (a token's experts differ) */
-	if (tid < P) {
-		int mine = ids[tid], r = 0;
-		for (int q = 0; q < tid / k * k; q++)
-			r += ids[q] == mine;
-		w.rank[tid] = r;
-	}
-	for (int expert = tid; expert < E; expert += SCAN_THREADS) {
-		int n = 0;
-		for (int q = 0; q < P; q++)
-			n += ids[q] == expert;
-		w.counts[expert] = n;
-	}
-	__syncthreads();
-	scatter_pairs(w, T, E, k, bm, tid, true);
+	route_small_tail(w, T, E, k, renormalize, bm);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -500,6 +223,39 @@ combine_kernel(bf16 *out, const float *y, const float *topk_w, int H, int k)
 // ---------------------------------------------------------------------------------------
 // launchers
 
+/* The gate_up (or down) GEMM of a over the scratch w, as both paths run it. */
+static moe_gemm_args gemm_args(const qw_cuda_moe_args *a, const moe_ws *w, bool gate_up)
+{
+	moe_gemm_args g = {};
+	g.off = w->off;
+	g.n_tiles = w->n_tiles;
+	g.tile_e = w->tile_e;
+	g.tile_m0 = w->tile_m0;
+	g.pair_slot = w->pair_slot;
+	g.act = w->act;
+	g.y = w->y;
+	const qw_cuda_moe_scales *s = gate_up ? &a->gate_up_scales : &a->down_scales;
+	g.scale = s->s;
+	g.scale_rows = s->rows;
+	g.scale_cols = s->cols;
+	if (gate_up) {
+		g.a = (const bf16 *)a->x;
+		g.a_row = w->pair_token;
+		g.w = a->gate_up;
+		g.K = a->H;
+		g.N = a->I;
+		g.ldw = 2 * a->I;
+	} else {
+		g.a = w->act;
+		g.a_row = NULL;
+		g.w = a->down;
+		g.K = a->I;
+		g.N = a->H;
+		g.ldw = a->H;
+	}
+	return g;
+}
+
 /* Routing, then both GEMMs in tile shape t, then the combine.  A small batch is routed in
  * one launch (route_small); a larger one by the router, route, count_rank and scatter
  * kernels. */
@@ -526,41 +282,31 @@ static qw_status run_moe(const qw_cuda_moe_args *a, const moe_ws *w, moe_tile t,
 					    dim3(SCAN_THREADS), 0, stream, *w, T, E, k, bm));
 	}
 	int tiles = (int)max_tiles((size_t)P, a->E, bm);
-	moe_gemm_args g = {};
-	g.off = w->off;
-	g.n_tiles = w->n_tiles;
-	g.tile_e = w->tile_e;
-	g.tile_m0 = w->tile_m0;
-	g.pair_slot = w->pair_slot;
-	g.act = w->act;
-	g.y = w->y;
-
-	g.a = (const bf16 *)a->x;
-	g.a_row = w->pair_token;
-	g.w = a->gate_up;
-	g.scale = a->gate_up_scales.s;
-	g.scale_rows = a->gate_up_scales.rows;
-	g.scale_cols = a->gate_up_scales.cols;
-	g.K = a->H;
-	g.N = a->I;
-	g.ldw = 2 * a->I;
+	moe_gemm_args g = gemm_args(a, w, true);
 	QW_TRY(moe_gemm(&g, t, true, tiles, stream, err));
-
-	g.a = w->act;
-	g.a_row = NULL;
-	g.w = a->down;
-	g.scale = a->down_scales.s;
-	g.scale_rows = a->down_scales.rows;
-	g.scale_cols = a->down_scales.cols;
-	g.K = a->I;
-	g.N = a->H;
-	g.ldw = a->H;
+	g = gemm_args(a, w, false);
 	QW_TRY(moe_gemm(&g, t, false, tiles, stream, err));
 
 	dim3 cgrid((unsigned)T, (unsigned)((a->H + COMBINE_COLS - 1) / COMBINE_COLS));
 	QW_CUDA_TRY(err, launch_pdl(combine_kernel, cgrid, dim3(COMBINE_COLS / 4), 0, stream,
 				    (bf16 *)a->out, (const float *)w->y, (const float *)w->topk_w,
 				    a->H, k));
+	return QW_OK;
+}
+
+extern "C" qw_status qw_cuda_moe_path_parse(const char *name, qw_cuda_moe_path *path,
+					   qw_err *err)
+{
+	if (!name || !strcmp(name, "auto"))
+		*path = QW_CUDA_MOE_AUTO;
+	else if (!strcmp(name, "plain"))
+		*path = QW_CUDA_MOE_PLAIN;
+	else if (!strcmp(name, "fused"))
+		*path = QW_CUDA_MOE_FUSED;
+	else
+		return qw_fail(err, QW_E_ARG, "QW_CUDA_MOE is '%s'; HINT: it takes auto (the default: "
+			       "the fused kernel for small batches), plain or fused (every MoE layer, "
+			       "refusing larger batches)", name);
 	return QW_OK;
 }
 
@@ -602,6 +348,12 @@ extern "C" qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_
 	    a->top_k > MOE_MAX_K)
 		return qw_fail(err, QW_E_ARG, "cuda moe: %d experts, top-%d: at most %d experts and "
 			       "1 <= top_k <= min(E, %d)", a->E, a->top_k, MOE_MAX_E, MOE_MAX_K);
+	if (a->path != QW_CUDA_MOE_AUTO && a->path != QW_CUDA_MOE_PLAIN &&
+	    a->path != QW_CUDA_MOE_FUSED)
+		return qw_fail(err, QW_E_ARG, "cuda moe: path %d is none of AUTO, PLAIN and FUSED",
+			       (int)a->path);
+	if ((uintptr_t)a->sync & 3)
+		return qw_fail(err, QW_E_ARG, "cuda moe: the sync buffer must be 4-byte aligned");
 	QW_TRY(check_scales(&a->gate_up_scales, "gate_up", err));
 	QW_TRY(check_scales(&a->down_scales, "down", err));
 	if (a->T == 0)
@@ -619,6 +371,17 @@ extern "C" qw_status qw_cuda_moe(const qw_cuda_moe_args *a, void *ws, size_t ws_
 	if (need > ws_bytes)
 		return qw_fail(err, QW_E_ARG, "cuda moe: %zu bytes of scratch, %d tokens need %zu "
 			       "(qw_cuda_moe_ws_bytes)", ws_bytes, a->T, need);
+	int blocks = 0;
+	const char *why = a->path == QW_CUDA_MOE_PLAIN ? "" : moe_fused_refusal(a, &blocks);
+	if (a->path == QW_CUDA_MOE_FUSED && why)
+		return qw_fail(err, QW_E_ARG, "cuda moe: the fused path does not apply to %d tokens "
+			       "of %d experts, top-%d: %s; HINT: QW_CUDA_MOE_AUTO runs the plain path "
+			       "there", a->T, a->E, a->top_k, why);
+	if (!why) {
+		moe_gemm_args gu = gemm_args(a, &w, true), dn = gemm_args(a, &w, false);
+		moe_fused_args f = {a, &w, &gu, &dn};
+		return moe_fused(&f, blocks, stream, err);
+	}
 	int P = a->T * a->top_k;
 	/* the tile shape by the average pairs per expert (moe_gemm.cu's header) */
 	moe_tile t = P <= 8 * a->E ? MOE_TILE_S : P <= 64 * a->E ? MOE_TILE_M : MOE_TILE_L;
