@@ -1,6 +1,7 @@
 /* test_cuda_fused.c - the forward pass with the fused ops (one q/k/v GEMM into
- * qk_norm_rope_kv, add_rmsnorm for each residual add and the norm after it) gives the bits
- * of the same model run op by op (plain_ops).
+ * qk_norm_rope_kv, add_rmsnorm for each residual add and the norm after it, and the MoE
+ * block of a decode step as one kernel, moe_fused.cu) gives the bits of the same model run
+ * op by op (plain_ops, whose MoE layers run the plain path's separate kernels).
  *
  * For each tiny fixture model (MoE and dense; synthetic weights from one seed), two copies
  * on one GPU, on one and on two in-process stages: they prefill an image prompt (visual
