@@ -17,6 +17,14 @@
  * whose FP8 tiles sum a block of rows before its scale: FP8 against the CPU reference within
  * MOE_CHECK_ATOL_FP8, and larger batches' first 64 rows against that output): a variant that
  * computes something else is reported and not timed (exit 1).
+ *
+ * Each path is forced (qw_cuda_moe_args.path): the plain one (routing, the two grouped
+ * GEMMs and the combine as separate kernels) at every size, and beside it, at the sizes the
+ * fused decode kernel takes (T <= 8: kernels/cuda/moe_fused.cu), the fused one, each row
+ * with its share of the roofline and the fused row with its speed-up over the plain one.
+ * The fused output is checked first: the plain bf16 path's bits at that size, bf16 and FP8
+ * experts alike (the fused kernel is the library's in every variant: it dequantises FP8 to
+ * the bf16 weights, block-sum build or not).
  */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -92,14 +100,18 @@ typedef struct layer {
 	uint16_t *x, *out;                  /* (BATCHES, MAX_T, H), (MAX_T, H) */
 	void *ws;
 	size_t ws_bytes;
+	uint32_t *sync;                     /* the fused kernel's counters */
 } layer;
 
-static qw_cuda_moe_args args(const layer *L, bool fp8, int batch, int T)
+#define FUSED_T 8   /* the most tokens the fused kernel takes */
+
+static qw_cuda_moe_args args(const layer *L, bool fp8, bool fused, int batch, int T)
 {
 	qw_cuda_moe_args a = {.T = T, .H = L->H, .E = L->E, .top_k = L->k, .I = L->I,
 			      .renormalize = true,
 			      .x = L->x + (size_t)batch * MAX_T * (size_t)L->H, .router = L->router,
-			      .gate_up = L->gu16, .down = L->dn16, .out = L->out};
+			      .gate_up = L->gu16, .down = L->dn16, .out = L->out, .sync = L->sync,
+			      .path = fused ? QW_CUDA_MOE_FUSED : QW_CUDA_MOE_PLAIN};
 	if (fp8) {
 		a.gate_up = L->gu8;
 		a.down = L->dn8;
@@ -110,9 +122,10 @@ static qw_cuda_moe_args args(const layer *L, bool fp8, int batch, int T)
 }
 
 /* One run of batch 0's first T tokens into host (T, H). */
-static void run_once(const layer *L, bool fp8, int T, uint16_t *host, cudaStream_t s)
+static void run_once(const layer *L, bool fp8, bool fused, int T, uint16_t *host,
+		     cudaStream_t s)
 {
-	qw_cuda_moe_args a = args(L, fp8, 0, T);
+	qw_cuda_moe_args a = args(L, fp8, fused, 0, T);
 	qw_err err = {0};
 	CK(cudaMemsetAsync(L->out, 0xff, (size_t)T * L->H * 2, s));   /* NaN until written */
 	ok(qw_cuda_moe(&a, L->ws, L->ws_bytes, s, &err), &err);
@@ -132,6 +145,7 @@ static void check_layer(const layer *L, bool fp8, cudaStream_t s)
 	uint16_t *first8 = must(malloc((size_t)CHECK_T * H * 2), "the check");
 	uint16_t *got = must(malloc((size_t)MAX_T * H * 2), "the check");
 	uint16_t *got8 = must(malloc((size_t)MAX_T * H * 2), "the check");
+	uint16_t *gotf = must(malloc((size_t)FUSED_T * H * 2), "the check");
 	float *ref = must(malloc((size_t)CHECK_T * H * sizeof *ref), "the check");
 	qw_tensor tr = moe_check_tensor(h_router, 2, E, H, 0);
 	qw_tensor tgu = moe_check_tensor(h_gu, 3, E, H, 2 * (int64_t)I);
@@ -145,24 +159,32 @@ static void check_layer(const layer *L, bool fp8, cudaStream_t s)
 	bool all = true;
 	for (int ti = 0; all && ti < N_TOK; ti++) {
 		int T = tokens[ti], c = T < CHECK_T ? T : CHECK_T;
-		run_once(L, false, T, got, s);
+		run_once(L, false, false, T, got, s);
 		if (T <= CHECK_T)
 			all = moe_check_compare(what, T, H, ref, got, MOE_CHECK_ATOL_BF16);
 		if (T == CHECK_T)
 			memcpy(first, got, (size_t)CHECK_T * H * 2);
 		if (T > CHECK_T)   /* checked through the first CHECK_T rows */
 			all = moe_check_same_bits(what, got, first, (size_t)c * H, H);
+		if (all && T <= FUSED_T) {   /* the fused kernel: the plain path's bits */
+			run_once(L, false, true, T, gotf, s);
+			all = moe_check_same_bits(what, gotf, got, (size_t)T * H, H);
+		}
 		if (all && fp8 && !QW_MOE_FP8_BLOCKSUM) {
-			run_once(L, true, T, got8, s);
+			run_once(L, true, false, T, got8, s);
 			all = moe_check_same_bits(what, got8, got, (size_t)T * H, H);
 		} else if (all && fp8) {   /* its own sums: the reference, then invariance */
-			run_once(L, true, T, got8, s);
+			run_once(L, true, false, T, got8, s);
 			if (T <= CHECK_T)
 				all = moe_check_compare(what, T, H, ref, got8, MOE_CHECK_ATOL_FP8);
 			if (T == CHECK_T)
 				memcpy(first8, got8, (size_t)CHECK_T * H * 2);
 			if (T > CHECK_T)
 				all = moe_check_same_bits(what, got8, first8, (size_t)c * H, H);
+		}
+		if (all && fp8 && T <= FUSED_T) {
+			run_once(L, true, true, T, gotf, s);
+			all = moe_check_same_bits(what, gotf, got, (size_t)T * H, H);
 		}
 	}
 	free(h_router);
@@ -173,6 +195,7 @@ static void check_layer(const layer *L, bool fp8, cudaStream_t s)
 	free(first8);
 	free(got);
 	free(got8);
+	free(gotf);
 	free(ref);
 	if (!all) {
 		fprintf(stderr, "bench_cuda_moe: %s: this build's MoE kernels do not compute the "
@@ -182,13 +205,13 @@ static void check_layer(const layer *L, bool fp8, cudaStream_t s)
 }
 
 /* Median microseconds of RUNS runs at T, each on other tokens after an L2 flush. */
-static double time_us(const layer *L, bool fp8, int T, void *flush, cudaStream_t s,
-		      cudaEvent_t a, cudaEvent_t b)
+static double time_us(const layer *L, bool fp8, bool fused, int T, void *flush,
+		      cudaStream_t s, cudaEvent_t a, cudaEvent_t b)
 {
 	float ms[RUNS];
 	qw_err err = {0};
 	for (int r = -1; r < RUNS; r++) {
-		qw_cuda_moe_args m = args(L, fp8, (r + 1) % BATCHES, T);
+		qw_cuda_moe_args m = args(L, fp8, fused, (r + 1) % BATCHES, T);
 		CK(cudaMemsetAsync(flush, r & 0xff, FLUSH_BYTES, s));
 		CK(cudaEventRecord(a, s));
 		ok(qw_cuda_moe(&m, L->ws, L->ws_bytes, s, &err), &err);
@@ -240,29 +263,37 @@ static void bench_layer(layer *L, bool fp8, double peak, void *flush, cudaStream
 	CK(cudaMalloc((void **)&L->out, (size_t)MAX_T * H * 2));
 	L->ws_bytes = qw_cuda_moe_ws_bytes(MAX_T, H, E, k, I);
 	CK(cudaMalloc(&L->ws, L->ws_bytes));
+	CK(cudaMalloc((void **)&L->sync, QW_CUDA_MOE_SYNC_BYTES));
+	CK(cudaMemset(L->sync, 0, QW_CUDA_MOE_SYNC_BYTES));
 	CK(cudaStreamSynchronize(s));   /* the random weights are made */
 	check_layer(L, fp8, s);
 	double expert = 3.0 * H * I;     /* weights of one expert */
 	for (int ti = 0; ti < N_TOK; ti++) {
 		int T = tokens[ti];
 		double chosen = E * (1.0 - pow(1.0 - (double)k / E, T));
-		double flop = 2.0 * T * k * expert, us16 = time_us(L, false, T, flush, s, a, b);
+		double flop = 2.0 * T * k * expert;
+		double us16 = time_us(L, false, false, T, flush, s, a, b);
 		for (int f8 = 0; f8 <= (int)fp8; f8++) {
-			double us = f8 ? time_us(L, true, T, flush, s, a, b) : us16;
+			double plain = f8 ? time_us(L, true, false, T, flush, s, a, b) : us16;
 			/* bytes a weight, its scale's share counted: one fp32 per 128 x 128 */
 			double per = f8 ? 1.0 + 4.0 / (BLOCK * BLOCK) : 2.0;
 			double bytes = (double)E * H * 2 + chosen * expert * per;
 			double roof = bytes / peak / 1e3;
-			printf("  %-10s %6d %5s %10.1f %10.1f %8.0f %7.1f%% %8.1f", L->name, T,
-			       f8 ? "fp8" : "bf16", us, roof, bytes / us / 1e3, 100.0 * roof / us,
-			       flop / us / 1e6);
-			if (f8)
-				printf(" %6.2fx", us16 / us);
-			printf("\n");
+			for (int fused = 0; fused <= (T <= FUSED_T); fused++) {
+				double us = fused ? time_us(L, f8, true, T, flush, s, a, b) : plain;
+				printf("  %-10s %6d %5s %5s %10.1f %10.1f %8.0f %7.1f%% %8.1f", L->name, T,
+				       f8 ? "fp8" : "bf16", fused ? "fused" : "plain", us, roof,
+				       bytes / us / 1e3, 100.0 * roof / us, flop / us / 1e6);
+				if (f8 && !fused)
+					printf(" %7.2fx bf16", us16 / us);
+				if (fused)
+					printf(" %7.2fx plain", plain / us);
+				printf("\n");
+			}
 		}
 	}
 	void *dev[] = {L->router, L->gu16, L->dn16, L->gu8, L->dn8, L->gus, L->dns, L->x, L->out,
-		       L->ws};
+		       L->ws, L->sync};
 	for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
 		cudaFree(dev[i]);
 	cudaEventDestroy(a);
@@ -286,8 +317,8 @@ int main(int argc, char **argv)
 	printf("# one MoE layer: median us of %d runs, L2 flushed; roofline: router + expected "
 	       "chosen experts' bytes over %.0f GB/s%s\n", RUNS, peak,
 	       fp8 ? "; fp8: FP8 experts (128 x 128 blocks), bf16: the same dequantised" : "");
-	printf("# %-10s %6s %5s %10s %10s %8s %8s %8s%s\n", "layer", "tokens", "exp", "us",
-	       "roofline", "GB/s", "of peak", "TFLOP/s", fp8 ? "  vs bf16" : "");
+	printf("# %-10s %6s %5s %5s %10s %10s %8s %8s %8s  %s\n", "layer", "tokens", "exp", "path",
+	       "us", "roofline", "GB/s", "of peak", "TFLOP/s", "speed-up");
 	for (size_t l = 0; l < sizeof shapes / sizeof *shapes; l++) {
 		layer L = {.name = shapes[l].name, .H = shapes[l].H, .E = shapes[l].E,
 			   .k = shapes[l].k, .I = shapes[l].I};
