@@ -73,6 +73,7 @@ static_assert(cfg_f::THREADS == SCAN_THREADS && cfg_f8::THREADS == SCAN_THREADS,
 	      "the routing and the tiles take the same block");
 static_assert(cfg_f::BM == cfg_f8::BM && cfg_f::BN == cfg_f8::BN, "one tile list, one grid");
 static_assert(fp8_tile<cfg_f8>::ok, "FP8 tile");
+static_assert(cfg_f::BM == 16, "moe.cu's moe_layout sizes the tile list for 16-row tiles");
 
 /* the counters: words of the sync buffer */
 enum {
@@ -234,8 +235,6 @@ const char *moe_fused_refusal(const qw_cuda_moe_args *a, int *blocks)
 		return "no sync buffer was given (qw_cuda_moe_args.sync)";
 	if (a->T > ROUTER_TOKENS || a->E > SMALL_E || a->T * a->top_k > SCAN_THREADS)
 		return "it takes at most 8 tokens, 256 experts and 256 (token, expert) pairs";
-	if (moe_tile_rows(MOE_TILE_S) != cfg_f::BM)
-		return "the plain decode tile's rows differ from the fused tile's (a variant build)";
 	shape_of(a, &tiles, &nb_gu, &nb_dn);
 	if (tiles > FUSED_MAX_TILES || nb_dn > FUSED_MAX_COLS)
 		return "the layer is wider than its counters hold";

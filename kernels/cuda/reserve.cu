@@ -152,11 +152,12 @@ static int fp8_widest(const cuda_ctx *c)
 	return (int)k;
 }
 
-/* Every step buffer's device memory (the FP8 dequantisation scratch is upload's). */
+/* Every step buffer's device memory (the FP8 dequantisation scratch is upload's; the fused
+ * MoE kernel's counters are made with the backend). */
 static uint64_t step_buffers(const cuda_ctx *c)
 {
 	return c->attn_ws.bytes + c->moe_ws.bytes + c->sample_ws.bytes + c->small.bytes +
-	       c->batch_dev.bytes + c->fp8_act.bytes + c->fp8_deq.bytes;
+	       c->batch_dev.bytes + c->fp8_act.bytes + c->fp8_deq.bytes + QW_CUDA_MOE_SYNC_BYTES;
 }
 
 uint64_t cuda_graph_budget(const cuda_ctx *c)
