@@ -1,5 +1,7 @@
 /* moe_gemm.cu - the MoE block's grouped expert GEMM on the tensor cores (moe.cu's steps 5 and
- * 6; see moe_gemm.h), over bf16 or FP8 experts.
+ * 6; see moe_gemm.h), over bf16 or FP8 experts: the plain path's kernels, a block a tile.
+ * The tile itself (below: how it is computed, its shapes) is moe_tile.cuh's expert_tile,
+ * which the fused decode kernel (moe_fused.cu) runs too.
  *
  * Our own, not cuBLAS: the contract has no handle, per-expert calls would need the counts on
  * the host (a sync per layer), and cuBLAS chooses kernels (split-K among them) by M, which
