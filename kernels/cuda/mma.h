@@ -1,6 +1,6 @@
 /* mma.h - the tensor-core and asynchronous-copy primitives the CUDA kernels share (CUDA C++
  * only, included by the files that feed mma.sync: attn_engine.cuh (attention.cu,
- * segment_attention.cu), moe_gemm.cu, gemm.cu; and by wgmma.h).
+ * segment_attention.cu), moe_tile.cuh (moe_gemm.cu, moe_fused.cu), gemm.cu; and by wgmma.h).
  *
  * Owns: cp_async / cp_async_at (16, 8 or 4 bytes, global to shared, zeros when told not to
  * read), cp_async_commit / cp_async_wait, ldmatrix_x4 (plain and transposed), mma_bf16
