@@ -8,15 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
-static double now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
+#include "loader/clock.h"
 
 static qw_status zfail(qw_err *err, const char *what, const char *endpoint)
 {
@@ -119,7 +113,7 @@ qw_status qw_client_send(qw_client *c, const qw_request *r, qw_err *err)
 	qw_status st = qw_request_encode(r, &buf, &len, err);
 	if (st != QW_OK)
 		return st;
-	double t0 = now_ms();
+	double t0 = qw_millis_now();
 	int rc, e;
 	do {                                   /* blocks only past the high-water mark */
 		rc = zmq_send(c->sock, buf, len, 0);
@@ -133,7 +127,7 @@ qw_status qw_client_send(qw_client *c, const qw_request *r, qw_err *err)
 	if (e == EINTR)
 		return qw_fail(err, QW_E_IO, "interrupted");
 	if (e == EAGAIN)
-		return no_answer(c, now_ms() - t0, err);
+		return no_answer(c, qw_millis_now() - t0, err);
 	return qw_fail(err, QW_E_IO, "cannot send to %s: %s", c->endpoint, zmq_strerror(e));
 }
 
@@ -214,7 +208,7 @@ qw_status qw_client_poll(qw_client *c, qw_reply *out, bool *got, qw_err *err)
 
 qw_status qw_client_recv(qw_client *c, qw_reply *out, int timeout_ms, qw_err *err)
 {
-	double t0 = now_ms();
+	double t0 = qw_millis_now();
 	zmq_pollitem_t items[2];
 	qw_client_pollitems(c, items);
 	for (;;) {
@@ -226,9 +220,9 @@ qw_status qw_client_recv(qw_client *c, qw_reply *out, int timeout_ms, qw_err *er
 			return qw_fail(err, QW_E_IO, "interrupted");
 		long left = -1;
 		if (timeout_ms >= 0) {
-			left = timeout_ms - (long)(now_ms() - t0);
+			left = timeout_ms - (long)(qw_millis_now() - t0);
 			if (left <= 0)
-				return no_answer(c, now_ms() - t0, err);
+				return no_answer(c, qw_millis_now() - t0, err);
 		}
 		if (zmq_poll(items, 2, left) < 0 && zmq_errno() != EINTR)
 			return zfail(err, "cannot wait for", c->endpoint);

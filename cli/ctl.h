@@ -92,9 +92,6 @@ bool ctl_read_input(const char *what, const char *path, size_t cap, char **out, 
  * decodes (JPEG, PNG or WebP), before it is sent; prints why not, naming the file. */
 bool ctl_read_image(const char *what, const char *path, char **out, size_t *len);
 
-/* CLOCK_MONOTONIC in milliseconds. */
-double ctl_now_ms(void);
-
 /* Asks the daemon for its status: *text the JSON as sent, *obj parsed (an object); both
  * NULL unless CTL_OK.  Prints why not and returns the exit status. */
 int ctl_fetch_status(const ctl_common *c, char **text, json_t **obj);

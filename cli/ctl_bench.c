@@ -14,10 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli/args.h"
 #include "cli/ctl.h"
+#include "loader/clock.h"
 
 #define BENCH_MAX_TOKEN 150000   /* prompts draw ids from [100, min(vocab, this)) */
 #define BENCH_MIN_TOKEN 100
@@ -349,7 +349,7 @@ static qw_status submit(bench *b, slot *s, qw_err *err)
 	qw_request r = {.op = QW_OP_SUBMIT, .token_ids = s->conv, .n_token_ids = s->n_conv,
 			.max_tokens = o->max_tokens, .greedy = true, .ignore_eos = true,
 			.stream = true, .temperature = -1, .top_k = -1};
-	s->t_submit = ctl_now_ms();
+	s->t_submit = qw_millis_now();
 	if (!b->t0)
 		b->t0 = s->t_submit;
 	s->req = b->next++;
@@ -362,13 +362,13 @@ static qw_status submit(bench *b, slot *s, qw_err *err)
 static void finish(bench *b, slot *s)
 {
 	b->finished++;
-	b->t_end = ctl_now_ms();
+	b->t_end = qw_millis_now();
 	s->req = -1;
 }
 
 static void on_reply(bench *b, slot *s, const qw_reply *r)
 {
-	double t = ctl_now_ms();
+	double t = qw_millis_now();
 	result *res = &b->res[s->req];
 	switch (r->type) {
 	case QW_REPLY_ACCEPTED:
@@ -425,12 +425,12 @@ static void cancel_all(bench *b)
 			qw_client_send(&s->client, &r, &err);
 		}
 	}
-	double t0 = ctl_now_ms();
+	double t0 = qw_millis_now();
 	for (int i = 0; i < C; i++) {
 		qw_reply rep;
 		qw_err err = {0};
-		while (b->slots[i].req >= 0 && ctl_now_ms() - t0 < 1000 &&
-		       qw_client_recv(&b->slots[i].client, &rep, 1000 - (int)(ctl_now_ms() - t0) + 1,
+		while (b->slots[i].req >= 0 && qw_millis_now() - t0 < 1000 &&
+		       qw_client_recv(&b->slots[i].client, &rep, 1000 - (int)(qw_millis_now() - t0) + 1,
 				      &err) == QW_OK) {
 			if (rep.type == QW_REPLY_DONE || rep.type == QW_REPLY_ERROR)
 				b->slots[i].req = -1;
@@ -465,7 +465,7 @@ static int run(bench *b, const ctl_common *c)
 			const slot *s = &b->slots[i];
 			if (s->req < 0 || s->id || s->t_first)
 				continue;
-			long left = (long)(s->t_submit + c->timeout_ms - ctl_now_ms());
+			long left = (long)(s->t_submit + c->timeout_ms - qw_millis_now());
 			if (left <= 0) {
 				qw_fail(&err, QW_E_IO, "qwend does not answer at %s (request %d "
 					"had no answer in %.1f s)", c->endpoint, s->req,

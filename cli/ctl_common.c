@@ -9,11 +9,11 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "cli/args.h"
 #include "cli/ctl.h"
 #include "daemon/image/format.h"
+#include "loader/clock.h"
 
 static const char usage_short[] =
 	"usage: qwenctl [--socket ENDPOINT] [--timeout SECONDS] COMMAND [OPTIONS]\n"
@@ -226,13 +226,6 @@ void ctl_catch_sigint(void)
 	struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESETHAND};
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
-}
-
-double ctl_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
 int ctl_connect(const ctl_common *c, qw_client *client)

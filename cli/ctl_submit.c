@@ -7,11 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli/args.h"
 #include "cli/ctl.h"
 #include "cli/json_text.h"
+#include "loader/clock.h"
 
 enum { MAX_STOP = 16 };   /* the protocol's default limit */
 
@@ -235,13 +235,13 @@ static int on_done(answer *a, const submit_opts *o, const qw_reply *r)
 static int cancel_request(qw_client *client, answer *a, const submit_opts *o)
 {
 	const double wait_ms = 3000;
-	double t0 = ctl_now_ms();
+	double t0 = qw_millis_now();
 	qw_reply rep;
 	qw_err err = {0};
 	client->interrupt = NULL;
 	end_answer(a, o, false);
-	while (!a->id && ctl_now_ms() - t0 < wait_ms) {
-		int left = (int)(wait_ms - (ctl_now_ms() - t0)) + 1;
+	while (!a->id && qw_millis_now() - t0 < wait_ms) {
+		int left = (int)(wait_ms - (qw_millis_now() - t0)) + 1;
 		if (qw_client_recv(client, &rep, left, &err) != QW_OK)
 			break;
 		bool over = rep.type == QW_REPLY_DONE || rep.type == QW_REPLY_ERROR;
@@ -262,8 +262,8 @@ static int cancel_request(qw_client *client, answer *a, const submit_opts *o)
 		return CTL_INTERRUPTED;
 	}
 	bool ok = false, done = false;
-	while (!(ok && done) && ctl_now_ms() - t0 < 2 * wait_ms) {
-		int left = (int)(2 * wait_ms - (ctl_now_ms() - t0)) + 1;
+	while (!(ok && done) && qw_millis_now() - t0 < 2 * wait_ms) {
+		int left = (int)(2 * wait_ms - (qw_millis_now() - t0)) + 1;
 		if (qw_client_recv(client, &rep, left, &err) != QW_OK)
 			break;
 		if (rep.type == QW_REPLY_OK) {

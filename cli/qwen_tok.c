@@ -20,13 +20,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli/args.h"
 #include <jansson.h>
 
 #include "daemon/text/chat.h"
 #include "daemon/text/tokenizer.h"
+#include "loader/clock.h"
 #include "loader/version.h"
 
 static const char usage[] =
@@ -83,13 +83,6 @@ static char *slurp(const char *path, size_t *len)
 	return buf;
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int do_encode(qw_tokenizer *t, const char *text, size_t len)
 {
 	int32_t *ids;
@@ -143,12 +136,12 @@ static int do_bench(qw_tokenizer *t, const char *text, size_t len, int repeat)
 	for (int r = 0; r < repeat; r++) {
 		int32_t *ids;
 		qw_err err = {0};
-		double t0 = now();
+		double t0 = qw_seconds_now();
 		if (qw_tokenizer_encode(t, text, len, &ids, &n, &err) != QW_OK) {
 			fprintf(stderr, "qwen-tok: %s\n", err.msg);
 			return 1;
 		}
-		double dt = now() - t0;
+		double dt = qw_seconds_now() - t0;
 		free(ids);
 		if (r == 0)
 			first = dt;
@@ -163,7 +156,7 @@ static int do_bench(qw_tokenizer *t, const char *text, size_t len, int repeat)
 	best = 1e30;
 	size_t calls = 0;
 	for (int r = 0; r < repeat; r++) {
-		double t0 = now();
+		double t0 = qw_seconds_now();
 		calls = 0;
 		for (size_t i = 0; i < len; calls++) {
 			size_t j = i + 4096 < len ? i + 4096 : len;
@@ -179,7 +172,7 @@ static int do_bench(qw_tokenizer *t, const char *text, size_t len, int repeat)
 			free(ids);
 			i = j;
 		}
-		double dt = now() - t0;
+		double dt = qw_seconds_now() - t0;
 		best = dt < best ? dt : best;
 	}
 	printf("4 KB pieces, warm  %8.2f MB/s  (best of %d, %zu calls)\n", len / 1e6 / best, repeat,

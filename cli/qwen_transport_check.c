@@ -22,13 +22,13 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/transport_check.h"
 #include "ipc/channel.h"
 #include "ipc/checksum.h"
+#include "loader/clock.h"
 #include "loader/version.h"
 
 static const char usage[] =
@@ -70,13 +70,6 @@ typedef struct header {
 	uint32_t dtype, iters;      /* iters: transfers of this size before the receiver acks */
 } header;
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 // ---------------------------------------------------------------------------------------
 // one hop, either side
 
@@ -96,20 +89,20 @@ static int send_side(const tc_opts *o, int stage, qw_channel *fwd, qw_channel *b
 				    qw_checksum(buf, n), o->seed, (uint32_t)o->dtype, (uint32_t)o->iters};
 			if (o->corrupt && stage == 0 && s == 0 && it == 0)
 				buf[n / 3] ^= 0x08;                   /* in flight, after the checksum */
-			double t = now();
+			double t = qw_seconds_now();
 			if (fwd->send(fwd, &h, sizeof h, err) || fwd->send(fwd, buf, n, err)) {
 				free(buf);
 				return 1;
 			}
-			sending += now() - t;
+			sending += qw_seconds_now() - t;
 		}
-		double t0 = now();
+		double t0 = qw_seconds_now();
 		uint8_t ack;
 		if (back->recv(back, &ack, 1, err)) {
 			free(buf);
 			return 1;
 		}
-		rep->r[stage][s].seconds = sending + (now() - t0);
+		rep->r[stage][s].seconds = sending + (qw_seconds_now() - t0);
 	}
 	free(buf);
 	return 0;

@@ -11,7 +11,6 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -19,17 +18,11 @@
 #include "daemon/devices.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "loader/checkpoint.h"
+#include "loader/clock.h"
 #include "loader/dtype.h"
 
 #define TICK_MS 100
 #define LOAD_LOG_S 2.0            /* at most how often a load's progress is logged */
-
-double qw_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static bool file_exists(const char *dir, const char *name)
 {
@@ -305,7 +298,7 @@ static qw_status start_pipeline(qw_server *sv, qw_err *err)
 					  err);
 	if (st == QW_OK)
 		st = qw_supervisor_start(&sv->sup, err);
-	sv->t_load = sv->t_load_logged = qw_now();
+	sv->t_load = sv->t_load_logged = qw_seconds_now();
 	sv->load_logged_tenth = 0;
 	return st;
 }
@@ -349,7 +342,7 @@ static void pipeline_ready(qw_server *sv)
 	uint64_t tokens = (uint64_t)sv->sup.kv_decided * (uint64_t)sv->set.kv_block_tokens;
 	char after[64] = "";
 	if (sv->t_failed > 0) {   /* back from a failure: how long that took */
-		sv->last_recovery_s = qw_now() - sv->t_failed;
+		sv->last_recovery_s = qw_seconds_now() - sv->t_failed;
 		sv->t_failed = 0;
 		snprintf(after, sizeof after, " (%.2f s after the failure)", sv->last_recovery_s);
 	}
@@ -398,7 +391,7 @@ void qw_server_post_steps(qw_server *sv)
 
 static void count_tokens(qw_server *sv, int prompt, int generated)
 {
-	int64_t sec = (int64_t)qw_now();
+	int64_t sec = (int64_t)qw_seconds_now();
 	if (sec != sv->window_second) {
 		for (int64_t s = sv->window_second + 1; s <= sec && s <= sv->window_second +
 						      QW_THROUGHPUT_WINDOW; s++) {
@@ -535,7 +528,7 @@ void qw_server_begin_drain(qw_server *sv, const char *why)
 	qw_log(QW_LOG_INFO, "%s: finishing %d request%s (at most %.0f s), then exiting", why,
 	       sv->n_live, sv->n_live == 1 ? "" : "s", sv->set.drain_timeout);
 	sv->state = QW_SERVER_DRAINING;
-	sv->drain_deadline = qw_now() + sv->set.drain_timeout;
+	sv->drain_deadline = qw_seconds_now() + sv->set.drain_timeout;
 	sd_notify(0, "STOPPING=1");
 }
 
@@ -558,9 +551,9 @@ static void on_signal(qw_server *sv)
 /* Heartbeats, loading progress, the watchdog, and the end of a drain. */
 static void tick(qw_server *sv, double *next_status)
 {
-	double now = qw_now();
+	double now = qw_seconds_now();
 	if (sv->sup.running) {
-		uint64_t ms = qw_monotonic_ms();
+		uint64_t ms = qw_now_ms();
 		for (int i = 0; i < sv->n_stages; i++) {
 			uint64_t hb = atomic_load(&sv->sup.region.hdr->worker[i].heartbeat_ms);
 			if (hb && ms > hb && (double)(ms - hb) > sv->set.worker_timeout * 1000.0) {
@@ -669,7 +662,7 @@ int qw_server_run(const qw_settings *s, const char *config_path)
 	}
 	sv->set = *s;
 	snprintf(sv->config_path, sizeof sv->config_path, "%s", config_path ? config_path : "");
-	sv->t_start = qw_now();
+	sv->t_start = qw_seconds_now();
 	sv->lock_fd = sv->sigfd = -1;
 	sv->sup.notify_fd = -1;
 	sv->next_id = 1;

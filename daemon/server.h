@@ -139,8 +139,6 @@ int qw_server_run(const qw_settings *s, const char *config_path);
 
 // -- shared by the server's files ------------------------------------------------------
 
-double qw_now(void);
-
 /* server_clients.c */
 qw_status qw_server_open_socket(qw_server *sv, qw_err *err);
 void qw_server_close_socket(qw_server *sv);

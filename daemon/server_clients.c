@@ -21,6 +21,7 @@
 #include <zmq.h>
 
 #include "ipc/endpoint.h"
+#include "loader/clock.h"
 
 #define MONITOR_ENDPOINT "inproc://qwend-monitor"
 
@@ -218,7 +219,7 @@ void qw_server_end(qw_server *sv, qw_live *r, const char *code, const char *mess
 		reply_error(sv, r->peer, r->peer_len, r->id, code, message);
 		sv->failed++;
 	} else {
-		double now = qw_now(), gen = r->t_first > 0 ? now - r->t_first : 0;
+		double now = qw_seconds_now(), gen = r->t_first > 0 ? now - r->t_first : 0;
 		int n = r->out.generated;
 		qw_reply d = {.type = QW_REPLY_DONE, .request = r->id, .finish_reason = reason,
 			      .prompt_tokens = r->n_prompt, .completion_tokens = n,
@@ -289,7 +290,7 @@ void qw_server_on_token(void *ctx, qw_seq *seq, int32_t token, const qw_sample_l
 	qw_server *sv = ctx;
 	qw_live *r = seq->owner;
 	if (r->t_first == 0)
-		r->t_first = qw_now();
+		r->t_first = qw_seconds_now();
 	if (r->logprobs && !lp) {
 		qw_server_end(sv, r, "internal", "the pipeline sampled a token without the "
 			      "log-probabilities asked for", NULL);
@@ -357,7 +358,7 @@ static void submit(qw_server *sv, const qw_request *req, const uint8_t *peer, si
 		return;
 	}
 	r->id = sv->next_id++;
-	r->t_submit = qw_now();
+	r->t_submit = qw_seconds_now();
 	memcpy(r->peer, peer, peer_len);
 	r->peer_len = peer_len;
 	r->peer_fd = fd;

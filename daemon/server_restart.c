@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <systemd/sd-daemon.h>
 
+#include "loader/clock.h"
+
 #define RESTART_WINDOW_S 600.0
 
 static void on_lost(void *ctx, qw_seq *seq)
@@ -19,7 +21,7 @@ static void on_lost(void *ctx, qw_seq *seq)
 /* Whether qwend may restart its workers once more, or has restarted them too often. */
 static bool may_restart(qw_server *sv)
 {
-	double now = qw_now();
+	double now = qw_seconds_now();
 	int recent = 0;
 	for (int i = 0; i < sv->n_restarts && i < 64; i++)
 		recent += now - sv->restarts[i] < RESTART_WINDOW_S;
@@ -45,7 +47,7 @@ void qw_server_pipeline_failed(qw_server *sv, const qw_pipe_failure *f)
 	bool partial = !fallback && sv->state != QW_SERVER_DRAINING &&
 		       qw_supervisor_can_rejoin(&sv->sup, f->stages);
 	if (!fallback || sv->t_failed == 0)
-		sv->t_failed = qw_now();
+		sv->t_failed = qw_seconds_now();
 	if (sv->have_sched)
 		qw_sched_reset(&sv->sched, on_lost, sv);
 	if (sv->state == QW_SERVER_DRAINING) {
@@ -64,7 +66,7 @@ void qw_server_pipeline_failed(qw_server *sv, const qw_pipe_failure *f)
 	qw_err err = {0};
 	sv->state = QW_SERVER_RESTARTING;
 	sd_notifyf(0, "STATUS=restarting the workers: %s", f->why);
-	sv->t_load = sv->t_load_logged = qw_now();
+	sv->t_load = sv->t_load_logged = qw_seconds_now();
 	sv->load_logged_tenth = 0;
 	qw_status st;
 	if (partial) {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loader/clock.h"
 #include "loader/units.h"
 
 static const char *state_name(qw_server_state s)
@@ -28,7 +29,7 @@ void qw_server_load_progress(const qw_server *sv, qw_server_load *out)
 		}
 		out->done += done < plan ? done : plan;
 	}
-	out->elapsed_s = sv->t_load > 0 ? qw_now() - sv->t_load : 0;
+	out->elapsed_s = sv->t_load > 0 ? qw_seconds_now() - sv->t_load : 0;
 	if (out->done >= out->total)
 		out->eta_s = 0;
 	else if (out->done > 0)
@@ -129,7 +130,7 @@ char *qw_server_status_json(const qw_server *sv)
 	const qw_config *c = &sv->cfg;
 	json_t *o = json_object();
 	json_object_set_new(o, "state", json_string(state_name(sv->state)));
-	json_object_set_new(o, "uptime_s", json_real(qw_now() - sv->t_start));
+	json_object_set_new(o, "uptime_s", json_real(qw_seconds_now() - sv->t_start));
 	json_object_set_new(o, "endpoint", json_string(sv->endpoint));
 	json_object_set_new(o, "model", json_pack(
 		"{s:s, s:b, s:s, s:i, s:I, s:I, s:i, s:b, s:b, s:i, s:b}", "path", sv->model_dir,
@@ -197,7 +198,7 @@ char *qw_server_status_json(const qw_server *sv)
 	json_object_set_new(json_object_get(o, "requests"), "refused", refused);
 	/* the window's buckets, the current (partial) second left out */
 	uint64_t p = 0, g = 0;
-	int64_t now = (int64_t)qw_now();
+	int64_t now = (int64_t)qw_seconds_now();
 	for (int i = 1; i < QW_THROUGHPUT_WINDOW; i++) {
 		int64_t s = now - i;
 		if (s > sv->window_second - QW_THROUGHPUT_WINDOW && s <= sv->window_second) {

@@ -23,6 +23,7 @@
 #include "kernels/step_limits.h"
 #include "kernels/vision.h"
 #include "loader/checkpoint.h"
+#include "loader/clock.h"
 #include "loader/dtype.h"
 #include "loader/units.h"
 
@@ -41,7 +42,7 @@ void worker_notify(worker *w)
 
 void worker_beat(worker *w)
 {
-	atomic_store(&w->slot->heartbeat_ms, qw_monotonic_ms());
+	atomic_store(&w->slot->heartbeat_ms, qw_now_ms());
 }
 
 static int fail(worker *w, const qw_err *err)
@@ -59,7 +60,7 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 	/* tests: a load that takes load_delay_ms, its bytes spread over the time, so loading
 	 * and its progress can be seen from outside */
 	uint64_t due = w->load_t0_ms + (total ? (uint64_t)w->load_delay_ms * done / total : 0);
-	for (uint64_t now = qw_monotonic_ms(); now < due; now = qw_monotonic_ms()) {
+	for (uint64_t now = qw_now_ms(); now < due; now = qw_now_ms()) {
 		usleep((useconds_t)((due - now < 50 ? due - now : 50) * 1000));
 		worker_beat(w);
 	}
@@ -286,7 +287,7 @@ static qw_status load(worker *w, qw_err *err)
 	worker_notify(w);
 	const char *delay = getenv("QWEND_TEST_LOAD_DELAY_MS");
 	w->load_delay_ms = delay ? atoi(delay) : 0;
-	uint64_t t0 = w->load_t0_ms = qw_monotonic_ms();
+	uint64_t t0 = w->load_t0_ms = qw_now_ms();
 	st = synthetic ? qw_stage_model_load_synthetic(&w->m, &w->cfg, &stage, w->be, 0,
 						       job->max_tokens, on_progress, w, err)
 		       : qw_stage_model_load(&w->m, &w->cfg, w->ck, &stage, w->be, job->max_tokens,
@@ -294,7 +295,7 @@ static qw_status load(worker *w, qw_err *err)
 	if (st != QW_OK)
 		return st;
 	w->m.graphs = job->cuda_graphs != 0;
-	w->slot->load_ms = qw_monotonic_ms() - t0;
+	w->slot->load_ms = qw_now_ms() - t0;
 	atomic_store(&w->slot->weights_ready, 1);   /* survivors of a restart may connect now */
 	/* the links' buffers and the steps' memory exist before the KV cache is sized from what
 	 * is left */
@@ -314,7 +315,7 @@ static qw_status load(worker *w, qw_err *err)
 	char bytes[32], steps[32];
 	qw_log(QW_LOG_INFO, "stage %d: layers [%d, %d), %s of weights in %.2f s, %s reserved for "
 	       "steps", w->stage, stage.layer_begin, stage.layer_end,
-	       qw_fmt_bytes(weights, bytes, sizeof bytes), (double)(qw_monotonic_ms() - t0) / 1000.0,
+	       qw_fmt_bytes(weights, bytes, sizeof bytes), (double)(qw_now_ms() - t0) / 1000.0,
 	       qw_fmt_bytes(w->step_bytes, steps, sizeof steps));
 	atomic_store(&w->slot->state, QW_WORKER_LOADED);
 	worker_notify(w);
@@ -691,11 +692,11 @@ static qw_status serve(worker *w, qw_err *err)
 			return st;
 		if (p.kind == QW_STEP_STOP)
 			return QW_OK;
-		uint64_t t0 = qw_monotonic_ms();
+		uint64_t t0 = qw_now_ns();
 		if ((st = run_step(w, &p, err)) != QW_OK)
 			return qw_err_context(err, "step %llu", (unsigned long long)p.step);
 		atomic_fetch_add(&w->slot->steps, 1);
-		atomic_fetch_add(&w->slot->busy_us, (qw_monotonic_ms() - t0) * 1000);
+		atomic_fetch_add(&w->slot->busy_us, (qw_now_ns() - t0) / 1000);
 	}
 }
 

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "http/server.h"
+#include "loader/clock.h"
 
 const qw_request qh_status_request = {.op = QW_OP_STATUS};
 
@@ -32,7 +33,7 @@ bool qh_call_start(qh_server *sv, qh_call *c, const qw_request *q, qh_error *e)
 		return false;
 	}
 	c->open = true;
-	c->deadline = qh_now() + sv->set.timeout_ms / 1e3;
+	c->deadline = qw_seconds_now() + sv->set.timeout_ms / 1e3;
 	return true;
 }
 
@@ -51,7 +52,7 @@ int qh_call_poll(qh_call *c, qw_reply *rep, qh_error *e)
 	qw_err err = {0};
 	bool got = false;
 	qw_status st = qw_client_poll(&c->client, rep, &got, &err);
-	if (st == QW_OK && !got && c->deadline > 0 && qh_now() > c->deadline)
+	if (st == QW_OK && !got && c->deadline > 0 && qw_seconds_now() > c->deadline)
 		st = qw_fail(&err, QW_E_IO, "qwend at %s did not answer in time (is it stuck?)",
 			     c->client.endpoint);
 	else if (st == QW_OK && !got)

@@ -9,6 +9,7 @@
 #include "cli/json_text.h"
 #include "daemon/log.h"
 #include "http/server.h"
+#include "loader/clock.h"
 
 static bool is_chat(const qh_req *r)
 {
@@ -271,7 +272,7 @@ static void accepted(qh_req *r, qh_choice *c, const qw_reply *rep)
 
 static void tokens_came(qh_req *r, qh_choice *c, int n)
 {
-	double now = qh_now();
+	double now = qw_seconds_now();
 	if (n <= 0)
 		return;
 	if (c->t_first == 0) {
@@ -352,7 +353,7 @@ static void done(qh_req *r, qh_choice *c, const qw_reply *rep)
 	qh_buf_free(&content);
 	if (r->n_done < r->n_choices)
 		return;
-	qh_histogram_observe(&m->e2e, qh_now() - r->t_start);
+	qh_histogram_observe(&m->e2e, qw_seconds_now() - r->t_start);
 	if (r->job.stream) {
 		stream_end(r);
 		qh_stream_wake(r);

@@ -16,19 +16,12 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "daemon/log.h"
 #include "ipc/endpoint.h"
-
-double qh_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "loader/clock.h"
 
 void qh_settings_default(qh_settings *s)
 {
@@ -244,7 +237,7 @@ static qh_req *new_request(qh_server *sv, struct MHD_Connection *conn, const cha
 		return NULL;
 	r->sv = sv;
 	r->conn = conn;
-	r->t_start = qh_now();
+	r->t_start = qw_seconds_now();
 	r->endpoint = "unknown";
 	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn,
 		MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -350,7 +343,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 		code = "client_closed_request";
 	qh_metrics_request(&sv->metrics, r->endpoint, status, code);
 	qw_log(status >= 500 ? QW_LOG_INFO : QW_LOG_DEBUG, "%s %d%s%s %.3f s", r->endpoint, status,
-	       *code ? " " : "", code, qh_now() - r->t_start);
+	       *code ? " " : "", code, qw_seconds_now() - r->t_start);
 	qh_call_close(&r->one);
 	qh_generate_free(r);
 	qh_job_free(&r->job);
@@ -518,7 +511,7 @@ static bool handle_signals(qh_server *sv)
 		       "%.0f s)", si.ssi_signo, sv->n_reqs, sv->n_reqs == 1 ? "" : "s",
 		       sv->set.drain_s);
 		sv->draining = true;
-		sv->drain_deadline = qh_now() + sv->set.drain_s;
+		sv->drain_deadline = qw_seconds_now() + sv->set.drain_s;
 		int lfd = MHD_quiesce_daemon(sv->mhd);
 		if (lfd >= 0)
 			close(lfd);
@@ -535,7 +528,7 @@ static void run_loop(qh_server *sv)
 		p.n = 0;
 		poller_add(&p, (zmq_pollitem_t){.fd = epfd, .events = ZMQ_POLLIN}, (slot){0});
 		poller_add(&p, (zmq_pollitem_t){.fd = sv->sigfd, .events = ZMQ_POLLIN}, (slot){0});
-		double now = qh_now(), wake = now + 1;
+		double now = qw_seconds_now(), wake = now + 1;
 		for (qh_req *r = sv->reqs; r; r = r->next) {
 			add_call(&p, r, &r->one, NULL, &wake);
 			for (int i = 0; i < r->n_choices; i++)
@@ -556,7 +549,7 @@ static void run_loop(qh_server *sv)
 		}
 		if ((p.items[1].revents & ZMQ_POLLIN) && handle_signals(sv))
 			break;
-		now = qh_now();
+		now = qw_seconds_now();
 		for (int i = 2; i < p.n; i++) {
 			slot *s = &p.slots[i];
 			bool due = s->call && s->call->deadline > 0 && now > s->call->deadline;

@@ -163,8 +163,6 @@ struct qh_server {
 	char listening[300];        /* http://HOST:PORT */
 };
 
-double qh_now(void);
-
 /* server.c: the answer to r (body malloc'd, taken over; ctype a static string). */
 void qh_answer(qh_req *r, int status, const char *ctype, char *body, size_t len);
 void qh_answer_json(qh_req *r, int status, json_t *j);   /* takes j */

@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #define REGION_MAGIC 0x314e4745525751ull   /* "QWREGN1" */
@@ -16,13 +15,6 @@ const char *qw_worker_state_name(qw_worker_state s)
 	static const char *const names[] = {"starting", "loading", "loaded", "ready", "failed",
 					    "stopped", "rejoining"};
 	return s <= QW_WORKER_REJOINING ? names[s] : "unknown";
-}
-
-uint64_t qw_monotonic_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static size_t align64(size_t n)

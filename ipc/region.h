@@ -54,7 +54,7 @@ typedef struct qw_worker_slot {
 	_Atomic uint32_t weights_ready;  /* its weights are resident (set before it connects to
 					    its neighbours, kept while it lives) */
 	_Atomic uint32_t can_rejoin;     /* it has served: a partial restart may keep it */
-	_Atomic uint64_t heartbeat_ms;   /* CLOCK_MONOTONIC ms of its last sign of life */
+	_Atomic uint64_t heartbeat_ms;   /* qw_now_ms() of its last sign of life */
 	_Atomic uint64_t load_done;      /* weight bytes loaded so far */
 	_Atomic uint64_t load_total;     /* weight bytes it owns */
 	_Atomic uint64_t steps;          /* steps run */
@@ -160,8 +160,5 @@ void qw_region_abort(qw_region *r);
  * touches them: the survivors of a partial restart wait (REJOINING), the new workers wait for
  * `resume`. */
 void qw_region_reset(qw_region *r);
-
-/* CLOCK_MONOTONIC milliseconds (heartbeats). */
-uint64_t qw_monotonic_ms(void);
 
 #endif

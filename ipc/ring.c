@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loader/clock.h"
+
 #define SPINS 256    /* polls before sleeping: a hand-over often completes within them */
 
 static void futex_wait(_Atomic uint32_t *word, uint32_t expected, const struct timespec *ts)
@@ -25,13 +27,6 @@ static void futex_wait(_Atomic uint32_t *word, uint32_t expected, const struct t
 static void futex_wake(_Atomic uint32_t *word)
 {
 	syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static inline void cpu_relax(void)
@@ -102,7 +97,7 @@ static qw_status wait_until(qw_ring *r, ring_pred ok, uint64_t need, _Atomic uin
 		}
 		struct timespec ts, *tsp = NULL;
 		if (deadline_ms >= 0) {
-			int64_t left = deadline_ms - now_ms();
+			int64_t left = deadline_ms - (int64_t)qw_now_ms();
 			if (left <= 0) {
 				atomic_store(sleeps, 0);
 				return qw_fail(err, QW_E_TIMEOUT, "nothing moved through the ring in time");
@@ -118,7 +113,7 @@ static qw_status wait_until(qw_ring *r, ring_pred ok, uint64_t need, _Atomic uin
 
 static int64_t deadline(int timeout_ms)
 {
-	return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	return timeout_ms < 0 ? -1 : (int64_t)qw_now_ms() + timeout_ms;
 }
 
 static void copy_in(qw_ring *r, uint64_t at, const void *src, size_t n)

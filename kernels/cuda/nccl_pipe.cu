@@ -10,6 +10,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/nccl_pipe.h"
+#include "loader/clock.h"
 #include "loader/dtype.h"
 
 #define RECORD_MAGIC 0x3144524f434552ull   /* "RECORD1" */
@@ -96,13 +97,6 @@ static void header_of(const qw_nccl_pipe *p, const qw_nccl_record *r, uint64_t h
 // ---------------------------------------------------------------------------------------
 // waiting without hanging
 
-static long long now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
-}
-
 static qw_status broke(qw_nccl_pipe *p, qw_status st)
 {
 	p->broken = true;
@@ -151,12 +145,12 @@ static void pause_ns(long long waited)
  * the caller between polls.  timeout_s <= 0: no limit. */
 static qw_status settle(qw_nccl_pipe *p, double timeout_s, const char *what, qw_err *err)
 {
-	long long t0 = now_ns(), last = t0;
+	long long t0 = (long long)qw_now_ns(), last = t0;
 	for (;;) {
 		qw_status st = async_state(p, err);
 		if (st != QW_E_TIMEOUT)
 			return st;
-		long long t = now_ns();
+		long long t = (long long)qw_now_ns();
 		if (timeout_s > 0 && (double)(t - t0) > timeout_s * 1e9) {
 			qw_fail(err, QW_E_TIMEOUT, "stage %d: %s took longer than %.0f s (a stage "
 				"that never joined?)", p->cfg.rank, what, timeout_s);
@@ -176,7 +170,7 @@ static qw_status settle(qw_nccl_pipe *p, double timeout_s, const char *what, qw_
 static qw_status wait_event(qw_nccl_pipe *p, cudaEvent_t ev, double timeout_s, const char *what,
 			    qw_err *err)
 {
-	long long t0 = now_ns(), last = t0;
+	long long t0 = (long long)qw_now_ns(), last = t0;
 	for (;;) {
 		cudaError_t q = cudaEventQuery(ev);
 		if (q == cudaSuccess)
@@ -186,7 +180,7 @@ static qw_status wait_event(qw_nccl_pipe *p, cudaEvent_t ev, double timeout_s, c
 				cudaGetErrorString(q));
 			return broke(p, QW_E_DEVICE);
 		}
-		long long t = now_ns();
+		long long t = (long long)qw_now_ns();
 		if (t - last > POLL_NS) {
 			last = t;
 			qw_status st = async_state(p, err);
@@ -361,7 +355,7 @@ extern "C" void qw_nccl_pipe_destroy(qw_nccl_pipe *p, bool clean)
 static qw_status drain(qw_nccl_pipe *p, cudaStream_t stream, const char *what, qw_err *err)
 {
 	QW_CUDA_TRY(err, cudaEventRecord(p->mark, stream));
-	long long t0 = now_ns();
+	long long t0 = (long long)qw_now_ns();
 	for (;;) {
 		cudaError_t q = cudaEventQuery(p->mark);
 		if (q == cudaSuccess)
@@ -369,7 +363,7 @@ static qw_status drain(qw_nccl_pipe *p, cudaStream_t stream, const char *what, q
 		if (q != cudaErrorNotReady)
 			return qw_fail(err, QW_E_DEVICE, "stage %d waiting for %s: %s", p->cfg.rank,
 				       what, cudaGetErrorString(q));
-		long long t = now_ns();
+		long long t = (long long)qw_now_ns();
 		if (p->cfg.timeout_s > 0 && (double)(t - t0) > p->cfg.timeout_s * 1e9)
 			return qw_fail(err, QW_E_TIMEOUT, "stage %d: %s did not end within %.0f s of "
 				       "leaving the communicator", p->cfg.rank, what, p->cfg.timeout_s);

@@ -21,12 +21,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/nccl_pipe.h"
 #include "kernels/forward.h"
+#include "loader/clock.h"
 #include "loader/config.h"
 #include "loader/plan.h"
 #include "tests/bench/bench_util.h"
@@ -123,13 +123,6 @@ typedef struct bench {
 	int32_t *ids, *pos, *seq, *kv, *slot, *rows, *tables;
 } bench;
 
-static double now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* B sequences decoding at context ctx, or (B == 0) one sequence's prefill chunk of `chunk`
  * tokens after ctx. */
 static qw_batch make_batch(bench *k, int B)
@@ -182,7 +175,7 @@ static double time_steps(bench *k, const qw_batch *b, int n, bool compute, bool 
 			if (qw_nccl_pipe_sync(k->pipe, &err) ||
 			    qw_nccl_pipe_wait_sent(k->pipe, 0, &err))
 				die("sync", &err);
-			t0 = now_ms();
+			t0 = qw_millis_now();
 		}
 		k->hidden.rows = k->input.rows = b->n_tokens;
 		k->logits.rows = b->n_logits;
@@ -200,7 +193,7 @@ static double time_steps(bench *k, const qw_batch *b, int n, bool compute, bool 
 	/* the step's compute, and every hand-over gone */
 	if (qw_nccl_pipe_sync(k->pipe, &err) || qw_nccl_pipe_wait_sent(k->pipe, 0, &err))
 		die("sync", &err);
-	return (now_ms() - t0) / n;
+	return (qw_millis_now() - t0) / n;
 }
 
 /* Bytes a decode step of B sequences reads at least (each weight of the stage once, the

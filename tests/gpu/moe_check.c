@@ -51,13 +51,6 @@ void *moe_check_to_device(const void *host, size_t bytes)
 	return d;
 }
 
-double moe_check_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 float moe_check_bf16(uint16_t h)
 {
 	uint32_t b = (uint32_t)h << 16;

@@ -33,8 +33,6 @@ int moe_check_setup(uint64_t *seed, int *threads);
 int moe_check_threads(void);
 /* A device copy of bytes of host (NULL, printed, on a CUDA error). */
 void *moe_check_to_device(const void *host, size_t bytes);
-/* Seconds on a monotonic clock. */
-double moe_check_now(void);
 
 /* A bf16 value as a float. */
 float moe_check_bf16(uint16_t h);

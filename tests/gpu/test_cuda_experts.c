@@ -33,6 +33,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/kernels.h"
+#include "loader/clock.h"
 #include "loader/dtype.h"
 #include "tests/gpu/cuda_ok.h"
 #include "tests/gpu/moe_check.h"
@@ -191,7 +192,7 @@ static void prepare(layer *L)
 static void layer_init(layer *L, qw_backend *be, const char *name, int H, int E, int k, int I,
 		       recipe r)
 {
-	double t0 = moe_check_now();
+	double t0 = qw_seconds_now();
 	*L = (layer){.name = name, .H = H, .E = E, .k = k, .I = I, .r = r, .be = be};
 	L->router = moe_check_random_bf16((size_t)E * H, seed, 1, 6.0f / sqrtf((float)H),
 					  n_threads);
@@ -217,7 +218,7 @@ static void layer_init(layer *L, qw_backend *be, const char *name, int H, int E,
 	assert_int_equal(be->act_write(be, &L->x, L->out_host, &err), QW_OK);
 	free(x);
 	print_message("%s: H %d, E %d, top-%d, I %d, %s parts made in %.1f s\n", name, H, E, k, I,
-		      r.fp8 ? "FP8" : "bf16", moe_check_now() - t0);
+		      r.fp8 ? "FP8" : "bf16", qw_seconds_now() - t0);
 }
 
 static void layer_free(layer *L)
@@ -333,11 +334,11 @@ static void check_layer(layer *L, qw_dtype gu_dtype, qw_dtype dn_dtype, int gu_c
 	uint16_t *x = moe_check_random_bf16(n, seed, 10, 1.0f, n_threads);   /* layer_init's */
 	float *ref = malloc(n * sizeof *ref);
 	assert_true(x && ref);
-	double t0 = moe_check_now();
+	double t0 = qw_seconds_now();
 	if (moe_check_reference(&L->w, L->H, x, TMAX, n_threads, ref, &err) != QW_OK)
 		fail_msg("cpu moe: %s", err.msg);
 	print_message("%s: the CPU reference for %d tokens took %.1f s on %d threads\n", L->name,
-		      TMAX, moe_check_now() - t0, n_threads);
+		      TMAX, qw_seconds_now() - t0, n_threads);
 	if (!moe_check_runs(L->name, L->H, sizes, N_SIZES, ref,
 			    L->r.fp8 ? MOE_CHECK_ATOL_FP8 : MOE_CHECK_ATOL_BF16, run_backend, L,
 			    run_twin, L))

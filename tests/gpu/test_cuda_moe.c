@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "kernels/cuda/kernels.h"
+#include "loader/clock.h"
 #include "tests/gpu/cuda_ok.h"
 #include "tests/gpu/moe_check.h"
 
@@ -65,7 +66,7 @@ static void *upload(const uint16_t *host, size_t n)
  * and up pre-activations of std ~1, expert outputs of std ~1. */
 static void layer_init(layer *L, const char *name, int H, int E, int k, int I)
 {
-	double t0 = moe_check_now();
+	double t0 = qw_seconds_now();
 	*L = (layer){.name = name, .H = H, .E = E, .k = k, .I = I};
 	size_t nr = (size_t)E * (size_t)H, ngu = nr * 2 * (size_t)I, nd = nr * (size_t)I;
 	L->router = random_bf16(nr, 1, 6.0f / sqrtf((float)H));
@@ -81,7 +82,7 @@ static void layer_init(layer *L, const char *name, int H, int E, int k, int I)
 				.down = &L->t_down, .n_experts = E, .top_k = k, .inter = I,
 				.renormalize = 1};
 	print_message("%s: H %d, E %d, top-%d, I %d: %.2f GB of weights made in %.1f s\n", name,
-		      H, E, k, I, (double)(nr + ngu + nd) * 2e-9, moe_check_now() - t0);
+		      H, E, k, I, (double)(nr + ngu + nd) * 2e-9, qw_seconds_now() - t0);
 }
 
 static void layer_free(layer *L)
@@ -99,14 +100,14 @@ static void layer_free(layer *L)
 
 static float *reference(layer *L, const uint16_t *x, int T)
 {
-	double t0 = moe_check_now();
+	double t0 = qw_seconds_now();
 	float *out = malloc((size_t)T * (size_t)L->H * sizeof(float));
 	assert_non_null(out);
 	qw_err err = {0};
 	if (moe_check_reference(&L->w, L->H, x, T, n_threads, out, &err) != QW_OK)
 		fail_msg("cpu moe: %s", err.msg);
 	print_message("%s: the CPU reference for %d tokens took %.1f s on %d threads\n", L->name,
-		      T, moe_check_now() - t0, n_threads);
+		      T, qw_seconds_now() - t0, n_threads);
 	return out;
 }
 

@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include "kernels/cuda/kernels.h"
+#include "loader/clock.h"
 #include "tests/bench/bench_util.h"
 #include "tests/gpu/cuda_ok.h"
 #include "tests/gpu/moe_check.h"
@@ -86,7 +87,7 @@ static void *to_device(const void *host, size_t bytes)
 
 static void layer_init(layer *L, const char *name, int H, int E, int k, int I, recipe r)
 {
-	double t0 = moe_check_now();
+	double t0 = qw_seconds_now();
 	*L = (layer){.name = name, .H = H, .E = E, .k = k, .I = I, .r = r};
 	size_t nr = (size_t)E * (size_t)H, ngu = nr * 2 * (size_t)I, nd = nr * (size_t)I;
 	float gu_amax = r.gu_amax > 0 ? r.gu_amax : 3.0f / sqrtf((float)H);
@@ -132,7 +133,7 @@ static void layer_init(layer *L, const char *name, int H, int E, int k, int I, r
 	CUDA_OK(cudaStreamCreate(&L->stream));
 	print_message("%s: H %d, E %d, top-%d, I %d, %d x %d blocks: %.2f GB of FP8 experts made "
 		      "in %.1f s\n", name, H, E, k, I, r.br, r.bc, (double)(ngu + nd) * 1e-9,
-		      moe_check_now() - t0);
+		      qw_seconds_now() - t0);
 }
 
 static void layer_free(layer *L)
@@ -227,12 +228,12 @@ static void check_layer(layer *L)
 	float *ref = malloc(n * sizeof *ref);
 	assert_non_null(x);
 	assert_non_null(ref);
-	double t0 = moe_check_now();
+	double t0 = qw_seconds_now();
 	qw_err err = {0};
 	if (moe_check_reference(&L->w, H, x, TMAX, n_threads, ref, &err) != QW_OK)
 		fail_msg("cpu moe: %s", err.msg);
 	print_message("%s: the CPU reference for %d tokens took %.1f s on %d threads\n", L->name,
-		      TMAX, moe_check_now() - t0, n_threads);
+		      TMAX, qw_seconds_now() - t0, n_threads);
 	L->d_x = to_device(x, n * 2);
 	if (!moe_check_runs(L->name, H, sizes, N_SIZES, ref, MOE_CHECK_ATOL_FP8, run_fp8, L,
 			    run_bf16, L))

@@ -17,11 +17,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/forward.h"
 #include "loader/checkpoint.h"
+#include "loader/clock.h"
 #include "loader/dtype.h"
 #include "loader/export.h"
 #include "loader/weights.h"
@@ -102,13 +102,11 @@ static void check_shape(const char *name, int ndim, const int64_t *shape, uint64
 	uint64_t s0 = qw_export_stream_start(11, name);
 	const qw_tensor *dev;
 	qw_err err = {0};
-	struct timespec a, b;
-	clock_gettime(CLOCK_MONOTONIC, &a);
+	double t0 = qw_millis_now();
 	assert_int_equal(gpu->synthesize(gpu, &t, s0, 0.0, std, &dev, &err), QW_OK);
 	assert_int_equal(cudaStreamSynchronize((cudaStream_t)qw_cuda_backend_stream(gpu)),
 			 cudaSuccess);
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	double ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
+	double ms = qw_millis_now() - t0;
 	assert_int_equal(dev->dtype, QW_DT_F8_E4M3);
 	assert_int_equal(dev->nbytes, t.numel);
 	assert_non_null(dev->scale);

@@ -30,6 +30,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/nccl_pipe.h"
 #include "kernels/forward.h"
+#include "loader/clock.h"
 #include "loader/config.h"
 
 #define MAX_RANKS 4
@@ -391,8 +392,7 @@ static double run_stages(const run_opts *o, shared *sh, int kill_rank, int kill_
 		if (pids[r] == 0)
 			stage_main(r, o, sh, false);
 	}
-	struct timespec t0, t;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	double t0 = qw_seconds_now();
 	int left = o->n_ranks;
 	bool killed = false, replaced = false;
 	double elapsed = 0;
@@ -400,7 +400,7 @@ static double run_stages(const run_opts *o, shared *sh, int kill_rank, int kill_
 		if (!killed && kill_rank >= 0 && sh->steps_done[kill_rank] >= kill_after) {
 			kill(pids[kill_rank], SIGKILL);
 			killed = true;
-			clock_gettime(CLOCK_MONOTONIC, &t0);
+			t0 = qw_seconds_now();
 		}
 		/* rejoining: the killed stage's new process, once the survivors have left */
 		bool all_left = true;
@@ -422,8 +422,7 @@ static double run_stages(const run_opts *o, shared *sh, int kill_rank, int kill_
 				left--;
 			}
 		}
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		elapsed = (double)(t.tv_sec - t0.tv_sec) + (double)(t.tv_nsec - t0.tv_nsec) / 1e9;
+		elapsed = qw_seconds_now() - t0;
 		if (elapsed > limit_s) {
 			for (int r = 0; r < o->n_ranks; r++)
 				if (pids[r]) {

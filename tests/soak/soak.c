@@ -30,22 +30,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "cli/client.h"
 #include "daemon/image/image.h"
+#include "loader/clock.h"
 
 static double minutes = 2, kill_every = 20;
 static int clients = 64;
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(uint32_t n)
@@ -369,7 +362,7 @@ static void killer(qwend *d, double until, int fd)
 {
 	int kills = 0;
 	double total = 0, worst = 0;
-	while (now_s() + kill_every < until) {
+	while (qw_seconds_now() + kill_every < until) {
 		usleep((useconds_t)(kill_every * 1e6));
 		json_t *s = qwend_status(d);
 		json_t *stages = json_object_get(s, "stages");
@@ -379,18 +372,18 @@ static void killer(qwend *d, double until, int fd)
 		json_decref(s);
 		if (victim <= 0)
 			continue;
-		double t0 = now_s();
+		double t0 = qw_seconds_now();
 		kill(victim, SIGKILL);
 		kills++;
 		/* back: the restart counted and the new workers ready */
-		for (bool back = false; !back && now_s() - t0 < 120;) {
+		for (bool back = false; !back && qw_seconds_now() - t0 < 120;) {
 			usleep(5000);
 			s = qwend_status(d);
 			back = json_integer_value(json_object_get(s, "restarts")) > restarts &&
 			       !strcmp(json_string_value(json_object_get(s, "state")), "ready");
 			json_decref(s);
 		}
-		double took = now_s() - t0;
+		double took = qw_seconds_now() - t0;
 		total += took;
 		worst = took > worst ? took : worst;
 	}
@@ -439,7 +432,7 @@ static void soak(void **state)
 	long rss0, hwm0, rss1, hwm1, rss_max = 0;
 	memory_kb(d.pid, &rss0, &hwm0);
 
-	double began = now_s(), until = began + minutes * 60;
+	double began = qw_seconds_now(), until = began + minutes * 60;
 	int pipefd[2];
 	if (pipe(pipefd) != 0)
 		fail_msg("pipe");
@@ -452,7 +445,7 @@ static void soak(void **state)
 	close(pipefd[1]);
 	int rounds = 0, n_minutes = 0;
 	long by_minute[64];
-	while (now_s() < until) {
+	while (qw_seconds_now() < until) {
 		for (int i = 0; i < clients; i++) {
 			random_request(&store[i], &png, vocab);
 			reqs[i] = store[i].r;
@@ -467,7 +460,7 @@ static void soak(void **state)
 		long rss, hwm;
 		memory_kb(d.pid, &rss, &hwm);
 		rss_max = rss > rss_max ? rss : rss_max;
-		if (now_s() - began >= 60.0 * n_minutes && n_minutes < 64)
+		if (qw_seconds_now() - began >= 60.0 * n_minutes && n_minutes < 64)
 			by_minute[n_minutes++] = rss;
 		rounds++;
 	}
@@ -490,7 +483,7 @@ static void soak(void **state)
 	json_int_t restarts = json_integer_value(json_object_get(st, "restarts"));
 	json_decref(st);
 
-	double secs = now_s() - began;
+	double secs = qw_seconds_now() - began;
 	printf("# soak: %.1f min, %d rounds of %d clients at once, worker kills every %.0f s\n",
 	       secs / 60, rounds, clients, kill_every);
 	printf("requests      %ld (%ld tokens streamed): %ld finished (%ld length, %ld stop), "
@@ -527,10 +520,10 @@ static void soak(void **state)
 /* Seconds from sending bytes on a fresh client to its first reply (its type in *type). */
 static double timed_raw(const char *endpoint, const void *bytes, size_t len, qw_reply *rep)
 {
-	double t0 = now_s();
+	double t0 = qw_seconds_now();
 	if (!raw_exchange(endpoint, bytes, len, 1, rep, 120000))
 		return -1;
-	return now_s() - t0;
+	return qw_seconds_now() - t0;
 }
 
 static void probes(void **state)
@@ -582,7 +575,7 @@ static void probes(void **state)
 	if (qw_client_open(&heavy, NULL, d.endpoint, 120000, &err) != QW_OK ||
 	    qw_client_send(&heavy, &r, &err) != QW_OK)
 		fail_msg("%s", err.msg);
-	double t0 = now_s();
+	double t0 = qw_seconds_now();
 	usleep(100000);
 	qw_client asker;
 	qw_request status = {.op = QW_OP_STATUS};
@@ -591,10 +584,10 @@ static void probes(void **state)
 		fail_msg("%s", err.msg);
 	qw_reply_free(&rep);
 	qw_client_close(&asker);
-	double status_s = now_s() - t0;
+	double status_s = qw_seconds_now() - t0;
 	if (qw_client_recv(&heavy, &rep, 120000, &err) != QW_OK)
 		fail_msg("%s", err.msg);
-	took = now_s() - t0;
+	took = qw_seconds_now() - t0;
 	memory_kb(d.pid, &rss1, &hwm1);
 	printf("16 PNGs of 8000 x 8000 (%.1f MB):  refused in %.2f s (%s: %s); a status sent 0.1 s "
 	       "after them answered %.2f s after them; resident memory %ld MB before, %ld MB at its "
@@ -650,11 +643,11 @@ static void recovery(void **state)
 	for (int i = 0; rec_args[i]; i++)
 		args[4 + i] = rec_args[i];
 	qwend d;
-	double started = now_s();
+	double started = qw_seconds_now();
 	qwend_start(&d, rec_model, args, NULL, false);
 	qwend_wait_state(&d, "ready", 3600);   /* a real model loads for minutes */
 	/* every stage loading at once: what a restart of every worker costs at the least */
-	printf("# start to ready: %.3f s\n", now_s() - started);
+	printf("# start to ready: %.3f s\n", qw_seconds_now() - started);
 	double total[64] = {0}, worst[64] = {0};
 	int kills[64] = {0}, kept = 0, others = 0;
 	for (int k = 0; k < rec_kills; k++) {
@@ -665,16 +658,16 @@ static void recovery(void **state)
 		json_int_t restarts = json_integer_value(json_object_get(s0, "restarts"));
 		json_decref(s0);
 		usleep(200000);   /* idle */
-		double t0 = now_s();
+		double t0 = qw_seconds_now();
 		kill(before[victim], SIGKILL);
-		for (bool back = false; !back && now_s() - t0 < 3600;) {
+		for (bool back = false; !back && qw_seconds_now() - t0 < 3600;) {
 			usleep(1000);
 			json_t *s = qwend_status(&d);
 			back = json_integer_value(json_object_get(s, "restarts")) > restarts &&
 			       !strcmp(json_string_value(json_object_get(s, "state")), "ready");
 			json_decref(s);
 		}
-		double took = now_s() - t0;
+		double took = qw_seconds_now() - t0;
 		total[victim] += took;
 		worst[victim] = took > worst[victim] ? took : worst[victim];
 		kills[victim]++;

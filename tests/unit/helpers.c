@@ -3,6 +3,7 @@
 
 #include "kernels/ops.h"
 #include "loader/checkpoint.h"
+#include "loader/clock.h"
 #include "loader/dtype.h"
 #include "loader/st_writer.h"
 #include "daemon/image/image.h"
@@ -18,7 +19,6 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 const char *fixture(const char *rel)
@@ -285,21 +285,14 @@ pid_t spawn_program(const char *prog, const char *const *args, const char *const
 	return pid;
 }
 
-double seconds_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int wait_exit(pid_t pid, double timeout_s, bool *killed)
 {
 	int status = -1;
-	double until = seconds_now() + timeout_s;
+	double until = qw_seconds_now() + timeout_s;
 	if (killed)
 		*killed = false;
 	while (waitpid(pid, &status, WNOHANG) != pid) {
-		if (seconds_now() > until) {
+		if (qw_seconds_now() > until) {
 			kill(pid, SIGKILL);
 			waitpid(pid, &status, 0);
 			if (killed)

@@ -44,8 +44,6 @@ int run_capture(char **output, const char *fmt, ...) __attribute__((format(print
  * failed test leaves nothing running. */
 pid_t spawn_program(const char *prog, const char *const *args, const char *const *env,
 		    const char *log);
-/* CLOCK_MONOTONIC seconds, for deadlines and timings. */
-double seconds_now(void);
 
 /* Waits up to timeout_s for pid to exit; past that it is killed and *killed set (killed may
  * be NULL).  Returns its wait status. */

@@ -14,15 +14,9 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "loader/clock.h"
 
 void qhttp_dump_log(const qhttp *h)
 {
@@ -43,7 +37,7 @@ void qhttp_start(qhttp *h, const char *endpoint, const char *const *args)
 		argv[n++] = args[i];
 	argv[n] = NULL;
 	h->pid = spawn_program("qwen-http", argv, NULL, h->log);
-	double until = now_s() + 10;
+	double until = qw_seconds_now() + 10;
 	for (;;) {
 		size_t len;
 		char *log = access(h->log, R_OK) == 0 ? read_file(h->log, &len) : NULL;
@@ -61,7 +55,7 @@ void qhttp_start(qhttp *h, const char *endpoint, const char *const *args)
 			qhttp_dump_log(h);
 			fail_msg("qwen-http exited before listening");
 		}
-		if (now_s() > until) {
+		if (qw_seconds_now() > until) {
 			qhttp_dump_log(h);
 			fail_msg("qwen-http did not listen within 10 s");
 		}
@@ -304,7 +298,7 @@ void http_many(int port, const char *path, const char *const *bodies, int n, htt
 		raw[i] = malloc(cap[i] + 1);
 	}
 	int open_fds = n;
-	double until = now_s() + 120;
+	double until = qw_seconds_now() + 120;
 	while (open_fds > 0) {
 		for (int i = 0; i < n; i++)
 			pf[i] = (struct pollfd){.fd = fd[i], .events = POLLIN};
@@ -323,7 +317,7 @@ void http_many(int port, const char *path, const char *const *bodies, int n, htt
 			fd[i] = -1;
 			open_fds--;
 		}
-		if (now_s() > until)
+		if (qw_seconds_now() > until)
 			fail_msg("%d of %d responses had not ended after 120 s", open_fds, n);
 	}
 	for (int i = 0; i < n; i++) {

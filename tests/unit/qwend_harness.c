@@ -10,20 +10,13 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "cli/client.h"
 #include "daemon/image/image.h"
+#include "loader/clock.h"
 #include "loader/safetensors.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 void qwend_dump_log(const qwend *d)
 {
@@ -94,7 +87,7 @@ void qwend_start_at(qwend *d, const char *model, const char *endpoint,
 	}
 	argv[n] = NULL;
 	d->pid = spawn_program("qwend", argv, env, d->log);
-	double until = now_s() + 30;
+	double until = qw_seconds_now() + 30;
 	struct stat st;
 	while (!endpoint && stat(d->socket_path, &st) != 0) {
 		int status;
@@ -103,7 +96,7 @@ void qwend_start_at(qwend *d, const char *model, const char *endpoint,
 			qwend_dump_log(d);
 			fail_msg("qwend exited before opening its socket");
 		}
-		if (now_s() > until) {
+		if (qw_seconds_now() > until) {
 			qwend_dump_log(d);
 			fail_msg("qwend opened no socket in 30 s");
 		}
@@ -135,14 +128,14 @@ json_t *qwend_status(qwend *d)
 
 void qwend_wait_state(qwend *d, const char *state, double timeout_s)
 {
-	double until = now_s() + timeout_s;
+	double until = qw_seconds_now() + timeout_s;
 	for (;;) {
 		json_t *s = qwend_status(d);
 		bool ok = !strcmp(json_string_value(json_object_get(s, "state")), state);
 		json_decref(s);
 		if (ok)
 			return;
-		if (now_s() > until) {
+		if (qw_seconds_now() > until) {
 			qwend_dump_log(d);
 			fail_msg("qwend was not %s within %.0f s", state, timeout_s);
 		}
@@ -152,7 +145,7 @@ void qwend_wait_state(qwend *d, const char *state, double timeout_s)
 
 void qwend_wait_restarted(qwend *d, json_int_t restarts, double timeout_s)
 {
-	double until = now_s() + timeout_s;
+	double until = qw_seconds_now() + timeout_s;
 	for (;;) {
 		json_t *s = qwend_status(d);
 		bool back = json_integer_value(json_object_get(s, "restarts")) >= restarts &&
@@ -160,7 +153,7 @@ void qwend_wait_restarted(qwend *d, json_int_t restarts, double timeout_s)
 		json_decref(s);
 		if (back)
 			return;
-		if (now_s() > until) {
+		if (qw_seconds_now() > until) {
 			qwend_dump_log(d);
 			fail_msg("qwend was not ready after restart %lld within %.0f s",
 				 (long long)restarts, timeout_s);
@@ -180,7 +173,7 @@ json_int_t qwend_status_int(qwend *d, const char *section, const char *key)
 void qwend_wait_for(qwend *d, const char *section, const char *key, json_int_t want,
 		    double timeout_s)
 {
-	double until = now_s() + timeout_s;
+	double until = qw_seconds_now() + timeout_s;
 	json_int_t got;
 	for (;;) {
 		json_t *s = qwend_status(d);
@@ -188,7 +181,7 @@ void qwend_wait_for(qwend *d, const char *section, const char *key, json_int_t w
 		json_decref(s);
 		if (got == want)
 			return;
-		if (now_s() > until)
+		if (qw_seconds_now() > until)
 			break;
 		usleep(20000);
 	}
@@ -199,14 +192,14 @@ void qwend_wait_for(qwend *d, const char *section, const char *key, json_int_t w
 
 int qwend_wait_exit(qwend *d, double timeout_s)
 {
-	double until = now_s() + timeout_s;
+	double until = qw_seconds_now() + timeout_s;
 	int status = -1;
 	while (d->pid) {
 		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
 			d->pid = 0;
 			break;
 		}
-		if (now_s() > until) {
+		if (qw_seconds_now() > until) {
 			kill(d->pid, SIGKILL);
 			waitpid(d->pid, &status, 0);
 			d->pid = 0;
@@ -317,7 +310,7 @@ void run_concurrently(const char *endpoint, const qw_request *reqs, int n, outco
 			fail_msg("client %d: %s", i, err.msg);
 	}
 	int left = n;
-	double until = now_s() + 180;
+	double until = qw_seconds_now() + 180;
 	zmq_pollitem_t *items = calloc(2 * (size_t)n, sizeof *items);
 	while (left > 0) {
 		for (int i = 0; i < n; i++)
@@ -341,7 +334,7 @@ void run_concurrently(const char *endpoint, const qw_request *reqs, int n, outco
 				}
 			}
 		}
-		if (now_s() > until)
+		if (qw_seconds_now() > until)
 			fail_msg("%d of %d requests had not ended after 180 s", left, n);
 	}
 	for (int i = 0; i < n; i++)

@@ -17,17 +17,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loader/clock.h"
 #include "tests/unit/fake_qwend.h"
 
 #define STATUS_JSON "{\"state\": \"ready\", \"model\": {\"path\": \"/models/Fake-VL\", " \
 	"\"max_context\": 4096, \"tokenizer\": true}, \"requests\": {\"running\": 1}}"
-
-static double qh_test_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* The first text of the last message: the test's instruction to the fake. */
 static const char *script_of(const qw_request *r, char *buf, size_t cap)
@@ -584,12 +578,12 @@ static void test_connections(void **state)
 	assert_true(answer_within(c, 2, buf, sizeof buf) > 0);          /* now it is */
 	assert_contains(buf, "HTTP/1.1 200");
 	/* b has been idle since its answer: closed about a second after it */
-	double t0 = qh_test_now();
+	double t0 = qw_seconds_now();
 	assert_int_equal(answer_within(b, 5, buf, sizeof buf), -1);
-	assert_true(qh_test_now() - t0 < 2);
-	t0 = qh_test_now();
+	assert_true(qw_seconds_now() - t0 < 2);
+	t0 = qw_seconds_now();
 	assert_int_equal(answer_within(c, 5, buf, sizeof buf), -1);
-	double idle = qh_test_now() - t0;
+	double idle = qw_seconds_now() - t0;
 	assert_true(idle > 0.3 && idle < 2.5);
 	close(b);
 	close(c);

@@ -30,13 +30,7 @@
 #include <unistd.h>
 
 #include "daemon/image/image.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "loader/clock.h"
 
 static const char *str(const json_t *o, const char *key)
 {
@@ -469,13 +463,13 @@ static void test_disconnect(void **state)
 		json_int_t cancelled = json_integer_value(json_object_get(json_object_get(s, "requests"),
 									  "cancelled"));
 		json_decref(s);
-		double t0 = now_s();
+		double t0 = qw_seconds_now();
 		close(fd);
 		qwend_wait_for(&d, "kv", "blocks_used", 0, 2);
 		qwend_wait_for(&d, "requests", "cancelled", cancelled + 1, 2);
 		fprintf(stderr, "(%s: KV blocks free %.0f ms after the hang-up)\n",
-			stream ? "stream" : "whole answer", (now_s() - t0) * 1e3);
-		assert_true(now_s() - t0 < 1.0);
+			stream ? "stream" : "whole answer", (qw_seconds_now() - t0) * 1e3);
+		assert_true(qw_seconds_now() - t0 < 1.0);
 	}
 	/* both show in the metrics as requests whose client went away */
 	http_resp r;
@@ -515,7 +509,7 @@ static void test_refusals_and_loading(void **state)
 	assert_string_equal(str(json_object_get(j, "error"), "code"), "not_ready");
 	json_decref(j);
 	http_resp_free(&r);
-	double until = now_s() + 30;
+	double until = qw_seconds_now() + 30;
 	for (;;) {
 		http_call(h.port, "GET", "/health", NULL, NULL, &r);
 		int status = r.status;
@@ -523,7 +517,7 @@ static void test_refusals_and_loading(void **state)
 		if (status == 200)
 			break;
 		assert_int_equal(status, 503);
-		if (now_s() > until)
+		if (qw_seconds_now() > until)
 			fail_msg("/health did not turn 200 within 30 s");
 		usleep(50000);
 	}
@@ -602,9 +596,9 @@ static void test_many_clients(void **state)
 	for (int i = 0; i < CLIENTS; i++)
 		all[i] = bodies[i % 4];
 	http_resp *out = calloc(CLIENTS, sizeof *out);
-	double t0 = now_s();
+	double t0 = qw_seconds_now();
 	http_many(h.port, "/v1/completions", all, CLIENTS, out);
-	double took = now_s() - t0;
+	double took = qw_seconds_now() - t0;
 	for (int i = 0; i < CLIENTS; i++) {
 		if (out[i].status != 200)
 			fail_msg("client %d: %d %s", i, out[i].status, out[i].body);

@@ -14,19 +14,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include "cli/client.h"
 #include "daemon/devices.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "loader/clock.h"
 
 static const char *tiny(void)
 {
@@ -317,9 +310,9 @@ static membuf flat_png(int w, int h)
 /* Seconds a status round trip takes; *decoding: images the pool holds. */
 static double timed_status(qwend *d, json_int_t *decoding)
 {
-	double t0 = now_s();
+	double t0 = qw_seconds_now();
 	json_t *s = qwend_status(d);
-	double dt = now_s() - t0;
+	double dt = qw_seconds_now() - t0;
 	json_t *p = json_object_get(json_object_get(s, "requests"), "images_decoding");
 	*decoding = json_is_integer(p) ? json_integer_value(p) : -1;
 	json_decref(s);
@@ -346,10 +339,10 @@ static void test_images_off_the_loop(void **state)
 
 	/* sixteen of them: refused at once */
 	qw_request sixteen = token_request(many_pads, 48, 4, imgs, 16);
-	double t0 = now_s();
+	double t0 = qw_seconds_now();
 	outcome o;
 	run_request(d.endpoint, &sixteen, &o);
-	double took = now_s() - t0;
+	double took = qw_seconds_now() - t0;
 	assert_string_equal(o.code, "too_large");
 	assert_contains(o.message, "image tokens (image 2 brings them to 32768)");
 	outcome_free(&o);
@@ -368,11 +361,11 @@ static void test_images_off_the_loop(void **state)
 	qw_request heavy = token_request(pads, 3, 4, imgs, 1);
 	qw_err err = {0};
 	assert_int_equal(qw_client_send(&b, &heavy, &err), QW_OK);
-	double worst_status = 0, worst_gap = 0, last_chunk = now_s(), began = now_s();
+	double worst_status = 0, worst_gap = 0, last_chunk = qw_seconds_now(), began = qw_seconds_now();
 	int seen_decoding = 0, chunks = 0;
 	bool streamed_all = false;   /* a fast backend (a GPU) may finish all 4000 tokens first */
 	json_int_t decoding = 0;
-	while (now_s() - began < 30 && worst_status < 0.5) {
+	while (qw_seconds_now() - began < 30 && worst_status < 0.5) {
 		double dt = timed_status(&d, &decoding);
 		assert_true(decoding >= 0);
 		if (dt > worst_status)
@@ -392,9 +385,9 @@ static void test_images_off_the_loop(void **state)
 			if (streamed_all)
 				break;
 			chunks++;
-			if (seen_decoding > 0 && now_s() - last_chunk > worst_gap)
-				worst_gap = now_s() - last_chunk;
-			last_chunk = now_s();
+			if (seen_decoding > 0 && qw_seconds_now() - last_chunk > worst_gap)
+				worst_gap = qw_seconds_now() - last_chunk;
+			last_chunk = qw_seconds_now();
 		}
 		if (seen_decoding > 0 && decoding == 0)
 			break;
@@ -402,7 +395,7 @@ static void test_images_off_the_loop(void **state)
 	}
 	printf("# one 6000 x 6000 image decoded and resized in about %.2f s; meanwhile %d status "
 	       "replies (the slowest in %.3f s) and %d chunks of another request (at most %.3f s "
-	       "apart%s)\n", now_s() - began, seen_decoding, worst_status, chunks, worst_gap,
+	       "apart%s)\n", qw_seconds_now() - began, seen_decoding, worst_status, chunks, worst_gap,
 	       streamed_all ? "; it finished meanwhile" : "");
 	assert_true(worst_status < 0.5);
 	assert_int_equal(decoding, 0);

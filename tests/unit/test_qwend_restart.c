@@ -18,6 +18,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "loader/clock.h"
+
 #define STAGES 3
 
 static const char *tiny(void)
@@ -285,12 +287,12 @@ static void test_fallback_to_every_worker(void **state)
 	kill(first.pid[1], SIGKILL);
 	/* the new stage 1 loading, the survivors waiting for it */
 	stages_seen mid;
-	double until = seconds_now() + 30;
+	double until = qw_seconds_now() + 30;
 	for (;;) {
 		mid = seen(&d);
 		if (mid.pid[1] != first.pid[1] && mid.pid[1] > 0 && !strcmp(mid.state[1], "loading"))
 			break;
-		if (seconds_now() > until) {
+		if (qw_seconds_now() > until) {
 			qwend_dump_log(&d);
 			fail_msg("no new stage 1 loading: states %s %s %s", mid.state[0],
 				 mid.state[1], mid.state[2]);

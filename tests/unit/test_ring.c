@@ -8,10 +8,10 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ipc/ring.h"
+#include "loader/clock.h"
 
 static qw_ring *shared_ring(size_t capacity, size_t *bytes)
 {
@@ -24,13 +24,6 @@ static qw_ring *shared_ring(size_t capacity, size_t *bytes)
 static uint8_t pattern(uint64_t msg, size_t i)
 {
 	return (uint8_t)((msg * 2654435761u) ^ (i * 31u) ^ (i >> 7));
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* Sizes cycle through small, odd and ring-sized records so the ring wraps in every way. */
@@ -130,9 +123,9 @@ static void test_timeout_and_abort(void **state)
 	void *buf = NULL;
 	size_t cap = 0, len;
 	qw_err err = {0};
-	double t0 = now_s();
+	double t0 = qw_seconds_now();
 	assert_int_equal(qw_ring_recv(r, &buf, &cap, &len, 60, &err), QW_E_TIMEOUT);
-	double waited = now_s() - t0;
+	double waited = qw_seconds_now() - t0;
 	assert_true(waited >= 0.055 && waited < 2.0);
 	assert_int_equal(qw_ring_recv(r, &buf, &cap, &len, 0, &err), QW_E_TIMEOUT);
 
