@@ -158,8 +158,18 @@ qw_status cuda_grow_dev(cuda_ctx *c, dev_buf *b, size_t bytes, qw_err *err);
 qw_status cuda_host_room(cuda_ctx *c, size_t n, qw_err *err);
 /* The step's batch: `ints` of pinned host and device memory (an error past reserve's). */
 qw_status cuda_batch_room(cuda_ctx *c, size_t ints, qw_err *err);
-/* ints of a step's batch copy: T tokens, S sequences, block-table rows of `row`, n_logits */
-size_t cuda_batch_ints(int T, int S, int row, int n_logits);
+/* Where each of a step's arrays lies in its batch copy (pinned host and device alike), in
+ * ints from the copy's start: T tokens, S sequences, block-table rows of `row`, n_logits. */
+typedef struct cuda_batch_layout {
+	size_t token_ids;           /* (T,) */
+	size_t positions;           /* (T, 3) */
+	size_t seq, kv_index, slot; /* (T,) each */
+	size_t seq_start;           /* (S + 1,) */
+	size_t block_tables;        /* (S, row) */
+	size_t logit_rows;          /* (n_logits,) */
+	size_t ints;                /* the whole copy */
+} cuda_batch_layout;
+cuda_batch_layout cuda_batch_layout_of(int T, int S, int row, int n_logits);
 /* begin_step's block-table row (a power of two, at least 4) and context bucket (a power of
  * two, at least 256): what step graphs share */
 int cuda_table_row(int max_blocks);

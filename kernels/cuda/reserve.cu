@@ -110,11 +110,19 @@ int cuda_kv_bucket(int max_kv)
 	return bucket;
 }
 
-size_t cuda_batch_ints(int T, int S, int row, int n_logits)
+cuda_batch_layout cuda_batch_layout_of(int T, int S, int row, int n_logits)
 {
-	/* token ids, seq, kv_index, slot (T each); positions (3T); seq_start (S + 1); block
-	 * tables (S x row); logit rows */
-	return 7 * (size_t)T + (size_t)S + 1 + (size_t)S * (size_t)row + (size_t)n_logits;
+	cuda_batch_layout l;
+	l.token_ids = 0;
+	l.positions = l.token_ids + (size_t)T;
+	l.seq = l.positions + 3 * (size_t)T;
+	l.kv_index = l.seq + (size_t)T;
+	l.slot = l.kv_index + (size_t)T;
+	l.seq_start = l.slot + (size_t)T;
+	l.block_tables = l.seq_start + (size_t)S + 1;
+	l.logit_rows = l.block_tables + (size_t)S * (size_t)row;
+	l.ints = l.logit_rows + (size_t)n_logits;
+	return l;
 }
 
 qw_status cuda_batch_room(cuda_ctx *c, size_t ints, qw_err *err)
@@ -184,7 +192,7 @@ qw_status cuda_reserve(qw_backend *be, const qw_step_limits *lim, qw_reserved *o
 	const qw_step_limits *l = lim;
 	int T = l->max_tokens > 0 ? l->max_tokens : 1;
 	int row = cuda_table_row(qw_step_limits_blocks(l));
-	size_t ints = cuda_batch_ints(T, l->max_seqs, row, l->max_logits);
+	size_t ints = cuda_batch_layout_of(T, l->max_seqs, row, l->max_logits).ints;
 	size_t attn = l->n_heads > 0 ? qw_cuda_attention_ws_bytes(T, l->n_heads, l->head_dim,
 								 cuda_kv_bucket(l->max_context))
 				     : 0;
