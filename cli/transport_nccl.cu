@@ -5,6 +5,7 @@
  * Per size: a check pass (every transfer verified), then a timed pass of the same number of
  * transfers back to back, timed with events on the sender's stream.  See
  * cli/transport_check.h. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,29 +251,37 @@ static qw_status stage_main(int rank, const tc_opts *o, shared_id *sid, tc_repor
 	return st;
 }
 
-extern "C" int tc_run_nccl(const tc_opts *o, tc_report *rep, char *errbuf, size_t errlen)
+extern "C" int tc_run_nccl(const tc_opts *o, tc_report *rep, qw_err *err)
 {
 	shared_id *sid = (shared_id *)mmap(NULL, sizeof *sid, PROT_READ | PROT_WRITE,
 					   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (sid == MAP_FAILED) {
-		snprintf(errbuf, errlen, "cannot map shared memory");
+		qw_fail(err, QW_E_IO, "cannot map shared memory");
 		return -1;
 	}
 	sid->ready = 0;
 	pid_t pids[TC_MAX_HOPS + 1];
-	for (int r = 0; r < o->stages; r++) {   /* fork before any CUDA call in this process */
+	int started = 0;
+	for (; started < o->stages; started++) {   /* fork before any CUDA call in this process */
+		int r = started;
 		pids[r] = fork();
+		if (pids[r] < 0)
+			break;
 		if (pids[r] == 0) {
-			qw_err err = {};
-			qw_status st = stage_main(r, o, sid, rep, &err);
+			qw_err e = {};
+			qw_status st = stage_main(r, o, sid, rep, &e);
 			if (st != QW_OK)
-				fprintf(stderr, "qwen-transport-check: stage %d: %s\n", r, err.msg);
+				fprintf(stderr, "qwen-transport-check: stage %d: %s\n", r, e.msg);
 			_exit(st == QW_OK ? 0 : 1);
 		}
 	}
-	int failed = 0;
-	for (int r = 0; r < o->stages; r++) {
+	int failed = started < o->stages;
+	if (failed)
+		qw_fail(err, QW_E_IO, "fork failed for stage %d", started);
+	for (int r = 0; r < started; r++) {
 		int status;
+		if (started < o->stages)
+			kill(pids[r], SIGKILL);
 		waitpid(pids[r], &status, 0);
 		failed |= !WIFEXITED(status) || WEXITSTATUS(status) != 0;
 	}

@@ -139,9 +139,25 @@ static void test_tool(void **state)
 				     "1K:64K --iters 4", program("qwen-transport-check")), 0);
 	assert_contains(out, "28 of 28 transfers verified");
 	free(out);
-	assert_int_equal(run_capture(&out, "%s --transport carrier-pigeon",
-				     program("qwen-transport-check")), 2);
-	free(out);
+	/* bad usage: said once, naming the option and what it takes */
+	static const struct {
+		const char *args, *says;
+	} usage[] = {
+		{"--transport carrier-pigeon", "--transport: 'carrier-pigeon' is not shm, tcp or nccl\n"},
+		{"--shape 1,8", "--transport is required: shm, tcp or nccl\n"},
+		{"--transport shm --mode relay", "--mode: 'relay' is not local, server or client\n"},
+		{"--transport shm --mode server --port 1", "--mode server needs --transport tcp"},
+		{"--transport tcp --mode client --port 1", "(and --host for the client)\n"},
+		{"--transport shm --sizes 64K", "--shape / --sizes: expected e.g."},
+		{"--transport shm stray", "'stray': no arguments besides the options"},
+	};
+	for (size_t i = 0; i < sizeof usage / sizeof *usage; i++) {
+		assert_int_equal(run_capture(&out, "%s %s 2>&1", program("qwen-transport-check"),
+					     usage[i].args), 2);
+		assert_contains(out, usage[i].says);
+		assert_int_equal(strchr(out, '\n') - out + 1, (long)strlen(out));   /* one line */
+		free(out);
+	}
 	assert_int_equal(run_capture(&out, "%s --transport shm --dtype int4",
 				     program("qwen-transport-check")), 2);
 	assert_contains(out, "--dtype");
