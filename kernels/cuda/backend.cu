@@ -1,5 +1,5 @@
-/* backend.cu - the CUDA backend's op table: activations, the step's batch on the device,
- * each op handed to its kernel, create and destroy.  The weights and
+/* backend.cu - the CUDA backend's op table: activations, each op handed to its kernel (on
+ * the step's batch, step_batch.cu's), create and destroy.  The weights and
  * KV caches it owns are memory.cu's, the recorded steps step_graphs.cu's.  See
  * cuda_backend.h and backend_ctx.h. */
 #include <cuda_bf16.h>
@@ -84,129 +84,13 @@ static qw_status act_copy(qw_backend *be, qw_act *dst, const qw_act *src, qw_err
 // ---------------------------------------------------------------------------------------
 // the step's batch
 
-/* Each sequence's first row into start (S + 1 entries, start[S] = T; a sequence without rows
- * gets an empty range), checking that a sequence's rows are consecutive and in kv order and
- * the sequences in row order (the kernels rely on both); *max_kv: the largest kv_index + 1,
- * *max_rows: the most rows one sequence has. */
-static qw_status seq_ranges(const qw_batch *b, int32_t *start, int *max_kv, int *max_rows,
-			    qw_err *err)
-{
-	int T = b->n_tokens, S = b->n_seqs;
-	for (int s = 0; s <= S; s++)
-		start[s] = -1;
-	*max_kv = *max_rows = 0;
-	for (int t = 0; t < T; t++) {
-		int s = b->seq[t];
-		bool ok = s >= 0 && s < S && (start[s] < 0 ? true
-					      : b->seq[t - 1] == s && b->kv_index[t] == b->kv_index[t - 1] + 1);
-		if (!ok)
-			return qw_fail(err, QW_E_ARG, "cuda: the step's token %d (sequence %d) is not "
-				       "next to its sequence's other tokens in kv order", t, s);
-		if (start[s] < 0)
-			start[s] = t;
-		if (b->kv_index[t] + 1 > *max_kv)
-			*max_kv = b->kv_index[t] + 1;
-	}
-	int next = T;
-	for (int s = S - 1; s >= 0; s--) {
-		if (start[s] < 0)
-			start[s] = next;
-		if (start[s] > next)
-			return qw_fail(err, QW_E_ARG, "cuda: the step's sequences are not in row order");
-		next = start[s];
-	}
-	start[S] = T;
-	for (int s = 0; s < S; s++)
-		if (start[s + 1] - start[s] > *max_rows)
-			*max_rows = start[s + 1] - start[s];
-	return QW_OK;
-}
-
-/* n ints of src at dst (nothing when src is NULL: an array the step does not have). */
-static void put_ints(int32_t *dst, const int32_t *src, size_t n)
-{
-	if (n && src)
-		memcpy(dst, src, n * sizeof *dst);
-}
-
-/* The step's block tables (S rows of max_blocks) as S rows of `row` (cuda_table_row: a
- * power of two, so what the launches take from it stays put for many decode steps and one
- * step graph serves them all), each row's tail zero: the kernels never read it. */
-static void pad_block_tables(int32_t *dst, const qw_batch *b, int row)
-{
-	for (int s = 0; s < b->n_seqs; s++) {
-		int32_t *to = dst + (size_t)s * (size_t)row;
-		memcpy(to, b->block_tables + (size_t)s * (size_t)b->max_blocks,
-		       (size_t)b->max_blocks * sizeof(int32_t));
-		memset(to + b->max_blocks, 0, (size_t)(row - b->max_blocks) * sizeof(int32_t));
-	}
-}
-
-/* Copies the step's batch to the device in one transfer (pinned host, then device, both laid
- * out as cuda_batch_layout_of says) and points c->db's arrays at it. */
-static qw_status begin_step(qw_backend *be, const qw_batch *b, qw_err *err)
-{
-	cuda_ctx *c = ctx_of(be);
-	int T = b->n_tokens, S = b->n_seqs;
-	if (c->reserved)
-		QW_TRY(qw_step_limits_check(&c->lim, b, "cuda", err));
-	QW_CUDA_TRY(err, cudaEventSynchronize(c->batch_copied));   /* the last copy is done */
-	int32_t *start = (int32_t *)malloc(((size_t)S + 1) * sizeof *start);
-	if (!start)
-		return qw_fail(err, QW_E_NOMEM, "out of memory");
-	int max_kv, max_rows;
-	qw_status st = seq_ranges(b, start, &max_kv, &max_rows, err);
-	int row = cuda_table_row(b->max_blocks);
-	cuda_batch_layout at = cuda_batch_layout_of(T, S, row, b->n_logits);
-	if (st == QW_OK)
-		st = cuda_batch_room(c, at.ints, err);
-	if (st != QW_OK) {
-		free(start);
-		return st;
-	}
-	int32_t *h = c->batch_host;
-	put_ints(h + at.token_ids, b->token_ids, (size_t)T);
-	put_ints(h + at.positions, b->positions, 3 * (size_t)T);
-	put_ints(h + at.seq, b->seq, (size_t)T);
-	put_ints(h + at.kv_index, b->kv_index, (size_t)T);
-	put_ints(h + at.slot, b->slot, (size_t)T);
-	put_ints(h + at.seq_start, start, (size_t)S + 1);
-	pad_block_tables(h + at.block_tables, b, row);
-	put_ints(h + at.logit_rows, b->logit_rows, (size_t)b->n_logits);
-	free(start);
-	const int32_t *d = (const int32_t *)c->batch_dev.p;
-	QW_CUDA_TRY(err, cudaMemcpyAsync(c->batch_dev.p, h, at.ints * sizeof(int32_t),
-					 cudaMemcpyHostToDevice, c->stream));
-	QW_CUDA_TRY(err, cudaEventRecord(c->batch_copied, c->stream));
-	qw_cuda_batch *db = &c->db;
-	db->n_tokens = T;
-	db->n_seqs = S;
-	db->max_blocks = row;
-	db->block_size = 0;   /* set by the KV cache's shape in each op */
-	/* the longest context rounded up to a power of two, as the table row is: one step graph
-	 * serves many decode steps (kernels see only the padding, never read) */
-	db->max_kv_len = cuda_kv_bucket(max_kv);
-	db->max_seq_tokens = max_rows;
-	db->token_ids = d + at.token_ids;
-	db->positions = d + at.positions;
-	db->seq = d + at.seq;
-	db->kv_index = d + at.kv_index;
-	db->slot = d + at.slot;
-	db->seq_start = d + at.seq_start;
-	db->block_tables = d + at.block_tables;
-	db->logit_rows = d + at.logit_rows;
-	db->n_logits = b->n_logits;
-	c->cur = b;
-	return QW_OK;
-}
-
 /* The step's device batch for b (copied now if begin_step has not seen it). */
 static qw_status step_of(qw_backend *be, const qw_batch *b, const qw_cuda_batch **out,
 			 qw_err *err)
 {
 	cuda_ctx *c = ctx_of(be);
 	if (c->cur != b)
-		QW_TRY(begin_step(be, b, err));
+		QW_TRY(cuda_begin_step(be, b, err));
 	*out = &c->db;
 	return QW_OK;
 }
@@ -822,7 +706,7 @@ extern "C" qw_status qw_cuda_backend_create(int device, qw_backend **out, qw_err
 	be->free_memory = cuda_step_free_memory;
 	be->reserve = cuda_reserve;
 	be->seal = cuda_seal;
-	be->begin_step = begin_step;
+	be->begin_step = cuda_begin_step;
 	be->graph_begin = cuda_graph_begin;
 	be->graph_end = cuda_graph_end;
 	be->synthesize = synthesize;

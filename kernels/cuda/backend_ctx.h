@@ -150,14 +150,11 @@ void cuda_release_moved(owned_tensor *o);
 qw_status cuda_prepare_experts(qw_backend *be, const qw_moe_weights *w,
 			       const qw_tensor **gate_up, const qw_tensor **down, qw_err *err);
 
-// -- reserve.cu: step memory ----------------------------------------------------------------
+// -- step_batch.cu: the step's batch on the device ----------------------------------------
 
-/* b holding at least `bytes`: grown (by half again) before reserve, an error after it. */
-qw_status cuda_grow_dev(cuda_ctx *c, dev_buf *b, size_t bytes, qw_err *err);
-/* host_bf16 holding at least n values (host memory: it may grow). */
-qw_status cuda_host_room(cuda_ctx *c, size_t n, qw_err *err);
-/* The step's batch: `ints` of pinned host and device memory (an error past reserve's). */
-qw_status cuda_batch_room(cuda_ctx *c, size_t ints, qw_err *err);
+/* The begin_step op (ops.h): checks the step's rows, copies its arrays to the device in one
+ * transfer and points c->db at them (c->cur = b). */
+qw_status cuda_begin_step(qw_backend *be, const qw_batch *b, qw_err *err);
 /* Where each of a step's arrays lies in its batch copy (pinned host and device alike), in
  * ints from the copy's start: T tokens, S sequences, block-table rows of `row`, n_logits. */
 typedef struct cuda_batch_layout {
@@ -170,10 +167,19 @@ typedef struct cuda_batch_layout {
 	size_t ints;                /* the whole copy */
 } cuda_batch_layout;
 cuda_batch_layout cuda_batch_layout_of(int T, int S, int row, int n_logits);
-/* begin_step's block-table row (a power of two, at least 4) and context bucket (a power of
+/* The step's block-table row (a power of two, at least 4) and context bucket (a power of
  * two, at least 256): what step graphs share */
 int cuda_table_row(int max_blocks);
 int cuda_kv_bucket(int max_kv);
+
+// -- reserve.cu: step memory ----------------------------------------------------------------
+
+/* b holding at least `bytes`: grown (by half again) before reserve, an error after it. */
+qw_status cuda_grow_dev(cuda_ctx *c, dev_buf *b, size_t bytes, qw_err *err);
+/* host_bf16 holding at least n values (host memory: it may grow). */
+qw_status cuda_host_room(cuda_ctx *c, size_t n, qw_err *err);
+/* The step's batch: `ints` of pinned host and device memory (an error past reserve's). */
+qw_status cuda_batch_room(cuda_ctx *c, size_t ints, qw_err *err);
 qw_status cuda_reserve(qw_backend *be, const qw_step_limits *lim, qw_reserved *out,
 		       qw_err *err);
 void cuda_seal(qw_backend *be);

@@ -94,37 +94,6 @@ qw_status cuda_host_room(cuda_ctx *c, size_t n, qw_err *err)
 	return QW_OK;
 }
 
-int cuda_table_row(int max_blocks)
-{
-	int row = 4;
-	while (row < max_blocks)
-		row *= 2;
-	return row;
-}
-
-int cuda_kv_bucket(int max_kv)
-{
-	int bucket = 256;
-	while (bucket < max_kv)
-		bucket *= 2;
-	return bucket;
-}
-
-cuda_batch_layout cuda_batch_layout_of(int T, int S, int row, int n_logits)
-{
-	cuda_batch_layout l;
-	l.token_ids = 0;
-	l.positions = l.token_ids + (size_t)T;
-	l.seq = l.positions + 3 * (size_t)T;
-	l.kv_index = l.seq + (size_t)T;
-	l.slot = l.kv_index + (size_t)T;
-	l.seq_start = l.slot + (size_t)T;
-	l.block_tables = l.seq_start + (size_t)S + 1;
-	l.logit_rows = l.block_tables + (size_t)S * (size_t)row;
-	l.ints = l.logit_rows + (size_t)n_logits;
-	return l;
-}
-
 qw_status cuda_batch_room(cuda_ctx *c, size_t ints, qw_err *err)
 {
 	if (ints > c->batch_cap) {
