@@ -13,6 +13,7 @@ nonsense in the real Qwen3 vocabulary, made by the whole serving path.
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,11 +35,13 @@ def main():
     sock = 'ipc://%s/qwend.sock' % tmp
     ctl = [qwenctl, '--socket', sock]
 
-    def say(what):
-        print('\n$ ' + ' '.join(what), flush=True)
+    def say(cmd, shell_tail=''):
+        """Shows cmd as a shell would take it (quoted, so it can be copied), then shell_tail
+        (redirections, &) as it is."""
+        print('\n$ ' + shlex.join(cmd) + shell_tail, flush=True)
 
     daemon_cmd = [qwend, '--model', 'demo', '--device', 'cpu', '--stages', '2', '--socket', sock]
-    say(daemon_cmd + ['>qwend.log', '&'])
+    say(daemon_cmd, ' >qwend.log &')
     # the daemon's log goes to a file, shown at the end, so it does not cut into the answers
     daemon_log = os.path.join(tmp, 'qwend.log')
     with open(daemon_log, 'wb') as out:
@@ -59,7 +62,7 @@ def main():
             subprocess.run(cmd, check=True)
         # the OpenAI-compatible API in front of the same daemon
         http_cmd = [qwen_http, '--socket', sock, '--port', '0']
-        say(http_cmd + ['&'])
+        say(http_cmd, ' &')
         log = os.path.join(tmp, 'qwen-http.log')
         with open(log, 'w') as out:
             http = subprocess.Popen(http_cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -71,7 +74,7 @@ def main():
                            'messages': [{'role': 'user', 'content': 'Hello!'}]})
         curl = ['curl', '-sS', url + '/v1/chat/completions', '-H',
                 'Content-Type: application/json', '-d', body]
-        say(curl[:3] + ["'Content-Type: application/json'", '-d', "'%s'" % body])
+        say(curl)
         subprocess.run(curl, check=True)
         print()
         http.terminate()

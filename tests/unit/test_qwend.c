@@ -5,6 +5,7 @@
  *   - 16 clients at once (text and image chat prompts of mixed lengths, through a 3-stage
  *     pipeline) each get exactly the tokens and text they get alone;
  *   - qwenctl against the real daemon: submit with an image, status, bench, shutdown;
+ *   - the README's quick start (cli/demo.py): it runs, and shows commands a shell takes;
  *   - tokenize / detokenize, the prompt's ids in accepted, and the thinking switch;
  *   - step memory reserved at load: reported per stage, images split over steps served
  *     from it, and on CUDA the GPU's free memory unchanged from ready on. */
@@ -355,6 +356,27 @@ static void test_tokenize(void **state)
 	qwend_stop(&d);
 }
 
+/* The README's quick start (`scons demo` runs cli/demo.py): it succeeds, each command it
+ * shows is one a shell takes as run (quoted), and the answer ends its line before
+ * qwenctl's statistics line. */
+static void test_quick_start(void **state)
+{
+	use_demo_cache();
+	char *out, bin[4096];
+	snprintf(bin, sizeof bin, "%s", program("qwend"));
+	*strrchr(bin, '/') = '\0';
+	int rc = run_capture(&out, "python3 %s --bin %s", fixture("../../cli/demo.py"), bin);
+	if (rc != 0)
+		fail_msg("the demo exited %d:\n%s", rc, out);
+	assert_contains(out, " submit 'Describe this picture.' --image ");
+	assert_contains(out, " -H 'Content-Type: application/json' -d '{\"model\": \"demo-v1\"");
+	assert_contains(out, " --port 0 &\n");
+	assert_contains(out, "\n# request 1: prompt ");
+	assert_contains(out, "\"finish_reason\":\"length\"");
+	assert_contains(out, " I exiting (0)\n");
+	free(out);
+}
+
 /* qwenctl, the real client, against the real daemon. */
 static void test_qwenctl(void **state)
 {
@@ -560,6 +582,7 @@ int main(void)
 		cmocka_unit_test(test_concurrent_clients),
 		cmocka_unit_test(test_synthetic),
 		cmocka_unit_test(test_qwenctl),
+		cmocka_unit_test(test_quick_start),
 		cmocka_unit_test(test_tokenize),
 		cmocka_unit_test(test_step_memory),
 		cmocka_unit_test(test_per_expert_at_kv_memory_95),
