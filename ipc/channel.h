@@ -1,7 +1,7 @@
 /* channel.h - a byte stream from one pipeline stage to the next (or back), whatever carries
  * it: a shared-memory ring between processes on one host (the CPU backend's hand-over), or a
- * TCP connection (stages on different hosts).  NCCL hand-overs between GPUs live with the CUDA
- * code (kernels/cuda) and are driven the same way.
+ * TCP connection (stages on different hosts).  Hand-overs between GPUs are not a channel:
+ * they go device to device over NCCL (kernels/cuda/nccl_pipe.h).
  *
  * Owns: qw_channel (send / recv of exact byte counts, blocking) and its two host
  * implementations.
