@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "kernels/cuda/kernels.h"
+#include "loader/clock.h"
 #include "loader/config.h"
 #include "tests/gpu/cuda_ok.h"
 #include "tests/gpu/moe_check.h"
@@ -103,7 +104,7 @@ static void make_fp8(layer *L, moe_check_fp8 *m, float **f32, qw_tensor *t, void
  * up pre-activations of std ~1, expert outputs of std ~1. */
 static void layer_init(layer *L, const char *name, int H, int E, int k, int I, recipe r)
 {
-	double t0 = moe_check_now();
+	double t0 = qw_seconds_now();
 	*L = (layer){.name = name, .H = H, .E = E, .k = k, .I = I, .r = r};
 	size_t nr = (size_t)E * (size_t)H, ngu = nr * 2 * (size_t)I, nd = nr * (size_t)I;
 	float gu_a = r.gu_amax > 0 ? r.gu_amax : 3.0f / sqrtf((float)H);
@@ -138,7 +139,7 @@ static void layer_init(layer *L, const char *name, int H, int E, int k, int I, r
 	CUDA_OK(cudaStreamCreate(&L->stream));
 	print_message("%s: H %d, E %d, top-%d, I %d, %s experts%s, made in %.1f s\n", name, H, E,
 		      k, I, !r.br ? "bf16" : r.down_bf16 ? "FP8 gate_up and bf16 down" : "FP8",
-		      r.renormalize ? "" : ", not renormalised", moe_check_now() - t0);
+		      r.renormalize ? "" : ", not renormalised", qw_seconds_now() - t0);
 }
 
 static void layer_free(layer *L)
