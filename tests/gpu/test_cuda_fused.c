@@ -299,6 +299,8 @@ static void test_dense_two_stages(void **state)
 
 int main(void)
 {
+	/* the fused MoE kernel where it applies, against plain_ops' separate kernels */
+	setenv("QW_CUDA_MOE", "auto", 1);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_moe_one_stage),
 		cmocka_unit_test(test_moe_two_stages),
