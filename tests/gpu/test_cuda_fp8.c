@@ -14,6 +14,8 @@
  *     which way each call went, and it must be the one the shape calls for;
  *   - batch invariance of the W8A16 kernels: the stream and the tiles asked for by name on the
  *     same rows, and the first and last rows alone, have the bits of the backend's matmul;
+ *   - every code at its exact value in the W8A16 kernels (subnormals, both zeros, +-448) and
+ *     every block's scale at its place, exactly: an identity x picks single weights;
  *   - on the shapes they do not take, matmul bit for bit against the backend's bf16 matmul
  *     on the dequantised weight (the CPU's values rounded to bf16, uploaded as bf16); and the
  *     few-rows FP8 stream (bench_cuda_matmul's baseline, both column counts a warp may take)
@@ -328,6 +330,75 @@ static void test_matmul_odd_shapes(void **state)
 		run_shape(&shapes[i]);
 }
 
+/* Every e4m3 code at its exact value in gemm_fp8.cu's kernels (e4m3x8_exact_bf16x8: the
+ * subnormals, both zeros, +-448) and every block's scale at its place (a partial block row,
+ * a partial block column, a partial group): x is the identity, so out[m][n] is W[n][m] times
+ * its block's scale with nothing else summed, exact in bf16 for power-of-two scales, and the
+ * stream (64 rows at a time) and the tiles must give it exactly.  check_matmul's tolerance
+ * would hide a subnormal code read as zero. */
+static void test_w8a16_exact_codes(void **state)
+{
+	enum { N = 250, K = 144, BR = 8, BC = 64, T = K };
+	fp8w w = {0};
+	fp8_host(&w, N, K, BR, BC, 1);
+	for (int n = 0; n < N; n++)
+		for (int k = 0; k < K; k++) {
+			uint8_t c = (uint8_t)(n + 3 * k);   /* every code, in many places */
+			w.q[(size_t)n * K + k] = (c & 0x7f) == 0x7f ? c ^ 1 : c;   /* NaN: +-448 */
+		}
+	const int sc = (K + BC - 1) / BC;
+	for (uint64_t i = 0; i < w.scale.numel; i++)
+		w.s[i] = ldexpf(1.0f, (int)(i * 5 % 9) - 4);   /* 2^-4 .. 2^4 */
+	qw_err err = {0};
+	if (gpu->upload(gpu, &w.host, &w.dev, &err) != QW_OK)
+		fail_msg("%s", err.msg);
+	float *x = calloc((size_t)T * K, sizeof *x);
+	float *want = malloc((size_t)T * N * sizeof *want);
+	assert_true(x && want);
+	for (int m = 0; m < T; m++) {
+		x[(size_t)m * K + m] = 1.0f;
+		for (int n = 0; n < N; n++)
+			want[(size_t)m * N + n] = qw_f8e4m3_to_f32(w.q[(size_t)n * K + m]) *
+						  w.s[(n / BR) * sc + m / BC];
+	}
+	qw_act X = gpu_act(T, K, x), O = gpu_act(T, N, NULL);
+	qw_cuda_fp8_weight f = fp8_dev(&w);
+	assert_true(qw_cuda_gemm_fp8_takes(T, &f, X.data));
+	static const struct {
+		qw_gemm_kernel kind;
+		const char *name;
+		int rows;   /* a call's */
+	} kernels[] = {{QW_GEMM_TILE_M, "tiles", T}, {QW_GEMM_STREAM, "stream", 64}};
+	for (size_t k = 0; k < sizeof kernels / sizeof *kernels; k++) {
+		assert_int_equal(cudaMemsetAsync(O.data, 0xff, (size_t)T * N * 2, stream()),
+				 cudaSuccess);
+		for (int r0 = 0; r0 < T; r0 += kernels[k].rows) {
+			int rows = T - r0 < kernels[k].rows ? T - r0 : kernels[k].rows;
+			if (qw_cuda_gemm_fp8_with(kernels[k].kind, (uint16_t *)O.data + (size_t)r0 * N,
+						  (const uint16_t *)X.data + (size_t)r0 * K, &f, rows,
+						  stream(), &err) != QW_OK)
+				fail_msg("the %s kernel, rows %d..: %s", kernels[k].name, r0, err.msg);
+		}
+		uint16_t *got = gpu_check_device_bits(stream(), O.data, (size_t)T * N);
+		for (int m = 0; m < T; m++)
+			for (int n = 0; n < N; n++) {
+				float g = qw_bf16_to_f32(got[(size_t)m * N + n]);
+				float e = want[(size_t)m * N + n];
+				if (g != e)   /* -0 == +0: the sums start from +0 */
+					fail_msg("the %s kernel: out[%d][%d] is %.9g, not %.9g (code 0x%02x "
+						 "times the scale %g of block (%d, %d))", kernels[k].name, m,
+						 n, g, e, w.q[(size_t)n * K + m], w.s[(n / BR) * sc + m / BC],
+						 n / BR, m / BC);
+			}
+		free(got);
+	}
+	gpu->act_free(gpu, &X);
+	gpu->act_free(gpu, &O);
+	free(x);
+	free(want);
+	fp8_free(&w);
+}
+
 // ---------------------------------------------------------------------------------------
 // upload
 
@@ -597,6 +668,7 @@ int main(void)
 		cmocka_unit_test(test_upload_keeps_fp8),
 		cmocka_unit_test(test_upload_memory),
 		cmocka_unit_test(test_matmul_odd_shapes),
+		cmocka_unit_test(test_w8a16_exact_codes),
 		cmocka_unit_test(test_matmul_real_shapes),
 		cmocka_unit_test(test_fuse_rows),
 		cmocka_unit_test(test_ops_refuse_fp8),
