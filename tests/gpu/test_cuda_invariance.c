@@ -14,15 +14,10 @@
  *    and on tiny and odd ones (K not a multiple of 8 or 16, N of 1 and 3), at T from 1 to 600
  *    across every switch between kernels: each window of a pool of rows against those rows
  *    computed one at a time; and (GPU) each of gemm.cu's tensor-core kernels, asked for by
-<<<<<<< HEAD
- *    name, on the same rows; FP8 weights (e4m3 with block scales) likewise, on gemm_fp8.cu's
- *    W8A16 kernels (stream, then tiles: one order at every T) or, shapes they do not take,
- *    on the dequantised weight at every T.
-=======
  *    name, on the same rows (gemm_wgmma.cu's on Hopper; QW_CUDA_WGMMA=1 puts it in the
- *    backend's matmul and forward too); FP8 weights (e4m3 with block scales) likewise, whose few rows
- *    stream the codes and whose more rows run on the dequantised weight.
->>>>>>> d44f1b6 (Dense projections on Hopper's wgmma (gemm_wgmma.cu, opt-in QW_CUDA_WGMMA=1 after a start-up self-check): test_cuda_wgmma (probe, tile, opt-in), the tile in test_cuda_invariance and bench_cuda_matmul (checked before timed), docs)
+ *    backend's matmul and forward too); FP8 weights (e4m3 with block scales) likewise, on
+ *    gemm_fp8.cu's W8A16 kernels (stream, then tiles: one order at every T) or, shapes they
+ *    do not take, on the dequantised weight at every T.
  *  - attention: the backend's attention over a paged cache, for several head shapes (the
  *    real models', the tiny ones', D 64 without grouping, D 96, D 256): a decode beside 1 to
  *    63 others and beside a prefill chunk, decodes at contexts on either side of 256 and 1024
