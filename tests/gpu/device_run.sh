@@ -42,7 +42,10 @@ print(e["config"], " ".join(e["args"]))' "$ref/manifest.json") || return 1
 $bin/qwen-gpuinfo | tee "$out/gpuinfo.txt"
 if [[ " $what " == *" suite "* ]]; then
 	tests=$(ls build/tests/gpu/test_* | grep -v test_nccl_transport)
-	python3 "$root/tests/run_tests.py" --bin $bin --fixtures "$fix" $tests 2>&1 | tee "$out/suite.txt"
+	# a test program that hangs is cut off (QW_GPU_TEST_TIMEOUT seconds, 240 unless set) so
+	# the rest of the suite still runs within one call on the box
+	python3 "$root/tests/run_tests.py" --bin $bin --fixtures "$fix" \
+		--timeout "${QW_GPU_TEST_TIMEOUT:-240}" $tests 2>&1 | tee "$out/suite.txt"
 fi
 if [[ " $what " == *" parity "* ]]; then
 	for m in tiny-moe tiny-dense; do
