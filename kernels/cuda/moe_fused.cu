@@ -188,9 +188,16 @@ static __global__ void __launch_bounds__(SCAN_THREADS, 1) moe_fused_kernel(fused
 		if (arrive(sync + SYNC_COL + nb, (unsigned)n_tiles, &flag_s))
 			combine_cols(f, nb);
 	}
-	/* the last block to leave zeroes the counters for the next launch */
-	if (threadIdx.x == 0)
+	/* the last block to leave zeroes the counters for the next launch.  Thread 0 made all of
+	 * this block's counter accesses; the fences order its last ticket (a relaxed atomic, to
+	 * another word) before its exit count, and the last block's zeroing after every exit
+	 * count, so no block's late ticket can land on a zeroed counter. */
+	if (threadIdx.x == 0) {
+		__threadfence();
 		flag_s = atomicAdd(sync + SYNC_EXIT, 1u) == gridDim.x - 1;
+		if (flag_s)
+			__threadfence();
+	}
 	__syncthreads();
 	if (flag_s)
 		for (int i = threadIdx.x; i < SYNC_WORDS; i += SCAN_THREADS)
