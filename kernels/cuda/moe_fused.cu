@@ -31,7 +31,10 @@
  * running blocks took and finish without waiting on anything later; so neither a
  * cooperative launch nor a grid that fits the GPU is needed for correctness (the grid fits
  * for speed).  A block whose ticket is past the last item leaves (so would every later
- * ticket); a block that starts late finds no item and leaves.
+ * ticket); a block that starts late finds no item and leaves.  Each wait is bounded in time
+ * all the same (wait_count, moe_tile.cuh: the kernel traps after seconds), so a bug here, or
+ * counters a failed run left dirty, is a launch error at the caller's next synchronisation
+ * instead of a stream that never drains.
  * Self-resetting counters: the block that leaves last (an exit counter) zeroes them all, so
  * the next launch (stream-ordered) finds them zero and a CUDA graph replays the kernel with
  * no memset.  They live in the caller's sync buffer (QW_CUDA_MOE_SYNC_BYTES, kernels.h), not

@@ -7,7 +7,7 @@
  *
  * Owns: tile_cfg (a tile shape), the FP8 dequantisation of eight weights, swiglu,
  * gemm_params (a GEMM's arguments as a kernel takes them; gemm_params_of), wait_count (a
- * block waiting for a counter in global memory) and expert_tile.
+ * block waiting for a counter in global memory, bounded in time) and expert_tile.
  */
 #ifndef QW_KERNELS_CUDA_MOE_TILE_CUH
 #define QW_KERNELS_CUDA_MOE_TILE_CUH
@@ -180,13 +180,34 @@ __device__ static __forceinline__ unsigned ld_acquire(const unsigned *p)
 	return v;
 }
 
+/* The longest a block waits for a counter before it ends the launch with an error: a wait
+ * lasts at most a layer (microseconds; a millisecond at worst), so one this long is one no
+ * block will ever end (a bug in the protocol, or counters a failed run left dirty), and
+ * hanging the stream (and every later call on it, and a GPU test run) forever is worse than
+ * a launch error the caller sees at its next synchronisation. */
+#ifndef QW_MOE_WAIT_LIMIT_NS
+#define QW_MOE_WAIT_LIMIT_NS 4000000000ull
+#endif
+
+__device__ static __forceinline__ unsigned long long globaltimer_ns(void)
+{
+	unsigned long long t;
+	asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+	return t;
+}
+
 /* The block waits until *c >= need: thread 0 polls, then the block goes on together, every
- * thread's later reads ordered after the writes the counter counts. */
+ * thread's later reads ordered after the writes the counter counts.  Past
+ * QW_MOE_WAIT_LIMIT_NS the kernel traps (above). */
 __device__ static __forceinline__ void wait_count(const unsigned *c, unsigned need)
 {
 	if (threadIdx.x == 0) {
-		while (ld_acquire(c) < need)
+		unsigned long long t0 = globaltimer_ns();
+		while (ld_acquire(c) < need) {
 			__nanosleep(32);
+			if (globaltimer_ns() - t0 > QW_MOE_WAIT_LIMIT_NS)
+				__trap();
+		}
 		__threadfence();
 	}
 	__syncthreads();
