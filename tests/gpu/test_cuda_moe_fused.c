@@ -10,7 +10,10 @@
  * the per-row scale path), with FP8 gate_up beside bf16 down (the mixed kernels) and with
  * gate_up scales of 128 to 512 (the dequantisation's two-multiply path); and a
  * layer whose router is all zeros (every probability equal: the top-k by lowest id, and
- * route_token's long-candidate-list path, since 128 experts tie).
+ * route_token's long-candidate-list path, since 128 experts tie); a layer of 16 experts in
+ * pairs sharing a router row, top-3 (the third choice ties with its twin at the boundary of
+ * the top-k: the lower id, through the short candidate list); and one at the routing's
+ * limits (256 experts, top-32: 256 pairs at T = 8).
  *
  * Each layer, at every T = 1 .. 8 (prefixes of one batch of 8 random tokens), is held to
  * moe_check_runs: the reference within test_cuda_moe's tolerance (bf16 experts) or
@@ -18,9 +21,11 @@
  * the plain path's bits at that size; a second run's bits (determinism); every prefix,
  * tokens alone and a slice, the bits of the whole batch (batch invariance).  Outputs and
  * scratch are poisoned (0xff) before every run, and after every fused run the sync buffer's
- * counters must all be zero again (the kernel resets them for the next launch).  The tiny
- * and 30B layers are also recorded once into a CUDA graph and replayed on three fresh
- * batches: each replay gives the plain path's bits for its batch, with no memset between.
+ * counters must all be zero again (the kernel resets them for the next launch).  The tiny,
+ * widest and 30B layers are also recorded once into a CUDA graph and replayed on three
+ * fresh batches: each replay gives the plain path's bits for its batch, with no memset
+ * between.  A deadlock cannot hang the test: the kernel traps when a wait for a counter lasts
+ * seconds (moe_tile.cuh, wait_count), and the failed synchronisation names the run.
  * test_args: each path can be forced, and forcing the fused one where it does not apply is
  * refused with the reason; QW_CUDA_MOE's names parse, another is refused with a hint.
  * Part of `scons test-gpu`.
@@ -50,6 +55,7 @@ typedef struct recipe {
 	int br, bc;          /* FP8 blocks of the experts; 0: bf16 experts */
 	bool down_bf16;      /* FP8 gate_up, bf16 down */
 	bool zero_router;    /* every logit 0 */
+	bool twin_router;    /* experts 2i and 2i + 1 share a router row: their logits tie */
 	float gu_amax;       /* gate_up's values: 0 for 3 / sqrt(H) */
 	bool renormalize;
 } recipe;
@@ -111,6 +117,9 @@ static void layer_init(layer *L, const char *name, int H, int E, int k, int I, r
 	float dn_a = 5.0f / sqrtf((float)I);
 	L->router = r.zero_router ? calloc(nr, 2) : random_bf16(nr, 1, 6.0f / sqrtf((float)H));
 	assert_non_null(L->router);
+	for (int e = 1; r.twin_router && e < E; e += 2)
+		memcpy(L->router + (size_t)e * (size_t)H, L->router + (size_t)(e - 1) * (size_t)H,
+		       (size_t)H * 2);
 	L->t_router = moe_check_tensor(L->router, 2, E, H, 0);
 	L->d_router = to_device(L->router, nr * 2);
 	if (r.br) {
@@ -188,6 +197,17 @@ static bool sync_clear(const layer *L, const char *when)
 	return true;
 }
 
+/* Waits for the layer's stream; a failure names the run (the fused kernel traps when a wait
+ * for a counter lasts seconds: a deadlock ends as a launch error, not a hung test). */
+static void synced(const layer *L, const char *what, int T)
+{
+	cudaError_t rc = cudaStreamSynchronize(L->stream);
+	if (rc != cudaSuccess)
+		fail_msg("%s: %s at T %d: %s (a fused kernel whose wait for a counter timed out, a "
+			 "deadlock, ends so) (seed %llu)", L->name, what, T, cudaGetErrorString(rc),
+			 (unsigned long long)seed);
+}
+
 static void poison(const layer *L, int T)
 {
 	CUDA_OK(cudaMemsetAsync(L->d_out, 0xff, (size_t)T * (size_t)L->H * 2, L->stream));
@@ -203,7 +223,7 @@ static bool run(const layer *L, qw_cuda_moe_path path, int row0, int T, uint16_t
 		print_message("%s: qw_cuda_moe (T %d): %s\n", L->name, T, err.msg);
 		return false;
 	}
-	CUDA_OK(cudaStreamSynchronize(L->stream));
+	synced(L, path == QW_CUDA_MOE_PLAIN ? "the plain path" : "the fused path", T);
 	CUDA_OK(cudaMemcpy(out, L->d_out, (size_t)T * (size_t)L->H * 2, cudaMemcpyDeviceToHost));
 	return path != QW_CUDA_MOE_FUSED || sync_clear(L, "after a run");
 }
@@ -243,7 +263,7 @@ static void check_graph(layer *L)
 		assert_true(run_plain(L, 0, TMAX, want));
 		poison(L, TMAX);
 		CUDA_OK(cudaGraphLaunch(exec, L->stream));
-		CUDA_OK(cudaStreamSynchronize(L->stream));
+		synced(L, "a graph replay of the fused path", TMAX);
 		CUDA_OK(cudaMemcpy(got, L->d_out, n * 2, cudaMemcpyDeviceToHost));
 		char what[96];
 		snprintf(what, sizeof what, "%s: graph replay %d", L->name, i);
@@ -359,6 +379,22 @@ static void test_ties(void **state)
 		  false);
 }
 
+/* experts in tied pairs, top-3: the third choice is one of a tied pair (the lower id), from
+ * route_token's short candidate list */
+static void test_twins(void **state)
+{
+	(void)state;
+	one_layer("twin experts", 144, 16, 3, 48,
+		  (recipe){.twin_router = true, .renormalize = true}, false);
+}
+
+/* the routing's limits: 256 experts, top-32, 8 x 32 = 256 pairs (a thread each) */
+static void test_wide(void **state)
+{
+	(void)state;
+	one_layer("256 experts, top-32", 128, 256, 32, 64, (recipe){.renormalize = true}, true);
+}
+
 /* each path can be forced; the fused one is refused by name where it does not apply */
 static void test_args(void **state)
 {
@@ -429,6 +465,8 @@ int main(void)
 		cmocka_unit_test(test_args),
 		cmocka_unit_test(test_tiny),
 		cmocka_unit_test(test_ties),
+		cmocka_unit_test(test_twins),
+		cmocka_unit_test(test_wide),
 		cmocka_unit_test(test_30b_bf16),
 		cmocka_unit_test(test_30b_fp8),
 		cmocka_unit_test(test_235b_bf16),
