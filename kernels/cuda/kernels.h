@@ -105,7 +105,8 @@ typedef enum qw_cuda_moe_path {
 	QW_CUDA_MOE_FUSED,
 } qw_cuda_moe_path;
 
-/* The path named name (the environment's QW_CUDA_MOE): auto (or NULL), plain or fused. */
+/* The path named name (the environment's QW_CUDA_MOE): plain (or NULL: the default),
+ * auto or fused. */
 qw_status qw_cuda_moe_path_parse(const char *name, qw_cuda_moe_path *path, qw_err *err);
 
 /* The fused path's counters: a device buffer of this many bytes, zero before its first use
