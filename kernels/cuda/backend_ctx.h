@@ -80,7 +80,7 @@ typedef struct cuda_ctx {
 	size_t small_used;
 	dev_buf attn_ws, moe_ws, sample_ws;
 	uint32_t *moe_sync;         /* the fused MoE kernel's counters, zeroed once (kernels.h) */
-	qw_cuda_moe_path moe_path;  /* environment QW_CUDA_MOE: auto (default), plain or fused */
+	qw_cuda_moe_path moe_path;  /* environment QW_CUDA_MOE: plain (the default), auto or fused */
 	/* an FP8 linear weight dequantised to bf16 for a GEMM of many tokens: sized at upload
 	 * (and fuse_rows) for the largest such weight, never grown by a step */
 	dev_buf fp8_deq;
